@@ -1,0 +1,216 @@
+"""``trialsync``: the command line. One-line errors on stderr, exit 1 (tracebacks with --debug)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
+from flows import settings
+from flows.output import FORMATS, render
+from flows.readonly import check_query
+from pipeline.errors import TrialsyncError, UsageError
+from pipeline.scope import parse_date_arg
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Keep a local, versioned, queryable mirror of ClinicalTrials.gov.")
+console = Console()
+err = Console(stderr=True)
+
+WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="Warehouse directory "
+                                                  "[env TRIALSYNC_WAREHOUSE; default ./trialsync-warehouse]")]
+FormatOpt = Annotated[str, typer.Option("--format", help="table | json | csv")]
+
+
+def _format(value: str) -> str:
+    if value not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {value!r}")
+    return value
+
+
+@app.command()
+def sync(
+    query: Annotated[str | None, typer.Option("--query", help="Free-text scope (query.term)")] = None,
+    condition: Annotated[str | None, typer.Option("--condition", help="Condition scope (query.cond)")] = None,
+    sponsor: Annotated[str | None, typer.Option("--sponsor", help="Sponsor scope (query.spons)")] = None,
+    ids: Annotated[list[str] | None, typer.Option("--ids", help="NCT ids (filter.ids), comma-separated")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="Overall statuses, comma-separated")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only records updated since YYYY-MM-DD")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Fetch the whole scope (may retire vanished studies)")]
+    = False,
+    page_size: Annotated[int, typer.Option("--page-size", help="Studies per page (1-1000)")] = 1000,
+    api_url: Annotated[str | None, typer.Option("--api-url", help="API base URL [env TRIALSYNC_API_URL]")]
+    = None,
+    warehouse: WarehouseOpt = None,
+    request_interval: Annotated[float, typer.Option("--request-interval",
+                                                    help="Seconds between requests (robots.txt asks 1)")] = 1.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout",
+                                                help="Seconds to wait for another sync to finish")] = 30.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+) -> None:
+    """One sync run of a scope: fetch, version, commit atomically."""
+    since_date = parse_date_arg(since, "--since") if since else None
+    if request_interval < 0:
+        raise UsageError("--request-interval must be >= 0")
+    summary = run_sync(
+        dict(query=query, condition=condition, sponsor=sponsor, ids=ids,
+             status=status.split(",") if status else None, since=since_date, full=full,
+             page_size=page_size, api_url=settings.api_url(api_url),
+             warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
+             lock_timeout=lock_timeout),
+        show_progress=not quiet,
+    )
+    print_summary(summary)
+
+
+def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
+    """Run the ``sync_registry`` flow with a progress bar fed by its page events."""
+    from flows import progress
+    from flows.sync import sync_registry
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[versions]} new versions"), TimeElapsedColumn(),
+                   console=err, disable=not show_progress, transient=True)
+    task_id = bar.add_task("syncing", total=None, versions=0)
+
+    def on_event(event: str, data: dict[str, Any]) -> None:
+        if event == "start":
+            bar.update(task_id, description=f"{data['mode']} sync of {data['scope']}")
+        elif event == "page":
+            bar.update(task_id, completed=data["seen"], total=data["total"] or None, versions=data["versions"])
+
+    unsubscribe = progress.subscribe(on_event)
+    try:
+        with bar:
+            return sync_registry(**{k: v for k, v in params.items() if v is not None})
+    finally:
+        unsubscribe()
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    since = f" since {summary['since']}" if summary.get("since") else ""
+    console.print(
+        f"[bold green]run {summary['run_id']}[/] ({summary['mode']}{since}, scope {summary['scope']}): "
+        f"{summary['pages']} pages, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
+        f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
+        f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
+        highlight=False,
+    )
+
+
+@app.command()
+def sql(
+    statement: Annotated[str, typer.Argument(help="A SELECT query over the warehouse views")],
+    fmt: FormatOpt = "table",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Ad hoc SQL on a read-only connection."""
+    from warehouse import Warehouse
+
+    _format(fmt)
+    check_query(statement)
+    with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
+        try:
+            result = con.execute(statement)
+        except Exception as exc:  # duckdb errors: one line is enough
+            raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+        columns = [d[0] for d in result.description or []]
+        render(columns, result.fetchall(), fmt, console)
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option("--limit", help="Most recent N runs")] = 20,
+    fmt: FormatOpt = "table",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Past sync runs and their counts."""
+    from warehouse import Warehouse
+
+    _format(fmt)
+    with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
+        result = con.execute(
+            "SELECT run_id, mode, scope, status, pages, studies_seen AS seen, new_studies AS new, "
+            "versions_written AS versions, unchanged, quarantined AS quar, since, "
+            "strftime(timezone('UTC', started_at), '%Y-%m-%d %H:%M') AS started_utc, "
+            "round(epoch(finished_at) - epoch(started_at), 1) AS secs "
+            "FROM sync_runs ORDER BY started_at DESC LIMIT ?", [limit])
+        render([d[0] for d in result.description], result.fetchall(), fmt, console)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes its warehouse")]
+    = Path("demo-output"),
+    data: Annotated[Path | None, typer.Option("--data", help="The shared real data (default ../shared/data)")]
+    = None,
+) -> None:
+    """The offline demo: a local fake registry replays real records over two "days"."""
+    from flows.demo import run_demo
+
+    run_demo(workdir, settings.shared_data_dir(str(data) if data else None), console)
+
+
+@app.command("fake-registry", hidden=True)
+def fake_registry(
+    port: Annotated[int, typer.Option("--port")] = 8765,
+    data: Annotated[Path | None, typer.Option("--data")] = None,
+) -> None:
+    """Serve the real records on 127.0.0.1 with the API's semantics (for manual trials)."""
+    import time
+
+    from pipeline.registry.fake_server import FakeRegistry
+
+    studies = settings.shared_data_dir(str(data) if data else None) / "ctgov" / "studies"
+    server = FakeRegistry.from_directory(studies).start(port=port)
+    console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("TRIALSYNC_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="trialsync", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("trialsync: interrupted")
+        sys.exit(130)
+    except TrialsyncError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"trialsync: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"trialsync: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The offline demo: a local fake registry replays real records over two "days".
+
+Day 1 serves the 326 real records (NCT05766735 as its older real download) plus the seed trial
+NCT07011004 (reconstructed from its registry page). Day 2 posts updates: the real NCT05766735
+change, the seed trial's later state, and a few changes derived from real records. Each day is
+synced by the ``sync_registry`` flow; the demo then shows what changed and answers a SQL query.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from flows.cli import print_summary, run_sync
+from pipeline import mutate
+from pipeline.registry.fake_server import FakeRegistry, load_records
+from warehouse import Warehouse
+
+SEED_NCT = "NCT07011004"
+PAIR_NCT = "NCT05766735"
+SEED_RECORD = Path(__file__).parent / "demo_data" / f"{SEED_NCT}.json"
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Update:
+    record: Record
+    story: str
+
+
+def seed_record() -> Record:
+    """The seed trial as last shown on its page (2025-10-10); see demo_data/PROVENANCE.md."""
+    record: Record = orjson.loads(SEED_RECORD.read_bytes())
+    return record
+
+
+def seed_day1(seed: Record) -> Record:
+    """The seed trial's earlier state: completion date shown as "2028-05"."""
+    earlier = mutate.set_date(seed, "completionDate", "2028-05")
+    return mutate.posted_on(earlier, date(2025, 7, 9))
+
+
+def pair_versions(data_dir: Path) -> tuple[Record, Record]:
+    older, newer = sorted((data_dir / "ctgov" / "snapshots" / PAIR_NCT).glob("*.json"))
+    return orjson.loads(older.read_bytes()), orjson.loads(newer.read_bytes())
+
+
+def day1_records(data_dir: Path) -> list[Record]:
+    records = {r["protocolSection"]["identificationModule"]["nctId"]: r
+               for r in load_records(data_dir / "ctgov" / "studies")}
+    records[PAIR_NCT] = pair_versions(data_dir)[0]
+    records[SEED_NCT] = seed_day1(seed_record())
+    return [records[k] for k in sorted(records)]
+
+
+def last_update(record: Record) -> date:
+    return date.fromisoformat(record["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"])
+
+
+def day2_updates(day1: list[Record], data_dir: Path, day2: date) -> list[Update]:
+    """Day 2's registry updates, each derived from a real record (or the seed) and posted on ``day2``."""
+    by_id = {r["protocolSection"]["identificationModule"]["nctId"]: r for r in day1}
+    taken = {PAIR_NCT, SEED_NCT}
+
+    def pick(test: Any) -> Record:
+        for nct in sorted(by_id):
+            if nct not in taken and test(by_id[nct]["protocolSection"]):
+                taken.add(nct)
+                return by_id[nct]
+        raise LookupError("no real record fits the demo's change")
+
+    def status(p: Record) -> str:
+        return str(p["statusModule"].get("overallStatus"))
+
+    def sites(p: Record) -> list[Record]:
+        return list(p.get("contactsLocationsModule", {}).get("locations", []))
+
+    real_why = sorted(r["protocolSection"]["statusModule"]["whyStopped"] for r in day1
+                      if r["protocolSection"]["statusModule"].get("whyStopped"))[0]
+    updates = [
+        Update(pair_versions(data_dir)[1], "real registry update: completion dates moved 2027-04-15 -> 2027-05-31"),
+        Update(seed_record(), "seed trial: completion date refined from 2028-05 to 2028-05-31"),
+    ]
+    active = pick(lambda p: status(p) == "RECRUITING" and sites(p))
+    updates.append(Update(mutate.set_status(active, "ACTIVE_NOT_RECRUITING"), "recruitment closed"))
+    stopped = pick(lambda p: status(p) == "RECRUITING")
+    updates.append(Update(mutate.set_status(stopped, "TERMINATED", real_why), f"terminated: {real_why}"))
+    enrolled = pick(lambda p: status(p) == "ACTIVE_NOT_RECRUITING"
+                    and p.get("designModule", {}).get("enrollmentInfo", {}).get("type") == "ESTIMATED"
+                    and p["designModule"]["enrollmentInfo"].get("count", 0) >= 20)
+    estimate = enrolled["protocolSection"]["designModule"]["enrollmentInfo"]["count"]
+    updates.append(Update(mutate.set_enrollment(enrolled, int(estimate * 0.75), "ACTUAL"),
+                          f"enrollment became actual: {estimate} estimated -> {int(estimate * 0.75)} actual"))
+    site_closed = pick(lambda p: status(p) == "RECRUITING" and len(sites(p)) >= 3
+                       and sites(p)[0].get("status") == "RECRUITING")
+    updates.append(Update(mutate.set_site_status(site_closed, 0, "COMPLETED"), "a site closed"))
+    slipped = pick(lambda p: status(p) == "NOT_YET_RECRUITING"
+                   and "primaryCompletionDateStruct" in p["statusModule"])
+    updates.append(Update(mutate.shift_date(slipped, "primaryCompletionDate", 90), "primary completion slipped 90 days"))
+    return [Update(mutate.posted_on(u.record, day2), u.story) for u in updates]
+
+
+def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
+    workdir = workdir.resolve()
+    warehouse_dir = workdir / "warehouse"
+    shutil.rmtree(warehouse_dir, ignore_errors=True)
+    day1 = day1_records(data_dir)
+    day2 = max(last_update(r) for r in day1) + timedelta(days=1)
+    with FakeRegistry(day1).start() as registry:
+        console.rule(f"[bold]Day 1[/]: a fake registry on {registry.url} serves {len(day1)} real records")
+        common = dict(api_url=registry.url, warehouse=str(warehouse_dir), request_interval=0.0, page_size=100)
+        print_summary(run_sync(common))
+        updates = day2_updates(day1, data_dir, day2)
+        registry.put(*(u.record for u in updates))
+        console.rule(f"[bold]Day 2[/] ({day2}): the registry posts {len(updates)} updates")
+        for u in updates:
+            nct = u.record["protocolSection"]["identificationModule"]["nctId"]
+            console.print(f"  {nct}: {u.story}", highlight=False)
+        print_summary(run_sync(common))
+    show_changes(Warehouse(warehouse_dir), console)
+    show_answer(Warehouse(warehouse_dir), console)
+    console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: .venv/bin/duckdb -readonly "
+                  f"{warehouse_dir / 'warehouse.duckdb'}", highlight=False)
+
+
+def show_changes(store: Warehouse, console: Console) -> None:
+    """What the last run changed, field by field, from the stored versions."""
+    from pipeline.parse import CORE_COLUMNS
+
+    columns = [c for c in CORE_COLUMNS if c not in {"nct_id", "last_update_posted"}]
+    with store.connect() as con:
+        last_run = con.execute("SELECT max(run_id) FROM sync_runs").fetchone()
+        rows = con.execute(
+            f"""SELECT n.nct_id, {', '.join(f'o.{c}, n.{c}' for c in columns)}
+                FROM study_versions n JOIN study_versions o
+                  ON o.nct_id = n.nct_id AND o.version = n.version - 1
+                WHERE n.run_id = ? ORDER BY n.nct_id""", [last_run[0] if last_run else None]).fetchall()
+    table = Table(title="What changed on day 2 (stored versions, field by field)", header_style="bold")
+    for name in ("study", "field", "old", "new"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        for i, column in enumerate(columns):
+            old, new = row[1 + 2 * i], row[2 + 2 * i]
+            if old != new:
+                table.add_row(row[0], column, str(old), str(new))
+    console.print(table)
+
+
+def show_answer(store: Warehouse, console: Console) -> None:
+    query = ("SELECT nct_id, overall_status, enrollment_count, completion_date_raw, lead_sponsor "
+             f"FROM studies WHERE nct_id = '{SEED_NCT}'")
+    console.print(f"\n[bold]SQL[/]: {query}", highlight=False)
+    with store.connect() as con:
+        result = con.execute(query)
+        columns = [d[0] for d in result.description]
+        from flows.output import render
+
+        render(columns, result.fetchall(), "table", console)

@@ -1,0 +1,35 @@
+"""Where things are: the warehouse, the API, the shared real data. Flags win over the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.errors import UsageError
+from pipeline.registry import DEFAULT_API_URL
+
+DEFAULT_WAREHOUSE = "./trialsync-warehouse"
+
+
+def warehouse_dir(flag: str | None = None) -> Path:
+    return Path(flag or os.environ.get("TRIALSYNC_WAREHOUSE") or DEFAULT_WAREHOUSE).expanduser()
+
+
+def api_url(flag: str | None = None) -> str:
+    url = flag or os.environ.get("TRIALSYNC_API_URL") or DEFAULT_API_URL
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--api-url must be an http(s) URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def shared_data_dir(flag: str | None = None) -> Path:
+    """The real registry data (``../shared/data`` beside the clone, or ``TRIALSYNC_SHARED_DATA``)."""
+    candidates = [flag, os.environ.get("TRIALSYNC_SHARED_DATA")] if flag or os.environ.get(
+        "TRIALSYNC_SHARED_DATA") else [str(Path.cwd() / ".." / "shared" / "data"),
+                                       str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "ctgov" / "studies").is_dir():
+            return Path(candidate).resolve()
+    raise UsageError(
+        "cannot find the real registry data (ctgov/studies); pass --data DIR or set TRIALSYNC_SHARED_DATA"
+    )

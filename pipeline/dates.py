@@ -1,0 +1,41 @@
+"""Registry dates: PartialDate (``yyyy``, ``yyyy-MM``, ``yyyy-MM-dd``) and full dates."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import NamedTuple
+
+from pipeline.errors import RecordInvalid
+
+_PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")
+
+
+class PartialDate(NamedTuple):
+    """A registry date with its precision: ``2025-05`` is stored as 2025-05-01, precision ``month``."""
+
+    value: date
+    raw: str
+    precision: str  # "year" | "month" | "day"
+
+
+def parse_partial_date(raw: str, *, field: str = "date") -> PartialDate:
+    """Parse a PartialDate; the first day of the period stands for a year or a month."""
+    match = _PARTIAL.match(raw)
+    if not match or (match.group(3) and not match.group(2)):
+        raise RecordInvalid(f"{field}: {raw!r} is not a yyyy, yyyy-MM or yyyy-MM-dd date")
+    year, month, day = match.groups()
+    try:
+        value = date(int(year), int(month or 1), int(day or 1))
+    except ValueError as exc:
+        raise RecordInvalid(f"{field}: {raw!r} is not a calendar date ({exc})") from None
+    precision = "day" if day else "month" if month else "year"
+    return PartialDate(value, raw, precision)
+
+
+def parse_full_date(raw: str, *, field: str = "date") -> date:
+    """Parse a DateStruct date (always a full day in the API)."""
+    parsed = parse_partial_date(raw, field=field)
+    if parsed.precision != "day":
+        raise RecordInvalid(f"{field}: {raw!r} should be a full yyyy-MM-dd date")
+    return parsed.value

@@ -1,0 +1,65 @@
+"""Exceptions that carry their ids and know whether retrying can help (dlt-style)."""
+
+from __future__ import annotations
+
+
+class TrialsyncError(Exception):
+    """Base class: an error a user can act on; its message is one line."""
+
+    retryable: bool = False
+
+
+class UsageError(TrialsyncError):
+    """Bad input from the user (a flag, an id, a date, a file)."""
+
+
+class RegistryError(TrialsyncError):
+    """The registry answered in a way we cannot use."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class RegistryUnavailable(RegistryError):
+    """429, 5xx, timeouts, resets, truncated bodies: worth retrying."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, url=url, status=status, retryable=True, retry_after=retry_after)
+
+
+class RegistryRejected(RegistryError):
+    """400: the registry refused the request (bad parameter, expired page token)."""
+
+
+class RegistryNotFound(RegistryError):
+    """404: no such study or endpoint."""
+
+
+class RecordInvalid(TrialsyncError):
+    """A registry record that does not fit the schema; it is quarantined, not stored."""
+
+    def __init__(self, reason: str, *, nct_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.nct_id = nct_id
+
+
+class WarehouseBusy(TrialsyncError):
+    """Another sync holds the warehouse's writer lock."""
+
+
+class WarehouseError(TrialsyncError):
+    """The warehouse directory is not usable (not a warehouse, corrupt catalog, ...)."""

@@ -1,0 +1,220 @@
+"""ClinicalTrials.gov API v2 client: one session, timeouts, polite pacing, bounded retries.
+
+``StudySource`` is the small interface the flows depend on; ``RegistryClient`` implements it over
+HTTP. Paging follows the spec: later pages repeat the first page's parameters plus ``pageToken``;
+``totalCount`` comes with the first page only; an empty page is legal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import orjson
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+
+from pipeline.errors import (
+    RegistryError,
+    RegistryNotFound,
+    RegistryRejected,
+    RegistryUnavailable,
+)
+
+DEFAULT_API_URL = "https://clinicaltrials.gov/api/v2"
+USER_AGENT = "trialsync/0.1 (+https://github.com/trialsync/trialsync; registry mirror)"
+log = logging.getLogger("trialsync.registry")
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int  # 1-based
+    studies: list[dict[str, Any]]
+    next_token: str | None
+    total_count: int | None  # the first page only
+
+
+class StudySource(Protocol):
+    def get_page(self, params: Mapping[str, str], token: str | None, number: int) -> Page: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    budget_seconds: float = 600.0  # give up on one request after this long
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    retry_after_max: float = 300.0
+
+
+class RegistryClient:
+    """HTTP client for API v2 ``/studies``; thread-compatible, not thread-safe."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_API_URL,
+        *,
+        min_interval: float = 1.0,
+        timeout: tuple[float, float] = (10.0, 120.0),
+        retry: RetryPolicy | None = None,
+        user_agent: str = USER_AGENT,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.min_interval = min_interval
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._last_request: float | None = None
+        self.session = requests.Session()
+        self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
+        self.requests_made = 0
+        self.retries = 0
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- pages -------------------------------------------------------------------------------
+    def get_page(self, params: Mapping[str, str], token: str | None, number: int) -> Page:
+        """One page of ``/studies``; ``params`` are the scope's, identical on every page."""
+        query = dict(params)
+        if token is None:
+            query["countTotal"] = "true"
+        else:
+            query["pageToken"] = token
+        body = self._get_json("/studies", query)
+        return _page_from_body(body, number, self.base_url)
+
+    def iter_pages(self, params: Mapping[str, str]) -> Iterator[Page]:
+        token: str | None = None
+        number = 1
+        while True:
+            page = self.get_page(params, token, number)
+            yield page
+            if not page.next_token:
+                return
+            token, number = page.next_token, number + 1
+
+    def get_study(self, nct_id: str) -> dict[str, Any]:
+        body = self._get_json(f"/studies/{nct_id}", {})
+        if not isinstance(body, dict) or "protocolSection" not in body:
+            raise RegistryError(f"unexpected body for study {nct_id}", url=self.base_url)
+        return body
+
+    def version(self) -> dict[str, Any]:
+        body = self._get_json("/version", {})
+        if not isinstance(body, dict) or "apiVersion" not in body:
+            raise RegistryError("unexpected /version body", url=self.base_url)
+        return body
+
+    # -- transport ---------------------------------------------------------------------------
+    def _get_json(self, path: str, params: Mapping[str, str]) -> Any:
+        url = self.base_url + path
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.budget_seconds),
+            wait=self._wait,
+            retry=retry_if_exception(lambda exc: getattr(exc, "retryable", False)),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        return retrying(self._get_json_once, url, params)
+
+    def _get_json_once(self, url: str, params: Mapping[str, str]) -> Any:
+        self._pace()
+        self.requests_made += 1
+        try:
+            response = self.session.get(url, params=params, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise RegistryUnavailable(f"timed out: {_short(exc)}", url=url) from None
+        except requests.ConnectionError as exc:
+            raise RegistryUnavailable(f"connection failed: {_short(exc)}", url=url) from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise RegistryUnavailable(
+                f"HTTP {status}: {_body_line(response)}",
+                url=response.url,
+                status=status,
+                retry_after=_retry_after(response.headers.get("Retry-After"), self.retry.retry_after_max),
+            )
+        if status == 404:
+            raise RegistryNotFound(f"HTTP 404: {_body_line(response)}", url=response.url, status=status)
+        if status >= 400:
+            raise RegistryRejected(f"HTTP {status}: {_body_line(response)}", url=response.url, status=status)
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            # A cut-off body: the server or a proxy dropped the connection mid-answer.
+            raise RegistryUnavailable(f"invalid JSON in response ({exc})", url=response.url,
+                                      status=status) from None
+
+    def _pace(self) -> None:
+        """At most one request per ``min_interval`` seconds (robots.txt asks for 1 s)."""
+        now = self._monotonic()
+        if self._last_request is not None:
+            wait = self._last_request + self.min_interval - now
+            if wait > 0:
+                self._sleep(wait)
+                now += wait
+        self._last_request = now
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return float(retry_after)
+        backoff = self.retry.backoff_base * 2 ** (state.attempt_number - 1)
+        return float(min(backoff, self.retry.backoff_max))
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        self.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("registry request failed (attempt %d), retrying: %s", state.attempt_number, exc)
+
+
+def _page_from_body(body: Any, number: int, url: str) -> Page:
+    if not isinstance(body, dict) or not isinstance(body.get("studies"), list):
+        raise RegistryError("unexpected /studies body: no 'studies' array", url=url)
+    token = body.get("nextPageToken")
+    total = body.get("totalCount")
+    return Page(
+        number=number,
+        studies=body["studies"],
+        next_token=token if isinstance(token, str) and token else None,
+        total_count=total if isinstance(total, int) else None,
+    )
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(seconds, cap))
+
+
+def _body_line(response: requests.Response) -> str:
+    text = response.text.strip().splitlines()
+    return text[0][:200] if text else response.reason or ""
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]

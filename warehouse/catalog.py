@@ -1,0 +1,159 @@
+"""The catalog: ``warehouse.duckdb``, views and macros over the committed Parquet files.
+
+``plan_catalog`` returns the SQL (pure, golden-tested); ``write_catalog`` executes it into a fresh
+file and atomically renames it over the old one. Readers holding the old file keep a consistent
+snapshot; new readers see the new run. The file is written in DuckDB's v1.0.0 storage format so
+the ``duckdb`` shell (1.x) can open it read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.tables import CORE_FIELDS, TABLES
+
+CATALOG_NAME = "warehouse.duckdb"
+SCHEMA_VERSION = "1"
+STORAGE_COMPATIBILITY = "v1.0.0"
+
+_CORE = ", ".join(f.name for f in CORE_FIELDS)
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    run_id: str
+    table: str
+    path: str  # relative to the warehouse root
+
+
+@dataclass(frozen=True)
+class Manifest:
+    entries: tuple[ManifestEntry, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def files(self, table: str) -> list[str]:
+        return [e.path for e in self.entries if e.table == table]
+
+    @property
+    def run_ids(self) -> set[str]:
+        return {e.run_id for e in self.entries}
+
+    def plus(self, entries: Sequence[ManifestEntry]) -> Manifest:
+        return Manifest(self.entries + tuple(entries), self.meta)
+
+
+def schema_file(table: str) -> str:
+    """An empty Parquet file that gives each view its columns before any run wrote rows."""
+    return f"schema/{table}.v{SCHEMA_VERSION}.parquet"
+
+
+def _sql_list(root: Path, paths: Sequence[str]) -> str:
+    quoted = ", ".join("'" + str(root / p).replace("'", "''") + "'" for p in paths)
+    return f"[{quoted}]"
+
+
+def plan_catalog(root: Path, manifest: Manifest) -> list[str]:
+    """The statements that define every view and macro, for the files in ``manifest``."""
+    statements = []
+    for table in TABLES:
+        files = [schema_file(table), *manifest.files(table)]
+        statements.append(
+            f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
+            f"{_sql_list(root, files)}, union_by_name = true)"
+        )
+    valid_from = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
+    statements += [
+        f"""CREATE OR REPLACE VIEW study_versions AS
+SELECT nct_id, version, content_hash, registry_updated, registry_version, observed_at, run_id, source,
+       {valid_from} AS valid_from,
+       lead({valid_from}) OVER w AS valid_to,
+       lead(version) OVER w IS NULL AS is_current,
+       is_removed, {_CORE}, CAST(raw AS JSON) AS raw
+FROM raw_study_versions
+WINDOW w AS (PARTITION BY nct_id ORDER BY version)""",
+        f"""CREATE OR REPLACE VIEW studies AS
+SELECT nct_id, {_CORE}, version, content_hash
+FROM study_versions WHERE is_current AND NOT is_removed""",
+        """CREATE OR REPLACE VIEW sync_runs AS
+SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen, new_studies,
+       versions_written, unchanged, changes_written, quarantined, total_count, since, watermark,
+       api_url, params
+FROM raw_sync_runs ORDER BY started_at""",
+        "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
+        """CREATE OR REPLACE VIEW quarantine AS
+SELECT nct_id, run_id, observed_at, reason, CAST(raw AS JSON) AS raw FROM raw_quarantine""",
+        """CREATE OR REPLACE MACRO studies_as_of(d) AS TABLE
+SELECT * FROM study_versions
+WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d AS DATE))
+  AND NOT is_removed""",
+    ]
+    return statements
+
+
+def ensure_schema_files(root: Path) -> None:
+    for table, schema in TABLES.items():
+        path = root / schema_file(table)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            pq.write_table(pa.Table.from_batches([], schema=schema), tmp)
+            os.replace(tmp, path)
+
+
+def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest) -> None:
+    """Define the views in ``connection`` (a new catalog file, or an in-memory reader)."""
+    for statement in plan_catalog(root, manifest):
+        connection.execute(statement)
+
+
+def write_catalog(root: Path, manifest: Manifest, *, tag: str) -> None:
+    """Write a complete new catalog beside the old one, then rename it into place (the commit)."""
+    ensure_schema_files(root)
+    final = root / CATALOG_NAME
+    tmp = root / f"{CATALOG_NAME}.tmp-{tag}"
+    for leftover in (tmp, Path(f"{tmp}.wal")):
+        leftover.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
+    try:
+        con.execute("CREATE TABLE _manifest(run_id VARCHAR, table_name VARCHAR, path VARCHAR)")
+        if manifest.entries:
+            con.executemany("INSERT INTO _manifest VALUES (?, ?, ?)",
+                            [(e.run_id, e.table, e.path) for e in manifest.entries])
+        con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
+        meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION}
+        con.executemany("INSERT INTO _meta VALUES (?, ?)", sorted(meta.items()))
+        build(con, root, manifest)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(root)
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = root / CATALOG_NAME
+    if not path.exists():
+        return Manifest()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute("SELECT run_id, table_name, path FROM _manifest").fetchall()
+        meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
+    finally:
+        con.close()
+    return Manifest(tuple(ManifestEntry(*row) for row in rows), meta)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

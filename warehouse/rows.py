@@ -1,0 +1,56 @@
+"""Turn planned versions into Arrow tables in the warehouse's schemas (column-wise, no per-row dicts)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from pipeline.parse import CORE_COLUMNS
+from pipeline.versioning import BatchPlan, NewVersion, RunContext
+from warehouse.tables import QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
+
+
+def versions_table(versions: Sequence[NewVersion], ctx: RunContext) -> pa.Table:
+    n = len(versions)
+    columns: dict[str, list[object]] = {
+        "nct_id": [v.core.nct_id for v in versions],
+        "version": [v.version for v in versions],
+        "content_hash": [v.content_hash for v in versions],
+        "registry_updated": [v.registry_updated for v in versions],
+        "registry_version": [v.registry_version for v in versions],
+        "observed_at": [ctx.observed_at] * n,
+        "run_id": [ctx.run_id] * n,
+        "source": [ctx.source] * n,
+        "is_removed": [False] * n,
+        "raw": [v.raw.decode() for v in versions],
+    }
+    for name in CORE_COLUMNS:
+        if name != "nct_id":
+            columns[name] = [getattr(v.core, name) for v in versions]
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in STUDY_VERSIONS}, schema=STUDY_VERSIONS)
+
+
+def run_studies_table(plan: BatchPlan, ctx: RunContext) -> pa.Table:
+    return pa.table(
+        {
+            "run_id": [ctx.run_id] * len(plan.seen),
+            "nct_id": [nct for nct, _ in plan.seen],
+            "version": [version for _, version in plan.seen],
+        },
+        schema=RUN_STUDIES,
+    )
+
+
+def quarantine_table(plan: BatchPlan, ctx: RunContext) -> pa.Table:
+    q = plan.quarantined
+    return pa.table(
+        {
+            "run_id": [ctx.run_id] * len(q),
+            "nct_id": [item.nct_id for item in q],
+            "observed_at": [ctx.observed_at] * len(q),
+            "reason": [item.reason for item in q],
+            "raw": [item.raw.decode() for item in q],
+        },
+        schema=QUARANTINE,
+    )
