@@ -17,7 +17,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/trialsync demo
 
-test: setup
+test: setup lint
 	$(BIN)/pytest -q
 
 lint: setup

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
-
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,13 +19,15 @@ from flows import settings
 from flows.output import FORMATS, render
 from flows.readonly import check_query
 from pipeline.errors import TrialsyncError, UsageError
-from pipeline.scope import parse_date_arg
+from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Keep a local, versioned, queryable mirror of ClinicalTrials.gov.")
-console = Console()
+# Piped output is not cut at 80 columns: tables go to files and other programs whole.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
+_DEBUG = False
 WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="Warehouse directory "
                                                   "[env TRIALSYNC_WAREHOUSE; default ./trialsync-warehouse]")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table | json | csv")]
@@ -55,18 +57,26 @@ def sync(
                                                     help="Seconds between requests (robots.txt asks 1)")] = 1.0,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout",
                                                 help="Seconds to wait for another sync to finish")] = 30.0,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per request on 429/5xx/timeouts")]
+    = 8,
+    backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
+    = 1.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
     """One sync run of a scope: fetch, version, commit atomically."""
     since_date = parse_date_arg(since, "--since") if since else None
-    if request_interval < 0:
-        raise UsageError("--request-interval must be >= 0")
+    if request_interval < 0 or backoff < 0 or max_attempts < 1:
+        raise UsageError("--request-interval and --backoff must be >= 0, --max-attempts >= 1")
+    # Check every input before Prefect starts (its server takes seconds to come up).
+    Scope.build(query=query, condition=condition, sponsor=sponsor, ids=ids, statuses=status)
+    check_page_size(page_size)
+    resolve_window(full=full, since=since_date, watermark=None)
     summary = run_sync(
         dict(query=query, condition=condition, sponsor=sponsor, ids=ids,
              status=status.split(",") if status else None, since=since_date, full=full,
              page_size=page_size, api_url=settings.api_url(api_url),
              warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
-             lock_timeout=lock_timeout),
+             lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff),
         show_progress=not quiet,
     )
     print_summary(summary)
@@ -89,11 +99,19 @@ def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str,
             bar.update(task_id, completed=data["seen"], total=data["total"] or None, versions=data["versions"])
 
     unsubscribe = progress.subscribe(on_event)
+    _quiet_prefect_failures()
     try:
         with bar:
             return sync_registry(**{k: v for k, v in params.items() if v is not None})
     finally:
         unsubscribe()
+
+
+def _quiet_prefect_failures() -> None:
+    """Prefect logs a failed run's traceback; the CLI reports one line instead (--debug shows all)."""
+    if not _DEBUG:
+        for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -182,7 +200,8 @@ def fake_registry(
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("TRIALSYNC_DEBUG") == "1"
+    global _DEBUG
+    debug = _DEBUG = "--debug" in args or os.environ.get("TRIALSYNC_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="trialsync", standalone_mode=False)

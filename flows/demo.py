@@ -103,7 +103,8 @@ def day2_updates(day1: list[Record], data_dir: Path, day2: date) -> list[Update]
     updates.append(Update(mutate.set_site_status(site_closed, 0, "COMPLETED"), "a site closed"))
     slipped = pick(lambda p: status(p) == "NOT_YET_RECRUITING"
                    and "primaryCompletionDateStruct" in p["statusModule"])
-    updates.append(Update(mutate.shift_date(slipped, "primaryCompletionDate", 90), "primary completion slipped 90 days"))
+    updates.append(Update(mutate.shift_date(slipped, "primaryCompletionDate", 90),
+                          "primary completion slipped 90 days"))
     return [Update(mutate.posted_on(u.record, day2), u.story) for u in updates]
 
 

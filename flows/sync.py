@@ -15,7 +15,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.utilities.annotations import quote
 
 from flows import progress, settings
 from pipeline.registry.client import RegistryClient, RetryPolicy
@@ -134,7 +133,7 @@ def sync_registry(
         fetch = sync_page.with_options(retry_delay_seconds=backoff_seconds * 10)
         token, number = None, 1
         while True:
-            token = fetch(quote(pc), token, number)
+            token = fetch(pc, token, number)
             if not token:
                 break
             number += 1
@@ -142,7 +141,7 @@ def sync_registry(
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
         summary = SyncSummary(run_id, window.mode, scope.key, _iso(window.since),
                               round(time.monotonic() - clock, 3), totals)
-        commit_run(quote(run), summary, window, params, url, started)
+        commit_run(run, summary, window, params, url, started)
     progress.emit("done", **summary.as_dict())
     return summary.as_dict()
 

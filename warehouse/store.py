@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +160,8 @@ class RunWriter:
 
     def abort(self) -> None:
         for writer in self._writers.values():
-            try:
+            with suppress(Exception):  # best effort: the files are deleted next
                 writer.close()
-            except Exception:  # noqa: S110 - best effort; the files are deleted next
-                pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class BadRequest(Exception):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Entry:
     record: dict[str, Any]
     body: bytes
@@ -98,8 +99,11 @@ class _Entry:
     last_update: str | None
     cond_text: str
     spons_text: str
-    term_text: str
     fields: Mapping[str, frozenset[str]]
+
+    @cached_property
+    def term_text(self) -> str:  # the whole record's words; built on first query.term
+        return " ".join(_words(self.body.decode()))
 
 
 class FakeRegistry:
@@ -146,7 +150,8 @@ class FakeRegistry:
         handler = type("Handler", (_Handler,), {"registry": self})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-registry", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-registry",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -166,7 +171,7 @@ class FakeRegistry:
     def url(self) -> str:
         assert self._server, "not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{API_PREFIX}"
+        return f"http://{host!s}:{port}{API_PREFIX}"
 
     def study_requests(self) -> list[dict[str, str]]:
         return [params for path, params in self.requests if path == "/studies"]
@@ -273,7 +278,7 @@ def _matcher(scope: Mapping[str, str]) -> Callable[[_Entry], bool]:
             tests.extend(_advanced(value))
         elif key in {"format", "markupFormat"}:
             if value not in {"json", "markdown"}:
-                raise BadRequest(f"fake registry serves only JSON/markdown, not {key}={value}")
+                raise BadRequest(f"fake registry serves only JSON/markdown, not {key}={value!s}")
         else:
             raise BadRequest(f"Unknown parameter: {key}")
     return lambda entry: all(test(entry) for test in tests)
@@ -336,7 +341,6 @@ def _entry(record: dict[str, Any]) -> _Entry:
         last_update=(status.get("lastUpdatePostDateStruct") or {}).get("date"),
         cond_text=" ".join(_words(" ".join(cond_words))),
         spons_text=" ".join(_words(" ".join(spons_words))),
-        term_text=" ".join(_words(body.decode())),
         fields={
             "studyType": frozenset([design.get("studyType", "")]),
             "phases": frozenset(design.get("phases", [])),

@@ -1,0 +1,97 @@
+"""Shared fixtures: the real data in ../shared/data, a fake registry on loopback, Prefect's test harness."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+# Before Prefect is imported anywhere: a private PREFECT_HOME and offline settings.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="trialsync-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TRIALSYNC_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+STUDIES_DIR = DATA / "ctgov" / "studies"
+SNAPSHOTS_DIR = DATA / "ctgov" / "snapshots"
+
+if not STUDIES_DIR.is_dir():  # a clear message instead of 100 confusing failures
+    raise RuntimeError(f"the real registry data is missing: expected {STUDIES_DIR} (../shared/data beside the clone)")
+
+Record = dict[str, Any]
+
+
+def load(path: Path) -> Record:
+    record: Record = orjson.loads(path.read_bytes())
+    return record
+
+
+def nct(record: Record) -> str:
+    return str(record["protocolSection"]["identificationModule"]["nctId"])
+
+
+_REAL: list[Record] | None = None
+
+
+def real_records() -> list[Record]:
+    """The 326 real full records (read once; tests must copy before changing them)."""
+    global _REAL
+    if _REAL is None:
+        _REAL = [load(p) for p in sorted(STUDIES_DIR.glob("NCT*.json"))]
+    return _REAL
+
+
+def snapshot_pairs() -> dict[str, tuple[Record, Record]]:
+    """The 8 real version pairs, older first (file names start with lastUpdatePostDate__vh...)."""
+    pairs = {}
+    for directory in sorted(SNAPSHOTS_DIR.iterdir()):
+        older, newer = sorted(directory.glob("*.json"))
+        pairs[directory.name] = (load(older), load(newer))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def records() -> list[Record]:
+    return real_records()
+
+
+@pytest.fixture
+def registry(records: list[Record]) -> Iterator[Any]:
+    from pipeline.registry.fake_server import FakeRegistry
+
+    with FakeRegistry(records).start() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One Prefect test server for the session; its URL lets subprocesses use it too."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def warehouse_dir(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse"
+
+
+def fast_sync(registry: Any, warehouse_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    """Run the real ``sync_registry`` flow against the fake registry, with fast retries."""
+    from flows.sync import sync_registry
+
+    params: dict[str, Any] = dict(api_url=registry.url, warehouse=str(warehouse_dir), request_interval=0.0,
+                                  backoff_seconds=0.01, timeout_seconds=5.0, lock_timeout=5.0)
+    params.update(kwargs)
+    result: dict[str, Any] = sync_registry(**params)
+    return result

@@ -1,0 +1,149 @@
+"""The human door: one-line errors, read-only SQL, runs, and the demo (real subprocesses where it matters)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import DATA, fast_sync
+
+TRIALSYNC = Path(sys.executable).parent / "trialsync"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(TRIALSYNC), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def synced(prefect_api: str, registry: FakeRegistry, warehouse_dir: Path) -> Path:
+    fast_sync(registry, warehouse_dir)
+    return warehouse_dir
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sync", "--ids", "NCT123"], "invalid NCT id 'NCT123'"),
+    (["sync", "--since", "yesterday"], "--since expects a date as YYYY-MM-DD, got 'yesterday'"),
+    (["sync", "--status", "RUNNING"], "unknown status 'RUNNING'"),
+    (["sync", "--page-size", "5000"], "--page-size must be between 1 and 1000"),
+    (["sync", "--api-url", "ftp://example.org"], "--api-url must be an http(s) URL"),
+    (["sync", "--full", "--since", "2026-01-01"], "--full and --since exclude each other"),
+])
+def test_bad_input_gets_a_one_line_error_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_cli(*args, "--warehouse", str(tmp_path / "w"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"trialsync: error: {message}" + result.stderr.strip().split(
+        message, 1)[1]] and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sql_on_a_missing_warehouse_says_what_to_do(tmp_path: Path) -> None:
+    result = run_cli("sql", "SELECT 1", "--warehouse", str(tmp_path / "nothing"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"trialsync: error: no warehouse at {tmp_path / 'nothing'} " \
+        "(run `trialsync sync` first)"
+
+
+@pytest.mark.parametrize("statement", [
+    "DROP VIEW studies", "CREATE TABLE x AS SELECT 1", "INSERT INTO x VALUES (1)",
+    "ATTACH '/tmp/other.duckdb'", "COPY (SELECT 1) TO '/tmp/out.csv'", "INSTALL httpfs",
+    "SET threads = 1", "SELECT 1; DELETE FROM x",
+])
+def test_sql_is_read_only(synced: Path, statement: str) -> None:
+    result = run_cli("sql", statement, "--warehouse", str(synced))
+    assert result.returncode == 2
+    assert "trialsync sql is read-only" in result.stderr
+    assert not Path("/tmp/out.csv").exists() or "COPY" not in statement
+
+
+def test_sql_answers_in_json_and_csv(synced: Path) -> None:
+    query = "SELECT nct_id, overall_status, phases FROM studies WHERE nct_id = 'NCT05766735'"
+    as_json = run_cli("sql", query, "--format", "json", "--warehouse", str(synced))
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == [{"nct_id": "NCT05766735", "overall_status": "RECRUITING",
+                                           "phases": ["NA"]}]
+    as_csv = run_cli("sql", query, "--format", "csv", "--warehouse", str(synced))
+    assert as_csv.stdout.splitlines() == ["nct_id,overall_status,phases", 'NCT05766735,RECRUITING,"[""NA""]"']
+
+
+def test_runs_lists_each_run_with_its_counts(synced: Path) -> None:
+    result = run_cli("runs", "--format", "json", "--warehouse", str(synced))
+    runs = json.loads(result.stdout)
+    assert [(r["mode"], r["scope"], r["status"], r["seen"], r["versions"]) for r in runs] == [
+        ("full", "all", "succeeded", 326, 326)]
+
+
+def test_cli_sync_shows_a_summary_and_honours_the_environment(prefect_api: str, registry: FakeRegistry,
+                                                             tmp_path: Path) -> None:
+    env = {"PREFECT_API_URL": prefect_api, "TRIALSYNC_API_URL": registry.url,
+           "TRIALSYNC_WAREHOUSE": str(tmp_path / "env-wh")}
+    result = run_cli("sync", "--condition", "type 2 diabetes", "--request-interval", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    expected = len({r["nct_id"] for r in [{"nct_id": s} for s in _diabetes(registry)]})
+    assert f"{expected} seen, {expected} new studies, {expected} new versions, 0 unchanged" in result.stdout
+    assert "(full, scope query.cond=type 2 diabetes)" in result.stdout
+    assert (tmp_path / "env-wh" / "warehouse.duckdb").exists()
+
+
+def _diabetes(registry: FakeRegistry) -> list[str]:
+    import requests
+
+    body = requests.get(registry.url + "/studies", params={"query.cond": "type 2 diabetes", "pageSize": 1000},
+                        timeout=10).json()
+    return [s["protocolSection"]["identificationModule"]["nctId"] for s in body["studies"]]
+
+
+def test_the_demo_replays_two_days_and_shows_the_changes(prefect_api: str, tmp_path: Path) -> None:
+    from flows.demo import run_demo
+    from warehouse import Warehouse
+
+    console = Console(record=True, width=200)
+    run_demo(tmp_path / "demo", DATA, console)
+    text = console.export_text()
+    assert "Day 2" in text and "NCT07011004" in text
+    with Warehouse(tmp_path / "demo" / "warehouse").connect() as con:
+        runs = con.execute("SELECT mode, versions_written FROM sync_runs ORDER BY started_at").fetchall()
+        seed = con.execute("SELECT completion_date_raw, version FROM studies WHERE nct_id = 'NCT07011004'").fetchall()
+        slip = con.execute("SELECT completion_date_raw FROM studies WHERE nct_id = 'NCT05766735'").fetchall()
+    assert runs == [("full", 327), ("incremental", 7)]
+    assert seed == [("2028-05-31", 2)]
+    assert slip == [("2027-05-31",)]
+    assert "2028-05 " in text and "2028-05-31" in text
+
+
+def test_reconstructed_seed_record_matches_the_seed_page_facts() -> None:
+    from flows.demo import seed_record
+    from pipeline.parse import parse_study
+
+    core = parse_study(seed_record())
+    facts: dict[str, Any] = {
+        "nct_id": "NCT07011004", "overall_status": "RECRUITING", "phases": ["PHASE1"], "enrollment_count": 18,
+        "study_type": "INTERVENTIONAL", "start_date_raw": "2025-05-30", "completion_date_raw": "2028-05-31",
+        "lead_sponsor": "Memorial Sloan Kettering Cancer Center",
+        "brief_title": "A Study of Natural Killer Cells in Combination With Atezolizumab in People With "
+                       "Acute Myelogenous Leukemia",
+    }
+    assert {k: getattr(core, k) for k in facts} == facts
+    sites = seed_record()["protocolSection"]["contactsLocationsModule"]["locations"]
+    page = (DATA / "seed" / "NCT07011004_record.txt").read_text()
+    assert len(sites) == 7 and all(site["facility"] in page for site in sites)
+
+
+def test_a_failed_sync_exits_1_with_one_line_and_no_traceback(prefect_api: str, registry: FakeRegistry,
+                                                              tmp_path: Path) -> None:
+    registry.faults.add("status", status=500, times=-1, body="Internal Server Error")
+    result = run_cli("sync", "--api-url", registry.url, "--warehouse", str(tmp_path / "w"), "--request-interval",
+                     "0", "--max-attempts", "2", "--backoff", "0.01", env={"PREFECT_API_URL": prefect_api})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trialsync: error:")]
+    assert errors == ["trialsync: error: HTTP 500: Internal Server Error"]
+    assert not (tmp_path / "w" / "warehouse.duckdb").exists()

@@ -1,0 +1,189 @@
+"""The registry edge: the fake server's API semantics (checked against real pages) and the client."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from pipeline import mutate
+from pipeline.errors import RegistryNotFound, RegistryRejected, RegistryUnavailable
+from pipeline.registry.client import USER_AGENT, RegistryClient, RetryPolicy
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import DATA, nct, real_records
+
+LIST_PAGES = sorted((DATA / "ctgov" / "list_responses").glob("*.json"))
+
+
+def get(registry: FakeRegistry, path: str, **params: Any) -> requests.Response:
+    return requests.get(registry.url + path, params=params, timeout=10)
+
+
+def test_fake_pages_have_the_shape_of_real_list_pages(registry: FakeRegistry) -> None:
+    real = [orjson.loads(p.read_bytes()) for p in LIST_PAGES]
+    real_keys = {frozenset(page) for page in real}
+    first = get(registry, "/studies", pageSize=5, countTotal="true").json()
+    second = get(registry, "/studies", pageSize=5, pageToken=first["nextPageToken"]).json()
+    last = get(registry, "/studies", pageSize=1000, countTotal="true").json()
+    # Real pages: first with totalCount + token, later ones with a token only, the last without one.
+    assert frozenset(first) in real_keys and frozenset(first) == {"studies", "totalCount", "nextPageToken"}
+    assert frozenset(second) in real_keys and frozenset(second) == {"studies", "nextPageToken"}
+    assert frozenset(last) == {"studies", "totalCount"} and frozenset(last) in real_keys
+    token_shape = re.compile(r"^[A-Za-z0-9_-]+$")  # real tokens are opaque URL-safe strings
+    assert all(token_shape.match(p["nextPageToken"]) for p in real if "nextPageToken" in p)
+    assert token_shape.match(first["nextPageToken"])
+    # A record is served exactly as stored: the real record's JSON round-trips.
+    assert first["studies"][0] == real_records()[0]
+
+
+def test_total_count_only_on_the_first_page_and_only_when_asked(registry: FakeRegistry) -> None:
+    assert "totalCount" not in get(registry, "/studies", pageSize=3).json()
+    first = get(registry, "/studies", pageSize=3, countTotal="true").json()
+    assert first["totalCount"] == 326
+    later = get(registry, "/studies", pageSize=3, countTotal="true", pageToken=first["nextPageToken"]).json()
+    assert "totalCount" not in later
+
+
+@pytest.mark.parametrize(("size", "served"), [(None, 10), (0, 10), (7, 7), (5000, 326)])
+def test_page_size_defaults_to_10_and_is_clamped_to_1000(registry: FakeRegistry, size: int | None,
+                                                         served: int) -> None:
+    params = {} if size is None else {"pageSize": size}
+    assert len(get(registry, "/studies", **params).json()["studies"]) == served
+
+
+def test_errors_are_plain_text_400_and_404(registry: FakeRegistry) -> None:
+    bad = get(registry, "/studies", pageSize="ten")
+    assert bad.status_code == 400 and bad.headers["Content-Type"].startswith("text/plain")
+    assert "pageSize" in bad.text
+    assert get(registry, "/studies", pageToken="garbage").status_code == 400
+    assert get(registry, "/studies", **{"filter.overallStatus": "RUNNING"}).status_code == 400
+    missing = get(registry, "/studies/NCT99999999")
+    assert missing.status_code == 404 and missing.headers["Content-Type"].startswith("text/plain")
+    assert get(registry, "/studies/banana").status_code == 400
+    assert get(registry, "/nothing").status_code == 404
+
+
+def test_a_page_token_is_only_valid_with_the_first_pages_parameters(registry: FakeRegistry) -> None:
+    first = get(registry, "/studies", pageSize=2, **{"query.cond": "cancer"}).json()
+    other = get(registry, "/studies", pageSize=2, pageToken=first["nextPageToken"], **{"query.cond": "diabetes"})
+    assert other.status_code == 400 and "parameters" in other.text
+
+
+def test_filters_select_what_the_registry_would(registry: FakeRegistry, records: list[dict[str, Any]]) -> None:
+    by_ids = get(registry, "/studies", **{"filter.ids": "NCT05766735|NCT00184067"}).json()["studies"]
+    assert sorted(nct(s) for s in by_ids) == ["NCT00184067", "NCT05766735"]
+    terminated = get(registry, "/studies", pageSize=1000, **{"filter.overallStatus": "TERMINATED"}).json()
+    assert len(terminated["studies"]) == 3
+    since = "2026-01-01"
+    window = get(registry, "/studies", pageSize=1000,
+                 **{"filter.advanced": f"AREA[LastUpdatePostDate]RANGE[{since},MAX]"}).json()["studies"]
+    expected = {nct(r) for r in records
+                if r["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] >= since}
+    assert {nct(s) for s in window} == expected and 0 < len(expected) < 326
+    diabetes = get(registry, "/studies", pageSize=1000, **{"query.cond": "type 2 diabetes"}).json()["studies"]
+    assert diabetes and all("diabetes" in orjson.dumps(s).decode().lower() for s in diabetes)
+    assert "NCT05766735" in {nct(s) for s in diabetes}
+
+
+def test_client_pages_through_a_scope_and_sends_a_user_agent(registry: FakeRegistry) -> None:
+    with RegistryClient(registry.url, min_interval=0) as client:
+        pages = list(client.iter_pages({"pageSize": "50"}))
+    assert [len(p.studies) for p in pages] == [50] * 6 + [26]
+    assert pages[0].total_count == 326 and all(p.total_count is None for p in pages[1:])
+    assert pages[-1].next_token is None
+    studies = registry.study_requests()
+    assert "pageToken" not in studies[0] and all(r["pageSize"] == "50" for r in studies)
+    assert all("pageToken" in r for r in studies[1:])
+
+
+def test_client_sends_its_user_agent(registry: FakeRegistry) -> None:
+    client = RegistryClient(registry.url, min_interval=0)
+    assert client.session.headers["User-Agent"] == USER_AGENT
+    response = client.session.get(registry.url + "/version", timeout=5)
+    assert response.request.headers["User-Agent"].startswith("trialsync/")
+
+
+def test_an_empty_page_is_legal(records: list[dict[str, Any]]) -> None:
+    with FakeRegistry([]).start() as empty, RegistryClient(empty.url, min_interval=0) as client:
+        pages = list(client.iter_pages({}))
+    assert len(pages) == 1 and pages[0].studies == [] and pages[0].total_count == 0
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def test_429_is_retried_after_the_servers_retry_after(registry: FakeRegistry) -> None:
+    registry.faults.add("status", status=429, retry_after="7", times=2, body="Too Many Requests")
+    sleeps = Sleeps()
+    client = RegistryClient(registry.url, min_interval=0, sleep=sleeps)
+    page = client.get_page({"pageSize": "10"}, None, 1)
+    assert len(page.studies) == 10
+    assert sleeps.calls == [7.0, 7.0]
+
+
+def test_503_and_resets_back_off_exponentially(registry: FakeRegistry) -> None:
+    registry.faults.add("status", status=503, times=2)
+    registry.faults.add("reset", times=1)
+    sleeps = Sleeps()
+    client = RegistryClient(registry.url, min_interval=0, sleep=sleeps, retry=RetryPolicy(backoff_base=0.5))
+    assert len(client.get_page({}, None, 1).studies) == 10
+    assert sleeps.calls == [0.5, 1.0, 2.0]
+
+
+def test_a_timeout_is_retried(registry: FakeRegistry) -> None:
+    registry.faults.add("delay", delay=1.5, times=1)
+    client = RegistryClient(registry.url, min_interval=0, timeout=(1, 0.5),
+                            retry=RetryPolicy(backoff_base=0.01))
+    assert len(client.get_page({}, None, 1).studies) == 10
+    assert client.retries == 1
+
+
+def test_a_truncated_body_is_retried(registry: FakeRegistry) -> None:
+    registry.faults.add("truncate", times=1)
+    client = RegistryClient(registry.url, min_interval=0, retry=RetryPolicy(backoff_base=0.01))
+    assert len(client.get_page({}, None, 1).studies) == 10 and client.retries == 1
+
+
+def test_a_persistent_500_gives_up_after_the_attempt_budget(registry: FakeRegistry) -> None:
+    registry.faults.add("status", status=500, times=-1, body="Internal Server Error")
+    client = RegistryClient(registry.url, min_interval=0, retry=RetryPolicy(attempts=3, backoff_base=0.01))
+    with pytest.raises(RegistryUnavailable, match="HTTP 500: Internal Server Error") as info:
+        client.get_page({}, None, 1)
+    assert info.value.status == 500 and info.value.retryable
+    assert len(registry.study_requests()) == 3
+
+
+def test_400_and_404_are_not_retried(registry: FakeRegistry) -> None:
+    client = RegistryClient(registry.url, min_interval=0)
+    with pytest.raises(RegistryRejected, match="Invalid pageToken") as info:
+        client.get_page({}, "not-a-token", 2)
+    assert not info.value.retryable
+    with pytest.raises(RegistryNotFound):
+        client.get_study("NCT99999999")
+    assert len(registry.requests) == 2
+
+
+def test_requests_are_paced_by_the_polite_interval(registry: FakeRegistry) -> None:
+    client = RegistryClient(registry.url, min_interval=0.3)
+    start = time.monotonic()
+    for number in range(1, 4):
+        client.get_page({"pageSize": "1"}, None, number)
+    assert time.monotonic() - start >= 0.6
+
+
+def test_fake_serves_records_a_test_hands_it(registry: FakeRegistry) -> None:
+    changed = mutate.set_status(real_records()[0], "COMPLETED")
+    registry.put(changed)
+    served = get(registry, f"/studies/{nct(changed)}").json()
+    assert served["protocolSection"]["statusModule"]["overallStatus"] == "COMPLETED"
+    registry.remove(nct(changed))
+    assert get(registry, f"/studies/{nct(changed)}").status_code == 404
