@@ -60,7 +60,17 @@ def _field(name: str) -> Callable[[Mapping[str, Json]], str]:
 
 
 def _content(element: Json) -> str:
-    return orjson.dumps(element, option=orjson.OPT_SORT_KEYS).decode()
+    """An element's identity by content, blind to the order of arrays inside it."""
+    return orjson.dumps(_unordered(element), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _unordered(value: Json) -> Json:
+    if isinstance(value, dict):
+        return {k: _unordered(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_unordered(v) for v in value]
+        return sorted(items, key=lambda v: orjson.dumps(v, option=orjson.OPT_SORT_KEYS))
+    return value
 
 
 IDENTITY: dict[str, Callable[[Mapping[str, Json]], str]] = {
