@@ -143,9 +143,9 @@ def write_catalog(root: Path, manifest: Manifest, *, tag: str) -> None:
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync_path(root)
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -161,7 +161,8 @@ def read_manifest(root: Path) -> Manifest:
     return Manifest(tuple(ManifestEntry(*row) for row in rows), meta)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file (or a directory's entries) durable before the commit that depends on it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

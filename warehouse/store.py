@@ -186,7 +186,7 @@ class RunWriter:
             self.seal(table)
         entries = []
         for table in self._writers:
-            _fsync_file(self.dir / f"{table}.parquet")
+            catalog.fsync_path(self.dir / f"{table}.parquet")
             entries.append(self._entry(table))
         kept = tuple(e for e in self.manifest.entries if e.table not in replace)
         manifest = Manifest(kept + tuple(entries),
@@ -224,11 +224,3 @@ def _exclusive_lock(path: Path, holder: str, timeout: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
