@@ -67,12 +67,11 @@ def backfill_batch(bc: _BatchContext, nct_ids: list[str]) -> int:
 
     Everything is fetched before anything is staged, so a retried task stages nothing twice.
     """
-    with bc.run.warehouse.committed() as con:
-        stored = stored_versions(con, nct_ids)
-        fetched = {nct: _fetch(bc, nct, stored.get(nct, [])) for nct in nct_ids}
-        plan, merges = _plan(bc, stored, fetched)
-        bc.run.append_plan(plan, bc.ctx)
-        bc.run.rewrite_studies(con, moves_table(merges))
+    stored = _stored(bc.run, nct_ids)
+    fetched = {nct: _fetch(bc, nct, stored.get(nct, [])) for nct in nct_ids}
+    plan, merges = _plan(bc, stored, fetched)
+    bc.run.append_plan(plan, bc.ctx)
+    _rewrite(bc.run, merges)
     bc.run.append_rows("study_rewrites", [{"run_id": bc.ctx.run_id, "nct_id": nct, "versions": len(m.versions)}
                                           for nct, m in merges.items()])
     t = bc.totals
@@ -87,6 +86,17 @@ def backfill_batch(bc: _BatchContext, nct_ids: list[str]) -> int:
     get_run_logger().info("batch of %d studies: %d history versions stored, %d studies rewritten",
                           len(nct_ids), len(plan.versions), len(merges))
     return len(merges)
+
+
+def _stored(run: RunWriter, nct_ids: list[str]) -> dict[str, list[StoredVersion]]:
+    # Its own frame: no DuckDB connection stays referenced while the batch waits on the network.
+    with run.warehouse.committed() as con:
+        return stored_versions(con, nct_ids)
+
+
+def _rewrite(run: RunWriter, merges: dict[str, HistoryMerge]) -> None:
+    with run.warehouse.committed() as con:
+        run.rewrite_studies(con, moves_table(merges))
 
 
 def _fetch(bc: _BatchContext, nct: str, stored: list[StoredVersion]) -> _Fetched | None:
@@ -117,7 +127,8 @@ def _plan(bc: _BatchContext, stored: dict[str, list[StoredVersion]],
             one = plan_batch([record], {}, bc.ctx, registry_versions={nct: number})
             plan.quarantined += [Quarantined(q.nct_id, f"history version {number}: {q.reason}", q.raw)
                                  for q in one.quarantined]
-            planned.update({number: v for v in one.versions})
+            if one.versions:
+                planned[number] = one.versions[0]
         candidates = [FetchedVersion(n, got.index.entry(n).date, v.content_hash, key=n) for n, v in planned.items()]
         merge = merge_history(stored.get(nct, []), candidates)
         if not merge.changed:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from itertools import pairwise
 from typing import Any
 
 from pipeline.errors import HistoryFormatError, UsageError
@@ -69,7 +70,7 @@ def parse_history_index(body: Any, nct_id: str, *, url: str, nested: bool = Fals
     versions = [e.version for e in entries]
     if len(set(versions)) != len(versions) or versions[0] != 0:
         raise _unexpected(what, f"versions must be unique and start at 0, got {versions}", url)
-    if any(later.date < earlier.date for earlier, later in zip(entries, entries[1:], strict=False)):
+    if any(later.date < earlier.date for earlier, later in pairwise(entries)):
         raise _unexpected(what, "version dates go back in time", url)
     last = body.get("lastUpdateVersions", {})
     if not isinstance(last, dict) or not all(_is_int(v) for v in last.values()):
@@ -82,7 +83,7 @@ def _entry(item: Any, i: int, what: str, url: str) -> HistoryEntry:
     if not isinstance(item, dict):
         raise _unexpected(what, f"{where} is not an object", url)
     version, day, status, labels = (item.get(k) for k in ("version", "date", "status", "moduleLabels"))
-    if not _is_int(version) or version < 0:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise _unexpected(what, f"{where} has no version number ('version': {version!r})", url)
     if not isinstance(day, str) or not _DAY.match(day):
         raise _unexpected(what, f"{where} has no YYYY-MM-DD 'date' ({day!r})", url)

@@ -33,7 +33,8 @@ def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
     600,000 first versions cost no raw JSON parsing. A first version from the registry's history
     (source ``history``) is, like a scope's first run, not news: no ``study_added``.
     """
-    where, params = [], []
+    where: list[str] = []
+    params: list[object] = []
     if run_id:
         where.append("n.run_id = ?")
         params.append(run_id)
