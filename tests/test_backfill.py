@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipeline.registry.fake_history import REAL_HISTORY_NCT, FakeHistory, histor
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import DATA, fast_sync, nct
 from tests.test_cli import run_cli
+from tests.test_sync import DUCKDB_CLI
 from warehouse import Warehouse
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -133,6 +135,10 @@ def test_backfill_merges_versions_a_sync_observed(merged: tuple[Path, dict[str, 
                 [runs["backfill"]["run_id"]]) == [(runs["first"]["run_id"], 5), (runs["second"]["run_id"], 10)]
     assert rows(warehouse_dir, "SELECT version, is_current FROM studies JOIN study_versions USING (nct_id, version)"
                 ) == [(10, True)]
+    shell = subprocess.run([str(DUCKDB_CLI), "-readonly", "-csv", "-noheader", str(warehouse_dir / "warehouse.duckdb"),
+                            "-c", "SELECT count(*), max(version), count(DISTINCT version) FROM study_versions"],
+                           capture_output=True, text=True, timeout=30)
+    assert (shell.returncode, shell.stdout.strip()) == (0, "10,10,10"), shell.stderr  # the DuckDB 1.5 shell agrees
 
 
 def test_rederive_after_a_backfill_gives_the_same_changes(merged: tuple[Path, dict[str, Any]]) -> None:
