@@ -186,7 +186,8 @@ def backfill_history(
         if bc.extra.rewritten:
             totals.changes_written = derive_run_changes(run, rules, only_run=None, baseline_runs=baselines,
                                                         nct_ids=bc.extra.rewritten)
-        scope = "all" if all_studies else "ids=" + ",".join(wanted)
+        # Never a sync scope's name: a backfill must not count as a scope's run (watermark, baseline, members).
+        scope = "backfill:" + ("all" if all_studies else ",".join(wanted))
         summary = SyncSummary(run_id, "backfill", scope, None, round(time.monotonic() - clock, 3), totals)
         commit_run(run, summary, started, params={"modules": ",".join(modules or [])}, api_url=url)
     result = {**summary.as_dict(), "fetched": bc.extra.fetched, "rewritten": len(bc.extra.rewritten),

@@ -219,8 +219,8 @@ def merge_history(stored: Sequence[StoredVersion], fetched: Sequence[FetchedVers
 
     A stored version whose content hash equals a fetched version's is that version (it takes its
     registry version number and date). Fetched versions go before a stored version with a higher
-    registry number, or, for a stored version whose registry number is unknown, when they were dated
-    before it. A fetched version equal in content to the version before it adds nothing.
+    registry number, or, for a stored version whose registry number is unknown, when they are dated
+    on or before its date. A fetched version equal in content to the version before it adds nothing.
     """
     rows = sorted(stored, key=lambda s: s.version)
     pending = sorted(fetched, key=lambda f: f.registry_version)
@@ -293,7 +293,9 @@ def _interleave(rows: list[StoredVersion], matches: Mapping[int, FetchedVersion]
         if number_i is not None:
             first = item.registry_version < number_i
         else:
-            first = item.registry_version < ceilings[i] and item.date < row.when
+            # On the same day the history version goes first: most likely it is this very version
+            # (a record whose content differs only in form), and the stored one stays what syncs compare to.
+            first = item.registry_version < ceilings[i] and item.date <= row.when
         if first:
             out.append(item)
             j += 1

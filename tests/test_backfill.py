@@ -229,6 +229,8 @@ def test_backfill_all_covers_every_followed_study_and_skips_those_without_histor
     summary = backfill(history_registry, warehouse_dir, all_studies=True, batch_size=2)
     assert summary["not_found"] == sorted(nct(r) for r in records[:3])
     assert (summary["studies_seen"], summary["pages"], summary["rewritten"]) == (4, 2, 1)
+    assert rows(warehouse_dir, "SELECT mode, scope FROM sync_runs ORDER BY started_at") == [
+        ("full", "all"), ("backfill", "backfill:all")]  # not the whole-registry sync scope "all"
     assert rows(warehouse_dir, "SELECT nct_id, count(*) FROM study_versions GROUP BY 1 ORDER BY 2 DESC, 1")[0] == (
         NCT, 10)
     assert rows(warehouse_dir, "SELECT count(*) FROM studies") == [(4,)]

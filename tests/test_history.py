@@ -155,6 +155,14 @@ def test_unmatched_stored_versions_and_removals_keep_their_order_and_go_by_date(
         (6, "fetched", None, 2, "2019-10-01")]
 
 
+def test_a_synced_version_the_history_shows_in_another_form_stays_the_last() -> None:
+    stored = [_stored(1, "j-markdown", "2020-04-27")]
+    fetched = [_fetched(8, "2019-12-04", "i"), _fetched(9, "2020-04-27", "j-html")]
+    assert _shape(merge_history(stored, fetched)) == [
+        (1, "fetched", None, 8, "2019-12-04"), (2, "fetched", None, 9, "2020-04-27"),
+        (3, "stored", 1, None, "2020-04-27")]
+
+
 def test_a_history_version_equal_to_the_one_before_adds_nothing() -> None:
     fetched = [_fetched(0, "2018-09-27", "a"), _fetched(1, "2018-10-16", "a"), _fetched(2, "2018-11-15", "b")]
     assert _shape(merge_history([], fetched)) == [
