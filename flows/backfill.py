@@ -69,6 +69,8 @@ def backfill_batch(bc: _BatchContext, nct_ids: list[str]) -> int:
     """
     stored = _stored(bc.run, nct_ids)
     fetched = {nct: _fetch(bc, nct, stored.get(nct, [])) for nct in nct_ids}
+    bc.extra.not_found += [nct for nct, got in fetched.items() if got is None]
+    bc.extra.fetched += sum(len(got.records) for got in fetched.values() if got is not None)
     plan, merges = _plan(bc, stored, fetched)
     bc.run.append_plan(plan, bc.ctx)
     _rewrite(bc.run, merges)
@@ -105,13 +107,10 @@ def _fetch(bc: _BatchContext, nct: str, stored: list[StoredVersion]) -> _Fetched
         index = bc.history.index(nct)
     except RegistryNotFound:
         get_run_logger().warning("%s: the registry has no history for it (404); skipped", nct)
-        bc.extra.not_found.append(nct)
         return None
     known = {s.registry_version for s in stored if s.registry_version is not None}
     wanted = select_versions(index, known, bc.modules)
-    records = [(v, bc.history.version(nct, v)) for v in wanted]
-    bc.extra.fetched += len(records)
-    return _Fetched(index, records)
+    return _Fetched(index, [(v, bc.history.version(nct, v)) for v in wanted])
 
 
 def _plan(bc: _BatchContext, stored: dict[str, list[StoredVersion]],

@@ -331,11 +331,16 @@ def fake_registry(
     """Serve the real records on 127.0.0.1 with the API's semantics (for manual trials)."""
     import time
 
+    from pipeline.registry.fake_history import real_history
     from pipeline.registry.fake_server import FakeRegistry
 
-    studies = settings.shared_data_dir(str(data) if data else None) / "ctgov" / "studies"
-    server = FakeRegistry.from_directory(studies).start(port=port)
-    console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url} (Ctrl-C stops)")
+    shared = settings.shared_data_dir(str(data) if data else None) / "ctgov"
+    server = FakeRegistry.from_directory(shared / "studies")
+    history = real_history(shared / "history")
+    server.put_history(history)  # NCT03690141's real index, its version records derived
+    server.start(port=port)
+    console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url}, the history of "
+                  f"{history.nct_id} at {server.int_url} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)
