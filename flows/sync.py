@@ -120,12 +120,13 @@ def retire_vanished(pc: _PageContext, scope: str) -> int:
 
 @task(name="derive-changes", cache_policy=NONE)
 def derive_run_changes(run: RunWriter, rules: Rules, *, only_run: str | None,
-                       baseline_runs: frozenset[str]) -> int:
-    """Changes between each version this run stored (or every version, for ``rederive``) and the one before."""
+                       baseline_runs: frozenset[str], nct_ids: list[str] | None = None) -> int:
+    """Changes between each version this run stored (or every version, for ``rederive``; every version of
+    ``nct_ids``, for a backfill) and the one before."""
     run.seal("study_versions")
     written = 0
     with run.staged() as con:
-        for pairs in version_pairs(con, run_id=only_run, baseline_runs=baseline_runs):
+        for pairs in version_pairs(con, run_id=only_run, baseline_runs=baseline_runs, nct_ids=nct_ids):
             rows = [change for pair in pairs for change in derive_changes(pair, rules)]
             run.append("changes", changes_table(rows))
             written += len(rows)

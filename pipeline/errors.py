@@ -48,6 +48,10 @@ class RegistryNotFound(RegistryError):
     """404: no such study or endpoint."""
 
 
+class HistoryFormatError(RegistryError):
+    """The registry's undocumented history API answered in a shape we do not know (its format changed)."""
+
+
 class RecordInvalid(TrialsyncError):
     """A registry record that does not fit the schema; it is quarantined, not stored."""
 

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.tables import CORE_FIELDS, TABLES
+from warehouse.tables import CORE_FIELDS, TABLES, rewritten_tables
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
@@ -62,12 +62,17 @@ def _sql_list(root: Path, paths: Sequence[str]) -> str:
 def plan_catalog(root: Path, manifest: Manifest) -> list[str]:
     """The statements that define every view and macro, for the files in ``manifest``."""
     statements = []
+    rewriting = bool(manifest.files("study_rewrites"))
+    superseding = set(rewritten_tables()) if rewriting else set()
     for table in TABLES:
-        files = [schema_file(table), *manifest.files(table)]
-        statements.append(
-            f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
-            f"{_sql_list(root, files)}, union_by_name = true)"
-        )
+        if table not in superseding:
+            files = [schema_file(table), *manifest.files(table)]
+            statements.append(
+                f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
+                f"{_sql_list(root, files)}, union_by_name = true)"
+            )
+    if rewriting:
+        statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding])
     valid_from = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
     statements += [
         f"""CREATE OR REPLACE VIEW study_versions AS
@@ -105,6 +110,40 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
   AND NOT is_removed""",
     ]
     return statements
+
+
+def _superseding_views(root: Path, manifest: Manifest, tables: Sequence[str]) -> list[str]:
+    """``raw_<table>`` without the rows of rewritten studies from files older than their last rewrite.
+
+    A run's place in commit order is its first entry in the manifest; each file knows its run.
+    """
+    order: dict[str, int] = {}
+    for entry in manifest.entries:
+        order.setdefault(entry.run_id, len(order) + 1)
+    rewriters = sorted({e.run_id for e in manifest.entries if e.table == "study_rewrites"}, key=order.__getitem__)
+    files = [(str(root / e.path), order[e.run_id]) for e in manifest.entries if e.table in tables]
+    statements = [
+        f"CREATE OR REPLACE VIEW _run_seq AS {_values(['run_id', 'seq'], [(r, order[r]) for r in rewriters])}",
+        f"CREATE OR REPLACE VIEW _file_seq AS {_values(['path', 'seq'], files)}",
+        """CREATE OR REPLACE VIEW _rewrite_marks AS
+SELECT w.nct_id, max(s.seq) AS seq FROM raw_study_rewrites AS w JOIN _run_seq AS s USING (run_id) GROUP BY w.nct_id""",
+    ]
+    for table in tables:
+        listed = _sql_list(root, [schema_file(table), *manifest.files(table)])
+        statements.append(f"""CREATE OR REPLACE VIEW raw_{table} AS
+SELECT t.* EXCLUDE (filename) FROM read_parquet({listed}, union_by_name = true, filename = true) AS t
+LEFT JOIN _file_seq AS f ON f.path = t.filename
+LEFT JOIN _rewrite_marks AS m ON m.nct_id = t.nct_id
+WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq""")
+    return statements
+
+
+def _values(columns: Sequence[str], rows: Sequence[tuple[str, int]]) -> str:
+    """A constant table; typed even when empty."""
+    if not rows:
+        return f"SELECT NULL::VARCHAR AS {columns[0]}, NULL::INTEGER AS {columns[1]} WHERE false"
+    body = ", ".join("('" + text.replace("'", "''") + f"', {number})" for text, number in rows)
+    return f"SELECT * FROM (VALUES {body}) AS v({columns[0]}, {columns[1]})"
 
 
 def ensure_schema_files(root: Path) -> None:

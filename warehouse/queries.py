@@ -70,7 +70,7 @@ def changes_query(f: ChangeFilter, columns: tuple[str, ...] = CHANGE_COLUMNS) ->
 
 
 HISTORY_VERSIONS = """
-SELECT version, registry_updated, observed_at, source, run_id, is_removed, overall_status,
+SELECT version, registry_version, registry_updated, observed_at, source, run_id, is_removed, overall_status,
        enrollment_count, enrollment_type, primary_completion_date_raw, completion_date_raw
 FROM study_versions WHERE nct_id = ? ORDER BY version"""
 

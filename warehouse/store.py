@@ -24,7 +24,7 @@ from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
 from warehouse.rows import quarantine_table, run_studies_table, versions_table
-from warehouse.tables import TABLES
+from warehouse.tables import TABLES, version_keyed_tables
 
 LOCK_NAME = ".writer.lock"
 RUNS_DIR = "runs"
@@ -147,6 +147,21 @@ class RunWriter:
         self.append("run_studies", run_studies_table(plan, ctx))
         self.append("quarantine", quarantine_table(plan, ctx))
 
+    def rewrite_studies(self, con: duckdb.DuckDBPyConnection, moves: pa.Table) -> None:
+        """Copy the committed rows of rewritten studies into this run, renumbered.
+
+        ``moves`` (nct_id, old_version, new_version, registry_version, registry_updated) covers every
+        stored version of each study; ``study_versions`` rows also take the registry version and date
+        given (a stored version found in the registry's history). The caller lists the studies in
+        ``study_rewrites`` so the catalog hides their older rows.
+        """
+        con.register("_moves", moves)
+        try:
+            for table in version_keyed_tables():
+                self.append(table, con.sql(_renumber_sql(table)).to_arrow_table())
+        finally:
+            con.unregister("_moves")
+
     def heads(self) -> dict[str, Head]:
         """The latest committed version of every study."""
         with self.warehouse.committed() as con:
@@ -200,6 +215,19 @@ class RunWriter:
                 with suppress(Exception):  # best effort: the files are deleted next
                     writer.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _renumber_sql(table: str) -> str:
+    columns = []
+    for name in TABLES[table].names:
+        if name == "version":
+            columns.append("m.new_version AS version")
+        elif table == "study_versions" and name in ("registry_version", "registry_updated"):
+            columns.append(f"coalesce(m.{name}, t.{name}) AS {name}")
+        else:
+            columns.append(f"t.{name}")
+    return (f"SELECT {', '.join(columns)} FROM raw_{table} AS t "
+            "JOIN _moves AS m ON m.nct_id = t.nct_id AND m.old_version = t.version ORDER BY t.nct_id, m.new_version")
 
 
 @contextmanager

@@ -114,10 +114,34 @@ CHANGES = pa.schema(
     ]
 )
 
+# A run that rewrites a study (a backfill that renumbers its versions) lists it here: the study's rows in
+# the tables keyed by study version (``rewritten_tables``) from files of runs committed before it are
+# hidden by the catalog; the rewriting run has written the study's complete rows again.
+STUDY_REWRITES = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("nct_id", pa.string(), nullable=False),
+        pa.field("versions", pa.int32()),  # how many versions the study has after the rewrite
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "study_versions": STUDY_VERSIONS,
     "sync_runs": SYNC_RUNS,
     "run_studies": RUN_STUDIES,
     "quarantine": QUARANTINE,
     "changes": CHANGES,
+    "study_rewrites": STUDY_REWRITES,
 }
+
+
+def version_keyed_tables() -> tuple[str, ...]:
+    """Tables whose rows belong to one stored version (``nct_id`` and ``version`` columns): a rewrite
+    copies them with the new numbers. ``study_versions`` first."""
+    return tuple(t for t, schema in TABLES.items() if {"nct_id", "version"} <= set(schema.names))
+
+
+def rewritten_tables() -> tuple[str, ...]:
+    """Tables whose rows of a rewritten study are superseded: the version-keyed ones and ``changes``
+    (recomputed across the study's merged history)."""
+    return (*version_keyed_tables(), "changes")

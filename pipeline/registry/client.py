@@ -120,8 +120,8 @@ class RegistryClient:
         return body
 
     # -- transport ---------------------------------------------------------------------------
-    def _get_json(self, path: str, params: Mapping[str, str]) -> Any:
-        url = self.base_url + path
+    def _get_json(self, path: str, params: Mapping[str, str], *, base: str | None = None) -> Any:
+        url = (base or self.base_url) + path
         retrying = Retrying(
             stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.budget_seconds),
             wait=self._wait,

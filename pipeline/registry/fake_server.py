@@ -7,6 +7,11 @@ NCTIdAlias), ``filter.overallStatus``, ``filter.advanced`` with ``AREA[LastUpdat
 (and simple ``AREA[Field]VALUE`` terms), ``query.cond/term/spons`` matching, and 400/404 plain-text
 errors. ``faults`` injects 429 with Retry-After, 5xx, slow answers, resets and truncated bodies.
 
+Under ``/api/int`` it serves the record history of the website's internal API for the studies given
+to ``put_history`` (``/studies/{NCT}/history``, ``/studies/{NCT}?history=true``,
+``/studies/{NCT}/history/{v}``); their version records are derived (see ``fake_history``). Requests
+and faults name these paths with an ``/int`` prefix (``/int/studies/NCT03690141/history``).
+
 Query matching is simpler than the registry's Essie engine: every word of the query must occur
 (case-insensitively) in the searched text. Results are ordered by NCT id.
 """
@@ -31,13 +36,16 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from pipeline.enums import STATUSES
+from pipeline.registry.fake_history import INDEX_MEMBERS, FakeHistory
 
 API_PREFIX = "/api/v2"
+INT_PREFIX = "/api/int"  # the website's internal API (record history)
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
 _NCT_PATH = re.compile(r"^[Nn][Cc][Tt]0*[1-9]\d{0,7}$")
 _AREA_RANGE = re.compile(r"^AREA\[(\w+)\]RANGE\[([^,\]]+),\s*([^\]]+)\]$")
 _AREA_VALUE = re.compile(r"^AREA\[(\w+)\](\w+)$")
+_INT_STUDY = re.compile(r"^/int/studies/([^/]+)(/history(?:/([^/]+))?)?$")
 
 
 @dataclass
@@ -112,6 +120,7 @@ class FakeRegistry:
     def __init__(self, records: Iterable[Mapping[str, Any]] = (), *, token_ttl: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._histories: dict[str, FakeHistory] = {}
         self._lock = threading.Lock()
         self.faults = Faults()
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -137,6 +146,16 @@ class FakeRegistry:
         with self._lock:
             for nct in nct_ids:
                 self._entries.pop(nct, None)
+
+    def put_history(self, history: FakeHistory) -> None:
+        """Serve ``history`` under ``/api/int``; its last version becomes the study's current record."""
+        self.put(history.current)
+        with self._lock:
+            self._histories[history.nct_id] = history
+
+    def history(self, nct_id: str) -> FakeHistory | None:
+        with self._lock:
+            return self._histories.get(nct_id)
 
     def record(self, nct_id: str) -> dict[str, Any]:
         return json.loads(self._entries[nct_id].body)
@@ -172,6 +191,10 @@ class FakeRegistry:
         assert self._server, "not started"
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}{API_PREFIX}"
+
+    @property
+    def int_url(self) -> str:
+        return self.url[: -len(API_PREFIX)] + INT_PREFIX
 
     def study_requests(self) -> list[dict[str, str]]:
         return [params for path, params in self.requests if path == "/studies"]
@@ -359,9 +382,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
-        if not url.path.startswith(API_PREFIX):
+        if url.path.startswith(INT_PREFIX + "/"):
+            path = "/int" + url.path[len(INT_PREFIX):]
+        elif url.path.startswith(API_PREFIX):
+            path = url.path[len(API_PREFIX):] or "/"
+        else:
             return self._text(404, "Not Found")
-        path = url.path[len(API_PREFIX):] or "/"
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         self.registry.requests.append((path, params))
         page = self.registry.page_of(params) if path == "/studies" else None
@@ -369,12 +395,48 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and self._inject(fault):
             return None
         try:
-            status, body, ctype = self._route(path, params)
+            status, body, ctype, headers = self._answer(path, params)
         except BadRequest as exc:
             return self._text(400, str(exc))
         if fault and fault.kind == "truncate":
-            return self._send(status, body[: max(1, len(body) // 2)], ctype)
-        return self._send(status, body, ctype)
+            return self._send(status, body[: max(1, len(body) // 2)], ctype, headers)
+        return self._send(status, body, ctype, headers)
+
+    def _answer(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
+        if path.startswith("/int/"):
+            return self._route_int(path, params)
+        return (*self._route(path, params), {})
+
+    def _route_int(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
+        """The record history of the website's internal API (shapes from HISTORY_NOTES.md)."""
+        match = _INT_STUDY.match(path)
+        if not match:
+            return 404, b"Not Found", "text/plain", {}
+        nct, history_part, version = match.groups()
+        if not _NCT_PATH.match(nct):
+            raise BadRequest(f"Invalid NCT ID: {nct}")
+        wanted = "NCT" + nct[3:].lstrip("0").rjust(8, "0")
+        history = self.registry.history(wanted)
+        if history is None:
+            return 404, f"Study history not found: {wanted}".encode(), "text/plain", {}
+        derived = {"X-Fake-Derived": "true"} if history.derived else {}
+        if history_part is None:
+            if params.get("history", "").lower() != "true":
+                raise BadRequest("fake registry serves /api/int/studies/{NCT} only with history=true")
+            body: dict[str, Any] = {"study": history.current, "history": {"changes": history.changes,
+                                                                           **history.members}}
+            if history.topics is not None:
+                body["topics"] = history.topics
+            return 200, orjson.dumps(body), "application/json", derived
+        if version is None:
+            members = {k: history.members[k] for k in INDEX_MEMBERS if k in history.members}
+            return 200, orjson.dumps({"changes": history.changes, **members}), "application/json", {}
+        if not version.isdigit():
+            raise BadRequest(f"Invalid version: {version}")
+        record = history.records.get(int(version))
+        if record is None:
+            return 404, f"Study version not found: {wanted} version {version}".encode(), "text/plain", {}
+        return 200, orjson.dumps({"studyVersion": int(version), "study": record}), "application/json", derived
 
     def _inject(self, fault: Fault) -> bool:
         """Apply a fault; True when the response has been fully handled."""
