@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.tables import CORE_FIELDS, TABLES
+from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
@@ -94,6 +94,21 @@ SELECT * FROM study_versions
 WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d AS DATE))
   AND NOT is_removed""",
     ]
+    statements += child_views()
+    return statements
+
+
+def child_views() -> list[str]:
+    """``<table>`` (rows of every version) and ``current_<table>`` (rows of the versions in ``studies``)."""
+    statements = []
+    for table, schema in CHILD_TABLES.items():
+        columns = ", ".join(f.name for f in schema)
+        statements += [
+            f"CREATE OR REPLACE VIEW {table} AS SELECT {columns} FROM raw_{table}",
+            f"""CREATE OR REPLACE VIEW current_{table} AS
+SELECT {columns} FROM raw_{table} AS t
+WHERE EXISTS (SELECT 1 FROM studies AS s WHERE s.nct_id = t.nct_id AND s.version = t.version)""",
+        ]
     return statements
 
 

@@ -23,7 +23,7 @@ from pipeline.errors import WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
-from warehouse.rows import quarantine_table, run_studies_table, versions_table
+from warehouse.rows import child_tables, quarantine_table, run_studies_table, versions_table
 from warehouse.tables import TABLES
 
 LOCK_NAME = ".writer.lock"
@@ -125,6 +125,8 @@ class RunWriter:
 
     def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
         self.append("study_versions", versions_table(plan.versions, ctx))
+        for table, rows in child_tables(plan.versions).items():
+            self.append(table, rows)
         self.append("run_studies", run_studies_table(plan, ctx))
         self.append("quarantine", quarantine_table(plan, ctx))
 
