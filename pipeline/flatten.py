@@ -20,10 +20,11 @@ Columns = dict[str, list[Any]]
 StudyRows = dict[str, Columns]
 
 # One row per version in these; the others have one row per list item (possibly none).
-ONE_ROW_TABLES = ("eligibility", "design", "results_summary")
+ONE_ROW_TABLES = ("descriptions", "eligibility", "design", "results_summary")
 CHILD_TABLES: tuple[str, ...] = (
     "conditions", "keywords", "interventions", "arm_groups", "locations", "sponsors", "outcomes",
     "eligibility", "identifiers", "design", "study_references", "contacts", "officials", "results_summary",
+    "descriptions",
 )
 
 # Days per unit of the registry's age texts ("18 Years", "6 Months"); a year is 365.25 days.
@@ -57,6 +58,7 @@ def flatten(study: s.Study) -> StudyRows:
         "contacts": _contacts(contacts.central_contacts if contacts else None),
         "officials": _officials(contacts.overall_officials if contacts else None),
         "results_summary": _results(study, p.status_module or _STATUS),
+        "descriptions": _descriptions(p.description_module or s.DescriptionModule()),
     }
 
 
@@ -271,6 +273,10 @@ def _results(study: s.Study, status: s.StatusModule) -> Columns:
         "serious_event_term_count": [_count(events.serious_events if events else None, events)],
         "other_event_term_count": [_count(events.other_events if events else None, events)],
     }
+
+
+def _descriptions(d: s.DescriptionModule) -> Columns:
+    return {"brief_summary": [d.brief_summary], "detailed_description": [d.detailed_description]}
 
 
 def _count(items: Sequence[Any] | None, module: object) -> int | None:

@@ -53,8 +53,9 @@ class Warehouse:
         if not self.exists():
             raise WarehouseError(f"no warehouse at {self.root} (run `trialsync sync` first)")
         con = duckdb.connect(str(self.catalog_path), read_only=True)
-        stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchone()
-        if stored_root and stored_root[0] == str(self.root):
+        # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
+        stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchall()
+        if stored_root and stored_root[0][0] == str(self.root):
             return con
         # The directory moved since the last commit: rebuild the views in memory for this reader.
         manifest = self.manifest()

@@ -138,6 +138,7 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                               ("baseline_group_count", _INT), ("outcome_measure_count", _INT),
                               ("adverse_event_group_count", _INT), ("serious_event_term_count", _INT),
                               ("other_event_term_count", _INT)),
+    "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
 }
 
 TABLES: dict[str, pa.Schema] = {
