@@ -90,7 +90,8 @@ def parse_record(record: Mapping[str, Any]) -> ParsedRecord:
     """The validated record (``Study``) and its core columns, or ``RecordInvalid``."""
     if not isinstance(record, Mapping) or not isinstance(record.get("protocolSection"), Mapping):
         raise RecordInvalid("record has no protocolSection")
-    value = (record["protocolSection"].get("identificationModule") or {}).get("nctId")
+    ident = record["protocolSection"].get("identificationModule")
+    value = ident.get("nctId") if isinstance(ident, Mapping) else None
     if value is None:
         raise RecordInvalid("record has no protocolSection.identificationModule.nctId")
     if not isinstance(value, str) or not NCT_ID.match(value):

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline import mutate
 from pipeline.dates import parse_partial_date
@@ -194,3 +196,30 @@ def test_broken_records_are_quarantined_with_a_reason_and_the_rest_planned() -> 
         assert reason in item.reason, what
         ident = record.get("protocolSection", {}).get("identificationModule", {})
         assert item.nct_id == ident.get("nctId"), what
+
+
+# What the client's JSON parser (orjson) can produce: it reads integers beyond 64 bits as floats.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _paths(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    return [path, *(p for key, item in items for p in _paths(item, (*path, key)))]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_value_anywhere_in_a_real_record_gives_a_version_or_a_quarantine_never_a_crash(data: Any) -> None:
+    record = data.draw(st.sampled_from(real_records()[:40]))
+    path = data.draw(st.sampled_from(_paths(record)))
+    value = data.draw(json_values)
+    broken = value if not path else mutate.set_path(record, path, value)
+    plan = plan_batch([broken], {}, CTX)
+    assert len(plan.versions) + len(plan.quarantined) == 1
+    if plan.quarantined:
+        assert plan.quarantined[0].reason and "\n" not in plan.quarantined[0].reason
