@@ -21,7 +21,7 @@ test: setup lint
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check pipeline warehouse flows tests
+	$(BIN)/ruff check pipeline warehouse flows tests tools
 	$(BIN)/mypy
 
 clean:

@@ -109,3 +109,28 @@ def with_derived(record: Record, derived: dict[str, Any]) -> Record:
     out = copy.deepcopy(record)
     out["derivedSection"] = copy.deepcopy(derived)
     return out
+
+
+Path = tuple[str | int, ...]
+
+
+def set_path(record: Record, path: Path, value: Any) -> Record:
+    """A copy with the value at ``path`` (keys and list indices) replaced; e.g. a wrong type or enum."""
+    out = copy.deepcopy(record)
+    *parents, last = path
+    node: Any = out
+    for key in parents:
+        node = node[key]
+    node[last] = copy.deepcopy(value)
+    return out
+
+
+def drop_path(record: Record, path: Path) -> Record:
+    """A copy without the value at ``path`` (a key or a list element)."""
+    out = copy.deepcopy(record)
+    *parents, last = path
+    node: Any = out
+    for key in parents:
+        node = node[key]
+    del node[last]
+    return out

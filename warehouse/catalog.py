@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.tables import CORE_FIELDS, TABLES, rewritten_tables
+from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
@@ -92,6 +92,7 @@ SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen
        api_url, params
 FROM raw_sync_runs ORDER BY started_at""",
         "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
+        "CREATE OR REPLACE VIEW study_rewrites AS SELECT run_id, nct_id, versions FROM raw_study_rewrites",
         """CREATE OR REPLACE VIEW quarantine AS
 SELECT nct_id, run_id, observed_at, reason, CAST(raw AS JSON) AS raw FROM raw_quarantine""",
         """CREATE OR REPLACE VIEW changes AS
@@ -109,6 +110,21 @@ SELECT * FROM study_versions
 WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d AS DATE))
   AND NOT is_removed""",
     ]
+    statements += child_views()
+    return statements
+
+
+def child_views() -> list[str]:
+    """``<table>`` (rows of every version) and ``current_<table>`` (rows of the versions in ``studies``)."""
+    statements = []
+    for table, schema in CHILD_TABLES.items():
+        columns = ", ".join(f.name for f in schema)
+        statements += [
+            f"CREATE OR REPLACE VIEW {table} AS SELECT {columns} FROM raw_{table}",
+            f"""CREATE OR REPLACE VIEW current_{table} AS
+SELECT {columns} FROM raw_{table} AS t
+WHERE EXISTS (SELECT 1 FROM studies AS s WHERE s.nct_id = t.nct_id AND s.version = t.version)""",
+        ]
     return statements
 
 

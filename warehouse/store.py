@@ -23,7 +23,7 @@ from pipeline.errors import WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
-from warehouse.rows import quarantine_table, run_studies_table, versions_table
+from warehouse.rows import child_tables, quarantine_table, run_studies_table, versions_table
 from warehouse.tables import TABLES, version_keyed_tables
 
 LOCK_NAME = ".writer.lock"
@@ -53,8 +53,9 @@ class Warehouse:
         if not self.exists():
             raise WarehouseError(f"no warehouse at {self.root} (run `trialsync sync` first)")
         con = duckdb.connect(str(self.catalog_path), read_only=True)
-        stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchone()
-        if stored_root and stored_root[0] == str(self.root):
+        # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
+        stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchall()
+        if stored_root and stored_root[0][0] == str(self.root):
             return con
         # The directory moved since the last commit: rebuild the views in memory for this reader.
         manifest = self.manifest()
@@ -144,6 +145,8 @@ class RunWriter:
 
     def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
         self.append("study_versions", versions_table(plan.versions, ctx))
+        for table, rows in child_tables(plan.versions).items():
+            self.append(table, rows)
         self.append("run_studies", run_studies_table(plan, ctx))
         self.append("quarantine", quarantine_table(plan, ctx))
 
