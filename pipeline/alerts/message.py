@@ -181,7 +181,7 @@ def _cut(text: str) -> str:
 
 
 def _md(text: str) -> str:
-    return text.replace("*", "\\*").replace("_", "\\_").replace("[", "\\[").replace("]", "\\]")
+    return text.replace("*", "\\*").replace("_", "\\_")
 
 
 def _slack(text: str) -> str:
