@@ -102,7 +102,8 @@ def resolve_channels(watchlist: Watchlist, base_dir: Path, names: set[str] | Non
             if value:
                 redactor.add(value)
         feed = (base_dir / c.path).resolve() if c.path else None
-        resolved[name] = Resolved(c, url=url, headers=headers, password=password, feed_path=feed)
+        ca_file = (base_dir / c.ca_file).resolve() if c.ca_file else None
+        resolved[name] = Resolved(c, url=url, headers=headers, password=password, feed_path=feed, ca_file=ca_file)
     return resolved, redactor
 
 

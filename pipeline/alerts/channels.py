@@ -9,6 +9,7 @@ Secret values arrive resolved (``Resolved``); error texts never include a URL.
 
 from __future__ import annotations
 
+import email.policy
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ from pipeline.alerts.watchlist import Channel
 from pipeline.errors import DeliveryFailed
 
 USER_AGENT = "trialsync-alerts"
+# Headers unfolded up to RFC 5322's hard limit: a folded non-ASCII subject shows a stray space.
+_MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 ATOM = "http://www.w3.org/2005/Atom"
 
 
@@ -46,6 +49,7 @@ class Resolved:
     headers: Mapping[str, str] = field(default_factory=dict)
     password: str | None = None
     feed_path: Path | None = None
+    ca_file: Path | None = None
 
 
 def sender_for(resolved: Resolved) -> Sender:
@@ -117,11 +121,11 @@ class EmailSender:
     """E-mail over SMTP: STARTTLS (default), implicit TLS (``ssl``) or plain (``none``), with login."""
 
     def __init__(self, resolved: Resolved) -> None:
-        self.c, self.password = resolved.channel, resolved.password
+        self.c, self.password, self.ca_file = resolved.channel, resolved.password, resolved.ca_file
 
     def send(self, message: Message) -> None:
         c = self.c
-        mail = EmailMessage()
+        mail = EmailMessage(policy=_MAIL_POLICY)
         mail["Subject"] = message.subject
         mail["From"] = c.sender
         mail["To"] = ", ".join(c.recipients)
@@ -147,7 +151,7 @@ class EmailSender:
     def _connect(self) -> smtplib.SMTP:
         c = self.c
         assert c.host and c.port
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
         if not c.verify_tls:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

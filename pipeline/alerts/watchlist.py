@@ -59,6 +59,7 @@ class Channel:
     sender: str | None = None
     recipients: tuple[str, ...] = ()
     verify_tls: bool = True
+    ca_file: str | None = None  # trust this CA (PEM) for the SMTP server's certificate
     path: str | None = None  # feed file; relative paths are relative to the watchlist file
     format: str = "json"
     max_items: int = 500
@@ -228,7 +229,7 @@ _CHANNEL_KEYS = {
     "webhook": ("url", "url_env", "url_secret", "headers_env", "headers_secret"),
     "apprise": ("url_env", "url_secret"),
     "email": ("host", "port", "security", "username", "password_env", "password_secret", "from", "to",
-              "verify_tls"),
+              "verify_tls", "ca_file"),
     "feed": ("path", "format", "max_items", "title"),
 }
 
@@ -292,7 +293,8 @@ def _email_channel(spec: Mapping[str, Any], common: dict[str, Any]) -> Channel:
     if (username is None) != (password is None):
         raise UsageError("give both username and password_env (or password_secret), or neither")
     return Channel(**common, host=host, port=port, security=security, username=username, password_ref=password,
-                   sender=sender, recipients=recipients, verify_tls=bool(spec.get("verify_tls", True)))
+                   sender=sender, recipients=recipients, verify_tls=bool(spec.get("verify_tls", True)),
+                   ca_file=str(spec["ca_file"]) if spec.get("ca_file") else None)
 
 
 def _feed_channel(spec: Mapping[str, Any], common: dict[str, Any]) -> Channel:
