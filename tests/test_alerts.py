@@ -9,7 +9,6 @@ import email.policy
 import ipaddress
 import json
 import logging
-import os
 import shutil
 import socket
 import ssl
