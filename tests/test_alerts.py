@@ -303,11 +303,18 @@ def test_digest_mode_sends_one_message_per_watch_per_run_with_all_its_changes(
     assert [s["nct_id"] for s in by_watch["sponsors"]["studies"]] == [SEED]  # MSKCC's seed trial
 
 
-def test_no_secret_value_appears_in_any_log_line_artifact_or_ledger_row(
+def test_no_secret_value_appears_in_any_log_line_artifact_run_record_or_ledger_row(
         warehouse: Path, tmp_path: Path, smtp: SmtpServer, hook: WebhookReceiver, prefect_api: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.logging.handlers import APILogWorker
 
     token = "hooktoken-9f8e7d6c5b4a"
@@ -340,14 +347,16 @@ def test_no_secret_value_appears_in_any_log_line_artifact_or_ledger_row(
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        runs = [client.read_flow_run(flow_run_id), *client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))]
     assert {a.key for a in artifacts} == {"alerts-run", "alerts-changes"}
     markdown = next(str(a.data) for a in artifacts if a.key == "alerts-run")
     assert "| pair | dead | 3 |" in markdown and f"completion date: {SLIP}" in markdown
     table = next(a.data for a in artifacts if a.key == "alerts-changes")
     ledger = rows(warehouse, "SELECT * FROM alert_deliveries")
     texts = [*lines.lines, *(log.message for log in logs), *(json.dumps(a.data) for a in artifacts),
-             json.dumps(table), *(str(row) for row in ledger)]
-    assert len(lines.lines) > 20 and logs and any("dead" in t for t in texts)  # there is something to search
+             json.dumps(table), *(str(row) for row in ledger), *(run.model_dump_json() for run in runs)]
+    assert len(lines.lines) > 20 and logs and len(runs) == 7  # there is something to search
     for value in [*secrets.values(), token, "apprise-pw-55aa", "auth-secret-1a2b3c4d"]:
         leaks = [t for t in texts if value in t]
         assert leaks == [], f"secret {value!r} leaked: {leaks[:2]}"
@@ -381,34 +390,65 @@ def _capture_all_logs() -> _Lines:
     return handler
 
 
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    """``trialsync ...`` in this process (its Prefect server is up): (exit code, stdout, stderr)."""
+    from flows.cli import main
+
+    names = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
+    levels = {name: logging.getLogger(name).level for name in names}
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    for name, level in levels.items():  # the CLI quiets Prefect's failure logs
+        logging.getLogger(name).setLevel(level)
+
+
 def test_the_alerts_cli_lists_tests_and_runs_with_one_line_errors(
-        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, prefect_api: str) -> None:
+        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, cli: Any) -> None:
     config = watchlist(tmp_path / "watch.yaml", {
         "hook": {"type": "webhook", "url": f"{hook.url}/hook"},
         "feed": {"type": "feed", "path": "feed.json"}}, [
         {"name": "seed", "studies": {"ids": [SEED]}, "channels": ["hook", "feed"]},
         {"name": "phase1", "studies": {"phases": ["PHASE1"], "where": "enrollment_count < 100"},
          "events": ["results_posted"], "channels": ["feed"]}])
-    env = {"PREFECT_API_URL": prefect_api}
-    test = run_cli("alerts", "test", "--config", str(config), env=env)
-    assert (test.returncode, test.stdout.split()) == (0, ["feed:", "sent", "hook:", "sent"])
+    code, out, _ = cli("alerts", "test", "--config", str(config))
+    assert (code, out.split()) == (0, ["feed:", "sent", "hook:", "sent"])
     assert hook.received[0].body["kind"] == "test" and hook.received[0].body["studies"][0]["nct_id"] == SEED
-    run = run_cli("alerts", "run", "--config", str(config), "--warehouse", str(warehouse), env=env)
-    assert run.returncode == 0, run.stderr
-    assert "1 matching changes, 2 messages, 2 delivered, 0 failed" in run.stdout
+    code, out, err = cli("alerts", "run", "--config", str(config), "--warehouse", str(warehouse))
+    assert code == 0, err
+    assert "1 matching changes, 2 messages, 2 delivered, 0 failed" in out
     feed = json.loads((tmp_path / "feed.json").read_text())
     assert [i["title"] for i in feed["items"]] == [
         f"[trialsync] seed: {SEED} completion date: 2028-05 → 2028-05-31", "[trialsync] [test] test: NCT07011004 "
                                                                           "completion date: 2028-05 → 2028-05-31"]
-    listed = run_cli("alerts", "list", "--config", str(config), "--warehouse", str(warehouse), "--format", "json")
+    code, out, _ = cli("alerts", "list", "--config", str(config), "--warehouse", str(warehouse), "--format", "json")
     with Warehouse(warehouse).connect() as con:
         phase1 = con.execute("SELECT count(*) FROM studies WHERE list_contains(phases, 'PHASE1') "
                              "AND enrollment_count < 100").fetchall()[0][0]
-    assert [(w["watch"], w["studies"], w["sent"], w["awaiting_retry"]) for w in json.loads(listed.stdout)] == [
+    assert [(w["watch"], w["studies"], w["sent"], w["awaiting_retry"]) for w in json.loads(out)] == [
         ("seed", 1, 2, 0), ("phase1", phase1, 0, 0)]
     config.write_text(config.read_text().replace("enrollment_count < 100", "enrolment < 100"))
-    bad = run_cli("alerts", "run", "--config", str(config), "--warehouse", str(warehouse))
-    assert bad.returncode == 2
-    assert bad.stderr.startswith(f"trialsync: error: {config}: watch 'phase1': where: Binder Error: "
-                                 'Referenced column "enrolment" not found')
-    assert len(bad.stderr.strip().splitlines()) == 1
+    code, _, err = cli("alerts", "run", "--config", str(config), "--warehouse", str(warehouse))
+    assert code == 2
+    assert err.startswith(f"trialsync: error: {config}: watch 'phase1': where: Binder Error: "
+                          'Referenced column "enrolment" not found')
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_sync_with_a_bad_watchlist_fails_before_prefect_starts(tmp_path: Path) -> None:
+    config = watchlist(tmp_path / "watch.yaml", {"hook": {"type": "webhook", "url_env": "TEST_UNSET_HOOK_URL"}},
+                       [{"name": "w", "studies": {"ids": [SEED]}, "channels": ["hook"]}])
+    result = run_cli("sync", "--warehouse", str(tmp_path / "w"), "--alerts", str(config),
+                     env={"TEST_UNSET_HOOK_URL": ""})
+    assert (result.returncode, result.stderr) == (
+        2, f"trialsync: error: {config}: channel 'hook': environment variable TEST_UNSET_HOOK_URL is not set\n")
