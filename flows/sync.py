@@ -208,11 +208,10 @@ def sync_registry(
 def alerts_after_sync(config: str, warehouse: str, lock_timeout: float) -> dict[str, Any]:
     """The sync has committed whatever happens here: an alerts failure is reported, not raised."""
     from flows.alerts import send_alerts
-    from pipeline.errors import TrialsyncError
 
     try:
         return send_alerts(config=config, warehouse=warehouse, lock_timeout=lock_timeout)
-    except TrialsyncError as exc:
+    except Exception as exc:  # the sync stays committed; the summary and the exit code carry the error
         get_run_logger().error("alerts after the sync failed: %s", exc)
         return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
 

@@ -22,10 +22,12 @@ import pytest
 import yaml
 
 from flows.alerts import send_alerts
+from flows.cli import finish_alerts
 from flows.demo import pair_versions, seed_day1, seed_record
 from flows.sync import rederive_changes
 from flows.webhook_receiver import WebhookReceiver
 from pipeline import mutate
+from pipeline.errors import DeliveryFailed
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import DATA, fast_sync, nct, real_records
 from tests.test_cli import run_cli
@@ -259,6 +261,10 @@ def test_a_receiver_that_fails_with_500_gets_the_alert_on_the_next_run(
     assert (failed["messages_failed"], failed["deliveries_failed"], hook.requests) == (2, 3, 2)  # 2 tries, then
     assert failed["failures"] == [{"watch": "seed", "channel": "hook", "changes": 3,  # the rest waits
                                    "error": "HTTP 500: receiver unavailable"}]
+    with pytest.raises(DeliveryFailed) as reported:  # what the CLI prints, exit code 1
+        finish_alerts(failed)
+    assert str(reported.value) == ("alerts: 3 deliveries failed (channel hook: HTTP 500: receiver unavailable); "
+                                   "they are retried on the next run")
     assert rows(warehouse, "SELECT status, attempt, error FROM alert_deliveries ORDER BY nct_id, change_id") == [
         ("failed", 1, "HTTP 500: receiver unavailable"), ("failed", 1, "HTTP 500: receiver unavailable"),
         ("failed", 1, "not attempted: channel hook failed earlier in this run (HTTP 500: receiver unavailable)")]
