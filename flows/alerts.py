@@ -172,8 +172,8 @@ def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome
     broken: str | None = None
     try:
         sender = sender_for(r.resolved[channel])
-    except DeliveryFailed as exc:
-        broken = r.redactor(str(exc))
+    except Exception as exc:  # e.g. an Apprise URL it cannot parse
+        broken = r.redactor(_reason(exc))
     for message in messages:
         if broken:
             outcomes.append(Outcome(message, f"not attempted: {broken}"))
@@ -181,16 +181,20 @@ def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome
         try:
             deliver(sender, message, attempts=r.resolved[channel].channel.attempts, backoff=RETRY_BACKOFF_SECONDS)
             outcomes.append(Outcome(message, None))
-        except DeliveryFailed as exc:
-            error = r.redactor(str(exc))
+        except Exception as exc:  # a library's surprise is a failed delivery too: recorded, retried next run
+            error = r.redactor(_reason(exc))
             outcomes.append(Outcome(message, error))
             logger.warning("channel %s: %s (watch %s, %d changes); retried on the next run",
                            channel, error, message.watch, len(message.changes))
-            if exc.retryable:
+            if getattr(exc, "retryable", False):
                 broken = f"channel {channel} failed earlier in this run ({error})"
     sent = sum(1 for o in outcomes if o.error is None)
     logger.info("channel %s: %d of %d messages delivered", channel, sent, len(outcomes))
     return outcomes
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, DeliveryFailed) else f"{type(exc).__name__}: {exc}"
 
 
 @task(name="record-deliveries", cache_policy=NONE)
