@@ -64,6 +64,8 @@ def sync(
     backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
     = 1.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    alerts: Annotated[Path | None, typer.Option("--alerts", help="A watchlist (YAML): send its alerts after "
+                                                "the sync commits (trialsync alerts run)")] = None,
 ) -> None:
     """One sync run of a scope: fetch, version, commit atomically."""
     since_date = parse_date_arg(since, "--since") if since else None
@@ -75,16 +77,22 @@ def sync(
     resolve_window(full=full, since=since_date, watermark=None)
     if rules is not None:
         settings.rules(str(rules), {})
+    if alerts is not None:
+        from flows.alerts import check_config
+
+        check_config(alerts)
     summary = run_sync(
         dict(query=query, condition=condition, sponsor=sponsor, ids=ids,
              status=status.split(",") if status else None, since=since_date, full=full,
              page_size=page_size, api_url=settings.api_url(api_url),
              warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
              lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff,
-             rules_file=str(rules) if rules else None),
+             rules_file=str(rules) if rules else None, alerts=str(alerts) if alerts else None),
         show_progress=not quiet,
     )
     print_summary(summary)
+    if "alerts" in summary:
+        finish_alerts(summary["alerts"])
 
 
 def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
@@ -129,6 +137,87 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
         highlight=False,
     )
+
+
+def finish_alerts(result: dict[str, Any]) -> None:
+    """Print an alerts run's summary; failed deliveries (due again next run) make the exit code 1."""
+    from pipeline.errors import DeliveryFailed
+
+    if "error" in result:
+        raise DeliveryFailed(f"alerts: {result['error']}")
+    console.print(
+        f"[bold green]alerts {result['run_id']}[/]: {result['matched']} matching changes, "
+        f"{result['messages']} messages, {result['messages_sent']} delivered, {result['messages_failed']} failed, "
+        f"{result['already_sent']} deliveries already made, {result['retried']} retried "
+        f"in {result['duration_seconds']:.1f}s", highlight=False)
+    if result["failures"]:
+        first = result["failures"][0]
+        raise DeliveryFailed(
+            f"alerts: {result['deliveries_failed']} deliveries failed (channel {first['channel']}: "
+            f"{first['error']}); they are retried on the next run")
+
+
+alerts_app = typer.Typer(no_args_is_help=True, help="Watchlists: evaluate them and deliver change alerts.")
+app.add_typer(alerts_app, name="alerts")
+ConfigOpt = Annotated[Path, typer.Option("--config", help="The watchlist file (YAML; see "
+                                         "deploy/watchlist.example.yaml)")]
+
+
+@alerts_app.command("run")
+def alerts_run(
+    config: ConfigOpt,
+    warehouse: WarehouseOpt = None,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another run")] = 30.0,
+) -> None:
+    """Deliver the alerts of every watch: each (watch, change, channel) once; failures retried next run."""
+    from flows.alerts import check_config, send_alerts
+
+    check_config(config)
+    directory = settings.warehouse_dir(warehouse)
+    from warehouse import Warehouse
+
+    if not Warehouse(directory).exists():
+        raise UsageError(f"no warehouse at {Warehouse(directory).root} (run `trialsync sync` first)")
+    _quiet_prefect_failures()
+    finish_alerts(send_alerts(config=str(config), warehouse=str(directory), lock_timeout=lock_timeout))
+
+
+@alerts_app.command("test")
+def alerts_test(
+    config: ConfigOpt,
+    channel: Annotated[str | None, typer.Option("--channel", help="Only this channel")] = None,
+) -> None:
+    """Send one sample alert to each channel (nothing is recorded in the ledger)."""
+    from flows.alerts import send_test
+    from pipeline.errors import DeliveryFailed
+
+    results = send_test(str(config), channel)
+    for name, error in results:
+        console.print(f"{name}: " + (f"[red]failed[/]: {error}" if error else "[green]sent[/]"), highlight=False)
+    if failed := [name for name, error in results if error]:
+        raise DeliveryFailed(f"the sample alert did not reach {', '.join(failed)}")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    config: ConfigOpt,
+    fmt: FormatOpt = "table",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """The watches, the studies each follows now, and their deliveries so far (sent, failed awaiting retry)."""
+    from flows.alerts import load_watchlist
+    from warehouse import Warehouse
+    from warehouse.alerts import watch_overview
+
+    _format(fmt)
+    watchlist = load_watchlist(config)
+    store = Warehouse(settings.warehouse_dir(warehouse))
+    if store.exists():
+        with store.committed() as con:
+            rows = watch_overview(con, watchlist)
+    else:
+        rows = watch_overview(None, watchlist)
+    render(list(rows[0]), [list(r.values()) for r in rows], fmt, console)
 
 
 @app.command()

@@ -151,9 +151,17 @@ def sync_registry(
     timeout_seconds: float = 120.0,
     lock_timeout: float = 30.0,
     rules_file: str | None = None,
+    alerts: str | None = None,
 ) -> dict[str, Any]:
-    """Sync one scope of the registry into the warehouse; returns the run's summary."""
+    """Sync one scope of the registry into the warehouse; returns the run's summary.
+
+    With ``alerts`` (a watchlist file), ``send_alerts`` runs after the commit, as a subflow.
+    """
     scope = Scope.build(query=query, condition=condition, sponsor=sponsor, ids=ids, statuses=status)
+    if alerts:
+        from flows.alerts import load_watchlist
+
+        load_watchlist(alerts)  # a bad watchlist fails the run before anything is fetched
     check_page_size(page_size)
     url = settings.api_url(api_url)
     started = datetime.now(UTC)
@@ -192,7 +200,21 @@ def sync_registry(
         commit_run(run, summary, started, params=params, api_url=url,
                    meta={"rules": rules.to_json()} if rules_file else None)
     progress.emit("done", **summary.as_dict())
-    return summary.as_dict()
+    result = summary.as_dict()
+    if alerts:
+        result["alerts"] = alerts_after_sync(alerts, str(store.root), lock_timeout)
+    return result
+
+
+def alerts_after_sync(config: str, warehouse: str, lock_timeout: float) -> dict[str, Any]:
+    """The sync has committed whatever happens here: an alerts failure is reported, not raised."""
+    from flows.alerts import send_alerts
+
+    try:
+        return send_alerts(config=config, warehouse=warehouse, lock_timeout=lock_timeout)
+    except Exception as exc:  # the sync stays committed; the summary and the exit code carry the error
+        get_run_logger().error("alerts after the sync failed: %s", exc)
+        return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
 
 
 @flow(name="rederive_changes", validate_parameters=True)

@@ -20,6 +20,13 @@ from pipeline.diff import Key, Leaf, diff, render_path
 from pipeline.errors import RecordInvalid, UsageError
 
 SEVERITIES = ("info", "minor", "notable", "critical")
+CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
+              "eligibility", "sponsor", "results", "identification", "registry", "other")
+EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
+          "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
+          "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
+          "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
+          "study_removed", "study_reappeared", "field_changed")
 PLAN_DATES = {
     "startDateStruct": "start date",
     "primaryCompletionDateStruct": "primary completion date",

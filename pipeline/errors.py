@@ -67,3 +67,11 @@ class WarehouseBusy(TrialsyncError):
 
 class WarehouseError(TrialsyncError):
     """The warehouse directory is not usable (not a warehouse, corrupt catalog, ...)."""
+
+
+class DeliveryFailed(TrialsyncError):
+    """An alert channel did not take a message; ``retryable`` for 5xx, 429, timeouts and resets."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -86,6 +86,13 @@ class Warehouse:
                 if not run.committed:
                     run.abort()
 
+    @contextmanager
+    def lock(self, name: str, holder: str, *, timeout: float = 30.0, what: str = "another run") -> Iterator[None]:
+        """A named lock beside the writer's (e.g. one alerts run at a time); ``what`` names its holder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self.root / f".{name}.lock", holder, timeout, what=what):
+            yield
+
     def _remove_uncommitted(self, manifest: Manifest) -> None:
         """Leftovers of a crashed run: its files were never in a catalog, so nobody sees them."""
         runs = self.root / RUNS_DIR
@@ -234,7 +241,7 @@ def _renumber_sql(table: str) -> str:
 
 
 @contextmanager
-def _exclusive_lock(path: Path, holder: str, timeout: float) -> Iterator[None]:
+def _exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sync") -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout
@@ -246,7 +253,7 @@ def _exclusive_lock(path: Path, holder: str, timeout: float) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                     raise WarehouseBusy(
-                        f"the warehouse {path.parent} is busy: a sync is running ({other}); "
+                        f"the warehouse {path.parent} is busy: {what} is running ({other}); "
                         f"waited {timeout:g}s"
                     ) from None
                 time.sleep(0.1)

@@ -173,6 +173,39 @@ CHILD_TABLES: dict[str, pa.Schema] = {
     "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
 }
 
+# The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
+ALERT_DELIVERIES = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("attempted_at", UTC_TS, nullable=False),
+        pa.field("watch", pa.string(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("change_id", pa.string(), nullable=False),
+        pa.field("nct_id", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # sent | failed
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+
+ALERT_RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("started_at", UTC_TS, nullable=False),
+        pa.field("finished_at", UTC_TS, nullable=False),
+        pa.field("watchlist", pa.string()),
+        pa.field("watches", pa.list_(pa.string())),
+        pa.field("matched", pa.int64()),
+        pa.field("messages", pa.int64()),
+        pa.field("sent", pa.int64()),
+        pa.field("failed", pa.int64()),
+        pa.field("already_sent", pa.int64()),
+        pa.field("retried", pa.int64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "study_versions": STUDY_VERSIONS,
     "sync_runs": SYNC_RUNS,
@@ -180,6 +213,8 @@ TABLES: dict[str, pa.Schema] = {
     "quarantine": QUARANTINE,
     "changes": CHANGES,
     "study_rewrites": STUDY_REWRITES,
+    "alert_deliveries": ALERT_DELIVERIES,
+    "alert_runs": ALERT_RUNS,
     **CHILD_TABLES,
 }
 
