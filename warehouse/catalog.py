@@ -100,6 +100,11 @@ SELECT change_id, nct_id, from_version, to_version, run_id, detected_at, registr
        CASE severity WHEN 'critical' THEN 3 WHEN 'notable' THEN 2 WHEN 'minor' THEN 1 ELSE 0 END
          AS severity_rank
 FROM raw_changes""",
+        """CREATE OR REPLACE VIEW reconciliation AS
+SELECT run_id, scope, mode, checked_at, "check", status, expected, observed, flagged, detail, ids,
+       CAST(data AS JSON) AS data,
+       CASE status WHEN 'fail' THEN 3 WHEN 'warn' THEN 2 WHEN 'ok' THEN 1 ELSE 0 END AS status_rank
+FROM raw_reconciliation""",
         """CREATE OR REPLACE MACRO changes_between(a, b) AS TABLE
 SELECT * FROM changes
 WHERE coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))

@@ -125,6 +125,23 @@ STUDY_REWRITES = pa.schema(
     ]
 )
 
+RECONCILIATION = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("scope", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("checked_at", UTC_TS, nullable=False),
+        pa.field("check", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("expected", pa.int64()),
+        pa.field("observed", pa.int64()),
+        pa.field("flagged", pa.int64()),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("ids", pa.list_(pa.string())),
+        pa.field("data", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "study_versions": STUDY_VERSIONS,
     "sync_runs": SYNC_RUNS,
@@ -132,6 +149,7 @@ TABLES: dict[str, pa.Schema] = {
     "quarantine": QUARANTINE,
     "changes": CHANGES,
     "study_rewrites": STUDY_REWRITES,
+    "reconciliation": RECONCILIATION,
 }
 
 
