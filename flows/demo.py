@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli import print_summary, run_sync
+from flows.report import write_report
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry, load_records
 from warehouse import Warehouse
@@ -124,13 +125,18 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
         for u in updates:
             nct = u.record["protocolSection"]["identificationModule"]["nctId"]
             console.print(f"  {nct}: {u.story}", highlight=False)
-        print_summary(run_sync(common))
+        day2_run = run_sync(common)
+        print_summary(day2_run)
     show_changes(Warehouse(warehouse_dir), console)
     show_answer(Warehouse(warehouse_dir), console)
     console.print(f"\nThe seed trial's history: trialsync history {SEED_NCT} --warehouse {warehouse_dir}",
                   highlight=False)
     console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: .venv/bin/duckdb -readonly "
                   f"{warehouse_dir / 'warehouse.duckdb'}", highlight=False)
+    report = write_report(warehouse_dir, workdir / "report.html", ncts=[SEED_NCT, PAIR_NCT],
+                          run_id=day2_run["run_id"])
+    console.print(f"\nReport of the seed trial, {PAIR_NCT} and day 2's changes (one HTML file, works offline):"
+                  f"\n{report}", highlight=False)
 
 
 def show_changes(store: Warehouse, console: Console) -> None:
