@@ -68,6 +68,7 @@ def _deployment(spec: dict[str, Any]) -> Deployment:
     from prefect.cli.deploy._models import RawScheduleConfig
     from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
     from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
 
     name, entrypoint = spec["name"], spec["entrypoint"]
     if ":" not in entrypoint:
@@ -75,7 +76,7 @@ def _deployment(spec: dict[str, Any]) -> Deployment:
     schedules = []
     for config in spec.get("schedules") or []:
         RawScheduleConfig.model_validate(config)
-        schedules.append(_schedule_config_to_deployment_schedule(dict(config)))
+        schedules.append(DeploymentScheduleCreate(**_schedule_config_to_deployment_schedule(dict(config))))
     triggers = _initialize_deployment_triggers(name, [dict(t) for t in spec.get("triggers") or []])
     return Deployment(name=name, entrypoint=entrypoint, parameters=dict(spec.get("parameters") or {}),
                       schedules=schedules, triggers=list(triggers), tags=list(spec.get("tags") or []),

@@ -88,7 +88,8 @@ def digest(con: duckdb.DuckDBPyConnection, period: Period) -> Row:
                                          shift_days, pct_change FROM changes WHERE {where} AND severity_rank >= 2
                                   ORDER BY severity_rank DESC, nct_id, path LIMIT {TOP_CHANGES}""", params),
         "reconciliation": _rows(con, """SELECT run_id, "check", status, detail FROM reconciliation
-                                        WHERE list_contains(?, run_id) ORDER BY checked_at, run_id, "check" """,
+                                        WHERE list_contains(?, run_id) AND status <> 'skipped'
+                                        ORDER BY checked_at, run_id, "check" """,
                                 [run_ids]),
     }
 
