@@ -117,6 +117,9 @@ def test_the_demo_replays_two_days_and_shows_the_changes(prefect_api: str, tmp_p
     assert seed == [("2028-05-31", 2)]
     assert slip == [("2027-05-31",)]
     assert "2028-05 " in text and "2028-05-31" in text
+    report = (tmp_path / "demo" / "report.html").read_text()  # the demo ends with a report
+    assert str(tmp_path / "demo" / "report.html") in text.replace("\n", "")
+    assert 'data-nct="NCT07011004"' in report and 'data-chart="changes-by-category"' in report
 
 
 def test_reconstructed_seed_record_matches_the_seed_page_facts() -> None:
