@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli import finish_alerts, print_summary, run_sync
-from flows.webhook_receiver import WebhookReceiver
 from flows.report import write_report
+from flows.webhook_receiver import WebhookReceiver
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry, load_records
 from warehouse import Warehouse
