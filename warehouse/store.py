@@ -11,19 +11,19 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
-from warehouse.rows import quarantine_table, run_studies_table, versions_table
+from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
+from warehouse.parts import StagedFile, TableFiles
 from warehouse.tables import TABLES
 
 LOCK_NAME = ".writer.lock"
@@ -105,37 +105,42 @@ class RunWriter:
         self.manifest = manifest
         self.dir = warehouse.root / RUNS_DIR / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
-        self._writers: dict[str, pq.ParquetWriter] = {}
-        self.rows: dict[str, int] = {}
+        self._files = TableFiles(self.dir)
+        self._adopted: list[StagedFile] = []
         self.committed = False
 
+    @property
+    def rows(self) -> dict[str, int]:
+        rows = dict(self._files.rows)
+        for part in self._adopted:
+            rows[part.table] = rows.get(part.table, 0) + part.rows
+        return rows
+
     def append(self, table: str, rows: pa.Table) -> None:
-        if rows.num_rows == 0:
-            return
-        schema = TABLES[table]
-        if table not in self._writers:
-            self._writers[table] = pq.ParquetWriter(self.dir / f"{table}.parquet", schema,
-                                                    compression="zstd")
-        self._writers[table].write_table(rows.cast(schema) if rows.schema != schema else rows)
-        self.rows[table] = self.rows.get(table, 0) + rows.num_rows
+        self._files.append(table, rows)
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.append(table, pa.Table.from_pylist(rows, schema=TABLES[table]))
 
     def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
-        self.append("study_versions", versions_table(plan.versions, ctx))
-        self.append("run_studies", run_studies_table(plan, ctx))
-        self.append("quarantine", quarantine_table(plan, ctx))
+        self._files.append_plan(plan, ctx)
+
+    def adopt(self, parts: list[StagedFile]) -> None:
+        """Finished part files that workers wrote into this run's directory (see ``PartWriter``)."""
+        for part in parts:
+            if not (self.dir / part.name).is_file() or part.table not in TABLES:
+                raise WarehouseError(f"run {self.run_id}: part {part.name} is missing")
+        self._adopted.extend(parts)
+
+    def head_index(self) -> HeadIndex:
+        """The latest committed version of every study, columnar (see ``warehouse.heads``)."""
+        with self.warehouse.committed() as con:
+            return HeadIndex(con.sql(HEADS_SQL).to_arrow_table())
 
     def heads(self) -> dict[str, Head]:
-        """The latest committed version of every study."""
-        with self.warehouse.committed() as con:
-            rows = con.execute(
-                "SELECT nct_id, version, content_hash, is_removed FROM raw_study_versions "
-                "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1"
-            ).fetchall()
-        return {nct: Head(version, digest, bool(removed)) for nct, version, digest, removed in rows}
+        """The latest committed version of every study, as a dict (small warehouses, tests)."""
+        return to_dict(self.head_index().table)
 
     def watermark(self, scope: str) -> Any:
         with self.warehouse.committed() as con:
@@ -146,22 +151,16 @@ class RunWriter:
 
     def commit(self, meta: dict[str, str] | None = None) -> None:
         """Close the run's files, make them durable, then swap in a catalog that lists them."""
-        for writer in self._writers.values():
-            writer.close()
-        entries = []
-        for table in self._writers:
-            path = self.dir / f"{table}.parquet"
-            _fsync_file(path)
-            entries.append(ManifestEntry(self.run_id, table, str(path.relative_to(self.warehouse.root))))
+        staged = self._files.close() + self._adopted
+        rel = self.dir.relative_to(self.warehouse.root)
+        entries = [ManifestEntry(self.run_id, part.table, str(rel / part.name)) for part in staged]
         manifest = self.manifest.plus(entries)
         manifest = Manifest(manifest.entries, {**manifest.meta, **(meta or {}), "last_run_id": self.run_id})
         catalog.write_catalog(self.warehouse.root, manifest, tag=self.run_id)
         self.committed = True
 
     def abort(self) -> None:
-        for writer in self._writers.values():
-            with suppress(Exception):  # best effort: the files are deleted next
-                writer.close()
+        self._files.abort()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -188,10 +187,3 @@ def _exclusive_lock(path: Path, holder: str, timeout: float) -> Iterator[None]:
     finally:
         os.close(fd)  # closing releases the lock
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
