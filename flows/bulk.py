@@ -27,11 +27,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.futures import as_completed
+from prefect.futures import as_completed, wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import progress, settings
-from flows.shards import DEFAULT_BATCH_SIZE, ShardJob, ShardResult, process_shard
+from flows.shards import CANCEL_MARKER, DEFAULT_BATCH_SIZE, ShardJob, ShardResult, process_shard
 from flows.sync import RunTotals, SyncSummary, commit_run
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, download, is_url
@@ -80,7 +80,7 @@ def load_bulk(
     run_id = f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
     logger = get_run_logger()
     pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn")) if processes else nullcontext(None)
-    with pool as executor, store.writer(run_id, lock_timeout=lock_timeout) as run:
+    with store.writer(run_id, lock_timeout=lock_timeout) as run, pool as executor:
         previous_watermark = run.watermark(BULK_SCOPE)
         head_slices = run.head_index().shards()
         ctx = RunContext(run_id, started, "bulk")
@@ -90,12 +90,21 @@ def load_bulk(
                                               str(run.dir), batch_size), executor)
                    for key, shard in archive.shards.items()]
         totals = RunTotals(total_count=archive.members)
-        for future in as_completed(futures):
-            shard = future.result()
-            run.adopt(shard.parts)
-            _add(totals, shard)
-            progress.emit("page", number=totals.pages, studies=shard.studies, total=archive.members,
-                          seen=totals.studies_seen, versions=totals.versions_written)
+        try:
+            for future in as_completed(futures):
+                shard = future.result()
+                run.adopt(shard.parts)
+                _add(totals, shard)
+                progress.emit("page", number=totals.pages, studies=shard.studies, total=archive.members,
+                              seen=totals.studies_seen, versions=totals.versions_written)
+        except BaseException:
+            # Stop the other shards (queued ones never start, running ones stop at their next batch)
+            # and wait for them, so that the rollback deletes every file of the run.
+            (run.dir / CANCEL_MARKER).touch()
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+            wait(futures)
+            raise
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
         summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
         params = {"archive": str(archive.path), "members": str(archive.members),

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -22,6 +23,11 @@ from warehouse.heads import to_dict
 from warehouse.parts import PartWriter, StagedFile
 
 DEFAULT_BATCH_SIZE = 500
+CANCEL_MARKER = ".cancelled"  # in the run's directory: the run failed, other shards stop
+
+
+class ShardCancelled(Exception):
+    """Another shard failed; this one stopped early (its files go with the failed run)."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,13 @@ def process_shard(job: ShardJob) -> ShardResult:
     clock = time.monotonic()
     result = ShardResult(job.key)
     heads = to_dict(job.heads)
-    writer = PartWriter(job.run_dir, job.key)
+    run_dir = Path(job.run_dir)
+    writer = PartWriter(run_dir, job.key)
     try:
         with MemberReader(job.archive) as reader, _gc_paused():
             for start in range(0, job.members.num_rows, job.batch_size):
+                if (run_dir / CANCEL_MARKER).exists():
+                    raise ShardCancelled(f"shard {job.key}: the run was cancelled")
                 batch = members(job.members.slice(start, job.batch_size))
                 plan = _plan(reader, batch, heads, job.ctx)
                 writer.append_plan(plan, job.ctx)
