@@ -80,7 +80,7 @@ def process_shard(job: ShardJob) -> ShardResult:
 
 
 def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx: RunContext) -> BatchPlan:
-    records, broken = [], []
+    records, raws, broken = [], [], []
     for member in batch:
         data = reader.read(member)
         try:
@@ -89,7 +89,10 @@ def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx
             # Kept as a JSON string, so the quarantine view can still cast raw to JSON.
             broken.append(Quarantined(member.nct_id, f"invalid JSON: {exc}",
                                       orjson.dumps(data.decode(errors="replace"))))
-    plan = plan_batch(records, heads, ctx)
+            continue
+        # Compact members are stored as the registry wrote them; indented ones are compacted.
+        raws.append(data if b"\n" not in data else orjson.dumps(records[-1]))
+    plan = plan_batch(records, heads, ctx, raws=raws)
     plan.quarantined.extend(broken)
     return plan
 

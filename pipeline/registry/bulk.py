@@ -17,9 +17,10 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import deflate
 import pyarrow as pa
@@ -30,6 +31,14 @@ from pipeline.errors import BulkArchiveInvalid, UsageError
 _MEMBER = re.compile(r"(?:^|/)(NCT\d{8})\.json$")
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # the fixed 30 bytes before each member's data
 _LOCAL_SIGNATURE = b"PK\x03\x04"
+_CD_SIGNATURE = b"PK\x01\x02"
+_CD_ENTRY = struct.Struct("<H4xLLLHHH8xL")  # from offset 10: method, (time, date), crc, sizes, lengths, offset
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
 
 
 class Member(NamedTuple):
@@ -62,36 +71,103 @@ class BulkArchive:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> BulkArchive:
-        """Read and check the directory; ``BulkArchiveInvalid`` (one line) if the zip is unusable."""
+        """Read and check the directory; ``BulkArchiveInvalid`` (one line) if the zip is unusable.
+
+        The central directory is parsed here (not with ``zipfile.infolist``, which takes ~10 s and
+        ~500 MB for 600,000 members) straight into per-shard columns."""
         path = check_bulk_file(path)
         size = path.stat().st_size
-        try:
-            with zipfile.ZipFile(path) as zf:
-                infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise BulkArchiveInvalid(f"{path} is not a complete zip archive (truncated download?): {exc}") from None
-        columns: dict[str, dict[str, list[int | str]]] = {}
-        skipped = json_bytes = 0
-        for info in infos:
-            match = _MEMBER.search(info.filename)
-            if info.is_dir() or not match:
+        with path.open("rb") as f:
+            count, cd_size, cd_offset = _directory_location(f, size, path)
+            f.seek(cd_offset)
+            directory = f.read(cd_size)
+        if len(directory) != cd_size:
+            raise BulkArchiveInvalid(f"{path} is truncated: its directory ends past the end of the file")
+        builders: dict[str, _ShardColumns] = {}
+        skipped = json_bytes = pos = 0
+        for _ in range(count):
+            if directory[pos:pos + 4] != _CD_SIGNATURE:
+                raise BulkArchiveInvalid(f"{path}: damaged central directory")
+            (method, crc, csize, usize, name_len, extra_len, comment_len,
+             offset) = _CD_ENTRY.unpack_from(directory, pos + 10)
+            name = directory[pos + 46:pos + 46 + name_len].decode("utf-8", "replace")
+            extra = directory[pos + 46 + name_len:pos + 46 + name_len + extra_len]
+            pos += 46 + name_len + extra_len + comment_len
+            if 0xFFFFFFFF in (csize, usize, offset):
+                usize, csize, offset = _zip64_sizes(extra, usize, csize, offset)
+            match = _MEMBER.search(name)
+            if not match:
                 skipped += 1
                 continue
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise BulkArchiveInvalid(f"{path}: {info.filename} uses an unsupported compression method")
-            if info.header_offset + _LOCAL_HEADER.size + info.compress_size > size:
-                raise BulkArchiveInvalid(f"{path} is truncated: {info.filename} ends past the end of the file")
+            if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise BulkArchiveInvalid(f"{path}: {name} uses an unsupported compression method ({method})")
+            if offset + _LOCAL_HEADER.size + csize > cd_offset:
+                raise BulkArchiveInvalid(f"{path} is truncated: {name} ends past its data")
             nct = match.group(1)
-            shard = columns.setdefault(shard_key(nct), {name: [] for name in MEMBER_SCHEMA.names})
-            for name, value in zip(MEMBER_SCHEMA.names, (nct, info.header_offset, info.compress_size,
-                                                         info.file_size, info.CRC, info.compress_type), strict=True):
-                shard[name].append(value)
-            json_bytes += info.file_size
-        del infos
-        if not columns:
+            shard = builders.get(shard_key(nct))
+            if shard is None:
+                shard = builders[shard_key(nct)] = _ShardColumns()
+            shard.add(nct, offset, csize, usize, crc, method)
+            json_bytes += usize
+        if not builders:
             raise BulkArchiveInvalid(f"{path} holds no study files (NCT########.json)")
-        shards = {key: pa.table(columns.pop(key), schema=MEMBER_SCHEMA) for key in sorted(columns)}
+        shards = {key: builders.pop(key).table() for key in sorted(builders)}
         return cls(path, shards, sum(t.num_rows for t in shards.values()), json_bytes, skipped)
+
+
+class _ShardColumns:
+    """Compact columns while reading the directory (array('q'): 8 bytes a number, not ~36)."""
+
+    def __init__(self) -> None:
+        self.nct: list[str] = []
+        self.numbers = [array("q") for _ in range(5)]
+
+    def add(self, nct: str, *numbers: int) -> None:
+        self.nct.append(nct)
+        for column, value in zip(self.numbers, numbers, strict=True):
+            column.append(value)
+
+    def table(self) -> pa.Table:
+        n = len(self.nct)
+        ints = [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(col)]) for col in self.numbers]
+        return pa.table([pa.array(self.nct, pa.string()), *ints], names=MEMBER_SCHEMA.names).cast(MEMBER_SCHEMA)
+
+
+def _directory_location(f: BinaryIO, size: int, path: Path) -> tuple[int, int, int]:
+    """(entries, size, offset) of the central directory, from the end records (ZIP64 aware)."""
+    tail_len = min(size, _EOCD.size + 0xFFFF)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(_EOCD_SIGNATURE)
+    if at < 0 or at + _EOCD.size > len(tail):
+        raise BulkArchiveInvalid(f"{path} is not a complete zip archive (truncated download?)")
+    _, _, _, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
+    locator_at = at - _ZIP64_LOCATOR.size
+    if locator_at >= 0 and tail[locator_at:locator_at + 4] == _ZIP64_LOCATOR_SIGNATURE:
+        _, _, record_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+        f.seek(record_offset)
+        record = f.read(_ZIP64_EOCD.size)
+        if len(record) != _ZIP64_EOCD.size or record[:4] != _ZIP64_EOCD_SIGNATURE:
+            raise BulkArchiveInvalid(f"{path}: damaged ZIP64 end record")
+        _, _, _, _, _, _, _, count, cd_size, cd_offset = _ZIP64_EOCD.unpack(record)
+    if cd_offset + cd_size > size:
+        raise BulkArchiveInvalid(f"{path} is truncated: its directory ends past the end of the file")
+    return count, cd_size, cd_offset
+
+
+def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """The ZIP64 extra field holds the 8-byte values of the fields that are 0xFFFFFFFF, in order."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == 1:
+            values = iter(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
+            usize = next(values) if usize == 0xFFFFFFFF else usize
+            csize = next(values) if csize == 0xFFFFFFFF else csize
+            offset = next(values) if offset == 0xFFFFFFFF else offset
+            break
+        pos += 4 + length
+    return usize, csize, offset
 
 
 def check_bulk_file(path: str | os.PathLike[str]) -> Path:
