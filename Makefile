@@ -21,8 +21,13 @@ test: setup lint
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check pipeline warehouse flows tests
+	$(BIN)/ruff check pipeline warehouse flows bench tests
 	$(BIN)/mypy
+
+# `make bench N=600000`: the comparison of bench/run.py at N studies (results in bench/RESULTS.md).
+N ?= 20000
+bench: setup
+	$(BIN)/python -m bench.run --size $(N) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-output
