@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -56,11 +57,13 @@ class Step:
     peak_rss_mb: float
     output: dict[str, Any] = field(default_factory=dict)
     load_before: float = 0.0
+    cpu_seconds: float = 0.0  # user + system of the step's processes (all reaped when it ends)
 
 
 def measure(name: str, cmd: list[str], env: dict[str, str] | None = None, timeout: float = 36000) -> Step:
     """Run ``cmd``; wall time and the peak summed RSS of its process tree."""
     load = os.getloadavg()[0]
+    cpu_before = _children_cpu()
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
@@ -77,10 +80,17 @@ def measure(name: str, cmd: list[str], env: dict[str, str] | None = None, timeou
         time.sleep(0.05)
     out, err = proc.communicate()
     seconds = time.monotonic() - started
+    cpu = _children_cpu() - cpu_before
     if proc.returncode != 0:
         raise SystemExit(f"bench step {name!r} failed ({proc.returncode}): {err.strip()[-2000:]}")
     last = [line for line in out.splitlines() if line.startswith("{")]
-    return Step(name, round(seconds, 2), round(peak / 2**20, 1), json.loads(last[-1]) if last else {}, load)
+    return Step(name, round(seconds, 2), round(peak / 2**20, 1), json.loads(last[-1]) if last else {}, load,
+                round(cpu, 1))
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rss(process: psutil.Process) -> int:
@@ -122,9 +132,8 @@ def prefect_server(workdir: Path) -> Iterator[str]:
         log.close()
 
 
-def dlt_python(out: Path) -> Path:
+def dlt_python(venv: Path) -> Path:
     """The peer's own venv (created once, reused)."""
-    venv = out / "dlt-venv"
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -201,22 +210,23 @@ def report(args: argparse.Namespace, info: dict[str, Any], floor: Step, ours: li
              f"`changed.zip` has {info['changed']:,} ({info['changed'] / n:.1%}) studies materially changed.", "",
              f"### trialsync `load-bulk` ({n:,} studies)", "",
              "| step | seconds | studies/s | MB/s of JSON | peak RSS (MB, whole tree) | new versions | unchanged "
-             "| load avg |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| load avg | CPU seconds | CPU ÷ 2 cores |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for step in ours:
         out = step.output
         lines.append(f"| {step.name} | {step.seconds:.1f} | {rate(n, step.seconds):,.0f} | "
                      f"{info['json_bytes'] / 1e6 / step.seconds:,.0f} | {step.peak_rss_mb:,.0f} | "
-                     f"{out.get('versions', '?')} | {out.get('unchanged', '?')} | {step.load_before:.1f} |")
+                     f"{out.get('versions', '?')} | {out.get('unchanged', '?')} | {step.load_before:.1f} | "
+                     f"{step.cpu_seconds:.0f} | {step.cpu_seconds / 2:.0f} |")
     lines += ["", "Each step is the whole command as a user runs it (Python start-up, reading the archive's "
               "directory, the head index, 100 shard tasks in 2 worker processes, the commit); `secs` inside the "
               "run (sync_runs) exclude only process start-up: "
               + ", ".join(f"{s.name} {s.output.get('secs', '?')} s" for s in ours) + ".", "",
               "### The parse floor (zipfile + orjson.loads of every member, one process)", "",
-              "| seconds | studies/s | MB/s | peak RSS (MB) | load avg | trialsync initial load ÷ floor |",
-              "|---:|---:|---:|---:|---:|---:|",
+              "| seconds | studies/s | MB/s | peak RSS (MB) | load avg | CPU seconds | trialsync initial ÷ floor |",
+              "|---:|---:|---:|---:|---:|---:|---:|",
               f"| {floor.seconds:.1f} | {rate(n, floor.seconds):,.0f} "
               f"| {info['json_bytes'] / 1e6 / floor.seconds:,.0f} | {floor.peak_rss_mb:,.0f} "
-              f"| {floor.load_before:.1f} | {ours[0].seconds / floor.seconds:.2f}× |", ""]
+              f"| {floor.load_before:.1f} | {floor.cpu_seconds:.0f} | {ours[0].seconds / floor.seconds:.2f}× |", ""]
     if heads:
         lines += ["### The head index at this size (one entry per study)", "",
                   "| form | load seconds | Arrow MB | process RSS growth (MB) |", "|---|---:|---:|---:|"]
@@ -235,12 +245,12 @@ def report(args: argparse.Namespace, info: dict[str, Any], floor: Step, ours: li
         limit = min(args.peer_limit, n)
         lines += [f"### The peer: dlt {DLT_VERSION} `merge`/`scd2` into DuckDB (first {limit:,} studies of the "
                   "same corpus)", "",
-                  "| config | step | seconds | studies/s | peak RSS (MB) | load avg | trialsync studies/s ÷ dlt's |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| config | step | seconds | studies/s | peak RSS (MB) | load avg | CPU seconds "
+                  "| trialsync studies/s ÷ dlt's |", "|---|---|---:|---:|---:|---:|---:|---:|"]
         for config, steps in peers.items():
             for ours_step, step in zip(ours, steps, strict=True):
                 lines.append(f"| {config} | {step.name} | {step.seconds:.1f} | {rate(limit, step.seconds):,.1f} | "
-                             f"{step.peak_rss_mb:,.0f} | {step.load_before:.1f} | "
+                             f"{step.peak_rss_mb:,.0f} | {step.load_before:.1f} | {step.cpu_seconds:.0f} | "
                              f"{rate(n, ours_step.seconds) / rate(limit, step.seconds):,.0f}× |")
         lines.append("")
     lines += targets(n, floor, ours, peers, min(args.peer_limit, n))
@@ -287,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-limit", type=int, default=5000, help="studies dlt loads (same corpus, first N)")
     parser.add_argument("--peer-configs", default="all", help="all | nested | flat")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--peer-venv", type=Path, default=REPO / "bench" / "out" / "dlt-venv",
+                        help="the peer's venv (created if missing)")
     parser.add_argument("--workers", type=int, help="trialsync --workers (default: one per core)")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
@@ -296,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     zips = {"base": corpus_dir / "base.zip", "changed": corpus_dir / "changed.zip"}
     workdir = Path(tempfile.mkdtemp(prefix=f"run-{args.size}-", dir=args.out))
     try:
-        peer_python = None if args.no_peer else dlt_python(args.out)
+        peer_python = None if args.no_peer else dlt_python(args.peer_venv)
         with prefect_server(workdir) as api:
             print("bench: parse floor", flush=True)
             floor = measure("floor", [sys.executable, "-m", "bench.floor", str(zips["base"])])

@@ -70,13 +70,13 @@ def load_bulk(
 
     ``processes``: run the shard work in that many local worker processes; None runs it where the
     task runner runs the task (a Dask worker, or this process)."""
+    clock = time.monotonic()
     store = Warehouse(settings.warehouse_dir(warehouse))
     path = source
     if is_url(source):
         path = fetch_bulk_file(source, download_dir or str(store.root.parent / "downloads"))
     archive = BulkArchive.open(path)  # refuses a truncated file before anything is written
     started = datetime.now(UTC)
-    clock = time.monotonic()
     run_id = f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
     logger = get_run_logger()
     pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn")) if processes else nullcontext(None)
@@ -142,7 +142,8 @@ def execution(workers: int | None = None, dask: str | None = None) -> tuple[Task
             return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                                                   "dashboard_address": None}), None
         return DaskTaskRunner(address=dask), None
-    return ThreadPoolTaskRunner(max_workers=n), (n if n > 1 else None)
+    # Twice as many task threads as processes: the next shard is queued while the others run.
+    return ThreadPoolTaskRunner(max_workers=2 * n if n > 1 else 1), (n if n > 1 else None)
 
 
 def run_load_bulk(params: dict[str, Any], *, workers: int | None = None, dask: str | None = None) -> dict[str, Any]:
