@@ -1,7 +1,9 @@
 """Memory of the head index at a warehouse's size: columnar (``HeadIndex``) vs a dict of ``Head``s.
 
-``python -m bench.heads WAREHOUSE index|dict`` loads one of them and prints its size, the process's
-peak RSS and the time taken (run each in its own process: peak RSS does not go down).
+``python -m bench.heads WAREHOUSE`` loads the heads the way a run does (one DuckDB query over the
+committed Parquet files), then builds the dict ``RunWriter.heads()`` used to return. Prints one JSON
+line: the query's seconds and peak RSS growth (transient: DuckDB's working memory), the Arrow index's
+bytes, and the Python memory the dict takes on top (measured with tracemalloc).
 """
 
 from __future__ import annotations
@@ -10,25 +12,26 @@ import json
 import resource
 import sys
 import time
+import tracemalloc
 
 from warehouse import Warehouse
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
 
 
 def main() -> None:
-    root, kind = sys.argv[1], sys.argv[2]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
-    with Warehouse(root).committed() as con:
+    with Warehouse(sys.argv[1]).committed() as con:
         index = HeadIndex(con.sql(HEADS_SQL).to_arrow_table())
-    heads = to_dict(index.table) if kind == "dict" else index
-    if kind == "dict":
-        del index
     seconds = time.monotonic() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kind": kind, "studies": len(heads), "seconds": round(seconds, 2),
-                      "arrow_mb": round(heads.nbytes / 1e6, 1) if isinstance(heads, HeadIndex) else None,
-                      "rss_growth_mb": round((peak - before) / 1024, 1)}))
+    query_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    tracemalloc.start()
+    heads = to_dict(index.table)
+    dict_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    print(json.dumps({"studies": len(heads), "query_seconds": round(seconds, 2),
+                      "query_peak_rss_growth_mb": round(query_peak / 1024, 1),
+                      "index_mb": round(index.nbytes / 1e6, 1), "dict_mb": round(dict_bytes / 1e6, 1)}))
 
 
 if __name__ == "__main__":

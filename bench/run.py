@@ -195,7 +195,7 @@ def rate(records: int, seconds: float) -> float:
 
 
 def report(args: argparse.Namespace, info: dict[str, Any], floor: Step, ours: list[Step],
-           heads: list[Step], profile: Step | None, peers: dict[str, list[Step]], started: datetime) -> str:
+           heads: Step, profile: Step | None, peers: dict[str, list[Step]], started: datetime) -> str:
     n = info["size"]
     env = machine()
     lines = [BEGIN, "",
@@ -227,13 +227,12 @@ def report(args: argparse.Namespace, info: dict[str, Any], floor: Step, ours: li
               f"| {floor.seconds:.1f} | {rate(n, floor.seconds):,.0f} "
               f"| {info['json_bytes'] / 1e6 / floor.seconds:,.0f} | {floor.peak_rss_mb:,.0f} "
               f"| {floor.load_before:.1f} | {floor.cpu_seconds:.0f} | {ours[0].seconds / floor.seconds:.2f}× |", ""]
-    if heads:
-        lines += ["### The head index at this size (one entry per study)", "",
-                  "| form | load seconds | Arrow MB | process RSS growth (MB) |", "|---|---:|---:|---:|"]
-        for step in heads:
-            o = step.output
-            lines.append(f"| {o['kind']} | {o['seconds']} | {o['arrow_mb'] or '–'} | {o['rss_growth_mb']} |")
-        lines.append("")
+    o = heads.output
+    lines += ["### The head index at this size (one entry per study)", "",
+              "| studies | query seconds | query's peak RSS growth (MB, transient) | columnar index (MB) "
+              "| as a dict of `Head` (MB) |", "|---:|---:|---:|---:|---:|",
+              f"| {o['studies']:,} | {o['query_seconds']} | {o['query_peak_rss_growth_mb']} | {o['index_mb']} "
+              f"| {o['dict_mb']} |", ""]
     if profile:
         o = profile.output
         lines += [f"### Where a shard's time goes (cProfile of shard {o['shard']}: {o['studies']:,} studies, "
@@ -314,8 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             floor = measure("floor", [sys.executable, "-m", "bench.floor", str(zips["base"])])
             print("bench: trialsync load-bulk x3", flush=True)
             ours = run_trialsync(zips, workdir, api, args.workers)
-        heads = [measure(f"heads {kind}", [sys.executable, "-m", "bench.heads", str(workdir / "warehouse"), kind])
-                 for kind in ("index", "dict")]
+        heads = measure("heads", [sys.executable, "-m", "bench.heads", str(workdir / "warehouse")])
         print("bench: profile of one shard", flush=True)
         profile = measure("profile", [sys.executable, "-m", "bench.profile_shard", str(zips["base"])])
         peers: dict[str, list[Step]] = {}

@@ -207,3 +207,19 @@ def test_a_bulk_url_is_downloaded_to_disk_then_loaded(served: str, tmp_path: Pat
     assert summary["versions_written"] == 400
     assert [p.name for p in (tmp_path / "dl").iterdir()] == [p.name for p in (tmp_path / "dl").glob("*.zip")]
     assert DATA.is_dir()
+
+
+def test_the_head_index_looks_up_a_page_and_splits_by_shard() -> None:
+    import pyarrow as pa
+
+    from pipeline.versioning import Head
+    from warehouse.heads import HEAD_SCHEMA, HeadIndex
+
+    index = HeadIndex(pa.table({"nct_id": ["NCT00000142", "NCT00000242", "NCT00000107"], "version": [1, 3, 2],
+                                "content_hash": ["a", "b", "c"], "is_removed": [False, False, True]},
+                               schema=HEAD_SCHEMA))
+    assert index.lookup(["NCT00000242", "NCT00000107", "NCT09999999"]) == {
+        "NCT00000242": Head(3, "b"), "NCT00000107": Head(2, "c", True)}
+    assert {key: t["nct_id"].to_pylist() for key, t in index.shards().items()} == {
+        "07": ["NCT00000107"], "42": ["NCT00000142", "NCT00000242"]}
+    assert HeadIndex.empty().lookup(["NCT00000142"]) == {}
