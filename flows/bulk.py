@@ -10,7 +10,7 @@ jobs: they run in worker processes (both cores), or on a Dask cluster (``DaskTas
 workers see the archive and the warehouse on a shared filesystem.
 
 Memory: a worker holds one batch of records and its shard's heads; the flow holds the archive's
-member offsets and the columnar head index (~35 + ~50 bytes a study).
+member offsets and the columnar head index (~45 + ~55 bytes a study).
 """
 
 from __future__ import annotations

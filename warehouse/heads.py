@@ -1,8 +1,8 @@
 """The latest committed version of every study, kept columnar.
 
 The head index is the one piece of state that grows with the registry (one entry per study). As
-Arrow columns it costs ~50 bytes a study (~30 MB for 600,000); a dict of ``Head`` objects costs
-several times that (measured in bench/RESULTS.md). Syncs look heads up a page at a time
+Arrow columns it costs ~55 bytes a study (33 MB for 600,000); a dict of ``Head`` objects costs ~260
+(158 MB; measured in bench/RESULTS.md). Syncs look heads up a page at a time
 (``lookup``); a bulk load hands each shard its slice (``shards``).
 """
 
