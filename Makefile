@@ -32,8 +32,13 @@ browser:
 	  "the report's browser test will be skipped"; fi
 
 lint: setup
-	$(BIN)/ruff check pipeline warehouse flows tests tools
+	$(BIN)/ruff check pipeline warehouse flows bench tests tools
 	$(BIN)/mypy
+
+# `make bench N=600000`: the comparison of bench/run.py at N studies (results in bench/RESULTS.md).
+N ?= 20000
+bench: setup
+	$(BIN)/python -m bench.run --size $(N) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-output test-artifacts

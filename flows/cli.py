@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -97,8 +98,52 @@ def sync(
 
 def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
     """Run the ``sync_registry`` flow with a progress bar fed by its page events."""
-    from flows import progress
     from flows.sync import sync_registry
+
+    return _with_progress(lambda: sync_registry(**{k: v for k, v in params.items() if v is not None}),
+                          show_progress=show_progress)
+
+
+@app.command("load-bulk")
+def load_bulk(
+    source: Annotated[str, typer.Argument(help="ctg-studies.json.zip: a path or an http(s) URL")],
+    warehouse: WarehouseOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes [default: one per core]")]
+    = None,
+    dask: Annotated[str | None, typer.Option("--dask", help="Run shard tasks on Dask: a scheduler address, "
+                                             "or 'local' for a local cluster")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Studies a worker holds at once")] = 500,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout",
+                                                help="Seconds to wait for another sync to finish")] = 30.0,
+    download_dir: Annotated[str | None, typer.Option("--download-dir",
+                                                     help="Where a URL is downloaded [default: beside the warehouse]")]
+    = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+) -> None:
+    """Load the registry's bulk download as one run (later syncs continue from it)."""
+    from pipeline.registry.bulk import check_bulk_file, is_url
+
+    if not is_url(source):
+        source = str(check_bulk_file(source).resolve())
+    if (workers is not None and workers < 1) or batch_size < 1:
+        raise UsageError("--workers and --batch-size must be at least 1")
+    summary = run_bulk(dict(source=source, warehouse=str(settings.warehouse_dir(warehouse)), batch_size=batch_size,
+                            lock_timeout=lock_timeout, download_dir=download_dir),
+                       workers=workers, dask=dask, show_progress=not quiet)
+    print_summary(summary)
+
+
+def run_bulk(params: dict[str, Any], *, workers: int | None = None, dask: str | None = None,
+             show_progress: bool = True) -> dict[str, Any]:
+    """Run the ``load_bulk`` flow with a progress bar fed by its shard events."""
+    from flows.bulk import run_load_bulk
+
+    return _with_progress(lambda: run_load_bulk({k: v for k, v in params.items() if v is not None},
+                                                workers=workers, dask=dask), show_progress=show_progress)
+
+
+def _with_progress(run: Callable[[], dict[str, Any]], *, show_progress: bool) -> dict[str, Any]:
+    from flows import progress
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[versions]} new versions"), TimeElapsedColumn(),
@@ -115,7 +160,7 @@ def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str,
     _quiet_prefect_failures()
     try:
         with bar:
-            return sync_registry(**{k: v for k, v in params.items() if v is not None})
+            return run()
     finally:
         unsubscribe()
 
@@ -129,9 +174,10 @@ def _quiet_prefect_failures() -> None:
 
 def print_summary(summary: dict[str, Any]) -> None:
     since = f" since {summary['since']}" if summary.get("since") else ""
+    units = "shards" if summary["mode"] == "bulk" else "pages"
     console.print(
         f"[bold green]run {summary['run_id']}[/] ({summary['mode']}{since}, scope {summary['scope']}): "
-        f"{summary['pages']} pages, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
+        f"{summary['pages']} {units}, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
         f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
         f"{summary['changes_written']} changes, {summary['retired']} retired, "
         f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",

@@ -20,10 +20,12 @@ from prefect.cache_policies import NONE
 from flows import progress, reconciliation, settings
 from flows.reconciliation import publish_reconciliation, reconcile_run
 from pipeline.changes import Rules, derive_changes
+from pipeline.parse import record_nct_id
 from pipeline.registry.client import RegistryClient, RetryPolicy
 from pipeline.scope import Scope, check_page_size, resolve_window
 from pipeline.versioning import Head, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
+from warehouse.heads import HeadIndex
 from warehouse.pairs import version_pairs
 from warehouse.rows import changes_table, tombstones_table
 
@@ -61,11 +63,17 @@ class SyncSummary:
 class _PageContext:
     """What every page task shares; a plain object so Prefect neither hashes nor walks it."""
 
-    def __init__(self, client: RegistryClient, run: RunWriter, heads: dict[str, Head],
+    def __init__(self, client: RegistryClient, run: RunWriter, index: HeadIndex,
                  params: dict[str, str], ctx: RunContext) -> None:
-        self.client, self.run, self.heads, self.params, self.ctx = client, run, heads, params, ctx
+        self.client, self.run, self.index, self.params, self.ctx = client, run, index, params, ctx
+        self.written: dict[str, Head] = {}  # heads this run wrote: a study can show up on two pages
         self.totals = RunTotals()
         self.seen: set[str] = set()
+
+    def heads_for(self, records: list[dict[str, Any]]) -> dict[str, Head]:
+        """The page's heads only: looked up in the columnar index, then this run's own versions."""
+        ids = [nct for nct in map(record_nct_id, records) if nct]
+        return self.index.lookup(ids) | {nct: self.written[nct] for nct in ids if nct in self.written}
 
 
 def _retryable(task: Any, task_run: Any, state: Any) -> bool:
@@ -80,9 +88,9 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
 def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
     """Fetch one page, plan its versions and stage them; returns the next page token."""
     page = pc.client.get_page(pc.params, token, number)
-    plan = plan_batch(page.studies, pc.heads, pc.ctx)
+    plan = plan_batch(page.studies, pc.heads_for(page.studies), pc.ctx)
     pc.run.append_plan(plan, pc.ctx)
-    pc.heads.update(plan.heads)
+    pc.written.update(plan.heads)
     pc.seen.update(nct for nct, _ in plan.seen)
     pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     t = pc.totals
@@ -111,11 +119,12 @@ def retire_vanished(pc: _PageContext, scope: str) -> int:
                                  t.studies_seen, t.total_count)
         return 0
     vanished = sorted(pc.run.scope_members(scope) - pc.seen)
+    heads = pc.index.lookup(vanished)  # a vanished study was not seen, so this run wrote no head for it
     retired = [(nct, head.version + 1, head.content_hash) for nct in vanished
-               if (head := pc.heads.get(nct)) is not None and not head.is_removed]
+               if (head := heads.get(nct)) is not None and not head.is_removed]
     pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
     for nct, version, digest in retired:
-        pc.heads[nct] = Head(version, digest, is_removed=True)
+        pc.written[nct] = Head(version, digest, is_removed=True)
     return len(retired)
 
 
@@ -181,7 +190,7 @@ def sync_registry(
         baseline = not run.has_runs(scope.key)
         window = resolve_window(full=full, since=since, watermark=previous_watermark)
         params = {**scope.params(), **window.params(), "pageSize": str(page_size)}
-        pc = _PageContext(client, run, run.heads(), params, RunContext(run_id, started, "api"))
+        pc = _PageContext(client, run, run.head_index(), params, RunContext(run_id, started, "api"))
         progress.emit("start", run_id=run_id, mode=window.mode, since=window.since, scope=scope.key)
         fetch = sync_page.with_options(retry_delay_seconds=backoff_seconds * 10)
         token, number = None, 1

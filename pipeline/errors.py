@@ -13,6 +13,10 @@ class UsageError(TrialsyncError):
     """Bad input from the user (a flag, an id, a date, a file)."""
 
 
+class BulkArchiveInvalid(UsageError):
+    """The bulk file is not a complete, readable registry zip (a truncated download, a damaged member)."""
+
+
 class RegistryError(TrialsyncError):
     """The registry answered in a way we cannot use."""
 

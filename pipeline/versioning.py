@@ -6,13 +6,14 @@ and returns what to write. It never touches disk or clock; ``RunContext`` carrie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 import orjson
 
+from pipeline.dates import parse_full_date
 from pipeline.errors import RecordInvalid
 from pipeline.flatten import StudyRows, flatten
 from pipeline.hashing import content_hash
@@ -76,32 +77,35 @@ def plan_batch(
     ctx: RunContext,
     *,
     registry_versions: Mapping[str, int] | None = None,
+    raws: Sequence[bytes] | None = None,
 ) -> BatchPlan:
     """Versions to store for ``records`` given the current ``heads``.
 
-    A record whose material content hash equals its study's head adds nothing; a study seen twice
-    in one batch with different content gets two versions, in the order seen.
+    A record whose material content hash equals its study's head adds nothing and is not parsed
+    again (that content was validated when its version was stored); a study seen twice in one batch
+    with different content gets two versions, in the order seen. ``raws``: the records' own compact
+    JSON text, stored as is instead of serialising the record again (a bulk file's members).
     """
     plan = BatchPlan()
-    for record in records:
+    for index, record in enumerate(records):
+        raw = raws[index] if raws is not None else None
+        nct_hint = record_nct_id(record) if isinstance(record, Mapping) else None
+        digest = content_hash(record) if nct_hint else None
+        head = (plan.heads.get(nct_hint) or heads.get(nct_hint)) if nct_hint else None
+        if nct_hint and head is not None and head.content_hash == digest and not head.is_removed:
+            plan.unchanged += 1
+            plan.seen.append((nct_hint, head.version))
+            _note_update(plan, _last_update(record))
+            continue
         try:
             parsed = parse_record(record)
-        except RecordInvalid as exc:
-            plan.quarantined.append(Quarantined(exc.nct_id or record_nct_id(record), exc.reason, _raw(record)))
-            continue
-        core = parsed.core
-        digest = content_hash(record)
-        head = plan.heads.get(core.nct_id) or heads.get(core.nct_id)
-        if head is not None and head.content_hash == digest and not head.is_removed:
-            plan.unchanged += 1
-            plan.seen.append((core.nct_id, head.version))
-            _advance_watermark(plan, core)
-            continue
-        try:
             rows = flatten(parsed.study)  # only for new versions: unchanged records cost no flattening
         except RecordInvalid as exc:
-            plan.quarantined.append(Quarantined(core.nct_id, exc.reason, _raw(record)))
+            plan.quarantined.append(Quarantined(exc.nct_id or nct_hint, exc.reason, raw or _raw(record)))
             continue
+        core = parsed.core
+        _note_update(plan, core.last_update_posted)
+        digest = digest or content_hash(record)
         version = head.version + 1 if head else 1
         plan.versions.append(
             NewVersion(
@@ -110,20 +114,25 @@ def plan_batch(
                 content_hash=digest,
                 registry_updated=core.last_update_posted,
                 registry_version=(registry_versions or {}).get(core.nct_id),
-                raw=_raw(record),
+                raw=raw or _raw(record),
                 is_new_study=head is None,
                 rows=rows,
             )
         )
         plan.heads[core.nct_id] = Head(version, digest)
         plan.seen.append((core.nct_id, version))
-        _advance_watermark(plan, core)
     return plan
 
 
-def _advance_watermark(plan: BatchPlan, core: StudyCore) -> None:
-    if core.last_update_posted and (plan.newest_update is None or core.last_update_posted > plan.newest_update):
-        plan.newest_update = core.last_update_posted
+def _note_update(plan: BatchPlan, day: date | None) -> None:
+    if day and (plan.newest_update is None or day > plan.newest_update):
+        plan.newest_update = day
+
+
+def _last_update(record: Mapping[str, Any]) -> date | None:
+    """``lastUpdatePostDate`` of a record known to parse (it matched a stored version's hash)."""
+    struct = record["protocolSection"].get("statusModule", {}).get("lastUpdatePostDateStruct")
+    return parse_full_date(struct["date"], field="lastUpdatePostDate") if struct else None
 
 
 def _raw(record: Any) -> bytes:

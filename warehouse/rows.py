@@ -13,6 +13,16 @@ from pipeline.versioning import BatchPlan, NewVersion, RunContext
 from warehouse.tables import CHANGES, CHILD_TABLES, QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
 
 
+def plan_tables(plan: BatchPlan, ctx: RunContext) -> dict[str, pa.Table]:
+    """Every table's rows for one planned batch (each writer appends exactly these)."""
+    return {
+        "study_versions": versions_table(plan.versions, ctx),
+        **child_tables(plan.versions),
+        "run_studies": run_studies_table(plan, ctx),
+        "quarantine": quarantine_table(plan, ctx),
+    }
+
+
 def versions_table(versions: Sequence[NewVersion], ctx: RunContext) -> pa.Table:
     n = len(versions)
     columns: dict[str, list[object]] = {
@@ -25,12 +35,19 @@ def versions_table(versions: Sequence[NewVersion], ctx: RunContext) -> pa.Table:
         "run_id": [ctx.run_id] * n,
         "source": [ctx.source] * n,
         "is_removed": [False] * n,
-        "raw": [v.raw.decode() for v in versions],
     }
     for name in CORE_COLUMNS:
         if name != "nct_id":
             columns[name] = [getattr(v.core, name) for v in versions]
-    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in STUDY_VERSIONS}, schema=STUDY_VERSIONS)
+    arrays = {name: pa.array(values, STUDY_VERSIONS.field(name).type) for name, values in columns.items()}
+    arrays["raw"] = _json_text([v.raw for v in versions])
+    return pa.table([arrays[f.name] for f in STUDY_VERSIONS], schema=STUDY_VERSIONS)
+
+
+def _json_text(docs: list[bytes]) -> pa.Array:
+    """JSON documents as a string column without a Python ``str`` per document. Every one was
+    either written by orjson or read by it (which rejects invalid UTF-8), so it is valid UTF-8."""
+    return pa.array(docs, pa.binary()).view(pa.string())
 
 
 def run_studies_table(plan: BatchPlan, ctx: RunContext) -> pa.Table:
@@ -52,7 +69,7 @@ def quarantine_table(plan: BatchPlan, ctx: RunContext) -> pa.Table:
             "nct_id": [item.nct_id for item in q],
             "observed_at": [ctx.observed_at] * len(q),
             "reason": [item.reason for item in q],
-            "raw": [item.raw.decode() for item in q],
+            "raw": _json_text([item.raw for item in q]),
         },
         schema=QUARANTINE,
     )

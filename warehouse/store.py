@@ -23,7 +23,9 @@ from pipeline.errors import WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
-from warehouse.rows import child_tables, quarantine_table, run_studies_table, versions_table
+from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
+from warehouse.parts import LARGE_TEXT_COLUMNS, StagedFile
+from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
 
 LOCK_NAME = ".writer.lock"
@@ -115,8 +117,17 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=False)
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._sealed: set[str] = set()
-        self.rows: dict[str, int] = {}
+        self._rows: dict[str, int] = {}
+        self._adopted: list[StagedFile] = []
         self.committed = False
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows staged per table: the run's own files and the adopted parts."""
+        rows = dict(self._rows)
+        for part in self._adopted:
+            rows[part.table] = rows.get(part.table, 0) + part.rows
+        return rows
 
     def append(self, table: str, rows: pa.Table) -> None:
         if rows.num_rows == 0:
@@ -125,10 +136,11 @@ class RunWriter:
             raise WarehouseError(f"table {table} is sealed for run {self.run_id}")
         schema = TABLES[table]
         if table not in self._writers:
-            self._writers[table] = pq.ParquetWriter(self.dir / f"{table}.parquet", schema,
-                                                    compression="zstd")
+            plain = [f.name for f in schema if f.name not in LARGE_TEXT_COLUMNS]
+            self._writers[table] = pq.ParquetWriter(self.dir / f"{table}.parquet", schema, compression="zstd",
+                                                    use_dictionary=plain, write_statistics=plain)
         self._writers[table].write_table(rows.cast(schema) if rows.schema != schema else rows)
-        self.rows[table] = self.rows.get(table, 0) + rows.num_rows
+        self._rows[table] = self._rows.get(table, 0) + rows.num_rows
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -141,8 +153,11 @@ class RunWriter:
         self._sealed.add(table)
 
     def staged(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory connection whose views cover the committed files plus this run's sealed ones."""
+        """An in-memory connection whose views cover the committed files plus this run's sealed ones
+        (and the part files workers wrote for it, see ``adopt``)."""
+        rel = self.dir.relative_to(self.warehouse.root)
         entries = [self._entry(t) for t in self._sealed if t in self._writers]
+        entries += [ManifestEntry(self.run_id, p.table, str(rel / p.name)) for p in self._adopted]
         mem = duckdb.connect()
         catalog.build(mem, self.warehouse.root, self.manifest.plus(entries))
         return mem
@@ -151,11 +166,20 @@ class RunWriter:
         return ManifestEntry(self.run_id, table, str((self.dir / f"{table}.parquet").relative_to(self.warehouse.root)))
 
     def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
-        self.append("study_versions", versions_table(plan.versions, ctx))
-        for table, rows in child_tables(plan.versions).items():
+        for table, rows in plan_tables(plan, ctx).items():
             self.append(table, rows)
-        self.append("run_studies", run_studies_table(plan, ctx))
-        self.append("quarantine", quarantine_table(plan, ctx))
+
+    def adopt(self, parts: list[StagedFile]) -> None:
+        """Finished part files that workers wrote into this run's directory (see ``PartWriter``)."""
+        for part in parts:
+            if not (self.dir / part.name).is_file() or part.table not in TABLES:
+                raise WarehouseError(f"run {self.run_id}: part {part.name} is missing")
+        self._adopted.extend(parts)
+
+    def head_index(self) -> HeadIndex:
+        """The latest committed version of every study, columnar (see ``warehouse.heads``)."""
+        with self.warehouse.committed() as con:
+            return HeadIndex(con.sql(HEADS_SQL).to_arrow_table())
 
     def rewrite_studies(self, con: duckdb.DuckDBPyConnection, moves: pa.Table) -> None:
         """Copy the committed rows of rewritten studies into this run, renumbered.
@@ -173,13 +197,8 @@ class RunWriter:
             con.unregister("_moves")
 
     def heads(self) -> dict[str, Head]:
-        """The latest committed version of every study."""
-        with self.warehouse.committed() as con:
-            rows = con.execute(
-                "SELECT nct_id, version, content_hash, is_removed FROM raw_study_versions "
-                "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1"
-            ).fetchall()
-        return {nct: Head(version, digest, bool(removed)) for nct, version, digest, removed in rows}
+        """The latest committed version of every study, as a dict (small warehouses, tests)."""
+        return to_dict(self.head_index().table)
 
     def watermark(self, scope: str) -> Any:
         with self.warehouse.committed() as con:
@@ -213,6 +232,8 @@ class RunWriter:
         for table in self._writers:
             catalog.fsync_path(self.dir / f"{table}.parquet")
             entries.append(self._entry(table))
+        rel = self.dir.relative_to(self.warehouse.root)
+        entries += [ManifestEntry(self.run_id, part.table, str(rel / part.name)) for part in self._adopted]
         kept = tuple(e for e in self.manifest.entries if e.table not in replace)
         manifest = Manifest(kept + tuple(entries),
                             {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id})

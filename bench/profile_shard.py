@@ -1,0 +1,59 @@
+"""Where a bulk load's time goes: cProfile of one shard's work (``process_shard``), by stage.
+
+``python -m bench.profile_shard ZIP [KEY]`` prints one JSON line: studies, CPU seconds, and the
+seconds of each stage (cumulative time of the functions that do it). No heads: a first load.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+
+from flows.shards import ShardJob, process_shard
+from pipeline.registry.bulk import BulkArchive
+from pipeline.versioning import RunContext
+from warehouse.heads import HEAD_SCHEMA
+
+# stage -> functions (file fragment, function name) whose cumulative time is the stage's.
+STAGES = {
+    "read + inflate + CRC (libdeflate)": [("bulk.py", "read")],
+    "JSON parse (orjson.loads)": [("~", "<built-in method orjson.loads>"), ("~", "<orjson.loads>")],
+    "canonical JSON + BLAKE2b (content_hash)": [("hashing.py", "content_hash")],
+    "typed core columns (parse_study)": [("parse.py", "parse_study")],
+    "Arrow tables (rows.plan_tables)": [("rows.py", "plan_tables")],
+    "Parquet write + zstd (ParquetWriter)": [("core.py", "write_table"), ("core.py", "close")],
+    "fsync of the part files": [("parts.py", "fsync_file")],
+}
+
+
+def main() -> None:
+    archive = BulkArchive.open(sys.argv[1])
+    key = sys.argv[2] if len(sys.argv) > 2 else next(iter(archive.shards))
+    ctx = RunContext("profile", datetime.now(UTC), "bulk")
+    with tempfile.TemporaryDirectory() as out:
+        job = ShardJob(str(archive.path), key, archive.shards[key], HEAD_SCHEMA.empty_table(), ctx, out)
+        profile = cProfile.Profile()
+        cpu = time.process_time()
+        profile.enable()
+        result = process_shard(job)
+        profile.disable()
+        cpu = time.process_time() - cpu
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    stages = {}
+    for stage, functions in STAGES.items():
+        stages[stage] = round(sum(cumulative for (path, _, name), (_, _, _, cumulative, _) in stats.items()
+                                  for fragment, wanted in functions
+                                  if name == wanted and (fragment == "~" or path.endswith(fragment))), 3)
+    total = sum(stats[k][3] for k in stats if k[2] == "process_shard")
+    stages["other (Python glue)"] = round(total - sum(stages.values()), 3)
+    print(json.dumps({"shard": key, "studies": result.studies, "cpu_seconds": round(cpu, 3),
+                      "profiled_seconds": round(total, 3), "stages": stages}))
+
+
+if __name__ == "__main__":
+    main()

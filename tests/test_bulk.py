@@ -1,0 +1,225 @@
+"""Issue 8: the registry's bulk zip as one run, streamed in shards, continued by API syncs; Dask too."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from bench import corpus
+from flows.bulk import run_load_bulk
+from pipeline.errors import BulkArchiveInvalid
+from pipeline.registry.bulk import BulkArchive, MemberReader, members
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import DATA, STUDIES_DIR, fast_sync, nct
+from warehouse import Warehouse
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+TRIALSYNC = Path(sys.executable).parent / "trialsync"
+
+
+def query(warehouse_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    with Warehouse(warehouse_dir).connect() as con:
+        return con.execute(sql).fetchall()
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 326 real records, as the registry lays out its bulk zip (their real bytes, pretty-printed)."""
+    files = {f"{p.stem[-2:]}/{p.name}": p.read_bytes() for p in sorted(STUDIES_DIR.glob("NCT*.json"))}
+    return write_zip(tmp_path_factory.mktemp("bulk") / "ctg-studies.json.zip", files)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    corpus.generate(STUDIES_DIR, 400, out)
+    return out
+
+
+def load(source: Path | str, warehouse_dir: Path, **kwargs: Any) -> dict[str, Any]:
+    workers = kwargs.pop("workers", 2)
+    dask = kwargs.pop("dask", None)
+    return run_load_bulk(dict(source=str(source), warehouse=str(warehouse_dir), lock_timeout=5.0, **kwargs),
+                         workers=workers, dask=dask)
+
+
+def content(warehouse_dir: Path) -> list[tuple[Any, ...]]:
+    return query(warehouse_dir, """SELECT nct_id, version, content_hash, overall_status, enrollment_count,
+        start_date, completion_date_raw, last_update_posted, conditions, raw::VARCHAR
+        FROM study_versions ORDER BY nct_id, version""")
+
+
+def test_a_bulk_load_is_one_run_that_api_syncs_continue_without_new_versions(
+        real_zip: Path, records: list[dict[str, Any]], tmp_path: Path) -> None:
+    bulk_dir, api_dir = tmp_path / "bulk", tmp_path / "api"
+    summary = load(real_zip, bulk_dir)
+    watermark = max(date.fromisoformat(r["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"])
+                    for r in records)
+    assert (summary["mode"], summary["scope"], summary["studies_seen"], summary["versions_written"],
+            summary["pages"], summary["watermark"]) == ("bulk", "all", 326, 326, len({nct(r)[-2:] for r in records}),
+                                                        watermark.isoformat())
+    assert query(bulk_dir, "SELECT mode, scope, status, studies_seen, versions_written, watermark FROM sync_runs") \
+        == [("bulk", "all", "succeeded", 326, 326, watermark)]
+    assert query(bulk_dir, "SELECT DISTINCT source FROM study_versions") == [("bulk",)]
+    assert query(bulk_dir, "SELECT count(*) FROM run_studies") == [(326,)]
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, api_dir)
+        # Same records through the API: the same rows and hashes as from the bulk file.
+        assert content(bulk_dir) == content(api_dir)
+        day = watermark + timedelta(days=1)
+        from pipeline import mutate
+        registry.put(mutate.posted_on(mutate.set_status(records[0], "COMPLETED"), day))
+        registry.requests.clear()
+        after = fast_sync(registry, bulk_dir)
+        since = watermark - timedelta(days=1)
+        assert (after["mode"], after["since"], after["versions_written"]) == ("incremental", since.isoformat(), 1)
+        assert {r["filter.advanced"] for r in registry.study_requests()} == {
+            f"AREA[LastUpdatePostDate]RANGE[{since.isoformat()},MAX]"}
+        assert after["unchanged"] == after["studies_seen"] - 1 > 0
+    assert query(bulk_dir, f"SELECT version, source, studies.overall_status FROM studies JOIN study_versions "
+                           f"USING (nct_id, version) WHERE nct_id = '{nct(records[0])}'") == [(2, "api", "COMPLETED")]
+
+
+def test_reloading_a_bulk_file_adds_nothing_and_a_changed_one_adds_exactly_its_changes(
+        small_corpus: Path, warehouse_dir: Path) -> None:
+    info = orjson.loads((small_corpus / "corpus.json").read_bytes())
+    first = load(small_corpus / "base.zip", warehouse_dir, batch_size=7)
+    again = load(small_corpus / "base.zip", warehouse_dir)
+    changed = load(small_corpus / "changed.zip", warehouse_dir, workers=1)
+    assert (first["versions_written"], first["new_studies"]) == (400, 400)
+    assert (again["versions_written"], again["unchanged"]) == (0, 400)
+    assert (changed["versions_written"], changed["new_studies"], changed["unchanged"]) == (
+        info["changed"], 0, 400 - info["changed"])
+    assert sorted(r[0] for r in query(warehouse_dir, "SELECT nct_id FROM study_versions WHERE version = 2")) == \
+        sorted(info["changed_ids"])
+    assert query(warehouse_dir, "SELECT count(*), count(DISTINCT nct_id) FROM studies") == [(400, 400)]
+
+
+def test_a_worker_holds_one_batch_at_a_time(small_corpus: Path, warehouse_dir: Path) -> None:
+    load(small_corpus / "base.zip", warehouse_dir, batch_size=3)
+    files = sorted(warehouse_dir.glob("runs/*/study_versions.part-*.parquet"))
+    assert len(files) == 100
+    sizes = [pq.ParquetFile(f).metadata.row_group(i).num_rows for f in files
+             for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    assert max(sizes) == 3 and sum(sizes) == 400
+
+
+def test_members_are_inflated_and_crc_checked(small_corpus: Path) -> None:
+    archive = BulkArchive.open(small_corpus / "base.zip")
+    assert (archive.members, len(archive.shards), archive.skipped) == (400, 100, 0)
+    with zipfile.ZipFile(small_corpus / "base.zip") as zf, MemberReader(archive.path) as reader:
+        for key, shard in list(archive.shards.items())[:5]:
+            for member in members(shard):
+                assert member.nct_id.endswith(key)
+                assert reader.read(member) == zf.read(f"{key}/{member.nct_id}.json")
+
+
+def test_a_truncated_zip_is_refused_with_one_line_before_anything_is_written(
+        small_corpus: Path, tmp_path: Path, prefect_api: str) -> None:
+    truncated = tmp_path / "ctg-studies.json.zip"
+    truncated.write_bytes((small_corpus / "base.zip").read_bytes()[:-5000])
+    result = subprocess.run([str(TRIALSYNC), "load-bulk", str(truncated), "--warehouse", str(tmp_path / "wh")],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PREFECT_API_URL": prefect_api})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"trialsync: error: {truncated} is not a complete zip archive "
+                                     "(truncated download?)")
+    assert not (tmp_path / "wh").exists()
+
+
+def test_a_damaged_member_fails_the_run_and_leaves_the_warehouse_as_it_was(
+        small_corpus: Path, real_zip: Path, tmp_path: Path, warehouse_dir: Path) -> None:
+    load(real_zip, warehouse_dir)
+    catalog = (warehouse_dir / "warehouse.duckdb").read_bytes()
+    damaged = tmp_path / "damaged.zip"
+    shutil.copy(small_corpus / "base.zip", damaged)
+    member = members(BulkArchive.open(damaged).shards["42"])[0]
+    with damaged.open("r+b") as f:  # flip bytes inside one member's compressed data
+        f.seek(member.header_offset + 30 + len(f"42/{member.nct_id}.json") + member.compress_size // 2)
+        f.write(b"\x00\xff\x00\xff")
+    with pytest.raises(BulkArchiveInvalid, match=member.nct_id):
+        load(damaged, warehouse_dir)
+    assert (warehouse_dir / "warehouse.duckdb").read_bytes() == catalog
+    assert len(list((warehouse_dir / "runs").iterdir())) == 1
+    assert query(warehouse_dir, "SELECT count(*) FROM sync_runs") == [(1,)]
+
+
+def test_unusable_members_are_quarantined_and_the_rest_commits(
+        records: list[dict[str, Any]], tmp_path: Path, warehouse_dir: Path) -> None:
+    good = records[:3]
+    no_protocol = {k: v for k, v in records[3].items() if k != "protocolSection"}
+    path = write_zip(tmp_path / "bulk.zip", {
+        **{f"{nct(r)[-2:]}/{nct(r)}.json": orjson.dumps(r) for r in good},
+        f"{nct(records[3])[-2:]}/{nct(records[3])}.json": orjson.dumps(no_protocol),
+        "01/NCT00000001.json": b'{"protocolSection": {"identificationModule": ',
+        "README.txt": b"not a study",
+    })
+    summary = load(path, warehouse_dir)
+    assert (summary["versions_written"], summary["quarantined"]) == (3, 2)
+    assert query(warehouse_dir, "SELECT nct_id, reason FROM quarantine ORDER BY reason") == [
+        ("NCT00000001", "invalid JSON: unexpected end of data: line 1 column 46 (char 45)"),
+        (None, "record has no protocolSection")]
+
+
+def test_a_bulk_load_runs_its_shard_tasks_on_a_local_dask_cluster(
+        small_corpus: Path, tmp_path: Path) -> None:
+    summary = load(small_corpus / "base.zip", tmp_path / "dask", dask="local", workers=2)
+    load(small_corpus / "base.zip", tmp_path / "local", workers=1)
+    assert (summary["studies_seen"], summary["versions_written"]) == (400, 400)
+    assert query(tmp_path / "dask", "SELECT nct_id, content_hash FROM studies ORDER BY 1") == \
+        query(tmp_path / "local", "SELECT nct_id, content_hash FROM studies ORDER BY 1")
+
+
+@pytest.fixture
+def served(small_corpus: Path) -> Iterator[str]:
+    """The corpus directory over loopback HTTP (a download source)."""
+    handler = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             lambda *a: handler(*a, directory=str(small_corpus)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_bulk_url_is_downloaded_to_disk_then_loaded(served: str, tmp_path: Path) -> None:
+    summary = load(f"{served}/base.zip", tmp_path / "wh", download_dir=str(tmp_path / "dl"))
+    assert summary["versions_written"] == 400
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [p.name for p in (tmp_path / "dl").glob("*.zip")]
+    assert DATA.is_dir()
+
+
+def test_the_head_index_looks_up_a_page_and_splits_by_shard() -> None:
+    import pyarrow as pa
+
+    from pipeline.versioning import Head
+    from warehouse.heads import HEAD_SCHEMA, HeadIndex
+
+    index = HeadIndex(pa.table({"nct_id": ["NCT00000142", "NCT00000242", "NCT00000107"], "version": [1, 3, 2],
+                                "content_hash": ["a", "b", "c"], "is_removed": [False, False, True]},
+                               schema=HEAD_SCHEMA))
+    assert index.lookup(["NCT00000242", "NCT00000107", "NCT09999999"]) == {
+        "NCT00000242": Head(3, "b"), "NCT00000107": Head(2, "c", True)}
+    assert {key: t["nct_id"].to_pylist() for key, t in index.shards().items()} == {
+        "07": ["NCT00000107"], "42": ["NCT00000142", "NCT00000242"]}
+    assert HeadIndex.empty().lookup(["NCT00000142"]) == {}
