@@ -10,6 +10,8 @@ import copy
 from datetime import date, timedelta
 from typing import Any
 
+import orjson
+
 from pipeline.dates import parse_partial_date
 
 Record = dict[str, Any]
@@ -108,4 +110,40 @@ def with_derived(record: Record, derived: dict[str, Any]) -> Record:
     """Only ``derivedSection`` differs: the registry's own re-derivation, not a study change."""
     out = copy.deepcopy(record)
     out["derivedSection"] = copy.deepcopy(derived)
+    return out
+
+
+def set_path(record: Record, path: tuple[str | int, ...], value: Any) -> Record:
+    """Set one leaf (e.g. ``("protocolSection", "designModule", "phases")``) to ``value``."""
+    out = copy.deepcopy(record)
+    node: Any = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+def drop_path(record: Record, path: tuple[str | int, ...]) -> Record:
+    """The record without one section or field (a module the registry left out)."""
+    out = copy.deepcopy(record)
+    node: Any = out
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return out
+
+
+def enlarge_sites(record: Record, min_bytes: int) -> Record:
+    """Repeat the record's own sites until its JSON is at least ``min_bytes`` (the registry's largest
+    records, ~3.6 MB, are large because of their site lists)."""
+    out = copy.deepcopy(record)
+    sites = _locations(out)
+    originals = copy.deepcopy(sites)
+    if not originals:
+        raise ValueError("enlarge_sites needs a record with sites")
+    size = len(orjson.dumps(out))
+    per_round = len(orjson.dumps(originals))
+    while size < min_bytes:
+        sites.extend(copy.deepcopy(originals))
+        size += per_round
     return out
