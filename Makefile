@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-full lint bench clean
+.PHONY: setup demo test test-full test-reliability lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: setup
 
 test: setup lint
 	$(BIN)/pytest -q
+
+# The whole reliability suite (every kill point, fault case and misuse case); `make test` runs a short
+# version. Subprocess syncs reuse the test session's Prefect server.
+test-reliability: setup
+	TRIALSYNC_FULL=1 $(BIN)/pytest -q -m reliability
 
 lint: setup
 	$(BIN)/ruff check pipeline warehouse flows tests

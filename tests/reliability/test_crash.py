@@ -159,6 +159,10 @@ def test_a_sync_killed_at_any_point_keeps_the_last_commit_and_the_next_run_conve
         assert shell_counts(warehouse) == f"{runs},{versions},{quarantined}"
 
     rerun = fast_sync(new, warehouse, full=True, page_size=10)
+    last, _, n = point.crashes[-1].partition(":")
+    replayable = {"page-fetched": int(n), "request": int(n) - 1, "spool-written": int(n) - 1}
+    if last in replayable:  # the pages fetched before the kill were spooled and are not fetched again
+        assert rerun["pages_replayed"] == replayable[last]
     expected = reference["first" if point.first_run else "second"]
     if point.commits:  # the killed run had committed (checked above): the re-run finds nothing new
         assert rerun["versions_written"] == 0
