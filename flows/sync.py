@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import progress, settings
-from pipeline.errors import PageTokenRejected
+from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.registry.client import Page, RegistryClient, RetryPolicy, page_from_body
 from pipeline.scope import Scope, Window, check_page_size, resolve_window
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
@@ -79,10 +79,15 @@ class _PageContext:
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
         if self.spool and (body := self.spool.get(number, token)) is not None:
-            self.totals.pages_replayed += 1
-            return page_from_body(body, number, self.client.base_url)
+            try:
+                replayed = page_from_body(body, number, self.client.base_url)
+            except (ValueError, RegistryError):  # damaged: fetch it (and what follows) again
+                self.spool.reset(number)
+            else:
+                self.totals.pages_replayed += 1
+                return replayed
         page = self.client.get_page(self.params, token, number)
-        if self.spool:
+        if self.spool and page.body:
             self.spool.put(number, token, page.body)
         return page
 

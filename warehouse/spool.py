@@ -106,9 +106,9 @@ class PageSpool:
     def pages(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("page-*.zst"))
 
-    def reset(self) -> None:
-        """Forget every stored page (their tokens are no good any more)."""
-        self._drop_from(1)
+    def reset(self, start: int = 1) -> None:
+        """Forget the stored pages from ``start`` on (their tokens are no good any more)."""
+        self._drop_from(start)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

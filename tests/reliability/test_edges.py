@@ -118,7 +118,7 @@ READ_ONLY = ["EXPLAIN ANALYZE COPY (SELECT 1) TO '{wh}/runs/out.csv'", "COPY stu
              "SELECT 1; ATTACH '{wh}/other.duckdb'", "UPDATE raw_sync_runs SET status = 'x'"]
 OUTSIDE = ["SELECT * FROM read_text('/etc/passwd')", "SELECT * FROM read_csv('{outside}/secret.csv')",
            "SELECT * FROM read_text('{wh}/runs/../../outside/secret.csv')", "SELECT * FROM glob('/*')",
-           "SELECT * FROM read_blob('{wh}/warehouse.duckdb')", "SELECT * FROM read_parquet('https://example.org/x.parquet')",
+           "SELECT * FROM read_blob('/proc/self/environ')", "SELECT * FROM read_parquet('https://example.org/x.parquet')",
            "SELECT * FROM duckdb_secrets()"]
 
 

@@ -100,3 +100,15 @@ def test_only_a_rerun_of_the_same_scope_and_window_replays(clean: dict[str, Any]
     assert (other["pages_replayed"], window["pages_replayed"], same["pages_replayed"]) == (0, 0, 3)
     assert state(warehouse_dir)["versions"] == clean["versions"]
     assert leftovers(warehouse_dir) == []
+
+
+def test_a_damaged_spool_page_is_fetched_again_with_everything_after_it(
+        clean: dict[str, Any], warehouse_dir: Path) -> None:
+    with FakeRegistry(real_records()[:100]).start() as registry:
+        interrupt_at_page_4(registry, warehouse_dir)
+        page2 = next((warehouse_dir / SPOOL_DIR).glob("*/page-00002.zst"))
+        page2.write_bytes(page2.read_bytes()[:100])  # e.g. a power cut before the data reached the disk
+        summary = fast_sync(registry, warehouse_dir, page_size=SIZE)
+        assert pages_asked(registry) == [2, 3, 4, 5]
+    assert summary["pages_replayed"] == 1
+    assert state(warehouse_dir) == clean
