@@ -60,6 +60,8 @@ def sync(
                                                     help="Seconds between requests (robots.txt asks 1)")] = 1.0,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout",
                                                 help="Seconds to wait for another sync to finish")] = 30.0,
+    rules: Annotated[Path | None, typer.Option("--rules", help="Severity rules (YAML); default: the "
+                                               "warehouse's stored rules, else SPEC's defaults")] = None,
     max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per request on 429/5xx/timeouts")]
     = 8,
     backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
@@ -83,12 +85,15 @@ def sync(
     check_page_size(page_size)
     resolve_window(full=full, since=since_date, watermark=None)
     Warehouse(settings.warehouse_dir(warehouse)).check_location()
+    if rules is not None:
+        settings.rules(str(rules), {})
     summary = run_sync(
         dict(query=query, condition=condition, sponsor=sponsor, ids=ids,
              status=status.split(",") if status else None, since=since_date, full=full,
              page_size=page_size, api_url=settings.api_url(api_url),
              warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
-             lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff),
+             lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff,
+             rules_file=str(rules) if rules else None),
         show_progress=not quiet,
     )
     print_summary(summary)
@@ -132,6 +137,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"[bold green]run {summary['run_id']}[/] ({summary['mode']}{since}, scope {summary['scope']}): "
         f"{summary['pages']} pages, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
         f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
+        f"{summary['changes_written']} changes, {summary['retired']} retired, "
         f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
         highlight=False,
     )
@@ -156,6 +162,75 @@ def sql(
         except Exception as exc:  # duckdb errors: one line is enough
             raise query_error(exc) from None
         render(columns, rows, fmt, console)
+
+
+@app.command()
+def changes(
+    since: Annotated[str | None, typer.Option("--since", help="Registry updates on or after YYYY-MM-DD")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="... and on or before YYYY-MM-DD")] = None,
+    nct: Annotated[list[str] | None, typer.Option("--nct", help="Only these studies (repeat or comma-separate)")]
+    = None,
+    category: Annotated[list[str] | None, typer.Option("--category", help="Only these categories")] = None,
+    event: Annotated[list[str] | None, typer.Option("--event", help="Only these events")] = None,
+    min_severity: Annotated[str | None, typer.Option("--min-severity", help="info | minor | notable | critical")]
+    = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most N rows")] = None,
+    fmt: FormatOpt = "table",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """The change feed: what changed, by how much, and how much it matters."""
+    from warehouse import Warehouse
+    from warehouse.queries import ChangeFilter, changes_query
+
+    _format(fmt)
+    ids = tuple(sorted({s.upper() for s in _split(nct)}))
+    Scope.build(ids=ids)  # validates the ids
+    spec = ChangeFilter(
+        since=parse_date_arg(since, "--since") if since else None,
+        until=parse_date_arg(until, "--until") if until else None,
+        nct_ids=ids, categories=tuple(_split(category)), events=tuple(_split(event)),
+        min_severity=min_severity, limit=limit)
+    sql, params = changes_query(spec)
+    with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
+        result = con.execute(sql, params)
+        render([d[0] for d in result.description], result.fetchall(), fmt, console)
+
+
+@app.command()
+def history(
+    nct: Annotated[str, typer.Argument(help="An NCT id")],
+    fmt: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Every stored version of one study and what changed between them."""
+    from flows.history import print_history
+
+    nct_id = nct.strip().upper()
+    Scope.build(ids=[nct_id])
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format must be text or json, not {fmt!r}")
+    print_history(settings.warehouse_dir(warehouse), nct_id, fmt, console)
+
+
+@app.command()
+def rederive(
+    rules: Annotated[Path | None, typer.Option("--rules", help="YAML file with a 'severity:' mapping")] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Recompute every change from the stored versions (nothing is fetched), e.g. after a rule changed."""
+    from flows.sync import rederive_changes
+
+    if rules is not None:
+        settings.rules(str(rules), {})  # fail fast on a bad file
+    _quiet_prefect_failures()
+    summary = rederive_changes(warehouse=str(settings.warehouse_dir(warehouse)),
+                               rules_file=str(rules) if rules else None)
+    console.print(f"[bold green]run {summary['run_id']}[/] (rederive): {summary['changes_written']} changes "
+                  f"in {summary['duration_seconds']:.1f}s", highlight=False)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
 @app.command()

@@ -127,30 +127,29 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
         print_summary(run_sync(common))
     show_changes(Warehouse(warehouse_dir), console)
     show_answer(Warehouse(warehouse_dir), console)
+    console.print(f"\nThe seed trial's history: trialsync history {SEED_NCT} --warehouse {warehouse_dir}",
+                  highlight=False)
     console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: .venv/bin/duckdb -readonly "
                   f"{warehouse_dir / 'warehouse.duckdb'}", highlight=False)
 
 
 def show_changes(store: Warehouse, console: Console) -> None:
-    """What the last run changed, field by field, from the stored versions."""
-    from pipeline.parse import CORE_COLUMNS
+    """The last run's typed changes (registry bookkeeping and other info-level rows left out)."""
+    from flows.history import describe
 
-    columns = [c for c in CORE_COLUMNS if c not in {"nct_id", "last_update_posted"}]
     with store.connect() as con:
-        last_run = con.execute("SELECT max(run_id) FROM sync_runs").fetchone()
-        rows = con.execute(
-            f"""SELECT n.nct_id, {', '.join(f'o.{c}, n.{c}' for c in columns)}
-                FROM study_versions n JOIN study_versions o
-                  ON o.nct_id = n.nct_id AND o.version = n.version - 1
-                WHERE n.run_id = ? ORDER BY n.nct_id""", [last_run[0] if last_run else None]).fetchall()
-    table = Table(title="What changed on day 2 (stored versions, field by field)", header_style="bold")
-    for name in ("study", "field", "old", "new"):
+        result = con.execute(
+            """SELECT nct_id, severity, event, field, old_value, new_value, shift_days, pct_change
+               FROM changes WHERE run_id = (SELECT max(run_id) FROM sync_runs WHERE mode <> 'rederive')
+                 AND severity <> 'info'
+               ORDER BY severity_rank DESC, nct_id, path""")
+        columns = [d[0] for d in result.description]
+        rows = [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+    table = Table(title="What changed on day 2 (trialsync changes --since <day 2>)", header_style="bold")
+    for name in ("study", "severity", "change"):
         table.add_column(name, overflow="fold")
     for row in rows:
-        for i, column in enumerate(columns):
-            old, new = row[1 + 2 * i], row[2 + 2 * i]
-            if old != new:
-                table.add_row(row[0], column, str(old), str(new))
+        table.add_row(row["nct_id"], row["severity"], describe(row))
     console.print(table)
 
 

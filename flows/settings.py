@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
+import yaml
+
+from pipeline.changes import Rules
 from pipeline.errors import UsageError
 from pipeline.redact import redact
 from pipeline.registry import DEFAULT_API_URL
@@ -54,3 +59,20 @@ def shared_data_dir(flag: str | None = None) -> Path:
     raise UsageError(
         "cannot find the real registry data (ctgov/studies); pass --data DIR or set TRIALSYNC_SHARED_DATA"
     )
+
+
+def rules(path: str | None, meta: Mapping[str, str]) -> Rules:
+    """Severity rules: a YAML file (its ``severity:`` mapping) > the warehouse's stored rules > defaults."""
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise UsageError(f"cannot read rules file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"rules file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("severity", {}), dict):
+            raise UsageError(f"rules file {path} must be a mapping with a 'severity:' mapping")
+        return Rules.from_mapping(data.get("severity", {}))
+    if "rules" in meta:
+        return Rules.from_mapping(orjson.loads(meta["rules"]))
+    return Rules()

@@ -1,7 +1,8 @@
 """``sync_registry``: one sync run of a scope, as a Prefect flow with coarse (per-page) tasks.
 
 gather (fetch a page; the warehouse's heads) -> decide (``plan_batch``, pure) -> apply (stage the
-page's rows; one atomic commit at the end). A failed run commits nothing.
+page's rows). After the last page: retire studies that left the scope (full runs only), derive the
+run's changes from the stored versions, and commit everything at once. A failed run commits nothing.
 
 Fetched pages go to the warehouse's page spool first, so a re-run after a crash can replay them
 (``warehouse.spool`` says when that is safe). A page token the registry refuses mid-run (it expired)
@@ -24,12 +25,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import progress, settings
+from pipeline.changes import Rules, derive_changes
 from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.registry.client import Page, RegistryClient, RetryPolicy, page_from_body
-from pipeline.scope import Scope, Window, check_page_size, resolve_window
+from pipeline.scope import Scope, check_page_size, resolve_window
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
+from warehouse.pairs import version_pairs
+from warehouse.rows import changes_table, tombstones_table
 from warehouse.spool import PageSpool
 
 MAX_RESTARTS = 2  # fresh walks from page 1 after the registry refused a page token
@@ -43,6 +47,8 @@ class RunTotals:
     versions_written: int = 0
     unchanged: int = 0
     quarantined: int = 0
+    retired: int = 0
+    changes_written: int = 0
     total_count: int | None = None
     watermark: date | None = None
     pages_replayed: int = 0  # taken from the spool of an interrupted run
@@ -73,8 +79,9 @@ class _PageContext:
         self.client, self.run, self.heads, self.params, self.ctx = client, run, heads, params, ctx
         self.spool = spool
         self.totals = RunTotals()
+        self.seen: set[str] = set()
         self.staged: dict[int, str] = {}  # page number -> digest of the body staged for it
-        self.seen: set[tuple[str, int]] = set()  # (nct_id, version) already counted in this run
+        self.counted: set[tuple[str, int]] = set()  # (nct_id, version) already counted in this run
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
@@ -108,11 +115,13 @@ def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
     digest = hashlib.blake2b(page.body or json.dumps(page.studies).encode(), digest_size=16).hexdigest()
     if pc.staged.get(number) == digest:  # the same page again after a restart: staged already
         return page.next_token
-    plan, repeats = _drop_repeats(plan_batch(page.studies, pc.heads, pc.ctx), pc.seen)
+    plan, repeats = _drop_repeats(plan_batch(page.studies, pc.heads, pc.ctx), pc.counted)
     pc.run.append_plan(plan, pc.ctx)
     pc.staged[number] = digest
     crashpoint("page-staged")
     pc.heads.update(plan.heads)
+    pc.seen.update(nct for nct, _ in plan.seen)
+    pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     t = pc.totals
     t.pages = max(t.pages, number)
     t.studies_seen += len(page.studies) - repeats
@@ -130,16 +139,47 @@ def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
     return page.next_token
 
 
-def _drop_repeats(plan: BatchPlan, seen: set[tuple[str, int]]) -> tuple[BatchPlan, int]:
+def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[BatchPlan, int]:
     """Leave out studies this run already met at the same version (the same study on two pages);
     they matched their head, so they were counted as unchanged."""
     fresh: list[tuple[str, int]] = []
     for pair in plan.seen:
-        if pair not in seen:
-            seen.add(pair)
+        if pair not in counted:
+            counted.add(pair)
             fresh.append(pair)
     repeats = len(plan.seen) - len(fresh)
     return (dataclasses.replace(plan, seen=fresh, unchanged=plan.unchanged - repeats) if repeats else plan), repeats
+
+
+@task(name="retire-vanished", cache_policy=NONE)
+def retire_vanished(pc: _PageContext, scope: str) -> int:
+    """After a complete full run: studies of the scope that the registry no longer lists are retired."""
+    t = pc.totals
+    if t.total_count is not None and t.studies_seen < t.total_count:
+        get_run_logger().warning("saw %d of %d studies: not retiring anything on an incomplete listing",
+                                 t.studies_seen, t.total_count)
+        return 0
+    vanished = sorted(pc.run.scope_members(scope) - pc.seen)
+    retired = [(nct, head.version + 1, head.content_hash) for nct in vanished
+               if (head := pc.heads.get(nct)) is not None and not head.is_removed]
+    pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
+    for nct, version, digest in retired:
+        pc.heads[nct] = Head(version, digest, is_removed=True)
+    return len(retired)
+
+
+@task(name="derive-changes", cache_policy=NONE)
+def derive_run_changes(run: RunWriter, rules: Rules, *, only_run: str | None,
+                       baseline_runs: frozenset[str]) -> int:
+    """Changes between each version this run stored (or every version, for ``rederive``) and the one before."""
+    run.seal("study_versions")
+    written = 0
+    with run.staged() as con:
+        for pairs in version_pairs(con, run_id=only_run, baseline_runs=baseline_runs):
+            rows = [change for pair in pairs for change in derive_changes(pair, rules)]
+            run.append("changes", changes_table(rows))
+            written += len(rows)
+    return written
 
 
 @flow(name="sync_registry", validate_parameters=True)
@@ -159,6 +199,7 @@ def sync_registry(
     backoff_seconds: float = 1.0,
     timeout_seconds: float = 120.0,
     lock_timeout: float = 30.0,
+    rules_file: str | None = None,
 ) -> dict[str, Any]:
     """Sync one scope of the registry into the warehouse; returns the run's summary."""
     scope = Scope.build(query=query, condition=condition, sponsor=sponsor, ids=ids, statuses=status)
@@ -166,7 +207,7 @@ def sync_registry(
     url = settings.api_url(api_url)
     started = datetime.now(UTC)
     clock = time.monotonic()
-    run_id = f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
+    run_id = new_run_id(started)
     store = Warehouse(settings.warehouse_dir(warehouse))
     client = RegistryClient(
         url,
@@ -175,7 +216,9 @@ def sync_registry(
         retry=RetryPolicy(attempts=max_attempts, backoff_base=backoff_seconds),
     )
     with client, store.writer(run_id, lock_timeout=lock_timeout) as run:
+        rules = settings.rules(rules_file, run.manifest.meta)
         previous_watermark = run.watermark(scope.key)
+        baseline = not run.has_runs(scope.key)
         window = resolve_window(full=full, since=since, watermark=previous_watermark)
         params = {**scope.params(), **window.params(), "pageSize": str(page_size)}
         data_version = client.data_timestamp()
@@ -185,10 +228,15 @@ def sync_registry(
         progress.emit("start", run_id=run_id, mode=window.mode, since=window.since, scope=scope.key)
         _walk(pc, sync_page.with_options(retry_delay_seconds=backoff_seconds * 10))
         totals = pc.totals
+        if window.mode == "full" and not baseline:
+            totals.retired = retire_vanished(pc, scope.key)
+        totals.changes_written = derive_run_changes(
+            run, rules, only_run=run_id, baseline_runs=frozenset([run_id]) if baseline else frozenset())
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
         summary = SyncSummary(run_id, window.mode, scope.key, _iso(window.since),
                               round(time.monotonic() - clock, 3), totals)
-        commit_run(run, summary, window, params, url, started)
+        commit_run(run, summary, started, params=params, api_url=url,
+                   meta={"rules": rules.to_json()} if rules_file else None)
         if spool:
             spool.discard()
     progress.emit("done", **summary.as_dict())
@@ -217,22 +265,51 @@ def _walk(pc: _PageContext, fetch: Any) -> None:
         number += 1
 
 
+@flow(name="rederive_changes", validate_parameters=True)
+def rederive_changes(warehouse: str | None = None, rules_file: str | None = None,
+                     lock_timeout: float = 30.0) -> dict[str, Any]:
+    """Recompute every change from the stored raw versions (nothing is fetched); replaces ``changes``."""
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    run_id = new_run_id(started)
+    store = Warehouse(settings.warehouse_dir(warehouse))
+    with store.writer(run_id, lock_timeout=lock_timeout) as run:
+        rules = settings.rules(rules_file, run.manifest.meta)
+        with store.committed() as con:
+            from warehouse.pairs import baseline_runs
+
+            baselines = baseline_runs(con)
+        totals = RunTotals()
+        totals.changes_written = derive_run_changes(run, rules, only_run=None, baseline_runs=baselines)
+        summary = SyncSummary(run_id, "rederive", "all", None, round(time.monotonic() - clock, 3), totals)
+        commit_run(run, summary, started, params={}, api_url=None, meta={"rules": rules.to_json()},
+                   replace=frozenset({"changes"}))
+    return summary.as_dict()
+
+
 @task(name="commit-run", cache_policy=NONE)
-def commit_run(run: RunWriter, summary: SyncSummary, window: Window, params: dict[str, str],
-               api_url: str, started: datetime) -> None:
+def commit_run(run: RunWriter, summary: SyncSummary, started: datetime, *, params: dict[str, str],
+               api_url: str | None, meta: dict[str, str] | None = None,
+               replace: frozenset[str] = frozenset()) -> None:
     t = summary.totals
     run.append_rows("sync_runs", [{
-        "run_id": summary.run_id, "mode": window.mode, "scope": summary.scope,
+        "run_id": summary.run_id, "mode": summary.mode, "scope": summary.scope,
         "started_at": started, "finished_at": datetime.now(UTC), "status": "succeeded",
         "pages": t.pages, "studies_seen": t.studies_seen, "new_studies": t.new_studies,
-        "versions_written": t.versions_written, "unchanged": t.unchanged, "changes_written": 0,
-        "quarantined": t.quarantined, "total_count": t.total_count, "since": window.since,
+        "versions_written": t.versions_written, "unchanged": t.unchanged, "changes_written": t.changes_written,
+        "quarantined": t.quarantined, "retired": t.retired, "total_count": t.total_count,
+        "since": date.fromisoformat(summary.since) if summary.since else None,
         "watermark": t.watermark, "api_url": api_url, "params": json.dumps(params, sort_keys=True),
     }])
     crashpoint("run-row-staged")
-    run.commit()
+    run.commit(meta, replace=replace)
     crashpoint("committed")
-    get_run_logger().info("committed run %s: %d new versions", summary.run_id, t.versions_written)
+    get_run_logger().info("committed run %s: %d new versions, %d changes", summary.run_id,
+                          t.versions_written, t.changes_written)
+
+
+def new_run_id(started: datetime) -> str:
+    return f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
 
 
 def _iso(value: date | None) -> str | None:

@@ -84,12 +84,22 @@ SELECT nct_id, {_CORE}, version, content_hash
 FROM study_versions WHERE is_current AND NOT is_removed""",
         """CREATE OR REPLACE VIEW sync_runs AS
 SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen, new_studies,
-       versions_written, unchanged, changes_written, quarantined, total_count, since, watermark,
+       versions_written, unchanged, changes_written, quarantined, retired, total_count, since, watermark,
        api_url, params
 FROM raw_sync_runs ORDER BY started_at""",
         "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
         """CREATE OR REPLACE VIEW quarantine AS
 SELECT nct_id, run_id, observed_at, reason, CAST(raw AS JSON) AS raw FROM raw_quarantine""",
+        """CREATE OR REPLACE VIEW changes AS
+SELECT change_id, nct_id, from_version, to_version, run_id, detected_at, registry_updated, path, field,
+       category, event, old_value, new_value, severity, shift_days, pct_change,
+       CASE severity WHEN 'critical' THEN 3 WHEN 'notable' THEN 2 WHEN 'minor' THEN 1 ELSE 0 END
+         AS severity_rank
+FROM raw_changes""",
+        """CREATE OR REPLACE MACRO changes_between(a, b) AS TABLE
+SELECT * FROM changes
+WHERE coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))
+      BETWEEN CAST(a AS DATE) AND CAST(b AS DATE)""",
         """CREATE OR REPLACE MACRO studies_as_of(d) AS TABLE
 SELECT * FROM study_versions
 WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d AS DATE))
@@ -135,11 +145,11 @@ def write_catalog(root: Path, manifest: Manifest, *, tag: str) -> None:
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    _fsync(tmp)
+    fsync_path(tmp)
     crashpoint("catalog-tmp-written")
     os.replace(tmp, final)
     crashpoint("catalog-replaced")
-    _fsync(root)
+    fsync_path(root)
 
 
 def open_catalog(path: Path, config: dict[str, str | bool | int | float | list[str]] | None = None,
@@ -179,7 +189,8 @@ def read_manifest(root: Path) -> Manifest:
     return Manifest(tuple(ManifestEntry(*row) for row in rows), meta)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file (or a directory's entries) durable before the commit that depends on it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from pipeline.changes import Change
 from pipeline.parse import CORE_COLUMNS
 from pipeline.versioning import BatchPlan, NewVersion, RunContext
-from warehouse.tables import QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
+from warehouse.tables import CHANGES, QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
 
 
 def versions_table(versions: Sequence[NewVersion], ctx: RunContext) -> pa.Table:
@@ -54,3 +55,26 @@ def quarantine_table(plan: BatchPlan, ctx: RunContext) -> pa.Table:
         },
         schema=QUARANTINE,
     )
+
+
+def tombstones_table(retired: Sequence[tuple[str, int, str]], ctx: RunContext) -> pa.Table:
+    """Removal markers: version n+1 of each retired study, ``is_removed`` and no content of its own."""
+    n = len(retired)
+    columns: dict[str, list[object]] = {f.name: [None] * n for f in STUDY_VERSIONS}
+    columns.update({
+        "nct_id": [nct for nct, _, _ in retired],
+        "version": [version for _, version, _ in retired],
+        "content_hash": [digest for _, _, digest in retired],
+        "observed_at": [ctx.observed_at] * n,
+        "run_id": [ctx.run_id] * n,
+        "source": [ctx.source] * n,
+        "is_removed": [True] * n,
+        "phases": [[]] * n,
+        "conditions": [[]] * n,
+    })
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in STUDY_VERSIONS}, schema=STUDY_VERSIONS)
+
+
+def changes_table(changes: Sequence[Change]) -> pa.Table:
+    return pa.table({f.name: pa.array([getattr(c, f.name) for c in changes], f.type) for f in CHANGES},
+                    schema=CHANGES)

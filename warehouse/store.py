@@ -143,12 +143,15 @@ class RunWriter:
         self.dir = warehouse.root / RUNS_DIR / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
         self._writers: dict[str, pq.ParquetWriter] = {}
+        self._sealed: set[str] = set()
         self.rows: dict[str, int] = {}
         self.committed = False
 
     def append(self, table: str, rows: pa.Table) -> None:
         if rows.num_rows == 0:
             return
+        if table in self._sealed:
+            raise WarehouseError(f"table {table} is sealed for run {self.run_id}")
         schema = TABLES[table]
         if table not in self._writers:
             self._writers[table] = pq.ParquetWriter(self.dir / f"{table}.parquet", schema,
@@ -160,6 +163,22 @@ class RunWriter:
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.append(table, pa.Table.from_pylist(rows, schema=TABLES[table]))
+
+    def seal(self, table: str) -> None:
+        """No more rows for ``table`` in this run; its staged file becomes readable (``staged()``)."""
+        if table in self._writers and table not in self._sealed:
+            self._writers[table].close()
+        self._sealed.add(table)
+
+    def staged(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory connection whose views cover the committed files plus this run's sealed ones."""
+        entries = [self._entry(t) for t in self._sealed if t in self._writers]
+        mem = duckdb.connect()
+        catalog.build(mem, self.warehouse.root, self.manifest.plus(entries))
+        return mem
+
+    def _entry(self, table: str) -> ManifestEntry:
+        return ManifestEntry(self.run_id, table, str((self.dir / f"{table}.parquet").relative_to(self.warehouse.root)))
 
     def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
         self.append("study_versions", versions_table(plan.versions, ctx))
@@ -182,26 +201,44 @@ class RunWriter:
             ).fetchone()
         return row[0] if row else None
 
-    def commit(self, meta: dict[str, str] | None = None) -> None:
-        """Close the run's files, make them durable, then swap in a catalog that lists them."""
-        for writer in self._writers.values():
-            writer.close()
+    def has_runs(self, scope: str) -> bool:
+        with self.warehouse.committed() as con:
+            row = con.execute("SELECT count(*) FROM raw_sync_runs WHERE scope = ? AND status = 'succeeded'",
+                              [scope]).fetchone()
+        return bool(row and row[0])
+
+    def scope_members(self, scope: str) -> set[str]:
+        """Studies seen by earlier successful runs of ``scope`` and not retired since."""
+        with self.warehouse.committed() as con:
+            rows = con.execute(
+                """SELECT DISTINCT r.nct_id FROM raw_run_studies r JOIN raw_sync_runs s USING (run_id)
+                   WHERE s.scope = ? AND s.status = 'succeeded'""", [scope]).fetchall()
+        return {r[0] for r in rows}
+
+    def commit(self, meta: dict[str, str] | None = None, *, replace: frozenset[str] = frozenset()) -> None:
+        """Close the run's files, make them durable, then swap in a catalog that lists them.
+
+        ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes).
+        """
+        for table in self._writers:
+            self.seal(table)
         crashpoint("files-closed")
         entries = []
         for table in self._writers:
-            path = self.dir / f"{table}.parquet"
-            _fsync_file(path)
-            entries.append(ManifestEntry(self.run_id, table, str(path.relative_to(self.warehouse.root))))
-        manifest = self.manifest.plus(entries)
-        manifest = Manifest(manifest.entries, {**manifest.meta, **(meta or {}), "last_run_id": self.run_id})
+            catalog.fsync_path(self.dir / f"{table}.parquet")
+            entries.append(self._entry(table))
+        kept = tuple(e for e in self.manifest.entries if e.table not in replace)
+        manifest = Manifest(kept + tuple(entries),
+                            {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id})
         catalog.write_catalog(self.warehouse.root, manifest, tag=self.run_id)
         self.committed = True
         (self.dir / COMMITTED_MARKER).touch()
 
     def abort(self) -> None:
-        for writer in self._writers.values():
-            with suppress(Exception):  # best effort: the files are deleted next
-                writer.close()
+        for table, writer in self._writers.items():
+            if table not in self._sealed:
+                with suppress(Exception):  # best effort: the files are deleted next
+                    writer.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -235,11 +272,3 @@ def _sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     con.execute(f"SET allowed_directories = [{allowed}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

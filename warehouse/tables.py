@@ -66,6 +66,7 @@ SYNC_RUNS = pa.schema(
         pa.field("unchanged", pa.int64()),
         pa.field("changes_written", pa.int64()),
         pa.field("quarantined", pa.int64()),
+        pa.field("retired", pa.int64()),
         pa.field("total_count", pa.int64()),
         pa.field("since", pa.date32()),
         pa.field("watermark", pa.date32()),
@@ -92,9 +93,31 @@ QUARANTINE = pa.schema(
     ]
 )
 
+CHANGES = pa.schema(
+    [
+        pa.field("change_id", pa.string(), nullable=False),
+        pa.field("nct_id", pa.string(), nullable=False),
+        pa.field("from_version", pa.int32()),
+        pa.field("to_version", pa.int32(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("detected_at", UTC_TS, nullable=False),
+        pa.field("registry_updated", pa.date32()),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("field", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("old_value", pa.string()),
+        pa.field("new_value", pa.string()),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("shift_days", pa.int32()),
+        pa.field("pct_change", pa.float64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "study_versions": STUDY_VERSIONS,
     "sync_runs": SYNC_RUNS,
     "run_studies": RUN_STUDIES,
     "quarantine": QUARANTINE,
+    "changes": CHANGES,
 }

@@ -53,7 +53,10 @@ def state(warehouse: Path) -> dict[str, list[tuple[Any, ...]]]:
                            is_removed, overall_status, enrollment_count, completion_date_raw, md5(raw::VARCHAR)
                            FROM study_versions ORDER BY nct_id, version""",
             "runs": """SELECT mode, scope, status, pages, studies_seen, new_studies, versions_written, unchanged,
-                       quarantined, total_count, since, watermark FROM sync_runs ORDER BY started_at""",
+                       quarantined, retired, changes_written, total_count, since, watermark
+                       FROM sync_runs ORDER BY started_at""",
+            "changes": """SELECT nct_id, from_version, to_version, path, field, category, event, old_value, new_value,
+                          severity FROM changes ORDER BY ALL""",
             "run_studies": """SELECT dense_rank() OVER (ORDER BY s.started_at) AS run_no, r.nct_id, r.version
                               FROM run_studies r JOIN sync_runs s USING (run_id) ORDER BY ALL""",
             "quarantine": "SELECT nct_id, reason, md5(raw::VARCHAR) FROM quarantine ORDER BY ALL",
@@ -65,7 +68,7 @@ def orphan_rows(warehouse: Path) -> dict[str, int]:
     with Warehouse(warehouse).connect() as con:
         return {table: con.execute(f"SELECT count(*) FROM raw_{table} WHERE run_id NOT IN "
                                    "(SELECT run_id FROM raw_sync_runs)").fetchall()[0][0]
-                for table in ("study_versions", "run_studies", "quarantine")}
+                for table in ("study_versions", "run_studies", "quarantine", "changes")}
 
 
 def committed_runs(warehouse: Path) -> set[str]:

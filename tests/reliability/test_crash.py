@@ -154,7 +154,7 @@ def test_a_sync_killed_at_any_point_keeps_the_last_commit_and_the_next_run_conve
             assert not (warehouse / "warehouse.duckdb").exists()
             continue
         assert state(warehouse) == shown
-        assert orphan_rows(warehouse) == {"study_versions": 0, "run_studies": 0, "quarantine": 0}
+        assert set(orphan_rows(warehouse).values()) == {0}
         runs, versions, quarantined = (len(shown[k]) for k in ("runs", "versions", "quarantine"))
         assert shell_counts(warehouse) == f"{runs},{versions},{quarantined}"
 

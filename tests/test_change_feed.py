@@ -1,0 +1,159 @@
+"""Issue 4 in the warehouse: the changes view, rederive, studies_as_of, removals, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from flows.history import print_history
+from flows.sync import rederive_changes
+from pipeline import mutate
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import fast_sync, nct, snapshot_pairs
+from tests.test_cli import run_cli
+from warehouse import Warehouse
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def rows(warehouse_dir: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    with Warehouse(warehouse_dir).connect() as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+@pytest.fixture
+def three_versions(tmp_path: Path, records: list[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """NCT05766735 stored at its two real versions plus a derived third, with the 7 derived-only pairs."""
+    pairs = snapshot_pairs()
+    warehouse_dir = tmp_path / "w"
+    with FakeRegistry([older for older, _ in pairs.values()]).start() as registry:
+        fast_sync(registry, warehouse_dir)
+        registry.put(*(newer for _, newer in pairs.values()))
+        fast_sync(registry, warehouse_dir, full=True)
+        third = mutate.posted_on(mutate.set_status(pairs["NCT05766735"][1], "TERMINATED", "Funding ended"),
+                                 date(2026, 6, 1))
+        registry.put(third)
+        fast_sync(registry, warehouse_dir)
+    return warehouse_dir, third
+
+
+def test_the_changes_view_holds_the_real_change_and_a_derived_one(three_versions: tuple[Path, Any]) -> None:
+    warehouse_dir, _ = three_versions
+    typed = rows(warehouse_dir, """SELECT nct_id, from_version, to_version, event, old_value, new_value, shift_days,
+        severity FROM changes WHERE event <> 'field_changed' ORDER BY to_version, event, path""")
+    assert typed == [
+        ("NCT05766735", 1, 2, "date_slipped", "2027-04-15", "2027-05-31", 46, "notable"),
+        ("NCT05766735", 1, 2, "date_slipped", "2027-04-15", "2027-05-31", 46, "notable"),
+        ("NCT05766735", 2, 3, "status_changed", "RECRUITING", "TERMINATED", None, "critical"),
+        ("NCT05766735", 2, 3, "why_stopped_set", None, "Funding ended", None, "minor"),
+    ]
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE nct_id <> 'NCT05766735'") == [(0,)]
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes_between('2026-04-01', '2026-04-30')") == [(4,)]
+
+
+def test_studies_as_of_answers_before_between_and_after_three_versions(three_versions: tuple[Path, Any]) -> None:
+    warehouse_dir, _ = three_versions
+
+    def as_of(day: str) -> list[tuple[Any, ...]]:
+        return rows(warehouse_dir, "SELECT version, overall_status, completion_date_raw FROM studies_as_of(?) "
+                                   "WHERE nct_id = 'NCT05766735'", [day])
+
+    assert as_of("2025-05-06") == []
+    assert as_of("2025-05-07") == [(1, "RECRUITING", "2027-04-15")]
+    assert as_of("2026-04-08") == [(1, "RECRUITING", "2027-04-15")]
+    assert as_of("2026-04-09") == [(2, "RECRUITING", "2027-05-31")]
+    assert as_of("2026-05-31") == [(2, "RECRUITING", "2027-05-31")]
+    assert as_of("2026-06-01") == [(3, "TERMINATED", "2027-05-31")]
+    assert as_of("2030-01-01") == [(3, "TERMINATED", "2027-05-31")]
+
+
+def test_rederive_with_one_threshold_changed_changes_only_those_severities(
+        three_versions: tuple[Path, Any], tmp_path: Path) -> None:
+    warehouse_dir, _ = three_versions
+    query = "SELECT change_id, event, old_value, new_value, shift_days, severity, run_id FROM changes ORDER BY 1"
+    before = rows(warehouse_dir, query)
+    rederive_changes(warehouse=str(warehouse_dir))
+    assert rows(warehouse_dir, query) == before  # same rules, same rows
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("severity:\n  date_shift_days_notable: 60\n")
+    rederive_changes(warehouse=str(warehouse_dir), rules_file=str(rules))
+    after = rows(warehouse_dir, query)
+    changed = [(b[1], b[5], a[5]) for b, a in zip(before, after, strict=True) if b != a]
+    assert changed == [("date_slipped", "notable", "minor"), ("date_slipped", "notable", "minor")]
+    assert [b[:5] for b in before] == [a[:5] for a in after]
+    assert rows(warehouse_dir, "SELECT mode FROM sync_runs ORDER BY started_at DESC LIMIT 1") == [("rederive",)]
+
+
+def test_a_full_run_retires_vanished_studies_and_an_incremental_never_does(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    fast_sync(registry, warehouse_dir)
+    gone = [nct(r) for r in records[:3]]
+    registry.remove(*gone)
+    incremental = fast_sync(registry, warehouse_dir)
+    assert incremental["retired"] == 0
+    full = fast_sync(registry, warehouse_dir, full=True)
+    assert (full["retired"], full["versions_written"]) == (3, 0)
+    assert rows(warehouse_dir, "SELECT count(*) FROM studies") == [(323,)]
+    removed = rows(warehouse_dir, "SELECT nct_id, event, severity FROM changes ORDER BY nct_id")
+    assert removed == [(n, "study_removed", "critical") for n in sorted(gone)]
+    registry.put(records[0])
+    back = fast_sync(registry, warehouse_dir, full=True)
+    assert (back["retired"], back["versions_written"]) == (0, 1)
+    assert rows(warehouse_dir, "SELECT version, is_removed, is_current FROM study_versions WHERE nct_id = ? "
+                               "ORDER BY version", [gone[0]]) == [(1, False, False), (2, True, False), (3, False, True)]
+    assert rows(warehouse_dir, "SELECT event FROM changes WHERE nct_id = ? ORDER BY to_version", [gone[0]]) == [
+        ("study_removed",), ("study_reappeared",)]
+
+
+def test_a_full_run_that_saw_less_than_the_total_count_retires_nothing(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    fast_sync(registry, warehouse_dir)
+    registry.remove(nct(records[0]))
+    registry.faults.add("status", status=200, body='{"studies": [], "totalCount": 9999}', times=1, page=1)
+    summary = fast_sync(registry, warehouse_dir, full=True)
+    assert (summary["studies_seen"], summary["retired"]) == (0, 0)
+
+
+def test_new_studies_after_the_baseline_are_study_added(registry: FakeRegistry, warehouse_dir: Path,
+                                                        records: list[dict[str, Any]]) -> None:
+    newcomer = records[10]
+    registry.remove(nct(newcomer))
+    first = fast_sync(registry, warehouse_dir)
+    assert first["changes_written"] == 0  # the baseline is not news
+    registry.put(mutate.posted_on(newcomer, date.fromisoformat(first["watermark"]) + timedelta(days=1)))
+    fast_sync(registry, warehouse_dir)
+    assert rows(warehouse_dir, "SELECT nct_id, event, new_value FROM changes") == [
+        (nct(newcomer), "study_added", newcomer["protocolSection"]["identificationModule"]["briefTitle"])]
+
+
+def test_the_changes_command_filters_and_formats(three_versions: tuple[Path, Any]) -> None:
+    warehouse_dir, _ = three_versions
+    result = run_cli("changes", "--warehouse", str(warehouse_dir), "--min-severity", "notable", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    feed = json.loads(result.stdout)
+    assert [(c["event"], c["severity"]) for c in feed] == [
+        ("status_changed", "critical"), ("date_slipped", "notable"), ("date_slipped", "notable")]
+    csv_out = run_cli("changes", "--warehouse", str(warehouse_dir), "--category", "status", "--since", "2026-06-01",
+                      "--format", "csv")
+    assert csv_out.stdout.splitlines()[1:] == [
+        "2026-06-01,NCT05766735,3,status_changed,overall status,RECRUITING,TERMINATED,,,critical,status",
+        "2026-06-01,NCT05766735,3,why_stopped_set,why stopped,,Funding ended,,,minor,status"]
+    bad = run_cli("changes", "--warehouse", str(warehouse_dir), "--event", "exploded")
+    assert bad.returncode == 2 and bad.stderr.startswith("trialsync: error: unknown event 'exploded'")
+
+
+def test_history_shows_every_version_with_what_changed(three_versions: tuple[Path, Any]) -> None:
+    warehouse_dir, _ = three_versions
+    console = Console(record=True, width=160)
+    print_history(warehouse_dir, "NCT05766735", "text", console)
+    text = console.export_text()
+    assert "NCT05766735: 3 versions" in text
+    assert text.index("v1  registry 2025-05-07") < text.index("v2  registry 2026-04-09") < text.index(
+        "v3  registry 2026-06-01")
+    assert "date_slipped: primary completion date: 2027-04-15 → 2027-05-31 (+46 days)" in text
+    assert "critical  status_changed: overall status: RECRUITING → TERMINATED" in text

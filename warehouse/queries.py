@@ -1,0 +1,79 @@
+"""SQL for the read commands, planned as (sql, params) so it can be checked without running it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from pipeline.changes import SEVERITIES
+from pipeline.errors import UsageError
+
+CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
+              "eligibility", "sponsor", "results", "identification", "registry", "other")
+EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
+          "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
+          "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
+          "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
+          "study_removed", "study_reappeared", "field_changed")
+CHANGE_COLUMNS = ("registry_updated", "nct_id", "to_version", "event", "field", "old_value", "new_value",
+                  "shift_days", "pct_change", "severity", "category")
+
+
+@dataclass(frozen=True)
+class ChangeFilter:
+    since: date | None = None
+    until: date | None = None
+    nct_ids: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    min_severity: str | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _check("category", self.categories, CATEGORIES)
+        _check("event", self.events, EVENTS)
+        if self.min_severity:
+            _check("severity", (self.min_severity,), SEVERITIES)
+
+
+def _check(kind: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    for value in values:
+        if value not in allowed:
+            raise UsageError(f"unknown {kind} {value!r}; one of: {', '.join(allowed)}")
+
+
+def changes_query(f: ChangeFilter, columns: tuple[str, ...] = CHANGE_COLUMNS) -> tuple[str, list[object]]:
+    """The change feed, newest first; dates filter on the registry's update date."""
+    where: list[str] = []
+    params: list[object] = []
+    day = "coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))"
+    if f.since:
+        where.append(f"{day} >= ?")
+        params.append(f.since)
+    if f.until:
+        where.append(f"{day} <= ?")
+        params.append(f.until)
+    for column, values in (("nct_id", f.nct_ids), ("category", f.categories), ("event", f.events)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+    if f.min_severity:
+        where.append("severity_rank >= ?")
+        params.append(SEVERITIES.index(f.min_severity))
+    sql = f"SELECT {', '.join(columns)} FROM changes"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {day} DESC, nct_id, to_version, severity_rank DESC, path"
+    if f.limit:
+        sql += f" LIMIT {int(f.limit)}"
+    return sql, params
+
+
+HISTORY_VERSIONS = """
+SELECT version, registry_updated, observed_at, source, run_id, is_removed, overall_status,
+       enrollment_count, enrollment_type, primary_completion_date_raw, completion_date_raw
+FROM study_versions WHERE nct_id = ? ORDER BY version"""
+
+HISTORY_CHANGES = """
+SELECT to_version, event, field, old_value, new_value, shift_days, pct_change, severity
+FROM changes WHERE nct_id = ? ORDER BY to_version, severity_rank DESC, path"""
