@@ -185,8 +185,8 @@ def test_a_failing_sync_through_a_proxy_with_credentials_never_shows_them(
     for name in ("NO_PROXY", "no_proxy"):  # Prefect's own API on loopback goes direct
         monkeypatch.setenv(name, "127.0.0.1,localhost")
     code, out, err = run_main(["--debug", "sync", "--api-url", "http://registry.invalid/api/v2", "--warehouse",
-                               str(tmp_path / "wh"), "--max-attempts", "1", "--request-interval", "0",
-                               "--quiet"], capsys)
+                               str(tmp_path / "wh"), "--max-attempts", "1", "--backoff", "0.01",
+                               "--request-interval", "0", "--quiet"], capsys)
     assert code == 1
     assert "trialsync: error: connection failed:" in err and "ProxyError" in err
     assert SECRET not in out + err
