@@ -26,7 +26,7 @@ test-reliability: setup
 	TRIALSYNC_FULL=1 $(BIN)/pytest -q -m reliability
 
 lint: setup
-	$(BIN)/ruff check pipeline warehouse flows tests
+	$(BIN)/ruff check pipeline warehouse flows tests tools
 	$(BIN)/mypy
 
 clean:

@@ -67,6 +67,8 @@ def sync(
     backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
     = 1.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    alerts: Annotated[Path | None, typer.Option("--alerts", help="A watchlist (YAML): send its alerts after "
+                                                "the sync commits (trialsync alerts run)")] = None,
 ) -> None:
     """One sync run of a scope: fetch, version, commit atomically."""
     from warehouse import Warehouse
@@ -87,16 +89,22 @@ def sync(
     Warehouse(settings.warehouse_dir(warehouse)).check_location()
     if rules is not None:
         settings.rules(str(rules), {})
+    if alerts is not None:
+        from flows.alerts import check_config
+
+        check_config(alerts)
     summary = run_sync(
         dict(query=query, condition=condition, sponsor=sponsor, ids=ids,
              status=status.split(",") if status else None, since=since_date, full=full,
              page_size=page_size, api_url=settings.api_url(api_url),
              warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
              lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff,
-             rules_file=str(rules) if rules else None),
+             rules_file=str(rules) if rules else None, alerts=str(alerts) if alerts else None),
         show_progress=not quiet,
     )
     print_summary(summary)
+    if "alerts" in summary:
+        finish_alerts(summary["alerts"])
 
 
 def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
@@ -141,6 +149,87 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
         highlight=False,
     )
+
+
+def finish_alerts(result: dict[str, Any]) -> None:
+    """Print an alerts run's summary; failed deliveries (due again next run) make the exit code 1."""
+    from pipeline.errors import DeliveryFailed
+
+    if "error" in result:
+        raise DeliveryFailed(f"alerts: {result['error']}")
+    console.print(
+        f"[bold green]alerts {result['run_id']}[/]: {result['matched']} matching changes, "
+        f"{result['messages']} messages, {result['messages_sent']} delivered, {result['messages_failed']} failed, "
+        f"{result['already_sent']} deliveries already made, {result['retried']} retried "
+        f"in {result['duration_seconds']:.1f}s", highlight=False)
+    if result["failures"]:
+        first = result["failures"][0]
+        raise DeliveryFailed(
+            f"alerts: {result['deliveries_failed']} deliveries failed (channel {first['channel']}: "
+            f"{first['error']}); they are retried on the next run")
+
+
+alerts_app = typer.Typer(no_args_is_help=True, help="Watchlists: evaluate them and deliver change alerts.")
+app.add_typer(alerts_app, name="alerts")
+ConfigOpt = Annotated[Path, typer.Option("--config", help="The watchlist file (YAML; see "
+                                         "deploy/watchlist.example.yaml)")]
+
+
+@alerts_app.command("run")
+def alerts_run(
+    config: ConfigOpt,
+    warehouse: WarehouseOpt = None,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another run")] = 30.0,
+) -> None:
+    """Deliver the alerts of every watch: each (watch, change, channel) once; failures retried next run."""
+    from flows.alerts import check_config, send_alerts
+
+    check_config(config)
+    directory = settings.warehouse_dir(warehouse)
+    from warehouse import Warehouse
+
+    if not Warehouse(directory).exists():
+        raise UsageError(f"no warehouse at {Warehouse(directory).root} (run `trialsync sync` first)")
+    _quiet_prefect_failures()
+    finish_alerts(send_alerts(config=str(config), warehouse=str(directory), lock_timeout=lock_timeout))
+
+
+@alerts_app.command("test")
+def alerts_test(
+    config: ConfigOpt,
+    channel: Annotated[str | None, typer.Option("--channel", help="Only this channel")] = None,
+) -> None:
+    """Send one sample alert to each channel (nothing is recorded in the ledger)."""
+    from flows.alerts import send_test
+    from pipeline.errors import DeliveryFailed
+
+    results = send_test(str(config), channel)
+    for name, error in results:
+        console.print(f"{name}: " + (f"[red]failed[/]: {error}" if error else "[green]sent[/]"), highlight=False)
+    if failed := [name for name, error in results if error]:
+        raise DeliveryFailed(f"the sample alert did not reach {', '.join(failed)}")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    config: ConfigOpt,
+    fmt: FormatOpt = "table",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """The watches, the studies each follows now, and their deliveries so far (sent, failed awaiting retry)."""
+    from flows.alerts import load_watchlist
+    from warehouse import Warehouse
+    from warehouse.alerts import watch_overview
+
+    _format(fmt)
+    watchlist = load_watchlist(config)
+    store = Warehouse(settings.warehouse_dir(warehouse))
+    if store.exists():
+        with store.committed() as con:
+            rows = watch_overview(con, watchlist)
+    else:
+        rows = watch_overview(None, watchlist)
+    render(list(rows[0]), [list(r.values()) for r in rows], fmt, console)
 
 
 @app.command()
@@ -229,6 +318,76 @@ def rederive(
                   f"in {summary['duration_seconds']:.1f}s", highlight=False)
 
 
+@app.command()
+def backfill(
+    ids: Annotated[list[str] | None, typer.Argument(help="NCT ids (space or comma separated)")] = None,
+    all_studies: Annotated[bool, typer.Option("--all", help="Every study the warehouse follows")] = False,
+    status_design_only: Annotated[bool, typer.Option(
+        "--status-design-only", help="Fetch only version 0 and the versions whose module labels include "
+        "Study Status or Study Design (status, dates, enrollment, design); others carry forward")] = False,
+    api_url: Annotated[str | None, typer.Option("--api-url", help="API v2 base URL [env TRIALSYNC_API_URL]; "
+                                                "the history API is beside it, at /api/int")] = None,
+    warehouse: WarehouseOpt = None,
+    request_interval: Annotated[float, typer.Option("--request-interval",
+                                                    help="Seconds between requests (robots.txt asks 1)")] = 1.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout",
+                                                help="Seconds to wait for another run to finish")] = 30.0,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per request on 429/5xx/timeouts")]
+    = 8,
+    backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
+    = 1.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+) -> None:
+    """Import studies' past versions from the registry's record history (its website's internal API)."""
+    from pipeline.history import KEY_MODULES, check_backfill_args
+    from pipeline.registry.history import internal_api_url
+
+    wanted = check_backfill_args(_split(ids), all_studies)
+    url = settings.api_url(api_url)
+    internal_api_url(url)
+    if request_interval < 0 or backoff < 0 or max_attempts < 1:
+        raise UsageError("--request-interval and --backoff must be >= 0, --max-attempts >= 1")
+    params = dict(ids=wanted or None, all_studies=all_studies,
+                  modules=list(KEY_MODULES) if status_design_only else None, api_url=url,
+                  warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
+                  lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff)
+    summary = run_backfill(params, show_progress=not quiet)
+    console.print(
+        f"[bold green]run {summary['run_id']}[/] (backfill of {summary['studies_seen']} studies): "
+        f"{summary['fetched']} history versions fetched, {summary['versions_written']} new versions, "
+        f"{summary['rewritten']} studies merged, {summary['unchanged']} unchanged, "
+        f"{summary['changes_written']} changes, {summary['quarantined']} quarantined "
+        f"in {summary['duration_seconds']:.1f}s", highlight=False)
+    if summary["not_found"]:
+        err.print(f"trialsync: warning: the registry has no history for {', '.join(summary['not_found'])}",
+                  highlight=False)
+
+
+def run_backfill(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
+    """Run the ``backfill_history`` flow with a progress bar fed by its batch events."""
+    from flows import progress
+    from flows.backfill import backfill_history
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[versions]} new versions"), TimeElapsedColumn(),
+                   console=err, disable=not show_progress, transient=True)
+    task_id = bar.add_task("backfilling", total=None, versions=0)
+
+    def on_event(event: str, data: dict[str, Any]) -> None:
+        if event == "start":
+            bar.update(task_id, total=data["studies"] or None)
+        elif event == "batch":
+            bar.update(task_id, completed=data["seen"], versions=data["versions"])
+
+    unsubscribe = progress.subscribe(on_event)
+    _quiet_prefect_failures()
+    try:
+        with bar:
+            return backfill_history(**{k: v for k, v in params.items() if v is not None})
+    finally:
+        unsubscribe()
+
+
 def _split(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
@@ -274,11 +433,16 @@ def fake_registry(
     """Serve the real records on 127.0.0.1 with the API's semantics (for manual trials)."""
     import time
 
+    from pipeline.registry.fake_history import real_history
     from pipeline.registry.fake_server import FakeRegistry
 
-    studies = settings.shared_data_dir(str(data) if data else None) / "ctgov" / "studies"
-    server = FakeRegistry.from_directory(studies).start(port=port)
-    console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url} (Ctrl-C stops)")
+    shared = settings.shared_data_dir(str(data) if data else None) / "ctgov"
+    server = FakeRegistry.from_directory(shared / "studies")
+    history = real_history(shared / "history")
+    server.put_history(history)  # NCT03690141's real index, its version records derived
+    server.start(port=port)
+    console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url}, the history of "
+                  f"{history.nct_id} at {server.int_url} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)

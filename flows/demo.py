@@ -8,6 +8,7 @@ synced by the ``sync_registry`` flow; the demo then shows what changed and answe
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -18,7 +19,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from flows.cli import print_summary, run_sync
+from flows.cli import finish_alerts, print_summary, run_sync
+from flows.webhook_receiver import WebhookReceiver
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry, load_records
 from warehouse import Warehouse
@@ -26,6 +28,7 @@ from warehouse import Warehouse
 SEED_NCT = "NCT07011004"
 PAIR_NCT = "NCT05766735"
 SEED_RECORD = Path(__file__).parent / "demo_data" / f"{SEED_NCT}.json"
+WATCHLIST = Path(__file__).parent / "demo_data" / "watchlist.yaml"
 Record = dict[str, Any]
 
 
@@ -114,23 +117,51 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
     shutil.rmtree(warehouse_dir, ignore_errors=True)
     day1 = day1_records(data_dir)
     day2 = max(last_update(r) for r in day1) + timedelta(days=1)
-    with FakeRegistry(day1).start() as registry:
+    watchlist = demo_watchlist(workdir)
+    with FakeRegistry(day1).start() as registry, WebhookReceiver() as inbox:
+        os.environ["TRIALSYNC_DEMO_WEBHOOK_URL"] = f"{inbox.url}/alerts"
         console.rule(f"[bold]Day 1[/]: a fake registry on {registry.url} serves {len(day1)} real records")
-        common = dict(api_url=registry.url, warehouse=str(warehouse_dir), request_interval=0.0, page_size=100)
-        print_summary(run_sync(common))
+        common = dict(api_url=registry.url, warehouse=str(warehouse_dir), request_interval=0.0, page_size=100,
+                      alerts=str(watchlist))
+        day1_summary = run_sync(common)
+        print_summary(day1_summary)
+        finish_alerts(day1_summary["alerts"])
         updates = day2_updates(day1, data_dir, day2)
         registry.put(*(u.record for u in updates))
         console.rule(f"[bold]Day 2[/] ({day2}): the registry posts {len(updates)} updates")
         for u in updates:
             nct = u.record["protocolSection"]["identificationModule"]["nctId"]
             console.print(f"  {nct}: {u.story}", highlight=False)
-        print_summary(run_sync(common))
+        day2_summary = run_sync(common)
+        print_summary(day2_summary)
+        finish_alerts(day2_summary["alerts"])
+        show_alerts(inbox, watchlist, console)
     show_changes(Warehouse(warehouse_dir), console)
     show_answer(Warehouse(warehouse_dir), console)
     console.print(f"\nThe seed trial's history: trialsync history {SEED_NCT} --warehouse {warehouse_dir}",
                   highlight=False)
     console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: .venv/bin/duckdb -readonly "
                   f"{warehouse_dir / 'warehouse.duckdb'}", highlight=False)
+
+
+def demo_watchlist(workdir: Path) -> Path:
+    """The demo's watchlist, copied where its feed file may be written."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = workdir / "watchlist.yaml"
+    shutil.copyfile(WATCHLIST, target)
+    (workdir / "alerts-feed.json").unlink(missing_ok=True)
+    return target
+
+
+def show_alerts(inbox: WebhookReceiver, watchlist: Path, console: Console) -> None:
+    """What the local webhook received after the day-2 sync (the same went into the feed file)."""
+    console.rule(f"[bold]Alerts[/]: {len(inbox.received)} messages arrived at the local webhook {inbox.url}")
+    for message in inbox.received:
+        console.print(message.body["text"].rstrip(), highlight=False, markup=False)
+        console.print()
+    console.print(f"Watchlist: {watchlist}\nFeed (JSON Feed 1.1): {watchlist.parent / 'alerts-feed.json'}\n"
+                  f"Ledger: trialsync sql \"SELECT watch, channel, nct_id, status FROM alert_deliveries\" "
+                  f"--warehouse {watchlist.parent / 'warehouse'}", highlight=False)
 
 
 def show_changes(store: Warehouse, console: Console) -> None:

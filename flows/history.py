@@ -63,7 +63,9 @@ def print_history(warehouse_dir: Path, nct_id: str, fmt: str, console: Console) 
         state = "removed from the scope" if v["is_removed"] else (
             f"{v['overall_status']}, enrollment {v['enrollment_count']} {v['enrollment_type'] or ''}".rstrip()
             + f", completion {v['completion_date_raw']}")
-        console.print(f"\n[bold]v{v['version']}[/]  registry {updated}  (stored {v['observed_at']:%Y-%m-%d %H:%M}"
+        registry = f"registry v{v['registry_version']} {updated}" if v["registry_version"] is not None else (
+            f"registry {updated}")
+        console.print(f"\n[bold]v{v['version']}[/]  {registry}  (stored {v['observed_at']:%Y-%m-%d %H:%M}"
                       f" UTC, {v['source']}, run {v['run_id']})\n  {state}", highlight=False)
         for change in v["changes"]:
             if change["event"] == "field_changed" and change["severity"] == "info":

@@ -170,12 +170,13 @@ def retire_vanished(pc: _PageContext, scope: str) -> int:
 
 @task(name="derive-changes", cache_policy=NONE)
 def derive_run_changes(run: RunWriter, rules: Rules, *, only_run: str | None,
-                       baseline_runs: frozenset[str]) -> int:
-    """Changes between each version this run stored (or every version, for ``rederive``) and the one before."""
+                       baseline_runs: frozenset[str], nct_ids: list[str] | None = None) -> int:
+    """Changes between each version this run stored (or every version, for ``rederive``; every version of
+    ``nct_ids``, for a backfill) and the one before."""
     run.seal("study_versions")
     written = 0
     with run.staged() as con:
-        for pairs in version_pairs(con, run_id=only_run, baseline_runs=baseline_runs):
+        for pairs in version_pairs(con, run_id=only_run, baseline_runs=baseline_runs, nct_ids=nct_ids):
             rows = [change for pair in pairs for change in derive_changes(pair, rules)]
             run.append("changes", changes_table(rows))
             written += len(rows)
@@ -200,9 +201,17 @@ def sync_registry(
     timeout_seconds: float = 120.0,
     lock_timeout: float = 30.0,
     rules_file: str | None = None,
+    alerts: str | None = None,
 ) -> dict[str, Any]:
-    """Sync one scope of the registry into the warehouse; returns the run's summary."""
+    """Sync one scope of the registry into the warehouse; returns the run's summary.
+
+    With ``alerts`` (a watchlist file), ``send_alerts`` runs after the commit, as a subflow.
+    """
     scope = Scope.build(query=query, condition=condition, sponsor=sponsor, ids=ids, statuses=status)
+    if alerts:
+        from flows.alerts import load_watchlist
+
+        load_watchlist(alerts)  # a bad watchlist fails the run before anything is fetched
     check_page_size(page_size)
     url = settings.api_url(api_url)
     started = datetime.now(UTC)
@@ -240,7 +249,21 @@ def sync_registry(
         if spool:
             spool.discard()
     progress.emit("done", **summary.as_dict())
-    return summary.as_dict()
+    result = summary.as_dict()
+    if alerts:
+        result["alerts"] = alerts_after_sync(alerts, str(store.root), lock_timeout)
+    return result
+
+
+def alerts_after_sync(config: str, warehouse: str, lock_timeout: float) -> dict[str, Any]:
+    """The sync has committed whatever happens here: an alerts failure is reported, not raised."""
+    from flows.alerts import send_alerts
+
+    try:
+        return send_alerts(config=config, warehouse=warehouse, lock_timeout=lock_timeout)
+    except Exception as exc:  # the sync stays committed; the summary and the exit code carry the error
+        get_run_logger().error("alerts after the sync failed: %s", exc)
+        return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
 
 
 def _walk(pc: _PageContext, fetch: Any) -> None:

@@ -20,6 +20,13 @@ from pipeline.diff import Key, Leaf, diff, render_path
 from pipeline.errors import RecordInvalid, UsageError
 
 SEVERITIES = ("info", "minor", "notable", "critical")
+CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
+              "eligibility", "sponsor", "results", "identification", "registry", "other")
+EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
+          "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
+          "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
+          "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
+          "study_removed", "study_reappeared", "field_changed")
 PLAN_DATES = {
     "startDateStruct": "start date",
     "primaryCompletionDateStruct": "primary completion date",
@@ -288,7 +295,7 @@ def _site_event(leaf: Leaf, path: str) -> _Event:
 
 def _element_event(leaf: Leaf, path: str) -> _Event:
     kind = "arm" if "armGroups" in _names(leaf) else "intervention"
-    name = _key_text(leaf.path[-1])
+    name = _own(leaf, "label" if kind == "arm" else "name")
     if leaf.old is None:
         return _Event(path, kind, "arms_interventions", f"{kind}_added", None, name)
     if leaf.new is None:
@@ -314,13 +321,13 @@ def _primary_outcome_events(leaves: list[Leaf]) -> list[_Event]:
     events = []
     for old_leaf, new_leaf in zip(removed, added, strict=False):
         events.append(_Event(new_leaf.text, "primary outcome", "outcomes", "primary_outcome_changed",
-                             _key_text(old_leaf.path[-1]), _key_text(new_leaf.path[-1])))
+                             _own(old_leaf, "measure"), _own(new_leaf, "measure")))
     for leaf in removed[len(added):]:
         events.append(_Event(leaf.text, "primary outcome", "outcomes", "primary_outcome_changed",
-                             _key_text(leaf.path[-1]), None))
+                             _own(leaf, "measure"), None))
     for leaf in added[len(removed):]:
         events.append(_Event(leaf.text, "primary outcome", "outcomes", "primary_outcome_changed",
-                             None, _key_text(leaf.path[-1])))
+                             None, _own(leaf, "measure")))
     for leaf in leaves:
         if leaf not in removed and leaf not in added:
             events.append(_Event(leaf.text, f"primary outcome {_friendly(leaf)}", "outcomes",
@@ -335,6 +342,13 @@ def _category(names: list[str]) -> str:
         return "registry"
     module = names[1] if len(names) > 1 else ""
     return _MODULE_CATEGORY.get(module, "other")
+
+
+def _own(leaf: Leaf, name: str) -> str:
+    """An added or removed element's own ``name`` field (its path key may carry a ``#2`` tie-break)."""
+    element = leaf.new if leaf.old is None else leaf.old
+    value = element.get(name) if isinstance(element, dict) else None
+    return str(value) if value is not None else _key_text(leaf.path[-1])
 
 
 def _key_text(part: str | Key | None) -> str:

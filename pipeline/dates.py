@@ -18,6 +18,10 @@ class PartialDate(NamedTuple):
     raw: str
     precision: str  # "year" | "month" | "day"
 
+    def text(self) -> str:
+        """The registry's text for this date, rebuilt from value and precision (equals ``raw``)."""
+        return self.value.isoformat()[: {"year": 4, "month": 7, "day": 10}[self.precision]]
+
 
 def parse_partial_date(raw: str, *, field: str = "date") -> PartialDate:
     """Parse a PartialDate; the first day of the period stands for a year or a month."""

@@ -122,24 +122,52 @@ def _diff_dicts(old: Mapping[str, Json], new: Mapping[str, Json], path: Path) ->
 
 def _diff_lists(old: list[Json], new: list[Json], path: Path) -> Iterator[Leaf]:
     name = next((p for p in reversed(path) if isinstance(p, str)), "")
-    old_keyed, new_keyed = keyed(old, name), keyed(new, name)
-    for key in [*old_keyed, *(k for k in new_keyed if k not in old_keyed)]:
-        if key in old_keyed and key in new_keyed:
-            yield from _diff(old_keyed[key], new_keyed[key], (*path, Key(key)))
+    old_groups, new_groups = _grouped(old, name), _grouped(new, name)
+    for base in [*old_groups, *(b for b in new_groups if b not in old_groups)]:
+        pairs, removed, added = _match(old_groups.get(base, []), new_groups.get(base, []))
+        for rank, (o, n) in enumerate(pairs):
+            yield from _diff(o, n, (*path, Key(_label(base, rank))))
+        for rank, o in enumerate(removed, start=len(pairs)):
+            yield Leaf((*path, Key(_label(base, rank))), o, None)
+        for rank, n in enumerate(added, start=len(pairs)):
+            yield Leaf((*path, Key(_label(base, rank))), None, n)
+
+
+def _match(olds: list[Json], news: list[Json]) -> tuple[list[tuple[Json, Json]], list[Json], list[Json]]:
+    """Elements sharing an identity: identical ones pair first, the rest in order (the tie-break)."""
+    if len(olds) == 1 and len(news) == 1:
+        return [(olds[0], news[0])], [], []
+    rest_new = list(news)
+    exact, rest_old = [], []
+    for o in olds:
+        twin = next((i for i, n in enumerate(rest_new) if n == o), None)
+        if twin is None:
+            rest_old.append(o)
         else:
-            yield Leaf((*path, Key(key)), old_keyed.get(key), new_keyed.get(key))
+            exact.append((o, rest_new.pop(twin)))
+    paired = list(zip(rest_old, rest_new, strict=False))
+    return exact + paired, rest_old[len(paired):], rest_new[len(paired):]
+
+
+def _label(base: str, rank: int) -> str:
+    return base if rank == 0 else f"{base} #{rank + 1}"
+
+
+def _grouped(elements: list[Json], name: str) -> dict[str, list[Json]]:
+    identity = IDENTITY.get(name)
+    groups: dict[str, list[Json]] = {}
+    for element in elements:
+        groups.setdefault(_identity(element, identity), []).append(element)
+    return groups
+
+
+def _identity(element: Json, identity: Callable[[Mapping[str, Json]], str] | None) -> str:
+    if isinstance(element, dict):
+        return identity(element) if identity else _content(element)
+    return element if isinstance(element, str) else _content(element)
 
 
 def keyed(elements: list[Json], name: str) -> dict[str, Json]:
     """Elements by identity; the second element with the same identity gets ``#2``, and so on."""
-    identity = IDENTITY.get(name)
-    out: dict[str, Json] = {}
-    counts: dict[str, int] = {}
-    for element in elements:
-        if isinstance(element, dict):
-            base = identity(element) if identity else _content(element)
-        else:
-            base = element if isinstance(element, str) else _content(element)
-        counts[base] = counts.get(base, 0) + 1
-        out[base if counts[base] == 1 else f"{base} #{counts[base]}"] = element
-    return out
+    return {_label(base, rank): element for base, group in _grouped(elements, name).items()
+            for rank, element in enumerate(group)}

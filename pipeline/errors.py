@@ -53,6 +53,10 @@ class RegistryNotFound(RegistryError):
     """404: no such study or endpoint."""
 
 
+class HistoryFormatError(RegistryError):
+    """The registry's undocumented history API answered in a shape we do not know (its format changed)."""
+
+
 class RecordInvalid(TrialsyncError):
     """A registry record that does not fit the schema; it is quarantined, not stored."""
 
@@ -68,3 +72,11 @@ class WarehouseBusy(TrialsyncError):
 
 class WarehouseError(TrialsyncError):
     """The warehouse directory is not usable (not a warehouse, corrupt catalog, ...)."""
+
+
+class DeliveryFailed(TrialsyncError):
+    """An alert channel did not take a message; ``retryable`` for 5xx, 429, timeouts and resets."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

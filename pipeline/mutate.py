@@ -113,23 +113,28 @@ def with_derived(record: Record, derived: dict[str, Any]) -> Record:
     return out
 
 
-def set_path(record: Record, path: tuple[str | int, ...], value: Any) -> Record:
-    """Set one leaf (e.g. ``("protocolSection", "designModule", "phases")``) to ``value``."""
+Path = tuple[str | int, ...]
+
+
+def set_path(record: Record, path: Path, value: Any) -> Record:
+    """A copy with the value at ``path`` (keys and list indices) replaced; e.g. a wrong type or enum."""
     out = copy.deepcopy(record)
+    *parents, last = path
     node: Any = out
-    for key in path[:-1]:
+    for key in parents:
         node = node[key]
-    node[path[-1]] = value
+    node[last] = copy.deepcopy(value)
     return out
 
 
-def drop_path(record: Record, path: tuple[str | int, ...]) -> Record:
-    """The record without one section or field (a module the registry left out)."""
+def drop_path(record: Record, path: Path) -> Record:
+    """A copy without the value at ``path`` (a key or a list element)."""
     out = copy.deepcopy(record)
+    *parents, last = path
     node: Any = out
-    for key in path[:-1]:
+    for key in parents:
         node = node[key]
-    del node[path[-1]]
+    del node[last]
     return out
 
 

@@ -1,7 +1,9 @@
-"""Parse one API v2 study record into the typed core columns of the ``studies`` view.
+"""Validate one API v2 study record and parse it into the core columns of the ``studies`` view.
 
-msgspec validates types and enum values while converting; a record that does not fit raises
-``RecordInvalid`` (the caller quarantines it). Nothing is lost: the raw JSON is stored beside.
+The whole record is converted into the generated ``pipeline.schema.Study`` (every type, enum value
+and pattern of the published spec); a record that does not fit raises ``RecordInvalid`` with a
+one-line reason naming the JSON path (the caller quarantines it). Nothing is lost: the raw JSON is
+stored beside the typed columns.
 """
 
 from __future__ import annotations
@@ -13,81 +15,12 @@ from typing import Any
 
 import msgspec
 
+from pipeline import schema
 from pipeline.dates import PartialDate, parse_full_date, parse_partial_date
-from pipeline.enums import AgencyClass, DateType, EnrollmentType, Phase, Status, StudyType
 from pipeline.errors import RecordInvalid
+from pipeline.schema import DateStruct, PartialDateStruct, Study
 
 NCT_ID = re.compile(r"^NCT\d{8}$")
-
-
-class _Struct(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
-    pass
-
-
-class _PartialDateStruct(_Struct):
-    date: str
-    type: DateType | None = None
-
-
-class _DateStruct(_Struct):
-    date: str
-    type: DateType | None = None
-
-
-class _Identification(_Struct):
-    nct_id: str
-    brief_title: str | None = None
-    official_title: str | None = None
-    acronym: str | None = None
-
-
-class _Status(_Struct):
-    overall_status: Status | None = None
-    last_known_status: Status | None = None
-    why_stopped: str | None = None
-    start_date_struct: _PartialDateStruct | None = None
-    primary_completion_date_struct: _PartialDateStruct | None = None
-    completion_date_struct: _PartialDateStruct | None = None
-    study_first_post_date_struct: _DateStruct | None = None
-    last_update_post_date_struct: _DateStruct | None = None
-    results_first_post_date_struct: _DateStruct | None = None
-
-
-class _Sponsor(_Struct):
-    name: str | None = None
-    class_: AgencyClass | None = msgspec.field(default=None, name="class")
-
-
-class _SponsorCollaborators(_Struct):
-    lead_sponsor: _Sponsor | None = None
-
-
-class _Conditions(_Struct):
-    conditions: list[str] = []
-
-
-class _EnrollmentInfo(_Struct):
-    count: int | None = None
-    type: EnrollmentType | None = None
-
-
-class _Design(_Struct):
-    study_type: StudyType | None = None
-    phases: list[Phase] = []
-    enrollment_info: _EnrollmentInfo | None = None
-
-
-class _Protocol(_Struct):
-    identification_module: _Identification
-    status_module: _Status | None = None
-    sponsor_collaborators_module: _SponsorCollaborators | None = None
-    conditions_module: _Conditions | None = None
-    design_module: _Design | None = None
-
-
-class _Study(_Struct):
-    protocol_section: _Protocol
-    has_results: bool = False
 
 
 class StudyCore(msgspec.Struct, frozen=True):
@@ -134,32 +67,67 @@ def record_nct_id(record: Mapping[str, Any]) -> str | None:
     return nct if isinstance(nct, str) else None
 
 
+# What every record the registry publishes carries and the pipeline cannot do without: the status
+# (the heart of the change feed) and the last update date (it places a version in time and moves the
+# watermark). A ``fields=`` projection or a hand-trimmed copy lacks them; it is not a version.
+REQUIRED: tuple[tuple[str, ...], ...] = (
+    ("statusModule", "overallStatus"),
+    ("statusModule", "lastUpdatePostDateStruct", "date"),
+)
+
+
+class ParsedRecord(msgspec.Struct, frozen=True):
+    core: StudyCore
+    study: Study
+
+
 def parse_study(record: Mapping[str, Any]) -> StudyCore:
     """Typed core columns of one record, or ``RecordInvalid`` with a one-line reason."""
-    nct_hint = record_nct_id(record)
-    if not isinstance(record, Mapping) or "protocolSection" not in record:
-        raise RecordInvalid("record has no protocolSection", nct_id=nct_hint)
+    return parse_record(record).core
+
+
+def parse_record(record: Mapping[str, Any]) -> ParsedRecord:
+    """The validated record (``Study``) and its core columns, or ``RecordInvalid``."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("protocolSection"), Mapping):
+        raise RecordInvalid("record has no protocolSection")
+    ident = record["protocolSection"].get("identificationModule")
+    value = ident.get("nctId") if isinstance(ident, Mapping) else None
+    if value is None:
+        raise RecordInvalid("record has no protocolSection.identificationModule.nctId")
+    if not isinstance(value, str) or not NCT_ID.match(value):
+        raise RecordInvalid(f"invalid NCT id {value!r}", nct_id=value if isinstance(value, str) else None)
+    nct_id = value
     try:
-        study = msgspec.convert(record, _Study)
+        study = msgspec.convert(record, Study)
     except msgspec.ValidationError as exc:
-        raise RecordInvalid(f"schema: {exc}", nct_id=nct_hint) from None
-    protocol = study.protocol_section
-    nct_id = protocol.identification_module.nct_id
-    if not NCT_ID.match(nct_id):
-        raise RecordInvalid(f"invalid NCT id {nct_id!r}", nct_id=nct_hint)
+        raise RecordInvalid(f"schema: {exc}", nct_id=nct_id) from None
+    _require(record, nct_id)
     try:
-        return _core(study, nct_id)
+        return ParsedRecord(_core(study, nct_id), study)
     except RecordInvalid as exc:
         raise RecordInvalid(exc.reason, nct_id=nct_id) from None
 
 
-def _core(study: _Study, nct_id: str) -> StudyCore:
+def _require(record: Mapping[str, Any], nct_id: str) -> None:
+    protocol = record["protocolSection"]
+    for path in REQUIRED:
+        node: Any = protocol
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if node is None:
+            raise RecordInvalid(f"incomplete record: no protocolSection.{'.'.join(path)} (every published "
+                                f"record has it; a fields= projection or trimmed copy is not a version)",
+                                nct_id=nct_id)
+
+
+def _core(study: Study, nct_id: str) -> StudyCore:
     protocol = study.protocol_section
-    ident = protocol.identification_module
-    status = protocol.status_module or _Status()
-    design = protocol.design_module or _Design()
-    enrollment = design.enrollment_info or _EnrollmentInfo()
-    lead = (protocol.sponsor_collaborators_module or _SponsorCollaborators()).lead_sponsor or _Sponsor()
+    assert protocol is not None  # parse_record checked it
+    ident = protocol.identification_module or _EMPTY.ident
+    status = protocol.status_module or _EMPTY.status
+    design = protocol.design_module or _EMPTY.design
+    enrollment = design.enrollment_info or _EMPTY.enrollment
+    lead = (protocol.sponsor_collaborators_module or _EMPTY.sponsors).lead_sponsor or _EMPTY.sponsor
     start = _partial(status.start_date_struct, "startDate")
     primary = _partial(status.primary_completion_date_struct, "primaryCompletionDate")
     completion = _partial(status.completion_date_struct, "completionDate")
@@ -172,7 +140,7 @@ def _core(study: _Study, nct_id: str) -> StudyCore:
         last_known_status=status.last_known_status,
         why_stopped=status.why_stopped,
         study_type=design.study_type,
-        phases=list(design.phases),
+        phases=list(design.phases or ()),
         enrollment_count=enrollment.count,
         enrollment_type=enrollment.type,
         start_date=start.value if start else None,
@@ -187,20 +155,35 @@ def _core(study: _Study, nct_id: str) -> StudyCore:
         first_posted=_full(status.study_first_post_date_struct, "studyFirstPostDate"),
         last_update_posted=_full(status.last_update_post_date_struct, "lastUpdatePostDate"),
         results_first_posted=_full(status.results_first_post_date_struct, "resultsFirstPostDate"),
-        has_results=study.has_results,
+        has_results=bool(study.has_results),
         lead_sponsor=lead.name,
         lead_sponsor_class=lead.class_,
-        conditions=list((protocol.conditions_module or _Conditions()).conditions),
+        conditions=list((protocol.conditions_module or _EMPTY.conditions).conditions or ()),
     )
 
 
-def _partial(struct: _PartialDateStruct | None, field: str) -> PartialDate | None:
-    return parse_partial_date(struct.date, field=field) if struct else None
+class _Empty:
+    """Absent modules read as empty ones (all fields None)."""
+
+    ident = schema.IdentificationModule()
+    status = schema.StatusModule()
+    design = schema.DesignModule()
+    enrollment = schema.EnrollmentInfo()
+    sponsors = schema.SponsorCollaboratorsModule()
+    sponsor = schema.Sponsor()
+    conditions = schema.ConditionsModule()
 
 
-def _full(struct: _DateStruct | None, field: str) -> date | None:
-    return parse_full_date(struct.date, field=field) if struct else None
+_EMPTY = _Empty()
 
 
-def _type(struct: _PartialDateStruct | None) -> str | None:
+def _partial(struct: PartialDateStruct | None, field: str) -> PartialDate | None:
+    return parse_partial_date(struct.date, field=field) if struct and struct.date is not None else None
+
+
+def _full(struct: DateStruct | None, field: str) -> date | None:
+    return parse_full_date(struct.date, field=field) if struct and struct.date is not None else None
+
+
+def _type(struct: PartialDateStruct | None) -> str | None:
     return struct.type if struct else None

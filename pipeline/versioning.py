@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 
 from pipeline.errors import RecordInvalid
+from pipeline.flatten import StudyRows, flatten
 from pipeline.hashing import content_hash
-from pipeline.parse import StudyCore, parse_study, record_nct_id
+from pipeline.parse import StudyCore, parse_record, record_nct_id
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class NewVersion:
     registry_version: int | None
     raw: bytes
     is_new_study: bool
+    rows: StudyRows = field(default_factory=dict)  # the child-table rows (pipeline.flatten), same version
 
 
 @dataclass(frozen=True)
@@ -83,17 +85,22 @@ def plan_batch(
     plan = BatchPlan()
     for record in records:
         try:
-            core = parse_study(record)
+            parsed = parse_record(record)
         except RecordInvalid as exc:
             plan.quarantined.append(Quarantined(exc.nct_id or record_nct_id(record), exc.reason, _raw(record)))
             continue
-        if core.last_update_posted and (plan.newest_update is None or core.last_update_posted > plan.newest_update):
-            plan.newest_update = core.last_update_posted
+        core = parsed.core
         digest = content_hash(record)
         head = plan.heads.get(core.nct_id) or heads.get(core.nct_id)
         if head is not None and head.content_hash == digest and not head.is_removed:
             plan.unchanged += 1
             plan.seen.append((core.nct_id, head.version))
+            _advance_watermark(plan, core)
+            continue
+        try:
+            rows = flatten(parsed.study)  # only for new versions: unchanged records cost no flattening
+        except RecordInvalid as exc:
+            plan.quarantined.append(Quarantined(core.nct_id, exc.reason, _raw(record)))
             continue
         version = head.version + 1 if head else 1
         plan.versions.append(
@@ -105,11 +112,18 @@ def plan_batch(
                 registry_version=(registry_versions or {}).get(core.nct_id),
                 raw=_raw(record),
                 is_new_study=head is None,
+                rows=rows,
             )
         )
         plan.heads[core.nct_id] = Head(version, digest)
         plan.seen.append((core.nct_id, version))
+        _advance_watermark(plan, core)
     return plan
+
+
+def _advance_watermark(plan: BatchPlan, core: StudyCore) -> None:
+    if core.last_update_posted and (plan.newest_update is None or core.last_update_posted > plan.newest_update):
+        plan.newest_update = core.last_update_posted
 
 
 def _raw(record: Any) -> bytes:

@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TRIALSYNC_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 STUDIES_DIR = DATA / "ctgov" / "studies"
 SNAPSHOTS_DIR = DATA / "ctgov" / "snapshots"
+PARTIAL_DIR = DATA / "ctgov" / "studies_partial"
+CTRDATA_DIR = DATA / "ctgov" / "ctrdata_jsonlite_unboxed"
+SPEC_FILE = DATA / "ctgov" / "spec" / "ctg-oas-v2_api-2.0.5.yaml"
 
 if not STUDIES_DIR.is_dir():  # a clear message instead of 100 confusing failures
     raise RuntimeError(f"the real registry data is missing: expected {STUDIES_DIR} (../shared/data beside the clone)")
@@ -56,6 +59,17 @@ def snapshot_pairs() -> dict[str, tuple[Record, Record]]:
         older, newer = sorted(directory.glob("*.json"))
         pairs[directory.name] = (load(older), load(newer))
     return pairs
+
+
+def partial_records() -> list[Record]:
+    """The 25 fields=-projected or trimmed records of studies_partial/ (not versions: quarantined)."""
+    return [load(p) for p in sorted(PARTIAL_DIR.glob("NCT*.json"))]
+
+
+def ctrdata_records() -> dict[str, Record]:
+    """The ctrdata-decoded records (studies/ and snapshots/), by file path relative to CTRDATA_DIR."""
+    paths = [*CTRDATA_DIR.glob("studies/*.json"), *CTRDATA_DIR.glob("snapshots/*/*.json")]
+    return {str(p.relative_to(CTRDATA_DIR)): load(p) for p in sorted(paths)}
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +109,14 @@ def fast_sync(registry: Any, warehouse_dir: Path, **kwargs: Any) -> dict[str, An
     params.update(kwargs)
     result: dict[str, Any] = sync_registry(**params)
     return result
+
+
+@pytest.fixture(scope="session")
+def loaded_warehouse(prefect_api: str, records: list[Record], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A warehouse holding the 326 real records (one real sync); read-only for the tests that share it."""
+    from pipeline.registry.fake_server import FakeRegistry
+
+    directory = tmp_path_factory.mktemp("loaded") / "warehouse"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, directory)
+    return directory

@@ -234,3 +234,16 @@ def test_first_versions_are_news_except_in_a_scopes_baseline_run() -> None:
     assert [(c.event, c.severity) for c in removed] == [("study_removed", "critical")]
     back = derive_changes(VersionPair(nct(record), 2, 3, record, record, "run", NOW, None, old_removed=True), Rules())
     assert [c.event for c in back] == ["study_reappeared"]
+
+
+def test_renaming_one_of_two_outcomes_with_the_same_measure_is_one_change() -> None:
+    record = next(r for r in RECORDS if nct(r) == "NCT05854069")  # real: two primary outcomes share a measure
+    measures = [o["measure"] for o in record["protocolSection"]["outcomesModule"]["primaryOutcomes"]]
+    assert measures[0] == measures[1]
+    renamed = mutate.set_primary_outcome_measure(record, 0, measures[0] + " at 12 months")
+    assert typed(changes(record, renamed)) == [
+        ("primary_outcome_changed", "primary outcome", measures[0], measures[0] + " at 12 months", None, None)]
+    swapped = copy.deepcopy(record)
+    outcomes = swapped["protocolSection"]["outcomesModule"]["primaryOutcomes"]
+    outcomes.reverse()
+    assert changes(record, swapped) == []  # identical twins pair by content, so reordering them is no change

@@ -117,6 +117,10 @@ def test_the_demo_replays_two_days_and_shows_the_changes(prefect_api: str, tmp_p
     assert seed == [("2028-05-31", 2)]
     assert slip == [("2027-05-31",)]
     assert "2028-05 " in text and "2028-05-31" in text
+    # the seed trial is on the demo's watchlist: its alert reaches the local webhook and the feed
+    assert "[trialsync] seed-trial: NCT07011004 completion date: 2028-05 → 2028-05-31" in text
+    feed = json.loads((tmp_path / "demo" / "alerts-feed.json").read_text())
+    assert {item["_trialsync"]["watch"] for item in feed["items"]} == {"seed-trial", "notable-anywhere"}
 
 
 def test_reconstructed_seed_record_matches_the_seed_page_facts() -> None:

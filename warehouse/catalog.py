@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.crashpoints import crashpoint
-from warehouse.tables import CORE_FIELDS, TABLES
+from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
@@ -63,12 +63,17 @@ def _sql_list(root: Path, paths: Sequence[str]) -> str:
 def plan_catalog(root: Path, manifest: Manifest) -> list[str]:
     """The statements that define every view and macro, for the files in ``manifest``."""
     statements = []
+    rewriting = bool(manifest.files("study_rewrites"))
+    superseding = set(rewritten_tables()) if rewriting else set()
     for table in TABLES:
-        files = [schema_file(table), *manifest.files(table)]
-        statements.append(
-            f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
-            f"{_sql_list(root, files)}, union_by_name = true)"
-        )
+        if table not in superseding:
+            files = [schema_file(table), *manifest.files(table)]
+            statements.append(
+                f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
+                f"{_sql_list(root, files)}, union_by_name = true)"
+            )
+    if rewriting:
+        statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding])
     valid_from = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
     statements += [
         f"""CREATE OR REPLACE VIEW study_versions AS
@@ -88,6 +93,7 @@ SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen
        api_url, params
 FROM raw_sync_runs ORDER BY started_at""",
         "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
+        "CREATE OR REPLACE VIEW study_rewrites AS SELECT run_id, nct_id, versions FROM raw_study_rewrites",
         """CREATE OR REPLACE VIEW quarantine AS
 SELECT nct_id, run_id, observed_at, reason, CAST(raw AS JSON) AS raw FROM raw_quarantine""",
         """CREATE OR REPLACE VIEW changes AS
@@ -96,6 +102,13 @@ SELECT change_id, nct_id, from_version, to_version, run_id, detected_at, registr
        CASE severity WHEN 'critical' THEN 3 WHEN 'notable' THEN 2 WHEN 'minor' THEN 1 ELSE 0 END
          AS severity_rank
 FROM raw_changes""",
+        """CREATE OR REPLACE VIEW alert_deliveries AS
+SELECT run_id, attempted_at, watch, channel, change_id, nct_id, severity, message_id, status, attempt, error
+FROM raw_alert_deliveries""",
+        """CREATE OR REPLACE VIEW alert_runs AS
+SELECT run_id, started_at, finished_at, watchlist, watches, matched, messages, sent, failed, already_sent,
+       retried
+FROM raw_alert_runs ORDER BY started_at""",
         """CREATE OR REPLACE MACRO changes_between(a, b) AS TABLE
 SELECT * FROM changes
 WHERE coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))
@@ -105,7 +118,56 @@ SELECT * FROM study_versions
 WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d AS DATE))
   AND NOT is_removed""",
     ]
+    statements += child_views()
     return statements
+
+
+def child_views() -> list[str]:
+    """``<table>`` (rows of every version) and ``current_<table>`` (rows of the versions in ``studies``)."""
+    statements = []
+    for table, schema in CHILD_TABLES.items():
+        columns = ", ".join(f.name for f in schema)
+        statements += [
+            f"CREATE OR REPLACE VIEW {table} AS SELECT {columns} FROM raw_{table}",
+            f"""CREATE OR REPLACE VIEW current_{table} AS
+SELECT {columns} FROM raw_{table} AS t
+WHERE EXISTS (SELECT 1 FROM studies AS s WHERE s.nct_id = t.nct_id AND s.version = t.version)""",
+        ]
+    return statements
+
+
+def _superseding_views(root: Path, manifest: Manifest, tables: Sequence[str]) -> list[str]:
+    """``raw_<table>`` without the rows of rewritten studies from files older than their last rewrite.
+
+    A run's place in commit order is its first entry in the manifest; each file knows its run.
+    """
+    order: dict[str, int] = {}
+    for entry in manifest.entries:
+        order.setdefault(entry.run_id, len(order) + 1)
+    rewriters = sorted({e.run_id for e in manifest.entries if e.table == "study_rewrites"}, key=order.__getitem__)
+    files = [(str(root / e.path), order[e.run_id]) for e in manifest.entries if e.table in tables]
+    statements = [
+        f"CREATE OR REPLACE VIEW _run_seq AS {_values(['run_id', 'seq'], [(r, order[r]) for r in rewriters])}",
+        f"CREATE OR REPLACE VIEW _file_seq AS {_values(['path', 'seq'], files)}",
+        """CREATE OR REPLACE VIEW _rewrite_marks AS
+SELECT w.nct_id, max(s.seq) AS seq FROM raw_study_rewrites AS w JOIN _run_seq AS s USING (run_id) GROUP BY w.nct_id""",
+    ]
+    for table in tables:
+        listed = _sql_list(root, [schema_file(table), *manifest.files(table)])
+        statements.append(f"""CREATE OR REPLACE VIEW raw_{table} AS
+SELECT t.* EXCLUDE (filename) FROM read_parquet({listed}, union_by_name = true, filename = true) AS t
+LEFT JOIN _file_seq AS f ON f.path = t.filename
+LEFT JOIN _rewrite_marks AS m ON m.nct_id = t.nct_id
+WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq""")
+    return statements
+
+
+def _values(columns: Sequence[str], rows: Sequence[tuple[str, int]]) -> str:
+    """A constant table; typed even when empty."""
+    if not rows:
+        return f"SELECT NULL::VARCHAR AS {columns[0]}, NULL::INTEGER AS {columns[1]} WHERE false"
+    body = ", ".join("('" + text.replace("'", "''") + f"', {number})" for text, number in rows)
+    return f"SELECT * FROM (VALUES {body}) AS v({columns[0]}, {columns[1]})"
 
 
 def ensure_schema_files(root: Path) -> None:

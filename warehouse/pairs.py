@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import duckdb
 import orjson
@@ -15,7 +15,7 @@ SELECT n.nct_id, o.version AS from_version, n.version AS to_version,
        CASE WHEN o.version IS NOT NULL OR n.version > 1 THEN n.raw
             ELSE json_object('protocolSection', json_object('identificationModule',
                  json_object('briefTitle', n.brief_title)))::VARCHAR END AS new_raw,
-       n.run_id, n.observed_at, n.registry_updated,
+       n.run_id, n.observed_at, n.registry_updated, n.source,
        coalesce(o.is_removed, false) AS old_removed, n.is_removed AS new_removed
 FROM raw_study_versions n
 LEFT JOIN raw_study_versions o ON o.nct_id = n.nct_id AND o.version = n.version - 1
@@ -25,14 +25,24 @@ ORDER BY n.nct_id, n.version
 
 
 def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
-                  baseline_runs: frozenset[str] = frozenset(), batch_size: int = 500) -> Iterator[list[VersionPair]]:
-    """Each stored version with its predecessor; only ``run_id``'s versions when given.
+                  baseline_runs: frozenset[str] = frozenset(), batch_size: int = 500,
+                  nct_ids: Sequence[str] | None = None) -> Iterator[list[VersionPair]]:
+    """Each stored version with its predecessor; only ``run_id``'s versions, or ``nct_ids``' when given.
 
     A study's first version carries only its title (its diff is not needed), so a bulk load's
-    600,000 first versions cost no raw JSON parsing.
+    600,000 first versions cost no raw JSON parsing. A first version from the registry's history
+    (source ``history``) is, like a scope's first run, not news: no ``study_added``.
     """
-    where = "WHERE n.run_id = ?" if run_id else ""
-    relation = con.sql(_PAIRS.format(where=where), params=[run_id] if run_id else None)
+    where: list[str] = []
+    params: list[object] = []
+    if run_id:
+        where.append("n.run_id = ?")
+        params.append(run_id)
+    if nct_ids is not None:
+        where.append("n.nct_id IN (SELECT unnest(CAST(? AS VARCHAR[])))")
+        params.append(list(nct_ids))
+    relation = con.sql(_PAIRS.format(where=("WHERE " + " AND ".join(where)) if where else ""),
+                       params=params or None)
     reader = relation.to_arrow_reader(batch_size)
     for batch in reader:
         rows = batch.to_pylist()
@@ -43,7 +53,7 @@ def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
                 new_raw=orjson.loads(row["new_raw"]) if row["new_raw"] else None,
                 run_id=row["run_id"], detected_at=row["observed_at"], registry_updated=row["registry_updated"],
                 old_removed=row["old_removed"], new_removed=row["new_removed"],
-                baseline=row["run_id"] in baseline_runs,
+                baseline=row["run_id"] in baseline_runs or row["source"] == "history",
             )
             for row in rows
         ]

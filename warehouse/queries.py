@@ -5,16 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from pipeline.changes import SEVERITIES
+from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
 from pipeline.errors import UsageError
 
-CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
-              "eligibility", "sponsor", "results", "identification", "registry", "other")
-EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
-          "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
-          "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
-          "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
-          "study_removed", "study_reappeared", "field_changed")
 CHANGE_COLUMNS = ("registry_updated", "nct_id", "to_version", "event", "field", "old_value", "new_value",
                   "shift_days", "pct_change", "severity", "category")
 
@@ -70,7 +63,7 @@ def changes_query(f: ChangeFilter, columns: tuple[str, ...] = CHANGE_COLUMNS) ->
 
 
 HISTORY_VERSIONS = """
-SELECT version, registry_updated, observed_at, source, run_id, is_removed, overall_status,
+SELECT version, registry_version, registry_updated, observed_at, source, run_id, is_removed, overall_status,
        enrollment_count, enrollment_type, primary_completion_date_raw, completion_date_raw
 FROM study_versions WHERE nct_id = ? ORDER BY version"""
 

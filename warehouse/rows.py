@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain, repeat
 
 import pyarrow as pa
 
 from pipeline.changes import Change
 from pipeline.parse import CORE_COLUMNS
 from pipeline.versioning import BatchPlan, NewVersion, RunContext
-from warehouse.tables import CHANGES, QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
+from warehouse.tables import CHANGES, CHILD_TABLES, QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
 
 
 def versions_table(versions: Sequence[NewVersion], ctx: RunContext) -> pa.Table:
@@ -78,3 +79,20 @@ def tombstones_table(retired: Sequence[tuple[str, int, str]], ctx: RunContext) -
 def changes_table(changes: Sequence[Change]) -> pa.Table:
     return pa.table({f.name: pa.array([getattr(c, f.name) for c in changes], f.type) for f in CHANGES},
                     schema=CHANGES)
+
+
+def child_tables(versions: Sequence[NewVersion]) -> dict[str, pa.Table]:
+    """The flattened rows of ``versions`` (``NewVersion.rows``), one Arrow table per child table."""
+    out = {}
+    for table, schema in CHILD_TABLES.items():
+        parts = [(v, v.rows[table]) for v in versions if table in v.rows]
+        keys = [(v.core.nct_id, v.version, len(next(iter(columns.values())))) for v, columns in parts]
+        arrays = [
+            pa.array(list(chain.from_iterable(repeat(nct, n) for nct, _, n in keys)), pa.string()),
+            pa.array(list(chain.from_iterable(repeat(version, n) for _, version, n in keys)), pa.int32()),
+        ]
+        for field in list(schema)[2:]:
+            arrays.append(pa.array(list(chain.from_iterable(columns[field.name] for _, columns in parts)),
+                                   field.type))
+        out[table] = pa.Table.from_arrays(arrays, schema=schema)
+    return out

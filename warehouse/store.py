@@ -24,8 +24,8 @@ from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
 from warehouse.crashpoints import crashpoint
-from warehouse.rows import quarantine_table, run_studies_table, versions_table
-from warehouse.tables import TABLES
+from warehouse.rows import child_tables, quarantine_table, run_studies_table, versions_table
+from warehouse.tables import TABLES, version_keyed_tables
 
 LOCK_NAME = ".writer.lock"
 MARKER_NAME = ".trialsync-warehouse"  # says "this directory is a warehouse": we may clean up in it
@@ -81,8 +81,9 @@ class Warehouse:
             con = catalog.open_catalog(self.catalog_path, config)
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot open {self.catalog_path}: {str(exc).splitlines()[0]}") from None
-        stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchone()
-        if not (stored_root and stored_root[0] == str(self.root)):
+        # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
+        stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchall()
+        if not (stored_root and stored_root[0][0] == str(self.root)):
             # The directory moved since the last commit: rebuild the views in memory for this reader.
             manifest = self.manifest()
             con.close()
@@ -116,6 +117,13 @@ class Warehouse:
             finally:
                 if not run.committed:
                     run.abort()
+
+    @contextmanager
+    def lock(self, name: str, holder: str, *, timeout: float = 30.0, what: str = "another run") -> Iterator[None]:
+        """A named lock beside the writer's (e.g. one alerts run at a time); ``what`` names its holder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self.root / f".{name}.lock", holder, timeout, what=what):
+            yield
 
     def _remove_uncommitted(self, manifest: Manifest) -> None:
         """Leftovers of a crashed run: its files were never in a catalog, so nobody sees them."""
@@ -182,8 +190,25 @@ class RunWriter:
 
     def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
         self.append("study_versions", versions_table(plan.versions, ctx))
+        for table, rows in child_tables(plan.versions).items():
+            self.append(table, rows)
         self.append("run_studies", run_studies_table(plan, ctx))
         self.append("quarantine", quarantine_table(plan, ctx))
+
+    def rewrite_studies(self, con: duckdb.DuckDBPyConnection, moves: pa.Table) -> None:
+        """Copy the committed rows of rewritten studies into this run, renumbered.
+
+        ``moves`` (nct_id, old_version, new_version, registry_version, registry_updated) covers every
+        stored version of each study; ``study_versions`` rows also take the registry version and date
+        given (a stored version found in the registry's history). The caller lists the studies in
+        ``study_rewrites`` so the catalog hides their older rows.
+        """
+        con.register("_moves", moves)
+        try:
+            for table in version_keyed_tables():
+                self.append(table, con.sql(_renumber_sql(table)).to_arrow_table())
+        finally:
+            con.unregister("_moves")
 
     def heads(self) -> dict[str, Head]:
         """The latest committed version of every study."""
@@ -242,8 +267,21 @@ class RunWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _renumber_sql(table: str) -> str:
+    columns = []
+    for name in TABLES[table].names:
+        if name == "version":
+            columns.append("m.new_version AS version")
+        elif table == "study_versions" and name in ("registry_version", "registry_updated"):
+            columns.append(f"coalesce(m.{name}, t.{name}) AS {name}")
+        else:
+            columns.append(f"t.{name}")
+    return (f"SELECT {', '.join(columns)} FROM raw_{table} AS t "
+            "JOIN _moves AS m ON m.nct_id = t.nct_id AND m.old_version = t.version ORDER BY t.nct_id, m.new_version")
+
+
 @contextmanager
-def _exclusive_lock(path: Path, holder: str, timeout: float) -> Iterator[None]:
+def _exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sync") -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout
@@ -255,7 +293,7 @@ def _exclusive_lock(path: Path, holder: str, timeout: float) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                     raise WarehouseBusy(
-                        f"the warehouse {path.parent} is busy: a sync is running ({other}); "
+                        f"the warehouse {path.parent} is busy: {what} is running ({other}); "
                         f"waited {timeout:g}s"
                     ) from None
                 time.sleep(0.1)

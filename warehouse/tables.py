@@ -114,10 +114,118 @@ CHANGES = pa.schema(
     ]
 )
 
+# A run that rewrites a study (a backfill that renumbers its versions) lists it here: the study's rows in
+# the tables keyed by study version (``rewritten_tables``) from files of runs committed before it are
+# hidden by the catalog; the rewriting run has written the study's complete rows again.
+STUDY_REWRITES = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("nct_id", pa.string(), nullable=False),
+        pa.field("versions", pa.int32()),  # how many versions the study has after the rewrite
+    ]
+)
+
+# Child tables: the flattened parts of each version (pipeline/flatten.py), keyed by (nct_id, version).
+_STR, _INT, _F64, _BOOL, _DATE, _STRS = pa.string(), pa.int32(), pa.float64(), pa.bool_(), pa.date32(), \
+    pa.list_(pa.string())
+
+
+def _child(*columns: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field("nct_id", _STR, nullable=False), pa.field("version", _INT, nullable=False),
+                      *(pa.field(name, kind) for name, kind in columns)])
+
+
+CHILD_TABLES: dict[str, pa.Schema] = {
+    "conditions": _child(("ordinal", _INT), ("condition", _STR)),
+    "keywords": _child(("ordinal", _INT), ("keyword", _STR)),
+    "interventions": _child(("ordinal", _INT), ("intervention_type", _STR), ("name", _STR), ("description", _STR),
+                            ("other_names", _STRS), ("arm_group_labels", _STRS)),
+    "arm_groups": _child(("ordinal", _INT), ("label", _STR), ("arm_group_type", _STR), ("description", _STR),
+                         ("intervention_names", _STRS)),
+    "locations": _child(("ordinal", _INT), ("site_key", _STR), ("facility", _STR), ("city", _STR), ("state", _STR),
+                        ("zip", _STR), ("country", _STR), ("status", _STR), ("lat", _F64), ("lon", _F64)),
+    "sponsors": _child(("role", _STR), ("ordinal", _INT), ("name", _STR), ("agency_class", _STR)),
+    "outcomes": _child(("outcome_type", _STR), ("ordinal", _INT), ("measure", _STR), ("description", _STR),
+                       ("time_frame", _STR)),
+    "eligibility": _child(("criteria", _STR), ("healthy_volunteers", _BOOL), ("sex", _STR), ("gender_based", _BOOL),
+                          ("gender_description", _STR), ("minimum_age", _STR), ("minimum_age_days", _F64),
+                          ("minimum_age_years", _F64), ("maximum_age", _STR), ("maximum_age_days", _F64),
+                          ("maximum_age_years", _F64), ("std_ages", _STRS), ("study_population", _STR),
+                          ("sampling_method", _STR)),
+    "identifiers": _child(("id_kind", _STR), ("ordinal", _INT), ("identifier", _STR), ("id_type", _STR),
+                          ("domain", _STR), ("link", _STR)),
+    "design": _child(("allocation", _STR), ("intervention_model", _STR), ("intervention_model_description", _STR),
+                     ("primary_purpose", _STR), ("observational_model", _STR), ("time_perspective", _STR),
+                     ("masking", _STR), ("masking_description", _STR), ("who_masked", _STRS),
+                     ("patient_registry", _BOOL), ("target_duration", _STR), ("bio_spec_retention", _STR),
+                     ("bio_spec_description", _STR)),
+    "study_references": _child(("ordinal", _INT), ("pmid", _STR), ("reference_type", _STR), ("citation", _STR),
+                               ("retraction_pmids", _STRS)),
+    "contacts": _child(("ordinal", _INT), ("name", _STR), ("role", _STR), ("phone", _STR), ("phone_ext", _STR),
+                       ("email", _STR)),
+    "officials": _child(("ordinal", _INT), ("name", _STR), ("affiliation", _STR), ("role", _STR)),
+    "results_summary": _child(("has_results", _BOOL), ("results_first_submitted", _DATE),
+                              ("results_first_posted", _DATE), ("results_first_posted_type", _STR),
+                              ("results_waived", _BOOL), ("participant_flow_group_count", _INT),
+                              ("baseline_group_count", _INT), ("outcome_measure_count", _INT),
+                              ("adverse_event_group_count", _INT), ("serious_event_term_count", _INT),
+                              ("other_event_term_count", _INT)),
+    "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
+}
+
+# The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
+ALERT_DELIVERIES = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("attempted_at", UTC_TS, nullable=False),
+        pa.field("watch", pa.string(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("change_id", pa.string(), nullable=False),
+        pa.field("nct_id", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # sent | failed
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("error", pa.string()),
+    ]
+)
+
+ALERT_RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("started_at", UTC_TS, nullable=False),
+        pa.field("finished_at", UTC_TS, nullable=False),
+        pa.field("watchlist", pa.string()),
+        pa.field("watches", pa.list_(pa.string())),
+        pa.field("matched", pa.int64()),
+        pa.field("messages", pa.int64()),
+        pa.field("sent", pa.int64()),
+        pa.field("failed", pa.int64()),
+        pa.field("already_sent", pa.int64()),
+        pa.field("retried", pa.int64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "study_versions": STUDY_VERSIONS,
     "sync_runs": SYNC_RUNS,
     "run_studies": RUN_STUDIES,
     "quarantine": QUARANTINE,
     "changes": CHANGES,
+    "study_rewrites": STUDY_REWRITES,
+    "alert_deliveries": ALERT_DELIVERIES,
+    "alert_runs": ALERT_RUNS,
+    **CHILD_TABLES,
 }
+
+
+def version_keyed_tables() -> tuple[str, ...]:
+    """Tables whose rows belong to one stored version (``nct_id`` and ``version`` columns): a rewrite
+    copies them with the new numbers. ``study_versions`` first."""
+    return tuple(t for t, schema in TABLES.items() if {"nct_id", "version"} <= set(schema.names))
+
+
+def rewritten_tables() -> tuple[str, ...]:
+    """Tables whose rows of a rewritten study are superseded: the version-keyed ones and ``changes``
+    (recomputed across the study's merged history)."""
+    return (*version_keyed_tables(), "changes")

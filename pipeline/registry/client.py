@@ -105,7 +105,7 @@ class RegistryClient:
             query["countTotal"] = "true"
         else:
             query["pageToken"] = token
-        body, raw = self._get_json("/studies", query)
+        body, raw = self._get_json_raw("/studies", query)
         return _page_from_body(body, number, self.base_url, raw)
 
     def iter_pages(self, params: Mapping[str, str]) -> Iterator[Page]:
@@ -119,13 +119,13 @@ class RegistryClient:
             token, number = page.next_token, number + 1
 
     def get_study(self, nct_id: str) -> dict[str, Any]:
-        body, _ = self._get_json(f"/studies/{nct_id}", {})
+        body = self._get_json(f"/studies/{nct_id}", {})
         if not isinstance(body, dict) or "protocolSection" not in body:
             raise RegistryError(f"unexpected body for study {nct_id}", url=self.base_url)
         return body
 
     def version(self) -> dict[str, Any]:
-        body, _ = self._get_json("/version", {})
+        body = self._get_json("/version", {})
         if not isinstance(body, dict) or "apiVersion" not in body:
             raise RegistryError("unexpected /version body", url=self.base_url)
         return body
@@ -141,11 +141,14 @@ class RegistryClient:
         return stamp if isinstance(stamp, str) and stamp else None
 
     # -- transport ---------------------------------------------------------------------------
-    def _get_json(self, path: str, params: Mapping[str, str]) -> tuple[Any, bytes]:
+    def _get_json(self, path: str, params: Mapping[str, str], *, base: str | None = None) -> Any:
+        return self._get_json_raw(path, params, base=base)[0]
+
+    def _get_json_raw(self, path: str, params: Mapping[str, str], *, base: str | None = None) -> tuple[Any, bytes]:
         """The parsed body and its bytes. Transient failures are retried within the policy's budget:
         at most ``attempts`` tries and ``budget_seconds`` of waiting, never a wait that would end
         past the budget (a Retry-After beyond it fails at once, with the reason)."""
-        url = self.base_url + path
+        url = (base or self.base_url) + path
         started = self._monotonic()
         retrying = Retrying(
             stop=stop_any(stop_after_attempt(self.retry.attempts), stop_after_delay(self.retry.budget_seconds),

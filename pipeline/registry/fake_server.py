@@ -20,6 +20,11 @@ on whenever the data changes (``put``/``remove``), like the registry's daily ref
 - ``shift``: the page starts ``shift`` studies early, repeating the end of the previous page, as
   offset paging does when studies are inserted before the cursor between two requests.
 
+Under ``/api/int`` it serves the record history of the website's internal API for the studies given
+to ``put_history`` (``/studies/{NCT}/history``, ``/studies/{NCT}?history=true``,
+``/studies/{NCT}/history/{v}``); their version records are derived (see ``fake_history``). Requests
+and faults name these paths with an ``/int`` prefix (``/int/studies/NCT03690141/history``).
+
 Query matching is simpler than the registry's Essie engine: every word of the query must occur
 (case-insensitively) in the searched text. Results are ordered by NCT id.
 """
@@ -45,13 +50,16 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from pipeline.enums import STATUSES
+from pipeline.registry.fake_history import INDEX_MEMBERS, FakeHistory
 
 API_PREFIX = "/api/v2"
+INT_PREFIX = "/api/int"  # the website's internal API (record history)
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
 _NCT_PATH = re.compile(r"^[Nn][Cc][Tt]0*[1-9]\d{0,7}$")
 _AREA_RANGE = re.compile(r"^AREA\[(\w+)\]RANGE\[([^,\]]+),\s*([^\]]+)\]$")
 _AREA_VALUE = re.compile(r"^AREA\[(\w+)\](\w+)$")
+_INT_STUDY = re.compile(r"^/int/studies/([^/]+)(/history(?:/([^/]+))?)?$")
 
 
 FAULT_KINDS = ("status", "delay", "reset", "truncate", "cut", "empty", "shift")
@@ -135,6 +143,7 @@ class FakeRegistry:
     def __init__(self, records: Iterable[Mapping[str, Any]] = (), *, token_ttl: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._histories: dict[str, FakeHistory] = {}
         self._lock = threading.Lock()
         self.faults = Faults()
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -159,16 +168,6 @@ class FakeRegistry:
                 self._entries[entry.nct_id] = entry
             self.data_generation += 1
 
-    def put_raw(self, key: str, record: Mapping[str, Any]) -> None:
-        """Serve a record the registry should never send (no ``protocolSection``, no NCT id), sorted
-        under ``key``; it matches only an unfiltered listing. For tests of quarantine."""
-        body = orjson.dumps(record)
-        entry = _Entry(record=dict(record), body=body, nct_id=key, aliases=frozenset(), status=None,
-                       last_update=None, cond_text="", spons_text="", fields={})
-        with self._lock:
-            self._entries[key] = entry
-            self.data_generation += 1
-
     def remove(self, *nct_ids: str) -> None:
         with self._lock:
             for nct in nct_ids:
@@ -179,6 +178,16 @@ class FakeRegistry:
     def data_timestamp(self) -> str:
         """``/version``'s ``dataTimestamp`` (UTC ``yyyy-MM-dd'T'HH:mm:ss``): one day per data change."""
         return (_DATA_EPOCH + timedelta(days=self.data_generation)).strftime("%Y-%m-%dT%H:%M:%S")
+
+    def put_history(self, history: FakeHistory) -> None:
+        """Serve ``history`` under ``/api/int``; its last version becomes the study's current record."""
+        self.put(history.current)
+        with self._lock:
+            self._histories[history.nct_id] = history
+
+    def history(self, nct_id: str) -> FakeHistory | None:
+        with self._lock:
+            return self._histories.get(nct_id)
 
     def record(self, nct_id: str) -> dict[str, Any]:
         return json.loads(self._entries[nct_id].body)
@@ -214,6 +223,10 @@ class FakeRegistry:
         assert self._server, "not started"
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}{API_PREFIX}"
+
+    @property
+    def int_url(self) -> str:
+        return self.url[: -len(API_PREFIX)] + INT_PREFIX
 
     def study_requests(self) -> list[dict[str, str]]:
         return [params for path, params in self.requests if path == "/studies"]
@@ -363,36 +376,52 @@ def _advanced(expression: str) -> list[Callable[[_Entry], bool]]:
 
 
 def _entry(record: dict[str, Any]) -> _Entry:
-    protocol = record.get("protocolSection") or {}
-    ident = protocol.get("identificationModule") or {}
-    status = protocol.get("statusModule") or {}
-    conditions = protocol.get("conditionsModule") or {}
-    sponsors = protocol.get("sponsorCollaboratorsModule") or {}
-    design = protocol.get("designModule") or {}
-    browse = (record.get("derivedSection") or {}).get("conditionBrowseModule") or {}
+    """Index one record. Malformed records (for quarantine tests) are served as they are: wrong shapes
+    index as empty, and a record without a string NCT id is keyed by a digest (unfiltered lists only)."""
+    protocol = _dict(record.get("protocolSection"))
+    ident = _dict(protocol.get("identificationModule"))
+    status = _dict(protocol.get("statusModule"))
+    conditions = _dict(protocol.get("conditionsModule"))
+    sponsors = _dict(protocol.get("sponsorCollaboratorsModule"))
+    design = _dict(protocol.get("designModule"))
+    browse = _dict(_dict(record.get("derivedSection")).get("conditionBrowseModule"))
+    body = orjson.dumps(record)
     nct_id = ident.get("nctId")
     if not isinstance(nct_id, str):
-        raise ValueError("a fake registry record needs protocolSection.identificationModule.nctId")
-    cond_words = [*conditions.get("conditions", []), *conditions.get("keywords", []),
-                  *(m.get("term", "") for m in browse.get("meshes", []))]
-    spons_words = [(sponsors.get("leadSponsor") or {}).get("name", ""),
-                   *(c.get("name", "") for c in sponsors.get("collaborators", []))]
-    body = orjson.dumps(record)
+        nct_id = "~" + hashlib.sha1(body).hexdigest()[:12]
+    cond_words = [*_strs(conditions.get("conditions")), *_strs(conditions.get("keywords")),
+                  *(_dict(m).get("term", "") for m in _list(browse.get("meshes")))]
+    spons_words = [_dict(sponsors.get("leadSponsor")).get("name", ""),
+                   *(_dict(c).get("name", "") for c in _list(sponsors.get("collaborators")))]
+    last_update = _dict(status.get("lastUpdatePostDateStruct")).get("date")
+    overall = status.get("overallStatus")
     return _Entry(
         record=record,
         body=body,
         nct_id=nct_id,
-        aliases=frozenset(ident.get("nctIdAliases", [])),
-        status=status.get("overallStatus"),
-        last_update=(status.get("lastUpdatePostDateStruct") or {}).get("date"),
+        aliases=frozenset(_strs(ident.get("nctIdAliases"))),
+        status=overall if isinstance(overall, str) else None,
+        last_update=last_update if isinstance(last_update, str) else None,
         cond_text=" ".join(_words(" ".join(cond_words))),
         spons_text=" ".join(_words(" ".join(spons_words))),
         fields={
-            "studyType": frozenset([design.get("studyType", "")]),
-            "phases": frozenset(design.get("phases", [])),
-            "overallStatus": frozenset([status.get("overallStatus", "")]),
+            "studyType": frozenset([str(design.get("studyType", ""))]),
+            "phases": frozenset(_strs(design.get("phases"))),
+            "overallStatus": frozenset([overall if isinstance(overall, str) else ""]),
         },
     )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _strs(value: Any) -> list[str]:
+    return [v for v in _list(value) if isinstance(v, str)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -405,9 +434,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
-        if not url.path.startswith(API_PREFIX):
+        if url.path.startswith(INT_PREFIX + "/"):
+            path = "/int" + url.path[len(INT_PREFIX):]
+        elif url.path.startswith(API_PREFIX):
+            path = url.path[len(API_PREFIX):] or "/"
+        else:
             return self._text(404, "Not Found")
-        path = url.path[len(API_PREFIX):] or "/"
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         self.registry.requests.append((path, params))
         page = self.registry.page_of(params) if path == "/studies" else None
@@ -415,14 +447,51 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and self._inject(fault):
             return None
         try:
-            status, body, ctype = self._route(path, params, fault)
+            status, body, ctype, headers = self._answer(path, params, fault)
         except BadRequest as exc:
             return self._text(400, str(exc))
         if fault and fault.kind == "truncate":
-            return self._send(status, body[: max(1, len(body) // 2)], ctype)
+            return self._send(status, body[: max(1, len(body) // 2)], ctype, headers)
         if fault and fault.kind == "cut":
-            return self._send(status, body, ctype, cut=True)
-        return self._send(status, body, ctype)
+            return self._send(status, body, ctype, headers, cut=True)
+        return self._send(status, body, ctype, headers)
+
+    def _answer(self, path: str, params: Mapping[str, str], fault: Fault | None = None,
+                ) -> tuple[int, bytes, str, dict[str, str]]:
+        if path.startswith("/int/"):
+            return self._route_int(path, params)
+        return (*self._route(path, params, fault), {})
+
+    def _route_int(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
+        """The record history of the website's internal API (shapes from HISTORY_NOTES.md)."""
+        match = _INT_STUDY.match(path)
+        if not match:
+            return 404, b"Not Found", "text/plain", {}
+        nct, history_part, version = match.groups()
+        if not _NCT_PATH.match(nct):
+            raise BadRequest(f"Invalid NCT ID: {nct}")
+        wanted = "NCT" + nct[3:].lstrip("0").rjust(8, "0")
+        history = self.registry.history(wanted)
+        if history is None:
+            return 404, f"Study history not found: {wanted}".encode(), "text/plain", {}
+        derived = {"X-Fake-Derived": "true"} if history.derived else {}
+        if history_part is None:
+            if params.get("history", "").lower() != "true":
+                raise BadRequest("fake registry serves /api/int/studies/{NCT} only with history=true")
+            body: dict[str, Any] = {"study": history.current, "history": {"changes": history.changes,
+                                                                           **history.members}}
+            if history.topics is not None:
+                body["topics"] = history.topics
+            return 200, orjson.dumps(body), "application/json", derived
+        if version is None:
+            members = {k: history.members[k] for k in INDEX_MEMBERS if k in history.members}
+            return 200, orjson.dumps({"changes": history.changes, **members}), "application/json", {}
+        if not version.isdigit():
+            raise BadRequest(f"Invalid version: {version}")
+        record = history.records.get(int(version))
+        if record is None:
+            return 404, f"Study version not found: {wanted} version {version}".encode(), "text/plain", {}
+        return 200, orjson.dumps({"studyVersion": int(version), "study": record}), "application/json", derived
 
     def _inject(self, fault: Fault) -> bool:
         """Apply a fault; True when the response has been fully handled."""

@@ -1,0 +1,342 @@
+"""``send_alerts``: evaluate a watchlist against the change feed and deliver what is new, once.
+
+plan (read the committed warehouse: each watch's candidate changes, the delivery ledger; pure
+``plan_alerts``) -> deliver (one task per channel) -> record (one commit of the ledger rows and
+the run's row) -> a markdown and a table artifact. One alerts run at a time (a lock of its own,
+so syncs are not held up while messages go out); the writer lock only for the commit.
+
+The guarantee: a (watch, change, channel) that the ledger records as sent is never sent again, by a
+repeated run or after ``rederive`` (change ids are stable). A failed delivery is recorded as failed
+and is due again on every later run until it is sent. The one window: a process killed after a
+message left and before the ledger commit sends that message again on the next run, with the same
+message id (webhook ``Idempotency-Key`` and ``message_id``, e-mail ``Message-ID``, feed entry id),
+so receivers can drop the repeat and the feed never shows it twice. Recording an intent first would
+turn that window into a possible loss; for alerts we chose possible repetition over silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from flows import settings
+from pipeline.alerts.channels import Resolved, deliver, sender_for
+from pipeline.alerts.message import Message
+from pipeline.alerts.plan import AlertPlan, LedgerState, plan_alerts, sample_message, window_start
+from pipeline.alerts.redact import Redactor
+from pipeline.alerts.watchlist import Channel, SecretRef, Watchlist, parse_watchlist
+from pipeline.errors import DeliveryFailed, UsageError
+from warehouse import Warehouse
+from warehouse.alerts import candidates, check_predicate, delivery_rows, first_seen, ledger_state
+
+RETRY_BACKOFF_SECONDS = 1.0
+
+
+# -- the watchlist file and its secrets ------------------------------------------------------------
+def load_watchlist(path: str | os.PathLike[str]) -> Watchlist:
+    """Read and check a watchlist file (also every ``where:`` predicate); one-line ``UsageError``s."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read watchlist {path}: {exc.strerror}") from None
+    watchlist = parse_watchlist(text, str(path))
+    for watch in watchlist.watches:
+        if watch.studies.where:
+            try:
+                check_predicate(watch.studies.where)
+            except UsageError as exc:
+                raise UsageError(f"{path}: watch {watch.name!r}: {exc}") from None
+    return watchlist
+
+
+def check_config(path: str | os.PathLike[str]) -> Watchlist:
+    """Before Prefect starts: the file is valid and every environment variable it names is set."""
+    watchlist = load_watchlist(path)
+    for channel in watchlist.channels.values():
+        for ref in channel.secrets():
+            if ref.env and not os.environ.get(ref.env):
+                raise UsageError(f"{path}: channel {channel.name!r}: environment variable {ref.env} is not set")
+    return watchlist
+
+
+def _secret(ref: SecretRef, channel: Channel) -> str:
+    if ref.env:
+        value = os.environ.get(ref.env)
+        if not value:
+            raise UsageError(f"channel {channel.name!r}: environment variable {ref.env} is not set")
+        return value
+    from prefect.blocks.system import Secret
+
+    assert ref.block
+    try:
+        value = Secret.load(ref.block).get()  # type: ignore[union-attr]
+    except Exception as exc:  # no such block, no API
+        raise UsageError(f"channel {channel.name!r}: cannot load Prefect Secret block {ref.block!r} "
+                         f"({type(exc).__name__})") from None
+    return str(value)
+
+
+def resolve_channels(watchlist: Watchlist, base_dir: Path, names: set[str] | None = None
+                     ) -> tuple[dict[str, Resolved], Redactor]:
+    """Each channel with its secrets looked up; the redactor knows every secret value."""
+    redactor = Redactor()
+    resolved: dict[str, Resolved] = {}
+    for name, c in watchlist.channels.items():
+        if names is not None and name not in names:
+            continue
+        url = _secret(c.url_ref, c) if c.url_ref else c.url
+        headers = {header: _secret(ref, c) for header, ref in c.headers.items()}
+        password = _secret(c.password_ref, c) if c.password_ref else None
+        for value in (url if c.url_ref else None, password, *headers.values()):
+            if value:
+                redactor.add(value)
+        feed = (base_dir / c.path).resolve() if c.path else None
+        ca_file = (base_dir / c.ca_file).resolve() if c.ca_file else None
+        resolved[name] = Resolved(c, url=url, headers=headers, password=password, feed_path=feed, ca_file=ca_file)
+    return resolved, redactor
+
+
+@contextmanager
+def redacting_logs(redactor: Redactor) -> Iterator[None]:
+    """Every log record made meanwhile (ours, Prefect's, apprise's, ...) has the secrets masked."""
+    if not redactor:
+        yield
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string: leave it to logging to report
+            return record
+        record.msg, record.args = redactor(text), ()
+        if record.exc_info:
+            record.exc_text = redactor(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
+
+
+# -- the flow ------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    message: Message
+    error: str | None
+
+
+class _Run:
+    """What the tasks share; a plain object so Prefect neither hashes nor walks it."""
+
+    def __init__(self, store: Warehouse, watchlist: Watchlist, run_id: str, started: datetime,
+                 resolved: dict[str, Resolved], redactor: Redactor) -> None:
+        self.store, self.watchlist, self.run_id, self.started = store, watchlist, run_id, started
+        self.resolved, self.redactor = resolved, redactor
+        self.ledger = LedgerState()
+
+
+@task(name="plan-alerts", cache_policy=NONE)
+def plan_task(r: _Run) -> AlertPlan:
+    """Each watch's candidate changes and the ledger, from the committed warehouse; then the pure plan."""
+    with r.store.committed() as con:
+        r.ledger = ledger_state(con)
+        seen = first_seen(con)
+        found = {}
+        for watch in r.watchlist.watches:
+            retry_ids = sorted({c for (w, _, c) in r.ledger.failed if w == watch.name})
+            start = window_start(watch, seen.get(watch.name), r.started)
+            found[watch.name] = candidates(con, watch, start, retry_ids)
+    return plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
+
+
+@task(name="deliver", cache_policy=NONE)
+def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome]:
+    """Send one channel's messages in order; after a transient failure the rest wait for the next run."""
+    logger = get_run_logger()
+    outcomes: list[Outcome] = []
+    broken: str | None = None
+    try:
+        sender = sender_for(r.resolved[channel])
+    except Exception as exc:  # e.g. an Apprise URL it cannot parse
+        broken = r.redactor(_reason(exc))
+    for message in messages:
+        if broken:
+            outcomes.append(Outcome(message, f"not attempted: {broken}"))
+            continue
+        try:
+            deliver(sender, message, attempts=r.resolved[channel].channel.attempts, backoff=RETRY_BACKOFF_SECONDS)
+            outcomes.append(Outcome(message, None))
+        except Exception as exc:  # a library's surprise is a failed delivery too: recorded, retried next run
+            error = r.redactor(_reason(exc))
+            outcomes.append(Outcome(message, error))
+            logger.warning("channel %s: %s (watch %s, %d changes); retried on the next run",
+                           channel, error, message.watch, len(message.changes))
+            if getattr(exc, "retryable", False):
+                broken = f"channel {channel} failed earlier in this run ({error})"
+    sent = sum(1 for o in outcomes if o.error is None)
+    logger.info("channel %s: %d of %d messages delivered", channel, sent, len(outcomes))
+    return outcomes
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, DeliveryFailed) else f"{type(exc).__name__}: {exc}"
+
+
+@task(name="record-deliveries", cache_policy=NONE)
+def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, lock_timeout: float) -> None:
+    """One commit: the ledger rows of every outcome and the run's own row."""
+    finished = datetime.now(UTC)
+    attempts = plan.attempts(r.ledger)
+    rows = [row for o in outcomes for row in delivery_rows(o.message, run_id=r.run_id, attempted_at=finished,
+                                                            attempts=attempts, error=o.error)]
+    with r.store.writer(r.run_id, lock_timeout=lock_timeout) as run:
+        run.append_rows("alert_deliveries", rows)
+        run.append_rows("alert_runs", [{
+            "run_id": r.run_id, "started_at": r.started, "finished_at": finished, "watchlist": config,
+            "watches": [w.name for w in r.watchlist.watches], "matched": plan.matched,
+            "messages": len(outcomes), "sent": sum(1 for row in rows if row["status"] == "sent"),
+            "failed": sum(1 for row in rows if row["status"] == "failed"), "already_sent": plan.already_sent,
+            "retried": plan.retries,
+        }])
+        run.commit()
+
+
+@flow(name="send_alerts", validate_parameters=True)
+def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float = 30.0) -> dict[str, Any]:
+    """Deliver the watchlist's new alerts (each (watch, change, channel) at most once); returns a summary."""
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    from flows.sync import new_run_id
+
+    run_id = new_run_id(started)
+    watchlist = load_watchlist(config)
+    store = Warehouse(settings.warehouse_dir(warehouse))
+    if not store.exists():
+        raise UsageError(f"no warehouse at {store.root} (run `trialsync sync` first)")
+    resolved, redactor = resolve_channels(watchlist, Path(config).resolve().parent)
+    r = _Run(store, watchlist, run_id, started, resolved, redactor)
+    with redacting_logs(redactor), store.lock("alerts", f"alerts run {run_id}", timeout=lock_timeout,
+                                              what="another alerts run"):
+        plan = plan_task(r)
+        by_channel: dict[str, list[Message]] = {}
+        for message in plan.messages:
+            by_channel.setdefault(message.channel, []).append(message)
+        futures = [deliver_task.submit(r, channel, messages) for channel, messages in by_channel.items()]
+        outcomes = [o for future in futures for o in future.result()]
+        record_task(r, plan, outcomes, str(config), lock_timeout)
+        summary = _summary(r, plan, outcomes, round(time.monotonic() - clock, 3))
+        publish_artifacts(r, summary, outcomes)
+    get_run_logger().info("alerts run %s: %d messages, %d delivered, %d failed, %d already delivered",
+                          run_id, summary["messages"], summary["messages_sent"], summary["messages_failed"],
+                          summary["already_sent"])
+    return summary
+
+
+def _summary(r: _Run, plan: AlertPlan, outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
+    failures: dict[tuple[str, str], dict[str, Any]] = {}
+    for o in outcomes:
+        if o.error:
+            entry = failures.setdefault((o.message.watch, o.message.channel), {
+                "watch": o.message.watch, "channel": o.message.channel, "changes": 0, "error": o.error})
+            entry["changes"] += len(o.message.changes)
+    return {
+        "run_id": r.run_id, "watches": len(r.watchlist.watches), "matched": plan.matched,
+        "messages": len(outcomes), "messages_sent": sum(1 for o in outcomes if not o.error),
+        "messages_failed": sum(1 for o in outcomes if o.error),
+        "deliveries_sent": sum(len(o.message.changes) for o in outcomes if not o.error),
+        "deliveries_failed": sum(len(o.message.changes) for o in outcomes if o.error),
+        "already_sent": plan.already_sent, "retried": plan.retries, "failures": list(failures.values()),
+        "duration_seconds": seconds,
+    }
+
+
+# -- artifacts -----------------------------------------------------------------------------------
+def publish_artifacts(r: _Run, summary: dict[str, Any], outcomes: list[Outcome]) -> None:
+    rows = change_rows(outcomes)
+    create_markdown_artifact(r.redactor(summary_markdown(summary, rows)), key="alerts-run",
+                             description=f"alerts run {r.run_id}")
+    create_table_artifact([{k: r.redactor(str(v)) if isinstance(v, str) else v for k, v in row.items()}
+                           for row in rows], key="alerts-changes", description=f"changes alerted by {r.run_id}")
+
+
+def change_rows(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """One row per (watch, change) with the channels that took it and those that failed."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for o in outcomes:
+        for study in o.message.studies:
+            for c in study.changes:
+                row = rows.setdefault((o.message.watch, c.change_id), {
+                    "watch": o.message.watch, "nct_id": c.nct_id, "title": study.title, "field": c.field,
+                    "event": c.event, "old_value": c.old_value, "new_value": c.new_value,
+                    "shift_days": c.shift_days, "pct_change": c.pct_change, "severity": c.severity,
+                    "url": study.url, "history_url": study.history_url, "sent_to": "", "failed_to": ""})
+                column = "failed_to" if o.error else "sent_to"
+                row[column] = ", ".join(filter(None, [row[column], o.message.channel]))
+    return sorted(rows.values(), key=lambda row: (row["watch"], row["nct_id"], row["field"]))
+
+
+def summary_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = [f"# Alerts run {summary['run_id']}", "",
+             f"{summary['watches']} watches, {summary['matched']} matching changes: {summary['messages']} messages, "
+             f"{summary['messages_sent']} delivered, {summary['messages_failed']} failed; "
+             f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried."]
+    if summary["failures"]:
+        lines += ["", "## Failed (due again on the next run)", "", "| watch | channel | changes | error |",
+                  "|---|---|---|---|"]
+        lines += [f"| {f['watch']} | {f['channel']} | {f['changes']} | {_cell(f['error'])} |"
+                  for f in summary["failures"]]
+    if not rows:
+        lines += ["", "No new changes for any watch."]
+        return "\n".join(lines) + "\n"
+    lines += ["", "## Changes", "", "| watch | study | severity | change | sent to | failed |",
+              "|---|---|---|---|---|---|"]
+    for row in rows:
+        change = f"{row['field']}: {row['old_value'] or '∅'} → {row['new_value'] or '∅'}"
+        if row["shift_days"] is not None:
+            change += f" ({row['shift_days']:+d} days)"
+        if row["pct_change"] is not None:
+            change += f" ({row['pct_change']:+.1f}%)"
+        study = f"[{row['nct_id']}]({row['url']}) {row['title'] or ''} ([history]({row['history_url']}))"
+        lines.append(f"| {row['watch']} | {_cell(study)} | {row['severity']} | {_cell(change)} | "
+                     f"{row['sent_to']} | {row['failed_to']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.replace("|", "\\|").split())[:300]
+
+
+# -- trialsync alerts test -------------------------------------------------------------------------
+def send_test(config: str, channel: str | None = None) -> list[tuple[str, str | None]]:
+    """One sample alert to each channel (or one); (channel, error or None) each. Nothing is recorded."""
+    watchlist = check_config(config)
+    if channel is not None and channel not in watchlist.channels:
+        raise UsageError(f"unknown channel {channel!r}; defined: {', '.join(sorted(watchlist.channels))}")
+    names = {channel} if channel else set(watchlist.channels)
+    resolved, redactor = resolve_channels(watchlist, Path(config).resolve().parent, names)
+    now = datetime.now(UTC)
+    results: list[tuple[str, str | None]] = []
+    with redacting_logs(redactor):
+        for name in sorted(resolved):
+            try:
+                deliver(sender_for(resolved[name]), sample_message(name, f"test-{now:%Y%m%dT%H%M%S}", now),
+                        attempts=1)
+                results.append((name, None))
+            except DeliveryFailed as exc:
+                results.append((name, redactor(str(exc))))
+    return results

@@ -1,0 +1,72 @@
+"""A local HTTP endpoint that keeps the JSON posted to it: the demo's alert inbox, and the tests' receiver.
+
+``fail_status`` makes it answer every request with that status (and keep nothing) until it is
+set back to ``None``: a receiver that is down on one run and up on the next.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class WebhookReceiver:
+    def __init__(self, fail_status: int | None = None) -> None:
+        self.fail_status = fail_status
+        self.received: list[Received] = []
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.requests += 1
+                    status = receiver.fail_status or 200
+                    if status < 300:
+                        receiver.received.append(Received(self.path, dict(self.headers.items()), json.loads(body)))
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                reply = b"ok" if status < 300 else b"receiver unavailable"
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> WebhookReceiver:
+        return self if self._server else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,263 @@
+"""Delivery: the network (and feed file) edge of alerts, behind one small interface.
+
+``Sender.send(message)`` delivers one message or raises ``DeliveryFailed`` (``retryable`` for 5xx,
+429, timeouts and dropped connections). Each kind uses a well-kept library: ``slack_sdk`` for
+Slack-compatible webhooks, ``requests`` for the generic JSON webhook, ``smtplib`` for e-mail,
+``apprise`` for any Apprise URL; the feed is a JSON Feed 1.1 or Atom file replaced atomically.
+Secret values arrive resolved (``Resolved``); error texts never include a URL.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import json
+import logging
+import os
+import smtplib
+import ssl
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Protocol
+
+import requests
+
+from pipeline.alerts.message import Message
+from pipeline.alerts.watchlist import Channel
+from pipeline.errors import DeliveryFailed
+
+USER_AGENT = "trialsync-alerts"
+# Headers unfolded up to RFC 5322's hard limit: a folded non-ASCII subject shows a stray space.
+_MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
+ATOM = "http://www.w3.org/2005/Atom"
+
+
+class Sender(Protocol):
+    def send(self, message: Message) -> None: ...
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A channel with its secrets looked up (never logged, never stored)."""
+
+    channel: Channel
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    password: str | None = None
+    feed_path: Path | None = None
+    ca_file: Path | None = None
+
+
+def sender_for(resolved: Resolved) -> Sender:
+    kinds: dict[str, Callable[[Resolved], Sender]] = {
+        "webhook": WebhookSender, "slack": SlackSender, "email": EmailSender, "apprise": AppriseSender,
+        "feed": FeedSender}
+    return kinds[resolved.channel.type](resolved)
+
+
+def deliver(sender: Sender, message: Message, *, attempts: int, backoff: float = 1.0,
+            sleep: Callable[[float], None] = time.sleep) -> None:
+    """Send with up to ``attempts`` tries for retryable failures (waits ``backoff``, doubling)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            sender.send(message)
+            return
+        except DeliveryFailed as exc:
+            if not exc.retryable or attempt == attempts:
+                raise
+            sleep(backoff * 2 ** (attempt - 1))
+
+
+def _http_failure(status: int, body: str) -> DeliveryFailed:
+    detail = " ".join(body.split())[:120]
+    return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""),
+                          retryable=status >= 500 or status in (408, 429))
+
+
+class WebhookSender:
+    """POST the message's JSON (``Message.payload``) with an ``Idempotency-Key`` of its message id."""
+
+    def __init__(self, resolved: Resolved) -> None:
+        assert resolved.url
+        self.url, self.headers, self.timeout = resolved.url, dict(resolved.headers), resolved.channel.timeout
+
+    def send(self, message: Message) -> None:
+        headers = {"User-Agent": USER_AGENT, "Idempotency-Key": message.message_id, **self.headers}
+        try:
+            response = requests.post(self.url, json=message.payload(), headers=headers, timeout=self.timeout)
+        except requests.Timeout:
+            raise DeliveryFailed("the webhook timed out", retryable=True) from None
+        except requests.RequestException as exc:
+            raise DeliveryFailed(f"cannot reach the webhook ({type(exc).__name__})", retryable=True) from None
+        if response.status_code >= 300:
+            raise _http_failure(response.status_code, response.text)
+
+
+class SlackSender:
+    """A Slack incoming webhook (or any Slack-compatible one: Mattermost, Rocket.Chat, ...)."""
+
+    def __init__(self, resolved: Resolved) -> None:
+        from slack_sdk.webhook import WebhookClient
+
+        assert resolved.url
+        self.client = WebhookClient(resolved.url, timeout=max(1, int(resolved.channel.timeout)),
+                                    user_agent_prefix=USER_AGENT, logger=logging.getLogger("trialsync.slack"))
+
+    def send(self, message: Message) -> None:
+        body = message.slack()
+        try:
+            response = self.client.send(text=body["text"], blocks=body["blocks"])
+        except (OSError, ValueError) as exc:  # URLError, timeouts, resets
+            raise DeliveryFailed(f"cannot reach the Slack webhook ({type(exc).__name__})", retryable=True) from None
+        if response.status_code >= 300:
+            raise _http_failure(response.status_code, str(response.body or ""))
+
+
+class EmailSender:
+    """E-mail over SMTP: STARTTLS (default), implicit TLS (``ssl``) or plain (``none``), with login."""
+
+    def __init__(self, resolved: Resolved) -> None:
+        self.c, self.password, self.ca_file = resolved.channel, resolved.password, resolved.ca_file
+
+    def send(self, message: Message) -> None:
+        c = self.c
+        mail = EmailMessage(policy=_MAIL_POLICY)
+        mail["Subject"] = message.subject
+        mail["From"] = c.sender
+        mail["To"] = ", ".join(c.recipients)
+        mail["Date"] = formatdate(message.created_at.timestamp(), usegmt=True)
+        mail["Message-ID"] = f"<{message.message_id}@trialsync>"
+        mail["X-Trialsync-Watch"] = message.watch
+        mail.set_content(message.text())
+        try:
+            with self._connect() as smtp:
+                if c.username and self.password is not None:
+                    smtp.login(c.username, self.password)
+                smtp.send_message(mail)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryFailed(f"SMTP login refused ({exc.smtp_code})") from None
+        except smtplib.SMTPRecipientsRefused:
+            raise DeliveryFailed("SMTP server refused the recipients") from None
+        except smtplib.SMTPResponseException as exc:
+            raise DeliveryFailed(f"SMTP error {exc.smtp_code}", retryable=400 <= exc.smtp_code < 500) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryFailed(f"cannot reach the SMTP server {c.host}:{c.port} ({type(exc).__name__})",
+                                 retryable=True) from None
+
+    def _connect(self) -> smtplib.SMTP:
+        c = self.c
+        assert c.host and c.port
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if not c.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if c.security == "ssl":
+            return smtplib.SMTP_SSL(c.host, c.port, timeout=c.timeout, context=context)
+        smtp = smtplib.SMTP(c.host, c.port, timeout=c.timeout)
+        if c.security == "starttls":
+            try:
+                smtp.starttls(context=context)
+            except BaseException:
+                smtp.close()
+                raise
+        return smtp
+
+
+class AppriseSender:
+    """Any Apprise URL (the library behind Prefect's notification blocks); Markdown body."""
+
+    def __init__(self, resolved: Resolved) -> None:
+        import apprise
+
+        assert resolved.url
+        self.apprise = apprise.Apprise()
+        if not self.apprise.add(resolved.url):
+            raise DeliveryFailed("not a valid Apprise URL")
+
+    def send(self, message: Message) -> None:
+        import apprise
+
+        with apprise.LogCapture(level=logging.WARNING) as captured:
+            ok = self.apprise.notify(body=message.markdown(), title=message.subject,
+                                     body_format=apprise.NotifyFormat.MARKDOWN)
+        if not ok:
+            lines = [line for line in str(captured.getvalue()).splitlines() if line.strip()]
+            raise DeliveryFailed("Apprise could not deliver" + (f": {lines[-1][:160]}" if lines else ""),
+                                 retryable=True)
+
+
+class FeedSender:
+    """Adds the message as an item of a JSON Feed 1.1 or Atom file (newest first, ``max_items`` kept)."""
+
+    def __init__(self, resolved: Resolved) -> None:
+        assert resolved.feed_path
+        self.path, self.c = resolved.feed_path, resolved.channel
+
+    def send(self, message: Message) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = _json_feed(self.path, self.c, message) if self.c.format == "json" else _atom_feed(
+                self.path, self.c, message)
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, self.path)
+        except (OSError, ValueError, ET.ParseError) as exc:
+            raise DeliveryFailed(f"cannot write the feed {self.path}: {type(exc).__name__}: {exc}") from None
+
+
+def _item(message: Message) -> dict[str, Any]:
+    first = message.studies[0]
+    return {"id": f"urn:trialsync:{message.message_id}", "title": message.subject,
+            "content_text": message.text(), "url": first.url, "external_url": first.history_url,
+            "date_published": message.created_at.isoformat(),
+            "tags": [message.watch, message.severity, message.mode], "_trialsync": message.payload()}
+
+
+def _json_feed(path: Path, c: Channel, message: Message) -> bytes:
+    items: list[dict[str, Any]] = json.loads(path.read_text())["items"] if path.exists() else []
+    item = _item(message)
+    items = [item, *[i for i in items if i.get("id") != item["id"]]][: c.max_items]
+    feed = {"version": "https://jsonfeed.org/version/1.1", "title": c.title,
+            "home_page_url": "https://clinicaltrials.gov/", "items": items}
+    return json.dumps(feed, ensure_ascii=False, indent=2).encode()
+
+
+def _atom_feed(path: Path, c: Channel, message: Message) -> bytes:
+    ET.register_namespace("", ATOM)
+    entries = ET.parse(path).getroot().findall(f"{{{ATOM}}}entry") if path.exists() else []
+    item = _item(message)
+    entries = [e for e in entries if e.findtext(f"{{{ATOM}}}id") != item["id"]]
+    feed = ET.Element(f"{{{ATOM}}}feed")
+    for tag, text in (("id", f"urn:trialsync:feed:{c.name}"), ("title", c.title),
+                      ("updated", item["date_published"])):
+        ET.SubElement(feed, f"{{{ATOM}}}{tag}").text = text
+    ET.SubElement(feed, f"{{{ATOM}}}author").append(_text_element("name", "trialsync"))
+    feed.append(_atom_entry(item))
+    feed.extend(entries[: c.max_items - 1])
+    return ET.tostring(feed, encoding="utf-8", xml_declaration=True)
+
+
+def _atom_entry(item: dict[str, Any]) -> ET.Element:
+    entry = ET.Element(f"{{{ATOM}}}entry")
+    for tag in ("id", "title"):
+        entry.append(_text_element(tag, item[tag]))
+    entry.append(_text_element("updated", item["date_published"]))
+    ET.SubElement(entry, f"{{{ATOM}}}link", href=item["url"], rel="alternate")
+    ET.SubElement(entry, f"{{{ATOM}}}link", href=item["external_url"], rel="related", title="history")
+    for tag in item["tags"]:
+        ET.SubElement(entry, f"{{{ATOM}}}category", term=tag)
+    content = _text_element("content", item["content_text"])
+    content.set("type", "text")
+    entry.append(content)
+    return entry
+
+
+def _text_element(tag: str, text: str) -> ET.Element:
+    element = ET.Element(f"{{{ATOM}}}{tag}")
+    element.text = text
+    return element
+

@@ -1,0 +1,163 @@
+"""Alerts in the warehouse: which changes a watch selects, the delivery ledger, the ``where:`` check.
+
+A watch follows a study when the version before or the version after a change satisfies its
+selector (so a termination still reaches a watch on recruiting studies, and a removal a watch by
+condition); its ``where:`` is a predicate over the columns of ``studies`` (and ``raw``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.alerts.message import AlertChange, Message
+from pipeline.alerts.plan import Key, LedgerState
+from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
+from pipeline.errors import UsageError
+from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
+
+_CORE = ", ".join(f.name for f in CORE_FIELDS)
+# The shape of ``studies`` a ``where:`` predicate sees: every stored (not removed) version.
+_STUDIES = f"""SELECT nct_id, {_CORE}, version, content_hash, CAST(raw AS JSON) AS raw
+FROM raw_study_versions WHERE NOT is_removed"""
+_COLLABORATORS = "json_extract_string(raw, '$.protocolSection.sponsorCollaboratorsModule.collaborators[*].name')"
+
+
+def selector_sql(selector: StudySelector) -> tuple[str, list[Any]]:
+    """The selector as one predicate over ``studies`` (keys AND-ed, a key's values OR-ed)."""
+    parts: list[str] = []
+    params: list[Any] = []
+
+    def any_of(template: str, values: Iterable[Any]) -> None:
+        values = list(values)
+        if values:
+            parts.append("(" + " OR ".join(template for _ in values) + ")")
+            params.extend(values)
+
+    any_of("studies.nct_id = ?", selector.ids)
+    any_of("lower(array_to_string(studies.conditions, ' | ')) LIKE ?", (f"%{c.lower()}%" for c in selector.conditions))
+    any_of(f"lower(concat_ws(' | ', studies.lead_sponsor, array_to_string({_COLLABORATORS}, ' | '))) LIKE ?",
+           (f"%{s.lower()}%" for s in selector.sponsors))
+    any_of("list_contains(studies.phases, ?)", selector.phases)
+    any_of("studies.overall_status = ?", selector.status)
+    if selector.where:
+        parts.append(f"({selector.where})")
+    return " AND ".join(parts) or "true", params
+
+
+def check_predicate(where: str) -> None:
+    """A ``where:`` must be one read-only expression over ``studies``: no subquery, no table function,
+    nothing that ends the expression and starts another clause; and it must bind (known columns)."""
+    con = duckdb.connect()
+    try:
+        serialized = con.execute("SELECT json_serialize_sql(?)", [f"SELECT 1 FROM studies WHERE ({where})"])
+        tree = json.loads(serialized.fetchall()[0][0])
+        if tree.get("error"):
+            raise UsageError(f"where: does not parse: {tree.get('error_message', '').splitlines()[0]}")
+        node = tree["statements"][0]["node"] if len(tree["statements"]) == 1 else {}
+        plain = (node.get("type") == "SELECT_NODE" and not node.get("modifiers") and not node["cte_map"]["map"]
+                 and node["from_table"].get("table_name") == "studies" and not node.get("group_expressions")
+                 and node.get("having") is None and node.get("qualify") is None)
+        if not plain or _has(node["where_clause"], {"SUBQUERY", "TABLE_FUNCTION", "WINDOW"}):
+            raise UsageError("where: must be a single expression over the columns of studies "
+                             "(no subqueries, table functions or other clauses)")
+        con.register("raw_study_versions", pa.Table.from_batches([], schema=STUDY_VERSIONS))
+        con.execute(f"SELECT count(*) FROM ({_STUDIES}) studies WHERE ({where})").fetchall()
+    except duckdb.Error as exc:
+        raise UsageError(f"where: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def _has(tree: Any, kinds: set[str]) -> bool:
+    if isinstance(tree, dict):
+        return tree.get("type") in kinds or tree.get("class") in kinds or any(_has(v, kinds) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_has(v, kinds) for v in tree)
+    return False
+
+
+_CANDIDATES = """
+WITH cand AS (
+    SELECT * FROM changes WHERE detected_at >= ? OR list_contains(?::VARCHAR[], change_id)
+), studies_ AS (
+    {studies} AND nct_id IN (SELECT nct_id FROM cand)
+), titles AS (
+    SELECT nct_id, arg_max(brief_title, version) AS title FROM studies_ GROUP BY nct_id
+)
+SELECT c.change_id, c.nct_id, t.title, c.field, c.event, c.category, c.severity, c.old_value, c.new_value,
+       c.shift_days, c.pct_change, c.registry_updated, c.from_version, c.to_version
+FROM cand c LEFT JOIN titles t USING (nct_id)
+WHERE EXISTS (SELECT 1 FROM studies_ AS studies
+              WHERE studies.nct_id = c.nct_id AND studies.version IN (c.from_version, c.to_version)
+                AND ({selector}))
+  AND NOT EXISTS (SELECT 1 FROM raw_study_versions h
+                  WHERE h.nct_id = c.nct_id AND h.version = c.to_version AND h.source = 'history')
+ORDER BY c.nct_id, c.to_version, c.path
+"""
+
+
+def candidates(con: duckdb.DuckDBPyConnection, watch: Watch, start: datetime,
+               retry_ids: Sequence[str]) -> list[AlertChange]:
+    """Changes of the watch's studies detected since ``start`` (and the ones due for a retry).
+
+    Versions imported from the registry's history (a backfill) are old news and never alert.
+    """
+    selector, params = selector_sql(watch.studies)
+    sql = _CANDIDATES.format(studies=_STUDIES, selector=selector)
+    result = con.execute(sql, [start, list(retry_ids), *params])
+    return [AlertChange(*row) for row in result.fetchall()]
+
+
+def ledger_state(con: duckdb.DuckDBPyConnection) -> LedgerState:
+    rows = con.execute("""SELECT watch, channel, change_id, bool_or(status = 'sent'), count(*)
+                          FROM raw_alert_deliveries GROUP BY ALL""").fetchall()
+    sent = frozenset((w, ch, c) for w, ch, c, ok, _ in rows if ok)
+    failed = {(w, ch, c): int(n) for w, ch, c, ok, n in rows if not ok}
+    return LedgerState(sent, failed)
+
+
+def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
+    """When each watch was first evaluated (its first alerts run)."""
+    rows = con.execute("SELECT w, min(started_at) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
+    return {w: ts for w, ts in rows}
+
+
+def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempts: dict[Key, int],
+                  error: str | None) -> list[dict[str, Any]]:
+    """The ledger rows of one message's outcome: one per (watch, change, channel)."""
+    return [{
+        "run_id": run_id, "attempted_at": attempted_at, "watch": message.watch, "channel": message.channel,
+        "change_id": c.change_id, "nct_id": c.nct_id, "severity": c.severity, "message_id": message.message_id,
+        "status": "failed" if error else "sent", "attempt": attempts.get((message.watch, message.channel,
+                                                                            c.change_id), 1),
+        "error": error,
+    } for c in message.changes]
+
+
+def watch_overview(con: duckdb.DuckDBPyConnection | None, watchlist: Watchlist) -> list[dict[str, Any]]:
+    """``trialsync alerts list``: each watch, how many current studies it follows, its deliveries so far."""
+    ledger = ledger_state(con) if con is not None else LedgerState()
+    rows = []
+    for watch in watchlist.watches:
+        following: int | None = None
+        if con is not None:
+            selector, params = selector_sql(watch.studies)
+            result = con.execute(f"SELECT count(*) FROM ({_STUDIES} QUALIFY row_number() OVER "
+                                 f"(PARTITION BY nct_id ORDER BY version DESC) = 1) studies "
+                                 f"WHERE studies.nct_id IN (SELECT nct_id FROM studies) AND {selector}",
+                                 params)
+            following = int(result.fetchall()[0][0])
+        rows.append({
+            "watch": watch.name, "mode": watch.mode, "min_severity": watch.min_severity,
+            "changes": ", ".join(watch.categories + watch.events) or "all",
+            "channels": ", ".join(watch.channels), "studies": following,
+            "sent": sum(1 for key in ledger.sent if key[0] == watch.name),
+            "awaiting_retry": sum(1 for key in ledger.failed if key[0] == watch.name and key not in ledger.sent),
+        })
+    return rows
