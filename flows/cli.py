@@ -413,6 +413,48 @@ def runs(
 
 
 @app.command()
+def report(
+    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write")],
+    nct: Annotated[list[str] | None, typer.Option("--nct", help="A study's timeline (repeat or comma-separate)")]
+    = None,
+    run: Annotated[str | None, typer.Option("--run", help="Digest of one run (see `trialsync runs`)")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Digest of registry updates from YYYY-MM-DD")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="... to YYYY-MM-DD")] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """A self-contained HTML report with pictures: study timelines and a digest of what changed."""
+    from flows.report import write_report
+
+    ids = [s.upper() for s in _split(nct)]
+    Scope.build(ids=ids)  # validates the ids
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o must name an .html file, not {output}")
+    path = write_report(settings.warehouse_dir(warehouse), output, ncts=list(dict.fromkeys(ids)), run_id=run,
+                        since=parse_date_arg(since, "--since") if since else None,
+                        until=parse_date_arg(until, "--until") if until else None)
+    console.print(f"report written to {path}", highlight=False)
+
+
+@app.command()
+def serve(
+    file: Annotated[Path | None, typer.Option("--file", help="Deployments file [default: deploy/prefect.yaml]")]
+    = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Show the deployments and exit")] = False,
+) -> None:
+    """Run the schedules of deploy/prefect.yaml on this machine (Prefect serve; Ctrl-C stops)."""
+    from flows.deployments import DEPLOY_FILE, describe, load
+
+    deployments = load(file or DEPLOY_FILE)
+    for d in deployments:
+        console.print(describe(d), highlight=False)
+    if list_only:
+        return
+    from flows.serving import serve_deployments
+
+    serve_deployments(deployments, console)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes its warehouse")]
     = Path("demo-output"),

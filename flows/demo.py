@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli import finish_alerts, print_summary, run_sync
+from flows.report import write_report
 from flows.webhook_receiver import WebhookReceiver
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry, load_records
@@ -142,6 +143,10 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
                   highlight=False)
     console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: .venv/bin/duckdb -readonly "
                   f"{warehouse_dir / 'warehouse.duckdb'}", highlight=False)
+    report = write_report(warehouse_dir, workdir / "report.html", ncts=[SEED_NCT, PAIR_NCT],
+                          run_id=day2_summary["run_id"])
+    console.print(f"\nReport of the seed trial, {PAIR_NCT} and day 2's changes (one HTML file, works offline):"
+                  f"\n{report}", highlight=False)
 
 
 def demo_watchlist(workdir: Path) -> Path:

@@ -24,7 +24,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import progress, settings
+from flows import progress, reconciliation, settings
+from flows.reconciliation import publish_reconciliation, reconcile_run
 from pipeline.changes import Rules, derive_changes
 from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.registry.client import Page, RegistryClient, RetryPolicy, page_from_body
@@ -241,6 +242,10 @@ def sync_registry(
             totals.retired = retire_vanished(pc, scope.key)
         totals.changes_written = derive_run_changes(
             run, rules, only_run=run_id, baseline_runs=frozenset([run_id]) if baseline else frozenset())
+        checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
+                               total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
+                               previous_watermark=previous_watermark, since=window.since, started=started,
+                               requested_ids=scope.ids)
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
         summary = SyncSummary(run_id, window.mode, scope.key, _iso(window.since),
                               round(time.monotonic() - clock, 3), totals)
@@ -248,8 +253,9 @@ def sync_registry(
                    meta={"rules": rules.to_json()} if rules_file else None)
         if spool:
             spool.discard()
+    publish_reconciliation(run_id, scope.key, checks)
     progress.emit("done", **summary.as_dict())
-    result = summary.as_dict()
+    result = {**summary.as_dict(), "reconciliation": reconciliation.summary(checks)}
     if alerts:
         result["alerts"] = alerts_after_sync(alerts, str(store.root), lock_timeout)
     return result

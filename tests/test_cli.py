@@ -121,6 +121,9 @@ def test_the_demo_replays_two_days_and_shows_the_changes(prefect_api: str, tmp_p
     assert "[trialsync] seed-trial: NCT07011004 completion date: 2028-05 → 2028-05-31" in text
     feed = json.loads((tmp_path / "demo" / "alerts-feed.json").read_text())
     assert {item["_trialsync"]["watch"] for item in feed["items"]} == {"seed-trial", "notable-anywhere"}
+    report = (tmp_path / "demo" / "report.html").read_text()  # the demo ends with a report
+    assert str(tmp_path / "demo" / "report.html") in text.replace("\n", "")
+    assert 'data-nct="NCT07011004"' in report and 'data-chart="changes-by-category"' in report
 
 
 def test_reconstructed_seed_record_matches_the_seed_page_facts() -> None:

@@ -109,6 +109,11 @@ FROM raw_alert_deliveries""",
 SELECT run_id, started_at, finished_at, watchlist, watches, matched, messages, sent, failed, already_sent,
        retried
 FROM raw_alert_runs ORDER BY started_at""",
+        """CREATE OR REPLACE VIEW reconciliation AS
+SELECT run_id, scope, mode, checked_at, "check", status, expected, observed, flagged, detail, ids,
+       CAST(data AS JSON) AS data,
+       CASE status WHEN 'fail' THEN 3 WHEN 'warn' THEN 2 WHEN 'ok' THEN 1 ELSE 0 END AS status_rank
+FROM raw_reconciliation""",
         """CREATE OR REPLACE MACRO changes_between(a, b) AS TABLE
 SELECT * FROM changes
 WHERE coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))

@@ -206,6 +206,23 @@ ALERT_RUNS = pa.schema(
     ]
 )
 
+RECONCILIATION = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("scope", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("checked_at", UTC_TS, nullable=False),
+        pa.field("check", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("expected", pa.int64()),
+        pa.field("observed", pa.int64()),
+        pa.field("flagged", pa.int64()),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("ids", pa.list_(pa.string())),
+        pa.field("data", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "study_versions": STUDY_VERSIONS,
     "sync_runs": SYNC_RUNS,
@@ -216,6 +233,7 @@ TABLES: dict[str, pa.Schema] = {
     "alert_deliveries": ALERT_DELIVERIES,
     "alert_runs": ALERT_RUNS,
     **CHILD_TABLES,
+    "reconciliation": RECONCILIATION,
 }
 
 

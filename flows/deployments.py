@@ -1,0 +1,109 @@
+"""``deploy/prefect.yaml``, read the way ``prefect deploy`` reads it, and served by ``trialsync serve``.
+
+The file is the one source of the schedules: ``prefect deploy`` registers it with a Prefect server for
+a worker, and ``trialsync serve`` serves the same deployments from one process (Prefect ``serve``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_FILE = ROOT / "deploy" / "prefect.yaml"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    entrypoint: str  # path/to/file.py:flow_function, relative to the clone's root
+    parameters: dict[str, Any]
+    schedules: list[Any]  # DeploymentScheduleCreate
+    triggers: list[Any]  # DeploymentTriggerTypes
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+    concurrency_limit: Any = None  # int | ConcurrencyLimitConfig | None
+
+    @property
+    def module(self) -> str:
+        return self.entrypoint.split(":", 1)[0].removesuffix(".py").replace("/", ".")
+
+    @property
+    def function(self) -> str:
+        return self.entrypoint.split(":", 1)[1]
+
+    def available(self) -> bool:
+        """Whether the entrypoint's module is present in this checkout."""
+        return importlib.util.find_spec(self.module) is not None
+
+    def load_flow(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.function)
+
+
+def load(path: Path = DEPLOY_FILE) -> list[Deployment]:
+    """Every deployment of the file, validated with Prefect's own models (as ``prefect deploy`` does)."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        PrefectYamlModel.model_validate(raw)
+        return [_deployment(spec) for spec in raw.get("deployments") or []]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"{path}: {str(exc).splitlines()[0]}") from None
+
+
+def _deployment(spec: dict[str, Any]) -> Deployment:
+    from prefect.cli.deploy._models import RawScheduleConfig
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+
+    name, entrypoint = spec["name"], spec["entrypoint"]
+    if ":" not in entrypoint:
+        raise ValueError(f"deployment {name}: entrypoint {entrypoint!r} is not path/to/file.py:flow")
+    schedules = []
+    for config in spec.get("schedules") or []:
+        RawScheduleConfig.model_validate(config)
+        schedules.append(DeploymentScheduleCreate(**_schedule_config_to_deployment_schedule(dict(config))))
+    triggers = _initialize_deployment_triggers(name, [dict(t) for t in spec.get("triggers") or []])
+    return Deployment(name=name, entrypoint=entrypoint, parameters=dict(spec.get("parameters") or {}),
+                      schedules=schedules, triggers=list(triggers), tags=list(spec.get("tags") or []),
+                      description=spec.get("description"), concurrency_limit=_limit(spec.get("concurrency_limit")))
+
+
+def _limit(value: Any) -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    if isinstance(value, dict):
+        return ConcurrencyLimitConfig(limit=value["limit"], collision_strategy=ConcurrencyLimitStrategy(
+            value.get("collision_strategy", "ENQUEUE")))
+    return value
+
+
+def runner_deployments(deployments: list[Deployment]) -> list[Any]:
+    """Prefect ``RunnerDeployment``s to ``serve`` (deployments whose flow is absent are left out)."""
+    return [d.load_flow().to_deployment(
+        name=d.name, parameters=d.parameters, schedules=d.schedules, triggers=d.triggers or None, tags=d.tags,
+        description=d.description, concurrency_limit=d.concurrency_limit) for d in deployments if d.available()]
+
+
+def describe(d: Deployment) -> str:
+    when = "; ".join(_when(s) for s in d.schedules) or ("on an event" if d.triggers else "on demand")
+    return f"{d.name}: {d.entrypoint}, {when}" + ("" if d.available() else " (flow not present: left out)")
+
+
+def _when(schedule: Any) -> str:
+    s = schedule.schedule
+    return f"cron '{s.cron}' {s.timezone or 'UTC'}" if hasattr(s, "cron") else str(s)

@@ -1,0 +1,39 @@
+"""``trialsync report``: read what to show from the warehouse, draw it, write one HTML file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from pipeline.errors import UsageError
+from pipeline.report.page import render
+from warehouse import Warehouse
+from warehouse.report_data import Period, digest, latest_run, study
+
+
+def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (), run_id: str | None = None,
+                 since: date | None = None, until: date | None = None, now: datetime | None = None) -> Path:
+    """Studies' timelines (``ncts``) and a digest (of ``run_id``, of ``since``..``until``, or, with
+    neither and no study, of the latest run). Written atomically; returns the file's path."""
+    if run_id and (since or until):
+        raise UsageError("--run and --since/--until exclude each other")
+    if since and until and since > until:
+        raise UsageError("--since is after --until")
+    store = Warehouse(warehouse_dir)
+    with store.connect() as con:
+        studies = [study(con, nct) for nct in ncts]
+        period = None
+        if run_id or since or until:
+            period = Period(run_id, since, until)
+        elif not ncts:
+            period = Period(latest_run(con))
+        summary = digest(con, period) if period else None
+    html = render(studies=studies, digest=summary, generated_at=now or datetime.now(UTC), source=str(store.root))
+    output = output.expanduser().resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, output)
+    return output

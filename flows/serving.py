@@ -1,0 +1,81 @@
+"""``trialsync serve``: the deployments of ``deploy/prefect.yaml`` served from this process.
+
+Prefect's scheduler runs in a Prefect server, not in the temporary one a lone flow starts, so when no
+server is configured (``PREFECT_API_URL``) this starts one on 127.0.0.1 for as long as it serves
+(its database lives in ``PREFECT_HOME``, so schedules and run history survive a restart).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+
+from flows.deployments import Deployment, runner_deployments
+from pipeline.errors import TrialsyncError
+
+STARTUP_SECONDS = 120.0
+
+
+def serve_deployments(deployments: list[Deployment], console: Console) -> None:
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    served = runner_deployments(deployments)
+    if PREFECT_API_URL.value():
+        serve(*served)
+        return
+    with local_server(console) as url, temporary_settings({PREFECT_API_URL: url}):
+        os.environ["PREFECT_API_URL"] = url  # for the flow-run processes serve starts
+        serve(*served)
+
+
+@contextmanager
+def local_server(console: Console) -> Iterator[str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    prefect = Path(sys.executable).parent / "prefect"
+    log_path = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser() / "trialsync-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(url, server, log_path)
+        console.print(f"Prefect server (UI) at http://127.0.0.1:{port}; its log: {log_path}", highlight=False)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[Any], log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise TrialsyncError(f"the Prefect server exited with code {server.returncode}; see {log_path}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TrialsyncError(f"the Prefect server did not answer within {STARTUP_SECONDS:.0f}s; see {log_path}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,114 @@
+"""Issue 6: reconciliation checks: pure over plain data, and in a real sync (stored + Prefect artifacts)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.reconcile import RunFacts, Thresholds, reconcile, status_counts, unexpected_ids, zero_update_weekdays
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import fast_sync, nct
+from warehouse import Warehouse
+
+MONDAY = date(2026, 5, 4)
+
+
+def facts(**overrides: Any) -> RunFacts:
+    base: dict[str, Any] = dict(
+        scope="all", mode="incremental", baseline=False, total_count=3, studies_seen=3,
+        seen_dates={"NCT00000001": MONDAY, "NCT00000002": MONDAY, "NCT00000003": MONDAY + timedelta(days=1)},
+        members_before=frozenset({"NCT00000001", "NCT00000002", "NCT00000003"}), previous_watermark=MONDAY,
+        since=MONDAY - timedelta(days=1), today=MONDAY + timedelta(days=2),
+        status_counts={"RECRUITING": 3}, previous_status_counts={"RECRUITING": 3})
+    base.update(overrides)
+    return RunFacts(**base)
+
+
+def by_name(run_facts: RunFacts) -> dict[str, tuple[str, int]]:
+    return {c.check: (c.status, c.flagged) for c in reconcile(run_facts)}
+
+
+def test_a_clean_incremental_run_passes_and_skips_the_full_run_checks() -> None:
+    assert by_name(facts()) == {"total_count": ("ok", 0), "missing_ids": ("skipped", 0),
+                                "unexpected_ids": ("skipped", 0), "zero_update_weekdays": ("ok", 0),
+                                "status_counts": ("ok", 0)}
+
+
+def test_a_listing_short_of_the_total_count_fails() -> None:
+    check = reconcile(facts(total_count=5))[0]
+    assert (check.status, check.expected, check.observed, check.flagged) == ("fail", 5, 3, 2)
+    assert check.detail == "saw 3 of the 5 studies the registry counted: 2 missing from the listing"
+
+
+def test_a_weekday_without_updates_is_flagged_where_updates_were_expected_and_weekends_never() -> None:
+    friday, tuesday = MONDAY - timedelta(days=3), MONDAY + timedelta(days=1)
+    quiet_monday = facts(since=friday, today=tuesday + timedelta(days=1),
+                         seen_dates={"NCT00000001": friday, "NCT00000002": tuesday})
+    small = zero_update_weekdays(quiet_monday)
+    assert (small.status, small.data["quiet"]) == ("ok", ["2026-05-04"])  # 3 studies: quiet days are normal
+    big = zero_update_weekdays(quiet_monday, Thresholds(weekday_update_rate=1.0, min_expected_updates=3))
+    assert (big.status, big.flagged, big.data["quiet"]) == ("warn", 1, ["2026-05-04"])
+    assert big.detail == "no update on 1 weekday(s): 2026-05-04 (Mon) (~3 expected per weekday)"
+    assert big.data["weekdays"] == ["2026-05-01", "2026-05-04", "2026-05-05"]  # Sat, Sun and today left out
+
+
+def test_unexpected_ids_are_new_studies_older_than_the_last_window() -> None:
+    run_facts = facts(mode="full", previous_watermark=date(2026, 5, 1), members_before=frozenset({"NCT00000001"}),
+                      seen_dates={"NCT00000001": MONDAY, "NCT00000002": date(2026, 4, 1),
+                                  "NCT00000003": date(2026, 4, 30)})
+    check = unexpected_ids(run_facts)
+    assert (check.status, check.ids, check.data["new_since_last_run"]) == ("warn", ("NCT00000002",), ["NCT00000003"])
+    asked = unexpected_ids(facts(mode="full", requested_ids=("NCT00000001", "NCT00000002", "NCT00000009")))
+    assert (asked.status, asked.ids) == ("warn", ("NCT00000003",))
+
+
+def test_status_counts_warn_on_a_large_move_against_the_previous_run() -> None:
+    before = {"RECRUITING": 100, "COMPLETED": 40}
+    small = status_counts(facts(status_counts={"RECRUITING": 98, "COMPLETED": 42}, previous_status_counts=before))
+    assert (small.status, small.data["delta"]) == ("ok", {"COMPLETED": 2, "RECRUITING": -2})
+    large = status_counts(facts(status_counts={"RECRUITING": 80, "COMPLETED": 40, "TERMINATED": 20},
+                                previous_status_counts=before))
+    assert (large.status, large.flagged) == ("warn", 2)
+    assert large.detail == "140 studies (140 before): RECRUITING -20, TERMINATED +20"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_reconciliation_flags_a_scope_whose_full_run_lost_three_studies(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    first = fast_sync(registry, warehouse_dir)
+    assert first["reconciliation"]["status"] == "ok"
+    gone = sorted(nct(r) for r in records[:3])
+    registry.remove(*gone)
+    full = fast_sync(registry, warehouse_dir, full=True)
+    assert full["reconciliation"]["status"] == "warn"
+    assert list(full["reconciliation"]["flags"]) == ["missing_ids"]
+    with Warehouse(warehouse_dir).connect() as con:
+        rows = con.execute("""SELECT "check", status, expected, observed, flagged, ids FROM reconciliation
+                              WHERE run_id = ? ORDER BY "check" """, [full["run_id"]]).fetchall()
+    assert rows == [
+        ("missing_ids", "warn", 326, 323, 3, gone),
+        ("status_counts", "ok", 326, 323, 0, []),
+        ("total_count", "ok", 323, 323, 0, []),
+        ("unexpected_ids", "ok", 0, 0, 0, []),
+        ("zero_update_weekdays", "skipped", None, None, 0, []),
+    ]
+    artifacts = latest_artifacts("reconciliation-all")
+    assert artifacts["table"]["type"] == "table" and full["run_id"] in artifacts["table"]["description"]
+    assert "| missing_ids | ⚠️ warn | 326 | 323 |" in artifacts["markdown"]["data"]
+
+
+def latest_artifacts(key: str) -> dict[str, dict[str, Any]]:
+    """The newest table and Markdown artifacts of one reconciliation key, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key, f"{key}-summary"])))
+    newest: dict[str, dict[str, Any]] = {}
+    for artifact in sorted(found, key=lambda a: a.created or 0):
+        newest["table" if artifact.key == key else "markdown"] = artifact.model_dump(mode="json")
+    return newest
