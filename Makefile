@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup browser demo test test-full lint bench clean
+.PHONY: setup browser demo test test-full test-reliability lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: setup
 
 test: setup browser lint
 	$(BIN)/pytest -q
+
+# The whole reliability suite (every kill point, fault case and misuse case); `make test` runs a short
+# version. Subprocess syncs reuse the test session's Prefect server.
+test-reliability: setup
+	TRIALSYNC_FULL=1 $(BIN)/pytest -q -m reliability
 
 # The report's browser test opens the report in Debian's chromium: installed here when it is missing
 # and apt-get can run (as root); elsewhere that one test is skipped with a message saying why.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
 from flows import settings
 from flows.output import FORMATS, render
-from flows.readonly import check_query
+from flows.readonly import check_query, query_error
 from pipeline.errors import TrialsyncError, UsageError
+from pipeline.redact import redact
 from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -69,13 +72,22 @@ def sync(
                                                 "the sync commits (trialsync alerts run)")] = None,
 ) -> None:
     """One sync run of a scope: fetch, version, commit atomically."""
+    from warehouse import Warehouse
+
     since_date = parse_date_arg(since, "--since") if since else None
-    if request_interval < 0 or backoff < 0 or max_attempts < 1:
-        raise UsageError("--request-interval and --backoff must be >= 0, --max-attempts >= 1")
+    if since_date and since_date > date.today() + timedelta(days=1):
+        raise UsageError(f"--since {since} is in the future")
+    for flag, value in (("--request-interval", request_interval), ("--backoff", backoff),
+                        ("--lock-timeout", lock_timeout)):
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{flag} must be a number of seconds >= 0, not {value}")
+    if max_attempts < 1:
+        raise UsageError("--max-attempts must be >= 1")
     # Check every input before Prefect starts (its server takes seconds to come up).
     Scope.build(query=query, condition=condition, sponsor=sponsor, ids=ids, statuses=status)
     check_page_size(page_size)
     resolve_window(full=full, since=since_date, watermark=None)
+    Warehouse(settings.warehouse_dir(warehouse)).check_location()
     if rules is not None:
         settings.rules(str(rules), {})
     if alerts is not None:
@@ -277,13 +289,14 @@ def sql(
 
     _format(fmt)
     check_query(statement)
-    with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
+    with Warehouse(settings.warehouse_dir(warehouse)).connect(sandbox=True) as con:
         try:
             result = con.execute(statement)
+            columns = [d[0] for d in result.description or []]
+            rows = result.fetchall()
         except Exception as exc:  # duckdb errors: one line is enough
-            raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
-        columns = [d[0] for d in result.description or []]
-        render(columns, result.fetchall(), fmt, console)
+            raise query_error(exc) from None
+        render(columns, rows, fmt, console)
 
 
 @app.command()
@@ -532,12 +545,9 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="trialsync", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err.print("trialsync: interrupted")
         sys.exit(130)
     except TrialsyncError as exc:
@@ -546,6 +556,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trialsync: error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
     except Exception as exc:
+        if _is_click_error(exc):
+            _click_error(exc)
         if debug:
             traceback.print_exc()
         print(f"trialsync: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
@@ -553,9 +565,31 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _is_click_error(exc: Exception) -> bool:
+    """Typer carries its own copy of click (``typer._click``): recognise both by their base class."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
+
+
+def _click_error(exc: Any) -> None:
+    """A bad flag or value: one line, like our own errors (``trialsync`` alone shows the help)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()
+        sys.exit(0)
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None and ctx.command_path != "trialsync" else None
+    hint = f" (see `{command} --help`)" if command else ""
+    print(f"trialsync: error: {_one_line(exc, exc.format_message())}{hint}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def _one_line(exc: BaseException, message: str | None = None) -> str:
+    """The first line of an error (all of a click message, joined), with secrets masked."""
+    if message is not None:
+        text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    else:
+        lines = str(exc).strip().splitlines()
+        text = lines[0] if lines else ""
+    return redact(text) if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,24 +1,53 @@
-"""Ad hoc SQL on the warehouse, read-only: only queries, never DDL/DML/ATTACH/COPY/INSTALL/SET."""
+"""Ad hoc SQL on the warehouse, read-only: only queries, never DDL/DML/ATTACH/COPY/INSTALL/SET.
+
+Two layers. ``check_query`` accepts only SELECT-type statements (and EXPLAIN of one: ``EXPLAIN
+ANALYZE`` *runs* its statement, so ``EXPLAIN ANALYZE COPY ... TO`` would write a file). Then the
+query runs on a sandboxed connection (``Warehouse.connect(sandbox=True)``): the database is opened
+read-only, DuckDB may open no file outside the warehouse's data directories (so ``read_text``,
+``read_csv``, ``glob`` and URLs cannot reach the rest of the disk or the network), extensions are
+neither installed nor loaded, and the configuration is locked.
+"""
 
 from __future__ import annotations
+
+import re
 
 import duckdb
 
 from pipeline.errors import UsageError
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+# EXPLAIN [(options)] [ANALYZE] <statement>
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 
 
 def check_query(sql: str) -> None:
     """Refuse anything that is not a plain query; ``COPY (...) TO``, ``ATTACH``, ``SET`` and DDL/DML
     would write files, reach other databases or change the session."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise UsageError(f"SQL does not parse: {str(exc).splitlines()[0]}") from None
+    statements = _statements(sql)
     if not statements:
         raise UsageError("no SQL statement given")
     for statement in statements:
-        if statement.type not in _ALLOWED:
-            kind = statement.type.name
-            raise UsageError(f"trialsync sql is read-only: {kind} statements are refused")
+        kind = statement.type
+        if kind == duckdb.StatementType.EXPLAIN:
+            inner = _statements(_EXPLAIN_PREFIX.sub("", statement.query, count=1))
+            if [s.type for s in inner] != [duckdb.StatementType.SELECT]:
+                raise UsageError("trialsync sql is read-only: EXPLAIN is accepted only for a SELECT")
+        elif kind not in _ALLOWED:
+            raise UsageError(f"trialsync sql is read-only: {kind.name} statements are refused")
+
+
+def _statements(sql: str) -> list[duckdb.Statement]:
+    try:
+        return list(duckdb.extract_statements(sql))
+    except duckdb.Error as exc:
+        raise UsageError(f"SQL does not parse: {str(exc).splitlines()[0]}") from None
+
+
+def query_error(exc: Exception) -> UsageError:
+    """A failed query as one line; a sandbox refusal says so."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, duckdb.PermissionException) or "disabled by configuration" in first \
+            or "configuration has been locked" in first:
+        return UsageError(f"trialsync sql reads only the warehouse: {first}")
+    return UsageError(f"query failed: {first}")

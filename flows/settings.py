@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
 
 from pipeline.changes import Rules
 from pipeline.errors import UsageError
+from pipeline.redact import redact
 from pipeline.registry import DEFAULT_API_URL
 
 DEFAULT_WAREHOUSE = "./trialsync-warehouse"
@@ -21,9 +23,28 @@ def warehouse_dir(flag: str | None = None) -> Path:
 
 
 def api_url(flag: str | None = None) -> str:
-    url = flag or os.environ.get("TRIALSYNC_API_URL") or DEFAULT_API_URL
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--api-url must be an http(s) URL, got {url!r}")
+    return check_api_url(flag or os.environ.get("TRIALSYNC_API_URL") or DEFAULT_API_URL)
+
+
+def check_api_url(url: str) -> str:
+    """An http(s) base URL with a host, no credentials, query or fragment. Credentials are refused
+    (not just hidden): the URL is stored with each run and passed to Prefect as a flow parameter."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise UsageError("--api-url must not contain spaces or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"--api-url must be an http(s) URL, got {redact(url)!r}")
+    if "@" in parts.netloc:
+        raise UsageError("--api-url must not contain credentials (user:password@host); the registry needs "
+                         "none, and a proxy takes its own from HTTPS_PROXY")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise UsageError(f"--api-url has an invalid port: {url!r}") from None
+    if not parts.hostname:
+        raise UsageError(f"--api-url has no host: {url!r}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise UsageError(f"--api-url must be a base URL without ?query or #fragment, got {redact(url)!r}")
     return url.rstrip("/")
 
 

@@ -3,10 +3,17 @@
 gather (fetch a page; the warehouse's heads) -> decide (``plan_batch``, pure) -> apply (stage the
 page's rows). After the last page: retire studies that left the scope (full runs only), derive the
 run's changes from the stored versions, and commit everything at once. A failed run commits nothing.
+
+Fetched pages go to the warehouse's page spool first, so a re-run after a crash can replay them
+(``warehouse.spool`` says when that is safe). A page token the registry refuses mid-run (it expired)
+restarts the walk from the first page, at most ``MAX_RESTARTS`` times; pages that come back identical
+are not staged twice, and a study met again in the same run (paging under a moving data set) counts once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import secrets
 import time
@@ -20,14 +27,19 @@ from prefect.cache_policies import NONE
 from flows import progress, reconciliation, settings
 from flows.reconciliation import publish_reconciliation, reconcile_run
 from pipeline.changes import Rules, derive_changes
+from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.parse import record_nct_id
-from pipeline.registry.client import RegistryClient, RetryPolicy
+from pipeline.registry.client import Page, RegistryClient, RetryPolicy, page_from_body
 from pipeline.scope import Scope, check_page_size, resolve_window
-from pipeline.versioning import Head, RunContext, plan_batch
+from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
+from warehouse.crashpoints import crashpoint
 from warehouse.heads import HeadIndex
 from warehouse.pairs import version_pairs
 from warehouse.rows import changes_table, tombstones_table
+from warehouse.spool import PageSpool
+
+MAX_RESTARTS = 2  # fresh walks from page 1 after the registry refused a page token
 
 
 @dataclass
@@ -42,6 +54,8 @@ class RunTotals:
     changes_written: int = 0
     total_count: int | None = None
     watermark: date | None = None
+    pages_replayed: int = 0  # taken from the spool of an interrupted run
+    restarts: int = 0
 
 
 @dataclass
@@ -64,11 +78,29 @@ class _PageContext:
     """What every page task shares; a plain object so Prefect neither hashes nor walks it."""
 
     def __init__(self, client: RegistryClient, run: RunWriter, index: HeadIndex,
-                 params: dict[str, str], ctx: RunContext) -> None:
+                 params: dict[str, str], ctx: RunContext, spool: PageSpool | None) -> None:
         self.client, self.run, self.index, self.params, self.ctx = client, run, index, params, ctx
+        self.spool = spool
         self.written: dict[str, Head] = {}  # heads this run wrote: a study can show up on two pages
         self.totals = RunTotals()
         self.seen: set[str] = set()
+        self.staged: dict[int, str] = {}  # page number -> digest of the body staged for it
+        self.counted: set[tuple[str, int]] = set()  # (nct_id, version) already counted in this run
+
+    def get_page(self, token: str | None, number: int) -> Page:
+        """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
+        if self.spool and (body := self.spool.get(number, token)) is not None:
+            try:
+                replayed = page_from_body(body, number, self.client.base_url)
+            except (ValueError, RegistryError):  # damaged: fetch it (and what follows) again
+                self.spool.reset(number)
+            else:
+                self.totals.pages_replayed += 1
+                return replayed
+        page = self.client.get_page(self.params, token, number)
+        if self.spool and page.body:
+            self.spool.put(number, token, page.body)
+        return page
 
     def heads_for(self, records: list[dict[str, Any]]) -> dict[str, Head]:
         """The page's heads only: looked up in the columnar index, then this run's own versions."""
@@ -87,15 +119,21 @@ def _retryable(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="sync-page", cache_policy=NONE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retryable)
 def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
     """Fetch one page, plan its versions and stage them; returns the next page token."""
-    page = pc.client.get_page(pc.params, token, number)
-    plan = plan_batch(page.studies, pc.heads_for(page.studies), pc.ctx)
+    page = pc.get_page(token, number)
+    crashpoint("page-fetched")
+    digest = hashlib.blake2b(page.body or json.dumps(page.studies).encode(), digest_size=16).hexdigest()
+    if pc.staged.get(number) == digest:  # the same page again after a restart: staged already
+        return page.next_token
+    plan, repeats = _drop_repeats(plan_batch(page.studies, pc.heads_for(page.studies), pc.ctx), pc.counted)
     pc.run.append_plan(plan, pc.ctx)
+    pc.staged[number] = digest
+    crashpoint("page-staged")
     pc.written.update(plan.heads)
     pc.seen.update(nct for nct, _ in plan.seen)
     pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     t = pc.totals
-    t.pages += 1
-    t.studies_seen += len(page.studies)
+    t.pages = max(t.pages, number)
+    t.studies_seen += len(page.studies) - repeats
     t.new_studies += plan.new_studies
     t.versions_written += len(plan.versions)
     t.unchanged += plan.unchanged
@@ -108,6 +146,18 @@ def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
     get_run_logger().info("page %d: %d studies, %d new versions, %d unchanged, %d quarantined",
                           number, len(page.studies), len(plan.versions), plan.unchanged, len(plan.quarantined))
     return page.next_token
+
+
+def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[BatchPlan, int]:
+    """Leave out studies this run already met at the same version (the same study on two pages);
+    they matched their head, so they were counted as unchanged."""
+    fresh: list[tuple[str, int]] = []
+    for pair in plan.seen:
+        if pair not in counted:
+            counted.add(pair)
+            fresh.append(pair)
+    repeats = len(plan.seen) - len(fresh)
+    return (dataclasses.replace(plan, seen=fresh, unchanged=plan.unchanged - repeats) if repeats else plan), repeats
 
 
 @task(name="retire-vanished", cache_policy=NONE)
@@ -190,15 +240,12 @@ def sync_registry(
         baseline = not run.has_runs(scope.key)
         window = resolve_window(full=full, since=since, watermark=previous_watermark)
         params = {**scope.params(), **window.params(), "pageSize": str(page_size)}
-        pc = _PageContext(client, run, run.head_index(), params, RunContext(run_id, started, "api"))
+        data_version = client.data_timestamp()
+        PageSpool.prune(store.root, data_version)
+        spool = PageSpool.open(store.root, api_url=url, params=params, data_version=data_version)
+        pc = _PageContext(client, run, run.head_index(), params, RunContext(run_id, started, "api"), spool)
         progress.emit("start", run_id=run_id, mode=window.mode, since=window.since, scope=scope.key)
-        fetch = sync_page.with_options(retry_delay_seconds=backoff_seconds * 10)
-        token, number = None, 1
-        while True:
-            token = fetch(pc, token, number)
-            if not token:
-                break
-            number += 1
+        _walk(pc, sync_page.with_options(retry_delay_seconds=backoff_seconds * 10))
         totals = pc.totals
         if window.mode == "full" and not baseline:
             totals.retired = retire_vanished(pc, scope.key)
@@ -213,6 +260,8 @@ def sync_registry(
                               round(time.monotonic() - clock, 3), totals)
         commit_run(run, summary, started, params=params, api_url=url,
                    meta={"rules": rules.to_json()} if rules_file else None)
+        if spool:
+            spool.discard()
     publish_reconciliation(run_id, scope.key, checks)
     progress.emit("done", **summary.as_dict())
     result = {**summary.as_dict(), "reconciliation": reconciliation.summary(checks)}
@@ -230,6 +279,28 @@ def alerts_after_sync(config: str, warehouse: str, lock_timeout: float) -> dict[
     except Exception as exc:  # the sync stays committed; the summary and the exit code carry the error
         get_run_logger().error("alerts after the sync failed: %s", exc)
         return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+
+
+def _walk(pc: _PageContext, fetch: Any) -> None:
+    """Page through the scope; a refused page token (expired) restarts from page 1, boundedly."""
+    token, number = None, 1
+    while True:
+        try:
+            token = fetch(pc, token, number)
+        except PageTokenRejected as exc:
+            if number == 1 or pc.totals.restarts >= MAX_RESTARTS:
+                raise PageTokenRejected(f"{exc} (page {number}; gave up after {pc.totals.restarts} fresh starts "
+                                        "from page 1)", url=exc.url, status=exc.status) from None
+            pc.totals.restarts += 1
+            get_run_logger().warning("page %d: the registry refused the page token (%s); starting again from "
+                                     "page 1 (%d of %d)", number, exc, pc.totals.restarts, MAX_RESTARTS)
+            if pc.spool:
+                pc.spool.reset()  # its tokens are stale: fetch afresh
+            token, number = None, 1
+            continue
+        if not token:
+            return
+        number += 1
 
 
 @flow(name="rederive_changes", validate_parameters=True)
@@ -268,7 +339,9 @@ def commit_run(run: RunWriter, summary: SyncSummary, started: datetime, *, param
         "since": date.fromisoformat(summary.since) if summary.since else None,
         "watermark": t.watermark, "api_url": api_url, "params": json.dumps(params, sort_keys=True),
     }])
+    crashpoint("run-row-staged")
     run.commit(meta, replace=replace)
+    crashpoint("committed")
     get_run_logger().info("committed run %s: %d new versions, %d changes", summary.run_id,
                           t.versions_written, t.changes_written)
 

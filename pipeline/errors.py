@@ -48,6 +48,11 @@ class RegistryRejected(RegistryError):
     """400: the registry refused the request (bad parameter, expired page token)."""
 
 
+class PageTokenRejected(RegistryRejected):
+    """400 to a request with a ``pageToken``: the token expired (or the registry lost it); the walk
+    over the pages has to start again from the first page."""
+
+
 class RegistryNotFound(RegistryError):
     """404: no such study or endpoint."""
 

@@ -10,6 +10,8 @@ import copy
 from datetime import date, timedelta
 from typing import Any
 
+import orjson
+
 from pipeline.dates import parse_partial_date
 
 Record = dict[str, Any]
@@ -133,4 +135,20 @@ def drop_path(record: Record, path: Path) -> Record:
     for key in parents:
         node = node[key]
     del node[last]
+    return out
+
+
+def enlarge_sites(record: Record, min_bytes: int) -> Record:
+    """Repeat the record's own sites until its JSON is at least ``min_bytes`` (the registry's largest
+    records, ~3.6 MB, are large because of their site lists)."""
+    out = copy.deepcopy(record)
+    sites = _locations(out)
+    originals = copy.deepcopy(sites)
+    if not originals:
+        raise ValueError("enlarge_sites needs a record with sites")
+    size = len(orjson.dumps(out))
+    per_round = len(orjson.dumps(originals))
+    while size < min_bytes:
+        sites.extend(copy.deepcopy(originals))
+        size += per_round
     return out

@@ -11,6 +11,8 @@ from pipeline.errors import UsageError
 from pipeline.parse import NCT_ID
 
 MAX_PAGE_SIZE = 1000
+MAX_QUERY_LENGTH = 1000
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # The registry's daily refresh can post a record dated the day before we see it: overlap a day.
 WATERMARK_OVERLAP = timedelta(days=1)
 
@@ -26,6 +28,11 @@ class Scope:
     statuses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for flag, text in (("--query", self.query), ("--condition", self.condition), ("--sponsor", self.sponsor)):
+            if text and any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+                raise UsageError(f"{flag} must not contain control characters (newlines, tabs, ...)")
+            if text and len(text) > MAX_QUERY_LENGTH:
+                raise UsageError(f"{flag} is longer than {MAX_QUERY_LENGTH} characters")
         for nct in self.ids:
             if not NCT_ID.match(nct):
                 raise UsageError(f"invalid NCT id {nct!r} (expected NCT followed by 8 digits)")
@@ -105,7 +112,10 @@ def check_page_size(page_size: int) -> int:
 
 
 def parse_date_arg(text: str, flag: str) -> date:
+    """Exactly ``YYYY-MM-DD`` (Python would also take ``20260101`` or ``2026-W01-1``)."""
     try:
+        if not _ISO_DAY.fullmatch(text):
+            raise ValueError(text)
         return date.fromisoformat(text)
     except ValueError:
         raise UsageError(f"{flag} expects a date as YYYY-MM-DD, got {text!r}") from None

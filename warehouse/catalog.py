@@ -17,6 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.crashpoints import crashpoint
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
 
 CATALOG_NAME = "warehouse.duckdb"
@@ -203,6 +204,7 @@ def write_catalog(root: Path, manifest: Manifest, *, tag: str) -> None:
         if manifest.entries:
             con.executemany("INSERT INTO _manifest VALUES (?, ?, ?)",
                             [(e.run_id, e.table, e.path) for e in manifest.entries])
+        crashpoint("catalog-tmp-created")
         con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
         meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION}
         con.executemany("INSERT INTO _meta VALUES (?, ?)", sorted(meta.items()))
@@ -211,15 +213,41 @@ def write_catalog(root: Path, manifest: Manifest, *, tag: str) -> None:
     finally:
         con.close()
     fsync_path(tmp)
+    crashpoint("catalog-tmp-written")
     os.replace(tmp, final)
+    crashpoint("catalog-replaced")
     fsync_path(root)
+
+
+def open_catalog(path: Path, config: dict[str, str | bool | int | float | list[str]] | None = None,
+                 ) -> duckdb.DuckDBPyConnection:
+    """A read-only view of the catalog file *as it is now*.
+
+    ``duckdb.connect(path)`` would hand out the process's cached database instance while any other
+    connection to that path is open, i.e. the catalog as it was when that connection opened, even
+    after a commit renamed a new file into place. A long-lived process (or a writer that reads the
+    manifest while a reader is open) would then see a stale catalog. ATTACH in a private in-memory
+    instance always opens the file that is there now.
+    """
+    con = duckdb.connect(config=config or {})
+    try:
+        con.execute(f"ATTACH '{_quote(str(path))}' AS warehouse (READ_ONLY)")
+        con.execute("USE warehouse")
+    except Exception:
+        con.close()
+        raise
+    return con
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def read_manifest(root: Path) -> Manifest:
     path = root / CATALOG_NAME
     if not path.exists():
         return Manifest()
-    con = duckdb.connect(str(path), read_only=True)
+    con = open_catalog(path)
     try:
         rows = con.execute("SELECT run_id, table_name, path FROM _manifest").fetchall()
         meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())

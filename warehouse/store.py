@@ -19,17 +19,21 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import WarehouseBusy, WarehouseError
+from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
+from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
 from warehouse.parts import LARGE_TEXT_COLUMNS, StagedFile
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
 
 LOCK_NAME = ".writer.lock"
+MARKER_NAME = ".trialsync-warehouse"  # says "this directory is a warehouse": we may clean up in it
+COMMITTED_MARKER = "_COMMITTED"  # in runs/<run_id>/ once the run's catalog is in place
 RUNS_DIR = "runs"
+SANDBOX_DIRS = (RUNS_DIR, "schema")  # what the views read; all a sandboxed reader may open
 
 
 class Warehouse:
@@ -49,22 +53,47 @@ class Warehouse:
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot read {self.catalog_path}: {exc}") from None
 
+    def check_location(self) -> None:
+        """Refuse to write into a directory that is not (or not yet) a warehouse: a sync deletes
+        files it does not recognise under ``runs/`` and ``spool/``, so it must own the directory."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"warehouse {root} exists and is not a directory")
+        # Every sync takes the lock file before it creates anything else, so a directory without
+        # catalog, marker or lock file was never a warehouse.
+        if not root.is_dir() or any((root / name).exists() for name in (CATALOG_NAME, MARKER_NAME, LOCK_NAME)):
+            return
+        if any(root.iterdir()):
+            raise UsageError(f"{root} is not a trialsync warehouse and is not empty; "
+                             "give --warehouse a new or empty directory")
+
     # -- readers -----------------------------------------------------------------------------
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """A read-only connection with every view; works even if the directory was moved."""
+    def connect(self, *, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+        """A read-only connection with every view; works even if the directory was moved.
+
+        ``sandbox``: for SQL typed by a user (``trialsync sql``): no file outside the warehouse's
+        ``runs/`` and ``schema/`` can be read or written, no network, no extensions, and the
+        settings are locked so the query cannot undo this.
+        """
         if not self.exists():
             raise WarehouseError(f"no warehouse at {self.root} (run `trialsync sync` first)")
-        con = duckdb.connect(str(self.catalog_path), read_only=True)
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
+        try:
+            con = catalog.open_catalog(self.catalog_path, config)
+        except duckdb.Error as exc:
+            raise WarehouseError(f"cannot open {self.catalog_path}: {str(exc).splitlines()[0]}") from None
         # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
         stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchall()
-        if stored_root and stored_root[0][0] == str(self.root):
-            return con
-        # The directory moved since the last commit: rebuild the views in memory for this reader.
-        manifest = self.manifest()
-        con.close()
-        mem = duckdb.connect()
-        catalog.build(mem, self.root, manifest)
-        return mem
+        if not (stored_root and stored_root[0][0] == str(self.root)):
+            # The directory moved since the last commit: rebuild the views in memory for this reader.
+            manifest = self.manifest()
+            con.close()
+            con = duckdb.connect(config=config)
+            catalog.build(con, self.root, manifest)
+        if sandbox:
+            _sandbox(con, self.root)
+        return con
 
     def committed(self) -> duckdb.DuckDBPyConnection:
         """An in-memory connection with the views over the committed files (for the writer)."""
@@ -77,8 +106,11 @@ class Warehouse:
     @contextmanager
     def writer(self, run_id: str, *, lock_timeout: float = 30.0) -> Iterator[RunWriter]:
         """Hold the writer lock for one run; commit explicitly, anything else rolls back."""
+        self.check_location()
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / MARKER_NAME).touch()
         with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
+            crashpoint("lock-acquired")
             manifest = self.manifest()
             self._remove_uncommitted(manifest)
             run = RunWriter(self, run_id, manifest)
@@ -98,10 +130,15 @@ class Warehouse:
     def _remove_uncommitted(self, manifest: Manifest) -> None:
         """Leftovers of a crashed run: its files were never in a catalog, so nobody sees them."""
         runs = self.root / RUNS_DIR
-        if runs.is_dir():
-            for child in runs.iterdir():
-                if child.name not in manifest.run_ids:
-                    shutil.rmtree(child, ignore_errors=True)
+        leftovers = [c for c in runs.iterdir() if c.name not in manifest.run_ids and c.is_dir()
+                     ] if runs.is_dir() else []
+        if not self.exists() and (committed := [c.name for c in leftovers if (c / COMMITTED_MARKER).exists()]):
+            # Someone deleted the catalog: these runs were committed once. Never delete history.
+            raise WarehouseError(
+                f"{self.catalog_path} is missing but {runs} holds {len(committed)} committed run(s) "
+                f"(e.g. {committed[0]}); restore the catalog from a backup or move {RUNS_DIR}/ away first")
+        for child in leftovers:
+            shutil.rmtree(child, ignore_errors=True)
         for leftover in self.root.glob(f"{CATALOG_NAME}.tmp-*"):
             leftover.unlink(missing_ok=True)
 
@@ -141,6 +178,7 @@ class RunWriter:
                                                     use_dictionary=plain, write_statistics=plain)
         self._writers[table].write_table(rows.cast(schema) if rows.schema != schema else rows)
         self._rows[table] = self._rows.get(table, 0) + rows.num_rows
+        crashpoint("parquet-written")
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -228,6 +266,7 @@ class RunWriter:
         """
         for table in self._writers:
             self.seal(table)
+        crashpoint("files-closed")
         entries = []
         for table in self._writers:
             catalog.fsync_path(self.dir / f"{table}.parquet")
@@ -239,6 +278,7 @@ class RunWriter:
                             {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id})
         catalog.write_catalog(self.warehouse.root, manifest, tag=self.run_id)
         self.committed = True
+        (self.dir / COMMITTED_MARKER).touch()
 
     def abort(self) -> None:
         for table, writer in self._writers.items():
@@ -283,3 +323,11 @@ def _exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a s
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Only the warehouse's own data files, no other file, URL or extension; then lock the settings."""
+    allowed = ", ".join("'" + (str(root / d) + os.sep).replace("'", "''") + "'" for d in SANDBOX_DIRS)
+    con.execute(f"SET allowed_directories = [{allowed}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")

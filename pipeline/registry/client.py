@@ -16,14 +16,24 @@ from typing import Any, Protocol
 
 import orjson
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_any,
+)
+from tenacity.stop import stop_base
 
 from pipeline.errors import (
+    PageTokenRejected,
     RegistryError,
     RegistryNotFound,
     RegistryRejected,
     RegistryUnavailable,
 )
+from pipeline.redact import redact
 
 DEFAULT_API_URL = "https://clinicaltrials.gov/api/v2"
 USER_AGENT = "trialsync/0.1 (+https://github.com/trialsync/trialsync; registry mirror)"
@@ -36,6 +46,7 @@ class Page:
     studies: list[dict[str, Any]]
     next_token: str | None
     total_count: int | None  # the first page only
+    body: bytes = b""  # the response body as received (the spool keeps it)
 
 
 class StudySource(Protocol):
@@ -94,8 +105,8 @@ class RegistryClient:
             query["countTotal"] = "true"
         else:
             query["pageToken"] = token
-        body = self._get_json("/studies", query)
-        return _page_from_body(body, number, self.base_url)
+        body, raw = self._get_json_raw("/studies", query)
+        return _page_from_body(body, number, self.base_url, raw)
 
     def iter_pages(self, params: Mapping[str, str]) -> Iterator[Page]:
         token: str | None = None
@@ -119,11 +130,29 @@ class RegistryClient:
             raise RegistryError("unexpected /version body", url=self.base_url)
         return body
 
+    def data_timestamp(self) -> str | None:
+        """When the registry last refreshed its data (``/version`` ``dataTimestamp``), or None if it
+        does not say. Pages fetched under one timestamp come from one consistent data set."""
+        try:
+            stamp = self.version().get("dataTimestamp")
+        except RegistryError as exc:
+            log.warning("cannot read the registry's data timestamp: %s", exc)
+            return None
+        return stamp if isinstance(stamp, str) and stamp else None
+
     # -- transport ---------------------------------------------------------------------------
     def _get_json(self, path: str, params: Mapping[str, str], *, base: str | None = None) -> Any:
+        return self._get_json_raw(path, params, base=base)[0]
+
+    def _get_json_raw(self, path: str, params: Mapping[str, str], *, base: str | None = None) -> tuple[Any, bytes]:
+        """The parsed body and its bytes. Transient failures are retried within the policy's budget:
+        at most ``attempts`` tries and ``budget_seconds`` of waiting, never a wait that would end
+        past the budget (a Retry-After beyond it fails at once, with the reason)."""
         url = (base or self.base_url) + path
+        started = self._monotonic()
         retrying = Retrying(
-            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.budget_seconds),
+            stop=stop_any(stop_after_attempt(self.retry.attempts), stop_after_delay(self.retry.budget_seconds),
+                          _StopBeyondBudget(self, started)),
             wait=self._wait,
             retry=retry_if_exception(lambda exc: getattr(exc, "retryable", False)),
             sleep=self._sleep,
@@ -132,7 +161,7 @@ class RegistryClient:
         )
         return retrying(self._get_json_once, url, params)
 
-    def _get_json_once(self, url: str, params: Mapping[str, str]) -> Any:
+    def _get_json_once(self, url: str, params: Mapping[str, str]) -> tuple[Any, bytes]:
         self._pace()
         self.requests_made += 1
         try:
@@ -141,6 +170,9 @@ class RegistryClient:
             raise RegistryUnavailable(f"timed out: {_short(exc)}", url=url) from None
         except requests.ConnectionError as exc:
             raise RegistryUnavailable(f"connection failed: {_short(exc)}", url=url) from None
+        except requests.RequestException as exc:
+            # e.g. ChunkedEncodingError: the connection dropped before Content-Length bytes came.
+            raise RegistryUnavailable(f"broken response: {_short(exc)}", url=url) from None
         status = response.status_code
         if status == 429 or status >= 500:
             raise RegistryUnavailable(
@@ -151,10 +183,12 @@ class RegistryClient:
             )
         if status == 404:
             raise RegistryNotFound(f"HTTP 404: {_body_line(response)}", url=response.url, status=status)
+        if status >= 400 and "pageToken" in params:
+            raise PageTokenRejected(f"HTTP {status}: {_body_line(response)}", url=response.url, status=status)
         if status >= 400:
             raise RegistryRejected(f"HTTP {status}: {_body_line(response)}", url=response.url, status=status)
         try:
-            return orjson.loads(response.content)
+            return orjson.loads(response.content), response.content
         except orjson.JSONDecodeError as exc:
             # A cut-off body: the server or a proxy dropped the connection mid-answer.
             raise RegistryUnavailable(f"invalid JSON in response ({exc})", url=response.url,
@@ -181,10 +215,32 @@ class RegistryClient:
     def _log_retry(self, state: RetryCallState) -> None:
         self.retries += 1
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("registry request failed (attempt %d), retrying: %s", state.attempt_number, exc)
+        log.warning("registry request failed (attempt %d), retrying: %s", state.attempt_number, redact(str(exc)))
 
 
-def _page_from_body(body: Any, number: int, url: str) -> Page:
+class _StopBeyondBudget(stop_base):
+    """Stop when the next wait (e.g. a long Retry-After) would end past the retry budget."""
+
+    def __init__(self, client: RegistryClient, started: float) -> None:
+        self.client, self.started = client, started
+
+    def __call__(self, state: RetryCallState) -> bool:
+        budget = self.client.retry.budget_seconds
+        wait = self.client._wait(state)
+        if wait <= budget - (self.client._monotonic() - self.started):
+            return False
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RegistryUnavailable):  # say why we gave up early
+            exc.args = (f"{exc} (would wait {wait:g}s, beyond the {budget:g}s retry budget)",)
+        return True
+
+
+def page_from_body(raw: bytes, number: int, url: str) -> Page:
+    """A page from a stored body (the spool)."""
+    return _page_from_body(orjson.loads(raw), number, url, raw)
+
+
+def _page_from_body(body: Any, number: int, url: str, raw: bytes = b"") -> Page:
     if not isinstance(body, dict) or not isinstance(body.get("studies"), list):
         raise RegistryError("unexpected /studies body: no 'studies' array", url=url)
     token = body.get("nextPageToken")
@@ -194,6 +250,7 @@ def _page_from_body(body: Any, number: int, url: str) -> Page:
         studies=body["studies"],
         next_token=token if isinstance(token, str) and token else None,
         total_count=total if isinstance(total, int) else None,
+        body=raw,
     )
 
 
@@ -213,8 +270,8 @@ def _retry_after(value: str | None, cap: float) -> float | None:
 
 def _body_line(response: requests.Response) -> str:
     text = response.text.strip().splitlines()
-    return text[0][:200] if text else response.reason or ""
+    return redact(text[0][:200]) if text else response.reason or ""
 
 
 def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200]
+    return redact(str(exc).splitlines()[0][:200])

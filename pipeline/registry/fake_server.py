@@ -4,8 +4,21 @@ It serves real records on 127.0.0.1 with the API's semantics: opaque page tokens
 valid with the first page's parameters, ``totalCount`` on the first page only (with
 ``countTotal=true``), ``pageSize`` default 10 and clamp at 1,000, ``filter.ids`` (NCTId and
 NCTIdAlias), ``filter.overallStatus``, ``filter.advanced`` with ``AREA[LastUpdatePostDate]RANGE[a,b]``
-(and simple ``AREA[Field]VALUE`` terms), ``query.cond/term/spons`` matching, and 400/404 plain-text
-errors. ``faults`` injects 429 with Retry-After, 5xx, slow answers, resets and truncated bodies.
+(and simple ``AREA[Field]VALUE`` terms), ``query.cond/term/spons`` matching, 400/404 plain-text
+errors, page tokens that expire (``token_ttl``) and ``/version`` with a ``dataTimestamp`` that moves
+on whenever the data changes (``put``/``remove``), like the registry's daily refresh.
+
+``faults`` injects misbehaviour, each for ``times`` requests (-1: forever), optionally on one page:
+
+- ``status``: an error status (429 with ``retry_after``, 5xx) with a plain-text body;
+- ``delay``: answer after ``delay`` seconds (a client timeout when longer than its read timeout);
+- ``reset``: drop the connection without an answer;
+- ``truncate``: a 200 whose body is the first half of the JSON (Content-Length matches the half);
+- ``cut``: a 200 that announces the whole body's Content-Length but the connection closes halfway;
+- ``empty``: a page with an empty ``studies`` array that still carries a ``nextPageToken`` to the
+  studies it would have held (the spec allows empty pages);
+- ``shift``: the page starts ``shift`` studies early, repeating the end of the previous page, as
+  offset paging does when studies are inserted before the cursor between two requests.
 
 Under ``/api/int`` it serves the record history of the website's internal API for the studies given
 to ``put_history`` (``/studies/{NCT}/history``, ``/studies/{NCT}?history=true``,
@@ -27,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,11 +62,15 @@ _AREA_VALUE = re.compile(r"^AREA\[(\w+)\](\w+)$")
 _INT_STUDY = re.compile(r"^/int/studies/([^/]+)(/history(?:/([^/]+))?)?$")
 
 
+FAULT_KINDS = ("status", "delay", "reset", "truncate", "cut", "empty", "shift")
+_DATA_EPOCH = datetime(2026, 1, 5, 6, 0, 0)
+
+
 @dataclass
 class Fault:
     """One injected misbehaviour. ``times`` < 0 means forever; ``page`` limits it to one page."""
 
-    kind: str  # "status" | "delay" | "reset" | "truncate"
+    kind: str  # "status" | "delay" | "reset" | "truncate" | "cut" | "empty" | "shift"
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
@@ -60,7 +78,12 @@ class Fault:
     page: int | None = None
     path: str = "/studies"
     body: str = "Service Unavailable"
+    shift: int = 1
     hits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {', '.join(FAULT_KINDS)}")
 
     def matches(self, path: str, page: int | None) -> bool:
         if self.times == 0 or not path.startswith(self.path):
@@ -128,7 +151,9 @@ class FakeRegistry:
         self._clock = clock
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.data_generation = 0  # one "daily refresh" per put/remove after construction
         self.put(*records)
+        self.data_generation = 0
 
     # -- records -----------------------------------------------------------------------------
     @classmethod
@@ -141,11 +166,18 @@ class FakeRegistry:
         with self._lock:
             for entry in entries:
                 self._entries[entry.nct_id] = entry
+            self.data_generation += 1
 
     def remove(self, *nct_ids: str) -> None:
         with self._lock:
             for nct in nct_ids:
                 self._entries.pop(nct, None)
+            self.data_generation += 1
+
+    @property
+    def data_timestamp(self) -> str:
+        """``/version``'s ``dataTimestamp`` (UTC ``yyyy-MM-dd'T'HH:mm:ss``): one day per data change."""
+        return (_DATA_EPOCH + timedelta(days=self.data_generation)).strftime("%Y-%m-%dT%H:%M:%S")
 
     def put_history(self, history: FakeHistory) -> None:
         """Serve ``history`` under ``/api/int``; its last version becomes the study's current record."""
@@ -200,7 +232,7 @@ class FakeRegistry:
         return [params for path, params in self.requests if path == "/studies"]
 
     # -- API semantics -----------------------------------------------------------------------
-    def list_studies(self, params: Mapping[str, str]) -> tuple[bytes, int | None]:
+    def list_studies(self, params: Mapping[str, str], fault: Fault | None = None) -> tuple[bytes, int | None]:
         """The body of ``GET /studies`` and the page number answered (for faults)."""
         page_size = _page_size(params.get("pageSize"))
         scope = {k: v for k, v in params.items() if k not in {"pageToken", "pageSize", "countTotal"}}
@@ -210,12 +242,16 @@ class FakeRegistry:
         matcher = _matcher(scope)
         with self._lock:
             matching = [self._entries[n] for n in sorted(self._entries) if matcher(self._entries[n])]
-        chunk = matching[offset: offset + page_size]
+        kind = fault.kind if fault else None
+        if fault and kind == "shift":
+            offset = max(0, offset - fault.shift)
+        end = offset if kind == "empty" else offset + page_size
+        chunk = matching[offset:end]
         parts = [b'{"studies":[', b",".join(e.body for e in chunk), b"]"]
         if "pageToken" not in params and params.get("countTotal", "").lower() == "true":
             parts.append(b',"totalCount":%d' % len(matching))
-        if offset + page_size < len(matching):
-            parts.append(b',"nextPageToken":' + orjson.dumps(self._encode_token(offset + page_size, page + 1, scope)))
+        if end < len(matching):
+            parts.append(b',"nextPageToken":' + orjson.dumps(self._encode_token(end, page + 1, scope)))
         parts.append(b"}")
         return b"".join(parts), page
 
@@ -411,17 +447,20 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and self._inject(fault):
             return None
         try:
-            status, body, ctype, headers = self._answer(path, params)
+            status, body, ctype, headers = self._answer(path, params, fault)
         except BadRequest as exc:
             return self._text(400, str(exc))
         if fault and fault.kind == "truncate":
             return self._send(status, body[: max(1, len(body) // 2)], ctype, headers)
+        if fault and fault.kind == "cut":
+            return self._send(status, body, ctype, headers, cut=True)
         return self._send(status, body, ctype, headers)
 
-    def _answer(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
+    def _answer(self, path: str, params: Mapping[str, str], fault: Fault | None = None,
+                ) -> tuple[int, bytes, str, dict[str, str]]:
         if path.startswith("/int/"):
             return self._route_int(path, params)
-        return (*self._route(path, params), {})
+        return (*self._route(path, params, fault), {})
 
     def _route_int(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
         """The record history of the website's internal API (shapes from HISTORY_NOTES.md)."""
@@ -469,12 +508,13 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
-    def _route(self, path: str, params: Mapping[str, str]) -> tuple[int, bytes, str]:
+    def _route(self, path: str, params: Mapping[str, str], fault: Fault | None = None) -> tuple[int, bytes, str]:
         if path == "/studies":
-            body, _ = self.registry.list_studies(params)
+            body, _ = self.registry.list_studies(params, fault)
             return 200, body, "application/json"
         if path == "/version":
-            return 200, orjson.dumps({"apiVersion": "2.0.5", "dataTimestamp": "fake"}), "application/json"
+            version = {"apiVersion": "2.0.5", "dataTimestamp": self.registry.data_timestamp}
+            return 200, orjson.dumps(version), "application/json"
         if path.startswith("/studies/"):
             nct = path.rsplit("/", 1)[-1]
             if not _NCT_PATH.match(nct):
@@ -490,11 +530,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _text(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
         self._send(status, text.encode(), "text/plain", headers)
 
-    def _send(self, status: int, body: bytes, ctype: str, headers: Mapping[str, str] | None = None) -> None:
+    def _send(self, status: int, body: bytes, ctype: str, headers: Mapping[str, str] | None = None,
+              *, cut: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype + ("; charset=utf-8" if ctype.startswith("text") else ""))
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        if cut:  # the connection drops halfway through the announced body
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
         self.wfile.write(body)

@@ -1,0 +1,48 @@
+"""A test hook that makes the process kill itself (SIGKILL) at a named point of a sync.
+
+Inert unless ``TRIALSYNC_CRASH_AT=<checkpoint>[:<n>]`` is set: then the n-th time (default 1) the
+process passes ``<checkpoint>`` it sends itself SIGKILL, like a power cut or the OOM killer would.
+The reliability suite uses it to prove that a sync killed anywhere leaves the warehouse as it was
+(see ``tests/reliability``). An unknown checkpoint name is an error, so a typo cannot make a crash
+test pass by never crashing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+ENV = "TRIALSYNC_CRASH_AT"
+
+# Every checkpoint, in the order a sync passes them (the README lists the same).
+CHECKPOINTS = {
+    "lock-acquired": "the writer lock is held; nothing staged yet",
+    "page-fetched": "a page's body has arrived (and is spooled), before its rows are staged",
+    "spool-written": "a spooled page's temporary file is written, before it is renamed into place",
+    "parquet-written": "a batch of rows went into a run's Parquet file (files still open)",
+    "page-staged": "all of a page's rows are staged",
+    "run-row-staged": "the sync_runs row is staged, the commit begins",
+    "files-closed": "the run's Parquet files are closed (footers written), before fsync",
+    "catalog-tmp-created": "the new catalog file exists half-built beside the old one",
+    "catalog-tmp-written": "the new catalog is complete and fsynced, before the rename",
+    "catalog-replaced": "the rename happened (the run is committed), before the directory fsync",
+    "committed": "commit returned; the run's spool is still there",
+}
+
+_hits: Counter[str] = Counter()
+
+
+def crashpoint(name: str) -> None:
+    """SIGKILL this process if ``TRIALSYNC_CRASH_AT`` names this checkpoint and pass."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target not in CHECKPOINTS:
+        raise RuntimeError(f"{ENV}={spec!r}: unknown checkpoint; one of {', '.join(CHECKPOINTS)}")
+    if target != name:
+        return
+    _hits[name] += 1
+    if _hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
