@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.versioning import BatchPlan, RunContext
+from warehouse.catalog import fsync_path
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES
 
@@ -67,7 +68,7 @@ class TableFiles:
         for table, writer in self._writers.items():
             writer.close()
             path = self.dir / self.file_name(table)
-            fsync_file(path)
+            fsync_path(path)
             staged.append(StagedFile(table, path.name, self.rows[table]))
         self._writers.clear()
         return staged
@@ -84,11 +85,3 @@ class PartWriter(TableFiles):
 
     def __init__(self, run_dir: str | os.PathLike[str], key: str) -> None:
         super().__init__(Path(run_dir), f".part-{key}")
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
