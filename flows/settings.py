@@ -49,13 +49,16 @@ def check_api_url(url: str) -> str:
 
 
 def shared_data_dir(flag: str | None = None) -> Path:
-    """The real registry data (``../shared/data`` beside the clone, or ``TRIALSYNC_SHARED_DATA``)."""
-    candidates = [flag, os.environ.get("TRIALSYNC_SHARED_DATA")] if flag or os.environ.get(
-        "TRIALSYNC_SHARED_DATA") else [str(Path.cwd() / ".." / "shared" / "data"),
-                                       str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "ctgov" / "studies").is_dir():
-            return Path(candidate).resolve()
+    """The real registry data: ``--data`` > ``TRIALSYNC_SHARED_DATA`` > ``../shared/data`` beside the clone."""
+    explicit = flag or os.environ.get("TRIALSYNC_SHARED_DATA")
+    if explicit:
+        if not (Path(explicit) / "ctgov" / "studies").is_dir():
+            raise UsageError(f"{explicit} does not hold the real registry data (no ctgov/studies folder)")
+        return Path(explicit).resolve()
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base / ".." / "shared" / "data"
+        if (candidate / "ctgov" / "studies").is_dir():
+            return candidate.resolve()
     raise UsageError(
         "cannot find the real registry data (ctgov/studies); pass --data DIR or set TRIALSYNC_SHARED_DATA"
     )

@@ -154,3 +154,14 @@ def test_a_failed_sync_exits_1_with_one_line_and_no_traceback(prefect_api: str, 
     errors = [line for line in result.stderr.splitlines() if line.startswith("trialsync: error:")]
     assert errors == ["trialsync: error: HTTP 500: Internal Server Error"]
     assert not (tmp_path / "w" / "warehouse.duckdb").exists()
+
+
+def test_a_bad_data_flag_is_refused_even_when_the_environment_names_good_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.settings import shared_data_dir
+    from pipeline.errors import UsageError
+
+    monkeypatch.setenv("TRIALSYNC_SHARED_DATA", str(DATA))
+    assert shared_data_dir(None) == DATA
+    with pytest.raises(UsageError, match="does not hold the real registry data"):
+        shared_data_dir(str(tmp_path))
