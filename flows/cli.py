@@ -192,9 +192,15 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['pages']} {units}, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
         f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
         f"{summary['changes_written']} changes, {summary['retired']} retired, "
+        f"{left_scope(summary)}"
         f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
         highlight=False,
     )
+
+
+def left_scope(summary: dict[str, Any]) -> str:
+    n = summary.get("left_scope") or 0
+    return f"{n} left the scope (still in the registry), " if n else ""
 
 
 def finish_alerts(result: dict[str, Any]) -> None:
@@ -451,7 +457,8 @@ def runs(
     with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
         result = con.execute(
             "SELECT run_id, mode, scope, status, pages, studies_seen AS seen, new_studies AS new, "
-            "versions_written AS versions, unchanged, quarantined AS quar, since, "
+            "versions_written AS versions, unchanged, changes_written AS changes, quarantined AS quar, "
+            "retired, coalesce(left_scope, 0) AS left_scope, since, "
             "strftime(timezone('UTC', started_at), '%Y-%m-%d %H:%M') AS started_utc, "
             "round(epoch(finished_at) - epoch(started_at), 1) AS secs "
             "FROM sync_runs ORDER BY started_at DESC LIMIT ?", [limit])

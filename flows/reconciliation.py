@@ -4,6 +4,7 @@ published as Prefect artifacts (a Markdown summary and a table, keyed by scope).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
@@ -19,14 +20,15 @@ from warehouse.health import reconciliation_rows, scope_state
 @task(name="reconcile-run", cache_policy=NONE)
 def reconcile_run(run: RunWriter, *, scope: str, mode: str, baseline: bool, total_count: int | None,
                   studies_seen: int, seen: set[str], previous_watermark: date | None, since: date | None,
-                  started: datetime, requested_ids: tuple[str, ...] = ()) -> list[Check]:
+                  started: datetime, requested_ids: tuple[str, ...] = (), exited: Iterable[str] = (),
+                  left_scope: Iterable[str] = ()) -> list[Check]:
     """Run every check and stage its rows in the run's ``reconciliation`` table."""
-    state = scope_state(run, scope, seen)
+    state = scope_state(run, scope, seen, exited)
     facts = RunFacts(scope=scope, mode=mode, baseline=baseline, total_count=total_count,
                      studies_seen=studies_seen, seen_dates=state.seen_dates, members_before=state.members_before,
                      previous_watermark=previous_watermark, since=since, today=started.date(),
                      status_counts=state.status_counts, previous_status_counts=state.previous_status_counts,
-                     requested_ids=requested_ids)
+                     requested_ids=requested_ids, left_scope=frozenset(left_scope))
     checks = reconcile(facts)
     run.append_rows("reconciliation", reconciliation_rows(run.run_id, scope, mode, started, checks))
     logger = get_run_logger()

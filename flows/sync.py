@@ -1,8 +1,9 @@
 """``sync_registry``: one sync run of a scope, as a Prefect flow with coarse (per-page) tasks.
 
 gather (fetch a page; the warehouse's heads) -> decide (``plan_batch``, pure) -> apply (stage the
-page's rows). After the last page: retire studies that left the scope (full runs only), derive the
-run's changes from the stored versions, and commit everything at once. A failed run commits nothing.
+page's rows). After the last page of a full run, studies that left the listing are looked up by id and
+only those the registry no longer publishes are retired; then the run's changes are derived from the
+stored versions and everything commits at once. A failed run commits nothing.
 
 Fetched pages go to the warehouse's page spool first, so a re-run after a crash can replay them
 (``warehouse.spool`` says when that is safe). A page token the registry refuses mid-run (it expired)
@@ -30,7 +31,7 @@ from pipeline.changes import Rules, derive_changes
 from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.parse import record_nct_id
 from pipeline.registry.client import Page, RegistryClient, RetryPolicy, page_from_body
-from pipeline.scope import Scope, check_page_size, resolve_window
+from pipeline.scope import Scope, check_page_size, lookup_params, resolve_window
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
@@ -51,6 +52,7 @@ class RunTotals:
     unchanged: int = 0
     quarantined: int = 0
     retired: int = 0
+    left_scope: int = 0  # listed by earlier runs, not by this full run, but still in the registry
     changes_written: int = 0
     total_count: int | None = None
     watermark: date | None = None
@@ -86,6 +88,8 @@ class _PageContext:
         self.seen: set[str] = set()
         self.staged: dict[int, str] = {}  # page number -> digest of the body staged for it
         self.counted: set[tuple[str, int]] = set()  # (nct_id, version) already counted in this run
+        self.exited: set[str] = set()  # members of the scope that this full run found gone from it
+        self.left_scope: set[str] = set()  # ... of which the registry still publishes these
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
@@ -160,22 +164,56 @@ def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[Batch
     return (dataclasses.replace(plan, seen=fresh, unchanged=plan.unchanged - repeats) if repeats else plan), repeats
 
 
-@task(name="retire-vanished", cache_policy=NONE)
-def retire_vanished(pc: _PageContext, scope: str) -> int:
-    """After a complete full run: studies of the scope that the registry no longer lists are retired."""
+@task(name="settle-vanished", cache_policy=NONE)
+def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
+    """After a complete full run: studies of the scope that the listing no longer holds are looked up
+    by id, without the scope's filters. Those the registry still publishes left the scope (a status
+    filter they no longer match, a paging slip): their current record is stored like any other, and
+    only the rest are retired. Both are recorded in ``scope_exits``. Returns (left_scope, retired)."""
     t = pc.totals
     if t.total_count is not None and t.studies_seen < t.total_count:
         get_run_logger().warning("saw %d of %d studies: not retiring anything on an incomplete listing",
                                  t.studies_seen, t.total_count)
-        return 0
+        return 0, 0
     vanished = sorted(pc.run.scope_members(scope) - pc.seen)
-    heads = pc.index.lookup(vanished)  # a vanished study was not seen, so this run wrote no head for it
-    retired = [(nct, head.version + 1, head.content_hash) for nct in vanished
+    if not vanished:
+        return 0, 0
+    try:
+        published = _look_up(pc, vanished)
+    except RegistryError as exc:  # the listing itself is complete: commit it, settle next time
+        get_run_logger().warning("could not look up %d studies that left the scope's listing (%s); "
+                                 "retiring nothing this run", len(vanished), exc)
+        return 0, 0
+    plan, _ = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
+    pc.run.append_plan(plan, pc.ctx)
+    pc.written.update(plan.heads)
+    t.versions_written += len(plan.versions)
+    t.quarantined += len(plan.quarantined)
+    still_there = {nct for nct in map(record_nct_id, published) if nct} & set(vanished)
+    gone = [nct for nct in vanished if nct not in still_there]
+    heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
+    retired = [(nct, head.version + 1, head.content_hash) for nct in gone
                if (head := heads.get(nct)) is not None and not head.is_removed]
     pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
     for nct, version, digest in retired:
         pc.written[nct] = Head(version, digest, is_removed=True)
-    return len(retired)
+    pc.exited.update(vanished)
+    pc.left_scope.update(still_there)
+    pc.run.append_rows("scope_exits", [
+        {"run_id": pc.ctx.run_id, "scope": scope, "nct_id": nct,
+         "reason": "left_scope" if nct in still_there else "removed"} for nct in vanished])
+    get_run_logger().info("%d studies left the scope but are still in the registry; %d retired",
+                          len(still_there), len(retired))
+    return len(still_there), len(retired)
+
+
+def _look_up(pc: _PageContext, ids: list[str]) -> list[dict[str, Any]]:
+    """The records the registry publishes for ``ids`` (asked by id, in batches)."""
+    found: list[dict[str, Any]] = []
+    for params in lookup_params(ids):
+        for page in pc.client.iter_pages(params):
+            found.extend(page.studies)
+    return found
 
 
 @task(name="derive-changes", cache_policy=NONE)
@@ -248,11 +286,12 @@ def sync_registry(
         _walk(pc, sync_page.with_options(retry_delay_seconds=backoff_seconds * 10))
         totals = pc.totals
         if window.mode == "full" and not baseline:
-            totals.retired = retire_vanished(pc, scope.key)
+            totals.left_scope, totals.retired = settle_vanished(pc, scope.key)
         totals.changes_written = derive_run_changes(
             run, rules, only_run=run_id, baseline_runs=frozenset([run_id]) if baseline else frozenset())
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
+                               exited=pc.exited, left_scope=pc.left_scope,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=scope.ids)
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
@@ -335,7 +374,7 @@ def commit_run(run: RunWriter, summary: SyncSummary, started: datetime, *, param
         "started_at": started, "finished_at": datetime.now(UTC), "status": "succeeded",
         "pages": t.pages, "studies_seen": t.studies_seen, "new_studies": t.new_studies,
         "versions_written": t.versions_written, "unchanged": t.unchanged, "changes_written": t.changes_written,
-        "quarantined": t.quarantined, "retired": t.retired, "total_count": t.total_count,
+        "quarantined": t.quarantined, "retired": t.retired, "left_scope": t.left_scope, "total_count": t.total_count,
         "since": date.fromisoformat(summary.since) if summary.since else None,
         "watermark": t.watermark, "api_url": api_url, "params": json.dumps(params, sort_keys=True),
     }])

@@ -47,6 +47,7 @@ class RunFacts:
     status_counts: Mapping[str, int]  # the scope's studies per overall status after this run
     previous_status_counts: Mapping[str, int] | None  # ... after the scope's previous run
     requested_ids: tuple[str, ...] = ()  # an ids scope: the ids asked for
+    left_scope: frozenset[str] = frozenset()  # unlisted members that a lookup by id found still published
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,15 @@ def missing_ids(f: RunFacts) -> Check:
     if not gone:
         return Check(name, OK, f"all {len(f.members_before)} known studies of the scope are still listed",
                      len(f.members_before), kept)
-    return Check(name, WARN, f"{len(gone)} of {len(f.members_before)} known studies are no longer listed: "
-                             f"{_names(gone)}", len(f.members_before), kept, len(gone), tuple(gone))
+    removed = [n for n in gone if n not in f.left_scope]
+    left = [n for n in gone if n in f.left_scope]
+    data = {"left_scope": left, "removed": removed}
+    detail = (f"{len(gone)} of {len(f.members_before)} known studies are no longer listed: "
+              f"{len(left)} left the scope but are still in the registry, {len(removed)} gone from it")
+    if not removed:  # a study that no longer matches the scope's filters is no cause for concern
+        return Check(name, OK, f"{detail}: {_names(left)}", len(f.members_before), kept, 0, tuple(gone), data)
+    return Check(name, WARN, f"{detail}: {_names(removed)}", len(f.members_before), kept, len(removed),
+                 tuple(gone), data)
 
 
 def unexpected_ids(f: RunFacts) -> Check:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -103,6 +104,16 @@ def resolve_window(*, full: bool, since: date | None, watermark: date | None) ->
     if watermark is None:
         return Window("full", None)
     return Window("incremental", watermark - WATERMARK_OVERLAP)
+
+
+LOOKUP_BATCH = 200  # ids per filter.ids request: ~2.4 KB of query string, one page each
+
+
+def lookup_params(ids: Sequence[str], batch: int = LOOKUP_BATCH) -> list[dict[str, str]]:
+    """Requests that ask the registry which of ``ids`` it still publishes, without a scope's filters
+    (a study that left a filtered scope is still in the registry)."""
+    chunks = [ids[i:i + batch] for i in range(0, len(ids), batch)]
+    return [{"filter.ids": ",".join(chunk), "pageSize": str(len(chunk))} for chunk in chunks]
 
 
 def check_page_size(page_size: int) -> int:

@@ -119,6 +119,68 @@ def test_a_full_run_that_saw_less_than_the_total_count_retires_nothing(
     assert (summary["studies_seen"], summary["retired"]) == (0, 0)
 
 
+def test_a_study_that_leaves_a_status_scope_is_stored_as_a_status_change_not_retired(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    recruiting = [r for r in records if r["protocolSection"]["statusModule"]["overallStatus"] == "RECRUITING"]
+    mover, withdrawn = recruiting[3], recruiting[7]
+    first = fast_sync(registry, warehouse_dir, status=["RECRUITING"])
+    assert first["studies_seen"] == len(recruiting)
+    day = date.fromisoformat(first["watermark"]) + timedelta(days=1)
+    registry.put(mutate.posted_on(mutate.set_status(mover, "ACTIVE_NOT_RECRUITING"), day))
+    registry.remove(nct(withdrawn))
+
+    full = fast_sync(registry, warehouse_dir, status=["RECRUITING"], full=True)
+    assert (full["studies_seen"], full["left_scope"], full["retired"], full["versions_written"]) == (
+        len(recruiting) - 2, 1, 1, 1)
+    assert rows(warehouse_dir, "SELECT nct_id, event, old_value, new_value, severity FROM changes "
+                               "WHERE event <> 'field_changed' ORDER BY nct_id") == sorted([
+        (nct(mover), "status_changed", "RECRUITING", "ACTIVE_NOT_RECRUITING", "notable"),
+        (nct(withdrawn), "study_removed", nct(withdrawn), None, "critical")])
+    assert rows(warehouse_dir, "SELECT overall_status FROM studies WHERE nct_id = ?", [nct(mover)]) == [
+        ("ACTIVE_NOT_RECRUITING",)]
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits WHERE run_id = ? ORDER BY nct_id",
+                [full["run_id"]]) == sorted([(nct(mover), "left_scope"), (nct(withdrawn), "removed")])
+    assert rows(warehouse_dir, "SELECT left_scope, retired FROM sync_runs WHERE run_id = ?", [full["run_id"]]) == [
+        (1, 1)]
+
+    # Both are out of the scope now: the next full run neither looks them up nor retires them again.
+    again = fast_sync(registry, warehouse_dir, status=["RECRUITING"], full=True)
+    assert (again["left_scope"], again["retired"], again["changes_written"]) == (0, 0, 0)
+    assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(2,)]
+    # Back in the scope: a member again, so leaving once more is noticed again.
+    registry.put(mutate.posted_on(mover, day + timedelta(days=1)))
+    fast_sync(registry, warehouse_dir, status=["RECRUITING"])
+    registry.put(mutate.posted_on(mutate.set_status(mover, "COMPLETED"), day + timedelta(days=2)))
+    last = fast_sync(registry, warehouse_dir, status=["RECRUITING"], full=True)
+    assert (last["left_scope"], last["retired"]) == (1, 0)
+
+
+def test_a_study_the_listing_skipped_is_looked_up_and_kept_not_retired(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Paging under a moving data set can skip a study while the counts still add up."""
+    fast_sync(registry, warehouse_dir)
+    skipped = records[5]
+    listing = {"studies": [r for r in records if r is not skipped], "totalCount": len(records) - 1}
+    registry.faults.add("status", status=200, body=json.dumps(listing), times=1, page=1)
+    full = fast_sync(registry, warehouse_dir, full=True)
+    assert (full["studies_seen"], full["left_scope"], full["retired"], full["versions_written"]) == (
+        len(records) - 1, 1, 0, 0)
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes") == [(0,)]
+    assert rows(warehouse_dir, "SELECT count(*) FROM studies") == [(len(records),)]
+
+
+def test_a_failed_lookup_of_vanished_studies_retires_nothing_and_commits_the_run(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    fast_sync(registry, warehouse_dir)
+    registry.remove(nct(records[0]))
+    registry.put(mutate.posted_on(mutate.set_status(records[1], "COMPLETED"), date(2030, 1, 2)))
+    registry.faults.add("status", status=503, times=-1, param="filter.ids")
+    full = fast_sync(registry, warehouse_dir, full=True)
+    assert (full["retired"], full["left_scope"], full["versions_written"]) == (0, 0, 1)
+    assert rows(warehouse_dir, "SELECT count(*) FROM studies") == [(len(records),)]
+    assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
+
+
 def test_new_studies_after_the_baseline_are_study_added(registry: FakeRegistry, warehouse_dir: Path,
                                                         records: list[dict[str, Any]]) -> None:
     newcomer = records[10]

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.reconcile import RunFacts, Thresholds, reconcile, status_counts, unexpected_ids, zero_update_weekdays
+from pipeline.reconcile import (
+    RunFacts,
+    Thresholds,
+    missing_ids,
+    reconcile,
+    status_counts,
+    unexpected_ids,
+    zero_update_weekdays,
+)
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import fast_sync, nct
 from warehouse import Warehouse
@@ -63,6 +71,20 @@ def test_unexpected_ids_are_new_studies_older_than_the_last_window() -> None:
     assert (check.status, check.ids, check.data["new_since_last_run"]) == ("warn", ("NCT00000002",), ["NCT00000003"])
     asked = unexpected_ids(facts(mode="full", requested_ids=("NCT00000001", "NCT00000002", "NCT00000009")))
     assert (asked.status, asked.ids) == ("warn", ("NCT00000003",))
+
+
+def test_missing_ids_warn_only_for_studies_gone_from_the_registry_not_for_those_that_left_the_scope() -> None:
+    one_left = facts(mode="full", seen_dates={"NCT00000001": MONDAY, "NCT00000002": MONDAY},
+                     left_scope=frozenset({"NCT00000003"}))
+    check = missing_ids(one_left)
+    assert (check.status, check.flagged, check.ids, check.data) == (
+        "ok", 0, ("NCT00000003",), {"left_scope": ["NCT00000003"], "removed": []})
+    assert check.detail == ("1 of 3 known studies are no longer listed: 1 left the scope but are still in the "
+                            "registry, 0 gone from it: NCT00000003")
+    both = missing_ids(facts(mode="full", seen_dates={"NCT00000001": MONDAY}, left_scope=frozenset({"NCT00000003"})))
+    assert (both.status, both.flagged, both.ids, both.data["removed"]) == (
+        "warn", 1, ("NCT00000002", "NCT00000003"), ["NCT00000002"])
+    assert both.detail.endswith("1 left the scope but are still in the registry, 1 gone from it: NCT00000002")
 
 
 def test_status_counts_warn_on_a_large_move_against_the_previous_run() -> None:

@@ -8,6 +8,7 @@ the ``duckdb`` shell (1.x) can open it read-only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,8 +52,11 @@ class Manifest:
 
 
 def schema_file(table: str) -> str:
-    """An empty Parquet file that gives each view its columns before any run wrote rows."""
-    return f"schema/{table}.v{SCHEMA_VERSION}.parquet"
+    """An empty Parquet file that gives each view its columns before any run wrote rows. Its name
+    carries a fingerprint of the table's schema, so a column added in a new release reaches the views
+    of an existing warehouse (as NULL in the runs written before it)."""
+    fingerprint = hashlib.blake2b(TABLES[table].to_string().encode(), digest_size=5).hexdigest()
+    return f"schema/{table}.v{SCHEMA_VERSION}-{fingerprint}.parquet"
 
 
 def _sql_list(root: Path, paths: Sequence[str]) -> str:
@@ -89,10 +93,11 @@ SELECT nct_id, {_CORE}, version, content_hash
 FROM study_versions WHERE is_current AND NOT is_removed""",
         """CREATE OR REPLACE VIEW sync_runs AS
 SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen, new_studies,
-       versions_written, unchanged, changes_written, quarantined, retired, total_count, since, watermark,
-       api_url, params
+       versions_written, unchanged, changes_written, quarantined, retired, left_scope, total_count, since,
+       watermark, api_url, params
 FROM raw_sync_runs ORDER BY started_at""",
         "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
+        "CREATE OR REPLACE VIEW scope_exits AS SELECT run_id, scope, nct_id, reason FROM raw_scope_exits",
         "CREATE OR REPLACE VIEW study_rewrites AS SELECT run_id, nct_id, versions FROM raw_study_rewrites",
         """CREATE OR REPLACE VIEW quarantine AS
 SELECT nct_id, run_id, observed_at, reason, CAST(raw AS JSON) AS raw FROM raw_quarantine""",

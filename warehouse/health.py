@@ -24,8 +24,9 @@ class ScopeState:
     previous_status_counts: dict[str, int] | None
 
 
-def scope_state(run: RunWriter, scope: str, seen: Iterable[str]) -> ScopeState:
-    """Call after the run staged its last version (``study_versions`` and ``run_studies`` are sealed here)."""
+def scope_state(run: RunWriter, scope: str, seen: Iterable[str], exited: Iterable[str] = ()) -> ScopeState:
+    """Call after the run staged its last version (``study_versions`` and ``run_studies`` are sealed here).
+    ``exited``: members this run found gone from the scope (not counted in its status counts)."""
     members = frozenset(run.scope_members(scope))
     previous = previous_status_counts(run, scope)
     run.seal("study_versions")
@@ -35,7 +36,8 @@ def scope_state(run: RunWriter, scope: str, seen: Iterable[str]) -> ScopeState:
         dates = dict(con.execute(
             """SELECT r.nct_id, v.registry_updated FROM raw_run_studies r
                JOIN raw_study_versions v USING (nct_id, version) WHERE r.run_id = ?""", [run.run_id]).fetchall())
-        con.register("scope_ids", pa.table({"nct_id": sorted(members | seen_ids)}))
+        in_scope = sorted((members - set(exited)) | seen_ids)
+        con.register("scope_ids", pa.table({"nct_id": pa.array(in_scope, pa.string())}))
         counts = dict(con.execute(
             """SELECT coalesce(overall_status, 'UNKNOWN_STATUS'), count(*) FROM study_versions
                JOIN scope_ids USING (nct_id) WHERE is_current AND NOT is_removed GROUP BY 1""").fetchall())

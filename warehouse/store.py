@@ -252,11 +252,10 @@ class RunWriter:
         return bool(row and row[0])
 
     def scope_members(self, scope: str) -> set[str]:
-        """Studies seen by earlier successful runs of ``scope`` and not retired since."""
+        """Studies seen by earlier successful runs of ``scope`` and not recorded as leaving it since
+        (``scope_exits``: a full run found them gone from the scope or from the registry)."""
         with self.warehouse.committed() as con:
-            rows = con.execute(
-                """SELECT DISTINCT r.nct_id FROM raw_run_studies r JOIN raw_sync_runs s USING (run_id)
-                   WHERE s.scope = ? AND s.status = 'succeeded'""", [scope]).fetchall()
+            rows = con.execute(SCOPE_MEMBERS_SQL, [scope, scope]).fetchall()
         return {r[0] for r in rows}
 
     def commit(self, meta: dict[str, str] | None = None, *, replace: frozenset[str] = frozenset()) -> None:
@@ -286,6 +285,17 @@ class RunWriter:
                 with suppress(Exception):  # best effort: the files are deleted next
                     writer.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# A study looked up by id in the run that found it gone from the scope is seen and exits in the same
+# run: the exit wins (strictly later sighting needed to be a member again).
+SCOPE_MEMBERS_SQL = """
+WITH runs AS (SELECT run_id, started_at FROM raw_sync_runs WHERE scope = ? AND status = 'succeeded'),
+     seen AS (SELECT r.nct_id, max(runs.started_at) AS at FROM raw_run_studies r JOIN runs USING (run_id)
+              GROUP BY r.nct_id),
+     exits AS (SELECT e.nct_id, max(runs.started_at) AS at FROM raw_scope_exits e JOIN runs USING (run_id)
+               WHERE e.scope = ? GROUP BY e.nct_id)
+SELECT seen.nct_id FROM seen LEFT JOIN exits USING (nct_id) WHERE exits.at IS NULL OR seen.at > exits.at"""
 
 
 def _renumber_sql(table: str) -> str:

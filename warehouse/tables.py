@@ -67,6 +67,7 @@ SYNC_RUNS = pa.schema(
         pa.field("changes_written", pa.int64()),
         pa.field("quarantined", pa.int64()),
         pa.field("retired", pa.int64()),
+        pa.field("left_scope", pa.int64()),
         pa.field("total_count", pa.int64()),
         pa.field("since", pa.date32()),
         pa.field("watermark", pa.date32()),
@@ -80,6 +81,15 @@ RUN_STUDIES = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("nct_id", pa.string(), nullable=False),
         pa.field("version", pa.int32(), nullable=False),
+    ]
+)
+
+SCOPE_EXITS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("scope", pa.string(), nullable=False),
+        pa.field("nct_id", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # left_scope | removed
     ]
 )
 
@@ -227,6 +237,7 @@ TABLES: dict[str, pa.Schema] = {
     "study_versions": STUDY_VERSIONS,
     "sync_runs": SYNC_RUNS,
     "run_studies": RUN_STUDIES,
+    "scope_exits": SCOPE_EXITS,
     "quarantine": QUARANTINE,
     "changes": CHANGES,
     "study_rewrites": STUDY_REWRITES,

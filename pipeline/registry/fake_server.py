@@ -8,7 +8,8 @@ NCTIdAlias), ``filter.overallStatus``, ``filter.advanced`` with ``AREA[LastUpdat
 errors, page tokens that expire (``token_ttl``) and ``/version`` with a ``dataTimestamp`` that moves
 on whenever the data changes (``put``/``remove``), like the registry's daily refresh.
 
-``faults`` injects misbehaviour, each for ``times`` requests (-1: forever), optionally on one page:
+``faults`` injects misbehaviour, each for ``times`` requests (-1: forever), optionally on one page
+or only on requests that carry one query parameter (``param="filter.ids"``):
 
 - ``status``: an error status (429 with ``retry_after``, 5xx) with a plain-text body;
 - ``delay``: answer after ``delay`` seconds (a client timeout when longer than its read timeout);
@@ -79,14 +80,17 @@ class Fault:
     path: str = "/studies"
     body: str = "Service Unavailable"
     shift: int = 1
+    param: str | None = None  # only requests that carry this query parameter (e.g. "filter.ids")
     hits: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; one of {', '.join(FAULT_KINDS)}")
 
-    def matches(self, path: str, page: int | None) -> bool:
+    def matches(self, path: str, page: int | None, params: Mapping[str, str] | None = None) -> bool:
         if self.times == 0 or not path.startswith(self.path):
+            return False
+        if self.param is not None and self.param not in (params or {}):
             return False
         return self.page is None or self.page == page
 
@@ -106,10 +110,10 @@ class Faults:
         with self.lock:
             self.rules.clear()
 
-    def take(self, path: str, page: int | None) -> Fault | None:
+    def take(self, path: str, page: int | None, params: Mapping[str, str] | None = None) -> Fault | None:
         with self.lock:
             for fault in self.rules:
-                if fault.matches(path, page):
+                if fault.matches(path, page, params):
                     fault.times -= 1 if fault.times > 0 else 0
                     fault.hits += 1
                     return fault
@@ -443,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         self.registry.requests.append((path, params))
         page = self.registry.page_of(params) if path == "/studies" else None
-        fault = self.registry.faults.take(path, page)
+        fault = self.registry.faults.take(path, page, params)
         if fault and self._inject(fault):
             return None
         try:
