@@ -19,7 +19,7 @@ from pipeline import mutate
 from pipeline.dates import parse_partial_date
 from pipeline.registry.fake_server import FakeRegistry
 from pipeline.versioning import plan_batch
-from tests.conftest import SPEC_FILE, ctrdata_records, fast_sync, nct, partial_records, snapshot_pairs
+from tests.conftest import DATA, SPEC_FILE, ctrdata_records, fast_sync, nct, partial_records, snapshot_pairs
 from tests.datadict import dictionary, leaves, normalise, path_pattern
 from tests.test_flatten import CTX, broken_variants
 from warehouse import Warehouse
@@ -199,6 +199,18 @@ def test_every_partial_record_is_quarantined_as_incomplete() -> None:
         "incomplete record: no protocolSection.statusModule.overallStatus": 2,
     }
     assert [q.nct_id for q in plan.quarantined] == [nct(r) for r in partial_records()]
+
+
+def test_the_three_verbatim_fields_projected_responses_are_quarantined_with_their_ids() -> None:
+    """other_responses/: real ``GET /studies/{nctId}?fields=...`` bodies (the same records are in
+    studies_partial/): projections lack the registry's bookkeeping, so none can be a version."""
+    files = sorted((DATA / "ctgov" / "other_responses").glob("*.json"))
+    bodies = [orjson.loads(f.read_bytes()) for f in files]
+    plan = plan_batch(bodies, {}, CTX)
+    assert len(files) == 3 and not plan.versions
+    assert [q.nct_id for q in plan.quarantined] == [nct(b) for b in bodies]
+    assert all(q.reason.startswith("incomplete record: no protocolSection.statusModule") for q in plan.quarantined)
+    assert [orjson.loads(q.raw) for q in plan.quarantined] == bodies
 
 
 def _reversed_sites_plus_a_twin(record: dict[str, Any]) -> dict[str, Any]:
