@@ -181,6 +181,15 @@ def test_a_failed_lookup_of_vanished_studies_retires_nothing_and_commits_the_run
     assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
 
 
+def test_a_rederive_before_the_first_whole_registry_sync_does_not_turn_its_baseline_into_news(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    fast_sync(registry, warehouse_dir, ids=[nct(records[0])])
+    rederive_changes(warehouse=str(warehouse_dir))
+    whole = fast_sync(registry, warehouse_dir)
+    assert (whole["mode"], whole["new_studies"], whole["changes_written"]) == ("full", len(records) - 1, 0)
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE event = 'study_added'") == [(0,)]
+
+
 def test_new_studies_after_the_baseline_are_study_added(registry: FakeRegistry, warehouse_dir: Path,
                                                         records: list[dict[str, Any]]) -> None:
     newcomer = records[10]

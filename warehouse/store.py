@@ -241,13 +241,13 @@ class RunWriter:
     def watermark(self, scope: str) -> Any:
         with self.warehouse.committed() as con:
             row = con.execute(
-                "SELECT max(watermark) FROM raw_sync_runs WHERE scope = ? AND status = 'succeeded'", [scope]
+                f"SELECT max(watermark) FROM raw_sync_runs WHERE scope = ? AND {SYNCED}", [scope]
             ).fetchone()
         return row[0] if row else None
 
     def has_runs(self, scope: str) -> bool:
         with self.warehouse.committed() as con:
-            row = con.execute("SELECT count(*) FROM raw_sync_runs WHERE scope = ? AND status = 'succeeded'",
+            row = con.execute(f"SELECT count(*) FROM raw_sync_runs WHERE scope = ? AND {SYNCED}",
                               [scope]).fetchone()
         return bool(row and row[0])
 
@@ -287,10 +287,14 @@ class RunWriter:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# Runs that fetched a scope. A ``rederive`` run (scope "all") fetched nothing: it must not make the
+# first whole-registry sync look like a follow-up run (whose new studies would all be study_added).
+SYNCED = "status = 'succeeded' AND mode <> 'rederive'"
+
 # A study looked up by id in the run that found it gone from the scope is seen and exits in the same
 # run: the exit wins (strictly later sighting needed to be a member again).
-SCOPE_MEMBERS_SQL = """
-WITH runs AS (SELECT run_id, started_at FROM raw_sync_runs WHERE scope = ? AND status = 'succeeded'),
+SCOPE_MEMBERS_SQL = f"""
+WITH runs AS (SELECT run_id, started_at FROM raw_sync_runs WHERE scope = ? AND {SYNCED}),
      seen AS (SELECT r.nct_id, max(runs.started_at) AS at FROM raw_run_studies r JOIN runs USING (run_id)
               GROUP BY r.nct_id),
      exits AS (SELECT e.nct_id, max(runs.started_at) AS at FROM raw_scope_exits e JOIN runs USING (run_id)
