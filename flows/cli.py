@@ -371,6 +371,27 @@ def rederive(
 
 
 @app.command()
+def compact(
+    keep_hours: Annotated[float, typer.Option(
+        "--keep-hours", help="Keep the superseded files this long for readers that still hold the "
+        "previous catalog (0: delete them now)")] = 24.0,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Rewrite every table into one Parquet file (queries open fewer files; rows hidden by a backfill
+    and changes replaced by a rederive are dropped). Views show exactly the same rows afterwards."""
+    from flows.compact import compact_warehouse
+
+    if keep_hours < 0:
+        raise UsageError("--keep-hours must be 0 or more")
+    _quiet_prefect_failures()
+    result = compact_warehouse(warehouse=str(settings.warehouse_dir(warehouse)), keep_hours=keep_hours)
+    console.print(f"[bold green]run {result['run_id']}[/] (compact): {result['files_before']} files -> "
+                  f"{result['files_after']}, {result['deleted_runs']} superseded run directories deleted; "
+                  f"the rest are kept until {result['kept_until'][:16]} UTC "
+                  f"({result['duration_seconds']:.1f}s)", highlight=False)
+
+
+@app.command()
 def backfill(
     ids: Annotated[list[str] | None, typer.Argument(help="NCT ids (space or comma separated)")] = None,
     all_studies: Annotated[bool, typer.Option("--all", help="Every study the warehouse follows")] = False,

@@ -9,9 +9,11 @@ the ``duckdb`` shell (1.x) can open it read-only.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -24,6 +26,7 @@ from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
 STORAGE_COMPATIBILITY = "v1.0.0"
+RETAINED_KEY = "retained_runs"  # meta: {run_id: ISO time until which a superseded run's directory stays}
 
 _CORE = ", ".join(f.name for f in CORE_FIELDS)
 
@@ -49,6 +52,13 @@ class Manifest:
 
     def plus(self, entries: Sequence[ManifestEntry]) -> Manifest:
         return Manifest(self.entries + tuple(entries), self.meta)
+
+    def retained_until(self) -> dict[str, datetime]:
+        """Run directories a compaction superseded, and until when they are kept."""
+        raw = self.meta.get(RETAINED_KEY)
+        if not raw:
+            return {}
+        return {run_id: datetime.fromisoformat(until) for run_id, until in json.loads(raw).items()}
 
 
 def schema_file(table: str) -> str:

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +131,8 @@ class Warehouse:
     def _remove_uncommitted(self, manifest: Manifest) -> None:
         """Leftovers of a crashed run: its files were never in a catalog, so nobody sees them."""
         runs = self.root / RUNS_DIR
-        leftovers = [c for c in runs.iterdir() if c.name not in manifest.run_ids and c.is_dir()
-                     ] if runs.is_dir() else []
+        kept = manifest.run_ids | self._retained(manifest)
+        leftovers = [c for c in runs.iterdir() if c.name not in kept and c.is_dir()] if runs.is_dir() else []
         if not self.exists() and (committed := [c.name for c in leftovers if (c / COMMITTED_MARKER).exists()]):
             # Someone deleted the catalog: these runs were committed once. Never delete history.
             raise WarehouseError(
@@ -141,6 +142,13 @@ class Warehouse:
             shutil.rmtree(child, ignore_errors=True)
         for leftover in self.root.glob(f"{CATALOG_NAME}.tmp-*"):
             leftover.unlink(missing_ok=True)
+
+    @staticmethod
+    def _retained(manifest: Manifest) -> set[str]:
+        """Runs a compaction superseded whose grace period has not passed (a reader may hold a
+        catalog that still lists their files)."""
+        now = datetime.now(UTC)
+        return {run_id for run_id, until in manifest.retained_until().items() if until > now}
 
 
 class RunWriter:
@@ -179,6 +187,9 @@ class RunWriter:
         self._writers[table].write_table(rows.cast(schema) if rows.schema != schema else rows)
         self._rows[table] = self._rows.get(table, 0) + rows.num_rows
         crashpoint("parquet-written")
+
+    def append_batch(self, table: str, batch: pa.RecordBatch) -> None:
+        self.append(table, pa.Table.from_batches([batch]))
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:

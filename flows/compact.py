@@ -1,0 +1,65 @@
+"""``compact_warehouse``: rewrite every table into one file per table (see ``warehouse.compact``)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows import settings
+from flows.sync import RunTotals, SyncSummary, commit_run, new_run_id
+from pipeline.errors import UsageError
+from warehouse import Warehouse
+from warehouse.compact import copy_tables, retention_meta
+from warehouse.store import RUNS_DIR
+from warehouse.tables import TABLES
+
+COMPACT_SCOPE = "warehouse"  # not a sync scope: never a baseline, watermark or scope member
+
+
+@flow(name="compact_warehouse", validate_parameters=True)
+def compact_warehouse(warehouse: str | None = None, keep_hours: float = 24.0,
+                      lock_timeout: float = 30.0) -> dict[str, Any]:
+    """Copy what every view shows into one new run, commit it as the only source of every table, and
+    delete the run directories earlier compactions superseded once ``keep_hours`` have passed."""
+    if keep_hours < 0:
+        raise UsageError("--keep-hours must be 0 or more")
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    run_id = new_run_id(started)
+    store = Warehouse(settings.warehouse_dir(warehouse))
+    if not store.exists():
+        raise UsageError(f"no warehouse at {store.root} (nothing to compact)")
+    with store.writer(run_id, lock_timeout=lock_timeout) as run:
+        files_before = len(run.manifest.entries)
+        superseded = run.manifest.run_ids
+        copied = copy_tables(run)
+        summary = SyncSummary(run_id, "compact", COMPACT_SCOPE, None, round(time.monotonic() - clock, 3),
+                              RunTotals())
+        commit_run(run, summary, started, params={}, api_url=None,
+                   meta=retention_meta(run.manifest, superseded, started, timedelta(hours=keep_hours)),
+                   replace=frozenset(TABLES))
+        files_after = len(store.manifest().entries)
+        deleted = purge_superseded(store)  # under the writer lock: no other run is staging files
+    get_run_logger().info("compacted %d files into %d; %d superseded run directories deleted",
+                          files_before, files_after, deleted)
+    return {"run_id": run_id, "files_before": files_before, "files_after": files_after,
+            "rows": {t: n for t, n in copied.items() if n}, "deleted_runs": deleted,
+            "kept_until": (started + timedelta(hours=keep_hours)).isoformat(),
+            "duration_seconds": round(time.monotonic() - clock, 3)}
+
+
+def purge_superseded(store: Warehouse) -> int:
+    """Delete run directories no catalog lists any more whose grace period has passed. Call with the
+    writer lock held."""
+    manifest = store.manifest()
+    now = datetime.now(UTC)
+    keep = manifest.run_ids | {r for r, until in manifest.retained_until().items() if until > now}
+    runs = store.root / RUNS_DIR
+    gone = [d for d in runs.iterdir() if d.is_dir() and d.name not in keep] if runs.is_dir() else []
+    for directory in gone:
+        shutil.rmtree(directory, ignore_errors=True)
+    return len(gone)
