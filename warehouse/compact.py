@@ -22,7 +22,10 @@ BATCH_ROWS = 50_000
 def plan_copy(table: str) -> str:
     """The query that reads ``table`` as the views show it, in the table's own column order."""
     columns = ", ".join(f'"{name}"' for name in TABLES[table].names)
-    order = " ORDER BY nct_id, version" if table in version_keyed_tables() else ""
+    # Sorted by study where that is cheap; study_versions carries every version's raw JSON (gigabytes
+    # for the whole registry), which a sort would have to hold or spill, so it keeps its run order.
+    sort = table in version_keyed_tables() and table != "study_versions"
+    order = " ORDER BY nct_id, version" if sort else ""
     return f"SELECT {columns} FROM raw_{table}{order}"
 
 
