@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,12 +28,15 @@ from pipeline.redact import redact
 from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Keep a local, versioned, queryable mirror of ClinicalTrials.gov.")
+                  help="Keep a local, versioned, queryable mirror of ClinicalTrials.gov.",
+                  epilog="Errors are one line on stderr (exit 2: bad input, 1: failure, 130: interrupted); "
+                         "add --debug anywhere (or TRIALSYNC_DEBUG=1) for the traceback.")
 # Piped output is not cut at 80 columns: tables go to files and other programs whole.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 _DEBUG = False
+_INTERRUPTED = False
 WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="Warehouse directory "
                                                   "[env TRIALSYNC_WAREHOUSE; default ./trialsync-warehouse]")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table | json | csv")]
@@ -315,13 +320,13 @@ def changes(
     event: Annotated[list[str] | None, typer.Option("--event", help="Only these events")] = None,
     min_severity: Annotated[str | None, typer.Option("--min-severity", help="info | minor | notable | critical")]
     = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="At most N rows")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N rows")] = None,
     fmt: FormatOpt = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
     """The change feed: what changed, by how much, and how much it matters."""
     from warehouse import Warehouse
-    from warehouse.queries import ChangeFilter, changes_query
+    from warehouse.queries import ALL_CHANGE_COLUMNS, CHANGE_COLUMNS, ChangeFilter, changes_query
 
     _format(fmt)
     ids = tuple(sorted({s.upper() for s in _split(nct)}))
@@ -331,7 +336,9 @@ def changes(
         until=parse_date_arg(until, "--until") if until else None,
         nct_ids=ids, categories=tuple(_split(category)), events=tuple(_split(event)),
         min_severity=min_severity, limit=limit)
-    sql, params = changes_query(spec)
+    if spec.since and spec.until and spec.since > spec.until:
+        raise UsageError(f"--since {spec.since} is after --until {spec.until}")
+    sql, params = changes_query(spec, CHANGE_COLUMNS if fmt == "table" else ALL_CHANGE_COLUMNS)
     with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
         result = con.execute(sql, params)
         render([d[0] for d in result.description], result.fetchall(), fmt, console)
@@ -467,7 +474,7 @@ def _split(values: list[str] | None) -> list[str]:
 
 @app.command()
 def runs(
-    limit: Annotated[int, typer.Option("--limit", help="Most recent N runs")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Most recent N runs")] = 20,
     fmt: FormatOpt = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
@@ -541,7 +548,7 @@ def demo(
     run_demo(workdir, settings.shared_data_dir(str(data) if data else None), console)
 
 
-@app.command("fake-registry", hidden=True)
+@app.command("fake-registry")
 def fake_registry(
     port: Annotated[int, typer.Option("--port")] = 8765,
     data: Annotated[Path | None, typer.Option("--data")] = None,
@@ -566,24 +573,51 @@ def fake_registry(
         server.stop()
 
 
+def _on_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C. Without a Prefect server of its own the CLI runs on Prefect's temporary server, a child
+    process that dies of the same Ctrl-C; Prefect would then retry reporting the crash to it for
+    minutes. So leave at once: a run is crash-safe by design (its uncommitted files are removed by the
+    next run, the writer lock goes with the process, fetched pages stay in the spool for a re-run).
+    With a real server, let Prefect record the crash; a second Ctrl-C leaves at once."""
+    global _INTERRUPTED
+    if _INTERRUPTED or not os.environ.get("PREFECT_API_URL"):
+        _leave_interrupted()
+    _INTERRUPTED = True
+    signal.default_int_handler(signum, frame)
+
+
+def _leave_interrupted() -> None:
+    """Exit without Prefect's exit hooks, which may wait for a server that is gone."""
+    print("trialsync: interrupted (an unfinished run commits nothing; the next run cleans up after it)",
+          file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     global _DEBUG
     debug = _DEBUG = "--debug" in args or os.environ.get("TRIALSYNC_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         app(args=args, prog_name="trialsync", standalone_mode=False)
     except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
-        err.print("trialsync: interrupted")
-        sys.exit(130)
+        _leave_interrupted()
     except TrialsyncError as exc:
+        if _INTERRUPTED:
+            _leave_interrupted()
         if debug:
             traceback.print_exc()
         print(f"trialsync: error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, UsageError) else 1)
     except Exception as exc:
+        if _INTERRUPTED:  # e.g. the temporary Prefect server died of the same Ctrl-C
+            _leave_interrupted()
         if _is_click_error(exc):
             _click_error(exc)
         if debug:
@@ -591,6 +625,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trialsync: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
               file=sys.stderr)
         sys.exit(1)
+    if _INTERRUPTED:  # a command that caught the interrupt itself
+        _leave_interrupted()
 
 
 def _is_click_error(exc: Exception) -> bool:

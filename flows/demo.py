@@ -105,8 +105,8 @@ def day2_updates(day1: list[Record], data_dir: Path, day2: date) -> list[Update]
     site_closed = pick(lambda p: status(p) == "RECRUITING" and len(sites(p)) >= 3
                        and sites(p)[0].get("status") == "RECRUITING")
     updates.append(Update(mutate.set_site_status(site_closed, 0, "COMPLETED"), "a site closed"))
-    slipped = pick(lambda p: status(p) == "NOT_YET_RECRUITING"
-                   and "primaryCompletionDateStruct" in p["statusModule"])
+    slipped = pick(lambda p: status(p) == "NOT_YET_RECRUITING"  # a full date: a month-only one moves by months
+                   and len(p["statusModule"].get("primaryCompletionDateStruct", {}).get("date", "")) == 10)
     updates.append(Update(mutate.shift_date(slipped, "primaryCompletionDate", 90),
                           "primary completion slipped 90 days"))
     return [Update(mutate.posted_on(u.record, day2), u.story) for u in updates]
@@ -181,7 +181,8 @@ def show_changes(store: Warehouse, console: Console) -> None:
                ORDER BY severity_rank DESC, nct_id, path""")
         columns = [d[0] for d in result.description]
         rows = [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
-    table = Table(title="What changed on day 2 (trialsync changes --since <day 2>)", header_style="bold")
+    table = Table(title="What changed on day 2 (trialsync changes --since <day 2> --min-severity minor)",
+                  header_style="bold")
     for name in ("study", "severity", "change"):
         table.add_column(name, overflow="fold")
     for row in rows:

@@ -35,6 +35,8 @@ def check_query(sql: str) -> None:
                 raise UsageError("trialsync sql is read-only: EXPLAIN is accepted only for a SELECT")
         elif kind not in _ALLOWED:
             raise UsageError(f"trialsync sql is read-only: {kind.name} statements are refused")
+    if len(statements) > 1:  # only the last one's rows would be shown
+        raise UsageError(f"one statement at a time, please (got {len(statements)})")
 
 
 def _statements(sql: str) -> list[duckdb.Statement]:

@@ -83,8 +83,14 @@ def total_count(f: RunFacts) -> Check:
 
 
 def missing_ids(f: RunFacts) -> Check:
-    """After a full run: studies of the scope that the registry no longer lists."""
+    """After a full run: studies of the scope that the registry no longer lists; in an ids scope, also
+    ids asked for that the registry has never listed (a mistyped id), from the first run on."""
     name = "missing_ids"
+    never = sorted(set(f.requested_ids) - set(f.seen_dates) - f.members_before) if f.mode == "full" else []
+    if never:
+        return Check(name, WARN, f"{len(never)} of the {len(f.requested_ids)} requested ids are not in the "
+                                 f"registry: {_names(never)}", len(f.requested_ids),
+                     len(f.requested_ids) - len(never), len(never), tuple(never), {"not_found": never})
     if f.mode != "full" or f.baseline:
         return Check(name, SKIPPED, _only_full(f))
     gone = sorted(f.members_before - set(f.seen_dates))

@@ -36,6 +36,9 @@ def synced(prefect_api: str, registry: FakeRegistry, warehouse_dir: Path) -> Pat
     (["sync", "--page-size", "5000"], "--page-size must be between 1 and 1000"),
     (["sync", "--api-url", "ftp://example.org"], "--api-url must be an http(s) URL"),
     (["sync", "--full", "--since", "2026-01-01"], "--full and --since exclude each other"),
+    (["changes", "--since", "2026-05-20", "--until", "2026-05-01"], "--since 2026-05-20 is after --until 2026-05-01"),
+    (["sql", "SELECT 1; SELECT 2"], "one statement at a time, please (got 2)"),
+    (["compact", "--keep-hours", "-1"], "--keep-hours must be 0 or more"),
 ])
 def test_bad_input_gets_a_one_line_error_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     result = run_cli(*args, "--warehouse", str(tmp_path / "w"))
@@ -43,6 +46,25 @@ def test_bad_input_gets_a_one_line_error_and_exit_2(args: list[str], message: st
     assert result.stderr.strip().splitlines() == [f"trialsync: error: {message}" + result.stderr.strip().split(
         message, 1)[1]] and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_limit_below_one_is_refused_with_exit_2(tmp_path: Path) -> None:
+    for command in ("changes", "runs"):
+        result = run_cli(command, "--limit", "-1", "--warehouse", str(tmp_path))
+        assert result.returncode == 2 and "--limit" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_machine_readable_change_feed_carries_every_column_with_the_change_id(
+        synced: Path, registry: FakeRegistry, records: list[dict[str, Any]]) -> None:
+    from datetime import date
+
+    from pipeline import mutate
+
+    registry.put(mutate.posted_on(mutate.set_status(records[0], "WITHDRAWN", "No funding"), date(2030, 1, 2)))
+    fast_sync(registry, synced)
+    feed = json.loads(run_cli("changes", "--format", "json", "--warehouse", str(synced)).stdout)
+    assert feed and list(feed[0])[:5] == ["change_id", "nct_id", "from_version", "to_version", "run_id"]
+    assert {"path", "detected_at", "severity", "shift_days"} <= set(feed[0])
 
 
 def test_sql_on_a_missing_warehouse_says_what_to_do(tmp_path: Path) -> None:
@@ -165,3 +187,42 @@ def test_a_bad_data_flag_is_refused_even_when_the_environment_names_good_data(
     assert shared_data_dir(None) == DATA
     with pytest.raises(UsageError, match="does not hold the real registry data"):
         shared_data_dir(str(tmp_path))
+
+
+def test_ctrl_c_during_a_sync_exits_promptly_with_130_and_commits_nothing(
+        prefect_api: str, records: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group, so Prefect's temporary server dies of it too."""
+    import signal
+    import time
+
+    warehouse = tmp_path / "w"
+    with FakeRegistry(records[:60]).start() as registry:
+        registry.faults.add("delay", delay=2.0, times=-1, path="/studies")
+        proc = subprocess.Popen([str(TRIALSYNC), "sync", "-q", "--page-size", "5", "--request-interval", "0",
+                                 "--api-url", registry.url, "--warehouse", str(warehouse)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"})
+        deadline = time.monotonic() + 90
+        while not any(path == "/studies" for path, _ in registry.requests) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(3)  # a page or two in
+        os.killpg(proc.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert time.monotonic() - interrupted < 60
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "trialsync: interrupted (an unfinished run commits nothing; the next run cleans up after it)")
+    assert "Traceback" not in stderr
+    assert not (warehouse / "warehouse.duckdb").exists()
+    with FakeRegistry(records[:60]).start() as registry:  # the next run takes the lock and cleans up
+        done = run_cli("sync", "-q", "--request-interval", "0", "--api-url", registry.url,
+                       "--warehouse", str(warehouse), env={"PREFECT_API_URL": prefect_api})
+    assert done.returncode == 0, done.stderr
+    assert [d.name for d in (warehouse / "runs").iterdir()] == [json.loads(
+        run_cli("runs", "--format", "json", "--warehouse", str(warehouse)).stdout)[0]["run_id"]]

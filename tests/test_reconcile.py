@@ -87,6 +87,17 @@ def test_missing_ids_warn_only_for_studies_gone_from_the_registry_not_for_those_
     assert both.detail.endswith("1 left the scope but are still in the registry, 1 gone from it: NCT00000002")
 
 
+def test_a_requested_id_the_registry_does_not_have_is_flagged_from_the_first_run() -> None:
+    first = facts(mode="full", baseline=True, members_before=frozenset(),
+                  requested_ids=("NCT00000001", "NCT00000002", "NCT00000003", "NCT09999999"))
+    check = missing_ids(first)
+    assert (check.status, check.flagged, check.ids) == ("warn", 1, ("NCT09999999",))
+    assert check.detail == "1 of the 4 requested ids are not in the registry: NCT09999999"
+    all_there = missing_ids(facts(mode="full", baseline=True, members_before=frozenset(),
+                                  requested_ids=("NCT00000001", "NCT00000002")))
+    assert all_there.status == "skipped"
+
+
 def test_status_counts_warn_on_a_large_move_against_the_previous_run() -> None:
     before = {"RECRUITING": 100, "COMPLETED": 40}
     small = status_counts(facts(status_counts={"RECRUITING": 98, "COMPLETED": 42}, previous_status_counts=before))

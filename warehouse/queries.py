@@ -10,6 +10,10 @@ from pipeline.errors import UsageError
 
 CHANGE_COLUMNS = ("registry_updated", "nct_id", "to_version", "event", "field", "old_value", "new_value",
                   "shift_days", "pct_change", "severity", "category")
+# Machine-readable output (json, csv): every column of the view, with the stable key first.
+ALL_CHANGE_COLUMNS = ("change_id", "nct_id", "from_version", "to_version", "run_id", "detected_at",
+                      "registry_updated", "path", "field", "category", "event", "old_value", "new_value",
+                      "severity", "shift_days", "pct_change")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ HTTP. Paging follows the spec: later pages repeat the first page's parameters pl
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -273,5 +274,13 @@ def _body_line(response: requests.Response) -> str:
     return redact(text[0][:200]) if text else response.reason or ""
 
 
-def _short(exc: Exception) -> str:
-    return redact(str(exc).splitlines()[0][:200])
+def _short(exc: Exception, limit: int = 200) -> str:
+    """One line for a transport error: the root reason (``[Errno 111] Connection refused``) rather
+    than urllib3's wrapper text with the whole URL, cut at a word if still long."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # MaxRetryError -> its cause
+    text = (str(reason) if reason is not None else str(exc)).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    line = re.sub(r"^<[^>]+>: ", "", line)  # "<urllib3.connection.HTTPConnection object at 0x..>: "
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0] + " ..."
+    return redact(line)
