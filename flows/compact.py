@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +13,6 @@ from flows.sync import RunTotals, SyncSummary, commit_run, new_run_id
 from pipeline.errors import UsageError
 from warehouse import Warehouse
 from warehouse.compact import copy_tables, retention_meta
-from warehouse.store import RUNS_DIR
 from warehouse.tables import TABLES
 
 COMPACT_SCOPE = "warehouse"  # not a sync scope: never a baseline, watermark or scope member
@@ -43,7 +41,7 @@ def compact_warehouse(warehouse: str | None = None, keep_hours: float = 24.0,
                    meta=retention_meta(run.manifest, superseded, started, timedelta(hours=keep_hours)),
                    replace=frozenset(TABLES))
         files_after = len(store.manifest().entries)
-        deleted = purge_superseded(store)  # under the writer lock: no other run is staging files
+        deleted = store.remove_superseded()  # under the writer lock: no other run is staging files
     get_run_logger().info("compacted %d files into %d; %d superseded run directories deleted",
                           files_before, files_after, deleted)
     return {"run_id": run_id, "files_before": files_before, "files_after": files_after,
@@ -51,15 +49,3 @@ def compact_warehouse(warehouse: str | None = None, keep_hours: float = 24.0,
             "kept_until": (started + timedelta(hours=keep_hours)).isoformat(),
             "duration_seconds": round(time.monotonic() - clock, 3)}
 
-
-def purge_superseded(store: Warehouse) -> int:
-    """Delete run directories no catalog lists any more whose grace period has passed. Call with the
-    writer lock held."""
-    manifest = store.manifest()
-    now = datetime.now(UTC)
-    keep = manifest.run_ids | {r for r, until in manifest.retained_until().items() if until > now}
-    runs = store.root / RUNS_DIR
-    gone = [d for d in runs.iterdir() if d.is_dir() and d.name not in keep] if runs.is_dir() else []
-    for directory in gone:
-        shutil.rmtree(directory, ignore_errors=True)
-    return len(gone)

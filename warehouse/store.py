@@ -128,8 +128,9 @@ class Warehouse:
         with _exclusive_lock(self.root / f".{name}.lock", holder, timeout, what=what):
             yield
 
-    def _remove_uncommitted(self, manifest: Manifest) -> None:
-        """Leftovers of a crashed run: its files were never in a catalog, so nobody sees them."""
+    def _remove_uncommitted(self, manifest: Manifest) -> int:
+        """Leftovers of a crashed run (its files were never in a catalog, so nobody sees them) and run
+        directories a compaction superseded once their grace period has passed. Returns how many."""
         runs = self.root / RUNS_DIR
         kept = manifest.run_ids | self._retained(manifest)
         leftovers = [c for c in runs.iterdir() if c.name not in kept and c.is_dir()] if runs.is_dir() else []
@@ -142,6 +143,12 @@ class Warehouse:
             shutil.rmtree(child, ignore_errors=True)
         for leftover in self.root.glob(f"{CATALOG_NAME}.tmp-*"):
             leftover.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def remove_superseded(self) -> int:
+        """Call with the writer lock held, after a commit: what ``_remove_uncommitted`` would remove
+        at the next run's start."""
+        return self._remove_uncommitted(self.manifest())
 
     @staticmethod
     def _retained(manifest: Manifest) -> set[str]:
