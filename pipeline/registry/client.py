@@ -281,6 +281,7 @@ def _short(exc: Exception, limit: int = 200) -> str:
     text = (str(reason) if reason is not None else str(exc)).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     line = re.sub(r"^<[^>]+>: ", "", line)  # "<urllib3.connection.HTTPConnection object at 0x..>: "
+    line = f"{type(exc).__name__}: {line}"  # ProxyError, ConnectTimeout, ... say where it failed
     if len(line) > limit:
         line = line[:limit].rsplit(" ", 1)[0] + " ..."
     return redact(line)
