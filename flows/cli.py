@@ -388,7 +388,7 @@ def compact(
     and changes replaced by a rederive are dropped). Views show exactly the same rows afterwards."""
     from flows.compact import compact_warehouse
 
-    if keep_hours < 0:
+    if keep_hours < 0:  # here too, so bad input fails before Prefect's temporary server starts
         raise UsageError("--keep-hours must be 0 or more")
     _quiet_prefect_failures()
     result = compact_warehouse(warehouse=str(settings.warehouse_dir(warehouse)), keep_hours=keep_hours)
@@ -580,10 +580,20 @@ def _on_interrupt(signum: int, frame: Any) -> None:
     next run, the writer lock goes with the process, fetched pages stay in the spool for a re-run).
     With a real server, let Prefect record the crash; a second Ctrl-C leaves at once."""
     global _INTERRUPTED
-    if _INTERRUPTED or not os.environ.get("PREFECT_API_URL"):
+    if _INTERRUPTED or not _prefect_server_configured():
         _leave_interrupted()
     _INTERRUPTED = True
     signal.default_int_handler(signum, frame)
+
+
+def _prefect_server_configured() -> bool:
+    """PREFECT_API_URL from the environment or the active Prefect profile."""
+    try:
+        from prefect.settings import get_current_settings
+
+        return bool(get_current_settings().api.url)
+    except Exception:
+        return bool(os.environ.get("PREFECT_API_URL"))
 
 
 def _leave_interrupted() -> None:

@@ -87,26 +87,28 @@ def missing_ids(f: RunFacts) -> Check:
     ids asked for that the registry has never listed (a mistyped id), from the first run on."""
     name = "missing_ids"
     never = sorted(set(f.requested_ids) - set(f.seen_dates) - f.members_before) if f.mode == "full" else []
-    if never:
-        return Check(name, WARN, f"{len(never)} of the {len(f.requested_ids)} requested ids are not in the "
-                                 f"registry: {_names(never)}", len(f.requested_ids),
-                     len(f.requested_ids) - len(never), len(never), tuple(never), {"not_found": never})
+    not_found = (f"{len(never)} of the {len(f.requested_ids)} requested ids are not in the registry: "
+                 f"{_names(never)}") if never else ""
     if f.mode != "full" or f.baseline:
+        if never:
+            return Check(name, WARN, not_found, len(f.requested_ids), len(f.requested_ids) - len(never),
+                         len(never), tuple(never), {"not_found": never})
         return Check(name, SKIPPED, _only_full(f))
     gone = sorted(f.members_before - set(f.seen_dates))
     kept = len(f.members_before) - len(gone)
-    if not gone:
-        return Check(name, OK, f"all {len(f.members_before)} known studies of the scope are still listed",
-                     len(f.members_before), kept)
     removed = [n for n in gone if n not in f.left_scope]
     left = [n for n in gone if n in f.left_scope]
-    data = {"left_scope": left, "removed": removed}
-    detail = (f"{len(gone)} of {len(f.members_before)} known studies are no longer listed: "
-              f"{len(left)} left the scope but are still in the registry, {len(removed)} gone from it")
-    if not removed:  # a study that no longer matches the scope's filters is no cause for concern
-        return Check(name, OK, f"{detail}: {_names(left)}", len(f.members_before), kept, 0, tuple(gone), data)
-    return Check(name, WARN, f"{detail}: {_names(removed)}", len(f.members_before), kept, len(removed),
-                 tuple(gone), data)
+    data = {"left_scope": left, "removed": removed, "not_found": never}
+    if not gone:
+        detail = f"all {len(f.members_before)} known studies of the scope are still listed"
+    else:
+        detail = (f"{len(gone)} of {len(f.members_before)} known studies are no longer listed: {len(left)} left "
+                  f"the scope but are still in the registry, {len(removed)} gone from it: "
+                  f"{_names(removed or left)}")
+    if not removed and not never:  # a study that no longer matches the scope's filters is no cause for concern
+        return Check(name, OK, detail, len(f.members_before), kept, 0, tuple(gone), data)
+    return Check(name, WARN, "; ".join(filter(None, [detail if gone else "", not_found])), len(f.members_before),
+                 kept, len(removed) + len(never), tuple(gone) + tuple(never), data)
 
 
 def unexpected_ids(f: RunFacts) -> Check:

@@ -78,7 +78,7 @@ def test_missing_ids_warn_only_for_studies_gone_from_the_registry_not_for_those_
                      left_scope=frozenset({"NCT00000003"}))
     check = missing_ids(one_left)
     assert (check.status, check.flagged, check.ids, check.data) == (
-        "ok", 0, ("NCT00000003",), {"left_scope": ["NCT00000003"], "removed": []})
+        "ok", 0, ("NCT00000003",), {"left_scope": ["NCT00000003"], "removed": [], "not_found": []})
     assert check.detail == ("1 of 3 known studies are no longer listed: 1 left the scope but are still in the "
                             "registry, 0 gone from it: NCT00000003")
     both = missing_ids(facts(mode="full", seen_dates={"NCT00000001": MONDAY}, left_scope=frozenset({"NCT00000003"})))
@@ -96,6 +96,13 @@ def test_a_requested_id_the_registry_does_not_have_is_flagged_from_the_first_run
     all_there = missing_ids(facts(mode="full", baseline=True, members_before=frozenset(),
                                   requested_ids=("NCT00000001", "NCT00000002")))
     assert all_there.status == "skipped"
+    # Later: a mistyped id does not hide a study that is gone from the registry.
+    later = missing_ids(facts(mode="full", seen_dates={"NCT00000001": MONDAY, "NCT00000003": MONDAY},
+                              requested_ids=("NCT00000001", "NCT00000002", "NCT00000003", "NCT09999999")))
+    assert (later.status, later.flagged, later.ids) == ("warn", 2, ("NCT00000002", "NCT09999999"))
+    assert later.detail == ("1 of 3 known studies are no longer listed: 0 left the scope but are still in the "
+                            "registry, 1 gone from it: NCT00000002; 1 of the 4 requested ids are not in the "
+                            "registry: NCT09999999")
 
 
 def test_status_counts_warn_on_a_large_move_against_the_previous_run() -> None:

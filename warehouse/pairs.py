@@ -8,6 +8,7 @@ import duckdb
 import orjson
 
 from pipeline.changes import VersionPair
+from warehouse.store import SYNCED
 
 _PAIRS = """
 SELECT n.nct_id, o.version AS from_version, n.version AS to_version,
@@ -62,7 +63,6 @@ def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
 def baseline_runs(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
     """The first successful run of each scope: its studies' first versions are not news."""
     rows = con.execute(
-        "SELECT arg_min(run_id, started_at) FROM raw_sync_runs "
-        "WHERE status = 'succeeded' AND mode IN ('full', 'incremental', 'bulk') GROUP BY scope"
+        f"SELECT arg_min(run_id, started_at) FROM raw_sync_runs WHERE {SYNCED} GROUP BY scope"
     ).fetchall()
     return frozenset(r[0] for r in rows)

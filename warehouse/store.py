@@ -307,7 +307,7 @@ class RunWriter:
 
 # Runs that fetched a scope. A ``rederive`` run (scope "all") fetched nothing: it must not make the
 # first whole-registry sync look like a follow-up run (whose new studies would all be study_added).
-SYNCED = "status = 'succeeded' AND mode <> 'rederive'"
+SYNCED = "status = 'succeeded' AND mode IN ('full', 'incremental', 'bulk')"
 
 # A study looked up by id in the run that found it gone from the scope is seen and exits in the same
 # run: the exit wins (strictly later sighting needed to be a member again).
