@@ -1,0 +1,103 @@
+"""`trialsync alerts run|test|list` and the alerts summary printed after a sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
+from flows import settings
+from flows.cli.common import (
+    FormatOpt,
+    WarehouseOpt,
+    app,
+    check_format,
+    console,
+    quiet_prefect_failures,
+)
+from flows.output import render
+from pipeline.errors import UsageError
+
+
+def finish_alerts(result: dict[str, Any]) -> None:
+    """Print an alerts run's summary; failed deliveries (due again next run) make the exit code 1."""
+    from pipeline.errors import DeliveryFailed
+
+    if "error" in result:
+        raise DeliveryFailed(f"alerts: {result['error']}")
+    console.print(
+        f"[bold green]alerts {result['run_id']}[/]: {result['matched']} matching changes, "
+        f"{result['messages']} messages, {result['messages_sent']} delivered, {result['messages_failed']} failed, "
+        f"{result['already_sent']} deliveries already made, {result['retried']} retried "
+        f"in {result['duration_seconds']:.1f}s", highlight=False)
+    if result["failures"]:
+        first = result["failures"][0]
+        raise DeliveryFailed(
+            f"alerts: {result['deliveries_failed']} deliveries failed (channel {first['channel']}: "
+            f"{first['error']}); they are retried on the next run")
+
+
+alerts_app = typer.Typer(no_args_is_help=True, help="Watchlists: evaluate them and deliver change alerts.")
+app.add_typer(alerts_app, name="alerts")
+ConfigOpt = Annotated[Path, typer.Option("--config", help="The watchlist file (YAML; see "
+                                         "deploy/watchlist.example.yaml)")]
+
+
+@alerts_app.command("run")
+def alerts_run(
+    config: ConfigOpt,
+    warehouse: WarehouseOpt = None,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another run")] = 30.0,
+) -> None:
+    """Deliver the alerts of every watch: each (watch, change, channel) once; failures retried next run."""
+    from flows.alerts import check_config, send_alerts
+
+    check_config(config)
+    directory = settings.warehouse_dir(warehouse)
+    from warehouse import Warehouse
+
+    if not Warehouse(directory).exists():
+        raise UsageError(f"no warehouse at {Warehouse(directory).root} (run `trialsync sync` first)")
+    quiet_prefect_failures()
+    finish_alerts(send_alerts(config=str(config), warehouse=str(directory), lock_timeout=lock_timeout))
+
+
+@alerts_app.command("test")
+def alerts_test(
+    config: ConfigOpt,
+    channel: Annotated[str | None, typer.Option("--channel", help="Only this channel")] = None,
+) -> None:
+    """Send one sample alert to each channel (nothing is recorded in the ledger)."""
+    from flows.alerts import send_test
+    from pipeline.errors import DeliveryFailed
+
+    results = send_test(str(config), channel)
+    for name, error in results:
+        console.print(f"{name}: " + (f"[red]failed[/]: {error}" if error else "[green]sent[/]"), highlight=False)
+    if failed := [name for name, error in results if error]:
+        raise DeliveryFailed(f"the sample alert did not reach {', '.join(failed)}")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    config: ConfigOpt,
+    fmt: FormatOpt = "table",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """The watches, the studies each follows now, and their deliveries so far (sent, failed awaiting retry)."""
+    from flows.alerts import load_watchlist
+    from warehouse import Warehouse
+    from warehouse.alerts import watch_overview
+
+    check_format(fmt)
+    watchlist = load_watchlist(config)
+    store = Warehouse(settings.warehouse_dir(warehouse))
+    if store.exists():
+        with store.committed() as con:
+            rows = watch_overview(con, watchlist)
+    else:
+        rows = watch_overview(None, watchlist)
+    render(list(rows[0]), [list(r.values()) for r in rows], fmt, console)
+

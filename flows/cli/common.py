@@ -1,0 +1,90 @@
+"""What every command module shares: the Typer app, consoles, options, progress and summaries."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
+from flows.output import FORMATS
+from pipeline.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Keep a local, versioned, queryable mirror of ClinicalTrials.gov.",
+                  epilog="Errors are one line on stderr (exit 2: bad input, 1: failure, 130: interrupted); "
+                         "add --debug anywhere (or TRIALSYNC_DEBUG=1) for the traceback.")
+# Piped output is not cut at 80 columns: tables go to files and other programs whole.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+DEBUG = False  # set by main() from --debug / TRIALSYNC_DEBUG
+WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="Warehouse directory "
+                                                  "[env TRIALSYNC_WAREHOUSE; default ./trialsync-warehouse]")]
+FormatOpt = Annotated[str, typer.Option("--format", help="table | json | csv")]
+
+
+def check_format(value: str) -> str:
+    if value not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {value!r}")
+    return value
+
+
+
+def split_values(values: list[str] | None) -> list[str]:
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def with_progress(run: Callable[[], dict[str, Any]], *, show_progress: bool) -> dict[str, Any]:
+    from flows import progress
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[versions]} new versions"), TimeElapsedColumn(),
+                   console=err, disable=not show_progress, transient=True)
+    task_id = bar.add_task("syncing", total=None, versions=0)
+
+    def on_event(event: str, data: dict[str, Any]) -> None:
+        if event == "start":
+            bar.update(task_id, description=f"{data['mode']} sync of {data['scope']}")
+        elif event == "page":
+            bar.update(task_id, completed=data["seen"], total=data["total"] or None, versions=data["versions"])
+
+    unsubscribe = progress.subscribe(on_event)
+    quiet_prefect_failures()
+    try:
+        with bar:
+            return run()
+    finally:
+        unsubscribe()
+
+
+def quiet_prefect_failures() -> None:
+    """Prefect logs a failed run's traceback; the CLI reports one line instead (--debug shows all)."""
+    if not DEBUG:
+        for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    since = f" since {summary['since']}" if summary.get("since") else ""
+    units = "shards" if summary["mode"] == "bulk" else "pages"
+    console.print(
+        f"[bold green]run {summary['run_id']}[/] ({summary['mode']}{since}, scope {summary['scope']}): "
+        f"{summary['pages']} {units}, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
+        f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
+        f"{summary['changes_written']} changes, {summary['retired']} retired, "
+        f"{left_scope(summary)}"
+        f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
+        highlight=False,
+    )
+
+
+def left_scope(summary: dict[str, Any]) -> str:
+    n = summary.get("left_scope") or 0
+    return f"{n} left the scope (still in the registry), " if n else ""
+

@@ -1,0 +1,73 @@
+"""Long-running and offline commands: serve, demo, fake-registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
+from flows import settings
+from flows.cli.common import (
+    app,
+    console,
+)
+
+
+@app.command()
+def serve(
+    file: Annotated[Path | None, typer.Option("--file", help="Deployments file [default: deploy/prefect.yaml]")]
+    = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Show the deployments and exit")] = False,
+) -> None:
+    """Run the schedules of deploy/prefect.yaml on this machine (Prefect serve; Ctrl-C stops)."""
+    from flows.deployments import DEPLOY_FILE, describe, load
+
+    deployments = load(file or DEPLOY_FILE)
+    for d in deployments:
+        console.print(describe(d), highlight=False)
+    if list_only:
+        return
+    from flows.serving import serve_deployments
+
+    serve_deployments(deployments, console)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes its warehouse")]
+    = Path("demo-output"),
+    data: Annotated[Path | None, typer.Option("--data", help="The shared real data (default ../shared/data)")]
+    = None,
+) -> None:
+    """The offline demo: a local fake registry replays real records over two "days"."""
+    from flows.demo import run_demo
+
+    run_demo(workdir, settings.shared_data_dir(str(data) if data else None), console)
+
+
+@app.command("fake-registry")
+def fake_registry(
+    port: Annotated[int, typer.Option("--port")] = 8765,
+    data: Annotated[Path | None, typer.Option("--data")] = None,
+) -> None:
+    """Serve the real records on 127.0.0.1 with the API's semantics (for manual trials)."""
+    import time
+
+    from pipeline.registry.fake_history import real_history
+    from pipeline.registry.fake_server import FakeRegistry
+
+    shared = settings.shared_data_dir(str(data) if data else None) / "ctgov"
+    server = FakeRegistry.from_directory(shared / "studies")
+    history = real_history(shared / "history")
+    server.put_history(history)  # NCT03690141's real index, its version records derived
+    server.start(port=port)
+    console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url}, the history of "
+                  f"{history.nct_id} at {server.int_url} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
