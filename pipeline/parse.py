@@ -18,6 +18,7 @@ import msgspec
 from pipeline import schema
 from pipeline.dates import PartialDate, parse_full_date, parse_partial_date
 from pipeline.errors import RecordInvalid
+from pipeline.hashing import canonical_value
 from pipeline.schema import DateStruct, PartialDateStruct, Study
 
 NCT_ID = re.compile(r"^NCT\d{8}$")
@@ -98,7 +99,8 @@ def parse_record(record: Mapping[str, Any]) -> ParsedRecord:
         raise RecordInvalid(f"invalid NCT id {value!r}", nct_id=value if isinstance(value, str) else None)
     nct_id = value
     try:
-        study = msgspec.convert(record, Study)
+        # Canonical values (pipeline.hashing): 100.0 where the schema wants an integer is the number 100.
+        study = msgspec.convert(canonical_value(record), Study)
     except msgspec.ValidationError as exc:
         raise RecordInvalid(f"schema: {exc}", nct_id=nct_id) from None
     _require(record, nct_id)

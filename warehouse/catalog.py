@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from warehouse.crashpoints import crashpoint
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
+from warehouse.validity import versions_with_validity
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
@@ -29,6 +30,13 @@ STORAGE_COMPATIBILITY = "v1.0.0"
 RETAINED_KEY = "retained_runs"  # meta: {run_id: ISO time until which a superseded run's directory stays}
 
 _CORE = ", ".join(f.name for f in CORE_FIELDS)
+
+# A key the registry's schema does not describe, first met by a run: recorded once, never a version.
+SCHEMA_CHANGES_VIEW = """CREATE OR REPLACE VIEW schema_changes AS
+SELECT path, arg_min(run_id, started_at) AS first_run_id, min(started_at) AS first_seen,
+       max(started_at) AS last_seen, count(*) AS runs
+FROM (SELECT run_id, started_at, unnest(unknown_fields) AS path FROM raw_sync_runs)
+GROUP BY path"""
 
 
 @dataclass(frozen=True)
@@ -88,15 +96,14 @@ def plan_catalog(root: Path, manifest: Manifest) -> list[str]:
             )
     if rewriting:
         statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding])
-    valid_from = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
     statements += [
         f"""CREATE OR REPLACE VIEW study_versions AS
 SELECT nct_id, version, content_hash, registry_updated, registry_version, observed_at, run_id, source,
-       {valid_from} AS valid_from,
-       lead({valid_from}) OVER w AS valid_to,
+       valid_from,
+       lead(valid_from) OVER w AS valid_to,
        lead(version) OVER w IS NULL AS is_current,
        is_removed, {_CORE}, CAST(raw AS JSON) AS raw
-FROM raw_study_versions
+FROM ({versions_with_validity()})
 WINDOW w AS (PARTITION BY nct_id ORDER BY version)""",
         f"""CREATE OR REPLACE VIEW studies AS
 SELECT nct_id, {_CORE}, version, content_hash
@@ -104,8 +111,9 @@ FROM study_versions WHERE is_current AND NOT is_removed""",
         """CREATE OR REPLACE VIEW sync_runs AS
 SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen, new_studies,
        versions_written, unchanged, changes_written, quarantined, retired, left_scope, total_count, since,
-       watermark, api_url, params
+       watermark, api_url, params, coalesce(stale, 0) AS stale, unknown_fields
 FROM raw_sync_runs ORDER BY started_at""",
+        SCHEMA_CHANGES_VIEW,
         "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
         "CREATE OR REPLACE VIEW scope_exits AS SELECT run_id, scope, nct_id, reason FROM raw_scope_exits",
         "CREATE OR REPLACE VIEW study_rewrites AS SELECT run_id, nct_id, versions FROM raw_study_rewrites",

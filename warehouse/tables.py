@@ -73,6 +73,8 @@ SYNC_RUNS = pa.schema(
         pa.field("watermark", pa.date32()),
         pa.field("api_url", pa.string()),
         pa.field("params", pa.string()),
+        pa.field("stale", pa.int64()),  # records older than the stored version: no version (pipeline.versioning)
+        pa.field("unknown_fields", pa.list_(pa.string())),  # keys the schema does not know (pipeline.hashing)
     ]
 )
 
