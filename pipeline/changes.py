@@ -25,7 +25,8 @@ CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interven
 EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
           "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
           "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
-          "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
+          "results_posted", "results_submitted", "results_returned", "results_submission_cancelled",
+          "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
           "study_removed", "study_reappeared", "field_changed")
 PLAN_DATES = {
     "startDateStruct": "start date",
@@ -163,7 +164,7 @@ def severity(e: _Event | Change, rules: Rules) -> str:
         return rules.events[e.event]
     if e.event == "study_removed" or (e.event == "status_changed" and e.new_value in rules.critical_statuses):
         return "critical"
-    if e.event in {"status_changed", "primary_outcome_changed", "results_posted"}:
+    if e.event in {"status_changed", "primary_outcome_changed", "results_posted", *SUBMISSION_EVENTS.values()}:
         return "notable"
     if e.event == "enrollment_changed":
         return "notable" if e.pct_change is None or abs(e.pct_change) >= rules.enrollment_pct_notable else "minor"
@@ -204,6 +205,8 @@ def _classify_leaf(leaf: Leaf) -> list[_Event]:
     old, new = _value_text(leaf.old), _value_text(leaf.new)
     if names[:2] == ["protocolSection", "statusModule"]:
         return _status_module(leaf, names, path, old, new)
+    if names[:3] == ["derivedSection", "miscInfoModule", "submissionTracking"]:
+        return _submission_events(leaf) or [_Event(path, _friendly(leaf), "results", "field_changed", old, new)]
     if names[-2:] == ["enrollmentInfo", "count"]:
         return [_Event(path, "enrollment", "enrollment", "enrollment_changed", old, new,
                        pct_change=_pct(leaf.old, leaf.new))]
@@ -236,6 +239,46 @@ def _status_module(leaf: Leaf, names: list[str], path: str, old: str | None, new
     if field_name == "expandedAccessInfo":
         return [_Event(path, _friendly(leaf), "other", "field_changed", old, new)]
     return [_Event(path, _friendly(leaf), "registry", "field_changed", old, new)]  # bookkeeping dates
+
+
+# derivedSection.miscInfoModule.submissionTracking.submissionInfos[]: one element per QC submission,
+# identified by its releaseDate (pipeline.diff); a later resetDate is its return to the sponsor, an
+# unreleaseDate its cancellation.
+SUBMISSION_EVENTS = {"releaseDate": "results_submitted", "resetDate": "results_returned",
+                     "unreleaseDate": "results_submission_cancelled"}
+_TRACKING = "$.derivedSection.miscInfoModule.submissionTracking.submissionInfos"
+
+
+def _submission_events(leaf: Leaf) -> list[_Event]:
+    """A submission's dates new in this version, whatever the shape of the leaf that carries them (the
+    whole ``submissionTracking`` appearing, one submission added, a date added to one)."""
+    names = _names(leaf)
+    release = next((p.value for p in leaf.path if isinstance(p, Key)), None)
+    old = set(_submission_dates(leaf.old, names[-1], release))
+    events = []
+    for kind, day, submitted in _submission_dates(leaf.new, names[-1], release):
+        if (kind, day, submitted) in old:
+            continue
+        path = f"{_TRACKING}[{orjson.dumps(submitted).decode()}].{kind}"
+        if kind == "releaseDate":
+            events.append(_Event(path, "results submitted for QC", "results", "results_submitted", None, day))
+        else:
+            label = "results returned" if kind == "resetDate" else "results submission cancelled"
+            events.append(_Event(path, label, "results", SUBMISSION_EVENTS[kind], submitted, day))
+    return events
+
+
+def _submission_dates(value: Any, name: str, release: str | None) -> list[tuple[str, str, str | None]]:
+    """(kind, date, the submission's releaseDate) for every submission date in ``value``."""
+    if isinstance(value, str):
+        return [(name, value, value if name == "releaseDate" else release)] if name in SUBMISSION_EVENTS else []
+    if isinstance(value, list):
+        return [d for item in value for d in _submission_dates(item, name, release)]
+    if isinstance(value, dict):
+        own = value.get("releaseDate")
+        here = own if isinstance(own, str) else release
+        return [d for key, item in value.items() for d in _submission_dates(item, key, here)]
+    return []
 
 
 def _plan_date_event(leaf: Leaf, names: list[str], path: str, label: str) -> _Event:
