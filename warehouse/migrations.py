@@ -57,7 +57,7 @@ def rehash(warehouse: Warehouse, run_id: str, manifest: Manifest) -> int:
     try:
         moved = total = 0
         with run.staged() as con:
-            reader = con.execute("SELECT * FROM raw_study_versions ORDER BY nct_id, version").to_arrow_reader(
+            reader = con.sql("SELECT * FROM raw_study_versions ORDER BY nct_id, version").to_arrow_reader(
                 BATCH_ROWS)
             for batch, changed in _rehashed(reader):
                 run.append("study_versions", pa.Table.from_batches([batch]))
