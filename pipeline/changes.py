@@ -205,7 +205,7 @@ def _classify_leaf(leaf: Leaf) -> list[_Event]:
     old, new = _value_text(leaf.old), _value_text(leaf.new)
     if names[:2] == ["protocolSection", "statusModule"]:
         return _status_module(leaf, names, path, old, new)
-    if names[:3] == ["derivedSection", "miscInfoModule", "submissionTracking"]:
+    if names[0] == "derivedSection":  # its only material part: miscInfoModule.submissionTracking
         return _submission_events(leaf) or [_Event(path, _friendly(leaf), "results", "field_changed", old, new)]
     if names[-2:] == ["enrollmentInfo", "count"]:
         return [_Event(path, "enrollment", "enrollment", "enrollment_changed", old, new,
