@@ -76,9 +76,16 @@ def hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
     return hashlib.blake2b(canonical_json(canonical), digest_size=16).hexdigest(), frozenset(unknown)
 
 
-def canonical_value(value: Any) -> Any:
-    """A JSON value in canonical values (NFC text, numbers by value), no key filtering, order kept."""
-    return _walk(value, None, "", None, sort=False)
+def numbers_by_value(value: Any) -> Any:
+    """A JSON value with every integral float as an int (``100.0`` -> ``100``); the rest as it is."""
+    kind = type(value)
+    if kind is dict:
+        return {key: numbers_by_value(item) for key, item in value.items()}
+    if kind is list:
+        return [numbers_by_value(item) for item in value]
+    if kind is float and value.is_integer() and abs(value) < _MAX_EXACT:
+        return int(value)
+    return value
 
 
 # -- the walk -----------------------------------------------------------------------------------
