@@ -134,3 +134,23 @@ def test_a_qc_submission_without_a_new_registry_date_is_a_version_from_its_obser
         warehouse_dir, "SELECT valid_from, valid_to FROM study_versions ORDER BY version")
     registry_date = date.fromisoformat(record["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"])
     assert v1_from == registry_date < v2_from == v1_to and v2_to is None  # v2 from the day it was seen
+
+
+def test_a_stale_member_of_a_bulk_load_is_counted_and_stores_nothing(warehouse_dir: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    from flows.bulk import run_load_bulk
+
+    older = load(STUDIES_DIR / "NCT05766735.json")  # posted 2026-04-09
+    newer = mutate.posted_on(mutate.set_status(older, "COMPLETED"), date(2026, 5, 16))
+    with FakeRegistry([newer]).start() as registry:
+        fast_sync(registry, warehouse_dir)
+    others = sorted(STUDIES_DIR.glob("NCT0*.json"))[:2]
+    archive = tmp_path / "ctg-studies.json.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in [STUDIES_DIR / "NCT05766735.json", *others]:
+            zf.writestr(f"{path.stem[-2:]}/{path.name}", path.read_bytes())
+    summary = run_load_bulk(dict(source=str(archive), warehouse=str(warehouse_dir), lock_timeout=5.0), workers=1)
+    assert (summary["stale"], summary["versions_written"], summary["new_studies"]) == (1, 2, 2)
+    assert query(warehouse_dir, "SELECT mode, stale FROM sync_runs ORDER BY started_at") == [("full", 0), ("bulk", 1)]
+    assert query(warehouse_dir, "SELECT max(version) FROM study_versions WHERE nct_id = 'NCT05766735'") == [(1,)]
