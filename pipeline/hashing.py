@@ -55,7 +55,7 @@ def material_content(record: Mapping[str, Any]) -> dict[str, Any]:
 def normalise(record: Mapping[str, Any], unknown: set[str] | None = None) -> dict[str, Any]:
     """The material content in canonical values (NFC text, numbers by value, schema-known keys
     only), array order kept. ``unknown`` collects the dotted paths of keys the schema does not know."""
-    out: dict[str, Any] = _walk(material_content(record), _shape_of_study(), "", unknown, sort=False)
+    out: dict[str, Any] = _walk(material_content(record), _shape_of_study(), [], unknown, sort=False)
     return out
 
 
@@ -72,7 +72,7 @@ def content_hash(record: Mapping[str, Any]) -> str:
 def hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
     """``content_hash`` and the paths of the record's keys the schema does not know (one walk)."""
     unknown: set[str] = set()
-    canonical = _walk(material_content(record), _shape_of_study(), "", unknown, sort=True)
+    canonical = _walk(material_content(record), _shape_of_study(), [], unknown, sort=True)
     return hashlib.blake2b(canonical_json(canonical), digest_size=16).hexdigest(), frozenset(unknown)
 
 
@@ -94,23 +94,28 @@ def numbers_by_value(value: Any) -> Any:
 Shape = dict[str, Any] | None
 
 
-def _walk(value: Any, shape: Shape, path: str, unknown: set[str] | None, *, sort: bool) -> Any:
+def _walk(value: Any, shape: Shape, path: list[str], unknown: set[str] | None, *, sort: bool) -> Any:
+    """``value`` in canonical values; ``path``: the keys above it (a stack, for naming unknown keys)."""
     kind = type(value)
     if kind is str:
         return value if value.isascii() else unicodedata.normalize("NFC", value)
     if kind is dict:
         out = {}
         for key, item in value.items():
+            child: Any = None
             if shape is not None:
-                if key not in shape:
+                child = shape.get(key, _UNKNOWN)
+                if child is _UNKNOWN:
                     if unknown is not None:
-                        unknown.add(f"{path}.{key}" if path else key)
+                        unknown.add(".".join([*path, key]))
                     continue
-                child = shape[key]
-            else:
-                child = None
             name = key if key.isascii() else unicodedata.normalize("NFC", key)
-            out[name] = _walk(item, child, f"{path}.{key}" if path else key, unknown, sort=sort)
+            if type(item) in _NESTED:
+                path.append(key)
+                out[name] = _walk(item, child, path, unknown, sort=sort)
+                path.pop()
+            else:
+                out[name] = _walk(item, child, path, unknown, sort=sort)
         return out
     if kind is list:
         items = [_walk(item, shape, path, unknown, sort=sort) for item in value]
@@ -122,6 +127,10 @@ def _walk(value: Any, shape: Shape, path: str, unknown: set[str] | None, *, sort
     if isinstance(value, Mapping):  # another mapping type (a record built in code)
         return _walk(dict(value), shape, path, unknown, sort=sort)
     return value
+
+
+_UNKNOWN: Any = object()
+_NESTED = (dict, list)
 
 
 @cache
