@@ -146,8 +146,12 @@ def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 
 def _get(record: Any, path: tuple[Any, ...]) -> Any:
+    """The value at ``path``, or None where an earlier edit moved or dropped it."""
     for part in path:
-        record = record[part]
+        try:
+            record = record[part]
+        except (KeyError, IndexError, TypeError):
+            return None
     return record
 
 
@@ -167,13 +171,10 @@ def variants(draw: st.DrawFn) -> tuple[Record, Record]:
             path = draw(st.sampled_from(lists))
             items = _get(out, path)
             if isinstance(items, list):
-                _set(out, path, draw(st.permutations(items)))
+                items[:] = draw(st.permutations(items))
         elif kind in {"float", "nfd", "edit"}:
             leaf = draw(st.sampled_from(_leaves(material)))
-            try:
-                value = _get(out, leaf)
-            except (KeyError, IndexError, TypeError):
-                continue
+            value = _get(out, leaf)
             if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
                 _set(out, leaf, float(value))
             elif kind == "nfd" and isinstance(value, str):
@@ -185,7 +186,7 @@ def variants(draw: st.DrawFn) -> tuple[Record, Record]:
             if lists:
                 path = draw(st.sampled_from(lists))
                 items = _get(out, path)
-                if len(items) > 1:
+                if isinstance(items, list) and len(items) > 1:
                     items.pop(draw(st.integers(0, len(items) - 1)))
         elif kind == "derived":
             out.setdefault("derivedSection", {})["versionHolder"] = draw(st.sampled_from(["2026-01-01", "x"]))
