@@ -18,6 +18,7 @@ import orjson
 from pipeline.dates import PartialDate, parse_partial_date
 from pipeline.diff import Key, Leaf, diff, render_path
 from pipeline.errors import RecordInvalid, UsageError
+from pipeline.submissions import SUBMISSION_EVENTS, submission_events
 
 SEVERITIES = ("info", "minor", "notable", "critical")
 CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
@@ -206,7 +207,8 @@ def _classify_leaf(leaf: Leaf) -> list[_Event]:
     if names[:2] == ["protocolSection", "statusModule"]:
         return _status_module(leaf, names, path, old, new)
     if names[0] == "derivedSection":  # its only material part: miscInfoModule.submissionTracking
-        return _submission_events(leaf) or [_Event(path, _friendly(leaf), "results", "field_changed", old, new)]
+        return ([_Event(p, f, "results", e, o, n) for p, f, e, o, n in submission_events(leaf)]
+                or [_Event(path, _friendly(leaf), "results", "field_changed", old, new)])
     if names[-2:] == ["enrollmentInfo", "count"]:
         return [_Event(path, "enrollment", "enrollment", "enrollment_changed", old, new,
                        pct_change=_pct(leaf.old, leaf.new))]
@@ -239,46 +241,6 @@ def _status_module(leaf: Leaf, names: list[str], path: str, old: str | None, new
     if field_name == "expandedAccessInfo":
         return [_Event(path, _friendly(leaf), "other", "field_changed", old, new)]
     return [_Event(path, _friendly(leaf), "registry", "field_changed", old, new)]  # bookkeeping dates
-
-
-# derivedSection.miscInfoModule.submissionTracking.submissionInfos[]: one element per QC submission,
-# identified by its releaseDate (pipeline.diff); a later resetDate is its return to the sponsor, an
-# unreleaseDate its cancellation.
-SUBMISSION_EVENTS = {"releaseDate": "results_submitted", "resetDate": "results_returned",
-                     "unreleaseDate": "results_submission_cancelled"}
-_TRACKING = "$.derivedSection.miscInfoModule.submissionTracking.submissionInfos"
-
-
-def _submission_events(leaf: Leaf) -> list[_Event]:
-    """A submission's dates new in this version, whatever the shape of the leaf that carries them (the
-    whole ``submissionTracking`` appearing, one submission added, a date added to one)."""
-    names = _names(leaf)
-    release = next((p.value for p in leaf.path if isinstance(p, Key)), None)
-    old = set(_submission_dates(leaf.old, names[-1], release))
-    events = []
-    for kind, day, submitted in _submission_dates(leaf.new, names[-1], release):
-        if (kind, day, submitted) in old:
-            continue
-        path = f"{_TRACKING}[{orjson.dumps(submitted).decode()}].{kind}"
-        if kind == "releaseDate":
-            events.append(_Event(path, "results submitted for QC", "results", "results_submitted", None, day))
-        else:
-            label = "results returned" if kind == "resetDate" else "results submission cancelled"
-            events.append(_Event(path, label, "results", SUBMISSION_EVENTS[kind], submitted, day))
-    return events
-
-
-def _submission_dates(value: Any, name: str, release: str | None) -> list[tuple[str, str, str | None]]:
-    """(kind, date, the submission's releaseDate) for every submission date in ``value``."""
-    if isinstance(value, str):
-        return [(name, value, value if name == "releaseDate" else release)] if name in SUBMISSION_EVENTS else []
-    if isinstance(value, list):
-        return [d for item in value for d in _submission_dates(item, name, release)]
-    if isinstance(value, dict):
-        own = value.get("releaseDate")
-        here = own if isinstance(own, str) else release
-        return [d for key, item in value.items() for d in _submission_dates(item, key, here)]
-    return []
 
 
 def _plan_date_event(leaf: Leaf, names: list[str], path: str, label: str) -> _Event:

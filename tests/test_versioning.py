@@ -21,10 +21,9 @@ from pipeline import mutate
 from pipeline.diff import diff
 from pipeline.hashing import content_hash, hash_and_unknown
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
-from tests.conftest import Record, load, nct, real_records
+from tests.conftest import Record, nct, real_records
 from warehouse import Warehouse
 
-STUDIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ctgov" / "studies"
 CTX = RunContext("r1", datetime(2026, 5, 1, tzinfo=UTC), "api")
 
 
@@ -224,23 +223,6 @@ def test_a_known_field_that_appears_is_still_a_change() -> None:
     assert [leaf.text for leaf in diff(record, edited)] == ["$.protocolSection.statusModule.whyStopped"]
 
 
-# -- submissionTracking is material --------------------------------------------------------------
-def _tracking(record: Record) -> dict[str, Any]:
-    tracking: dict[str, Any] = record["derivedSection"]["miscInfoModule"]["submissionTracking"]
-    return tracking
-
-
-def test_a_new_qc_submission_is_a_version_and_other_derived_data_is_not() -> None:
-    record = load(STUDIES / "NCT06401733.json")  # three QC submissions, each returned
-    before = copy.deepcopy(record)
-    _tracking(before)["submissionInfos"].pop()
-    assert content_hash(before) != content_hash(record)
-    mesh_only = copy.deepcopy(record)
-    mesh_only["derivedSection"].pop("conditionBrowseModule", None)
-    mesh_only["derivedSection"]["miscInfoModule"]["versionHolder"] = "2099-01-01"
-    assert content_hash(mesh_only) == content_hash(record)
-
-
 # -- validity intervals in a real warehouse ------------------------------------------------------
 def store(root: Path, records: list[Record], observed: datetime) -> BatchPlan:
     """One committed run of ``records`` (plan -> stage -> commit, as a sync does, without Prefect)."""
@@ -377,41 +359,3 @@ def test_out_of_order_deliveries_never_overlap_and_as_of_gives_one_row(
         # registry dates never go back: a stale record never became a version
         assert [r[1] for r in rows] == sorted((r[1] for r in rows), key=lambda d: d or date.min)
 
-
-def _events(old: Record, new: Record) -> list[tuple[str, str, str, str | None, str | None]]:
-    from pipeline.changes import Rules, VersionPair, derive_changes
-
-    pair = VersionPair(nct(new), 1, 2, old, new, "r2", datetime(2026, 5, 1, tzinfo=UTC), None)
-    return sorted((c.event, c.category, c.severity, c.old_value, c.new_value)
-                  for c in derive_changes(pair, Rules()))
-
-
-def test_a_cancelled_qc_submission_is_a_notable_results_event() -> None:
-    record = load(STUDIES / "NCT03660631.json")  # submitted 2024-11-17, cancelled 2024-11-18, resubmitted
-    before = copy.deepcopy(record)
-    first = _tracking(before)["submissionInfos"][0]
-    del first["unreleaseDate"]
-    assert _events(before, record) == [
-        ("results_submission_cancelled", "results", "notable", "2024-11-17", "2024-11-18")]
-
-
-def test_submission_tracking_appearing_gives_one_event_per_submission_date() -> None:
-    record = load(STUDIES / "NCT05973799.json")  # one submission, returned
-    before = copy.deepcopy(record)
-    del before["derivedSection"]["miscInfoModule"]["submissionTracking"]
-    assert _events(before, record) == [("results_returned", "results", "notable", "2025-08-14", "2025-09-04"),
-                                       ("results_submitted", "results", "notable", None, "2025-08-14")]
-
-
-def test_a_return_added_to_a_submission_is_results_returned_only() -> None:
-    record = load(STUDIES / "NCT06401733.json")
-    before = copy.deepcopy(record)
-    del _tracking(before)["submissionInfos"][-1]["resetDate"]
-    assert _events(before, record) == [("results_returned", "results", "notable", "2025-11-18", "2025-12-09")]
-
-
-def test_other_submission_tracking_edits_are_info_field_changes_in_results() -> None:
-    record = load(STUDIES / "NCT04133493.json")
-    before = copy.deepcopy(record)
-    _tracking(before)["estimatedResultsFirstSubmitDate"] = "2024-05-01"
-    assert _events(before, record) == [("field_changed", "results", "info", "2024-05-01", "2024-05-07")]
