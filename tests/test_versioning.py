@@ -359,3 +359,12 @@ def test_out_of_order_deliveries_never_overlap_and_as_of_gives_one_row(
         # registry dates never go back: a stale record never became a version
         assert [r[1] for r in rows] == sorted((r[1] for r in rows), key=lambda d: d or date.min)
 
+
+
+def test_the_hash_and_the_diff_agree_on_every_real_version_pair() -> None:
+    from tests.conftest import snapshot_pairs
+
+    pairs = snapshot_pairs()
+    assert len(pairs) == 8
+    for name, (old, new) in pairs.items():
+        assert (content_hash(old) == content_hash(new)) == (diff(old, new) == []), name
