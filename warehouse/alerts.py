@@ -8,7 +8,7 @@ condition); its ``where:`` is a predicate over the columns of ``studies`` (and `
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.alerts.message import AlertChange, Message
-from pipeline.alerts.plan import Key, LedgerState
+from pipeline.alerts.plan import LedgerState, Pending
 from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
 from pipeline.errors import UsageError
 from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
@@ -91,7 +91,7 @@ WITH cand AS (
     SELECT nct_id, arg_max(brief_title, version) AS title FROM studies_ GROUP BY nct_id
 )
 SELECT c.change_id, c.nct_id, t.title, c.field, c.event, c.category, c.severity, c.old_value, c.new_value,
-       c.shift_days, c.pct_change, c.registry_updated, c.from_version, c.to_version
+       c.shift_days, c.pct_change, c.registry_updated, c.from_version, c.to_version, c.path
 FROM cand c LEFT JOIN titles t USING (nct_id)
 WHERE EXISTS (SELECT 1 FROM studies_ AS studies
               WHERE studies.nct_id = c.nct_id AND studies.version IN (c.from_version, c.to_version)
@@ -114,12 +114,37 @@ def candidates(con: duckdb.DuckDBPyConnection, watch: Watch, start: datetime,
     return [AlertChange(*row) for row in result.fetchall()]
 
 
+# -- the ledger: the outbox (alert_messages) and the outcome of each attempt (alert_deliveries) -------
 def ledger_state(con: duckdb.DuckDBPyConnection) -> LedgerState:
+    """What earlier alerts runs recorded: the outbox, its undelivered messages, and the outcomes."""
     rows = con.execute("""SELECT watch, channel, change_id, bool_or(status = 'sent'), count(*)
                           FROM raw_alert_deliveries GROUP BY ALL""").fetchall()
     sent = frozenset((w, ch, c) for w, ch, c, ok, _ in rows if ok)
     failed = {(w, ch, c): int(n) for w, ch, c, ok, n in rows if not ok}
-    return LedgerState(sent, failed)
+    outbox = con.execute("""
+        SELECT m.watch, m.channel, m.change_ids, m.change_keys, m.payload,
+               (SELECT count(DISTINCT d.run_id) FROM raw_alert_deliveries d
+                WHERE d.message_id = m.message_id) AS attempts,
+               EXISTS (SELECT 1 FROM raw_alert_deliveries d
+                       WHERE d.message_id = m.message_id AND d.status = 'sent') AS delivered
+        FROM raw_alert_messages m ORDER BY m.created_at, m.message_id""").fetchall()
+    planned = frozenset((w, ch, c) for w, ch, ids, _, _, _, _ in outbox for c in ids)
+    content = frozenset((w, ch, k) for w, ch, _, keys, _, _, _ in outbox for k in keys)
+    pending = tuple(Pending(Message.from_payload(json.loads(payload)), int(attempts))
+                    for _, _, _, _, payload, attempts, delivered in outbox if not delivered)
+    # A key of a stored message is no longer a legacy failure: the message goes again as it was.
+    legacy = {key: n for key, n in failed.items() if key not in planned and key not in sent}
+    return LedgerState(sent=sent, failed=legacy, planned=planned, planned_content=content, pending=pending)
+
+
+def outbox_rows(messages: Sequence[Message], content_keys: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """The outbox rows of new messages, written and committed before any of them is sent."""
+    return [{
+        "message_id": m.message_id, "run_id": m.run_id, "created_at": m.created_at, "watch": m.watch,
+        "channel": m.channel, "mode": m.mode, "change_ids": [c.change_id for c in m.changes],
+        "change_keys": list(content_keys[m.message_id]),
+        "payload": json.dumps(m.payload(), ensure_ascii=False, sort_keys=True),
+    } for m in messages]
 
 
 def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
@@ -128,15 +153,13 @@ def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     return {w: ts for w, ts in rows}
 
 
-def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempts: dict[Key, int],
+def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempt: int,
                   error: str | None) -> list[dict[str, Any]]:
     """The ledger rows of one message's outcome: one per (watch, change, channel)."""
     return [{
         "run_id": run_id, "attempted_at": attempted_at, "watch": message.watch, "channel": message.channel,
         "change_id": c.change_id, "nct_id": c.nct_id, "severity": c.severity, "message_id": message.message_id,
-        "status": "failed" if error else "sent", "attempt": attempts.get((message.watch, message.channel,
-                                                                            c.change_id), 1),
-        "error": error,
+        "status": "failed" if error else "sent", "attempt": attempt, "error": error,
     } for c in message.changes]
 
 
@@ -158,6 +181,7 @@ def watch_overview(con: duckdb.DuckDBPyConnection | None, watchlist: Watchlist) 
             "changes": ", ".join(watch.categories + watch.events) or "all",
             "channels": ", ".join(watch.channels), "studies": following,
             "sent": sum(1 for key in ledger.sent if key[0] == watch.name),
-            "awaiting_retry": sum(1 for key in ledger.failed if key[0] == watch.name and key not in ledger.sent),
+            "awaiting_retry": sum(1 for key in ledger.failed if key[0] == watch.name)
+            + sum(len(p.message.changes) for p in ledger.pending if p.message.watch == watch.name),
         })
     return rows

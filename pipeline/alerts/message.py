@@ -8,7 +8,7 @@ the registry's record and its history tab.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -38,6 +38,16 @@ class AlertChange:
     registry_updated: date | None = None
     from_version: int | None = None
     to_version: int | None = None
+    path: str | None = None  # the JSON path (not in the payload; part of ``content_key``)
+
+    def content_key(self) -> str:
+        """What the change is, independent of its ``change_id``: study, event, path, old and new value,
+        registry date. The ledger matches on it too, so a change whose id was rewritten (a backfill's
+        renumbering, a new id scheme, a hash migration) is not alerted again."""
+        parts = [self.nct_id, self.event, self.path or self.field, self.old_value, self.new_value,
+                 self.registry_updated.isoformat() if self.registry_updated else None]
+        text = "\x1f".join("\x00" if p is None else p for p in parts)
+        return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
     def summary(self, width: int = 200) -> str:
         """``completion date: 2027-04-15 → 2027-05-31 (+46 days)``."""
@@ -56,6 +66,16 @@ class AlertChange:
             "registry_updated": self.registry_updated.isoformat() if self.registry_updated else None,
             "from_version": self.from_version, "to_version": self.to_version,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], nct_id: str, title: str | None) -> AlertChange:
+        updated = data.get("registry_updated")
+        return cls(change_id=data["change_id"], nct_id=nct_id, title=title, field=data["field"],
+                   event=data["event"], category=data["category"], severity=data["severity"],
+                   old_value=data.get("old_value"), new_value=data.get("new_value"),
+                   shift_days=data.get("shift_days"), pct_change=data.get("pct_change"),
+                   registry_updated=date.fromisoformat(updated) if updated else None,
+                   from_version=data.get("from_version"), to_version=data.get("to_version"))
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,11 @@ class StudyAlert:
     def as_dict(self) -> dict[str, Any]:
         return {"nct_id": self.nct_id, "title": self.title, "url": self.url, "history_url": self.history_url,
                 "severity": self.severity, "changes": [c.as_dict() for c in self.changes]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyAlert:
+        return cls(data["nct_id"], data.get("title"),
+                   tuple(AlertChange.from_dict(c, data["nct_id"], data.get("title")) for c in data["changes"]))
 
 
 @dataclass(frozen=True)
@@ -145,6 +170,13 @@ class Message:
             "subject": self.subject, "severity": self.severity, "studies": [s.as_dict() for s in self.studies],
             "text": self.text(),
         }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Message:
+        """The message as ``payload()`` gave it: the outbox re-sends a stored message unchanged."""
+        return cls(payload["message_id"], payload["watch"], payload["channel"], payload["kind"], payload["run_id"],
+                   datetime.fromisoformat(payload["created_at"]),
+                   tuple(StudyAlert.from_dict(s) for s in payload["studies"]))
 
     def slack(self) -> dict[str, Any]:
         """``text`` (the notification's fallback) and Block Kit ``blocks``, within Slack's limits."""
