@@ -28,21 +28,31 @@ FROM raw_study_versions WHERE NOT is_removed"""
 _COLLABORATORS = "json_extract_string(raw, '$.protocolSection.sponsorCollaboratorsModule.collaborators[*].name')"
 
 
+def _contains_any(texts_sql: str) -> str:
+    """Whether one of the texts (a VARCHAR[]) contains the parameter, literally and ignoring case."""
+    return f"coalesce(list_bool_or(list_transform({texts_sql}, lambda t: contains(lower(t), lower(?)))), false)"
+
+
 def selector_sql(selector: StudySelector) -> tuple[str, list[Any]]:
-    """The selector as one predicate over ``studies`` (keys AND-ed, a key's values OR-ed)."""
+    """The selector as one predicate over ``studies`` (keys AND-ed, a key's values OR-ed).
+
+    Conditions and sponsors are literal substrings, ignoring case (Python's ``term.lower() in
+    text.lower()``) of one condition, the lead sponsor or one collaborator: ``%``, ``_`` and ``\\``
+    match themselves (``contains``, never ``LIKE``), and a term never spans two conditions.
+    """
     parts: list[str] = []
     params: list[Any] = []
 
     def any_of(template: str, values: Iterable[Any]) -> None:
         values = list(values)
         if values:
+            uses = template.count("?")
             parts.append("(" + " OR ".join(template for _ in values) + ")")
-            params.extend(values)
+            params.extend(v for v in values for _ in range(uses))
 
     any_of("studies.nct_id = ?", selector.ids)
-    any_of("lower(array_to_string(studies.conditions, ' | ')) LIKE ?", (f"%{c.lower()}%" for c in selector.conditions))
-    any_of(f"lower(concat_ws(' | ', studies.lead_sponsor, array_to_string({_COLLABORATORS}, ' | '))) LIKE ?",
-           (f"%{s.lower()}%" for s in selector.sponsors))
+    any_of(_contains_any("studies.conditions"), selector.conditions)
+    any_of(_contains_any(f"list_prepend(studies.lead_sponsor, coalesce({_COLLABORATORS}, []))"), selector.sponsors)
     any_of("list_contains(studies.phases, ?)", selector.phases)
     any_of("studies.overall_status = ?", selector.status)
     if selector.where:
