@@ -60,7 +60,7 @@ def load_watchlist(path: str | os.PathLike[str]) -> Watchlist:
             try:
                 check_predicate(watch.studies.where)
             except UsageError as exc:
-                raise UsageError(f"{path}: watch {watch.name!r}: {exc}") from None
+                raise UsageError(f"{path}: watches[{watch.name}].studies.where: {exc}") from None
     return watchlist
 
 
@@ -70,7 +70,7 @@ def check_config(path: str | os.PathLike[str]) -> Watchlist:
     for channel in watchlist.channels.values():
         for ref in channel.secrets():
             if ref.env and not os.environ.get(ref.env):
-                raise UsageError(f"{path}: channel {channel.name!r}: environment variable {ref.env} is not set")
+                raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
     return watchlist
 
 

@@ -41,22 +41,23 @@ from tests.test_cli import TRIALSYNC
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def _config(path: Path, hook: WebhookReceiver, smtp: SmtpServer | None = None, *, timeout: float = 10.0) -> Path:
-    channels: dict[str, Any] = {"hook": {"type": "webhook", "url": f"{hook.url}/hook", "attempts": 1,
+def _config(path: Path, receiver: WebhookReceiver, mail: SmtpServer | None = None, *, timeout: float = 10.0
+            ) -> Path:
+    channels: dict[str, Any] = {"hook": {"type": "webhook", "url": f"{receiver.url}/hook", "attempts": 1,
                                          "timeout": timeout},
                                 "feed": {"type": "feed", "path": "feed.json"}}
     pair_channels = ["hook", "feed"]
-    if smtp is not None:
-        channels["mail"] = {**email_channel(smtp), "attempts": 1}
+    if mail is not None:
+        channels["mail"] = {**email_channel(mail), "attempts": 1}
         pair_channels.append("mail")
     return watchlist(path, channels, [
         {"name": "pair", "studies": {"ids": [PAIR]}, "channels": pair_channels},
         {"name": "digest", "studies": {"ids": [PAIR, SEED]}, "mode": "digest", "channels": ["hook"]}])
 
 
-def _new_change_on_the_pair(two_days: TwoDays, directory: Path) -> None:
+def _new_change_on_the_pair(days: TwoDays, directory: Path) -> None:
     """A day-3 record of the pair (a status change), synced into ``directory``."""
-    day2 = two_days.updates[0]
+    day2 = days.updates[0]
     posted = dt.date.fromisoformat(day2["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"])
     day3 = mutate.posted_on(mutate.set_status(day2, "ACTIVE_NOT_RECRUITING"), posted + dt.timedelta(days=1))
     with FakeRegistry([day3]).start() as registry:
@@ -78,12 +79,12 @@ def _carriers(received: list[Received]) -> dict[tuple[str, str], set[str]]:
     return carriers
 
 
-def _assert_each_change_under_one_id(hook: WebhookReceiver, feed: Path) -> None:
-    for r in hook.received:
+def _assert_each_change_under_one_id(receiver: WebhookReceiver, feed: Path) -> None:
+    for r in receiver.received:
         assert r.headers["Idempotency-Key"] == r.body["message_id"]
-    assert all(len(ids) == 1 for ids in _carriers(hook.received).values()), _carriers(hook.received)
+    assert all(len(ids) == 1 for ids in _carriers(receiver.received).values()), _carriers(receiver.received)
     by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in hook.received:
+    for r in receiver.received:
         by_id[r.body["message_id"]].append(r.body)
     assert all(bodies.count(bodies[0]) == len(bodies) for bodies in by_id.values())  # a repeat is byte-equal
     items = json.loads(feed.read_text())["items"]
@@ -93,7 +94,7 @@ def _assert_each_change_under_one_id(hook: WebhookReceiver, feed: Path) -> None:
 
 
 def test_a_message_cut_off_by_kill_9_goes_again_with_its_id_and_a_new_change_goes_in_a_new_message(
-        warehouse: Path, two_days: TwoDays, tmp_path: Path, hook: WebhookReceiver, smtp: SmtpServer,
+        warehouse: Path, two_days: TwoDays, tmp_path: Path, hook: WebhookReceiver, smtp: SmtpServer,  # noqa: F811
         prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_SMTP_PASSWORD", smtp.password)
     config = _config(tmp_path / "watch.yaml", hook, smtp)
@@ -145,7 +146,7 @@ def test_a_message_cut_off_by_kill_9_goes_again_with_its_id_and_a_new_change_goe
 
 
 def test_a_delivery_that_timed_out_after_the_receiver_took_it_goes_again_unchanged(
-        warehouse: Path, two_days: TwoDays, tmp_path: Path, hook: WebhookReceiver) -> None:
+        warehouse: Path, two_days: TwoDays, tmp_path: Path, hook: WebhookReceiver) -> None:  # noqa: F811
     config = _config(tmp_path / "watch.yaml", hook, timeout=0.5)
     hook.hold = threading.Event()  # the receiver keeps the message and never answers in time
     first = send_alerts(config=str(config), warehouse=str(warehouse))
@@ -171,7 +172,8 @@ def test_a_delivery_that_timed_out_after_the_receiver_took_it_goes_again_unchang
 
 
 def test_a_change_whose_id_was_rewritten_after_delivery_is_not_alerted_again(
-        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
     import flows.sync
     from flows.sync import rederive_changes
 

@@ -446,7 +446,7 @@ def test_the_alerts_cli_lists_tests_and_runs_with_one_line_errors(
     config.write_text(config.read_text().replace("enrollment_count < 100", "enrolment < 100"))
     code, _, err = cli("alerts", "run", "--config", str(config), "--warehouse", str(warehouse))
     assert code == 2
-    assert err.startswith(f"trialsync: error: {config}: watch 'phase1': where: Binder Error: "
+    assert err.startswith(f"trialsync: error: {config}: watches[phase1].studies.where: Binder Error: "
                           'Referenced column "enrolment" not found')
     assert len(err.strip().splitlines()) == 1
 
@@ -457,4 +457,4 @@ def test_sync_with_a_bad_watchlist_fails_before_prefect_starts(tmp_path: Path) -
     result = run_cli("sync", "--warehouse", str(tmp_path / "w"), "--alerts", str(config),
                      env={"TEST_UNSET_HOOK_URL": ""})
     assert (result.returncode, result.stderr) == (
-        2, f"trialsync: error: {config}: channel 'hook': environment variable TEST_UNSET_HOOK_URL is not set\n")
+        2, f"trialsync: error: {config}: channels.hook: environment variable TEST_UNSET_HOOK_URL is not set\n")

@@ -68,18 +68,18 @@ def check_predicate(where: str) -> None:
         serialized = con.execute("SELECT json_serialize_sql(?)", [f"SELECT 1 FROM studies WHERE ({where})"])
         tree = json.loads(serialized.fetchall()[0][0])
         if tree.get("error"):
-            raise UsageError(f"where: does not parse: {tree.get('error_message', '').splitlines()[0]}")
+            raise UsageError(f"does not parse: {tree.get('error_message', '').splitlines()[0]}")
         node = tree["statements"][0]["node"] if len(tree["statements"]) == 1 else {}
         plain = (node.get("type") == "SELECT_NODE" and not node.get("modifiers") and not node["cte_map"]["map"]
                  and node["from_table"].get("table_name") == "studies" and not node.get("group_expressions")
                  and node.get("having") is None and node.get("qualify") is None)
         if not plain or _has(node["where_clause"], {"SUBQUERY", "TABLE_FUNCTION", "WINDOW"}):
-            raise UsageError("where: must be a single expression over the columns of studies "
+            raise UsageError("must be a single expression over the columns of studies "
                              "(no subqueries, table functions or other clauses)")
         con.register("raw_study_versions", pa.Table.from_batches([], schema=STUDY_VERSIONS))
         con.execute(f"SELECT count(*) FROM ({_STUDIES}) studies WHERE ({where})").fetchall()
     except duckdb.Error as exc:
-        raise UsageError(f"where: {str(exc).splitlines()[0]}") from None
+        raise UsageError(str(exc).splitlines()[0]) from None
     finally:
         con.close()
 
