@@ -197,3 +197,33 @@ def test_a_change_whose_id_was_rewritten_after_delivery_is_not_alerted_again(
     again = send_alerts(config=str(config), warehouse=str(warehouse))
     assert (again["messages"], again["already_sent"]) == (0, 10)
     assert len(hook.received) == first["messages"]
+
+
+def test_a_backfill_that_renumbers_the_versions_does_not_alert_a_delivered_change_again(
+        tmp_path: Path, hook: WebhookReceiver) -> None:  # noqa: F811
+    from tests.test_backfill import HISTORY, NCT, backfill
+
+    directory = tmp_path / "warehouse"
+    config = watchlist(tmp_path / "watch.yaml", {"hook": {"type": "webhook", "url": f"{hook.url}/hook"}},
+                       [{"name": "w", "studies": {"ids": [NCT]}, "channels": ["hook"]}])
+    with FakeRegistry().start() as registry:
+        registry.put(HISTORY.records[4])
+        fast_sync(registry, directory)
+        registry.put_history(HISTORY)
+        fast_sync(registry, directory)  # the study moved from registry version 4 to 9: our v1 -> v2
+        first = send_alerts(config=str(config), warehouse=str(directory))
+        status = [c for r in hook.received for s in r.body["studies"] for c in s["changes"]
+                  if c["event"] == "status_changed"]
+        assert [(c["old_value"], c["new_value"], c["from_version"], c["to_version"]) for c in status] == [
+            ("RECRUITING", "COMPLETED", 1, 2)]
+        before = {c for (c,) in rows(directory, "SELECT change_id FROM changes")}
+        backfill(registry, directory, NCT)  # eight versions go in between: ours become v5 and v10
+    renumbered = rows(directory, "SELECT change_id, from_version, old_value FROM changes "
+                                 "WHERE event = 'status_changed' AND to_version = 10")
+    assert [(v, old) for _, v, old in renumbered] == [(9, "ACTIVE_NOT_RECRUITING")]
+    assert renumbered[0][0] not in before or renumbered[0][0] == status[0]["change_id"]
+
+    again = send_alerts(config=str(config), warehouse=str(directory))
+    sent_again = [c for r in hook.received[first["messages"]:] for s in r.body["studies"] for c in s["changes"]]
+    assert [(c["event"], c["new_value"]) for c in sent_again if c["event"] == "status_changed"] == []
+    assert again["already_sent"] >= 1

@@ -41,10 +41,13 @@ class AlertChange:
     path: str | None = None  # the JSON path (not in the payload; part of ``content_key``)
 
     def content_key(self) -> str:
-        """What the change is, independent of its ``change_id``: study, event, path, old and new value,
-        registry date. The ledger matches on it too, so a change whose id was rewritten (a backfill's
-        renumbering, a new id scheme, a hash migration) is not alerted again."""
-        parts = [self.nct_id, self.event, self.path or self.field, self.old_value, self.new_value,
+        """What the change is, independent of its ``change_id``: the study reached ``new_value`` by
+        ``event`` at ``path`` on the registry date. The ledger matches on it too, so a change whose id
+        was rewritten (a backfill's renumbering, a new id scheme, a hash migration) is not alerted
+        again. The old value is left out on purpose: a backfill can put versions between the two a
+        sync compared (RECRUITING -> COMPLETED becomes ACTIVE_NOT_RECRUITING -> COMPLETED), which is
+        the same news."""
+        parts = [self.nct_id, self.event, self.path or self.field, self.new_value,
                  self.registry_updated.isoformat() if self.registry_updated else None]
         text = "\x1f".join("\x00" if p is None else p for p in parts)
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
