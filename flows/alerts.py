@@ -173,10 +173,11 @@ def plan_task(r: _Run) -> AlertPlan:
 
 
 def _content_keys(messages: tuple[Message, ...], found: dict[str, list[AlertChange]]) -> dict[str, list[str]]:
-    """Each new message's changes by what they are (``AlertChange.content_key``, from the candidates,
-    which carry the change's path)."""
+    """Each new message's changes by what they are (``AlertChange.content_keys``, from the candidates,
+    which carry the change's path and observation time)."""
     by_id = {(w, c.change_id): c for w, changes in found.items() for c in changes}
-    return {m.message_id: [by_id[(m.watch, c.change_id)].content_key() for c in m.changes] for m in messages}
+    return {m.message_id: [k for c in m.changes for k in by_id[(m.watch, c.change_id)].content_keys()]
+            for m in messages}
 
 
 @task(name="write-outbox", cache_policy=NONE)

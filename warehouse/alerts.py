@@ -101,7 +101,7 @@ WITH cand AS (
     SELECT nct_id, arg_max(brief_title, version) AS title FROM studies_ GROUP BY nct_id
 )
 SELECT c.change_id, c.nct_id, t.title, c.field, c.event, c.category, c.severity, c.old_value, c.new_value,
-       c.shift_days, c.pct_change, c.registry_updated, c.from_version, c.to_version, c.path
+       c.shift_days, c.pct_change, c.registry_updated, c.from_version, c.to_version, c.path, c.detected_at
 FROM cand c LEFT JOIN titles t USING (nct_id)
 WHERE EXISTS (SELECT 1 FROM studies_ AS studies
               WHERE studies.nct_id = c.nct_id AND studies.version IN (c.from_version, c.to_version)

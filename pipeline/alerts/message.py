@@ -38,19 +38,23 @@ class AlertChange:
     registry_updated: date | None = None
     from_version: int | None = None
     to_version: int | None = None
-    path: str | None = None  # the JSON path (not in the payload; part of ``content_key``)
+    path: str | None = None  # the JSON path (not in the payload; part of ``content_keys``)
+    detected_at: datetime | None = None  # when the change's new version was observed (likewise)
 
-    def content_key(self) -> str:
+    def content_keys(self) -> tuple[str, str]:
         """What the change is, independent of its ``change_id``: the study reached ``new_value`` by
-        ``event`` at ``path`` on the registry date. The ledger matches on it too, so a change whose id
-        was rewritten (a backfill's renumbering, a new id scheme, a hash migration) is not alerted
-        again. The old value is left out on purpose: a backfill can put versions between the two a
-        sync compared (RECRUITING -> COMPLETED becomes ACTIVE_NOT_RECRUITING -> COMPLETED), which is
-        the same news."""
-        parts = [self.nct_id, self.event, self.path or self.field, self.new_value,
-                 self.registry_updated.isoformat() if self.registry_updated else None]
-        text = "\x1f".join("\x00" if p is None else p for p in parts)
-        return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+        ``event`` at ``path``, (1) on the registry date and (2) in the version we observed at
+        ``detected_at``. The ledger matches on either, so a change whose id was rewritten (a
+        backfill's renumbering, a new id scheme, a content hash migration) is not alerted again.
+        Two keys, because a backfill can move each of them: it dates the observed version by the
+        registry's history (a day off ``lastUpdatePostDate`` at times), while the observation time
+        stays; a study observed twice on one registry date keeps the registry key apart. The old
+        value is left out: a backfill can put versions between the two a sync compared (RECRUITING
+        -> COMPLETED becomes ACTIVE_NOT_RECRUITING -> COMPLETED), which is the same news."""
+        what = [self.nct_id, self.event, self.path or self.field, self.new_value]
+        registry = ["registry", *what, self.registry_updated.isoformat() if self.registry_updated else None]
+        observed = ["observed", *what, self.detected_at.isoformat() if self.detected_at else None]
+        return _key(registry), _key(observed)
 
     def summary(self, width: int = 200) -> str:
         """``completion date: 2027-04-15 → 2027-05-31 (+46 days)``."""
@@ -203,6 +207,11 @@ def message_id(watch: str, channel: str, change_ids: Iterable[str]) -> str:
     """The same watch, channel and changes give the same id (a receiver can drop a repeat)."""
     key = "|".join([watch, channel, *sorted(change_ids)])
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+def _key(parts: list[str | None]) -> str:
+    text = "\x1f".join("\x00" if p is None else p for p in parts)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _short(value: str | None, width: int) -> str:

@@ -6,7 +6,7 @@ arrived (written before an earlier run sent it; that run crashed, timed out or f
 again exactly as it was (same id, same changes, same payload). Then it filters the candidates by the
 watch's events, categories and minimum severity, drops every (watch, change, channel) that any
 earlier message carried (sent or still in the outbox; matched by change id and by what the change
-is, ``AlertChange.content_key``), and groups the rest into new messages: one per study (immediate)
+is, ``AlertChange.content_keys``), and groups the rest into new messages: one per study (immediate)
 or one per watch (digest), per channel. A new change never joins a message that may have gone out.
 """
 
@@ -36,7 +36,7 @@ class LedgerState:
     """What earlier alerts runs recorded.
 
     ``sent``: keys delivered. ``planned``: keys carried by a message of the outbox (sent or not).
-    ``planned_content``: the same as (watch, channel, content key). ``pending``: outbox messages not
+    ``planned_content``: the same as (watch, channel, content key), two keys per change. ``pending``: outbox messages not
     yet delivered. ``failed``: keys whose delivery failed before the outbox existed (no stored
     message), with their attempts so far; they are planned afresh.
     """
@@ -51,7 +51,7 @@ class LedgerState:
         """Whether an earlier message carried this change to this watch's channel."""
         key = (watch, channel, change.change_id)
         return (key in self.sent or key in self.planned
-                or (watch, channel, change.content_key()) in self.planned_content)
+                or any((watch, channel, k) in self.planned_content for k in change.content_keys()))
 
 
 @dataclass(frozen=True)
