@@ -36,9 +36,9 @@ class LedgerState:
     """What earlier alerts runs recorded.
 
     ``sent``: keys delivered. ``planned``: keys carried by a message of the outbox (sent or not).
-    ``planned_content``: the same as (watch, channel, content key), two keys per change. ``pending``: outbox messages not
-    yet delivered. ``failed``: keys whose delivery failed before the outbox existed (no stored
-    message), with their attempts so far; they are planned afresh.
+    ``planned_content``: the same as (watch, channel, content key), two keys per change.
+    ``pending``: outbox messages not yet delivered. ``failed``: keys whose delivery failed before
+    the outbox existed (no stored message), with their attempts so far; they are planned afresh.
     """
 
     sent: frozenset[Key] = frozenset()
