@@ -36,7 +36,7 @@ from prefect.cache_policies import NONE
 
 from flows import settings
 from pipeline.alerts.channels import Resolved, deliver, sender_for
-from pipeline.alerts.message import AlertChange, Message
+from pipeline.alerts.message import Message
 from pipeline.alerts.plan import AlertPlan, LedgerState, plan_alerts, sample_message, window_start
 from pipeline.alerts.redact import Redactor
 from pipeline.alerts.watchlist import Channel, SecretRef, Watchlist, parse_watchlist
@@ -152,7 +152,6 @@ class _Run:
         self.store, self.watchlist, self.run_id, self.started = store, watchlist, run_id, started
         self.resolved, self.redactor = resolved, redactor
         self.ledger = LedgerState()
-        self.content_keys: dict[str, list[str]] = {}
         self.outbox_committed = False
 
 
@@ -167,17 +166,7 @@ def plan_task(r: _Run) -> AlertPlan:
             retry_ids = sorted({c for (w, _, c) in r.ledger.failed if w == watch.name})
             start = window_start(watch, seen.get(watch.name), r.started)
             found[watch.name] = candidates(con, watch, start, retry_ids)
-    plan = plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
-    r.content_keys = _content_keys(plan.new, found)
-    return plan
-
-
-def _content_keys(messages: tuple[Message, ...], found: dict[str, list[AlertChange]]) -> dict[str, list[str]]:
-    """Each new message's changes by what they are (``AlertChange.content_keys``, from the candidates,
-    which carry the change's path and observation time)."""
-    by_id = {(w, c.change_id): c for w, changes in found.items() for c in changes}
-    return {m.message_id: [k for c in m.changes for k in by_id[(m.watch, c.change_id)].content_keys()]
-            for m in messages}
+    return plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
 
 
 @task(name="write-outbox", cache_policy=NONE)
@@ -186,7 +175,7 @@ def outbox_task(r: _Run, plan: AlertPlan, lock_timeout: float) -> None:
     if not plan.new:
         return
     with r.store.writer(r.run_id, lock_timeout=lock_timeout) as run:
-        run.append_rows("alert_messages", outbox_rows(plan.new, r.content_keys))
+        run.append_rows("alert_messages", outbox_rows(plan.new))
         run.commit()
     r.outbox_committed = True
 

@@ -8,7 +8,7 @@ condition); its ``where:`` is a predicate over the columns of ``studies`` (and `
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -147,12 +147,13 @@ def ledger_state(con: duckdb.DuckDBPyConnection) -> LedgerState:
     return LedgerState(sent=sent, failed=legacy, planned=planned, planned_content=content, pending=pending)
 
 
-def outbox_rows(messages: Sequence[Message], content_keys: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-    """The outbox rows of new messages, written and committed before any of them is sent."""
+def outbox_rows(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The outbox rows of new messages (planned from the candidates, whose changes carry the path and
+    observation time their content keys need), written and committed before any of them is sent."""
     return [{
         "message_id": m.message_id, "run_id": m.run_id, "created_at": m.created_at, "watch": m.watch,
         "channel": m.channel, "mode": m.mode, "change_ids": [c.change_id for c in m.changes],
-        "change_keys": list(content_keys[m.message_id]),
+        "change_keys": [k for c in m.changes for k in c.content_keys()],
         "payload": json.dumps(m.payload(), ensure_ascii=False, sort_keys=True),
     } for m in messages]
 
