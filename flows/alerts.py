@@ -42,7 +42,15 @@ from pipeline.alerts.redact import Redactor
 from pipeline.alerts.watchlist import Channel, SecretRef, Watchlist, parse_watchlist
 from pipeline.errors import DeliveryFailed, UsageError
 from warehouse import Warehouse
-from warehouse.alerts import candidates, check_predicate, delivery_rows, first_seen, ledger_state, outbox_rows
+from warehouse.alerts import (
+    candidates,
+    check_predicate,
+    delivery_rows,
+    first_seen,
+    ledger_state,
+    record_outcomes,
+    write_outbox,
+)
 
 RETRY_BACKOFF_SECONDS = 1.0
 
@@ -174,9 +182,7 @@ def outbox_task(r: _Run, plan: AlertPlan, lock_timeout: float) -> None:
     """The new messages go into the ledger (committed, durable) before any of them is sent."""
     if not plan.new:
         return
-    with r.store.writer(r.run_id, lock_timeout=lock_timeout) as run:
-        run.append_rows("alert_messages", outbox_rows(plan.new))
-        run.commit()
+    write_outbox(r.store, r.run_id, plan.new, lock_timeout=lock_timeout)
     r.outbox_committed = True
 
 
@@ -224,16 +230,13 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
         o.message, run_id=r.run_id, attempted_at=finished, attempt=attempts[o.message.message_id], error=o.error)]
     # The outbox took this run's id (its own commit); the outcomes commit under a later one.
     commit_id = new_run_id(finished) if r.outbox_committed else r.run_id
-    with r.store.writer(commit_id, lock_timeout=lock_timeout) as run:
-        run.append_rows("alert_deliveries", rows)
-        run.append_rows("alert_runs", [{
-            "run_id": r.run_id, "started_at": r.started, "finished_at": finished, "watchlist": config,
-            "watches": [w.name for w in r.watchlist.watches], "matched": plan.matched,
-            "messages": len(outcomes), "sent": sum(1 for row in rows if row["status"] == "sent"),
-            "failed": sum(1 for row in rows if row["status"] == "failed"), "already_sent": plan.already_sent,
-            "retried": plan.retries, "resent": plan.resent,
-        }])
-        run.commit()
+    record_outcomes(r.store, commit_id, rows, {
+        "run_id": r.run_id, "started_at": r.started, "finished_at": finished, "watchlist": config,
+        "watches": [w.name for w in r.watchlist.watches], "matched": plan.matched,
+        "messages": len(outcomes), "sent": sum(1 for row in rows if row["status"] == "sent"),
+        "failed": sum(1 for row in rows if row["status"] == "failed"), "already_sent": plan.already_sent,
+        "retried": plan.retries, "resent": plan.resent,
+    }, lock_timeout=lock_timeout)
 
 
 @flow(name="send_alerts", validate_parameters=True)
@@ -316,7 +319,8 @@ def summary_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str
     lines = [f"# Alerts run {summary['run_id']}", "",
              f"{summary['watches']} watches, {summary['matched']} matching changes: {summary['messages']} messages, "
              f"{summary['messages_sent']} delivered, {summary['messages_failed']} failed; "
-             f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried."]
+             f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried "
+             f"({summary['resent']} messages re-sent unchanged from the outbox)."]
     if summary["failures"]:
         lines += ["", "## Failed (due again on the next run)", "", "| watch | channel | changes | error |",
                   "|---|---|---|---|"]

@@ -19,6 +19,7 @@ from pipeline.alerts.message import AlertChange, Message
 from pipeline.alerts.plan import LedgerState, Pending
 from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
 from pipeline.errors import UsageError
+from warehouse.store import Warehouse
 from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
 
 _CORE = ", ".join(f.name for f in CORE_FIELDS)
@@ -156,6 +157,22 @@ def outbox_rows(messages: Sequence[Message]) -> list[dict[str, Any]]:
         "change_keys": [k for c in m.changes for k in c.content_keys()],
         "payload": json.dumps(m.payload(), ensure_ascii=False, sort_keys=True),
     } for m in messages]
+
+
+def write_outbox(store: Warehouse, commit_id: str, messages: Sequence[Message], *, lock_timeout: float) -> None:
+    """Commit new messages to the outbox (``alert_messages``): durable before any of them is sent."""
+    with store.writer(commit_id, lock_timeout=lock_timeout) as run:
+        run.append_rows("alert_messages", outbox_rows(messages))
+        run.commit()
+
+
+def record_outcomes(store: Warehouse, commit_id: str, deliveries: list[dict[str, Any]], run_row: dict[str, Any],
+                    *, lock_timeout: float) -> None:
+    """Commit each attempt's outcome (``alert_deliveries``) and the alerts run's row (``alert_runs``)."""
+    with store.writer(commit_id, lock_timeout=lock_timeout) as run:
+        run.append_rows("alert_deliveries", deliveries)
+        run.append_rows("alert_runs", [run_row])
+        run.commit()
 
 
 def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
