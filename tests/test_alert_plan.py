@@ -118,3 +118,22 @@ def test_any_sequence_of_cut_off_and_failed_runs_delivers_each_change_once_under
                 for ch in chs for c in changes}
     assert set(carriers) == expected  # nothing lost
     assert _one_run(con, changes, len(sequence) + 1, None, ["ok"], received) == []  # nothing planned again
+
+
+def test_a_delivery_that_failed_before_the_outbox_existed_is_planned_afresh_once() -> None:
+    con = _ledger()
+    change = _change(1, STUDIES[0])
+    legacy = Message("legacy-id", "each", "hook", "immediate", "run00", T0, ())
+    _insert(con, "raw_alert_deliveries", [{
+        "run_id": "run00", "attempted_at": T0, "watch": "each", "channel": "hook", "change_id": change.change_id,
+        "nct_id": change.nct_id, "severity": change.severity, "message_id": legacy.message_id, "status": "failed",
+        "attempt": 1, "error": "HTTP 500"}])
+    ledger = ledger_state(con)
+    plan = plan_alerts(WATCHLIST, {"each": [change], "digest": []}, ledger, run_id="run01", now=T0)
+    [hook] = [m for m in plan.messages if m.channel == "hook"]
+    assert ([c.change_id for c in hook.changes], plan.retries, plan.attempts(ledger)[hook.message_id]) == (
+        [change.change_id], 1, 2)
+    _insert(con, "raw_alert_messages", outbox_rows(plan.new))
+    again = plan_alerts(WATCHLIST, {"each": [change], "digest": []}, ledger_state(con), run_id="run02", now=T0)
+    assert [m.message_id for m in again.messages] == [m.message_id for m in plan.messages]  # the outbox, as it was
+    assert again.new == () and again.resent == len(plan.messages)
