@@ -125,12 +125,16 @@ SELECT change_id, nct_id, from_version, to_version, run_id, detected_at, registr
        CASE severity WHEN 'critical' THEN 3 WHEN 'notable' THEN 2 WHEN 'minor' THEN 1 ELSE 0 END
          AS severity_rank
 FROM raw_changes""",
+        """CREATE OR REPLACE VIEW alert_messages AS
+SELECT message_id, run_id, created_at, watch, channel, mode, change_ids, change_keys,
+       CAST(payload AS JSON) AS payload
+FROM raw_alert_messages""",
         """CREATE OR REPLACE VIEW alert_deliveries AS
 SELECT run_id, attempted_at, watch, channel, change_id, nct_id, severity, message_id, status, attempt, error
 FROM raw_alert_deliveries""",
         """CREATE OR REPLACE VIEW alert_runs AS
 SELECT run_id, started_at, finished_at, watchlist, watches, matched, messages, sent, failed, already_sent,
-       retried
+       retried, resent
 FROM raw_alert_runs ORDER BY started_at""",
         """CREATE OR REPLACE VIEW reconciliation AS
 SELECT run_id, scope, mode, checked_at, "check", status, expected, observed, flagged, detail, ids,

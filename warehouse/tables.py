@@ -202,6 +202,21 @@ ALERT_DELIVERIES = pa.schema(
     ]
 )
 
+# The alert outbox: each message, written before it is sent (re-sent unchanged until delivered).
+ALERT_MESSAGES = pa.schema(
+    [
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", UTC_TS, nullable=False),
+        pa.field("watch", pa.string(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("change_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("change_keys", pa.list_(pa.string()), nullable=False),
+        pa.field("payload", pa.string(), nullable=False),
+    ]
+)
+
 ALERT_RUNS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -215,6 +230,7 @@ ALERT_RUNS = pa.schema(
         pa.field("failed", pa.int64()),
         pa.field("already_sent", pa.int64()),
         pa.field("retried", pa.int64()),
+        pa.field("resent", pa.int64()),
     ]
 )
 
@@ -243,6 +259,7 @@ TABLES: dict[str, pa.Schema] = {
     "quarantine": QUARANTINE,
     "changes": CHANGES,
     "study_rewrites": STUDY_REWRITES,
+    "alert_messages": ALERT_MESSAGES,
     "alert_deliveries": ALERT_DELIVERIES,
     "alert_runs": ALERT_RUNS,
     **CHILD_TABLES,
