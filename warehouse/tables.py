@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from warehouse.tables_results import REGISTRY_TABLES, RESULTS_TABLES
+
 UTC_TS = pa.timestamp("us", tz="UTC")
 
 CORE_FIELDS: list[pa.Field] = [
@@ -181,6 +183,8 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                               ("adverse_event_group_count", _INT), ("serious_event_term_count", _INT),
                               ("other_event_term_count", _INT)),
     "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
+    **REGISTRY_TABLES,
+    **RESULTS_TABLES,
 }
 
 # The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
