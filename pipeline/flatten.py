@@ -242,6 +242,8 @@ def _references(module: s.ReferencesModule | None) -> Columns:
         "reference_type": [r.type for r in rows],
         "citation": [r.citation for r in rows],
         "retraction_pmids": [[x.pmid for x in r.retractions] if r.retractions is not None else None for r in rows],
+        "retraction_sources": [[x.source for x in r.retractions] if r.retractions is not None else None
+                               for r in rows],
     }
 
 

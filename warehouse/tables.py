@@ -172,7 +172,7 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                      ("patient_registry", _BOOL), ("target_duration", _STR), ("bio_spec_retention", _STR),
                      ("bio_spec_description", _STR)),
     "study_references": _child(("ordinal", _INT), ("pmid", _STR), ("reference_type", _STR), ("citation", _STR),
-                               ("retraction_pmids", _STRS)),
+                               ("retraction_pmids", _STRS), ("retraction_sources", _STRS)),
     "contacts": _child(("ordinal", _INT), ("name", _STR), ("role", _STR), ("phone", _STR), ("phone_ext", _STR),
                        ("email", _STR)),
     "officials": _child(("ordinal", _INT), ("name", _STR), ("affiliation", _STR), ("role", _STR)),
