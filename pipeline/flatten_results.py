@@ -153,9 +153,9 @@ class _Measures:
         self._denoms(module, index, None, m.denoms)
         for class_index, klass in enumerate(m.classes or ()):
             self._denoms(module, index, class_index, klass.denoms)
-            categories = klass.categories or [None]
+            categories: Sequence[s.MeasureCategory | None] = klass.categories or [None]
             for category_index, category in enumerate(categories):
-                measurements = (category.measurements if category else None) or [None]
+                measurements: Sequence[s.Measurement | None] = (category.measurements if category else None) or [None]
                 for ordinal, x in enumerate(measurements):
                     row = (module, index, class_index, klass.title,
                            category_index if category else None, category.title if category else None,

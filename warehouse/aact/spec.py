@@ -13,8 +13,8 @@ DUCKDB_TYPES = {
     "timestamp": "TIMESTAMP", "json": "JSON", "key": "BIGINT",
 }
 
-V, I, D, B, N, K, TS = "character varying", "integer", "date", "boolean", "numeric", "key", "timestamp"
-T = "text"
+VC, INT, DT, BOOL, NUM, KEY, TS = "character varying", "integer", "date", "boolean", "numeric", "key", "timestamp"
+TXT = "text"
 
 
 @dataclass(frozen=True)
