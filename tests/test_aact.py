@@ -450,5 +450,5 @@ def test_docs_aact_maps_every_aact_table() -> None:
     for line in (REPO / "docs" / "aact.md").read_text().splitlines():
         if line.startswith("| `"):
             first = line.split("|")[1]
-            mapped |= {name.strip("`") for name in first.split(", ")}
+            mapped |= {name.strip().strip("`") for name in first.split(", ")}
     assert mapped == set(aact_schema())
