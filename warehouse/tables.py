@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from warehouse.tables_results import REGISTRY_TABLES, RESULTS_TABLES
+
 UTC_TS = pa.timestamp("us", tz="UTC")
 
 CORE_FIELDS: list[pa.Field] = [
@@ -172,7 +174,7 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                      ("patient_registry", _BOOL), ("target_duration", _STR), ("bio_spec_retention", _STR),
                      ("bio_spec_description", _STR)),
     "study_references": _child(("ordinal", _INT), ("pmid", _STR), ("reference_type", _STR), ("citation", _STR),
-                               ("retraction_pmids", _STRS)),
+                               ("retraction_pmids", _STRS), ("retraction_sources", _STRS)),
     "contacts": _child(("ordinal", _INT), ("name", _STR), ("role", _STR), ("phone", _STR), ("phone_ext", _STR),
                        ("email", _STR)),
     "officials": _child(("ordinal", _INT), ("name", _STR), ("affiliation", _STR), ("role", _STR)),
@@ -183,6 +185,8 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                               ("adverse_event_group_count", _INT), ("serious_event_term_count", _INT),
                               ("other_event_term_count", _INT)),
     "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
+    **REGISTRY_TABLES,
+    **RESULTS_TABLES,
 }
 
 # The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
