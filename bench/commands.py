@@ -92,11 +92,11 @@ def section(results: dict[str, dict[str, list[Step]]], repeat: int, started: dat
     return "\n".join(lines)
 
 
-def write(path: Path, text: str) -> None:
-    """Replace the measured section, or append it under its own heading."""
+def write(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the measured section between ``begin`` and ``end``, or append it under its own heading."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
+    if begin in old and end in old:
+        new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: text, old, flags=re.S)
     else:
         new = old.rstrip("\n") + "\n\n## Ad hoc commands (issue 17)\n\n" + text + "\n"
     path.write_text(new)

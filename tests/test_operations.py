@@ -177,7 +177,7 @@ def test_serve_lists_the_deployments_it_would_serve() -> None:
     assert "daily-incremental: flows/scheduled.py:scheduled_sync, cron '0 10 * * 1-5' America/New_York" in result.stdout
     assert "weekly-full-reconciliation: flows/scheduled.py:scheduled_sync, cron '0 6 * * 6' America/New_York" \
         in result.stdout
-    assert "alerts-after-sync: flows/alerts.py:send_alerts, on an event" in result.stdout
+    assert "alerts-after-sync: flows/scheduled.py:send_alerts, on an event" in result.stdout
 
 
 def test_serve_registers_the_deployments_with_their_schedules(prefect_api: str, tmp_path: Path) -> None:
