@@ -104,6 +104,18 @@ def test_a_signalled_sync_stops_within_10s_commits_nothing_and_a_rerun_cleans_up
     assert len(list((warehouse / "runs").iterdir())) == 1  # the interrupted run's files are gone
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["process", "group"])
+def test_a_signalled_sync_run_on_a_prefect_server_stops_within_10s(
+        prefect_api: str, slow_registry: FakeRegistry, tmp_path: Path, group: bool) -> None:
+    """With a server configured the run is a Prefect flow run: Prefect records the crash, quickly."""
+    proc = start(sync_args(slow_registry, tmp_path / "w"), plain_env(PREFECT_API_URL=prefect_api))
+    wait_for(listing_requested(slow_registry), proc, "page request")
+    took, stderr, survivors = stop(proc, signal.SIGTERM, group)
+    assert took < STOP_SECONDS, stderr
+    assert proc.returncode == 143 and survivors == [], stderr
+    assert not (tmp_path / "w" / "warehouse.duckdb").exists()
+
+
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_a_signalled_sync_on_prefects_temporary_server_leaves_no_server_behind(
         slow_registry: FakeRegistry, tmp_path: Path, name: str) -> None:

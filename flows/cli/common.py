@@ -88,7 +88,11 @@ def configure_logging(debug: bool) -> None:
 
 def quiet_prefect_failures() -> None:
     """Prefect logs a failed run's traceback; the CLI reports one line instead (--debug shows all)."""
-    if not DEBUG:
+    from flows.engine import uses_prefect
+
+    if not DEBUG and uses_prefect():
+        import prefect  # noqa: F401 - Prefect configures its logging on import: ours must come after
+
         for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
