@@ -30,11 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NONE
-
 from flows import settings
+from flows.engine import NONE, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.message import Message
 from pipeline.alerts.plan import AlertPlan, LedgerState, plan_alerts, sample_message, window_start
