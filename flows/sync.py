@@ -22,10 +22,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
-
 from flows import progress, reconciliation, settings
+from flows.engine import NONE, flow, get_run_logger, task
 from flows.reconciliation import publish_reconciliation, reconcile_run
 from pipeline.changes import Rules, derive_changes
 from pipeline.errors import PageTokenRejected, RegistryError

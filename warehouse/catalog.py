@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.aact import aact_views
 from warehouse.crashpoints import crashpoint
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
 from warehouse.validity import versions_with_validity
@@ -125,12 +126,16 @@ SELECT change_id, nct_id, from_version, to_version, run_id, detected_at, registr
        CASE severity WHEN 'critical' THEN 3 WHEN 'notable' THEN 2 WHEN 'minor' THEN 1 ELSE 0 END
          AS severity_rank
 FROM raw_changes""",
+        """CREATE OR REPLACE VIEW alert_messages AS
+SELECT message_id, run_id, created_at, watch, channel, mode, change_ids, change_keys,
+       CAST(payload AS JSON) AS payload
+FROM raw_alert_messages""",
         """CREATE OR REPLACE VIEW alert_deliveries AS
 SELECT run_id, attempted_at, watch, channel, change_id, nct_id, severity, message_id, status, attempt, error
 FROM raw_alert_deliveries""",
         """CREATE OR REPLACE VIEW alert_runs AS
 SELECT run_id, started_at, finished_at, watchlist, watches, matched, messages, sent, failed, already_sent,
-       retried
+       retried, resent
 FROM raw_alert_runs ORDER BY started_at""",
         """CREATE OR REPLACE VIEW reconciliation AS
 SELECT run_id, scope, mode, checked_at, "check", status, expected, observed, flagged, detail, ids,
@@ -147,6 +152,7 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
   AND NOT is_removed""",
     ]
     statements += child_views()
+    statements += aact_views()
     return statements
 
 
@@ -183,11 +189,15 @@ SELECT w.nct_id, max(s.seq) AS seq FROM raw_study_rewrites AS w JOIN _run_seq AS
     for table in tables:
         listed = _sql_list(root, [schema_file(table), *manifest.files(table)])
         statements.append(f"""CREATE OR REPLACE VIEW raw_{table} AS
-SELECT t.* EXCLUDE (filename) FROM read_parquet({listed}, union_by_name = true, filename = true) AS t
-LEFT JOIN _file_seq AS f ON f.path = t.filename
+SELECT t.* EXCLUDE ({_FILE}) FROM read_parquet({listed}, union_by_name = true, filename = '{_FILE}') AS t
+LEFT JOIN _file_seq AS f ON f.path = t.{_FILE}
 LEFT JOIN _rewrite_marks AS m ON m.nct_id = t.nct_id
 WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq""")
     return statements
+
+
+# The column read_parquet adds with each row's file: a name no table uses (provided_documents has `filename`).
+_FILE = "_trialsync_file"
 
 
 def _values(columns: Sequence[str], rows: Sequence[tuple[str, int]]) -> str:
