@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from pipeline.dates import PartialDate, parse_partial_date
-from pipeline.diff import Key, Leaf, diff, render_path
+from pipeline.diff import Key, Leaf, diff, render_path, site_name
 from pipeline.errors import RecordInvalid, UsageError
 
 SEVERITIES = ("info", "minor", "notable", "critical")
@@ -282,7 +282,7 @@ def _site_event(leaf: Leaf, path: str) -> _Event:
     is_site = len(leaf.path) == index + 2 and isinstance(site_part, Key)
     if is_site and (leaf.old is None) != (leaf.new is None):
         site = leaf.new if leaf.old is None else leaf.old
-        facility = site.get("facility") if isinstance(site, dict) else None
+        facility = site_name(site) if isinstance(site, dict) else None
         event = "site_added" if leaf.old is None else "site_removed"
         return _Event(path, "site", "sites", event, None if leaf.old is None else facility,
                       facility if leaf.old is None else None)

@@ -3,7 +3,9 @@
 Sites match by facility, city, state, zip and country (duplicates by their order), arm groups by
 label, interventions by name, outcomes by measure, lists of text as sets; other arrays of objects
 match by content. Reordering alone is therefore never a change. A subtree present on one side only
-is one change at its root (a posted ``resultsSection`` is one row, not thousands).
+is one change at its root (a posted ``resultsSection`` is one row, not thousands), unless typed events
+read something inside it (``TYPED``): then the diff descends into it as if the missing side were an
+empty object or array, so the first site of a study is a ``site_added`` like any other site.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ def site_key(site: Mapping[str, Json]) -> str:
     return " | ".join(_text(site.get(k)) for k in ("facility", "city", "state", "zip", "country"))
 
 
+def site_name(site: Mapping[str, Json]) -> str | None:
+    """A site in words: its facility, or where it is when it has none (69 of 3,396 real sites)."""
+    facility = site.get("facility")
+    if isinstance(facility, str) and facility.strip():
+        return facility
+    place = [_text(site.get(k)).strip() for k in ("city", "state", "country")]
+    return ", ".join(p for p in place if p) or None
+
+
 def _field(name: str) -> Callable[[Mapping[str, Json]], str]:
     return lambda element: _text(element.get(name))
 
@@ -89,6 +100,29 @@ IDENTITY: dict[str, Callable[[Mapping[str, Json]], str]] = {
 }
 
 
+# What typed events read (member names from the record's root). A subtree that appears or vanishes is
+# diffed against an empty object or array when one of these lies inside it or is it, so the events do
+# not depend on whether the array or module existed before; any other subtree is one change.
+TYPED_ARRAYS = frozenset({
+    ("protocolSection", "contactsLocationsModule", "locations"),
+    ("protocolSection", "armsInterventionsModule", "armGroups"),
+    ("protocolSection", "armsInterventionsModule", "interventions"),
+    ("protocolSection", "outcomesModule", "primaryOutcomes"),
+})
+TYPED = TYPED_ARRAYS | frozenset({
+    ("protocolSection", "statusModule", "overallStatus"),
+    ("protocolSection", "statusModule", "whyStopped"),
+    ("protocolSection", "statusModule", "startDateStruct"),
+    ("protocolSection", "statusModule", "primaryCompletionDateStruct"),
+    ("protocolSection", "statusModule", "completionDateStruct"),
+    ("protocolSection", "designModule", "phases"),
+    ("protocolSection", "designModule", "enrollmentInfo", "count"),
+    ("protocolSection", "designModule", "enrollmentInfo", "type"),
+    ("protocolSection", "sponsorCollaboratorsModule", "leadSponsor", "name"),
+})
+_TYPED_WITHIN = frozenset(path[:n] for path in TYPED for n in range(1, len(path)))
+
+
 def diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:
     """Every changed leaf of the material sections (``derivedSection`` is the registry's own)."""
     return list(_diff_dicts(
@@ -117,7 +151,19 @@ def _diff_dicts(old: Mapping[str, Json], new: Mapping[str, Json], path: Path) ->
         if key in old and key in new:
             yield from _diff(old[key], new[key], (*path, key))
         else:
-            yield Leaf((*path, key), old.get(key), new.get(key))
+            yield from _one_sided((*path, key), old.get(key), new.get(key))
+
+
+def _one_sided(path: Path, old: Json, new: Json) -> Iterator[Leaf]:
+    """A member present on one side only: one leaf, or (where typed events look inside) its parts."""
+    names = tuple(p for p in path if isinstance(p, str))
+    value = new if old is None else old
+    if names in TYPED_ARRAYS and isinstance(value, list):
+        yield from _diff_lists(old or [], new or [], path)
+    elif names in _TYPED_WITHIN and isinstance(value, dict):
+        yield from _diff_dicts(old or {}, new or {}, path)
+    else:
+        yield Leaf(path, old, new)
 
 
 def _diff_lists(old: list[Json], new: list[Json], path: Path) -> Iterator[Leaf]:
