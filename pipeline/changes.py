@@ -91,6 +91,19 @@ class VersionPair:
     old_removed: bool = False
     new_removed: bool = False
     baseline: bool = False  # the first run of its scope: a first version is not news
+    # What the two versions are (``version_identity``), for change ids that survive renumbering.
+    old_identity: str | None = None
+    new_identity: str | None = None
+
+
+def version_identity(content_hash: str, is_removed: bool, observed_at: datetime | None) -> str:
+    """What a stored version is, independent of its number: its content hash as stored. A removal
+    marker repeats the content hash of the version it ends, so it is also named by when it was observed
+    (two removals of the same content are two changes). Backfill renumbering, compaction and rederive
+    keep both, so ``change_id``s survive them; a migration that rewrites stored hashes changes them."""
+    if not is_removed:
+        return content_hash
+    return f"removed:{content_hash}@{observed_at.isoformat() if observed_at else ''}"
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,12 @@ def derive_changes(pair: VersionPair, rules: Rules) -> list[Change]:
     else:
         assert pair.new_raw is not None
         events = classify(diff(pair.old_raw, pair.new_raw))
-    return [_row(pair, e, rules) for e in events]
+    seen: dict[tuple[str, str], int] = {}
+    rows = []
+    for e in events:
+        occurrence = seen[e.event, e.path] = seen.get((e.event, e.path), -1) + 1
+        rows.append(_row(pair, e, rules, occurrence))
+    return rows
 
 
 def _title(raw: Mapping[str, Any] | None) -> str | None:
@@ -147,10 +165,19 @@ def _title(raw: Mapping[str, Any] | None) -> str | None:
     return title if isinstance(title, str) else None
 
 
-def _row(pair: VersionPair, e: _Event, rules: Rules) -> Change:
-    key = f"{pair.nct_id}|{pair.from_version}|{pair.to_version}|{e.event}|{e.path}"
+def change_id(nct_id: str, old_identity: str | None, new_identity: str | None, event: str, path: str,
+              occurrence: int = 0) -> str:
+    """What the change is, not where it sits: the study, the two versions' identities (not their
+    numbers, which a backfill renumbers), the event and path, and which of two equal events on one path."""
+    key = f"{nct_id}|{old_identity or ''}|{new_identity or ''}|{event}|{path}"
+    if occurrence:
+        key += f"|{occurrence}"
+    return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+def _row(pair: VersionPair, e: _Event, rules: Rules, occurrence: int) -> Change:
     return Change(
-        change_id=hashlib.blake2b(key.encode(), digest_size=10).hexdigest(),
+        change_id=change_id(pair.nct_id, pair.old_identity, pair.new_identity, e.event, e.path, occurrence),
         nct_id=pair.nct_id, from_version=pair.from_version, to_version=pair.to_version, run_id=pair.run_id,
         detected_at=pair.detected_at, registry_updated=pair.registry_updated, path=e.path, field=e.field,
         category=e.category, event=e.event, old_value=e.old_value, new_value=e.new_value,
