@@ -15,15 +15,16 @@ from typing import Any
 
 import orjson
 
-from pipeline.dates import PartialDate, parse_partial_date
+from pipeline.date_events import date_change, partial
 from pipeline.diff import Key, Leaf, diff, render_path, site_name
-from pipeline.errors import RecordInvalid, UsageError
+from pipeline.errors import UsageError
 
 SEVERITIES = ("info", "minor", "notable", "critical")
 CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
               "eligibility", "sponsor", "results", "identification", "registry", "other")
 EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
-          "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
+          "date_actualized", "date_precision_refined", "date_precision_coarsened",
+          "site_added", "site_removed", "site_status_changed",
           "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
           "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
           "study_removed", "study_reappeared", "field_changed")
@@ -272,35 +273,11 @@ def _plan_date_event(leaf: Leaf, names: list[str], path: str, label: str) -> _Ev
         return _Event(path, f"{label} type", "dates", event, _value_text(leaf.old), _value_text(leaf.new))
     old_raw = leaf.old.get("date") if isinstance(leaf.old, dict) else leaf.old
     new_raw = leaf.new.get("date") if isinstance(leaf.new, dict) else leaf.new
-    old_date, new_date = _partial(old_raw), _partial(new_raw)
+    old_date, new_date = partial(old_raw), partial(new_raw)
     if old_date is None or new_date is None or part not in (None, "date"):
         return _Event(path, label, "dates", "field_changed", _value_text(leaf.old), _value_text(leaf.new))
-    if _refines(old_date, new_date):
-        return _Event(path, label, "dates", "date_precision_refined", old_date.raw, new_date.raw)
-    shift = (new_date.value - old_date.value).days
-    if shift == 0:
-        return _Event(path, label, "dates", "field_changed", old_date.raw, new_date.raw)
-    event = "date_slipped" if shift > 0 else "date_advanced"
-    return _Event(path, label, "dates", event, old_date.raw, new_date.raw, shift_days=shift)
-
-
-_PRECISION = {"year": 0, "month": 1, "day": 2}
-
-
-def _refines(old: PartialDate, new: PartialDate) -> bool:
-    """``2025-05`` -> ``2025-05-30``: the new, more precise date lies in the old period."""
-    if _PRECISION[new.precision] <= _PRECISION[old.precision]:
-        return False
-    return new.raw.startswith(old.raw)
-
-
-def _partial(raw: Any) -> PartialDate | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        return parse_partial_date(raw)
-    except RecordInvalid:
-        return None
+    change = date_change(old_date, new_date)
+    return _Event(path, label, "dates", change.event, old_date.raw, new_date.raw, shift_days=change.shift_days)
 
 
 def _site_event(leaf: Leaf, path: str) -> _Event:
