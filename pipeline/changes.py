@@ -291,7 +291,7 @@ def _site_event(leaf: Leaf, path: str) -> _Event:
         return _Event(path, "site", "sites", event, None if leaf.old is None else facility,
                       facility if leaf.old is None else None)
     if len(leaf.path) == index + 3 and leaf.path[-1] == "status":
-        facility = _key_text(site_part).split(" | ")[0]
+        facility = site_part.name if isinstance(site_part, Key) and site_part.name else _key_text(site_part)
         return _Event(path, f"site status ({facility})", "sites", "site_status_changed",
                       _value_text(leaf.old), _value_text(leaf.new))
     return _Event(path, _friendly(leaf), "sites", "field_changed", _value_text(leaf.old), _value_text(leaf.new))

@@ -10,8 +10,9 @@ empty object or array, so the first site of a study is a ``site_added`` like any
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,9 +24,11 @@ Json = Any
 
 @dataclass(frozen=True)
 class Key:
-    """An array element's identity inside a path, e.g. a site's key."""
+    """An array element's identity inside a path, e.g. a site's key; ``name`` is the element in words
+    (a site's ``site_name``), not part of the path."""
 
     value: str
+    name: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return "[" + orjson.dumps(self.value).decode() + "]"
@@ -64,6 +67,38 @@ def site_name(site: Mapping[str, Json]) -> str | None:
         return facility
     place = [_text(site.get(k)).strip() for k in ("city", "state", "country")]
     return ", ".join(p for p in place if p) or None
+
+
+SITE_FIELDS = ("facility", "city", "state", "zip", "country")
+
+
+def normalised(text: str) -> str:
+    """Identity text compared blind to case and runs of whitespace (``"Mayo Clinic "`` is ``"mayo clinic"``)."""
+    return " ".join(text.split()).casefold()
+
+
+def site_affinity(old: Mapping[str, Json], new: Mapping[str, Json]) -> int | None:
+    """How alike two sites' identities are (fields in common), or None if they cannot be one site.
+
+    One site may have identity fields filled in or emptied, its zip or state corrected (the facility
+    the same), or its facility's name edited slightly (everything else the same, in the same city).
+    Another city or country, two corrected fields, or another facility in the same place make it
+    another site (``Research Site`` in Berlin and in Munich are two sites).
+    """
+    a, b = ([normalised(_text(site.get(f))) for f in SITE_FIELDS] for site in (old, new))
+    conflicts = {f for f, x, y in zip(SITE_FIELDS, a, b, strict=True) if x and y and x != y}
+    shared = {f for f, x, y in zip(SITE_FIELDS, a, b, strict=True) if x and x == y}
+    if conflicts == {"facility"}:
+        similar = difflib.SequenceMatcher(None, a[0], b[0]).ratio() >= 0.85
+        return len(shared) if similar and "city" in shared else None
+    if not conflicts <= {"zip", "state"} or len(conflicts) > 1:
+        return None
+    if "facility" in shared or (not conflicts and "city" in shared and not (a[0] and b[0])):
+        return len(shared)
+    return None
+
+
+_PARTIAL: dict[str, Callable[[Mapping[str, Json], Mapping[str, Json]], int | None]] = {"locations": site_affinity}
 
 
 def _field(name: str) -> Callable[[Mapping[str, Json]], str]:
@@ -169,14 +204,42 @@ def _one_sided(path: Path, old: Json, new: Json) -> Iterator[Leaf]:
 def _diff_lists(old: list[Json], new: list[Json], path: Path) -> Iterator[Leaf]:
     name = next((p for p in reversed(path) if isinstance(p, str)), "")
     old_groups, new_groups = _grouped(old, name), _grouped(new, name)
+    removed: list[tuple[Json, int]] = []  # (element, its rank in its identity group)
+    added: list[tuple[Json, int]] = []
     for base in [*old_groups, *(b for b in new_groups if b not in old_groups)]:
-        pairs, removed, added = _match(old_groups.get(base, []), new_groups.get(base, []))
+        pairs, gone, came = _match(old_groups.get(base, []), new_groups.get(base, []))
         for rank, (o, n) in enumerate(pairs):
-            yield from _diff(o, n, (*path, Key(_label(base, rank))))
-        for rank, o in enumerate(removed, start=len(pairs)):
-            yield Leaf((*path, Key(_label(base, rank))), o, None)
-        for rank, n in enumerate(added, start=len(pairs)):
-            yield Leaf((*path, Key(_label(base, rank))), None, n)
+            yield from _diff(o, n, (*path, _key(n, name, rank)))
+        removed += [(o, rank) for rank, o in enumerate(gone, start=len(pairs))]
+        added += [(n, rank) for rank, n in enumerate(came, start=len(pairs))]
+    for (o, _), (n, rank) in _pair_partially(removed, added, _PARTIAL.get(name)):
+        yield from _diff(o, n, (*path, _key(n, name, rank)))
+    for o, rank in removed:
+        yield Leaf((*path, _key(o, name, rank)), o, None)
+    for n, rank in added:
+        yield Leaf((*path, _key(n, name, rank)), None, n)
+
+
+Ranked = tuple[Json, int]
+
+
+def _pair_partially(removed: list[Ranked], added: list[Ranked],
+                    affinity: Callable[[Mapping[str, Json], Mapping[str, Json]], int | None] | None,
+                    ) -> list[tuple[Ranked, Ranked]]:
+    """Removed and added elements that are one element with edited identity fields, best match first
+    (ties by order). What pairs is taken out of ``removed`` and ``added``."""
+    if affinity is None or not removed or not added:
+        return []
+    scored = sorted((-score, i, j) for i, (o, _) in enumerate(removed) for j, (n, _) in enumerate(added)
+                    if isinstance(o, dict) and isinstance(n, dict) and (score := affinity(o, n)) is not None)
+    chosen: dict[int, int] = {}
+    for _, i, j in scored:
+        if i not in chosen and j not in chosen.values():
+            chosen[i] = j
+    pairs = [(removed[i], added[j]) for i, j in sorted(chosen.items())]
+    removed[:] = [r for i, r in enumerate(removed) if i not in chosen]
+    added[:] = [a for j, a in enumerate(added) if j not in set(chosen.values())]
+    return pairs
 
 
 def _match(olds: list[Json], news: list[Json]) -> tuple[list[tuple[Json, Json]], list[Json], list[Json]]:
@@ -208,12 +271,26 @@ def _grouped(elements: list[Json], name: str) -> dict[str, list[Json]]:
 
 
 def _identity(element: Json, identity: Callable[[Mapping[str, Json]], str] | None) -> str:
+    """What an element is matched by: its identity fields normalised (case, whitespace), or its content."""
+    if isinstance(element, dict):
+        return normalised(identity(element)) if identity else _content(element)
+    return element if isinstance(element, str) else _content(element)
+
+
+def _display(element: Json, name: str) -> str:
+    """An element's identity as written, for its path: ``[\"Mayo Clinic | Rochester | ...\"]``."""
+    identity = IDENTITY.get(name)
     if isinstance(element, dict):
         return identity(element) if identity else _content(element)
     return element if isinstance(element, str) else _content(element)
 
 
+def _key(element: Json, name: str, rank: int) -> Key:
+    words = site_name(element) if name == "locations" and isinstance(element, dict) else None
+    return Key(_label(_display(element, name), rank), words)
+
+
 def keyed(elements: list[Json], name: str) -> dict[str, Json]:
     """Elements by identity; the second element with the same identity gets ``#2``, and so on."""
-    return {_label(base, rank): element for base, group in _grouped(elements, name).items()
+    return {_key(element, name, rank).value: element for group in _grouped(elements, name).values()
             for rank, element in enumerate(group)}
