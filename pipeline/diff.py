@@ -1,8 +1,10 @@
 """Field-level diff of two versions of a study, arrays matched by identity rather than position.
 
 Sites match by facility, city, state, zip and country (duplicates by their order), arm groups by
-label, interventions by name, outcomes by measure, lists of text as sets; other arrays of objects
-match by content. Reordering alone is therefore never a change. A subtree present on one side only
+label, interventions by name, outcomes by measure (identity text blind to case and whitespace), lists
+of text as sets; other arrays of objects match by content. Sites left over on both sides are then
+paired by ``site_affinity`` (one site with an identity field filled in or corrected) before they count
+as removed and added. Reordering alone is therefore never a change. A subtree present on one side only
 is one change at its root (a posted ``resultsSection`` is one row, not thousands), unless typed events
 read something inside it (``TYPED``): then the diff descends into it as if the missing side were an
 empty object or array, so the first site of a study is a ``site_added`` like any other site.
