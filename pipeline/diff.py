@@ -79,7 +79,14 @@ def normalised(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def site_affinity(old: Mapping[str, Json], new: Mapping[str, Json]) -> int | None:
+SiteIdentity = tuple[str, ...]  # the normalised SITE_FIELDS
+
+
+def site_identity(site: Mapping[str, Json]) -> SiteIdentity:
+    return tuple(normalised(_text(site.get(f))) for f in SITE_FIELDS)
+
+
+def site_affinity(a: SiteIdentity, b: SiteIdentity) -> int | None:
     """How alike two sites' identities are (fields in common), or None if they cannot be one site.
 
     One site may have identity fields filled in or emptied, its zip or state corrected (the facility
@@ -87,11 +94,11 @@ def site_affinity(old: Mapping[str, Json], new: Mapping[str, Json]) -> int | Non
     Another city or country, two corrected fields, or another facility in the same place make it
     another site (``Research Site`` in Berlin and in Munich are two sites).
     """
-    a, b = ([normalised(_text(site.get(f))) for f in SITE_FIELDS] for site in (old, new))
     conflicts = {f for f, x, y in zip(SITE_FIELDS, a, b, strict=True) if x and y and x != y}
     shared = {f for f, x, y in zip(SITE_FIELDS, a, b, strict=True) if x and x == y}
     if conflicts == {"facility"}:
-        similar = difflib.SequenceMatcher(None, a[0], b[0]).ratio() >= 0.85
+        matcher = difflib.SequenceMatcher(None, a[0], b[0])
+        similar = matcher.real_quick_ratio() >= 0.85 and matcher.quick_ratio() >= 0.85 and matcher.ratio() >= 0.85
         return len(shared) if similar and "city" in shared else None
     if not conflicts <= {"zip", "state"} or len(conflicts) > 1:
         return None
@@ -100,7 +107,34 @@ def site_affinity(old: Mapping[str, Json], new: Mapping[str, Json]) -> int | Non
     return None
 
 
-_PARTIAL: dict[str, Callable[[Mapping[str, Json], Mapping[str, Json]], int | None]] = {"locations": site_affinity}
+def _pair_sites(removed: list[Mapping[str, Json]], added: list[Mapping[str, Json]]) -> list[tuple[int, int]]:
+    """(removed index, added index) of the sites that are one site, best match first, ties by order.
+    Only sites sharing a facility or a city can be one, so only those are compared (a study of 1,000
+    sites that replaces them all costs thousands of comparisons, not a million)."""
+    olds, news = [site_identity(o) for o in removed], [site_identity(n) for n in added]
+    by_facility: dict[str, list[int]] = {}
+    by_city: dict[str, list[int]] = {}
+    for j, n in enumerate(news):
+        if n[0]:
+            by_facility.setdefault(n[0], []).append(j)
+        if n[1]:
+            by_city.setdefault(n[1], []).append(j)
+    scored = []
+    for i, o in enumerate(olds):
+        for j in sorted({*by_facility.get(o[0], []), *by_city.get(o[1], [])} if o[0] or o[1] else set()):
+            if (score := site_affinity(o, news[j])) is not None:
+                scored.append((-score, i, j))
+    chosen: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, i, j in sorted(scored):
+        if i not in chosen and j not in taken:
+            chosen[i] = j
+            taken.add(j)
+    return sorted(chosen.items())
+
+
+_PARTIAL: dict[str, Callable[[list[Mapping[str, Json]], list[Mapping[str, Json]]], list[tuple[int, int]]]] = {
+    "locations": _pair_sites}
 
 
 def _field(name: str) -> Callable[[Mapping[str, Json]], str]:
@@ -195,9 +229,9 @@ def _one_sided(path: Path, old: Json, new: Json) -> Iterator[Leaf]:
     """A member present on one side only: one leaf, or (where typed events look inside) its parts."""
     names = tuple(p for p in path if isinstance(p, str))
     value = new if old is None else old
-    if names in TYPED_ARRAYS and isinstance(value, list):
+    if names in TYPED_ARRAYS and isinstance(value, list) and value:
         yield from _diff_lists(old or [], new or [], path)
-    elif names in _TYPED_WITHIN and isinstance(value, dict):
+    elif names in _TYPED_WITHIN and isinstance(value, dict) and value:  # an empty one stays one leaf
         yield from _diff_dicts(old or {}, new or {}, path)
     else:
         yield Leaf(path, old, new)
@@ -226,21 +260,17 @@ Ranked = tuple[Json, int]
 
 
 def _pair_partially(removed: list[Ranked], added: list[Ranked],
-                    affinity: Callable[[Mapping[str, Json], Mapping[str, Json]], int | None] | None,
-                    ) -> list[tuple[Ranked, Ranked]]:
-    """Removed and added elements that are one element with edited identity fields, best match first
-    (ties by order). What pairs is taken out of ``removed`` and ``added``."""
-    if affinity is None or not removed or not added:
+                    pair: Callable[[list[Mapping[str, Json]], list[Mapping[str, Json]]], list[tuple[int, int]]]
+                    | None) -> list[tuple[Ranked, Ranked]]:
+    """Removed and added elements that are one element with edited identity fields (``pair`` decides).
+    What pairs is taken out of ``removed`` and ``added``."""
+    if pair is None or not removed or not added or not all(isinstance(e, dict) for e, _ in removed + added):
         return []
-    scored = sorted((-score, i, j) for i, (o, _) in enumerate(removed) for j, (n, _) in enumerate(added)
-                    if isinstance(o, dict) and isinstance(n, dict) and (score := affinity(o, n)) is not None)
-    chosen: dict[int, int] = {}
-    for _, i, j in scored:
-        if i not in chosen and j not in chosen.values():
-            chosen[i] = j
-    pairs = [(removed[i], added[j]) for i, j in sorted(chosen.items())]
-    removed[:] = [r for i, r in enumerate(removed) if i not in chosen]
-    added[:] = [a for j, a in enumerate(added) if j not in set(chosen.values())]
+    chosen = pair([e for e, _ in removed], [e for e, _ in added])
+    pairs = [(removed[i], added[j]) for i, j in chosen]
+    gone, came = {i for i, _ in chosen}, {j for _, j in chosen}
+    removed[:] = [r for i, r in enumerate(removed) if i not in gone]
+    added[:] = [a for j, a in enumerate(added) if j not in came]
     return pairs
 
 
