@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from pipeline.date_events import date_change, partial
-from pipeline.diff import Key, Leaf, diff, render_path, site_name
+from pipeline.diff import Key, Leaf, diff, render_path
 from pipeline.errors import UsageError
+from pipeline.sites import site_name
 
 SEVERITIES = ("info", "minor", "notable", "critical")
 CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",

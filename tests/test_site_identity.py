@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pipeline import mutate
 from pipeline.changes import Change, Rules, VersionPair, derive_changes
-from pipeline.diff import normalised, site_name
+from pipeline.sites import normalised, site_name
 from tests.conftest import nct, real_records
 
 RECORDS = real_records()
