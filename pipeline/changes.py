@@ -10,7 +10,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -105,7 +105,10 @@ def version_identity(content_hash: str, is_removed: bool, observed_at: datetime 
     keep both, so ``change_id``s survive them; a migration that rewrites stored hashes changes them."""
     if not is_removed:
         return content_hash
-    return f"removed:{content_hash}@{observed_at.isoformat() if observed_at else ''}"
+    if observed_at is None:
+        return f"removed:{content_hash}"
+    instant = (observed_at if observed_at.tzinfo else observed_at.replace(tzinfo=UTC)).astimezone(UTC)
+    return f"removed:{content_hash}@{instant.isoformat()}"  # in UTC, whatever the session's time zone
 
 
 @dataclass(frozen=True)

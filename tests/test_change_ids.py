@@ -4,7 +4,7 @@ compaction and rederive (real Prefect runs, real warehouse), and an alert sent i
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +125,5 @@ def test_the_id_depends_on_the_versions_contents_not_their_numbers() -> None:
     assert ids(1, "a", "b") == ids(7, "a", "b") != []
     assert ids(1, "a", "b") != ids(1, "a", "c")
     assert version_identity("a", True, now) != version_identity("a", True, now.replace(day=2))
+    elsewhere = now.astimezone(timezone(timedelta(hours=-5)))  # a session in another time zone
+    assert version_identity("a", True, elsewhere) == version_identity("a", True, now)
