@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.hashing import NON_MATERIAL_SECTIONS
+from pipeline.hashing import normalise
 from pipeline.sites import normalised, pair_sites, site_key, site_name
 
 Json = Any
@@ -93,6 +93,7 @@ IDENTITY: dict[str, Callable[[Mapping[str, Json]], str]] = {
     "centralContacts": _field("name"),
     "contacts": _field("name"),
     "seeAlsoLinks": _field("url"),
+    "submissionInfos": _field("releaseDate"),  # a QC submission, by the day it was submitted
 }
 
 
@@ -120,12 +121,9 @@ _TYPED_WITHIN = frozenset(path[:n] for path in TYPED for n in range(1, len(path)
 
 
 def diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:
-    """Every changed leaf of the material sections (``derivedSection`` is the registry's own)."""
-    return list(_diff_dicts(
-        {k: v for k, v in old.items() if k not in NON_MATERIAL_SECTIONS},
-        {k: v for k, v in new.items() if k not in NON_MATERIAL_SECTIONS},
-        (),
-    ))
+    """Every changed leaf of the material content, compared in the canonical form that decides what is
+    a new version (``pipeline.hashing.normalise``): no diff here iff the content hashes are equal."""
+    return list(_diff_dicts(normalise(old), normalise(new), ()))
 
 
 def _diff(old: Json, new: Json, path: Path) -> Iterator[Leaf]:
