@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import progress, settings
-from flows.sync import RunTotals, SyncSummary, _retryable, commit_run, derive_run_changes, new_run_id
+from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, new_run_id
 from pipeline.errors import RegistryNotFound, UsageError
 from pipeline.history import (
     FetchedVersion,
@@ -61,7 +61,7 @@ class _BatchContext:
         self.extra = BackfillTotals()
 
 
-@task(name="backfill-batch", cache_policy=NONE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retryable)
+@task(name="backfill-batch", cache_policy=NONE)  # no task retries: the client's tries are the total
 def backfill_batch(bc: _BatchContext, nct_ids: list[str]) -> int:
     """Fetch, merge and stage one batch of studies; returns how many studies it rewrote.
 
