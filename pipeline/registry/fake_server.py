@@ -96,6 +96,11 @@ class FakeRegistry:
         with self._lock:
             self._omitted.update(nct_ids)
 
+    def restore_listings(self) -> None:
+        """Listings hold every study again."""
+        with self._lock:
+            self._omitted.clear()
+
     @property
     def data_timestamp(self) -> str:
         """``/version``'s ``dataTimestamp`` (UTC ``yyyy-MM-dd'T'HH:mm:ss``): one day per data change."""
