@@ -31,7 +31,7 @@ from pipeline.history import (
     merge_history,
     select_versions,
 )
-from pipeline.registry.client import RegistryClient, RetryPolicy
+from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
 from pipeline.registry.history import HistoryClient
 from pipeline.versioning import BatchPlan, NewVersion, Quarantined, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
@@ -149,12 +149,13 @@ def backfill_history(
     modules: list[str] | None = None,
     api_url: str | None = None,
     warehouse: str | None = None,
-    request_interval: float = 1.0,
+    request_interval: float = DEFAULT_INTERVAL,
     max_attempts: int = 8,
     backoff_seconds: float = 1.0,
     timeout_seconds: float = 120.0,
     lock_timeout: float = 30.0,
     batch_size: int = 20,
+    retry_budget: float = 60.0,
 ) -> dict[str, Any]:
     """Import the past versions of ``ids`` (or of every followed study) from the registry's history."""
     wanted = check_backfill_args(ids, all_studies)
@@ -164,7 +165,8 @@ def backfill_history(
     run_id = new_run_id(started)
     store = Warehouse(settings.warehouse_dir(warehouse))
     client = RegistryClient(url, min_interval=request_interval, timeout=(min(10.0, timeout_seconds), timeout_seconds),
-                            retry=RetryPolicy(attempts=max_attempts, backoff_base=backoff_seconds))
+                            retry=RetryPolicy(attempts=max_attempts, backoff_base=backoff_seconds,
+                                              budget_seconds=retry_budget))
     history = HistoryClient(client)
     with client, store.writer(run_id, lock_timeout=lock_timeout) as run:
         rules = settings.rules(None, run.manifest.meta)

@@ -155,6 +155,8 @@ class RegistryClient:
         does not say. Pages fetched under one timestamp come from one consistent data set."""
         try:
             stamp = self.version().get("dataTimestamp")
+        except RegistryUnavailable:  # the registry is down or refusing us: the run cannot go on
+            raise
         except RegistryError as exc:
             log.warning("cannot read the registry's data timestamp: %s", exc)
             return None
@@ -266,7 +268,7 @@ class RegistryClient:
     def _log_retry(self, state: RetryCallState) -> None:
         self.retries += 1
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("registry request failed (attempt %d), retrying: %s", state.attempt_number, redact(str(exc)))
+        log.info("registry request failed (attempt %d), retrying: %s", state.attempt_number, redact(str(exc)))
 
 
 class _StopBeyondBudget(stop_base):
