@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from pipeline.scope import WATERMARK_OVERLAP
+
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 STATUSES = (SKIPPED, OK, WARN, FAIL)  # in order of concern
 CHECKS = ("total_count", "missing_ids", "listing_omitted", "unexpected_ids", "zero_update_weekdays", "status_counts")
@@ -132,7 +134,7 @@ def unexpected_ids(f: RunFacts) -> Check:
     """After a full run: studies listed now that earlier runs should have brought in but did not.
 
     A study new to the scope whose last update is older than the previous run's window (the
-    watermark minus the one-day overlap) was missed by the incremental runs; a study updated since
+    watermark minus the overlap) was missed by the incremental runs; a study updated since
     is simply new. A study that earlier runs saw and that left the scope (or was retired) and now is
     listed again has returned: it is named in ``data["returned"]``, never claimed unseen. In an ids
     scope, any id that was not asked for is unexpected.
@@ -142,7 +144,7 @@ def unexpected_ids(f: RunFacts) -> Check:
         return Check(name, SKIPPED, _only_full(f))
     new = sorted(set(f.seen_dates) - f.members_before)
     returned = [n for n in new if n in f.former_members]
-    cutoff = f.previous_watermark - timedelta(days=1) if f.previous_watermark else None
+    cutoff = f.previous_watermark - WATERMARK_OVERLAP if f.previous_watermark else None
     asked = set(f.requested_ids)
     stale = {n for n in new if cutoff is not None and n not in f.former_members
              and (d := f.seen_dates[n]) is not None and d < cutoff}

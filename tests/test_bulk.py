@@ -23,6 +23,7 @@ from flows.bulk import run_load_bulk
 from pipeline.errors import BulkArchiveInvalid
 from pipeline.registry.bulk import BulkArchive, MemberReader, members
 from pipeline.registry.fake_server import FakeRegistry
+from pipeline.scope import WATERMARK_OVERLAP
 from tests.conftest import STUDIES_DIR, fast_sync, nct
 from warehouse import Warehouse
 
@@ -91,7 +92,7 @@ def test_a_bulk_load_is_one_run_that_api_syncs_continue_without_new_versions(
         registry.put(mutate.posted_on(mutate.set_status(records[0], "COMPLETED"), day))
         registry.requests.clear()
         after = fast_sync(registry, bulk_dir)
-        since = watermark - timedelta(days=1)
+        since = watermark - WATERMARK_OVERLAP
         assert (after["mode"], after["since"], after["versions_written"]) == ("incremental", since.isoformat(), 1)
         assert {r["filter.advanced"] for r in registry.study_requests()} == {
             f"AREA[LastUpdatePostDate]RANGE[{since.isoformat()},MAX]"}

@@ -16,6 +16,7 @@ import pytest
 from pipeline import mutate
 from pipeline.errors import RegistryUnavailable
 from pipeline.registry.fake_server import FakeRegistry
+from pipeline.scope import WATERMARK_OVERLAP
 from tests.conftest import fast_sync, nct, snapshot_pairs
 from warehouse import Warehouse
 
@@ -107,7 +108,7 @@ def test_incremental_sync_fetches_only_the_changed_window(registry: FakeRegistry
     registry.put(*changed)
     registry.requests.clear()
     summary = fast_sync(registry, warehouse_dir)
-    since = watermark - timedelta(days=1)
+    since = watermark - WATERMARK_OVERLAP
     assert (summary["mode"], summary["since"]) == ("incremental", since.isoformat())
     assert {r["filter.advanced"] for r in registry.study_requests()} == {
         f"AREA[LastUpdatePostDate]RANGE[{since.isoformat()},MAX]"}
