@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.markup import api_form
 from pipeline.registry.fake_faults import FAULT_KINDS, Fault, Faults
 from pipeline.registry.fake_handler import API_PREFIX, INT_PREFIX, Handler
 from pipeline.registry.fake_history import FakeHistory
@@ -107,8 +108,9 @@ class FakeRegistry:
         return (_DATA_EPOCH + timedelta(days=self.data_generation)).strftime("%Y-%m-%dT%H:%M:%S")
 
     def put_history(self, history: FakeHistory) -> None:
-        """Serve ``history`` under ``/api/int``; its last version becomes the study's current record."""
-        self.put(history.current)
+        """Serve ``history`` under ``/api/int``; its last version becomes the study's current record, served
+        by ``/api/v2`` in the API's own markup (markdown where the history has HTML, as the registry does)."""
+        self.put(api_form(history.current))
         with self._lock:
             self._histories[history.nct_id] = history
 
