@@ -17,6 +17,7 @@ from flows.history import print_history
 from flows.sync import rederive_changes
 from pipeline import mutate
 from pipeline.errors import HistoryFormatError
+from pipeline.markup import api_form
 from pipeline.registry.fake_history import REAL_HISTORY_NCT, FakeHistory, history_from_records, real_history
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import DATA, fast_sync, nct
@@ -105,7 +106,7 @@ def test_backfilling_twice_stores_nothing_new(history_registry: FakeRegistry, wa
 
 def observe_then_backfill(registry: FakeRegistry, warehouse_dir: Path) -> dict[str, Any]:
     """Two syncs see the study at registry versions 4 and 9; then a backfill merges the other eight."""
-    registry.put(HISTORY.records[4])
+    registry.put(api_form(HISTORY.records[4]))  # API v2 sends the captured HTML texts as markdown
     first = fast_sync(registry, warehouse_dir)
     registry.put_history(HISTORY)
     second = fast_sync(registry, warehouse_dir)
