@@ -3,10 +3,13 @@
 API v2 (``markupFormat=markdown``, its default) sends long texts as markdown: paragraphs apart by a
 blank line, list items as ``* item`` or ``1. item`` on their own lines (nested ones indented by two
 spaces), ``**bold**``, ``*italic*``, ``^sup^``, ``~sub~``, and the characters markdown would read
-(``\\ < > [ ] & ^ ~ *``) escaped with a backslash (real records: 382 ``\\<`` and not one bare ``<`` in
-their long texts). The website's history API can send the same text as HTML (``<ul><li>...``; the one
-real capture does). ``api_form`` rewrites every such text of a record into the API's form, so the same
-registry version has one content hash whichever API it came from. Text without HTML is left as it is.
+escaped with a backslash: ``\\ < > [ ] & ^ ~ *``, a ``_`` opening a word, a list marker opening a
+line (real records: 382 ``\\<`` and not one bare ``<`` in their long texts). The website's history
+API can send the same text as HTML (``<ul><li>...``; the one real capture does). ``api_form``
+rewrites every such text of a record into the API's form, so the same registry version has one
+content hash whichever API it came from. Text without HTML is left as it is. Known limit: the
+registry's escaping of a ``_`` inside a word follows no rule we could find, so such a text can still
+differ by that backslash.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 _TAGS = "ul|ol|li|p|br|b|strong|i|em|sub|sup|mark|span|div|u"
 _HAS_HTML = re.compile(rf"</?(?:{_TAGS})\b[^>]*>", re.I)
 _ESCAPE = re.compile(r"([\\<>\[\]&^~*])")
+_LINE_START = re.compile(r"^(\d+(?=[.)])|)([-+#]|(?<=\d)[.)])(?=\s|$)")  # a list or heading marker: escaped
+_WORD_UNDERSCORE = re.compile(r"(^|\s)_(?=\S)")  # an underscore that would open emphasis
 _INLINE = {"b": "**", "strong": "**", "i": "*", "em": "*", "sup": "^", "sub": "~"}
 
 
@@ -83,10 +88,12 @@ class _Converter(HTMLParser):
             self.current.append(_INLINE[tag])
 
     def handle_data(self, data: str) -> None:
-        self.current.append(_ESCAPE.sub(r"\\\1", re.sub(r"[ \t\r\n]+", " ", data)))
+        text = _ESCAPE.sub(r"\\\1", re.sub(r"[ \t\r\n]+", " ", data))
+        self.current.append(_WORD_UNDERSCORE.sub(r"\1\\_", text))
 
     def _flush(self) -> None:
-        text = "\n".join(line.strip() for line in "".join(self.current).split("\n")).strip()
+        lines = (_LINE_START.sub(r"\1\\\2", line.strip()) for line in "".join(self.current).split("\n"))
+        text = "\n".join(lines).strip()
         if text:
             self.blocks.append((self.kind, self.prefix + text))
         self.current, self.kind, self.prefix = [], "para", ""

@@ -249,3 +249,68 @@ def test_the_history_client_retries_and_derives_its_url_from_the_v2_url(history_
         assert parse_study(history.version(NCT, 0)).overall_status == "NOT_YET_RECRUITING"
         with pytest.raises(RegistryNotFound):
             history.index("NCT00000102")
+
+
+def _markdown_to_html(text: str) -> str | None:
+    """The HTML the website would show for a simple API markdown text (paragraphs and flat ``* `` lists,
+    backslash escapes), or None for anything richer (nesting, emphasis, numbered lists, line breaks)."""
+    import re
+
+    if "  " in text or "\t" in text or "**" in text or "\n\n\n" in text or text != text.strip():
+        return None
+    if re.search(r"(?<!\s)\\_", text):  # the registry's escaping of a "_" inside a word follows no rule we know
+        return None
+    out, items = [], []
+    for block in text.split("\n\n"):
+        lines = block.split("\n")
+        if all(line.startswith("* ") for line in lines):
+            items += [line[2:] for line in lines]
+            continue
+        if len(lines) > 1 or re.match(r"^(\d+\.|\*|-|\+) ", block):
+            return None
+        if items:
+            out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+            items = []
+        out.append(f"<p>{block}</p>")
+    if items:
+        out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+    rendered = "".join(out)
+    if re.search(r"(?<!\\)[*^~_]", rendered.replace("<li>", "").replace("</li>", "")):
+        return None  # emphasis, sup/sub: not a plain text
+    return _escape_text(rendered)
+
+
+def _escape_text(rendered: str) -> str:
+    """Unescape the markdown backslashes of the text between tags and HTML-escape it."""
+    import html
+    import re
+
+    parts = re.split(r"(</?(?:p|ul|li)>)", rendered)
+    return "".join(p if re.fullmatch(r"</?(?:p|ul|li)>", p) else html.escape(re.sub(r"\\(.)", r"\1", p), quote=False)
+                   for p in parts)
+
+
+def test_real_api_texts_shown_as_html_by_the_history_come_back_to_the_same_text() -> None:
+    from pipeline.markup import api_form
+    from tests.conftest import real_records
+
+    def texts(value: Any) -> Any:
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from texts(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from texts(v)
+        elif isinstance(value, str):
+            yield value
+
+    tried = lists = 0
+    for record in real_records():
+        for text in texts(record):
+            rendered = _markdown_to_html(text)
+            if rendered is None or ("<ul>" not in rendered and "\\" not in text):
+                continue
+            tried += 1
+            lists += "<ul>" in rendered
+            assert api_form(rendered) == text, rendered
+    assert tried > 300 and lists > 100  # a real share of the 326 records' long texts
