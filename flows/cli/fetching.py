@@ -193,6 +193,8 @@ def backfill(
     if summary["not_found"]:
         err.print(f"trialsync: warning: the registry has no history for {', '.join(summary['not_found'])}",
                   highlight=False)
+    for nct, why in summary.get("failed", {}).items():
+        err.print(f"trialsync: warning: {nct} skipped: {why}", highlight=False)
 
 
 def run_backfill(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
