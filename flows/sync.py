@@ -30,8 +30,9 @@ from prefect.cache_policies import NONE
 
 from flows import progress, reconciliation, settings
 from flows.reconciliation import publish_reconciliation, reconcile_run
+from flows.vanished import settle_vanished
 from pipeline.changes import Rules, derive_changes
-from pipeline.errors import PageTokenRejected, RegistryError, RegistryNotFound
+from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.parse import record_nct_id
 from pipeline.registry.client import (
     DEFAULT_INTERVAL,
@@ -41,13 +42,13 @@ from pipeline.registry.client import (
     check_token_progress,
     page_from_body,
 )
-from pipeline.scope import Scope, check_page_size, lookup_params, resolve_window
+from pipeline.scope import Scope, check_page_size, resolve_window
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HeadIndex
 from warehouse.pairs import version_pairs
-from warehouse.rows import changes_table, tombstones_table
+from warehouse.rows import changes_table
 from warehouse.spool import PageSpool
 
 MAX_RESTARTS = 2  # fresh walks from page 1 after the registry refused a page token
@@ -170,100 +171,6 @@ def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[Batch
             fresh.append(pair)
     repeats = len(plan.seen) - len(fresh)
     return (dataclasses.replace(plan, seen=fresh, unchanged=plan.unchanged - repeats) if repeats else plan), repeats
-
-
-@task(name="settle-vanished", cache_policy=NONE)
-def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
-    """After a complete full run: studies of the scope that the listing no longer holds are looked up.
-
-    A listing can leave out a study the registry still publishes, and a look-up through the listing
-    (``filter.ids``) has the same gap: it can only prove a study is still there. So what it does not
-    return is asked for one by one, ``GET /studies/{id}``, and only a 404 there retires a study.
-    A published study outside the scope's filters left the scope (``scope_exits``, reason
-    ``left_scope``); one inside them was omitted by the listing (``pc.omitted``: stays a member, no
-    change event, a ``listing_omitted`` reconciliation warning). Either way its current record is
-    stored like any other. Returns (left_scope, retired)."""
-    t = pc.totals
-    if t.total_count is not None and t.studies_seen < t.total_count:
-        get_run_logger().warning("saw %d of %d studies: not retiring anything on an incomplete listing",
-                                 t.studies_seen, t.total_count)
-        return 0, 0
-    vanished = sorted(pc.run.scope_members(scope) - pc.seen)
-    if not vanished:
-        return 0, 0
-    try:
-        published, gone = _look_up(pc, vanished)
-        inside = _inside_scope(pc, published)
-    except RegistryError as exc:  # the listing itself is complete: commit it, settle next time
-        get_run_logger().warning("could not look up %d studies that left the scope's listing (%s); "
-                                 "retiring nothing this run", len(vanished), exc)
-        return 0, 0
-    plan, _ = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
-    pc.run.append_plan(plan, pc.ctx)
-    pc.written.update(plan.heads)
-    t.versions_written += len(plan.versions)
-    t.quarantined += len(plan.quarantined)
-    still_there = {nct for nct in map(record_nct_id, published) if nct} & set(vanished)
-    omitted = still_there & inside
-    heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
-    retired = [(nct, head.version + 1, head.content_hash) for nct in gone
-               if (head := heads.get(nct)) is not None and not head.is_removed]
-    pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
-    for nct, version, digest in retired:
-        pc.written[nct] = Head(version, digest, is_removed=True)
-    exits = [nct for nct in vanished if nct not in omitted]
-    pc.exited.update(exits)
-    pc.left_scope.update(still_there - omitted)
-    pc.omitted.update(omitted)
-    pc.seen.update(omitted)
-    pc.run.append_rows("scope_exits", [
-        {"run_id": pc.ctx.run_id, "scope": scope, "nct_id": nct,
-         "reason": "left_scope" if nct in still_there else "removed"} for nct in exits])
-    get_run_logger().info("%d unlisted studies are still in the registry (%d inside the scope: the listing "
-                          "omitted them); %d retired (404)", len(still_there), len(omitted), len(retired))
-    return len(still_there - omitted), len(retired)
-
-
-def _look_up(pc: _PageContext, ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The records the registry publishes for ``ids``, and the ids it answers 404 for. Asked by id in
-    batches through the listing first (cheap; what it returns is certainly published), then the rest
-    one by one with the single-study endpoint: only its 404 says a study is gone."""
-    found: dict[str, dict[str, Any]] = {}
-    for params in lookup_params(ids):
-        for page in pc.client.iter_pages(params):
-            found.update((nct, record) for record in page.studies if (nct := record_nct_id(record)))
-    gone = []
-    for nct in ids:
-        if nct in found:
-            continue
-        try:
-            record = pc.client.get_study(nct)
-        except RegistryNotFound:
-            gone.append(nct)
-            continue
-        found[record_nct_id(record) or nct] = record  # an alias answers with the study it merged into
-    return list(found.values()), gone
-
-
-def _inside_scope(pc: _PageContext, records: list[dict[str, Any]]) -> set[str]:
-    """Which of these published records pass the scope's filters: checked here where the filters
-    allow it (ids, statuses), else asked of the registry's search (the scope's parameters plus
-    ``filter.ids``; what the search does not return is taken as outside, as the registry judges)."""
-    inside, ask = set(), []
-    for record in records:
-        nct = record_nct_id(record)
-        if not nct:
-            continue
-        status = (record.get("protocolSection") or {}).get("statusModule", {}).get("overallStatus")
-        verdict = pc.scope.admits(status if isinstance(status, str) else None, nct)
-        if verdict:
-            inside.add(nct)
-        elif verdict is None:
-            ask.append(nct)
-    for params in lookup_params(ask):
-        for page in pc.client.iter_pages({**pc.scope.params(), **params}):
-            inside.update(nct for nct in map(record_nct_id, page.studies) if nct in ask)
-    return inside
 
 
 @task(name="derive-changes", cache_policy=NONE)
