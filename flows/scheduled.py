@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.sync import sync_registry
 from pipeline.errors import TrialsyncError
 from pipeline.operations import scope_kwargs, stale_reason
+from pipeline.registry.client import DEFAULT_INTERVAL
 
 
 class ScheduledSyncFailed(TrialsyncError):
@@ -30,7 +31,7 @@ def scheduled_sync(
     warehouse: str | None = None,
     api_url: str | None = None,
     page_size: int = 1000,
-    request_interval: float = 1.0,
+    request_interval: float = DEFAULT_INTERVAL,
     rules_file: str | None = None,
 ) -> dict[str, Any]:
     """Sync every scope (incremental from each scope's watermark, or ``full``); returns each run's summary."""
