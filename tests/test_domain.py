@@ -161,11 +161,11 @@ def test_a_large_ids_scope_is_walked_in_batches_that_keep_every_url_short() -> N
     assert Scope.build(ids=ids[:200]).batches({}) == [{"filter.ids": ",".join(ids[:200])}]
 
 
-def test_window_is_full_first_then_incremental_from_watermark_minus_a_day() -> None:
+def test_window_is_full_first_then_incremental_from_watermark_minus_14_days() -> None:
     assert resolve_window(full=False, since=None, watermark=None).mode == "full"
     window = resolve_window(full=False, since=None, watermark=date(2026, 5, 15))
-    assert (window.mode, window.since) == ("incremental", date(2026, 5, 14))
-    assert window.params() == {"filter.advanced": "AREA[LastUpdatePostDate]RANGE[2026-05-14,MAX]"}
+    assert (window.mode, window.since) == ("incremental", date(2026, 5, 1))
+    assert window.params() == {"filter.advanced": "AREA[LastUpdatePostDate]RANGE[2026-05-01,MAX]"}
     assert resolve_window(full=True, since=None, watermark=date(2026, 5, 15)).since is None
     with pytest.raises(UsageError):
         resolve_window(full=True, since=date(2026, 1, 1), watermark=None)
