@@ -170,3 +170,17 @@ def test_readers_see_the_old_data_until_the_run_commits(registry: FakeRegistry, 
                             str(warehouse_dir / "warehouse.duckdb"), "-c", sql],
                            capture_output=True, text=True, timeout=30)
     assert after.stdout.strip() == "576,250"
+
+
+def test_a_record_that_appears_days_after_its_posting_date_is_still_fetched_incrementally(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Real records carry ESTIMATED posting dates and Sunday postings: a record can show up in the
+    registry days after its lastUpdatePostDate. The window's overlap covers it."""
+    first = fast_sync(registry, warehouse_dir)
+    watermark = date.fromisoformat(first["watermark"])
+    late = mutate.posted_on(mutate.set_enrollment(records[7], 4321), watermark - timedelta(days=6))
+    registry.put(late)
+    summary = fast_sync(registry, warehouse_dir)
+    assert summary["mode"] == "incremental" and summary["since"] <= (watermark - timedelta(days=6)).isoformat()
+    assert query(warehouse_dir, "SELECT version, enrollment_count FROM studies WHERE nct_id = ?", [nct(late)]) == [
+        (2, 4321)]
