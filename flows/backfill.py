@@ -16,10 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
-
 from flows import progress, settings
+from flows.engine import NONE, flow, get_run_logger, task
 from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, new_run_id
 from pipeline.errors import (
     HistoryFormatError,
@@ -191,7 +189,7 @@ def backfill_history(
                 raise UsageError(f"the warehouse {store.root} follows no studies yet: nothing to backfill")
         bc = _BatchContext(history, run, RunContext(run_id, started, "history"), modules)
         progress.emit("start", run_id=run_id, mode="backfill", studies=len(wanted))
-        batch = backfill_batch.with_options(retry_delay_seconds=backoff_seconds * 10)
+        batch = backfill_batch
         stopped: RegistryUnavailable | None = None
         for i in range(0, len(wanted), batch_size):
             try:

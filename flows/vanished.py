@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
-
+from flows.engine import NONE, get_run_logger, task
 from pipeline.errors import RegistryError, RegistryNotFound
 from pipeline.parse import record_nct_id
 from pipeline.scope import lookup_params
@@ -53,6 +51,7 @@ def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
     pc.written.update(plan.heads)
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
+    t.add_plan(plan)
     still_there = set(by_id)
     omitted = still_there & inside
     heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
