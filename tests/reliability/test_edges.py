@@ -39,7 +39,11 @@ def one_line_error(code: int, out: str, err: str, message: str) -> None:
 
 
 BAD_INPUT: list[tuple[list[str], str]] = [
-    (["sync", "--ids", "NCT0576673X"], "invalid NCT id 'NCT0576673X' (expected NCT followed by 8 digits)"),
+    (["sync", "--ids", "NCT0576673X"], "invalid NCT id 'NCT0576673X' (expected NCT followed by up to 8 digits"),
+    (["sync", "--ids", "NCT00000000"], "invalid NCT id 'NCT00000000' (expected NCT followed by up to 8 digits, "
+                                         "not all zeros)"),
+    (["sync", "--query", "NCT05766735 NCT07011004"], "--query holds only NCT ids"),
+    (["sync", "--retry-budget", "-1"], "--retry-budget must be a number of seconds >= 0, not -1.0"),
     (["sync", "--ids", "NCT05766735;DROP TABLE"], "invalid NCT id 'NCT05766735;DROP'"),
     (["sync", "--since", "2026-02-30"], "--since expects a date as YYYY-MM-DD, got '2026-02-30'"),
     (["sync", "--since", "20260101"], "--since expects a date as YYYY-MM-DD, got '20260101'"),
