@@ -27,9 +27,9 @@ from warehouse import catalog
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import refuse_if_damaged
-from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
+from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.parts import LARGE_TEXT_COLUMNS, StagedFile
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
@@ -149,9 +149,8 @@ class Warehouse:
             {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
         con = self._open_current(config)
         if con is None:
-            with suppress(WarehouseBusy):
-                with _exclusive_lock(self.root / LOCK_NAME, "reader", 0):
-                    self.refresh_catalog()
+            with suppress(WarehouseBusy), _exclusive_lock(self.root / LOCK_NAME, "reader", 0):
+                self.refresh_catalog()
             con = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged
             con = duckdb.connect(config=config)
