@@ -137,12 +137,18 @@ def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> i
 
 
 def lost_studies(root: Path, target: manifests.Manifest, rolled: list[Generation]) -> list[str]:
-    """Studies with a version in the rolled-back runs that the remaining state does not hold; where a
-    rolled-back ``study_versions`` file cannot be read, every study its run touched (``run_studies``)."""
+    """Studies with a version in the rolled-back runs that the remaining state does not hold. Where a
+    rolled-back ``study_versions`` file cannot be read, its run's ``run_studies`` says which versions it
+    saw: a study is lost if that version is newer than the one the remaining state holds."""
     kept: set[tuple[str, str]] = set()
+    latest: dict[str, int] = {}
     for entry in target.entries:
         if entry.table == "study_versions":
-            kept |= _read_pairs(root / entry.path)
+            table = pq.read_table(root / entry.path, columns=["nct_id", "version", "content_hash"])
+            for n, v, h in zip(*(table.column(c).to_pylist() for c in ("nct_id", "version", "content_hash")),
+                               strict=True):
+                kept.add((n, h))
+                latest[n] = max(latest.get(n, 0), v)
     lost: set[str] = set()
     for gen in rolled:
         unreadable = False
@@ -155,7 +161,7 @@ def lost_studies(root: Path, target: manifests.Manifest, rolled: list[Generation
         if unreadable:
             for entry in gen.entries:
                 if entry.table == "run_studies":
-                    lost |= _nct_ids(root / entry.path)
+                    lost |= {n for n, v in _seen(root / entry.path) if v > latest.get(n, 0)}
     return sorted(lost)
 
 
@@ -164,9 +170,9 @@ def _read_pairs(path: Path) -> set[tuple[str, str]]:
     return set(zip(table.column("nct_id").to_pylist(), table.column("content_hash").to_pylist(), strict=True))
 
 
-def _nct_ids(path: Path) -> set[str]:
-    """The studies a file names (empty if it cannot be read)."""
+def _seen(path: Path) -> set[tuple[str, int]]:
     try:
-        return {str(v) for v in pq.read_table(path, columns=["nct_id"]).column("nct_id").to_pylist() if v}
+        table = pq.read_table(path, columns=["nct_id", "version"])
     except Exception:
         return set()
+    return set(zip(table.column("nct_id").to_pylist(), table.column("version").to_pylist(), strict=True))

@@ -117,10 +117,13 @@ class Warehouse:
         catalog.write_catalog(self.root, manifests.fold(log), log, tag="migrate")
         return True
 
-    def check_location(self) -> None:
+    def check_location(self, *, damage: bool = True) -> None:
         """Refuse to write into a directory that is not (or not yet) a warehouse: a sync deletes
-        files it does not recognise under ``runs/`` and ``spool/``, so it must own the directory."""
+        files it does not recognise under ``runs/`` and ``spool/``, so it must own the directory.
+        ``damage``: also refuse a damaged warehouse (the quick check), before anything starts."""
         root = self.root
+        if damage and root.is_dir() and self.exists():
+            refuse_if_damaged(root)
         if root.exists() and not root.is_dir():
             raise UsageError(f"warehouse {root} exists and is not a directory")
         # Every sync takes the lock file before it creates anything else, so a directory without
@@ -189,7 +192,7 @@ class Warehouse:
     @contextmanager
     def writer(self, run_id: str, *, lock_timeout: float = 30.0) -> Iterator[RunWriter]:
         """Hold the writer lock for one run; commit explicitly, anything else rolls back."""
-        self.check_location()
+        self.check_location(damage=False)  # checked below, with the lock held
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / MARKER_NAME).touch()
         with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
@@ -224,12 +227,22 @@ class Warehouse:
             raise WarehouseError(
                 f"{self.catalog_path} is missing but {runs} holds {len(committed)} committed run(s) "
                 f"(e.g. {committed[0]}); restore the catalog from a backup or move {RUNS_DIR}/ away first")
+        if leftovers:  # read the manifest again: never delete a run that committed meanwhile (locks that
+            listed = self._listed_now()  # do not work across hosts, see manifest.publish)
+            leftovers = [c for c in leftovers if c.name not in listed]
         for child in leftovers:
             shutil.rmtree(child, ignore_errors=True)
         for leftover in self.root.glob(f"{CATALOG_NAME}.tmp-*"):
             leftover.unlink(missing_ok=True)
         manifests.remove_leftovers(self.root)
         return len(leftovers)
+
+    def _listed_now(self) -> set[str]:
+        try:
+            manifest = manifests.fold(self.log())
+            return manifest.run_ids | self._retained(manifest)
+        except ManifestDamaged:
+            return set()
 
     def remove_superseded(self) -> int:
         """Call with the writer lock held, after a commit: what ``_remove_uncommitted`` would remove
