@@ -26,7 +26,7 @@ from pipeline.versioning import BatchPlan, Head, RunContext
 from warehouse import catalog
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
-from warehouse.check import refuse_if_damaged
+from warehouse.check import read_state, refuse_if_damaged
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
@@ -71,6 +71,13 @@ class Warehouse:
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot read {self.catalog_path}: {str(exc).splitlines()[0]}") from None
 
+    def _best_manifest(self) -> Manifest:
+        """For readers of a damaged warehouse: the manifest files, where one is damaged the catalog's copy."""
+        try:
+            return self.manifest()
+        except ManifestDamaged:
+            return manifests.fold(read_state(self.root).best())
+
     def refresh_catalog(self) -> bool:
         """Call with the writer lock held. Migrate a catalog written before the manifest moved beside
         it; rewrite a catalog that is behind the manifest (a crash or an error after a commit point) or
@@ -92,7 +99,10 @@ class Warehouse:
             return False  # the manifest lost files the catalog knows: repair restores them
         if int(meta["generation"]) == log[-1].number and meta.get("root") == str(self.root):
             return False
-        catalog.write_catalog(self.root, manifests.fold(log), log, tag="refresh")
+        try:
+            catalog.write_catalog(self.root, manifests.fold(log), log, tag="refresh")
+        except duckdb.Error:  # a damaged file: readers build the views in memory, writers refuse
+            return False
         return True
 
     def _migrate(self) -> bool:
@@ -157,7 +167,7 @@ class Warehouse:
             con = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged
             con = duckdb.connect(config=config)
-            catalog.build(con, self.root, self.manifest(), tolerant=True)
+            catalog.build(con, self.root, self._best_manifest(), tolerant=True)
         if sandbox:
             _sandbox(con, self.root)
         return con
@@ -176,7 +186,7 @@ class Warehouse:
             con.close()
             return None
         head = manifests.head(self.root)
-        if meta.get("root") == str(self.root) and (not head or meta.get("generation") == str(head)):
+        if meta.get("root") == str(self.root) and meta.get("generation") == str(head):  # a legacy catalog has none
             return con
         con.close()
         return None

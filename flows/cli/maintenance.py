@@ -13,10 +13,9 @@ from flows.cli.common import (
     WarehouseOpt,
     app,
     console,
-    err,
     quiet_prefect_failures,
 )
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, WarehouseError
 
 
 @app.command()
@@ -74,8 +73,7 @@ def check(
         return
     for problem in report.problems:
         console.print(problem.line(), highlight=False, soft_wrap=True)
-    err.print(report.summary(), highlight=False)
-    raise typer.Exit(1)
+    raise WarehouseError(report.summary())  # exit 1, the summary as the one-line reason on stderr
 
 
 @app.command()
