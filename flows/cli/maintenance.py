@@ -16,6 +16,7 @@ from flows.cli.common import (
     quiet_prefect_failures,
 )
 from pipeline.errors import UsageError, WarehouseError
+from warehouse import Warehouse
 
 
 @app.command()
@@ -28,6 +29,7 @@ def rederive(
 
     if rules is not None:
         settings.rules(str(rules), {})  # fail fast on a bad file
+    Warehouse(settings.warehouse_dir(warehouse)).check_location()  # a damaged one: before Prefect starts
     quiet_prefect_failures()
     summary = rederive_changes(warehouse=str(settings.warehouse_dir(warehouse)),
                                rules_file=str(rules) if rules else None)
@@ -48,6 +50,7 @@ def compact(
 
     if keep_hours < 0:  # here too, so bad input fails before Prefect's temporary server starts
         raise UsageError("--keep-hours must be 0 or more")
+    Warehouse(settings.warehouse_dir(warehouse)).check_location()  # a damaged one: before Prefect starts
     quiet_prefect_failures()
     result = compact_warehouse(warehouse=str(settings.warehouse_dir(warehouse)), keep_hours=keep_hours)
     console.print(f"[bold green]run {result['run_id']}[/] (compact): {result['files_before']} files -> "
