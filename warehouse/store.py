@@ -111,7 +111,11 @@ class Warehouse:
         legacy = catalog.read_legacy_manifest(self.catalog_path)
         by_run: dict[str, list[ManifestEntry]] = {}
         for entry in legacy.entries:
-            by_run.setdefault(entry.run_id, []).append(manifests.measure(self.root, entry))
+            try:
+                measured = manifests.measure(self.root, entry)
+            except OSError:  # already missing: ``check`` reports it, ``repair`` rolls back past it
+                measured = entry
+            by_run.setdefault(entry.run_id, []).append(measured)
         runs = list(by_run.items()) or [("migrated", [])]
         log = [Generation(n, run_id, tuple(entries), (), dict(legacy.meta) if n == len(runs) else {}, "migrated")
                for n, (run_id, entries) in enumerate(runs, start=1)]
