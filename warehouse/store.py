@@ -243,7 +243,7 @@ class Warehouse:
                 f"(e.g. {committed[0]}); restore the catalog from a backup or move {RUNS_DIR}/ away first")
         if leftovers:  # read the manifest again: never delete a run that committed meanwhile (locks that
             listed = self._listed_now()  # do not work across hosts, see manifest.publish)
-            leftovers = [c for c in leftovers if c.name not in listed]
+            leftovers = [c for c in leftovers if listed is not None and c.name not in listed]
         for child in leftovers:
             shutil.rmtree(child, ignore_errors=True)
         for leftover in self.root.glob(f"{CATALOG_NAME}.tmp-*"):
@@ -251,12 +251,13 @@ class Warehouse:
         manifests.remove_leftovers(self.root)
         return len(leftovers)
 
-    def _listed_now(self) -> set[str]:
+    def _listed_now(self) -> set[str] | None:
+        """The runs the manifest lists now (None, so nothing is deleted, if it cannot be read)."""
         try:
             manifest = manifests.fold(self.log())
-            return manifest.run_ids | self._retained(manifest)
         except ManifestDamaged:
-            return set()
+            return None
+        return manifest.run_ids | self._retained(manifest)
 
     def remove_superseded(self) -> int:
         """Call with the writer lock held, after a commit: what ``_remove_uncommitted`` would remove
