@@ -100,7 +100,7 @@ class Generation:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The committed state: the files each view reads, in commit order, and the merged meta."""
+    """The committed state: the files each view reads, in commit order, and the last generation's meta."""
 
     entries: tuple[ManifestEntry, ...] = ()
     meta: Mapping[str, str] = field(default_factory=dict)
@@ -119,7 +119,7 @@ class Manifest:
     def then(self, gen: Generation) -> Manifest:
         """The state after ``gen`` committed on top of this one."""
         kept = tuple(e for e in self.entries if e.table not in gen.replace)
-        return Manifest(kept + gen.entries, {**self.meta, **gen.meta}, gen.number)
+        return Manifest(kept + gen.entries, dict(gen.meta), gen.number)  # each generation holds the whole meta
 
     def retained_until(self) -> dict[str, datetime]:
         """Run directories a compaction superseded, and until when they are kept."""

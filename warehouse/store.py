@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
-from warehouse import catalog
+from warehouse import catalog, migrations
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import read_state, refuse_if_damaged
@@ -117,7 +117,7 @@ class Warehouse:
                 measured = entry
             by_run.setdefault(entry.run_id, []).append(measured)
         runs = list(by_run.items()) or [("migrated", [])]
-        log = [Generation(n, run_id, tuple(entries), (), dict(legacy.meta) if n == len(runs) else {}, "migrated")
+        log = [Generation(n, run_id, tuple(entries), (), dict(legacy.meta), "migrated")
                for n, (run_id, entries) in enumerate(runs, start=1)]
         staging = self.root / f"{manifests.MANIFEST_DIR}.tmp-migrate"
         shutil.rmtree(staging, ignore_errors=True)
@@ -216,7 +216,8 @@ class Warehouse:
             log = self.log()
             manifest = manifests.fold(log)
             self._remove_uncommitted(manifest)
-            run = RunWriter(self, run_id, manifest, log)
+            upgraded = migrations.upgrade(self, run_id, manifest)  # an earlier release's warehouse
+            run = RunWriter(self, run_id, upgraded, log if upgraded.generation == manifest.generation else None)
             try:
                 yield run
             finally:
@@ -280,7 +281,8 @@ class RunWriter:
         self.warehouse = warehouse
         self.run_id = run_id
         self.manifest = manifest
-        self.log = list(log or [])
+        # Every committed generation (the new catalog keeps a copy of each); read here when not given.
+        self.log = list(log) if log is not None else warehouse.log()
         self.dir = warehouse.root / RUNS_DIR / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
         self._writers: dict[str, pq.ParquetWriter] = {}
@@ -416,7 +418,8 @@ class RunWriter:
         catalog.fsync_path(self.dir)
         catalog.fsync_path(self.dir.parent)
         gen = Generation(self.manifest.generation + 1, self.run_id, tuple(entries), tuple(sorted(replace)),
-                         {**(meta or {}), "last_run_id": self.run_id}, datetime.now(UTC).isoformat())
+                         {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id},  # the whole meta
+                         datetime.now(UTC).isoformat())
         tmp = catalog.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id)
         try:
             manifests.publish(root, gen)  # the commit point

@@ -5,7 +5,7 @@
 - querying.py: sql, changes, history, runs, report
 - alerts.py: alerts run | test | list
 - running.py: serve, demo, fake-registry
-- main.py: the console script (one-line errors, exit codes, Ctrl-C); common.py: what they share
+- main.py: the console script (one-line errors, exit codes, signals); common.py: what they share
 """
 
 from flows.cli import alerts, fetching, maintenance, querying, running  # noqa: F401 - registers the commands
