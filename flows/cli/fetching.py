@@ -99,6 +99,13 @@ def sync(
         finish_alerts(summary["alerts"])
 
 
+def _refuse_damaged(warehouse: str | None) -> None:
+    """Before Prefect starts: not a warehouse's directory, or a damaged warehouse (one line, see repair)."""
+    from warehouse import Warehouse
+
+    Warehouse(settings.warehouse_dir(warehouse)).check_location()
+
+
 def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
     """Run the ``sync_registry`` flow with a progress bar fed by its page events."""
     from flows.sync import sync_registry
@@ -130,6 +137,7 @@ def load_bulk(
         source = str(check_bulk_file(source).resolve())
     if (workers is not None and workers < 1) or batch_size < 1:
         raise UsageError("--workers and --batch-size must be at least 1")
+    _refuse_damaged(warehouse)
     summary = run_bulk(dict(source=source, warehouse=str(settings.warehouse_dir(warehouse)), batch_size=batch_size,
                             lock_timeout=lock_timeout, download_dir=download_dir),
                        workers=workers, dask=dask, show_progress=not quiet)
@@ -183,6 +191,7 @@ def backfill(
                   warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
                   lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff,
                   retry_budget=retry_budget)
+    _refuse_damaged(warehouse)
     summary = run_backfill(params, show_progress=not quiet)
     console.print(
         f"[bold green]run {summary['run_id']}[/] (backfill of {summary['studies_seen']} studies): "
