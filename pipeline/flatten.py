@@ -15,16 +15,17 @@ from typing import Any
 
 from pipeline import schema as s
 from pipeline.dates import parse_full_date
+from pipeline.fdaaa import fdaaa_inputs
 
 Columns = dict[str, list[Any]]
 StudyRows = dict[str, Columns]
 
 # One row per version in these; the others have one row per list item (possibly none).
-ONE_ROW_TABLES = ("descriptions", "eligibility", "design", "results_summary")
+ONE_ROW_TABLES = ("descriptions", "eligibility", "design", "results_summary", "fdaaa_inputs")
 CHILD_TABLES: tuple[str, ...] = (
     "conditions", "keywords", "interventions", "arm_groups", "locations", "sponsors", "outcomes",
     "eligibility", "identifiers", "design", "study_references", "contacts", "officials", "results_summary",
-    "descriptions",
+    "descriptions", "fdaaa_inputs",
 )
 
 # Days per unit of the registry's age texts ("18 Years", "6 Months"); a year is 365.25 days.
@@ -59,6 +60,7 @@ def flatten(study: s.Study) -> StudyRows:
         "officials": _officials(contacts.overall_officials if contacts else None),
         "results_summary": _results(study, p.status_module or _STATUS),
         "descriptions": _descriptions(p.description_module or s.DescriptionModule()),
+        "fdaaa_inputs": fdaaa_inputs(study),
     }
 
 

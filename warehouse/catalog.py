@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.analyses import analysis_views
 from warehouse.crashpoints import crashpoint
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
 
@@ -139,6 +140,7 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
   AND NOT is_removed""",
     ]
     statements += child_views()
+    statements += analysis_views()
     return statements
 
 
