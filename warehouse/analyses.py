@@ -15,7 +15,7 @@ from __future__ import annotations
 EFFECTIVE_DATE = "DATE '2017-01-18'"
 # §3: the phase sets that qualify (legacy Phase 1/Phase 2, 2, 2/3, 3, 4 and N/A), each sorted.
 QUALIFYING_PHASES = "(['PHASE1', 'PHASE2'], ['PHASE2'], ['PHASE2', 'PHASE3'], ['PHASE3'], ['PHASE4'], ['NA'])"
-STATUSES = ("reported", "reported-late", "overdue", "overdue-cancelled", "ongoing")
+STATUSES = ("overdue", "overdue-cancelled", "reported-late", "reported", "ongoing")  # worst first
 OVERDUE = "('overdue', 'overdue-cancelled')"
 
 FDAAA_COLUMNS = (
