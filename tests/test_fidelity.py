@@ -38,15 +38,13 @@ RAW_ONLY_PROTOCOL = {
     "protocolSection.identificationModule.organization.fullName",
     *(f"protocolSection.ipdSharingStatementModule.{k}"
       for k in ("accessCriteria", "description", "infoTypes[]", "ipdSharing", "timeFrame", "url")),
-    *(f"protocolSection.oversightModule.{k}" for k in (
-        "isFdaRegulatedDevice", "isFdaRegulatedDrug", "isUnapprovedDevice", "isUsExport", "oversightHasDmc")),
+    *(f"protocolSection.oversightModule.{k}" for k in ("isUnapprovedDevice", "isUsExport", "oversightHasDmc")),
     "protocolSection.referencesModule.availIpds[].type", "protocolSection.referencesModule.availIpds[].url",
     "protocolSection.referencesModule.seeAlsoLinks[].label", "protocolSection.referencesModule.seeAlsoLinks[].url",
     *(f"protocolSection.sponsorCollaboratorsModule.responsibleParty.{k}" for k in (
         "investigatorAffiliation", "investigatorFullName", "investigatorTitle", "type")),
     *(f"protocolSection.statusModule.{k}" for k in (
-        "dispFirstPostDateStruct.date", "dispFirstPostDateStruct.type", "dispFirstSubmitDate",
-        "dispFirstSubmitQcDate", "expandedAccessInfo.hasExpandedAccess", "expandedAccessInfo.nctId",
+        "dispFirstPostDateStruct.date", "dispFirstPostDateStruct.type", "dispFirstSubmitQcDate", "expandedAccessInfo.hasExpandedAccess", "expandedAccessInfo.nctId",
         "expandedAccessInfo.statusForNctId", "lastUpdatePostDateStruct.type", "lastUpdateSubmitDate",
         "resultsFirstSubmitQcDate", "statusVerifiedDate", "studyFirstPostDateStruct.type", "studyFirstSubmitDate",
         "studyFirstSubmitQcDate")),

@@ -61,7 +61,8 @@ WITH v AS (
            AND s.overall_status IS DISTINCT FROM 'WITHDRAWN' AS shared
   FROM studies_as_of(d) AS s JOIN fdaaa_inputs AS f ON f.nct_id = s.nct_id AND f.version = s.version
 ), q AS (  -- §5.3: scanning from the newest submission back, the oldest one before a cancelled one
-  SELECT *, len(qc_made) AS qc_submissions, {qc_newest_cancelled("qc_made", "qc_last_cancelled")} AS qc_newest_cancelled,
+  SELECT *, len(qc_made) AS qc_submissions,
+         {qc_newest_cancelled("qc_made", "qc_last_cancelled")} AS qc_newest_cancelled,
          {qc_counted("qc_made", "qc_last_cancelled")} AS qc_counted_date
   FROM v
 ), k AS (
@@ -123,7 +124,7 @@ SELECT lead_sponsor AS sponsor, count(*) AS trials, count(*) FILTER (WHERE is_du
        round(100.0 * count(*) FILTER (WHERE is_due AND status = 'reported')
              / nullif(count(*) FILTER (WHERE is_due), 0), 1) AS pct_on_time,
        count(*) FILTER (WHERE status IN {OVERDUE}) AS overdue,
-       coalesce(sum(days_late) FILTER (WHERE is_due), 0) AS days_late
+       CAST(coalesce(sum(days_late) FILTER (WHERE is_due), 0) AS BIGINT) AS days_late
 FROM fdaaa_as_of(d)
 GROUP BY lead_sponsor
 ORDER BY overdue DESC, days_late DESC, sponsor"""

@@ -29,7 +29,8 @@ class ComplianceQuery:
 
 def compliance_sql(q: ComplianceQuery, columns: tuple[str, ...] = FDAAA_COLUMNS) -> tuple[str, list[Any]]:
     """The trials (or with ``by_sponsor`` the ranking) and the query's parameters."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any]
     if q.by_sponsor:
         source, params = "fdaaa_sponsors(?)", [q.as_of]
         select, order = ", ".join(SPONSOR_COLUMNS), "overdue DESC, days_late DESC, sponsor"
