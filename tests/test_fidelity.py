@@ -44,7 +44,8 @@ RAW_ONLY_PROTOCOL = {
     *(f"protocolSection.sponsorCollaboratorsModule.responsibleParty.{k}" for k in (
         "investigatorAffiliation", "investigatorFullName", "investigatorTitle", "type")),
     *(f"protocolSection.statusModule.{k}" for k in (
-        "dispFirstPostDateStruct.date", "dispFirstPostDateStruct.type", "dispFirstSubmitQcDate", "expandedAccessInfo.hasExpandedAccess", "expandedAccessInfo.nctId",
+        "dispFirstPostDateStruct.date", "dispFirstPostDateStruct.type", "dispFirstSubmitQcDate",
+        "expandedAccessInfo.hasExpandedAccess", "expandedAccessInfo.nctId",
         "expandedAccessInfo.statusForNctId", "lastUpdatePostDateStruct.type", "lastUpdateSubmitDate",
         "resultsFirstSubmitQcDate", "statusVerifiedDate", "studyFirstPostDateStruct.type", "studyFirstSubmitDate",
         "studyFirstSubmitQcDate")),
