@@ -4,6 +4,7 @@ Pure. The rules themselves (../shared/FDAAA_RULES.md) that depend on the date ju
 these columns (``warehouse/analyses.py``); what depends only on the version is settled here, once, when
 the version is stored:
 
+- the phases as one text of their set (``PHASE1/PHASE2``), compared with the qualifying sets (§3);
 - dates as the *end* of their period (``2017-01`` is 2017-01-31, ``2017`` is 2017-12-31: §2);
 - whether any intervention is of a type the flag-less pACT path covers, and whether any site's
   country *equals* one of the six US names (§3, §6);
@@ -14,6 +15,7 @@ the version is stored:
 from __future__ import annotations
 
 import calendar
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -26,11 +28,11 @@ COVERED_INTERVENTION_TYPES = frozenset(
 US_COUNTRIES = frozenset({"United States", "American Samoa", "Guam", "Northern Mariana Islands", "Puerto Rico",
                           "Virgin Islands (U.S.)"})
 
-COLUMNS: tuple[str, ...] = (
-    "is_fda_regulated_drug", "is_fda_regulated_device", "primary_purpose", "start_date", "primary_completion_date",
-    "completion_date", "covered_intervention", "us_site", "certificate_date", "results_first_submitted",
-    "qc_submission_dates", "qc_cancelled_dates",
-)
+
+
+def phase_set(phases: Sequence[str] | None) -> str | None:
+    """The phases as a set, written sorted and joined by "/" (``PHASE1/PHASE2``); NULL without phases."""
+    return "/".join(sorted(set(phases))) if phases else None
 
 
 def end_of_period(raw: str | None, field: str) -> date | None:
@@ -100,6 +102,9 @@ def fdaaa_inputs(study: s.Study) -> dict[str, list[Any]]:
         return None if raw is None else parse_full_date(raw, field=field)
 
     return {
+        "study_type": [design.study_type],
+        "overall_status": [status.overall_status],
+        "phase_set": [phase_set(design.phases)],
         "is_fda_regulated_drug": [oversight.is_fda_regulated_drug],
         "is_fda_regulated_device": [oversight.is_fda_regulated_device],
         "primary_purpose": [design.design_info.primary_purpose if design.design_info else None],

@@ -237,7 +237,7 @@ def test_the_compliance_section_counts_lists_overdue_trials_and_those_newly_over
     section = html.split('<section class="compliance">')[1].split("</section>")[0]
     assert "FDAAA 801 results reporting on 2026-06-30" in section
     [bars] = by_chart(parse(section), "fdaaa-status")
-    assert [(m["data-status"], m["data-value"]) for m in bars] == [("overdue", "2")]
+    assert [(m["data-status"], m["data-value"]) for m in bars] == [("overdue", "2"), ("reported", "1")]
     overdue = section.split('data-table="fdaaa-overdue"')[1].split("</table>")[0]
     assert re.findall(r'<tr data-nct="(NCT\d+)">.*?data-days-late="(\d+)"', overdue) == [
         ("NCT90000002", "1826"), ("NCT90000001", "46")]

@@ -13,8 +13,9 @@ Section numbers in comments refer to FDAAA_RULES.md.
 from __future__ import annotations
 
 EFFECTIVE_DATE = "DATE '2017-01-18'"
-# §3: the phase sets that qualify (legacy Phase 1/Phase 2, 2, 2/3, 3, 4 and N/A), each sorted.
-QUALIFYING_PHASES = "(['PHASE1', 'PHASE2'], ['PHASE2'], ['PHASE2', 'PHASE3'], ['PHASE3'], ['PHASE4'], ['NA'])"
+# §3: the phase sets that qualify (legacy Phase 1/Phase 2, 2, 2/3, 3, 4 and N/A), as ``fdaaa_inputs.phase_set``
+# writes them (sorted, distinct, joined by "/").
+QUALIFYING_PHASES = "('PHASE1/PHASE2', 'PHASE2', 'PHASE2/PHASE3', 'PHASE3', 'PHASE4', 'NA')"
 STATUSES = ("overdue", "overdue-cancelled", "reported-late", "reported", "ongoing")  # worst first
 OVERDUE = "('overdue', 'overdue-cancelled')"
 
@@ -25,7 +26,6 @@ FDAAA_COLUMNS = (
     "primary_purpose", "start_date", "certificate_date", "results_first_submitted", "qc_submissions",
     "qc_counted_date", "qc_newest_cancelled",
 )
-
 
 
 def qc_counted(made: str, last_cancelled: str) -> str:
@@ -42,30 +42,15 @@ def qc_newest_cancelled(made: str, last_cancelled: str) -> str:
 
 
 _FDAAA_AS_OF = f"""CREATE OR REPLACE MACRO fdaaa_as_of(d) AS TABLE
-WITH v AS (
-  SELECT s.nct_id, s.version, CAST(d AS DATE) AS as_of, s.valid_from, s.brief_title, s.lead_sponsor,
-         s.lead_sponsor_class, s.overall_status, s.study_type, s.phases, f.is_fda_regulated_drug,
-         f.is_fda_regulated_device, f.primary_purpose, f.start_date, f.primary_completion_date,
-         f.completion_date, f.covered_intervention, f.us_site,
-         -- evaluated at d: what the version records as happening after d had not happened on d
-         CASE WHEN f.certificate_date <= CAST(d AS DATE) THEN f.certificate_date END AS certificate_date,
-         CASE WHEN f.results_first_submitted <= CAST(d AS DATE) THEN f.results_first_submitted END
-           AS results_first_submitted,
-         list_filter(f.qc_submission_dates, lambda x: x <= CAST(d AS DATE)) AS qc_made,
-         list_max(list_filter(f.qc_cancelled_dates, lambda x: x <= CAST(d AS DATE))) AS qc_last_cancelled,
-         coalesce(f.primary_completion_date, f.completion_date) AS p,                              -- §2
-         coalesce(f.is_fda_regulated_drug, false) OR coalesce(f.is_fda_regulated_device, false) AS flag_yes,
-         coalesce(s.study_type = 'INTERVENTIONAL', false)                                        -- §3 (C)
-           AND coalesce(list_sort(list_distinct(s.phases)) IN {QUALIFYING_PHASES}, false)
-           AND f.primary_purpose IS DISTINCT FROM 'DEVICE_FEASIBILITY'
-           AND s.overall_status IS DISTINCT FROM 'WITHDRAWN' AS shared
-  FROM studies_as_of(d) AS s JOIN fdaaa_inputs AS f ON f.nct_id = s.nct_id AND f.version = s.version
-), q AS (  -- §5.3: scanning from the newest submission back, the oldest one before a cancelled one
-  SELECT *, len(qc_made) AS qc_submissions,
-         {qc_newest_cancelled("qc_made", "qc_last_cancelled")} AS qc_newest_cancelled,
-         {qc_counted("qc_made", "qc_last_cancelled")} AS qc_counted_date
-  FROM v
-), k AS (
+WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
+  SELECT *, coalesce(primary_completion_date, completion_date) AS p,
+         coalesce(is_fda_regulated_drug, false) OR coalesce(is_fda_regulated_device, false) AS flag_yes,
+         coalesce(study_type = 'INTERVENTIONAL', false)
+           AND coalesce(phase_set IN {QUALIFYING_PHASES}, false)
+           AND primary_purpose IS DISTINCT FROM 'DEVICE_FEASIBILITY'
+           AND overall_status IS DISTINCT FROM 'WITHDRAWN' AS shared
+  FROM fdaaa_inputs
+), k AS (  -- §3: ACT and pACT
   SELECT *, CASE
       WHEN NOT shared OR start_date IS NULL THEN NULL
       WHEN flag_yes AND start_date >= {EFFECTIVE_DATE} THEN 'ACT'
@@ -73,7 +58,24 @@ WITH v AS (
            AND (flag_yes OR (is_fda_regulated_drug IS NULL AND is_fda_regulated_device IS NULL
                              AND covered_intervention AND us_site)) THEN 'pACT'
     END AS act_kind
-  FROM q
+  FROM f
+), v AS (  -- the version valid on d of each applicable trial, evaluated at d
+  SELECT s.nct_id, s.version, CAST(d AS DATE) AS as_of, k.act_kind, k.p, s.valid_from, s.brief_title,
+         s.lead_sponsor, s.lead_sponsor_class, s.overall_status, s.phases, k.is_fda_regulated_drug,
+         k.is_fda_regulated_device, k.primary_purpose, k.start_date,
+         -- what the version records as happening after d had not happened on d
+         CASE WHEN k.certificate_date <= CAST(d AS DATE) THEN k.certificate_date END AS certificate_date,
+         CASE WHEN k.results_first_submitted <= CAST(d AS DATE) THEN k.results_first_submitted END
+           AS results_first_submitted,
+         list_filter(k.qc_submission_dates, lambda x: x <= CAST(d AS DATE)) AS qc_made,
+         list_max(list_filter(k.qc_cancelled_dates, lambda x: x <= CAST(d AS DATE))) AS qc_last_cancelled
+  FROM studies_as_of(d) AS s
+  JOIN k ON k.nct_id = s.nct_id AND k.version = s.version AND k.act_kind IS NOT NULL
+), q AS (  -- §5.3: scanning from the newest submission back, the oldest one before a cancelled one
+  SELECT *, len(qc_made) AS qc_submissions,
+         {qc_newest_cancelled("qc_made", "qc_last_cancelled")} AS qc_newest_cancelled,
+         {qc_counted("qc_made", "qc_last_cancelled")} AS qc_counted_date
+  FROM v
 ), t AS (
   SELECT *,
     CASE WHEN p IS NULL THEN NULL                                                                -- §4
@@ -82,7 +84,7 @@ WITH v AS (
     CASE WHEN p IS NULL THEN NULL
          WHEN certificate_date IS NULL THEN CAST(p + 365 AS DATE)
          ELSE CAST(p + INTERVAL 3 YEAR AS DATE) END AS due_date
-  FROM k WHERE act_kind IS NOT NULL
+  FROM q
 ), j AS (
   SELECT *, coalesce(as_of >= due_from, false) AS is_due,
          coalesce(results_first_submitted, qc_counted_date) AS results_submitted_date            -- §5

@@ -183,7 +183,8 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                               ("other_event_term_count", _INT)),
     "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
     # pipeline/fdaaa.py: the inputs of the FDAAA 801 judgement (warehouse/analyses.py), one row per version
-    "fdaaa_inputs": _child(("is_fda_regulated_drug", _BOOL), ("is_fda_regulated_device", _BOOL),
+    "fdaaa_inputs": _child(("study_type", _STR), ("overall_status", _STR), ("phase_set", _STR),
+                           ("is_fda_regulated_drug", _BOOL), ("is_fda_regulated_device", _BOOL),
                            ("primary_purpose", _STR), ("start_date", _DATE), ("primary_completion_date", _DATE),
                            ("completion_date", _DATE), ("covered_intervention", _BOOL), ("us_site", _BOOL),
                            ("certificate_date", _DATE), ("results_first_submitted", _DATE),
