@@ -59,9 +59,12 @@ WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
                              AND covered_intervention AND us_site)) THEN 'pACT'
     END AS act_kind
   FROM f
-), v AS (  -- the version valid on d of each applicable trial, evaluated at d
-  SELECT s.nct_id, s.version, CAST(d AS DATE) AS as_of, k.act_kind, k.p, s.valid_from, s.brief_title,
-         s.lead_sponsor, s.lead_sponsor_class, s.overall_status, s.phases, k.is_fda_regulated_drug,
+), v0 AS (  -- the version valid on d of each applicable trial (keys only: the window stays narrow)
+  SELECT s.nct_id, s.version, s.valid_from FROM studies_as_of(d) AS s
+  JOIN k ON k.nct_id = s.nct_id AND k.version = s.version AND k.act_kind IS NOT NULL
+), v AS (  -- ... evaluated at d
+  SELECT v0.nct_id, v0.version, CAST(d AS DATE) AS as_of, k.act_kind, k.p, v0.valid_from, r.brief_title,
+         r.lead_sponsor, r.lead_sponsor_class, r.overall_status, r.phases, k.is_fda_regulated_drug,
          k.is_fda_regulated_device, k.primary_purpose, k.start_date,
          -- what the version records as happening after d had not happened on d
          CASE WHEN k.certificate_date <= CAST(d AS DATE) THEN k.certificate_date END AS certificate_date,
@@ -69,8 +72,8 @@ WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
            AS results_first_submitted,
          list_filter(k.qc_submission_dates, lambda x: x <= CAST(d AS DATE)) AS qc_made,
          list_max(list_filter(k.qc_cancelled_dates, lambda x: x <= CAST(d AS DATE))) AS qc_last_cancelled
-  FROM studies_as_of(d) AS s
-  JOIN k ON k.nct_id = s.nct_id AND k.version = s.version AND k.act_kind IS NOT NULL
+  FROM v0 JOIN k ON k.nct_id = v0.nct_id AND k.version = v0.version
+  JOIN raw_study_versions AS r ON r.nct_id = v0.nct_id AND r.version = v0.version
 ), q AS (  -- §5.3: scanning from the newest submission back, the oldest one before a cancelled one
   SELECT *, len(qc_made) AS qc_submissions,
          {qc_newest_cancelled("qc_made", "qc_last_cancelled")} AS qc_newest_cancelled,
