@@ -3,7 +3,7 @@ on copies of real records with dates, flags, results and QC submissions edited."
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,11 @@ from hypothesis import strategies as st
 from pipeline.fdaaa import counted_submission, end_of_period, qc_days
 from pipeline.parse import parse_record
 from pipeline.schema import SubmissionInfo
+from pipeline.versioning import RunContext, plan_batch
 from tests.fdaaa_support import ABSENT, FLAGLESS_BASE, judge, store, trial
+from warehouse import Warehouse
 from warehouse.analyses import qc_counted, qc_newest_cancelled
+from warehouse.rows import plan_tables
 
 # P = 2020-06-30 (primary completion): due date P + 365 days = 2021-06-30; due once the date is after
 # P + 1 calendar year + 30 days, i.e. from 2021-07-31.
@@ -303,3 +306,22 @@ def test_the_sql_scan_of_qc_submissions_equals_the_reference_scan(entries: list[
            "FROM (SELECT list_filter(?::DATE[], lambda x: x <= ?::DATE) AS m, "
            "list_max(list_filter(?::DATE[], lambda x: x <= ?::DATE)) AS c)")
     assert duckdb.execute(sql, [days, as_of, cancelled, as_of]).fetchone() == expected
+
+
+def test_rederive_types_the_inputs_of_versions_stored_before_the_table_existed(tmp_path: Path,
+                                                                               prefect_api: str) -> None:
+    from flows.sync import rederive_changes
+
+    warehouse = Warehouse(tmp_path / "w")
+    ctx = RunContext("run-old", datetime(2026, 1, 1, tzinfo=UTC), "api")
+    with warehouse.writer(ctx.run_id) as run:  # as a release without fdaaa_inputs stored it
+        for table, rows in plan_tables(plan_batch([trial("NCT90000001")], {}, ctx), ctx).items():
+            if table != "fdaaa_inputs":
+                run.append(table, rows)
+        run.commit()
+    assert judge(warehouse, "2022-01-01") == {}
+    rederive_changes(warehouse=str(warehouse.root))
+    assert judge(warehouse, "2022-01-01")["NCT90000001"]["status"] == "overdue"
+    rederive_changes(warehouse=str(warehouse.root))  # nothing left to type: no second row
+    with warehouse.connect() as con:
+        assert con.execute("SELECT count(*) FROM fdaaa_inputs").fetchall() == [(1,)]

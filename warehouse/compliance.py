@@ -1,4 +1,5 @@
-"""Queries of FDAAA 801 compliance (the macros of ``warehouse/analyses.py``) for the CLI and the report."""
+"""Queries of FDAAA 801 compliance (the macros of ``warehouse/analyses.py``) for the CLI and the report,
+and the typing of ``fdaaa_inputs`` for versions stored before that table existed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import orjson
+import pyarrow as pa
+
+from pipeline.errors import RecordInvalid
+from pipeline.fdaaa import fdaaa_inputs
+from pipeline.parse import parse_record
 from warehouse.analyses import FDAAA_COLUMNS, STATUSES
+from warehouse.store import RunWriter
+from warehouse.tables import CHILD_TABLES
 
 # The terminal table's columns (json and csv carry every column of ``fdaaa_as_of``).
 TABLE_COLUMNS = ("nct_id", "act_kind", "status", "due_date", "days_late", "results_submitted_date",
@@ -56,3 +65,33 @@ def compliance_sql(q: ComplianceQuery, columns: tuple[str, ...] = FDAAA_COLUMNS)
     if q.limit:
         sql += f" LIMIT {int(q.limit)}"
     return sql, params
+
+
+MISSING_INPUTS_SQL = """SELECT v.nct_id, v.version, v.raw FROM raw_study_versions AS v
+WHERE NOT v.is_removed AND v.raw IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM raw_fdaaa_inputs AS f WHERE f.nct_id = v.nct_id AND f.version = v.version)
+ORDER BY v.nct_id, v.version"""
+
+
+def fill_fdaaa_inputs(run: RunWriter, *, batch: int = 2000) -> int:
+    """Type the FDAAA inputs of stored versions that have none (stored by a release before
+    ``fdaaa_inputs`` existed) from their raw JSON, into ``run``. Returns how many versions it typed."""
+    schema = CHILD_TABLES["fdaaa_inputs"]
+    typed = 0
+    with run.warehouse.committed() as con:
+        result = con.execute(MISSING_INPUTS_SQL)
+        while rows := result.fetchmany(batch):
+            columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+            for nct_id, version, raw in rows:
+                try:
+                    values = fdaaa_inputs(parse_record(orjson.loads(raw)).study)
+                except RecordInvalid:  # stored under an older schema and no longer valid: left as it is
+                    continue
+                columns["nct_id"].append(nct_id)
+                columns["version"].append(version)
+                for name, value in values.items():
+                    columns[name] += value
+            run.append("fdaaa_inputs", pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema},
+                                                schema=schema))
+            typed += len(columns["nct_id"])
+    return typed
