@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import snapshot_pairs
+from tests.conftest import STUDIES_DIR, load, snapshot_pairs
 from tests.fdaaa_support import store
 
 
@@ -76,3 +76,24 @@ def test_status_spans_merge_versions_in_one_status_and_the_open_span_ends_today(
         (2, "ACTIVE_NOT_RECRUITING", date(2026, 5, 1), date(2026, 6, 11), 41, False, 3, 3),
         (3, "COMPLETED", date(2026, 6, 11), today, (today - date(2026, 6, 11)).days, True, 4, 4),
     ]
+
+
+def test_a_measure_repeated_in_one_study_is_matched_by_its_place_among_its_namesakes(tmp_path: Path) -> None:
+    """NCT04234217 (real) registers three primary outcomes with the same measure, told apart by their
+    time frames: an unchanged copy rewords nothing; a changed time frame rewords that one only."""
+    first = load(STUDIES_DIR / "NCT04234217.json")
+    same = copy.deepcopy(first)
+    same["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = "2026-06-01"
+    same["protocolSection"]["statusModule"]["overallStatus"] = "COMPLETED"  # a new version, outcomes as they were
+    changed = copy.deepcopy(same)
+    changed["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = "2026-07-01"
+    outcomes = changed["protocolSection"]["outcomesModule"]["primaryOutcomes"]
+    outcomes[1] = dict(outcomes[1], timeFrame="12 months")
+    unchanged = _rows(store(tmp_path / "a", [first, same]), "SELECT * FROM registered_vs_current")[0]
+    assert (unchanged["current_version"], unchanged["primary_outcomes_reworded"],
+            unchanged["primary_outcomes_added"], unchanged["primary_outcomes_removed"]) == (2, [], [], [])
+    row = _rows(store(tmp_path / "b", [first, changed]), "SELECT * FROM registered_vs_current")[0]
+    old = first["protocolSection"]["outcomesModule"]["primaryOutcomes"][1]
+    assert row["primary_outcomes_reworded"] == [{"before": f"{old['measure']} [{old['timeFrame']}]",
+                                                 "after": f"{old['measure']} [12 months]"}]
+    assert (row["primary_outcomes_added"], row["primary_outcomes_removed"]) == ([], [])

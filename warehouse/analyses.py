@@ -143,17 +143,20 @@ _REGISTERED_VS_CURRENT = f"""CREATE OR REPLACE VIEW registered_vs_current AS
 WITH pair AS (
   SELECT c.nct_id, f.version AS first_version, c.version AS current_version
   FROM studies AS c
-  JOIN (SELECT nct_id, min(version) AS version FROM study_versions WHERE NOT is_removed GROUP BY nct_id) AS f
+  JOIN (SELECT nct_id, min(version) AS version FROM raw_study_versions WHERE NOT is_removed GROUP BY nct_id) AS f
     USING (nct_id)
-), o0 AS (
-  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text FROM pair AS p
+), o0 AS (  -- dup: the n-th outcome with this measure text (one study can repeat a measure)
+  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text,
+         row_number() OVER (PARTITION BY p.nct_id, o.measure ORDER BY o.ordinal) AS dup FROM pair AS p
   JOIN outcomes AS o ON o.nct_id = p.nct_id AND o.version = p.first_version AND o.outcome_type = 'primary'
 ), o1 AS (
-  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text FROM pair AS p
+  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text,
+         row_number() OVER (PARTITION BY p.nct_id, o.measure ORDER BY o.ordinal) AS dup FROM pair AS p
   JOIN outcomes AS o ON o.nct_id = p.nct_id AND o.version = p.current_version AND o.outcome_type = 'primary'
-), kept AS (  -- the same measure in both: reworded when its description or time frame changed
+), kept AS (  -- the same measure in both (the n-th with it): reworded when its description or time frame changed
   SELECT a.nct_id, a.text AS before, b.text AS after, a.ordinal AS o0, b.ordinal AS o1
-  FROM o0 AS a JOIN o1 AS b ON a.nct_id = b.nct_id AND a.measure IS NOT DISTINCT FROM b.measure
+  FROM o0 AS a JOIN o1 AS b
+    ON a.nct_id = b.nct_id AND a.measure IS NOT DISTINCT FROM b.measure AND a.dup = b.dup
 ), gone AS (
   SELECT * FROM o0 AS a WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.nct_id = a.nct_id AND k.o0 = a.ordinal)
 ), new AS (
@@ -161,26 +164,28 @@ WITH pair AS (
 ), swapped AS (  -- a measure gone and a new one in its place (same position): reworded
   SELECT g.nct_id, g.ordinal, g.text AS before, n.text AS after
   FROM gone AS g JOIN new AS n ON g.nct_id = n.nct_id AND g.ordinal = n.ordinal
-), outcome_lists AS (
-  SELECT p.nct_id,
-    (SELECT coalesce(list(n.text ORDER BY n.ordinal), []) FROM new AS n WHERE n.nct_id = p.nct_id
-       AND NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = n.nct_id AND w.ordinal = n.ordinal))
-      AS primary_outcomes_added,
-    (SELECT coalesce(list(g.text ORDER BY g.ordinal), []) FROM gone AS g WHERE g.nct_id = p.nct_id
-       AND NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = g.nct_id AND w.ordinal = g.ordinal))
-      AS primary_outcomes_removed,
-    (SELECT coalesce(list({{'before': r.before, 'after': r.after}} ORDER BY r.before), [])
-       FROM (SELECT nct_id, before, after FROM kept WHERE before IS DISTINCT FROM after
-             UNION ALL SELECT nct_id, before, after FROM swapped) AS r WHERE r.nct_id = p.nct_id)
-      AS primary_outcomes_reworded
-  FROM pair AS p
-), arms AS (
-  SELECT p.nct_id,
-    (SELECT coalesce(list(label ORDER BY ordinal), []) FROM arm_groups AS g
-      WHERE g.nct_id = p.nct_id AND g.version = p.first_version) AS arms_registered,
-    (SELECT coalesce(list(label ORDER BY ordinal), []) FROM arm_groups AS g
-      WHERE g.nct_id = p.nct_id AND g.version = p.current_version) AS arms_current
-  FROM pair AS p
+), added AS (
+  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM new AS n
+  WHERE NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = n.nct_id AND w.ordinal = n.ordinal) GROUP BY nct_id
+), removed AS (
+  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM gone AS g
+  WHERE NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = g.nct_id AND w.ordinal = g.ordinal) GROUP BY nct_id
+), reworded AS (
+  SELECT nct_id, list({{'before': before, 'after': after}} ORDER BY ordinal) AS items
+  FROM (SELECT nct_id, o0 AS ordinal, before, after FROM kept WHERE before IS DISTINCT FROM after
+        UNION ALL SELECT nct_id, ordinal, before, after FROM swapped) GROUP BY nct_id
+), arms0 AS (
+  SELECT p.nct_id, list(g.label ORDER BY g.ordinal) AS labels FROM pair AS p
+  JOIN arm_groups AS g ON g.nct_id = p.nct_id AND g.version = p.first_version GROUP BY p.nct_id
+), arms1 AS (
+  SELECT p.nct_id, list(g.label ORDER BY g.ordinal) AS labels FROM pair AS p
+  JOIN arm_groups AS g ON g.nct_id = p.nct_id AND g.version = p.current_version GROUP BY p.nct_id
+), lists AS (
+  SELECT p.nct_id, coalesce(ad.items, []) AS primary_outcomes_added, coalesce(rm.items, []) AS primary_outcomes_removed,
+         coalesce(rw.items, []) AS primary_outcomes_reworded, coalesce(a0.labels, []) AS arms_registered,
+         coalesce(a1.labels, []) AS arms_current
+  FROM pair AS p LEFT JOIN added AS ad USING (nct_id) LEFT JOIN removed AS rm USING (nct_id)
+  LEFT JOIN reworded AS rw USING (nct_id) LEFT JOIN arms0 AS a0 USING (nct_id) LEFT JOIN arms1 AS a1 USING (nct_id)
 )
 SELECT p.nct_id, p.first_version, p.current_version, r.valid_from AS registered_valid_from,
        r.source AS registered_source, c.brief_title,
@@ -197,14 +202,13 @@ SELECT p.nct_id, p.first_version, p.current_version, r.valid_from AS registered_
        r.completion_date_raw AS completion_registered, c.completion_date_raw AS completion_current,
        c.completion_date - r.completion_date AS completion_shift_days,
        r.phases AS phases_registered, c.phases AS phases_current,
-       a.arms_registered, a.arms_current,
-       list_filter(a.arms_current, lambda x: NOT list_contains(a.arms_registered, x)) AS arms_added,
-       list_filter(a.arms_registered, lambda x: NOT list_contains(a.arms_current, x)) AS arms_removed
+       l.arms_registered, l.arms_current,
+       list_filter(l.arms_current, lambda x: NOT list_contains(l.arms_registered, x)) AS arms_added,
+       list_filter(l.arms_registered, lambda x: NOT list_contains(l.arms_current, x)) AS arms_removed
 FROM pair AS p
 JOIN study_versions AS r ON r.nct_id = p.nct_id AND r.version = p.first_version
 JOIN studies AS c ON c.nct_id = p.nct_id
-JOIN outcome_lists AS l ON l.nct_id = p.nct_id
-JOIN arms AS a ON a.nct_id = p.nct_id"""
+JOIN lists AS l ON l.nct_id = p.nct_id"""
 
 # Consecutive versions in one overall status form one span; a span ends where the next one starts (or
 # where the study was removed); the open span (current version) ends today.
