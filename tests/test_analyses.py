@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.versioning import RunContext
 from tests.conftest import STUDIES_DIR, load, snapshot_pairs
 from tests.fdaaa_support import store
+from warehouse.rows import tombstones_table
 
 
 def _rows(warehouse: Any, sql: str) -> list[dict[str, Any]]:
@@ -97,3 +99,15 @@ def test_a_measure_repeated_in_one_study_is_matched_by_its_place_among_its_names
     assert row["primary_outcomes_reworded"] == [{"before": f"{old['measure']} [{old['timeFrame']}]",
                                                  "after": f"{old['measure']} [12 months]"}]
     assert (row["primary_outcomes_added"], row["primary_outcomes_removed"]) == ([], [])
+
+
+def test_a_removed_study_has_no_open_span_and_its_last_one_ends_at_the_removal(tmp_path: Path) -> None:
+    older, newer = snapshot_pairs()["NCT05766735"]
+    warehouse = store(tmp_path, [older, newer])
+    ctx = RunContext("run-removal", datetime(2026, 8, 1, 9, 30, tzinfo=UTC), "api")
+    with warehouse.writer(ctx.run_id) as run:
+        run.append("study_versions", tombstones_table([("NCT05766735", 3, "removed")], ctx))
+        run.commit()
+    rows = _rows(warehouse, "SELECT status, from_date, to_date, days, is_open FROM status_spans")
+    assert [tuple(r.values()) for r in rows] == [("RECRUITING", date(2025, 5, 7), date(2026, 8, 1), 451, False)]
+    assert _rows(warehouse, "SELECT count(*) AS n FROM registered_vs_current") == [{"n": 0}]
