@@ -47,7 +47,8 @@ def test_sponsor_is_a_literal_part_of_the_name_and_status_filters(trials: Path) 
 
 def test_newly_overdue_in_a_window_is_a_time_event(trials: Path) -> None:
     rows = _json("--newly-overdue", "--since", "2021-07-01", "--as-of", "2021-08-15", "--warehouse", str(trials))
-    assert [(r["nct_id"], r["overdue_from"]) for r in rows] == [("NCT90000001", "2021-07-31")]
+    assert [(r["nct_id"], r["overdue_from"], r["event_id"]) for r in rows] == [
+        ("NCT90000001", "2021-07-31", "fdaaa-overdue:NCT90000001:2021-07-31")]
 
 
 def test_the_sponsor_ranking(trials: Path) -> None:

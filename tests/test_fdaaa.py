@@ -234,9 +234,11 @@ def test_newly_overdue_is_a_time_event_inside_the_window(tmp_path: Path) -> None
         trial("NCT90000004", primary_completion="2020-12-31"),  # due only from 2022-01-31
     ])
     with warehouse.connect() as con:
-        rows = con.execute("SELECT nct_id, overdue_from FROM fdaaa_newly_overdue(DATE '2021-07-01', "
+        rows = con.execute("SELECT nct_id, overdue_from, event_id FROM fdaaa_newly_overdue(DATE '2021-07-01', "
                            "DATE '2021-08-15')").fetchall()
-    assert rows == [("NCT90000001", date(2021, 7, 31))]
+        later = con.execute("SELECT event_id FROM fdaaa_newly_overdue(DATE '2021-07-30', DATE '2021-12-01')").fetchall()
+    assert rows == [("NCT90000001", date(2021, 7, 31), "fdaaa-overdue:NCT90000001:2021-07-31")]
+    assert later == [(rows[0][2],)]  # another window that holds the same moment: the same id
 
 
 def test_the_sponsor_ranking_matches_a_hand_computed_one(tmp_path: Path) -> None:

@@ -113,8 +113,11 @@ FROM s"""
 
 # Overdue on b and not on a: a time event, the record need not have changed. ``overdue_from``: the day it
 # became overdue in the version valid on b (its due day, or the day that version became valid).
+# ``event_id``: the same for the same trial becoming overdue at the same due moment, whatever the window,
+# so an alert keyed by it goes out once (a new completion date, a new due moment: a new event).
 _NEWLY_OVERDUE = f"""CREATE OR REPLACE MACRO fdaaa_newly_overdue(a, b) AS TABLE
-SELECT n.*, greatest(n.due_from, n.valid_from) AS overdue_from
+SELECT n.*, greatest(n.due_from, n.valid_from) AS overdue_from,
+       'fdaaa-overdue:' || n.nct_id || ':' || strftime(n.due_from, '%Y-%m-%d') AS event_id
 FROM fdaaa_as_of(b) AS n
 WHERE n.status IN {OVERDUE}
   AND NOT EXISTS (SELECT 1 FROM fdaaa_as_of(a) AS o WHERE o.nct_id = n.nct_id AND o.status IN {OVERDUE})"""

@@ -46,7 +46,8 @@ def compliance_sql(q: ComplianceQuery, columns: tuple[str, ...] = FDAAA_COLUMNS)
         name = "sponsor"
     elif q.newly_overdue_since is not None:
         source, params = "fdaaa_newly_overdue(?, ?)", [q.newly_overdue_since, q.as_of]
-        select, order = ", ".join((*columns, "overdue_from")), "overdue_from, nct_id"
+        extra = ("overdue_from", "event_id") if columns == FDAAA_COLUMNS else ("overdue_from",)
+        select, order = ", ".join((*columns, *extra)), "overdue_from, nct_id"
         name = "lead_sponsor"
     else:
         source, params = "fdaaa_as_of(?)", [q.as_of]
