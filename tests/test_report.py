@@ -117,6 +117,12 @@ def test_the_digest_counts_changes_and_shows_slips_and_status_moves(history: Pat
     [slips] = by_chart(marks, "date-slips")
     assert [(m["data-nct"], m["data-field"], m["data-value"]) for m in slips] == [
         (PAIR, "completion date", "46"), (PAIR, "primary completion date", "46")]
+    chart = html.split('data-chart="date-slips"')[1].split("</svg>")[0]  # each study linked, named in its tip
+    assert chart.count(f'<a href="https://clinicaltrials.gov/study/{PAIR}">') == 2
+    newer = snapshot_pairs()[PAIR][1]["protocolSection"]
+    names = (f'{escape(newer["identificationModule"]["briefTitle"])} · '
+             f'{escape(newer["sponsorCollaboratorsModule"]["leadSponsor"]["name"])}</title>')
+    assert chart.count(names) == 2
     [moves] = by_chart(marks, "status-transitions")
     assert [(m["data-from"], m["data-to"], m["data-value"]) for m in moves] == [("RECRUITING", "TERMINATED", "1")]
 
