@@ -16,10 +16,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
-
 from flows import progress, settings
+from flows.engine import NONE, flow, get_run_logger, task
 from flows.sync import RunTotals, SyncSummary, _retryable, commit_run, derive_run_changes, new_run_id
 from pipeline.errors import RegistryNotFound, UsageError
 from pipeline.history import (

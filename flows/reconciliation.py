@@ -8,10 +8,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NONE
-
+from flows.engine import NONE, create_markdown_artifact, create_table_artifact, get_run_logger, task
 from pipeline.reconcile import FAIL, OK, SKIPPED, WARN, Check, RunFacts, reconcile, to_markdown, worst
 from warehouse import RunWriter
 from warehouse.health import reconciliation_rows, scope_state

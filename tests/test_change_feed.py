@@ -81,12 +81,12 @@ def test_rederive_with_one_threshold_changed_changes_only_those_severities(
     assert rows(warehouse_dir, query) == before  # same rules, same rows
     rules = tmp_path / "rules.yaml"
     rules.write_text("severity:\n  date_shift_days_notable: 60\n")
-    rederive_changes(warehouse=str(warehouse_dir), rules_file=str(rules))
+    rederived = rederive_changes(warehouse=str(warehouse_dir), rules_file=str(rules))
     after = rows(warehouse_dir, query)
     changed = [(b[1], b[5], a[5]) for b, a in zip(before, after, strict=True) if b != a]
     assert changed == [("date_slipped", "notable", "minor"), ("date_slipped", "notable", "minor")]
     assert [b[:5] for b in before] == [a[:5] for a in after]
-    assert rows(warehouse_dir, "SELECT mode FROM sync_runs ORDER BY started_at DESC LIMIT 1") == [("rederive",)]
+    assert rows(warehouse_dir, "SELECT mode FROM sync_runs WHERE run_id = ?", [rederived["run_id"]]) == [("rederive",)]
 
 
 def test_a_full_run_retires_vanished_studies_and_an_incremental_never_does(

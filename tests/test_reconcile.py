@@ -135,20 +135,22 @@ def test_reconciliation_flags_a_scope_whose_full_run_lost_three_studies(
         ("unexpected_ids", "ok", 0, 0, 0, []),
         ("zero_update_weekdays", "skipped", None, None, 0, []),
     ]
-    artifacts = latest_artifacts("reconciliation-all")
+    artifacts = run_artifacts("reconciliation-all", full["run_id"])
     assert artifacts["table"]["type"] == "table" and full["run_id"] in artifacts["table"]["description"]
     assert "| missing_ids | ⚠️ warn | 326 | 323 |" in artifacts["markdown"]["data"]
 
 
-def latest_artifacts(key: str) -> dict[str, dict[str, Any]]:
-    """The newest table and Markdown artifacts of one reconciliation key, from the Prefect API."""
+def run_artifacts(key: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """The table and Markdown artifacts that one run published under a reconciliation key. Pinned to the
+    run (its id is in their description), never "the newest": on a busy machine Prefect may list an
+    earlier run's artifact last (issue 13.9)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[key, f"{key}-summary"])))
-    newest: dict[str, dict[str, Any]] = {}
-    for artifact in sorted(found, key=lambda a: a.created or 0):
-        newest["table" if artifact.key == key else "markdown"] = artifact.model_dump(mode="json")
-    return newest
+    mine = [a for a in found if f"run {run_id}" in (a.description or "")]
+    by_kind = {("table" if a.key == key else "markdown"): a.model_dump(mode="json") for a in mine}
+    assert len(mine) == len(by_kind) == 2, [(a.key, a.description) for a in found]
+    return by_kind

@@ -6,7 +6,7 @@
 - alerts.py: alerts run | test | list
 - compliance.py: compliance (FDAAA 801 results reporting)
 - running.py: serve, demo, fake-registry
-- main.py: the console script (one-line errors, exit codes, Ctrl-C); common.py: what they share
+- main.py: the console script (one-line errors, exit codes, signals); common.py: what they share
 """
 
 from flows.cli import alerts, compliance, fetching, maintenance, querying, running  # noqa: F401 - registers the commands

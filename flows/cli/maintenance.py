@@ -46,7 +46,7 @@ def compact(
     and changes replaced by a rederive are dropped). Views show exactly the same rows afterwards."""
     from flows.compact import compact_warehouse
 
-    if keep_hours < 0:  # here too, so bad input fails before Prefect's temporary server starts
+    if keep_hours < 0:  # here too, so bad input fails before the run starts
         raise UsageError("--keep-hours must be 0 or more")
     quiet_prefect_failures()
     result = compact_warehouse(warehouse=str(settings.warehouse_dir(warehouse)), keep_hours=keep_hours)
