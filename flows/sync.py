@@ -330,7 +330,8 @@ def _walk_batch(pc: _PageContext, fetch: Any, first: int) -> int:
 @flow(name="rederive_changes", validate_parameters=True)
 def rederive_changes(warehouse: str | None = None, rules_file: str | None = None,
                      lock_timeout: float = 30.0) -> dict[str, Any]:
-    """Recompute every change from the stored raw versions (nothing is fetched); replaces ``changes``."""
+    """Recompute every change from the stored raw versions (nothing is fetched); replaces ``changes``.
+    Also types ``fdaaa_inputs`` for versions stored before that table existed."""
     started = datetime.now(UTC)
     clock = time.monotonic()
     run_id = new_run_id(started)
@@ -343,6 +344,11 @@ def rederive_changes(warehouse: str | None = None, rules_file: str | None = None
             baselines = baseline_runs(con)
         totals = RunTotals()
         totals.changes_written = derive_run_changes(run, rules, only_run=None, baseline_runs=baselines)
+        from warehouse.compliance import fill_fdaaa_inputs
+
+        typed = fill_fdaaa_inputs(run)  # versions stored by a release before the FDAAA inputs were typed
+        if typed:
+            get_run_logger().info("typed the FDAAA inputs of %d stored versions", typed)
         summary = SyncSummary(run_id, "rederive", "all", None, round(time.monotonic() - clock, 3), totals)
         commit_run(run, summary, started, params={}, api_url=None, meta={"rules": rules.to_json()},
                    replace=frozenset({"changes"}))

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.aact import aact_views
+from warehouse.analyses import analysis_views
 from warehouse.crashpoints import crashpoint
 from warehouse.manifest import RETAINED_KEY, Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
@@ -122,6 +123,7 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
     ]
     statements += child_views()
     statements += aact_views()
+    statements += analysis_views()
     return statements
 
 
