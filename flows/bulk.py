@@ -30,7 +30,7 @@ from flows import progress, settings
 from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
 from flows.lifecycle import ignore_interrupts
 from flows.shards import CANCEL_MARKER, DEFAULT_BATCH_SIZE, ShardJob, ShardResult, process_shard
-from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes
+from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, log_stale
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, download, is_url
 from pipeline.versioning import RunContext
@@ -129,6 +129,11 @@ def _add(totals: RunTotals, shard: ShardResult) -> None:
     totals.versions_written += shard.versions
     totals.unchanged += shard.unchanged
     totals.quarantined += shard.quarantined
+    totals.stale += len(shard.stale)
+    for path, n in shard.unknown_fields.items():
+        totals.unknown_fields[path] = totals.unknown_fields.get(path, 0) + n
+    if shard.stale:
+        log_stale(shard.stale)
     totals.watermark = max(filter(None, [totals.watermark, shard.newest_update]), default=None)
 
 

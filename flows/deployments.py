@@ -125,3 +125,22 @@ def describe(d: Deployment) -> str:
 def _when(schedule: Any) -> str:
     s = schedule.schedule
     return f"cron '{s.cron}' {s.timezone or 'UTC'}" if hasattr(s, "cron") else str(s)
+
+
+def check_config_files(deployments: list[Deployment]) -> None:
+    """The config files the deployments name (a watchlist ``config``, a ``rules_file``), validated
+    whole before anything is served: one ``FILE: key: what is wrong`` line, exit 2. Relative paths
+    are the project's (the flows run in the clone's root)."""
+    from flows import settings
+    from flows.alerts import load_watchlist
+
+    for d in deployments:
+        params = d.parameters
+        if isinstance(params.get("config"), str):
+            load_watchlist(_in_project(params["config"]))
+        if isinstance(params.get("rules_file"), str):
+            settings.rules(str(_in_project(params["rules_file"])), {})
+
+
+def _in_project(path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else ROOT / path

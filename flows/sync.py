@@ -48,6 +48,7 @@ class RunTotals:
     new_studies: int = 0
     versions_written: int = 0
     unchanged: int = 0
+    stale: int = 0  # records older than the stored version (a lagging cache): no version, no change
     quarantined: int = 0
     retired: int = 0
     left_scope: int = 0  # listed by earlier runs, not by this full run, but still in the registry
@@ -56,6 +57,20 @@ class RunTotals:
     watermark: date | None = None
     pages_replayed: int = 0  # taken from the spool of an interrupted run
     restarts: int = 0
+    unknown_fields: dict[str, int] = field(default_factory=dict)  # keys the schema does not know -> records
+
+    def add_plan(self, plan: BatchPlan) -> None:
+        """Count a plan's stale records and schema-unknown keys (the rest is counted by the caller)."""
+        self.stale += len(plan.stale)
+        for path, n in plan.unknown_fields.items():
+            self.unknown_fields[path] = self.unknown_fields.get(path, 0) + n
+        if plan.stale:
+            log_stale(plan.stale)
+
+
+def log_stale(ids: list[str]) -> None:
+    get_run_logger().warning("%d stale record(s), older than the stored version (no version, no change): %s",
+                             len(ids), ", ".join(ids))
 
 
 @dataclass
@@ -140,6 +155,7 @@ def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
     t.versions_written += len(plan.versions)
     t.unchanged += plan.unchanged
     t.quarantined += len(plan.quarantined)
+    t.add_plan(plan)
     if page.total_count is not None:
         t.total_count = page.total_count
     t.watermark = max(filter(None, [t.watermark, plan.newest_update]), default=None)
@@ -187,6 +203,7 @@ def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
     pc.written.update(plan.heads)
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
+    t.add_plan(plan)
     still_there = {nct for nct in map(record_nct_id, published) if nct} & set(vanished)
     gone = [nct for nct in vanished if nct not in still_there]
     heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
@@ -371,7 +388,8 @@ def commit_run(run: RunWriter, summary: SyncSummary, started: datetime, *, param
         "run_id": summary.run_id, "mode": summary.mode, "scope": summary.scope,
         "started_at": started, "finished_at": datetime.now(UTC), "status": "succeeded",
         "pages": t.pages, "studies_seen": t.studies_seen, "new_studies": t.new_studies,
-        "versions_written": t.versions_written, "unchanged": t.unchanged, "changes_written": t.changes_written,
+        "versions_written": t.versions_written, "unchanged": t.unchanged, "stale": t.stale,
+        "unknown_fields": sorted(t.unknown_fields), "changes_written": t.changes_written,
         "quarantined": t.quarantined, "retired": t.retired, "left_scope": t.left_scope, "total_count": t.total_count,
         "since": date.fromisoformat(summary.since) if summary.since else None,
         "watermark": t.watermark, "api_url": api_url, "params": json.dumps(params, sort_keys=True),

@@ -18,6 +18,7 @@ import orjson
 from pipeline.dates import PartialDate, parse_partial_date
 from pipeline.diff import Key, Leaf, diff, render_path
 from pipeline.errors import RecordInvalid, UsageError
+from pipeline.submissions import SUBMISSION_EVENTS, submission_events
 
 SEVERITIES = ("info", "minor", "notable", "critical")
 CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
@@ -25,7 +26,8 @@ CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interven
 EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
           "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
           "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
-          "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
+          "results_posted", "results_submitted", "results_returned", "results_submission_cancelled",
+          "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
           "study_removed", "study_reappeared", "field_changed")
 PLAN_DATES = {
     "startDateStruct": "start date",
@@ -163,7 +165,7 @@ def severity(e: _Event | Change, rules: Rules) -> str:
         return rules.events[e.event]
     if e.event == "study_removed" or (e.event == "status_changed" and e.new_value in rules.critical_statuses):
         return "critical"
-    if e.event in {"status_changed", "primary_outcome_changed", "results_posted"}:
+    if e.event in {"status_changed", "primary_outcome_changed", "results_posted", *SUBMISSION_EVENTS.values()}:
         return "notable"
     if e.event == "enrollment_changed":
         return "notable" if e.pct_change is None or abs(e.pct_change) >= rules.enrollment_pct_notable else "minor"
@@ -204,6 +206,9 @@ def _classify_leaf(leaf: Leaf) -> list[_Event]:
     old, new = _value_text(leaf.old), _value_text(leaf.new)
     if names[:2] == ["protocolSection", "statusModule"]:
         return _status_module(leaf, names, path, old, new)
+    if names[0] == "derivedSection":  # its only material part: miscInfoModule.submissionTracking
+        return ([_Event(p, f, "results", e, o, n) for p, f, e, o, n in submission_events(leaf)]
+                or [_Event(path, _friendly(leaf), "results", "field_changed", old, new)])
     if names[-2:] == ["enrollmentInfo", "count"]:
         return [_Event(path, "enrollment", "enrollment", "enrollment_changed", old, new,
                        pct_change=_pct(leaf.old, leaf.new))]

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.hashing import NON_MATERIAL_SECTIONS
+from pipeline.hashing import normalise
 
 Json = Any
 
@@ -86,16 +86,14 @@ IDENTITY: dict[str, Callable[[Mapping[str, Json]], str]] = {
     "centralContacts": _field("name"),
     "contacts": _field("name"),
     "seeAlsoLinks": _field("url"),
+    "submissionInfos": _field("releaseDate"),  # a QC submission, by the day it was submitted
 }
 
 
 def diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:
-    """Every changed leaf of the material sections (``derivedSection`` is the registry's own)."""
-    return list(_diff_dicts(
-        {k: v for k, v in old.items() if k not in NON_MATERIAL_SECTIONS},
-        {k: v for k, v in new.items() if k not in NON_MATERIAL_SECTIONS},
-        (),
-    ))
+    """Every changed leaf of the material content, compared in the canonical form that decides what is
+    a new version (``pipeline.hashing.normalise``): no diff here iff the content hashes are equal."""
+    return list(_diff_dicts(normalise(old), normalise(new), ()))
 
 
 def _diff(old: Json, new: Json, path: Path) -> Iterator[Leaf]:

@@ -15,16 +15,26 @@ from typing import Any
 
 from pipeline import schema as s
 from pipeline.dates import parse_full_date
+from pipeline.flatten_registry import registry_rows
+from pipeline.flatten_results import results_rows
 
 Columns = dict[str, list[Any]]
 StudyRows = dict[str, Columns]
 
 # One row per version in these; the others have one row per list item (possibly none).
-ONE_ROW_TABLES = ("descriptions", "eligibility", "design", "results_summary")
+ONE_ROW_TABLES = ("descriptions", "eligibility", "design", "results_summary", "registry_dates", "study_details",
+                  "results_details")
 CHILD_TABLES: tuple[str, ...] = (
     "conditions", "keywords", "interventions", "arm_groups", "locations", "sponsors", "outcomes",
     "eligibility", "identifiers", "design", "study_references", "contacts", "officials", "results_summary",
     "descriptions",
+    # pipeline.flatten_registry
+    "registry_dates", "study_details", "site_contacts", "see_also_links", "ipd_documents", "removed_countries",
+    "browse_terms",
+    # pipeline.flatten_results
+    "results_details", "result_groups", "result_measures", "result_measurements", "result_denoms",
+    "result_analyses", "participant_flow", "adverse_events", "pending_results", "violation_events",
+    "provided_documents",
 )
 
 # Days per unit of the registry's age texts ("18 Years", "6 Months"); a year is 365.25 days.
@@ -59,6 +69,8 @@ def flatten(study: s.Study) -> StudyRows:
         "officials": _officials(contacts.overall_officials if contacts else None),
         "results_summary": _results(study, p.status_module or _STATUS),
         "descriptions": _descriptions(p.description_module or s.DescriptionModule()),
+        **registry_rows(study),
+        **results_rows(study),
     }
 
 
@@ -230,6 +242,8 @@ def _references(module: s.ReferencesModule | None) -> Columns:
         "reference_type": [r.type for r in rows],
         "citation": [r.citation for r in rows],
         "retraction_pmids": [[x.pmid for x in r.retractions] if r.retractions is not None else None for r in rows],
+        "retraction_sources": [[x.source for x in r.retractions] if r.retractions is not None else None
+                               for r in rows],
     }
 
 

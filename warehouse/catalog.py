@@ -20,8 +20,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.aact import aact_views
 from warehouse.crashpoints import crashpoint
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
+from warehouse.validity import versions_with_validity
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
@@ -29,6 +31,13 @@ STORAGE_COMPATIBILITY = "v1.0.0"
 RETAINED_KEY = "retained_runs"  # meta: {run_id: ISO time until which a superseded run's directory stays}
 
 _CORE = ", ".join(f.name for f in CORE_FIELDS)
+
+# A key the registry's schema does not describe, first met by a run: recorded once, never a version.
+SCHEMA_CHANGES_VIEW = """CREATE OR REPLACE VIEW schema_changes AS
+SELECT path, arg_min(run_id, started_at) AS first_run_id, min(started_at) AS first_seen,
+       max(started_at) AS last_seen, count(*) AS runs
+FROM (SELECT run_id, started_at, unnest(unknown_fields) AS path FROM raw_sync_runs)
+GROUP BY path"""
 
 
 @dataclass(frozen=True)
@@ -88,15 +97,14 @@ def plan_catalog(root: Path, manifest: Manifest) -> list[str]:
             )
     if rewriting:
         statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding])
-    valid_from = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
     statements += [
         f"""CREATE OR REPLACE VIEW study_versions AS
 SELECT nct_id, version, content_hash, registry_updated, registry_version, observed_at, run_id, source,
-       {valid_from} AS valid_from,
-       lead({valid_from}) OVER w AS valid_to,
+       valid_from,
+       lead(valid_from) OVER w AS valid_to,
        lead(version) OVER w IS NULL AS is_current,
        is_removed, {_CORE}, CAST(raw AS JSON) AS raw
-FROM raw_study_versions
+FROM ({versions_with_validity()})
 WINDOW w AS (PARTITION BY nct_id ORDER BY version)""",
         f"""CREATE OR REPLACE VIEW studies AS
 SELECT nct_id, {_CORE}, version, content_hash
@@ -104,8 +112,9 @@ FROM study_versions WHERE is_current AND NOT is_removed""",
         """CREATE OR REPLACE VIEW sync_runs AS
 SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen, new_studies,
        versions_written, unchanged, changes_written, quarantined, retired, left_scope, total_count, since,
-       watermark, api_url, params
+       watermark, api_url, params, coalesce(stale, 0) AS stale, unknown_fields
 FROM raw_sync_runs ORDER BY started_at""",
+        SCHEMA_CHANGES_VIEW,
         "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
         "CREATE OR REPLACE VIEW scope_exits AS SELECT run_id, scope, nct_id, reason FROM raw_scope_exits",
         "CREATE OR REPLACE VIEW study_rewrites AS SELECT run_id, nct_id, versions FROM raw_study_rewrites",
@@ -117,12 +126,16 @@ SELECT change_id, nct_id, from_version, to_version, run_id, detected_at, registr
        CASE severity WHEN 'critical' THEN 3 WHEN 'notable' THEN 2 WHEN 'minor' THEN 1 ELSE 0 END
          AS severity_rank
 FROM raw_changes""",
+        """CREATE OR REPLACE VIEW alert_messages AS
+SELECT message_id, run_id, created_at, watch, channel, mode, change_ids, change_keys,
+       CAST(payload AS JSON) AS payload
+FROM raw_alert_messages""",
         """CREATE OR REPLACE VIEW alert_deliveries AS
 SELECT run_id, attempted_at, watch, channel, change_id, nct_id, severity, message_id, status, attempt, error
 FROM raw_alert_deliveries""",
         """CREATE OR REPLACE VIEW alert_runs AS
 SELECT run_id, started_at, finished_at, watchlist, watches, matched, messages, sent, failed, already_sent,
-       retried
+       retried, resent
 FROM raw_alert_runs ORDER BY started_at""",
         """CREATE OR REPLACE VIEW reconciliation AS
 SELECT run_id, scope, mode, checked_at, "check", status, expected, observed, flagged, detail, ids,
@@ -139,6 +152,7 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
   AND NOT is_removed""",
     ]
     statements += child_views()
+    statements += aact_views()
     return statements
 
 
@@ -175,11 +189,15 @@ SELECT w.nct_id, max(s.seq) AS seq FROM raw_study_rewrites AS w JOIN _run_seq AS
     for table in tables:
         listed = _sql_list(root, [schema_file(table), *manifest.files(table)])
         statements.append(f"""CREATE OR REPLACE VIEW raw_{table} AS
-SELECT t.* EXCLUDE (filename) FROM read_parquet({listed}, union_by_name = true, filename = true) AS t
-LEFT JOIN _file_seq AS f ON f.path = t.filename
+SELECT t.* EXCLUDE ({_FILE}) FROM read_parquet({listed}, union_by_name = true, filename = '{_FILE}') AS t
+LEFT JOIN _file_seq AS f ON f.path = t.{_FILE}
 LEFT JOIN _rewrite_marks AS m ON m.nct_id = t.nct_id
 WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq""")
     return statements
+
+
+# The column read_parquet adds with each row's file: a name no table uses (provided_documents has `filename`).
+_FILE = "_trialsync_file"
 
 
 def _values(columns: Sequence[str], rows: Sequence[tuple[str, int]]) -> str:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
-from warehouse import catalog
+from warehouse import catalog, migrations
 from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
@@ -114,6 +114,7 @@ class Warehouse:
             crashpoint("lock-acquired")
             manifest = self.manifest()
             self._remove_uncommitted(manifest)
+            manifest = migrations.upgrade(self, run_id, manifest)  # an earlier release's warehouse
             run = RunWriter(self, run_id, manifest)
             try:
                 yield run

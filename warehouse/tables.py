@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from warehouse.tables_results import REGISTRY_TABLES, RESULTS_TABLES
+
 UTC_TS = pa.timestamp("us", tz="UTC")
 
 CORE_FIELDS: list[pa.Field] = [
@@ -73,6 +75,8 @@ SYNC_RUNS = pa.schema(
         pa.field("watermark", pa.date32()),
         pa.field("api_url", pa.string()),
         pa.field("params", pa.string()),
+        pa.field("stale", pa.int64()),  # records older than the stored version: no version (pipeline.versioning)
+        pa.field("unknown_fields", pa.list_(pa.string())),  # keys the schema does not know (pipeline.hashing)
     ]
 )
 
@@ -170,7 +174,7 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                      ("patient_registry", _BOOL), ("target_duration", _STR), ("bio_spec_retention", _STR),
                      ("bio_spec_description", _STR)),
     "study_references": _child(("ordinal", _INT), ("pmid", _STR), ("reference_type", _STR), ("citation", _STR),
-                               ("retraction_pmids", _STRS)),
+                               ("retraction_pmids", _STRS), ("retraction_sources", _STRS)),
     "contacts": _child(("ordinal", _INT), ("name", _STR), ("role", _STR), ("phone", _STR), ("phone_ext", _STR),
                        ("email", _STR)),
     "officials": _child(("ordinal", _INT), ("name", _STR), ("affiliation", _STR), ("role", _STR)),
@@ -181,6 +185,8 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                               ("adverse_event_group_count", _INT), ("serious_event_term_count", _INT),
                               ("other_event_term_count", _INT)),
     "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
+    **REGISTRY_TABLES,
+    **RESULTS_TABLES,
 }
 
 # The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
@@ -200,6 +206,21 @@ ALERT_DELIVERIES = pa.schema(
     ]
 )
 
+# The alert outbox: each message, written before it is sent (re-sent unchanged until delivered).
+ALERT_MESSAGES = pa.schema(
+    [
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", UTC_TS, nullable=False),
+        pa.field("watch", pa.string(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("change_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("change_keys", pa.list_(pa.string()), nullable=False),
+        pa.field("payload", pa.string(), nullable=False),
+    ]
+)
+
 ALERT_RUNS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -213,6 +234,7 @@ ALERT_RUNS = pa.schema(
         pa.field("failed", pa.int64()),
         pa.field("already_sent", pa.int64()),
         pa.field("retried", pa.int64()),
+        pa.field("resent", pa.int64()),
     ]
 )
 
@@ -241,6 +263,7 @@ TABLES: dict[str, pa.Schema] = {
     "quarantine": QUARANTINE,
     "changes": CHANGES,
     "study_rewrites": STUDY_REWRITES,
+    "alert_messages": ALERT_MESSAGES,
     "alert_deliveries": ALERT_DELIVERIES,
     "alert_runs": ALERT_RUNS,
     **CHILD_TABLES,

@@ -28,13 +28,18 @@ def sql(
     statement: Annotated[str, typer.Argument(help="A SELECT query over the warehouse views")],
     fmt: FormatOpt = "table",
     warehouse: WarehouseOpt = None,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Show the aact views as the registry stood on YYYY-MM-DD (sets the variable as_of)")] = None,
 ) -> None:
     """Ad hoc SQL on a read-only connection."""
     from warehouse import Warehouse
 
     check_format(fmt)
     check_query(statement)
+    day = parse_date_arg(as_of, "--as-of") if as_of else None
     with Warehouse(settings.warehouse_dir(warehouse)).connect(sandbox=True) as con:
+        if day:
+            con.execute(f"SET VARIABLE as_of = DATE '{day.isoformat()}'")
         try:
             result = con.execute(statement)
             columns = [d[0] for d in result.description or []]
@@ -109,7 +114,7 @@ def runs(
         result = con.execute(
             "SELECT run_id, mode, scope, status, pages, studies_seen AS seen, new_studies AS new, "
             "versions_written AS versions, unchanged, changes_written AS changes, quarantined AS quar, "
-            "retired, coalesce(left_scope, 0) AS left_scope, since, "
+            "retired, coalesce(left_scope, 0) AS left_scope, stale, since, "
             "strftime(timezone('UTC', started_at), '%Y-%m-%d %H:%M') AS started_utc, "
             "round(epoch(finished_at) - epoch(started_at), 1) AS secs "
             "FROM sync_runs ORDER BY started_at DESC LIMIT ?", [limit])
