@@ -78,16 +78,19 @@ def section(results: dict[str, dict[str, list[Step]]], repeat: int, started: dat
     lines = [BEGIN, "", f"Measured {started:%Y-%m-%d %H:%M} UTC by `python -m bench.commands --repeat {repeat}` "
              "on the demo's warehouse (327 studies), median of each; load avg = the 1-minute load average "
              "before the step (above ~2, other jobs were taking CPU from it).", "",
-             "| command | set-up | wall s | CPU s | peak RSS (MB, tree) | load avg | target (wall) | met |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "| command | set-up | wall s | CPU s | peak RSS (MB, tree) | load avg | target (wall) | wall met "
+             "| CPU s within it (idle-machine wall) |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for name, target in TARGETS.items():
         for setup, by_command in results.items():
             steps = by_command[name]
             wall = median(steps, "seconds")
-            met = ("yes" if wall <= target else "**no**") if setup == "in process" else ""
-            lines.append(f"| `{name}` | {setup} | {wall:.2f} | {median(steps, 'cpu_seconds'):.1f} | "
+            cpu = median(steps, "cpu_seconds")
+            met = "yes" if wall <= target else "**no**"
+            cpu_met = "yes" if cpu <= target else "**no**"
+            lines.append(f"| `{name}` | {setup} | {wall:.2f} | {cpu:.1f} | "
                          f"{median(steps, 'peak_rss_mb'):,.0f} | {median(steps, 'load_before'):.1f} | "
-                         f"≤ {target:.0f} s | {met} |")
+                         f"≤ {target:.0f} s | {met} | {cpu_met} |")
     lines += ["", END]
     return "\n".join(lines)
 

@@ -91,7 +91,7 @@ def quiet_prefect_failures() -> None:
     from flows.engine import uses_prefect
 
     if not DEBUG and uses_prefect():
-        import prefect  # noqa: F401 - Prefect configures its logging on import: ours must come after
+        import prefect.main  # noqa: F401 - Prefect configures its logging on import: ours must come after
 
         for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
