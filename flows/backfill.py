@@ -229,8 +229,8 @@ def _fail_when_nothing_came(bc: _BatchContext, wanted: list[str], url: str,
     done = len(wanted) - len(bc.extra.not_found) - len(bc.extra.failed)
     if not wanted or done > 0:
         return
-    if bc.extra.first_error is not None:
-        raise bc.extra.first_error
+    if (first := bc.extra.first_error) is not None:  # a fresh one: no traceback of the batch it came from
+        raise type(first)(str(first), url=first.url, status=first.status) from None
     raise RegistryNotFound(f"the registry has no history for any of the {len(wanted)} studies asked for (every "
                            f"history request answered 404): is {url} the registry?", url=url, status=404)
 
