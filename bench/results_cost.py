@@ -4,9 +4,10 @@ and how fast ``aact.studies`` answers.
 ``python -m bench.results_cost ZIP [--shards K] [--warehouse DIR]`` prints one JSON line:
 
 - ``shards``: the CPU seconds of ``process_shard`` (read, parse, hash, flatten, Arrow, Parquet) over the
-  first K shards of the archive, with every child table and again with only the tables that existed
-  before issue 15 (the new ones stripped from ``flatten``'s output and from the written tables), each
-  best of two; ``added_pct`` is the extra CPU of the full run. A bulk load is this work on 2 workers plus
+  first K shards of the archive, with every child table, with only the tables that existed before issue
+  15 (the new ones stripped from ``flatten``'s output and from the written tables), and without only the
+  results tables (``tables_results.RESULTS_TABLES``), each best of two; ``added_pct`` /
+  ``results_tables_added_pct`` are the extra CPU of the full run. A bulk load is this work on 2 workers plus
   a fixed commit, so the share of the whole load is at most this.
 - ``queries`` (with ``--warehouse``, a loaded warehouse): wall seconds of queries over ``aact.studies``
   (best of three, a fresh read-only connection each time), current and as of a past date.
@@ -42,14 +43,14 @@ QUERIES = {
 
 
 @contextmanager
-def without_new_tables() -> Iterator[None]:
+def without_new_tables(dropped: set[str] = NEW_TABLES) -> Iterator[None]:
     original_flatten, original_tables = versioning.flatten, rows.CHILD_TABLES
 
     def flatten(study: Any) -> Any:
-        return {t: c for t, c in original_flatten(study).items() if t not in NEW_TABLES}
+        return {t: c for t, c in original_flatten(study).items() if t not in dropped}
 
     versioning.flatten = flatten
-    rows.CHILD_TABLES = {t: s for t, s in original_tables.items() if t not in NEW_TABLES}
+    rows.CHILD_TABLES = {t: s for t, s in original_tables.items() if t not in dropped}
     try:
         yield
     finally:
@@ -136,10 +137,14 @@ def main() -> None:
     full = best(2, lambda: shard_cpu(archive, keys)[0])
     with without_new_tables():
         before = best(2, lambda: shard_cpu(archive, keys)[0])
+    with without_new_tables(set(RESULTS_TABLES)):
+        no_results = best(2, lambda: shard_cpu(archive, keys)[0])
     studies = sum(archive.shards[key].num_rows for key in keys)
     report["shards"] = {"shards": len(keys), "studies": studies, "cpu_full": round(full, 3),
                         "cpu_without_new_tables": round(before, 3),
-                        "added_pct": round(100 * (full - before) / before, 1)}
+                        "cpu_without_results_tables": round(no_results, 3),
+                        "added_pct": round(100 * (full - before) / before, 1),
+                        "results_tables_added_pct": round(100 * (full - no_results) / no_results, 1)}
     report["records"] = per_record(args.data)
     if args.warehouse:
         report["queries"] = query_seconds(args.warehouse)

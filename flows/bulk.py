@@ -32,7 +32,8 @@ from flows.lifecycle import ignore_interrupts
 from flows.shards import CANCEL_MARKER, DEFAULT_BATCH_SIZE, ShardJob, ShardResult, process_shard
 from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, log_stale
 from pipeline.errors import UsageError
-from pipeline.registry.bulk import BulkArchive, download, is_url
+from pipeline.registry.bulk import BulkArchive, is_url
+from pipeline.registry.download import download
 from pipeline.versioning import RunContext
 from warehouse import Warehouse
 from warehouse.heads import HEAD_SCHEMA
@@ -50,7 +51,7 @@ def load_shard(job: ShardJob, pool: Executor | None = None) -> ShardResult:
     return pool.submit(process_shard, job).result()
 
 
-@task(name="fetch-bulk-file", cache_policy=NONE, retries=2, retry_delay_seconds=10)
+@task(name="fetch-bulk-file", cache_policy=NONE)  # download() resumes and retries itself
 def fetch_bulk_file(source: str, directory: str) -> str:
     return str(download(source, Path(directory)))
 

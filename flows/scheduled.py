@@ -18,6 +18,7 @@ from flows import alerts
 from flows.sync import sync_registry
 from pipeline.errors import TrialsyncError
 from pipeline.operations import scope_kwargs, stale_reason
+from pipeline.registry.client import DEFAULT_INTERVAL
 
 # Deployment entrypoints must name Prefect flows: the one of ``send_alerts`` (``flows.engine`` builds it
 # on first use; ``trialsync alerts run`` calls the same function without Prefect when no server is there).
@@ -36,7 +37,7 @@ def scheduled_sync(
     warehouse: str | None = None,
     api_url: str | None = None,
     page_size: int = 1000,
-    request_interval: float = 1.0,
+    request_interval: float = DEFAULT_INTERVAL,
     rules_file: str | None = None,
 ) -> dict[str, Any]:
     """Sync every scope (incremental from each scope's watermark, or ``full``); returns each run's summary."""

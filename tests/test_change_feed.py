@@ -164,7 +164,9 @@ def test_a_study_the_listing_skipped_is_looked_up_and_kept_not_retired(
     registry.faults.add("status", status=200, body=json.dumps(listing), times=1, page=1)
     full = fast_sync(registry, warehouse_dir, full=True)
     assert (full["studies_seen"], full["left_scope"], full["retired"], full["versions_written"]) == (
-        len(records) - 1, 1, 0, 0)
+        len(records) - 1, 0, 0, 0)  # still published inside the scope: the listing omitted it (issue 13.1)
+    assert list(full["reconciliation"]["flags"]) == ["listing_omitted"]
+    assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
     assert rows(warehouse_dir, "SELECT count(*) FROM changes") == [(0,)]
     assert rows(warehouse_dir, "SELECT count(*) FROM studies") == [(len(records),)]
 

@@ -30,7 +30,8 @@ def synced(prefect_api: str, registry: FakeRegistry, warehouse_dir: Path) -> Pat
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["sync", "--ids", "NCT123"], "invalid NCT id 'NCT123'"),
+    (["sync", "--ids", "NCT00000000"], "invalid NCT id 'NCT00000000'"),
+    (["sync", "--query", "NCT05766735"], "--query holds only NCT ids"),
     (["sync", "--since", "yesterday"], "--since expects a date as YYYY-MM-DD, got 'yesterday'"),
     (["sync", "--status", "RUNNING"], "unknown status 'RUNNING'"),
     (["sync", "--page-size", "5000"], "--page-size must be between 1 and 1000"),
@@ -174,7 +175,18 @@ def test_a_failed_sync_exits_1_with_one_line_and_no_traceback(prefect_api: str, 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("trialsync: error:")]
-    assert errors == ["trialsync: error: HTTP 500: Internal Server Error"]
+    assert errors == ["trialsync: error: HTTP 500: Internal Server Error (2 tries)"]
+    assert not (tmp_path / "w" / "warehouse.duckdb").exists()
+
+
+def test_an_unreachable_registry_fails_after_max_attempts_tries_with_one_line(prefect_api: str,
+                                                                             tmp_path: Path) -> None:
+    result = run_cli("sync", "--api-url", "http://127.0.0.1:1/api/v2", "--warehouse", str(tmp_path / "w"),
+                     "--max-attempts", "3", "--backoff", "0.01", "--quiet", env={"PREFECT_API_URL": prefect_api})
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()  # one line: no retry warnings, no Prefect noise
+    assert line.startswith("trialsync: error: connection failed: ConnectionError: ")
+    assert line.endswith("[Errno 111] Connection refused (3 tries)")
     assert not (tmp_path / "w" / "warehouse.duckdb").exists()
 
 

@@ -223,3 +223,43 @@ def test_any_value_anywhere_in_a_real_record_gives_a_version_or_a_quarantine_nev
     assert len(plan.versions) + len(plan.quarantined) == 1
     if plan.quarantined:
         assert plan.quarantined[0].reason and "\n" not in plan.quarantined[0].reason
+
+
+def test_results_parents_with_empty_lists_keep_one_row_and_lose_no_field() -> None:
+    """A class without categories, a category without values, a milestone without counts, an adverse
+    event without stats, a denominator without counts: each still gives one row carrying its own
+    fields (the item columns NULL), so every leaf of the record stays in a typed column."""
+    record = next(r for r in real_records() if "resultsSection" in r
+                  and r["resultsSection"].get("adverseEventsModule", {}).get("seriousEvents"))
+    results = ("resultsSection",)
+    outcome = (*results, "outcomeMeasuresModule", "outcomeMeasures", 0)
+    emptied = record
+    for path in [(*outcome, "classes", 0, "categories", 0, "measurements"),
+                 (*results, "participantFlowModule", "periods", 0, "milestones", 0, "achievements"),
+                 (*results, "adverseEventsModule", "seriousEvents", 0, "stats"),
+                 (*outcome, "denoms", 0, "counts")]:
+        emptied = mutate.set_path(emptied, path, [])
+    rows = flatten(parse_record(emptied).study)
+    before = flatten(parse_record(record).study)
+
+    def first(table: str, **where: Any) -> dict[str, Any]:
+        columns = rows[table]
+        index = next(i for i in range(len(columns["ordinal"]))
+                     if all(columns[k][i] == v for k, v in where.items()))
+        return {k: v[index] for k, v in columns.items()}
+
+    o = record["resultsSection"]["outcomeMeasuresModule"]["outcomeMeasures"][0]
+    category = first("result_measurements", module="outcome", measure_ordinal=0, class_ordinal=0, category_ordinal=0)
+    assert (category["category_title"], category["ordinal"], category["group_id"]) == (
+        o["classes"][0]["categories"][0].get("title"), None, None)
+    flow = record["resultsSection"]["participantFlowModule"]["periods"][0]
+    milestone = first("participant_flow", period_ordinal=0, kind="milestone", item_ordinal=0)
+    assert (milestone["item_type"], milestone["ordinal"], milestone["num_subjects"]) == (
+        flow["milestones"][0]["type"], None, None)
+    event = record["resultsSection"]["adverseEventsModule"]["seriousEvents"][0]
+    assert (lambda e: (e["term"], e["ordinal"], e["num_affected"]))(
+        first("adverse_events", kind="serious", event_ordinal=0)) == (event["term"], None, None)
+    denom = first("result_denoms", module="outcome", measure_ordinal=0, denom_ordinal=0)
+    assert (denom["units"], denom["group_id"]) == (o["denoms"][0]["units"], None)
+    lost = len(o["classes"][0]["categories"][0]["measurements"]) - 1
+    assert len(rows["result_measurements"]["ordinal"]) == len(before["result_measurements"]["ordinal"]) - lost

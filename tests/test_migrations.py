@@ -37,7 +37,7 @@ def as_previous_release(root: Path) -> None:
     store = Warehouse(root)
     manifest = store.manifest()
     old_meta = {k: v for k, v in manifest.meta.items() if k != HASH_RULE_KEY}
-    run = RunWriter(store, "20000101T000000Z-oldrel", Manifest(manifest.entries, old_meta))
+    run = RunWriter(store, "20000101T000000Z-oldrel", Manifest(manifest.entries, old_meta, manifest.generation))
     with store.committed() as con:
         table = con.sql("SELECT * FROM raw_study_versions ORDER BY nct_id, version").to_arrow_table()
     hashes = [previous_release_hash(orjson.loads(raw)) if raw is not None else digest

@@ -11,6 +11,7 @@ import pytest
 from pipeline.reconcile import (
     RunFacts,
     Thresholds,
+    listing_omitted,
     missing_ids,
     reconcile,
     status_counts,
@@ -41,8 +42,8 @@ def by_name(run_facts: RunFacts) -> dict[str, tuple[str, int]]:
 
 def test_a_clean_incremental_run_passes_and_skips_the_full_run_checks() -> None:
     assert by_name(facts()) == {"total_count": ("ok", 0), "missing_ids": ("skipped", 0),
-                                "unexpected_ids": ("skipped", 0), "zero_update_weekdays": ("ok", 0),
-                                "status_counts": ("ok", 0)}
+                                "listing_omitted": ("skipped", 0), "unexpected_ids": ("skipped", 0),
+                                "zero_update_weekdays": ("ok", 0), "status_counts": ("ok", 0)}
 
 
 def test_a_listing_short_of_the_total_count_fails() -> None:
@@ -71,6 +72,27 @@ def test_unexpected_ids_are_new_studies_older_than_the_last_window() -> None:
     assert (check.status, check.ids, check.data["new_since_last_run"]) == ("warn", ("NCT00000002",), ["NCT00000003"])
     asked = unexpected_ids(facts(mode="full", requested_ids=("NCT00000001", "NCT00000002", "NCT00000009")))
     assert (asked.status, asked.ids) == ("warn", ("NCT00000003",))
+
+
+def test_a_study_listed_again_after_leaving_the_scope_is_named_returned_never_claimed_unseen() -> None:
+    run_facts = facts(mode="full", previous_watermark=date(2026, 5, 1), members_before=frozenset({"NCT00000001"}),
+                      former_members=frozenset({"NCT00000002"}),
+                      seen_dates={"NCT00000001": MONDAY, "NCT00000002": date(2026, 4, 1)})
+    check = unexpected_ids(run_facts)
+    assert (check.status, check.flagged, check.data["returned"], check.data["new_since_last_run"]) == (
+        "ok", 0, ["NCT00000002"], [])
+    assert check.detail == ("0 new studies since the last run, none missed by earlier runs, 1 listed again after "
+                            "leaving the scope: NCT00000002")
+
+
+def test_listing_omitted_warns_naming_the_studies_the_listing_left_out_but_the_registry_still_serves() -> None:
+    clean = listing_omitted(facts(mode="full"))
+    assert (clean.status, clean.flagged) == ("ok", 0)
+    gap = listing_omitted(facts(mode="full", omitted=frozenset({"NCT00000003", "NCT00000002"})))
+    assert (gap.status, gap.flagged, gap.ids) == ("warn", 2, ("NCT00000002", "NCT00000003"))
+    assert gap.detail == ("the listing left out 2 studies that the registry still publishes inside the scope "
+                          "(kept, not retired): NCT00000002, NCT00000003")
+    assert listing_omitted(facts(omitted=frozenset({"NCT00000003"}))).status == "skipped"
 
 
 def test_missing_ids_warn_only_for_studies_gone_from_the_registry_not_for_those_that_left_the_scope() -> None:
@@ -129,6 +151,7 @@ def test_reconciliation_flags_a_scope_whose_full_run_lost_three_studies(
         rows = con.execute("""SELECT "check", status, expected, observed, flagged, ids FROM reconciliation
                               WHERE run_id = ? ORDER BY "check" """, [full["run_id"]]).fetchall()
     assert rows == [
+        ("listing_omitted", "ok", 0, 0, 0, []),
         ("missing_ids", "warn", 326, 323, 3, gone),
         ("status_counts", "ok", 326, 323, 0, []),
         ("total_count", "ok", 323, 323, 0, []),

@@ -41,7 +41,7 @@ def upgrade(warehouse: Warehouse, run_id: str, manifest: Manifest) -> Manifest:
     if manifest.meta.get(HASH_RULE_KEY) == HASH_RULE:
         return manifest
     if not manifest.files("study_versions"):
-        return Manifest(manifest.entries, {**manifest.meta, HASH_RULE_KEY: HASH_RULE})
+        return Manifest(manifest.entries, {**manifest.meta, HASH_RULE_KEY: HASH_RULE}, manifest.generation)
     rehash(warehouse, f"{run_id}-migrate", manifest)
     return warehouse.manifest()
 

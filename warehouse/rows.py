@@ -99,17 +99,24 @@ def changes_table(changes: Sequence[Change]) -> pa.Table:
 
 
 def child_tables(versions: Sequence[NewVersion]) -> dict[str, pa.Table]:
-    """The flattened rows of ``versions`` (``NewVersion.rows``), one Arrow table per child table."""
+    """The flattened rows of ``versions`` (``NewVersion.rows``), one Arrow table per child table.
+
+    Column-wise, and only over the versions that have rows in the table (most have none in the
+    results tables): the cost is per row, not per (table, version)."""
     out = {}
     for table, schema in CHILD_TABLES.items():
-        parts = [(v, v.rows[table]) for v in versions if table in v.rows]
-        keys = [(v.core.nct_id, v.version, len(next(iter(columns.values())))) for v, columns in parts]
+        names = schema.names[2:]
+        first = names[0]
+        parts = [(v.core.nct_id, v.version, columns) for v in versions
+                 if (columns := v.rows.get(table)) is not None and columns[first]]
+        counts = [len(columns[first]) for _, _, columns in parts]
         arrays = [
-            pa.array(list(chain.from_iterable(repeat(nct, n) for nct, _, n in keys)), pa.string()),
-            pa.array(list(chain.from_iterable(repeat(version, n) for _, version, n in keys)), pa.int32()),
+            pa.array(list(chain.from_iterable(repeat(nct, n) for (nct, _, _), n in zip(parts, counts, strict=True))),
+                     pa.string()),
+            pa.array(list(chain.from_iterable(repeat(version, n)
+                                              for (_, version, _), n in zip(parts, counts, strict=True))), pa.int32()),
         ]
-        for field in list(schema)[2:]:
-            arrays.append(pa.array(list(chain.from_iterable(columns[field.name] for _, columns in parts)),
-                                   field.type))
+        for name, field in zip(names, list(schema)[2:], strict=True):
+            arrays.append(pa.array([value for _, _, columns in parts for value in columns[name]], field.type))
         out[table] = pa.Table.from_arrays(arrays, schema=schema)
     return out

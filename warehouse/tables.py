@@ -142,6 +142,7 @@ STUDY_REWRITES = pa.schema(
 # Child tables: the flattened parts of each version (pipeline/flatten.py), keyed by (nct_id, version).
 _STR, _INT, _F64, _BOOL, _DATE, _STRS = pa.string(), pa.int32(), pa.float64(), pa.bool_(), pa.date32(), \
     pa.list_(pa.string())
+_DATES = pa.list_(pa.date32())
 
 
 def _child(*columns: tuple[str, pa.DataType]) -> pa.Schema:
@@ -187,6 +188,13 @@ CHILD_TABLES: dict[str, pa.Schema] = {
     "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
     **REGISTRY_TABLES,
     **RESULTS_TABLES,
+    # pipeline/fdaaa.py: the inputs of the FDAAA 801 judgement (warehouse/analyses.py), one row per version
+    "fdaaa_inputs": _child(("study_type", _STR), ("overall_status", _STR), ("phase_set", _STR),
+                           ("is_fda_regulated_drug", _BOOL), ("is_fda_regulated_device", _BOOL),
+                           ("primary_purpose", _STR), ("start_date", _DATE), ("primary_completion_date", _DATE),
+                           ("completion_date", _DATE), ("covered_intervention", _BOOL), ("us_site", _BOOL),
+                           ("certificate_date", _DATE), ("results_first_submitted", _DATE),
+                           ("qc_submission_dates", _DATES), ("qc_cancelled_dates", _DATES)),
 }
 
 # The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
