@@ -27,9 +27,9 @@ _lock = threading.Lock()
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM to ``_on_signal`` (from the main thread, before Prefect is imported)."""
+    """Route SIGINT and SIGTERM to ``on_signal`` (from the main thread, before Prefect is imported)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
+        signal.signal(signum, on_signal)
     # Exit hooks run last-registered first: registered before Prefect is imported, this one runs after
     # Prefect's own (which drain logs to its temporary server, then stop it), and stops what is left.
     atexit.register(reap)
@@ -45,7 +45,8 @@ def exit_code() -> int:
     return 128 + (_signalled or signal.SIGINT)
 
 
-def _on_signal(signum: int, frame: Any) -> None:
+def on_signal(signum: int, frame: Any) -> None:
+    """The handler: the first signal raises ``KeyboardInterrupt`` and starts the deadline; a second leaves."""
     global _signalled
     with _lock:
         first = _signalled is None

@@ -28,8 +28,24 @@ STARTUP_SECONDS = 120.0
 STOP_SECONDS = 4.0  # then SIGKILL: a stopped serve is gone within 10 s
 
 
+def serve(*served: Any) -> None:
+    """Prefect's ``serve``, with SIGTERM handled like SIGINT (``flows.lifecycle``: the run unwinds and a
+    deadline bounds the stop) instead of the runner's own handler, whose graceful shutdown has no bound."""
+    import asyncio
+
+    from prefect.runner import Runner
+
+    from flows import lifecycle
+
+    runner = Runner(pause_on_shutdown=True)
+    for deployment in served:
+        runner.add_deployment(deployment)
+    runner.handle_sigterm = lambda *args: lifecycle.on_signal(signal.SIGTERM, None)  # type: ignore[method-assign]
+    with suppress(KeyboardInterrupt):  # the CLI's main() reports the signal
+        asyncio.run(runner.start())
+
+
 def serve_deployments(deployments: list[Deployment], console: Console) -> None:
-    from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     served = runner_deployments(deployments)
