@@ -23,7 +23,7 @@ from warehouse.heads import HEAD_SCHEMA
 STAGES = {
     "read + inflate + CRC (libdeflate)": [("bulk.py", "read")],
     "JSON parse (orjson.loads)": [("~", "<built-in method orjson.loads>"), ("~", "<orjson.loads>")],
-    "canonical JSON + BLAKE2b (content_hash)": [("hashing.py", "content_hash")],
+    "canonical form + BLAKE2b (hash_and_unknown)": [("hashing.py", "hash_and_unknown")],
     "typed core columns (parse_study)": [("parse.py", "parse_study")],
     "Arrow tables (rows.plan_tables)": [("rows.py", "plan_tables")],
     "Parquet write + zstd (ParquetWriter)": [("core.py", "write_table"), ("core.py", "close")],

@@ -1,17 +1,21 @@
 """``send_alerts``: evaluate a watchlist against the change feed and deliver what is new, once.
 
-plan (read the committed warehouse: each watch's candidate changes, the delivery ledger; pure
-``plan_alerts``) -> deliver (one task per channel) -> record (one commit of the ledger rows and
-the run's row) -> a markdown and a table artifact. One alerts run at a time (a lock of its own,
-so syncs are not held up while messages go out); the writer lock only for the commit.
+plan (read the committed warehouse: each watch's candidate changes, the ledger; pure ``plan_alerts``)
+-> outbox (one commit of the new messages, BEFORE anything is sent) -> deliver (one task per
+channel: the outbox's undelivered messages first, then the new ones) -> record (one commit of each
+attempt's outcome and the run's row) -> a markdown and a table artifact. One alerts run at a time
+(a lock of its own, so syncs are not held up while messages go out); the writer lock only for the
+two commits.
 
-The guarantee: a (watch, change, channel) that the ledger records as sent is never sent again, by a
-repeated run or after ``rederive`` (change ids are stable). A failed delivery is recorded as failed
-and is due again on every later run until it is sent. The one window: a process killed after a
-message left and before the ledger commit sends that message again on the next run, with the same
-message id (webhook ``Idempotency-Key`` and ``message_id``, e-mail ``Message-ID``, feed entry id),
-so receivers can drop the repeat and the feed never shows it twice. Recording an intent first would
-turn that window into a possible loss; for alerts we chose possible repetition over silence.
+The guarantee (an outbox): a message is in the ledger before it leaves. Until the ledger records it
+as delivered, every later run sends it again exactly as it was: same id (webhook ``Idempotency-Key``
+and ``message_id``, e-mail ``Message-ID``, feed entry id), same changes, same payload, so a receiver
+drops the repeat and the feed shows it once. That covers a process killed after sending and before
+the outcome's commit, a delivery that timed out although the receiver got it, and a failed one. A
+change that any message carried (matched by change id and by what the change is, so a rewritten id
+does not count as new) is never planned again, and a new change never joins an earlier message: it
+goes in a new one. Nothing is lost (a message is written before it is sent) and nothing arrives
+under two ids.
 """
 
 from __future__ import annotations
@@ -26,11 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NONE
-
 from flows import settings
+from flows.engine import NONE, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.message import Message
 from pipeline.alerts.plan import AlertPlan, LedgerState, plan_alerts, sample_message, window_start
@@ -38,7 +39,15 @@ from pipeline.alerts.redact import Redactor
 from pipeline.alerts.watchlist import Channel, SecretRef, Watchlist, parse_watchlist
 from pipeline.errors import DeliveryFailed, UsageError
 from warehouse import Warehouse
-from warehouse.alerts import candidates, check_predicate, delivery_rows, first_seen, ledger_state
+from warehouse.alerts import (
+    candidates,
+    check_predicate,
+    delivery_rows,
+    first_seen,
+    ledger_state,
+    record_outcomes,
+    write_outbox,
+)
 
 RETRY_BACKOFF_SECONDS = 1.0
 
@@ -56,7 +65,7 @@ def load_watchlist(path: str | os.PathLike[str]) -> Watchlist:
             try:
                 check_predicate(watch.studies.where)
             except UsageError as exc:
-                raise UsageError(f"{path}: watch {watch.name!r}: {exc}") from None
+                raise UsageError(f"{path}: watches[{watch.name}].studies.where: {exc}") from None
     return watchlist
 
 
@@ -66,7 +75,7 @@ def check_config(path: str | os.PathLike[str]) -> Watchlist:
     for channel in watchlist.channels.values():
         for ref in channel.secrets():
             if ref.env and not os.environ.get(ref.env):
-                raise UsageError(f"{path}: channel {channel.name!r}: environment variable {ref.env} is not set")
+                raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
     return watchlist
 
 
@@ -148,6 +157,7 @@ class _Run:
         self.store, self.watchlist, self.run_id, self.started = store, watchlist, run_id, started
         self.resolved, self.redactor = resolved, redactor
         self.ledger = LedgerState()
+        self.outbox_committed = False
 
 
 @task(name="plan-alerts", cache_policy=NONE)
@@ -162,6 +172,15 @@ def plan_task(r: _Run) -> AlertPlan:
             start = window_start(watch, seen.get(watch.name), r.started)
             found[watch.name] = candidates(con, watch, start, retry_ids)
     return plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
+
+
+@task(name="write-outbox", cache_policy=NONE)
+def outbox_task(r: _Run, plan: AlertPlan, lock_timeout: float) -> None:
+    """The new messages go into the ledger (committed, durable) before any of them is sent."""
+    if not plan.new:
+        return
+    write_outbox(r.store, r.run_id, plan.new, lock_timeout=lock_timeout)
+    r.outbox_committed = True
 
 
 @task(name="deliver", cache_policy=NONE)
@@ -200,20 +219,21 @@ def _reason(exc: Exception) -> str:
 @task(name="record-deliveries", cache_policy=NONE)
 def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, lock_timeout: float) -> None:
     """One commit: the ledger rows of every outcome and the run's own row."""
+    from flows.sync import new_run_id
+
     finished = datetime.now(UTC)
     attempts = plan.attempts(r.ledger)
-    rows = [row for o in outcomes for row in delivery_rows(o.message, run_id=r.run_id, attempted_at=finished,
-                                                            attempts=attempts, error=o.error)]
-    with r.store.writer(r.run_id, lock_timeout=lock_timeout) as run:
-        run.append_rows("alert_deliveries", rows)
-        run.append_rows("alert_runs", [{
-            "run_id": r.run_id, "started_at": r.started, "finished_at": finished, "watchlist": config,
-            "watches": [w.name for w in r.watchlist.watches], "matched": plan.matched,
-            "messages": len(outcomes), "sent": sum(1 for row in rows if row["status"] == "sent"),
-            "failed": sum(1 for row in rows if row["status"] == "failed"), "already_sent": plan.already_sent,
-            "retried": plan.retries,
-        }])
-        run.commit()
+    rows = [row for o in outcomes for row in delivery_rows(
+        o.message, run_id=r.run_id, attempted_at=finished, attempt=attempts[o.message.message_id], error=o.error)]
+    # The outbox took this run's id (its own commit); the outcomes commit under a later one.
+    commit_id = new_run_id(finished) if r.outbox_committed else r.run_id
+    record_outcomes(r.store, commit_id, rows, {
+        "run_id": r.run_id, "started_at": r.started, "finished_at": finished, "watchlist": config,
+        "watches": [w.name for w in r.watchlist.watches], "matched": plan.matched,
+        "messages": len(outcomes), "sent": sum(1 for row in rows if row["status"] == "sent"),
+        "failed": sum(1 for row in rows if row["status"] == "failed"), "already_sent": plan.already_sent,
+        "retried": plan.retries, "resent": plan.resent,
+    }, lock_timeout=lock_timeout)
 
 
 @flow(name="send_alerts", validate_parameters=True)
@@ -233,6 +253,7 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
     with redacting_logs(redactor), store.lock("alerts", f"alerts run {run_id}", timeout=lock_timeout,
                                               what="another alerts run"):
         plan = plan_task(r)
+        outbox_task(r, plan, lock_timeout)
         by_channel: dict[str, list[Message]] = {}
         for message in plan.messages:
             by_channel.setdefault(message.channel, []).append(message)
@@ -260,7 +281,8 @@ def _summary(r: _Run, plan: AlertPlan, outcomes: list[Outcome], seconds: float) 
         "messages_failed": sum(1 for o in outcomes if o.error),
         "deliveries_sent": sum(len(o.message.changes) for o in outcomes if not o.error),
         "deliveries_failed": sum(len(o.message.changes) for o in outcomes if o.error),
-        "already_sent": plan.already_sent, "retried": plan.retries, "failures": list(failures.values()),
+        "already_sent": plan.already_sent, "retried": plan.retries, "resent": plan.resent,
+        "failures": list(failures.values()),
         "duration_seconds": seconds,
     }
 
@@ -294,7 +316,8 @@ def summary_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str
     lines = [f"# Alerts run {summary['run_id']}", "",
              f"{summary['watches']} watches, {summary['matched']} matching changes: {summary['messages']} messages, "
              f"{summary['messages_sent']} delivered, {summary['messages_failed']} failed; "
-             f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried."]
+             f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried "
+             f"({summary['resent']} messages re-sent unchanged from the outbox)."]
     if summary["failures"]:
         lines += ["", "## Failed (due again on the next run)", "", "| watch | channel | changes | error |",
                   "|---|---|---|---|"]

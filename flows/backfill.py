@@ -16,12 +16,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
-
 from flows import progress, settings
-from flows.sync import RunTotals, SyncSummary, _retryable, commit_run, derive_run_changes, new_run_id
-from pipeline.errors import RegistryNotFound, UsageError
+from flows.engine import NONE, flow, get_run_logger, task
+from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, new_run_id
+from pipeline.errors import (
+    HistoryFormatError,
+    RegistryError,
+    RegistryNotFound,
+    RegistryRejected,
+    RegistryUnavailable,
+    UsageError,
+)
 from pipeline.history import (
     FetchedVersion,
     HistoryIndex,
@@ -31,7 +36,7 @@ from pipeline.history import (
     merge_history,
     select_versions,
 )
-from pipeline.registry.client import RegistryClient, RetryPolicy
+from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
 from pipeline.registry.history import HistoryClient
 from pipeline.versioning import BatchPlan, NewVersion, Quarantined, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
@@ -44,6 +49,8 @@ class BackfillTotals:
     fetched: int = 0  # history versions downloaded
     rewritten: list[str] = field(default_factory=list)  # studies whose history changed
     not_found: list[str] = field(default_factory=list)  # no history in the registry (404)
+    failed: dict[str, str] = field(default_factory=dict)  # study -> why its history could not be used
+    first_error: RegistryError | None = None
 
 
 @dataclass
@@ -61,7 +68,7 @@ class _BatchContext:
         self.extra = BackfillTotals()
 
 
-@task(name="backfill-batch", cache_policy=NONE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retryable)
+@task(name="backfill-batch", cache_policy=NONE)  # no task retries: the client's tries are the total
 def backfill_batch(bc: _BatchContext, nct_ids: list[str]) -> int:
     """Fetch, merge and stage one batch of studies; returns how many studies it rewrote.
 
@@ -69,7 +76,7 @@ def backfill_batch(bc: _BatchContext, nct_ids: list[str]) -> int:
     """
     stored = _stored(bc.run, nct_ids)
     fetched = {nct: _fetch(bc, nct, stored.get(nct, [])) for nct in nct_ids}
-    bc.extra.not_found += [nct for nct, got in fetched.items() if got is None]
+    bc.extra.not_found += [nct for nct, got in fetched.items() if got is None and nct not in bc.extra.failed]
     bc.extra.fetched += sum(len(got.records) for got in fetched.values() if got is not None)
     plan, merges = _plan(bc, stored, fetched)
     bc.run.append_plan(plan, bc.ctx)
@@ -105,12 +112,17 @@ def _fetch(bc: _BatchContext, nct: str, stored: list[StoredVersion]) -> _Fetched
     """The study's index and the versions it has that we have not stored; None if it has no history."""
     try:
         index = bc.history.index(nct)
+        known = {s.registry_version for s in stored if s.registry_version is not None}
+        wanted = select_versions(index, known, bc.modules)
+        return _Fetched(index, [(v, bc.history.version(nct, v)) for v in wanted])
     except RegistryNotFound:
         get_run_logger().warning("%s: the registry has no history for it (404); skipped", nct)
         return None
-    known = {s.registry_version for s in stored if s.registry_version is not None}
-    wanted = select_versions(index, known, bc.modules)
-    return _Fetched(index, [(v, bc.history.version(nct, v)) for v in wanted])
+    except (HistoryFormatError, RegistryRejected) as exc:  # this study's answer, not the registry's health
+        get_run_logger().warning("%s: skipped: %s", nct, exc)
+        bc.extra.failed[nct] = str(exc)
+        bc.extra.first_error = bc.extra.first_error or exc
+        return None
 
 
 def _plan(bc: _BatchContext, stored: dict[str, list[StoredVersion]],
@@ -149,12 +161,13 @@ def backfill_history(
     modules: list[str] | None = None,
     api_url: str | None = None,
     warehouse: str | None = None,
-    request_interval: float = 1.0,
+    request_interval: float = DEFAULT_INTERVAL,
     max_attempts: int = 8,
     backoff_seconds: float = 1.0,
     timeout_seconds: float = 120.0,
     lock_timeout: float = 30.0,
     batch_size: int = 20,
+    retry_budget: float = 60.0,
 ) -> dict[str, Any]:
     """Import the past versions of ``ids`` (or of every followed study) from the registry's history."""
     wanted = check_backfill_args(ids, all_studies)
@@ -164,7 +177,8 @@ def backfill_history(
     run_id = new_run_id(started)
     store = Warehouse(settings.warehouse_dir(warehouse))
     client = RegistryClient(url, min_interval=request_interval, timeout=(min(10.0, timeout_seconds), timeout_seconds),
-                            retry=RetryPolicy(attempts=max_attempts, backoff_base=backoff_seconds))
+                            retry=RetryPolicy(attempts=max_attempts, backoff_base=backoff_seconds,
+                                              budget_seconds=retry_budget))
     history = HistoryClient(client)
     with client, store.writer(run_id, lock_timeout=lock_timeout) as run:
         rules = settings.rules(None, run.manifest.meta)
@@ -175,9 +189,15 @@ def backfill_history(
                 raise UsageError(f"the warehouse {store.root} follows no studies yet: nothing to backfill")
         bc = _BatchContext(history, run, RunContext(run_id, started, "history"), modules)
         progress.emit("start", run_id=run_id, mode="backfill", studies=len(wanted))
-        batch = backfill_batch.with_options(retry_delay_seconds=backoff_seconds * 10)
+        batch = backfill_batch
+        stopped: RegistryUnavailable | None = None
         for i in range(0, len(wanted), batch_size):
-            batch(bc, wanted[i: i + batch_size])
+            try:
+                batch(bc, wanted[i: i + batch_size])
+            except RegistryUnavailable as exc:  # keep the batches fetched so far: commit them, then fail
+                stopped = exc
+                break
+        _fail_when_nothing_came(bc, wanted, url, stopped)
         totals = bc.totals
         run.seal("study_rewrites")
         with store.committed() as con:
@@ -190,7 +210,27 @@ def backfill_history(
         summary = SyncSummary(run_id, "backfill", scope, None, round(time.monotonic() - clock, 3), totals)
         commit_run(run, summary, started, params={"modules": ",".join(modules or [])}, api_url=url)
     result = {**summary.as_dict(), "fetched": bc.extra.fetched, "rewritten": len(bc.extra.rewritten),
-              "not_found": bc.extra.not_found, "requests": client.requests_made}
+              "not_found": bc.extra.not_found, "failed": bc.extra.failed, "requests": client.requests_made}
     progress.emit("done", **result)
+    if stopped is not None:
+        raise RegistryUnavailable(f"backfill stopped after {totals.studies_seen} of {len(wanted)} studies (those "
+                                  f"are committed in run {run_id}): {stopped}", url=stopped.url,
+                                  status=stopped.status) from None
     return result
+
+
+def _fail_when_nothing_came(bc: _BatchContext, wanted: list[str], url: str,
+                            stopped: RegistryUnavailable | None) -> None:
+    """Loudly, before committing: no study gave a usable history (all 404, or every answer was unusable)."""
+    if stopped is not None and bc.totals.studies_seen:
+        return
+    if stopped is not None:
+        raise stopped
+    done = len(wanted) - len(bc.extra.not_found) - len(bc.extra.failed)
+    if not wanted or done > 0:
+        return
+    if bc.extra.first_error is not None:
+        raise bc.extra.first_error
+    raise RegistryNotFound(f"the registry has no history for any of the {len(wanted)} studies asked for (every "
+                           f"history request answered 404): is {url} the registry?", url=url, status=404)
 

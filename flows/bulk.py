@@ -6,8 +6,8 @@ its members batch by batch, plans versions against the shard's slice of the head
 shard's part files; the run commits once, atomically, as mode ``bulk``, scope ``all``, source
 ``bulk``, with the newest ``lastUpdatePostDate`` as the scope's watermark, so a later
 ``trialsync sync`` continues incrementally from it. Shard tasks are plain functions of picklable
-jobs: they run in worker processes (both cores), or on a Dask cluster (``DaskTaskRunner``) whose
-workers see the archive and the warehouse on a shared filesystem.
+jobs: they run in worker processes (both cores), or on a Dask cluster's workers (no Prefect there),
+which see the archive and the warehouse on a shared filesystem.
 
 Memory: a worker holds one batch of records and its shard's heads; the flow holds the archive's
 member offsets and the columnar head index (~45 + ~55 bytes a study).
@@ -18,23 +18,22 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
-from prefect.futures import as_completed, wait
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-
 from flows import progress, settings
+from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
+from flows.lifecycle import ignore_interrupts
 from flows.shards import CANCEL_MARKER, DEFAULT_BATCH_SIZE, ShardJob, ShardResult, process_shard
-from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes
+from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, log_stale
 from pipeline.errors import UsageError
-from pipeline.registry.bulk import BulkArchive, download, is_url
+from pipeline.registry.bulk import BulkArchive, is_url
+from pipeline.registry.download import download
 from pipeline.versioning import RunContext
 from warehouse import Warehouse
 from warehouse.heads import HEAD_SCHEMA
@@ -44,14 +43,15 @@ BULK_SCOPE = "all"  # the bulk file is the whole registry: the same scope as a p
 
 @task(name="load-shard", cache_policy=NONE, task_run_name="shard-{job.key}")
 def load_shard(job: ShardJob, pool: Executor | None = None) -> ShardResult:
-    """One shard: in ``pool`` (this machine's worker processes) or right where the task runs (a Dask
-    worker). Prefect's own process runner costs ~0.5 s a task here; a plain pool costs ~nothing."""
+    """One shard: in ``pool`` (this machine's worker processes, or a Dask cluster's workers) or right
+    here. The task itself stays in the flow's process, so its run is reported from there and workers
+    never talk to Prefect. Prefect's own process runner costs ~0.5 s a task here; a pool ~nothing."""
     if pool is None:
         return process_shard(job)
     return pool.submit(process_shard, job).result()
 
 
-@task(name="fetch-bulk-file", cache_policy=NONE, retries=2, retry_delay_seconds=10)
+@task(name="fetch-bulk-file", cache_policy=NONE)  # download() resumes and retries itself
 def fetch_bulk_file(source: str, directory: str) -> str:
     return str(download(source, Path(directory)))
 
@@ -64,11 +64,13 @@ def load_bulk(
     lock_timeout: float = 30.0,
     download_dir: str | None = None,
     processes: int | None = None,
+    dask: str | None = None,
 ) -> dict[str, Any]:
     """Load a bulk zip (path or URL) into the warehouse as one run; returns the run's summary.
 
-    ``processes``: run the shard work in that many local worker processes; None runs it where the
-    task runner runs the task (a Dask worker, or this process)."""
+    ``processes``: run the shard work in that many local worker processes (None: in this process).
+    ``dask``: run it on a Dask cluster instead: a scheduler address, or ``local`` for a local cluster
+    of ``processes`` workers."""
     clock = time.monotonic()
     store = Warehouse(settings.warehouse_dir(warehouse))
     path = source
@@ -78,7 +80,7 @@ def load_bulk(
     started = datetime.now(UTC)
     run_id = f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
     logger = get_run_logger()
-    pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn")) if processes else nullcontext(None)
+    pool = shard_executor(processes, dask)
     with store.writer(run_id, lock_timeout=lock_timeout) as run, pool as executor:
         previous_watermark = run.watermark(BULK_SCOPE)
         baseline = not run.has_runs(BULK_SCOPE)
@@ -103,7 +105,7 @@ def load_bulk(
             # and wait for them, so that the rollback deletes every file of the run.
             (run.dir / CANCEL_MARKER).touch()
             if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
+                _shutdown(executor)
             wait(futures)
             raise
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
@@ -128,31 +130,64 @@ def _add(totals: RunTotals, shard: ShardResult) -> None:
     totals.versions_written += shard.versions
     totals.unchanged += shard.unchanged
     totals.quarantined += shard.quarantined
+    totals.stale += len(shard.stale)
+    for path, n in shard.unknown_fields.items():
+        totals.unknown_fields[path] = totals.unknown_fields.get(path, 0) + n
+    if shard.stale:
+        log_stale(shard.stale)
     totals.watermark = max(filter(None, [totals.watermark, shard.newest_update]), default=None)
 
 
-def execution(workers: int | None = None, dask: str | None = None) -> tuple[TaskRunner[Any], int | None]:
-    """The task runner and local worker processes for a bulk load.
+def execution(workers: int | None = None, dask: str | None = None) -> tuple[int, int | None]:
+    """Task threads and worker processes for a bulk load.
 
-    ``dask``: a scheduler address, or ``local`` for a local Dask cluster of ``workers`` processes; the
-    shard work runs in the Dask workers. Otherwise tasks run in threads here and hand the work to
-    ``workers`` local processes (default: one per core); ``workers=1`` does it all in this process."""
+    Shard tasks run in threads of the flow's process and hand the work to an executor: ``workers``
+    local processes (default: one per core; ``1`` = in this process), or with ``dask`` the workers
+    of a Dask cluster (an address, or ``local`` for a local cluster of ``workers`` processes)."""
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
     n = workers or os.cpu_count() or 1
     if dask:
-        from prefect_dask import DaskTaskRunner
-
-        if dask == "local":
-            return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
-                                                  "dashboard_address": None}), None
-        return DaskTaskRunner(address=dask), None
+        # The threads only wait for the cluster: enough of them to keep a bigger cluster busy too.
+        return max(2 * n, 16), n
     # Twice as many task threads as processes: the next shard is queued while the others run.
-    return ThreadPoolTaskRunner(max_workers=2 * n if n > 1 else 1), (n if n > 1 else None)
+    return (2 * n if n > 1 else 1), (n if n > 1 else None)
+
+
+def shard_executor(processes: int | None, dask: str | None) -> AbstractContextManager[Executor | None]:
+    """The executor of the shard work (see ``execution``), closed (and its processes gone) on exit."""
+    if dask:
+        return _dask_executor(dask, processes or os.cpu_count() or 1)
+    if processes:
+        return ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=ignore_interrupts)
+    return nullcontext(None)
+
+
+@contextmanager
+def _dask_executor(address: str, n_workers: int) -> Iterator[Executor]:
+    """Shard work as plain functions on Dask workers: they need this code, the archive and the
+    warehouse directory at the same paths, and nothing of Prefect (no API, no server)."""
+    from distributed import Client, LocalCluster
+
+    cluster = (LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+               if address == "local" else nullcontext(address))
+    with cluster as target, Client(target) as client:
+        executor = client.get_executor(pure=False)
+        try:
+            yield executor
+        finally:
+            executor.shutdown(wait=False)
+
+
+def _shutdown(executor: Executor) -> None:
+    try:
+        executor.shutdown(wait=True, cancel_futures=True)
+    except TypeError:  # a Dask ClientExecutor: no cancel_futures; running shards stop at the marker
+        executor.shutdown(wait=True)
 
 
 def run_load_bulk(params: dict[str, Any], *, workers: int | None = None, dask: str | None = None) -> dict[str, Any]:
     """``load_bulk`` with the chosen execution (see ``execution``)."""
-    runner, processes = execution(workers, dask)
-    result: dict[str, Any] = load_bulk.with_options(task_runner=runner)(**params, processes=processes)
+    threads, processes = execution(workers, dask)
+    result: dict[str, Any] = load_bulk.with_options(threads=threads)(**params, processes=processes, dask=dask)
     return result

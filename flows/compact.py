@@ -6,9 +6,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow, get_run_logger
-
 from flows import settings
+from flows.engine import flow, get_run_logger
 from flows.sync import RunTotals, SyncSummary, commit_run, new_run_id
 from pipeline.errors import UsageError
 from warehouse import Warehouse

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from pipeline.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_FILE = ROOT / "deploy" / "prefect.yaml"
+# Parameters that name a file: like the entrypoints, relative to the clone's root, so that
+# `trialsync serve` started from any directory finds them (a worker runs in the root anyway).
+PATH_PARAMETERS = ("config", "rules_file")
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,14 @@ def _deployment(spec: dict[str, Any]) -> Deployment:
         RawScheduleConfig.model_validate(config)
         schedules.append(DeploymentScheduleCreate(**_schedule_config_to_deployment_schedule(dict(config))))
     triggers = _initialize_deployment_triggers(name, [dict(t) for t in spec.get("triggers") or []])
-    return Deployment(name=name, entrypoint=entrypoint, parameters=dict(spec.get("parameters") or {}),
+    return Deployment(name=name, entrypoint=entrypoint, parameters=_resolve_paths(dict(spec.get("parameters") or {})),
                       schedules=schedules, triggers=list(triggers), tags=list(spec.get("tags") or []),
                       description=spec.get("description"), concurrency_limit=_limit(spec.get("concurrency_limit")))
+
+
+def _resolve_paths(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {key: str(ROOT / value) if key in PATH_PARAMETERS and isinstance(value, str) and value
+            and not Path(value).expanduser().is_absolute() else value for key, value in parameters.items()}
 
 
 def _limit(value: Any) -> Any:
@@ -94,9 +103,18 @@ def _limit(value: Any) -> Any:
 
 def runner_deployments(deployments: list[Deployment]) -> list[Any]:
     """Prefect ``RunnerDeployment``s to ``serve`` (deployments whose flow is absent are left out)."""
-    return [d.load_flow().to_deployment(
-        name=d.name, parameters=d.parameters, schedules=d.schedules, triggers=d.triggers or None, tags=d.tags,
-        description=d.description, concurrency_limit=d.concurrency_limit) for d in deployments if d.available()]
+    served = []
+    for d in deployments:
+        if not d.available():
+            continue
+        deployment = d.load_flow().to_deployment(
+            name=d.name, parameters=d.parameters, schedules=d.schedules, triggers=d.triggers or None, tags=d.tags,
+            description=d.description, concurrency_limit=d.concurrency_limit)
+        # The file's entrypoint (a Prefect flow), relative to where serve runs, as Prefect's own would be.
+        path, function = d.entrypoint.split(":", 1)
+        deployment.entrypoint = f"{os.path.relpath(ROOT / path)}:{function}"
+        served.append(deployment)
+    return served
 
 
 def describe(d: Deployment) -> str:
@@ -107,3 +125,22 @@ def describe(d: Deployment) -> str:
 def _when(schedule: Any) -> str:
     s = schedule.schedule
     return f"cron '{s.cron}' {s.timezone or 'UTC'}" if hasattr(s, "cron") else str(s)
+
+
+def check_config_files(deployments: list[Deployment]) -> None:
+    """The config files the deployments name (a watchlist ``config``, a ``rules_file``), validated
+    whole before anything is served: one ``FILE: key: what is wrong`` line, exit 2. Relative paths
+    are the project's (the flows run in the clone's root)."""
+    from flows import settings
+    from flows.alerts import load_watchlist
+
+    for d in deployments:
+        params = d.parameters
+        if isinstance(params.get("config"), str):
+            load_watchlist(_in_project(params["config"]))
+        if isinstance(params.get("rules_file"), str):
+            settings.rules(str(_in_project(params["rules_file"])), {})
+
+
+def _in_project(path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else ROOT / path

@@ -8,10 +8,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NONE
-
+from flows.engine import NONE, create_markdown_artifact, create_table_artifact, get_run_logger, task
 from pipeline.reconcile import FAIL, OK, SKIPPED, WARN, Check, RunFacts, reconcile, to_markdown, worst
 from warehouse import RunWriter
 from warehouse.health import reconciliation_rows, scope_state
@@ -21,14 +18,15 @@ from warehouse.health import reconciliation_rows, scope_state
 def reconcile_run(run: RunWriter, *, scope: str, mode: str, baseline: bool, total_count: int | None,
                   studies_seen: int, seen: set[str], previous_watermark: date | None, since: date | None,
                   started: datetime, requested_ids: tuple[str, ...] = (), exited: Iterable[str] = (),
-                  left_scope: Iterable[str] = ()) -> list[Check]:
+                  left_scope: Iterable[str] = (), omitted: Iterable[str] = ()) -> list[Check]:
     """Run every check and stage its rows in the run's ``reconciliation`` table."""
     state = scope_state(run, scope, seen, exited)
     facts = RunFacts(scope=scope, mode=mode, baseline=baseline, total_count=total_count,
                      studies_seen=studies_seen, seen_dates=state.seen_dates, members_before=state.members_before,
                      previous_watermark=previous_watermark, since=since, today=started.date(),
                      status_counts=state.status_counts, previous_status_counts=state.previous_status_counts,
-                     requested_ids=requested_ids, left_scope=frozenset(left_scope))
+                     requested_ids=requested_ids, left_scope=frozenset(left_scope),
+                     omitted=frozenset(omitted), former_members=state.former_members)
     checks = reconcile(facts)
     run.append_rows("reconciliation", reconciliation_rows(run.run_id, scope, mode, started, checks))
     logger = get_run_logger()

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from pipeline.errors import UsageError
 from pipeline.report.page import render
 from warehouse import Warehouse
-from warehouse.report_data import Period, digest, latest_run, study
+from warehouse.report_data import Period, compliance, digest, latest_run, study
+
+COMPLIANCE_WINDOW_DAYS = 30  # the newly overdue trials' window when the report has no --since
 
 
 def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (), run_id: str | None = None,
                  since: date | None = None, until: date | None = None, now: datetime | None = None) -> Path:
     """Studies' timelines (``ncts``) and a digest (of ``run_id``, of ``since``..``until``, or, with
-    neither and no study, of the latest run). Written atomically; returns the file's path."""
+    neither and no study, of the latest run) with FDAAA compliance on ``until`` (default: today; newly
+    overdue since ``since``, default 30 days earlier). Written atomically; returns the file's path."""
     if run_id and (since or until):
         raise UsageError("--run and --since/--until exclude each other")
     if since and until and since > until:
@@ -30,7 +33,13 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
         elif not ncts:
             period = Period(latest_run(con))
         summary = digest(con, period) if period else None
-    html = render(studies=studies, digest=summary, generated_at=now or datetime.now(UTC), source=str(store.root))
+        generated = now or datetime.now(UTC)
+        as_of = until or generated.date()
+        fdaaa = (compliance(con, as_of, since or as_of - timedelta(days=COMPLIANCE_WINDOW_DAYS))
+                 if period else None)
+    # A report is mailed: it names the warehouse directory, not where it lives on this machine.
+    html = render(studies=studies, digest=summary, compliance=fdaaa, generated_at=generated,
+                  source=store.root.resolve().name)
     output = output.expanduser().resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")

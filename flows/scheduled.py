@@ -1,4 +1,5 @@
-"""``scheduled_sync``: the flow behind the scheduled deployments of ``deploy/prefect.yaml``.
+"""``scheduled_sync``: the flow behind the scheduled deployments of ``deploy/prefect.yaml`` (and the
+Prefect flow of ``send_alerts`` for the alerts deployment).
 
 It syncs each configured scope in turn (one ``sync_registry`` subflow per scope, each with its own
 reconciliation), skips itself when it starts too late to matter (the next run catches up from the
@@ -13,9 +14,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows import alerts
 from flows.sync import sync_registry
 from pipeline.errors import TrialsyncError
 from pipeline.operations import scope_kwargs, stale_reason
+from pipeline.registry.client import DEFAULT_INTERVAL
+
+# Deployment entrypoints must name Prefect flows: the one of ``send_alerts`` (``flows.engine`` builds it
+# on first use; ``trialsync alerts run`` calls the same function without Prefect when no server is there).
+send_alerts = alerts.send_alerts.prefect
 
 
 class ScheduledSyncFailed(TrialsyncError):
@@ -30,7 +37,7 @@ def scheduled_sync(
     warehouse: str | None = None,
     api_url: str | None = None,
     page_size: int = 1000,
-    request_interval: float = 1.0,
+    request_interval: float = DEFAULT_INTERVAL,
     rules_file: str | None = None,
 ) -> dict[str, Any]:
     """Sync every scope (incremental from each scope's watermark, or ``full``); returns each run's summary."""

@@ -8,12 +8,13 @@ server is configured (``PREFECT_API_URL``) this starts one on 127.0.0.1 for as l
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from flows.deployments import Deployment, runner_deployments
 from pipeline.errors import TrialsyncError
 
 STARTUP_SECONDS = 120.0
+STOP_SECONDS = 4.0  # then SIGKILL: a stopped serve is gone within 10 s
 
 
 def serve_deployments(deployments: list[Deployment], console: Console) -> None:
@@ -47,18 +49,28 @@ def local_server(console: Console) -> Iterator[str]:
     log_path = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser() / "trialsync-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
+        # Its own session: a Ctrl-C or SIGTERM to serve's process group must not kill the server while
+        # serve still needs it to stop cleanly (without it, stopping hung for a minute retrying the API).
         server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(url, server, log_path)
         console.print(f"Prefect server (UI) at http://127.0.0.1:{port}; its log: {log_path}", highlight=False)
         yield url
     finally:
-        server.terminate()
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen[Any]) -> None:
+    """SIGTERM to the server's whole session (uvicorn and what it started), SIGKILL after a few seconds."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(server.pid, signum)
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=STOP_SECONDS)
+            return
         except subprocess.TimeoutExpired:
-            server.kill()
+            continue
 
 
 def _wait_healthy(url: str, server: subprocess.Popen[Any], log_path: Path) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
-import yaml
 
 from pipeline.changes import Rules
+from pipeline.config import parse_rules
 from pipeline.errors import UsageError
 from pipeline.redact import redact
 from pipeline.registry import DEFAULT_API_URL
@@ -65,17 +65,14 @@ def shared_data_dir(flag: str | None = None) -> Path:
 
 
 def rules(path: str | None, meta: Mapping[str, str]) -> Rules:
-    """Severity rules: a YAML file (its ``severity:`` mapping) > the warehouse's stored rules > defaults."""
+    """Severity rules: a YAML file (its ``severity:`` mapping, checked whole: ``FILE: key: what is
+    wrong``) > the warehouse's stored rules > defaults."""
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text()
         except OSError as exc:
             raise UsageError(f"cannot read rules file {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"rules file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("severity", {}), dict):
-            raise UsageError(f"rules file {path} must be a mapping with a 'severity:' mapping")
-        return Rules.from_mapping(data.get("severity", {}))
+        return parse_rules(text, str(path))
     if "rules" in meta:
         return Rules.from_mapping(orjson.loads(meta["rules"]))
     return Rules()

@@ -49,6 +49,8 @@ class ShardResult:
     versions: int = 0
     unchanged: int = 0
     quarantined: int = 0
+    stale: list[str] = field(default_factory=list)  # studies whose member was older than their head
+    unknown_fields: dict[str, int] = field(default_factory=dict)  # keys the schema does not know -> records
     newest_update: date | None = None
     parts: list[StagedFile] = field(default_factory=list)
     seconds: float = 0.0
@@ -103,6 +105,9 @@ def _count(result: ShardResult, plan: BatchPlan, studies: int) -> None:
     result.versions += len(plan.versions)
     result.unchanged += plan.unchanged
     result.quarantined += len(plan.quarantined)
+    result.stale += plan.stale
+    for path, n in plan.unknown_fields.items():
+        result.unknown_fields[path] = result.unknown_fields.get(path, 0) + n
     result.newest_update = max(filter(None, [result.newest_update, plan.newest_update]), default=None)
 
 

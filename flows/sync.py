@@ -2,13 +2,16 @@
 
 gather (fetch a page; the warehouse's heads) -> decide (``plan_batch``, pure) -> apply (stage the
 page's rows). After the last page of a full run, studies that left the listing are looked up by id and
-only those the registry no longer publishes are retired; then the run's changes are derived from the
+only those ``GET /studies/{id}`` answers 404 for are retired; then the run's changes are derived from the
 stored versions and everything commits at once. A failed run commits nothing.
 
 Fetched pages go to the warehouse's page spool first, so a re-run after a crash can replay them
 (``warehouse.spool`` says when that is safe). A page token the registry refuses mid-run (it expired)
 restarts the walk from the first page, at most ``MAX_RESTARTS`` times; pages that come back identical
 are not staged twice, and a study met again in the same run (paging under a moving data set) counts once.
+A large ids scope is walked in batches of ids (one URL of all of them would pass the 8 KB limit); page
+numbers run on across the batches. Page tasks are not retried by Prefect: the client's ``max_attempts``
+is the total number of tries of a request, within the run's retry budget.
 """
 
 from __future__ import annotations
@@ -22,22 +25,28 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
-
 from flows import progress, reconciliation, settings
+from flows.engine import NONE, flow, get_run_logger, task
 from flows.reconciliation import publish_reconciliation, reconcile_run
+from flows.vanished import settle_vanished
 from pipeline.changes import Rules, derive_changes
 from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.parse import record_nct_id
-from pipeline.registry.client import Page, RegistryClient, RetryPolicy, page_from_body
-from pipeline.scope import Scope, check_page_size, lookup_params, resolve_window
+from pipeline.registry.client import (
+    DEFAULT_INTERVAL,
+    Page,
+    RegistryClient,
+    RetryPolicy,
+    check_token_progress,
+    page_from_body,
+)
+from pipeline.scope import Scope, check_page_size, resolve_window
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HeadIndex
 from warehouse.pairs import version_pairs
-from warehouse.rows import changes_table, tombstones_table
+from warehouse.rows import changes_table
 from warehouse.spool import PageSpool
 
 MAX_RESTARTS = 2  # fresh walks from page 1 after the registry refused a page token
@@ -50,6 +59,7 @@ class RunTotals:
     new_studies: int = 0
     versions_written: int = 0
     unchanged: int = 0
+    stale: int = 0  # records older than the stored version (a lagging cache): no version, no change
     quarantined: int = 0
     retired: int = 0
     left_scope: int = 0  # listed by earlier runs, not by this full run, but still in the registry
@@ -58,6 +68,20 @@ class RunTotals:
     watermark: date | None = None
     pages_replayed: int = 0  # taken from the spool of an interrupted run
     restarts: int = 0
+    unknown_fields: dict[str, int] = field(default_factory=dict)  # keys the schema does not know -> records
+
+    def add_plan(self, plan: BatchPlan) -> None:
+        """Count a plan's stale records and schema-unknown keys (the rest is counted by the caller)."""
+        self.stale += len(plan.stale)
+        for path, n in plan.unknown_fields.items():
+            self.unknown_fields[path] = self.unknown_fields.get(path, 0) + n
+        if plan.stale:
+            log_stale(plan.stale)
+
+
+def log_stale(ids: list[str]) -> None:
+    get_run_logger().warning("%d stale record(s), older than the stored version (no version, no change): %s",
+                             len(ids), ", ".join(ids))
 
 
 @dataclass
@@ -80,9 +104,13 @@ class _PageContext:
     """What every page task shares; a plain object so Prefect neither hashes nor walks it."""
 
     def __init__(self, client: RegistryClient, run: RunWriter, index: HeadIndex,
-                 params: dict[str, str], ctx: RunContext, spool: PageSpool | None) -> None:
-        self.client, self.run, self.index, self.params, self.ctx = client, run, index, params, ctx
+                 batches: list[dict[str, str]], ctx: RunContext, spool: PageSpool | None,
+                 scope: Scope | None = None) -> None:
+        self.client, self.run, self.index, self.batches, self.ctx = client, run, index, batches, ctx
+        self.params = batches[0]  # the walk's current request parameters (one batch of a large ids scope)
+        self.scope = scope or Scope()
         self.spool = spool
+        self.batch_totals: dict[int, int] = {}  # first page number of a batch -> its totalCount
         self.written: dict[str, Head] = {}  # heads this run wrote: a study can show up on two pages
         self.totals = RunTotals()
         self.seen: set[str] = set()
@@ -90,6 +118,7 @@ class _PageContext:
         self.counted: set[tuple[str, int]] = set()  # (nct_id, version) already counted in this run
         self.exited: set[str] = set()  # members of the scope that this full run found gone from it
         self.left_scope: set[str] = set()  # ... of which the registry still publishes these
+        self.omitted: set[str] = set()  # unlisted members that the registry still publishes inside the scope
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
@@ -112,16 +141,8 @@ class _PageContext:
         return self.index.lookup(ids) | {nct: self.written[nct] for nct in ids if nct in self.written}
 
 
-def _retryable(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except Exception as exc:
-        return bool(getattr(exc, "retryable", False))
-    return False
-
-
-@task(name="sync-page", cache_policy=NONE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retryable)
-def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
+@task(name="sync-page", cache_policy=NONE)  # no task retries: the client's tries are the total
+def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) -> str | None:
     """Fetch one page, plan its versions and stage them; returns the next page token."""
     page = pc.get_page(token, number)
     crashpoint("page-fetched")
@@ -142,8 +163,10 @@ def sync_page(pc: _PageContext, token: str | None, number: int) -> str | None:
     t.versions_written += len(plan.versions)
     t.unchanged += plan.unchanged
     t.quarantined += len(plan.quarantined)
-    if page.total_count is not None:
-        t.total_count = page.total_count
+    t.add_plan(plan)
+    if page.total_count is not None:  # a batch's first page
+        pc.batch_totals[first] = page.total_count
+        t.total_count = sum(pc.batch_totals.values())
     t.watermark = max(filter(None, [t.watermark, plan.newest_update]), default=None)
     progress.emit("page", number=number, studies=len(page.studies), total=t.total_count,
                   seen=t.studies_seen, versions=t.versions_written)
@@ -162,58 +185,6 @@ def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[Batch
             fresh.append(pair)
     repeats = len(plan.seen) - len(fresh)
     return (dataclasses.replace(plan, seen=fresh, unchanged=plan.unchanged - repeats) if repeats else plan), repeats
-
-
-@task(name="settle-vanished", cache_policy=NONE)
-def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
-    """After a complete full run: studies of the scope that the listing no longer holds are looked up
-    by id, without the scope's filters. Those the registry still publishes left the scope (a status
-    filter they no longer match, a paging slip): their current record is stored like any other, and
-    only the rest are retired. Both are recorded in ``scope_exits``. Returns (left_scope, retired)."""
-    t = pc.totals
-    if t.total_count is not None and t.studies_seen < t.total_count:
-        get_run_logger().warning("saw %d of %d studies: not retiring anything on an incomplete listing",
-                                 t.studies_seen, t.total_count)
-        return 0, 0
-    vanished = sorted(pc.run.scope_members(scope) - pc.seen)
-    if not vanished:
-        return 0, 0
-    try:
-        published = _look_up(pc, vanished)
-    except RegistryError as exc:  # the listing itself is complete: commit it, settle next time
-        get_run_logger().warning("could not look up %d studies that left the scope's listing (%s); "
-                                 "retiring nothing this run", len(vanished), exc)
-        return 0, 0
-    plan, _ = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
-    pc.run.append_plan(plan, pc.ctx)
-    pc.written.update(plan.heads)
-    t.versions_written += len(plan.versions)
-    t.quarantined += len(plan.quarantined)
-    still_there = {nct for nct in map(record_nct_id, published) if nct} & set(vanished)
-    gone = [nct for nct in vanished if nct not in still_there]
-    heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
-    retired = [(nct, head.version + 1, head.content_hash) for nct in gone
-               if (head := heads.get(nct)) is not None and not head.is_removed]
-    pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
-    for nct, version, digest in retired:
-        pc.written[nct] = Head(version, digest, is_removed=True)
-    pc.exited.update(vanished)
-    pc.left_scope.update(still_there)
-    pc.run.append_rows("scope_exits", [
-        {"run_id": pc.ctx.run_id, "scope": scope, "nct_id": nct,
-         "reason": "left_scope" if nct in still_there else "removed"} for nct in vanished])
-    get_run_logger().info("%d studies left the scope but are still in the registry; %d retired",
-                          len(still_there), len(retired))
-    return len(still_there), len(retired)
-
-
-def _look_up(pc: _PageContext, ids: list[str]) -> list[dict[str, Any]]:
-    """The records the registry publishes for ``ids`` (asked by id, in batches)."""
-    found: list[dict[str, Any]] = []
-    for params in lookup_params(ids):
-        for page in pc.client.iter_pages(params):
-            found.extend(page.studies)
-    return found
 
 
 @task(name="derive-changes", cache_policy=NONE)
@@ -243,13 +214,14 @@ def sync_registry(
     page_size: int = 1000,
     api_url: str | None = None,
     warehouse: str | None = None,
-    request_interval: float = 1.0,
+    request_interval: float = DEFAULT_INTERVAL,
     max_attempts: int = 8,
     backoff_seconds: float = 1.0,
     timeout_seconds: float = 120.0,
     lock_timeout: float = 30.0,
     rules_file: str | None = None,
     alerts: str | None = None,
+    retry_budget: float = 60.0,
 ) -> dict[str, Any]:
     """Sync one scope of the registry into the warehouse; returns the run's summary.
 
@@ -270,7 +242,7 @@ def sync_registry(
         url,
         min_interval=request_interval,
         timeout=(min(10.0, timeout_seconds), timeout_seconds),
-        retry=RetryPolicy(attempts=max_attempts, backoff_base=backoff_seconds),
+        retry=RetryPolicy(attempts=max_attempts, backoff_base=backoff_seconds, budget_seconds=retry_budget),
     )
     with client, store.writer(run_id, lock_timeout=lock_timeout) as run:
         rules = settings.rules(rules_file, run.manifest.meta)
@@ -278,12 +250,14 @@ def sync_registry(
         baseline = not run.has_runs(scope.key)
         window = resolve_window(full=full, since=since, watermark=previous_watermark)
         params = {**scope.params(), **window.params(), "pageSize": str(page_size)}
+        batches = scope.batches({**window.params(), "pageSize": str(page_size)})
         data_version = client.data_timestamp()
         PageSpool.prune(store.root, data_version)
         spool = PageSpool.open(store.root, api_url=url, params=params, data_version=data_version)
-        pc = _PageContext(client, run, run.head_index(), params, RunContext(run_id, started, "api"), spool)
+        pc = _PageContext(client, run, run.head_index(), batches, RunContext(run_id, started, "api"), spool,
+                          scope)
         progress.emit("start", run_id=run_id, mode=window.mode, since=window.since, scope=scope.key)
-        _walk(pc, sync_page.with_options(retry_delay_seconds=backoff_seconds * 10))
+        _walk(pc, sync_page)
         totals = pc.totals
         if window.mode == "full" and not baseline:
             totals.left_scope, totals.retired = settle_vanished(pc, scope.key)
@@ -291,7 +265,7 @@ def sync_registry(
             run, rules, only_run=run_id, baseline_runs=frozenset([run_id]) if baseline else frozenset())
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
-                               exited=pc.exited, left_scope=pc.left_scope,
+                               exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=scope.ids)
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
@@ -321,31 +295,43 @@ def alerts_after_sync(config: str, warehouse: str, lock_timeout: float) -> dict[
 
 
 def _walk(pc: _PageContext, fetch: Any) -> None:
-    """Page through the scope; a refused page token (expired) restarts from page 1, boundedly."""
-    token, number = None, 1
+    """Page through the scope, batch after batch; a refused page token (expired) restarts the batch
+    from its first page, boundedly; a token met twice stops the walk (the registry is looping)."""
+    number = 1
+    for params in pc.batches:
+        pc.params = params
+        number = _walk_batch(pc, fetch, number) + 1
+
+
+def _walk_batch(pc: _PageContext, fetch: Any, first: int) -> int:
+    """One batch's pages, numbered from ``first``; returns the number of its last page."""
+    token, number = None, first
+    tokens: set[str] = set()
     while True:
         try:
-            token = fetch(pc, token, number)
+            token = fetch(pc, token, number, first)
         except PageTokenRejected as exc:
-            if number == 1 or pc.totals.restarts >= MAX_RESTARTS:
+            if number == first or pc.totals.restarts >= MAX_RESTARTS:
                 raise PageTokenRejected(f"{exc} (page {number}; gave up after {pc.totals.restarts} fresh starts "
                                         "from page 1)", url=exc.url, status=exc.status) from None
             pc.totals.restarts += 1
             get_run_logger().warning("page %d: the registry refused the page token (%s); starting again from "
-                                     "page 1 (%d of %d)", number, exc, pc.totals.restarts, MAX_RESTARTS)
+                                     "page %d (%d of %d)", number, exc, first, pc.totals.restarts, MAX_RESTARTS)
             if pc.spool:
-                pc.spool.reset()  # its tokens are stale: fetch afresh
-            token, number = None, 1
+                pc.spool.reset(first)  # its tokens are stale: fetch afresh
+            token, number, tokens = None, first, set()
             continue
         if not token:
-            return
+            return number
+        check_token_progress(token, tokens, number, pc.client.base_url)
         number += 1
 
 
 @flow(name="rederive_changes", validate_parameters=True)
 def rederive_changes(warehouse: str | None = None, rules_file: str | None = None,
                      lock_timeout: float = 30.0) -> dict[str, Any]:
-    """Recompute every change from the stored raw versions (nothing is fetched); replaces ``changes``."""
+    """Recompute every change from the stored raw versions (nothing is fetched); replaces ``changes``.
+    Also types ``fdaaa_inputs`` for versions stored before that table existed."""
     started = datetime.now(UTC)
     clock = time.monotonic()
     run_id = new_run_id(started)
@@ -358,6 +344,11 @@ def rederive_changes(warehouse: str | None = None, rules_file: str | None = None
             baselines = baseline_runs(con)
         totals = RunTotals()
         totals.changes_written = derive_run_changes(run, rules, only_run=None, baseline_runs=baselines)
+        from warehouse.compliance import fill_fdaaa_inputs
+
+        typed = fill_fdaaa_inputs(run)  # versions stored by a release before the FDAAA inputs were typed
+        if typed:
+            get_run_logger().info("typed the FDAAA inputs of %d stored versions", typed)
         summary = SyncSummary(run_id, "rederive", "all", None, round(time.monotonic() - clock, 3), totals)
         commit_run(run, summary, started, params={}, api_url=None, meta={"rules": rules.to_json()},
                    replace=frozenset({"changes"}))
@@ -373,7 +364,8 @@ def commit_run(run: RunWriter, summary: SyncSummary, started: datetime, *, param
         "run_id": summary.run_id, "mode": summary.mode, "scope": summary.scope,
         "started_at": started, "finished_at": datetime.now(UTC), "status": "succeeded",
         "pages": t.pages, "studies_seen": t.studies_seen, "new_studies": t.new_studies,
-        "versions_written": t.versions_written, "unchanged": t.unchanged, "changes_written": t.changes_written,
+        "versions_written": t.versions_written, "unchanged": t.unchanged, "stale": t.stale,
+        "unknown_fields": sorted(t.unknown_fields), "changes_written": t.changes_written,
         "quarantined": t.quarantined, "retired": t.retired, "left_scope": t.left_scope, "total_count": t.total_count,
         "since": date.fromisoformat(summary.since) if summary.since else None,
         "watermark": t.watermark, "api_url": api_url, "params": json.dumps(params, sort_keys=True),

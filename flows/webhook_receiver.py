@@ -1,13 +1,17 @@
 """A local HTTP endpoint that keeps the JSON posted to it: the demo's alert inbox, and the tests' receiver.
 
 ``fail_status`` makes it answer every request with that status (and keep nothing) until it is
-set back to ``None``: a receiver that is down on one run and up on the next.
+set back to ``None``: a receiver that is down on one run and up on the next. ``on_receive`` is
+called with each request it keeps, before it answers (a test kills the sender there: the message
+arrived, the sender never heard so). ``hold``, while not set, keeps every answer back: a receiver
+that accepts a message and then times out.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +29,8 @@ class WebhookReceiver:
         self.fail_status = fail_status
         self.received: list[Received] = []
         self.requests = 0
+        self.on_receive: Callable[[Received], None] | None = None
+        self.hold: threading.Event | None = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -40,17 +46,26 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                kept = None
                 with receiver._lock:
                     receiver.requests += 1
                     status = receiver.fail_status or 200
                     if status < 300:
-                        receiver.received.append(Received(self.path, dict(self.headers.items()), json.loads(body)))
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
+                        kept = Received(self.path, dict(self.headers.items()), json.loads(body))
+                        receiver.received.append(kept)
+                if kept is not None and receiver.on_receive is not None:
+                    receiver.on_receive(kept)
+                if receiver.hold is not None:
+                    receiver.hold.wait()
                 reply = b"ok" if status < 300 else b"receiver unavailable"
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except OSError:  # the sender is gone (killed, or it gave up waiting)
+                    pass
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
@@ -60,6 +75,8 @@ class WebhookReceiver:
         return self
 
     def stop(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -10,22 +10,26 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 
-from pipeline.dates import PartialDate, parse_partial_date
+from pipeline.date_events import date_change, partial
 from pipeline.diff import Key, Leaf, diff, render_path
-from pipeline.errors import RecordInvalid, UsageError
+from pipeline.errors import UsageError
+from pipeline.sites import site_name
+from pipeline.submissions import SUBMISSION_EVENTS, submission_events
 
 SEVERITIES = ("info", "minor", "notable", "critical")
 CATEGORIES = ("status", "enrollment", "dates", "sites", "design", "arms_interventions", "outcomes",
               "eligibility", "sponsor", "results", "identification", "registry", "other")
 EVENTS = ("status_changed", "enrollment_changed", "enrollment_actualized", "date_slipped", "date_advanced",
-          "date_actualized", "date_precision_refined", "site_added", "site_removed", "site_status_changed",
+          "date_actualized", "date_precision_refined", "date_precision_coarsened",
+          "site_added", "site_removed", "site_status_changed",
           "arm_added", "arm_removed", "intervention_added", "intervention_removed", "primary_outcome_changed",
-          "results_posted", "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
+          "results_posted", "results_submitted", "results_returned", "results_submission_cancelled",
+          "why_stopped_set", "phase_changed", "sponsor_changed", "study_added",
           "study_removed", "study_reappeared", "field_changed")
 PLAN_DATES = {
     "startDateStruct": "start date",
@@ -91,6 +95,22 @@ class VersionPair:
     old_removed: bool = False
     new_removed: bool = False
     baseline: bool = False  # the first run of its scope: a first version is not news
+    # What the two versions are (``version_identity``), for change ids that survive renumbering.
+    old_identity: str | None = None
+    new_identity: str | None = None
+
+
+def version_identity(content_hash: str, is_removed: bool, observed_at: datetime | None) -> str:
+    """What a stored version is, independent of its number: its content hash as stored. A removal
+    marker repeats the content hash of the version it ends, so it is also named by when it was observed
+    (two removals of the same content are two changes). Backfill renumbering, compaction and rederive
+    keep both, so ``change_id``s survive them; a migration that rewrites stored hashes changes them."""
+    if not is_removed:
+        return content_hash
+    if observed_at is None:
+        return f"removed:{content_hash}"
+    instant = (observed_at if observed_at.tzinfo else observed_at.replace(tzinfo=UTC)).astimezone(UTC)
+    return f"removed:{content_hash}@{instant.isoformat()}"  # in UTC, whatever the session's time zone
 
 
 @dataclass(frozen=True)
@@ -138,7 +158,12 @@ def derive_changes(pair: VersionPair, rules: Rules) -> list[Change]:
     else:
         assert pair.new_raw is not None
         events = classify(diff(pair.old_raw, pair.new_raw))
-    return [_row(pair, e, rules) for e in events]
+    seen: dict[tuple[str, str], int] = {}
+    rows = []
+    for e in events:
+        occurrence = seen[e.event, e.path] = seen.get((e.event, e.path), -1) + 1
+        rows.append(_row(pair, e, rules, occurrence))
+    return rows
 
 
 def _title(raw: Mapping[str, Any] | None) -> str | None:
@@ -147,10 +172,19 @@ def _title(raw: Mapping[str, Any] | None) -> str | None:
     return title if isinstance(title, str) else None
 
 
-def _row(pair: VersionPair, e: _Event, rules: Rules) -> Change:
-    key = f"{pair.nct_id}|{pair.from_version}|{pair.to_version}|{e.event}|{e.path}"
+def change_id(nct_id: str, old_identity: str | None, new_identity: str | None, event: str, path: str,
+              occurrence: int = 0) -> str:
+    """What the change is, not where it sits: the study, the two versions' identities (not their
+    numbers, which a backfill renumbers), the event and path, and which of two equal events on one path."""
+    key = f"{nct_id}|{old_identity or ''}|{new_identity or ''}|{event}|{path}"
+    if occurrence:
+        key += f"|{occurrence}"
+    return hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+
+
+def _row(pair: VersionPair, e: _Event, rules: Rules, occurrence: int) -> Change:
     return Change(
-        change_id=hashlib.blake2b(key.encode(), digest_size=10).hexdigest(),
+        change_id=change_id(pair.nct_id, pair.old_identity, pair.new_identity, e.event, e.path, occurrence),
         nct_id=pair.nct_id, from_version=pair.from_version, to_version=pair.to_version, run_id=pair.run_id,
         detected_at=pair.detected_at, registry_updated=pair.registry_updated, path=e.path, field=e.field,
         category=e.category, event=e.event, old_value=e.old_value, new_value=e.new_value,
@@ -163,7 +197,7 @@ def severity(e: _Event | Change, rules: Rules) -> str:
         return rules.events[e.event]
     if e.event == "study_removed" or (e.event == "status_changed" and e.new_value in rules.critical_statuses):
         return "critical"
-    if e.event in {"status_changed", "primary_outcome_changed", "results_posted"}:
+    if e.event in {"status_changed", "primary_outcome_changed", "results_posted", *SUBMISSION_EVENTS.values()}:
         return "notable"
     if e.event == "enrollment_changed":
         return "notable" if e.pct_change is None or abs(e.pct_change) >= rules.enrollment_pct_notable else "minor"
@@ -204,6 +238,9 @@ def _classify_leaf(leaf: Leaf) -> list[_Event]:
     old, new = _value_text(leaf.old), _value_text(leaf.new)
     if names[:2] == ["protocolSection", "statusModule"]:
         return _status_module(leaf, names, path, old, new)
+    if names[0] == "derivedSection":  # its only material part: miscInfoModule.submissionTracking
+        return ([_Event(p, f, "results", e, o, n) for p, f, e, o, n in submission_events(leaf)]
+                or [_Event(path, _friendly(leaf), "results", "field_changed", old, new)])
     if names[-2:] == ["enrollmentInfo", "count"]:
         return [_Event(path, "enrollment", "enrollment", "enrollment_changed", old, new,
                        pct_change=_pct(leaf.old, leaf.new))]
@@ -245,35 +282,11 @@ def _plan_date_event(leaf: Leaf, names: list[str], path: str, label: str) -> _Ev
         return _Event(path, f"{label} type", "dates", event, _value_text(leaf.old), _value_text(leaf.new))
     old_raw = leaf.old.get("date") if isinstance(leaf.old, dict) else leaf.old
     new_raw = leaf.new.get("date") if isinstance(leaf.new, dict) else leaf.new
-    old_date, new_date = _partial(old_raw), _partial(new_raw)
+    old_date, new_date = partial(old_raw), partial(new_raw)
     if old_date is None or new_date is None or part not in (None, "date"):
         return _Event(path, label, "dates", "field_changed", _value_text(leaf.old), _value_text(leaf.new))
-    if _refines(old_date, new_date):
-        return _Event(path, label, "dates", "date_precision_refined", old_date.raw, new_date.raw)
-    shift = (new_date.value - old_date.value).days
-    if shift == 0:
-        return _Event(path, label, "dates", "field_changed", old_date.raw, new_date.raw)
-    event = "date_slipped" if shift > 0 else "date_advanced"
-    return _Event(path, label, "dates", event, old_date.raw, new_date.raw, shift_days=shift)
-
-
-_PRECISION = {"year": 0, "month": 1, "day": 2}
-
-
-def _refines(old: PartialDate, new: PartialDate) -> bool:
-    """``2025-05`` -> ``2025-05-30``: the new, more precise date lies in the old period."""
-    if _PRECISION[new.precision] <= _PRECISION[old.precision]:
-        return False
-    return new.raw.startswith(old.raw)
-
-
-def _partial(raw: Any) -> PartialDate | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        return parse_partial_date(raw)
-    except RecordInvalid:
-        return None
+    change = date_change(old_date, new_date)
+    return _Event(path, label, "dates", change.event, old_date.raw, new_date.raw, shift_days=change.shift_days)
 
 
 def _site_event(leaf: Leaf, path: str) -> _Event:
@@ -282,12 +295,12 @@ def _site_event(leaf: Leaf, path: str) -> _Event:
     is_site = len(leaf.path) == index + 2 and isinstance(site_part, Key)
     if is_site and (leaf.old is None) != (leaf.new is None):
         site = leaf.new if leaf.old is None else leaf.old
-        facility = site.get("facility") if isinstance(site, dict) else None
+        facility = site_name(site) if isinstance(site, dict) else None
         event = "site_added" if leaf.old is None else "site_removed"
         return _Event(path, "site", "sites", event, None if leaf.old is None else facility,
                       facility if leaf.old is None else None)
     if len(leaf.path) == index + 3 and leaf.path[-1] == "status":
-        facility = _key_text(site_part).split(" | ")[0]
+        facility = site_part.name if isinstance(site_part, Key) and site_part.name else _key_text(site_part)
         return _Event(path, f"site status ({facility})", "sites", "site_status_changed",
                       _value_text(leaf.old), _value_text(leaf.new))
     return _Event(path, _friendly(leaf), "sites", "field_changed", _value_text(leaf.old), _value_text(leaf.new))

@@ -1,29 +1,36 @@
 """Field-level diff of two versions of a study, arrays matched by identity rather than position.
 
 Sites match by facility, city, state, zip and country (duplicates by their order), arm groups by
-label, interventions by name, outcomes by measure, lists of text as sets; other arrays of objects
-match by content. Reordering alone is therefore never a change. A subtree present on one side only
-is one change at its root (a posted ``resultsSection`` is one row, not thousands).
+label, interventions by name, outcomes by measure (identity text blind to case and whitespace), lists
+of text as sets; other arrays of objects match by content. Sites left over on both sides are then
+paired by ``site_affinity`` (one site with an identity field filled in or corrected) before they count
+as removed and added. Reordering alone is therefore never a change. A subtree present on one side only
+is one change at its root (a posted ``resultsSection`` is one row, not thousands), unless typed events
+read something inside it (``TYPED``): then the diff descends into it as if the missing side were an
+empty object or array, so the first site of a study is a ``site_added`` like any other site.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from pipeline.hashing import NON_MATERIAL_SECTIONS
+from pipeline.hashing import normalise
+from pipeline.sites import normalised, pair_sites, site_key, site_name
 
 Json = Any
 
 
 @dataclass(frozen=True)
 class Key:
-    """An array element's identity inside a path, e.g. a site's key."""
+    """An array element's identity inside a path, e.g. a site's key; ``name`` is the element in words
+    (a site's ``site_name``), not part of the path."""
 
     value: str
+    name: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return "[" + orjson.dumps(self.value).decode() + "]"
@@ -51,8 +58,8 @@ def _text(value: Json) -> str:
     return "" if value is None else str(value)
 
 
-def site_key(site: Mapping[str, Json]) -> str:
-    return " | ".join(_text(site.get(k)) for k in ("facility", "city", "state", "zip", "country"))
+_PARTIAL: dict[str, Callable[[list[Mapping[str, Json]], list[Mapping[str, Json]]], list[tuple[int, int]]]] = {
+    "locations": pair_sites}
 
 
 def _field(name: str) -> Callable[[Mapping[str, Json]], str]:
@@ -86,16 +93,37 @@ IDENTITY: dict[str, Callable[[Mapping[str, Json]], str]] = {
     "centralContacts": _field("name"),
     "contacts": _field("name"),
     "seeAlsoLinks": _field("url"),
+    "submissionInfos": _field("releaseDate"),  # a QC submission, by the day it was submitted
 }
 
 
+# What typed events read (member names from the record's root). A subtree that appears or vanishes is
+# diffed against an empty object or array when one of these lies inside it or is it, so the events do
+# not depend on whether the array or module existed before; any other subtree is one change.
+TYPED_ARRAYS = frozenset({
+    ("protocolSection", "contactsLocationsModule", "locations"),
+    ("protocolSection", "armsInterventionsModule", "armGroups"),
+    ("protocolSection", "armsInterventionsModule", "interventions"),
+    ("protocolSection", "outcomesModule", "primaryOutcomes"),
+})
+TYPED = TYPED_ARRAYS | frozenset({
+    ("protocolSection", "statusModule", "overallStatus"),
+    ("protocolSection", "statusModule", "whyStopped"),
+    ("protocolSection", "statusModule", "startDateStruct"),
+    ("protocolSection", "statusModule", "primaryCompletionDateStruct"),
+    ("protocolSection", "statusModule", "completionDateStruct"),
+    ("protocolSection", "designModule", "phases"),
+    ("protocolSection", "designModule", "enrollmentInfo", "count"),
+    ("protocolSection", "designModule", "enrollmentInfo", "type"),
+    ("protocolSection", "sponsorCollaboratorsModule", "leadSponsor", "name"),
+})
+_TYPED_WITHIN = frozenset(path[:n] for path in TYPED for n in range(1, len(path)))
+
+
 def diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:
-    """Every changed leaf of the material sections (``derivedSection`` is the registry's own)."""
-    return list(_diff_dicts(
-        {k: v for k, v in old.items() if k not in NON_MATERIAL_SECTIONS},
-        {k: v for k, v in new.items() if k not in NON_MATERIAL_SECTIONS},
-        (),
-    ))
+    """Every changed leaf of the material content, compared in the canonical form that decides what is
+    a new version (``pipeline.hashing.normalise``): no diff here iff the content hashes are equal."""
+    return list(_diff_dicts(normalise(old), normalise(new), ()))
 
 
 def _diff(old: Json, new: Json, path: Path) -> Iterator[Leaf]:
@@ -117,20 +145,56 @@ def _diff_dicts(old: Mapping[str, Json], new: Mapping[str, Json], path: Path) ->
         if key in old and key in new:
             yield from _diff(old[key], new[key], (*path, key))
         else:
-            yield Leaf((*path, key), old.get(key), new.get(key))
+            yield from _one_sided((*path, key), old.get(key), new.get(key))
+
+
+def _one_sided(path: Path, old: Json, new: Json) -> Iterator[Leaf]:
+    """A member present on one side only: one leaf, or (where typed events look inside) its parts."""
+    names = tuple(p for p in path if isinstance(p, str))
+    value = new if old is None else old
+    if names in TYPED_ARRAYS and isinstance(value, list) and value:
+        yield from _diff_lists(old or [], new or [], path)
+    elif names in _TYPED_WITHIN and isinstance(value, dict) and value:  # an empty one stays one leaf
+        yield from _diff_dicts(old or {}, new or {}, path)
+    else:
+        yield Leaf(path, old, new)
 
 
 def _diff_lists(old: list[Json], new: list[Json], path: Path) -> Iterator[Leaf]:
     name = next((p for p in reversed(path) if isinstance(p, str)), "")
     old_groups, new_groups = _grouped(old, name), _grouped(new, name)
+    removed: list[tuple[Json, int]] = []  # (element, its rank in its identity group)
+    added: list[tuple[Json, int]] = []
     for base in [*old_groups, *(b for b in new_groups if b not in old_groups)]:
-        pairs, removed, added = _match(old_groups.get(base, []), new_groups.get(base, []))
+        pairs, gone, came = _match(old_groups.get(base, []), new_groups.get(base, []))
         for rank, (o, n) in enumerate(pairs):
-            yield from _diff(o, n, (*path, Key(_label(base, rank))))
-        for rank, o in enumerate(removed, start=len(pairs)):
-            yield Leaf((*path, Key(_label(base, rank))), o, None)
-        for rank, n in enumerate(added, start=len(pairs)):
-            yield Leaf((*path, Key(_label(base, rank))), None, n)
+            yield from _diff(o, n, (*path, _key(n, name, rank)))
+        removed += [(o, rank) for rank, o in enumerate(gone, start=len(pairs))]
+        added += [(n, rank) for rank, n in enumerate(came, start=len(pairs))]
+    for (o, _), (n, rank) in _pair_partially(removed, added, _PARTIAL.get(name)):
+        yield from _diff(o, n, (*path, _key(n, name, rank)))
+    for o, rank in removed:
+        yield Leaf((*path, _key(o, name, rank)), o, None)
+    for n, rank in added:
+        yield Leaf((*path, _key(n, name, rank)), None, n)
+
+
+Ranked = tuple[Json, int]
+
+
+def _pair_partially(removed: list[Ranked], added: list[Ranked],
+                    pair: Callable[[list[Mapping[str, Json]], list[Mapping[str, Json]]], list[tuple[int, int]]]
+                    | None) -> list[tuple[Ranked, Ranked]]:
+    """Removed and added elements that are one element with edited identity fields (``pair`` decides).
+    What pairs is taken out of ``removed`` and ``added``."""
+    if pair is None or not removed or not added or not all(isinstance(e, dict) for e, _ in removed + added):
+        return []
+    chosen = pair([e for e, _ in removed], [e for e, _ in added])
+    pairs = [(removed[i], added[j]) for i, j in chosen]
+    gone, came = {i for i, _ in chosen}, {j for _, j in chosen}
+    removed[:] = [r for i, r in enumerate(removed) if i not in gone]
+    added[:] = [a for j, a in enumerate(added) if j not in came]
+    return pairs
 
 
 def _match(olds: list[Json], news: list[Json]) -> tuple[list[tuple[Json, Json]], list[Json], list[Json]]:
@@ -162,12 +226,26 @@ def _grouped(elements: list[Json], name: str) -> dict[str, list[Json]]:
 
 
 def _identity(element: Json, identity: Callable[[Mapping[str, Json]], str] | None) -> str:
+    """What an element is matched by: its identity fields normalised (case, whitespace), or its content."""
+    if isinstance(element, dict):
+        return normalised(identity(element)) if identity else _content(element)
+    return element if isinstance(element, str) else _content(element)
+
+
+def _display(element: Json, name: str) -> str:
+    """An element's identity as written, for its path: ``[\"Mayo Clinic | Rochester | ...\"]``."""
+    identity = IDENTITY.get(name)
     if isinstance(element, dict):
         return identity(element) if identity else _content(element)
     return element if isinstance(element, str) else _content(element)
 
 
+def _key(element: Json, name: str, rank: int) -> Key:
+    words = site_name(element) if name == "locations" and isinstance(element, dict) else None
+    return Key(_label(_display(element, name), rank), words)
+
+
 def keyed(elements: list[Json], name: str) -> dict[str, Json]:
     """Elements by identity; the second element with the same identity gets ``#2``, and so on."""
-    return {_label(base, rank): element for base, group in _grouped(elements, name).items()
+    return {_key(element, name, rank).value: element for group in _grouped(elements, name).values()
             for rank, element in enumerate(group)}

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline import schema as s
 from pipeline.dates import parse_full_date
+from pipeline.fdaaa import fdaaa_inputs
 from pipeline.flatten_registry import registry_rows
 from pipeline.flatten_results import results_rows
 
@@ -23,7 +24,7 @@ StudyRows = dict[str, Columns]
 
 # One row per version in these; the others have one row per list item (possibly none).
 ONE_ROW_TABLES = ("descriptions", "eligibility", "design", "results_summary", "registry_dates", "study_details",
-                  "results_details")
+                  "results_details", "fdaaa_inputs")
 CHILD_TABLES: tuple[str, ...] = (
     "conditions", "keywords", "interventions", "arm_groups", "locations", "sponsors", "outcomes",
     "eligibility", "identifiers", "design", "study_references", "contacts", "officials", "results_summary",
@@ -35,6 +36,8 @@ CHILD_TABLES: tuple[str, ...] = (
     "results_details", "result_groups", "result_measures", "result_measurements", "result_denoms",
     "result_analyses", "participant_flow", "adverse_events", "pending_results", "violation_events",
     "provided_documents",
+    # pipeline.fdaaa
+    "fdaaa_inputs",
 )
 
 # Days per unit of the registry's age texts ("18 Years", "6 Months"); a year is 365.25 days.
@@ -71,6 +74,7 @@ def flatten(study: s.Study) -> StudyRows:
         "descriptions": _descriptions(p.description_module or s.DescriptionModule()),
         **registry_rows(study),
         **results_rows(study),
+        "fdaaa_inputs": fdaaa_inputs(study),
     }
 
 

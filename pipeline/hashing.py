@@ -1,20 +1,62 @@
-"""Canonical content hash of a record's material sections."""
+"""The canonical form of a record: one notion of equality for "is this a new version" and "what changed".
+
+``content_hash`` (a new version iff it moved) and ``pipeline.diff`` (what changed) both read a record
+through ``normalise``, so they can never disagree:
+
+- *Material content only.* The registry re-derives ``derivedSection`` (MeSH trees, versionHolder) on
+  its own schedule; only ``derivedSection.miscInfoModule.submissionTracking`` (results submitted for
+  quality control, returned, cancelled: the one public sign of results under review) is material.
+- *Only what the published schema knows.* A key the registry's OpenAPI spec (``pipeline.schema``)
+  does not describe is a registry schema change, not a change of the study: it is kept in the raw JSON,
+  reported (``unknown``; a sync records it in ``sync_runs.unknown_fields``), and never makes a version
+  on its own. A new optional field appearing in every record therefore does not version the registry.
+- *JSON numbers by value*: ``100.0`` is ``100`` (an integral float becomes an int).
+- *Text in Unicode NFC*: NFC and NFD spellings of one text are the same text.
+- *Arrays as multisets* (hash only): the diff matches array elements by identity and never reports
+  reordering, so the hash sorts every array's elements.
+
+``HASH_RULE`` names this rule; a warehouse records the rule its stored hashes follow and is re-hashed
+when it changes (``warehouse.migrations``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
+import msgspec
 import orjson
+
+HASH_RULE = "2"
 
 # The registry re-derives derivedSection (MeSH trees, versionHolder) on its own schedule, so a
 # change there alone is not a change of the study.
 NON_MATERIAL_SECTIONS = frozenset({"derivedSection"})
+# ... except this part of it, kept at its own path.
+MATERIAL_DERIVED = ("derivedSection", "miscInfoModule", "submissionTracking")
+
+_MAX_EXACT = 2 ** 53  # floats beyond this are not integers we could round-trip
 
 
 def material_content(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in record.items() if key not in NON_MATERIAL_SECTIONS}
+    """The record without the registry's own derived data (``submissionTracking`` stays)."""
+    out = {key: value for key, value in record.items() if key not in NON_MATERIAL_SECTIONS}
+    node: Any = record
+    for key in MATERIAL_DERIVED:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    if node is not None:
+        out[MATERIAL_DERIVED[0]] = {MATERIAL_DERIVED[1]: {MATERIAL_DERIVED[2]: node}}
+    return out
+
+
+def normalise(record: Mapping[str, Any], unknown: set[str] | None = None) -> dict[str, Any]:
+    """The material content in canonical values (NFC text, numbers by value, schema-known keys
+    only), array order kept. ``unknown`` collects the dotted paths of keys the schema does not know."""
+    out: dict[str, Any] = _walk(material_content(record), _shape_of_study(), [], unknown, sort=False)
+    return out
 
 
 def canonical_json(value: Any) -> bytes:
@@ -23,5 +65,89 @@ def canonical_json(value: Any) -> bytes:
 
 
 def content_hash(record: Mapping[str, Any]) -> str:
-    """128-bit BLAKE2b of the canonical JSON of the material sections, as hex."""
-    return hashlib.blake2b(canonical_json(material_content(record)), digest_size=16).hexdigest()
+    """128-bit BLAKE2b of the canonical JSON of the material content, as hex."""
+    return hash_and_unknown(record)[0]
+
+
+def hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
+    """``content_hash`` and the paths of the record's keys the schema does not know (one walk)."""
+    unknown: set[str] = set()
+    canonical = _walk(material_content(record), _shape_of_study(), [], unknown, sort=True)
+    return hashlib.blake2b(canonical_json(canonical), digest_size=16).hexdigest(), frozenset(unknown)
+
+
+def numbers_by_value(value: Any) -> Any:
+    """A JSON value with every integral float as an int (``100.0`` -> ``100``); the rest as it is."""
+    kind = type(value)
+    if kind is dict:
+        return {key: numbers_by_value(item) for key, item in value.items()}
+    if kind is list:
+        return [numbers_by_value(item) for item in value]
+    if kind is float and value.is_integer() and abs(value) < _MAX_EXACT:
+        return int(value)
+    return value
+
+
+# -- the walk -----------------------------------------------------------------------------------
+# A shape is the schema's tree of known keys: a dict name -> shape for an object, None for a leaf
+# (or a free-form value, taken as it is). Lists are transparent: a list's shape is its elements'.
+Shape = dict[str, Any] | None
+
+
+def _walk(value: Any, shape: Shape, path: list[str], unknown: set[str] | None, *, sort: bool) -> Any:
+    """``value`` in canonical values; ``path``: the keys above it (a stack, for naming unknown keys)."""
+    kind = type(value)
+    if kind is str:
+        return value if value.isascii() else unicodedata.normalize("NFC", value)
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            child: Any = None
+            if shape is not None:
+                child = shape.get(key, _UNKNOWN)
+                if child is _UNKNOWN:
+                    if unknown is not None:
+                        unknown.add(".".join([*path, key]))
+                    continue
+            name = key if key.isascii() else unicodedata.normalize("NFC", key)
+            if type(item) in _NESTED:
+                path.append(key)
+                out[name] = _walk(item, child, path, unknown, sort=sort)
+                path.pop()
+            else:
+                out[name] = _walk(item, child, path, unknown, sort=sort)
+        return out
+    if kind is list:
+        items = [_walk(item, shape, path, unknown, sort=sort) for item in value]
+        if sort and len(items) > 1:
+            items.sort(key=canonical_json)
+        return items
+    if kind is float and value.is_integer() and abs(value) < _MAX_EXACT:
+        return int(value)
+    if isinstance(value, Mapping):  # another mapping type (a record built in code)
+        return _walk(dict(value), shape, path, unknown, sort=sort)
+    return value
+
+
+_UNKNOWN: Any = object()
+_NESTED = (dict, list)
+
+
+@cache
+def _shape_of_study() -> Shape:
+    from pipeline.schema import Study
+
+    return _shape_of_info(msgspec.inspect.type_info(Study), 0)
+
+
+def _shape_of_info(info: msgspec.inspect.Type, depth: int) -> Shape:
+    if isinstance(info, msgspec.inspect.UnionType):
+        shapes = [_shape_of_info(t, depth) for t in info.types]
+        return next((s for s in shapes if s is not None), None)
+    if isinstance(info, msgspec.inspect.ListType):
+        return _shape_of_info(info.item_type, depth)
+    if isinstance(info, msgspec.inspect.StructType):
+        if depth > 30:
+            return None
+        return {f.encode_name: _shape_of_info(f.type, depth + 1) for f in info.fields}
+    return None

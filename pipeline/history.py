@@ -2,9 +2,16 @@
 
 The registry's website reads every version of a record from an undocumented internal API
 (``/api/int/studies/{NCT}/history`` and ``/history/{v}``; see ``../shared/data/ctgov/history/``).
-Nothing guarantees that format, so the parsers here accept only the shape we know and raise
-``HistoryFormatError`` naming what was unexpected: a changed format stops a backfill, it never
-turns into wrong versions.
+Nothing guarantees that format, so the parsers check what a backfill uses (version numbers, dates,
+the record) and raise ``HistoryFormatError`` naming what was unexpected: a changed format stops that
+study's backfill, it never turns into wrong versions. Members a backfill does not need are not held
+against it: a null or odd ``status``, ``moduleLabels`` (unknown labels: the version is fetched even
+with ``--status-design-only``) or ``lastUpdateVersions``, dates out of order.
+
+History versions can carry their long texts as HTML (``<ul><li>``; the one real capture of the website's
+API does) where API v2 sends markdown. ``parse_history_version`` turns such text into the API's form
+(``html_to_api_markdown``), so a history version and the API's record of the same registry version
+have one content hash and markup alone never makes a version or a change.
 
 ``merge_history`` places fetched history versions among a study's stored versions: one ordered
 list, numbered 1, 2, ... by time, without duplicates (a stored version whose material content equals
@@ -17,10 +24,10 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from itertools import pairwise
 from typing import Any
 
 from pipeline.errors import HistoryFormatError, UsageError
+from pipeline.markup import api_form
 from pipeline.scope import Scope
 
 # Module labels seen in real history indexes and public client code (HISTORY_NOTES.md); the full
@@ -37,7 +44,7 @@ class HistoryEntry:
     version: int
     date: date  # when the version became known (its submission/QC date, HISTORY_NOTES.md)
     status: str | None
-    module_labels: tuple[str, ...]
+    module_labels: tuple[str, ...] | None  # None: the index did not say (treated as touching every module)
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,9 @@ def parse_history_index(body: Any, nct_id: str, *, url: str, nested: bool = Fals
     versions = [e.version for e in entries]
     if len(set(versions)) != len(versions) or versions[0] != 0:
         raise _unexpected(what, f"versions must be unique and start at 0, got {versions}", url)
-    if any(later.date < earlier.date for earlier, later in pairwise(entries)):
-        raise _unexpected(what, "version dates go back in time", url)
-    last = body.get("lastUpdateVersions", {})
-    if not isinstance(last, dict) or not all(_is_int(v) for v in last.values()):
-        raise _unexpected(what, "'lastUpdateVersions' is not an object of version numbers", url)
-    return HistoryIndex(nct_id, tuple(entries), dict(last))
+    last = body.get("lastUpdateVersions")
+    last = {k: v for k, v in last.items() if _is_int(v)} if isinstance(last, dict) else {}
+    return HistoryIndex(nct_id, tuple(entries), last)
 
 
 def _entry(item: Any, i: int, what: str, url: str) -> HistoryEntry:
@@ -87,15 +91,13 @@ def _entry(item: Any, i: int, what: str, url: str) -> HistoryEntry:
         raise _unexpected(what, f"{where} has no version number ('version': {version!r})", url)
     if not isinstance(day, str) or not _DAY.match(day):
         raise _unexpected(what, f"{where} has no YYYY-MM-DD 'date' ({day!r})", url)
-    if status is not None and not isinstance(status, str):
-        raise _unexpected(what, f"{where} has a non-text 'status' ({status!r})", url)
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        raise _unexpected(what, f"{where} has no 'moduleLabels' list of text ({labels!r})", url)
     try:
         parsed = date.fromisoformat(day)
     except ValueError:
         raise _unexpected(what, f"{where} has an impossible date {day!r}", url) from None
-    return HistoryEntry(version, parsed, status, tuple(labels))
+    known = labels if isinstance(labels, list) and all(isinstance(label, str) for label in labels) else None
+    return HistoryEntry(version, parsed, status if isinstance(status, str) else None,
+                        None if known is None else tuple(known))
 
 
 def parse_history_version(body: Any, nct_id: str, version: int, *, url: str) -> dict[str, Any]:
@@ -110,7 +112,7 @@ def parse_history_version(body: Any, nct_id: str, version: int, *, url: str) -> 
         raise _unexpected(what, "no 'study' object with a 'protocolSection'", url)
     if _nct_of(study) != nct_id:
         raise _unexpected(what, f"'study' is the record of {_nct_of(study)!r}", url)
-    return study
+    return api_form(study)
 
 
 def _nct_of(study: Mapping[str, Any]) -> Any:
@@ -144,7 +146,7 @@ def select_versions(index: HistoryIndex, known: Collection[int], modules: Collec
     """
     wanted = set(modules or ())
     return [e.version for e in index.entries if e.version not in known
-            and (not wanted or e.version == 0 or wanted.intersection(e.module_labels))]
+            and (not wanted or e.version == 0 or e.module_labels is None or wanted.intersection(e.module_labels))]
 
 
 # -- merging history with what is stored --------------------------------------------------------

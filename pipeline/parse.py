@@ -18,6 +18,7 @@ import msgspec
 from pipeline import schema
 from pipeline.dates import PartialDate, parse_full_date, parse_partial_date
 from pipeline.errors import RecordInvalid
+from pipeline.hashing import numbers_by_value
 from pipeline.schema import DateStruct, PartialDateStruct, Study
 
 NCT_ID = re.compile(r"^NCT\d{8}$")
@@ -99,8 +100,13 @@ def parse_record(record: Mapping[str, Any]) -> ParsedRecord:
     nct_id = value
     try:
         study = msgspec.convert(record, Study)
-    except msgspec.ValidationError as exc:
-        raise RecordInvalid(f"schema: {exc}", nct_id=nct_id) from None
+    except msgspec.ValidationError:
+        # JSON numbers by value (pipeline.hashing): 100.0 where the schema wants an integer is 100.
+        # Text stays as the registry wrote it (the typed columns are the record's own values).
+        try:
+            study = msgspec.convert(numbers_by_value(record), Study)
+        except msgspec.ValidationError as exc:
+            raise RecordInvalid(f"schema: {exc}", nct_id=nct_id) from None
     _require(record, nct_id)
     try:
         return ParsedRecord(_core(study, nct_id), study)

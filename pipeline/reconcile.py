@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from pipeline.scope import WATERMARK_OVERLAP
+
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 STATUSES = (SKIPPED, OK, WARN, FAIL)  # in order of concern
-CHECKS = ("total_count", "missing_ids", "unexpected_ids", "zero_update_weekdays", "status_counts")
+CHECKS = ("total_count", "missing_ids", "listing_omitted", "unexpected_ids", "zero_update_weekdays", "status_counts")
 LISTED_IDS = 20  # ids named in a check's one-line detail (all of them are kept in ``ids``)
 
 
@@ -48,6 +50,8 @@ class RunFacts:
     previous_status_counts: Mapping[str, int] | None  # ... after the scope's previous run
     requested_ids: tuple[str, ...] = ()  # an ids scope: the ids asked for
     left_scope: frozenset[str] = frozenset()  # unlisted members that a lookup by id found still published
+    omitted: frozenset[str] = frozenset()  # ... of those, the ones inside the scope's filters
+    former_members: frozenset[str] = frozenset()  # seen by earlier runs of the scope, exited since
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Check:
 
 def reconcile(facts: RunFacts, thresholds: Thresholds = Thresholds()) -> list[Check]:
     """Every check, in ``CHECKS`` order."""
-    return [total_count(facts), missing_ids(facts), unexpected_ids(facts),
+    return [total_count(facts), missing_ids(facts), listing_omitted(facts), unexpected_ids(facts),
             zero_update_weekdays(facts, thresholds), status_counts(facts, thresholds)]
 
 
@@ -111,26 +115,48 @@ def missing_ids(f: RunFacts) -> Check:
                  kept, len(removed) + len(never), tuple(gone) + tuple(never), data)
 
 
+def listing_omitted(f: RunFacts) -> Check:
+    """After a full run: members of the scope the listing left out although ``GET /studies/{id}`` still
+    serves them inside the scope's filters (a gap in the registry's listing). Nothing is retired and no
+    change is derived for them; they are named so someone can look."""
+    name = "listing_omitted"
+    if f.mode != "full" or f.baseline:
+        return Check(name, SKIPPED, _only_full(f))
+    omitted = sorted(f.omitted)
+    if not omitted:
+        return Check(name, OK, "the listing held every study of the scope the registry still publishes", 0, 0)
+    return Check(name, WARN, f"the listing left out {len(omitted)} stud{'y' if len(omitted) == 1 else 'ies'} "
+                             f"that the registry still publishes inside the scope (kept, not retired): "
+                             f"{_names(omitted)}", 0, len(omitted), len(omitted), tuple(omitted))
+
+
 def unexpected_ids(f: RunFacts) -> Check:
     """After a full run: studies listed now that earlier runs should have brought in but did not.
 
     A study new to the scope whose last update is older than the previous run's window (the
-    watermark minus the one-day overlap) was missed by the incremental runs; a study updated since
-    is simply new. In an ids scope, any id that was not asked for is unexpected.
+    watermark minus the overlap) was missed by the incremental runs; a study updated since
+    is simply new. A study that earlier runs saw and that left the scope (or was retired) and now is
+    listed again has returned: it is named in ``data["returned"]``, never claimed unseen. In an ids
+    scope, any id that was not asked for is unexpected.
     """
     name = "unexpected_ids"
     if f.mode != "full" or f.baseline:
         return Check(name, SKIPPED, _only_full(f))
     new = sorted(set(f.seen_dates) - f.members_before)
-    cutoff = f.previous_watermark - timedelta(days=1) if f.previous_watermark else None
+    returned = [n for n in new if n in f.former_members]
+    cutoff = f.previous_watermark - WATERMARK_OVERLAP if f.previous_watermark else None
     asked = set(f.requested_ids)
-    stale = {n for n in new if cutoff is not None and (d := f.seen_dates[n]) is not None and d < cutoff}
+    stale = {n for n in new if cutoff is not None and n not in f.former_members
+             and (d := f.seen_dates[n]) is not None and d < cutoff}
     odd = sorted(stale | (set(f.seen_dates) - asked if asked else set()))
-    data = {"new_since_last_run": [n for n in new if n not in odd], "cutoff": cutoff.isoformat() if cutoff else None}
+    data = {"new_since_last_run": [n for n in new if n not in odd and n not in f.former_members],
+            "returned": returned, "cutoff": cutoff.isoformat() if cutoff else None}
+    back = f", {len(returned)} listed again after leaving the scope: {_names(returned)}" if returned else ""
     if not odd:
-        return Check(name, OK, f"{len(new)} new stud{'y' if len(new) == 1 else 'ies'} since the last run, "
-                               "none missed by earlier runs", 0, len(new), 0, (), data)
-    why = "outside the requested ids" if asked else f"last updated before {cutoff} but never seen by earlier runs"
+        fresh = len(new) - len(returned)
+        return Check(name, OK, f"{fresh} new stud{'y' if fresh == 1 else 'ies'} since the last run, "
+                               f"none missed by earlier runs{back}", 0, len(new), 0, (), data)
+    why = "outside the requested ids" if asked else f"last updated before {cutoff} and seen by no earlier run"
     return Check(name, WARN, f"{len(odd)} unexpected stud{'y' if len(odd) == 1 else 'ies'} ({why}): {_names(odd)}",
                  0, len(new), len(odd), tuple(odd), data)
 

@@ -9,13 +9,22 @@ from datetime import date, timedelta
 
 from pipeline.enums import STATUSES
 from pipeline.errors import UsageError
-from pipeline.parse import NCT_ID
 
 MAX_PAGE_SIZE = 1000
 MAX_QUERY_LENGTH = 1000
 _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-# The registry's daily refresh can post a record dated the day before we see it: overlap a day.
-WATERMARK_OVERLAP = timedelta(days=1)
+# The spec's pattern for an NCT id (OpenAPI 2.0.5, filter.ids and /studies/{nctId}); the registry answers
+# 400 for the whole request when one id breaks it (NCT00000000 does). Stored ids are NCT + 8 digits.
+SPEC_NCT_ID = re.compile(r"^[Nn][Cc][Tt]0*[1-9]\d{0,7}$")
+_ONLY_IDS = re.compile(r"^[Nn][Cc][Tt]\d+(?:[,\s]+[Nn][Cc][Tt]\d+)*$")
+# An incremental run asks for records posted since the newest posting date seen minus this overlap.
+# A record can appear days after its lastUpdatePostDate (a third of real records carry an ESTIMATED
+# posting date; real postings fall on Sundays too), so one day is not enough. Unchanged records cost
+# only a hash (~0.4 ms each, measured on the 326 real records): at 1,000 updates a day, 14 days of overlap
+# refetch ~13,000 records, ~14 pages of 1,000 (~20 s at the default pace, ~5 s of hashing) per run.
+# The registry's /version dataTimestamp is no better anchor: it says when the data was refreshed, not
+# that a record appearing in a later refresh is posted on or after that day.
+WATERMARK_OVERLAP = timedelta(days=14)
 
 
 @dataclass(frozen=True)
@@ -34,9 +43,12 @@ class Scope:
                 raise UsageError(f"{flag} must not contain control characters (newlines, tabs, ...)")
             if text and len(text) > MAX_QUERY_LENGTH:
                 raise UsageError(f"{flag} is longer than {MAX_QUERY_LENGTH} characters")
+            if text and _ONLY_IDS.match(text.strip()):
+                raise UsageError(f"{flag} holds only NCT ids, for which the registry ignores every filter "
+                                 f"(--status, the incremental window): use --ids {','.join(text.split())}")
         for nct in self.ids:
-            if not NCT_ID.match(nct):
-                raise UsageError(f"invalid NCT id {nct!r} (expected NCT followed by 8 digits)")
+            if not re.fullmatch(r"NCT\d{8}", nct):
+                raise UsageError(f"invalid NCT id {nct!r} (expected NCT followed by 8 digits, not all zeros)")
         for status in self.statuses:
             if status not in STATUSES:
                 raise UsageError(f"unknown status {status!r}; one of: {', '.join(STATUSES)}")
@@ -56,7 +68,7 @@ class Scope:
             query=_blank_to_none(query),
             condition=_blank_to_none(condition),
             sponsor=_blank_to_none(sponsor),
-            ids=tuple(sorted({s.upper() for s in _split(ids)})),
+            ids=tuple(sorted({canonical_id(s) for s in _split(ids)})),
             statuses=tuple(sorted({s.upper() for s in _split(statuses)})),
         )
 
@@ -74,6 +86,25 @@ class Scope:
         if self.statuses:
             params["filter.overallStatus"] = ",".join(self.statuses)
         return params
+
+    def batches(self, extra: dict[str, str]) -> list[dict[str, str]]:
+        """The requests of a walk over the scope: one, or for a large ids scope one per ``IDS_BATCH``
+        ids (a single ``filter.ids`` of ~550 ids passes the usual 8 KB URL limit: 414)."""
+        params = {**self.params(), **extra}
+        if len(self.ids) <= IDS_BATCH:
+            return [params]
+        return [{**params, "filter.ids": ",".join(self.ids[i:i + IDS_BATCH])}
+                for i in range(0, len(self.ids), IDS_BATCH)]
+
+    def admits(self, status: str | None, nct_id: str) -> bool | None:
+        """Whether a record with this overall status and id passes the scope's filters: True/False
+        where the scope's filters can be checked here (ids, statuses), None where only the registry's
+        search can tell (a text query)."""
+        if self.ids and nct_id not in self.ids:
+            return False
+        if self.statuses and status not in self.statuses:
+            return False
+        return None if (self.query or self.condition or self.sponsor) else True
 
     @property
     def key(self) -> str:
@@ -93,7 +124,7 @@ class Window:
 
 
 def resolve_window(*, full: bool, since: date | None, watermark: date | None) -> Window:
-    """``--full`` or ``--since`` win; otherwise incremental from the watermark minus a day;
+    """``--full`` or ``--since`` win; otherwise incremental from the watermark minus ``WATERMARK_OVERLAP``;
     a scope's first run (no watermark) is full."""
     if full and since:
         raise UsageError("--full and --since exclude each other")
@@ -107,6 +138,7 @@ def resolve_window(*, full: bool, since: date | None, watermark: date | None) ->
 
 
 LOOKUP_BATCH = 200  # ids per filter.ids request: ~2.4 KB of query string, one page each
+IDS_BATCH = 200  # ids per filter.ids request of an ids scope's walk
 
 
 def lookup_params(ids: Sequence[str], batch: int = LOOKUP_BATCH) -> list[dict[str, str]]:
@@ -114,6 +146,14 @@ def lookup_params(ids: Sequence[str], batch: int = LOOKUP_BATCH) -> list[dict[st
     (a study that left a filtered scope is still in the registry)."""
     chunks = [ids[i:i + batch] for i in range(0, len(ids), batch)]
     return [{"filter.ids": ",".join(chunk), "pageSize": str(len(chunk))} for chunk in chunks]
+
+
+def canonical_id(text: str) -> str:
+    """An id as the spec allows it (``nct1234``, ``NCT001234567``) -> ``NCT00001234``; an id the spec
+    refuses is a usage error (the registry would answer 400 to the whole request)."""
+    if not SPEC_NCT_ID.match(text):
+        raise UsageError(f"invalid NCT id {text!r} (expected NCT followed by up to 8 digits, not all zeros)")
+    return "NCT" + text[3:].lstrip("0").rjust(8, "0")
 
 
 def check_page_size(page_size: int) -> int:

@@ -1,7 +1,14 @@
 """Decide which versions a batch of fetched records adds: the pure middle of a sync.
 
-``plan_batch`` takes records and the current head of each study (version number, content hash)
-and returns what to write. It never touches disk or clock; ``RunContext`` carries time and ids.
+``plan_batch`` takes records and the current head of each study (version number, content hash,
+registry date) and returns what to write. It never touches disk or clock; ``RunContext`` carries
+time and ids.
+
+A record whose ``lastUpdatePostDate`` is earlier than its study's stored head's ``registry_updated``
+is *stale* (a lagging cache or replica answered): it makes no version and no change, and is counted
+(``BatchPlan.stale``). A record with the head's registry date but new content (the registry edits
+``submissionTracking`` without moving the date) is a new version; the warehouse dates it by its
+observation day so that versions never overlap (``warehouse.validity``).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import orjson
 from pipeline.dates import parse_full_date
 from pipeline.errors import RecordInvalid
 from pipeline.flatten import StudyRows, flatten
-from pipeline.hashing import content_hash
+from pipeline.hashing import content_hash, hash_and_unknown
 from pipeline.parse import StudyCore, parse_record, record_nct_id
 
 
@@ -27,6 +34,7 @@ class Head:
     version: int
     content_hash: str
     is_removed: bool = False
+    registry_updated: date | None = None  # the stored version's lastUpdatePostDate
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class BatchPlan:
     quarantined: list[Quarantined] = field(default_factory=list)
     seen: list[tuple[str, int]] = field(default_factory=list)  # (nct_id, version it matched)
     unchanged: int = 0
+    stale: list[str] = field(default_factory=list)  # studies whose record was older than their head
+    unknown_fields: dict[str, int] = field(default_factory=dict)  # paths the schema does not know -> records
     heads: dict[str, Head] = field(default_factory=dict)  # new heads, to overlay on the input
     newest_update: date | None = None  # the latest lastUpdatePostDate in the batch (the watermark)
 
@@ -90,12 +100,18 @@ def plan_batch(
     for index, record in enumerate(records):
         raw = raws[index] if raws is not None else None
         nct_hint = record_nct_id(record) if isinstance(record, Mapping) else None
-        digest = content_hash(record) if nct_hint else None
+        digest, unknown = hash_and_unknown(record) if nct_hint else (None, frozenset[str]())
+        for path in unknown:
+            plan.unknown_fields[path] = plan.unknown_fields.get(path, 0) + 1
         head = (plan.heads.get(nct_hint) or heads.get(nct_hint)) if nct_hint else None
         if nct_hint and head is not None and head.content_hash == digest and not head.is_removed:
             plan.unchanged += 1
             plan.seen.append((nct_hint, head.version))
             _note_update(plan, _last_update(record))
+            continue
+        if nct_hint and head is not None and not head.is_removed and _is_stale(record, head):
+            plan.stale.append(nct_hint)
+            plan.seen.append((nct_hint, head.version))  # still published: seen, at the version we hold
             continue
         try:
             parsed = parse_record(record)
@@ -119,7 +135,7 @@ def plan_batch(
                 rows=rows,
             )
         )
-        plan.heads[core.nct_id] = Head(version, digest)
+        plan.heads[core.nct_id] = Head(version, digest, registry_updated=core.last_update_posted)
         plan.seen.append((core.nct_id, version))
     return plan
 
@@ -127,6 +143,18 @@ def plan_batch(
 def _note_update(plan: BatchPlan, day: date | None) -> None:
     if day and (plan.newest_update is None or day > plan.newest_update):
         plan.newest_update = day
+
+
+def _is_stale(record: Mapping[str, Any], head: Head) -> bool:
+    """The record's registry date is earlier than the stored head's (an unreadable date is not stale:
+    the record goes on to be validated, and quarantined if it is bad)."""
+    if head.registry_updated is None:
+        return False
+    try:
+        day = _last_update(record)
+    except (KeyError, TypeError, AttributeError, RecordInvalid):
+        return False
+    return day is not None and day < head.registry_updated
 
 
 def _last_update(record: Mapping[str, Any]) -> date | None:

@@ -359,10 +359,10 @@ def test_no_secret_value_appears_in_any_log_line_artifact_run_record_or_ledger_r
     markdown = next(str(a.data) for a in artifacts if a.key == "alerts-run")
     assert "| pair | dead | 3 |" in markdown and f"completion date: {SLIP}" in markdown
     table = next(a.data for a in artifacts if a.key == "alerts-changes")
-    ledger = rows(warehouse, "SELECT * FROM alert_deliveries")
+    ledger = [*rows(warehouse, "SELECT * FROM alert_deliveries"), *rows(warehouse, "SELECT * FROM alert_messages")]
     texts = [*lines.lines, *(log.message for log in logs), *(json.dumps(a.data) for a in artifacts),
              json.dumps(table), *(str(row) for row in ledger), *(run.model_dump_json() for run in runs)]
-    assert len(lines.lines) > 20 and logs and len(runs) == 7  # there is something to search
+    assert len(lines.lines) > 20 and logs and len(runs) == 8  # flow, plan, outbox, 4 channels, record
     for value in [*secrets.values(), token, "apprise-pw-55aa", "auth-secret-1a2b3c4d"]:
         leaks = [t for t in texts if value in t]
         assert leaks == [], f"secret {value!r} leaked: {leaks[:2]}"
@@ -446,7 +446,7 @@ def test_the_alerts_cli_lists_tests_and_runs_with_one_line_errors(
     config.write_text(config.read_text().replace("enrollment_count < 100", "enrolment < 100"))
     code, _, err = cli("alerts", "run", "--config", str(config), "--warehouse", str(warehouse))
     assert code == 2
-    assert err.startswith(f"trialsync: error: {config}: watch 'phase1': where: Binder Error: "
+    assert err.startswith(f"trialsync: error: {config}: watches[phase1].studies.where: Binder Error: "
                           'Referenced column "enrolment" not found')
     assert len(err.strip().splitlines()) == 1
 
@@ -457,4 +457,4 @@ def test_sync_with_a_bad_watchlist_fails_before_prefect_starts(tmp_path: Path) -
     result = run_cli("sync", "--warehouse", str(tmp_path / "w"), "--alerts", str(config),
                      env={"TEST_UNSET_HOOK_URL": ""})
     assert (result.returncode, result.stderr) == (
-        2, f"trialsync: error: {config}: channel 'hook': environment variable TEST_UNSET_HOOK_URL is not set\n")
+        2, f"trialsync: error: {config}: channels.hook: environment variable TEST_UNSET_HOOK_URL is not set\n")

@@ -16,7 +16,8 @@ from flows.backfill import backfill_history
 from flows.history import print_history
 from flows.sync import rederive_changes
 from pipeline import mutate
-from pipeline.errors import HistoryFormatError
+from pipeline.errors import HistoryFormatError, RegistryNotFound, RegistryUnavailable
+from pipeline.markup import api_form
 from pipeline.registry.fake_history import REAL_HISTORY_NCT, FakeHistory, history_from_records, real_history
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import DATA, fast_sync, nct
@@ -105,7 +106,7 @@ def test_backfilling_twice_stores_nothing_new(history_registry: FakeRegistry, wa
 
 def observe_then_backfill(registry: FakeRegistry, warehouse_dir: Path) -> dict[str, Any]:
     """Two syncs see the study at registry versions 4 and 9; then a backfill merges the other eight."""
-    registry.put(HISTORY.records[4])
+    registry.put(api_form(HISTORY.records[4]))  # API v2 sends the captured HTML texts as markdown
     first = fast_sync(registry, warehouse_dir)
     registry.put_history(HISTORY)
     second = fast_sync(registry, warehouse_dir)
@@ -260,3 +261,50 @@ def test_the_backfill_command_validates_input_and_reports(prefect_api: str, hist
     assert [line for line in failed.stderr.splitlines() if line.startswith("trialsync: error:")] == [
         f"trialsync: error: unexpected history index of {NCT}: no non-empty 'changes' array (the registry's "
         "undocumented history format may have changed)"]
+
+
+def _two_histories(records: list[dict[str, Any]]) -> list[FakeHistory]:
+    """Two real records, each with a two-version history derived with ``mutate``."""
+    out = []
+    for record in [r for r in records if r["protocolSection"]["statusModule"]["overallStatus"] == "RECRUITING"][:2]:
+        later = mutate.posted_on(mutate.set_enrollment(record, 777), date(2026, 9, 1))
+        out.append(history_from_records([(date(2026, 5, 1), record), (date(2026, 9, 1), later)]))
+    return out
+
+
+def test_a_study_whose_history_is_unusable_is_skipped_and_the_others_are_kept(
+        records: list[dict[str, Any]], warehouse_dir: Path) -> None:
+    good, bad = _two_histories(records)
+    with FakeRegistry().start() as fake:
+        fake.put_history(good)
+        fake.put_history(bad)
+        fake.faults.add("status", status=200, body='{"changes": [{"version": 0}]}', times=-1,
+                        path=f"/int/studies/{bad.nct_id}/history")
+        summary = backfill(fake, warehouse_dir, good.nct_id, bad.nct_id, batch_size=1)
+    assert (summary["versions_written"], summary["not_found"], list(summary["failed"])) == (2, [], [bad.nct_id])
+    assert summary["failed"][bad.nct_id].startswith(f"unexpected history index of {bad.nct_id}: changes[0] has no")
+    assert rows(warehouse_dir, "SELECT nct_id, version FROM study_versions ORDER BY 1, 2") == [
+        (good.nct_id, 1), (good.nct_id, 2)]
+
+
+def test_a_backfill_where_every_study_404s_fails_loudly_and_stores_nothing(warehouse_dir: Path) -> None:
+    with FakeRegistry().start() as fake, pytest.raises(RegistryNotFound) as info:
+        backfill(fake, warehouse_dir, "NCT00000102", "NCT03690141")
+    assert str(info.value).startswith("the registry has no history for any of the 2 studies asked for (every "
+                                      "history request answered 404)")
+    assert not (warehouse_dir / "warehouse.duckdb").exists()
+
+
+def test_an_unreachable_registry_mid_backfill_keeps_the_studies_fetched_before_it(
+        records: list[dict[str, Any]], warehouse_dir: Path) -> None:
+    first, second = _two_histories(records)
+    with FakeRegistry().start() as fake:
+        fake.put_history(first)
+        fake.put_history(second)
+        fake.faults.add("status", status=503, times=-1, path=f"/int/studies/{second.nct_id}")
+        with pytest.raises(RegistryUnavailable) as info:
+            backfill(fake, warehouse_dir, first.nct_id, second.nct_id, batch_size=1, max_attempts=2)
+    assert str(info.value).startswith("backfill stopped after 1 of 2 studies (those are committed in run ")
+    assert str(info.value).endswith("HTTP 503: Service Unavailable (2 tries)")
+    assert rows(warehouse_dir, "SELECT nct_id, count(*) FROM study_versions GROUP BY 1") == [(first.nct_id, 2)]
+    assert rows(warehouse_dir, "SELECT mode FROM sync_runs") == [("backfill",)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from flows.bulk import run_load_bulk
 from pipeline.errors import BulkArchiveInvalid
 from pipeline.registry.bulk import BulkArchive, MemberReader, members
 from pipeline.registry.fake_server import FakeRegistry
+from pipeline.scope import WATERMARK_OVERLAP
 from tests.conftest import STUDIES_DIR, fast_sync, nct
 from warehouse import Warehouse
 
@@ -91,7 +93,7 @@ def test_a_bulk_load_is_one_run_that_api_syncs_continue_without_new_versions(
         registry.put(mutate.posted_on(mutate.set_status(records[0], "COMPLETED"), day))
         registry.requests.clear()
         after = fast_sync(registry, bulk_dir)
-        since = watermark - timedelta(days=1)
+        since = watermark - WATERMARK_OVERLAP
         assert (after["mode"], after["since"], after["versions_written"]) == ("incremental", since.isoformat(), 1)
         assert {r["filter.advanced"] for r in registry.study_requests()} == {
             f"AREA[LastUpdatePostDate]RANGE[{since.isoformat()},MAX]"}
@@ -217,10 +219,118 @@ def test_the_head_index_looks_up_a_page_and_splits_by_shard() -> None:
     from warehouse.heads import HEAD_SCHEMA, HeadIndex
 
     index = HeadIndex(pa.table({"nct_id": ["NCT00000142", "NCT00000242", "NCT00000107"], "version": [1, 3, 2],
-                                "content_hash": ["a", "b", "c"], "is_removed": [False, False, True]},
+                                "content_hash": ["a", "b", "c"], "is_removed": [False, False, True],
+                                "registry_updated": [date(2026, 1, 2), date(2026, 3, 4), None]},
                                schema=HEAD_SCHEMA))
     assert index.lookup(["NCT00000242", "NCT00000107", "NCT09999999"]) == {
-        "NCT00000242": Head(3, "b"), "NCT00000107": Head(2, "c", True)}
+        "NCT00000242": Head(3, "b", registry_updated=date(2026, 3, 4)), "NCT00000107": Head(2, "c", True)}
     assert {key: t["nct_id"].to_pylist() for key, t in index.shards().items()} == {
         "07": ["NCT00000107"], "42": ["NCT00000142", "NCT00000242"]}
     assert HeadIndex.empty().lookup(["NCT00000142"]) == {}
+
+
+class _RangeServer:
+    """Serves one file over loopback HTTP with ``Range``/``If-Range`` and an ``ETag``, like a CDN; the
+    first ``drops`` answers close the connection after ``cut`` bytes of the body."""
+
+    def __init__(self, data: bytes, *, drops: int = 0, cut: int = 0, etag: str = '"v1"') -> None:
+        self.data, self.drops, self.cut, self.etag = data, drops, cut, etag
+        self.seen: list[dict[str, str]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.seen.append({k: v for k, v in self.headers.items()})
+                start = 0
+                ranged = self.headers.get("Range", "")
+                if ranged.startswith("bytes=") and self.headers.get("If-Range", owner.etag) == owner.etag:
+                    start = int(ranged[6:].split("-")[0])
+                body = owner.data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("ETag", owner.etag)
+                self.send_header("Content-Length", str(len(body)))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(owner.data) - 1}/{len(owner.data)}")
+                self.end_headers()
+                if owner.drops > 0:
+                    owner.drops -= 1
+                    self.wfile.write(body[:owner.cut])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ctg-studies.json.zip"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_dropped_bulk_download_resumes_with_range_and_sends_the_user_agent(small_corpus: Path,
+                                                                            tmp_path: Path) -> None:
+    from pipeline.registry.client import USER_AGENT
+    from pipeline.registry.download import download
+
+    data = (small_corpus / "base.zip").read_bytes()
+    server = _RangeServer(data, drops=2, cut=len(data) // 5)
+    try:
+        path = download(server.url, tmp_path / "dl", chunk_bytes=4096)
+    finally:
+        server.close()
+    assert path.read_bytes() == data and sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
+        "ctg-studies.json.zip"]
+    starts = [int(s["Range"][6:-1]) for s in server.seen[1:]]  # what had come (whole chunks) before the drop
+    assert "Range" not in server.seen[0] and len(starts) == 2
+    assert 0 < starts[0] <= len(data) // 5 < starts[1] <= 2 * (len(data) // 5)
+    assert all(s["User-Agent"] == USER_AGENT for s in server.seen)
+    assert server.seen[1]["If-Range"] == '"v1"'
+
+
+def test_a_part_left_by_an_earlier_run_is_resumed_only_while_the_file_is_the_same(small_corpus: Path,
+                                                                                 tmp_path: Path) -> None:
+    from pipeline.registry.download import download
+
+    data = (small_corpus / "base.zip").read_bytes()
+    first = _RangeServer(data, drops=5, cut=len(data) // 3)
+    with pytest.raises(BulkArchiveInvalid, match=r"failed after 2 tries \(.* bytes kept in .*\.part for the"):
+        download(first.url, tmp_path / "dl", attempts=2)
+    first.close()
+    kept = (tmp_path / "dl" / "ctg-studies.json.zip.part").stat().st_size
+    assert len(data) // 3 < kept <= 2 * (len(data) // 3)
+    again = _RangeServer(data)  # the next run, same file: one request for the rest
+    try:
+        assert download(again.url, tmp_path / "dl").read_bytes() == data
+    finally:
+        again.close()
+    assert [s.get("Range") for s in again.seen] == [f"bytes={kept}-"]
+    (tmp_path / "dl" / "ctg-studies.json.zip").unlink()
+    interrupted = _RangeServer(data, drops=1, cut=len(data) // 3)
+    with pytest.raises(BulkArchiveInvalid):
+        download(interrupted.url, tmp_path / "dl", attempts=1)
+    interrupted.close()
+    changed = _RangeServer(data, etag='"v2"')  # the registry published a new file since: start over
+    try:
+        assert download(changed.url, tmp_path / "dl").read_bytes() == data
+    finally:
+        changed.close()
+    assert changed.seen[0]["If-Range"] == '"v1"' and len(changed.seen) == 1
+
+
+def test_a_downloaded_file_that_is_not_a_complete_zip_is_refused_and_not_kept(tmp_path: Path) -> None:
+    from pipeline.registry.download import download
+
+    server = _RangeServer(b"PK\x03\x04 this is not a zip at all")
+    try:
+        with pytest.raises(BulkArchiveInvalid, match="is not a usable zip"):
+            download(server.url, tmp_path / "dl")
+    finally:
+        server.close()
+    assert list((tmp_path / "dl").iterdir()) == []

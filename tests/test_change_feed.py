@@ -81,12 +81,12 @@ def test_rederive_with_one_threshold_changed_changes_only_those_severities(
     assert rows(warehouse_dir, query) == before  # same rules, same rows
     rules = tmp_path / "rules.yaml"
     rules.write_text("severity:\n  date_shift_days_notable: 60\n")
-    rederive_changes(warehouse=str(warehouse_dir), rules_file=str(rules))
+    rederived = rederive_changes(warehouse=str(warehouse_dir), rules_file=str(rules))
     after = rows(warehouse_dir, query)
     changed = [(b[1], b[5], a[5]) for b, a in zip(before, after, strict=True) if b != a]
     assert changed == [("date_slipped", "notable", "minor"), ("date_slipped", "notable", "minor")]
     assert [b[:5] for b in before] == [a[:5] for a in after]
-    assert rows(warehouse_dir, "SELECT mode FROM sync_runs ORDER BY started_at DESC LIMIT 1") == [("rederive",)]
+    assert rows(warehouse_dir, "SELECT mode FROM sync_runs WHERE run_id = ?", [rederived["run_id"]]) == [("rederive",)]
 
 
 def test_a_full_run_retires_vanished_studies_and_an_incremental_never_does(
@@ -164,7 +164,9 @@ def test_a_study_the_listing_skipped_is_looked_up_and_kept_not_retired(
     registry.faults.add("status", status=200, body=json.dumps(listing), times=1, page=1)
     full = fast_sync(registry, warehouse_dir, full=True)
     assert (full["studies_seen"], full["left_scope"], full["retired"], full["versions_written"]) == (
-        len(records) - 1, 1, 0, 0)
+        len(records) - 1, 0, 0, 0)  # still published inside the scope: the listing omitted it (issue 13.1)
+    assert list(full["reconciliation"]["flags"]) == ["listing_omitted"]
+    assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
     assert rows(warehouse_dir, "SELECT count(*) FROM changes") == [(0,)]
     assert rows(warehouse_dir, "SELECT count(*) FROM studies") == [(len(records),)]
 

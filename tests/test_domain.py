@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, date, datetime
+from urllib.parse import urlencode
 
 import pytest
 
@@ -131,19 +132,40 @@ def test_scope_parameters_and_key() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(ids="NCT123"), "invalid NCT id 'NCT123'"),
+    (dict(ids="NCT00000000"), "invalid NCT id 'NCT00000000'"),
+    (dict(ids="NCT123456789"), "invalid NCT id 'NCT123456789'"),
+    (dict(ids="XYZ12345678"), "invalid NCT id 'XYZ12345678'"),
     (dict(statuses="RUNNING"), "unknown status 'RUNNING'"),
+    (dict(query="NCT05766735 NCT07011004"), "--query holds only NCT ids, for which the registry ignores every "
+                                            r"filter \(--status, the incremental window\): use --ids "
+                                            "NCT05766735,NCT07011004"),
+    (dict(condition="nct05766735,NCT07011004"), "--condition holds only NCT ids"),
 ])
 def test_bad_scope_input_is_a_one_line_usage_error(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         Scope.build(**kwargs)
 
 
-def test_window_is_full_first_then_incremental_from_watermark_minus_a_day() -> None:
+def test_ids_are_taken_as_the_spec_allows_and_stored_as_nct_plus_8_digits() -> None:
+    assert Scope.build(ids="nct123, NCT05766735 NCT005766735").ids == ("NCT00000123", "NCT05766735")
+
+
+def test_a_large_ids_scope_is_walked_in_batches_that_keep_every_url_short() -> None:
+    ids = [f"NCT{n:08d}" for n in range(1, 1202)]
+    scope = Scope.build(ids=ids, statuses="RECRUITING")
+    batches = scope.batches({"pageSize": "1000"})
+    assert [len(b["filter.ids"].split(",")) for b in batches] == [200] * 6 + [1]
+    assert sorted(i for b in batches for i in b["filter.ids"].split(",")) == ids
+    assert all(b["filter.overallStatus"] == "RECRUITING" and b["pageSize"] == "1000" for b in batches)
+    assert max(len(urlencode(b)) for b in batches) < 4096
+    assert Scope.build(ids=ids[:200]).batches({}) == [{"filter.ids": ",".join(ids[:200])}]
+
+
+def test_window_is_full_first_then_incremental_from_watermark_minus_14_days() -> None:
     assert resolve_window(full=False, since=None, watermark=None).mode == "full"
     window = resolve_window(full=False, since=None, watermark=date(2026, 5, 15))
-    assert (window.mode, window.since) == ("incremental", date(2026, 5, 14))
-    assert window.params() == {"filter.advanced": "AREA[LastUpdatePostDate]RANGE[2026-05-14,MAX]"}
+    assert (window.mode, window.since) == ("incremental", date(2026, 5, 1))
+    assert window.params() == {"filter.advanced": "AREA[LastUpdatePostDate]RANGE[2026-05-01,MAX]"}
     assert resolve_window(full=True, since=None, watermark=date(2026, 5, 15)).since is None
     with pytest.raises(UsageError):
         resolve_window(full=True, since=date(2026, 1, 1), watermark=None)

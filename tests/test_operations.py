@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from flows.deployments import DEPLOY_FILE, Deployment, load
+from flows.deployments import DEPLOY_FILE, ROOT, Deployment, load
 from pipeline.errors import UsageError
 from pipeline.operations import scope_kwargs, stale_reason
 from pipeline.registry.fake_server import FakeRegistry
@@ -52,7 +52,12 @@ def test_the_deployments_file_parses_with_prefects_own_models(deployments: dict[
     assert deployments["daily-incremental"].parameters["full"] is False
     assert deployments["weekly-full-reconciliation"].parameters["full"] is True
     alerts = deployments["alerts-after-sync"]
-    assert (alerts.entrypoint, alerts.schedules) == ("flows/alerts.py:send_alerts", [])
+    assert (alerts.entrypoint, alerts.schedules) == ("flows/scheduled.py:send_alerts", [])
+    assert alerts.load_flow().name == "send_alerts"  # a real Prefect flow, as Prefect's loader requires
+    from prefect.flows import load_flow_from_entrypoint
+
+    for d in deployments.values():  # what a worker or serve's flow-run process loads
+        assert load_flow_from_entrypoint(str(ROOT / d.entrypoint)).name == d.load_flow().name
     trigger = alerts.triggers[0]
     assert trigger.expect == {"prefect.flow-run.Completed"}
     assert trigger.match_related.get("prefect.resource.name") == ["scheduled_sync"]
@@ -106,7 +111,7 @@ def test_the_scheduled_flows_run_once_against_the_fake_registry(
     with Warehouse(warehouse_dir).connect() as con:
         checks = con.execute("""SELECT "check", status FROM reconciliation WHERE run_id = ?
                                 ORDER BY "check" """, [weekly["runs"][0]["run_id"]]).fetchall()
-    assert checks == [("missing_ids", "ok"), ("status_counts", "ok"), ("total_count", "ok"),
+    assert checks == [("listing_omitted", "ok"), ("missing_ids", "ok"), ("status_counts", "ok"), ("total_count", "ok"),
                       ("unexpected_ids", "ok"), ("zero_update_weekdays", "skipped")]
 
     # The seed trial's completion date is refined; the next daily run picks it up and the alerts
@@ -144,7 +149,7 @@ def test_scheduled_scopes_are_checked_before_anything_runs() -> None:
     with pytest.raises(UsageError, match="scope 2: unknown key"):
         scope_kwargs([{"condition": "aml"}, {"conditon": "aml"}])
     with pytest.raises(UsageError, match="invalid NCT id"):
-        scope_kwargs([{"ids": ["NCT1"]}])
+        scope_kwargs([{"ids": ["NCT00000000"]}])
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -172,7 +177,7 @@ def test_serve_lists_the_deployments_it_would_serve() -> None:
     assert "daily-incremental: flows/scheduled.py:scheduled_sync, cron '0 10 * * 1-5' America/New_York" in result.stdout
     assert "weekly-full-reconciliation: flows/scheduled.py:scheduled_sync, cron '0 6 * * 6' America/New_York" \
         in result.stdout
-    assert "alerts-after-sync: flows/alerts.py:send_alerts, on an event" in result.stdout
+    assert "alerts-after-sync: flows/scheduled.py:send_alerts, on an event" in result.stdout
 
 
 def test_serve_registers_the_deployments_with_their_schedules(prefect_api: str, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from pipeline.reconcile import (
     RunFacts,
     Thresholds,
+    listing_omitted,
     missing_ids,
     reconcile,
     status_counts,
@@ -41,8 +42,8 @@ def by_name(run_facts: RunFacts) -> dict[str, tuple[str, int]]:
 
 def test_a_clean_incremental_run_passes_and_skips_the_full_run_checks() -> None:
     assert by_name(facts()) == {"total_count": ("ok", 0), "missing_ids": ("skipped", 0),
-                                "unexpected_ids": ("skipped", 0), "zero_update_weekdays": ("ok", 0),
-                                "status_counts": ("ok", 0)}
+                                "listing_omitted": ("skipped", 0), "unexpected_ids": ("skipped", 0),
+                                "zero_update_weekdays": ("ok", 0), "status_counts": ("ok", 0)}
 
 
 def test_a_listing_short_of_the_total_count_fails() -> None:
@@ -71,6 +72,27 @@ def test_unexpected_ids_are_new_studies_older_than_the_last_window() -> None:
     assert (check.status, check.ids, check.data["new_since_last_run"]) == ("warn", ("NCT00000002",), ["NCT00000003"])
     asked = unexpected_ids(facts(mode="full", requested_ids=("NCT00000001", "NCT00000002", "NCT00000009")))
     assert (asked.status, asked.ids) == ("warn", ("NCT00000003",))
+
+
+def test_a_study_listed_again_after_leaving_the_scope_is_named_returned_never_claimed_unseen() -> None:
+    run_facts = facts(mode="full", previous_watermark=date(2026, 5, 1), members_before=frozenset({"NCT00000001"}),
+                      former_members=frozenset({"NCT00000002"}),
+                      seen_dates={"NCT00000001": MONDAY, "NCT00000002": date(2026, 4, 1)})
+    check = unexpected_ids(run_facts)
+    assert (check.status, check.flagged, check.data["returned"], check.data["new_since_last_run"]) == (
+        "ok", 0, ["NCT00000002"], [])
+    assert check.detail == ("0 new studies since the last run, none missed by earlier runs, 1 listed again after "
+                            "leaving the scope: NCT00000002")
+
+
+def test_listing_omitted_warns_naming_the_studies_the_listing_left_out_but_the_registry_still_serves() -> None:
+    clean = listing_omitted(facts(mode="full"))
+    assert (clean.status, clean.flagged) == ("ok", 0)
+    gap = listing_omitted(facts(mode="full", omitted=frozenset({"NCT00000003", "NCT00000002"})))
+    assert (gap.status, gap.flagged, gap.ids) == ("warn", 2, ("NCT00000002", "NCT00000003"))
+    assert gap.detail == ("the listing left out 2 studies that the registry still publishes inside the scope "
+                          "(kept, not retired): NCT00000002, NCT00000003")
+    assert listing_omitted(facts(omitted=frozenset({"NCT00000003"}))).status == "skipped"
 
 
 def test_missing_ids_warn_only_for_studies_gone_from_the_registry_not_for_those_that_left_the_scope() -> None:
@@ -129,26 +151,29 @@ def test_reconciliation_flags_a_scope_whose_full_run_lost_three_studies(
         rows = con.execute("""SELECT "check", status, expected, observed, flagged, ids FROM reconciliation
                               WHERE run_id = ? ORDER BY "check" """, [full["run_id"]]).fetchall()
     assert rows == [
+        ("listing_omitted", "ok", 0, 0, 0, []),
         ("missing_ids", "warn", 326, 323, 3, gone),
         ("status_counts", "ok", 326, 323, 0, []),
         ("total_count", "ok", 323, 323, 0, []),
         ("unexpected_ids", "ok", 0, 0, 0, []),
         ("zero_update_weekdays", "skipped", None, None, 0, []),
     ]
-    artifacts = latest_artifacts("reconciliation-all")
+    artifacts = run_artifacts("reconciliation-all", full["run_id"])
     assert artifacts["table"]["type"] == "table" and full["run_id"] in artifacts["table"]["description"]
     assert "| missing_ids | ⚠️ warn | 326 | 323 |" in artifacts["markdown"]["data"]
 
 
-def latest_artifacts(key: str) -> dict[str, dict[str, Any]]:
-    """The newest table and Markdown artifacts of one reconciliation key, from the Prefect API."""
+def run_artifacts(key: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """The table and Markdown artifacts that one run published under a reconciliation key. Pinned to the
+    run (its id is in their description), never "the newest": on a busy machine Prefect may list an
+    earlier run's artifact last (issue 13.9)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[key, f"{key}-summary"])))
-    newest: dict[str, dict[str, Any]] = {}
-    for artifact in sorted(found, key=lambda a: a.created or 0):
-        newest["table" if artifact.key == key else "markdown"] = artifact.model_dump(mode="json")
-    return newest
+    mine = [a for a in found if f"run {run_id}" in (a.description or "")]
+    by_kind = {("table" if a.key == key else "markdown"): a.model_dump(mode="json") for a in mine}
+    assert len(mine) == len(by_kind) == 2, [(a.key, a.description) for a in found]
+    return by_kind

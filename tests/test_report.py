@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from datetime import UTC, date, datetime
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,15 @@ from flows.report import write_report
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import REPO, snapshot_pairs
+from tests.fdaaa_support import trial
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 PAIR = "NCT05766735"
 NOW = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+# Applicable trials derived from a real one: overdue from 2026-06-15 (due 2026-05-15), and long overdue.
+ACTS = [trial("NCT90000001", updated="2025-01-02", primary_completion="2025-05-15", sponsor="Acme Pharma"),
+        trial("NCT90000002", updated="2025-01-02", primary_completion="2020-06-30", sponsor="Beta Devices")]
 ARTIFACTS = Path(os.environ.get("TRIALSYNC_TEST_ARTIFACTS", REPO / "test-artifacts"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -31,12 +36,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
     """The 8 real pairs (NCT05766735's real 46-day slip) and a third version derived from its newer
-    record: terminated, with its enrollment made actual and cut, on 2026-06-01."""
+    record: terminated, with its enrollment made actual and cut, on 2026-06-01; and two applicable trials
+    (``ACTS``) overdue in mid-2026."""
     from tests.conftest import fast_sync
 
     pairs = snapshot_pairs()
     warehouse_dir = tmp_path_factory.mktemp("report") / "w"
-    with FakeRegistry([older for older, _ in pairs.values()]).start() as registry:
+    with FakeRegistry([*(older for older, _ in pairs.values()), *ACTS]).start() as registry:
         fast_sync(registry, warehouse_dir)
         registry.put(*(newer for _, newer in pairs.values()))
         fast_sync(registry, warehouse_dir, full=True)
@@ -111,6 +117,12 @@ def test_the_digest_counts_changes_and_shows_slips_and_status_moves(history: Pat
     [slips] = by_chart(marks, "date-slips")
     assert [(m["data-nct"], m["data-field"], m["data-value"]) for m in slips] == [
         (PAIR, "completion date", "46"), (PAIR, "primary completion date", "46")]
+    chart = html.split('data-chart="date-slips"')[1].split("</svg>")[0]  # each study linked, named in its tip
+    assert chart.count(f'<a href="https://clinicaltrials.gov/study/{PAIR}">') == 2
+    newer = snapshot_pairs()[PAIR][1]["protocolSection"]
+    names = (f'{escape(newer["identificationModule"]["briefTitle"])} · '
+             f'{escape(newer["sponsorCollaboratorsModule"]["leadSponsor"]["name"])}</title>')
+    assert chart.count(names) == 2
     [moves] = by_chart(marks, "status-transitions")
     assert [(m["data-from"], m["data-to"], m["data-value"]) for m in moves] == [("RECRUITING", "TERMINATED", "1")]
 
@@ -119,7 +131,9 @@ def test_the_report_is_one_self_contained_file(history: Path, tmp_path: Path) ->
     html = write_report(history, tmp_path / "r.html", ncts=[PAIR], since=date(2026, 4, 1), now=NOW).read_text()
     assert parse(html).references == []  # no script, style, font or image from anywhere else
     assert not re.search(r"@import|url\(", html)
-    assert re.findall(r'<a href="([^"]+)"', html) == [f"https://clinicaltrials.gov/study/{PAIR}?tab=history"]
+    links = re.findall(r'<a href="([^"]+)"', html)
+    assert links[0] == f"https://clinicaltrials.gov/study/{PAIR}?tab=history"
+    assert all(re.fullmatch(r"https://clinicaltrials\.gov/study/NCT\d{8}", link) for link in links[1:]), links
 
 
 def test_the_report_command_writes_the_file_and_rejects_bad_input(history: Path, tmp_path: Path) -> None:
@@ -153,10 +167,16 @@ def test_chromium_draws_every_chart_of_the_report_and_a_screenshot_is_kept(histo
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     marks = parse(dom.stdout)
-    assert 'data-charts="6"' in dom.stdout  # the page's script ran: 3 timeline + 3 digest charts
+    assert 'data-charts="7"' in dom.stdout  # the page's script ran: 3 timeline + 3 digest + 1 compliance
+    # the collapsed field changes open on a click
+    assert '<details class="meta"' in dom.stdout and "<summary>+ " in dom.stdout
     drawn = {name.split("#")[0]: (int(c["drawn"]), len(c["marks"])) for name, c in marks.charts.items()}
     assert set(drawn) == {"status-bands", "enrollment", "key-dates", "changes-by-category", "date-slips",
-                          "status-transitions"}
+                          "status-transitions", "fdaaa-status"}
+    [dates] = by_chart(marks, "key-dates")  # each move labelled, drawn, and not on top of another
+    labels = [m for m in dates if m.get("data-move")]
+    assert {(m["data-series"], m["data-shift"]) for m in labels} == {("primary_completion_date", "46"),
+                                                                     ("completion_date", "46")}
     assert all(n_drawn == n_marks > 0 for n_drawn, n_marks in drawn.values()), drawn
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report.png"
@@ -169,3 +189,65 @@ def test_chromium_draws_every_chart_of_the_report_and_a_screenshot_is_kept(histo
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")) == (1100, 2600)
     shutil.copy(report, ARTIFACTS / "report.html")
+
+
+def test_each_key_date_move_is_labelled_with_its_days_and_coinciding_series_stay_apart(history: Path,
+                                                                                     tmp_path: Path) -> None:
+    html = write_report(history, tmp_path / "r.html", ncts=[PAIR], now=NOW).read_text()
+    [dates] = by_chart(parse(html), "key-dates")
+    labels = {m["data-series"]: m for m in dates if m.get("data-move")}
+    assert {s: (m["data-at-version"], m["data-shift"]) for s, m in labels.items()} == {
+        "primary_completion_date": ("2", "46"), "completion_date": ("2", "46")}  # the real slip, both dates
+    assert ">primary completion +46 d</text>" in html and ">completion +46 d</text>" in html
+    ys = sorted(float(m["y"]) for m in labels.values())
+    assert ys[1] - ys[0] >= 13  # the same step: stacked, not drawn over each other
+    paths = {m["data-series"]: m for m in dates if m.get("d")}
+    assert "stroke-dasharray" in paths["primary_completion_date"] and "stroke-dasharray" not in paths["completion_date"]
+
+
+def test_info_changes_are_expandable_and_the_header_names_only_the_directory(history: Path, tmp_path: Path) -> None:
+    html = write_report(history, tmp_path / "r.html", ncts=[PAIR], now=NOW).read_text()
+    hidden = re.findall(r'<details class="meta" data-hidden="(\d+)"><summary>\+ (\d+) other field changes?</summary>'
+                        r"((?:<div>[^<]*</div>)+)</details>", html)
+    assert hidden and all(int(n) == int(m) == c.count("<div>") for n, m, c in hidden)
+    assert "field_changed: " in hidden[0][2]
+    assert f"from {history.name}</p>" in html and str(history.parent) not in html
+
+
+def test_the_study_shows_what_was_registered_against_now(history: Path, tmp_path: Path) -> None:
+    html = write_report(history, tmp_path / "r.html", ncts=[PAIR], now=NOW).read_text()
+    table = html.split('data-table="registered-vs-current"')[1].split("</table>")[0]
+    rows = dict(re.findall(r'<tr data-row="([^"]+)"><th>[^<]*</th><td>(.*?)</td></tr>', table))
+    assert rows["enrollment"] == "200 estimated → 120 actual <b>(-40.0%)</b>"
+    assert rows["completion"] == "2027-04-15 → 2027-05-31 <b>(+46 days)</b>"
+    assert rows["primary completion"] == "2027-04-15 → 2027-05-31 <b>(+46 days)</b>"
+    assert rows["start"].endswith("(unchanged)</span>")
+    assert rows["primary outcomes added"] == '<span class="meta">none</span>'
+
+
+def test_the_digest_names_studies_with_titles_sponsors_and_registry_links(history: Path, tmp_path: Path) -> None:
+    html = write_report(history, tmp_path / "r.html", since=date(2026, 4, 1), until=date(2026, 6, 30),
+                        now=NOW).read_text()
+    changes = html.split("<h3>Critical and notable changes</h3>")[1].split("</table>")[0]
+    newer = snapshot_pairs()[PAIR][1]["protocolSection"]
+    title = newer["identificationModule"]["briefTitle"]
+    sponsor = newer["sponsorCollaboratorsModule"]["leadSponsor"]["name"]
+    assert (f'<a href="https://clinicaltrials.gov/study/{PAIR}">{PAIR}</a><div class="meta">'
+            f"{escape(title)} · {escape(sponsor)}</div>") in changes
+
+
+def test_the_compliance_section_counts_lists_overdue_trials_and_those_newly_overdue(history: Path,
+                                                                                   tmp_path: Path) -> None:
+    html = write_report(history, tmp_path / "r.html", since=date(2026, 4, 1), until=date(2026, 6, 30),
+                        now=NOW).read_text()
+    section = html.split('<section class="compliance">')[1].split("</section>")[0]
+    assert "FDAAA 801 results reporting on 2026-06-30" in section
+    [bars] = by_chart(parse(section), "fdaaa-status")
+    assert [(m["data-status"], m["data-value"]) for m in bars] == [("overdue", "2"), ("reported", "1")]
+    overdue = section.split('data-table="fdaaa-overdue"')[1].split("</table>")[0]
+    assert re.findall(r'<tr data-nct="(NCT\d+)">.*?data-days-late="(\d+)"', overdue) == [
+        ("NCT90000002", "1826"), ("NCT90000001", "46")]
+    assert "Beta Devices" in overdue and "Acme Pharma" in overdue
+    newly = section.split("Newly overdue since 2026-04-01</h3>")[1]
+    assert re.findall(r'<tr data-nct="(NCT\d+)">', newly) == ["NCT90000001"]
+    assert "<td>2026-06-15</td>" in newly

@@ -16,6 +16,7 @@ import pytest
 from pipeline import mutate
 from pipeline.errors import RegistryUnavailable
 from pipeline.registry.fake_server import FakeRegistry
+from pipeline.scope import WATERMARK_OVERLAP
 from tests.conftest import fast_sync, nct, snapshot_pairs
 from warehouse import Warehouse
 
@@ -107,7 +108,7 @@ def test_incremental_sync_fetches_only_the_changed_window(registry: FakeRegistry
     registry.put(*changed)
     registry.requests.clear()
     summary = fast_sync(registry, warehouse_dir)
-    since = watermark - timedelta(days=1)
+    since = watermark - WATERMARK_OVERLAP
     assert (summary["mode"], summary["since"]) == ("incremental", since.isoformat())
     assert {r["filter.advanced"] for r in registry.study_requests()} == {
         f"AREA[LastUpdatePostDate]RANGE[{since.isoformat()},MAX]"}
@@ -169,3 +170,17 @@ def test_readers_see_the_old_data_until_the_run_commits(registry: FakeRegistry, 
                             str(warehouse_dir / "warehouse.duckdb"), "-c", sql],
                            capture_output=True, text=True, timeout=30)
     assert after.stdout.strip() == "576,250"
+
+
+def test_a_record_that_appears_days_after_its_posting_date_is_still_fetched_incrementally(
+        registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Real records carry ESTIMATED posting dates and Sunday postings: a record can show up in the
+    registry days after its lastUpdatePostDate. The window's overlap covers it."""
+    first = fast_sync(registry, warehouse_dir)
+    watermark = date.fromisoformat(first["watermark"])
+    late = mutate.posted_on(mutate.set_enrollment(records[7], 4321), watermark - timedelta(days=6))
+    registry.put(late)
+    summary = fast_sync(registry, warehouse_dir)
+    assert summary["mode"] == "incremental" and summary["since"] <= (watermark - timedelta(days=6)).isoformat()
+    assert query(warehouse_dir, "SELECT version, enrollment_count FROM studies WHERE nct_id = ?", [nct(late)]) == [
+        (2, 4321)]

@@ -29,29 +29,32 @@ def test_the_example_and_demo_watchlists_are_valid() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("watches: []", "no channels: define at least one under 'channels:'"),
+    ("watches: []", "channels: define at least one channel"),
     (CHANNELS + "watches: [{name: w, studies: {ids: [NCT1]}, channels: [feed]}]",
-     "watch 'w': studies.ids: invalid NCT id 'NCT1'"),
+     "watches[w].studies.ids: invalid NCT id 'NCT1' (NCT and 8 digits)"),
     (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [mail]}]",
-     "watch 'w': unknown channel 'mail'; defined: feed"),
+     "watches[w].channels: unknown channel 'mail'; valid: feed"),
     (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], min_severity: high}]",
-     "watch 'w': min_severity must be one of info, minor, notable, critical, got 'high'"),
+     "watches[w].min_severity: unknown value 'high'; valid: info, minor, notable, critical"),
     (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], events: [slipped]}]",
-     "watch 'w': unknown event 'slipped'"),
+     "watches[w].events: unknown event 'slipped'; valid: status_changed, "),
     (CHANNELS + "watches: [{name: w, studies: {sponsor: [x]}, channels: [feed]}]",
-     "watch 'w': unknown setting 'sponsor' in studies; known: ids, conditions, sponsors, phases, status, where"),
+     "watches[w].studies.sponsor: unknown key; valid: ids, conditions, sponsors, phases, status, where"),
     ("channels:\n  mail: {type: email, host: h, from: a@b, to: [c@d], username: u, password: hunter22}\n",
-     "channel 'mail': 'password' would put a secret in the watchlist file; name an environment variable"),
+     "channels.mail.password: would put a secret in the watchlist file; name an environment variable"),
     ("channels:\n  s: {type: slack, url: 'https://hooks.slack.com/services/T/B/X'}\n",
-     "channel 's': unknown setting 'url' in a slack channel; known: type, timeout, attempts, url_env, url_secret"),
+     "channels.s.url: unknown key; valid: type, timeout, attempts, url_env, url_secret"),
     ("channels:\n  h: {type: webhook, url: 'https://u:pw@example.org/x'}\n",
-     "channel 'h': url must not carry a password; use url_env or url_secret"),
-    ("channels:\n  a: {type: feed, path: x}\n  a: {type: feed, path: y}\n", "duplicate key 'a' (line 3)"),
+     "channels.h.url: must not carry a password; use url_env or url_secret"),
+    ("channels:\n  a: {type: feed, path: x}\n  a: {type: feed, path: y}\n", "a: given twice (line 3)"),
     (CHANNELS + "watches: [{name: w, studies: {where: 'x IN (SELECT 1)'}, channels: [feed]}]",
-     "watch 'w': where: must be a single expression over the columns of studies"),
+     "watches[w].studies.where: must be a single expression over the columns of studies"),
     (CHANNELS + "watches: [{name: w, studies: {where: 'true) UNION (SELECT 1'}, channels: [feed]}]",
-     "watch 'w': where: must be a single expression over the columns of studies"),
+     "watches[w].studies.where: must be a single expression over the columns of studies"),
     ("channels: [", "is not valid YAML"),
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], since: 2026-13-45}]",
+     "watches[w].since: not a real date: '2026-13-45' (month must be in 1..12); expected YYYY-MM-DD"),
+    ("defaults: {min_severity: hi}\n" + CHANNELS, "defaults.min_severity: unknown value 'hi'"),
 ])
 def test_a_bad_watchlist_gets_one_line_naming_the_file_and_the_setting(tmp_path: Path, text: str,
                                                                         message: str) -> None:
@@ -59,7 +62,7 @@ def test_a_bad_watchlist_gets_one_line_naming_the_file_and_the_setting(tmp_path:
     path.write_text(text)
     with pytest.raises(UsageError) as caught:
         load_watchlist(path)
-    assert str(caught.value).startswith(str(path)) and message in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: {message}")
     assert "\n" not in str(caught.value)
 
 
@@ -69,7 +72,7 @@ def test_a_missing_environment_variable_is_named_before_anything_runs(tmp_path: 
     path.write_text("channels:\n  s: {type: slack, url_env: TEST_NOT_SET_ANYWHERE}\n"
                     "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [s]}]\n")
     monkeypatch.delenv("TEST_NOT_SET_ANYWHERE", raising=False)
-    with pytest.raises(UsageError, match="channel 's': environment variable TEST_NOT_SET_ANYWHERE is not set"):
+    with pytest.raises(UsageError, match=r"channels\.s: environment variable TEST_NOT_SET_ANYWHERE is not set"):
         check_config(path)
 
 

@@ -16,9 +16,10 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.alerts.message import AlertChange, Message
-from pipeline.alerts.plan import Key, LedgerState
+from pipeline.alerts.plan import LedgerState, Pending
 from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
 from pipeline.errors import UsageError
+from warehouse.store import Warehouse
 from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
 
 _CORE = ", ".join(f.name for f in CORE_FIELDS)
@@ -28,21 +29,31 @@ FROM raw_study_versions WHERE NOT is_removed"""
 _COLLABORATORS = "json_extract_string(raw, '$.protocolSection.sponsorCollaboratorsModule.collaborators[*].name')"
 
 
+def _contains_any(texts_sql: str) -> str:
+    """Whether one of the texts (a VARCHAR[]) contains the parameter, literally and ignoring case."""
+    return f"coalesce(list_bool_or(list_transform({texts_sql}, lambda t: contains(lower(t), lower(?)))), false)"
+
+
 def selector_sql(selector: StudySelector) -> tuple[str, list[Any]]:
-    """The selector as one predicate over ``studies`` (keys AND-ed, a key's values OR-ed)."""
+    """The selector as one predicate over ``studies`` (keys AND-ed, a key's values OR-ed).
+
+    Conditions and sponsors are literal substrings, ignoring case (Python's ``term.lower() in
+    text.lower()``) of one condition, the lead sponsor or one collaborator: ``%``, ``_`` and ``\\``
+    match themselves (``contains``, never ``LIKE``), and a term never spans two conditions.
+    """
     parts: list[str] = []
     params: list[Any] = []
 
     def any_of(template: str, values: Iterable[Any]) -> None:
         values = list(values)
         if values:
+            uses = template.count("?")
             parts.append("(" + " OR ".join(template for _ in values) + ")")
-            params.extend(values)
+            params.extend(v for v in values for _ in range(uses))
 
     any_of("studies.nct_id = ?", selector.ids)
-    any_of("lower(array_to_string(studies.conditions, ' | ')) LIKE ?", (f"%{c.lower()}%" for c in selector.conditions))
-    any_of(f"lower(concat_ws(' | ', studies.lead_sponsor, array_to_string({_COLLABORATORS}, ' | '))) LIKE ?",
-           (f"%{s.lower()}%" for s in selector.sponsors))
+    any_of(_contains_any("studies.conditions"), selector.conditions)
+    any_of(_contains_any(f"list_prepend(studies.lead_sponsor, coalesce({_COLLABORATORS}, []))"), selector.sponsors)
     any_of("list_contains(studies.phases, ?)", selector.phases)
     any_of("studies.overall_status = ?", selector.status)
     if selector.where:
@@ -58,18 +69,18 @@ def check_predicate(where: str) -> None:
         serialized = con.execute("SELECT json_serialize_sql(?)", [f"SELECT 1 FROM studies WHERE ({where})"])
         tree = json.loads(serialized.fetchall()[0][0])
         if tree.get("error"):
-            raise UsageError(f"where: does not parse: {tree.get('error_message', '').splitlines()[0]}")
+            raise UsageError(f"does not parse: {tree.get('error_message', '').splitlines()[0]}")
         node = tree["statements"][0]["node"] if len(tree["statements"]) == 1 else {}
         plain = (node.get("type") == "SELECT_NODE" and not node.get("modifiers") and not node["cte_map"]["map"]
                  and node["from_table"].get("table_name") == "studies" and not node.get("group_expressions")
                  and node.get("having") is None and node.get("qualify") is None)
         if not plain or _has(node["where_clause"], {"SUBQUERY", "TABLE_FUNCTION", "WINDOW"}):
-            raise UsageError("where: must be a single expression over the columns of studies "
+            raise UsageError("must be a single expression over the columns of studies "
                              "(no subqueries, table functions or other clauses)")
         con.register("raw_study_versions", pa.Table.from_batches([], schema=STUDY_VERSIONS))
         con.execute(f"SELECT count(*) FROM ({_STUDIES}) studies WHERE ({where})").fetchall()
     except duckdb.Error as exc:
-        raise UsageError(f"where: {str(exc).splitlines()[0]}") from None
+        raise UsageError(str(exc).splitlines()[0]) from None
     finally:
         con.close()
 
@@ -91,7 +102,7 @@ WITH cand AS (
     SELECT nct_id, arg_max(brief_title, version) AS title FROM studies_ GROUP BY nct_id
 )
 SELECT c.change_id, c.nct_id, t.title, c.field, c.event, c.category, c.severity, c.old_value, c.new_value,
-       c.shift_days, c.pct_change, c.registry_updated, c.from_version, c.to_version
+       c.shift_days, c.pct_change, c.registry_updated, c.from_version, c.to_version, c.path, c.detected_at
 FROM cand c LEFT JOIN titles t USING (nct_id)
 WHERE EXISTS (SELECT 1 FROM studies_ AS studies
               WHERE studies.nct_id = c.nct_id AND studies.version IN (c.from_version, c.to_version)
@@ -114,12 +125,54 @@ def candidates(con: duckdb.DuckDBPyConnection, watch: Watch, start: datetime,
     return [AlertChange(*row) for row in result.fetchall()]
 
 
+# -- the ledger: the outbox (alert_messages) and the outcome of each attempt (alert_deliveries) -------
 def ledger_state(con: duckdb.DuckDBPyConnection) -> LedgerState:
+    """What earlier alerts runs recorded: the outbox, its undelivered messages, and the outcomes."""
     rows = con.execute("""SELECT watch, channel, change_id, bool_or(status = 'sent'), count(*)
                           FROM raw_alert_deliveries GROUP BY ALL""").fetchall()
     sent = frozenset((w, ch, c) for w, ch, c, ok, _ in rows if ok)
     failed = {(w, ch, c): int(n) for w, ch, c, ok, n in rows if not ok}
-    return LedgerState(sent, failed)
+    outbox = con.execute("""
+        SELECT m.watch, m.channel, m.change_ids, m.change_keys, m.payload,
+               (SELECT count(DISTINCT d.run_id) FROM raw_alert_deliveries d
+                WHERE d.message_id = m.message_id) AS attempts,
+               EXISTS (SELECT 1 FROM raw_alert_deliveries d
+                       WHERE d.message_id = m.message_id AND d.status = 'sent') AS delivered
+        FROM raw_alert_messages m ORDER BY m.created_at, m.message_id""").fetchall()
+    planned = frozenset((w, ch, c) for w, ch, ids, _, _, _, _ in outbox for c in ids)
+    content = frozenset((w, ch, k) for w, ch, _, keys, _, _, _ in outbox for k in keys)
+    pending = tuple(Pending(Message.from_payload(json.loads(payload)), int(attempts))
+                    for _, _, _, _, payload, attempts, delivered in outbox if not delivered)
+    # A key of a stored message is no longer a legacy failure: the message goes again as it was.
+    legacy = {key: n for key, n in failed.items() if key not in planned and key not in sent}
+    return LedgerState(sent=sent, failed=legacy, planned=planned, planned_content=content, pending=pending)
+
+
+def outbox_rows(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The outbox rows of new messages (planned from the candidates, whose changes carry the path and
+    observation time their content keys need), written and committed before any of them is sent."""
+    return [{
+        "message_id": m.message_id, "run_id": m.run_id, "created_at": m.created_at, "watch": m.watch,
+        "channel": m.channel, "mode": m.mode, "change_ids": [c.change_id for c in m.changes],
+        "change_keys": [k for c in m.changes for k in c.content_keys()],
+        "payload": json.dumps(m.payload(), ensure_ascii=False, sort_keys=True),
+    } for m in messages]
+
+
+def write_outbox(store: Warehouse, commit_id: str, messages: Sequence[Message], *, lock_timeout: float) -> None:
+    """Commit new messages to the outbox (``alert_messages``): durable before any of them is sent."""
+    with store.writer(commit_id, lock_timeout=lock_timeout) as run:
+        run.append_rows("alert_messages", outbox_rows(messages))
+        run.commit()
+
+
+def record_outcomes(store: Warehouse, commit_id: str, deliveries: list[dict[str, Any]], run_row: dict[str, Any],
+                    *, lock_timeout: float) -> None:
+    """Commit each attempt's outcome (``alert_deliveries``) and the alerts run's row (``alert_runs``)."""
+    with store.writer(commit_id, lock_timeout=lock_timeout) as run:
+        run.append_rows("alert_deliveries", deliveries)
+        run.append_rows("alert_runs", [run_row])
+        run.commit()
 
 
 def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
@@ -128,15 +181,13 @@ def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     return {w: ts for w, ts in rows}
 
 
-def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempts: dict[Key, int],
+def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempt: int,
                   error: str | None) -> list[dict[str, Any]]:
     """The ledger rows of one message's outcome: one per (watch, change, channel)."""
     return [{
         "run_id": run_id, "attempted_at": attempted_at, "watch": message.watch, "channel": message.channel,
         "change_id": c.change_id, "nct_id": c.nct_id, "severity": c.severity, "message_id": message.message_id,
-        "status": "failed" if error else "sent", "attempt": attempts.get((message.watch, message.channel,
-                                                                            c.change_id), 1),
-        "error": error,
+        "status": "failed" if error else "sent", "attempt": attempt, "error": error,
     } for c in message.changes]
 
 
@@ -158,6 +209,7 @@ def watch_overview(con: duckdb.DuckDBPyConnection | None, watchlist: Watchlist) 
             "changes": ", ".join(watch.categories + watch.events) or "all",
             "channels": ", ".join(watch.channels), "studies": following,
             "sent": sum(1 for key in ledger.sent if key[0] == watch.name),
-            "awaiting_retry": sum(1 for key in ledger.failed if key[0] == watch.name and key not in ledger.sent),
+            "awaiting_retry": sum(1 for key in ledger.failed if key[0] == watch.name)
+            + sum(len(p.message.changes) for p in ledger.pending if p.message.watch == watch.name),
         })
     return rows

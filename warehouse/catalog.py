@@ -9,11 +9,8 @@ the ``duckdb`` shell (1.x) can open it read-only.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -21,45 +18,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.aact import aact_views
+from warehouse.analyses import analysis_views
 from warehouse.crashpoints import crashpoint
+from warehouse.manifest import RETAINED_KEY, Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
+from warehouse.validity import versions_with_validity
+
+__all__ = ["CATALOG_NAME", "RETAINED_KEY", "Manifest", "ManifestEntry", "plan_catalog", "write_catalog"]
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
 STORAGE_COMPATIBILITY = "v1.0.0"
-RETAINED_KEY = "retained_runs"  # meta: {run_id: ISO time until which a superseded run's directory stays}
 
 _CORE = ", ".join(f.name for f in CORE_FIELDS)
 
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    run_id: str
-    table: str
-    path: str  # relative to the warehouse root
-
-
-@dataclass(frozen=True)
-class Manifest:
-    entries: tuple[ManifestEntry, ...] = ()
-    meta: Mapping[str, str] = field(default_factory=dict)
-
-    def files(self, table: str) -> list[str]:
-        return [e.path for e in self.entries if e.table == table]
-
-    @property
-    def run_ids(self) -> set[str]:
-        return {e.run_id for e in self.entries}
-
-    def plus(self, entries: Sequence[ManifestEntry]) -> Manifest:
-        return Manifest(self.entries + tuple(entries), self.meta)
-
-    def retained_until(self) -> dict[str, datetime]:
-        """Run directories a compaction superseded, and until when they are kept."""
-        raw = self.meta.get(RETAINED_KEY)
-        if not raw:
-            return {}
-        return {run_id: datetime.fromisoformat(until) for run_id, until in json.loads(raw).items()}
+# A key the registry's schema does not describe, first met by a run: recorded once, never a version.
+SCHEMA_CHANGES_VIEW = """CREATE OR REPLACE VIEW schema_changes AS
+SELECT path, arg_min(run_id, started_at) AS first_run_id, min(started_at) AS first_seen,
+       max(started_at) AS last_seen, count(*) AS runs
+FROM (SELECT run_id, started_at, unnest(unknown_fields) AS path FROM raw_sync_runs)
+GROUP BY path"""
 
 
 def schema_file(table: str) -> str:
@@ -89,15 +67,14 @@ def plan_catalog(root: Path, manifest: Manifest) -> list[str]:
             )
     if rewriting:
         statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding])
-    valid_from = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
     statements += [
         f"""CREATE OR REPLACE VIEW study_versions AS
 SELECT nct_id, version, content_hash, registry_updated, registry_version, observed_at, run_id, source,
-       {valid_from} AS valid_from,
-       lead({valid_from}) OVER w AS valid_to,
+       valid_from,
+       lead(valid_from) OVER w AS valid_to,
        lead(version) OVER w IS NULL AS is_current,
        is_removed, {_CORE}, CAST(raw AS JSON) AS raw
-FROM raw_study_versions
+FROM ({versions_with_validity()})
 WINDOW w AS (PARTITION BY nct_id ORDER BY version)""",
         f"""CREATE OR REPLACE VIEW studies AS
 SELECT nct_id, {_CORE}, version, content_hash
@@ -105,8 +82,9 @@ FROM study_versions WHERE is_current AND NOT is_removed""",
         """CREATE OR REPLACE VIEW sync_runs AS
 SELECT run_id, mode, scope, started_at, finished_at, status, pages, studies_seen, new_studies,
        versions_written, unchanged, changes_written, quarantined, retired, left_scope, total_count, since,
-       watermark, api_url, params
+       watermark, api_url, params, coalesce(stale, 0) AS stale, unknown_fields
 FROM raw_sync_runs ORDER BY started_at""",
+        SCHEMA_CHANGES_VIEW,
         "CREATE OR REPLACE VIEW run_studies AS SELECT run_id, nct_id, version FROM raw_run_studies",
         "CREATE OR REPLACE VIEW scope_exits AS SELECT run_id, scope, nct_id, reason FROM raw_scope_exits",
         "CREATE OR REPLACE VIEW study_rewrites AS SELECT run_id, nct_id, versions FROM raw_study_rewrites",
@@ -118,12 +96,16 @@ SELECT change_id, nct_id, from_version, to_version, run_id, detected_at, registr
        CASE severity WHEN 'critical' THEN 3 WHEN 'notable' THEN 2 WHEN 'minor' THEN 1 ELSE 0 END
          AS severity_rank
 FROM raw_changes""",
+        """CREATE OR REPLACE VIEW alert_messages AS
+SELECT message_id, run_id, created_at, watch, channel, mode, change_ids, change_keys,
+       CAST(payload AS JSON) AS payload
+FROM raw_alert_messages""",
         """CREATE OR REPLACE VIEW alert_deliveries AS
 SELECT run_id, attempted_at, watch, channel, change_id, nct_id, severity, message_id, status, attempt, error
 FROM raw_alert_deliveries""",
         """CREATE OR REPLACE VIEW alert_runs AS
 SELECT run_id, started_at, finished_at, watchlist, watches, matched, messages, sent, failed, already_sent,
-       retried
+       retried, resent
 FROM raw_alert_runs ORDER BY started_at""",
         """CREATE OR REPLACE VIEW reconciliation AS
 SELECT run_id, scope, mode, checked_at, "check", status, expected, observed, flagged, detail, ids,
@@ -141,6 +123,7 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
     ]
     statements += child_views()
     statements += aact_views()
+    statements += analysis_views()
     return statements
 
 
@@ -206,38 +189,72 @@ def ensure_schema_files(root: Path) -> None:
             os.replace(tmp, path)
 
 
-def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest) -> None:
-    """Define the views in ``connection`` (a new catalog file, or an in-memory reader)."""
+def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, *, tolerant: bool = False) -> None:
+    """Define the views in ``connection`` (a new catalog file, or an in-memory reader). ``tolerant``
+    (readers of a damaged warehouse): skip a view that cannot be defined (its files are damaged), so
+    the views of the other tables keep answering."""
     for statement in plan_catalog(root, manifest):
-        connection.execute(statement)
+        try:
+            connection.execute(statement)
+        except duckdb.Error:
+            if not tolerant:
+                raise
 
 
-def write_catalog(root: Path, manifest: Manifest, *, tag: str) -> None:
-    """Write a complete new catalog beside the old one, then rename it into place (the commit)."""
+def plan_digest(root: Path, manifest: Manifest) -> str:
+    """A fingerprint of the views ``manifest`` implies at ``root`` (``check`` compares it)."""
+    text = "\n;\n".join(plan_catalog(root, manifest))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *, tag: str) -> Path:
+    """Write a complete new catalog beside the old one (fsynced); ``install_catalog`` puts it in place.
+
+    Besides the views it keeps the effective manifest (``_manifest``, in commit order) and a copy of
+    every manifest file (``_manifest_log``), so a damaged manifest file can be restored from it."""
     ensure_schema_files(root)
-    final = root / CATALOG_NAME
     tmp = root / f"{CATALOG_NAME}.tmp-{tag}"
     for leftover in (tmp, Path(f"{tmp}.wal")):
         leftover.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
     try:
-        con.execute("CREATE TABLE _manifest(run_id VARCHAR, table_name VARCHAR, path VARCHAR)")
+        con.execute("CREATE TABLE _manifest(seq INTEGER, run_id VARCHAR, table_name VARCHAR, path VARCHAR, "
+                    "size BIGINT, checksum VARCHAR)")
         if manifest.entries:
-            con.executemany("INSERT INTO _manifest VALUES (?, ?, ?)",
-                            [(e.run_id, e.table, e.path) for e in manifest.entries])
+            con.executemany("INSERT INTO _manifest VALUES (?, ?, ?, ?, ?, ?)",
+                            [(i, e.run_id, e.table, e.path, e.size, e.checksum)
+                             for i, e in enumerate(manifest.entries, start=1)])
+        con.execute("CREATE TABLE _manifest_log(generation INTEGER, doc VARCHAR)")
+        if log:
+            con.executemany("INSERT INTO _manifest_log VALUES (?, ?)",
+                            [(g.number, g.to_bytes().decode()) for g in log])
         crashpoint("catalog-tmp-created")
         con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
-        meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION}
+        meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION,
+                "generation": str(manifest.generation), "plan_digest": plan_digest(root, manifest)}
         con.executemany("INSERT INTO _meta VALUES (?, ?)", sorted(meta.items()))
         build(con, root, manifest)
         con.execute("CHECKPOINT")
-    finally:
+    except BaseException:
         con.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    con.close()
     fsync_path(tmp)
     crashpoint("catalog-tmp-written")
-    os.replace(tmp, final)
+    return tmp
+
+
+def install_catalog(root: Path, tmp: Path) -> None:
+    """Rename a prepared catalog into place and make the rename durable."""
+    os.replace(tmp, root / CATALOG_NAME)
     crashpoint("catalog-replaced")
     fsync_path(root)
+
+
+def write_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *, tag: str) -> None:
+    """A new catalog for ``manifest`` in place (a rebuild: the manifest is committed already)."""
+    install_catalog(root, prepare_catalog(root, manifest, log, tag=tag))
 
 
 def open_catalog(path: Path, config: dict[str, str | bool | int | float | list[str]] | None = None,
@@ -264,17 +281,42 @@ def _quote(text: str) -> str:
     return text.replace("'", "''")
 
 
-def read_manifest(root: Path) -> Manifest:
-    path = root / CATALOG_NAME
-    if not path.exists():
-        return Manifest()
+def catalog_meta(path: Path) -> dict[str, str]:
+    """The catalog's ``_meta`` (raises ``duckdb.Error`` if the file is not a readable catalog)."""
     con = open_catalog(path)
     try:
-        rows = con.execute("SELECT run_id, table_name, path FROM _manifest").fetchall()
+        return dict(con.execute("SELECT key, value FROM _meta").fetchall())
+    finally:
+        con.close()
+
+
+def read_legacy_manifest(path: Path) -> Manifest:
+    """The manifest of a catalog written before the manifest moved beside it (``_manifest`` only),
+    in commit order: the order the rows were inserted (``rowid``), never DuckDB's scan order."""
+    con = open_catalog(path)
+    try:
+        rows = con.execute("SELECT run_id, table_name, path FROM _manifest ORDER BY rowid").fetchall()
         meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
     finally:
         con.close()
+    meta = {k: v for k, v in meta.items() if k not in ("root", "schema_version", "generation", "plan_digest")}
     return Manifest(tuple(ManifestEntry(*row) for row in rows), meta)
+
+
+def read_catalog_log(path: Path) -> dict[int, Generation]:
+    """The catalog's copy of the manifest files, by generation; the damaged ones left out."""
+    con = open_catalog(path)
+    try:
+        rows = con.execute("SELECT generation, doc FROM _manifest_log ORDER BY generation").fetchall()
+    finally:
+        con.close()
+    log = {}
+    for number, doc in rows:
+        try:
+            log[number] = Generation.from_bytes(doc.encode(), number)
+        except ManifestDamaged:
+            continue
+    return log
 
 
 def fsync_path(path: Path) -> None:

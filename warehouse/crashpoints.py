@@ -25,8 +25,9 @@ CHECKPOINTS = {
     "run-row-staged": "the sync_runs row is staged, the commit begins",
     "files-closed": "the run's Parquet files are closed (footers written), before fsync",
     "catalog-tmp-created": "the new catalog file exists half-built beside the old one",
-    "catalog-tmp-written": "the new catalog is complete and fsynced, before the rename",
-    "catalog-replaced": "the rename happened (the run is committed), before the directory fsync",
+    "catalog-tmp-written": "the new catalog is complete and fsynced beside the old one, before the commit point",
+    "manifest-published": "the run's manifest generation is published (the commit point), the old catalog in place",
+    "catalog-replaced": "the new catalog is renamed into place, before the directory fsync",
     "committed": "commit returned; the run's spool is still there",
 }
 

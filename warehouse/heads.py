@@ -20,9 +20,10 @@ HEAD_SCHEMA = pa.schema([
     pa.field("version", pa.int32()),
     pa.field("content_hash", pa.string()),
     pa.field("is_removed", pa.bool_()),
+    pa.field("registry_updated", pa.date32()),  # a fetched record older than this is stale
 ])
 
-HEADS_SQL = ("SELECT nct_id, version, content_hash, is_removed FROM raw_study_versions "
+HEADS_SQL = ("SELECT nct_id, version, content_hash, is_removed, registry_updated FROM raw_study_versions "
              "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1")
 
 
@@ -57,4 +58,5 @@ class HeadIndex:
 
 def to_dict(table: pa.Table) -> dict[str, Head]:
     columns = [table[name].to_pylist() for name in HEAD_SCHEMA.names]
-    return {nct: Head(version, digest, bool(removed)) for nct, version, digest, removed in zip(*columns, strict=True)}
+    return {nct: Head(version, digest, bool(removed), updated)
+            for nct, version, digest, removed, updated in zip(*columns, strict=True)}

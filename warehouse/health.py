@@ -11,7 +11,7 @@ import orjson
 import pyarrow as pa
 
 from pipeline.reconcile import Check
-from warehouse.store import RunWriter
+from warehouse.store import SYNCED, RunWriter
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class ScopeState:
     seen_dates: dict[str, date | None]
     status_counts: dict[str, int]
     previous_status_counts: dict[str, int] | None
+    former_members: frozenset[str] = frozenset()  # seen by earlier runs of the scope, exited since
 
 
 def scope_state(run: RunWriter, scope: str, seen: Iterable[str], exited: Iterable[str] = ()) -> ScopeState:
@@ -29,6 +30,10 @@ def scope_state(run: RunWriter, scope: str, seen: Iterable[str], exited: Iterabl
     ``exited``: members this run found gone from the scope (not counted in its status counts)."""
     members = frozenset(run.scope_members(scope))
     previous = previous_status_counts(run, scope)
+    with run.warehouse.committed() as con:
+        ever = {r[0] for r in con.execute(
+            f"""SELECT DISTINCT r.nct_id FROM raw_run_studies r JOIN raw_sync_runs s USING (run_id)
+                WHERE s.scope = ? AND s.{SYNCED.replace(" AND ", " AND s.")}""", [scope]).fetchall()}
     run.seal("study_versions")
     run.seal("run_studies")
     seen_ids = set(seen)
@@ -41,7 +46,7 @@ def scope_state(run: RunWriter, scope: str, seen: Iterable[str], exited: Iterabl
         counts = dict(con.execute(
             """SELECT coalesce(overall_status, 'UNKNOWN_STATUS'), count(*) FROM study_versions
                JOIN scope_ids USING (nct_id) WHERE is_current AND NOT is_removed GROUP BY 1""").fetchall())
-    return ScopeState(members, {n: dates.get(n) for n in seen_ids}, counts, previous)
+    return ScopeState(members, {n: dates.get(n) for n in seen_ids}, counts, previous, frozenset(ever - members))
 
 
 def previous_status_counts(run: RunWriter, scope: str) -> dict[str, int] | None:

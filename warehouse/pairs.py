@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import duckdb
 import orjson
 
-from pipeline.changes import VersionPair
+from pipeline.changes import VersionPair, version_identity
 from warehouse.store import SYNCED
 
 _PAIRS = """
@@ -17,7 +17,8 @@ SELECT n.nct_id, o.version AS from_version, n.version AS to_version,
             ELSE json_object('protocolSection', json_object('identificationModule',
                  json_object('briefTitle', n.brief_title)))::VARCHAR END AS new_raw,
        n.run_id, n.observed_at, n.registry_updated, n.source,
-       coalesce(o.is_removed, false) AS old_removed, n.is_removed AS new_removed
+       coalesce(o.is_removed, false) AS old_removed, n.is_removed AS new_removed,
+       o.content_hash AS old_hash, o.observed_at AS old_observed_at, n.content_hash AS new_hash
 FROM raw_study_versions n
 LEFT JOIN raw_study_versions o ON o.nct_id = n.nct_id AND o.version = n.version - 1
 {where}
@@ -55,6 +56,9 @@ def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
                 run_id=row["run_id"], detected_at=row["observed_at"], registry_updated=row["registry_updated"],
                 old_removed=row["old_removed"], new_removed=row["new_removed"],
                 baseline=row["run_id"] in baseline_runs or row["source"] == "history",
+                old_identity=None if row["from_version"] is None else version_identity(
+                    row["old_hash"], row["old_removed"], row["old_observed_at"]),
+                new_identity=version_identity(row["new_hash"], row["new_removed"], row["observed_at"]),
             )
             for row in rows
         ]

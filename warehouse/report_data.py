@@ -13,6 +13,7 @@ from pipeline.errors import UsageError
 Row = dict[str, Any]
 TOP_SLIPS = 10
 TOP_CHANGES = 60
+TOP_OVERDUE = 100
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[Row]:
@@ -35,8 +36,24 @@ def study(con: duckdb.DuckDBPyConnection, nct_id: str) -> Row:
         SELECT to_version, event, field, old_value, new_value, severity, shift_days, pct_change, registry_updated
         FROM changes WHERE nct_id = ? ORDER BY to_version, severity_rank DESC, path""", [nct_id])
     named = next((v for v in reversed(versions) if v["brief_title"]), versions[-1])
+    registered = _rows(con, "SELECT * FROM registered_vs_current WHERE nct_id = ?", [nct_id])
     return {"nct_id": nct_id, "brief_title": named["brief_title"], "lead_sponsor": named["lead_sponsor"],
-            "versions": versions, "changes": changes}
+            "versions": versions, "changes": changes, "registered": registered[0] if registered else None}
+
+
+def compliance(con: duckdb.DuckDBPyConnection, as_of: date, since: date) -> Row:
+    """FDAAA 801 results reporting on ``as_of``: counts by status, the overdue trials (most days late
+    first) and the trials that became overdue after ``since``."""
+    columns = "nct_id, brief_title, lead_sponsor, act_kind, status, due_date, days_late"
+    return {
+        "as_of": as_of,
+        "since": since,
+        "counts": _rows(con, "SELECT status, count(*) AS n FROM fdaaa_as_of(?) GROUP BY ALL ORDER BY ALL", [as_of]),
+        "overdue": _rows(con, f"""SELECT {columns} FROM fdaaa_as_of(?) WHERE status IN ('overdue', 'overdue-cancelled')
+                                  ORDER BY days_late DESC, nct_id LIMIT {TOP_OVERDUE}""", [as_of]),
+        "newly_overdue": _rows(con, f"""SELECT {columns}, overdue_from FROM fdaaa_newly_overdue(?, ?)
+                                        ORDER BY overdue_from, nct_id LIMIT {TOP_OVERDUE}""", [since, as_of]),
+    }
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,14 @@ class Period:
             return "run_id = ?", [self.run_id]
         day = "coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))"
         return f"{day} BETWEEN ? AND ?", [self.since or date.min, self.until or date.max]
+
+
+# A changed study's title and lead sponsor: those of its latest stored version that has them (a removed
+# study keeps the names it last had).
+_NAMES = """LEFT JOIN (SELECT nct_id, arg_max(brief_title, version) AS brief_title,
+                              arg_max(lead_sponsor, version) AS lead_sponsor
+                       FROM study_versions WHERE NOT is_removed GROUP BY nct_id) AS n ON n.nct_id = c.nct_id"""
+_NAMED = "n.brief_title, n.lead_sponsor"
 
 
 def latest_run(con: duckdb.DuckDBPyConnection) -> str:
@@ -78,15 +103,17 @@ def digest(con: duckdb.DuckDBPyConnection, period: Period) -> Row:
         "runs": runs,
         "counts": _rows(con, f"SELECT category, severity, count(*) AS n FROM changes WHERE {where} GROUP BY ALL "
                              "ORDER BY ALL", params),
-        "slips": _rows(con, f"""SELECT nct_id, field, old_value, new_value, shift_days, severity FROM changes
+        "slips": _rows(con, f"""SELECT c.nct_id, field, old_value, new_value, shift_days, severity, {_NAMED}
+                                FROM changes AS c {_NAMES}
                                 WHERE {where} AND event = 'date_slipped'
-                                ORDER BY shift_days DESC, nct_id, field LIMIT {TOP_SLIPS}""", params),
+                                ORDER BY shift_days DESC, c.nct_id, field LIMIT {TOP_SLIPS}""", params),
         "transitions": _rows(con, f"""SELECT old_value, new_value, count(*) AS n FROM changes
                                       WHERE {where} AND event = 'status_changed'
                                       GROUP BY ALL ORDER BY n DESC, old_value, new_value""", params),
-        "notable": _rows(con, f"""SELECT registry_updated, nct_id, event, field, old_value, new_value, severity,
-                                         shift_days, pct_change FROM changes WHERE {where} AND severity_rank >= 2
-                                  ORDER BY severity_rank DESC, nct_id, path LIMIT {TOP_CHANGES}""", params),
+        "notable": _rows(con, f"""SELECT registry_updated, c.nct_id, event, field, old_value, new_value, severity,
+                                         shift_days, pct_change, {_NAMED}
+                                  FROM changes AS c {_NAMES} WHERE {where} AND severity_rank >= 2
+                                  ORDER BY severity_rank DESC, c.nct_id, path LIMIT {TOP_CHANGES}""", params),
         "reconciliation": _rows(con, """SELECT run_id, "check", status, detail FROM reconciliation
                                         WHERE list_contains(?, run_id) AND status <> 'skipped'
                                         ORDER BY checked_at, run_id, "check" """,

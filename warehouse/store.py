@@ -7,6 +7,7 @@ writer never opens ``warehouse.duckdb`` for writing, it replaces it (see ``catal
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import time
@@ -22,10 +23,13 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
-from warehouse import catalog
-from warehouse.catalog import CATALOG_NAME, Manifest, ManifestEntry
+from warehouse import catalog, migrations
+from warehouse import manifest as manifests
+from warehouse.catalog import CATALOG_NAME
+from warehouse.check import read_state, refuse_if_damaged
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
+from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.parts import LARGE_TEXT_COLUMNS, StagedFile
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
@@ -35,6 +39,8 @@ MARKER_NAME = ".trialsync-warehouse"  # says "this directory is a warehouse": we
 COMMITTED_MARKER = "_COMMITTED"  # in runs/<run_id>/ once the run's catalog is in place
 RUNS_DIR = "runs"
 SANDBOX_DIRS = (RUNS_DIR, "schema")  # what the views read; all a sandboxed reader may open
+
+logger = logging.getLogger("trialsync.warehouse")
 
 
 class Warehouse:
@@ -46,18 +52,92 @@ class Warehouse:
         return self.root / CATALOG_NAME
 
     def exists(self) -> bool:
-        return self.catalog_path.exists()
+        return self.catalog_path.exists() or manifests.head(self.root) > 0
+
+    def log(self) -> list[Generation]:
+        """Every committed generation, in commit order (``ManifestDamaged`` if one cannot be trusted)."""
+        return manifests.read_log(self.root)
 
     def manifest(self) -> Manifest:
+        """The committed state, from the manifest files; before their migration (or when the manifest
+        directory is lost) from the catalog's own copy."""
+        if manifests.head(self.root) or not self.catalog_path.exists():
+            return manifests.fold(self.log())
         try:
-            return catalog.read_manifest(self.root)
+            meta = catalog.catalog_meta(self.catalog_path)
+            if "generation" not in meta:
+                return catalog.read_legacy_manifest(self.catalog_path)
+            return manifests.fold(catalog.read_catalog_log(self.catalog_path).values())
         except duckdb.Error as exc:
-            raise WarehouseError(f"cannot read {self.catalog_path}: {exc}") from None
+            raise WarehouseError(f"cannot read {self.catalog_path}: {str(exc).splitlines()[0]}") from None
 
-    def check_location(self) -> None:
+    def _best_manifest(self) -> Manifest:
+        """For readers of a damaged warehouse: the manifest files, where one is damaged the catalog's copy."""
+        try:
+            return self.manifest()
+        except ManifestDamaged:
+            return manifests.fold(read_state(self.root).best())
+
+    def refresh_catalog(self) -> bool:
+        """Call with the writer lock held. Migrate a catalog written before the manifest moved beside
+        it; rewrite a catalog that is behind the manifest (a crash or an error after a commit point) or
+        that holds another directory's paths (the warehouse was copied or moved). A missing or
+        corrupt catalog is left for ``repair``. Returns whether the catalog was rewritten."""
+        if not self.catalog_path.exists():
+            return False
+        try:
+            meta = catalog.catalog_meta(self.catalog_path)
+        except duckdb.Error:
+            return False
+        if "generation" not in meta:
+            return self._migrate() if not manifests.head(self.root) else False
+        try:
+            log = self.log()
+        except ManifestDamaged:
+            return False
+        if not log or int(meta["generation"]) > log[-1].number:
+            return False  # the manifest lost files the catalog knows: repair restores them
+        if int(meta["generation"]) == log[-1].number and meta.get("root") == str(self.root):
+            return False
+        try:
+            catalog.write_catalog(self.root, manifests.fold(log), log, tag="refresh")
+        except duckdb.Error:  # a damaged file: readers build the views in memory, writers refuse
+            return False
+        return True
+
+    def _migrate(self) -> bool:
+        """One generation file per run of the legacy ``_manifest`` (in its commit order), measured now;
+        the directory appears at once (renamed into place), so a crash leaves no half migration."""
+        legacy = catalog.read_legacy_manifest(self.catalog_path)
+        by_run: dict[str, list[ManifestEntry]] = {}
+        for entry in legacy.entries:
+            try:
+                measured = manifests.measure(self.root, entry)
+            except OSError:  # already missing: ``check`` reports it, ``repair`` rolls back past it
+                measured = entry
+            by_run.setdefault(entry.run_id, []).append(measured)
+        runs = list(by_run.items()) or [("migrated", [])]
+        log = [Generation(n, run_id, tuple(entries), (), dict(legacy.meta), "migrated")
+               for n, (run_id, entries) in enumerate(runs, start=1)]
+        staging = self.root / f"{manifests.MANIFEST_DIR}.tmp-migrate"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for gen in log:
+            (staging / manifests.generation_path(self.root, gen.number).name).write_bytes(gen.to_bytes())
+            catalog.fsync_path(staging / manifests.generation_path(self.root, gen.number).name)
+        catalog.fsync_path(staging)
+        os.rename(staging, manifests.directory(self.root))
+        catalog.fsync_path(self.root)
+        catalog.write_catalog(self.root, manifests.fold(log), log, tag="migrate")
+        return True
+
+    def check_location(self, *, damage: bool = True) -> None:
         """Refuse to write into a directory that is not (or not yet) a warehouse: a sync deletes
-        files it does not recognise under ``runs/`` and ``spool/``, so it must own the directory."""
+        files it does not recognise under ``runs/`` and ``spool/``, so it must own the directory.
+        ``damage``: also refuse a damaged warehouse (the quick check), before anything starts."""
         root = self.root
+        if damage and root.is_dir() and self.exists():
+            refuse_if_damaged(root)
         if root.exists() and not root.is_dir():
             raise UsageError(f"warehouse {root} exists and is not a directory")
         # Every sync takes the lock file before it creates anything else, so a directory without
@@ -70,7 +150,11 @@ class Warehouse:
 
     # -- readers -----------------------------------------------------------------------------
     def connect(self, *, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
-        """A read-only connection with every view; works even if the directory was moved.
+        """A read-only connection with every view over the committed files of *this* directory.
+
+        A catalog that is behind the manifest or was copied or moved here is rewritten first when no
+        writer holds the lock (then the ``duckdb`` shell reads the right files too); otherwise, and when
+        the catalog is missing or corrupt, the views are built in memory from the manifest.
 
         ``sandbox``: for SQL typed by a user (``trialsync sql``): no file outside the warehouse's
         ``runs/`` and ``schema/`` can be read or written, no network, no extensions, and the
@@ -80,21 +164,36 @@ class Warehouse:
             raise WarehouseError(f"no warehouse at {self.root} (run `trialsync sync` first)")
         config: dict[str, str | bool | int | float | list[str]] = (
             {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
-        try:
-            con = catalog.open_catalog(self.catalog_path, config)
-        except duckdb.Error as exc:
-            raise WarehouseError(f"cannot open {self.catalog_path}: {str(exc).splitlines()[0]}") from None
-        # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
-        stored_root = con.execute("SELECT value FROM _meta WHERE key = 'root'").fetchall()
-        if not (stored_root and stored_root[0][0] == str(self.root)):
-            # The directory moved since the last commit: rebuild the views in memory for this reader.
-            manifest = self.manifest()
-            con.close()
+        con = self._open_current(config)
+        if con is None:
+            with suppress(WarehouseBusy), _exclusive_lock(self.root / LOCK_NAME, "reader", 0):
+                self.refresh_catalog()
+            con = self._open_current(config)
+        if con is None:  # a writer holds the lock, or the catalog is missing or damaged
             con = duckdb.connect(config=config)
-            catalog.build(con, self.root, manifest)
+            catalog.build(con, self.root, self._best_manifest(), tolerant=True)
         if sandbox:
             _sandbox(con, self.root)
         return con
+
+    def _open_current(self, config: dict[str, str | bool | int | float | list[str]]
+                      ) -> duckdb.DuckDBPyConnection | None:
+        """The catalog file, if it is readable, lists this directory's files and is not behind."""
+        try:
+            con = catalog.open_catalog(self.catalog_path, config)
+        except duckdb.Error:
+            return None
+        try:
+            # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
+            meta = dict(con.execute("SELECT key, value FROM _meta WHERE key IN ('root', 'generation')").fetchall())
+        except duckdb.Error:
+            con.close()
+            return None
+        head = manifests.head(self.root)
+        if meta.get("root") == str(self.root) and meta.get("generation") == str(head):  # a legacy catalog has none
+            return con
+        con.close()
+        return None
 
     def committed(self) -> duckdb.DuckDBPyConnection:
         """An in-memory connection with the views over the committed files (for the writer)."""
@@ -107,14 +206,18 @@ class Warehouse:
     @contextmanager
     def writer(self, run_id: str, *, lock_timeout: float = 30.0) -> Iterator[RunWriter]:
         """Hold the writer lock for one run; commit explicitly, anything else rolls back."""
-        self.check_location()
+        self.check_location(damage=False)  # checked below, with the lock held
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / MARKER_NAME).touch()
         with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
             crashpoint("lock-acquired")
-            manifest = self.manifest()
+            self.refresh_catalog()
+            refuse_if_damaged(self.root)
+            log = self.log()
+            manifest = manifests.fold(log)
             self._remove_uncommitted(manifest)
-            run = RunWriter(self, run_id, manifest)
+            upgraded = migrations.upgrade(self, run_id, manifest)  # an earlier release's warehouse
+            run = RunWriter(self, run_id, upgraded, log if upgraded.generation == manifest.generation else None)
             try:
                 yield run
             finally:
@@ -139,11 +242,23 @@ class Warehouse:
             raise WarehouseError(
                 f"{self.catalog_path} is missing but {runs} holds {len(committed)} committed run(s) "
                 f"(e.g. {committed[0]}); restore the catalog from a backup or move {RUNS_DIR}/ away first")
+        if leftovers:  # read the manifest again: never delete a run that committed meanwhile (locks that
+            listed = self._listed_now()  # do not work across hosts, see manifest.publish)
+            leftovers = [c for c in leftovers if listed is not None and c.name not in listed]
         for child in leftovers:
             shutil.rmtree(child, ignore_errors=True)
         for leftover in self.root.glob(f"{CATALOG_NAME}.tmp-*"):
             leftover.unlink(missing_ok=True)
+        manifests.remove_leftovers(self.root)
         return len(leftovers)
+
+    def _listed_now(self) -> set[str] | None:
+        """The runs the manifest lists now (None, so nothing is deleted, if it cannot be read)."""
+        try:
+            manifest = manifests.fold(self.log())
+        except ManifestDamaged:
+            return None
+        return manifest.run_ids | self._retained(manifest)
 
     def remove_superseded(self) -> int:
         """Call with the writer lock held, after a commit: what ``_remove_uncommitted`` would remove
@@ -161,10 +276,13 @@ class Warehouse:
 class RunWriter:
     """Stages one run's Parquet files; ``commit`` publishes them all at once."""
 
-    def __init__(self, warehouse: Warehouse, run_id: str, manifest: Manifest) -> None:
+    def __init__(self, warehouse: Warehouse, run_id: str, manifest: Manifest,
+                 log: list[Generation] | None = None) -> None:
         self.warehouse = warehouse
         self.run_id = run_id
         self.manifest = manifest
+        # Every committed generation (the new catalog keeps a copy of each); read here when not given.
+        self.log = list(log) if log is not None else warehouse.log()
         self.dir = warehouse.root / RUNS_DIR / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
         self._writers: dict[str, pq.ParquetWriter] = {}
@@ -277,25 +395,45 @@ class RunWriter:
         return {r[0] for r in rows}
 
     def commit(self, meta: dict[str, str] | None = None, *, replace: frozenset[str] = frozenset()) -> None:
-        """Close the run's files, make them durable, then swap in a catalog that lists them.
+        """Make the run's files durable, then publish the next manifest generation: the commit point.
+
+        Before it, everything the catalog will list is fsynced (the files, ``runs/<id>/``, ``runs/``)
+        and the new catalog is complete beside the old one. Publishing is a compare-and-swap on the
+        generation (refused when another writer committed meanwhile). After it nothing undoes the run:
+        if putting the catalog in place fails, the next command rewrites it from the manifest.
 
         ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes).
         """
         for table in self._writers:
             self.seal(table)
         crashpoint("files-closed")
+        root = self.warehouse.root
+        rel = self.dir.relative_to(root)
         entries = []
         for table in self._writers:
             catalog.fsync_path(self.dir / f"{table}.parquet")
-            entries.append(self._entry(table))
-        rel = self.dir.relative_to(self.warehouse.root)
-        entries += [ManifestEntry(self.run_id, part.table, str(rel / part.name)) for part in self._adopted]
-        kept = tuple(e for e in self.manifest.entries if e.table not in replace)
-        manifest = Manifest(kept + tuple(entries),
-                            {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id})
-        catalog.write_catalog(self.warehouse.root, manifest, tag=self.run_id)
+            entries.append(manifests.measure(root, self._entry(table)))
+        entries += [manifests.measure(root, ManifestEntry(self.run_id, p.table, str(rel / p.name)))
+                    for p in self._adopted]
+        catalog.fsync_path(self.dir)
+        catalog.fsync_path(self.dir.parent)
+        gen = Generation(self.manifest.generation + 1, self.run_id, tuple(entries), tuple(sorted(replace)),
+                         {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id},  # the whole meta
+                         datetime.now(UTC).isoformat())
+        tmp = catalog.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id)
+        try:
+            manifests.publish(root, gen)  # the commit point
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.committed = True
-        (self.dir / COMMITTED_MARKER).touch()
+        crashpoint("manifest-published")
+        try:
+            catalog.install_catalog(root, tmp)
+            (self.dir / COMMITTED_MARKER).touch()
+        except Exception as exc:  # committed: report, never undo (the next command rewrites the catalog)
+            logger.warning("run %s is committed, but putting its catalog in place failed (%s); the next command "
+                        "rewrites it from the manifest", self.run_id, exc)
 
     def abort(self) -> None:
         for table, writer in self._writers.items():

@@ -75,6 +75,8 @@ SYNC_RUNS = pa.schema(
         pa.field("watermark", pa.date32()),
         pa.field("api_url", pa.string()),
         pa.field("params", pa.string()),
+        pa.field("stale", pa.int64()),  # records older than the stored version: no version (pipeline.versioning)
+        pa.field("unknown_fields", pa.list_(pa.string())),  # keys the schema does not know (pipeline.hashing)
     ]
 )
 
@@ -140,6 +142,7 @@ STUDY_REWRITES = pa.schema(
 # Child tables: the flattened parts of each version (pipeline/flatten.py), keyed by (nct_id, version).
 _STR, _INT, _F64, _BOOL, _DATE, _STRS = pa.string(), pa.int32(), pa.float64(), pa.bool_(), pa.date32(), \
     pa.list_(pa.string())
+_DATES = pa.list_(pa.date32())
 
 
 def _child(*columns: tuple[str, pa.DataType]) -> pa.Schema:
@@ -185,6 +188,13 @@ CHILD_TABLES: dict[str, pa.Schema] = {
     "descriptions": _child(("brief_summary", _STR), ("detailed_description", _STR)),
     **REGISTRY_TABLES,
     **RESULTS_TABLES,
+    # pipeline/fdaaa.py: the inputs of the FDAAA 801 judgement (warehouse/analyses.py), one row per version
+    "fdaaa_inputs": _child(("study_type", _STR), ("overall_status", _STR), ("phase_set", _STR),
+                           ("is_fda_regulated_drug", _BOOL), ("is_fda_regulated_device", _BOOL),
+                           ("primary_purpose", _STR), ("start_date", _DATE), ("primary_completion_date", _DATE),
+                           ("completion_date", _DATE), ("covered_intervention", _BOOL), ("us_site", _BOOL),
+                           ("certificate_date", _DATE), ("results_first_submitted", _DATE),
+                           ("qc_submission_dates", _DATES), ("qc_cancelled_dates", _DATES)),
 }
 
 # The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
@@ -204,6 +214,21 @@ ALERT_DELIVERIES = pa.schema(
     ]
 )
 
+# The alert outbox: each message, written before it is sent (re-sent unchanged until delivered).
+ALERT_MESSAGES = pa.schema(
+    [
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", UTC_TS, nullable=False),
+        pa.field("watch", pa.string(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("change_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("change_keys", pa.list_(pa.string()), nullable=False),
+        pa.field("payload", pa.string(), nullable=False),
+    ]
+)
+
 ALERT_RUNS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -217,6 +242,7 @@ ALERT_RUNS = pa.schema(
         pa.field("failed", pa.int64()),
         pa.field("already_sent", pa.int64()),
         pa.field("retried", pa.int64()),
+        pa.field("resent", pa.int64()),
     ]
 )
 
@@ -245,6 +271,7 @@ TABLES: dict[str, pa.Schema] = {
     "quarantine": QUARANTINE,
     "changes": CHANGES,
     "study_rewrites": STUDY_REWRITES,
+    "alert_messages": ALERT_MESSAGES,
     "alert_deliveries": ALERT_DELIVERIES,
     "alert_runs": ALERT_RUNS,
     **CHILD_TABLES,

@@ -31,6 +31,7 @@ def finish_alerts(result: dict[str, Any]) -> None:
         f"[bold green]alerts {result['run_id']}[/]: {result['matched']} matching changes, "
         f"{result['messages']} messages, {result['messages_sent']} delivered, {result['messages_failed']} failed, "
         f"{result['already_sent']} deliveries already made, {result['retried']} retried "
+        f"({result.get('resent', 0)} messages re-sent unchanged from the outbox) "
         f"in {result['duration_seconds']:.1f}s", highlight=False)
     if result["failures"]:
         first = result["failures"][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -63,9 +64,35 @@ def with_progress(run: Callable[[], dict[str, Any]], *, show_progress: bool) -> 
         unsubscribe()
 
 
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"trialsync: {record.levelname.lower()}: {super().format(record)}"
+
+
+def configure_logging(debug: bool) -> None:
+    """Before anything runs. Our runs' warnings as ``trialsync: warning: ...`` lines on stderr (info too
+    with --debug). Prefect's console shows warnings only (its INFO lines, the temporary server's
+    banner and docs hint, are noise for a command with a summary of its own); a Prefect server
+    still receives every log line of a run. The environment can override each setting."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter("%(message)s"))
+    ours = logging.getLogger("trialsync")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.DEBUG if debug else logging.WARNING)
+    ours.propagate = False
+    if not debug:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+
+
 def quiet_prefect_failures() -> None:
     """Prefect logs a failed run's traceback; the CLI reports one line instead (--debug shows all)."""
-    if not DEBUG:
+    from flows.engine import uses_prefect
+
+    if not DEBUG and uses_prefect():
+        import prefect.main  # noqa: F401 - Prefect configures its logging on import: ours must come after
+
         for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -79,9 +106,15 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
         f"{summary['changes_written']} changes, {summary['retired']} retired, "
         f"{left_scope(summary)}"
+        f"{stale(summary)}"
         f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
         highlight=False,
     )
+
+
+def stale(summary: dict[str, Any]) -> str:
+    n = summary.get("stale") or 0
+    return f"{n} stale (older than the stored version: ignored), " if n else ""
 
 
 def left_scope(summary: dict[str, Any]) -> str:

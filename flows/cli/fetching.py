@@ -23,6 +23,7 @@ from flows.cli.common import (
     with_progress,
 )
 from pipeline.errors import UsageError
+from pipeline.registry.client import DEFAULT_INTERVAL
 from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
 
 
@@ -41,15 +42,19 @@ def sync(
     = None,
     warehouse: WarehouseOpt = None,
     request_interval: Annotated[float, typer.Option("--request-interval",
-                                                    help="Seconds between requests (robots.txt asks 1)")] = 1.0,
+                                                    help="Seconds between requests (robots.txt asks 1; the "
+                                                    "registry is reported to allow ~50 a minute; doubled "
+                                                    "after a 429; 0: no pacing)")] = DEFAULT_INTERVAL,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout",
                                                 help="Seconds to wait for another sync to finish")] = 30.0,
     rules: Annotated[Path | None, typer.Option("--rules", help="Severity rules (YAML); default: the "
                                                "warehouse's stored rules, else SPEC's defaults")] = None,
-    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per request on 429/5xx/timeouts")]
-    = 8,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Total tries of one request (429, 5xx, "
+                                              "timeouts, refused connections)")] = 8,
     backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
     = 1.0,
+    retry_budget: Annotated[float, typer.Option("--retry-budget", help="Seconds the whole run may spend on "
+                                                "failed tries and the waits between them")] = 60.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
     alerts: Annotated[Path | None, typer.Option("--alerts", help="A watchlist (YAML): send its alerts after "
                                                 "the sync commits (trialsync alerts run)")] = None,
@@ -61,7 +66,7 @@ def sync(
     if since_date and since_date > date.today() + timedelta(days=1):
         raise UsageError(f"--since {since} is in the future")
     for flag, value in (("--request-interval", request_interval), ("--backoff", backoff),
-                        ("--lock-timeout", lock_timeout)):
+                        ("--lock-timeout", lock_timeout), ("--retry-budget", retry_budget)):
         if not math.isfinite(value) or value < 0:
             raise UsageError(f"{flag} must be a number of seconds >= 0, not {value}")
     if max_attempts < 1:
@@ -83,7 +88,8 @@ def sync(
              page_size=page_size, api_url=settings.api_url(api_url),
              warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
              lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff,
-             rules_file=str(rules) if rules else None, alerts=str(alerts) if alerts else None),
+             retry_budget=retry_budget, rules_file=str(rules) if rules else None,
+             alerts=str(alerts) if alerts else None),
         show_progress=not quiet,
     )
     print_summary(summary)
@@ -91,6 +97,13 @@ def sync(
         from flows.cli.alerts import finish_alerts
 
         finish_alerts(summary["alerts"])
+
+
+def _refuse_damaged(warehouse: str | None) -> None:
+    """Before Prefect starts: not a warehouse's directory, or a damaged warehouse (one line, see repair)."""
+    from warehouse import Warehouse
+
+    Warehouse(settings.warehouse_dir(warehouse)).check_location()
 
 
 def run_sync(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
@@ -124,6 +137,7 @@ def load_bulk(
         source = str(check_bulk_file(source).resolve())
     if (workers is not None and workers < 1) or batch_size < 1:
         raise UsageError("--workers and --batch-size must be at least 1")
+    _refuse_damaged(warehouse)
     summary = run_bulk(dict(source=source, warehouse=str(settings.warehouse_dir(warehouse)), batch_size=batch_size,
                             lock_timeout=lock_timeout, download_dir=download_dir),
                        workers=workers, dask=dask, show_progress=not quiet)
@@ -151,13 +165,16 @@ def backfill(
                                                 "the history API is beside it, at /api/int")] = None,
     warehouse: WarehouseOpt = None,
     request_interval: Annotated[float, typer.Option("--request-interval",
-                                                    help="Seconds between requests (robots.txt asks 1)")] = 1.0,
+                                                    help="Seconds between requests (doubled after a 429; "
+                                                    "0: no pacing)")] = DEFAULT_INTERVAL,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout",
                                                 help="Seconds to wait for another run to finish")] = 30.0,
-    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per request on 429/5xx/timeouts")]
-    = 8,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Total tries of one request (429, 5xx, "
+                                              "timeouts, refused connections)")] = 8,
     backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
     = 1.0,
+    retry_budget: Annotated[float, typer.Option("--retry-budget", help="Seconds the whole run may spend on "
+                                                "failed tries and the waits between them")] = 60.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
 ) -> None:
     """Import studies' past versions from the registry's record history (its website's internal API)."""
@@ -167,12 +184,14 @@ def backfill(
     wanted = check_backfill_args(split_values(ids), all_studies)
     url = settings.api_url(api_url)
     internal_api_url(url)
-    if request_interval < 0 or backoff < 0 or max_attempts < 1:
-        raise UsageError("--request-interval and --backoff must be >= 0, --max-attempts >= 1")
+    if not all(math.isfinite(v) and v >= 0 for v in (request_interval, backoff, retry_budget)) or max_attempts < 1:
+        raise UsageError("--request-interval, --backoff and --retry-budget must be >= 0, --max-attempts >= 1")
     params = dict(ids=wanted or None, all_studies=all_studies,
                   modules=list(KEY_MODULES) if status_design_only else None, api_url=url,
                   warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,
-                  lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff)
+                  lock_timeout=lock_timeout, max_attempts=max_attempts, backoff_seconds=backoff,
+                  retry_budget=retry_budget)
+    _refuse_damaged(warehouse)
     summary = run_backfill(params, show_progress=not quiet)
     console.print(
         f"[bold green]run {summary['run_id']}[/] (backfill of {summary['studies_seen']} studies): "
@@ -183,6 +202,8 @@ def backfill(
     if summary["not_found"]:
         err.print(f"trialsync: warning: the registry has no history for {', '.join(summary['not_found'])}",
                   highlight=False)
+    for nct, why in summary.get("failed", {}).items():
+        err.print(f"trialsync: warning: {nct} skipped: {why}", highlight=False)
 
 
 def run_backfill(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:

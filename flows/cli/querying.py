@@ -114,7 +114,7 @@ def runs(
         result = con.execute(
             "SELECT run_id, mode, scope, status, pages, studies_seen AS seen, new_studies AS new, "
             "versions_written AS versions, unchanged, changes_written AS changes, quarantined AS quar, "
-            "retired, coalesce(left_scope, 0) AS left_scope, since, "
+            "retired, coalesce(left_scope, 0) AS left_scope, stale, since, "
             "strftime(timezone('UTC', started_at), '%Y-%m-%d %H:%M') AS started_utc, "
             "round(epoch(finished_at) - epoch(started_at), 1) AS secs "
             "FROM sync_runs ORDER BY started_at DESC LIMIT ?", [limit])

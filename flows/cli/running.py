@@ -22,9 +22,10 @@ def serve(
     list_only: Annotated[bool, typer.Option("--list", help="Show the deployments and exit")] = False,
 ) -> None:
     """Run the schedules of deploy/prefect.yaml on this machine (Prefect serve; Ctrl-C stops)."""
-    from flows.deployments import DEPLOY_FILE, describe, load
+    from flows.deployments import DEPLOY_FILE, check_config_files, describe, load
 
     deployments = load(file or DEPLOY_FILE)
+    check_config_files(deployments)
     for d in deployments:
         console.print(describe(d), highlight=False)
     if list_only:

@@ -8,7 +8,7 @@ the registry's record and its history tab.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -38,6 +38,23 @@ class AlertChange:
     registry_updated: date | None = None
     from_version: int | None = None
     to_version: int | None = None
+    path: str | None = None  # the JSON path (not in the payload; part of ``content_keys``)
+    detected_at: datetime | None = None  # when the change's new version was observed (likewise)
+
+    def content_keys(self) -> tuple[str, str]:
+        """What the change is, independent of its ``change_id``: the study reached ``new_value`` by
+        ``event`` at ``path``, (1) on the registry date and (2) in the version we observed at
+        ``detected_at``. The ledger matches on either, so a change whose id was rewritten (a
+        backfill's renumbering, a new id scheme, a content hash migration) is not alerted again.
+        Two keys, because a backfill can move each of them: it dates the observed version by the
+        registry's history (a day off ``lastUpdatePostDate`` at times), while the observation time
+        stays; a study observed twice on one registry date keeps the registry key apart. The old
+        value is left out: a backfill can put versions between the two a sync compared (RECRUITING
+        -> COMPLETED becomes ACTIVE_NOT_RECRUITING -> COMPLETED), which is the same news."""
+        what = [self.nct_id, self.event, self.path or self.field, self.new_value]
+        registry = ["registry", *what, self.registry_updated.isoformat() if self.registry_updated else None]
+        observed = ["observed", *what, self.detected_at.isoformat() if self.detected_at else None]
+        return _key(registry), _key(observed)
 
     def summary(self, width: int = 200) -> str:
         """``completion date: 2027-04-15 → 2027-05-31 (+46 days)``."""
@@ -56,6 +73,16 @@ class AlertChange:
             "registry_updated": self.registry_updated.isoformat() if self.registry_updated else None,
             "from_version": self.from_version, "to_version": self.to_version,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], nct_id: str, title: str | None) -> AlertChange:
+        updated = data.get("registry_updated")
+        return cls(change_id=data["change_id"], nct_id=nct_id, title=title, field=data["field"],
+                   event=data["event"], category=data["category"], severity=data["severity"],
+                   old_value=data.get("old_value"), new_value=data.get("new_value"),
+                   shift_days=data.get("shift_days"), pct_change=data.get("pct_change"),
+                   registry_updated=date.fromisoformat(updated) if updated else None,
+                   from_version=data.get("from_version"), to_version=data.get("to_version"))
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,11 @@ class StudyAlert:
     def as_dict(self) -> dict[str, Any]:
         return {"nct_id": self.nct_id, "title": self.title, "url": self.url, "history_url": self.history_url,
                 "severity": self.severity, "changes": [c.as_dict() for c in self.changes]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyAlert:
+        return cls(data["nct_id"], data.get("title"),
+                   tuple(AlertChange.from_dict(c, data["nct_id"], data.get("title")) for c in data["changes"]))
 
 
 @dataclass(frozen=True)
@@ -146,6 +178,13 @@ class Message:
             "text": self.text(),
         }
 
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Message:
+        """The message as ``payload()`` gave it: the outbox re-sends a stored message unchanged."""
+        return cls(payload["message_id"], payload["watch"], payload["channel"], payload["kind"], payload["run_id"],
+                   datetime.fromisoformat(payload["created_at"]),
+                   tuple(StudyAlert.from_dict(s) for s in payload["studies"]))
+
     def slack(self) -> dict[str, Any]:
         """``text`` (the notification's fallback) and Block Kit ``blocks``, within Slack's limits."""
         blocks: list[dict[str, Any]] = [
@@ -168,6 +207,11 @@ def message_id(watch: str, channel: str, change_ids: Iterable[str]) -> str:
     """The same watch, channel and changes give the same id (a receiver can drop a repeat)."""
     key = "|".join([watch, channel, *sorted(change_ids)])
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+def _key(parts: list[str | None]) -> str:
+    text = "\x1f".join("\x00" if p is None else p for p in parts)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _short(value: str | None, width: int) -> str:

@@ -1,9 +1,13 @@
-"""Which messages an alerts run sends: the watches' matching changes less what the ledger says was sent.
+"""Which messages an alerts run sends: first the outbox, then the watches' new changes.
 
 Pure: the warehouse gives each watch's candidate changes (its studies, its time window) and the
-ledger's state; ``plan_alerts`` filters by the watch's events, categories and minimum severity,
-drops every (watch, change, channel) already delivered, and groups the rest into messages:
-one per study (immediate) or one per watch (digest), per channel.
+ledger's state. ``plan_alerts`` first takes every message of the outbox that is not known to have
+arrived (written before an earlier run sent it; that run crashed, timed out or failed): it goes
+again exactly as it was (same id, same changes, same payload). Then it filters the candidates by the
+watch's events, categories and minimum severity, drops every (watch, change, channel) that any
+earlier message carried (sent or still in the outbox; matched by change id and by what the change
+is, ``AlertChange.content_keys``), and groups the rest into new messages: one per study (immediate)
+or one per watch (digest), per channel. A new change never joins a message that may have gone out.
 """
 
 from __future__ import annotations
@@ -20,23 +24,50 @@ Key = tuple[str, str, str]  # (watch, channel, change_id)
 
 
 @dataclass(frozen=True)
+class Pending:
+    """A message of the outbox that is not known to have arrived, with its delivery attempts so far."""
+
+    message: Message
+    attempts: int
+
+
+@dataclass(frozen=True)
 class LedgerState:
-    """What earlier alerts runs recorded: keys delivered, and failed keys with their attempts so far."""
+    """What earlier alerts runs recorded.
+
+    ``sent``: keys delivered. ``planned``: keys carried by a message of the outbox (sent or not).
+    ``planned_content``: the same as (watch, channel, content key), two keys per change.
+    ``pending``: outbox messages not yet delivered. ``failed``: keys whose delivery failed before
+    the outbox existed (no stored message), with their attempts so far; they are planned afresh.
+    """
 
     sent: frozenset[Key] = frozenset()
     failed: Mapping[Key, int] = field(default_factory=dict)
+    planned: frozenset[Key] = frozenset()
+    planned_content: frozenset[Key] = frozenset()
+    pending: tuple[Pending, ...] = ()
+
+    def handled(self, watch: str, channel: str, change: AlertChange) -> bool:
+        """Whether an earlier message carried this change to this watch's channel."""
+        key = (watch, channel, change.change_id)
+        return (key in self.sent or key in self.planned
+                or any((watch, channel, k) in self.planned_content for k in change.content_keys()))
 
 
 @dataclass(frozen=True)
 class AlertPlan:
-    messages: tuple[Message, ...]
+    messages: tuple[Message, ...]  # the outbox's pending messages first, then the new ones
     matched: int  # (watch, change) pairs that matter to their watch
-    already_sent: int  # (watch, change, channel) skipped: the ledger has them as delivered
-    retries: int  # (watch, change, channel) due again after an earlier failed attempt
+    already_sent: int  # (watch, change, channel) skipped: an earlier message carried them
+    retries: int  # (watch, change, channel) due again after an earlier attempt that failed or was cut off
+    resent: int = 0  # messages of the outbox sent again unchanged
+    new: tuple[Message, ...] = ()  # the new messages (to be written to the outbox before sending)
 
-    def attempts(self, ledger: LedgerState) -> dict[Key, int]:
-        """The attempt number of each key in this run (1 for a first try)."""
-        return {key: ledger.failed.get(key, 0) + 1 for m in self.messages for key in m.keys}
+    def attempts(self, ledger: LedgerState) -> dict[str, int]:
+        """The attempt number of each message in this run (1 for a first try)."""
+        earlier = {p.message.message_id: p.attempts for p in ledger.pending}
+        legacy = {m.message_id: max((ledger.failed.get(k, 0) for k in m.keys), default=0) for m in self.new}
+        return {m.message_id: earlier.get(m.message_id, legacy.get(m.message_id, 0)) + 1 for m in self.messages}
 
 
 def window_start(watch: Watch, first_seen: datetime | None, now: datetime) -> datetime:
@@ -48,17 +79,25 @@ def window_start(watch: Watch, first_seen: datetime | None, now: datetime) -> da
 
 def plan_alerts(watchlist: Watchlist, candidates: Mapping[str, Sequence[AlertChange]], ledger: LedgerState,
                 *, run_id: str, now: datetime) -> AlertPlan:
+    resend = [p.message for p in ledger.pending if _still_routed(watchlist, p.message)]
+    retries = sum(len(m.changes) for m in resend)
+    resending = {key for m in resend for key in m.keys}
     messages: list[Message] = []
-    matched = skipped = retries = 0
+    matched = skipped = 0
     for watch in watchlist.watches:
         wanted = _wanted(watch, candidates.get(watch.name, ()))
         matched += len(wanted)
         for channel in watch.channels:
-            due = [c for c in wanted if (watch.name, channel, c.change_id) not in ledger.sent]
-            skipped += len(wanted) - len(due)
+            due = [c for c in wanted if not ledger.handled(watch.name, channel, c)]
+            skipped += sum(1 for c in wanted if (watch.name, channel, c.change_id) not in resending) - len(due)
             retries += sum(1 for c in due if (watch.name, channel, c.change_id) in ledger.failed)
             messages += _group(watch, channel, due, run_id, now)
-    return AlertPlan(tuple(messages), matched, skipped, retries)
+    return AlertPlan((*resend, *messages), matched, skipped, retries, resent=len(resend), new=tuple(messages))
+
+
+def _still_routed(watchlist: Watchlist, message: Message) -> bool:
+    """An outbox message goes again only while its watch still sends to its channel."""
+    return any(w.name == message.watch and message.channel in w.channels for w in watchlist.watches)
 
 
 def _wanted(watch: Watch, changes: Sequence[AlertChange]) -> list[AlertChange]:

@@ -1,7 +1,10 @@
 """The watchlist file: named watches (which studies, which changes, how often, where to) and channels.
 
 Pure: ``parse_watchlist(text, source)`` turns the YAML text into frozen dataclasses or raises a
-``UsageError`` whose one line names the file, the watch or channel, and the setting at fault.
+``UsageError`` of one line ``FILE: key: what is wrong`` (``watches[aml].since``,
+``channels.mail.port``), with the valid values where they form a set. The file is a validated
+mapping of known keys: a new kind of watch is one more entry of ``_WATCH_KEYS`` or ``_STUDY_KEYS``
+and its validator in ``_watch`` or ``_selector``.
 Secrets are never values in this file: a channel names an environment variable (``*_env``) or a
 Prefect Secret block (``*_secret``) instead, resolved at delivery time (``SecretRef``).
 """
@@ -14,11 +17,21 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-import yaml
-
 from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
+from pipeline.config import (
+    ConfigError,
+    a_date,
+    choice,
+    choices,
+    integer,
+    known,
+    load_yaml,
+    mapping,
+    number,
+    reading,
+    texts,
+)
 from pipeline.enums import STATUSES, Phase
-from pipeline.errors import UsageError
 from pipeline.parse import NCT_ID
 
 MODES = ("immediate", "digest")
@@ -113,112 +126,89 @@ class Watchlist:
         return next(w for w in self.watches if w.name == name)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; a watchlist says so instead."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise UsageError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
-        seen.add(key)
-    return dict(yaml.SafeLoader.construct_mapping(loader, node, deep=deep))
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def parse_watchlist(text: str, source: str = "watchlist") -> Watchlist:
     """The watchlist in ``text`` (YAML); every problem is one ``UsageError`` line naming ``source``."""
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except UsageError as exc:
-        raise UsageError(f"{source}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
-    try:
+    data = load_yaml(text, source)
+    with reading(source):
         return _watchlist(data, source)
-    except UsageError as exc:
-        raise UsageError(f"{source}: {exc}") from None
+
+
+_DEFAULT_KEYS = ("min_severity", "mode", "lookback_days", "categories", "events")
 
 
 def _watchlist(data: Any, source: str) -> Watchlist:
     if not isinstance(data, dict):
-        raise UsageError("must be a mapping with 'channels:' and 'watches:'")
-    _known(data, ("defaults", "channels", "watches"), "top level")
-    defaults = _mapping(data.get("defaults", {}), "defaults")
-    _known(defaults, ("min_severity", "mode", "lookback_days", "categories", "events"), "defaults")
-    channels_data = _mapping(data.get("channels"), "channels")
+        raise ConfigError("", "must be a mapping with 'channels:' and 'watches:'")
+    known(data, ("defaults", "channels", "watches"), "")
+    defaults = mapping(data.get("defaults"), "defaults")
+    known(defaults, _DEFAULT_KEYS, "defaults")
+    _settings(defaults, "defaults")  # a bad default is named as such, not under the first watch
+    channels_data = mapping(data.get("channels"), "channels")
     if not channels_data:
-        raise UsageError("no channels: define at least one under 'channels:'")
-    channels = {name: _channel(str(name), spec) for name, spec in channels_data.items()}
+        raise ConfigError("channels", "define at least one channel")
+    channels = {str(name): _channel(str(name), spec) for name, spec in channels_data.items()}
     watches_data = data.get("watches")
     if not isinstance(watches_data, list) or not watches_data:
-        raise UsageError("'watches:' must be a list with at least one watch")
+        raise ConfigError("watches", "must be a list with at least one watch")
     watches = tuple(_watch(i, spec, defaults, channels) for i, spec in enumerate(watches_data, start=1))
     names = [w.name for w in watches]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
-        raise UsageError(f"two watches are named {dupes[0]!r}")
+        raise ConfigError(f"watches[{dupes[0]}].name", "two watches have this name")
     return Watchlist(watches, channels, source)
 
 
 # -- watches -------------------------------------------------------------------------------------
+def _settings(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The settings a watch shares with ``defaults:``, checked."""
+    return dict(
+        categories=choices(spec.get("categories"), CATEGORIES, f"{key}.categories", what="category"),
+        events=choices(spec.get("events"), EVENTS, f"{key}.events", what="event"),
+        min_severity=choice(spec.get("min_severity", "minor"), SEVERITIES, f"{key}.min_severity"),
+        mode=choice(spec.get("mode", "immediate"), MODES, f"{key}.mode"),
+        lookback_days=integer(spec.get("lookback_days", 7), f"{key}.lookback_days", low=0),
+    )
+
+
 def _watch(index: int, spec: Any, defaults: Mapping[str, Any], channels: Mapping[str, Channel]) -> Watch:
-    where = f"watch #{index}"
     if not isinstance(spec, dict):
-        raise UsageError(f"{where} must be a mapping")
+        raise ConfigError(f"watches[#{index}]", "must be a mapping with name, studies and channels")
     name = spec.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise UsageError(f"{where}: 'name' must be 1-64 letters, digits, '-', '_' or '.', got {name!r}")
-    where = f"watch {name!r}"
-    try:
-        _known(spec, _WATCH_KEYS, where)
-        merged = {**defaults, **spec}
-        watch = Watch(
-            name=name,
-            studies=_selector(spec.get("studies")),
-            channels=_channel_names(spec.get("channels"), channels),
-            categories=_choices(merged.get("categories"), CATEGORIES, "category"),
-            events=_choices(merged.get("events"), EVENTS, "event"),
-            min_severity=_choice(merged.get("min_severity", "minor"), SEVERITIES, "min_severity"),
-            mode=_choice(merged.get("mode", "immediate"), MODES, "mode"),
-            since=_date(spec.get("since")),
-            lookback_days=_int(merged.get("lookback_days", 7), "lookback_days", low=0),
-        )
-    except UsageError as exc:
-        raise UsageError(f"{where}: {exc}") from None
-    return watch
+        raise ConfigError(f"watches[#{index}].name", f"must be 1-64 letters, digits, '-', '_' or '.', got {name!r}")
+    key = f"watches[{name}]"
+    known(spec, _WATCH_KEYS, key)
+    return Watch(name=name, studies=_selector(spec.get("studies"), f"{key}.studies"),
+                 channels=_channel_names(spec.get("channels"), channels, f"{key}.channels"),
+                 since=a_date(spec.get("since"), f"{key}.since"), **_settings({**defaults, **spec}, key))
 
 
-def _selector(spec: Any) -> StudySelector:
+def _selector(spec: Any, key: str) -> StudySelector:
     if not isinstance(spec, dict) or not spec:
-        raise UsageError("'studies:' must select studies by ids, conditions, sponsors, phases, status or where")
-    _known(spec, _STUDY_KEYS, "studies")
-    ids = tuple(i.strip().upper() for i in _strings(spec.get("ids"), "studies.ids"))
+        raise ConfigError(key, f"must select studies by one or more of: {', '.join(_STUDY_KEYS)}")
+    known(spec, _STUDY_KEYS, key)
+    ids = tuple(i.upper() for i in texts(spec.get("ids"), f"{key}.ids"))
     if bad := [i for i in ids if not NCT_ID.match(i)]:
-        raise UsageError(f"studies.ids: invalid NCT id {bad[0]!r}")
+        raise ConfigError(f"{key}.ids", f"invalid NCT id {bad[0]!r} (NCT and 8 digits)")
     where = spec.get("where")
     if where is not None and (not isinstance(where, str) or not where.strip()):
-        raise UsageError("studies.where must be a SQL predicate (text)")
-    phases = tuple(p.upper() for p in _strings(spec.get("phases"), "studies.phases"))
-    _choices(list(phases), PHASES, "phase")
-    status = tuple(s.upper() for s in _strings(spec.get("status"), "studies.status"))
-    _choices(list(status), STATUSES, "status")
+        raise ConfigError(f"{key}.where", "must be a SQL predicate (text)")
+    phases = tuple(p.upper() for p in texts(spec.get("phases"), f"{key}.phases"))
+    choices(list(phases), PHASES, f"{key}.phases", what="phase")
+    status = tuple(s.upper() for s in texts(spec.get("status"), f"{key}.status"))
+    choices(list(status), STATUSES, f"{key}.status", what="status")
     return StudySelector(
-        ids=ids, conditions=_strings(spec.get("conditions"), "studies.conditions"),
-        sponsors=_strings(spec.get("sponsors"), "studies.sponsors"), phases=phases, status=status,
+        ids=ids, conditions=texts(spec.get("conditions"), f"{key}.conditions"),
+        sponsors=texts(spec.get("sponsors"), f"{key}.sponsors"), phases=phases, status=status,
         where=where.strip() if where else None,
     )
 
 
-def _channel_names(value: Any, channels: Mapping[str, Channel]) -> tuple[str, ...]:
-    names = _strings(value, "channels")
+def _channel_names(value: Any, channels: Mapping[str, Channel], key: str) -> tuple[str, ...]:
+    names = texts(value, key)
     if not names:
-        raise UsageError("'channels:' must name at least one channel")
+        raise ConfigError(key, "name at least one channel")
     if unknown := [n for n in names if n not in channels]:
-        raise UsageError(f"unknown channel {unknown[0]!r}; defined: {', '.join(sorted(channels))}")
+        raise ConfigError(key, f"unknown channel {unknown[0]!r}; valid: {', '.join(sorted(channels))}")
     return tuple(dict.fromkeys(names))
 
 
@@ -235,74 +225,75 @@ _CHANNEL_KEYS = {
 
 
 def _channel(name: str, spec: Any) -> Channel:
-    where = f"channel {name!r}"
-    try:
-        if not _NAME.match(name):
-            raise UsageError("a channel name must be 1-64 letters, digits, '-', '_' or '.'")
-        if not isinstance(spec, dict):
-            raise UsageError("must be a mapping with a 'type:'")
-        kind = _choice(spec.get("type"), CHANNEL_TYPES, "type")
-        _no_literal_secrets(spec)
-        _known(spec, _COMMON + _CHANNEL_KEYS[kind], f"a {kind} channel")
-        common = dict(name=name, type=kind, timeout=_float(spec.get("timeout", 10.0), "timeout"),
-                      attempts=_int(spec.get("attempts", 3), "attempts", low=1))
-        return _BUILDERS[kind](spec, common)
-    except UsageError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+    key = f"channels.{name}"
+    if not _NAME.match(name):
+        raise ConfigError(key, "a channel name must be 1-64 letters, digits, '-', '_' or '.'")
+    if not isinstance(spec, dict):
+        raise ConfigError(key, "must be a mapping with a 'type:'")
+    kind = choice(spec.get("type"), CHANNEL_TYPES, f"{key}.type")
+    _no_literal_secrets(spec, key)
+    known(spec, _COMMON + _CHANNEL_KEYS[kind], key)
+    common = dict(name=name, type=kind, timeout=number(spec.get("timeout", 10.0), f"{key}.timeout", positive=True),
+                  attempts=integer(spec.get("attempts", 3), f"{key}.attempts", low=1))
+    return _BUILDERS[kind](spec, common, key)
 
 
-def _no_literal_secrets(spec: Mapping[str, Any]) -> None:
-    for key in spec:
-        lowered = str(key).lower()
+def _no_literal_secrets(spec: Mapping[str, Any], key: str) -> None:
+    for name in spec:
+        lowered = str(name).lower()
         if any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(("_env", "_secret")):
-            raise UsageError(f"'{key}' would put a secret in the watchlist file; name an environment "
-                             f"variable ({key}_env: VAR) or a Prefect Secret block ({key}_secret: NAME) instead")
+            raise ConfigError(f"{key}.{name}", f"would put a secret in the watchlist file; name an environment "
+                                               f"variable ({name}_env: VAR) or a Prefect Secret block "
+                                               f"({name}_secret: NAME) instead")
 
 
-def _url_channel(spec: Mapping[str, Any], common: dict[str, Any]) -> Channel:
-    ref = _ref(spec, "url")
+def _url_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
+    ref = _ref(spec, "url", key)
     literal = spec.get("url")
     if literal is not None:
         if ref is not None:
-            raise UsageError("give one of url, url_env, url_secret")
+            raise ConfigError(key, "give one of url, url_env, url_secret")
         if not isinstance(literal, str) or not literal.startswith(("http://", "https://")):
-            raise UsageError("url must be an http(s) URL")
+            raise ConfigError(f"{key}.url", "must be an http(s) URL")
         if re.match(r"^https?://[^/@]*:[^/@]*@", literal):
-            raise UsageError("url must not carry a password; use url_env or url_secret")
+            raise ConfigError(f"{key}.url", "must not carry a password; use url_env or url_secret")
     elif ref is None:
-        raise UsageError("needs url_env: VAR or url_secret: NAME" + (
+        raise ConfigError(key, "needs url_env: VAR or url_secret: NAME" + (
             " (or url: for a webhook without credentials)" if common["type"] == "webhook" else ""))
-    headers = {**_refs(spec.get("headers_env"), "env"), **_refs(spec.get("headers_secret"), "block")}
+    headers = {**_refs(spec.get("headers_env"), "env", key), **_refs(spec.get("headers_secret"), "block", key)}
     return Channel(**common, url=literal, url_ref=ref, headers=headers)
 
 
-def _email_channel(spec: Mapping[str, Any], common: dict[str, Any]) -> Channel:
+def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
     host = spec.get("host")
     if not isinstance(host, str) or not host:
-        raise UsageError("needs host:")
-    security = _choice(spec.get("security", "starttls"), SECURITY, "security")
-    port = _int(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), "port", low=1)
+        raise ConfigError(f"{key}.host", "needed: the SMTP server's host name")
+    security = choice(spec.get("security", "starttls"), SECURITY, f"{key}.security")
+    port = integer(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), f"{key}.port", low=1)
     sender = spec.get("from")
     if not isinstance(sender, str) or "@" not in sender:
-        raise UsageError("needs from: an e-mail address")
-    recipients = _strings(spec.get("to"), "to")
+        raise ConfigError(f"{key}.from", "needed: an e-mail address")
+    recipients = texts(spec.get("to"), f"{key}.to")
     if not recipients or any("@" not in r for r in recipients):
-        raise UsageError("needs to: one or more e-mail addresses")
+        raise ConfigError(f"{key}.to", "needed: one or more e-mail addresses")
     username = spec.get("username")
-    password = _ref(spec, "password")
+    password = _ref(spec, "password", key)
     if (username is None) != (password is None):
-        raise UsageError("give both username and password_env (or password_secret), or neither")
+        raise ConfigError(key, "give both username and password_env (or password_secret), or neither")
+    verify = spec.get("verify_tls", True)
+    if not isinstance(verify, bool):
+        raise ConfigError(f"{key}.verify_tls", f"must be true or false, got {verify!r}")
     return Channel(**common, host=host, port=port, security=security, username=username, password_ref=password,
-                   sender=sender, recipients=recipients, verify_tls=bool(spec.get("verify_tls", True)),
+                   sender=sender, recipients=recipients, verify_tls=verify,
                    ca_file=str(spec["ca_file"]) if spec.get("ca_file") else None)
 
 
-def _feed_channel(spec: Mapping[str, Any], common: dict[str, Any]) -> Channel:
+def _feed_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
     path = spec.get("path")
     if not isinstance(path, str) or not path:
-        raise UsageError("needs path: the feed file to write")
-    return Channel(**common, path=path, format=_choice(spec.get("format", "json"), FEED_FORMATS, "format"),
-                   max_items=_int(spec.get("max_items", 500), "max_items", low=1),
+        raise ConfigError(f"{key}.path", "needed: the feed file to write")
+    return Channel(**common, path=path, format=choice(spec.get("format", "json"), FEED_FORMATS, f"{key}.format"),
+                   max_items=integer(spec.get("max_items", 500), f"{key}.max_items", low=1),
                    title=str(spec.get("title", "trialsync alerts")))
 
 
@@ -310,87 +301,30 @@ _BUILDERS = {"slack": _url_channel, "webhook": _url_channel, "apprise": _url_cha
              "feed": _feed_channel}
 
 
-def _ref(spec: Mapping[str, Any], key: str) -> SecretRef | None:
-    env, block = spec.get(f"{key}_env"), spec.get(f"{key}_secret")
+def _ref(spec: Mapping[str, Any], name: str, key: str) -> SecretRef | None:
+    env, block = spec.get(f"{name}_env"), spec.get(f"{name}_secret")
     if env is not None and block is not None:
-        raise UsageError(f"give one of {key}_env and {key}_secret")
+        raise ConfigError(key, f"give one of {name}_env and {name}_secret")
     if env is not None:
-        return SecretRef(env=_env_name(env, f"{key}_env"))
+        return SecretRef(env=_env_name(env, f"{key}.{name}_env"))
     if block is not None:
         if not isinstance(block, str) or not block:
-            raise UsageError(f"{key}_secret must name a Prefect Secret block")
+            raise ConfigError(f"{key}.{name}_secret", "must name a Prefect Secret block")
         return SecretRef(block=block)
     return None
 
 
-def _refs(value: Any, kind: str) -> dict[str, SecretRef]:
+def _refs(value: Any, kind: str, key: str) -> dict[str, SecretRef]:
     if value is None:
         return {}
-    what = "headers_env" if kind == "env" else "headers_secret"
-    mapping = _mapping(value, what)
+    what = f"{key}.headers_env" if kind == "env" else f"{key}.headers_secret"
+    headers = mapping(value, what)
     if kind == "env":
-        return {str(k): SecretRef(env=_env_name(v, f"{what}.{k}")) for k, v in mapping.items()}
-    return {str(k): SecretRef(block=str(v)) for k, v in mapping.items()}
+        return {str(k): SecretRef(env=_env_name(v, f"{what}.{k}")) for k, v in headers.items()}
+    return {str(k): SecretRef(block=str(v)) for k, v in headers.items()}
 
 
-def _env_name(value: Any, what: str) -> str:
+def _env_name(value: Any, key: str) -> str:
     if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-        raise UsageError(f"{what} must name an environment variable, got {value!r}")
+        raise ConfigError(key, f"must name an environment variable, got {value!r}")
     return value
-
-
-# -- small validators ------------------------------------------------------------------------------
-def _known(spec: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    if unknown := sorted(str(k) for k in spec if k not in allowed):
-        raise UsageError(f"unknown setting {unknown[0]!r} in {where}; known: {', '.join(allowed)}")
-
-
-def _mapping(value: Any, what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UsageError(f"'{what}:' must be a mapping")
-    return value
-
-
-def _strings(value: Any, what: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
-        raise UsageError(f"{what} must be a text or a list of texts")
-    return tuple(v.strip() for v in items)
-
-
-def _choice(value: Any, allowed: tuple[str, ...], what: str) -> str:
-    if value not in allowed:
-        raise UsageError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
-
-
-def _choices(value: Any, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-    values = _strings(value, f"{what} list")
-    if bad := [v for v in values if v not in allowed]:
-        raise UsageError(f"unknown {what} {bad[0]!r}; one of: {', '.join(allowed)}")
-    return values
-
-
-def _int(value: Any, what: str, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UsageError(f"{what} must be a whole number >= {low}, got {value!r}")
-    return value
-
-
-def _float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise UsageError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _date(value: Any) -> date | None:
-    if value is None or isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value))
-    except ValueError:
-        raise UsageError(f"since must be a date YYYY-MM-DD, got {value!r}") from None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-import tempfile
 import zipfile
 import zlib
 from array import array
@@ -24,7 +23,6 @@ from typing import BinaryIO, NamedTuple
 
 import deflate
 import pyarrow as pa
-import requests
 
 from pipeline.errors import BulkArchiveInvalid, UsageError
 
@@ -228,30 +226,3 @@ class MemberReader:
 
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
-
-
-def download(url: str, directory: Path, *, chunk_bytes: int = 1 << 20, timeout: float = 120.0) -> Path:
-    """Stream ``url`` to a file in ``directory`` (never held in memory); a short body is refused."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="ctg-studies-", suffix=".zip.part", dir=directory)
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=(10.0, timeout)) as response:
-            if response.status_code != 200:
-                raise BulkArchiveInvalid(f"download of {url} failed: HTTP {response.status_code}")
-            expected = int(response.headers.get("Content-Length") or -1)
-            written = 0
-            for chunk in response.iter_content(chunk_bytes):
-                out.write(chunk)
-                written += len(chunk)
-        if expected >= 0 and written != expected and "Content-Encoding" not in response.headers:
-            raise BulkArchiveInvalid(f"download of {url} is truncated: {written} of {expected} bytes")
-    except requests.RequestException as exc:
-        path.unlink(missing_ok=True)
-        raise BulkArchiveInvalid(f"download of {url} failed: {exc}") from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    final = path.with_suffix("")  # drop ".part": complete
-    os.replace(path, final)
-    return final

@@ -3,10 +3,18 @@
 ``StudySource`` is the small interface the flows depend on; ``RegistryClient`` implements it over
 HTTP. Paging follows the spec: later pages repeat the first page's parameters plus ``pageToken``;
 ``totalCount`` comes with the first page only; an empty page is legal.
+
+Failing is bounded twice: ``RetryPolicy.attempts`` is the total number of tries of one request
+(connection refused counts as a try), and ``budget_seconds`` bounds the waiting of the client's whole
+life (one run): the time spent in failed tries plus the waits between them. Once the budget is spent,
+a failing request is not tried again. A 429 slows the client down for the rest of its life
+(``min_interval`` doubles, up to ``max_interval``), not only for that request; an interval of 0
+turns pacing off altogether (a local registry).
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import time
@@ -22,7 +30,6 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
     stop_any,
 )
 from tenacity.stop import stop_base
@@ -39,6 +46,8 @@ from pipeline.redact import redact
 DEFAULT_API_URL = "https://clinicaltrials.gov/api/v2"
 USER_AGENT = "trialsync/0.1 (+https://github.com/trialsync/trialsync; registry mirror)"
 log = logging.getLogger("trialsync.registry")
+# How the registry words a page token it no longer accepts (expired, unknown, from other parameters).
+_TOKEN_ERROR = re.compile(r"page\s*token", re.I)
 
 
 @dataclass(frozen=True)
@@ -54,10 +63,14 @@ class StudySource(Protocol):
     def get_page(self, params: Mapping[str, str], token: str | None, number: int) -> Page: ...
 
 
+DEFAULT_INTERVAL = 1.25  # seconds between requests: 48 a minute, under the ~50/min reported per IP
+MAX_INTERVAL = 10.0  # how slow repeated 429s can make the client (6 requests a minute)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 8
-    budget_seconds: float = 600.0  # give up on one request after this long
+    attempts: int = 8  # total tries of one request
+    budget_seconds: float = 60.0  # the run's waiting on failures (failed tries + waits), all requests together
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     retry_after_max: float = 300.0
@@ -70,7 +83,8 @@ class RegistryClient:
         self,
         base_url: str = DEFAULT_API_URL,
         *,
-        min_interval: float = 1.0,
+        min_interval: float = DEFAULT_INTERVAL,
+        max_interval: float = MAX_INTERVAL,
         timeout: tuple[float, float] = (10.0, 120.0),
         retry: RetryPolicy | None = None,
         user_agent: str = USER_AGENT,
@@ -79,6 +93,7 @@ class RegistryClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.min_interval = min_interval
+        self.max_interval = max(max_interval, min_interval)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
@@ -88,6 +103,8 @@ class RegistryClient:
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self.requests_made = 0
         self.retries = 0
+        self.retry_spent = 0.0  # seconds of the retry budget used: failed tries and the waits after them
+        self.slowed_by_429 = 0  # times a 429 made the client slow down
 
     def close(self) -> None:
         self.session.close()
@@ -112,11 +129,13 @@ class RegistryClient:
     def iter_pages(self, params: Mapping[str, str]) -> Iterator[Page]:
         token: str | None = None
         number = 1
+        tokens: set[str] = set()
         while True:
             page = self.get_page(params, token, number)
             yield page
             if not page.next_token:
                 return
+            check_token_progress(page.next_token, tokens, number, self.base_url)
             token, number = page.next_token, number + 1
 
     def get_study(self, nct_id: str) -> dict[str, Any]:
@@ -136,6 +155,8 @@ class RegistryClient:
         does not say. Pages fetched under one timestamp come from one consistent data set."""
         try:
             stamp = self.version().get("dataTimestamp")
+        except RegistryUnavailable:  # the registry is down or refusing us: the run cannot go on
+            raise
         except RegistryError as exc:
             log.warning("cannot read the registry's data timestamp: %s", exc)
             return None
@@ -146,24 +167,44 @@ class RegistryClient:
         return self._get_json_raw(path, params, base=base)[0]
 
     def _get_json_raw(self, path: str, params: Mapping[str, str], *, base: str | None = None) -> tuple[Any, bytes]:
-        """The parsed body and its bytes. Transient failures are retried within the policy's budget:
-        at most ``attempts`` tries and ``budget_seconds`` of waiting, never a wait that would end
-        past the budget (a Retry-After beyond it fails at once, with the reason)."""
+        """The parsed body and its bytes. Transient failures are retried within the policy: at most
+        ``attempts`` tries, and never past the run's retry budget (a wait, e.g. a Retry-After, that
+        would end beyond it fails at once). The error that ends it says how many tries it took."""
         url = (base or self.base_url) + path
-        started = self._monotonic()
         retrying = Retrying(
-            stop=stop_any(stop_after_attempt(self.retry.attempts), stop_after_delay(self.retry.budget_seconds),
-                          _StopBeyondBudget(self, started)),
+            stop=stop_any(stop_after_attempt(self.retry.attempts), _StopBeyondBudget(self)),
             wait=self._wait,
             retry=retry_if_exception(lambda exc: getattr(exc, "retryable", False)),
-            sleep=self._sleep,
+            sleep=self._sleep_counted,
             before_sleep=self._log_retry,
             reraise=True,
         )
-        return retrying(self._get_json_once, url, params)
+        tries = self.requests_made
+        try:
+            return retrying(self._get_json_timed, url, params)
+        except RegistryUnavailable as exc:
+            tries = self.requests_made - tries
+            if tries > 1 and "retry budget" not in str(exc):
+                exc.args = (f"{exc} ({tries} tries)",)
+            raise
+
+    def _sleep_counted(self, seconds: float) -> None:
+        self.retry_spent += seconds
+        if self._last_request is not None:  # the wait between tries also paces the next one
+            self._last_request -= seconds
+        self._sleep(seconds)
+
+    def _get_json_timed(self, url: str, params: Mapping[str, str]) -> tuple[Any, bytes]:
+        """One try; a try that fails with a retryable error spends its time from the retry budget."""
+        self._pace()
+        started = self._monotonic()
+        try:
+            return self._get_json_once(url, params)
+        except RegistryUnavailable:
+            self.retry_spent += max(0.0, self._monotonic() - started)
+            raise
 
     def _get_json_once(self, url: str, params: Mapping[str, str]) -> tuple[Any, bytes]:
-        self._pace()
         self.requests_made += 1
         try:
             response = self.session.get(url, params=params, timeout=self.timeout)
@@ -175,6 +216,8 @@ class RegistryClient:
             # e.g. ChunkedEncodingError: the connection dropped before Content-Length bytes came.
             raise RegistryUnavailable(f"broken response: {_short(exc)}", url=url) from None
         status = response.status_code
+        if status == 429:
+            self._slow_down()
         if status == 429 or status >= 500:
             raise RegistryUnavailable(
                 f"HTTP {status}: {_body_line(response)}",
@@ -184,7 +227,7 @@ class RegistryClient:
             )
         if status == 404:
             raise RegistryNotFound(f"HTTP 404: {_body_line(response)}", url=response.url, status=status)
-        if status >= 400 and "pageToken" in params:
+        if status == 400 and "pageToken" in params and _TOKEN_ERROR.search(response.text):
             raise PageTokenRejected(f"HTTP {status}: {_body_line(response)}", url=response.url, status=status)
         if status >= 400:
             raise RegistryRejected(f"HTTP {status}: {_body_line(response)}", url=response.url, status=status)
@@ -194,6 +237,15 @@ class RegistryClient:
             # A cut-off body: the server or a proxy dropped the connection mid-answer.
             raise RegistryUnavailable(f"invalid JSON in response ({exc})", url=response.url,
                                       status=status) from None
+
+    def _slow_down(self) -> None:
+        """A 429: the registry finds us too fast; every later request of this client waits longer (twice
+        as long, up to ``max_interval``). An interval of 0 (pacing off: a local registry) stays 0."""
+        slower = min(self.max_interval, self.min_interval * 2)
+        if slower > self.min_interval:
+            self.slowed_by_429 += 1
+            log.warning("the registry answered 429 (too many requests): one request per %gs from now on", slower)
+            self.min_interval = slower
 
     def _pace(self) -> None:
         """At most one request per ``min_interval`` seconds (robots.txt asks for 1 s)."""
@@ -216,24 +268,34 @@ class RegistryClient:
     def _log_retry(self, state: RetryCallState) -> None:
         self.retries += 1
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("registry request failed (attempt %d), retrying: %s", state.attempt_number, redact(str(exc)))
+        log.info("registry request failed (attempt %d), retrying: %s", state.attempt_number, redact(str(exc)))
 
 
 class _StopBeyondBudget(stop_base):
-    """Stop when the next wait (e.g. a long Retry-After) would end past the retry budget."""
+    """Stop when the next wait (e.g. a long Retry-After) would end past the run's retry budget."""
 
-    def __init__(self, client: RegistryClient, started: float) -> None:
-        self.client, self.started = client, started
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
 
     def __call__(self, state: RetryCallState) -> bool:
         budget = self.client.retry.budget_seconds
         wait = self.client._wait(state)
-        if wait <= budget - (self.client._monotonic() - self.started):
+        spent = self.client.retry_spent
+        if wait <= budget - spent:
             return False
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RegistryUnavailable):  # say why we gave up early
-            exc.args = (f"{exc} (would wait {wait:g}s, beyond the {budget:g}s retry budget)",)
+            exc.args = (f"{exc} ({state.attempt_number} {'try' if state.attempt_number == 1 else 'tries'}; "
+                        f"would wait {wait:g}s, beyond the {budget:g}s retry budget ({spent:.0f}s spent))",)
         return True
+
+
+def check_token_progress(token: str, seen: set[str], number: int, url: str) -> None:
+    """A ``nextPageToken`` met before in the same walk would loop forever: stop with the reason."""
+    if token in seen:
+        raise RegistryError(f"the registry sent the same page token again after page {number}: "
+                            "stopping the walk instead of looping", url=url)
+    seen.add(token)
 
 
 def page_from_body(raw: bytes, number: int, url: str) -> Page:
@@ -270,8 +332,15 @@ def _retry_after(value: str | None, cap: float) -> float | None:
 
 
 def _body_line(response: requests.Response) -> str:
-    text = response.text.strip().splitlines()
-    return redact(text[0][:200]) if text else response.reason or ""
+    """The body's first line; for an HTML page (a firewall's, a proxy's) its title or first text."""
+    body = response.text
+    if "html" in response.headers.get("Content-Type", "").lower() or body.lstrip()[:1] == "<":
+        title = re.search(r"<title[^>]*>(.*?)</title>", body, re.I | re.S)
+        body = title.group(1) if title and title.group(1).strip() else re.sub(
+            r"<(script|style)[^>]*>.*?</\1>|<[^>]+>", "\n", body, flags=re.I | re.S)
+        body = html.unescape(body)
+    text = [line.strip() for line in body.strip().splitlines() if line.strip()]
+    return redact(" ".join(text[0].split())[:200]) if text else response.reason or ""
 
 
 def _short(exc: Exception, limit: int = 200) -> str:

@@ -68,9 +68,12 @@ def date_slips(slips: Sequence[Row]) -> str:
         y0, days = top + i * (BAR + GAP), int(s["shift_days"])
         left, right = sorted((x(0), x(days)))
         color = SEVERITY_COLORS.get(s["severity"], "#999")
-        body += [svg.text(LABEL - 8, y0 + BAR - 4, f"{s['nct_id']} {s['field']}", anchor="end"),
+        names = " · ".join(str(x) for x in (s.get("brief_title"), s.get("lead_sponsor")) if x)
+        body += [f'<a href="https://clinicaltrials.gov/study/{svg.esc(s["nct_id"])}">'
+                 + svg.text(LABEL - 8, y0 + BAR - 4, f"{s['nct_id']} {s['field']}", anchor="end") + "</a>",
                  svg.rect(left, y0, right - left, BAR, color,
-                          f"{s['nct_id']} {s['field']}: {s['old_value']} → {s['new_value']} ({days:+d} days)",
+                          f"{s['nct_id']} {s['field']}: {s['old_value']} → {s['new_value']} ({days:+d} days)"
+                          + (f"\n{names}" if names else ""),
                           data_nct=s["nct_id"], data_value=days, data_field=s["field"]),
                  svg.text(right + 6, y0 + BAR - 4, f"{days:+d} d  {s['old_value']} → {s['new_value']}", color="#555")]
     return svg.svg(WIDTH, height, body, chart="date-slips", label=label)

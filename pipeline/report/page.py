@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from pipeline.report import analyses
 from pipeline.report import digest as digest_charts
 from pipeline.report import study as study_charts
 from pipeline.report.svg import SEVERITY_COLORS, esc
@@ -24,6 +25,7 @@ th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eceff1;vertical-a
 .cards{display:flex;gap:12px;margin:8px 0}.card{background:#eceff1;border-radius:6px;padding:8px 14px}
 .card b{display:block;font-size:20px}.ok{background:#2e7d32}.warn{background:#ef6c00}.fail{background:#c62828}
 .skipped{background:#90a4ae}svg{display:block;max-width:100%;height:auto}
+details summary{cursor:pointer;color:#555}details[open] summary{margin-bottom:2px}
 """
 
 # Marks each chart with how many of its marks the browser actually laid out (data-drawn), so a
@@ -41,11 +43,15 @@ document.body.setAttribute('data-charts', String(document.querySelectorAll('svg[
 """
 
 
-def render(*, studies: Sequence[Row], digest: Row | None, generated_at: datetime, source: str) -> str:
-    """The whole report: a section per study, then the digest (either may be absent)."""
+def render(*, studies: Sequence[Row], digest: Row | None, generated_at: datetime, source: str,
+           compliance: Row | None = None) -> str:
+    """The whole report: a section per study, then the digest and FDAAA compliance (each may be absent).
+    ``source``: the warehouse's name as the reader should see it (its directory's name)."""
     parts = [study_section(s, generated_at.date()) for s in studies]
     if digest is not None:
         parts.append(digest_section(digest))
+    if compliance is not None:
+        parts.append(analyses.compliance_section(compliance))
     title = "trialsync report"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
@@ -63,6 +69,7 @@ def study_section(s: Row, as_of: date) -> str:
             f'</h2><p class="meta">{meta} · <a href="https://clinicaltrials.gov/study/{esc(s["nct_id"])}?tab=history">'
             f"registry history</a></p><h3>Status over time</h3>{charts[0]}<h3>Enrollment</h3>{charts[1]}"
             f"<h3>Key dates, as each version stated them</h3>{charts[2]}"
+            f"<h3>Registered vs now</h3>{analyses.registered_table(s.get('registered'))}"
             f"<h3>Versions and what changed</h3>{_versions_table(versions, s['changes'])}</section>")
 
 
@@ -73,10 +80,12 @@ def _versions_table(versions: Sequence[Row], changes: Sequence[Row]) -> str:
     rows = []
     for v in versions:
         typed = [c for c in by_version.get(int(v["version"]), []) if c["severity"] != "info"]
-        hidden = len(by_version.get(int(v["version"]), [])) - len(typed)
+        hidden = [c for c in by_version.get(int(v["version"]), []) if c["severity"] == "info"]
         what = "".join(f"<div>{_pill(c['severity'])} {esc(describe(c))}</div>" for c in typed)
-        if hidden:
-            what += f'<div class="meta">+ {hidden} other field change{"s" if hidden != 1 else ""}</div>'
+        if hidden:  # info-level field changes: collapsed, a click away
+            what += (f'<details class="meta" data-hidden="{len(hidden)}"><summary>+ {len(hidden)} other field '
+                     f'change{"s" if len(hidden) != 1 else ""}</summary>'
+                     + "".join(f"<div>{esc(describe(c))}</div>" for c in hidden) + "</details>")
         rows.append(f"<tr><td>v{v['version']}</td><td>{esc(v['valid_from'])}</td>"
                     f"<td>{esc('removed' if v['is_removed'] else v['overall_status'])}</td>"
                     f"<td>{esc(_blank(v['enrollment_count']))} {esc((v['enrollment_type'] or '').lower())}</td>"
@@ -112,7 +121,8 @@ def digest_section(d: Row) -> str:
 def _changes_table(changes: Sequence[Row]) -> str:
     if not changes:
         return '<p class="meta">none</p>'
-    rows = "".join(f"<tr><td>{esc(_blank(c['registry_updated']))}</td><td>{esc(c['nct_id'])}</td>"
+    rows = "".join(f"<tr><td>{esc(_blank(c['registry_updated']))}</td>"
+                   f"<td>{analyses.study_link(c['nct_id'], c.get('brief_title'), c.get('lead_sponsor'))}</td>"
                    f"<td>{_pill(c['severity'])}</td><td>{esc(describe(c))}</td></tr>" for c in changes)
     return f"<table><tr><th>registry date</th><th>study</th><th>severity</th><th>change</th></tr>{rows}</table>"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
+from itertools import pairwise
 from typing import Any
 
 from pipeline.report import svg
@@ -13,6 +14,8 @@ Row = Mapping[str, Any]
 WIDTH, LEFT, RIGHT = 960, 150, 30
 KEY_DATES = (("start_date", "start"), ("primary_completion_date", "primary completion"),
              ("completion_date", "completion"))
+# Drawn dashed over the wider completion line, so the two stay apart where they coincide.
+DASHED = frozenset({"primary_completion_date"})
 
 
 def time_scale(versions: Sequence[Row], as_of: date) -> DateScale:
@@ -112,22 +115,61 @@ def key_dates(versions: Sequence[Row], scale: DateScale) -> str:
         body += [svg.line(LEFT, y(day), WIDTH - RIGHT, y(day), "#eee"),
                  svg.text(LEFT - 6, y(day) + 4, label, anchor="end", color="#666")]
     for i, (col, name) in reversed(list(enumerate(KEY_DATES))):  # completion first: widest, underneath
-        body += _date_series(live, col, name, SERIES_COLORS[i], scale, y, width=2 + 2 * i)
-    for i, (_, name) in enumerate(KEY_DATES):
+        body += _date_series(live, col, name, SERIES_COLORS[i], scale, y, width=2 + 2 * i, dash=col in DASHED)
+    body += _move_labels(live, scale, y)
+    for i, (col, name) in enumerate(KEY_DATES):
         x = LEFT + i * 170
-        body += [f'<rect x="{x}" y="{top + height + 28}" width="18" height="4" fill="{SERIES_COLORS[i]}"/>',
+        dash = ' stroke-dasharray="4 3"' if col in DASHED else ""
+        body += [f'<line x1="{x}" y1="{top + height + 30}" x2="{x + 18}" y2="{top + height + 30}" '
+                 f'stroke="{SERIES_COLORS[i]}" stroke-width="4"{dash}/>',
                  svg.text(x + 22, top + height + 34, name, color="#555")]
     return svg.svg(WIDTH, top + height + 42, body, chart="key-dates", label="Key dates per version")
 
 
+def moves(versions: Sequence[Row]) -> list[tuple[Row, str, int]]:
+    """(version, column, days) for each move of a key date from one version to the next. A refinement of
+    precision (``2025-05`` -> ``2025-05-30``) or its reverse is not a move."""
+    out = []
+    for col, _ in KEY_DATES:
+        points = [v for v in versions if v[col] is not None]
+        for before, after in pairwise(points):
+            old, new = str(before[f"{col}_raw"] or ""), str(after[f"{col}_raw"] or "")
+            if old == new or new.startswith(old) or old.startswith(new):
+                continue
+            out.append((after, col, (after[col] - before[col]).days))
+    return out
+
+
+def _move_labels(versions: Sequence[Row], scale: DateScale, y: DateScale) -> list[str]:
+    """Each move's days beside its step, in its series' colour and with its series' name, so a 46-day
+    slip is read, not guessed; labels of one version that would overlap are stacked."""
+    names = {col: name for col, name in KEY_DATES}
+    colors = {col: SERIES_COLORS[i] for i, (col, _) in enumerate(KEY_DATES)}
+    out: list[str] = []
+    placed: dict[float, list[float]] = {}
+    for version, col, days in sorted(moves(versions), key=lambda m: (m[0]["version"], -y(m[0][m[1]]))):
+        x = scale(version["valid_from"]) + 6
+        ty = y(version[col]) - 6
+        taken = placed.setdefault(x, [])
+        while any(abs(ty - other) < 13 for other in taken):
+            ty -= 13
+        taken.append(ty)
+        label = f"{names[col]} {days:+d} d"
+        out.append(f'<text data-mark="1" data-move="1" data-series="{col}" data-shift="{days}" '
+                   f'data-at-version="{version["version"]}" x="{x}" y="{ty}" font-size="11" font-weight="bold" '
+                   f'fill="{colors[col]}"><title>v{version["version"]}: {svg.esc(names[col])} moved {days:+d} days '
+                   f'to {svg.esc(version[f"{col}_raw"])}</title>{svg.esc(label)}</text>')
+    return out
+
+
 def _date_series(versions: Sequence[Row], col: str, name: str, color: str, scale: DateScale,
-                 y: DateScale, *, width: float = 2) -> list[str]:
+                 y: DateScale, *, width: float = 2, dash: bool = False) -> list[str]:
     points = [v for v in versions if v[col] is not None]
     if not points:
         return []
     steps = [(scale(v["valid_from"]), y(v[col])) for v in points]
     steps.append((scale(_until(points[-1], scale)), steps[-1][1]))
-    out = [svg.path(steps, color, width=width, data_series=col)]
+    out = [svg.path(steps, color, width=width, dash=dash, data_series=col)]
     for v in points:
         kind = v[f"{col}_type"] or "?"
         out.append(svg.circle(scale(v["valid_from"]), y(v[col]), 3 + width / 2, color,

@@ -41,7 +41,7 @@ PAGE = ["--full", "--page-size", "10"]
 class KillPoint:
     crashes: tuple[str, ...]  # "<checkpoint>:<n>" or "request:<page>", one killed run each
     first_run: bool = False  # the killed run is the warehouse's first (nothing committed yet)
-    commits: bool = False  # the kill comes after the catalog rename: the run is committed
+    commits: bool = False  # the kill comes after the commit point (the manifest generation is published)
 
     def __str__(self) -> str:
         return ("first-run " if self.first_run else "") + " then ".join(self.crashes)
@@ -66,13 +66,14 @@ KILL_POINTS = [
     KillPoint(("files-closed:1",)),
     KillPoint(("catalog-tmp-created:1",)),
     KillPoint(("catalog-tmp-written:1",)),
+    KillPoint(("manifest-published:1",), commits=True),
     KillPoint(("catalog-replaced:1",), commits=True),
     KillPoint(("committed:1",), commits=True),
     KillPoint(("page-fetched:3",), first_run=True),
     KillPoint(("catalog-tmp-written:1",), first_run=True),
     KillPoint(("page-fetched:2", "page-fetched:5")),  # killed again while resuming
 ]
-SHORT = [KILL_POINTS[i] for i in (2, 5, 9, 17, 18)]
+SHORT = [KILL_POINTS[i] for i in (2, 5, 9, 17, 18, 19)]
 
 
 def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -39,7 +39,11 @@ def one_line_error(code: int, out: str, err: str, message: str) -> None:
 
 
 BAD_INPUT: list[tuple[list[str], str]] = [
-    (["sync", "--ids", "NCT0576673X"], "invalid NCT id 'NCT0576673X' (expected NCT followed by 8 digits)"),
+    (["sync", "--ids", "NCT0576673X"], "invalid NCT id 'NCT0576673X' (expected NCT followed by up to 8 digits"),
+    (["sync", "--ids", "NCT00000000"], "invalid NCT id 'NCT00000000' (expected NCT followed by up to 8 digits, "
+                                         "not all zeros)"),
+    (["sync", "--query", "NCT05766735 NCT07011004"], "--query holds only NCT ids"),
+    (["sync", "--retry-budget", "-1"], "--retry-budget must be a number of seconds >= 0, not -1.0"),
     (["sync", "--ids", "NCT05766735;DROP TABLE"], "invalid NCT id 'NCT05766735;DROP'"),
     (["sync", "--since", "2026-02-30"], "--since expects a date as YYYY-MM-DD, got '2026-02-30'"),
     (["sync", "--since", "20260101"], "--since expects a date as YYYY-MM-DD, got '20260101'"),
@@ -167,12 +171,17 @@ def test_a_sync_refuses_a_directory_that_is_not_a_warehouse_and_touches_nothing(
     assert sorted(p.name for p in foreign.rglob("*")) == ["2024-marathon.gpx", "runs"]
 
 
-def test_a_deleted_catalog_never_makes_a_sync_delete_committed_history(prefect_api: str, warehouse_dir: Path) -> None:
+@pytest.mark.parametrize("lost", [("warehouse.duckdb",), ("warehouse.duckdb", "manifest")])
+def test_a_deleted_catalog_never_makes_a_sync_delete_committed_history(
+        lost: tuple[str, ...], prefect_api: str, warehouse_dir: Path) -> None:
     with FakeRegistry(real_records()[:5]).start() as registry:
         fast_sync(registry, warehouse_dir)
         runs = sorted(p.name for p in (warehouse_dir / "runs").iterdir())
-        (warehouse_dir / "warehouse.duckdb").unlink()
-        with pytest.raises(WarehouseError, match=r"warehouse.duckdb is missing but .* holds 1 committed run"):
+        for name in lost:
+            shutil.rmtree(warehouse_dir / name) if name == "manifest" else (warehouse_dir / name).unlink()
+        message = r"warehouse.duckdb is missing but .* holds 1 committed run" if "manifest" in lost else \
+            r"damaged \(warehouse.duckdb: catalog missing .*trialsync repair"
+        with pytest.raises(WarehouseError, match=message):
             fast_sync(registry, warehouse_dir)
     assert sorted(p.name for p in (warehouse_dir / "runs").iterdir()) == runs
     assert (warehouse_dir / "runs" / runs[0] / "study_versions.parquet").exists()

@@ -67,10 +67,10 @@ def test_a_429_storm_beyond_the_retry_budget_fails_clearly_after_bounded_tries_a
     small.put(*(mutate.set_status(r, "COMPLETED") for r in real_records()[:100]))
     small.faults.add("status", status=429, retry_after="0", times=-1, page=3, body="Too Many Requests")
     small.requests.clear()
-    with pytest.raises(RegistryUnavailable, match=r"^HTTP 429: Too Many Requests$"):
+    with pytest.raises(RegistryUnavailable, match=r"^HTTP 429: Too Many Requests \(3 tries\)$"):
         fast_sync(small, warehouse_dir, page_size=SIZE, full=True, max_attempts=3)
     page3 = [p for p in small.study_requests() if small.page_of(p) == 3]
-    assert len(page3) == 3 * 3  # 3 tries per request, 3 tries of the page task: the bound
+    assert len(page3) == 3  # --max-attempts is the total: Prefect task retries do not multiply it
     assert (warehouse_dir / "warehouse.duckdb").read_bytes() == catalog
     assert state(warehouse_dir) == before
     assert [p.name for p in (warehouse_dir / "runs").iterdir()] == [r[0] for r in query(
@@ -100,7 +100,8 @@ def test_a_retry_after_longer_than_the_budget_gives_up_instead_of_sleeping_past_
     with pytest.raises(RegistryUnavailable) as info:
         client.get_page({}, None, 1)
     assert clock.sleeps == [300.0, 300.0]  # Retry-After capped at 300 s; a third wait would pass 600 s
-    assert str(info.value) == "HTTP 429: Too Many Requests (would wait 300s, beyond the 600s retry budget)"
+    assert str(info.value) == ("HTTP 429: Too Many Requests (3 tries; would wait 300s, beyond the 600s retry budget "
+                               "(600s spent))")
 
 
 def test_an_empty_page_in_the_middle_does_not_end_the_walk(small: FakeRegistry, warehouse_dir: Path) -> None:

@@ -1,0 +1,272 @@
+"""Where a flow runs: under Prefect's engine when a Prefect server is there, as plain calls when not.
+
+``flow`` and ``task`` wrap a function the way Prefect's decorators do. Calling the flow then runs
+
+- as a **Prefect flow run** (tasks are task runs, logs and artifacts go to the server, the UI shows
+  it) when a Prefect run is already active (a deployment, a subflow) or a Prefect server is
+  configured: ``PREFECT_API_URL`` in the environment or the active Prefect profile;
+- **in process** otherwise: the same function and the same task functions, called directly, with a
+  thread pool for ``submit``; logs go to Python logging and artifacts are skipped (everything they
+  show is in the warehouse). No temporary Prefect server starts (7-8 s per command) and Prefect is
+  not even imported (~1.5 s of CPU), so an ad hoc command costs only its own work.
+
+``TRIALSYNC_ENGINE=prefect`` forces Prefect (with its temporary server when none is configured),
+``TRIALSYNC_ENGINE=plain`` forces the in-process path. The Prefect objects themselves are built on
+first use (``.prefect``); deployment entrypoints must name a real Prefect flow (``flows/scheduled.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import as_completed as _cf_as_completed
+from concurrent.futures import wait as _cf_wait
+from contextlib import contextmanager
+from contextvars import ContextVar, copy_context
+from pathlib import Path
+from typing import Any
+
+ENGINE_ENV = "TRIALSYNC_ENGINE"
+_ENGINES = ("auto", "prefect", "plain")
+# Only the threads of a plain run's ``submit``; under Prefect the flow's task runner decides.
+DEFAULT_THREADS = 4
+NONE = "NONE"  # ``cache_policy=NONE``: Prefect's ``prefect.cache_policies.NONE`` (the default here too)
+
+
+class _PlainRun:
+    def __init__(self, name: str, threads: int) -> None:
+        self.name = name
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"trialsync-{self.name}")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_PLAIN: ContextVar[_PlainRun | None] = ContextVar("trialsync_plain_run", default=None)
+
+
+def engine_setting() -> str:
+    value = (os.environ.get(ENGINE_ENV) or "auto").strip().lower()
+    if value not in _ENGINES:
+        from pipeline.errors import UsageError
+
+        raise UsageError(f"{ENGINE_ENV} must be one of {', '.join(_ENGINES)}, not {value!r}")
+    return value
+
+
+def prefect_run_active() -> bool:
+    """Inside a Prefect flow or task run (a deployment's run, a subflow, a task)."""
+    if "prefect.context" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def prefect_server_configured() -> bool:
+    """``PREFECT_API_URL`` from Prefect's settings (when Prefect is loaded: also a test harness's
+    temporary settings), else from the environment or the active profile, read without Prefect."""
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        return bool(get_current_settings().api.url)
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    return bool(_profile_api_url())
+
+
+def _profile_api_url() -> str | None:
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    profile = (data.get("profiles") or {}).get(active) or {}
+    value = profile.get("PREFECT_API_URL")
+    return str(value) if value else None
+
+
+def uses_prefect() -> bool:
+    """Whether a flow called now runs under Prefect's engine (see the module's docstring)."""
+    if _PLAIN.get() is not None:
+        return False
+    if prefect_run_active():
+        return True
+    setting = engine_setting()
+    if setting != "auto":
+        return setting == "prefect"
+    return prefect_server_configured()
+
+
+class Flow:
+    """A flow function that runs under Prefect or in process (``uses_prefect``)."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.fn = fn
+        self.options = options
+        self._prefect: Any = None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def name(self) -> str:
+        return str(self.options.get("name") or self.fn.__name__)
+
+    @property
+    def prefect(self) -> Any:
+        """The Prefect ``Flow`` of this function (built once, on first use)."""
+        if self._prefect is None:
+            from prefect import flow
+
+            options = {k: v for k, v in self.options.items() if k != "threads"}
+            self._prefect = flow(**options)(self.fn)
+        return self._prefect
+
+    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+        if uses_prefect():
+            flow = self.prefect
+            if "threads" in self.options and "task_runner" not in self.options:
+                from prefect.task_runners import ThreadPoolTaskRunner
+
+                flow = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=self.options["threads"]))
+            return flow(*args, return_state=return_state, **kwargs)
+        if return_state:
+            raise TypeError("return_state needs a Prefect run (configure a Prefect server)")
+        run = _PlainRun(self.name, int(self.options.get("threads") or DEFAULT_THREADS))
+        token = _PLAIN.set(run)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            run.close()
+            _PLAIN.reset(token)
+
+    def with_options(self, **options: Any) -> Flow:
+        """A copy with other options (Prefect's, plus ``threads``: how many tasks run at once)."""
+        return Flow(self.fn, {**self.options, **options})
+
+    def __getattr__(self, name: str) -> Any:  # to_deployment, serve, ... are Prefect's
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.prefect, name)
+
+
+class Task:
+    """A task function: a Prefect task run inside a Prefect run, a plain call inside a plain one."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.fn = fn
+        self.options = options
+        self._prefect: Any = None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def name(self) -> str:
+        return str(self.options.get("name") or self.fn.__name__)
+
+    @property
+    def prefect(self) -> Any:
+        if self._prefect is None:
+            from prefect import task
+            from prefect.cache_policies import NONE
+
+            options = {**self.options, "cache_policy": NONE}  # tasks take live objects: never cached
+            self._prefect = task(**options)(self.fn)
+        return self._prefect
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _PLAIN.get() is not None:
+            return self.fn(*args, **kwargs)
+        return self.prefect(*args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        """A future: Prefect's inside a Prefect run, a ``concurrent.futures.Future`` in a plain one."""
+        run = _PLAIN.get()
+        if run is None:
+            return self.prefect.submit(*args, **kwargs)
+        context = copy_context()  # the task sees the plain run too
+        return run.pool().submit(context.run, self.fn, *args, **kwargs)
+
+    def with_options(self, **options: Any) -> Task:
+        return Task(self.fn, {**self.options, **options})
+
+
+def flow(**options: Any) -> Callable[[Callable[..., Any]], Flow]:
+    """Like ``prefect.flow(...)``; an extra option ``threads`` sets how many submitted tasks run at once."""
+    return lambda fn: Flow(fn, options)
+
+
+def task(**options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """Like ``prefect.task(...)``, with ``cache_policy=NONE`` by default (tasks take live objects)."""
+    return lambda fn: Task(fn, options)
+
+
+def as_completed(futures: Iterable[Any]) -> Iterator[Any]:
+    futures = list(futures)
+    if all(isinstance(f, Future) for f in futures):
+        yield from _cf_as_completed(futures)
+        return
+    from prefect.futures import as_completed as prefect_as_completed
+
+    yield from prefect_as_completed(futures)
+
+
+def wait(futures: Iterable[Any]) -> None:
+    futures = list(futures)
+    if all(isinstance(f, Future) for f in futures):
+        _cf_wait(futures)
+        return
+    from prefect.futures import wait as prefect_wait
+
+    prefect_wait(futures)
+
+
+def get_run_logger() -> Any:
+    """The run's logger: Prefect's in a Prefect run, ``trialsync.<flow>`` in a plain one."""
+    run = _PLAIN.get()
+    if run is not None or not prefect_run_active():
+        return logging.getLogger(f"trialsync.{run.name if run else 'flows'}")
+    from prefect import get_run_logger as prefect_logger
+
+    return prefect_logger()
+
+
+def create_markdown_artifact(*args: Any, **kwargs: Any) -> Any:
+    """A Prefect artifact in a Prefect run; nothing in a plain run (no server to keep it)."""
+    if not prefect_run_active():
+        return None
+    from prefect.artifacts import create_markdown_artifact as create
+
+    return create(*args, **kwargs)
+
+
+def create_table_artifact(*args: Any, **kwargs: Any) -> Any:
+    if not prefect_run_active():
+        return None
+    from prefect.artifacts import create_table_artifact as create
+
+    return create(*args, **kwargs)
+
+
+@contextmanager
+def plain_run(name: str) -> Iterator[None]:
+    """Run what follows as a plain run (tests and tools)."""
+    run = _PlainRun(name, DEFAULT_THREADS)
+    token = _PLAIN.set(run)
+    try:
+        yield
+    finally:
+        run.close()
+        _PLAIN.reset(token)

@@ -1,0 +1,106 @@
+"""The CLI process's life cycle: SIGINT and SIGTERM, a deadline, and no child process left behind.
+
+Both signals, sent to the process or to its whole process group, become ``KeyboardInterrupt`` in the
+main thread, so every ``with`` block unwinds the way it does on Ctrl-C: the writer deletes the run's
+staged files and releases its lock (a run commits all or nothing), worker pools and servers stop.
+A watchdog bounds that: GRACE_SECONDS after the first signal (or at once on a second one) the
+process kills what it started and leaves. Whatever way it leaves, every descendant still alive (a
+Prefect server, pool workers, a Dask cluster, a flow-run process of ``serve``) is terminated, then
+killed: a command never leaves a child behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+from contextlib import suppress
+from typing import Any
+
+GRACE_SECONDS = 7.0  # the whole stop, children included, stays under 10 s
+REAP_SECONDS = 2.0  # how long children get between SIGTERM and SIGKILL
+
+_signalled: int | None = None
+_lock = threading.Lock()
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM to ``_on_signal`` (from the main thread, before Prefect is imported)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+    # Exit hooks run last-registered first: registered before Prefect is imported, this one runs after
+    # Prefect's own (which drain logs to its temporary server, then stop it), and stops what is left.
+    atexit.register(reap)
+
+
+def signalled() -> int | None:
+    """The first stop signal received, if any."""
+    return _signalled
+
+
+def exit_code() -> int:
+    """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + (_signalled or signal.SIGINT)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _signalled
+    with _lock:
+        first = _signalled is None
+        if first:
+            _signalled = signum
+    if not first:  # a second signal: leave now
+        leave()
+    threading.Thread(target=_deadline, name="trialsync-stop-deadline", daemon=True).start()
+    raise KeyboardInterrupt
+
+
+def _deadline() -> None:
+    threading.Event().wait(GRACE_SECONDS)
+    leave()
+
+
+def message() -> str:
+    what = "terminated" if _signalled == signal.SIGTERM else "interrupted"
+    return f"trialsync: {what} (an unfinished run commits nothing; the next run cleans up after it)"
+
+
+def leave(code: int | None = None) -> None:
+    """Exit now, without Python's exit hooks (Prefect's may wait for a server that is gone), after
+    stopping every descendant."""
+    print(message(), file=sys.stderr)
+    reap()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(exit_code() if code is None else code)
+
+
+def reap(timeout: float = REAP_SECONDS) -> list[int]:
+    """Terminate every descendant of this process, then kill those still alive after ``timeout``.
+    Returns the pids that had to be stopped."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with distributed
+        return []
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    for child in children:
+        with suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return [c.pid for c in children]
+
+
+def ignore_interrupts() -> None:
+    """For worker processes: the parent handles Ctrl-C (it cancels their work), so a Ctrl-C sent to
+    the whole group neither kills them mid-file nor prints a traceback from each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,120 @@
+"""After a complete full run: the scope's studies its listing no longer held, settled by asking the
+registry one by one. Only a 404 from ``GET /studies/{id}`` retires a study (SPEC: "A study is removed
+only when the registry says so"); a listing, even one asked by id, can leave a published study out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flows.engine import NONE, get_run_logger, task
+from pipeline.errors import RegistryError, RegistryNotFound
+from pipeline.parse import record_nct_id
+from pipeline.scope import lookup_params
+from pipeline.versioning import Head, plan_batch
+from warehouse.rows import tombstones_table
+
+if TYPE_CHECKING:
+    from flows.sync import _PageContext
+
+
+@task(name="settle-vanished", cache_policy=NONE)
+def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
+    """After a complete full run: studies of the scope that the listing no longer holds are looked up.
+
+    A listing can leave out a study the registry still publishes, and a look-up through the listing
+    (``filter.ids``) has the same gap: it can only prove a study is still there. So what it does not
+    return is asked for one by one, ``GET /studies/{id}``, and only a 404 there retires a study.
+    A published study outside the scope's filters left the scope (``scope_exits``, reason
+    ``left_scope``); one inside them was omitted by the listing (``pc.omitted``: stays a member, no
+    change event, a ``listing_omitted`` reconciliation warning). Either way its current record is
+    stored like any other. Returns (left_scope, retired)."""
+    t = pc.totals
+    if t.total_count is not None and t.studies_seen < t.total_count:
+        get_run_logger().warning("saw %d of %d studies: not retiring anything on an incomplete listing",
+                                 t.studies_seen, t.total_count)
+        return 0, 0
+    vanished = sorted(pc.run.scope_members(scope) - pc.seen)
+    if not vanished:
+        return 0, 0
+    try:
+        by_id, gone = _look_up(pc, vanished)
+        published = list({id(r): r for r in by_id.values()}.values())
+        inside = _inside_scope(pc, by_id)
+    except RegistryError as exc:  # the listing itself is complete: commit it, settle next time
+        get_run_logger().warning("could not look up %d studies that left the scope's listing (%s); "
+                                 "retiring nothing this run", len(vanished), exc)
+        return 0, 0
+    from flows.sync import _drop_repeats  # the page walk's helper (flows.sync imports this module)
+
+    plan, _ = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
+    pc.run.append_plan(plan, pc.ctx)
+    pc.written.update(plan.heads)
+    t.versions_written += len(plan.versions)
+    t.quarantined += len(plan.quarantined)
+    t.add_plan(plan)
+    still_there = set(by_id)
+    omitted = still_there & inside
+    heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
+    retired = [(nct, head.version + 1, head.content_hash) for nct in gone
+               if (head := heads.get(nct)) is not None and not head.is_removed]
+    pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
+    for nct, version, digest in retired:
+        pc.written[nct] = Head(version, digest, is_removed=True)
+    exits = [nct for nct in vanished if nct not in omitted]
+    pc.exited.update(exits)
+    pc.left_scope.update(still_there - omitted)
+    pc.omitted.update(omitted)
+    pc.seen.update(omitted)
+    pc.run.append_rows("scope_exits", [
+        {"run_id": pc.ctx.run_id, "scope": scope, "nct_id": nct,
+         "reason": "left_scope" if nct in still_there else "removed"} for nct in exits])
+    get_run_logger().info("%d unlisted studies are still in the registry (%d inside the scope: the listing "
+                          "omitted them); %d retired (404)", len(still_there), len(omitted), len(retired))
+    return len(still_there - omitted), len(retired)
+
+
+def _look_up(pc: _PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The records the registry publishes for ``ids`` (by the id asked for: an alias answers with the
+    study it was merged into), and the ids it answers 404 for. Asked by id in batches through the
+    listing first (cheap; what it returns is certainly published), then the rest one by one with the
+    single-study endpoint: only its 404 says a study is gone."""
+    wanted, found = set(ids), dict[str, dict[str, Any]]()
+    for params in lookup_params(ids):
+        for page in pc.client.iter_pages(params):
+            for record in page.studies:
+                found.update((key, record) for key in _ids_of(record) & wanted)
+    gone = []
+    for nct in ids:
+        if nct in found:
+            continue
+        try:
+            found[nct] = pc.client.get_study(nct)
+        except RegistryNotFound:
+            gone.append(nct)
+    return found, gone
+
+
+def _ids_of(record: dict[str, Any]) -> set[str]:
+    ident = (record.get("protocolSection") or {}).get("identificationModule") or {}
+    aliases = ident.get("nctIdAliases") if isinstance(ident, dict) else None
+    nct = record_nct_id(record)
+    return ({nct} if nct else set()) | {a for a in aliases or [] if isinstance(a, str)}
+
+
+def _inside_scope(pc: _PageContext, by_id: dict[str, dict[str, Any]]) -> set[str]:
+    """Which of the looked-up ids still pass the scope's filters: checked here where the filters allow
+    it (ids, statuses), else asked of the registry's search (the scope's parameters plus ``filter.ids``;
+    what the search does not return is taken as outside, as the registry judges)."""
+    inside, ask = set(), []
+    for nct, record in by_id.items():
+        status = ((record.get("protocolSection") or {}).get("statusModule") or {}).get("overallStatus")
+        verdict = pc.scope.admits(status if isinstance(status, str) else None, nct)
+        if verdict:
+            inside.add(nct)
+        elif verdict is None:
+            ask.append(nct)
+    for params in lookup_params(ask):
+        for page in pc.client.iter_pages({**pc.scope.params(), **params}):
+            for record in page.studies:
+                inside.update(_ids_of(record) & set(ask))
+    return inside

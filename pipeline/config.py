@@ -1,0 +1,171 @@
+"""Config files (severity rules, watchlists), read strictly. Pure: text in, values or one clear line out.
+
+Every problem is a ``ConfigError(key, what)``; ``reading(source)`` turns it into the one-line
+``UsageError`` ``FILE: key: what is wrong`` (with the valid values where they form a set). Keys
+are dotted paths into the file (``severity.events.status_chnged``, ``watches[aml].since``).
+YAML's own surprises are closed: a key given twice is an error (PyYAML keeps the last one
+silently), and dates stay text until a validator checks them (PyYAML would raise a bare
+``ValueError`` for ``2026-13-45``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import date
+from typing import Any
+
+import yaml
+
+from pipeline.changes import EVENTS, SEVERITIES, Rules
+from pipeline.enums import STATUSES
+from pipeline.errors import UsageError
+
+
+class ConfigError(Exception):
+    def __init__(self, key: str, what: str) -> None:
+        super().__init__(f"{key}: {what}" if key else what)
+        self.key, self.what = key, what
+
+
+@contextmanager
+def reading(source: str) -> Iterator[None]:
+    """Any ``ConfigError`` inside becomes ``UsageError("SOURCE: key: what")``."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML; a repeated key is an error; timestamps stay text (checked by ``a_date``)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(str(key), f"given twice (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return dict(yaml.SafeLoader.construct_mapping(loader, node, deep=deep))
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+def _timestamp_as_text(loader: _StrictLoader, node: yaml.ScalarNode) -> str:
+    return str(loader.construct_scalar(node))
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The YAML document in ``text``; one ``UsageError`` line naming ``source`` when it does not parse."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise UsageError(f"{source}: is not valid YAML{where}: {problem}") from None
+
+
+# -- validators: each takes the value and its key, returns the checked value or raises ConfigError ----
+def mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a mapping (key: value), got {_show(value)}")
+    return value
+
+
+def known(spec: Mapping[Any, Any], allowed: tuple[str, ...], key: str) -> None:
+    """Every key of ``spec`` is one of ``allowed``."""
+    if unknown := sorted(str(k) for k in spec if k not in allowed):
+        raise ConfigError(_join(key, unknown[0]), f"unknown key; valid: {', '.join(allowed)}")
+
+
+def texts(value: Any, key: str) -> tuple[str, ...]:
+    """A text or a list of texts (each non-empty, stripped)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ConfigError(key, f"must be a text or a list of texts, got {_show(value)}")
+    return tuple(v.strip() for v in items)
+
+
+def choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise ConfigError(key, f"unknown value {_show(value)}; valid: {', '.join(allowed)}")
+    return str(value)
+
+
+def choices(value: Any, allowed: tuple[str, ...], key: str, *, what: str = "value") -> tuple[str, ...]:
+    values = texts(value, key)
+    if bad := [v for v in values if v not in allowed]:
+        raise ConfigError(key, f"unknown {what} {bad[0]!r}; valid: {', '.join(allowed)}")
+    return values
+
+
+def integer(value: Any, key: str, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(key, f"must be a whole number >= {low}, got {_show(value)}")
+    return value
+
+
+def number(value: Any, key: str, *, low: float = 0.0, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low or (positive and value <= 0):
+        bound = "> 0" if positive else f">= {low:g}"
+        raise ConfigError(key, f"must be a number {bound}, got {_show(value)}")
+    return float(value)
+
+
+def a_date(value: Any, key: str) -> date | None:
+    if value is None or (isinstance(value, date)):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError as exc:
+        reason = f" ({exc})" if "must be in" in str(exc) or "out of range" in str(exc) else ""
+        raise ConfigError(key, f"not a real date: {_show(value)}{reason}; expected YYYY-MM-DD") from None
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+# -- the severity rules file (``--rules`` on sync and rederive) ------------------------------------
+RULES_KEYS = ("critical_statuses", "enrollment_pct_notable", "date_shift_days_notable", "events")
+
+
+def parse_rules(text: str, source: str) -> Rules:
+    """A rules file: ``severity:`` with any of ``RULES_KEYS``; every value checked, nothing defaulted
+    silently over a typo. One ``UsageError`` line ``SOURCE: key: what is wrong`` otherwise."""
+    data = load_yaml(text, source)
+    with reading(source):
+        top = mapping(data, "")
+        known(top, ("severity",), "")
+        spec = mapping(top.get("severity"), "severity")
+        known(spec, RULES_KEYS, "severity")
+        defaults = Rules()
+        events = mapping(spec.get("events"), "severity.events")
+        for event, level in events.items():
+            choices([event] if isinstance(event, str) else event, EVENTS, "severity.events", what="event")
+            choice(level, SEVERITIES, f"severity.events.{event}")
+        statuses = spec.get("critical_statuses", list(defaults.critical_statuses))
+        return Rules(
+            critical_statuses=choices(statuses, STATUSES, "severity.critical_statuses", what="status"),
+            enrollment_pct_notable=number(spec.get("enrollment_pct_notable", defaults.enrollment_pct_notable),
+                                          "severity.enrollment_pct_notable"),
+            date_shift_days_notable=integer(spec.get("date_shift_days_notable", defaults.date_shift_days_notable),
+                                            "severity.date_shift_days_notable", low=0),
+            events=dict(events),
+        )

@@ -1,0 +1,115 @@
+"""Downloading the registry's bulk file (``ctg-studies.json.zip``, ~2.7 GB): resumable and checked.
+
+The file is written to ``<name>.part`` beside where it will end up, with the server's validator
+(``ETag`` or ``Last-Modified``) in ``<name>.part.json``. A connection that drops is resumed with an
+HTTP ``Range`` request (and ``If-Range``, so a file that changed on the server meanwhile starts over
+instead of being spliced), up to ``attempts`` times in one call; a ``.part`` left by an interrupted run
+is resumed by the next. The finished file must be a complete zip (its directory and every member's data
+inside it) before it is renamed to ``<name>``. Requests carry the project's User-Agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from pipeline.errors import BulkArchiveInvalid
+from pipeline.registry.client import USER_AGENT
+
+log = logging.getLogger("trialsync.download")
+
+
+def download(url: str, directory: Path, *, chunk_bytes: int = 1 << 16, timeout: float = 120.0,
+             attempts: int = 5, session: requests.Session | None = None) -> Path:
+    """``url`` streamed to ``directory`` (never held in memory), resumed where it stopped; the path."""
+    from pipeline.registry.bulk import BulkArchive
+
+    directory.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urlsplit(url).path).name) or "ctg-studies.json.zip"
+    final, part = directory / name, directory / (name + ".part")
+    meta = directory / (name + ".part.json")
+    http = session or requests.Session()
+    http.headers.update({"User-Agent": USER_AGENT})
+    last_error = ""
+    try:
+        for attempt in range(max(1, attempts)):
+            try:
+                if _fetch(http, url, part, meta, chunk_bytes, timeout, same_call=attempt > 0):
+                    break
+                last_error = "the connection closed before the whole file came"
+            except requests.RequestException as exc:
+                last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("download of %s stopped at %d bytes (%s); resuming", url, _size(part), last_error)
+        else:
+            raise BulkArchiveInvalid(f"download of {url} failed after {attempts} tries ({_size(part)} bytes kept "
+                                     f"in {part} for the next run): {last_error}")
+    finally:
+        if session is None:
+            http.close()
+    try:
+        BulkArchive.open(part)
+    except BulkArchiveInvalid as exc:
+        part.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        raise BulkArchiveInvalid(f"download of {url} is not a usable zip: {exc}") from None
+    os.replace(part, final)
+    meta.unlink(missing_ok=True)
+    return final
+
+
+def _fetch(http: requests.Session, url: str, part: Path, meta: Path, chunk_bytes: int, timeout: float, *,
+           same_call: bool) -> bool:
+    """One request, appending to ``part`` from where it ends; True when the whole file is there. A
+    ``.part`` from an earlier run is resumed only under its validator (``If-Range``); one from this
+    call's earlier try also without (a server that sends no validator)."""
+    have = _size(part)
+    validator = _validator(meta) if have else None
+    headers: dict[str, str] = {}
+    if have and (validator or same_call):
+        headers = {"Range": f"bytes={have}-", **({"If-Range": validator} if validator else {})}
+    with http.get(url, stream=True, timeout=(10.0, timeout), headers=headers) as response:
+        if response.status_code == 416 and have:  # nothing left past what we have: it is complete
+            return True
+        if response.status_code not in (200, 206):
+            raise BulkArchiveInvalid(f"download of {url} failed: HTTP {response.status_code}")
+        resumed = response.status_code == 206 and _range_start(response) == have
+        if not resumed:
+            have = 0  # a fresh answer (no range support, or the file changed): start over
+            meta.write_text(json.dumps({"validator": response.headers.get("ETag")
+                                        or response.headers.get("Last-Modified")}))
+        expected = int(response.headers.get("Content-Length") or -1)
+        written = 0
+        with part.open("r+b" if resumed else "wb") as out:
+            out.seek(have)
+            out.truncate()
+            for chunk in response.iter_content(chunk_bytes):
+                out.write(chunk)
+                written += len(chunk)
+        identity = "Content-Encoding" not in response.headers
+        return not (identity and expected >= 0 and written != expected)
+
+
+def _validator(meta: Path) -> str | None:
+    try:
+        value = json.loads(meta.read_text()).get("validator")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _range_start(response: requests.Response) -> int | None:
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,113 @@
+"""``registered_vs_current`` and ``status_spans`` over real version pairs and edited copies of them."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.versioning import RunContext
+from tests.conftest import STUDIES_DIR, load, snapshot_pairs
+from tests.fdaaa_support import store
+from warehouse.rows import tombstones_table
+
+
+def _rows(warehouse: Any, sql: str) -> list[dict[str, Any]]:
+    with warehouse.connect() as con:
+        result = con.execute(sql)
+        columns = [d[0] for d in result.description]
+        return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+
+
+def test_registered_vs_current_lists_outcome_enrollment_date_phase_and_arm_changes(tmp_path: Path) -> None:
+    older, newer = snapshot_pairs()["NCT05766735"]  # real: both completion dates 2027-04-15 -> 2027-05-31
+    third = copy.deepcopy(newer)
+    p = third["protocolSection"]
+    p["statusModule"]["lastUpdatePostDateStruct"]["date"] = "2026-06-01"
+    outcomes = p["outcomesModule"]["primaryOutcomes"]
+    first, second, _, fourth = (dict(o) for o in outcomes)
+    kept_measure = dict(first, timeFrame="6 months")             # same measure, new time frame: reworded
+    replaced = dict(second, measure="Weight change at 13.5 months")  # new text in the same place: reworded
+    p["outcomesModule"]["primaryOutcomes"] = [kept_measure, replaced, fourth,
+                                              {"measure": "Hypoglycaemia events", "timeFrame": "1 year"}]
+    p["designModule"]["enrollmentInfo"] = {"count": 150, "type": "ACTUAL"}
+    p["designModule"]["phases"] = ["PHASE2"]
+    arms = p["armsInterventionsModule"]["armGroups"]
+    p["armsInterventionsModule"]["armGroups"] = [arms[0], {"label": "Education only", "type": "OTHER"}]
+    warehouse = store(tmp_path, [older, newer], [third])
+
+    row = _rows(warehouse, "SELECT * FROM registered_vs_current")[0]
+    text = {o["measure"]: o["measure"] + (f" [{o['timeFrame']}]" if o.get("timeFrame") else "") for o in outcomes}
+    assert (row["first_version"], row["current_version"], row["registered_valid_from"]) == (1, 3, date(2025, 5, 7))
+    assert row["primary_outcomes_added"] == ["Hypoglycaemia events [1 year]"]
+    assert row["primary_outcomes_removed"] == [text[outcomes[2]["measure"]]]
+    assert sorted(row["primary_outcomes_reworded"], key=lambda r: r["before"]) == sorted([
+        {"before": text[first["measure"]], "after": f"{first['measure']} [6 months]"},
+        {"before": text[second["measure"]], "after": f"Weight change at 13.5 months [{second['timeFrame']}]"},
+    ], key=lambda r: r["before"])
+    assert (row["enrollment_registered"], row["enrollment_current"], row["enrollment_type_registered"],
+            row["enrollment_type_current"], row["enrollment_pct_change"]) == (200, 150, "ESTIMATED", "ACTUAL", -25.0)
+    assert (row["start_shift_days"], row["primary_completion_shift_days"], row["completion_shift_days"]) == (0, 46, 46)
+    assert (row["phases_registered"], row["phases_current"]) == (["NA"], ["PHASE2"])
+    assert (row["arms_added"], row["arms_removed"]) == (["Education only"], [arms[1]["label"]])
+
+
+def test_a_study_with_one_version_registered_equals_current(tmp_path: Path) -> None:
+    older, _ = snapshot_pairs()["NCT05766735"]
+    row = _rows(store(tmp_path, [older]), "SELECT * FROM registered_vs_current")[0]
+    assert (row["primary_outcomes_added"], row["primary_outcomes_removed"], row["primary_outcomes_reworded"]) == (
+        [], [], [])
+    assert (row["enrollment_pct_change"], row["completion_shift_days"], row["arms_added"]) == (0.0, 0, [])
+
+
+def test_status_spans_merge_versions_in_one_status_and_the_open_span_ends_today(tmp_path: Path) -> None:
+    older, newer = snapshot_pairs()["NCT05766735"]  # RECRUITING in both
+    def status(record: dict[str, Any], value: str, day: str) -> dict[str, Any]:
+        record = copy.deepcopy(record)
+        record["protocolSection"]["statusModule"]["overallStatus"] = value
+        record["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = day
+        return record
+    warehouse = store(tmp_path, [older, newer, status(newer, "ACTIVE_NOT_RECRUITING", "2026-05-01"),
+                                 status(newer, "COMPLETED", "2026-06-11")])
+    rows = _rows(warehouse, "SELECT span, status, from_date, to_date, days, is_open, first_version, last_version "
+                            "FROM status_spans ORDER BY span")
+    today = _rows(warehouse, "SELECT current_date AS d")[0]["d"]
+    assert [tuple(r.values()) for r in rows] == [
+        (1, "RECRUITING", date(2025, 5, 7), date(2026, 5, 1), 359, False, 1, 2),
+        (2, "ACTIVE_NOT_RECRUITING", date(2026, 5, 1), date(2026, 6, 11), 41, False, 3, 3),
+        (3, "COMPLETED", date(2026, 6, 11), today, (today - date(2026, 6, 11)).days, True, 4, 4),
+    ]
+
+
+def test_a_measure_repeated_in_one_study_is_matched_by_its_place_among_its_namesakes(tmp_path: Path) -> None:
+    """NCT04234217 (real) registers three primary outcomes with the same measure, told apart by their
+    time frames: an unchanged copy rewords nothing; a changed time frame rewords that one only."""
+    first = load(STUDIES_DIR / "NCT04234217.json")
+    same = copy.deepcopy(first)
+    same["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = "2026-06-01"
+    same["protocolSection"]["statusModule"]["overallStatus"] = "COMPLETED"  # a new version, outcomes as they were
+    changed = copy.deepcopy(same)
+    changed["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = "2026-07-01"
+    outcomes = changed["protocolSection"]["outcomesModule"]["primaryOutcomes"]
+    outcomes[1] = dict(outcomes[1], timeFrame="12 months")
+    unchanged = _rows(store(tmp_path / "a", [first, same]), "SELECT * FROM registered_vs_current")[0]
+    assert (unchanged["current_version"], unchanged["primary_outcomes_reworded"],
+            unchanged["primary_outcomes_added"], unchanged["primary_outcomes_removed"]) == (2, [], [], [])
+    row = _rows(store(tmp_path / "b", [first, changed]), "SELECT * FROM registered_vs_current")[0]
+    old = first["protocolSection"]["outcomesModule"]["primaryOutcomes"][1]
+    assert row["primary_outcomes_reworded"] == [{"before": f"{old['measure']} [{old['timeFrame']}]",
+                                                 "after": f"{old['measure']} [12 months]"}]
+    assert (row["primary_outcomes_added"], row["primary_outcomes_removed"]) == ([], [])
+
+
+def test_a_removed_study_has_no_open_span_and_its_last_one_ends_at_the_removal(tmp_path: Path) -> None:
+    older, newer = snapshot_pairs()["NCT05766735"]
+    warehouse = store(tmp_path, [older, newer])
+    ctx = RunContext("run-removal", datetime(2026, 8, 1, 9, 30, tzinfo=UTC), "api")
+    with warehouse.writer(ctx.run_id) as run:
+        run.append("study_versions", tombstones_table([("NCT05766735", 3, "removed")], ctx))
+        run.commit()
+    rows = _rows(warehouse, "SELECT status, from_date, to_date, days, is_open FROM status_spans")
+    assert [tuple(r.values()) for r in rows] == [("RECRUITING", date(2025, 5, 7), date(2026, 8, 1), 451, False)]
+    assert _rows(warehouse, "SELECT count(*) AS n FROM registered_vs_current") == [{"n": 0}]

@@ -1,0 +1,161 @@
+"""Issue 13.8: SIGINT and SIGTERM, to a command or to its whole process group, stop it within 10 s,
+commit nothing, and leave no child process behind (real processes, real signals, psutil)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from pipeline.registry.fake_server import FakeRegistry
+from tests.test_cli import TRIALSYNC, run_cli
+
+STOP_SECONDS = 10.0
+SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    """No Prefect server configured (the session's test server is left out)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "TRIALSYNC_ENGINE")}
+    return {**env, **extra}
+
+
+def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(TRIALSYNC), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env, cwd=cwd)
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the command ended before {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no {what} within {limit:.0f}s")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[str], signum: int, group: bool) -> tuple[float, str, list[psutil.Process]]:
+    """Signal the command (or its group); returns the seconds it took to exit, its stderr, and the
+    descendants it had just before the signal that are still alive."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    (os.killpg if group else os.kill)(proc.pid, signum)
+    sent = time.monotonic()
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    took = time.monotonic() - sent
+    survivors = []
+    for child in children:
+        try:
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                survivors.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    for child in survivors:  # leave the machine clean for the next test
+        child.kill()
+    return took, stderr, survivors
+
+
+@pytest.fixture
+def slow_registry(records: list[dict[str, Any]]) -> Iterator[FakeRegistry]:
+    with FakeRegistry(records[:60]).start() as registry:
+        registry.faults.add("delay", delay=1.5, times=-1, path="/studies")
+        yield registry
+
+
+def sync_args(registry: FakeRegistry, warehouse: Path) -> list[str]:
+    return ["sync", "-q", "--page-size", "5", "--request-interval", "0", "--api-url", registry.url,
+            "--warehouse", str(warehouse)]
+
+
+def listing_requested(registry: FakeRegistry) -> Callable[[], bool]:
+    return lambda: any(path == "/studies" for path, _ in registry.requests)
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["process", "group"])
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_a_signalled_sync_stops_within_10s_commits_nothing_and_a_rerun_cleans_up(
+        slow_registry: FakeRegistry, tmp_path: Path, name: str, group: bool) -> None:
+    warehouse = tmp_path / "w"
+    proc = start(sync_args(slow_registry, warehouse), plain_env())
+    wait_for(listing_requested(slow_registry), proc, "page request")
+    took, stderr, survivors = stop(proc, SIGNALS[name], group)
+    assert took < STOP_SECONDS, stderr
+    assert proc.returncode == 128 + SIGNALS[name], stderr
+    what = "interrupted" if name == "INT" else "terminated"
+    assert stderr.strip().splitlines()[-1] == (
+        f"trialsync: {what} (an unfinished run commits nothing; the next run cleans up after it)")
+    assert "Traceback" not in stderr and survivors == []
+    assert not (warehouse / "warehouse.duckdb").exists()
+    slow_registry.faults.clear()
+    done = run_cli(*sync_args(slow_registry, warehouse), env=plain_env())
+    assert done.returncode == 0, done.stderr
+    assert len(list((warehouse / "runs").iterdir())) == 1  # the interrupted run's files are gone
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["process", "group"])
+def test_a_signalled_sync_run_on_a_prefect_server_stops_within_10s(
+        prefect_api: str, slow_registry: FakeRegistry, tmp_path: Path, group: bool) -> None:
+    """With a server configured the run is a Prefect flow run: Prefect records the crash, quickly."""
+    proc = start(sync_args(slow_registry, tmp_path / "w"), plain_env(PREFECT_API_URL=prefect_api))
+    wait_for(listing_requested(slow_registry), proc, "page request")
+    took, stderr, survivors = stop(proc, signal.SIGTERM, group)
+    assert took < STOP_SECONDS, stderr
+    assert proc.returncode == 143 and survivors == [], stderr
+    assert not (tmp_path / "w" / "warehouse.duckdb").exists()
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_a_signalled_sync_on_prefects_temporary_server_leaves_no_server_behind(
+        slow_registry: FakeRegistry, tmp_path: Path, name: str) -> None:
+    """The orphan of issue 13.8: a signal to the process alone used to leave Prefect's temporary
+    server (a ~210 MB uvicorn) running."""
+    proc = start(sync_args(slow_registry, tmp_path / "w"), plain_env(TRIALSYNC_ENGINE="prefect"))
+    wait_for(listing_requested(slow_registry), proc, "page request")
+    assert psutil.Process(proc.pid).children(recursive=True), "Prefect's temporary server is a child"
+    took, stderr, survivors = stop(proc, SIGNALS[name], group=False)
+    assert took < STOP_SECONDS, stderr
+    assert proc.returncode == 128 + SIGNALS[name], stderr
+    assert survivors == [], [p.cmdline() for p in survivors]
+    assert not (tmp_path / "w" / "warehouse.duckdb").exists()
+
+
+@pytest.mark.parametrize(("name", "group"), [("TERM", True), ("INT", True), ("TERM", False)],
+                         ids=["TERM-group", "INT-group", "TERM-process"])
+def test_serve_stops_within_10s_and_takes_its_prefect_server_along(tmp_path: Path, name: str, group: bool) -> None:
+    """systemd stops a service with SIGTERM to its group; Ctrl-C reaches the group too. Started from
+    another directory, serve still finds deploy/ (it printed the server's address: it is serving)."""
+    proc = start(["serve"], plain_env(TRIALSYNC_WAREHOUSE=str(tmp_path / "w")), cwd=tmp_path)
+    assert proc.stdout is not None
+    lines: list[str] = []
+
+    def serving() -> bool:
+        line = proc.stdout.readline() if proc.stdout else ""
+        lines.append(line)
+        return "Prefect server (UI) at" in line
+
+    wait_for(serving, proc, "Prefect server")
+    took, stderr, survivors = stop(proc, SIGNALS[name], group)
+    assert took < STOP_SECONDS, stderr
+    assert survivors == [], [p.cmdline() for p in survivors]
+    assert "Traceback" not in stderr and "ConnectError" not in stderr
+
+
+def test_deployment_files_are_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.deployments import DEPLOY_FILE, ROOT, load
+
+    monkeypatch.chdir(tmp_path)
+    alerts = {d.name: d for d in load(DEPLOY_FILE)}["alerts-after-sync"]
+    assert alerts.parameters["config"] == str(ROOT / "deploy" / "watchlists.yaml")
+    assert Path(alerts.parameters["config"]).is_file()

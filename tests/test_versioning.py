@@ -1,0 +1,370 @@
+"""What makes a new version: stale records, validity intervals that never overlap, one notion of
+equality for the hash and the diff, registry schema changes. Records are derived from real ones."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import tempfile
+import unicodedata
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import mutate
+from pipeline.diff import diff
+from pipeline.hashing import content_hash, hash_and_unknown
+from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
+from tests.conftest import Record, nct, real_records
+from warehouse import Warehouse
+
+CTX = RunContext("r1", datetime(2026, 5, 1, tzinfo=UTC), "api")
+
+
+def by_id(nct_id: str) -> Record:
+    return copy.deepcopy(next(r for r in real_records() if nct(r) == nct_id))
+
+
+def with_locations() -> Record:
+    return copy.deepcopy(next(r for r in real_records()
+                              if len(r["protocolSection"].get("contactsLocationsModule", {}).get("locations", [])) > 3))
+
+
+def head_of(record: Record, version: int = 1) -> dict[str, Head]:
+    updated = date.fromisoformat(record["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"])
+    return {nct(record): Head(version, content_hash(record), registry_updated=updated)}
+
+
+# -- stale records -------------------------------------------------------------------------------
+def test_a_record_older_than_the_stored_head_is_stale_no_version_but_seen() -> None:
+    newer = mutate.posted_on(mutate.set_status(by_id("NCT05766735"), "COMPLETED"), date(2026, 5, 16))
+    older = by_id("NCT05766735")  # posted 2026-04-09
+    plan = plan_batch([older], head_of(newer, 2), CTX)
+    assert (plan.versions, plan.stale, plan.seen, plan.unchanged) == ([], ["NCT05766735"], [("NCT05766735", 2)], 0)
+
+
+def test_same_registry_date_and_new_content_is_a_version_not_stale() -> None:
+    record = by_id("NCT05766735")
+    edited = mutate.set_status(record, "COMPLETED")  # same lastUpdatePostDate
+    plan = plan_batch([edited], head_of(record), CTX)
+    assert ([v.version for v in plan.versions], plan.stale) == ([2], [])
+
+
+def test_a_stale_record_in_the_same_batch_after_its_newer_version_is_stale() -> None:
+    record = by_id("NCT05766735")
+    newer = mutate.posted_on(mutate.set_status(record, "COMPLETED"), date(2026, 5, 16))
+    plan = plan_batch([newer, record], {}, CTX)
+    assert ([v.registry_updated for v in plan.versions], plan.stale) == ([date(2026, 5, 16)], ["NCT05766735"])
+
+
+# -- one notion of equality ----------------------------------------------------------------------
+def _reorder_locations(record: Record) -> Record:
+    out = copy.deepcopy(record)
+    out["protocolSection"]["contactsLocationsModule"]["locations"].reverse()
+    return out
+
+
+def _float_enrollment(record: Record) -> Record:
+    out = copy.deepcopy(record)
+    info = out["protocolSection"]["designModule"]["enrollmentInfo"]
+    info["count"] = float(info["count"])
+    return out
+
+
+def _nfd_text(record: Record) -> Record:
+    out = copy.deepcopy(record)
+    ident = out["protocolSection"]["identificationModule"]
+    ident["briefTitle"] = unicodedata.normalize("NFD", ident["briefTitle"] + " Café Münster")
+    return out
+
+
+def _nfc_text(record: Record) -> Record:
+    out = copy.deepcopy(record)
+    ident = out["protocolSection"]["identificationModule"]
+    ident["briefTitle"] = unicodedata.normalize("NFC", ident["briefTitle"] + " Café Münster")
+    return out
+
+
+@pytest.mark.parametrize("spelling", [_reorder_locations, _float_enrollment])
+def test_another_spelling_of_the_same_content_is_no_new_version_and_no_change(
+        spelling: Callable[[Record], Record]) -> None:
+    record = with_locations()
+    variant = spelling(record)
+    assert orjson.dumps(variant) != orjson.dumps(record)
+    plan = plan_batch([variant], head_of(record), CTX)
+    assert (plan.versions, plan.unchanged, diff(record, variant)) == ([], 1, [])
+
+
+def test_nfc_and_nfd_text_are_one_version() -> None:
+    record = with_locations()
+    nfc, nfd = _nfc_text(record), _nfd_text(record)
+    assert nfc != nfd
+    plan = plan_batch([nfd], head_of(nfc), CTX)
+    assert (plan.versions, plan.unchanged, diff(nfc, nfd)) == ([], 1, [])
+
+
+def test_integral_float_where_an_integer_is_expected_parses_and_a_fraction_is_quarantined() -> None:
+    record = by_id("NCT05766735")
+    fine = _float_enrollment(record)
+    plan = plan_batch([fine], {}, CTX)
+    assert plan.versions[0].core.enrollment_count == record["protocolSection"]["designModule"]["enrollmentInfo"][
+        "count"]
+    broken = copy.deepcopy(record)
+    broken["protocolSection"]["designModule"]["enrollmentInfo"]["count"] = 100.5
+    plan = plan_batch([broken], {}, CTX)
+    assert (plan.versions, [q.nct_id for q in plan.quarantined]) == ([], ["NCT05766735"])
+    assert "enrollmentInfo.count" in plan.quarantined[0].reason
+
+
+# A variant of a real record: equivalent spellings (order, numbers, Unicode) and material edits.
+def _paths_to_lists(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths_to_lists(item, (*path, key))
+    elif isinstance(value, list):
+        if len(value) > 1:
+            out.append(path)
+        for index, item in enumerate(value):
+            out += _paths_to_lists(item, (*path, index))
+    return out
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _leaves(item, (*path, key))]
+    if isinstance(value, list):
+        return [p for index, item in enumerate(value) for p in _leaves(item, (*path, index))]
+    return [path]
+
+
+def _get(record: Any, path: tuple[Any, ...]) -> Any:
+    """The value at ``path``, or None where an earlier edit moved or dropped it."""
+    for part in path:
+        try:
+            record = record[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return record
+
+
+def _set(record: Any, path: tuple[Any, ...], value: Any) -> None:
+    _get(record, path[:-1])[path[-1]] = value
+
+
+@st.composite
+def variants(draw: st.DrawFn) -> tuple[Record, Record]:
+    pool = [r for r in real_records() if "resultsSection" not in r][:40]
+    base = copy.deepcopy(draw(st.sampled_from(pool)))
+    material = {k: v for k, v in base.items() if k != "derivedSection"}
+    out = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["shuffle", "float", "nfd", "edit", "drop", "derived"]))
+        if kind == "shuffle" and (lists := _paths_to_lists(material)):
+            path = draw(st.sampled_from(lists))
+            items = _get(out, path)
+            if isinstance(items, list):
+                items[:] = draw(st.permutations(items))
+        elif kind in {"float", "nfd", "edit"}:
+            leaf = draw(st.sampled_from(_leaves(material)))
+            value = _get(out, leaf)
+            if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+                _set(out, leaf, float(value))
+            elif kind == "nfd" and isinstance(value, str):
+                _set(out, leaf, unicodedata.normalize("NFD", value + " é"))
+            elif kind == "edit" and isinstance(value, str):
+                _set(out, leaf, value + draw(st.sampled_from([" (amended)", "x", " é"])))
+        elif kind == "drop":
+            lists = [p for p in _paths_to_lists(material) if isinstance(_get(out, p), list)]
+            if lists:
+                path = draw(st.sampled_from(lists))
+                items = _get(out, path)
+                if isinstance(items, list) and len(items) > 1:
+                    items.pop(draw(st.integers(0, len(items) - 1)))
+        elif kind == "derived":
+            out.setdefault("derivedSection", {})["versionHolder"] = draw(st.sampled_from(["2026-01-01", "x"]))
+    return base, out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(variants())
+def test_a_version_is_stored_if_and_only_if_the_diff_finds_a_change(pair: tuple[Record, Record]) -> None:
+    old, new = pair
+    plan = plan_batch([new], {nct(old): Head(1, content_hash(old))}, CTX)
+    # (an edit that breaks the schema, e.g. of an enum value, is quarantined instead: not a version)
+    assert bool(plan.versions or plan.quarantined) == bool(diff(old, new))
+    assert (content_hash(old) == content_hash(new)) == (diff(old, new) == [])
+
+
+# -- registry schema changes ---------------------------------------------------------------------
+def test_a_key_the_schema_does_not_know_makes_no_version_and_is_reported() -> None:
+    record = by_id("NCT05766735")
+    widened = copy.deepcopy(record)
+    widened["protocolSection"]["statusModule"]["newRegistryField"] = {"date": "2026-01-01"}
+    digest, unknown = hash_and_unknown(widened)
+    assert (digest, unknown) == (content_hash(record), frozenset({"protocolSection.statusModule.newRegistryField"}))
+    plan = plan_batch([widened], head_of(record), CTX)
+    assert (plan.versions, plan.unchanged, plan.unknown_fields) == (
+        [], 1, {"protocolSection.statusModule.newRegistryField": 1})
+    assert diff(record, widened) == []
+
+
+def test_a_known_field_that_appears_is_still_a_change() -> None:
+    record = by_id("NCT05766735")
+    edited = copy.deepcopy(record)
+    edited["protocolSection"]["statusModule"]["whyStopped"] = "Funding"
+    assert content_hash(edited) != content_hash(record)
+    assert [leaf.text for leaf in diff(record, edited)] == ["$.protocolSection.statusModule.whyStopped"]
+
+
+# -- validity intervals in a real warehouse ------------------------------------------------------
+def store(root: Path, records: list[Record], observed: datetime) -> BatchPlan:
+    """One committed run of ``records`` (plan -> stage -> commit, as a sync does, without Prefect)."""
+    run_id = f"{observed:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
+    ctx = RunContext(run_id, observed, "api")
+    with Warehouse(root).writer(run_id) as run:
+        plan = plan_batch(records, run.head_index().lookup(nct(r) for r in records), ctx)
+        run.append_plan(plan, ctx)
+        run.commit()
+    return plan
+
+
+def validity(root: Path, nct_id: str) -> list[tuple[int, date | None, date, date | None]]:
+    with Warehouse(root).connect() as con:
+        rows = con.execute("SELECT version, registry_updated, valid_from, valid_to FROM study_versions "
+                           "WHERE nct_id = ? ORDER BY version", [nct_id]).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def check_invariants(root: Path) -> None:
+    """Versions never overlap; studies_as_of has at most one row per study on every boundary day."""
+    with Warehouse(root).connect() as con:
+        bad = con.execute("SELECT nct_id, version, valid_from, valid_to FROM study_versions "
+                          "WHERE valid_to IS NOT NULL AND valid_from >= valid_to").fetchall()
+        assert bad == []
+        days = [r[0] for r in con.execute(
+            "SELECT DISTINCT d FROM (SELECT valid_from AS d FROM study_versions UNION ALL "
+            "SELECT valid_from - 1 FROM study_versions UNION ALL SELECT valid_to FROM study_versions) "
+            "WHERE d IS NOT NULL").fetchall()]
+        for day in days:
+            twice = con.execute("SELECT nct_id FROM studies_as_of(?) GROUP BY nct_id HAVING count(*) > 1",
+                                [day]).fetchall()
+            assert twice == [], day
+
+
+def test_a_stale_record_of_nct05766735_makes_no_overlapping_version(tmp_path: Path) -> None:
+    """Issue 13.2: the demo holds NCT05766735's newer record; the older one (posted 2026-04-09) arrives."""
+    older = by_id("NCT05766735")
+    newer = mutate.posted_on(mutate.set_status(older, "COMPLETED"), date(2026, 5, 16))
+    root = tmp_path / "w"
+    store(root, [mutate.posted_on(older, date(2025, 5, 7))], datetime(2025, 5, 8, tzinfo=UTC))
+    store(root, [newer], datetime(2026, 5, 17, tzinfo=UTC))
+    plan = store(root, [older], datetime(2026, 5, 18, tzinfo=UTC))
+    assert (plan.versions, plan.stale) == ([], ["NCT05766735"])
+    assert validity(root, "NCT05766735") == [(1, date(2025, 5, 7), date(2025, 5, 7), date(2026, 5, 16)),
+                                             (2, date(2026, 5, 16), date(2026, 5, 16), None)]
+    check_invariants(root)
+
+
+def test_new_content_on_the_heads_registry_date_is_valid_from_its_observation_day(tmp_path: Path) -> None:
+    record = mutate.posted_on(by_id("NCT05766735"), date(2026, 4, 9))
+    root = tmp_path / "w"
+    store(root, [record], datetime(2026, 4, 10, tzinfo=UTC))
+    store(root, [mutate.set_status(record, "COMPLETED")], datetime(2026, 4, 20, tzinfo=UTC))
+    # ... and a second edit observed the same day: one day later, never a zero-length interval
+    store(root, [mutate.set_status(record, "TERMINATED")], datetime(2026, 4, 20, 18, tzinfo=UTC))
+    assert validity(root, "NCT05766735") == [(1, date(2026, 4, 9), date(2026, 4, 9), date(2026, 4, 20)),
+                                             (2, date(2026, 4, 9), date(2026, 4, 20), date(2026, 4, 21)),
+                                             (3, date(2026, 4, 9), date(2026, 4, 21), None)]
+    check_invariants(root)
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> list[tuple[date, list[tuple[date, int]]]]:
+    """Versions of one study (registry date, content number), delivered out of order over runs.
+    Each run is observed on a day and delivers only versions posted by then (some more than once)."""
+    start = date(2026, 1, 1)
+    offsets = draw(st.lists(st.integers(0, 40), min_size=1, max_size=6))
+    versions = [(start + timedelta(days=o), i) for i, o in enumerate(offsets)]  # dates may repeat
+    runs = []
+    observed = start
+    for _ in range(draw(st.integers(1, 4))):
+        observed += timedelta(days=draw(st.integers(0, 20)))
+        posted = [v for v in versions if v[0] <= observed]
+        if posted:
+            runs.append((observed, draw(st.lists(st.sampled_from(posted), max_size=4))))
+    return runs
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deliveries())
+def test_planned_versions_never_overlap_whatever_the_delivery_order(
+        runs: list[tuple[date, list[tuple[date, int]]]]) -> None:
+    """The same property on many more schedules: the plans of every run (``plan_batch``, heads carried
+    from run to run) as the rows a run writes, dated by the view's SQL (``warehouse.validity``)."""
+    import duckdb
+    import pyarrow as pa
+
+    from warehouse.rows import versions_table
+    from warehouse.validity import versions_with_validity
+
+    base = by_id("NCT05766735")
+    heads: dict[str, Head] = {}
+    tables = []
+    for number, (observed, batch) in enumerate(runs):
+        ctx = RunContext(f"r{number}", datetime.combine(observed, datetime.min.time(), UTC), "api")
+        plan = plan_batch([mutate.set_enrollment(mutate.posted_on(base, day), 1000 + content)
+                           for day, content in batch], heads, ctx)
+        heads.update(plan.heads)
+        tables.append(versions_table(plan.versions, ctx))
+    if not tables:
+        return
+    con = duckdb.connect()
+    con.register("raw_study_versions", pa.concat_tables(tables))
+    con.execute(f"CREATE VIEW v AS SELECT version, registry_updated, valid_from, lead(valid_from) OVER "
+                f"(PARTITION BY nct_id ORDER BY version) AS valid_to FROM ({versions_with_validity()})")
+    rows = con.execute("SELECT version, registry_updated, valid_from, valid_to FROM v ORDER BY version").fetchall()
+    assert all(to is None or start < to for _, _, start, to in rows), rows
+    assert [r[1] for r in rows] == sorted(r[1] for r in rows)  # a stale record never became a version
+    for _, _, start, _ in rows:
+        for day in (start - timedelta(days=1), start):
+            assert con.execute("SELECT count(*) FROM v WHERE valid_from <= ? AND (valid_to IS NULL OR valid_to > ?)",
+                               [day, day]).fetchall()[0][0] <= 1
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deliveries())
+def test_out_of_order_deliveries_never_overlap_and_as_of_gives_one_row(
+        runs: list[tuple[date, list[tuple[date, int]]]]) -> None:
+    base = by_id("NCT05766735")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "w"
+        newest: date | None = None
+        for observed, batch in runs:
+            records = [mutate.set_enrollment(mutate.posted_on(base, day), 1000 + content) for day, content in batch]
+            plan = store(root, records, datetime.combine(observed, datetime.min.time(), UTC))
+            for version in plan.versions:  # a stored version is never older than the stored head
+                assert newest is None or version.registry_updated is None or version.registry_updated >= newest
+                newest = version.registry_updated
+        if not (root / "warehouse.duckdb").exists():
+            return
+        check_invariants(root)
+        rows = validity(root, "NCT05766735")
+        # registry dates never go back: a stale record never became a version
+        assert [r[1] for r in rows] == sorted((r[1] for r in rows), key=lambda d: d or date.min)
+
+
+
+def test_the_hash_and_the_diff_agree_on_every_real_version_pair() -> None:
+    from tests.conftest import snapshot_pairs
+
+    pairs = snapshot_pairs()
+    assert len(pairs) == 8
+    for name, (old, new) in pairs.items():
+        assert (content_hash(old) == content_hash(new)) == (diff(old, new) == []), name

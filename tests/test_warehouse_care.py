@@ -1,0 +1,434 @@
+"""Warehouse care: the commit point, the manifest beside the catalog, check / repair / backup, moves.
+
+One small warehouse is built once per session from real records (three runs: a first sync, a day with
+status changes and new studies, a day with enrollment changes); each case copies it, damages the copy
+and checks what ``check`` says and what ``repair`` restores, against the intact reference.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import mutate
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import fast_sync, nct, real_records
+from tests.reliability.support import DUCKDB_CLI, TRIALSYNC, state
+from warehouse import Warehouse, catalog, store
+from warehouse import manifest as manifests
+from warehouse.check import WarehouseDamaged, check
+from warehouse.manifest import GenerationTaken
+from warehouse.repair import DAMAGED_DIR, repair
+
+KINDS = ("truncate", "delete", "flip", "zero")
+
+
+def _day_after(records: list[dict[str, Any]]) -> date:
+    return max(date.fromisoformat(r["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"])
+               for r in records) + timedelta(days=1)
+
+
+def _days() -> list[list[dict[str, Any]]]:
+    """Three registry days from real records: 30 studies; 6 change status and 2 appear; 4 change enrollment."""
+    real = real_records()
+    first = real[::9][:30]
+    day2 = _day_after(first)
+    second = [mutate.posted_on(mutate.set_status(r, "SUSPENDED"), day2) if i < 6 else r for i, r in enumerate(first)]
+    second += [mutate.posted_on(real[1], day2), mutate.posted_on(real[2], day2)]
+    day3 = day2 + timedelta(days=1)
+    third = [mutate.posted_on(mutate.set_enrollment(r, 4321), day3) if 10 <= i < 14 else r
+             for i, r in enumerate(second)]
+    return [first, second, third]
+
+
+@pytest.fixture(scope="session")
+def built(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The three-run warehouse, the state after each run, and which studies runs 2 and 3 changed."""
+    base = tmp_path_factory.mktemp("care")
+    warehouse = base / "wh"
+    states = []
+    for day in _days():
+        with FakeRegistry(day).start() as registry:
+            fast_sync(registry, warehouse, full=True, page_size=50)
+        states.append(state(warehouse))
+        shutil.copytree(warehouse, base / f"after-{len(states)}")
+    days = _days()
+    later = {nct(r) for r in days[1][:6] + days[1][-2:] + days[2][10:14]}
+    return {"path": warehouse, "states": states, "later": sorted(later), "base": base}
+
+
+@pytest.fixture
+def copy(built: dict[str, Any], tmp_path: Path) -> Path:
+    target = tmp_path / "wh"
+    shutil.copytree(built["path"], target)
+    return target
+
+
+def damage(path: Path, kind: str) -> None:
+    if kind == "delete":
+        path.unlink()
+    elif kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "truncate":
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    else:  # flip bytes in the middle
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        for i in range(middle, min(middle + 16, len(data))):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+def files_of(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def survived(root: Path, before: set[str]) -> set[str]:
+    """Paths of ``before`` that are neither in place nor under damaged/<time>/."""
+    after = files_of(root)
+    moved = {p.split("/", 2)[2] for p in after if p.startswith(f"{DAMAGED_DIR}/") and p.count("/") >= 2}
+    return before - after - moved
+
+
+def second_run_files(root: Path) -> dict[str, str]:
+    """table -> path of the second run's file of that table."""
+    gen = manifests.read_log(root)[1]
+    return {e.table: e.path for e in gen.entries}
+
+
+# -- item 1: the commit point ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("failure", ["directory fsync", "catalog rename"])
+def test_an_error_just_after_the_commit_point_never_undoes_the_run(
+        failure: str, prefect_api: str, warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    days = _days()
+    with FakeRegistry(days[0]).start() as registry:
+        fast_sync(registry, warehouse_dir, full=True, page_size=50)
+    root = warehouse_dir.resolve()
+    fsync = catalog.fsync_path
+    if failure == "directory fsync":  # as on some FUSE/SMB mounts: the root's fsync fails after the rename
+        def failing(path: Path) -> None:
+            if Path(path) == root:
+                raise OSError(errno.EIO, "Input/output error")
+            fsync(path)
+        monkeypatch.setattr(catalog, "fsync_path", failing)
+    else:
+        def no_rename(root: Path, tmp: Path) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+        monkeypatch.setattr(catalog, "install_catalog", no_rename)
+    with FakeRegistry(days[1]).start() as registry:
+        second = fast_sync(registry, warehouse_dir, full=True, page_size=50)
+    monkeypatch.undo()
+    assert (root / "runs" / second["run_id"] / "study_versions.parquet").exists()
+    with Warehouse(root).connect() as con:
+        runs = [r[0] for r in con.execute("SELECT run_id FROM sync_runs ORDER BY started_at").fetchall()]
+        assert runs[-1] == second["run_id"] and len(runs) == 2
+        assert con.execute("SELECT count(*) FROM study_versions").fetchall()[0][0] == 30 + 8
+    assert check(root, deep=True).ok
+    with FakeRegistry(days[2]).start() as registry:
+        third = fast_sync(registry, warehouse_dir, full=True, page_size=50)
+    assert third["versions_written"] == 4
+
+
+def _run_row(run_id: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {"run_id": run_id, "mode": "full", "scope": "test", "started_at": now, "finished_at": now,
+            "status": "succeeded"}
+
+
+@contextmanager
+def _no_locks() -> Iterator[None]:
+    """What NFS with local locks or two hosts give: flock keeps nobody apart."""
+    @contextmanager
+    def no_lock(*args: Any, **kwargs: Any) -> Iterator[None]:
+        yield
+
+    original = store._exclusive_lock
+    store._exclusive_lock = no_lock
+    try:
+        yield
+    finally:
+        store._exclusive_lock = original
+
+
+def test_two_writers_that_locks_do_not_keep_apart_never_lose_a_committed_run(copy: Path) -> None:
+    """Both start from the same generation (as on NFS with local locks, or two hosts): the first to
+    publish commits, the second is refused and its files go; the catalog lists the first."""
+    root = copy.resolve()
+    wh = Warehouse(root)
+    before = manifests.head(root)
+    with _no_locks(), wh.writer("r-a") as a:
+        b = store.RunWriter(wh, "r-b", a.manifest, a.log)  # another host, same generation
+        a.append_rows("sync_runs", [_run_row("r-a")])
+        b.append_rows("sync_runs", [_run_row("r-b")])
+        a.commit()
+        with pytest.raises(GenerationTaken, match="another writer committed generation"):
+            b.commit()
+        b.abort()
+    assert manifests.head(root) == before + 1
+    assert manifests.read_log(root)[-1].run_id == "r-a"
+    assert not (root / "runs" / "r-b").exists() and not list(root.glob("warehouse.duckdb.tmp-*"))
+    with wh.connect() as con:
+        assert ("r-a",) in con.execute("SELECT run_id FROM sync_runs").fetchall()
+    assert check(root, deep=True).ok
+
+
+def test_the_manifest_is_read_in_generation_order_not_directory_order(copy: Path) -> None:
+    log = manifests.read_log(copy)
+    assert [g.number for g in log] == list(range(1, len(log) + 1))
+    reordered = manifests.fold(reversed(log))
+    assert reordered == manifests.fold(log)
+
+
+# -- item 2: the manifest beside the catalog, migration -------------------------------------------------
+
+def test_every_committed_file_is_in_the_manifest_with_its_size_and_checksum(built: dict[str, Any]) -> None:
+    root = built["path"]
+    log = manifests.read_log(root)
+    assert len(log) == 3
+    for entry in manifests.fold(log).entries:
+        assert entry.size == (root / entry.path).stat().st_size
+        assert entry.checksum == manifests.file_checksum(root / entry.path)
+
+
+def _make_legacy(root: Path) -> None:
+    """A warehouse as the previous release left it: ``_manifest`` inside the catalog, no manifest/."""
+    manifest = manifests.fold(manifests.read_log(root))
+    shutil.rmtree(root / "manifest")
+    (root / "warehouse.duckdb").unlink()
+    import duckdb
+
+    con = duckdb.connect(str(root / "warehouse.duckdb"))
+    con.execute("CREATE TABLE _manifest(run_id VARCHAR, table_name VARCHAR, path VARCHAR)")
+    con.executemany("INSERT INTO _manifest VALUES (?, ?, ?)", [(e.run_id, e.table, e.path) for e in manifest.entries])
+    con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.executemany("INSERT INTO _meta VALUES (?, ?)", [("root", str(root)), ("schema_version", "1"),
+                                                        *manifest.meta.items()])
+    catalog.build(con, root, manifest)
+    con.close()
+
+
+def test_a_warehouse_of_the_previous_release_is_migrated_on_first_use(copy: Path, built: dict[str, Any]) -> None:
+    root = copy.resolve()
+    runs = [g.run_id for g in manifests.read_log(root)]
+    _make_legacy(root)
+    assert state(root) == built["states"][-1]  # the first reader migrates it
+    log = manifests.read_log(root)
+    assert [g.run_id for g in log] == runs
+    assert check(root, deep=True).ok
+    (root / "warehouse.duckdb").unlink()  # and the catalog is now derivable
+    assert repair(root).rebuilt_catalog
+    assert state(root) == built["states"][-1]
+
+
+# -- item 3 and 5: check, repair, the damage matrix ----------------------------------------------------
+
+def test_an_intact_warehouse_checks_ok_in_one_line(built: dict[str, Any]) -> None:
+    for deep in (False, True):
+        report = check(built["path"], deep=deep)
+        assert report.ok and report.generation == 3 and report.runs == 3
+        assert report.summary().startswith(f"ok ({'deep' if deep else 'quick'} check): generation 3, 3 runs")
+
+
+TABLES_OF_RUN_2 = ["study_versions", "sync_runs", "run_studies", "changes", "locations", "conditions",
+                   "reconciliation", "eligibility", "descriptions", "sponsors"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("table", TABLES_OF_RUN_2)
+def test_a_damaged_data_file_is_named_by_check_and_repair_rolls_back_to_the_run_before(
+        table: str, kind: str, copy: Path, built: dict[str, Any]) -> None:
+    root = copy.resolve()
+    target = second_run_files(root)[table]
+    before = files_of(root)
+    damage(root / target, kind)
+    report = check(root, deep=True)
+    assert not report.ok
+    problem = report.problems[0]
+    run_2 = manifests.read_log(root)[1].run_id
+    assert (problem.path, problem.table, problem.run_id) == (target, table, run_2)
+    assert problem.line().startswith(f"{target}: ")
+    if kind != "flip":  # a flipped byte inside the data needs the checksum: the quick check may not see it
+        assert not check(root).ok
+    result = repair(root)
+    assert result.generation == 1 and len(result.rolled_back) == 2
+    assert set(result.lost_studies) == set(built["later"])
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][0]
+    assert survived(root, before) == ({target} if kind == "delete" else set())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_manifest_file_is_restored_from_the_catalog_and_nothing_is_lost(
+        kind: str, copy: Path, built: dict[str, Any]) -> None:
+    root = copy.resolve()
+    target = "manifest/00000002.json"
+    before = files_of(root)
+    damage(root / target, kind)
+    report = check(root)
+    assert [p.path for p in report.problems][:1] == [target]
+    assert state(root) == built["states"][-1]  # readers keep answering
+    result = repair(root)
+    assert result.restored_manifest == [2] and result.rolled_back == [] and result.lost_studies == []
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][-1]
+    assert survived(root, before) == set()  # restored or rebuilt in place; the damaged one is in damaged/
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_catalog_is_rebuilt_from_the_manifest_and_nothing_is_lost(
+        kind: str, copy: Path, built: dict[str, Any]) -> None:
+    root = copy.resolve()
+    target = "warehouse.duckdb"
+    before = files_of(root)
+    if kind == "flip":  # the middle of the file may be free space: flip DuckDB's headers
+        data = bytearray((root / target).read_bytes())
+        for offset in (4096, 8192):
+            for i in range(offset + 8, offset + 40):
+                data[i] ^= 0xFF
+        (root / target).write_bytes(bytes(data))
+    else:
+        damage(root / target, kind)
+    report = check(root)
+    assert [p.path for p in report.problems] == [target]
+    assert state(root) == built["states"][-1]  # readers keep answering (views built in memory)
+    with pytest.raises(WarehouseDamaged, match="trialsync repair"):
+        Warehouse(root).check_location()
+    result = repair(root)
+    assert result.rebuilt_catalog and result.rolled_back == [] and result.lost_studies == []
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][-1]
+    assert survived(root, before) == set()  # restored or rebuilt in place; the damaged one is in damaged/
+
+
+def test_readers_keep_answering_from_tables_a_damaged_file_does_not_belong_to(copy: Path) -> None:
+    root = copy.resolve()
+    (root / second_run_files(root)["locations"]).unlink()
+    with Warehouse(root).connect() as con:
+        assert con.execute("SELECT count(*) FROM studies").fetchall()[0][0] == 32
+        assert con.execute("SELECT count(*) FROM changes").fetchall()[0][0] > 0
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(TRIALSYNC), *args], capture_output=True, text=True, timeout=180, cwd=cwd)
+
+
+def test_the_commands_check_and_repair_and_a_sync_that_refuses_a_damaged_warehouse(
+        copy: Path, built: dict[str, Any]) -> None:
+    root = copy.resolve()
+    ok = _cli("check", "--warehouse", str(root))
+    assert ok.returncode == 0 and ok.stdout.startswith("ok (quick check)") and len(ok.stdout.splitlines()) == 1
+    target = second_run_files(root)["locations"]
+    (root / target).unlink()
+    bad = _cli("check", "--warehouse", str(root))
+    assert bad.returncode == 1
+    assert bad.stdout.splitlines()[0].startswith(f"{target}: file missing; table locations; run ")
+    refused = _cli("sync", "--warehouse", str(root), "--api-url", "http://127.0.0.1:9", "--quiet")
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "trialsync repair" in refused.stderr, refused.stderr
+    assert "nanobind" not in refused.stderr
+    fixed = _cli("repair", "--warehouse", str(root))
+    assert fixed.returncode == 0, fixed.stderr
+    assert f"{len(built['later'])} studies lost newer versions" in fixed.stdout
+    assert _cli("check", "--deep", "--warehouse", str(root)).returncode == 0
+
+
+def test_repair_resync_fetches_the_lost_studies_again(prefect_api: str, copy: Path, built: dict[str, Any]) -> None:
+    root = copy.resolve()
+    (root / second_run_files(root)["study_versions"]).write_bytes(b"")
+    from flows.care import repair_warehouse, resync_lost
+
+    result = repair_warehouse(str(root))
+    with FakeRegistry(_days()[2]).start() as registry:
+        summary = resync_lost(str(root), result.lost_studies, api_url=registry.url, request_interval=0.0)
+    assert summary["studies_seen"] == len(built["later"])
+    with Warehouse(root).connect() as con:
+        current = dict(con.execute("SELECT nct_id, overall_status FROM studies").fetchall())
+    assert len(current) == 32
+    assert sum(1 for s in current.values() if s == "SUSPENDED") == 6
+    assert check(root, deep=True).ok
+
+
+# -- backup and portability ----------------------------------------------------------------------------
+
+def _shell(warehouse: Path, sql: str) -> str:
+    out = subprocess.run([str(DUCKDB_CLI), "-readonly", "-csv", "-noheader", str(warehouse / "warehouse.duckdb"),
+                          "-c", sql], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_backup_is_a_working_warehouse_of_hard_links(copy: Path, built: dict[str, Any], tmp_path: Path) -> None:
+    dest = tmp_path / "backup"
+    result = _cli("backup", str(dest), "--warehouse", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert check(dest.resolve(), deep=True).ok
+    assert state(dest) == built["states"][-1]
+    entry = manifests.fold(manifests.read_log(dest)).entries[0]
+    assert os.stat(dest / entry.path).st_ino == os.stat(copy / entry.path).st_ino
+    again = _cli("backup", str(dest), "--warehouse", str(copy))
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_a_backup_taken_while_a_sync_commits_holds_whole_runs_only(
+        prefect_api: str, built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backup runs at the worst moment: the next run's files are written and its manifest
+    generation published, the catalog not yet in place."""
+    root = tmp_path / "wh"
+    shutil.copytree(built["base"] / "after-2", root)
+    taken: dict[str, Any] = {}
+    publish = manifests.publish
+
+    def backup_around_publish(where: Path, gen: manifests.Generation) -> None:
+        from warehouse.backup import backup
+
+        taken["before"] = backup(where, tmp_path / "b-before")
+        publish(where, gen)
+        taken["after"] = backup(where, tmp_path / "b-after")
+    monkeypatch.setattr(manifests, "publish", backup_around_publish)
+    with FakeRegistry(_days()[2]).start() as registry:
+        fast_sync(registry, root, full=True, page_size=50)
+    assert (taken["before"].generation, taken["after"].generation) == (2, 3)
+    assert state(tmp_path / "b-before") == built["states"][1]
+    assert state(tmp_path / "b-after") == built["states"][2]
+    for name in ("b-before", "b-after"):
+        assert check((tmp_path / name).resolve(), deep=True).ok
+
+
+@pytest.mark.parametrize("how", ["cp -r", "mv", "tar", "rsync"])
+def test_a_copied_or_moved_warehouse_works_at_its_new_place_also_in_the_duckdb_shell(
+        how: str, prefect_api: str, copy: Path, built: dict[str, Any], tmp_path: Path) -> None:
+    source, dest = copy, tmp_path / "elsewhere" / "wh"
+    dest.parent.mkdir()
+    if how == "cp -r":
+        subprocess.run(["cp", "-r", str(source), str(dest)], check=True)
+    elif how == "mv":
+        subprocess.run(["mv", str(source), str(dest)], check=True)
+    elif how == "tar":
+        subprocess.run(f"tar -C {source.parent} -cf - wh | tar -C {dest.parent} -xf -", shell=True, check=True)
+    else:
+        if shutil.which("rsync") is None:
+            pytest.skip("rsync is not installed")
+        subprocess.run(["rsync", "-a", f"{source}/", f"{dest}/"], check=True)
+    if how != "mv":
+        shutil.rmtree(source / "runs")  # the original's files are gone: the copy must not read them
+    runs = _cli("runs", "--warehouse", str(dest))
+    assert runs.returncode == 0, runs.stderr
+    assert str(dest.resolve()) in _shell(dest, "SELECT value FROM _meta WHERE key = 'root'")
+    assert _shell(dest, "SELECT count(*) FROM study_versions") == str(30 + 8 + 4)
+    assert check(dest.resolve(), deep=True).ok
+    with FakeRegistry(_days()[2]).start() as registry:
+        again = fast_sync(registry, dest, full=True, page_size=50)
+    assert again["versions_written"] == 0
+    assert _cli("backup", str(tmp_path / "bk"), "--warehouse", str(dest)).returncode == 0
+    assert check((tmp_path / "bk").resolve(), deep=True).ok

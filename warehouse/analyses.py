@@ -1,0 +1,242 @@
+"""Analyses built on the history: views and macros the catalog defines over the versioned tables.
+
+- ``fdaaa_as_of(d)`` / ``fdaaa_status`` / ``fdaaa_newly_overdue(a, b)`` / ``fdaaa_sponsors(d)``: FDAAA 801
+  results reporting (../shared/FDAAA_RULES.md), judged on the version of each study valid on d, at d.
+  The per-version inputs are typed at parse time (``pipeline/fdaaa.py``, table ``fdaaa_inputs``); the
+  date arithmetic runs here, in SQL (no per-row Python).
+- ``registered_vs_current``: each study's first stored version against its current one.
+- ``status_spans``: how long each study stayed in each overall status.
+
+Section numbers in comments refer to FDAAA_RULES.md.
+"""
+
+from __future__ import annotations
+
+EFFECTIVE_DATE = "DATE '2017-01-18'"
+# §3: the phase sets that qualify (legacy Phase 1/Phase 2, 2, 2/3, 3, 4 and N/A), as ``fdaaa_inputs.phase_set``
+# writes them (sorted, distinct, joined by "/").
+QUALIFYING_PHASES = "('PHASE1/PHASE2', 'PHASE2', 'PHASE2/PHASE3', 'PHASE3', 'PHASE4', 'NA')"
+STATUSES = ("overdue", "overdue-cancelled", "reported-late", "reported", "ongoing")  # worst first
+OVERDUE = "('overdue', 'overdue-cancelled')"
+
+FDAAA_COLUMNS = (
+    "nct_id", "version", "as_of", "act_kind", "completion_date_used", "due_date", "due_from", "is_due",
+    "results_submitted_date", "status", "days_late", "brief_title", "lead_sponsor", "lead_sponsor_class",
+    "overall_status", "valid_from", "is_fda_regulated_drug", "is_fda_regulated_device", "phases",
+    "primary_purpose", "start_date", "certificate_date", "results_first_submitted", "qc_submissions",
+    "qc_counted_date", "qc_newest_cancelled",
+)
+
+
+def qc_counted(made: str, last_cancelled: str) -> str:
+    """SQL: the counted QC submission (§5.3) among the days ``made`` (DATE[]), given the newest cancelled
+    day among them; NULL when the newest was cancelled or there is none. ``pipeline.fdaaa.counted_submission``
+    is the same scan in Python."""
+    return (f"CASE WHEN NOT coalesce(list_max({made}) = {last_cancelled}, false) THEN list_min(list_filter("
+            f"{made}, lambda x: {last_cancelled} IS NULL OR x > {last_cancelled})) END")
+
+
+def qc_newest_cancelled(made: str, last_cancelled: str) -> str:
+    """SQL: whether the newest of the days ``made`` was cancelled (NULL without submissions)."""
+    return f"CASE WHEN len({made}) > 0 THEN coalesce(list_max({made}) = {last_cancelled}, false) END"
+
+
+_FDAAA_AS_OF = f"""CREATE OR REPLACE MACRO fdaaa_as_of(d) AS TABLE
+WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
+  SELECT *, coalesce(primary_completion_date, completion_date) AS p,
+         coalesce(is_fda_regulated_drug, false) OR coalesce(is_fda_regulated_device, false) AS flag_yes,
+         coalesce(study_type = 'INTERVENTIONAL', false)
+           AND coalesce(phase_set IN {QUALIFYING_PHASES}, false)
+           AND primary_purpose IS DISTINCT FROM 'DEVICE_FEASIBILITY'
+           AND overall_status IS DISTINCT FROM 'WITHDRAWN' AS shared
+  FROM fdaaa_inputs
+), k AS (  -- §3: ACT and pACT
+  SELECT *, CASE
+      WHEN NOT shared OR start_date IS NULL THEN NULL
+      WHEN flag_yes AND start_date >= {EFFECTIVE_DATE} THEN 'ACT'
+      WHEN start_date < {EFFECTIVE_DATE} AND p >= {EFFECTIVE_DATE}
+           AND (flag_yes OR (is_fda_regulated_drug IS NULL AND is_fda_regulated_device IS NULL
+                             AND covered_intervention AND us_site)) THEN 'pACT'
+    END AS act_kind
+  FROM f
+), v0 AS (  -- the version valid on d of each applicable trial (keys only: the window stays narrow)
+  SELECT s.nct_id, s.version, s.valid_from FROM studies_as_of(d) AS s
+  JOIN k ON k.nct_id = s.nct_id AND k.version = s.version AND k.act_kind IS NOT NULL
+), v AS (  -- ... evaluated at d
+  SELECT v0.nct_id, v0.version, CAST(d AS DATE) AS as_of, k.act_kind, k.p, v0.valid_from, r.brief_title,
+         r.lead_sponsor, r.lead_sponsor_class, r.overall_status, r.phases, k.is_fda_regulated_drug,
+         k.is_fda_regulated_device, k.primary_purpose, k.start_date,
+         -- what the version records as happening after d had not happened on d
+         CASE WHEN k.certificate_date <= CAST(d AS DATE) THEN k.certificate_date END AS certificate_date,
+         CASE WHEN k.results_first_submitted <= CAST(d AS DATE) THEN k.results_first_submitted END
+           AS results_first_submitted,
+         list_filter(k.qc_submission_dates, lambda x: x <= CAST(d AS DATE)) AS qc_made,
+         list_max(list_filter(k.qc_cancelled_dates, lambda x: x <= CAST(d AS DATE))) AS qc_last_cancelled
+  FROM v0 JOIN k ON k.nct_id = v0.nct_id AND k.version = v0.version
+  JOIN raw_study_versions AS r ON r.nct_id = v0.nct_id AND r.version = v0.version
+), q AS (  -- §5.3: scanning from the newest submission back, the oldest one before a cancelled one
+  SELECT *, len(qc_made) AS qc_submissions,
+         {qc_newest_cancelled("qc_made", "qc_last_cancelled")} AS qc_newest_cancelled,
+         {qc_counted("qc_made", "qc_last_cancelled")} AS qc_counted_date
+  FROM v
+), t AS (
+  SELECT *,
+    CASE WHEN p IS NULL THEN NULL                                                                -- §4
+         WHEN certificate_date IS NULL THEN CAST(CAST(p + INTERVAL 1 YEAR AS DATE) + 31 AS DATE)
+         ELSE CAST(CAST(p + INTERVAL 3 YEAR AS DATE) + 31 AS DATE) END AS due_from,
+    CASE WHEN p IS NULL THEN NULL
+         WHEN certificate_date IS NULL THEN CAST(p + 365 AS DATE)
+         ELSE CAST(p + INTERVAL 3 YEAR AS DATE) END AS due_date
+  FROM q
+), j AS (
+  SELECT *, coalesce(as_of >= due_from, false) AS is_due,
+         coalesce(results_first_submitted, qc_counted_date) AS results_submitted_date            -- §5
+  FROM t
+), s AS (
+  SELECT *, CASE
+      WHEN NOT is_due THEN CASE WHEN results_first_submitted IS NOT NULL THEN 'reported' ELSE 'ongoing' END
+      WHEN results_submitted_date IS NOT NULL
+        THEN CASE WHEN results_submitted_date > due_date THEN 'reported-late' ELSE 'reported' END
+      WHEN qc_newest_cancelled THEN 'overdue-cancelled'
+      ELSE 'overdue' END AS status
+  FROM j
+)
+SELECT nct_id, version, as_of, act_kind, p AS completion_date_used, due_date, due_from, is_due,
+       results_submitted_date, status,
+       CASE WHEN NOT is_due THEN NULL
+            WHEN status IN {OVERDUE} THEN CASE WHEN as_of - due_date > 30 THEN as_of - due_date END
+            WHEN results_submitted_date > due_date THEN results_submitted_date - due_date END AS days_late,
+       brief_title, lead_sponsor, lead_sponsor_class, overall_status, valid_from, is_fda_regulated_drug,
+       is_fda_regulated_device, phases, primary_purpose, start_date, certificate_date, results_first_submitted,
+       qc_submissions, qc_counted_date, qc_newest_cancelled
+FROM s"""
+
+# Overdue on b and not on a: a time event, the record need not have changed. ``overdue_from``: the day it
+# became overdue in the version valid on b (its due day, or the day that version became valid).
+# ``event_id``: the same for the same trial becoming overdue at the same due moment, whatever the window,
+# so an alert keyed by it goes out once (a new completion date, a new due moment: a new event).
+_NEWLY_OVERDUE = f"""CREATE OR REPLACE MACRO fdaaa_newly_overdue(a, b) AS TABLE
+SELECT n.*, greatest(n.due_from, n.valid_from) AS overdue_from,
+       'fdaaa-overdue:' || n.nct_id || ':' || strftime(n.due_from, '%Y-%m-%d') AS event_id
+FROM fdaaa_as_of(b) AS n
+WHERE n.status IN {OVERDUE}
+  AND NOT EXISTS (SELECT 1 FROM fdaaa_as_of(a) AS o WHERE o.nct_id = n.nct_id AND o.status IN {OVERDUE})"""
+
+# One row per lead sponsor: trials (ACT + pACT), due, reported (of the due ones, on time or late),
+# reported on time, % on time (of the due ones), overdue (incl. overdue-cancelled), days late (the sum over
+# the due trials: late reports and overdue ones). Most overdue first, then most days late.
+_SPONSORS = f"""CREATE OR REPLACE MACRO fdaaa_sponsors(d) AS TABLE
+SELECT lead_sponsor AS sponsor, count(*) AS trials, count(*) FILTER (WHERE is_due) AS due,
+       count(*) FILTER (WHERE is_due AND status IN ('reported', 'reported-late')) AS reported,
+       count(*) FILTER (WHERE is_due AND status = 'reported') AS reported_on_time,
+       round(100.0 * count(*) FILTER (WHERE is_due AND status = 'reported')
+             / nullif(count(*) FILTER (WHERE is_due), 0), 1) AS pct_on_time,
+       count(*) FILTER (WHERE status IN {OVERDUE}) AS overdue,
+       CAST(coalesce(sum(days_late) FILTER (WHERE is_due), 0) AS BIGINT) AS days_late
+FROM fdaaa_as_of(d)
+GROUP BY lead_sponsor
+ORDER BY overdue DESC, days_late DESC, sponsor"""
+
+_FDAAA_STATUS = "CREATE OR REPLACE VIEW fdaaa_status AS SELECT * FROM fdaaa_as_of(current_date)"
+
+# An outcome's text for the lists: its measure, and its time frame where it has one.
+_OUTCOME_TEXT = "o.measure || coalesce(' [' || o.time_frame || ']', '')"
+
+_REGISTERED_VS_CURRENT = f"""CREATE OR REPLACE VIEW registered_vs_current AS
+WITH pair AS (
+  SELECT c.nct_id, f.version AS first_version, c.version AS current_version
+  FROM studies AS c
+  JOIN (SELECT nct_id, min(version) AS version FROM raw_study_versions WHERE NOT is_removed GROUP BY nct_id) AS f
+    USING (nct_id)
+), o0 AS (  -- dup: the n-th outcome with this measure text (one study can repeat a measure)
+  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text,
+         row_number() OVER (PARTITION BY p.nct_id, o.measure ORDER BY o.ordinal) AS dup FROM pair AS p
+  JOIN outcomes AS o ON o.nct_id = p.nct_id AND o.version = p.first_version AND o.outcome_type = 'primary'
+), o1 AS (
+  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text,
+         row_number() OVER (PARTITION BY p.nct_id, o.measure ORDER BY o.ordinal) AS dup FROM pair AS p
+  JOIN outcomes AS o ON o.nct_id = p.nct_id AND o.version = p.current_version AND o.outcome_type = 'primary'
+), kept AS (  -- the same measure in both (the n-th with it): reworded when its description or time frame changed
+  SELECT a.nct_id, a.text AS before, b.text AS after, a.ordinal AS o0, b.ordinal AS o1
+  FROM o0 AS a JOIN o1 AS b
+    ON a.nct_id = b.nct_id AND a.measure IS NOT DISTINCT FROM b.measure AND a.dup = b.dup
+), gone AS (
+  SELECT * FROM o0 AS a WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.nct_id = a.nct_id AND k.o0 = a.ordinal)
+), new AS (
+  SELECT * FROM o1 AS b WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.nct_id = b.nct_id AND k.o1 = b.ordinal)
+), swapped AS (  -- a measure gone and a new one in its place (same position): reworded
+  SELECT g.nct_id, g.ordinal, g.text AS before, n.text AS after
+  FROM gone AS g JOIN new AS n ON g.nct_id = n.nct_id AND g.ordinal = n.ordinal
+), added AS (
+  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM new AS n
+  WHERE NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = n.nct_id AND w.ordinal = n.ordinal) GROUP BY nct_id
+), removed AS (
+  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM gone AS g
+  WHERE NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = g.nct_id AND w.ordinal = g.ordinal) GROUP BY nct_id
+), reworded AS (
+  SELECT nct_id, list({{'before': before, 'after': after}} ORDER BY ordinal) AS items
+  FROM (SELECT nct_id, o0 AS ordinal, before, after FROM kept WHERE before IS DISTINCT FROM after
+        UNION ALL SELECT nct_id, ordinal, before, after FROM swapped) GROUP BY nct_id
+), arms0 AS (
+  SELECT p.nct_id, list(g.label ORDER BY g.ordinal) AS labels FROM pair AS p
+  JOIN arm_groups AS g ON g.nct_id = p.nct_id AND g.version = p.first_version GROUP BY p.nct_id
+), arms1 AS (
+  SELECT p.nct_id, list(g.label ORDER BY g.ordinal) AS labels FROM pair AS p
+  JOIN arm_groups AS g ON g.nct_id = p.nct_id AND g.version = p.current_version GROUP BY p.nct_id
+), lists AS (
+  SELECT p.nct_id, coalesce(ad.items, []) AS primary_outcomes_added, coalesce(rm.items, []) AS primary_outcomes_removed,
+         coalesce(rw.items, []) AS primary_outcomes_reworded, coalesce(a0.labels, []) AS arms_registered,
+         coalesce(a1.labels, []) AS arms_current
+  FROM pair AS p LEFT JOIN added AS ad USING (nct_id) LEFT JOIN removed AS rm USING (nct_id)
+  LEFT JOIN reworded AS rw USING (nct_id) LEFT JOIN arms0 AS a0 USING (nct_id) LEFT JOIN arms1 AS a1 USING (nct_id)
+)
+SELECT p.nct_id, p.first_version, p.current_version, r.valid_from AS registered_valid_from,
+       r.source AS registered_source, c.brief_title,
+       l.primary_outcomes_added, l.primary_outcomes_removed, l.primary_outcomes_reworded,
+       r.enrollment_count AS enrollment_registered, c.enrollment_count AS enrollment_current,
+       r.enrollment_type AS enrollment_type_registered, c.enrollment_type AS enrollment_type_current,
+       round(100.0 * (c.enrollment_count - r.enrollment_count) / nullif(r.enrollment_count, 0), 1)
+         AS enrollment_pct_change,
+       r.start_date_raw AS start_registered, c.start_date_raw AS start_current,
+       c.start_date - r.start_date AS start_shift_days,
+       r.primary_completion_date_raw AS primary_completion_registered,
+       c.primary_completion_date_raw AS primary_completion_current,
+       c.primary_completion_date - r.primary_completion_date AS primary_completion_shift_days,
+       r.completion_date_raw AS completion_registered, c.completion_date_raw AS completion_current,
+       c.completion_date - r.completion_date AS completion_shift_days,
+       r.phases AS phases_registered, c.phases AS phases_current,
+       l.arms_registered, l.arms_current,
+       list_filter(l.arms_current, lambda x: NOT list_contains(l.arms_registered, x)) AS arms_added,
+       list_filter(l.arms_registered, lambda x: NOT list_contains(l.arms_current, x)) AS arms_removed
+FROM pair AS p
+JOIN study_versions AS r ON r.nct_id = p.nct_id AND r.version = p.first_version
+JOIN studies AS c ON c.nct_id = p.nct_id
+JOIN lists AS l ON l.nct_id = p.nct_id"""
+
+# Consecutive versions in one overall status form one span; a span ends where the next one starts (or
+# where the study was removed); the open span (current version) ends today.
+_STATUS_SPANS = """CREATE OR REPLACE VIEW status_spans AS
+WITH v AS (
+  SELECT nct_id, version, valid_from, valid_to, is_removed, overall_status,
+         CASE WHEN lag(overall_status) OVER w IS NOT DISTINCT FROM overall_status
+                   AND lag(is_removed) OVER w IS NOT DISTINCT FROM is_removed THEN 0 ELSE 1 END AS starts
+  FROM study_versions
+  WINDOW w AS (PARTITION BY nct_id ORDER BY version)
+), n AS (
+  SELECT *, sum(starts) OVER (PARTITION BY nct_id ORDER BY version) AS span FROM v
+), g AS (
+  SELECT nct_id, span, any_value(overall_status) AS status, min(valid_from) AS from_date,
+         bool_or(valid_to IS NULL) AS is_open, max(valid_to) AS closed_on, min(version) AS first_version,
+         max(version) AS last_version
+  FROM n WHERE NOT is_removed GROUP BY nct_id, span
+)
+SELECT nct_id, CAST(row_number() OVER (PARTITION BY nct_id ORDER BY span) AS INTEGER) AS span, status,
+       from_date, CASE WHEN is_open THEN current_date ELSE closed_on END AS to_date,
+       (CASE WHEN is_open THEN current_date ELSE closed_on END) - from_date AS days, is_open,
+       first_version, last_version
+FROM g"""
+
+
+def analysis_views() -> list[str]:
+    """The statements of the analyses, in dependency order (after the core views and child views)."""
+    return [_FDAAA_AS_OF, _FDAAA_STATUS, _NEWLY_OVERDUE, _SPONSORS, _REGISTERED_VS_CURRENT, _STATUS_SPANS]

@@ -1,0 +1,104 @@
+"""``backup``: a consistent copy of the committed warehouse, also while a sync is committing.
+
+It reads the manifest once (a generation is immutable once published, and so are the files it
+lists), hard-links (or copies) exactly those files into a new directory beside DEST, writes the
+manifest files and a catalog for the new place, and renames the directory to DEST. A run that commits
+meanwhile is simply not in the copy. If a compaction deletes superseded files during the copy, the
+copy starts again from the newer manifest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import UsageError, WarehouseError
+from warehouse import catalog
+from warehouse import manifest as manifests
+from warehouse.manifest import ManifestDamaged
+
+ATTEMPTS = 5
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    dest: str
+    generation: int
+    files: int
+    linked: int
+    copied: int
+    size: int
+
+
+def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".trialsync-warehouse") -> BackupResult:
+    dest = dest.expanduser().resolve()
+    if dest.exists() or dest.is_symlink():
+        raise UsageError(f"{dest} exists; backup writes a new directory")
+    if dest == root or root in dest.parents:
+        raise UsageError(f"{dest} is inside the warehouse {root}; give a place outside it")
+    if not dest.parent.is_dir():
+        raise UsageError(f"{dest.parent} does not exist")
+    for _ in range(ATTEMPTS):
+        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            result = _copy(root, tmp, dest, hard_links)
+        except FileNotFoundError:  # a compaction removed superseded files: start again from its manifest
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        (tmp / marker).touch()
+        os.rename(tmp, dest)
+        log = manifests.read_log(dest)
+        catalog.write_catalog(dest, manifests.fold(log), log, tag="backup")
+        return result
+    raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
+
+
+def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
+    try:
+        log = manifests.read_log(root)
+    except ManifestDamaged as exc:
+        raise WarehouseError(f"{exc}: run `trialsync repair` before a backup") from None
+    if not log:
+        raise WarehouseError(f"{root} has no committed run to back up (or its manifest is not migrated yet)")
+    state = manifests.fold(log)
+    linked = copied = size = 0
+    for entry in state.entries:
+        source, target = root / entry.path, tmp / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if hard_links and _link(source, target):
+            linked += 1
+        else:
+            shutil.copyfile(source, target)
+            catalog.fsync_path(target)
+            copied += 1
+        actual = target.stat().st_size
+        if entry.size is not None and actual != entry.size:
+            raise WarehouseError(f"{entry.path} has {actual} bytes, {entry.size} at commit: the warehouse is damaged; "
+                                 "run `trialsync check`")
+        size += actual
+    folder = manifests.directory(tmp)
+    folder.mkdir(parents=True)
+    for gen in log:
+        manifests.generation_path(tmp, gen.number).write_bytes(gen.to_bytes())
+    for directory in {tmp / Path(e.path).parent for e in state.entries} | {folder, tmp / "runs", tmp}:
+        if directory.is_dir():
+            catalog.fsync_path(directory)
+    return BackupResult(str(dest), state.generation, len(state.entries), linked, copied, size)
+
+
+def _link(source: Path, target: Path) -> bool:
+    try:
+        os.link(source, target)
+        return True
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise

@@ -1,0 +1,266 @@
+"""``check``: is every committed file there and intact, and does the catalog match the manifest?
+
+Quick (no data read): the manifest files and their digests, every committed file present with the
+size recorded at commit, every Parquet footer readable, the catalog at the manifest's generation with
+the views the manifest implies and a true copy of every manifest file. Deep: also every file's
+checksum and every row group decoded. Nothing is ever changed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from pipeline.errors import WarehouseError
+from warehouse import catalog
+from warehouse import manifest as manifests
+from warehouse.catalog import CATALOG_NAME
+from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
+from warehouse.tables import TABLES
+
+SHOWN_STUDIES = 5
+
+
+class WarehouseDamaged(WarehouseError):
+    """A writing command found the warehouse damaged and changed nothing."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # manifest | catalog | missing | size | footer | checksum | decode | schema
+    path: str  # relative to the warehouse root
+    detail: str
+    table: str | None = None
+    run_id: str | None = None
+    generation: int | None = None
+    studies: tuple[str, ...] | None = None  # None: unknown
+
+    def line(self) -> str:
+        parts = [f"{self.path}: {self.detail}"]
+        if self.table:
+            parts.append(f"table {self.table}")
+        if self.run_id:
+            parts.append(f"run {self.run_id}")
+        if self.studies is not None:
+            shown = ", ".join(self.studies[:SHOWN_STUDIES])
+            more = f" and {len(self.studies) - SHOWN_STUDIES} more" if len(self.studies) > SHOWN_STUDIES else ""
+            parts.append(f"{len(self.studies)} studies affected ({shown}{more})" if self.studies
+                         else "no studies affected")
+        return "; ".join(parts)
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files: int = 0
+    size: int = 0
+    generation: int = 0
+    runs: int = 0
+    deep: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        how = "deep" if self.deep else "quick"
+        if self.ok:
+            note = f" ({'; '.join(self.notes)})" if self.notes else ""
+            return (f"ok ({how} check): generation {self.generation}, {self.runs} runs, {self.files} files, "
+                    f"{self.size / 1e6:.1f} MB{note}")
+        return f"damaged ({how} check): {len(self.problems)} problem(s); run `trialsync repair` to fix"
+
+
+@dataclass
+class LogState:
+    """What the manifest files and the catalog's copy of them say, generation by generation."""
+
+    files: dict[int, Generation]  # good manifest files
+    copies: dict[int, Generation]  # the catalog's good copies
+    damaged: dict[int, str]  # generation -> why its file cannot be used
+    catalog_generation: int | None  # None: no readable catalog with a generation
+    legacy: Manifest | None = None  # a catalog from before the manifest moved beside it
+
+    @property
+    def last(self) -> int:
+        return max([*self.files, *self.damaged, self.catalog_generation or 0], default=0)
+
+    def best(self) -> list[Generation]:
+        """The longest log both sources give without a hole: a file, else the catalog's copy."""
+        log = []
+        for number in range(1, self.last + 1):
+            gen = self.files.get(number) or self.copies.get(number)
+            if gen is None:
+                break
+            log.append(gen)
+        return log
+
+
+def read_state(root: Path) -> LogState:
+    files: dict[int, Generation] = {}
+    damaged: dict[int, str] = {}
+    for number in manifests.generations(root):
+        try:
+            files[number] = Generation.from_bytes(manifests.generation_path(root, number).read_bytes(), number)
+        except (ManifestDamaged, OSError) as exc:
+            damaged[number] = str(exc)
+    copies: dict[int, Generation] = {}
+    generation: int | None = None
+    legacy = None
+    path = root / CATALOG_NAME
+    if path.exists():
+        try:
+            meta = catalog.catalog_meta(path)
+            if "generation" in meta:
+                generation = int(meta["generation"])
+                copies = catalog.read_catalog_log(path)
+            elif not files and not damaged:
+                legacy = catalog.read_legacy_manifest(path)
+        except (duckdb.Error, ValueError):
+            pass
+    for number in range(1, max([*files, *damaged, generation or 0], default=0) + 1):
+        if number not in files and number not in damaged:
+            damaged[number] = "manifest file missing"
+    return LogState(files, copies, damaged, generation, legacy)
+
+
+def check(root: Path, *, deep: bool = False, studies: bool = True) -> Report:
+    report = Report(deep=deep)
+    state = read_state(root)
+    for number, why in sorted(state.damaged.items()):
+        rel = str(manifests.generation_path(root, number).relative_to(root))
+        restorable = " (the catalog holds a good copy)" if number in state.copies else ""
+        report.problems.append(Problem("manifest", rel, f"{why}{restorable}", generation=number))
+    if state.legacy is not None:
+        manifest = state.legacy
+        report.notes.append("written by an earlier release: the next command moves its manifest beside the catalog")
+    else:
+        log = state.best()
+        manifest = manifests.fold(log)
+    report.generation = manifest.generation
+    report.runs = len(manifest.run_ids)
+    owner = _owners(state)
+    for entry in manifest.entries:
+        report.files += 1
+        problem = check_file(root, entry, deep=deep)
+        if problem is None:
+            report.size += entry.size or 0
+            continue
+        gen = owner.get((entry.run_id, entry.path))
+        report.problems.append(Problem(problem[0], entry.path, problem[1], entry.table, entry.run_id, gen,
+                                       _studies(root, manifest, entry) if studies else None))
+    for table in TABLES:
+        schema = root / catalog.schema_file(table)
+        if schema.exists() and not _footer_ok(schema):
+            report.problems.append(Problem("schema", catalog.schema_file(table), "unreadable schema file", table))
+    if state.legacy is None:
+        report.problems += _catalog_problems(root, state, manifest, report.notes)
+    return report
+
+
+def check_file(root: Path, entry: ManifestEntry, *, deep: bool) -> tuple[str, str] | None:
+    """(kind, what is wrong) for one committed file, None when it is intact."""
+    path = root / entry.path
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing", "file missing"
+    except OSError as exc:
+        return "missing", f"cannot stat: {exc}"
+    if entry.size is not None and size != entry.size:
+        return "size", f"{size} bytes, {entry.size} at commit"
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a bad footer
+        return "footer", f"Parquet footer unreadable ({_first_line(exc)})"
+    if not deep:
+        return None
+    if entry.checksum is not None and manifests.file_checksum(path) != entry.checksum:
+        return "checksum", "checksum differs from the one recorded at commit"
+    try:
+        for group in range(parquet.num_row_groups):
+            parquet.read_row_group(group)
+    except Exception as exc:
+        return "decode", f"row group {group} does not decode ({_first_line(exc)})"
+    return None
+
+
+def refuse_if_damaged(root: Path) -> None:
+    """What every writing command runs first: the quick check; one line pointing at ``repair``."""
+    if not (root / CATALOG_NAME).exists() and not manifests.generations(root):
+        return  # a new warehouse
+    report = check(root, studies=False)
+    if report.problems:
+        first = report.problems[0]
+        more = f" and {len(report.problems) - 1} more problem(s)" if len(report.problems) > 1 else ""
+        raise WarehouseDamaged(f"the warehouse {root} is damaged ({first.line()}{more}); nothing was changed: "
+                               "see `trialsync check`, then run `trialsync repair`")
+
+
+def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: list[str]) -> list[Problem]:
+    path = root / CATALOG_NAME
+    if not path.exists():
+        return [Problem("catalog", CATALOG_NAME, "catalog missing (repair rebuilds it from the manifest)")]
+    try:
+        meta = catalog.catalog_meta(path)
+    except duckdb.Error as exc:
+        return [Problem("catalog", CATALOG_NAME, f"catalog unreadable ({_first_line(exc)})")]
+    if "generation" not in meta:
+        return [Problem("catalog", CATALOG_NAME, "catalog lacks its generation")]
+    generation = int(meta["generation"])
+    if generation < manifest.generation:
+        notes.append(f"the catalog is at generation {generation}: the next command brings it up to date")
+        return []
+    if meta.get("root") != str(root):
+        notes.append(f"the catalog reads {meta.get('root')}: the next command rewrites it for this directory")
+        return []
+    problems = []
+    if generation > manifest.generation:
+        problems.append(Problem("catalog", CATALOG_NAME, f"catalog at generation {generation}, manifest only "
+                                f"at {manifest.generation}"))
+    elif meta.get("plan_digest") != catalog.plan_digest(root, manifest):
+        problems.append(Problem("catalog", CATALOG_NAME, "the catalog's views differ from what the manifest implies"))
+    for number, gen in state.files.items():
+        copy = state.copies.get(number)
+        if copy is None or copy.to_bytes() != gen.to_bytes():
+            problems.append(Problem("catalog", CATALOG_NAME, f"the catalog's copy of manifest generation {number} "
+                                    "is missing or differs", generation=number))
+            break
+    return problems
+
+
+def _owners(state: LogState) -> dict[tuple[str, str], int]:
+    return {(e.run_id, e.path): gen.number for gen in state.best() for e in gen.entries}
+
+
+def _studies(root: Path, manifest: Manifest, entry: ManifestEntry) -> tuple[str, ...] | None:
+    """The studies a damaged file holds rows of: from its own nct_id column if that still reads, else
+    the studies its run touched (``run_studies``)."""
+    candidates = [entry.path] + [e.path for e in manifest.entries
+                                 if e.run_id == entry.run_id and e.table in ("run_studies", "study_versions")]
+    if "nct_id" not in TABLES[entry.table].names:
+        return ()
+    for rel in candidates:
+        try:
+            column = pq.read_table(root / rel, columns=["nct_id"]).column("nct_id")
+            return tuple(sorted({str(v) for v in column.to_pylist() if v is not None}))
+        except Exception:
+            continue
+    return None
+
+
+def _footer_ok(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+        return True
+    except Exception:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

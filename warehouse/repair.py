@@ -1,0 +1,178 @@
+"""``repair``: bring a damaged warehouse back to its last intact committed state, deleting nothing.
+
+- A manifest file that is missing or damaged is written again from the catalog's copy.
+- A missing, corrupt or mismatched catalog is rebuilt from the manifest and the Parquet files.
+- When committed files are missing or damaged, the warehouse rolls back to the last generation before
+  the first damaged one whose files are all intact; the runs after it (their manifest files and run
+  directories, intact or not) move to ``damaged/<time>/``, and the studies whose newer versions were
+  lost are listed (``--resync`` fetches them again).
+Everything moved keeps its path under ``damaged/<time>/``; ``repair.json`` there says what and why.
+Call with the writer lock held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.errors import WarehouseError
+from warehouse import catalog
+from warehouse import manifest as manifests
+from warehouse.catalog import CATALOG_NAME
+from warehouse.check import check, check_file, read_state
+from warehouse.manifest import Generation, ManifestEntry
+from warehouse.tables import TABLES
+
+DAMAGED_DIR = "damaged"
+
+
+@dataclass
+class RepairResult:
+    changed: bool = False
+    generation: int = 0  # the generation the warehouse is at afterwards
+    rolled_back: list[str] = field(default_factory=list)  # run ids no longer committed
+    lost_studies: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)  # paths relative to the warehouse root
+    restored_manifest: list[int] = field(default_factory=list)
+    rebuilt_catalog: bool = False
+    damaged_dir: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
+    result = RepairResult()
+    state = read_state(root)
+    if state.legacy is not None:
+        raise WarehouseError("this warehouse was written by an earlier release; open it once "
+                             "(e.g. `trialsync runs`) to migrate it, then repair")
+    log = state.best()
+    verdicts: dict[str, bool] = {}
+
+    def intact(entry: ManifestEntry) -> bool:
+        if entry.path not in verdicts:
+            verdicts[entry.path] = check_file(root, entry, deep=True) is None
+        return verdicts[entry.path]
+
+    target = _target(log, intact)
+    kept, rolled = log[:target], log[target:]
+    result.generation = target
+    stamp = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%S%fZ}"
+    bin_dir = root / DAMAGED_DIR / stamp
+
+    def move(rel: str) -> None:
+        source = root / rel
+        if not source.exists() and not source.is_symlink():
+            return
+        destination = bin_dir / rel
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, destination)
+        result.moved.append(rel)
+
+    before = check(root, deep=True, studies=False)
+    catalog_bad = any(p.kind == "catalog" for p in before.problems) or bool(rolled)
+    manifest_bad = sorted(state.damaged)
+    if not (rolled or catalog_bad or manifest_bad or any(p.kind == "schema" for p in before.problems)):
+        return result  # nothing to do
+    result.changed = True
+    result.damaged_dir = str(bin_dir.relative_to(root))
+    target_manifest = manifests.fold(kept)
+    result.rolled_back = [g.run_id for g in rolled]
+    result.lost_studies = lost_studies(root, target_manifest, rolled)
+    # Order matters for a repair that is itself interrupted: first the catalog (whose copy of the log
+    # could bring rolled-back generations back), then the manifest from the newest generation down.
+    if (root / CATALOG_NAME).exists() and catalog_bad:
+        move(CATALOG_NAME)
+    for number in sorted({*manifest_bad, *(g.number for g in rolled)}, reverse=True):
+        move(str(manifests.generation_path(root, number).relative_to(root)))
+    for gen in kept:
+        if gen.number in state.damaged:
+            manifests.restore(root, gen)
+            result.restored_manifest.append(gen.number)
+    keep_runs = target_manifest.run_ids | set(target_manifest.retained_until())
+    # Every run directory the remaining state does not list: rolled-back runs, runs of manifest files
+    # that could not be restored, leftovers of a crash. The next writer would delete them; we keep them.
+    runs = root / "runs"
+    for directory in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if directory.is_dir() and directory.name not in keep_runs:
+            move(f"runs/{directory.name}")
+    for entry in (e for g in rolled for e in g.entries):
+        if not verdicts.get(entry.path, True):
+            move(entry.path)
+    for table in TABLES:
+        schema = catalog.schema_file(table)
+        if (root / schema).exists() and any(p.path == schema for p in before.problems):
+            move(schema)
+    catalog.write_catalog(root, target_manifest, kept, tag="repair")
+    result.rebuilt_catalog = True
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "repair.json").write_text(json.dumps(
+        {**result.as_dict(), "problems": [p.line() for p in before.problems]}, indent=1, default=str) + "\n")
+    return result
+
+
+def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> int:
+    """How many generations stay: all if every committed file is intact; otherwise the last state
+    before the first damaged generation whose files are all there and intact."""
+    owner = {(e.run_id, e.path): g.number for g in log for e in g.entries}
+    bad = [owner.get((e.run_id, e.path), 1) for e in manifests.fold(log).entries if not intact(e)]
+    if not bad:
+        return len(log)
+    first_bad = min(bad)
+    for target in range(first_bad - 1, 0, -1):
+        if all(intact(e) for e in manifests.fold(log[:target]).entries):
+            return target
+    if first_bad == 1:
+        return 0
+    raise WarehouseError(
+        f"generation {first_bad} has damaged files and no earlier committed state is intact (a compaction "
+        "removed the files it superseded): restore from a backup (`trialsync backup`); nothing was changed")
+
+
+def lost_studies(root: Path, target: manifests.Manifest, rolled: list[Generation]) -> list[str]:
+    """Studies with a version in the rolled-back runs that the remaining state does not hold. Where a
+    rolled-back ``study_versions`` file cannot be read, its run's ``run_studies`` says which versions it
+    saw: a study is lost if that version is newer than the one the remaining state holds."""
+    kept: set[tuple[str, str]] = set()
+    latest: dict[str, int] = {}
+    for entry in target.entries:
+        if entry.table == "study_versions":
+            table = pq.read_table(root / entry.path, columns=["nct_id", "version", "content_hash"])
+            for n, v, h in zip(*(table.column(c).to_pylist() for c in ("nct_id", "version", "content_hash")),
+                               strict=True):
+                kept.add((n, h))
+                latest[n] = max(latest.get(n, 0), v)
+    lost: set[str] = set()
+    for gen in rolled:
+        unreadable = False
+        for entry in gen.entries:
+            if entry.table == "study_versions":
+                try:
+                    lost |= {n for n, h in _read_pairs(root / entry.path) if (n, h) not in kept}
+                except Exception:
+                    unreadable = True
+        if unreadable:
+            for entry in gen.entries:
+                if entry.table == "run_studies":
+                    lost |= {n for n, v in _seen(root / entry.path) if v > latest.get(n, 0)}
+    return sorted(lost)
+
+
+def _read_pairs(path: Path) -> set[tuple[str, str]]:
+    table = pq.read_table(path, columns=["nct_id", "content_hash"])
+    return set(zip(table.column("nct_id").to_pylist(), table.column("content_hash").to_pylist(), strict=True))
+
+
+def _seen(path: Path) -> set[tuple[str, int]]:
+    try:
+        table = pq.read_table(path, columns=["nct_id", "version"])
+    except Exception:
+        return set()
+    return set(zip(table.column("nct_id").to_pylist(), table.column("version").to_pylist(), strict=True))
