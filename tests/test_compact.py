@@ -27,10 +27,10 @@ def rows(warehouse_dir: Path, sql: str, params: list[Any] | None = None) -> list
 
 
 def every_view(warehouse_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """The rows of every public view, sorted (raw JSON as text)."""
-    names = [r[0] for r in rows(warehouse_dir, "SELECT view_name FROM duckdb_views() WHERE NOT internal "
-                                               "AND view_name NOT LIKE 'raw\\_%' ESCAPE '\\' "
-                                               "AND view_name NOT LIKE '\\_%' ESCAPE '\\'")]
+    """The rows of every public view (schema ``aact`` too), sorted (raw JSON as text)."""
+    names = [r[1] if r[0] == "main" else f"{r[0]}.{r[1]}" for r in rows(
+        warehouse_dir, "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal "
+                       "AND view_name NOT LIKE 'raw\\_%' ESCAPE '\\' AND view_name NOT LIKE '\\_%' ESCAPE '\\'")]
     return {name: rows(warehouse_dir, f"SELECT * FROM {name} ORDER BY ALL") for name in sorted(names)}
 
 
