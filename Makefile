@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup browser demo test test-reliability lint bench clean
+.PHONY: setup browser rsync demo test test-reliability lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/trialsync demo
 
-test: setup browser lint
+test: setup browser rsync lint
 	$(BIN)/pytest -q
 
 # The whole reliability suite (every kill point, fault case and misuse case); `make test` runs a short
@@ -35,6 +35,17 @@ browser:
 	    >/dev/null || echo "could not install chromium: the report's browser test will be skipped"; \
 	else echo "chromium is missing and cannot be installed here (needs apt-get as root):" \
 	  "the report's browser test will be skipped"; fi
+
+# The warehouse-portability test copies a warehouse with rsync too: installed here when it is missing
+# and apt-get can run (as root); elsewhere that one case is skipped with a message saying why.
+rsync:
+	@if command -v rsync >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing rsync for the warehouse-portability test (apt-get)"; \
+	  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsync >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsync \
+	    >/dev/null; } || echo "could not install rsync: that portability case will be skipped"; \
+	else echo "rsync is missing and cannot be installed here: that portability case will be skipped"; fi
 
 lint: setup
 	$(BIN)/ruff check pipeline warehouse flows bench tests tools
