@@ -142,8 +142,8 @@ def test_the_report_command_writes_the_file_and_rejects_bad_input(history: Path,
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"report written to {out}"
     assert 'data-chart="key-dates"' in out.read_text()
-    for args, message in [(["--nct", "NCT1"], "invalid NCT id 'NCT1'"),
-                          (["--nct", "NCT00000000"], "NCT00000000 is not in the warehouse"),
+    for args, message in [(["--nct", "NCT00000000"], "invalid NCT id 'NCT00000000'"),
+                          (["--nct", "nct1"], "NCT00000001 is not in the warehouse"),
                           (["--run", "nope"], "no run nope in the warehouse"),
                           (["--run", "x", "--since", "2026-01-01"], "--run and --since/--until exclude each other")]:
         bad = run_cli("report", "--warehouse", str(history), *args, "-o", str(tmp_path / "bad.html"))

@@ -20,7 +20,7 @@ from flows.cli.common import (
 from flows.output import render
 from flows.readonly import check_query, query_error
 from pipeline.errors import UsageError
-from pipeline.scope import Scope, parse_date_arg
+from pipeline.scope import canonical_id, parse_date_arg
 
 
 @app.command()
@@ -68,8 +68,7 @@ def changes(
     from warehouse.queries import ALL_CHANGE_COLUMNS, CHANGE_COLUMNS, ChangeFilter, changes_query
 
     check_format(fmt)
-    ids = tuple(sorted({s.upper() for s in split_values(nct)}))
-    Scope.build(ids=ids)  # validates the ids
+    ids = tuple(sorted({canonical_id(s.upper()) for s in split_values(nct)}))
     spec = ChangeFilter(
         since=parse_date_arg(since, "--since") if since else None,
         until=parse_date_arg(until, "--until") if until else None,
@@ -92,8 +91,7 @@ def history(
     """Every stored version of one study and what changed between them."""
     from flows.history import print_history
 
-    nct_id = nct.strip().upper()
-    Scope.build(ids=[nct_id])
+    nct_id = canonical_id(nct.strip().upper())
     if fmt not in ("text", "json"):
         raise UsageError(f"--format must be text or json, not {fmt!r}")
     print_history(settings.warehouse_dir(warehouse), nct_id, fmt, console)
@@ -134,8 +132,7 @@ def report(
     """A self-contained HTML report with pictures: study timelines and a digest of what changed."""
     from flows.report import write_report
 
-    ids = [s.upper() for s in split_values(nct)]
-    Scope.build(ids=ids)  # validates the ids
+    ids = [canonical_id(s.upper()) for s in split_values(nct)]
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o must name an .html file, not {output}")
     path = write_report(settings.warehouse_dir(warehouse), output, ncts=list(dict.fromkeys(ids)), run_id=run,
