@@ -137,7 +137,8 @@ def _diff(old: Json, new: Json, path: Path) -> Iterator[Leaf]:
 
 def _same_number(a: Json, b: Json) -> bool:
     numbers = (int, float)
-    return isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and a == b
+    return (isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
+            and not isinstance(b, bool) and a == b)
 
 
 def _diff_dicts(old: Mapping[str, Json], new: Mapping[str, Json], path: Path) -> Iterator[Leaf]:
@@ -202,12 +203,15 @@ def _match(olds: list[Json], news: list[Json]) -> tuple[list[tuple[Json, Json]],
     if len(olds) == 1 and len(news) == 1:
         return [(olds[0], news[0])], [], []
     rest_new = list(news)
+    new_content = [_content(n) for n in rest_new]
     exact, rest_old = [], []
-    for o in olds:
-        twin = next((i for i, n in enumerate(rest_new) if n == o), None)
+    for o in olds:  # identical as the hash sees them (arrays inside in any order): no change at all
+        content = _content(o)
+        twin = next((i for i, c in enumerate(new_content) if c == content), None)
         if twin is None:
             rest_old.append(o)
         else:
+            new_content.pop(twin)
             exact.append((o, rest_new.pop(twin)))
     paired = list(zip(rest_old, rest_new, strict=False))
     return exact + paired, rest_old[len(paired):], rest_new[len(paired):]

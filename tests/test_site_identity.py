@@ -140,3 +140,24 @@ def test_an_arm_or_intervention_renamed_in_case_or_spacing_keeps_its_identity(i:
     rows = changes(record, edited)
     assert typed(rows) == []
     assert sorted(c.path.rsplit(".", 1)[-1] for c in rows) == sorted(["description", field])
+
+
+def test_namesake_sites_reordered_with_their_contacts_are_no_change_as_for_the_hash() -> None:
+    """Two sites sharing every identity field but differing in status, delivered in the other order
+    with each site's contacts reversed too: the hash sees the same content, so must the diff."""
+    from pipeline.diff import diff
+    from pipeline.hashing import content_hash
+
+    record = next(r for r in RECORDS if any(len(s.get("contacts", [])) >= 2 for s in sites_of(r)))
+    site = next(s for s in sites_of(record) if len(s.get("contacts", [])) >= 2)
+    old = copy.deepcopy(record)
+    twin_a, twin_b = copy.deepcopy(site), copy.deepcopy(site)
+    twin_a["status"], twin_b["status"] = "RECRUITING", "COMPLETED"
+    sites_of(old)[:] = [twin_a, twin_b]
+    new = copy.deepcopy(old)
+    sites_of(new).reverse()
+    for s in sites_of(new):
+        s["contacts"].reverse()
+    assert content_hash(old) == content_hash(new)
+    assert diff(old, new) == []
+    assert changes(old, new) == []

@@ -183,6 +183,29 @@ def test_two_writers_that_locks_do_not_keep_apart_never_lose_a_committed_run(cop
     assert check(root, deep=True).ok
 
 
+def test_an_interrupt_that_lands_just_after_the_commit_point_keeps_the_run(
+        copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt from the CLI's handler) right after the generation file
+    is linked, still inside ``publish``: the run is committed, so nothing may delete its files."""
+    root = copy.resolve()
+    link = os.link
+
+    def link_then_interrupt(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        link(src, dst, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), Warehouse(root).writer("r-int") as run:
+        run.append_rows("sync_runs", [_run_row("r-int")])
+        monkeypatch.setattr(manifests.os, "link", link_then_interrupt)
+        run.commit()
+    monkeypatch.undo()
+    assert manifests.read_log(root)[-1].run_id == "r-int"
+    assert (root / "runs" / "r-int" / "sync_runs.parquet").exists()
+    with Warehouse(root).connect() as con:
+        assert ("r-int",) in con.execute("SELECT run_id FROM sync_runs").fetchall()
+    assert check(root, deep=True).ok
+
+
 def test_the_manifest_is_read_in_generation_order_not_directory_order(copy: Path) -> None:
     log = manifests.read_log(copy)
     assert [g.number for g in log] == list(range(1, len(log) + 1))

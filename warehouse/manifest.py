@@ -201,13 +201,23 @@ def publish(root: Path, gen: Generation) -> None:
                 raise
             _create_exclusive(final, data, gen)
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
     with suppress(OSError):  # after the commit point: best effort, never undoes the commit
         fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def is_published(root: Path, gen: Generation) -> bool:
+    """Whether ``gen`` is the generation file in place: an interrupt (Ctrl-C, SIGTERM) can land after
+    the commit point but before ``publish`` returns, and the caller must then know it committed."""
+    try:
+        return generation_path(root, gen.number).read_bytes() == gen.to_bytes()
+    except OSError:
+        return False
 
 
 def _create_exclusive(final: Path, data: bytes, gen: Generation) -> None:
@@ -217,7 +227,9 @@ def _create_exclusive(final: Path, data: bytes, gen: Generation) -> None:
         raise GenerationTaken(f"another writer committed generation {gen.number} while run {gen.run_id} "
                               "was running; nothing of this run was committed: run it again") from None
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

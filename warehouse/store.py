@@ -424,7 +424,12 @@ class RunWriter:
         try:
             manifests.publish(root, gen)  # the commit point
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            # A signal (KeyboardInterrupt) can land after the link, inside publish: then the run is
+            # committed, and abort() must not delete what the manifest now lists.
+            if manifests.is_published(root, gen):
+                self.committed = True
+            else:
+                tmp.unlink(missing_ok=True)
             raise
         self.committed = True
         crashpoint("manifest-published")
