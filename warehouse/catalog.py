@@ -53,8 +53,12 @@ def _sql_list(root: Path, paths: Sequence[str]) -> str:
     return f"[{quoted}]"
 
 
-def plan_catalog(root: Path, manifest: Manifest) -> list[str]:
-    """The statements that define every view and macro, for the files in ``manifest``."""
+def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True) -> list[str]:
+    """The statements that define every view and macro, for the files in ``manifest``.
+
+    ``analyses=False``: without the ``aact`` schema and the analysis views (fdaaa, registered vs
+    current, status spans): the writer's own in-memory connections never read them, and binding
+    them is most of the cost of a build (a sync builds several)."""
     statements = []
     rewriting = bool(manifest.files("study_rewrites"))
     superseding = set(rewritten_tables()) if rewriting else set()
@@ -122,8 +126,9 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
   AND NOT is_removed""",
     ]
     statements += child_views()
-    statements += aact_views()
-    statements += analysis_views()
+    if analyses:
+        statements += aact_views()
+        statements += analysis_views()
     return statements
 
 
@@ -189,11 +194,12 @@ def ensure_schema_files(root: Path) -> None:
             os.replace(tmp, path)
 
 
-def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, *, tolerant: bool = False) -> None:
+def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, *, tolerant: bool = False,
+          analyses: bool = True) -> None:
     """Define the views in ``connection`` (a new catalog file, or an in-memory reader). ``tolerant``
     (readers of a damaged warehouse): skip a view that cannot be defined (its files are damaged), so
-    the views of the other tables keep answering."""
-    for statement in plan_catalog(root, manifest):
+    the views of the other tables keep answering. ``analyses``: see ``plan_catalog``."""
+    for statement in plan_catalog(root, manifest, analyses=analyses):
         try:
             connection.execute(statement)
         except duckdb.Error:

@@ -196,10 +196,11 @@ class Warehouse:
         return None
 
     def committed(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory connection with the views over the committed files (for the writer)."""
+        """An in-memory connection with the views over the committed files (for the writer; without the
+        ``aact`` and analysis views, which only readers use)."""
         mem = duckdb.connect()
         catalog.ensure_schema_files(self.root)
-        catalog.build(mem, self.root, self.manifest() if self.exists() else Manifest())
+        catalog.build(mem, self.root, self.manifest() if self.exists() else Manifest(), analyses=False)
         return mem
 
     # -- the writer --------------------------------------------------------------------------
@@ -333,7 +334,7 @@ class RunWriter:
         entries = [self._entry(t) for t in self._sealed if t in self._writers]
         entries += [ManifestEntry(self.run_id, p.table, str(rel / p.name)) for p in self._adopted]
         mem = duckdb.connect()
-        catalog.build(mem, self.warehouse.root, self.manifest.plus(entries))
+        catalog.build(mem, self.warehouse.root, self.manifest.plus(entries), analyses=False)
         return mem
 
     def _entry(self, table: str) -> ManifestEntry:
