@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None,  # option help like "[env X; default Y]" is text, not markup
                   help="Keep a local, versioned, queryable mirror of ClinicalTrials.gov.",
                   epilog="Errors are one line on stderr (exit 2: bad input, 1: failure, "
-                         "130/143: interrupted/terminated); add --debug anywhere (or TRIALSYNC_DEBUG=1) for the traceback.")
+                         "130/143: interrupted/terminated); "
+                         "add --debug anywhere (or TRIALSYNC_DEBUG=1) for the traceback.")
 # Piped output is not cut at 80 columns: tables go to files and other programs whole.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
