@@ -17,8 +17,10 @@ from flows.output import FORMATS
 from pipeline.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,  # option help like "[env X; default Y]" is text, not markup
                   help="Keep a local, versioned, queryable mirror of ClinicalTrials.gov.",
-                  epilog="Errors are one line on stderr (exit 2: bad input, 1: failure, 130: interrupted); "
+                  epilog="Errors are one line on stderr (exit 2: bad input, 1: failure, "
+                         "130/143: interrupted/terminated); "
                          "add --debug anywhere (or TRIALSYNC_DEBUG=1) for the traceback.")
 # Piped output is not cut at 80 columns: tables go to files and other programs whole.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -46,7 +48,7 @@ def with_progress(run: Callable[[], dict[str, Any]], *, show_progress: bool) -> 
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[versions]} new versions"), TimeElapsedColumn(),
-                   console=err, disable=not show_progress, transient=True)
+                   console=err, disable=not show_progress or not err.is_terminal, transient=True)
     task_id = bar.add_task("syncing", total=None, versions=0)
 
     def on_event(event: str, data: dict[str, Any]) -> None:

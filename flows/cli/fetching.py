@@ -213,7 +213,7 @@ def run_backfill(params: dict[str, Any], *, show_progress: bool = True) -> dict[
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[versions]} new versions"), TimeElapsedColumn(),
-                   console=err, disable=not show_progress, transient=True)
+                   console=err, disable=not show_progress or not err.is_terminal, transient=True)
     task_id = bar.add_task("backfilling", total=None, versions=0)
 
     def on_event(event: str, data: dict[str, Any]) -> None:

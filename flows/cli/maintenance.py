@@ -16,6 +16,7 @@ from flows.cli.common import (
     quiet_prefect_failures,
 )
 from pipeline.errors import UsageError, WarehouseError
+from pipeline.registry.client import DEFAULT_INTERVAL
 from warehouse import Warehouse
 
 
@@ -86,7 +87,7 @@ def repair(
     api_url: Annotated[str | None, typer.Option("--api-url", help="API base URL for --resync "
                                                 "[env TRIALSYNC_API_URL]")] = None,
     request_interval: Annotated[float, typer.Option("--request-interval",
-                                                    help="Seconds between requests of --resync")] = 1.0,
+                                                    help="Seconds between requests of --resync")] = DEFAULT_INTERVAL,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Rebuild a missing or corrupt catalog from the manifest; roll back past damaged files to the last
