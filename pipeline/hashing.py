@@ -15,7 +15,7 @@ through ``normalise``, so they can never disagree:
 - *Arrays as multisets* (hash only): the diff matches array elements by identity and never reports
   reordering, so the hash sorts every array's elements.
 
-``HASH_RULE`` names this rule; a warehouse records the rule its stored hashes follow and is re-hashed
+``hash_rule()`` names this rule; a warehouse records the rule its stored hashes follow and is re-hashed
 when it changes (``warehouse.migrations``).
 """
 
@@ -30,7 +30,22 @@ from typing import Any
 import msgspec
 import orjson
 
-HASH_RULE = "2"
+HASH_RULE_VERSION = "2"  # bump when the canonical form below changes
+
+
+def rule_for(shape: Any) -> str:
+    """The name of the hash rule for a schema ``shape``: the canonical form keeps only the keys the
+    schema knows, so a release whose schema learns a key hashes the same records differently, and
+    the warehouse must be re-hashed (``warehouse.migrations``) or every study would get a new version."""
+    digest = hashlib.blake2b(canonical_json(shape), digest_size=5).hexdigest()
+    return f"{HASH_RULE_VERSION}-{digest}"
+
+
+@cache
+def hash_rule() -> str:
+    """The rule this release hashes by (recorded in each warehouse's metadata)."""
+    return rule_for(_shape_of_study())
+
 
 # The registry re-derives derivedSection (MeSH trees, versionHolder) on its own schedule, so a
 # change there alone is not a change of the study.

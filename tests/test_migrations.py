@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import mutate
-from pipeline.hashing import HASH_RULE, content_hash
+from pipeline.hashing import content_hash, hash_rule
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import STUDIES_DIR, fast_sync, load, nct
 from warehouse import Warehouse
@@ -62,7 +62,7 @@ def test_an_earlier_releases_warehouse_is_rehashed_once_and_a_resync_writes_no_v
 
     summary = fast_sync(registry, warehouse_dir, full=True)
     assert (summary["versions_written"], summary["unchanged"], summary["changes_written"]) == (0, 326, 0)
-    assert Warehouse(warehouse_dir).manifest().meta[HASH_RULE_KEY] == HASH_RULE
+    assert Warehouse(warehouse_dir).manifest().meta[HASH_RULE_KEY] == hash_rule()
     stored = dict(query(warehouse_dir, "SELECT nct_id, content_hash FROM study_versions"))
     assert stored == {nct(r): content_hash(r) for r in records}
     migrations = query(warehouse_dir, "SELECT mode, versions_written, params FROM sync_runs WHERE mode = 'migrate'")
@@ -77,7 +77,7 @@ def test_a_new_warehouse_records_the_hash_rule_and_never_migrates(registry: Fake
                                                                    warehouse_dir: Path) -> None:
     fast_sync(registry, warehouse_dir)
     fast_sync(registry, warehouse_dir, full=True)
-    assert Warehouse(warehouse_dir).manifest().meta[HASH_RULE_KEY] == HASH_RULE
+    assert Warehouse(warehouse_dir).manifest().meta[HASH_RULE_KEY] == hash_rule()
     assert query(warehouse_dir, "SELECT count(*) FROM sync_runs WHERE mode = 'migrate'") == [(0,)]
 
 

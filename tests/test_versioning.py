@@ -368,3 +368,16 @@ def test_the_hash_and_the_diff_agree_on_every_real_version_pair() -> None:
     assert len(pairs) == 8
     for name, (old, new) in pairs.items():
         assert (content_hash(old) == content_hash(new)) == (diff(old, new) == []), name
+
+
+def test_a_schema_that_learns_a_key_is_a_new_hash_rule_so_the_warehouse_is_rehashed() -> None:
+    """The canonical form keeps only keys the schema knows: a release whose schema learns a key the
+    registry already sends hashes every such record differently. Its rule name must differ, so the
+    warehouse's stored hashes are migrated instead of every study getting a new version."""
+    from pipeline.hashing import _shape_of_study, hash_rule, rule_for
+
+    shape = _shape_of_study()
+    wider = {**shape, "protocolSection": {**shape["protocolSection"], "aNewModule": None}}
+    assert hash_rule() == rule_for(shape)
+    assert rule_for(wider) != rule_for(shape)
+    assert rule_for(wider).split("-")[0] == rule_for(shape).split("-")[0]
