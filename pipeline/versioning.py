@@ -109,7 +109,8 @@ def plan_batch(
             plan.seen.append((nct_hint, head.version))
             _note_update(plan, _last_update(record))
             continue
-        if nct_hint and head is not None and not head.is_removed and _is_stale(record, head):
+        if nct_hint and head is not None and _is_stale(record, head):  # removed heads too: a lagging
+            # replica's old record of a study the registry removed is no reappearance
             plan.stale.append(nct_hint)
             plan.seen.append((nct_hint, head.version))  # still published: seen, at the version we hold
             continue

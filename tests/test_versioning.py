@@ -49,6 +49,30 @@ def test_a_record_older_than_the_stored_head_is_stale_no_version_but_seen() -> N
     assert (plan.versions, plan.stale, plan.seen, plan.unchanged) == ([], ["NCT05766735"], [("NCT05766735", 2)], 0)
 
 
+def test_an_old_record_of_a_removed_study_is_stale_not_a_reappearance() -> None:
+    """After the registry removed a study (our removal marker is its head), a lagging replica can still
+    list its last record: older than the latest registry date we stored, so stale, not study_reappeared."""
+    newer = mutate.posted_on(mutate.set_status(by_id("NCT05766735"), "COMPLETED"), date(2026, 5, 16))
+    removed = {"NCT05766735": Head(3, content_hash(newer), is_removed=True, registry_updated=date(2026, 5, 16))}
+    plan = plan_batch([by_id("NCT05766735")], removed, CTX)  # posted 2026-04-09
+    assert (plan.versions, plan.stale) == ([], ["NCT05766735"])
+    back = mutate.posted_on(by_id("NCT05766735"), date(2026, 6, 1))  # really published again, later
+    assert [v.version for v in plan_batch([back], removed, CTX).versions] == [4]
+
+
+def test_the_head_index_gives_a_removed_study_the_latest_registry_date_it_had() -> None:
+    import duckdb
+
+    from warehouse.heads import HEADS_SQL
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE raw_study_versions (nct_id VARCHAR, version INT, content_hash VARCHAR, "
+                "is_removed BOOLEAN, registry_updated DATE)")
+    con.execute("INSERT INTO raw_study_versions VALUES ('NCT05766735', 1, 'a', false, DATE '2026-04-09'), "
+                "('NCT05766735', 2, 'b', false, DATE '2026-05-16'), ('NCT05766735', 3, 'b', true, NULL)")
+    assert con.execute(HEADS_SQL).fetchall() == [("NCT05766735", 3, "b", True, date(2026, 5, 16))]
+
+
 def test_same_registry_date_and_new_content_is_a_version_not_stale() -> None:
     record = by_id("NCT05766735")
     edited = mutate.set_status(record, "COMPLETED")  # same lastUpdatePostDate

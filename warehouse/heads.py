@@ -23,7 +23,10 @@ HEAD_SCHEMA = pa.schema([
     pa.field("registry_updated", pa.date32()),  # a fetched record older than this is stale
 ])
 
-HEADS_SQL = ("SELECT nct_id, version, content_hash, is_removed, registry_updated FROM raw_study_versions "
+# registry_updated: the latest registry date any stored version of the study had (a removal marker
+# has none of its own): a fetched record older than it is stale, also after a removal.
+HEADS_SQL = ("SELECT nct_id, version, content_hash, is_removed, "
+             "max(registry_updated) OVER (PARTITION BY nct_id) AS registry_updated FROM raw_study_versions "
              "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1")
 
 

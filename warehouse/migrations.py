@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import orjson
 import pyarrow as pa
 
-from pipeline.hashing import content_hash, hash_rule
+from pipeline.hashing import content_hash
+from pipeline.hashing import hash_rule as current_rule
 from warehouse.catalog import Manifest
 
 if TYPE_CHECKING:
@@ -31,17 +32,17 @@ UNRECORDED_RULE = "1"  # what a warehouse without the key was hashed by
 BATCH_ROWS = 2000
 
 
-def hash_rule(manifest: Manifest) -> str:
+def stored_rule(manifest: Manifest) -> str:
     return manifest.meta.get(HASH_RULE_KEY, UNRECORDED_RULE)
 
 
 def upgrade(warehouse: Warehouse, run_id: str, manifest: Manifest) -> Manifest:
     """The manifest to write on: ``manifest`` itself when the warehouse follows the current rules
     (a new, empty one is stamped with them), else the manifest after a committed migration run."""
-    if manifest.meta.get(HASH_RULE_KEY) == hash_rule():
+    if manifest.meta.get(HASH_RULE_KEY) == current_rule():
         return manifest
     if not manifest.files("study_versions"):
-        return Manifest(manifest.entries, {**manifest.meta, HASH_RULE_KEY: hash_rule()}, manifest.generation)
+        return Manifest(manifest.entries, {**manifest.meta, HASH_RULE_KEY: current_rule()}, manifest.generation)
     rehash(warehouse, f"{run_id}-migrate", manifest)
     return warehouse.manifest()
 
@@ -52,7 +53,7 @@ def rehash(warehouse: Warehouse, run_id: str, manifest: Manifest) -> int:
     from warehouse.store import RunWriter
 
     started = datetime.now(UTC)
-    before = hash_rule(manifest)
+    before = stored_rule(manifest)
     run = RunWriter(warehouse, run_id, manifest)
     try:
         moved = total = 0
@@ -68,9 +69,9 @@ def rehash(warehouse: Warehouse, run_id: str, manifest: Manifest) -> int:
             "finished_at": datetime.now(UTC), "status": "succeeded", "pages": 0, "studies_seen": 0,
             "new_studies": 0, "versions_written": 0, "unchanged": 0, "changes_written": 0, "quarantined": 0,
             "retired": 0, "left_scope": 0, "stale": 0,
-            "params": json.dumps({"hash_rule": f"{before} -> {hash_rule()}", "versions": total, "rehashed": moved}),
+            "params": json.dumps({"hash_rule": f"{before} -> {current_rule()}", "versions": total, "rehashed": moved}),
         }])
-        run.commit({HASH_RULE_KEY: hash_rule()}, replace=frozenset({"study_versions"}))
+        run.commit({HASH_RULE_KEY: current_rule()}, replace=frozenset({"study_versions"}))
     finally:
         if not run.committed:
             run.abort()
