@@ -308,6 +308,22 @@ def test_a_damaged_manifest_file_is_restored_from_the_catalog_and_nothing_is_los
     assert survived(root, before) == set()  # restored or rebuilt in place; the damaged one is in damaged/
 
 
+def test_a_damaged_manifest_file_without_the_catalogs_copy_rolls_back_to_before_it(
+        copy: Path, built: dict[str, Any]) -> None:
+    """The catalog is gone too, so generation 2 cannot be restored: the log has a hole, and every
+    generation after it is rolled back with it (moved aside, its studies listed), so check passes."""
+    root = copy.resolve()
+    third = manifests.read_log(root)[2].run_id
+    damage(root / "manifest/00000002.json", "flip")
+    (root / "warehouse.duckdb").unlink()
+    result = repair(root)
+    assert result.generation == 1
+    assert [g.number for g in manifests.read_log(root)] == [1]
+    assert result.rolled_back == [third] and result.lost_studies  # generation 2's own run id is unreadable
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][0]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_damaged_catalog_is_rebuilt_from_the_manifest_and_nothing_is_lost(
         kind: str, copy: Path, built: dict[str, Any]) -> None:

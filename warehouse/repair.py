@@ -62,7 +62,10 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
         return verdicts[entry.path]
 
     target = _target(log, intact)
-    kept, rolled = log[:target], log[target:]
+    # Generations after a hole in the log (a damaged file the catalog has no copy of) cannot be
+    # applied: they are rolled back like the damaged ones, their files moved aside.
+    beyond = [state.files[n] for n in sorted(state.files) if n > len(log)]
+    kept, rolled = log[:target], log[target:] + beyond
     result.generation = target
     stamp = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%S%fZ}"
     bin_dir = root / DAMAGED_DIR / stamp
@@ -90,7 +93,8 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
     # could bring rolled-back generations back), then the manifest from the newest generation down.
     if (root / CATALOG_NAME).exists() and catalog_bad:
         move(CATALOG_NAME)
-    for number in sorted({*manifest_bad, *(g.number for g in rolled)}, reverse=True):
+    for number in sorted({*manifest_bad, *(g.number for g in rolled)} | {n for n in state.files if n > target},
+                         reverse=True):
         move(str(manifests.generation_path(root, number).relative_to(root)))
     for gen in kept:
         if gen.number in state.damaged:
