@@ -99,12 +99,12 @@ def backfill_batch(bc: _BatchContext, nct_ids: list[str]) -> int:
 
 def _stored(run: RunWriter, nct_ids: list[str]) -> dict[str, list[StoredVersion]]:
     # Its own frame: no DuckDB connection stays referenced while the batch waits on the network.
-    with run.warehouse.committed() as con:
+    with run.before() as con:
         return stored_versions(con, nct_ids)
 
 
 def _rewrite(run: RunWriter, merges: dict[str, HistoryMerge]) -> None:
-    with run.warehouse.committed() as con:
+    with run.before() as con:
         run.rewrite_studies(con, moves_table(merges))
 
 

@@ -32,7 +32,7 @@ def plan_copy(table: str) -> str:
 def copy_tables(run: RunWriter) -> dict[str, int]:
     """Stage every table's committed rows in ``run``; returns rows per table."""
     copied: dict[str, int] = {}
-    with run.warehouse.committed() as con:
+    with run.before() as con:
         for table in TABLES:
             reader = con.sql(plan_copy(table)).to_arrow_reader(BATCH_ROWS)
             for batch in reader:

@@ -79,7 +79,7 @@ def fill_fdaaa_inputs(run: RunWriter, *, batch: int = 2000) -> int:
     ``fdaaa_inputs`` existed) from their raw JSON, into ``run``. Returns how many versions it typed."""
     schema = CHILD_TABLES["fdaaa_inputs"]
     typed = 0
-    with run.warehouse.committed() as con:
+    with run.before() as con:
         result = con.execute(MISSING_INPUTS_SQL)
         while rows := result.fetchmany(batch):
             columns: dict[str, list[Any]] = {name: [] for name in schema.names}

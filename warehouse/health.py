@@ -30,7 +30,7 @@ def scope_state(run: RunWriter, scope: str, seen: Iterable[str], exited: Iterabl
     ``exited``: members this run found gone from the scope (not counted in its status counts)."""
     members = frozenset(run.scope_members(scope))
     previous = previous_status_counts(run, scope)
-    with run.warehouse.committed() as con:
+    with run.before() as con:
         ever = {r[0] for r in con.execute(
             f"""SELECT DISTINCT r.nct_id FROM raw_run_studies r JOIN raw_sync_runs s USING (run_id)
                 WHERE s.scope = ? AND s.{SYNCED.replace(" AND ", " AND s.")}""", [scope]).fetchall()}
@@ -51,7 +51,7 @@ def scope_state(run: RunWriter, scope: str, seen: Iterable[str], exited: Iterabl
 
 def previous_status_counts(run: RunWriter, scope: str) -> dict[str, int] | None:
     """Studies per status after the scope's last reconciled run (None before its first)."""
-    with run.warehouse.committed() as con:
+    with run.before() as con:
         row = con.execute(
             """SELECT data FROM raw_reconciliation WHERE scope = ? AND "check" = 'status_counts'
                ORDER BY checked_at DESC LIMIT 1""", [scope]).fetchone()

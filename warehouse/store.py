@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -291,6 +292,24 @@ class RunWriter:
         self._rows: dict[str, int] = {}
         self._adopted: list[StagedFile] = []
         self.committed = False
+        self._before: duckdb.DuckDBPyConnection | None = None
+        self._before_lock = threading.Lock()
+
+    def before(self) -> duckdb.DuckDBPyConnection:
+        """A cursor over the committed state this run builds on. The writer lock holds that state still,
+        so its views are built once per run, not per question (a build binds every view)."""
+        with self._before_lock:
+            if self._before is None:
+                self._before = duckdb.connect()
+                catalog.ensure_schema_files(self.warehouse.root)
+                catalog.build(self._before, self.warehouse.root, self.manifest, analyses=False)
+            return self._before.cursor()
+
+    def _close_before(self) -> None:
+        with self._before_lock:
+            if self._before is not None:
+                self._before.close()
+                self._before = None
 
     @property
     def rows(self) -> dict[str, int]:
@@ -353,7 +372,7 @@ class RunWriter:
 
     def head_index(self) -> HeadIndex:
         """The latest committed version of every study, columnar (see ``warehouse.heads``)."""
-        with self.warehouse.committed() as con:
+        with self.before() as con:
             return HeadIndex(con.sql(HEADS_SQL).to_arrow_table())
 
     def rewrite_studies(self, con: duckdb.DuckDBPyConnection, moves: pa.Table) -> None:
@@ -376,14 +395,14 @@ class RunWriter:
         return to_dict(self.head_index().table)
 
     def watermark(self, scope: str) -> Any:
-        with self.warehouse.committed() as con:
+        with self.before() as con:
             row = con.execute(
                 f"SELECT max(watermark) FROM raw_sync_runs WHERE scope = ? AND {SYNCED}", [scope]
             ).fetchone()
         return row[0] if row else None
 
     def has_runs(self, scope: str) -> bool:
-        with self.warehouse.committed() as con:
+        with self.before() as con:
             row = con.execute(f"SELECT count(*) FROM raw_sync_runs WHERE scope = ? AND {SYNCED}",
                               [scope]).fetchone()
         return bool(row and row[0])
@@ -391,7 +410,7 @@ class RunWriter:
     def scope_members(self, scope: str) -> set[str]:
         """Studies seen by earlier successful runs of ``scope`` and not recorded as leaving it since
         (``scope_exits``: a full run found them gone from the scope or from the registry)."""
-        with self.warehouse.committed() as con:
+        with self.before() as con:
             rows = con.execute(SCOPE_MEMBERS_SQL, [scope, scope]).fetchall()
         return {r[0] for r in rows}
 
@@ -405,6 +424,7 @@ class RunWriter:
 
         ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes).
         """
+        self._close_before()
         for table in self._writers:
             self.seal(table)
         crashpoint("files-closed")
@@ -442,6 +462,7 @@ class RunWriter:
                         "rewrites it from the manifest", self.run_id, exc)
 
     def abort(self) -> None:
+        self._close_before()
         for table, writer in self._writers.items():
             if table not in self._sealed:
                 with suppress(Exception):  # best effort: the files are deleted next
