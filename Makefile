@@ -17,8 +17,10 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/trialsync demo
 
+# Two workers (one per core), each taking whole test files (module fixtures stay in one process).
+TEST_WORKERS ?= 2
 test: setup browser rsync lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The whole reliability suite (every kill point, fault case and misuse case); `make test` runs a short
 # version. Subprocess syncs reuse the test session's Prefect server.

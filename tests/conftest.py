@@ -11,7 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-# Before Prefect is imported anywhere: a private PREFECT_HOME and offline settings.
+# Before Prefect is imported anywhere: a private PREFECT_HOME and offline settings (one per xdist
+# worker: the workers inherit the controller's environment).
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"trialsync-prefect-{worker}-")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="trialsync-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
