@@ -37,8 +37,8 @@ def _contains_any(texts_sql: str) -> str:
 def selector_sql(selector: StudySelector) -> tuple[str, list[Any]]:
     """The selector as one predicate over ``studies`` (keys AND-ed, a key's values OR-ed).
 
-    Conditions and sponsors are literal substrings, ignoring case (Python's ``term.lower() in
-    text.lower()``) of one condition, the lead sponsor or one collaborator: ``%``, ``_`` and ``\\``
+    Conditions and sponsors are literal substrings, ignoring case (Unicode's one-to-one lowercase,
+    DuckDB's ``lower``: ``İ`` is ``i``) of one condition, the lead sponsor or one collaborator: ``%``, ``_`` and ``\\``
     match themselves (``contains``, never ``LIKE``), and a term never spans two conditions.
     """
     parts: list[str] = []
