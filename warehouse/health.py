@@ -11,7 +11,7 @@ import orjson
 import pyarrow as pa
 
 from pipeline.reconcile import Check
-from warehouse.store import SYNCED, RunWriter
+from warehouse.run_writer import SYNCED, RunWriter
 
 
 @dataclass(frozen=True)

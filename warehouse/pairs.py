@@ -8,7 +8,7 @@ import duckdb
 import orjson
 
 from pipeline.changes import VersionPair, version_identity
-from warehouse.store import SYNCED
+from warehouse.run_writer import SYNCED
 
 _PAIRS = """
 SELECT n.nct_id, o.version AS from_version, n.version AS to_version,

@@ -1,0 +1,256 @@
+"""One run being written: stage Parquet files, read the committed state it builds on, commit atomically."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import WarehouseError
+from pipeline.versioning import BatchPlan, Head, RunContext
+from warehouse import catalog
+from warehouse import manifest as manifests
+from warehouse.crashpoints import crashpoint
+from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
+from warehouse.manifest import Generation, Manifest, ManifestEntry
+from warehouse.parts import LARGE_TEXT_COLUMNS, StagedFile
+from warehouse.rows import plan_tables
+from warehouse.tables import TABLES, version_keyed_tables
+
+if TYPE_CHECKING:
+    from warehouse.store import Warehouse
+
+logger = logging.getLogger("trialsync.warehouse")
+
+COMMITTED_MARKER = "_COMMITTED"  # in runs/<run_id>/ once the run's catalog is in place
+RUNS_DIR = "runs"
+
+
+class RunWriter:
+    """Stages one run's Parquet files; ``commit`` publishes them all at once."""
+
+    def __init__(self, warehouse: Warehouse, run_id: str, manifest: Manifest,
+                 log: list[Generation] | None = None) -> None:
+        self.warehouse = warehouse
+        self.run_id = run_id
+        self.manifest = manifest
+        # Every committed generation (the new catalog keeps a copy of each); read here when not given.
+        self.log = list(log) if log is not None else warehouse.log()
+        self.dir = warehouse.root / RUNS_DIR / run_id
+        self.dir.mkdir(parents=True, exist_ok=False)
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self._sealed: set[str] = set()
+        self._rows: dict[str, int] = {}
+        self._adopted: list[StagedFile] = []
+        self.committed = False
+        self._before: duckdb.DuckDBPyConnection | None = None
+        self._before_lock = threading.Lock()
+
+    def before(self) -> duckdb.DuckDBPyConnection:
+        """A cursor over the committed state this run builds on. The writer lock holds that state still,
+        so its views are built once per run, not per question (a build binds every view)."""
+        with self._before_lock:
+            if self._before is None:
+                self._before = duckdb.connect()
+                catalog.ensure_schema_files(self.warehouse.root)
+                catalog.build(self._before, self.warehouse.root, self.manifest, analyses=False)
+            return self._before.cursor()
+
+    def _close_before(self) -> None:
+        with self._before_lock:
+            if self._before is not None:
+                self._before.close()
+                self._before = None
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows staged per table: the run's own files and the adopted parts."""
+        rows = dict(self._rows)
+        for part in self._adopted:
+            rows[part.table] = rows.get(part.table, 0) + part.rows
+        return rows
+
+    def append(self, table: str, rows: pa.Table) -> None:
+        if rows.num_rows == 0:
+            return
+        if table in self._sealed:
+            raise WarehouseError(f"table {table} is sealed for run {self.run_id}")
+        schema = TABLES[table]
+        if table not in self._writers:
+            plain = [f.name for f in schema if f.name not in LARGE_TEXT_COLUMNS]
+            self._writers[table] = pq.ParquetWriter(self.dir / f"{table}.parquet", schema, compression="zstd",
+                                                    use_dictionary=plain, write_statistics=plain)
+        self._writers[table].write_table(rows.cast(schema) if rows.schema != schema else rows)
+        self._rows[table] = self._rows.get(table, 0) + rows.num_rows
+        crashpoint("parquet-written")
+
+    def append_batch(self, table: str, batch: pa.RecordBatch) -> None:
+        self.append(table, pa.Table.from_batches([batch]))
+
+    def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.append(table, pa.Table.from_pylist(rows, schema=TABLES[table]))
+
+    def seal(self, table: str) -> None:
+        """No more rows for ``table`` in this run; its staged file becomes readable (``staged()``)."""
+        if table in self._writers and table not in self._sealed:
+            self._writers[table].close()
+        self._sealed.add(table)
+
+    def staged(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory connection whose views cover the committed files plus this run's sealed ones
+        (and the part files workers wrote for it, see ``adopt``)."""
+        rel = self.dir.relative_to(self.warehouse.root)
+        entries = [self._entry(t) for t in self._sealed if t in self._writers]
+        entries += [ManifestEntry(self.run_id, p.table, str(rel / p.name)) for p in self._adopted]
+        mem = duckdb.connect()
+        catalog.build(mem, self.warehouse.root, self.manifest.plus(entries), analyses=False)
+        return mem
+
+    def _entry(self, table: str) -> ManifestEntry:
+        return ManifestEntry(self.run_id, table, str((self.dir / f"{table}.parquet").relative_to(self.warehouse.root)))
+
+    def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
+        for table, rows in plan_tables(plan, ctx).items():
+            self.append(table, rows)
+
+    def adopt(self, parts: list[StagedFile]) -> None:
+        """Finished part files that workers wrote into this run's directory (see ``PartWriter``)."""
+        for part in parts:
+            if not (self.dir / part.name).is_file() or part.table not in TABLES:
+                raise WarehouseError(f"run {self.run_id}: part {part.name} is missing")
+        self._adopted.extend(parts)
+
+    def head_index(self) -> HeadIndex:
+        """The latest committed version of every study, columnar (see ``warehouse.heads``)."""
+        with self.before() as con:
+            return HeadIndex(con.sql(HEADS_SQL).to_arrow_table())
+
+    def rewrite_studies(self, con: duckdb.DuckDBPyConnection, moves: pa.Table) -> None:
+        """Copy the committed rows of rewritten studies into this run, renumbered.
+
+        ``moves`` (nct_id, old_version, new_version, registry_version, registry_updated) covers every
+        stored version of each study; ``study_versions`` rows also take the registry version and date
+        given (a stored version found in the registry's history). The caller lists the studies in
+        ``study_rewrites`` so the catalog hides their older rows.
+        """
+        con.register("_moves", moves)
+        try:
+            for table in version_keyed_tables():
+                self.append(table, con.sql(_renumber_sql(table)).to_arrow_table())
+        finally:
+            con.unregister("_moves")
+
+    def heads(self) -> dict[str, Head]:
+        """The latest committed version of every study, as a dict (small warehouses, tests)."""
+        return to_dict(self.head_index().table)
+
+    def watermark(self, scope: str) -> Any:
+        with self.before() as con:
+            row = con.execute(
+                f"SELECT max(watermark) FROM raw_sync_runs WHERE scope = ? AND {SYNCED}", [scope]
+            ).fetchone()
+        return row[0] if row else None
+
+    def has_runs(self, scope: str) -> bool:
+        with self.before() as con:
+            row = con.execute(f"SELECT count(*) FROM raw_sync_runs WHERE scope = ? AND {SYNCED}",
+                              [scope]).fetchone()
+        return bool(row and row[0])
+
+    def scope_members(self, scope: str) -> set[str]:
+        """Studies seen by earlier successful runs of ``scope`` and not recorded as leaving it since
+        (``scope_exits``: a full run found them gone from the scope or from the registry)."""
+        with self.before() as con:
+            rows = con.execute(SCOPE_MEMBERS_SQL, [scope, scope]).fetchall()
+        return {r[0] for r in rows}
+
+    def commit(self, meta: dict[str, str] | None = None, *, replace: frozenset[str] = frozenset()) -> None:
+        """Make the run's files durable, then publish the next manifest generation: the commit point.
+
+        Before it, everything the catalog will list is fsynced (the files, ``runs/<id>/``, ``runs/``)
+        and the new catalog is complete beside the old one. Publishing is a compare-and-swap on the
+        generation (refused when another writer committed meanwhile). After it nothing undoes the run:
+        if putting the catalog in place fails, the next command rewrites it from the manifest.
+
+        ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes).
+        """
+        self._close_before()
+        for table in self._writers:
+            self.seal(table)
+        crashpoint("files-closed")
+        root = self.warehouse.root
+        rel = self.dir.relative_to(root)
+        entries = []
+        for table in self._writers:
+            catalog.fsync_path(self.dir / f"{table}.parquet")
+            entries.append(manifests.measure(root, self._entry(table)))
+        entries += [manifests.measure(root, ManifestEntry(self.run_id, p.table, str(rel / p.name)))
+                    for p in self._adopted]
+        catalog.fsync_path(self.dir)
+        catalog.fsync_path(self.dir.parent)
+        gen = Generation(self.manifest.generation + 1, self.run_id, tuple(entries), tuple(sorted(replace)),
+                         {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id},  # the whole meta
+                         datetime.now(UTC).isoformat())
+        tmp = catalog.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id)
+        try:
+            manifests.publish(root, gen)  # the commit point
+        except BaseException:
+            # A signal (KeyboardInterrupt) can land after the link, inside publish: then the run is
+            # committed, and abort() must not delete what the manifest now lists.
+            if manifests.is_published(root, gen):
+                self.committed = True
+            else:
+                tmp.unlink(missing_ok=True)
+            raise
+        self.committed = True
+        crashpoint("manifest-published")
+        try:
+            catalog.install_catalog(root, tmp)
+            (self.dir / COMMITTED_MARKER).touch()
+        except Exception as exc:  # committed: report, never undo (the next command rewrites the catalog)
+            logger.warning("run %s is committed, but putting its catalog in place failed (%s); the next command "
+                        "rewrites it from the manifest", self.run_id, exc)
+
+    def abort(self) -> None:
+        self._close_before()
+        for table, writer in self._writers.items():
+            if table not in self._sealed:
+                with suppress(Exception):  # best effort: the files are deleted next
+                    writer.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# Runs that fetched a scope. A ``rederive`` run (scope "all") fetched nothing: it must not make the
+# first whole-registry sync look like a follow-up run (whose new studies would all be study_added).
+SYNCED = "status = 'succeeded' AND mode IN ('full', 'incremental', 'bulk')"
+
+# A study looked up by id in the run that found it gone from the scope is seen and exits in the same
+# run: the exit wins (strictly later sighting needed to be a member again).
+SCOPE_MEMBERS_SQL = f"""
+WITH runs AS (SELECT run_id, started_at FROM raw_sync_runs WHERE scope = ? AND {SYNCED}),
+     seen AS (SELECT r.nct_id, max(runs.started_at) AS at FROM raw_run_studies r JOIN runs USING (run_id)
+              GROUP BY r.nct_id),
+     exits AS (SELECT e.nct_id, max(runs.started_at) AS at FROM raw_scope_exits e JOIN runs USING (run_id)
+               WHERE e.scope = ? GROUP BY e.nct_id)
+SELECT seen.nct_id FROM seen LEFT JOIN exits USING (nct_id) WHERE exits.at IS NULL OR seen.at > exits.at"""
+
+
+def _renumber_sql(table: str) -> str:
+    columns = []
+    for name in TABLES[table].names:
+        if name == "version":
+            columns.append("m.new_version AS version")
+        elif table == "study_versions" and name in ("registry_version", "registry_updated"):
+            columns.append(f"coalesce(m.{name}, t.{name}) AS {name}")
+        else:
+            columns.append(f"t.{name}")
+    return (f"SELECT {', '.join(columns)} FROM raw_{table} AS t "
+            "JOIN _moves AS m ON m.nct_id = t.nct_id AND m.old_version = t.version ORDER BY t.nct_id, m.new_version")
