@@ -82,10 +82,8 @@ def leave(code: int | None = None) -> None:
 def reap(timeout: float = REAP_SECONDS) -> list[int]:
     """Terminate every descendant of this process, then kill those still alive after ``timeout``.
     Returns the pids that had to be stopped."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil comes with distributed
-        return []
+    import psutil  # a declared dependency: without it no child would be reaped, so no silent fallback
+
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
