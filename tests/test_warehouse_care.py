@@ -254,6 +254,39 @@ def test_a_warehouse_of_the_previous_release_is_migrated_on_first_use(copy: Path
     assert state(root) == built["states"][-1]
 
 
+@pytest.mark.parametrize("kind", ["truncate", "zero", "delete"])
+def test_a_previous_release_warehouse_with_a_damaged_file_answers_reads_of_other_tables_and_refuses_writes(
+        kind: str, copy: Path, built: dict[str, Any]) -> None:
+    """The damaged file is never blessed by the migration (its size and checksum are not taken as the
+    truth): reads that do not touch its table answer, ``check`` names it, writers point at ``repair``."""
+    root = copy.resolve()
+    target = second_run_files(root)["locations"]
+    _make_legacy(root)
+    damage(root / target, kind)
+    one = _cli("sql", "select 1 as one", "--format", "csv", "--warehouse", str(root))
+    assert one.returncode == 0, one.stderr
+    assert "1" in one.stdout
+    versions = _cli("sql", "select count(*) as n from study_versions", "--format", "csv", "--warehouse", str(root))
+    assert versions.returncode == 0, versions.stderr
+    assert str(30 + 8 + 4) in versions.stdout
+    with Warehouse(root).connect() as con:
+        assert con.execute("SELECT count(*) FROM studies").fetchone() == (32,)
+    migrated = {e.path: e for e in manifests.fold(manifests.read_log(root)).entries}
+    assert (migrated[target].size, migrated[target].checksum) == (None, None)
+    assert all(e.checksum == manifests.file_checksum(root / p) for p, e in migrated.items() if p != target)
+    report = _cli("check", "--warehouse", str(root))
+    assert report.returncode == 1
+    assert any(line.startswith(f"{target}: ") for line in report.stdout.splitlines()), report.stdout
+    refused = _cli("sync", "--warehouse", str(root), "--api-url", "http://127.0.0.1:9", "--quiet")
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "trialsync repair" in refused.stderr, refused.stderr
+    assert target in refused.stderr
+    fixed = _cli("repair", "--warehouse", str(root))
+    assert fixed.returncode == 0, fixed.stderr
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][0]
+
+
 # -- item 3 and 5: check, repair, the damage matrix ----------------------------------------------------
 
 def test_an_intact_warehouse_checks_ok_in_one_line(built: dict[str, Any]) -> None:
@@ -417,6 +450,51 @@ def test_a_backup_is_a_working_warehouse_of_hard_links(copy: Path, built: dict[s
     assert os.stat(dest / entry.path).st_ino == os.stat(copy / entry.path).st_ino
     again = _cli("backup", str(dest), "--warehouse", str(copy))
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.parametrize("how", ["hard links", "--copy"])
+def test_a_backup_refuses_a_file_whose_bytes_differ_from_the_manifest_checksum_even_at_the_same_size(
+        how: str, copy: Path, tmp_path: Path) -> None:
+    root = copy.resolve()
+    target = second_run_files(root)["conditions"]
+    size = (root / target).stat().st_size
+    damage(root / target, "flip")
+    assert (root / target).stat().st_size == size
+    dest = tmp_path / "backup"
+    result = _cli("backup", str(dest), "--warehouse", str(root), *(["--copy"] if how == "--copy" else []))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and target in result.stderr and "checksum" in result.stderr, result.stderr
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".backup")] == []
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_backup_that_returns_has_fsynced_every_file_it_wrote_and_every_directory(
+        hard_links: bool, copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durable when it returns: each file the backup wrote (copies, manifest files, marker, catalog,
+    schema files) and each directory of the copy, and the parent's entry for DEST, went through fsync
+    (the real one: the spy only records which inode each call made durable)."""
+    from warehouse.backup import backup
+
+    synced: set[tuple[int, int]] = set()
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        real_fsync(fd)
+        info = os.fstat(fd)
+        synced.add((info.st_dev, info.st_ino))
+    monkeypatch.setattr(os, "fsync", recording)
+    dest = tmp_path / "out" / "backup"
+    dest.parent.mkdir()
+    result = backup(copy.resolve(), dest, hard_links=hard_links)
+    assert result.files > 0 and (result.linked > 0) == hard_links
+    unsynced = []
+    for path in [dest.parent, dest, *dest.rglob("*")]:
+        info = path.stat()
+        linked = path.is_file() and info.st_nlink > 1  # a committed file, durable since its commit
+        if not linked and (info.st_dev, info.st_ino) not in synced:
+            unsynced.append(str(path.relative_to(tmp_path)))
+    assert unsynced == []
 
 
 def test_a_backup_taken_while_a_sync_commits_holds_whole_runs_only(

@@ -5,6 +5,11 @@ lists), hard-links (or copies) exactly those files into a new directory beside D
 manifest files and a catalog for the new place, and renames the directory to DEST. A run that commits
 meanwhile is simply not in the copy. If a compaction deletes superseded files during the copy, the
 copy starts again from the newer manifest.
+
+Proven and durable when it returns: every file in the copy has the size and the checksum the manifest
+recorded at its commit (a hard link shares the source's bytes, so this proves the source too), and
+every file the backup wrote and every directory of the copy (and DEST's entry in its parent) is fsynced
+before DEST appears, and again after the catalog is written in place.
 """
 
 from __future__ import annotations
@@ -54,9 +59,12 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         (tmp / marker).touch()
+        _fsync_tree(tmp)
         os.rename(tmp, dest)
+        catalog.fsync_path(dest.parent)
         log = manifests.read_log(dest)
         catalog.write_catalog(dest, manifests.fold(log), log, tag="backup")
+        _fsync_tree(dest)  # the schema files and directories the catalog write created
         return result
     raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
 
@@ -77,21 +85,39 @@ def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
             linked += 1
         else:
             shutil.copyfile(source, target)
-            catalog.fsync_path(target)
             copied += 1
-        actual = target.stat().st_size
-        if entry.size is not None and actual != entry.size:
-            raise WarehouseError(f"{entry.path} has {actual} bytes, {entry.size} at commit: the warehouse is damaged; "
-                                 "run `trialsync check`")
-        size += actual
+        size += _verify(target, entry)
     folder = manifests.directory(tmp)
     folder.mkdir(parents=True)
     for gen in log:
         manifests.generation_path(tmp, gen.number).write_bytes(gen.to_bytes())
-    for directory in {tmp / Path(e.path).parent for e in state.entries} | {folder, tmp / "runs", tmp}:
-        if directory.is_dir():
-            catalog.fsync_path(directory)
     return BackupResult(str(dest), state.generation, len(state.entries), linked, copied, size)
+
+
+def _verify(target: Path, entry: manifests.ManifestEntry) -> int:
+    """The copy's size, once its size and checksum are the ones recorded at commit."""
+    actual = target.stat().st_size
+    if entry.size is not None and actual != entry.size:
+        raise WarehouseError(f"{entry.path} has {actual} bytes, {entry.size} at commit: the warehouse is damaged; "
+                             "nothing was backed up: run `trialsync check`")
+    if entry.checksum is not None and manifests.file_checksum(target) != entry.checksum:
+        raise WarehouseError(f"{entry.path}: checksum differs from the one recorded at commit: the warehouse is "
+                             "damaged; nothing was backed up: run `trialsync check`")
+    return actual
+
+
+def _fsync_tree(top: Path) -> None:
+    """fsync every file the backup wrote under ``top`` (a hard-linked file is durable since its commit),
+    then every directory, deepest first, ``top`` last."""
+    directories = []
+    for current, _, names in os.walk(top):
+        directories.append(Path(current))
+        for name in names:
+            path = Path(current) / name
+            if path.stat().st_nlink == 1:
+                catalog.fsync_path(path)
+    for directory in reversed(directories):
+        catalog.fsync_path(directory)
 
 
 def _link(source: Path, target: Path) -> bool:

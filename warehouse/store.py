@@ -22,7 +22,7 @@ from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
 from warehouse import catalog, migrations
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
-from warehouse.check import read_state, refuse_if_damaged
+from warehouse.check import check_file, read_state, refuse_if_damaged
 from warehouse.crashpoints import crashpoint
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.run_writer import COMMITTED_MARKER, RUNS_DIR, RunWriter
@@ -98,14 +98,19 @@ class Warehouse:
 
     def _migrate(self) -> bool:
         """One generation file per run of the legacy ``_manifest`` (in its commit order), measured now;
-        the directory appears at once (renamed into place), so a crash leaves no half migration."""
+        the directory appears at once (renamed into place), so a crash leaves no half migration.
+
+        Only a file that is intact now (its footer reads, every row group decodes) gets its size and
+        checksum recorded: a damaged one stays unmeasured, so ``check`` keeps naming it and ``repair``
+        rolls back past it, instead of its damage becoming the truth. If a damaged file keeps the
+        catalog from being written, readers build the views in memory (the other tables answer)."""
         legacy = catalog.read_legacy_manifest(self.catalog_path)
         by_run: dict[str, list[ManifestEntry]] = {}
         for entry in legacy.entries:
-            try:
-                measured = manifests.measure(self.root, entry)
-            except OSError:  # already missing: ``check`` reports it, ``repair`` rolls back past it
-                measured = entry
+            measured = entry  # missing or damaged: ``check`` reports it, ``repair`` rolls back past it
+            if check_file(self.root, entry, deep=True) is None:
+                with suppress(OSError):
+                    measured = manifests.measure(self.root, entry)
             by_run.setdefault(entry.run_id, []).append(measured)
         runs = list(by_run.items()) or [("migrated", [])]
         log = [Generation(n, run_id, tuple(entries), (), dict(legacy.meta), "migrated")
@@ -119,7 +124,10 @@ class Warehouse:
         catalog.fsync_path(staging)
         os.rename(staging, manifests.directory(self.root))
         catalog.fsync_path(self.root)
-        catalog.write_catalog(self.root, manifests.fold(log), log, tag="migrate")
+        try:
+            catalog.write_catalog(self.root, manifests.fold(log), log, tag="migrate")
+        except duckdb.Error:  # a damaged file: readers build the views in memory, writers refuse
+            return False
         return True
 
     def check_location(self, *, damage: bool = True) -> None:
