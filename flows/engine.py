@@ -112,8 +112,8 @@ def uses_prefect() -> bool:
     return prefect_server_configured()
 
 
-class Flow:
-    """A flow function that runs under Prefect or in process (``uses_prefect``)."""
+class _Wrapped:
+    """A function and its options, and the Prefect object built from them once, on first use."""
 
     def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
         self.fn = fn
@@ -127,13 +127,25 @@ class Flow:
 
     @property
     def prefect(self) -> Any:
-        """The Prefect ``Flow`` of this function (built once, on first use)."""
+        """The Prefect ``Flow`` or ``Task`` of this function (built once, on first use)."""
         if self._prefect is None:
-            from prefect import flow
-
-            options = {k: v for k, v in self.options.items() if k != "threads"}
-            self._prefect = flow(**options)(self.fn)
+            self._prefect = self._build()
         return self._prefect
+
+    def _build(self) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class Flow(_Wrapped):
+    """A flow function that runs under Prefect or in process (``uses_prefect``)."""
+
+    def _build(self) -> Any:
+        from prefect import flow
+
+        return flow(**{k: v for k, v in self.options.items() if k != "threads"})(self.fn)
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         if uses_prefect():
@@ -163,28 +175,14 @@ class Flow:
         return getattr(self.prefect, name)
 
 
-class Task:
+class Task(_Wrapped):
     """A task function: a Prefect task run inside a Prefect run, a plain call inside a plain one."""
 
-    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
-        self.fn = fn
-        self.options = options
-        self._prefect: Any = None
-        functools.update_wrapper(self, fn)
+    def _build(self) -> Any:
+        from prefect import task
+        from prefect.cache_policies import NONE
 
-    @property
-    def name(self) -> str:
-        return str(self.options.get("name") or self.fn.__name__)
-
-    @property
-    def prefect(self) -> Any:
-        if self._prefect is None:
-            from prefect import task
-            from prefect.cache_policies import NONE
-
-            options = {**self.options, "cache_policy": NONE}  # tasks take live objects: never cached
-            self._prefect = task(**options)(self.fn)
-        return self._prefect
+        return task(**{**self.options, "cache_policy": NONE})(self.fn)  # tasks take live objects: never cached
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _PLAIN.get() is not None:

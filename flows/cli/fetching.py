@@ -26,6 +26,25 @@ from pipeline.errors import UsageError
 from pipeline.registry.client import DEFAULT_INTERVAL
 from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
 
+# The retry and pacing options sync and backfill share (checked alike by ``check_request_flags``).
+MaxAttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="Total tries of one request (429, 5xx, "
+                                             "timeouts, refused connections)")]
+BackoffOpt = Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
+RetryBudgetOpt = Annotated[float, typer.Option("--retry-budget", help="Seconds the whole run may spend on "
+                                               "failed tries and the waits between them")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
+
+
+def check_request_flags(*, request_interval: float, backoff: float, lock_timeout: float, retry_budget: float,
+                        max_attempts: int) -> None:
+    """Seconds are finite and >= 0, tries >= 1: one line naming the first flag that is not."""
+    for flag, value in (("--request-interval", request_interval), ("--backoff", backoff),
+                        ("--lock-timeout", lock_timeout), ("--retry-budget", retry_budget)):
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{flag} must be a number of seconds >= 0, not {value}")
+    if max_attempts < 1:
+        raise UsageError("--max-attempts must be >= 1")
+
 
 @app.command()
 def sync(
@@ -49,13 +68,10 @@ def sync(
                                                 help="Seconds to wait for another sync to finish")] = 30.0,
     rules: Annotated[Path | None, typer.Option("--rules", help="Severity rules (YAML); default: the "
                                                "warehouse's stored rules, else SPEC's defaults")] = None,
-    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Total tries of one request (429, 5xx, "
-                                              "timeouts, refused connections)")] = 8,
-    backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
-    = 1.0,
-    retry_budget: Annotated[float, typer.Option("--retry-budget", help="Seconds the whole run may spend on "
-                                                "failed tries and the waits between them")] = 60.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    max_attempts: MaxAttemptsOpt = 8,
+    backoff: BackoffOpt = 1.0,
+    retry_budget: RetryBudgetOpt = 60.0,
+    quiet: QuietOpt = False,
     alerts: Annotated[Path | None, typer.Option("--alerts", help="A watchlist (YAML): send its alerts after "
                                                 "the sync commits (trialsync alerts run)")] = None,
 ) -> None:
@@ -65,12 +81,8 @@ def sync(
     since_date = parse_date_arg(since, "--since") if since else None
     if since_date and since_date > date.today() + timedelta(days=1):
         raise UsageError(f"--since {since} is in the future")
-    for flag, value in (("--request-interval", request_interval), ("--backoff", backoff),
-                        ("--lock-timeout", lock_timeout), ("--retry-budget", retry_budget)):
-        if not math.isfinite(value) or value < 0:
-            raise UsageError(f"{flag} must be a number of seconds >= 0, not {value}")
-    if max_attempts < 1:
-        raise UsageError("--max-attempts must be >= 1")
+    check_request_flags(request_interval=request_interval, backoff=backoff, lock_timeout=lock_timeout,
+                        retry_budget=retry_budget, max_attempts=max_attempts)
     # Check every input before Prefect starts (its server takes seconds to come up).
     Scope.build(query=query, condition=condition, sponsor=sponsor, ids=ids, statuses=status)
     check_page_size(page_size)
@@ -128,7 +140,7 @@ def load_bulk(
     download_dir: Annotated[str | None, typer.Option("--download-dir",
                                                      help="Where a URL is downloaded [default: beside the warehouse]")]
     = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Load the registry's bulk download as one run (later syncs continue from it)."""
     from pipeline.registry.bulk import check_bulk_file, is_url
@@ -169,13 +181,10 @@ def backfill(
                                                     "0: no pacing)")] = DEFAULT_INTERVAL,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout",
                                                 help="Seconds to wait for another run to finish")] = 30.0,
-    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Total tries of one request (429, 5xx, "
-                                              "timeouts, refused connections)")] = 8,
-    backoff: Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
-    = 1.0,
-    retry_budget: Annotated[float, typer.Option("--retry-budget", help="Seconds the whole run may spend on "
-                                                "failed tries and the waits between them")] = 60.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    max_attempts: MaxAttemptsOpt = 8,
+    backoff: BackoffOpt = 1.0,
+    retry_budget: RetryBudgetOpt = 60.0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Import studies' past versions from the registry's record history (its website's internal API)."""
     from pipeline.history import KEY_MODULES, check_backfill_args
@@ -184,8 +193,8 @@ def backfill(
     wanted = check_backfill_args(split_values(ids), all_studies)
     url = settings.api_url(api_url)
     internal_api_url(url)
-    if not all(math.isfinite(v) and v >= 0 for v in (request_interval, backoff, retry_budget)) or max_attempts < 1:
-        raise UsageError("--request-interval, --backoff and --retry-budget must be >= 0, --max-attempts >= 1")
+    check_request_flags(request_interval=request_interval, backoff=backoff, lock_timeout=lock_timeout,
+                        retry_budget=retry_budget, max_attempts=max_attempts)
     params = dict(ids=wanted or None, all_studies=all_studies,
                   modules=list(KEY_MODULES) if status_design_only else None, api_url=url,
                   warehouse=str(settings.warehouse_dir(warehouse)), request_interval=request_interval,

@@ -57,6 +57,11 @@ BAD_INPUT: list[tuple[list[str], str]] = [
     (["sync", "--request-interval", "nan"], "--request-interval must be a number of seconds >= 0, not nan"),
     (["sync", "--backoff", "inf"], "--backoff must be a number of seconds >= 0, not inf"),
     (["sync", "--max-attempts", "0"], "--max-attempts must be >= 1"),
+    # backfill checks the same flags the same way (it once let a negative --lock-timeout through)
+    (["backfill", "NCT05766735", "--lock-timeout", "-1"], "--lock-timeout must be a number of seconds >= 0, not -1.0"),
+    (["backfill", "NCT05766735", "--backoff", "nan"], "--backoff must be a number of seconds >= 0, not nan"),
+    (["backfill", "NCT05766735", "--retry-budget", "-2"], "--retry-budget must be a number of seconds >= 0, not -2.0"),
+    (["backfill", "NCT05766735", "--max-attempts", "0"], "--max-attempts must be >= 1"),
     (["sync", "--condition", "leukemia\n--full"], "--condition must not contain control characters"),
     (["sync", "--query", "x" * 1001], "--query is longer than 1000 characters"),
     (["sync", "--api-url", f"http://alice:{SECRET}@127.0.0.1:9/api/v2"], "--api-url must not contain credentials"),
@@ -78,7 +83,8 @@ def test_bad_input_gets_one_line_and_exit_2(args: list[str], message: str, tmp_p
                                             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     monkeypatch.setenv("TRIALSYNC_API_URL", "http://127.0.0.1:9/api/v2")  # never the real registry
-    warehouse = [] if args[0] not in {"sync", "sql", "runs"} or len(args) == 1 else ["--warehouse", str(tmp_path)]
+    warehouse = [] if args[0] not in {"sync", "sql", "runs", "backfill"} or len(args) == 1 else [
+        "--warehouse", str(tmp_path)]
     one_line_error(*run_main(args + warehouse, capsys), message)
 
 
