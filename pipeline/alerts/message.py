@@ -68,7 +68,7 @@ class AlertChange:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "change_id": self.change_id, "field": self.field, "event": self.event, "category": self.category,
             "severity": self.severity, "old_value": self.old_value, "new_value": self.new_value,
             "shift_days": self.shift_days, "pct_change": self.pct_change,
