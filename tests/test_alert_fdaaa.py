@@ -208,3 +208,30 @@ def test_the_compliance_window_starts_at_the_last_run_or_the_watch_window() -> N
     assert compliance_window(at("2026-01-07"), at("2026-01-05"), at("2026-01-08")) == (date(2026, 1, 7),
                                                                                        date(2026, 1, 8))
     assert compliance_window(at("2026-02-01"), None, at("2026-01-08")) == (date(2026, 1, 8), date(2026, 1, 8))
+
+
+def test_a_new_version_of_a_trial_already_alerted_overdue_does_not_alert_it_again(
+        trials: Path, tmp_path: Path, hook: WebhookReceiver, smtp: SmtpServer,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.versioning import RunContext, plan_batch
+
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", smtp.password)
+    config = _config(tmp_path / "watch.yaml", hook, smtp)
+    _run_on(EARLIER, config, trials, monkeypatch)
+    assert _run_on(TODAY, config, trials, monkeypatch)["messages"] == 2
+    first_due = judge(Warehouse(trials), TODAY)[ACME]["due_from"]
+
+    # Acme corrects its completion date by five days (a new due day) and still reports nothing.
+    moved = _completion_due_on(TODAY - timedelta(days=8))
+    ctx = RunContext("run-9", datetime.now(UTC), "api")
+    with Warehouse(trials).writer(ctx.run_id) as run:
+        run.append_plan(plan_batch([trial(ACME, primary_completion=moved, sponsor="Acme Pharma",
+                                          updated=(TODAY - timedelta(days=1)).isoformat())], run.heads(), ctx), ctx)
+        run.commit()
+    now = judge(Warehouse(trials), TODAY + timedelta(days=1))[ACME]
+    assert (now["version"], now["status"]) == (2, "overdue") and now["due_from"] != first_due
+
+    again = _run_on(TODAY + timedelta(days=1), config, trials, monkeypatch)
+    overdue = [c["change_id"] for _, c in _changes(hook) if c["event"] == "fdaaa_overdue"]
+    assert overdue == [f"fdaaa-overdue:{ACME}:{first_due.isoformat()}"]  # the first alert only
+    assert (again["messages"], len(hook.received), len(smtp.mails)) == (0, 1, 1)
