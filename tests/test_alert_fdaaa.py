@@ -195,6 +195,9 @@ def test_a_compliance_watch_may_name_its_alerts_in_its_filters(tmp_path: Path) -
     watchlist = load_watchlist(path)
     assert [w.fdaaa for w in watchlist.watches] == [("overdue",), ("overdue",)]
     assert not watchlist.watch("b").wants("status", "status_changed", "critical")
+    from warehouse.alerts import watch_overview
+    assert [r["changes"] for r in watch_overview(None, watchlist)] == [
+        "compliance, status; fdaaa: overdue", "fdaaa_overdue; fdaaa: overdue"]  # trialsync alerts list
 
 
 def test_the_compliance_window_starts_at_the_last_run_or_the_watch_window() -> None:
