@@ -33,6 +33,7 @@ from typing import Any
 from flows import settings
 from flows.engine import NONE, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
 from pipeline.alerts.channels import Resolved, deliver, sender_for
+from pipeline.alerts.compliance import compliance_window
 from pipeline.alerts.message import Message
 from pipeline.alerts.plan import AlertPlan, LedgerState, plan_alerts, sample_message, window_start
 from pipeline.alerts.redact import Redactor
@@ -44,12 +45,19 @@ from warehouse.alerts import (
     check_predicate,
     delivery_rows,
     first_seen,
+    last_seen,
     ledger_state,
+    overdue_candidates,
     record_outcomes,
     write_outbox,
 )
 
 RETRY_BACKOFF_SECONDS = 1.0
+
+
+def _now() -> datetime:
+    """The alerts run's clock (its day judges compliance: ``fdaaa: [overdue]``)."""
+    return datetime.now(UTC)
 
 
 # -- the watchlist file and its secrets ------------------------------------------------------------
@@ -165,12 +173,15 @@ def plan_task(r: _Run) -> AlertPlan:
     """Each watch's candidate changes and the ledger, from the committed warehouse; then the pure plan."""
     with r.store.committed() as con:
         r.ledger = ledger_state(con)
-        seen = first_seen(con)
+        seen, last = first_seen(con), last_seen(con)
         found = {}
         for watch in r.watchlist.watches:
             retry_ids = sorted({c for (w, _, c) in r.ledger.failed if w == watch.name})
             start = window_start(watch, seen.get(watch.name), r.started)
             found[watch.name] = candidates(con, watch, start, retry_ids)
+            if "overdue" in watch.fdaaa:  # a time event: overdue on the run's day, not on the last run's
+                a, b = compliance_window(start, last.get(watch.name), r.started)
+                found[watch.name] += overdue_candidates(con, watch, a, b)
     return plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
 
 
@@ -221,7 +232,7 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
     """One commit: the ledger rows of every outcome and the run's own row."""
     from flows.sync import new_run_id
 
-    finished = datetime.now(UTC)
+    finished = max(_now(), r.started)
     attempts = plan.attempts(r.ledger)
     rows = [row for o in outcomes for row in delivery_rows(
         o.message, run_id=r.run_id, attempted_at=finished, attempt=attempts[o.message.message_id], error=o.error)]
@@ -239,7 +250,7 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
 @flow(name="send_alerts", validate_parameters=True)
 def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float = 30.0) -> dict[str, Any]:
     """Deliver the watchlist's new alerts (each (watch, change, channel) at most once); returns a summary."""
-    started = datetime.now(UTC)
+    started = _now()
     clock = time.monotonic()
     from flows.sync import new_run_id
 

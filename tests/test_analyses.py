@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pipeline.versioning import RunContext
 from tests.conftest import STUDIES_DIR, load, snapshot_pairs
 from tests.fdaaa_support import store
@@ -111,3 +113,30 @@ def test_a_removed_study_has_no_open_span_and_its_last_one_ends_at_the_removal(t
     rows = _rows(warehouse, "SELECT status, from_date, to_date, days, is_open FROM status_spans")
     assert [tuple(r.values()) for r in rows] == [("RECRUITING", date(2025, 5, 7), date(2026, 8, 1), 451, False)]
     assert _rows(warehouse, "SELECT count(*) AS n FROM registered_vs_current") == [{"n": 0}]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_after_a_backfill_the_registered_version_is_the_registration_itself(tmp_path: Path) -> None:
+    from pipeline.markup import api_form
+    from pipeline.registry.fake_server import FakeRegistry
+    from tests.conftest import fast_sync
+    from tests.test_backfill import HISTORY, NCT, backfill
+    from warehouse import Warehouse
+
+    directory = tmp_path / "warehouse"
+    query = f"""SELECT first_version, current_version, registered_valid_from, registered_source, enrollment_registered,
+                       enrollment_type_registered, enrollment_current, enrollment_type_current, enrollment_pct_change
+                FROM registered_vs_current WHERE nct_id = '{NCT}'"""
+    with FakeRegistry().start() as registry:
+        registry.put(api_form(HISTORY.records[7]))  # first seen by a sync in July 2019, enrollment actual
+        fast_sync(registry, directory)
+        assert _rows(Warehouse(directory), query) == [{
+            "first_version": 1, "current_version": 1, "registered_valid_from": date(2019, 7, 16),
+            "registered_source": "api", "enrollment_registered": 16, "enrollment_type_registered": "ACTUAL",
+            "enrollment_current": 16, "enrollment_type_current": "ACTUAL", "enrollment_pct_change": 0.0}]
+        registry.put_history(HISTORY)
+        backfill(registry, directory, NCT)
+    assert _rows(Warehouse(directory), query) == [{  # registered on 2018-09-27 with 30 planned
+        "first_version": 1, "current_version": 10, "registered_valid_from": date(2018, 9, 27),
+        "registered_source": "history", "enrollment_registered": 30, "enrollment_type_registered": "ESTIMATED",
+        "enrollment_current": 16, "enrollment_type_current": "ACTUAL", "enrollment_pct_change": -46.7}]

@@ -19,7 +19,9 @@ CHANNELS = "channels:\n  feed: {type: feed, path: f.json}\n"
 
 def test_the_example_and_demo_watchlists_are_valid() -> None:
     example = load_watchlist(REPO / "deploy" / "watchlist.example.yaml")
-    assert [w.name for w in example.watches] == ["seed-trial", "aml-competitors", "big-industry-trials"]
+    assert [w.name for w in example.watches] == ["seed-trial", "aml-competitors", "big-industry-trials",
+                                                "overdue-results"]
+    assert example.watch("overdue-results").fdaaa == ("overdue",)
     aml = example.watch("aml-competitors")
     assert (aml.mode, aml.min_severity, aml.studies.phases, aml.channels) == (
         "digest", "notable", ("PHASE2", "PHASE3"), ("email", "feed"))

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from pipeline.alerts.compliance import overdue_alert
 from pipeline.alerts.message import AlertChange, Message
 from pipeline.alerts.plan import LedgerState, Pending
 from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
 from pipeline.errors import UsageError
+from warehouse.analyses import OVERDUE, fdaaa_macros, overdue_event_id
 from warehouse.store import Warehouse
 from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
 
@@ -109,6 +111,10 @@ WHERE EXISTS (SELECT 1 FROM studies_ AS studies
                 AND ({selector}))
   AND NOT EXISTS (SELECT 1 FROM raw_study_versions h
                   WHERE h.nct_id = c.nct_id AND h.version = c.to_version AND h.source = 'history')
+  -- a change into the first version a sync observed came from a backfill's history: no sync saw it happen
+  AND (c.from_version IS NULL
+       OR EXISTS (SELECT 1 FROM raw_study_versions o
+                  WHERE o.nct_id = c.nct_id AND o.version <= c.from_version AND o.source <> 'history'))
 ORDER BY c.nct_id, c.to_version, c.path
 """
 
@@ -117,12 +123,39 @@ def candidates(con: duckdb.DuckDBPyConnection, watch: Watch, start: datetime,
                retry_ids: Sequence[str]) -> list[AlertChange]:
     """Changes of the watch's studies detected since ``start`` (and the ones due for a retry).
 
-    Versions imported from the registry's history (a backfill) are old news and never alert.
+    Versions imported from the registry's history (a backfill) are old news and never alert; nor does
+    a change into the first version a sync observed, which only the backfill's history put a version
+    before (the sync that stored it saw a new study, not this change).
     """
     selector, params = selector_sql(watch.studies)
     sql = _CANDIDATES.format(studies=_STUDIES, selector=selector)
     result = con.execute(sql, [start, list(retry_ids), *params])
     return [AlertChange(*row) for row in result.fetchall()]
+
+
+# Overdue on b and not on a (a time event: the record need not have changed), in the version valid on b,
+# which the watch's selector must match.
+_OVERDUE = """
+SELECT n.nct_id, n.version, n.as_of, n.act_kind, n.status, n.due_date, n.days_late, n.completion_date_used,
+       n.brief_title, n.lead_sponsor, o.status AS status_before, {event_id} AS event_id
+FROM fdaaa_as_of(CAST(? AS DATE)) AS n LEFT JOIN fdaaa_as_of(CAST(? AS DATE)) AS o USING (nct_id)
+WHERE n.status IN {overdue} AND (o.status IS NULL OR o.status NOT IN {overdue})
+  AND EXISTS (SELECT 1 FROM ({studies}) AS studies
+              WHERE studies.nct_id = n.nct_id AND studies.version = n.version AND ({selector}))
+ORDER BY n.nct_id
+"""
+
+
+def overdue_candidates(con: duckdb.DuckDBPyConnection, watch: Watch, a: date, b: date) -> list[AlertChange]:
+    """The watch's studies that are FDAAA-overdue on ``b`` and were not on ``a`` (``fdaaa: [overdue]``)."""
+    if not con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = 'fdaaa_as_of'").fetchall():
+        for statement in fdaaa_macros():  # the writer's connection is built without the analyses
+            con.execute(statement)
+    selector, params = selector_sql(watch.studies)
+    sql = _OVERDUE.format(event_id=overdue_event_id("n"), overdue=OVERDUE, studies=_STUDIES, selector=selector)
+    result = con.execute(sql, [b, a, *params])
+    columns = [d[0] for d in result.description]
+    return [overdue_alert(dict(zip(columns, row, strict=True))) for row in result.fetchall()]
 
 
 # -- the ledger: the outbox (alert_messages) and the outcome of each attempt (alert_deliveries) -------
@@ -181,6 +214,12 @@ def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     return {w: ts for w, ts in rows}
 
 
+def last_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
+    """When each watch was last evaluated by an alerts run that recorded its outcome."""
+    rows = con.execute("SELECT w, max(started_at) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
+    return {w: ts for w, ts in rows}
+
+
 def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempt: int,
                   error: str | None) -> list[dict[str, Any]]:
     """The ledger rows of one message's outcome: one per (watch, change, channel)."""
@@ -206,7 +245,8 @@ def watch_overview(con: duckdb.DuckDBPyConnection | None, watchlist: Watchlist) 
             following = int(result.fetchall()[0][0])
         rows.append({
             "watch": watch.name, "mode": watch.mode, "min_severity": watch.min_severity,
-            "changes": ", ".join(watch.categories + watch.events) or "all",
+            "changes": (", ".join(watch.categories + watch.events) or "all")
+            + "".join(f"; fdaaa: {kind}" for kind in watch.fdaaa),
             "channels": ", ".join(watch.channels), "studies": following,
             "sent": sum(1 for key in ledger.sent if key[0] == watch.name),
             "awaiting_retry": sum(1 for key in ledger.failed if key[0] == watch.name)

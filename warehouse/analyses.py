@@ -115,9 +115,13 @@ FROM s"""
 # became overdue in the version valid on b (its due day, or the day that version became valid).
 # ``event_id``: the same for the same trial becoming overdue at the same due moment, whatever the window,
 # so an alert keyed by it goes out once (a new completion date, a new due moment: a new event).
+def overdue_event_id(alias: str) -> str:
+    """SQL: the event id of a row of ``fdaaa_as_of`` (alias ``alias``) becoming overdue (a watch's change id)."""
+    return f"'fdaaa-overdue:' || {alias}.nct_id || ':' || strftime({alias}.due_from, '%Y-%m-%d')"
+
+
 _NEWLY_OVERDUE = f"""CREATE OR REPLACE MACRO fdaaa_newly_overdue(a, b) AS TABLE
-SELECT n.*, greatest(n.due_from, n.valid_from) AS overdue_from,
-       'fdaaa-overdue:' || n.nct_id || ':' || strftime(n.due_from, '%Y-%m-%d') AS event_id
+SELECT n.*, greatest(n.due_from, n.valid_from) AS overdue_from, {overdue_event_id("n")} AS event_id
 FROM fdaaa_as_of(b) AS n
 WHERE n.status IN {OVERDUE}
   AND NOT EXISTS (SELECT 1 FROM fdaaa_as_of(a) AS o WHERE o.nct_id = n.nct_id AND o.status IN {OVERDUE})"""
@@ -235,6 +239,11 @@ SELECT nct_id, CAST(row_number() OVER (PARTITION BY nct_id ORDER BY span) AS INT
        (CASE WHEN is_open THEN current_date ELSE closed_on END) - from_date AS days, is_open,
        first_version, last_version
 FROM g"""
+
+
+def fdaaa_macros() -> list[str]:
+    """``fdaaa_as_of`` alone, for a connection built without the analyses (the alerts run's)."""
+    return [_FDAAA_AS_OF]
 
 
 def analysis_views() -> list[str]:

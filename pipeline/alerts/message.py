@@ -40,6 +40,8 @@ class AlertChange:
     to_version: int | None = None
     path: str | None = None  # the JSON path (not in the payload; part of ``content_keys``)
     detected_at: datetime | None = None  # when the change's new version was observed (likewise)
+    detail: str | None = None  # a compliance alert's sentence: sponsor, due date, days overdue
+    facts: tuple[tuple[str, Any], ...] = ()  # ... and its values (payload ``fdaaa``)
 
     def content_keys(self) -> tuple[str, str]:
         """What the change is, independent of its ``change_id``: the study reached ``new_value`` by
@@ -66,13 +68,16 @@ class AlertChange:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "change_id": self.change_id, "field": self.field, "event": self.event, "category": self.category,
             "severity": self.severity, "old_value": self.old_value, "new_value": self.new_value,
             "shift_days": self.shift_days, "pct_change": self.pct_change,
             "registry_updated": self.registry_updated.isoformat() if self.registry_updated else None,
             "from_version": self.from_version, "to_version": self.to_version,
         }
+        if self.detail is not None:  # a compliance alert (a change of the record has neither)
+            data |= {"detail": self.detail, "fdaaa": dict(self.facts)}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], nct_id: str, title: str | None) -> AlertChange:
@@ -82,7 +87,8 @@ class AlertChange:
                    old_value=data.get("old_value"), new_value=data.get("new_value"),
                    shift_days=data.get("shift_days"), pct_change=data.get("pct_change"),
                    registry_updated=date.fromisoformat(updated) if updated else None,
-                   from_version=data.get("from_version"), to_version=data.get("to_version"))
+                   from_version=data.get("from_version"), to_version=data.get("to_version"),
+                   detail=data.get("detail"), facts=tuple((data.get("fdaaa") or {}).items()))
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,9 @@ class Message:
         lines = [self.subject, "", f"Watch: {self.watch} ({self.mode}, run {self.run_id})"]
         for study in self.studies:
             lines += ["", study.heading()]
-            lines += [f"  [{c.severity}] {c.summary()}  ({c.event})" for c in study.changes]
+            for c in study.changes:
+                lines.append(f"  [{c.severity}] {c.summary()}  ({c.event})")
+                lines += [f"    {c.detail}"] if c.detail else []
             lines += [f"  Study:   {study.url}", f"  History: {study.history_url}"]
         return "\n".join(lines) + "\n"
 
@@ -166,7 +174,8 @@ class Message:
         for study in self.studies:
             lines += ["", f"[{study.nct_id}]({study.url}): {_md(study.title or '')} "
                           f"([history]({study.history_url}))"]
-            lines += [f"- **{c.severity}** {_md(c.summary())} (`{c.event}`)" for c in study.changes]
+            lines += [f"- **{c.severity}** {_md(c.summary())} (`{c.event}`)"
+                      + (f": {_md(c.detail)}" if c.detail else "") for c in study.changes]
         return "\n".join(lines) + "\n"
 
     def payload(self) -> dict[str, Any]:
@@ -195,7 +204,8 @@ class Message:
         room = SLACK_MAX_BLOCKS - len(blocks) - 1
         for study in self.studies[:room]:
             lines = [f"*<{study.url}|{study.nct_id}>* {_slack(study.title or '')} (<{study.history_url}|history>)"]
-            lines += [f"• *{c.severity}* {_slack(c.summary(120))}" for c in study.changes]
+            lines += [f"• *{c.severity}* {_slack(c.summary(120))}" + (f"\n  {_slack(c.detail)}" if c.detail else "")
+                      for c in study.changes]
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut("\n".join(lines))}})
         if len(self.studies) > room:
             blocks.append({"type": "context", "elements": [

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from pipeline.alerts.compliance import FDAAA_CATEGORY, FDAAA_EVENT, FDAAA_KINDS, FDAAA_SEVERITY
 from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
 from pipeline.config import (
     ConfigError,
@@ -43,7 +44,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SECRET_WORDS = ("password", "token", "secret", "api_key", "apikey", "webhook_url")
 _STUDY_KEYS = ("ids", "conditions", "sponsors", "phases", "status", "where")
 _WATCH_KEYS = ("name", "studies", "categories", "events", "min_severity", "mode", "channels", "since",
-               "lookback_days")
+               "lookback_days", "fdaaa")
+# What a watch's filters choose from: the change vocabulary and the compliance alert (``fdaaa:``).
+WATCH_CATEGORIES = (*CATEGORIES, FDAAA_CATEGORY)
+WATCH_EVENTS = (*EVENTS, FDAAA_EVENT)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Watch:
     mode: str = "immediate"
     since: date | None = None
     lookback_days: int = 7
+    fdaaa: tuple[str, ...] = ()  # ("overdue",): alert each followed study that becomes FDAAA-overdue
 
     def wants(self, category: str, event: str, severity: str) -> bool:
         """Whether a change of this kind matters to the watch (its study already matched)."""
@@ -161,8 +166,8 @@ def _watchlist(data: Any, source: str) -> Watchlist:
 def _settings(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The settings a watch shares with ``defaults:``, checked."""
     return dict(
-        categories=choices(spec.get("categories"), CATEGORIES, f"{key}.categories", what="category"),
-        events=choices(spec.get("events"), EVENTS, f"{key}.events", what="event"),
+        categories=choices(spec.get("categories"), WATCH_CATEGORIES, f"{key}.categories", what="category"),
+        events=choices(spec.get("events"), WATCH_EVENTS, f"{key}.events", what="event"),
         min_severity=choice(spec.get("min_severity", "minor"), SEVERITIES, f"{key}.min_severity"),
         mode=choice(spec.get("mode", "immediate"), MODES, f"{key}.mode"),
         lookback_days=integer(spec.get("lookback_days", 7), f"{key}.lookback_days", low=0),
@@ -177,9 +182,16 @@ def _watch(index: int, spec: Any, defaults: Mapping[str, Any], channels: Mapping
         raise ConfigError(f"watches[#{index}].name", f"must be 1-64 letters, digits, '-', '_' or '.', got {name!r}")
     key = f"watches[{name}]"
     known(spec, _WATCH_KEYS, key)
-    return Watch(name=name, studies=_selector(spec.get("studies"), f"{key}.studies"),
-                 channels=_channel_names(spec.get("channels"), channels, f"{key}.channels"),
-                 since=a_date(spec.get("since"), f"{key}.since"), **_settings({**defaults, **spec}, key))
+    watch = Watch(name=name, studies=_selector(spec.get("studies"), f"{key}.studies"),
+                  channels=_channel_names(spec.get("channels"), channels, f"{key}.channels"),
+                  since=a_date(spec.get("since"), f"{key}.since"),
+                  fdaaa=tuple(dict.fromkeys(choices(spec.get("fdaaa"), FDAAA_KINDS, f"{key}.fdaaa"))),
+                  **_settings({**defaults, **spec}, key))
+    if watch.fdaaa and not watch.wants(FDAAA_CATEGORY, FDAAA_EVENT, FDAAA_SEVERITY):
+        raise ConfigError(f"{key}.fdaaa", f"this watch's categories, events or min_severity leave out its "
+                                          f"compliance alerts (category {FDAAA_CATEGORY}, event {FDAAA_EVENT}, "
+                                          f"severity {FDAAA_SEVERITY}); add them or drop fdaaa")
+    return watch
 
 
 def _selector(spec: Any, key: str) -> StudySelector:
