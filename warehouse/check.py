@@ -231,13 +231,10 @@ def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: li
         notes.append(f"the catalog reads {meta.get('root')}: the next command rewrites it for this directory")
         return []
     problems = []
-    upgraded = meta.get("views_digest") != catalog.views_digest()
-    if upgraded:
-        notes.append("the catalog's views are another release's: the next command rewrites them")
     if generation > manifest.generation:
         problems.append(Problem("catalog", CATALOG_NAME, f"catalog at generation {generation}, manifest only "
                                 f"at {manifest.generation}"))
-    elif not upgraded and meta.get("plan_digest") != catalog.plan_digest(root, manifest):
+    elif meta.get("plan_digest") != catalog.plan_digest(root, manifest):
         problems.append(Problem("catalog", CATALOG_NAME, "the catalog's views differ from what the manifest implies"))
     for number, gen in state.files.items():
         copy = state.copies.get(number)
