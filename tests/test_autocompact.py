@@ -25,6 +25,7 @@ from warehouse import Warehouse, autocompact
 from warehouse.autocompact import FileSet, file_sets, plan_merge
 from warehouse.check import check
 from warehouse.manifest import Generation, Manifest, ManifestEntry
+from warehouse.pairs import pair_rows, version_pairs
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -188,3 +189,27 @@ def test_a_crash_during_an_automatic_merge_loses_nothing(point: str, tmp_path: P
     assert after["study_versions"] == before["study_versions"] and after["changes"] == before["changes"]
     assert sum(s.weight for s in _sets(store)) == 3
     assert leftovers(warehouse_dir) == []
+
+
+def test_a_runs_change_derivation_reads_only_the_files_of_its_own_pairs(
+        warehouse_dir: Path, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    first, second = records[5], records[6]
+    with FakeRegistry(records[:20]).start() as registry:
+        runs = [fast_sync(registry, warehouse_dir)["run_id"]]
+        registry.put(mutate.posted_on(mutate.set_status(first, "TERMINATED", "Funding"), date(2030, 1, 2)))
+        runs.append(fast_sync(registry, warehouse_dir)["run_id"])
+        registry.put(mutate.posted_on(mutate.set_enrollment(second, 999), date(2030, 1, 3)))
+        runs.append(fast_sync(registry, warehouse_dir)["run_id"])
+    store = Warehouse(warehouse_dir)
+    manifest = store.manifest()
+    with store.committed() as con:
+        files, _ = pair_rows(con, store.root, manifest, runs[2])
+        # The second study's first version (run 1) and its new one (run 3); nothing of run 2.
+        assert files == sorted(str(store.root / f"runs/{r}/study_versions.parquet") for r in (runs[0], runs[2]))
+        for run_id in runs:
+            narrow = [p for batch in version_pairs(con, run_id=run_id, source=(store.root, manifest)) for p in batch]
+            whole = [p for batch in version_pairs(con, run_id=run_id) for p in batch]
+            assert narrow == whole
+        last = [p for batch in version_pairs(con, run_id=runs[2], source=(store.root, manifest)) for p in batch]
+    assert [(p.nct_id, p.from_version, p.to_version) for p in last] == [(nct(second), 1, 2)]

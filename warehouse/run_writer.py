@@ -108,12 +108,16 @@ class RunWriter:
     def staged(self) -> duckdb.DuckDBPyConnection:
         """An in-memory connection whose views cover the committed files plus this run's sealed ones
         (and the part files workers wrote for it, see ``adopt``)."""
+        mem = duckdb.connect()
+        catalog.build(mem, self.warehouse.root, self.staged_manifest(), analyses=False)
+        return mem
+
+    def staged_manifest(self) -> Manifest:
+        """The committed files plus this run's sealed and adopted ones (what ``staged`` reads)."""
         rel = self.dir.relative_to(self.warehouse.root)
         entries = [self._entry(t) for t in self._sealed if t in self._writers]
         entries += [ManifestEntry(self.run_id, p.table, str(rel / p.name)) for p in self._adopted]
-        mem = duckdb.connect()
-        catalog.build(mem, self.warehouse.root, self.manifest.plus(entries), analyses=False)
-        return mem
+        return self.manifest.plus(entries)
 
     def _entry(self, table: str) -> ManifestEntry:
         return ManifestEntry(self.run_id, table, str((self.dir / f"{table}.parquet").relative_to(self.warehouse.root)))
