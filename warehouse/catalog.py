@@ -176,6 +176,26 @@ WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq""")
 _FILE = "_trialsync_file"
 
 
+def version_locations_sql(root: Path, manifest: Manifest) -> str:
+    """Where each stored version's row is: ``nct_id, version, run_id, _file, _row`` (the row's file and
+    its number in it), the rows ``raw_study_versions`` shows only; reads no ``raw``. For a connection
+    built from ``manifest`` (it uses the views of a rewrite's hiding, see ``_superseding_views``)."""
+    listed = _sql_list(root, [schema_file("study_versions"), *manifest.files("study_versions")])
+    sql = (f"SELECT t.nct_id, t.version, t.run_id, t.{_FILE} AS _file, t.file_row_number AS _row "
+           f"FROM read_parquet({listed}, union_by_name = true, filename = '{_FILE}', file_row_number = true) AS t")
+    if manifest.files("study_rewrites"):
+        sql += (f" LEFT JOIN _file_seq AS f ON f.path = t.{_FILE} LEFT JOIN _rewrite_marks AS m ON m.nct_id = t.nct_id"
+                " WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq")
+    return sql
+
+
+def version_rows_sql(root: Path, files: Sequence[str]) -> str:
+    """``study_versions`` rows of ``files`` (absolute paths) with ``_file`` and ``_row`` as above."""
+    listed = _sql_list(root, [schema_file("study_versions"), *files])
+    return (f"SELECT * EXCLUDE ({_FILE}, file_row_number), {_FILE} AS _file, file_row_number AS _row "
+            f"FROM read_parquet({listed}, union_by_name = true, filename = '{_FILE}', file_row_number = true)")
+
+
 def _values(columns: Sequence[str], rows: Sequence[tuple[str, int]]) -> str:
     """A constant table; typed even when empty."""
     if not rows:

@@ -69,14 +69,25 @@ class Generation:
     replace: tuple[str, ...] = ()
     meta: Mapping[str, str] = field(default_factory=dict)
     committed_at: str = ""
+    # Runs whose files this generation's files replace, in their place in commit order (an automatic
+    # compaction, see ``warehouse.autocompact``); empty for every other commit.
+    merges: tuple[str, ...] = ()
+    # The bytes it was read from (not part of its identity): ``to_bytes`` need not serialise it again.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def body(self) -> dict[str, object]:
-        return {"format": FORMAT, "generation": self.number, "run_id": self.run_id,
-                "committed_at": self.committed_at, "replace": sorted(self.replace), "meta": dict(self.meta),
-                "files": [{"table": e.table, "path": e.path, "size": e.size, "checksum": e.checksum}
-                          for e in self.entries]}
+        body: dict[str, object] = {
+            "format": FORMAT, "generation": self.number, "run_id": self.run_id,
+            "committed_at": self.committed_at, "replace": sorted(self.replace), "meta": dict(self.meta),
+            "files": [{"table": e.table, "path": e.path, "size": e.size, "checksum": e.checksum}
+                      for e in self.entries]}
+        if self.merges:  # absent otherwise: every earlier generation file keeps its exact bytes
+            body["merges"] = list(self.merges)
+        return body
 
     def to_bytes(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
         body = self.body()
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return (json.dumps({**body, "digest": _digest(text)}, sort_keys=True, indent=1) + "\n").encode()
@@ -93,7 +104,8 @@ class Generation:
             return cls(number, doc["run_id"],
                        tuple(ManifestEntry(doc["run_id"], f["table"], f["path"], f["size"], f["checksum"])
                              for f in doc["files"]),
-                       tuple(doc["replace"]), dict(doc["meta"]), doc["committed_at"])
+                       tuple(doc["replace"]), dict(doc["meta"]), doc["committed_at"],
+                       tuple(doc.get("merges", ())), data)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ManifestDamaged(f"manifest generation {number} is damaged ({type(exc).__name__})", number) from None
 
@@ -119,6 +131,12 @@ class Manifest:
     def then(self, gen: Generation) -> Manifest:
         """The state after ``gen`` committed on top of this one."""
         kept = tuple(e for e in self.entries if e.table not in gen.replace)
+        if gen.merges:  # the merged runs' files give way to gen's, at the place of the first of them
+            merged = set(gen.merges)
+            at = next((i for i, e in enumerate(kept) if e.run_id in merged), len(kept))
+            rest = tuple(e for e in kept if e.run_id not in merged)
+            at = sum(1 for e in kept[:at] if e.run_id not in merged)
+            return Manifest(rest[:at] + gen.entries + rest[at:], dict(gen.meta), gen.number)
         return Manifest(kept + gen.entries, dict(gen.meta), gen.number)  # each generation holds the whole meta
 
     def retained_until(self) -> dict[str, datetime]:

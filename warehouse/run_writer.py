@@ -50,6 +50,7 @@ class RunWriter:
         self._rows: dict[str, int] = {}
         self._adopted: list[StagedFile] = []
         self.committed = False
+        self.published: Generation | None = None  # the generation this run committed
         self._before: duckdb.DuckDBPyConnection | None = None
         self._before_lock = threading.Lock()
 
@@ -107,12 +108,16 @@ class RunWriter:
     def staged(self) -> duckdb.DuckDBPyConnection:
         """An in-memory connection whose views cover the committed files plus this run's sealed ones
         (and the part files workers wrote for it, see ``adopt``)."""
+        mem = duckdb.connect()
+        catalog.build(mem, self.warehouse.root, self.staged_manifest(), analyses=False)
+        return mem
+
+    def staged_manifest(self) -> Manifest:
+        """The committed files plus this run's sealed and adopted ones (what ``staged`` reads)."""
         rel = self.dir.relative_to(self.warehouse.root)
         entries = [self._entry(t) for t in self._sealed if t in self._writers]
         entries += [ManifestEntry(self.run_id, p.table, str(rel / p.name)) for p in self._adopted]
-        mem = duckdb.connect()
-        catalog.build(mem, self.warehouse.root, self.manifest.plus(entries), analyses=False)
-        return mem
+        return self.manifest.plus(entries)
 
     def _entry(self, table: str) -> ManifestEntry:
         return ManifestEntry(self.run_id, table, str((self.dir / f"{table}.parquet").relative_to(self.warehouse.root)))
@@ -172,7 +177,8 @@ class RunWriter:
             rows = con.execute(SCOPE_MEMBERS_SQL, [scope, scope]).fetchall()
         return {r[0] for r in rows}
 
-    def commit(self, meta: dict[str, str] | None = None, *, replace: frozenset[str] = frozenset()) -> None:
+    def commit(self, meta: dict[str, str] | None = None, *, replace: frozenset[str] = frozenset(),
+               merges: tuple[str, ...] = ()) -> None:
         """Make the run's files durable, then publish the next manifest generation: the commit point.
 
         Before it, everything the catalog will list is fsynced (the files, ``runs/<id>/``, ``runs/``)
@@ -180,7 +186,8 @@ class RunWriter:
         generation (refused when another writer committed meanwhile). After it nothing undoes the run:
         if putting the catalog in place fails, the next command rewrites it from the manifest.
 
-        ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes).
+        ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes);
+        ``merges`` runs whose files this run's replace in place (``warehouse.autocompact``).
         """
         self._close_before()
         for table in self._writers:
@@ -198,7 +205,7 @@ class RunWriter:
         catalog.fsync_path(self.dir.parent)
         gen = Generation(self.manifest.generation + 1, self.run_id, tuple(entries), tuple(sorted(replace)),
                          {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id},  # the whole meta
-                         datetime.now(UTC).isoformat())
+                         datetime.now(UTC).isoformat(), tuple(merges))
         tmp = catalog.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id)
         try:
             manifests.publish(root, gen)  # the commit point
@@ -207,10 +214,12 @@ class RunWriter:
             # committed, and abort() must not delete what the manifest now lists.
             if manifests.is_published(root, gen):
                 self.committed = True
+                self.published = gen
             else:
                 tmp.unlink(missing_ok=True)
             raise
         self.committed = True
+        self.published = gen
         crashpoint("manifest-published")
         try:
             catalog.install_catalog(root, tmp)

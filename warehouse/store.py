@@ -223,6 +223,19 @@ class Warehouse:
             finally:
                 if not run.committed:
                     run.abort()
+            if run.published is not None:
+                self._compact_after(run)
+
+    def _compact_after(self, run: RunWriter) -> None:
+        """Merge small file sets now that ``run`` committed (see ``warehouse.autocompact``); a failure
+        there is reported, never raised: the run is committed."""
+        from warehouse import autocompact
+
+        assert run.published is not None
+        try:
+            autocompact.after_commit(self, run.manifest.then(run.published), [*run.log, run.published], run.run_id)
+        except Exception as exc:
+            logger.warning("run %s is committed; merging small file sets after it failed (%s)", run.run_id, exc)
 
     @contextmanager
     def lock(self, name: str, holder: str, *, timeout: float = 30.0, what: str = "another run") -> Iterator[None]:

@@ -79,6 +79,9 @@ def leftovers(warehouse: Path) -> list[str]:
     """Files a finished sync must not leave: uncommitted run directories, half-written catalogs,
     WAL files, temporary files and page spools."""
     committed = committed_runs(warehouse) if (warehouse / "warehouse.duckdb").exists() else set()
+    if committed:  # an automatic merge's run has no sync_runs row (see warehouse.autocompact)
+        manifest = Warehouse(warehouse).manifest()
+        committed |= manifest.run_ids | set(manifest.retained_until())
     found = [f"runs/{d.name}" for d in (warehouse / "runs").glob("*") if d.name not in committed]
     found += [p.name for p in warehouse.glob("warehouse.duckdb.*")]
     found += [str(p.relative_to(warehouse)) for p in warehouse.rglob("*") if p.suffix in {".tmp", ".wal"}]
