@@ -90,9 +90,10 @@ def hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
     Most records need no normalisation at all: ``_fast_canonical`` proves that (and sorts their
     arrays) without visiting their leaves; the others take the full walk. Both give the same value."""
     material = material_content(record)
-    canonical = _fast_canonical(material)
+    unknown: list[str] = []
+    canonical = _fast_canonical(material, unknown)
     if canonical is not None:
-        return hashlib.blake2b(canonical, digest_size=16).hexdigest(), frozenset()
+        return hashlib.blake2b(canonical, digest_size=16).hexdigest(), frozenset(unknown)
     return _slow_hash(material)
 
 
@@ -173,10 +174,6 @@ _NESTED = (dict, list)
 # nothing; an integral float < 2**53 always dumps as digits ".0"), and does (4) itself, bottom-up,
 # with the walk's own sort key. Anything it cannot prove (or an unknown key) goes to the walk.
 
-class _NeedsWalk(Exception):
-    pass
-
-
 _DIGITS = frozenset(b"0123456789")
 _AFTER_NUMBER = frozenset(b",]}")
 
@@ -193,12 +190,13 @@ def _maybe_integral_float(text: bytes) -> bool:
 _SORT_KEY = partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
 
 
-def _fast_canonical(material: Mapping[str, Any]) -> bytes | None:
-    """The canonical JSON of ``material`` if it needs no normalisation but array sorting; else None."""
+def _fast_canonical(material: Mapping[str, Any], unknown: list[str] | None = None) -> bytes | None:
+    """The canonical JSON of ``material`` if it needs no normalisation but pruning and array sorting,
+    else None; ``unknown`` collects the paths of the keys pruned."""
     if type(material) is not dict:
         return None
-    try:
-        text = orjson.dumps(material)
+    try:  # (a subclass of dict, list or str, which the walk treats by its own rules, takes the walk)
+        text = orjson.dumps(material, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
     except (TypeError, orjson.JSONEncodeError):
         return None
     if _maybe_integral_float(text):
@@ -206,8 +204,8 @@ def _fast_canonical(material: Mapping[str, Any]) -> bytes | None:
     if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
         return None
     try:
-        return canonical_json(_sorted_arrays(material, _compiled_study()))
-    except (_NeedsWalk, TypeError, orjson.JSONEncodeError):  # another mapping type inside, ...
+        return canonical_json(_sorted_arrays(material, _compiled_study(), (), [] if unknown is None else unknown))
+    except (TypeError, orjson.JSONEncodeError):  # another mapping type inside, ...
         return None
 
 
@@ -221,26 +219,34 @@ class _Node:
         self.nested = nested
 
 
-def _sorted_arrays(value: Any, node: _Node | None) -> Any:
+def _sorted_arrays(value: Any, node: _Node | None, path: tuple[str, ...], unknown: list[str]) -> Any:
     """``value`` (a dict or list) with every array replaced by its canonical JSON (elements sorted by
-    the walk's key) as an ``orjson.Fragment``; objects are checked against ``node`` (None: free-form)."""
+    the walk's key) as an ``orjson.Fragment`` and keys ``node`` does not know pruned (their paths, as
+    the walk names them, added to ``unknown``); ``node`` None: free-form. ``path``: the keys above."""
     if type(value) is list:
-        parts = [_SORT_KEY(_sorted_arrays(item, node)) if type(item) in _NESTED else _SORT_KEY(item)
+        parts = [_SORT_KEY(_sorted_arrays(item, node, path, unknown)) if type(item) in _NESTED else _SORT_KEY(item)
                  for item in value]
         parts.sort()
         return orjson.Fragment(b"[" + b",".join(parts) + b"]")
-    if node is not None:
-        if not node.keys.issuperset(value):
-            raise _NeedsWalk
-        nested = node.nested
-        out = None
+    if node is None:
+        return {key: _sorted_arrays(item, None, (*path, key), unknown) if type(item) in _NESTED else item
+                for key, item in value.items()}
+    out = None
+    if not node.keys.issuperset(value):
+        out = {}
         for key, item in value.items():
-            if type(item) in _NESTED:
-                if out is None:
-                    out = value.copy()
-                out[key] = _sorted_arrays(item, nested[key])
-        return value if out is None else out
-    return {key: _sorted_arrays(item, None) if type(item) in _NESTED else item for key, item in value.items()}
+            if key in node.keys:
+                out[key] = item
+            else:
+                unknown.append(".".join((*path, key)))
+        value = out
+    nested = node.nested
+    for key, item in value.items():
+        if type(item) in _NESTED:
+            if out is None:
+                out = value.copy()
+            out[key] = _sorted_arrays(item, nested[key], (*path, key), unknown)
+    return value if out is None else out
 
 
 @cache

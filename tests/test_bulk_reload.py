@@ -5,6 +5,7 @@ that do not move ``lastUpdatePostDate``; a sampled re-hash and ``--verify`` chec
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,9 +34,9 @@ def query(warehouse_dir: Path, sql: str, params: list[Any] | None = None) -> lis
         return con.execute(sql, params or []).fetchall()
 
 
-def load_bulk(source: Path, warehouse_dir: Path, **kwargs: Any) -> dict[str, Any]:
+def load_bulk(source: Path, warehouse_dir: Path, workers: int = 1, **kwargs: Any) -> dict[str, Any]:
     return run_load_bulk(dict(source=str(source), warehouse=str(warehouse_dir), lock_timeout=5.0, **kwargs),
-                         workers=2)
+                         workers=workers)
 
 
 def run_params(warehouse_dir: Path, run_id: str) -> dict[str, str]:
@@ -59,13 +60,19 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "base.zip"
 
 
-@pytest.fixture
-def loaded(base: Path, tmp_path: Path) -> Path:
-    warehouse_dir = tmp_path / "wh"
+@pytest.fixture(scope="module")
+def first_load(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    warehouse_dir = tmp_path_factory.mktemp("first") / "wh"
     first = load_bulk(base, warehouse_dir)
     assert first["versions_written"] == SIZE
     assert run_params(warehouse_dir, first["run_id"])["unread"] == "0"
     return warehouse_dir
+
+
+@pytest.fixture
+def loaded(first_load: Path, tmp_path: Path) -> Path:
+    """A copy of the first load's warehouse (each test reloads into its own)."""
+    return Path(shutil.copytree(first_load, tmp_path / "wh"))
 
 
 def planted_heads(base: Path, warehouse_dir: Path) -> tuple[str, pa.Table, pa.Table]:
@@ -92,7 +99,7 @@ def _target(base: Path) -> tuple[str, dict[str, Any]]:
 
 def test_a_reload_of_an_unchanged_zip_reads_no_member_but_the_sample_and_writes_nothing(
         base: Path, loaded: Path) -> None:
-    summary = load_bulk(base, loaded)
+    summary = load_bulk(base, loaded, workers=2)  # in worker processes
     params = run_params(loaded, summary["run_id"])
     assert (summary["studies_seen"], summary["versions_written"], summary["unchanged"]) == (SIZE, 0, SIZE)
     assert int(params["unread"]) + int(params["sampled"]) == SIZE
