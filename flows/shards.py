@@ -2,11 +2,22 @@
 
 Kept free of Prefect so that worker processes start fast and only import what the work needs;
 ``flows.bulk`` wraps ``process_shard`` in a Prefect task.
+
+*Unread members.* A member whose key (``pipeline.registry.bulk.member_key``: size and CRC-32 from the
+zip's directory) equals its study's head's was read for that version: same bytes, same record, so it
+is neither inflated, parsed nor hashed; it is seen at the head's version. Anything else is read in
+full, also a member whose ``lastUpdatePostDate`` did not move (the registry edits
+``submissionTracking`` without moving it): its bytes changed. Safeguard: each shard first re-hashes a
+deterministic sample of the members it would skip (``ShardJob.sample``: a share, drawn anew each run);
+one that does not match its head's hash means the shortcut cannot be trusted here, so this shard
+and every shard that starts after it read everything (``VERIFY_MARKER``), and the run reports it.
+``ShardJob.verify`` (``load-bulk --verify``) reads and hashes every member.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,13 +28,16 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
-from pipeline.registry.bulk import Member, MemberReader, members
+from pipeline.hashing import content_hash
+from pipeline.registry.bulk import Member, MemberReader, member_key, members
 from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
 from warehouse.heads import to_dict
 from warehouse.parts import PartWriter, StagedFile
 
 DEFAULT_BATCH_SIZE = 500
 CANCEL_MARKER = ".cancelled"  # in the run's directory: the run failed, other shards stop
+VERIFY_MARKER = ".verify"  # in the run's directory: a sampled re-hash failed, later shards read everything
+DEFAULT_SAMPLE = 0.01  # the share of skippable members each run re-hashes anyway
 
 
 class ShardCancelled(Exception):
@@ -39,6 +53,8 @@ class ShardJob:
     ctx: RunContext
     run_dir: str
     batch_size: int = DEFAULT_BATCH_SIZE
+    verify: bool = False  # read and hash every member (no member is skipped for its key)
+    sample: float = DEFAULT_SAMPLE  # the share of skippable members re-hashed as a check
 
 
 @dataclass
@@ -48,6 +64,10 @@ class ShardResult:
     new_studies: int = 0
     versions: int = 0
     unchanged: int = 0
+    unread: int = 0  # unchanged members skipped for their key: not inflated, parsed nor hashed
+    sampled: int = 0  # skippable members re-hashed as the sampled check
+    mismatched: list[str] = field(default_factory=list)  # sampled members whose hash was not their head's
+    verified_all: bool = False  # every member was read (--verify, or after a sampled mismatch)
     quarantined: int = 0
     stale: list[str] = field(default_factory=list)  # studies whose member was older than their head
     unknown_fields: dict[str, int] = field(default_factory=dict)  # keys the schema does not know -> records
@@ -65,11 +85,22 @@ def process_shard(job: ShardJob) -> ShardResult:
     writer = PartWriter(run_dir, job.key)
     try:
         with MemberReader(job.archive) as reader, _gc_paused():
+            skip = _skippable(reader, job, heads, result)
             for start in range(0, job.members.num_rows, job.batch_size):
                 if (run_dir / CANCEL_MARKER).exists():
                     raise ShardCancelled(f"shard {job.key}: the run was cancelled")
                 batch = members(job.members.slice(start, job.batch_size))
-                plan = _plan(reader, batch, heads, job.ctx)
+                unread = [m for m in batch if m.header_offset in skip]
+                plan = _plan(reader, [m for m in batch if m.header_offset not in skip] if unread else batch,
+                             heads, job.ctx)
+                for member in unread:
+                    head = heads[member.nct_id]
+                    plan.seen.append((member.nct_id, head.version))
+                    plan.unchanged += 1
+                    if head.registry_updated and (plan.newest_update is None
+                                                  or head.registry_updated > plan.newest_update):
+                        plan.newest_update = head.registry_updated
+                result.unread += len(unread)
                 writer.append_plan(plan, job.ctx)
                 heads.update(plan.heads)
                 _count(result, plan, len(batch))
@@ -81,8 +112,43 @@ def process_shard(job: ShardJob) -> ShardResult:
     return result
 
 
+def _skippable(reader: MemberReader, job: ShardJob, heads: dict[str, Head], result: ShardResult) -> set[int]:
+    """The members (by offset) that need not be read (see the module's doc), after the sampled check."""
+    run_dir = Path(job.run_dir)
+    if job.verify or (run_dir / VERIFY_MARKER).exists():
+        result.verified_all = True
+        return set()
+    skip: set[int] = set()
+    threshold = int(job.sample * 2 ** 32)
+    for member in members(job.members):
+        head = heads.get(member.nct_id)
+        if head is None or head.is_removed or head.member_key != member_key(member):
+            continue
+        if _drawn(job.ctx.run_id, member.nct_id, threshold):
+            result.sampled += 1
+            try:
+                same = content_hash(orjson.loads(reader.read(member))) == head.content_hash
+            except orjson.JSONDecodeError:
+                same = False
+            if not same:
+                result.mismatched.append(member.nct_id)
+            continue  # a sampled member is then read in full with the others
+        skip.add(member.header_offset)
+    if result.mismatched:
+        (run_dir / VERIFY_MARKER).touch()
+        result.verified_all = True
+        return set()
+    return skip
+
+
+def _drawn(run_id: str, nct_id: str, threshold: int) -> bool:
+    """Whether the sampled check re-hashes this study in this run (deterministic, different each run)."""
+    digest = hashlib.blake2b(f"{run_id}/{nct_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") < threshold
+
+
 def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx: RunContext) -> BatchPlan:
-    records, raws, broken = [], [], []
+    records, raws, keys, broken = [], [], [], []
     for member in batch:
         data = reader.read(member)
         try:
@@ -94,7 +160,8 @@ def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx
             continue
         # Compact members are stored as the registry wrote them; indented ones are compacted.
         raws.append(data if b"\n" not in data else orjson.dumps(records[-1]))
-    plan = plan_batch(records, heads, ctx, raws=raws)
+        keys.append(member_key(member))
+    plan = plan_batch(records, heads, ctx, raws=raws, member_keys=keys)
     plan.quarantined.extend(broken)
     return plan
 

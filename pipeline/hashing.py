@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import msgspec
@@ -85,9 +85,26 @@ def content_hash(record: Mapping[str, Any]) -> str:
 
 
 def hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
-    """``content_hash`` and the paths of the record's keys the schema does not know (one walk)."""
+    """``content_hash`` and the paths of the record's keys the schema does not know (one walk).
+
+    Most records need no normalisation at all: ``_fast_canonical`` proves that (and sorts their
+    arrays) without visiting their leaves; the others take the full walk. Both give the same value."""
+    material = material_content(record)
+    unknown: list[str] = []
+    canonical = _fast_canonical(material, unknown)
+    if canonical is not None:
+        return hashlib.blake2b(canonical, digest_size=16).hexdigest(), frozenset(unknown)
+    return _slow_hash(material)
+
+
+def slow_hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
+    """``hash_and_unknown`` by the full walk only (the reference the fast path is tested against)."""
+    return _slow_hash(material_content(record))
+
+
+def _slow_hash(material: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
     unknown: set[str] = set()
-    canonical = _walk(material_content(record), _shape_of_study(), [], unknown, sort=True)
+    canonical = _walk(material, _shape_of_study(), [], unknown, sort=True)
     return hashlib.blake2b(canonical_json(canonical), digest_size=16).hexdigest(), frozenset(unknown)
 
 
@@ -146,6 +163,106 @@ def _walk(value: Any, shape: Shape, path: list[str], unknown: set[str] | None, *
 
 _UNKNOWN: Any = object()
 _NESTED = (dict, list)
+
+
+# -- the fast path ------------------------------------------------------------------------------
+# The walk changes a record's canonical JSON only through (1) keys the schema does not know,
+# (2) text not in NFC, (3) integral floats, (4) array order. The fast path proves (1) by comparing
+# each object's key set with its shape's (C set operations; leaves are never visited one by one),
+# (2) and (3) on orjson's compact dump of the whole material content (text is NFC as a whole iff
+# every string and key in it is: JSON's own characters are ASCII starters that compose with
+# nothing; an integral float < 2**53 always dumps as digits ".0"), and does (4) itself, bottom-up,
+# with the walk's own sort key. Anything it cannot prove (or an unknown key) goes to the walk.
+
+_DIGITS = frozenset(b"0123456789")
+_AFTER_NUMBER = frozenset(b",]}")
+
+
+def _maybe_integral_float(text: bytes) -> bool:
+    """Whether compact JSON ``text`` may hold an integral float (orjson writes one < 2**53 as
+    digits ".0"; text inside strings that looks like one also answers yes: the walk decides)."""
+    at = text.find(b".0")
+    while at >= 0:
+        if at > 0 and text[at - 1] in _DIGITS and at + 2 < len(text) and text[at + 2] in _AFTER_NUMBER:
+            return True
+        at = text.find(b".0", at + 2)
+    return False
+_SORT_KEY = partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
+
+
+def _fast_canonical(material: Mapping[str, Any], unknown: list[str] | None = None) -> bytes | None:
+    """The canonical JSON of ``material`` if it needs no normalisation but pruning and array sorting,
+    else None; ``unknown`` collects the paths of the keys pruned."""
+    if type(material) is not dict:
+        return None
+    try:  # (a subclass of dict, list or str, which the walk treats by its own rules, takes the walk)
+        text = orjson.dumps(material, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if _maybe_integral_float(text):
+        return None
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
+        return None
+    try:
+        return canonical_json(_sorted_arrays(material, _compiled_study(), (), [] if unknown is None else unknown))
+    except (TypeError, orjson.JSONEncodeError):  # another mapping type inside, ...
+        return None
+
+
+class _Node:
+    """A shape compiled for the fast path: its key set and the shapes of its keys that can nest."""
+
+    __slots__ = ("keys", "nested")
+
+    def __init__(self, keys: frozenset[str], nested: dict[str, _Node | None]) -> None:
+        self.keys = keys
+        self.nested = nested
+
+
+def _sorted_arrays(value: Any, node: _Node | None, path: tuple[str, ...], unknown: list[str]) -> Any:
+    """``value`` (a dict or list) with every array replaced by its canonical JSON (elements sorted by
+    the walk's key) as an ``orjson.Fragment`` and keys ``node`` does not know pruned (their paths, as
+    the walk names them, added to ``unknown``); ``node`` None: free-form. ``path``: the keys above."""
+    if type(value) is list:
+        parts = [_SORT_KEY(_sorted_arrays(item, node, path, unknown)) if type(item) in _NESTED else _SORT_KEY(item)
+                 for item in value]
+        parts.sort()
+        return orjson.Fragment(b"[" + b",".join(parts) + b"]")
+    if node is None:
+        return {key: _sorted_arrays(item, None, (*path, key), unknown) if type(item) in _NESTED else item
+                for key, item in value.items()}
+    out = None
+    if not node.keys.issuperset(value):
+        out = {}
+        for key, item in value.items():
+            if key in node.keys:
+                out[key] = item
+            else:
+                unknown.append(".".join((*path, key)))
+        value = out
+    nested = node.nested
+    for key, item in value.items():
+        if type(item) in _NESTED:
+            if out is None:
+                out = value.copy()
+            out[key] = _sorted_arrays(item, nested[key], (*path, key), unknown)
+    return value if out is None else out
+
+
+@cache
+def _compiled_study() -> _Node | None:
+    return _compile(_shape_of_study(), {})
+
+
+def _compile(shape: Shape, seen: dict[int, _Node]) -> _Node | None:
+    if shape is None:
+        return None
+    if id(shape) in seen:
+        return seen[id(shape)]
+    node = _Node(frozenset(shape), {})
+    seen[id(shape)] = node
+    node.nested = {key: _compile(child, seen) for key, child in shape.items()}
+    return node
 
 
 @cache

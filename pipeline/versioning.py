@@ -35,6 +35,7 @@ class Head:
     content_hash: str
     is_removed: bool = False
     registry_updated: date | None = None  # the stored version's lastUpdatePostDate
+    member_key: int | None = None  # the bulk member it was read from (pipeline.registry.bulk.member_key)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class NewVersion:
     raw: bytes
     is_new_study: bool
     rows: StudyRows = field(default_factory=dict)  # the child-table rows (pipeline.flatten), same version
+    member_key: int | None = None  # the bulk member it was read from, if any
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,20 @@ def plan_batch(
     *,
     registry_versions: Mapping[str, int] | None = None,
     raws: Sequence[bytes] | None = None,
+    member_keys: Sequence[int] | None = None,
 ) -> BatchPlan:
     """Versions to store for ``records`` given the current ``heads``.
 
     A record whose material content hash equals its study's head adds nothing and is not parsed
     again (that content was validated when its version was stored); a study seen twice in one batch
     with different content gets two versions, in the order seen. ``raws``: the records' own compact
-    JSON text, stored as is instead of serialising the record again (a bulk file's members).
+    JSON text, stored as is instead of serialising the record again (a bulk file's members);
+    ``member_keys``: the members' keys (``pipeline.registry.bulk.member_key``), stored with each version.
     """
     plan = BatchPlan()
     for index, record in enumerate(records):
         raw = raws[index] if raws is not None else None
+        key = member_keys[index] if member_keys is not None else None
         nct_hint = record_nct_id(record) if isinstance(record, Mapping) else None
         digest, unknown = hash_and_unknown(record) if nct_hint else (None, frozenset[str]())
         for path in unknown:
@@ -134,9 +139,10 @@ def plan_batch(
                 raw=raw or _raw(record),
                 is_new_study=head is None,
                 rows=rows,
+                member_key=key,
             )
         )
-        plan.heads[core.nct_id] = Head(version, digest, registry_updated=core.last_update_posted)
+        plan.heads[core.nct_id] = Head(version, digest, registry_updated=core.last_update_posted, member_key=key)
         plan.seen.append((core.nct_id, version))
     return plan
 

@@ -67,10 +67,11 @@ def test_the_head_index_gives_a_removed_study_the_latest_registry_date_it_had() 
 
     con = duckdb.connect()
     con.execute("CREATE TABLE raw_study_versions (nct_id VARCHAR, version INT, content_hash VARCHAR, "
-                "is_removed BOOLEAN, registry_updated DATE)")
-    con.execute("INSERT INTO raw_study_versions VALUES ('NCT05766735', 1, 'a', false, DATE '2026-04-09'), "
-                "('NCT05766735', 2, 'b', false, DATE '2026-05-16'), ('NCT05766735', 3, 'b', true, NULL)")
-    assert con.execute(HEADS_SQL).fetchall() == [("NCT05766735", 3, "b", True, date(2026, 5, 16))]
+                "is_removed BOOLEAN, registry_updated DATE, member_key BIGINT)")
+    con.execute("INSERT INTO raw_study_versions VALUES ('NCT05766735', 1, 'a', false, DATE '2026-04-09', 7), "
+                "('NCT05766735', 2, 'b', false, DATE '2026-05-16', 8), ('NCT05766735', 3, 'b', true, NULL, NULL)")
+    # (the removal marker's member key is NULL: a removed study's member is always read again)
+    assert con.execute(HEADS_SQL).fetchall() == [("NCT05766735", 3, "b", True, date(2026, 5, 16), None)]
 
 
 def test_same_registry_date_and_new_content_is_a_version_not_stale() -> None:

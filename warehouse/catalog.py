@@ -74,7 +74,7 @@ def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True) -> li
     statements += [
         f"""CREATE OR REPLACE VIEW study_versions AS
 SELECT nct_id, version, content_hash, registry_updated, registry_version, observed_at, run_id, source,
-       valid_from,
+       member_key, valid_from,
        lead(valid_from) OVER w AS valid_to,
        lead(version) OVER w IS NULL AS is_current,
        is_removed, {_CORE}, CAST(raw AS JSON) AS raw

@@ -41,6 +41,7 @@ def versions_table(versions: Sequence[NewVersion], ctx: RunContext) -> pa.Table:
             columns[name] = [getattr(v.core, name) for v in versions]
     arrays = {name: pa.array(values, STUDY_VERSIONS.field(name).type) for name, values in columns.items()}
     arrays["raw"] = _json_text([v.raw for v in versions])
+    arrays["member_key"] = pa.array([v.member_key for v in versions], pa.int64())
     return pa.table([arrays[f.name] for f in STUDY_VERSIONS], schema=STUDY_VERSIONS)
 
 

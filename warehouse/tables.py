@@ -50,6 +50,9 @@ STUDY_VERSIONS = pa.schema(
         pa.field("is_removed", pa.bool_(), nullable=False),
         *CORE_FIELDS,
         pa.field("raw", pa.string()),
+        # The bulk member this version was read from: its uncompressed size << 32 | CRC-32, from the
+        # zip's directory (warehouse.heads: a later load skips a member whose bytes did not change).
+        pa.field("member_key", pa.int64()),
     ]
 )
 

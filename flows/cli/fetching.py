@@ -140,6 +140,9 @@ def load_bulk(
     download_dir: Annotated[str | None, typer.Option("--download-dir",
                                                      help="Where a URL is downloaded [default: beside the warehouse]")]
     = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Read and hash every member, also those whose bytes "
+                                         "the warehouse already holds (otherwise skipped, checked on a sample)")]
+    = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Load the registry's bulk download as one run (later syncs continue from it)."""
@@ -151,7 +154,7 @@ def load_bulk(
         raise UsageError("--workers and --batch-size must be at least 1")
     _refuse_damaged(warehouse)
     summary = run_bulk(dict(source=source, warehouse=str(settings.warehouse_dir(warehouse)), batch_size=batch_size,
-                            lock_timeout=lock_timeout, download_dir=download_dir),
+                            lock_timeout=lock_timeout, download_dir=download_dir, verify=verify),
                        workers=workers, dask=dask, show_progress=not quiet)
     print_summary(summary)
 

@@ -1,0 +1,129 @@
+"""The content hash's fast path gives exactly the full walk's value (stored hashes must never move).
+
+``hash_and_unknown`` proves most records need no normalisation and hashes them without the walk;
+``slow_hash_and_unknown`` is the walk alone. Records are the 326 real ones and perturbations of
+them that each hit one rule of the canonical form (NFD text, integral floats, reordered arrays,
+unknown keys, derivedSection edits).
+"""
+
+from __future__ import annotations
+
+import copy
+import unicodedata
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import hashing
+from pipeline.hashing import hash_and_unknown, material_content, slow_hash_and_unknown
+from tests.conftest import real_records
+
+REAL = real_records()
+NON_ASCII = st.text(st.characters(min_codepoint=0xC0, max_codepoint=0x1EFF), min_size=1, max_size=6)
+
+
+def _containers(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths (tuples of keys and indexes) of every dict and list in ``value``."""
+    out = [path]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, dict | list):
+            out += _containers(item, (*path, key))
+    return out
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths of every string leaf."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    out = []
+    for key, item in items:
+        if isinstance(item, str):
+            out.append((*path, key))
+        elif isinstance(item, dict | list):
+            out += _leaves(item, (*path, key))
+    return out
+
+
+def _at(value: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+@st.composite
+def perturbed(draw: st.DrawFn) -> dict[str, Any]:
+    record = copy.deepcopy(draw(st.sampled_from(REAL)))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["nfd", "float", "reorder", "unknown", "known_elsewhere", "derived",
+                                     "tracking", "non_ascii"]))
+        containers = _containers(record)
+        if kind in ("nfd", "non_ascii"):
+            leaves = _leaves(record)
+            path = draw(st.sampled_from(leaves))
+            text = draw(NON_ASCII)
+            value = unicodedata.normalize("NFD", text) if kind == "nfd" else text
+            _at(record, path[:-1])[path[-1]] = _at(record, path) + value
+        elif kind == "float":
+            path = draw(st.sampled_from([p for p in containers if isinstance(_at(record, p), dict)]))
+            keys = sorted(_at(record, path))
+            number = draw(st.sampled_from([100.0, -0.0, 6.0, 2.5, 1e16, 3]))
+            _at(record, path)[draw(st.sampled_from(keys))] = number
+        elif kind == "reorder":
+            lists = [p for p in containers if isinstance(_at(record, p), list) and len(_at(record, p)) > 1]
+            if lists:
+                items = _at(record, draw(st.sampled_from(lists)))
+                items[:] = draw(st.permutations(items))
+        elif kind in ("unknown", "known_elsewhere"):
+            path = draw(st.sampled_from([p for p in containers if isinstance(_at(record, p), dict)]))
+            name = (draw(st.sampled_from(["nctId", "date", "type", "locations", "name", "city"]))
+                    if kind == "known_elsewhere" else draw(st.text(min_size=1, max_size=8)))
+            _at(record, path)[name] = draw(st.sampled_from(["x", 1, [2, 1], {"b": 1, "a": [3, 2]}]))
+        elif kind == "derived":
+            derived = record.setdefault("derivedSection", {})
+            derived[draw(st.sampled_from(["conditionBrowseModule", "miscInfoModule", "new"]))] = {"versionHolder": "x"}
+        else:
+            misc = record.setdefault("derivedSection", {}).setdefault("miscInfoModule", {})
+            misc["submissionTracking"] = {"submissionInfos": [
+                {"releaseDate": "2025-01-02", "resetDate": "2025-02-0" + str(draw(st.integers(1, 9)))},
+                {"releaseDate": "2024-11-30"}]}
+    return record
+
+
+def test_fast_path_hashes_every_real_record_like_the_walk() -> None:
+    assert [hash_and_unknown(r) for r in REAL] == [slow_hash_and_unknown(r) for r in REAL]
+
+
+def test_fast_path_takes_most_real_records() -> None:
+    """Else the fast path would be dead code and the property below proves nothing."""
+    fast = sum(1 for r in REAL if hashing._fast_canonical(material_content(r)) is not None)
+    assert fast >= 0.9 * len(REAL)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(perturbed())
+def test_fast_path_equals_the_walk_on_perturbed_real_records(record: dict[str, Any]) -> None:
+    assert hash_and_unknown(record) == slow_hash_and_unknown(record)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False) | st.text(max_size=4),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children,
+                                                                                       max_size=4), max_leaves=20))
+def test_fast_path_equals_the_walk_on_free_form_values(value: Any) -> None:
+    """Any JSON value under a schema leaf that takes free-form content (here: under an unknown key of
+    a record's root the walk prunes, and inside a known free-form-less place via the derived part)."""
+    record = copy.deepcopy(REAL[0])
+    record["derivedSection"] = {"miscInfoModule": {"submissionTracking": value}}
+    assert hash_and_unknown(record) == slow_hash_and_unknown(record)
+
+
+def test_nfd_and_integral_float_records_take_the_walk() -> None:
+    record = copy.deepcopy(REAL[0])
+    record["protocolSection"]["identificationModule"]["briefTitle"] += unicodedata.normalize("NFD", "é")
+    assert hashing._fast_canonical(material_content(record)) is None
+    record = copy.deepcopy(REAL[0])
+    record["protocolSection"]["designModule"] = {**record["protocolSection"].get("designModule", {}),
+                                                 "enrollmentInfo": {"count": 100.0}}
+    assert hashing._fast_canonical(material_content(record)) is None
+    assert hash_and_unknown(record)[0] == slow_hash_and_unknown(record)[0]
