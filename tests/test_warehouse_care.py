@@ -296,6 +296,42 @@ def test_an_intact_warehouse_checks_ok_in_one_line(built: dict[str, Any]) -> Non
         assert report.summary().startswith(f"ok ({'deep' if deep else 'quick'} check): generation 3, 3 runs")
 
 
+def _as_written_by_an_older_release(root: Path) -> None:
+    """The catalog as a release with other view definitions left it: one view is not this release's,
+    and its meta has no digest of this release's views (the release before the digest had none)."""
+    import duckdb
+
+    con = duckdb.connect(str(root / catalog.CATALOG_NAME))
+    try:
+        con.execute("CREATE OR REPLACE VIEW studies AS SELECT 'old' AS nct_id")
+        con.execute("DELETE FROM _meta WHERE key = 'views_digest'")
+    finally:
+        con.close()
+
+
+def test_a_catalog_written_by_another_release_is_rewritten_not_called_damaged(copy: Path) -> None:
+    root = copy.resolve()
+    with Warehouse(root).connect() as con:
+        expected = con.execute("SELECT * FROM studies ORDER BY nct_id").fetchall()
+    _as_written_by_an_older_release(root)
+    report = check(root)
+    assert report.ok, report.problems
+    assert any("another release" in note for note in report.notes)
+    with Warehouse(root).connect() as con:  # no writer holds the lock: the reader rewrites the catalog
+        assert con.execute("SELECT * FROM studies ORDER BY nct_id").fetchall() == expected
+    assert catalog.catalog_meta(root / catalog.CATALOG_NAME)["views_digest"] == catalog.views_digest()
+    assert check(root).notes == [] and check(root).ok
+
+
+def test_a_writer_takes_a_catalog_of_another_release_without_refusing(copy: Path) -> None:
+    root = copy.resolve()
+    _as_written_by_an_older_release(root)
+    store.refuse_if_damaged(root)  # what every writing command runs first: no refusal
+    with Warehouse(root).writer("upgrade-test"):
+        pass  # the writer brings the catalog up to date before it starts
+    assert catalog.catalog_meta(root / catalog.CATALOG_NAME)["views_digest"] == catalog.views_digest()
+
+
 TABLES_OF_RUN_2 = ["study_versions", "sync_runs", "run_studies", "changes", "locations", "conditions",
                    "reconciliation", "eligibility", "descriptions", "sponsors"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import cache
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -227,6 +228,17 @@ def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest,
                 raise
 
 
+@cache
+def views_digest() -> str:
+    """A fingerprint of this release's view and macro definitions, whatever the files: a catalog
+    written by another release (a view changed, a column was added) is out of date, not damaged, and
+    the next command rewrites it (``Warehouse.refresh_catalog``)."""
+    every_table = Manifest(tuple(ManifestEntry("r", t, f"runs/r/{t}.parquet") for t in TABLES), {}, 1)
+    plans = [*plan_catalog(Path("/"), Manifest((), {}, 0)), *plan_catalog(Path("/"), every_table)]
+    text = "\n;\n".join(plans)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def plan_digest(root: Path, manifest: Manifest) -> str:
     """A fingerprint of the views ``manifest`` implies at ``root`` (``check`` compares it)."""
     text = "\n;\n".join(plan_catalog(root, manifest))
@@ -257,7 +269,8 @@ def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *
         crashpoint("catalog-tmp-created")
         con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
         meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION,
-                "generation": str(manifest.generation), "plan_digest": plan_digest(root, manifest)}
+                "generation": str(manifest.generation), "plan_digest": plan_digest(root, manifest),
+                "views_digest": views_digest()}
         con.executemany("INSERT INTO _meta VALUES (?, ?)", sorted(meta.items()))
         build(con, root, manifest)
         con.execute("CHECKPOINT")
@@ -325,7 +338,8 @@ def read_legacy_manifest(path: Path) -> Manifest:
         meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
     finally:
         con.close()
-    meta = {k: v for k, v in meta.items() if k not in ("root", "schema_version", "generation", "plan_digest")}
+    catalog_keys = ("root", "schema_version", "generation", "plan_digest", "views_digest")
+    meta = {k: v for k, v in meta.items() if k not in catalog_keys}
     return Manifest(tuple(ManifestEntry(*row) for row in rows), meta)
 
 

@@ -234,8 +234,17 @@ def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: li
     if generation > manifest.generation:
         problems.append(Problem("catalog", CATALOG_NAME, f"catalog at generation {generation}, manifest only "
                                 f"at {manifest.generation}"))
+    elif meta.get("views_digest") != catalog.views_digest():  # not damage: an upgrade
+        notes.append("the catalog's views were written by another release of trialsync: "
+                     "the next command rewrites them")
     elif meta.get("plan_digest") != catalog.plan_digest(root, manifest):
         problems.append(Problem("catalog", CATALOG_NAME, "the catalog's views differ from what the manifest implies"))
+    return problems + _copy_problems(state)
+
+
+def _copy_problems(state: LogState) -> list[Problem]:
+    """The catalog keeps a copy of every manifest file (to restore a damaged one): each must be equal."""
+    problems = []
     for number, gen in state.files.items():
         copy = state.copies.get(number)
         if copy != gen:  # equal fields, equal bytes (to_bytes is a function of them)

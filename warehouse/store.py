@@ -88,8 +88,9 @@ class Warehouse:
             return False
         if not log or int(meta["generation"]) > log[-1].number:
             return False  # the manifest lost files the catalog knows: repair restores them
-        if int(meta["generation"]) == log[-1].number and meta.get("root") == str(self.root):
-            return False
+        if (int(meta["generation"]) == log[-1].number and meta.get("root") == str(self.root)
+                and meta.get("views_digest") == catalog.views_digest()):
+            return False  # up to date; otherwise behind, moved, or written by another release
         try:
             catalog.write_catalog(self.root, manifests.fold(log), log, tag="refresh")
         except duckdb.Error:  # a damaged file: readers build the views in memory, writers refuse
@@ -184,12 +185,14 @@ class Warehouse:
             return None
         try:
             # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
-            meta = dict(con.execute("SELECT key, value FROM _meta WHERE key IN ('root', 'generation')").fetchall())
+            meta = dict(con.execute("SELECT key, value FROM _meta WHERE key IN ('root', 'generation', "
+                                    "'views_digest')").fetchall())
         except duckdb.Error:
             con.close()
             return None
         head = manifests.head(self.root)
-        if meta.get("root") == str(self.root) and meta.get("generation") == str(head):  # a legacy catalog has none
+        if (meta.get("root") == str(self.root) and meta.get("generation") == str(head)  # a legacy catalog has none
+                and meta.get("views_digest") == catalog.views_digest()):  # another release's views: rewrite
             return con
         con.close()
         return None
