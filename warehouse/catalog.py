@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from functools import cache
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import duckdb
