@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from flows.cli import main
+from pipeline.alerts.watchlist import WATCH_EVENTS
 from pipeline.changes import EVENTS, SEVERITIES
 from pipeline.enums import STATUSES
 from pipeline.registry.fake_server import FakeRegistry
@@ -19,6 +20,7 @@ from tests.conftest import REPO, fast_sync, real_records
 
 STATUS_LIST = ", ".join(STATUSES)
 EVENT_LIST = ", ".join(EVENTS)
+WATCH_EVENT_LIST = ", ".join(WATCH_EVENTS)  # a watch may also name fdaaa_overdue
 SEVERITY_LIST = ", ".join(SEVERITIES)
 
 BAD_RULES: list[tuple[str, str]] = [
@@ -53,13 +55,13 @@ BAD_WATCHLISTS: list[tuple[str, str]] = [
      "watches[w].since: not a real date: '2026-02-30' (day is out of range for month); expected YYYY-MM-DD"),
     (_watchlist({"min_severity": "high"}), f"watches[w].min_severity: unknown value 'high'; valid: {SEVERITY_LIST}"),
     (_watchlist({"events": ["status_chnged"]}),
-     f"watches[w].events: unknown event 'status_chnged'; valid: {EVENT_LIST}"),
+     f"watches[w].events: unknown event 'status_chnged'; valid: {WATCH_EVENT_LIST}"),
     (_watchlist({"studies": {"status": ["TERMINATD"]}}),
      f"watches[w].studies.status: unknown status 'TERMINATD'; valid: {STATUS_LIST}"),
     (_watchlist({"lookback_days": "ten"}), "watches[w].lookback_days: must be a whole number >= 0, got 'ten'"),
     (_watchlist({"min_sevrity": "notable"}),
      "watches[w].min_sevrity: unknown key; valid: name, studies, categories, events, min_severity, mode, channels, "
-     "since, lookback_days"),
+     "since, lookback_days, fdaaa"),
     (_watchlist(defaults={"mode": "daily"}), "defaults.mode: unknown value 'daily'; valid: immediate, digest"),
     (_watchlist().replace("path: feed.json", "path: feed.json\n    max_items: many"),
      "channels.feed.max_items: must be a whole number >= 1, got 'many'"),

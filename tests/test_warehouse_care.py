@@ -161,9 +161,11 @@ def _no_locks() -> Iterator[None]:
         store._exclusive_lock = original
 
 
-def test_two_writers_that_locks_do_not_keep_apart_never_lose_a_committed_run(copy: Path) -> None:
+def test_two_writers_that_locks_do_not_keep_apart_never_lose_a_committed_run(
+        copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both start from the same generation (as on NFS with local locks, or two hosts): the first to
     publish commits, the second is refused and its files go; the catalog lists the first."""
+    monkeypatch.setenv("TRIALSYNC_AUTOCOMPACT", "off")  # one generation per commit, to count them
     root = copy.resolve()
     wh = Warehouse(root)
     before = manifests.head(root)
