@@ -181,7 +181,7 @@ def plan_task(r: _Run) -> AlertPlan:
             found[watch.name] = candidates(con, watch, start, retry_ids)
             if "overdue" in watch.fdaaa:  # a time event: overdue on the run's day, not on the last run's
                 a, b = compliance_window(start, last.get(watch.name), r.started)
-                found[watch.name] += overdue_candidates(con, watch, a, b)
+                found[watch.name] += overdue_candidates(con, watch, a, b, last.get(watch.name))
     return plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
 
 

@@ -238,3 +238,47 @@ def test_a_new_version_of_a_trial_already_alerted_overdue_does_not_alert_it_agai
     overdue = [c["change_id"] for _, c in _changes(hook) if c["event"] == "fdaaa_overdue"]
     assert overdue == [f"fdaaa-overdue:{ACME}:{first_due.isoformat()}"]  # the first alert only
     assert (again["messages"], len(hook.received), len(smtp.mails)) == (0, 1, 1)
+
+
+@pytest.mark.parametrize("first_run", [TODAY - timedelta(days=1), TODAY], ids=["the-day-before", "the-same-day"])
+def test_a_new_version_that_makes_a_trial_overdue_at_once_is_alerted_even_when_dated_before_the_last_run(
+        first_run: date, tmp_path: Path, hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The registry dates the new version (its lastUpdatePostDate) before the last alerts run, but the
+    warehouse stored it after: judged as known at that run, the trial was not overdue then."""
+    from pipeline.versioning import RunContext, plan_batch
+
+    moving, fresh = "NCT90000005", "NCT90000006"
+    directory = tmp_path / "warehouse"
+    store(directory, [trial(moving, primary_completion=(TODAY + timedelta(days=100)).isoformat(), sponsor="Acme")])
+    config = tmp_path / "watch.yaml"
+    config.write_text(yaml.safe_dump({
+        "channels": {"hook": {"type": "webhook", "url": f"{hook.url}/hook", "attempts": 1}},
+        "watches": [{"name": "w", "studies": {"ids": [moving, fresh]}, "fdaaa": ["overdue"], "channels": ["hook"]}]}))
+
+    def run_at(moment: datetime) -> dict[str, Any]:
+        with monkeypatch.context() as patch:
+            patch.setattr(flows.alerts, "_now", lambda: moment)
+            return send_alerts(config=str(config), warehouse=str(directory))
+
+    first = datetime.combine(first_run, datetime.min.time(), UTC) + timedelta(hours=9)
+    assert run_at(first)["messages"] == 0
+
+    # An hour later a sync stores the sponsor's correction: completion moved back, results due 60 days
+    # ago, the record dated five days ago; and a study new to the warehouse, overdue for years.
+    ctx = RunContext("run-2", first + timedelta(hours=1), "api")
+    with Warehouse(directory).writer(ctx.run_id) as run:
+        batch = [trial(moving, primary_completion=_completion_due_on(TODAY - timedelta(days=60)), sponsor="Acme",
+                       updated=(TODAY - timedelta(days=5)).isoformat()),
+                 trial(fresh, primary_completion="2020-06-30", sponsor="Acme")]
+        run.append_plan(plan_batch(batch, run.heads(), ctx), ctx)
+        run.commit()
+    days = judge(Warehouse(directory), first_run)
+    assert (days[moving]["version"], days[moving]["status"], days[fresh]["status"]) == (2, "overdue", "overdue")
+
+    second = run_at(datetime.combine(TODAY, datetime.min.time(), UTC) + timedelta(hours=12))
+    assert second["messages"] == 1
+    [(watch, change)] = _changes(hook)
+    assert (watch, change["event"], change["old_value"], change["new_value"], change["to_version"]) == (
+        "w", "fdaaa_overdue", "ongoing", "overdue", 2)
+    assert change["change_id"] == f"fdaaa-overdue:{moving}:{judge(Warehouse(directory), TODAY)[moving]['due_from']}"
+    assert run_at(datetime.combine(TODAY, datetime.min.time(), UTC) + timedelta(hours=13))["messages"] == 0

@@ -134,26 +134,40 @@ def candidates(con: duckdb.DuckDBPyConnection, watch: Watch, start: datetime,
 
 
 # Overdue on b and not on a (a time event: the record need not have changed), in the version valid on b,
-# which the watch's selector must match.
+# which the watch's selector must match. "Not on a" is judged as the warehouse knew the study at the last
+# alerts run (``t``): a version stored since then, even one the registry dates before a, is news (a
+# completion date moved back makes a trial overdue at once). A study with no version known at ``t`` (new
+# to the warehouse, or before the watch's first run) is judged on a with what is stored now.
 _OVERDUE = """
+WITH known AS (
+  SELECT DISTINCT nct_id FROM studies_known_as_of(DATE '9999-12-31', CAST(? AS TIMESTAMPTZ))
+)
 SELECT n.nct_id, n.version, n.as_of, n.act_kind, n.status, n.due_date, n.days_late, n.completion_date_used,
-       n.brief_title, n.lead_sponsor, o.status AS status_before, {event_id} AS event_id
-FROM fdaaa_as_of(CAST(? AS DATE)) AS n LEFT JOIN fdaaa_as_of(CAST(? AS DATE)) AS o USING (nct_id)
-WHERE n.status IN {overdue} AND (o.status IS NULL OR o.status NOT IN {overdue})
+       n.brief_title, n.lead_sponsor,
+       CASE WHEN known.nct_id IS NOT NULL THEN k.status ELSE o.status END AS status_before,
+       {event_id} AS event_id
+FROM fdaaa_as_of(CAST(? AS DATE)) AS n
+LEFT JOIN fdaaa_as_of(CAST(? AS DATE)) AS o USING (nct_id)
+LEFT JOIN fdaaa_known_as_of(CAST(? AS DATE), CAST(? AS TIMESTAMPTZ)) AS k USING (nct_id)
+LEFT JOIN known USING (nct_id)
+WHERE n.status IN {overdue}
+  AND coalesce((CASE WHEN known.nct_id IS NOT NULL THEN k.status ELSE o.status END) NOT IN {overdue}, true)
   AND EXISTS (SELECT 1 FROM ({studies}) AS studies
               WHERE studies.nct_id = n.nct_id AND studies.version = n.version AND ({selector}))
 ORDER BY n.nct_id
 """
 
 
-def overdue_candidates(con: duckdb.DuckDBPyConnection, watch: Watch, a: date, b: date) -> list[AlertChange]:
-    """The watch's studies that are FDAAA-overdue on ``b`` and were not on ``a`` (``fdaaa: [overdue]``)."""
-    if not con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = 'fdaaa_as_of'").fetchall():
+def overdue_candidates(con: duckdb.DuckDBPyConnection, watch: Watch, a: date, b: date,
+                       last_run: datetime | None) -> list[AlertChange]:
+    """The watch's studies that are FDAAA-overdue on ``b`` and were not on ``a`` as the warehouse knew them
+    at ``last_run`` (the watch's last alerts run; None before its first: as stored now)."""
+    if not con.execute("SELECT 1 FROM duckdb_functions() WHERE function_name = 'fdaaa_known_as_of'").fetchall():
         for statement in fdaaa_macros():  # the writer's connection is built without the analyses
             con.execute(statement)
     selector, params = selector_sql(watch.studies)
     sql = _OVERDUE.format(event_id=overdue_event_id("n"), overdue=OVERDUE, studies=_STUDIES, selector=selector)
-    result = con.execute(sql, [b, a, *params])
+    result = con.execute(sql, [last_run, b, a, a, last_run, *params])
     columns = [d[0] for d in result.description]
     return [overdue_alert(dict(zip(columns, row, strict=True))) for row in result.fetchall()]
 

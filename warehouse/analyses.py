@@ -41,7 +41,7 @@ def qc_newest_cancelled(made: str, last_cancelled: str) -> str:
     return f"CASE WHEN len({made}) > 0 THEN coalesce(list_max({made}) = {last_cancelled}, false) END"
 
 
-_FDAAA_AS_OF = f"""CREATE OR REPLACE MACRO fdaaa_as_of(d) AS TABLE
+_FDAAA_BODY = f"""
 WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
   SELECT *, coalesce(primary_completion_date, completion_date) AS p,
          coalesce(is_fda_regulated_drug, false) OR coalesce(is_fda_regulated_device, false) AS flag_yes,
@@ -60,7 +60,7 @@ WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
     END AS act_kind
   FROM f
 ), v0 AS (  -- the version valid on d of each applicable trial (keys only: the window stays narrow)
-  SELECT s.nct_id, s.version, s.valid_from FROM studies_as_of(d) AS s
+  SELECT s.nct_id, s.version, s.valid_from FROM {{versions}} AS s
   JOIN k ON k.nct_id = s.nct_id AND k.version = s.version AND k.act_kind IS NOT NULL
 ), v AS (  -- ... evaluated at d
   SELECT v0.nct_id, v0.version, CAST(d AS DATE) AS as_of, k.act_kind, k.p, v0.valid_from, r.brief_title,
@@ -110,6 +110,23 @@ SELECT nct_id, version, as_of, act_kind, p AS completion_date_used, due_date, du
        is_fda_regulated_device, phases, primary_purpose, start_date, certificate_date, results_first_submitted,
        qc_submissions, qc_counted_date, qc_newest_cancelled
 FROM s"""
+
+_FDAAA_AS_OF = "CREATE OR REPLACE MACRO fdaaa_as_of(d) AS TABLE" + _FDAAA_BODY.replace("{versions}", "studies_as_of(d)")
+
+# The version valid on d as the warehouse knew it at t: of the versions committed by t (their run's
+# ``finished_at``, the moment just before its commit; ``observed_at`` for a run without a row there). A
+# version stored later, even one the registry dates before d, was not known then: the alerts run's
+# "before". ``valid_from`` never decreases with ``version``, so the newest such version is the valid one.
+_STUDIES_KNOWN_AS_OF = """CREATE OR REPLACE MACRO studies_known_as_of(d, t) AS TABLE
+SELECT * FROM (
+  SELECT v.* FROM study_versions AS v
+  LEFT JOIN (SELECT run_id, max(finished_at) AS finished_at FROM raw_sync_runs GROUP BY run_id) AS r
+    ON r.run_id = v.run_id
+  WHERE v.valid_from <= CAST(d AS DATE) AND coalesce(r.finished_at, v.observed_at) <= CAST(t AS TIMESTAMPTZ)
+  QUALIFY row_number() OVER (PARTITION BY v.nct_id ORDER BY v.version DESC) = 1)
+WHERE NOT is_removed"""
+_FDAAA_KNOWN_AS_OF = ("CREATE OR REPLACE MACRO fdaaa_known_as_of(d, t) AS TABLE"
+                      + _FDAAA_BODY.replace("{versions}", "studies_known_as_of(d, t)"))
 
 # Overdue on b and not on a: a time event, the record need not have changed. ``overdue_from``: the day it
 # became overdue in the version valid on b (its due day, or the day that version became valid).
@@ -242,8 +259,9 @@ FROM g"""
 
 
 def fdaaa_macros() -> list[str]:
-    """``fdaaa_as_of`` alone, for a connection built without the analyses (the alerts run's)."""
-    return [_FDAAA_AS_OF]
+    """``fdaaa_as_of`` and ``fdaaa_known_as_of``, for a connection built without the analyses (the alerts
+    run's)."""
+    return [_FDAAA_AS_OF, _STUDIES_KNOWN_AS_OF, _FDAAA_KNOWN_AS_OF]
 
 
 def analysis_views() -> list[str]:
