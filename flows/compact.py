@@ -9,8 +9,9 @@ from typing import Any
 from flows import settings
 from flows.engine import flow, get_run_logger
 from flows.sync import RunTotals, SyncSummary, commit_run, new_run_id
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, WarehouseError
 from warehouse import Warehouse
+from warehouse.check import first_damaged
 from warehouse.compact import copy_tables, retention_meta
 from warehouse.tables import TABLES
 
@@ -33,6 +34,9 @@ def compact_warehouse(warehouse: str | None = None, keep_hours: float = 24.0,
     with store.writer(run_id, lock_timeout=lock_timeout) as run:
         files_before = len(run.manifest.entries)
         superseded = run.manifest.run_ids
+        damage = first_damaged(store.root, run.manifest.entries)
+        if damage is not None:  # the rewrite would carry it into files whose checksums vouch for it
+            raise WarehouseError(f"not compacting: {damage}; run `trialsync check --deep`, then `trialsync repair`")
         copied = copy_tables(run)
         summary = SyncSummary(run_id, "compact", COMPACT_SCOPE, None, round(time.monotonic() - clock, 3),
                               RunTotals())

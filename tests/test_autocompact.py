@@ -213,3 +213,45 @@ def test_a_runs_change_derivation_reads_only_the_files_of_its_own_pairs(
             assert narrow == whole
         last = [p for batch in version_pairs(con, run_id=runs[2], source=(store.root, manifest)) for p in batch]
     assert [(p.nct_id, p.from_version, p.to_version) for p in last] == [(nct(second), 1, 2)]
+
+
+def _flip_a_data_byte(path: Path) -> None:
+    """One byte in the middle of the file: size and footer stay as they were, the quick check passes."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_silently_damaged_file_is_never_merged_or_compacted_into_a_file_that_vouches_for_it(
+        warehouse_dir: Path, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    from flows.compact import compact_warehouse
+    from pipeline.errors import WarehouseError
+
+    monkeypatch.setenv(autocompact.ENV, "off")
+    with FakeRegistry(records[:30]).start() as registry:
+        fast_sync(registry, warehouse_dir)
+        registry.put(mutate.set_status(records[3], "TERMINATED", "Sponsor decision"))
+        fast_sync(registry, warehouse_dir)
+    store = Warehouse(warehouse_dir)
+    sets_before = _sets(store)
+    assert len(sets_before) == 2
+    [victim] = [e for e in store.manifest().entries
+                if e.table == "study_versions" and e.run_id == sets_before[0].run_id]
+    _flip_a_data_byte(warehouse_dir / victim.path)
+    assert check(warehouse_dir).ok  # the quick check cannot see it; only the checksum can
+
+    capfd.readouterr()
+    assert merge_now(store, 2, monkeypatch) == 0
+    assert _sets(store) == sets_before
+    warning = capfd.readouterr().err  # the warehouse logger writes to stderr
+    assert f"not merging the file sets of {sets_before[0].run_id}" in warning
+    assert f"{victim.path} (study_versions, run {victim.run_id}): checksum differs" in warning
+
+    monkeypatch.setenv(autocompact.ENV, "off")
+    generation = store.log()[-1].number
+    with pytest.raises(WarehouseError, match=f"not compacting: {victim.path} .*checksum differs"):
+        compact_warehouse(warehouse=str(warehouse_dir))
+    assert store.log()[-1].number == generation  # nothing committed
+    [problem] = check(warehouse_dir, deep=True).problems
+    assert (problem.kind, problem.path) == ("checksum", victim.path)

@@ -334,6 +334,41 @@ def test_a_writer_takes_a_catalog_of_another_release_without_refusing(copy: Path
     assert catalog.catalog_meta(root / catalog.CATALOG_NAME)["views_digest"] == catalog.views_digest()
 
 
+def _without_write_override() -> None:
+    """In a child of root: drop CAP_DAC_OVERRIDE, so file modes bind it as they bind any user."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(24, 1, 0, 0, 0) != 0:  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_reader_without_the_right_to_write_answers_from_a_catalog_of_another_release(
+        built: dict[str, Any], tmp_path: Path) -> None:
+    """A read-only copy (a mount, another user's warehouse): the reader cannot take the lock file or
+    rewrite the catalog, so it builds the views in memory instead of failing."""
+    import sys
+
+    with Warehouse(built["path"]).connect() as con:
+        expected = con.execute("SELECT count(*), max(nct_id) FROM studies").fetchone()
+    root = tmp_path / "wh"
+    shutil.copytree(built["path"], root)
+    _as_written_by_an_older_release(root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        script = ("import sys; from warehouse import Warehouse; con = Warehouse(sys.argv[1]).connect(); "
+                  "print(con.execute('SELECT count(*), max(nct_id) FROM studies').fetchone())")
+        reader = subprocess.run(
+            [sys.executable, "-c", script, str(root)], capture_output=True, text=True, timeout=120,
+            cwd=Path(__file__).parents[1], preexec_fn=_without_write_override if os.geteuid() == 0 else None)
+        assert reader.returncode == 0, reader.stderr[-2000:]
+        assert reader.stdout.strip() == repr(expected)
+        assert "views_digest" not in catalog.catalog_meta(root / catalog.CATALOG_NAME)  # left as it was
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
 TABLES_OF_RUN_2 = ["study_versions", "sync_runs", "run_studies", "changes", "locations", "conditions",
                    "reconciliation", "eligibility", "descriptions", "sponsors"]
 

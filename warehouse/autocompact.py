@@ -33,6 +33,7 @@ import duckdb
 
 from pipeline.errors import UsageError
 from warehouse import catalog
+from warehouse.check import first_damaged
 from warehouse.compact import BATCH_ROWS, retention_meta
 from warehouse.manifest import Generation, Manifest
 from warehouse.run_writer import RunWriter
@@ -106,10 +107,17 @@ def merge_sql(root: catalog.Path, table: str, files: Sequence[str]) -> str:
     return f"SELECT {columns} FROM read_parquet({listed}, union_by_name = true)"
 
 
+class DamagedInput(Exception):
+    """A file a merge would read no longer matches its manifest entry: merging would bless the damage."""
+
+
 def merge(warehouse: Warehouse, run_id: str, manifest: Manifest, log: Sequence[Generation],
           runs: Sequence[str], now: datetime) -> Generation:
     """Commit one run whose files hold exactly the rows of ``runs``' files, in their place."""
     merged = set(runs)
+    damage = first_damaged(warehouse.root, [e for e in manifest.entries if e.run_id in merged])
+    if damage is not None:
+        raise DamagedInput(damage)
     run = RunWriter(warehouse, run_id, manifest, list(log))
     try:
         with duckdb.connect() as con:
@@ -138,8 +146,13 @@ def after_commit(warehouse: Warehouse, manifest: Manifest, log: Sequence[Generat
         group = plan_merge(file_sets(manifest, log), fanout)
         if not group:
             break
+        try:
+            gen = merge(warehouse, f"{run_id}-m{done + 1}", manifest, log, group, datetime.now(UTC))
+        except DamagedInput as exc:  # never merge damage into a file whose checksum would vouch for it
+            logger.warning("not merging the file sets of %s .. %s: %s; run `trialsync check --deep`, then "
+                           "`trialsync repair`", group[0], group[-1], exc)
+            break
         done += 1
-        gen = merge(warehouse, f"{run_id}-m{done}", manifest, log, group, datetime.now(UTC))
         log.append(gen)
         manifest = manifest.then(gen)
         logger.info("merged the file sets of %d runs (%s .. %s) into %s", len(group), group[0], group[-1],

@@ -8,6 +8,7 @@ checksum and every row group decoded. Nothing is ever changed here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,20 @@ def check_file(root: Path, entry: ManifestEntry, *, deep: bool) -> tuple[str, st
             parquet.read_row_group(group)
     except Exception as exc:
         return "decode", f"row group {group} does not decode ({_first_line(exc)})"
+    return None
+
+
+def first_damaged(root: Path, entries: Sequence[ManifestEntry]) -> str | None:
+    """The first of ``entries`` whose file's size, footer or checksum differs from its commit, said in one
+    line; None when all match. For a rewrite (a merge, ``compact``), which must not copy damage into a new
+    file whose checksum would then vouch for it. Reads every byte once (XXH3), not the rows."""
+    for entry in entries:
+        problem = check_file(root, entry, deep=False)
+        if (problem is None and entry.checksum is not None
+                and manifests.file_checksum(root / entry.path) != entry.checksum):
+            problem = ("checksum", "checksum differs from the one recorded at commit")
+        if problem is not None:
+            return f"{entry.path} ({entry.table}, run {entry.run_id}): {problem[1]}"
     return None
 
 

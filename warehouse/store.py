@@ -166,7 +166,8 @@ class Warehouse:
             {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
         con = self._open_current(config)
         if con is None:
-            with suppress(WarehouseBusy), _exclusive_lock(self.root / LOCK_NAME, "reader", 0):
+            # a busy writer, or no right to write here (a read-only copy or mount): the views go in memory
+            with suppress(WarehouseBusy, OSError), _exclusive_lock(self.root / LOCK_NAME, "reader", 0):
                 self.refresh_catalog()
             con = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged
