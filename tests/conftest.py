@@ -114,6 +114,15 @@ def fast_sync(registry: Any, warehouse_dir: Path, **kwargs: Any) -> dict[str, An
     return result
 
 
+def copy_warehouse(source: Path, dest: Path) -> Path:
+    """A working copy of a warehouse a module built once (a copied warehouse works at its new place:
+    tests/test_warehouse_care.py), so tests that change it do not each pay for the syncs."""
+    import shutil
+
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def loaded_warehouse(prefect_api: str, records: list[Record], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A warehouse holding the 326 real records (one real sync); read-only for the tests that share it."""

@@ -14,7 +14,7 @@ from flows.history import print_history
 from flows.sync import rederive_changes
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry
-from tests.conftest import fast_sync, nct, snapshot_pairs
+from tests.conftest import copy_warehouse, fast_sync, nct, snapshot_pairs
 from tests.test_cli import run_cli
 from warehouse import Warehouse
 
@@ -26,11 +26,11 @@ def rows(warehouse_dir: Path, sql: str, params: list[Any] | None = None) -> list
         return con.execute(sql, params or []).fetchall()
 
 
-@pytest.fixture
-def three_versions(tmp_path: Path, records: list[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+@pytest.fixture(scope="module")
+def three_versions_built(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """NCT05766735 stored at its two real versions plus a derived third, with the 7 derived-only pairs."""
     pairs = snapshot_pairs()
-    warehouse_dir = tmp_path / "w"
+    warehouse_dir = tmp_path_factory.mktemp("three") / "w"
     with FakeRegistry([older for older, _ in pairs.values()]).start() as registry:
         fast_sync(registry, warehouse_dir)
         registry.put(*(newer for _, newer in pairs.values()))
@@ -40,6 +40,12 @@ def three_versions(tmp_path: Path, records: list[dict[str, Any]]) -> tuple[Path,
         registry.put(third)
         fast_sync(registry, warehouse_dir)
     return warehouse_dir, third
+
+
+@pytest.fixture
+def three_versions(three_versions_built: tuple[Path, dict[str, Any]], tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A copy of the three-version warehouse, for one test to change."""
+    return copy_warehouse(three_versions_built[0], tmp_path / "w"), three_versions_built[1]
 
 
 def test_the_changes_view_holds_the_real_change_and_a_derived_one(three_versions: tuple[Path, Any]) -> None:

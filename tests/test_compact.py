@@ -12,7 +12,7 @@ from flows.compact import compact_warehouse
 from flows.sync import rederive_changes
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry
-from tests.conftest import fast_sync, nct
+from tests.conftest import copy_warehouse, fast_sync, nct
 from tests.test_backfill import HISTORY, NCT, observe_then_backfill
 from tests.test_cli import run_cli
 from warehouse import Warehouse
@@ -38,16 +38,25 @@ def run_dirs(warehouse_dir: Path) -> set[str]:
     return {d.name for d in (warehouse_dir / RUNS_DIR).iterdir() if d.is_dir()}
 
 
-@pytest.fixture
-def busy_warehouse(warehouse_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def busy_built(prefect_api: str, records: list[dict[str, Any]],
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """Many runs: syncs, a backfill that rewrote a study, a rederive that replaced the changes, a retirement."""
+    built = tmp_path_factory.mktemp("busy") / "warehouse"
     with FakeRegistry(records[:40]).start() as registry:
-        runs = observe_then_backfill(registry, warehouse_dir)
+        runs = observe_then_backfill(registry, built)
         registry.put(mutate.posted_on(mutate.set_status(records[3], "TERMINATED", "Funding"), date(2030, 1, 2)))
         registry.remove(nct(records[4]))
-        runs["full"] = fast_sync(registry, warehouse_dir, full=True)
-    rederive_changes(warehouse=str(warehouse_dir))
-    return runs
+        runs["full"] = fast_sync(registry, built, full=True)
+    rederive_changes(warehouse=str(built))
+    return built, runs
+
+
+@pytest.fixture
+def busy_warehouse(busy_built: tuple[Path, dict[str, Any]], warehouse_dir: Path) -> dict[str, Any]:
+    """A copy of the busy warehouse at ``warehouse_dir``, for one test to change."""
+    copy_warehouse(busy_built[0], warehouse_dir)
+    return busy_built[1]
 
 
 def test_compaction_keeps_every_view_identical_in_one_file_per_table(

@@ -8,6 +8,7 @@ and checks what ``check`` says and what ``repair`` restores, against the intact 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -622,3 +623,24 @@ def test_a_copied_or_moved_warehouse_works_at_its_new_place_also_in_the_duckdb_s
     assert again["versions_written"] == 0
     assert _cli("backup", str(tmp_path / "bk"), "--warehouse", str(dest)).returncode == 0
     assert check((tmp_path / "bk").resolve(), deep=True).ok
+
+
+def _as_written_by_a_newer_release(path: Path) -> None:
+    doc = json.loads(path.read_bytes())
+    del doc["digest"]
+    doc["format"] = manifests.FORMAT + 1
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    path.write_text(json.dumps({**doc, "digest": manifests._digest(text)}, sort_keys=True, indent=1) + "\n")
+
+
+def test_a_generation_of_a_newer_format_is_refused_by_every_command_and_never_repaired_away(copy: Path) -> None:
+    root = copy.resolve()
+    _as_written_by_a_newer_release(root / "manifest/00000002.json")
+    before = files_of(root)
+    for args in (("check",), ("check", "--deep"), ("repair",), ("sql", "select 1"),
+                 ("sync", "--api-url", "http://127.0.0.1:9", "--quiet")):
+        refused = _cli(*args, "--warehouse", str(root))
+        assert refused.returncode != 0, args
+        assert refused.stderr.count("\n") == 1, (args, refused.stderr)
+        assert "manifest generation 2 was written by a newer trialsync release" in refused.stderr, args
+    assert files_of(root) == before and not (root / DAMAGED_DIR).exists()  # nothing moved, nothing rolled back

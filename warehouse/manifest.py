@@ -33,7 +33,10 @@ from pipeline.errors import WarehouseError
 MANIFEST_DIR = "manifest"
 RETAINED_KEY = "retained_runs"  # meta: {run_id: ISO time until which a superseded run's directory stays}
 CHECKSUM = "xxh3-128"
-FORMAT = 1
+# The newest generation format this release reads and writes. 1: every commit; 2: a generation with
+# ``merges`` (automatic compaction), which a release knowing only 1 would read as extra files (every merged
+# row twice). Other generations stay format 1, byte for byte what earlier releases read.
+FORMAT = 2
 _NAME = re.compile(r"^(\d{8})\.json$")
 _CHUNK = 1 << 20
 
@@ -44,6 +47,11 @@ class ManifestDamaged(WarehouseError):
     def __init__(self, message: str, generation: int) -> None:
         super().__init__(message)
         self.generation = generation
+
+
+class ManifestTooNew(WarehouseError):
+    """A generation written by a newer release, in a format this one cannot read faithfully: refuse
+    (never read it as damage, which ``repair`` would roll back)."""
 
 
 class GenerationTaken(WarehouseError):
@@ -77,7 +85,7 @@ class Generation:
 
     def body(self) -> dict[str, object]:
         body: dict[str, object] = {
-            "format": FORMAT, "generation": self.number, "run_id": self.run_id,
+            "format": FORMAT if self.merges else 1, "generation": self.number, "run_id": self.run_id,
             "committed_at": self.committed_at, "replace": sorted(self.replace), "meta": dict(self.meta),
             "files": [{"table": e.table, "path": e.path, "size": e.size, "checksum": e.checksum}
                       for e in self.entries]}
@@ -101,6 +109,11 @@ class Generation:
             text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
             if digest != _digest(text) or doc["generation"] != number:
                 raise ValueError("digest or generation does not match")
+            if not isinstance(doc.get("format", 1), int) or doc.get("format", 1) > FORMAT:
+                raise ManifestTooNew(
+                    f"manifest generation {number} was written by a newer trialsync release (format "
+                    f"{doc.get('format')!r}; this release reads up to {FORMAT}): "
+                    "upgrade trialsync to use this warehouse")
             return cls(number, doc["run_id"],
                        tuple(ManifestEntry(doc["run_id"], f["table"], f["path"], f["size"], f["checksum"])
                              for f in doc["files"]),
