@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -245,7 +246,20 @@ def plan_digest(root: Path, manifest: Manifest) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *, tag: str) -> Path:
+# Attaches a database file to a DuckDB of the caller's for a block: (path, ATTACH options) -> a cursor
+# whose own catalog is that file (``RunWriter``: its Parquet footers are cached already).
+Attach = Callable[[str, str], AbstractContextManager[duckdb.DuckDBPyConnection]]
+
+
+def metadata_cached(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Keep Parquet footers in memory across the views and builds of ``con``'s database: a build binds
+    each table's files several times (the raw, child and ``current_`` views), and a run builds several."""
+    con.execute("SET GLOBAL parquet_metadata_cache = true")
+    return con
+
+
+def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *, tag: str,
+                    attach: Attach | None = None) -> Path:
     """Write a complete new catalog beside the old one (fsynced); ``install_catalog`` puts it in place.
 
     Besides the views it keeps the effective manifest (``_manifest``, in commit order) and a copy of
@@ -254,34 +268,70 @@ def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *
     tmp = root / f"{CATALOG_NAME}.tmp-{tag}"
     for leftover in (tmp, Path(f"{tmp}.wal")):
         leftover.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
     try:
-        con.execute("CREATE TABLE _manifest(seq INTEGER, run_id VARCHAR, table_name VARCHAR, path VARCHAR, "
-                    "size BIGINT, checksum VARCHAR)")
-        if manifest.entries:
-            con.executemany("INSERT INTO _manifest VALUES (?, ?, ?, ?, ?, ?)",
-                            [(i, e.run_id, e.table, e.path, e.size, e.checksum)
-                             for i, e in enumerate(manifest.entries, start=1)])
-        con.execute("CREATE TABLE _manifest_log(generation INTEGER, doc VARCHAR)")
-        if log:
-            con.executemany("INSERT INTO _manifest_log VALUES (?, ?)",
-                            [(g.number, g.to_bytes().decode()) for g in log])
-        crashpoint("catalog-tmp-created")
-        con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
-        meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION,
-                "generation": str(manifest.generation), "plan_digest": plan_digest(root, manifest),
-                "views_digest": views_digest()}
-        con.executemany("INSERT INTO _meta VALUES (?, ?)", sorted(meta.items()))
-        build(con, root, manifest)
-        con.execute("CHECKPOINT")
+        with _new_catalog(tmp, attach) as con:
+            _fill_catalog(con, root, manifest, log)
     except BaseException:
-        con.close()
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
         raise
-    con.close()
     fsync_path(tmp)
     crashpoint("catalog-tmp-written")
     return tmp
+
+
+@contextmanager
+def _new_catalog(path: Path, attach: Attach | None) -> Iterator[duckdb.DuckDBPyConnection]:
+    if attach is not None:
+        with attach(str(path), f" (STORAGE_VERSION '{STORAGE_COMPATIBILITY}')") as cursor:
+            yield cursor
+        return
+    con = metadata_cached(duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_COMPATIBILITY}))
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _create_from(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    con.register("_rows", rows)
+    try:
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM _rows")
+    finally:
+        con.unregister("_rows")
+
+
+def _insert_from(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    con.register("_rows", rows)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _rows")
+    finally:
+        con.unregister("_rows")
+
+
+def _fill_catalog(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, log: Sequence[Generation]) -> None:
+    # Inserted as Arrow tables: ``executemany`` costs a statement per row, and the log grows by a
+    # generation per commit.
+    entries = manifest.entries
+    _create_from(con, "_manifest", pa.table({
+        "seq": pa.array(range(1, len(entries) + 1), pa.int32()),
+        "run_id": pa.array([e.run_id for e in entries], pa.string()),
+        "table_name": pa.array([e.table for e in entries], pa.string()),
+        "path": pa.array([e.path for e in entries], pa.string()),
+        "size": pa.array([e.size for e in entries], pa.int64()),
+        "checksum": pa.array([e.checksum for e in entries], pa.string())}))
+    _create_from(con, "_manifest_log", pa.table({
+        "generation": pa.array([g.number for g in log], pa.int32()),
+        "doc": pa.array([g.to_bytes().decode() for g in log], pa.string())}))
+    crashpoint("catalog-tmp-created")
+    meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION,
+            "generation": str(manifest.generation), "plan_digest": plan_digest(root, manifest),
+            "views_digest": views_digest()}
+    con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
+    _insert_from(con, "_meta", pa.table({"key": pa.array(sorted(meta), pa.string()),
+                                         "value": pa.array([meta[k] for k in sorted(meta)], pa.string())}))
+    build(con, root, manifest)
+    con.execute("CHECKPOINT")
 
 
 def install_catalog(root: Path, tmp: Path) -> None:

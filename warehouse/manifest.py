@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 import xxhash
@@ -57,6 +58,13 @@ class ManifestTooNew(WarehouseError):
 class GenerationTaken(WarehouseError):
     """Another writer committed the generation this run meant to commit (the compare-and-swap failed)."""
 
+
+
+@lru_cache(maxsize=4096)
+def _parse_generation(data: bytes, number: int) -> Generation:
+    """Parsed once per process: a command reads the log from the files and from the catalog's copy,
+    and the log grows by one generation per commit. Generations are immutable; errors are not cached."""
+    return Generation._parse(data, number)
 
 @dataclass(frozen=True)
 class ManifestEntry:
@@ -103,6 +111,10 @@ class Generation:
     @classmethod
     def from_bytes(cls, data: bytes, number: int) -> Generation:
         """Parse a generation file; ``ManifestDamaged`` if it is not exactly what was written."""
+        return _parse_generation(data, number)
+
+    @classmethod
+    def _parse(cls, data: bytes, number: int) -> Generation:
         try:
             doc = json.loads(data)
             digest = doc.pop("digest")

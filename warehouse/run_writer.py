@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -51,24 +52,54 @@ class RunWriter:
         self._adopted: list[StagedFile] = []
         self.committed = False
         self.published: Generation | None = None  # the generation this run committed
-        self._before: duckdb.DuckDBPyConnection | None = None
+        # One in-process DuckDB for every view build of the run (the state before it, its staged
+        # states, the new catalog), so each Parquet footer is read once per run, not once per build.
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._before_built = False
+        self._attached = 0
         self._before_lock = threading.Lock()
+
+    def _database(self) -> duckdb.DuckDBPyConnection:
+        """The run's DuckDB (call with ``_before_lock`` held)."""
+        if self._db is None:
+            self._db = catalog.metadata_cached(duckdb.connect())
+        return self._db
 
     def before(self) -> duckdb.DuckDBPyConnection:
         """A cursor over the committed state this run builds on. The writer lock holds that state still,
         so its views are built once per run, not per question (a build binds every view)."""
         with self._before_lock:
-            if self._before is None:
-                self._before = duckdb.connect()
+            db = self._database()
+            if not self._before_built:
                 catalog.ensure_schema_files(self.warehouse.root)
-                catalog.build(self._before, self.warehouse.root, self.manifest, analyses=False)
-            return self._before.cursor()
+                catalog.build(db, self.warehouse.root, self.manifest, analyses=False)
+                self._before_built = True
+            return db.cursor()
+
+    @contextmanager
+    def _attached_catalog(self, target: str = ":memory:", options: str = "",
+                          ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of the run's DuckDB whose own catalog is ``target`` (attached for the block)."""
+        with self._before_lock:
+            db = self._database()
+            self._attached += 1
+            name = f"build_{self._attached}"
+            db.execute(f"ATTACH '{target.replace(chr(39), chr(39) * 2)}' AS {name}{options}")
+            cursor = db.cursor()
+        try:
+            cursor.execute(f"USE {name}")
+            yield cursor
+        finally:
+            cursor.close()
+            with self._before_lock:
+                db.execute(f"DETACH {name}")
 
     def _close_before(self) -> None:
         with self._before_lock:
-            if self._before is not None:
-                self._before.close()
-                self._before = None
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+                self._before_built = False
 
     @property
     def rows(self) -> dict[str, int]:
@@ -105,12 +136,13 @@ class RunWriter:
             self._writers[table].close()
         self._sealed.add(table)
 
-    def staged(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory connection whose views cover the committed files plus this run's sealed ones
-        (and the part files workers wrote for it, see ``adopt``)."""
-        mem = duckdb.connect()
-        catalog.build(mem, self.warehouse.root, self.staged_manifest(), analyses=False)
-        return mem
+    @contextmanager
+    def staged(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection whose views cover the committed files plus this run's sealed ones (and the part
+        files workers wrote for it, see ``adopt``), for the ``with`` block."""
+        with self._attached_catalog() as cursor:
+            catalog.build(cursor, self.warehouse.root, self.staged_manifest(), analyses=False)
+            yield cursor
 
     def staged_manifest(self) -> Manifest:
         """The committed files plus this run's sealed and adopted ones (what ``staged`` reads)."""
@@ -189,7 +221,6 @@ class RunWriter:
         ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes);
         ``merges`` runs whose files this run's replace in place (``warehouse.autocompact``).
         """
-        self._close_before()
         for table in self._writers:
             self.seal(table)
         crashpoint("files-closed")
@@ -206,7 +237,11 @@ class RunWriter:
         gen = Generation(self.manifest.generation + 1, self.run_id, tuple(entries), tuple(sorted(replace)),
                          {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id},  # the whole meta
                          datetime.now(UTC).isoformat(), tuple(merges))
-        tmp = catalog.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id)
+        try:
+            tmp = catalog.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id,
+                                          attach=self._attached_catalog)
+        finally:
+            self._close_before()
         try:
             manifests.publish(root, gen)  # the commit point
         except BaseException:
