@@ -7,7 +7,8 @@ Kept free of Prefect so that worker processes start fast and only import what th
 zip's directory) equals its study's head's was read for that version: same bytes, same record, so it
 is neither inflated, parsed nor hashed; it is seen at the head's version. Anything else is read in
 full, also a member whose ``lastUpdatePostDate`` did not move (the registry edits
-``submissionTracking`` without moving it): its bytes changed. Safeguard: each shard first re-hashes a
+``submissionTracking`` without moving it): its bytes changed. So is every member of a study the
+archive lists more than once (read in order, the last is its head). Safeguard: each shard first re-hashes a
 deterministic sample of the members it would skip (``ShardJob.sample``: a share, drawn anew each run);
 one that does not match its head's hash means the shortcut cannot be trusted here, so this shard
 and every shard that starts after it read everything (``VERIFY_MARKER``), and the run reports it.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -120,9 +122,14 @@ def _skippable(reader: MemberReader, job: ShardJob, heads: dict[str, Head], resu
         return set()
     skip: set[int] = set()
     threshold = int(job.sample * 2 ** 32)
-    for member in members(job.members):
+    listed = members(job.members)
+    # A study listed twice (a shard holds all of a study's members): its members are versions in turn,
+    # so one that matches the head may still be the study's last word after one that does not.
+    counts = Counter(m.nct_id for m in listed)
+    for member in listed:
         head = heads.get(member.nct_id)
-        if head is None or head.is_removed or head.member_key != member_key(member):
+        if (head is None or head.is_removed or head.member_key != member_key(member)
+                or counts[member.nct_id] > 1):
             continue
         if _drawn(job.ctx.run_id, member.nct_id, threshold):
             result.sampled += 1

@@ -175,3 +175,30 @@ def test_an_unsampled_planted_mismatch_is_skipped_and_verify_finds_it(base: Path
         run_dir.mkdir()
         result = process_shard(ShardJob(str(base), key, members, heads, ctx, str(run_dir), sample=0.0, verify=verify))
         assert (result.versions, result.unread) == (versions, 0 if verify else members.num_rows)
+
+
+def test_a_study_listed_twice_in_one_archive_ends_as_a_full_read_would_leave_it(
+        base: Path, first_load: Path, tmp_path: Path) -> None:
+    """A changed member, then one with the bytes the head was read from: the second is the study's last
+    word. Skipping it for its key would leave the first as the head; every member of a study listed
+    more than once is read."""
+    name, record = _target(base)
+    record["protocolSection"]["statusModule"]["overallStatus"] = "WITHDRAWN"
+    nct_id = record["protocolSection"]["identificationModule"]["nctId"]
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(base) as zin, zipfile.ZipFile(twice, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            if info.filename == name:
+                with pytest.warns(UserWarning, match="Duplicate name"):
+                    zout.writestr(info.filename, orjson.dumps(record))
+                    zout.writestr(info.filename, zin.read(info))
+            else:
+                zout.writestr(info.filename, zin.read(info))
+    results = {}
+    for mode, kwargs in (("skipping", {"sample": 0.0}), ("verify", {"verify": True})):
+        warehouse_dir = Path(shutil.copytree(first_load, tmp_path / mode))
+        load_bulk(twice, warehouse_dir, **kwargs)
+        results[mode] = query(warehouse_dir, "SELECT version, overall_status, content_hash FROM studies "
+                                             "WHERE nct_id = ?", [nct_id])
+    assert results["skipping"] == results["verify"]
+    assert results["verify"][0][1] != "WITHDRAWN"  # the last member's word
