@@ -55,12 +55,13 @@ def _sql_list(root: Path, paths: Sequence[str]) -> str:
     return f"[{quoted}]"
 
 
-def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True) -> list[str]:
+def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True, children: bool = True) -> list[str]:
     """The statements that define every view and macro, for the files in ``manifest``.
 
     ``analyses=False``: without the ``aact`` schema and the analysis views (fdaaa, registered vs
     current, status spans): the writer's own in-memory connections never read them, and binding
-    them is most of the cost of a build (a sync builds several)."""
+    them is most of the cost of a build (a sync builds several). ``children=False`` (with it): nor
+    the ``<table>`` and ``current_<table>`` views of the child tables (the writer reads ``raw_*``)."""
     statements = []
     rewriting = bool(manifest.files("study_rewrites"))
     superseding = set(rewritten_tables()) if rewriting else set()
@@ -127,7 +128,8 @@ SELECT * FROM study_versions
 WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d AS DATE))
   AND NOT is_removed""",
     ]
-    statements += child_views()
+    if children:
+        statements += child_views()
     if analyses:
         statements += aact_views()
         statements += analysis_views()
@@ -217,11 +219,11 @@ def ensure_schema_files(root: Path) -> None:
 
 
 def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, *, tolerant: bool = False,
-          analyses: bool = True) -> None:
+          analyses: bool = True, children: bool = True) -> None:
     """Define the views in ``connection`` (a new catalog file, or an in-memory reader). ``tolerant``
     (readers of a damaged warehouse): skip a view that cannot be defined (its files are damaged), so
     the views of the other tables keep answering. ``analyses``: see ``plan_catalog``."""
-    for statement in plan_catalog(root, manifest, analyses=analyses):
+    for statement in plan_catalog(root, manifest, analyses=analyses, children=children):
         try:
             connection.execute(statement)
         except duckdb.Error:

@@ -72,7 +72,7 @@ class RunWriter:
             db = self._database()
             if not self._before_built:
                 catalog.ensure_schema_files(self.warehouse.root)
-                catalog.build(db, self.warehouse.root, self.manifest, analyses=False)
+                catalog.build(db, self.warehouse.root, self.manifest, analyses=False, children=False)
                 self._before_built = True
             return db.cursor()
 
@@ -141,7 +141,7 @@ class RunWriter:
         """A connection whose views cover the committed files plus this run's sealed ones (and the part
         files workers wrote for it, see ``adopt``), for the ``with`` block."""
         with self._attached_catalog() as cursor:
-            catalog.build(cursor, self.warehouse.root, self.staged_manifest(), analyses=False)
+            catalog.build(cursor, self.warehouse.root, self.staged_manifest(), analyses=False, children=False)
             yield cursor
 
     def staged_manifest(self) -> Manifest:
