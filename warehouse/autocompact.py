@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import duckdb
-
 from pipeline.errors import UsageError
 from warehouse import catalog
 from warehouse.check import first_damaged
@@ -120,7 +118,7 @@ def merge(warehouse: Warehouse, run_id: str, manifest: Manifest, log: Sequence[G
         raise DamagedInput(damage)
     run = RunWriter(warehouse, run_id, manifest, list(log))
     try:
-        with duckdb.connect() as con:
+        with run.cursor() as con:
             for table in TABLES:
                 files = [e.path for e in manifest.entries if e.run_id in merged and e.table == table]
                 if files:

@@ -65,6 +65,11 @@ class RunWriter:
             self._db = catalog.metadata_cached(duckdb.connect())
         return self._db
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of the run's DuckDB, without views: what it reads, the commit's build finds cached."""
+        with self._before_lock:
+            return self._database().cursor()
+
     def before(self) -> duckdb.DuckDBPyConnection:
         """A cursor over the committed state this run builds on. The writer lock holds that state still,
         so its views are built once per run, not per question (a build binds every view)."""
