@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TRIALSYNC_ENGINE", "plain")
+# Each run stands for a day: a merged run's directory (and its entry in the manifest's meta) would be
+# gone 24 hours later, so by the next run. Minutes apart, they would pile up instead.
+os.environ.setdefault("TRIALSYNC_AUTOCOMPACT_KEEP_HOURS", "0")
 
 REPORT_AT = (1, 10, 50, 100, 200, 300, 365, 400)
 WINDOW = 10  # runs averaged in each reported row

@@ -9,7 +9,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,30 @@ def test_file_sets_stay_bounded_after_many_tiny_commits(warehouse_dir: Path, rec
     assert check(warehouse_dir, deep=True).ok
 
 
+@pytest.mark.parametrize("keep_hours", ["0", ""])
+def test_merged_runs_directories_stay_for_the_grace_period_the_setting_gives(
+        keep_hours: str, warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "2")
+    monkeypatch.setenv(autocompact.KEEP_ENV, keep_hours)
+    store = Warehouse(warehouse_dir)
+    for day in range(1, 6):
+        with store.writer(f"run{day:03d}") as run:
+            at = datetime(2027, 1, day, tzinfo=UTC)
+            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
+                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
+            run.commit()
+    with store.writer("next"):  # a writer's start removes the directories whose grace has passed
+        pass
+    listed = store.manifest().run_ids
+    merged_away = {f"run{d:03d}" for d in range(1, 5)} | {"run002-m1", "run004-m1"}  # then m1 + m1 -> run004-m2
+    assert listed == {"run004-m2", "run005"}
+    if keep_hours == "0":
+        assert run_dirs(warehouse_dir) == listed
+    else:  # the default: 24 hours, for readers of an older catalog
+        assert run_dirs(warehouse_dir) == listed | merged_away
+    assert check(warehouse_dir, deep=True).ok
+
+
 def simulate(kinds: list[bool], fanout: int) -> tuple[list[FileSet], dict[str, int], int]:
     """Append one set per run (``False``: a backfill's, never merged) and merge as after each commit;
     returns the sets, how often each run's rows were rewritten, and the most sets ever listed."""
@@ -174,6 +198,13 @@ def test_the_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "1")
     with pytest.raises(Exception, match="TRIALSYNC_AUTOCOMPACT must be 'off' or a whole number of 2 or more"):
         autocompact.fanout_setting()
+    for value, keep in [("", timedelta(hours=24)), ("0", timedelta(0)), ("1.5", timedelta(minutes=90))]:
+        monkeypatch.setenv(autocompact.KEEP_ENV, value)
+        assert autocompact.keep_setting() == keep
+    for bad in ("-1", "nan", "soon", "1e9"):
+        monkeypatch.setenv(autocompact.KEEP_ENV, bad)
+        with pytest.raises(Exception, match="TRIALSYNC_AUTOCOMPACT_KEEP_HOURS must be a number of hours from 0"):
+            autocompact.keep_setting()
 
 
 @pytest.mark.parametrize("point", ["catalog-tmp-written", "manifest-published"])

@@ -46,6 +46,7 @@ ENV = "TRIALSYNC_AUTOCOMPACT"
 FANOUT = 4
 MAX_MERGE_BYTES = 256 * 1024 * 1024
 KEEP = timedelta(hours=24)
+KEEP_ENV = "TRIALSYNC_AUTOCOMPACT_KEEP_HOURS"
 MAX_MERGES_PER_COMMIT = 8  # a cascade (tier 0 fills tier 1 fills tier 2 ...) is log-bounded anyway
 
 
@@ -70,6 +71,20 @@ def fanout_setting() -> int | None:
     if not value.isdigit() or int(value) < 2:
         raise UsageError(f"{ENV} must be 'off' or a whole number of 2 or more, not {value!r}")
     return int(value)
+
+
+def keep_setting() -> timedelta:
+    """How long merged runs' directories stay for readers of an older catalog (``TRIALSYNC_AUTOCOMPACT_KEEP_HOURS``)."""
+    value = (os.environ.get(KEEP_ENV) or "").strip()
+    if not value:
+        return KEEP
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = -1.0
+    if not 0 <= hours <= 24 * 365:  # also NaN
+        raise UsageError(f"{KEEP_ENV} must be a number of hours from 0 to 8760, not {value!r}")
+    return timedelta(hours=hours)
 
 
 def file_sets(manifest: Manifest, log: Sequence[Generation]) -> list[FileSet]:
@@ -124,7 +139,7 @@ def merge(warehouse: Warehouse, run_id: str, manifest: Manifest, log: Sequence[G
                 if files:
                     for batch in con.sql(merge_sql(warehouse.root, table, files)).to_arrow_reader(BATCH_ROWS):
                         run.append_batch(table, batch)
-        run.commit(retention_meta(manifest, merged, now, KEEP), merges=tuple(runs))
+        run.commit(retention_meta(manifest, merged, now, keep_setting()), merges=tuple(runs))
     finally:
         if not run.committed:
             run.abort()
