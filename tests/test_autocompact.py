@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,6 +107,10 @@ def test_file_sets_stay_bounded_after_many_tiny_commits(warehouse_dir: Path, rec
         assert [r[0] for r in con.execute("SELECT run_id FROM sync_runs").fetchall()] == [
             f"run{d:03d}" for d in range(1, 14)]
     assert check(warehouse_dir, deep=True).ok
+    # A merged file is one row group, not one per run merged: its footer, which every view build
+    # reads, must not grow with the runs it holds.
+    merged = [e for e in store.manifest().entries if e.table == "sync_runs" and "-m" in e.run_id]
+    assert merged and all(pq.ParquetFile(warehouse_dir / e.path).metadata.num_row_groups == 1 for e in merged)
 
 
 @pytest.mark.parametrize("keep_hours", ["0", ""])

@@ -137,8 +137,8 @@ def merge(warehouse: Warehouse, run_id: str, manifest: Manifest, log: Sequence[G
             for table in TABLES:
                 files = [e.path for e in manifest.entries if e.run_id in merged and e.table == table]
                 if files:
-                    for batch in con.sql(merge_sql(warehouse.root, table, files)).to_arrow_reader(BATCH_ROWS):
-                        run.append_batch(table, batch)
+                    rows = con.sql(merge_sql(warehouse.root, table, files)).to_arrow_reader(BATCH_ROWS)
+                    run.append_batches(table, rows)
         run.commit(retention_meta(manifest, merged, now, keep_setting()), merges=tuple(runs))
     finally:
         if not run.committed:

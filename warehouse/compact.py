@@ -34,9 +34,7 @@ def copy_tables(run: RunWriter) -> dict[str, int]:
     copied: dict[str, int] = {}
     with run.before() as con:
         for table in TABLES:
-            reader = con.sql(plan_copy(table)).to_arrow_reader(BATCH_ROWS)
-            for batch in reader:
-                run.append_batch(table, batch)
+            run.append_batches(table, con.sql(plan_copy(table)).to_arrow_reader(BATCH_ROWS))
             copied[table] = run.rows.get(table, 0)
     return copied
 

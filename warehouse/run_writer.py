@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trialsync.warehouse")
 
+ROW_GROUP_ROWS = 100_000  # see ``append_batches``
+ROW_GROUP_BYTES = 64 << 20  # of Arrow memory (a study_versions row holds its raw JSON)
 COMMITTED_MARKER = "_COMMITTED"  # in runs/<run_id>/ once the run's catalog is in place
 RUNS_DIR = "runs"
 
@@ -130,6 +132,23 @@ class RunWriter:
 
     def append_batch(self, table: str, batch: pa.RecordBatch) -> None:
         self.append(table, pa.Table.from_batches([batch]))
+
+    def append_batches(self, table: str, batches: Iterable[pa.RecordBatch]) -> None:
+        """A stream of batches, coalesced into row groups of up to ``ROW_GROUP_ROWS`` rows or
+        ``ROW_GROUP_BYTES``: a reader over many files yields a batch per file, and a row group per
+        batch would make the footer, which every view build reads, grow with every run merged."""
+        pending: list[pa.RecordBatch] = []
+        rows = size = 0
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            pending.append(batch)
+            rows, size = rows + batch.num_rows, size + batch.nbytes
+            if rows >= ROW_GROUP_ROWS or size >= ROW_GROUP_BYTES:
+                self.append(table, pa.Table.from_batches(pending))
+                pending, rows, size = [], 0, 0
+        if pending:
+            self.append(table, pa.Table.from_batches(pending))
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
