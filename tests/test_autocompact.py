@@ -26,6 +26,7 @@ from tests.reliability.support import TRIALSYNC, leftovers, sync_args
 from tests.test_backfill import HISTORY, observe_then_backfill
 from tests.test_compact import every_view, run_dirs
 from warehouse import Warehouse, autocompact
+from warehouse import manifest as manifests
 from warehouse.autocompact import FileSet, file_sets, plan_merge
 from warehouse.check import check
 from warehouse.manifest import Generation, Manifest, ManifestEntry
@@ -309,3 +310,21 @@ def test_a_silently_damaged_file_is_never_merged_or_compacted_into_a_file_that_v
     assert store.log()[-1].number == generation  # nothing committed
     [problem] = check(warehouse_dir, deep=True).problems
     assert (problem.kind, problem.path) == ("checksum", victim.path)
+
+
+def test_folding_a_longer_log_continues_the_last_fold_and_gives_what_a_fresh_fold_gives() -> None:
+    def gen(number: int, merges: tuple[str, ...] = ()) -> Generation:
+        entries = (ManifestEntry(f"r{number}", "sync_runs", f"runs/r{number}/sync_runs.parquet", 10, "c"),)
+        return Generation(number, f"r{number}", entries, (), {"n": str(number)}, "2027-01-01T00:00:00+00:00", merges)
+
+    log = [gen(n) for n in range(1, 5)]
+    fresh = Manifest()
+    for g in log:
+        fresh = fresh.then(g)
+    assert manifests.fold(log) == fresh
+    longer = [*log, gen(5, merges=("r1", "r2"))]
+    assert manifests.fold(longer) == fresh.then(longer[-1])
+    assert [e.run_id for e in manifests.fold(longer).entries] == ["r5", "r3", "r4"]
+    other = [gen(1), *log[1:]]  # an equal generation that is another object (read again): folded afresh
+    assert manifests.fold(other) == fresh
+    assert manifests.fold(log[:2]) == Manifest().then(log[0]).then(log[1])  # a shorter log

@@ -172,11 +172,25 @@ class Manifest:
         return {run_id: datetime.fromisoformat(until) for run_id, until in json.loads(raw).items()}
 
 
+_last_fold: tuple[tuple[Generation, ...], Manifest] | None = None
+
+
 def fold(log: Iterable[Generation]) -> Manifest:
-    """The state a log of generations leaves, applied in generation order (never file-system order)."""
-    manifest = Manifest()
-    for gen in sorted(log, key=lambda g: g.number):
+    """The state a log of generations leaves, applied in generation order (never file-system order).
+
+    A command folds the same log several times, and the next one a generation longer: the last fold
+    is continued when the log starts with the very same (parsed once, see ``_parse_generation``)
+    generations, so folding does not cost a pass over the whole history each time."""
+    global _last_fold
+    gens = tuple(sorted(log, key=lambda g: g.number))
+    start, manifest = 0, Manifest()
+    if _last_fold is not None:
+        done, state = _last_fold
+        if len(done) <= len(gens) and all(a is b for a, b in zip(done, gens[:len(done)], strict=True)):
+            start, manifest = len(done), state
+    for gen in gens[start:]:
         manifest = manifest.then(gen)
+    _last_fold = (gens, manifest)
     return manifest
 
 
