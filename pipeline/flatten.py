@@ -18,13 +18,14 @@ from pipeline.dates import parse_full_date
 from pipeline.fdaaa import fdaaa_inputs
 from pipeline.flatten_registry import registry_rows
 from pipeline.flatten_results import results_rows
+from pipeline.summary import summary_row
 
 Columns = dict[str, list[Any]]
 StudyRows = dict[str, Columns]
 
 # One row per version in these; the others have one row per list item (possibly none).
 ONE_ROW_TABLES = ("descriptions", "eligibility", "design", "results_summary", "registry_dates", "study_details",
-                  "results_details", "fdaaa_inputs")
+                  "results_details", "fdaaa_inputs", "study_summary")
 CHILD_TABLES: tuple[str, ...] = (
     "conditions", "keywords", "interventions", "arm_groups", "locations", "sponsors", "outcomes",
     "eligibility", "identifiers", "design", "study_references", "contacts", "officials", "results_summary",
@@ -38,6 +39,8 @@ CHILD_TABLES: tuple[str, ...] = (
     "provided_documents",
     # pipeline.fdaaa
     "fdaaa_inputs",
+    # pipeline.summary (from the rows above)
+    "study_summary",
 )
 
 # Days per unit of the registry's age texts ("18 Years", "6 Months"); a year is 365.25 days.
@@ -56,7 +59,7 @@ def flatten(study: s.Study) -> StudyRows:
     arms = p.arms_interventions_module
     conditions = p.conditions_module
     contacts = p.contacts_locations_module
-    return {
+    rows: StudyRows = {
         "conditions": _texts(conditions.conditions if conditions else None, "condition"),
         "keywords": _texts(conditions.keywords if conditions else None, "keyword"),
         "interventions": _interventions(arms.interventions if arms else None),
@@ -76,6 +79,8 @@ def flatten(study: s.Study) -> StudyRows:
         **results_rows(study),
         "fdaaa_inputs": fdaaa_inputs(study),
     }
+    rows["study_summary"] = summary_row(rows)
+    return rows
 
 
 # -- keys and conversions other code may reuse (e.g. diffing sites) ----------------------------------

@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse import summary
 from warehouse.aact import aact_views
 from warehouse.analyses import analysis_views
 from warehouse.crashpoints import crashpoint
@@ -131,7 +132,7 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
     if children:
         statements += child_views()
     if analyses:
-        statements += aact_views()
+        statements += aact_views(summary=summary.is_complete(manifest))
         statements += analysis_views()
     return statements
 
@@ -237,7 +238,9 @@ def views_digest() -> str:
     written by another release (a view changed, a column was added) is out of date, not damaged, and
     the next command rewrites it (``Warehouse.refresh_catalog``)."""
     every_table = Manifest(tuple(ManifestEntry("r", t, f"runs/r/{t}.parquet") for t in TABLES), {}, 1)
-    plans = [*plan_catalog(Path("/"), Manifest((), {}, 0)), *plan_catalog(Path("/"), every_table)]
+    summarised = Manifest(every_table.entries, {summary.SUMMARY_KEY: summary.COMPLETE}, 1)
+    plans = [*plan_catalog(Path("/"), Manifest((), {}, 0)), *plan_catalog(Path("/"), every_table),
+             *plan_catalog(Path("/"), summarised)]
     text = "\n;\n".join(plans)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 

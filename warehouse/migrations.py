@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from pipeline.hashing import content_hash
 from pipeline.hashing import hash_rule as current_rule
+from warehouse import summary
 from warehouse.catalog import Manifest
 
 if TYPE_CHECKING:
@@ -38,7 +39,12 @@ def stored_rule(manifest: Manifest) -> str:
 
 def upgrade(warehouse: Warehouse, run_id: str, manifest: Manifest) -> Manifest:
     """The manifest to write on: ``manifest`` itself when the warehouse follows the current rules
-    (a new, empty one is stamped with them), else the manifest after a committed migration run."""
+    (a new, empty one is stamped with them), else the manifest after committed migration runs (the
+    content hash, then ``study_summary``: see ``warehouse.summary``)."""
+    return summary.upgrade(warehouse, run_id, _rehashed_manifest(warehouse, run_id, manifest))
+
+
+def _rehashed_manifest(warehouse: Warehouse, run_id: str, manifest: Manifest) -> Manifest:
     if manifest.meta.get(HASH_RULE_KEY) == current_rule():
         return manifest
     if not manifest.files("study_versions"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipeline import summary
 from warehouse.tables_results import REGISTRY_TABLES, RESULTS_TABLES
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -199,6 +200,11 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                            ("certificate_date", _DATE), ("results_first_submitted", _DATE),
                            ("qc_submission_dates", _DATES), ("qc_cancelled_dates", _DATES)),
 }
+# pipeline/summary.py: what aact.studies and aact.calculated_values read, one row per version.
+CHILD_TABLES["study_summary"] = _child(
+    *((name, CHILD_TABLES[table].field(name).type) for table, names in summary.COPIES for name in names),
+    *((name, _BOOL if name == "us_facility" else pa.int64() if name.endswith("_subjects") else _INT)
+      for name, _, _ in summary.COUNTS))
 
 # The alert delivery ledger: one row per attempt to deliver (watch, change, channel).
 ALERT_DELIVERIES = pa.schema(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from warehouse.aact.protocol import CALCULATED_VALUES, NOT_FROM_STUDIES, PROTOCOL_VIEWS
 from warehouse.aact.results import RESULTS_VIEWS
 from warehouse.aact.spec import AactView, render
+from warehouse.aact.summary import FROM_SUMMARY
 
 VERSIONS = """CREATE OR REPLACE VIEW aact._versions AS
 SELECT nct_id, version, CAST(timezone('UTC', observed_at) AS TIMESTAMP) AS observed_at
@@ -24,9 +25,12 @@ WHERE NOT is_removed AND CASE WHEN getvariable('as_of') IS NULL THEN is_current
 VIEWS: tuple[AactView, ...] = (*PROTOCOL_VIEWS, *RESULTS_VIEWS, CALCULATED_VALUES, *NOT_FROM_STUDIES)
 
 
-def aact_views() -> list[str]:
-    """The statements that define schema ``aact`` (after the main views exist)."""
-    return ["CREATE SCHEMA IF NOT EXISTS aact", VERSIONS, *(render(view) for view in VIEWS)]
+def aact_views(*, summary: bool = False) -> list[str]:
+    """The statements that define schema ``aact`` (after the main views exist). ``summary``: every stored
+    version has its ``study_summary`` row, so ``studies`` and ``calculated_values`` read that one table
+    (``warehouse.aact.summary``) instead of joining the tables it copies."""
+    chosen = (FROM_SUMMARY.get(view.name, view) if summary else view for view in VIEWS)
+    return ["CREATE SCHEMA IF NOT EXISTS aact", VERSIONS, *(render(view) for view in chosen)]
 
 
 __all__ = ["VIEWS", "AactView", "aact_views"]

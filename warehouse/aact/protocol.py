@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pipeline import summary
 from warehouse.aact.spec import BOOL, DT, INT, KEY, TS, TXT, VC, AactView, aact_date, created, empty, key, versioned
 
 _ONE_ROW = "LEFT JOIN {table} AS {alias} ON {alias}.nct_id = t.nct_id AND {alias}.version = t.version"
@@ -226,11 +227,7 @@ PROTOCOL_VIEWS: tuple[AactView, ...] = (
         + "\nCROSS JOIN unnest(range(1, len(t.retraction_pmids) + 1)) AS r(i)"),
 )
 
-_US = ("United States", "Guam", "Puerto Rico", "U.S. Virgin Islands", "Virgin Islands (U.S.)",
-       "Northern Mariana Islands", "American Samoa", "Midway Atoll", "Baker Island", "Howland Island",
-       "Jarvis Island", "Johnston Atoll", "Kingman Reef", "Navassa Island", "Palmyra Atoll", "Wake Island",
-       "Serranilla Bank", "Bajo Nuevo Bank")
-US_COUNTRIES = "(" + ", ".join(f"'{c}'" for c in _US) + ")"
+US_COUNTRIES = "(" + ", ".join(f"'{c}'" for c in summary.US_COUNTRIES) + ")"
 
 
 def _age(column: str, part: str) -> str:
