@@ -33,7 +33,7 @@ from pipeline.versioning import RunContext
 from warehouse.heads import HEAD_SCHEMA
 from warehouse.tables_results import REGISTRY_TABLES, RESULTS_TABLES
 
-NEW_TABLES = set(REGISTRY_TABLES) | set(RESULTS_TABLES)
+NEW_TABLES = set(REGISTRY_TABLES) | set(RESULTS_TABLES) | {"study_summary"}
 QUERIES = {
     "count by status": "SELECT overall_status, count(*) FROM aact.studies GROUP BY ALL",
     "one study, all columns": "SELECT * FROM aact.studies WHERE nct_id = (SELECT min(nct_id) FROM studies)",
