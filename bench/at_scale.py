@@ -6,7 +6,10 @@
   a commit does for every file it wrote) over every committed file, and the bytes they hold;
 - ``check``: ``check(root)`` (quick) and ``check(root, deep=True)``, each in-process;
 - ``queries``: the issue-15 queries over ``aact.studies``, current and as of a past date, each on a
-  fresh read-only connection, best of ``--repeat`` by wall time.
+  fresh read-only connection, best of ``--repeat`` by wall time;
+- ``joins`` (the peer of ``queries``, in the same run): the same queries over the views an earlier
+  warehouse has until its ``study_summary`` is filled (``studies`` joining the ten tables the summary
+  copies), built in memory from the same manifest without the summary's mark.
 
 Every figure carries its CPU seconds (user + system of this process, all DuckDB/Arrow threads
 included: the load-independent figure) beside its wall seconds, and the 1-minute load average when it
@@ -24,7 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from warehouse import Warehouse
+import duckdb
+
+from warehouse import Warehouse, catalog, summary
 from warehouse import manifest as manifests
 from warehouse.check import check
 
@@ -69,12 +74,26 @@ def checks(root: Path, deep: bool) -> dict[str, Any]:
     return out
 
 
-def queries(root: Path, repeat: int) -> dict[str, Any]:
+def summarised(root: Path) -> duckdb.DuckDBPyConnection:
+    return Warehouse(root).connect()
+
+
+def joined(root: Path) -> duckdb.DuckDBPyConnection:
+    """Views built in memory as for a warehouse whose ``study_summary`` is not filled yet."""
+    manifest = Warehouse(root).manifest()
+    meta = {k: v for k, v in manifest.meta.items() if k != summary.SUMMARY_KEY}
+    con = duckdb.connect()
+    catalog.build(con, root, manifests.Manifest(manifest.entries, meta, manifest.generation))
+    return con
+
+
+def queries(root: Path, repeat: int, connect: Callable[[Path], duckdb.DuckDBPyConnection] = summarised
+            ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for as_of in (None, AS_OF):
         for name, sql in QUERIES.items():
             def once(sql: str = sql, as_of: str | None = as_of) -> dict[str, Any]:
-                with Warehouse(root).connect() as con:
+                with connect(root) as con:
                     if as_of:
                         con.execute(f"SET VARIABLE as_of = DATE '{as_of}'")
                     return timed(lambda: con.execute(sql).fetchall()[:1])
@@ -90,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("warehouse", type=Path)
     parser.add_argument("--skip-deep", action="store_true")
-    parser.add_argument("--only", choices=["checksum", "check", "queries"], action="append")
+    parser.add_argument("--only", choices=["checksum", "check", "queries", "joins"], action="append")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     root = args.warehouse.resolve()
@@ -105,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         report["check"] = checks(root, deep=not args.skip_deep)
     if "queries" in only:
         report["queries"] = queries(root, args.repeat)
+    if "joins" in only:
+        report["joins"] = queries(root, args.repeat, joined)
     print(json.dumps(report, indent=1))
 
 

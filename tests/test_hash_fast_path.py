@@ -80,14 +80,22 @@ def perturbed(draw: st.DrawFn) -> dict[str, Any]:
                     if kind == "known_elsewhere" else draw(st.text(min_size=1, max_size=8)))
             _at(record, path)[name] = draw(st.sampled_from(["x", 1, [2, 1], {"b": 1, "a": [3, 2]}]))
         elif kind == "derived":
-            derived = record.setdefault("derivedSection", {})
+            derived = _dict_in(record, "derivedSection")
             derived[draw(st.sampled_from(["conditionBrowseModule", "miscInfoModule", "new"]))] = {"versionHolder": "x"}
         else:
-            misc = record.setdefault("derivedSection", {}).setdefault("miscInfoModule", {})
+            misc = _dict_in(_dict_in(record, "derivedSection"), "miscInfoModule")
             misc["submissionTracking"] = {"submissionInfos": [
                 {"releaseDate": "2025-01-02", "resetDate": "2025-02-0" + str(draw(st.integers(1, 9)))},
                 {"releaseDate": "2024-11-30"}]}
     return record
+
+
+def _dict_in(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """``parent[key]``, made a dict first when missing or when an earlier step set it to a scalar."""
+    if not isinstance(parent.get(key), dict):
+        parent[key] = {}
+    child: dict[str, Any] = parent[key]
+    return child
 
 
 def test_fast_path_hashes_every_real_record_like_the_walk() -> None:
