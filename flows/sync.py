@@ -196,7 +196,7 @@ def derive_run_changes(run: RunWriter, rules: Rules, *, only_run: str | None,
     written = 0
     with run.staged() as con:
         for pairs in version_pairs(con, run_id=only_run, baseline_runs=baseline_runs, nct_ids=nct_ids,
-                                   source=(run.warehouse.root, run.staged_manifest())):
+                                   source=(run.warehouse.root, run.staged_manifest()), spill_dir=run.dir):
             rows = [change for pair in pairs for change in derive_changes(pair, rules)]
             run.append("changes", changes_table(rows))
             written += len(rows)
