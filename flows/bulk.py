@@ -94,35 +94,36 @@ def load_bulk(
     run_id = f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
     logger = get_run_logger()
     pool = shard_executor(processes, dask)
-    with store.writer(run_id, lock_timeout=lock_timeout) as run, pool as executor:
+    with store.writer(run_id, lock_timeout=lock_timeout) as run:
         previous_watermark = run.watermark(BULK_SCOPE)
         baseline = not run.has_runs(BULK_SCOPE)
         first_load = not run.manifest.files("study_versions")
         head_slices = run.head_index().shards()
         ctx = RunContext(run_id, started, "bulk")
         progress.emit("start", run_id=run_id, mode="bulk", since=None, scope=BULK_SCOPE, total=archive.members)
-        futures = [load_shard.submit(ShardJob(str(archive.path), key, shard,
-                                              head_slices.get(key, HEAD_SCHEMA.empty_table()), ctx,
-                                              str(run.dir), batch_size, verify, sample), executor)
-                   for key, shard in archive.shards.items()]
-        totals = RunTotals(total_count=archive.members)
-        reading = ReadCounts()
-        try:
-            for future in as_completed(futures):
-                shard = future.result()
-                run.adopt(shard.parts)
-                _add(totals, shard)
-                reading.add(shard)
-                progress.emit("page", number=totals.pages, studies=shard.studies, total=archive.members,
-                              seen=totals.studies_seen, versions=totals.versions_written)
-        except BaseException:
-            # Stop the other shards (queued ones never start, running ones stop at their next batch)
-            # and wait for them, so that the rollback deletes every file of the run.
-            (run.dir / CANCEL_MARKER).touch()
-            if executor is not None:
-                _shutdown(executor)
-            wait(futures)
-            raise
+        with pool as executor:  # closed (its workers gone) before the changes and the commit
+            futures = [load_shard.submit(ShardJob(str(archive.path), key, shard,
+                                                  head_slices.get(key, HEAD_SCHEMA.empty_table()), ctx,
+                                                  str(run.dir), batch_size, verify, sample), executor)
+                       for key, shard in archive.shards.items()]
+            totals = RunTotals(total_count=archive.members)
+            reading = ReadCounts()
+            try:
+                for future in as_completed(futures):
+                    shard = future.result()
+                    run.adopt(shard.parts)
+                    _add(totals, shard)
+                    reading.add(shard)
+                    progress.emit("page", number=totals.pages, studies=shard.studies, total=archive.members,
+                                  seen=totals.studies_seen, versions=totals.versions_written)
+            except BaseException:
+                # Stop the other shards (queued ones never start, running ones stop at their next batch)
+                # and wait for them, so that the rollback deletes every file of the run.
+                (run.dir / CANCEL_MARKER).touch()
+                if executor is not None:
+                    _shutdown(executor)
+                wait(futures)
+                raise
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
         if not first_load:  # a first load only adds first versions: no change to derive
             totals.changes_written = derive_run_changes(

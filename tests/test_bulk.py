@@ -117,13 +117,26 @@ def test_reloading_a_bulk_file_adds_nothing_and_a_changed_one_adds_exactly_its_c
     assert query(warehouse_dir, "SELECT count(*), count(DISTINCT nct_id) FROM studies") == [(400, 400)]
 
 
-def test_a_worker_holds_one_batch_at_a_time(small_corpus: Path, warehouse_dir: Path) -> None:
-    load(small_corpus / "base.zip", warehouse_dir, batch_size=3)
-    files = sorted(warehouse_dir.glob("runs/*/study_versions.part-*.parquet"))
-    assert len(files) == 100
-    sizes = [pq.ParquetFile(f).metadata.row_group(i).num_rows for f in files
-             for i in range(pq.ParquetFile(f).metadata.num_row_groups)]
-    assert max(sizes) == 3 and sum(sizes) == 400
+def test_a_worker_plans_one_batch_at_a_time_and_writes_its_part_files_in_few_row_groups(
+        small_corpus: Path, warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows import shards
+
+    planned: list[int] = []
+    plan = shards._plan
+
+    def recorded(reader: Any, batch: list[Any], *args: Any) -> Any:
+        planned.append(len(batch))
+        return plan(reader, batch, *args)
+
+    monkeypatch.setattr(shards, "_plan", recorded)
+    load(small_corpus / "base.zip", warehouse_dir, batch_size=3, workers=1)  # in process: the patch holds
+    assert max(planned) == 3 and sum(planned) == 400
+    files = sorted(warehouse_dir.glob("runs/*/*.part-*.parquet"))
+    assert len([f for f in files if f.name.startswith("study_versions.")]) == 100
+    # Batches of 3 rows, but a row group per file: footers do not grow with the number of batches.
+    groups = {f.name: pq.ParquetFile(f).metadata.num_row_groups for f in files}
+    assert set(groups.values()) == {1}
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in files if f.name.startswith("study_versions.")) == 400
 
 
 def test_members_are_inflated_and_crc_checked(small_corpus: Path) -> None:

@@ -21,7 +21,7 @@ from warehouse import manifest as manifests
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
 from warehouse.manifest import Generation, Manifest, ManifestEntry
-from warehouse.parts import LARGE_TEXT_COLUMNS, StagedFile
+from warehouse.parts import PendingRows, StagedFile, new_parquet_writer
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trialsync.warehouse")
 
-ROW_GROUP_ROWS = 100_000  # see ``append_batches``
-ROW_GROUP_BYTES = 64 << 20  # of Arrow memory (a study_versions row holds its raw JSON)
 COMMITTED_MARKER = "_COMMITTED"  # in runs/<run_id>/ once the run's catalog is in place
 RUNS_DIR = "runs"
 
@@ -49,6 +47,7 @@ class RunWriter:
         self.dir = warehouse.root / RUNS_DIR / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
         self._writers: dict[str, pq.ParquetWriter] = {}
+        self._pending = PendingRows()
         self._sealed: set[str] = set()
         self._rows: dict[str, int] = {}
         self._adopted: list[StagedFile] = []
@@ -122,33 +121,24 @@ class RunWriter:
         if table in self._sealed:
             raise WarehouseError(f"table {table} is sealed for run {self.run_id}")
         schema = TABLES[table]
-        if table not in self._writers:
-            plain = [f.name for f in schema if f.name not in LARGE_TEXT_COLUMNS]
-            self._writers[table] = pq.ParquetWriter(self.dir / f"{table}.parquet", schema, compression="zstd",
-                                                    use_dictionary=plain, write_statistics=plain)
-        self._writers[table].write_table(rows.cast(schema) if rows.schema != schema else rows)
+        for due, data in self._pending.add(table, rows.cast(schema) if rows.schema != schema else rows):
+            self._write(due, data)
         self._rows[table] = self._rows.get(table, 0) + rows.num_rows
         crashpoint("parquet-written")
+
+    def _write(self, table: str, rows: pa.Table) -> None:
+        if table not in self._writers:
+            self._writers[table] = new_parquet_writer(self.dir / f"{table}.parquet", table)
+        self._writers[table].write_table(rows)
 
     def append_batch(self, table: str, batch: pa.RecordBatch) -> None:
         self.append(table, pa.Table.from_batches([batch]))
 
     def append_batches(self, table: str, batches: Iterable[pa.RecordBatch]) -> None:
-        """A stream of batches, coalesced into row groups of up to ``ROW_GROUP_ROWS`` rows or
-        ``ROW_GROUP_BYTES``: a reader over many files yields a batch per file, and a row group per
-        batch would make the footer, which every view build reads, grow with every run merged."""
-        pending: list[pa.RecordBatch] = []
-        rows = size = 0
+        """A stream of batches (e.g. a reader over many files, a batch per file); ``PendingRows``
+        coalesces them into row groups."""
         for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            pending.append(batch)
-            rows, size = rows + batch.num_rows, size + batch.nbytes
-            if rows >= ROW_GROUP_ROWS or size >= ROW_GROUP_BYTES:
-                self.append(table, pa.Table.from_batches(pending))
-                pending, rows, size = [], 0, 0
-        if pending:
-            self.append(table, pa.Table.from_batches(pending))
+            self.append_batch(table, batch)
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -156,6 +146,8 @@ class RunWriter:
 
     def seal(self, table: str) -> None:
         """No more rows for ``table`` in this run; its staged file becomes readable (``staged()``)."""
+        if table in self._pending.tables():
+            self._write(table, self._pending.take(table))
         if table in self._writers and table not in self._sealed:
             self._writers[table].close()
         self._sealed.add(table)
@@ -245,7 +237,7 @@ class RunWriter:
         ``replace`` names tables whose earlier files this run supersedes (``rederive``'s changes);
         ``merges`` runs whose files this run's replace in place (``warehouse.autocompact``).
         """
-        for table in self._writers:
+        for table in [*self._pending.tables(), *self._writers]:
             self.seal(table)
         crashpoint("files-closed")
         root = self.warehouse.root
