@@ -4,6 +4,7 @@ equality for the hash and the diff, registry schema changes. Records are derived
 from __future__ import annotations
 
 import copy
+import itertools
 import secrets
 import tempfile
 import unicodedata
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import mutate
-from pipeline.diff import diff
+from pipeline.diff import diff, full_diff, without_identical
 from pipeline.hashing import content_hash, hash_and_unknown
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
 from tests.conftest import Record, nct, real_records
@@ -225,6 +226,33 @@ def test_a_version_is_stored_if_and_only_if_the_diff_finds_a_change(pair: tuple[
     # (an edit that breaks the schema, e.g. of an enum value, is quarantined instead: not a version)
     assert bool(plan.versions or plan.quarantined) == bool(diff(old, new))
     assert (content_hash(old) == content_hash(new)) == (diff(old, new) == [])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(variants(), st.booleans())
+def test_skipping_identical_modules_leaves_the_diff_exactly_as_it_was(pair: tuple[Record, Record],
+                                                                        swapped: bool) -> None:
+    old, new = pair[::-1] if swapped else pair
+    assert diff(old, new) == full_diff(old, new)
+
+
+def test_skipping_identical_modules_changes_no_diff_between_real_records() -> None:
+    from tests.conftest import snapshot_pairs
+
+    records = real_records()
+    pairs = [*snapshot_pairs().values(), *itertools.pairwise(records[:61]),
+             (records[0], {}), ({}, records[0])]
+    for old, new in pairs:
+        assert diff(old, new) == full_diff(old, new)
+    assert sum(len(diff(old, new)) for old, new in pairs) > 1000  # they do differ
+
+
+def test_members_identical_as_json_are_skipped_and_true_is_not_one() -> None:
+    old = {"protocolSection": {"statusModule": {"x": 1}, "designModule": {"y": True}}, "derivedSection": {}}
+    new = {"protocolSection": {"statusModule": {"x": 1}, "designModule": {"y": 1}}, "hasResults": False}
+    assert without_identical(old, new) == (
+        {"protocolSection": {"designModule": {"y": True}}, "derivedSection": {}},
+        {"protocolSection": {"designModule": {"y": 1}}, "hasResults": False})
 
 
 # -- registry schema changes ---------------------------------------------------------------------
