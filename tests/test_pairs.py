@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,33 @@ def _by_study_version(row: tuple[Any, ...]) -> tuple[str, int]:
     return row[0], row[2]
 
 
+@pytest.fixture(scope="module")
+def built(prefect_api: str, records: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory,
+          ) -> tuple[Path, list[str]]:
+    """Twelve studies, three of them changed in each of three later runs (each run its own file set);
+    built once, read only."""
+    directory = tmp_path_factory.mktemp("pairs") / "warehouse"
+    studies = [copy.deepcopy(r) for r in records[:12]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(autocompact.ENV, "off")
+        with FakeRegistry(studies).start() as registry:
+            runs = [fast_sync(registry, directory)["run_id"]]
+            for day, picked in enumerate([(0, 1, 2), (1, 2, 3), (2, 5, 7)], start=1):
+                for i in picked:
+                    studies[i] = mutate.posted_on(mutate.set_enrollment(studies[i], 100 * day + i), date(2030, 1, day))
+                    registry.put(studies[i])
+                runs.append(fast_sync(registry, directory)["run_id"])
+    return directory, runs
+
+
 @pytest.fixture
-def history(warehouse_dir: Path, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Twelve studies, three of them changed in each of three later runs (each run its own file set)."""
-    monkeypatch.setenv(autocompact.ENV, "off")
-    studies = records[:12]
-    with FakeRegistry(studies).start() as registry:
-        runs = [fast_sync(registry, warehouse_dir)["run_id"]]
-        for day, picked in enumerate([(0, 1, 2), (1, 2, 3), (2, 5, 7)], start=1):
-            for i in picked:
-                studies[i] = mutate.posted_on(mutate.set_enrollment(studies[i], 100 * day + i), date(2030, 1, day))
-                registry.put(studies[i])
-            runs.append(fast_sync(registry, warehouse_dir)["run_id"])
-    return runs
+def warehouse_dir(built: tuple[Path, list[str]]) -> Path:
+    return built[0]
+
+
+@pytest.fixture
+def history(built: tuple[Path, list[str]]) -> list[str]:
+    return built[1]
 
 
 def test_each_runs_pairs_equal_the_self_join_of_its_versions(warehouse_dir: Path, history: list[str]) -> None:
