@@ -2,8 +2,9 @@
 
 Memory does not grow with the number of pairs (a 2%-changed reload of the whole registry pairs 12,000
 versions of ~18 KB of JSON each; a ``rederive`` pairs every stored version):
-1. *marks*: the pairs (each selected version and its predecessor), found from the cheap columns
-   alone (``nct_id``, ``version``, ``run_id``; no ``raw``);
+1. *roles*: every row a pair needs, with its roles (the new side of pair ``new_pair``, the old side of
+   pair ``old_pair``: a middle version is both), found in SQL from the cheap columns alone
+   (``nct_id``, ``version``, ``run_id``; no ``raw``);
 2. *stream*: just those rows in storage order, ``raw`` only where a diff reads it; no sort and no
    join holds old and new JSON side by side (DuckDB cannot sort long strings past its memory limit).
    The first row of a pair to arrive waits in a temporary file until its partner does.
@@ -27,20 +28,31 @@ from warehouse.catalog import version_locations_sql, version_rows_sql
 from warehouse.manifest import Manifest
 from warehouse.run_writer import SYNCED
 
-# One row per pair: the selected version's key and its predecessor's (NULL for a study's first).
-_MARKS = """
-WITH loc AS ({locations}), sel AS (SELECT nct_id, version, {keys} FROM loc {where})
-SELECT s.k1 AS new_k1, s.k2 AS new_k2, p.k1 AS old_k1, p.k2 AS old_k2, s.version AS new_version
-FROM sel AS s LEFT JOIN (SELECT nct_id, version, {keys} FROM loc) AS p
-  ON p.nct_id = s.nct_id AND p.version = s.version - 1
+# Each needed row once (``k1``, ``k2``: its key), with its roles. A pair is numbered by its new side's
+# row. ``need_raw``: a predecessor's JSON is always read, a selected version's unless it is a study's
+# first (whose diff reads its title alone: a bulk load's 600,000 first versions cost no JSON parsing).
+_ROLES = """
+WITH loc AS ({locations}),
+sel AS (SELECT nct_id, version, {keys}, row_number() OVER () AS pair FROM loc {where}),
+pairs AS (
+  SELECT s.k1, s.k2, s.pair, s.version, p.k1 AS old_k1, p.k2 AS old_k2
+  FROM sel AS s LEFT JOIN (SELECT nct_id, version, {keys} FROM loc) AS p
+    ON p.nct_id = s.nct_id AND p.version = s.version - 1),
+roles AS (
+  SELECT k1, k2, pair AS new_pair, NULL::BIGINT AS old_pair, old_k1 IS NOT NULL AS has_old,
+         old_k1 IS NOT NULL OR version > 1 AS need_raw FROM pairs
+  UNION ALL
+  SELECT old_k1, old_k2, NULL, pair, false, true FROM pairs WHERE old_k1 IS NOT NULL)
+SELECT k1, k2, max(new_pair) AS new_pair, max(old_pair) AS old_pair, bool_or(has_old) AS has_old,
+       bool_or(need_raw) AS need_raw
+FROM roles GROUP BY k1, k2
 """
 
-# The rows the pairs name; ``raw`` unless the row is only a study's first version (whose diff reads
-# its title alone, so a bulk load's 600,000 first versions cost no JSON parsing).
 _STREAM = """
 SELECT t.nct_id, t.version, t.run_id, t.observed_at, t.registry_updated, t.source, t.is_removed,
-       t.content_hash, t.brief_title, CASE WHEN n.need_raw THEN t.raw END AS raw, n.k1, n.k2
-FROM ({rows}) AS t JOIN _pair_needs AS n ON n.k1 = t.{k1} AND n.k2 = t.{k2}
+       t.content_hash, t.brief_title, CASE WHEN n.need_raw THEN t.raw END AS raw,
+       n.new_pair, n.old_pair, n.has_old
+FROM ({rows}) AS t JOIN _pair_roles AS n ON n.k1 = t.{k1} AND n.k2 = t.{k2}
 """
 
 # Rows of the located files (``source`` given) are keyed by position; otherwise by study and version.
@@ -50,39 +62,24 @@ _BY_VERSION = ("nct_id", "version")
 
 def pair_rows(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest,
               run_id: str) -> tuple[list[str], pa.Table]:
-    """The files holding ``run_id``'s versions or their predecessors, and the pairs (``_MARKS``): a run's
-    change derivation reads only its own pairs' rows, not every stored version's JSON."""
-    marks = _marks(con, (root, manifest), ["run_id = ?"], [run_id])
-    return _files(marks), marks
+    """The files holding ``run_id``'s versions or their predecessors, and the rows' roles (``_ROLES``):
+    a run's change derivation reads only its own pairs' rows, not every stored version's JSON."""
+    roles = _roles(con, (root, manifest), ["run_id = ?"], [run_id])
+    return _files(roles), roles
 
 
-def _files(marks: pa.Table) -> list[str]:
-    return sorted({*marks.column("new_k1").to_pylist(), *filter(None, marks.column("old_k1").to_pylist())})
+def _files(roles: pa.Table) -> list[str]:
+    return sorted(set(roles.column("k1").unique().to_pylist()))
 
 
-def _marks(con: duckdb.DuckDBPyConnection, source: tuple[Path, Manifest] | None,
+def _roles(con: duckdb.DuckDBPyConnection, source: tuple[Path, Manifest] | None,
            where: list[str], params: list[object]) -> pa.Table:
     k1, k2 = _BY_POSITION if source is not None else _BY_VERSION
     locations = (version_locations_sql(*source) if source is not None
                  else "SELECT nct_id, version, run_id FROM raw_study_versions")
-    sql = _MARKS.format(locations=locations, keys=f"{k1} AS k1, {k2} AS k2",
+    sql = _ROLES.format(locations=locations, keys=f"{k1} AS k1, {k2} AS k2",
                         where=("WHERE " + " AND ".join(where)) if where else "")
     return con.sql(sql, params=params or None).to_arrow_table()
-
-
-def _needs(marks: pa.Table) -> pa.Table:
-    """Each row the pairs name once, with whether its JSON is read (a predecessor's always, a selected
-    version's unless it is a first version)."""
-    need: dict[tuple[Any, Any], bool] = {}
-    for new1, new2, old1, old2, version in zip(*(marks.column(c).to_pylist() for c in marks.column_names),
-                                               strict=True):
-        need[(new1, new2)] = need.get((new1, new2), False) or old1 is not None or version > 1
-        if old1 is not None:
-            need[(old1, old2)] = True
-    keys = list(need)
-    return pa.table({"k1": [k[0] for k in keys], "k2": [k[1] for k in keys], "need_raw": list(need.values())},
-                    schema=pa.schema([("k1", marks.schema.field("new_k1").type),
-                                      ("k2", marks.schema.field("new_k2").type), ("need_raw", pa.bool_())]))
 
 
 def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
@@ -107,32 +104,18 @@ def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
     if nct_ids is not None:
         where.append("nct_id IN (SELECT unnest(CAST(? AS VARCHAR[])))")
         params.append(list(nct_ids))
-    marks = _marks(con, source, where, params)
+    roles = _roles(con, source, where, params)
     if source is not None:
-        rows, (k1, k2) = version_rows_sql(source[0], _files(marks)), _BY_POSITION
+        rows, (k1, k2) = version_rows_sql(source[0], _files(roles)), _BY_POSITION
     else:
         rows, (k1, k2) = "SELECT * FROM raw_study_versions", _BY_VERSION
-    con.register("_pair_needs", _needs(marks))
+    con.register("_pair_roles", roles)
     try:
         reader = con.sql(_STREAM.format(rows=rows, k1=k1, k2=k2)).to_arrow_reader(batch_size)
         with tempfile.TemporaryFile(dir=spill_dir) as spill:
-            yield from _paired(reader, _Pairing(marks), _Spill(spill), baseline_runs, batch_size)
+            yield from _paired(reader, _Spill(spill), baseline_runs, batch_size)
     finally:
-        con.unregister("_pair_needs")
-
-
-class _Pairing:
-    """Which pairs each row belongs to, as the new or the old side."""
-
-    def __init__(self, marks: pa.Table) -> None:
-        self.roles: dict[tuple[Any, Any], list[tuple[int, bool]]] = {}
-        self.has_old: list[bool] = []
-        columns = (marks.column(c).to_pylist() for c in ("new_k1", "new_k2", "old_k1", "old_k2"))
-        for index, (new1, new2, old1, old2) in enumerate(zip(*columns, strict=True)):
-            self.roles.setdefault((new1, new2), []).append((index, True))
-            self.has_old.append(old1 is not None)
-            if old1 is not None:
-                self.roles.setdefault((old1, old2), []).append((index, False))
+        con.unregister("_pair_roles")
 
 
 class _Spill:
@@ -160,19 +143,24 @@ class _Spill:
         return row
 
 
-def _paired(reader: Any, pairing: _Pairing, spill: _Spill, baseline_runs: frozenset[str],
-            batch_size: int) -> Iterator[list[VersionPair]]:
+def _paired(reader: Any, spill: _Spill, baseline_runs: frozenset[str], batch_size: int) -> Iterator[list[VersionPair]]:
     out: list[VersionPair] = []
     for batch in reader:
         for row in batch.to_pylist():
+            new_pair, old_pair, has_old = row.pop("new_pair"), row.pop("old_pair"), row.pop("has_old")
             parked: tuple[int, int] | None = None
-            for pair, is_new in pairing.roles.get((row.pop("k1"), row.pop("k2")), ()):
-                if is_new and not pairing.has_old[pair]:
+            if new_pair is not None:  # this row is a pair's new side
+                if not has_old:
                     out.append(_pair(None, row, baseline_runs))
-                elif (other := spill.take(pair)) is not None:
-                    out.append(_pair(other, row, baseline_runs) if is_new else _pair(row, other, baseline_runs))
+                elif (old := spill.take(new_pair)) is not None:
+                    out.append(_pair(old, row, baseline_runs))
                 else:
-                    parked = spill.park(pair, row, parked)
+                    parked = spill.park(new_pair, row, parked)
+            if old_pair is not None:  # and (or) the next version's old side
+                if (new := spill.take(old_pair)) is not None:
+                    out.append(_pair(row, new, baseline_runs))
+                else:
+                    parked = spill.park(old_pair, row, parked)
             if len(out) >= batch_size:
                 yield out
                 out = []
