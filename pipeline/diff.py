@@ -123,8 +123,7 @@ _TYPED_WITHIN = frozenset(path[:n] for path in TYPED for n in range(1, len(path)
 def diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:
     """Every changed leaf of the material content, compared in the canonical form that decides what is
     a new version (``pipeline.hashing.normalise``): no diff here iff the content hashes are equal."""
-    old, new = without_identical(old, new)
-    return list(_diff_dicts(normalise(old), normalise(new), ()))
+    return full_diff(*without_identical(old, new))
 
 
 def full_diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:

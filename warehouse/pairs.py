@@ -69,7 +69,7 @@ def pair_rows(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest,
 
 
 def _files(roles: pa.Table) -> list[str]:
-    return sorted(set(roles.column("k1").unique().to_pylist()))
+    return sorted(roles.column("k1").unique().to_pylist())
 
 
 def _roles(con: duckdb.DuckDBPyConnection, source: tuple[Path, Manifest] | None,
