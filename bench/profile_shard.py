@@ -27,7 +27,7 @@ STAGES = {
     "typed core columns (parse_study)": [("parse.py", "parse_study")],
     "Arrow tables (rows.plan_tables)": [("rows.py", "plan_tables")],
     "Parquet write + zstd (ParquetWriter)": [("core.py", "write_table"), ("core.py", "close")],
-    "fsync of the part files": [("catalog.py", "fsync_path")],
+    "fsync of the part files": [("catalog_file.py", "fsync_path")],
 }
 
 

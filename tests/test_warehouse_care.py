@@ -24,7 +24,7 @@ from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import fast_sync, nct, real_records
 from tests.reliability.support import DUCKDB_CLI, TRIALSYNC, state
-from warehouse import Warehouse, catalog, store
+from warehouse import Warehouse, catalog, catalog_file, store
 from warehouse import manifest as manifests
 from warehouse.check import WarehouseDamaged, check
 from warehouse.manifest import GenerationTaken
@@ -116,17 +116,17 @@ def test_an_error_just_after_the_commit_point_never_undoes_the_run(
     with FakeRegistry(days[0]).start() as registry:
         fast_sync(registry, warehouse_dir, full=True, page_size=50)
     root = warehouse_dir.resolve()
-    fsync = catalog.fsync_path
+    fsync = catalog_file.fsync_path
     if failure == "directory fsync":  # as on some FUSE/SMB mounts: the root's fsync fails after the rename
         def failing(path: Path) -> None:
             if Path(path) == root:
                 raise OSError(errno.EIO, "Input/output error")
             fsync(path)
-        monkeypatch.setattr(catalog, "fsync_path", failing)
+        monkeypatch.setattr(catalog_file, "fsync_path", failing)
     else:
         def no_rename(root: Path, tmp: Path) -> None:
             raise OSError(errno.EIO, "Input/output error")
-        monkeypatch.setattr(catalog, "install_catalog", no_rename)
+        monkeypatch.setattr(catalog_file, "install_catalog", no_rename)
     with FakeRegistry(days[1]).start() as registry:
         second = fast_sync(registry, warehouse_dir, full=True, page_size=50)
     monkeypatch.undo()
@@ -322,7 +322,7 @@ def test_a_catalog_written_by_another_release_is_rewritten_not_called_damaged(co
     assert any("another release" in note for note in report.notes)
     with Warehouse(root).connect() as con:  # no writer holds the lock: the reader rewrites the catalog
         assert con.execute("SELECT * FROM studies ORDER BY nct_id").fetchall() == expected
-    assert catalog.catalog_meta(root / catalog.CATALOG_NAME)["views_digest"] == catalog.views_digest()
+    assert catalog_file.catalog_meta(root / catalog.CATALOG_NAME)["views_digest"] == catalog.views_digest()
     assert check(root).notes == [] and check(root).ok
 
 
@@ -332,7 +332,7 @@ def test_a_writer_takes_a_catalog_of_another_release_without_refusing(copy: Path
     store.refuse_if_damaged(root)  # what every writing command runs first: no refusal
     with Warehouse(root).writer("upgrade-test"):
         pass  # the writer brings the catalog up to date before it starts
-    assert catalog.catalog_meta(root / catalog.CATALOG_NAME)["views_digest"] == catalog.views_digest()
+    assert catalog_file.catalog_meta(root / catalog.CATALOG_NAME)["views_digest"] == catalog.views_digest()
 
 
 def _without_write_override() -> None:
@@ -364,7 +364,7 @@ def test_a_reader_without_the_right_to_write_answers_from_a_catalog_of_another_r
             cwd=Path(__file__).parents[1], preexec_fn=_without_write_override if os.geteuid() == 0 else None)
         assert reader.returncode == 0, reader.stderr[-2000:]
         assert reader.stdout.strip() == repr(expected)
-        assert "views_digest" not in catalog.catalog_meta(root / catalog.CATALOG_NAME)  # left as it was
+        assert "views_digest" not in catalog_file.catalog_meta(root / catalog.CATALOG_NAME)  # left as it was
     finally:
         for path in [root, *root.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UsageError, WarehouseError
-from warehouse import catalog
+from warehouse import catalog_file
 from warehouse import manifest as manifests
 from warehouse.manifest import ManifestDamaged
 
@@ -61,9 +61,9 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         (tmp / marker).touch()
         _fsync_tree(tmp)
         os.rename(tmp, dest)
-        catalog.fsync_path(dest.parent)
+        catalog_file.fsync_path(dest.parent)
         log = manifests.read_log(dest)
-        catalog.write_catalog(dest, manifests.fold(log), log, tag="backup")
+        catalog_file.write_catalog(dest, manifests.fold(log), log, tag="backup")
         _fsync_tree(dest)  # the schema files and directories the catalog write created
         return result
     raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
@@ -115,9 +115,9 @@ def _fsync_tree(top: Path) -> None:
         for name in names:
             path = Path(current) / name
             if path.stat().st_nlink == 1:
-                catalog.fsync_path(path)
+                catalog_file.fsync_path(path)
     for directory in reversed(directories):
-        catalog.fsync_path(directory)
+        catalog_file.fsync_path(directory)
 
 
 def _link(source: Path, target: Path) -> bool:

@@ -1,8 +1,7 @@
 """The catalog: ``warehouse.duckdb``, views and macros over the committed Parquet files.
 
-``plan_catalog`` returns the SQL (pure, golden-tested); ``write_catalog`` executes it into a fresh
-file and atomically renames it over the old one. Readers holding the old file keep a consistent
-snapshot; new readers see the new run. The file is written in DuckDB's v1.0.0 storage format so
+``plan_catalog`` returns the SQL (pure, golden-tested) and ``build`` executes it; writing, installing
+and opening the file is ``catalog_file``'s. The file is written in DuckDB's v1.0.0 storage format so
 the ``duckdb`` shell (1.x) can open it read-only.
 """
 
@@ -10,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
@@ -22,12 +20,11 @@ import pyarrow.parquet as pq
 from warehouse import summary
 from warehouse.aact import aact_views
 from warehouse.analyses import analysis_views
-from warehouse.crashpoints import crashpoint
-from warehouse.manifest import RETAINED_KEY, Generation, Manifest, ManifestDamaged, ManifestEntry
+from warehouse.manifest import RETAINED_KEY, Manifest, ManifestEntry
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
 from warehouse.validity import versions_with_validity
 
-__all__ = ["CATALOG_NAME", "RETAINED_KEY", "Manifest", "ManifestEntry", "plan_catalog", "write_catalog"]
+__all__ = ["CATALOG_NAME", "RETAINED_KEY", "Manifest", "ManifestEntry", "plan_catalog"]
 
 CATALOG_NAME = "warehouse.duckdb"
 SCHEMA_VERSION = "1"
@@ -250,174 +247,3 @@ def plan_digest(root: Path, manifest: Manifest) -> str:
     text = "\n;\n".join(plan_catalog(root, manifest))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
-
-# Attaches a database file to a DuckDB of the caller's for a block: (path, ATTACH options) -> a cursor
-# whose own catalog is that file (``RunWriter``: its Parquet footers are cached already).
-Attach = Callable[[str, str], AbstractContextManager[duckdb.DuckDBPyConnection]]
-
-
-def metadata_cached(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """Keep Parquet footers in memory across the views and builds of ``con``'s database: a build binds
-    each table's files several times (the raw, child and ``current_`` views), and a run builds several."""
-    con.execute("SET GLOBAL parquet_metadata_cache = true")
-    return con
-
-
-def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *, tag: str,
-                    attach: Attach | None = None) -> Path:
-    """Write a complete new catalog beside the old one (fsynced); ``install_catalog`` puts it in place.
-
-    Besides the views it keeps the effective manifest (``_manifest``, in commit order) and a copy of
-    every manifest file (``_manifest_log``), so a damaged manifest file can be restored from it."""
-    ensure_schema_files(root)
-    tmp = root / f"{CATALOG_NAME}.tmp-{tag}"
-    for leftover in (tmp, Path(f"{tmp}.wal")):
-        leftover.unlink(missing_ok=True)
-    try:
-        with _new_catalog(tmp, attach) as con:
-            _fill_catalog(con, root, manifest, log)
-    except BaseException:
-        for leftover in (tmp, Path(f"{tmp}.wal")):
-            leftover.unlink(missing_ok=True)
-        raise
-    fsync_path(tmp)
-    crashpoint("catalog-tmp-written")
-    return tmp
-
-
-@contextmanager
-def _new_catalog(path: Path, attach: Attach | None) -> Iterator[duckdb.DuckDBPyConnection]:
-    if attach is not None:
-        with attach(str(path), f" (STORAGE_VERSION '{STORAGE_COMPATIBILITY}')") as cursor:
-            yield cursor
-        return
-    con = metadata_cached(duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_COMPATIBILITY}))
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-def _create_from(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
-    con.register("_rows", rows)
-    try:
-        con.execute(f"CREATE TABLE {table} AS SELECT * FROM _rows")
-    finally:
-        con.unregister("_rows")
-
-
-def _insert_from(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
-    con.register("_rows", rows)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM _rows")
-    finally:
-        con.unregister("_rows")
-
-
-def _fill_catalog(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, log: Sequence[Generation]) -> None:
-    # Inserted as Arrow tables: ``executemany`` costs a statement per row, and the log grows by a
-    # generation per commit.
-    entries = manifest.entries
-    _create_from(con, "_manifest", pa.table({
-        "seq": pa.array(range(1, len(entries) + 1), pa.int32()),
-        "run_id": pa.array([e.run_id for e in entries], pa.string()),
-        "table_name": pa.array([e.table for e in entries], pa.string()),
-        "path": pa.array([e.path for e in entries], pa.string()),
-        "size": pa.array([e.size for e in entries], pa.int64()),
-        "checksum": pa.array([e.checksum for e in entries], pa.string())}))
-    _create_from(con, "_manifest_log", pa.table({
-        "generation": pa.array([g.number for g in log], pa.int32()),
-        "doc": pa.array([g.to_bytes().decode() for g in log], pa.string())}))
-    crashpoint("catalog-tmp-created")
-    meta = {**manifest.meta, "root": str(root), "schema_version": SCHEMA_VERSION,
-            "generation": str(manifest.generation), "plan_digest": plan_digest(root, manifest),
-            "views_digest": views_digest()}
-    con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
-    _insert_from(con, "_meta", pa.table({"key": pa.array(sorted(meta), pa.string()),
-                                         "value": pa.array([meta[k] for k in sorted(meta)], pa.string())}))
-    build(con, root, manifest)
-    con.execute("CHECKPOINT")
-
-
-def install_catalog(root: Path, tmp: Path) -> None:
-    """Rename a prepared catalog into place and make the rename durable."""
-    os.replace(tmp, root / CATALOG_NAME)
-    crashpoint("catalog-replaced")
-    fsync_path(root)
-
-
-def write_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *, tag: str) -> None:
-    """A new catalog for ``manifest`` in place (a rebuild: the manifest is committed already)."""
-    install_catalog(root, prepare_catalog(root, manifest, log, tag=tag))
-
-
-def open_catalog(path: Path, config: dict[str, str | bool | int | float | list[str]] | None = None,
-                 ) -> duckdb.DuckDBPyConnection:
-    """A read-only view of the catalog file *as it is now*.
-
-    ``duckdb.connect(path)`` would hand out the process's cached database instance while any other
-    connection to that path is open, i.e. the catalog as it was when that connection opened, even
-    after a commit renamed a new file into place. A long-lived process (or a writer that reads the
-    manifest while a reader is open) would then see a stale catalog. ATTACH in a private in-memory
-    instance always opens the file that is there now.
-    """
-    con = duckdb.connect(config=config or {})
-    try:
-        con.execute(f"ATTACH '{_quote(str(path))}' AS warehouse (READ_ONLY)")
-        con.execute("USE warehouse")
-    except Exception:
-        con.close()
-        raise
-    return con
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "''")
-
-
-def catalog_meta(path: Path) -> dict[str, str]:
-    """The catalog's ``_meta`` (raises ``duckdb.Error`` if the file is not a readable catalog)."""
-    con = open_catalog(path)
-    try:
-        return dict(con.execute("SELECT key, value FROM _meta").fetchall())
-    finally:
-        con.close()
-
-
-def read_legacy_manifest(path: Path) -> Manifest:
-    """The manifest of a catalog written before the manifest moved beside it (``_manifest`` only),
-    in commit order: the order the rows were inserted (``rowid``), never DuckDB's scan order."""
-    con = open_catalog(path)
-    try:
-        rows = con.execute("SELECT run_id, table_name, path FROM _manifest ORDER BY rowid").fetchall()
-        meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
-    finally:
-        con.close()
-    catalog_keys = ("root", "schema_version", "generation", "plan_digest", "views_digest")
-    meta = {k: v for k, v in meta.items() if k not in catalog_keys}
-    return Manifest(tuple(ManifestEntry(*row) for row in rows), meta)
-
-
-def read_catalog_log(path: Path) -> dict[int, Generation]:
-    """The catalog's copy of the manifest files, by generation; the damaged ones left out."""
-    con = open_catalog(path)
-    try:
-        rows = con.execute("SELECT generation, doc FROM _manifest_log ORDER BY generation").fetchall()
-    finally:
-        con.close()
-    log = {}
-    for number, doc in rows:
-        try:
-            log[number] = Generation.from_bytes(doc.encode(), number)
-        except ManifestDamaged:
-            continue
-    return log
-
-
-def fsync_path(path: Path) -> None:
-    """Make a file (or a directory's entries) durable before the commit that depends on it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
-from warehouse import catalog
+from warehouse import catalog, catalog_file
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
@@ -123,15 +123,15 @@ def read_state(root: Path) -> LogState:
     path = root / CATALOG_NAME
     if path.exists():
         try:
-            meta = catalog.catalog_meta(path)
+            meta = catalog_file.catalog_meta(path)
         except duckdb.Error as exc:
             error = _first_line(exc)
         try:
             if meta is not None and "generation" in meta:
                 generation = int(meta["generation"])
-                copies = catalog.read_catalog_log(path)
+                copies = catalog_file.read_catalog_log(path)
             elif meta is not None and not files and not damaged:
-                legacy = catalog.read_legacy_manifest(path)
+                legacy = catalog_file.read_legacy_manifest(path)
         except (duckdb.Error, ValueError):
             pass
     for number in range(1, max([*files, *damaged, generation or 0], default=0) + 1):

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.versioning import BatchPlan, RunContext
-from warehouse.catalog import fsync_path
+from warehouse.catalog_file import fsync_path
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
-from warehouse import catalog
+from warehouse import catalog, catalog_file
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check, check_file, read_state
@@ -114,7 +114,7 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
         schema = catalog.schema_file(table)
         if (root / schema).exists() and any(p.path == schema for p in before.problems):
             move(schema)
-    catalog.write_catalog(root, target_manifest, kept, tag="repair")
+    catalog_file.write_catalog(root, target_manifest, kept, tag="repair")
     result.rebuilt_catalog = True
     bin_dir.mkdir(parents=True, exist_ok=True)
     (bin_dir / "repair.json").write_text(json.dumps(

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
-from warehouse import catalog
+from warehouse import catalog, catalog_file
 from warehouse import manifest as manifests
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
@@ -63,7 +63,7 @@ class RunWriter:
     def _database(self) -> duckdb.DuckDBPyConnection:
         """The run's DuckDB (call with ``_before_lock`` held)."""
         if self._db is None:
-            self._db = catalog.metadata_cached(duckdb.connect())
+            self._db = catalog_file.metadata_cached(duckdb.connect())
         return self._db
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -244,18 +244,18 @@ class RunWriter:
         rel = self.dir.relative_to(root)
         entries = []
         for table in self._writers:
-            catalog.fsync_path(self.dir / f"{table}.parquet")
+            catalog_file.fsync_path(self.dir / f"{table}.parquet")
             entries.append(manifests.measure(root, self._entry(table)))
         entries += [manifests.measure(root, ManifestEntry(self.run_id, p.table, str(rel / p.name)))
                     for p in self._adopted]
-        catalog.fsync_path(self.dir)
-        catalog.fsync_path(self.dir.parent)
+        catalog_file.fsync_path(self.dir)
+        catalog_file.fsync_path(self.dir.parent)
         gen = Generation(self.manifest.generation + 1, self.run_id, tuple(entries), tuple(sorted(replace)),
                          {**self.manifest.meta, **(meta or {}), "last_run_id": self.run_id},  # the whole meta
                          datetime.now(UTC).isoformat(), tuple(merges))
         try:
-            tmp = catalog.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id,
-                                          attach=self._attached_catalog)
+            tmp = catalog_file.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id,
+                                               attach=self._attached_catalog)
         finally:
             self._close_before()
         try:
@@ -273,7 +273,7 @@ class RunWriter:
         self.published = gen
         crashpoint("manifest-published")
         try:
-            catalog.install_catalog(root, tmp)
+            catalog_file.install_catalog(root, tmp)
             (self.dir / COMMITTED_MARKER).touch()
         except Exception as exc:  # committed: report, never undo (the next command rewrites the catalog)
             logger.warning("run %s is committed, but putting its catalog in place failed (%s); the next command "

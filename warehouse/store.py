@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
-from warehouse import catalog, migrations
+from warehouse import catalog, catalog_file, migrations
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
@@ -55,10 +55,10 @@ class Warehouse:
         if manifests.head(self.root) or not self.catalog_path.exists():
             return manifests.fold(self.log())
         try:
-            meta = catalog.catalog_meta(self.catalog_path)
+            meta = catalog_file.catalog_meta(self.catalog_path)
             if "generation" not in meta:
-                return catalog.read_legacy_manifest(self.catalog_path)
-            return manifests.fold(catalog.read_catalog_log(self.catalog_path).values())
+                return catalog_file.read_legacy_manifest(self.catalog_path)
+            return manifests.fold(catalog_file.read_catalog_log(self.catalog_path).values())
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot read {self.catalog_path}: {str(exc).splitlines()[0]}") from None
 
@@ -77,7 +77,7 @@ class Warehouse:
         if not self.catalog_path.exists():
             return False
         try:
-            meta = catalog.catalog_meta(self.catalog_path)
+            meta = catalog_file.catalog_meta(self.catalog_path)
         except duckdb.Error:
             return False
         if "generation" not in meta:
@@ -92,7 +92,7 @@ class Warehouse:
                 and meta.get("views_digest") == catalog.views_digest()):
             return False  # up to date; otherwise behind, moved, or written by another release
         try:
-            catalog.write_catalog(self.root, manifests.fold(log), log, tag="refresh")
+            catalog_file.write_catalog(self.root, manifests.fold(log), log, tag="refresh")
         except duckdb.Error:  # a damaged file: readers build the views in memory, writers refuse
             return False
         return True
@@ -105,7 +105,7 @@ class Warehouse:
         checksum recorded: a damaged one stays unmeasured, so ``check`` keeps naming it and ``repair``
         rolls back past it, instead of its damage becoming the truth. If a damaged file keeps the
         catalog from being written, readers build the views in memory (the other tables answer)."""
-        legacy = catalog.read_legacy_manifest(self.catalog_path)
+        legacy = catalog_file.read_legacy_manifest(self.catalog_path)
         by_run: dict[str, list[ManifestEntry]] = {}
         for entry in legacy.entries:
             measured = entry  # missing or damaged: ``check`` reports it, ``repair`` rolls back past it
@@ -121,12 +121,12 @@ class Warehouse:
         staging.mkdir()
         for gen in log:
             (staging / manifests.generation_path(self.root, gen.number).name).write_bytes(gen.to_bytes())
-            catalog.fsync_path(staging / manifests.generation_path(self.root, gen.number).name)
-        catalog.fsync_path(staging)
+            catalog_file.fsync_path(staging / manifests.generation_path(self.root, gen.number).name)
+        catalog_file.fsync_path(staging)
         os.rename(staging, manifests.directory(self.root))
-        catalog.fsync_path(self.root)
+        catalog_file.fsync_path(self.root)
         try:
-            catalog.write_catalog(self.root, manifests.fold(log), log, tag="migrate")
+            catalog_file.write_catalog(self.root, manifests.fold(log), log, tag="migrate")
         except duckdb.Error:  # a damaged file: readers build the views in memory, writers refuse
             return False
         return True
@@ -181,7 +181,7 @@ class Warehouse:
                       ) -> duckdb.DuckDBPyConnection | None:
         """The catalog file, if it is readable, lists this directory's files and is not behind."""
         try:
-            con = catalog.open_catalog(self.catalog_path, config)
+            con = catalog_file.open_catalog(self.catalog_path, config)
         except duckdb.Error:
             return None
         try:
