@@ -142,6 +142,18 @@ class _Wrapped:
 class Flow(_Wrapped):
     """A flow function that runs under Prefect or in process (``uses_prefect``)."""
 
+    _validated: Callable[..., Any] | None = None
+
+    def validated(self) -> Callable[..., Any]:
+        """The function behind Prefect's parameter validation, for plain runs: arguments are cast to
+        their annotated types the way a Prefect flow casts them (pydantic's lax mode: ``"2026-01-01"``
+        for a ``date``), so a call gets the same arguments, or the same refusal, in both engines."""
+        if self._validated is None:
+            import pydantic
+
+            self._validated = pydantic.validate_call(self.fn, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+        return self._validated
+
     def _build(self) -> Any:
         from prefect import flow
 
@@ -160,7 +172,7 @@ class Flow(_Wrapped):
         run = _PlainRun(self.name, int(self.options.get("threads") or DEFAULT_THREADS))
         token = _PLAIN.set(run)
         try:
-            return self.fn(*args, **kwargs)
+            return self.validated()(*args, **kwargs)
         finally:
             run.close()
             _PLAIN.reset(token)

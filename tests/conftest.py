@@ -20,6 +20,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The work is the same code under both engines (flows/engine.py), and a Prefect flow run costs ~1.3 s
+# more a sync here (plus the test server's CPU): tests run their flows in process, subprocesses too,
+# unless marked ``prefect`` (the tests of what Prefect adds: flow runs, artifacts, logs, blocks,
+# deployments). ``TRIALSYNC_TEST_ENGINE=auto make test`` runs every test's flows under Prefect.
+TEST_ENGINE = os.environ.get("TRIALSYNC_TEST_ENGINE", "plain")
+os.environ["TRIALSYNC_ENGINE"] = TEST_ENGINE
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TRIALSYNC_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -86,6 +92,13 @@ def registry(records: list[Record]) -> Iterator[Any]:
 
     with FakeRegistry(records).start() as fake:
         yield fake
+
+
+@pytest.fixture(autouse=True)
+def _prefect_engine_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("prefect") is not None:
+        monkeypatch.setenv("TRIALSYNC_ENGINE", "auto")
+        request.getfixturevalue("prefect_api")  # the session's server, so "auto" means a Prefect flow run
 
 
 @pytest.fixture(scope="session")

@@ -172,6 +172,7 @@ def email_channel(server: SmtpServer) -> dict[str, Any]:
 
 
 # -- acceptance ------------------------------------------------------------------------------------
+@pytest.mark.prefect  # a Prefect Secret block holds the Slack URL
 def test_email_webhook_slack_apprise_and_feed_receive_the_slip_with_old_and_new_values(
         warehouse: Path, tmp_path: Path, smtp: SmtpServer, hook: WebhookReceiver,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,6 +310,7 @@ def test_digest_mode_sends_one_message_per_watch_per_run_with_all_its_changes(
     assert [s["nct_id"] for s in by_watch["sponsors"]["studies"]] == [SEED]  # MSKCC's seed trial
 
 
+@pytest.mark.prefect
 def test_no_secret_value_appears_in_any_log_line_artifact_run_record_or_ledger_row(
         warehouse: Path, tmp_path: Path, smtp: SmtpServer, hook: WebhookReceiver, prefect_api: str,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,8 @@ from tests.test_cli import run_cli
 from tests.test_lifecycle import plain_env
 from warehouse import Warehouse
 
+pytestmark = pytest.mark.prefect  # what these tests check is the Prefect side
+
 BIN = Path(sys.executable).parent
 
 

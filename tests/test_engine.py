@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from pipeline.registry.fake_server import FakeRegistry
 from tests.reliability.support import state
 from tests.test_cli import run_cli
 from tests.test_lifecycle import plain_env
+
+pytestmark = pytest.mark.prefect  # what these tests check is the Prefect side
 
 PREFECT_BANNER = ("temporary server", "docs.prefect.io")
 
@@ -99,3 +102,21 @@ def test_a_bad_engine_setting_is_refused_in_one_line(tmp_path: Path) -> None:
     result = run_cli("rederive", "--warehouse", str(tmp_path / "w"), env=plain_env(TRIALSYNC_ENGINE="fast"))
     assert result.returncode == 2
     assert result.stderr.strip() == "trialsync: error: TRIALSYNC_ENGINE must be one of auto, prefect, plain, not 'fast'"
+
+
+def test_a_flow_casts_its_arguments_to_their_types_in_process_as_a_prefect_flow_run_does(
+        prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.engine import flow, uses_prefect
+
+    @flow(name="cast-arguments")
+    def received(since: date, pages: int = 1) -> tuple[bool, object, object]:
+        return uses_prefect(), since, pages
+
+    outcomes = {}
+    for engine in ("plain", "prefect"):
+        monkeypatch.setenv("TRIALSYNC_ENGINE", engine)
+        outcomes[engine] = received(since="2026-01-01", pages="3")
+        with pytest.raises(Exception, match="since") as refused:
+            received(since="not a date")
+        assert type(refused.value).__name__ in ("ValidationError", "ParameterTypeError")
+    assert outcomes == {"plain": (False, date(2026, 1, 1), 3), "prefect": (True, date(2026, 1, 1), 3)}

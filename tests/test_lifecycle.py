@@ -17,6 +17,8 @@ import pytest
 from pipeline.registry.fake_server import FakeRegistry
 from tests.test_cli import TRIALSYNC, run_cli
 
+pytestmark = pytest.mark.prefect  # what these tests check is the Prefect side
+
 STOP_SECONDS = 10.0
 SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}
 

@@ -22,6 +22,8 @@ from pipeline.registry.fake_server import FakeRegistry
 from tests.test_cli import TRIALSYNC, run_cli
 from warehouse import Warehouse
 
+pytestmark = pytest.mark.prefect  # what these tests check is the Prefect side
+
 NEW_YORK = ZoneInfo("America/New_York")
 SYNC_DEPLOYMENTS = ("daily-incremental", "weekly-full-reconciliation")
 SCHEDULED_SYNC = "flows/scheduled.py:scheduled_sync"

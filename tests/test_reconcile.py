@@ -137,7 +137,7 @@ def test_status_counts_warn_on_a_large_move_against_the_previous_run() -> None:
     assert large.detail == "140 studies (140 before): RECRUITING -20, TERMINATED +20"
 
 
-@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.prefect  # the artifacts are Prefect's
 def test_reconciliation_flags_a_scope_whose_full_run_lost_three_studies(
         registry: FakeRegistry, warehouse_dir: Path, records: list[dict[str, Any]]) -> None:
     first = fast_sync(registry, warehouse_dir)
