@@ -4,6 +4,12 @@ One full sync of the 326 real records, then one incremental sync per "day", each
 real records changed (enrollment, posted that day), against the fake registry, in process (plain
 engine). Prints per-run wall and CPU seconds, the commit's seconds and a fixed query's seconds
 (``changes`` of the last day) at runs 1, 10, 50, 100, 200, 300, 400, with the load average.
+
+``--paired 10,365``: the warehouse as it stood after those runs is kept, and afterwards the next day's
+sync (the same kind of day: five changed records, no merge due) is run on a fresh copy of each state in
+turn, ``--repeat`` times, alternating, so both sides share the machine's moments. A row of means of ten
+consecutive runs moves with the merges in its window; this compares one run's cost on a young and an
+old warehouse directly. Merges are counted apart (how many, and their CPU, per run).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--changed", type=int, default=5, help="records changed per day")
     parser.add_argument("--out", type=Path, default=None, help="warehouse directory (default: a temp dir)")
+    parser.add_argument("--paired", default="", help="runs whose warehouse is kept and compared, e.g. 10,365")
+    parser.add_argument("--repeat", type=int, default=10, help="syncs on each kept warehouse (--paired)")
     args = parser.parse_args(argv)
 
     from flows.sync import sync_registry
@@ -63,6 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     walls: list[float] = []
     cpus: list[float] = []
+    paired = sorted(int(day) for day in args.paired.split(",") if day)
+    kept: dict[int, Path] = {}
+
+    def change_day(registry: FakeRegistry, day: int) -> None:
+        for i in range(args.changed):
+            record = records[(day * args.changed + i) % len(records)]
+            registry.put(mutate.posted_on(mutate.set_enrollment(record, 1000 + day), base + timedelta(days=day)))
+
     with FakeRegistry(records).start() as registry:
         def sync() -> dict[str, Any]:
             result: dict[str, Any] = sync_registry(api_url=registry.url, warehouse=str(root), request_interval=0.0,
@@ -71,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sync()
         for day in range(1, args.runs + 1):
-            for i in range(args.changed):
-                record = records[(day * args.changed + i) % len(records)]
-                registry.put(mutate.posted_on(mutate.set_enrollment(record, 1000 + day), base + timedelta(days=day)))
+            change_day(registry, day)
             commit_seconds.clear()
             wall, cpu = time.perf_counter(), time.process_time()
             sync()
@@ -93,6 +107,52 @@ def main(argv: list[str] | None = None) -> None:
                       f"| {statistics.median(window_cpu):.2f} | {max(window_cpu):.2f} "
                       f"| {sum(commit_seconds):.2f} | {query:.3f} | "
                       f"{len(manifest.run_ids)} | {len(manifest.entries)} | {os.getloadavg()[0]:.1f} |", flush=True)
+            if day in paired:
+                kept[day] = root.parent / f"kept-{day}"
+                shutil.copytree(root, kept[day])
+    if kept:
+        compare_kept(kept, records, change_day, args.repeat)
+
+
+def compare_kept(kept: dict[int, Path], records: list[dict[str, Any]], change_day: Any, repeat: int) -> None:
+    """The next day's sync on a fresh copy of each kept warehouse, alternating (see the module doc)."""
+    from flows.sync import sync_registry
+    from pipeline.registry.fake_server import FakeRegistry
+    from warehouse.store import Warehouse
+
+    cpus: dict[int, list[float]] = {day: [] for day in kept}
+    sets: dict[int, tuple[int, int]] = {}
+    registries = {}
+    for day in kept:
+        registry = FakeRegistry(records)
+        for past in range(1, day + 2):  # the registry as it was on the next day
+            change_day(registry, past)
+        registries[day] = registry.start()
+        sets[day] = (len(Warehouse(kept[day]).manifest().run_ids), len(Warehouse(kept[day]).manifest().entries))
+    try:
+        for _ in range(repeat):
+            for day, source in kept.items():
+                scratch = source.parent / "scratch"
+                shutil.rmtree(scratch, ignore_errors=True)
+                shutil.copytree(source, scratch)
+                cpu = time.process_time()
+                sync_registry(api_url=registries[day].url, warehouse=str(scratch), request_interval=0.0,
+                              backoff_seconds=0.01, timeout_seconds=5.0)
+                cpus[day].append(time.process_time() - cpu)
+                after = Warehouse(scratch).manifest()
+                if len(after.run_ids) != sets[day][0] + 1:
+                    raise SystemExit(f"the run after {day} merged file sets: pick another day to compare")
+    finally:
+        for registry in registries.values():
+            registry.stop()
+    first = min(kept)
+    print(f"\n| warehouse after run | file sets | files | next run's CPU s (median of {repeat}) "
+          f"| (min) | (max) | median ÷ run {first}'s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for day in kept:
+        median = statistics.median(cpus[day])
+        print(f"| {day} | {sets[day][0]} | {sets[day][1]} | {median:.3f} | {min(cpus[day]):.3f} "
+              f"| {max(cpus[day]):.3f} | {median / statistics.median(cpus[first]):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

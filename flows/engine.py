@@ -151,7 +151,7 @@ class Flow(_Wrapped):
         if self._validated is None:
             import pydantic
 
-            self._validated = pydantic.validate_call(self.fn, config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+            self._validated = pydantic.validate_call(config=pydantic.ConfigDict(arbitrary_types_allowed=True))(self.fn)
         return self._validated
 
     def _build(self) -> Any:
