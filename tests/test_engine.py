@@ -112,6 +112,9 @@ def test_a_flow_casts_its_arguments_to_their_types_in_process_as_a_prefect_flow_
     def received(since: date, pages: int = 1) -> tuple[bool, object, object]:
         return uses_prefect(), since, pages
 
+    monkeypatch.setenv("TRIALSYNC_ENGINE", "plain")
+    assert received(since=date(2026, 1, 1), pages=2) == (False, date(2026, 1, 1), 2)
+    assert received._validated is None  # arguments of their types already: no validator built
     outcomes = {}
     for engine in ("plain", "prefect"):
         monkeypatch.setenv("TRIALSYNC_ENGINE", engine)
