@@ -17,10 +17,11 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/trialsync demo
 
-# Two workers (one per core), each taking whole test files (module fixtures stay in one process).
+# Two workers (one per core), each taking whole test files (module fixtures stay in one process), the
+# longest files first (tests/conftest.py orders them; xdist would order them by their number of tests).
 TEST_WORKERS ?= 2
 test: setup browser rsync lint
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The whole reliability suite (every kill point, fault case and misuse case); `make test` runs a short
 # version. Subprocess syncs reuse the test session's Prefect server.
