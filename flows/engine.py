@@ -172,13 +172,13 @@ class Flow(_Wrapped):
 
     _validated: Callable[..., Any] | None = None
 
-    def validated(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Callable[..., Any]:
+    def validated(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
         """The function behind Prefect's parameter validation, for plain runs: arguments are cast to
         their annotated types the way a Prefect flow casts them (pydantic's lax mode: ``"2026-01-01"``
         for a ``date``), so a call gets the same arguments, or the same refusal, in both engines.
         Arguments that are of their types already need no cast: ``fn`` itself then (building the
         validator costs ~0.1 s, a tenth of a small command)."""
-        if _of_their_types(self.fn, args, kwargs or {}):
+        if _of_their_types(self.fn, args, kwargs):
             return self.fn
         if self._validated is None:
             import pydantic
