@@ -75,18 +75,11 @@ def _new_catalog(path: Path, attach: Attach | None) -> Iterator[duckdb.DuckDBPyC
         con.close()
 
 
-def _create_from(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+def _from_rows(con: duckdb.DuckDBPyConnection, statement: str, rows: pa.Table) -> None:
+    """Execute ``statement``, which reads the Arrow table ``rows`` as ``_rows``."""
     con.register("_rows", rows)
     try:
-        con.execute(f"CREATE TABLE {table} AS SELECT * FROM _rows")
-    finally:
-        con.unregister("_rows")
-
-
-def _insert_from(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
-    con.register("_rows", rows)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM _rows")
+        con.execute(statement)
     finally:
         con.unregister("_rows")
 
@@ -95,14 +88,14 @@ def _fill_catalog(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest
     # Inserted as Arrow tables: ``executemany`` costs a statement per row, and the log grows by a
     # generation per commit.
     entries = manifest.entries
-    _create_from(con, "_manifest", pa.table({
+    _from_rows(con, "CREATE TABLE _manifest AS SELECT * FROM _rows", pa.table({
         "seq": pa.array(range(1, len(entries) + 1), pa.int32()),
         "run_id": pa.array([e.run_id for e in entries], pa.string()),
         "table_name": pa.array([e.table for e in entries], pa.string()),
         "path": pa.array([e.path for e in entries], pa.string()),
         "size": pa.array([e.size for e in entries], pa.int64()),
         "checksum": pa.array([e.checksum for e in entries], pa.string())}))
-    _create_from(con, "_manifest_log", pa.table({
+    _from_rows(con, "CREATE TABLE _manifest_log AS SELECT * FROM _rows", pa.table({
         "generation": pa.array([g.number for g in log], pa.int32()),
         "doc": pa.array([g.to_bytes().decode() for g in log], pa.string())}))
     crashpoint("catalog-tmp-created")
@@ -110,8 +103,9 @@ def _fill_catalog(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest
             "generation": str(manifest.generation), "plan_digest": plan_digest(root, manifest),
             "views_digest": views_digest()}
     con.execute("CREATE TABLE _meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
-    _insert_from(con, "_meta", pa.table({"key": pa.array(sorted(meta), pa.string()),
-                                         "value": pa.array([meta[k] for k in sorted(meta)], pa.string())}))
+    keys = sorted(meta)
+    _from_rows(con, "INSERT INTO _meta SELECT * FROM _rows", pa.table({
+        "key": pa.array(keys, pa.string()), "value": pa.array([meta[k] for k in keys], pa.string())}))
     build(con, root, manifest)
     con.execute("CHECKPOINT")
 
