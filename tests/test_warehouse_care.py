@@ -7,6 +7,7 @@ and checks what ``check`` says and what ``repair`` restores, against the intact 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -18,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import mutate
@@ -398,6 +400,38 @@ def test_a_damaged_data_file_is_named_by_check_and_repair_rolls_back_to_the_run_
     assert survived(root, before) == ({target} if kind == "delete" else set())
 
 
+def _flip_footer(path: Path) -> bytes:
+    """Flip bytes inside the Parquet footer (size and magic kept, so only reading the footer tells);
+    returns the original bytes."""
+    whole = path.read_bytes()
+    data = bytearray(whole)
+    footer = int.from_bytes(data[-8:-4], "little")
+    for i in range(len(data) - 8 - footer + 8, len(data) - 8 - footer + 40):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return whole
+
+
+def test_a_writer_refuses_a_damaged_footer_in_any_committed_file_and_names_it(copy: Path) -> None:
+    """A writer reads the footers once, in its own DuckDB, not in the quick check: every file's footer
+    must still be read before the run writes anything, and a bad one named as damage."""
+    root = copy.resolve()
+    manifest = Warehouse(root).manifest()
+    runs_before = sorted(p.name for p in (root / "runs").iterdir())
+    assert len(manifest.entries) > 40
+    for entry in manifest.entries:
+        whole = _flip_footer(root / entry.path)
+        try:
+            with pytest.raises(WarehouseDamaged, match="trialsync repair") as refused, Warehouse(root).writer("probe"):
+                pass
+            assert f"{entry.path}: Parquet footer unreadable" in str(refused.value)
+        finally:
+            (root / entry.path).write_bytes(whole)
+        assert manifests.head(root) == manifest.generation
+        assert sorted(p.name for p in (root / "runs").iterdir()) == runs_before
+    assert check(root).ok
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_damaged_manifest_file_is_restored_from_the_catalog_and_nothing_is_lost(
         kind: str, copy: Path, built: dict[str, Any]) -> None:
@@ -644,3 +678,47 @@ def test_a_generation_of_a_newer_format_is_refused_by_every_command_and_never_re
         assert refused.stderr.count("\n") == 1, (args, refused.stderr)
         assert "manifest generation 2 was written by a newer trialsync release" in refused.stderr, args
     assert files_of(root) == before and not (root / DAMAGED_DIR).exists()  # nothing moved, nothing rolled back
+
+
+# -- files' schemas: views unify columns by name only when a file may differ -----------------------------
+
+def test_every_committed_file_records_its_schema_and_the_views_need_not_unify_columns(copy: Path) -> None:
+    root = copy.resolve()
+    manifest = Warehouse(root).manifest()
+    assert {e.schema for e in manifest.entries} == {catalog.schema_fingerprint(e.table) for e in manifest.entries}
+    raw_views = [s for s in catalog.plan_catalog(root, manifest) if s.startswith("CREATE OR REPLACE VIEW raw_")]
+    assert raw_views and all("union_by_name = false" in s for s in raw_views)
+    writer_views = [s for s in catalog.plan_catalog(root, manifest, analyses=False, children=False, every_footer=True)
+                    if s.startswith("CREATE OR REPLACE VIEW raw_")]
+    assert writer_views and all("union_by_name = true" in s for s in writer_views)
+
+
+def test_a_file_of_an_earlier_release_without_a_column_is_read_by_name_with_nulls(copy: Path) -> None:
+    """Rewrite generation 1's locations file as an earlier release wrote it: without the last column,
+    its entry without a schema. The views must unify that table's files by name (and only that table's)."""
+    root = copy.resolve()
+    log = manifests.read_log(root)
+    first = log[0]
+    target = next(e for e in first.entries if e.table == "locations")
+    table = pq.read_table(root / target.path)
+    dropped = table.schema.names[-1]
+    pq.write_table(table.drop_columns([dropped]), root / target.path)
+    entries = tuple(manifests.measure(root, dataclasses.replace(e, schema=None)) if e.path == target.path else e
+                    for e in first.entries)
+    old = dataclasses.replace(first, entries=entries, raw=None)
+    manifests.generation_path(root, 1).write_bytes(old.to_bytes())
+    log = manifests.read_log(root)
+    catalog_file.write_catalog(root, manifests.fold(log), log, tag="earlier")  # its copy of the log too
+    manifest = Warehouse(root).manifest()
+    plan = {s.split(" AS ")[0]: s for s in catalog.plan_catalog(root, manifest)
+            if s.startswith("CREATE OR REPLACE VIEW raw_")}
+    assert "union_by_name = true" in plan["CREATE OR REPLACE VIEW raw_locations"]
+    assert "union_by_name = false" in plan["CREATE OR REPLACE VIEW raw_study_versions"]
+    old_keys = {(r["nct_id"], r["version"]) for r in table.select(["nct_id", "version"]).to_pylist()}
+    with Warehouse(root).connect() as con:
+        rows = con.execute(f"SELECT nct_id, version, {dropped} FROM raw_locations").fetchall()
+    old_rows = [r for r in rows if (r[0], r[1]) in old_keys]
+    assert len(old_rows) == table.num_rows > 0 and len(rows) > len(old_rows)
+    assert all(r[2] is None for r in old_rows)  # the old file's rows read NULL for the column it lacks
+    assert any(r[2] is not None for r in rows if (r[0], r[1]) not in old_keys)
+    assert check(root).ok

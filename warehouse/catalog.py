@@ -40,12 +40,27 @@ FROM (SELECT run_id, started_at, unnest(unknown_fields) AS path FROM raw_sync_ru
 GROUP BY path"""
 
 
+@cache
+def schema_fingerprint(table: str) -> str:
+    """Names the table's Arrow schema in this release (every file it writes has exactly that schema)."""
+    return hashlib.blake2b(TABLES[table].to_string().encode(), digest_size=5).hexdigest()
+
+
 def schema_file(table: str) -> str:
     """An empty Parquet file that gives each view its columns before any run wrote rows. Its name
     carries a fingerprint of the table's schema, so a column added in a new release reaches the views
     of an existing warehouse (as NULL in the runs written before it)."""
-    fingerprint = hashlib.blake2b(TABLES[table].to_string().encode(), digest_size=5).hexdigest()
-    return f"schema/{table}.v{SCHEMA_VERSION}-{fingerprint}.parquet"
+    return f"schema/{table}.v{SCHEMA_VERSION}-{schema_fingerprint(table)}.parquet"
+
+
+def _union_by_name(table: str, entries: Sequence[ManifestEntry], every_footer: bool) -> str:
+    """Read a table's files unifying their columns by name only when they may differ (a file of an
+    earlier release): that reads every file's footer at each bind, and a catalog binds each table
+    many times, so it would make every command's cost grow with the number of files. ``every_footer``:
+    always (the writer's first build, which is how it reads every committed footer once)."""
+    current = schema_fingerprint(table)
+    unify = every_footer or any(e.schema != current for e in entries)
+    return "true" if unify else "false"
 
 
 def _sql_list(root: Path, paths: Sequence[str]) -> str:
@@ -53,25 +68,28 @@ def _sql_list(root: Path, paths: Sequence[str]) -> str:
     return f"[{quoted}]"
 
 
-def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True, children: bool = True) -> list[str]:
+def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True, children: bool = True,
+                 every_footer: bool = False) -> list[str]:
     """The statements that define every view and macro, for the files in ``manifest``.
 
     ``analyses=False``: without the ``aact`` schema and the analysis views (fdaaa, registered vs
     current, status spans): the writer's own in-memory connections never read them, and binding
     them is most of the cost of a build (a sync builds several). ``children=False`` (with it): nor
-    the ``<table>`` and ``current_<table>`` views of the child tables (the writer reads ``raw_*``)."""
+    the ``<table>`` and ``current_<table>`` views of the child tables (the writer reads ``raw_*``).
+    ``every_footer``: see ``_union_by_name``."""
     statements = []
     rewriting = bool(manifest.files("study_rewrites"))
     superseding = set(rewritten_tables()) if rewriting else set()
     for table in TABLES:
         if table not in superseding:
-            files = [schema_file(table), *manifest.files(table)]
+            entries = [e for e in manifest.entries if e.table == table]
+            files = [schema_file(table), *(e.path for e in entries)]
             statements.append(
                 f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
-                f"{_sql_list(root, files)}, union_by_name = true)"
+                f"{_sql_list(root, files)}, union_by_name = {_union_by_name(table, entries, every_footer)})"
             )
     if rewriting:
-        statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding])
+        statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding], every_footer)
     statements += [
         f"""CREATE OR REPLACE VIEW study_versions AS
 SELECT nct_id, version, content_hash, registry_updated, registry_version, observed_at, run_id, source,
@@ -148,7 +166,7 @@ WHERE EXISTS (SELECT 1 FROM studies AS s WHERE s.nct_id = t.nct_id AND s.version
     return statements
 
 
-def _superseding_views(root: Path, manifest: Manifest, tables: Sequence[str]) -> list[str]:
+def _superseding_views(root: Path, manifest: Manifest, tables: Sequence[str], every_footer: bool) -> list[str]:
     """``raw_<table>`` without the rows of rewritten studies from files older than their last rewrite.
 
     A run's place in commit order is its first entry in the manifest; each file knows its run.
@@ -165,9 +183,11 @@ def _superseding_views(root: Path, manifest: Manifest, tables: Sequence[str]) ->
 SELECT w.nct_id, max(s.seq) AS seq FROM raw_study_rewrites AS w JOIN _run_seq AS s USING (run_id) GROUP BY w.nct_id""",
     ]
     for table in tables:
-        listed = _sql_list(root, [schema_file(table), *manifest.files(table)])
+        entries = [e for e in manifest.entries if e.table == table]
+        listed = _sql_list(root, [schema_file(table), *(e.path for e in entries)])
+        union = _union_by_name(table, entries, every_footer)
         statements.append(f"""CREATE OR REPLACE VIEW raw_{table} AS
-SELECT t.* EXCLUDE ({_FILE}) FROM read_parquet({listed}, union_by_name = true, filename = '{_FILE}') AS t
+SELECT t.* EXCLUDE ({_FILE}) FROM read_parquet({listed}, union_by_name = {union}, filename = '{_FILE}') AS t
 LEFT JOIN _file_seq AS f ON f.path = t.{_FILE}
 LEFT JOIN _rewrite_marks AS m ON m.nct_id = t.nct_id
 WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq""")
@@ -217,11 +237,11 @@ def ensure_schema_files(root: Path) -> None:
 
 
 def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, *, tolerant: bool = False,
-          analyses: bool = True, children: bool = True) -> None:
+          analyses: bool = True, children: bool = True, every_footer: bool = False) -> None:
     """Define the views in ``connection`` (a new catalog file, or an in-memory reader). ``tolerant``
     (readers of a damaged warehouse): skip a view that cannot be defined (its files are damaged), so
-    the views of the other tables keep answering. ``analyses``: see ``plan_catalog``."""
-    for statement in plan_catalog(root, manifest, analyses=analyses, children=children):
+    the views of the other tables keep answering. ``analyses``, ``every_footer``: see ``plan_catalog``."""
+    for statement in plan_catalog(root, manifest, analyses=analyses, children=children, every_footer=every_footer):
         try:
             connection.execute(statement)
         except duckdb.Error:
@@ -236,8 +256,10 @@ def views_digest() -> str:
     the next command rewrites it (``Warehouse.refresh_catalog``)."""
     every_table = Manifest(tuple(ManifestEntry("r", t, f"runs/r/{t}.parquet") for t in TABLES), {}, 1)
     summarised = Manifest(every_table.entries, {summary.SUMMARY_KEY: summary.COMPLETE}, 1)
+    current = Manifest(tuple(ManifestEntry("r", t, f"runs/r/{t}.parquet", schema=schema_fingerprint(t))
+                             for t in TABLES), {}, 1)
     plans = [*plan_catalog(Path("/"), Manifest((), {}, 0)), *plan_catalog(Path("/"), every_table),
-             *plan_catalog(Path("/"), summarised)]
+             *plan_catalog(Path("/"), summarised), *plan_catalog(Path("/"), current)]
     text = "\n;\n".join(plans)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 

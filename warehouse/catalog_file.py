@@ -94,7 +94,8 @@ def _fill_catalog(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest
         "table_name": pa.array([e.table for e in entries], pa.string()),
         "path": pa.array([e.path for e in entries], pa.string()),
         "size": pa.array([e.size for e in entries], pa.int64()),
-        "checksum": pa.array([e.checksum for e in entries], pa.string())}))
+        "checksum": pa.array([e.checksum for e in entries], pa.string()),
+        "schema": pa.array([e.schema for e in entries], pa.string())}))
     _from_rows(con, "CREATE TABLE _manifest_log AS SELECT * FROM _rows", pa.table({
         "generation": pa.array([g.number for g in log], pa.int32()),
         "doc": pa.array([g.to_bytes().decode() for g in log], pa.string())}))

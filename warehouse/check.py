@@ -4,6 +4,10 @@ Quick (no data read): the manifest files and their digests, every committed file
 size recorded at commit, every Parquet footer readable, the catalog at the manifest's generation with
 the views the manifest implies and a true copy of every manifest file. Deep: also every file's
 checksum and every row group decoded. Nothing is ever changed here.
+
+A writer checks without the footers (``footers=False``) and then reads them all once in the DuckDB its
+run uses anyway (``warehouse.store``): reading each footer twice per run made a run's cost grow with the
+number of committed files.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Report:
     generation: int = 0
     runs: int = 0
     deep: bool = False
+    log: list[Generation] | None = None  # the generations checked (None: a catalog of an earlier release)
 
     @property
     def ok(self) -> bool:
@@ -140,7 +145,8 @@ def read_state(root: Path) -> LogState:
     return LogState(files, copies, damaged, generation, legacy, meta, error)
 
 
-def check(root: Path, *, deep: bool = False, studies: bool = True) -> Report:
+def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool = True) -> Report:
+    """``footers=False``: not the Parquet footers (nor the schema files), for a caller that reads them next."""
     report = Report(deep=deep)
     state = read_state(root)
     for number, why in sorted(state.damaged.items()):
@@ -151,13 +157,16 @@ def check(root: Path, *, deep: bool = False, studies: bool = True) -> Report:
         manifest = state.legacy
         report.notes.append("written by an earlier release: the next command moves its manifest beside the catalog")
     else:
-        log = state.best()
-        manifest = manifests.fold(log)
+        report.log = state.best()
+        manifest = manifests.fold(report.log)
     report.generation = manifest.generation
     report.runs = len(manifest.run_ids)
     owner = _owners(state)
-    with ThreadPoolExecutor(2 if deep else CHECK_THREADS) as pool:  # deep: whole row groups in memory
-        verdicts = list(pool.map(lambda entry: check_file(root, entry, deep=deep), manifest.entries))
+    if footers:
+        with ThreadPoolExecutor(2 if deep else CHECK_THREADS) as pool:  # deep: whole row groups in memory
+            verdicts = list(pool.map(lambda entry: check_file(root, entry, deep=deep), manifest.entries))
+    else:  # a stat each: threads would cost more than they hide
+        verdicts = [check_file(root, entry, deep=False, footer=False) for entry in manifest.entries]
     for entry, problem in zip(manifest.entries, verdicts, strict=True):
         report.files += 1
         if problem is None:
@@ -166,7 +175,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True) -> Report:
         gen = owner.get((entry.run_id, entry.path))
         report.problems.append(Problem(problem[0], entry.path, problem[1], entry.table, entry.run_id, gen,
                                        _studies(root, manifest, entry) if studies else None))
-    for table in TABLES:
+    for table in TABLES if footers else ():
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
             report.problems.append(Problem("schema", catalog.schema_file(table), "unreadable schema file", table))
@@ -175,8 +184,9 @@ def check(root: Path, *, deep: bool = False, studies: bool = True) -> Report:
     return report
 
 
-def check_file(root: Path, entry: ManifestEntry, *, deep: bool) -> tuple[str, str] | None:
-    """(kind, what is wrong) for one committed file, None when it is intact."""
+def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = True) -> tuple[str, str] | None:
+    """(kind, what is wrong) for one committed file, None when it is intact (``footer=False``: its
+    presence and size only)."""
     path = root / entry.path
     try:
         size = path.stat().st_size
@@ -186,6 +196,8 @@ def check_file(root: Path, entry: ManifestEntry, *, deep: bool) -> tuple[str, st
         return "missing", f"cannot stat: {exc}"
     if entry.size is not None and size != entry.size:
         return "size", f"{size} bytes, {entry.size} at commit"
+    if not footer:
+        return None
     try:
         footer = pq.read_metadata(path)  # the footer only (a ParquetFile also builds its schema's paths)
     except Exception as exc:  # pyarrow raises several types for a bad footer
@@ -217,16 +229,18 @@ def first_damaged(root: Path, entries: Sequence[ManifestEntry]) -> str | None:
     return None
 
 
-def refuse_if_damaged(root: Path) -> None:
-    """What every writing command runs first: the quick check; one line pointing at ``repair``."""
+def refuse_if_damaged(root: Path, *, footers: bool = True) -> list[Generation] | None:
+    """What every writing command runs first: the quick check; one line pointing at ``repair``.
+    Returns the log it checked (None: a new warehouse, or a catalog of an earlier release)."""
     if not (root / CATALOG_NAME).exists() and not manifests.generations(root):
-        return  # a new warehouse
-    report = check(root, studies=False)
+        return None  # a new warehouse
+    report = check(root, studies=False, footers=footers)
     if report.problems:
         first = report.problems[0]
         more = f" and {len(report.problems) - 1} more problem(s)" if len(report.problems) > 1 else ""
         raise WarehouseDamaged(f"the warehouse {root} is damaged ({first.line()}{more}); nothing was changed: "
                                "see `trialsync check`, then run `trialsync repair`")
+    return report.log
 
 
 def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: list[str]) -> list[Problem]:

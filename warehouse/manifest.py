@@ -15,6 +15,7 @@ Each file's checksum is XXH3-128 (fast enough to take at every commit). A genera
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -73,6 +74,10 @@ class ManifestEntry:
     path: str  # relative to the warehouse root
     size: int | None = None  # bytes at commit (None: migrated file not measured yet)
     checksum: str | None = None  # CHECKSUM of the file's bytes at commit
+    # The fingerprint of the Arrow schema the file was written with (``catalog.schema_fingerprint``);
+    # None in files of earlier releases. When every file of a table has the current one, its view
+    # need not unify the files' columns by name (which reads every footer at each bind).
+    schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,7 @@ class Generation:
         body: dict[str, object] = {
             "format": FORMAT if self.merges else 1, "generation": self.number, "run_id": self.run_id,
             "committed_at": self.committed_at, "replace": sorted(self.replace), "meta": dict(self.meta),
-            "files": [{"table": e.table, "path": e.path, "size": e.size, "checksum": e.checksum}
-                      for e in self.entries]}
+            "files": [_file_doc(e) for e in self.entries]}
         if self.merges:  # absent otherwise: every earlier generation file keeps its exact bytes
             body["merges"] = list(self.merges)
         return body
@@ -127,12 +131,20 @@ class Generation:
                     f"{doc.get('format')!r}; this release reads up to {FORMAT}): "
                     "upgrade trialsync to use this warehouse")
             return cls(number, doc["run_id"],
-                       tuple(ManifestEntry(doc["run_id"], f["table"], f["path"], f["size"], f["checksum"])
-                             for f in doc["files"]),
+                       tuple(ManifestEntry(doc["run_id"], f["table"], f["path"], f["size"], f["checksum"],
+                                           f.get("schema")) for f in doc["files"]),
                        tuple(doc["replace"]), dict(doc["meta"]), doc["committed_at"],
                        tuple(doc.get("merges", ())), data)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ManifestDamaged(f"manifest generation {number} is damaged ({type(exc).__name__})", number) from None
+
+
+def _file_doc(entry: ManifestEntry) -> dict[str, object]:
+    doc: dict[str, object] = {"table": entry.table, "path": entry.path, "size": entry.size,
+                              "checksum": entry.checksum}
+    if entry.schema is not None:  # absent otherwise (an earlier release reads the key as unknown)
+        doc["schema"] = entry.schema
+    return doc
 
 
 @dataclass(frozen=True)
@@ -320,7 +332,7 @@ def file_checksum(path: Path) -> str:
 def measure(root: Path, entry: ManifestEntry) -> ManifestEntry:
     """``entry`` with the size and checksum its file has now (at commit, or when migrating)."""
     path = root / entry.path
-    return ManifestEntry(entry.run_id, entry.table, entry.path, path.stat().st_size, file_checksum(path))
+    return dataclasses.replace(entry, size=path.stat().st_size, checksum=file_checksum(path))
 
 
 def _digest(text: str) -> str:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -38,7 +39,8 @@ class RunWriter:
     """Stages one run's Parquet files; ``commit`` publishes them all at once."""
 
     def __init__(self, warehouse: Warehouse, run_id: str, manifest: Manifest,
-                 log: list[Generation] | None = None) -> None:
+                 log: list[Generation] | None = None, *, before: duckdb.DuckDBPyConnection | None = None) -> None:
+        """``before``: a DuckDB from ``open_state(root, manifest)``, which the run then owns."""
         self.warehouse = warehouse
         self.run_id = run_id
         self.manifest = manifest
@@ -55,8 +57,8 @@ class RunWriter:
         self.published: Generation | None = None  # the generation this run committed
         # One in-process DuckDB for every view build of the run (the state before it, its staged
         # states, the new catalog), so each Parquet footer is read once per run, not once per build.
-        self._db: duckdb.DuckDBPyConnection | None = None
-        self._before_built = False
+        self._db: duckdb.DuckDBPyConnection | None = before
+        self._before_built = before is not None
         self._attached = 0
         self._before_lock = threading.Lock()
 
@@ -77,8 +79,7 @@ class RunWriter:
         with self._before_lock:
             db = self._database()
             if not self._before_built:
-                catalog.ensure_schema_files(self.warehouse.root)
-                catalog.build(db, self.warehouse.root, self.manifest, analyses=False, children=False)
+                _build_state(db, self.warehouse.root, self.manifest)
                 self._before_built = True
             return db.cursor()
 
@@ -164,11 +165,15 @@ class RunWriter:
         """The committed files plus this run's sealed and adopted ones (what ``staged`` reads)."""
         rel = self.dir.relative_to(self.warehouse.root)
         entries = [self._entry(t) for t in self._sealed if t in self._writers]
-        entries += [ManifestEntry(self.run_id, p.table, str(rel / p.name)) for p in self._adopted]
+        entries += [self._file(p.table, str(rel / p.name)) for p in self._adopted]
         return self.manifest.plus(entries)
 
     def _entry(self, table: str) -> ManifestEntry:
-        return ManifestEntry(self.run_id, table, str((self.dir / f"{table}.parquet").relative_to(self.warehouse.root)))
+        return self._file(table, str((self.dir / f"{table}.parquet").relative_to(self.warehouse.root)))
+
+    def _file(self, table: str, path: str) -> ManifestEntry:
+        """A file of this run: written by ``new_parquet_writer``, so of exactly the table's schema."""
+        return ManifestEntry(self.run_id, table, path, schema=catalog.schema_fingerprint(table))
 
     def append_plan(self, plan: BatchPlan, ctx: RunContext) -> None:
         for table, rows in plan_tables(plan, ctx).items():
@@ -246,8 +251,7 @@ class RunWriter:
         for table in self._writers:
             catalog_file.fsync_path(self.dir / f"{table}.parquet")
             entries.append(manifests.measure(root, self._entry(table)))
-        entries += [manifests.measure(root, ManifestEntry(self.run_id, p.table, str(rel / p.name)))
-                    for p in self._adopted]
+        entries += [manifests.measure(root, self._file(p.table, str(rel / p.name))) for p in self._adopted]
         catalog_file.fsync_path(self.dir)
         catalog_file.fsync_path(self.dir.parent)
         gen = Generation(self.manifest.generation + 1, self.run_id, tuple(entries), tuple(sorted(replace)),
@@ -301,6 +305,24 @@ WITH runs AS (SELECT run_id, started_at FROM raw_sync_runs WHERE scope = ? AND {
      exits AS (SELECT e.nct_id, max(runs.started_at) AS at FROM raw_scope_exits e JOIN runs USING (run_id)
                WHERE e.scope = ? GROUP BY e.nct_id)
 SELECT seen.nct_id FROM seen LEFT JOIN exits USING (nct_id) WHERE exits.at IS NULL OR seen.at > exits.at"""
+
+
+def open_state(root: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:
+    """A DuckDB (footers cached) with the writer's views over ``manifest``'s files. Binding them reads
+    every committed file's Parquet footer (``union_by_name``), so a damaged one raises ``duckdb.Error``
+    here, before a run has written anything."""
+    db = catalog_file.metadata_cached(duckdb.connect())
+    try:
+        _build_state(db, root, manifest)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _build_state(db: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest) -> None:
+    catalog.ensure_schema_files(root)
+    catalog.build(db, root, manifest, analyses=False, children=False, every_footer=True)
 
 
 def _renumber_sql(table: str) -> str:

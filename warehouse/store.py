@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
-from warehouse import catalog, catalog_file, migrations
+from warehouse import catalog, catalog_file, migrations, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
@@ -216,12 +216,22 @@ class Warehouse:
         with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
             crashpoint("lock-acquired")
             self.refresh_catalog()
-            refuse_if_damaged(self.root)
-            log = self.log()
+            checked = refuse_if_damaged(self.root, footers=False)  # the footers: in ``_state_before``
+            log = checked if checked is not None else self.log()
             manifest = manifests.fold(log)
             self._remove_uncommitted(manifest)
-            upgraded = migrations.upgrade(self, run_id, manifest)  # an earlier release's warehouse
-            run = RunWriter(self, run_id, upgraded, log if upgraded.generation == manifest.generation else None)
+            before: duckdb.DuckDBPyConnection | None = self._state_before(manifest)
+            try:
+                upgraded = migrations.upgrade(self, run_id, manifest)  # an earlier release's warehouse
+                if upgraded.generation != manifest.generation:  # a migration committed: other files
+                    assert before is not None
+                    before.close()
+                    before = None
+                run = RunWriter(self, run_id, upgraded, log if before is not None else None, before=before)
+            except BaseException:
+                if before is not None:
+                    before.close()
+                raise
             try:
                 yield run
             finally:
@@ -229,6 +239,16 @@ class Warehouse:
                     run.abort()
             if run.published is not None:
                 self._compact_after(run)
+
+    def _state_before(self, manifest: Manifest) -> duckdb.DuckDBPyConnection:
+        """The run's DuckDB with its views over the committed files: binding them reads every Parquet
+        footer once (the writer's quick check left them out). A footer that does not read is damage:
+        the full quick check names the file and refuses."""
+        try:
+            return run_writer.open_state(self.root, manifest)
+        except duckdb.Error:
+            refuse_if_damaged(self.root)
+            raise
 
     def _compact_after(self, run: RunWriter) -> None:
         """Merge small file sets now that ``run`` committed (see ``warehouse.autocompact``); a failure
