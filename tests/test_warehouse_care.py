@@ -722,3 +722,25 @@ def test_a_file_of_an_earlier_release_without_a_column_is_read_by_name_with_null
     assert all(r[2] is None for r in old_rows)  # the old file's rows read NULL for the column it lacks
     assert any(r[2] is not None for r in rows if (r[0], r[1]) not in old_keys)
     assert check(root).ok
+
+
+@pytest.mark.parametrize("how", ["differs", "missing"])
+def test_a_catalog_copy_of_a_manifest_file_that_differs_or_is_missing_is_reported(copy: Path, how: str) -> None:
+    """The quick check compares digests of the catalog's copies with the files (no copy parsed)."""
+    import duckdb
+
+    root = copy.resolve()
+    assert Warehouse(root).refresh_catalog()  # the copy's catalog read the original's directory
+    con = duckdb.connect(str(root / catalog.CATALOG_NAME))
+    try:
+        if how == "differs":
+            con.execute("UPDATE _manifest_log SET doc = replace(doc, '\"meta\"', ' \"meta\"') WHERE generation = 2")
+        else:
+            con.execute("DELETE FROM _manifest_log WHERE generation = 2")
+    finally:
+        con.close()
+    report = check(root)
+    assert [(p.kind, p.generation) for p in report.problems] == [("catalog", 2)]
+    assert "copy of manifest generation 2 is missing or differs" in report.problems[0].detail
+    assert repair(root).rebuilt_catalog
+    assert check(root).ok

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -170,11 +171,62 @@ def read_legacy_manifest(path: Path) -> Manifest:
     return Manifest(tuple(ManifestEntry(*row) for row in rows), meta)
 
 
-def read_catalog_log(path: Path) -> dict[int, Generation]:
-    """The catalog's copy of the manifest files, by generation; the damaged ones left out."""
+@dataclass
+class CatalogState:
+    """What ``check`` reads of a catalog in one opening of it."""
+
+    meta: dict[str, str] | None = None  # None: missing or unreadable
+    digests: dict[int, str] = field(default_factory=dict)  # MD5 of each manifest copy's bytes
+    legacy: Manifest | None = None  # a catalog from before the manifest moved beside it
+    error: str | None = None  # why it could not be read
+
+    @property
+    def generation_known(self) -> bool:
+        try:
+            return self.meta is not None and int(self.meta["generation"]) >= 0
+        except (KeyError, ValueError):
+            return False
+
+
+def read_catalog_state(path: Path, *, legacy: bool) -> CatalogState:
+    """The catalog's ``_meta`` and a digest of each of its manifest copies (``legacy``: when it has
+    no generation, its legacy manifest). Never raises for a damaged catalog: says so in ``error``."""
+    state = CatalogState()
+    try:
+        con = open_catalog(path)
+    except duckdb.Error as exc:
+        state.error = _first_line(exc)
+        return state
+    try:
+        state.meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
+        if state.generation_known:
+            state.digests = dict(con.execute("SELECT generation, md5(doc) FROM _manifest_log").fetchall())
+    except duckdb.Error as exc:
+        if state.meta is None:
+            state.error = _first_line(exc)
+    finally:
+        con.close()
+    if state.meta is not None and "generation" not in state.meta and legacy:
+        with suppress(duckdb.Error, ValueError):
+            state.legacy = read_legacy_manifest(path)
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_catalog_log(path: Path, numbers: Sequence[int] | None = None) -> dict[int, Generation]:
+    """The catalog's copy of the manifest files (``numbers``: of those only), by generation; the
+    damaged ones left out."""
     con = open_catalog(path)
     try:
-        rows = con.execute("SELECT generation, doc FROM _manifest_log ORDER BY generation").fetchall()
+        if numbers is None:
+            rows = con.execute("SELECT generation, doc FROM _manifest_log ORDER BY generation").fetchall()
+        else:
+            rows = con.execute("SELECT generation, doc FROM _manifest_log WHERE list_contains(?, generation) "
+                               "ORDER BY generation", [list(numbers)]).fetchall()
     finally:
         con.close()
     log = {}

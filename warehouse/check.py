@@ -12,8 +12,10 @@ number of committed files.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,12 +92,14 @@ class LogState:
     """What the manifest files and the catalog's copy of them say, generation by generation."""
 
     files: dict[int, Generation]  # good manifest files
-    copies: dict[int, Generation]  # the catalog's good copies
+    copies: dict[int, Generation]  # the catalog's good copies of the generations in ``damaged``
     damaged: dict[int, str]  # generation -> why its file cannot be used
     catalog_generation: int | None  # None: no readable catalog with a generation
     legacy: Manifest | None = None  # a catalog from before the manifest moved beside it
     catalog_meta: dict[str, str] | None = None  # the catalog's _meta as read (None: missing or unreadable)
     catalog_error: str | None = None  # why the catalog could not be read
+    # MD5 of each of the catalog's copies: comparing them with the files' needs no copy parsed
+    copy_digests: dict[int, str] = field(default_factory=dict)
 
     @property
     def last(self) -> int:
@@ -120,29 +124,19 @@ def read_state(root: Path) -> LogState:
             files[number] = Generation.from_bytes(manifests.generation_path(root, number).read_bytes(), number)
         except (ManifestDamaged, OSError) as exc:
             damaged[number] = str(exc)
-    copies: dict[int, Generation] = {}
-    generation: int | None = None
-    legacy = None
-    meta: dict[str, str] | None = None
-    error = None
+    held = catalog_file.CatalogState()  # what the catalog says
     path = root / CATALOG_NAME
     if path.exists():
-        try:
-            meta = catalog_file.catalog_meta(path)
-        except duckdb.Error as exc:
-            error = _first_line(exc)
-        try:
-            if meta is not None and "generation" in meta:
-                generation = int(meta["generation"])
-                copies = catalog_file.read_catalog_log(path)
-            elif meta is not None and not files and not damaged:
-                legacy = catalog_file.read_legacy_manifest(path)
-        except (duckdb.Error, ValueError):
-            pass
+        held = catalog_file.read_catalog_state(path, legacy=not files and not damaged)
+    generation = int(held.meta["generation"]) if held.meta is not None and held.generation_known else None
     for number in range(1, max([*files, *damaged, generation or 0], default=0) + 1):
         if number not in files and number not in damaged:
             damaged[number] = "manifest file missing"
-    return LogState(files, copies, damaged, generation, legacy, meta, error)
+    copies: dict[int, Generation] = {}
+    if damaged and generation is not None:  # only then is a copy read: a good file is the log
+        with suppress(duckdb.Error):
+            copies = catalog_file.read_catalog_log(path, numbers=sorted(damaged))
+    return LogState(files, copies, damaged, generation, held.legacy, held.meta, held.error, held.digests)
 
 
 def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool = True) -> Report:
@@ -275,8 +269,7 @@ def _copy_problems(state: LogState) -> list[Problem]:
     """The catalog keeps a copy of every manifest file (to restore a damaged one): each must be equal."""
     problems = []
     for number, gen in state.files.items():
-        copy = state.copies.get(number)
-        if copy != gen:  # equal fields, equal bytes (to_bytes is a function of them)
+        if state.copy_digests.get(number) != hashlib.md5(gen.to_bytes()).hexdigest():  # the bytes it was read from
             problems.append(Problem("catalog", CATALOG_NAME, f"the catalog's copy of manifest generation {number} "
                                     "is missing or differs", generation=number))
             break

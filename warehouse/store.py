@@ -80,17 +80,18 @@ class Warehouse:
             meta = catalog_file.catalog_meta(self.catalog_path)
         except duckdb.Error:
             return False
+        head = manifests.head(self.root)  # a listing: an up-to-date catalog reads no generation file
         if "generation" not in meta:
-            return self._migrate() if not manifests.head(self.root) else False
+            return self._migrate() if not head else False
+        if not head or int(meta["generation"]) > head:
+            return False  # the manifest lost files the catalog knows: repair restores them
+        if (int(meta["generation"]) == head and meta.get("root") == str(self.root)
+                and meta.get("views_digest") == catalog.views_digest()):
+            return False  # up to date; otherwise behind, moved, or written by another release
         try:
             log = self.log()
         except ManifestDamaged:
             return False
-        if not log or int(meta["generation"]) > log[-1].number:
-            return False  # the manifest lost files the catalog knows: repair restores them
-        if (int(meta["generation"]) == log[-1].number and meta.get("root") == str(self.root)
-                and meta.get("views_digest") == catalog.views_digest()):
-            return False  # up to date; otherwise behind, moved, or written by another release
         try:
             catalog_file.write_catalog(self.root, manifests.fold(log), log, tag="refresh")
         except duckdb.Error:  # a damaged file: readers build the views in memory, writers refuse
