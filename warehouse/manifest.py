@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import orjson
 import xxhash
 
 from pipeline.errors import WarehouseError
@@ -120,11 +122,9 @@ class Generation:
     @classmethod
     def _parse(cls, data: bytes, number: int) -> Generation:
         try:
-            doc = json.loads(data)
-            digest = doc.pop("digest")
-            text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-            if digest != _digest(text) or doc["generation"] != number:
-                raise ValueError("digest or generation does not match")
+            doc = _verified(data)
+            if doc["generation"] != number:
+                raise ValueError("generation does not match")
             if not isinstance(doc.get("format", 1), int) or doc.get("format", 1) > FORMAT:
                 raise ManifestTooNew(
                     f"manifest generation {number} was written by a newer trialsync release (format "
@@ -337,3 +337,21 @@ def measure(root: Path, entry: ManifestEntry) -> ManifestEntry:
 
 def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _verified(data: bytes) -> dict[str, Any]:
+    """A generation file's document, without its digest, once the digest is that of the document as
+    ``to_bytes`` wrote it (``json.dumps``, sorted keys, no spaces, ASCII); raises ``ValueError`` else.
+    orjson reads and writes the same for an all-ASCII document 3x faster, so it is tried first (a
+    command reads every generation); anything else (a non-ASCII meta value it does not escape, an
+    integer it reads as a float) is decided by ``json`` itself."""
+    with suppress(ValueError, TypeError, KeyError, AttributeError):
+        doc = orjson.loads(data)
+        digest = doc.pop("digest")
+        if hashlib.blake2b(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest() == digest:
+            return dict(doc)
+    doc = json.loads(data)
+    digest = doc.pop("digest")
+    if digest != _digest(json.dumps(doc, sort_keys=True, separators=(",", ":"))):
+        raise ValueError("digest does not match")
+    return dict(doc)
