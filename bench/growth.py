@@ -6,11 +6,14 @@ engine). Prints per-run wall and CPU seconds, the commit's seconds and a fixed q
 (``changes`` of the last day) at runs 1, 10, 50, 100, 200, 300, 400, with the load average.
 
 ``--paired 9,364``: the warehouse as it stood after those runs is kept, and afterwards the next day's
-sync (runs 10 and 365 themselves: five changed records) is run on a fresh copy of each state in turn,
-``--repeat`` times, alternating, so both sides share the machine's moments. A row of means of ten
-consecutive runs moves with the merges in its window; this compares one run's cost on a young and an
-old warehouse directly. A kept day whose next run merges is refused (pick another). The copy lives at
-another path, so each of these syncs also rewrites the catalog for its new root (both sides pay it).
+sync (runs 10 and 365 themselves: five changed records) is run on each kept state in turn, ``--repeat``
+times, alternating, so both sides share the machine's moments. A row of means of ten consecutive runs
+moves with the merges in its window; this compares one run's cost on a young and an old warehouse
+directly. A kept day whose next run merges is refused (pick another). Each kept state is moved to one
+path per side once (its catalog rewritten there, untimed), and after each timed sync put back as it
+was at that same path, so a timed sync does what a daily one does. Before each, the process's
+memo of parsed manifest generations is cleared: a daily run is a new process, which reads and parses
+every generation file once.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="warehouse directory (default: a temp dir)")
     parser.add_argument("--paired", default="", help="runs whose warehouse is kept and compared, e.g. 9,364")
     parser.add_argument("--repeat", type=int, default=10, help="syncs on each kept warehouse (--paired)")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="only compare the warehouses an earlier run kept beside --out (kept-<run>)")
     args = parser.parse_args(argv)
+    if args.compare_only and not (args.out and args.paired):
+        parser.error("--compare-only needs --out and --paired")
 
     from flows.sync import sync_registry
     from pipeline import mutate
@@ -62,9 +69,19 @@ def main(argv: list[str] | None = None) -> None:
 
     run_writer.RunWriter.commit = timed_commit  # type: ignore[method-assign]
     records = real_records()
+    base = date(2027, 1, 1)
+
+    def change_day(registry: FakeRegistry, day: int) -> None:
+        for i in range(args.changed):
+            record = records[(day * args.changed + i) % len(records)]
+            registry.put(mutate.posted_on(mutate.set_enrollment(record, 1000 + day), base + timedelta(days=day)))
+
+    if args.compare_only:
+        compare_kept({int(day): args.out.parent / f"kept-{int(day)}" for day in args.paired.split(",") if day},
+                     records, change_day, args.repeat)
+        return
     root = args.out or Path(tempfile.mkdtemp(prefix="trialsync-growth-")) / "warehouse"
     shutil.rmtree(root, ignore_errors=True)
-    base = date(2027, 1, 1)
     # A run that merges file sets costs more than one that does not: each row shows the mean (and the
     # most) of the WINDOW runs up to the reported one, so a row compares like with like.
     print(f"| run | wall s (mean of {WINDOW}) | CPU s (mean of {WINDOW}) | CPU s (median of {WINDOW}) "
@@ -74,11 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     cpus: list[float] = []
     paired = sorted(int(day) for day in args.paired.split(",") if day)
     kept: dict[int, Path] = {}
-
-    def change_day(registry: FakeRegistry, day: int) -> None:
-        for i in range(args.changed):
-            record = records[(day * args.changed + i) % len(records)]
-            registry.put(mutate.posted_on(mutate.set_enrollment(record, 1000 + day), base + timedelta(days=day)))
 
     with FakeRegistry(records).start() as registry:
         def sync() -> dict[str, Any]:
@@ -116,31 +128,42 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def compare_kept(kept: dict[int, Path], records: list[dict[str, Any]], change_day: Any, repeat: int) -> None:
-    """The next day's sync on a fresh copy of each kept warehouse, alternating (see the module doc)."""
+    """The next day's sync on each kept warehouse, alternating (see the module doc)."""
     from flows.sync import sync_registry
     from pipeline.registry.fake_server import FakeRegistry
+    from warehouse import manifest as manifests
     from warehouse.store import Warehouse
 
     cpus: dict[int, list[float]] = {day: [] for day in kept}
     sets: dict[int, tuple[int, int]] = {}
     registries = {}
-    for day in kept:
+    places: dict[int, Path] = {}
+    for day, source in kept.items():
         registry = FakeRegistry(records)
         for past in range(1, day + 2):  # the registry as it was on the next day
             change_day(registry, past)
         registries[day] = registry.start()
-        sets[day] = (len(Warehouse(kept[day]).manifest().run_ids), len(Warehouse(kept[day]).manifest().entries))
+        places[day] = source.parent / f"run-{day}" / "warehouse"
+        shutil.rmtree(places[day].parent, ignore_errors=True)
+        shutil.copytree(source, places[day])
+        Warehouse(places[day]).connect().close()  # the catalog rewritten for this place, untimed
+        manifest = Warehouse(places[day]).manifest()
+        sets[day] = (len(manifest.run_ids), len(manifest.entries))
     try:
         for _ in range(repeat):
-            for day, source in kept.items():
-                scratch = source.parent / "scratch"
-                shutil.rmtree(scratch, ignore_errors=True)
-                shutil.copytree(source, scratch)
+            for day, place in places.items():
+                saved = place.with_name("saved")
+                shutil.rmtree(saved, ignore_errors=True)
+                shutil.copytree(place, saved)
+                manifests._parse_generation.cache_clear()  # as in a new process
+                manifests._last_fold = None
                 cpu = time.process_time()
-                sync_registry(api_url=registries[day].url, warehouse=str(scratch), request_interval=0.0,
+                sync_registry(api_url=registries[day].url, warehouse=str(place), request_interval=0.0,
                               backoff_seconds=0.01, timeout_seconds=5.0)
                 cpus[day].append(time.process_time() - cpu)
-                after = Warehouse(scratch).manifest()
+                after = Warehouse(place).manifest()
+                shutil.rmtree(place)
+                saved.rename(place)
                 if len(after.run_ids) != sets[day][0] + 1:
                     raise SystemExit(f"the run after {day} merged file sets: pick another day to compare")
     finally:

@@ -707,7 +707,7 @@ def test_a_file_of_an_earlier_release_without_a_column_is_read_by_name_with_null
     table = pq.read_table(root / target.path)
     dropped = table.schema.names[-1]
     pq.write_table(table.drop_columns([dropped]), root / target.path)
-    entries = tuple(manifests.measure(root, dataclasses.replace(e, schema=None)) if e.path == target.path else e
+    entries = tuple(manifests.measure(root, e._replace(schema=None)) if e.path == target.path else e
                     for e in first.entries)
     old = dataclasses.replace(first, entries=entries, raw=None)
     manifests.generation_path(root, 1).write_bytes(old.to_bytes())

@@ -15,7 +15,6 @@ Each file's checksum is XXH3-128 (fast enough to take at every commit). A genera
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import json
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import xxhash
@@ -69,8 +68,10 @@ def _parse_generation(data: bytes, number: int) -> Generation:
     and the log grows by one generation per commit. Generations are immutable; errors are not cached."""
     return Generation._parse(data, number)
 
-@dataclass(frozen=True)
-class ManifestEntry:
+class ManifestEntry(NamedTuple):
+    """One committed file. A named tuple, not a dataclass: a command builds one per file of every
+    generation it reads (~15,000 after a year of daily runs), and a frozen dataclass costs ~5 µs each."""
+
     run_id: str
     table: str
     path: str  # relative to the warehouse root
@@ -332,7 +333,7 @@ def file_checksum(path: Path) -> str:
 def measure(root: Path, entry: ManifestEntry) -> ManifestEntry:
     """``entry`` with the size and checksum its file has now (at commit, or when migrating)."""
     path = root / entry.path
-    return dataclasses.replace(entry, size=path.stat().st_size, checksum=file_checksum(path))
+    return entry._replace(size=path.stat().st_size, checksum=file_checksum(path))
 
 
 def _digest(text: str) -> str:
