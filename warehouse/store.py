@@ -220,9 +220,9 @@ class Warehouse:
             checked = refuse_if_damaged(self.root, footers=False)  # the footers: in ``_state_before``
             log = checked if checked is not None else self.log()
             manifest = manifests.fold(log)
-            self._remove_uncommitted(manifest)
-            before: duckdb.DuckDBPyConnection | None = self._state_before(manifest)
+            before: duckdb.DuckDBPyConnection | None = self._state_before(manifest)  # refuses damage first
             try:
+                self._remove_uncommitted(manifest)
                 upgraded = migrations.upgrade(self, run_id, manifest)  # an earlier release's warehouse
                 if upgraded.generation != manifest.generation:  # a migration committed: other files
                     assert before is not None
