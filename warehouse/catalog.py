@@ -63,6 +63,14 @@ def _union_by_name(table: str, entries: Sequence[ManifestEntry], every_footer: b
     return "true" if unify else "false"
 
 
+def _files(table: str, entries: Sequence[ManifestEntry], union: str) -> list[str]:
+    """The schema file first when unifying by name (it gives the columns their order), else last:
+    without ``union_by_name`` DuckDB plans with the first file's statistics, and the empty schema file's
+    (0 rows) made it choose plans that exhaust memory (a lateral ``json_tree`` over one large ``raw``)."""
+    paths = [e.path for e in entries]
+    return [schema_file(table), *paths] if union == "true" else [*paths, schema_file(table)]
+
+
 def _sql_list(root: Path, paths: Sequence[str]) -> str:
     quoted = ", ".join("'" + str(root / p).replace("'", "''") + "'" for p in paths)
     return f"[{quoted}]"
@@ -83,10 +91,10 @@ def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True, child
     for table in TABLES:
         if table not in superseding:
             entries = [e for e in manifest.entries if e.table == table]
-            files = [schema_file(table), *(e.path for e in entries)]
+            union = _union_by_name(table, entries, every_footer)
             statements.append(
                 f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
-                f"{_sql_list(root, files)}, union_by_name = {_union_by_name(table, entries, every_footer)})"
+                f"{_sql_list(root, _files(table, entries, union))}, union_by_name = {union})"
             )
     if rewriting:
         statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding], every_footer)
@@ -184,8 +192,8 @@ SELECT w.nct_id, max(s.seq) AS seq FROM raw_study_rewrites AS w JOIN _run_seq AS
     ]
     for table in tables:
         entries = [e for e in manifest.entries if e.table == table]
-        listed = _sql_list(root, [schema_file(table), *(e.path for e in entries)])
         union = _union_by_name(table, entries, every_footer)
+        listed = _sql_list(root, _files(table, entries, union))
         statements.append(f"""CREATE OR REPLACE VIEW raw_{table} AS
 SELECT t.* EXCLUDE ({_FILE}) FROM read_parquet({listed}, union_by_name = {union}, filename = '{_FILE}') AS t
 LEFT JOIN _file_seq AS f ON f.path = t.{_FILE}
