@@ -269,7 +269,8 @@ def _copy_problems(state: LogState) -> list[Problem]:
     """The catalog keeps a copy of every manifest file (to restore a damaged one): each must be equal."""
     problems = []
     for number, gen in state.files.items():
-        if state.copy_digests.get(number) != hashlib.md5(gen.to_bytes()).hexdigest():  # the bytes it was read from
+        digest = hashlib.md5(gen.to_bytes(), usedforsecurity=False).hexdigest()  # of the bytes it was read from
+        if state.copy_digests.get(number) != digest:
             problems.append(Problem("catalog", CATALOG_NAME, f"the catalog's copy of manifest generation {number} "
                                     "is missing or differs", generation=number))
             break
