@@ -53,22 +53,21 @@ def schema_file(table: str) -> str:
     return f"schema/{table}.v{SCHEMA_VERSION}-{schema_fingerprint(table)}.parquet"
 
 
-def _union_by_name(table: str, entries: Sequence[ManifestEntry], every_footer: bool) -> str:
+def _union_by_name(table: str, entries: Sequence[ManifestEntry], every_footer: bool) -> bool:
     """Read a table's files unifying their columns by name only when they may differ (a file of an
     earlier release): that reads every file's footer at each bind, and a catalog binds each table
     many times, so it would make every command's cost grow with the number of files. ``every_footer``:
     always (the writer's first build, which is how it reads every committed footer once)."""
     current = schema_fingerprint(table)
-    unify = every_footer or any(e.schema != current for e in entries)
-    return "true" if unify else "false"
+    return every_footer or any(e.schema != current for e in entries)
 
 
-def _files(table: str, entries: Sequence[ManifestEntry], union: str) -> list[str]:
+def _files(table: str, entries: Sequence[ManifestEntry], union: bool) -> list[str]:
     """The schema file first when unifying by name (it gives the columns their order), else last:
     without ``union_by_name`` DuckDB plans with the first file's statistics, and the empty schema file's
     (0 rows) made it choose plans that exhaust memory (a lateral ``json_tree`` over one large ``raw``)."""
     paths = [e.path for e in entries]
-    return [schema_file(table), *paths] if union == "true" else [*paths, schema_file(table)]
+    return [schema_file(table), *paths] if union else [*paths, schema_file(table)]
 
 
 def _sql_list(root: Path, paths: Sequence[str]) -> str:
@@ -94,7 +93,7 @@ def plan_catalog(root: Path, manifest: Manifest, *, analyses: bool = True, child
             union = _union_by_name(table, entries, every_footer)
             statements.append(
                 f"CREATE OR REPLACE VIEW raw_{table} AS SELECT * FROM read_parquet("
-                f"{_sql_list(root, _files(table, entries, union))}, union_by_name = {union})"
+                f"{_sql_list(root, _files(table, entries, union))}, union_by_name = {str(union).lower()})"
             )
     if rewriting:
         statements += _superseding_views(root, manifest, [t for t in TABLES if t in superseding], every_footer)
@@ -194,8 +193,9 @@ SELECT w.nct_id, max(s.seq) AS seq FROM raw_study_rewrites AS w JOIN _run_seq AS
         entries = [e for e in manifest.entries if e.table == table]
         union = _union_by_name(table, entries, every_footer)
         listed = _sql_list(root, _files(table, entries, union))
+        unify = str(union).lower()
         statements.append(f"""CREATE OR REPLACE VIEW raw_{table} AS
-SELECT t.* EXCLUDE ({_FILE}) FROM read_parquet({listed}, union_by_name = {union}, filename = '{_FILE}') AS t
+SELECT t.* EXCLUDE ({_FILE}) FROM read_parquet({listed}, union_by_name = {unify}, filename = '{_FILE}') AS t
 LEFT JOIN _file_seq AS f ON f.path = t.{_FILE}
 LEFT JOIN _rewrite_marks AS m ON m.nct_id = t.nct_id
 WHERE m.seq IS NULL OR coalesce(f.seq, 0) >= m.seq""")

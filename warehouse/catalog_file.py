@@ -181,11 +181,12 @@ class CatalogState:
     error: str | None = None  # why it could not be read
 
     @property
-    def generation_known(self) -> bool:
+    def generation(self) -> int | None:
+        """The generation in ``_meta`` (None: none, or not a number)."""
         try:
-            return self.meta is not None and int(self.meta["generation"]) >= 0
+            return int(self.meta["generation"]) if self.meta is not None else None
         except (KeyError, ValueError):
-            return False
+            return None
 
 
 def read_catalog_state(path: Path, *, legacy: bool) -> CatalogState:
@@ -195,15 +196,15 @@ def read_catalog_state(path: Path, *, legacy: bool) -> CatalogState:
     try:
         con = open_catalog(path)
     except duckdb.Error as exc:
-        state.error = _first_line(exc)
+        state.error = first_line(exc)
         return state
     try:
         state.meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
-        if state.generation_known:
+        if state.generation is not None:
             state.digests = dict(con.execute("SELECT generation, md5(doc) FROM _manifest_log").fetchall())
     except duckdb.Error as exc:
         if state.meta is None:
-            state.error = _first_line(exc)
+            state.error = first_line(exc)
     finally:
         con.close()
     if state.meta is not None and "generation" not in state.meta and legacy:
@@ -212,7 +213,8 @@ def read_catalog_state(path: Path, *, legacy: bool) -> CatalogState:
     return state
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception in one line (DuckDB's and pyarrow's run over several)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -128,7 +128,7 @@ def read_state(root: Path) -> LogState:
     path = root / CATALOG_NAME
     if path.exists():
         held = catalog_file.read_catalog_state(path, legacy=not files and not damaged)
-    generation = int(held.meta["generation"]) if held.meta is not None and held.generation_known else None
+    generation = held.generation
     for number in range(1, max([*files, *damaged, generation or 0], default=0) + 1):
         if number not in files and number not in damaged:
             damaged[number] = "manifest file missing"
@@ -195,7 +195,7 @@ def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = T
     try:
         footer = pq.read_metadata(path)  # the footer only (a ParquetFile also builds its schema's paths)
     except Exception as exc:  # pyarrow raises several types for a bad footer
-        return "footer", f"Parquet footer unreadable ({_first_line(exc)})"
+        return "footer", f"Parquet footer unreadable ({catalog_file.first_line(exc)})"
     if not deep:
         return None
     parquet = pq.ParquetFile(path, metadata=footer)
@@ -205,7 +205,7 @@ def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = T
         for group in range(parquet.num_row_groups):
             parquet.read_row_group(group)
     except Exception as exc:
-        return "decode", f"row group {group} does not decode ({_first_line(exc)})"
+        return "decode", f"row group {group} does not decode ({catalog_file.first_line(exc)})"
     return None
 
 
@@ -303,8 +303,3 @@ def _footer_ok(path: Path) -> bool:
         return True
     except Exception:
         return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
