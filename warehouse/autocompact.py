@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UsageError
-from warehouse import catalog
+from warehouse import catalog, checkpoints
 from warehouse.check import first_damaged
 from warehouse.compact import BATCH_ROWS, retention_meta
 from warehouse.manifest import Generation, Manifest
@@ -38,6 +38,7 @@ from warehouse.run_writer import RunWriter
 from warehouse.tables import TABLES
 
 if TYPE_CHECKING:
+    from warehouse.checkpoints import Checkpoint
     from warehouse.store import Warehouse
 
 logger = logging.getLogger("trialsync.warehouse")
@@ -87,11 +88,10 @@ def keep_setting() -> timedelta:
     return timedelta(hours=hours)
 
 
-def file_sets(manifest: Manifest, log: Sequence[Generation]) -> list[FileSet]:
-    """The manifest's file sets in commit order, with their size and weight (from the log's merges)."""
-    weights: dict[str, int] = {}
-    for gen in log:
-        weights[gen.run_id] = sum(weights.get(r, 1) for r in gen.merges) if gen.merges else 1
+def file_sets(manifest: Manifest, log: Sequence[Generation], base: Checkpoint | None = None) -> list[FileSet]:
+    """The manifest's file sets in commit order, with their size and weight (from the log's merges;
+    ``log`` follows ``base``, a checkpoint, when given)."""
+    weights = checkpoints.weights(log, base)
     sizes: dict[str, int] = {}
     rewrites: set[str] = set()
     for entry in manifest.entries:
@@ -125,13 +125,13 @@ class DamagedInput(Exception):
 
 
 def merge(warehouse: Warehouse, run_id: str, manifest: Manifest, log: Sequence[Generation],
-          runs: Sequence[str], now: datetime) -> Generation:
+          runs: Sequence[str], now: datetime, base: Checkpoint | None = None) -> Generation:
     """Commit one run whose files hold exactly the rows of ``runs``' files, in their place."""
     merged = set(runs)
     damage = first_damaged(warehouse.root, [e for e in manifest.entries if e.run_id in merged])
     if damage is not None:
         raise DamagedInput(damage)
-    run = RunWriter(warehouse, run_id, manifest, list(log))
+    run = RunWriter(warehouse, run_id, manifest, list(log), base=base)
     try:
         with run.cursor() as con:
             for table in TABLES:
@@ -147,20 +147,21 @@ def merge(warehouse: Warehouse, run_id: str, manifest: Manifest, log: Sequence[G
     return run.published
 
 
-def after_commit(warehouse: Warehouse, manifest: Manifest, log: Sequence[Generation], run_id: str) -> int:
-    """Call with the writer lock held, after ``run_id`` committed ``manifest`` (``log`` its generations):
-    merge while the policy finds a group. Returns how many merges committed."""
+def after_commit(warehouse: Warehouse, manifest: Manifest, log: Sequence[Generation], run_id: str,
+                 base: Checkpoint | None = None) -> int:
+    """Call with the writer lock held, after ``run_id`` committed ``manifest`` (``log`` its generations,
+    after ``base`` when given): merge while the policy finds a group. Returns how many merges committed."""
     fanout = fanout_setting()
     if fanout is None:
         return 0
     log = list(log)
     done = 0
     while done < MAX_MERGES_PER_COMMIT:
-        group = plan_merge(file_sets(manifest, log), fanout)
+        group = plan_merge(file_sets(manifest, log, base), fanout)
         if not group:
             break
         try:
-            gen = merge(warehouse, f"{run_id}-m{done + 1}", manifest, log, group, datetime.now(UTC))
+            gen = merge(warehouse, f"{run_id}-m{done + 1}", manifest, log, group, datetime.now(UTC), base)
         except DamagedInput as exc:  # never merge damage into a file whose checksum would vouch for it
             logger.warning("not merging the file sets of %s .. %s: %s; run `trialsync check --deep`, then "
                            "`trialsync repair`", group[0], group[-1], exc)

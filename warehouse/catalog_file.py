@@ -46,7 +46,8 @@ def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *
     """Write a complete new catalog beside the old one (fsynced); ``install_catalog`` puts it in place.
 
     Besides the views it keeps the effective manifest (``_manifest``, in commit order) and a copy of
-    every manifest file (``_manifest_log``), so a damaged manifest file can be restored from it."""
+    the manifest files in ``log`` (``_manifest_log``), so a damaged manifest file can be restored from
+    it: all of them, or those after a checkpoint, which holds copies of the earlier ones."""
     ensure_schema_files(root)
     tmp = root / f"{CATALOG_NAME}.tmp-{tag}"
     for leftover in (tmp, Path(f"{tmp}.wal")):
@@ -189,9 +190,10 @@ class CatalogState:
             return None
 
 
-def read_catalog_state(path: Path, *, legacy: bool) -> CatalogState:
-    """The catalog's ``_meta`` and a digest of each of its manifest copies (``legacy``: when it has
-    no generation, its legacy manifest). Never raises for a damaged catalog: says so in ``error``."""
+def read_catalog_state(path: Path, *, legacy: bool, after: int = 0) -> CatalogState:
+    """The catalog's ``_meta`` and a digest of each of its manifest copies after generation ``after``
+    (``legacy``: when it has no generation, its legacy manifest). Never raises for a damaged catalog:
+    says so in ``error``."""
     state = CatalogState()
     try:
         con = open_catalog(path)
@@ -201,7 +203,8 @@ def read_catalog_state(path: Path, *, legacy: bool) -> CatalogState:
     try:
         state.meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
         if state.generation is not None:
-            state.digests = dict(con.execute("SELECT generation, md5(doc) FROM _manifest_log").fetchall())
+            state.digests = dict(con.execute("SELECT generation, md5(doc) FROM _manifest_log WHERE generation > ?",
+                                             [after]).fetchall())
     except duckdb.Error as exc:
         if state.meta is None:
             state.error = first_line(exc)

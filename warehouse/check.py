@@ -12,7 +12,6 @@ number of committed files.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -23,9 +22,10 @@ import duckdb
 import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
-from warehouse import catalog, catalog_file
+from warehouse import catalog, catalog_file, checkpoints
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
+from warehouse.checkpoints import Checkpoint, CheckpointDamaged
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.tables import TABLES
 
@@ -41,7 +41,7 @@ class WarehouseDamaged(WarehouseError):
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # manifest | catalog | missing | size | footer | checksum | decode | schema
+    kind: str  # manifest | checkpoint | catalog | missing | size | footer | checksum | decode | schema
     path: str  # relative to the warehouse root
     detail: str
     table: str | None = None
@@ -73,6 +73,7 @@ class Report:
     runs: int = 0
     deep: bool = False
     log: list[Generation] | None = None  # the generations checked (None: a catalog of an earlier release)
+    base: Checkpoint | None = None  # the checkpoint ``log`` follows (None: ``log`` is the whole log)
 
     @property
     def ok(self) -> bool:
@@ -100,15 +101,25 @@ class LogState:
     catalog_error: str | None = None  # why the catalog could not be read
     # MD5 of each of the catalog's copies: comparing them with the files' needs no copy parsed
     copy_digests: dict[int, str] = field(default_factory=dict)
+    base: Checkpoint | None = None  # only the generations after it were read
+    # Read only without ``base``: every checkpoint (good ones, damaged ones with why), and the MD5 of
+    # each generation copy they hold (the second copy of the generations the catalog no longer copies)
+    checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
+    bad_checkpoints: dict[int, str] = field(default_factory=dict)
+    chunk_digests: dict[int, str] = field(default_factory=dict)
 
     @property
     def last(self) -> int:
         return max([*self.files, *self.damaged, self.catalog_generation or 0], default=0)
 
+    @property
+    def after(self) -> int:
+        return self.base.generation if self.base is not None else 0
+
     def best(self) -> list[Generation]:
-        """The longest log both sources give without a hole: a file, else the catalog's copy."""
+        """The longest log both sources give without a hole (after ``base``): a file, else a copy."""
         log = []
-        for number in range(1, self.last + 1):
+        for number in range(self.after + 1, self.last + 1):
             gen = self.files.get(number) or self.copies.get(number)
             if gen is None:
                 break
@@ -116,10 +127,16 @@ class LogState:
         return log
 
 
-def read_state(root: Path) -> LogState:
+def read_state(root: Path, base: Checkpoint | None = None) -> LogState:
+    """``base``: read only the generations after that checkpoint (a writer's quick check; a missing
+    earlier file still counts). Without it, everything, the checkpoints included."""
+    after = base.generation if base is not None else 0
+    listed = manifests.generations(root)
     files: dict[int, Generation] = {}
     damaged: dict[int, str] = {}
-    for number in manifests.generations(root):
+    for number in listed:
+        if number <= after:
+            continue
         try:
             files[number] = Generation.from_bytes(manifests.generation_path(root, number).read_bytes(), number)
         except (ManifestDamaged, OSError) as exc:
@@ -127,32 +144,59 @@ def read_state(root: Path) -> LogState:
     held = catalog_file.CatalogState()  # what the catalog says
     path = root / CATALOG_NAME
     if path.exists():
-        held = catalog_file.read_catalog_state(path, legacy=not files and not damaged)
+        held = catalog_file.read_catalog_state(path, legacy=not listed, after=after)
     generation = held.generation
-    for number in range(1, max([*files, *damaged, generation or 0], default=0) + 1):
-        if number not in files and number not in damaged:
+    present = set(listed)
+    for number in range(1, max([*listed, generation or 0], default=0) + 1):
+        if number not in present:
             damaged[number] = "manifest file missing"
-    copies: dict[int, Generation] = {}
-    if damaged and generation is not None:  # only then is a copy read: a good file is the log
-        with suppress(duckdb.Error):
-            copies = catalog_file.read_catalog_log(path, numbers=sorted(damaged))
-    return LogState(files, copies, damaged, generation, held.legacy, held.meta, held.error, held.digests)
+    state = LogState(files, {}, damaged, generation, held.legacy, held.meta, held.error, held.digests, base)
+    if base is None:
+        _read_checkpoints(root, state)
+    if damaged:  # only then is a copy read: a good file is the log
+        if generation is not None:
+            with suppress(duckdb.Error):
+                state.copies = catalog_file.read_catalog_log(path, numbers=sorted(damaged))
+        for checkpoint in state.checkpoints.values():
+            for number, data in checkpoint.copies.items():
+                if number in damaged and number not in state.copies:
+                    with suppress(ManifestDamaged):
+                        state.copies[number] = Generation.from_bytes(data, number)
+    return state
 
 
-def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool = True) -> Report:
-    """``footers=False``: not the Parquet footers (nor the schema files), for a caller that reads them next."""
+def _read_checkpoints(root: Path, state: LogState) -> None:
+    for number in checkpoints.numbers(root):
+        try:
+            checkpoint = checkpoints.read(root, number)
+        except CheckpointDamaged as exc:
+            state.bad_checkpoints[number] = str(exc)
+            continue
+        state.checkpoints[number] = checkpoint
+        for copied, data in checkpoint.copies.items():
+            state.chunk_digests.setdefault(copied, checkpoints.md5(data))
+
+
+def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool = True,
+          since_checkpoint: bool = False) -> Report:
+    """``footers=False``: not the Parquet footers (nor the schema files), for a caller that reads them next.
+    ``since_checkpoint``: the manifest files after the newest checkpoint only (a writer: what it reads);
+    ``trialsync check`` reads them all and verifies the checkpoints."""
     report = Report(deep=deep)
-    state = read_state(root)
+    base = checkpoints.newest(root, manifests.head(root)) if since_checkpoint else None
+    state = read_state(root, base)
     for number, why in sorted(state.damaged.items()):
         rel = str(manifests.generation_path(root, number).relative_to(root))
-        restorable = " (the catalog holds a good copy)" if number in state.copies else ""
+        restorable = " (a good copy is kept)" if number in state.copies else ""
         report.problems.append(Problem("manifest", rel, f"{why}{restorable}", generation=number))
     if state.legacy is not None:
         manifest = state.legacy
         report.notes.append("written by an earlier release: the next command moves its manifest beside the catalog")
     else:
-        report.log = state.best()
-        manifest = manifests.fold(report.log)
+        report.log, report.base = state.best(), base
+        manifest = manifests.fold(report.log, base)
+        if base is None:
+            report.problems += checkpoint_problems(root, state, report.log, report.notes)
     report.generation = manifest.generation
     report.runs = len(manifest.run_ids)
     owner = _owners(state)
@@ -223,18 +267,18 @@ def first_damaged(root: Path, entries: Sequence[ManifestEntry]) -> str | None:
     return None
 
 
-def refuse_if_damaged(root: Path, *, footers: bool = True) -> list[Generation] | None:
+def refuse_if_damaged(root: Path, *, footers: bool = True, since_checkpoint: bool = False) -> Report | None:
     """What every writing command runs first: the quick check; one line pointing at ``repair``.
-    Returns the log it checked (None: a new warehouse, or a catalog of an earlier release)."""
+    Returns the report, whose ``log`` (and ``base``) the writer goes on from (None: a new warehouse)."""
     if not (root / CATALOG_NAME).exists() and not manifests.generations(root):
         return None  # a new warehouse
-    report = check(root, studies=False, footers=footers)
+    report = check(root, studies=False, footers=footers, since_checkpoint=since_checkpoint)
     if report.problems:
         first = report.problems[0]
         more = f" and {len(report.problems) - 1} more problem(s)" if len(report.problems) > 1 else ""
         raise WarehouseDamaged(f"the warehouse {root} is damaged ({first.line()}{more}); nothing was changed: "
                                "see `trialsync check`, then run `trialsync repair`")
-    return report.log
+    return report
 
 
 def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: list[str]) -> list[Problem]:
@@ -266,15 +310,60 @@ def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: li
 
 
 def _copy_problems(state: LogState) -> list[Problem]:
-    """The catalog keeps a copy of every manifest file (to restore a damaged one): each must be equal."""
+    """Every manifest file has a second copy to be restored from, which must be equal: in the catalog,
+    or for generations up to a checkpoint, in that checkpoint. After ``base`` (a writer's check) a copy
+    the catalog lacks is not damage: the generations after a checkpoint that is damaged now were
+    copied into a checkpoint instead, and the writer's new catalog copies them all again."""
     problems = []
     for number, gen in state.files.items():
-        digest = hashlib.md5(gen.to_bytes(), usedforsecurity=False).hexdigest()  # of the bytes it was read from
-        if state.copy_digests.get(number) != digest:
+        digest = checkpoints.md5(gen.to_bytes())  # of the bytes it was read from
+        copy = state.copy_digests.get(number, state.chunk_digests.get(number))
+        if copy != digest and (copy is not None or state.base is None):
             problems.append(Problem("catalog", CATALOG_NAME, f"the catalog's copy of manifest generation {number} "
                                     "is missing or differs", generation=number))
             break
     return problems
+
+
+def checkpoint_problems(root: Path, state: LogState, log: Sequence[Generation], notes: list[str]) -> list[Problem]:
+    """Each checkpoint must be what the generations up to it fold to, with true copies of them. One
+    taken at a generation file that is no longer there (a repair rolled it back) is ignored by every
+    reader: a note."""
+    problems = [Problem("checkpoint", _rel(root, n), why) for n, why in sorted(state.bad_checkpoints.items())]
+    wanted = sorted(n for n in state.checkpoints if n <= len(log))
+    stale = sorted(set(state.checkpoints) - set(wanted))
+    manifest, done = Manifest(), 0
+    for number in wanted:
+        checkpoint = state.checkpoints[number]
+        for gen in log[done:number]:
+            manifest = manifest.then(gen)
+        done = number
+        if checkpoint.generation_md5 != checkpoints.md5(log[number - 1].to_bytes()):
+            stale.append(number)
+        elif not _as_expected(checkpoint, log, manifest):
+            problems.append(Problem("checkpoint", _rel(root, number), "differs from the generations it folds",
+                                    generation=number))
+    if stale:
+        notes.append(f"{len(stale)} checkpoint(s) not about this history are ignored (e.g. "
+                     f"{_rel(root, stale[0])}): `trialsync repair` moves them aside")
+    return problems
+
+
+def expected_checkpoint(log: Sequence[Generation], manifest: Manifest, since: int) -> Checkpoint:
+    """The checkpoint at ``manifest``'s generation (``log`` from generation 1) with copies since ``since``."""
+    upto = log[:manifest.generation]
+    return checkpoints.take(manifest, upto[since:], checkpoints.weights(upto))  # ValueError: since out of range
+
+
+def _as_expected(checkpoint: Checkpoint, log: Sequence[Generation], manifest: Manifest) -> bool:
+    try:
+        return checkpoint == expected_checkpoint(log, manifest, checkpoint.since)
+    except ValueError:
+        return False
+
+
+def _rel(root: Path, number: int) -> str:
+    return str(checkpoints.path(root, number).relative_to(root))
 
 
 def _owners(state: LogState) -> dict[tuple[str, str], int]:

@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import xxhash
 
 from pipeline.errors import WarehouseError
+
+if TYPE_CHECKING:
+    from warehouse.checkpoints import Checkpoint
 
 MANIFEST_DIR = "manifest"
 RETAINED_KEY = "retained_runs"  # meta: {run_id: ISO time until which a superseded run's directory stays}
@@ -185,25 +188,27 @@ class Manifest:
         return {run_id: datetime.fromisoformat(until) for run_id, until in json.loads(raw).items()}
 
 
-_last_fold: tuple[tuple[Generation, ...], Manifest] | None = None
+_last_fold: tuple[object, tuple[Generation, ...], Manifest] | None = None
 
 
-def fold(log: Iterable[Generation]) -> Manifest:
-    """The state a log of generations leaves, applied in generation order (never file-system order).
+def fold(log: Iterable[Generation], base: Checkpoint | None = None) -> Manifest:
+    """The state a log of generations leaves, applied in generation order (never file-system order),
+    on top of ``base`` (a checkpoint: then ``log`` holds the generations after it).
 
     A command folds the same log several times, and the next one a generation longer: the last fold
     is continued when the log starts with the very same (parsed once, see ``_parse_generation``)
     generations, so folding does not cost a pass over the whole history each time."""
     global _last_fold
     gens = tuple(sorted(log, key=lambda g: g.number))
-    start, manifest = 0, Manifest()
+    start, manifest = 0, (base.manifest if base is not None else Manifest())
     if _last_fold is not None:
-        done, state = _last_fold
-        if len(done) <= len(gens) and all(a is b for a, b in zip(done, gens[:len(done)], strict=True)):
+        origin, done, state = _last_fold
+        if (origin is base and len(done) <= len(gens)
+                and all(a is b for a, b in zip(done, gens[:len(done)], strict=True))):
             start, manifest = len(done), state
     for gen in gens[start:]:
         manifest = manifest.then(gen)
-    _last_fold = (gens, manifest)
+    _last_fold = (base, gens, manifest)
     return manifest
 
 
@@ -228,10 +233,11 @@ def head(root: Path) -> int:
     return numbers[-1] if numbers else 0
 
 
-def read_log(root: Path) -> list[Generation]:
-    """Every generation, in order; ``ManifestDamaged`` names the first that is missing or damaged."""
+def read_log(root: Path, after: int = 0) -> list[Generation]:
+    """Every generation (``after``: every one after that), in order; ``ManifestDamaged`` names the
+    first that is missing or damaged."""
     log = []
-    for expected, number in enumerate(generations(root), start=1):
+    for expected, number in enumerate((n for n in generations(root) if n > after), start=after + 1):
         if number != expected:
             raise ManifestDamaged(f"manifest generation {expected} is missing ({generation_path(root, expected)})",
                                   expected)

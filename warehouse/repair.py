@@ -1,7 +1,10 @@
 """``repair``: bring a damaged warehouse back to its last intact committed state, deleting nothing.
 
-- A manifest file that is missing or damaged is written again from the catalog's copy.
+- A manifest file that is missing or damaged is written again from its copy (the catalog's, or the
+  checkpoint's that holds it).
 - A missing, corrupt or mismatched catalog is rebuilt from the manifest and the Parquet files.
+- A manifest checkpoint that is damaged or differs from the generations it folds is moved aside and
+  taken again; one about generations that are no longer there is moved aside.
 - When committed files are missing or damaged, the warehouse rolls back to the last generation before
   the first damaged one whose files are all intact; the runs after it (their manifest files and run
   directories, intact or not) move to ``damaged/<time>/``, and the studies whose newer versions were
@@ -22,10 +25,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
-from warehouse import catalog, catalog_file
+from warehouse import catalog, catalog_file, checkpoints
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
-from warehouse.check import check, check_file, read_state
+from warehouse.check import LogState, check, check_file, expected_checkpoint, read_state
 from warehouse.manifest import Generation, ManifestEntry
 from warehouse.tables import TABLES
 
@@ -40,6 +43,7 @@ class RepairResult:
     lost_studies: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)  # paths relative to the warehouse root
     restored_manifest: list[int] = field(default_factory=list)
+    checkpoints_taken: list[int] = field(default_factory=list)  # taken again after their file moved aside
     rebuilt_catalog: bool = False
     damaged_dir: str | None = None
 
@@ -82,7 +86,8 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
     before = check(root, deep=True, studies=False)
     catalog_bad = any(p.kind == "catalog" for p in before.problems) or bool(rolled)
     manifest_bad = sorted(state.damaged)
-    if not (rolled or catalog_bad or manifest_bad or any(p.kind == "schema" for p in before.problems)):
+    misfits = _misfit_checkpoints(state, kept)
+    if not (rolled or catalog_bad or manifest_bad or misfits or any(p.kind == "schema" for p in before.problems)):
         return result  # nothing to do
     result.changed = True
     result.damaged_dir = str(bin_dir.relative_to(root))
@@ -114,12 +119,47 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
         schema = catalog.schema_file(table)
         if (root / schema).exists() and any(p.path == schema for p in before.problems):
             move(schema)
-    catalog_file.write_catalog(root, target_manifest, kept, tag="repair")
+    for number in misfits:
+        move(str(checkpoints.path(root, number).relative_to(root)))
+    result.checkpoints_taken = _retake_checkpoints(root, state, kept, misfits)
+    catalog_file.write_catalog(root, target_manifest, kept, tag="repair")  # copies of every generation
     result.rebuilt_catalog = True
     bin_dir.mkdir(parents=True, exist_ok=True)
     (bin_dir / "repair.json").write_text(json.dumps(
         {**result.as_dict(), "problems": [p.line() for p in before.problems]}, indent=1, default=str) + "\n")
     return result
+
+
+def _misfit_checkpoints(state: LogState, kept: list[Generation]) -> list[int]:
+    """Checkpoints that are damaged, about generations no longer kept, or not what they fold."""
+    misfits = set(state.bad_checkpoints)
+    manifest, done = manifests.Manifest(), 0
+    for number, checkpoint in sorted(state.checkpoints.items()):
+        if number > len(kept):
+            misfits.add(number)
+            continue
+        for gen in kept[done:number]:
+            manifest = manifest.then(gen)
+        done = number
+        try:
+            if checkpoint != expected_checkpoint(kept, manifest, checkpoint.since):
+                misfits.add(number)
+        except ValueError:
+            misfits.add(number)
+    return sorted(misfits)
+
+
+def _retake_checkpoints(root: Path, state: LogState, kept: list[Generation], misfits: list[int]) -> list[int]:
+    """Take again the moved checkpoints within ``kept``, so every generation keeps a second copy
+    once writers copy only the generations after the newest checkpoint into the catalog."""
+    numbers = sorted(n for n in {*state.checkpoints, *state.bad_checkpoints} if n <= len(kept))
+    taken = []
+    for i, number in enumerate(numbers):
+        if number in misfits:
+            since = numbers[i - 1] if i else 0
+            checkpoints.write(root, expected_checkpoint(kept, manifests.fold(kept[:number]), since))
+            taken.append(number)
+    return taken
 
 
 def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> int:

@@ -27,6 +27,7 @@ from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
 
 if TYPE_CHECKING:
+    from warehouse.checkpoints import Checkpoint
     from warehouse.store import Warehouse
 
 logger = logging.getLogger("trialsync.warehouse")
@@ -39,13 +40,16 @@ class RunWriter:
     """Stages one run's Parquet files; ``commit`` publishes them all at once."""
 
     def __init__(self, warehouse: Warehouse, run_id: str, manifest: Manifest,
-                 log: list[Generation] | None = None, *, before: duckdb.DuckDBPyConnection | None = None) -> None:
-        """``before``: a DuckDB from ``open_state(root, manifest)``, which the run then owns."""
+                 log: list[Generation] | None = None, *, base: Checkpoint | None = None,
+                 before: duckdb.DuckDBPyConnection | None = None) -> None:
+        """``log``: the committed generations (after ``base``, a checkpoint, when given; read here when
+        not given); the new catalog keeps a copy of each. ``before``: a DuckDB from ``open_state(root,
+        manifest)``, which the run then owns."""
         self.warehouse = warehouse
         self.run_id = run_id
         self.manifest = manifest
-        # Every committed generation (the new catalog keeps a copy of each); read here when not given.
         self.log = list(log) if log is not None else warehouse.log()
+        self.base = base if log is not None else None
         self.dir = warehouse.root / RUNS_DIR / run_id
         self.dir.mkdir(parents=True, exist_ok=False)
         self._writers: dict[str, pq.ParquetWriter] = {}

@@ -19,10 +19,11 @@ from pathlib import Path
 import duckdb
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
-from warehouse import catalog, catalog_file, migrations, run_writer
+from warehouse import catalog, catalog_file, checkpoints, migrations, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
+from warehouse.checkpoints import Checkpoint
 from warehouse.crashpoints import crashpoint
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.run_writer import COMMITTED_MARKER, RUNS_DIR, RunWriter
@@ -138,7 +139,7 @@ class Warehouse:
         ``damage``: also refuse a damaged warehouse (the quick check), before anything starts."""
         root = self.root
         if damage and root.is_dir() and self.exists():
-            refuse_if_damaged(root)
+            refuse_if_damaged(root, since_checkpoint=True)  # what the writer reads
         if root.exists() and not root.is_dir():
             raise UsageError(f"warehouse {root} exists and is not a directory")
         # Every sync takes the lock file before it creates anything else, so a directory without
@@ -217,9 +218,11 @@ class Warehouse:
         with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
             crashpoint("lock-acquired")
             self.refresh_catalog()
-            checked = refuse_if_damaged(self.root, footers=False)  # the footers: in ``_state_before``
-            log = checked if checked is not None else self.log()
-            manifest = manifests.fold(log)
+            # the footers: in ``_state_before``; the manifest files after the newest checkpoint
+            checked = refuse_if_damaged(self.root, footers=False, since_checkpoint=True)
+            base = checked.base if checked is not None and checked.log is not None else None
+            log = checked.log if checked is not None and checked.log is not None else self.log()
+            manifest = manifests.fold(log, base)
             before: duckdb.DuckDBPyConnection | None = self._state_before(manifest)  # refuses damage first
             try:
                 self._remove_uncommitted(manifest)
@@ -228,7 +231,8 @@ class Warehouse:
                     assert before is not None
                     before.close()
                     before = None
-                run = RunWriter(self, run_id, upgraded, log if before is not None else None, before=before)
+                run = (RunWriter(self, run_id, upgraded, log, base=base, before=before) if before is not None
+                       else RunWriter(self, run_id, upgraded))
             except BaseException:
                 if before is not None:
                     before.close()
@@ -240,6 +244,7 @@ class Warehouse:
                     run.abort()
             if run.published is not None:
                 self._compact_after(run)
+                self._checkpoint_after(run.base)
 
     def _state_before(self, manifest: Manifest) -> duckdb.DuckDBPyConnection:
         """The run's DuckDB with its views over the committed files: binding them reads every Parquet
@@ -258,9 +263,24 @@ class Warehouse:
 
         assert run.published is not None
         try:
-            autocompact.after_commit(self, run.manifest.then(run.published), [*run.log, run.published], run.run_id)
+            autocompact.after_commit(self, run.manifest.then(run.published), [*run.log, run.published], run.run_id,
+                                     base=run.base)
         except Exception as exc:
             logger.warning("run %s is committed; merging small file sets after it failed (%s)", run.run_id, exc)
+
+    def _checkpoint_after(self, base: Checkpoint | None) -> None:
+        """Take a checkpoint of the manifest when ``EVERY`` generations followed ``base`` (see
+        ``warehouse.checkpoints``); a failure is reported, never raised: the run is committed."""
+        try:
+            head = manifests.head(self.root)
+            if not checkpoints.due(head, base):
+                return
+            after = base.generation if base is not None else 0
+            log = manifests.read_log(self.root, after)  # parsed already: the memo has them
+            weights = checkpoints.weights(log, base)
+            checkpoints.write(self.root, checkpoints.take(manifests.fold(log, base), log, weights))
+        except Exception as exc:
+            logger.warning("the run is committed; taking a manifest checkpoint after it failed (%s)", exc)
 
     @contextmanager
     def lock(self, name: str, holder: str, *, timeout: float = 30.0, what: str = "another run") -> Iterator[None]:
@@ -288,6 +308,7 @@ class Warehouse:
         for leftover in self.root.glob(f"{CATALOG_NAME}.tmp-*"):
             leftover.unlink(missing_ok=True)
         manifests.remove_leftovers(self.root)
+        checkpoints.remove_leftovers(self.root)
         return len(leftovers)
 
     def _listed_now(self) -> set[str] | None:

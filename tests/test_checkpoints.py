@@ -1,0 +1,218 @@
+"""Manifest checkpoints: a writer reads only the generations after the newest one; nothing is ever lost."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from warehouse import Warehouse, autocompact, checkpoints
+from warehouse import manifest as manifests
+from warehouse.catalog_file import open_catalog
+from warehouse.check import WarehouseDamaged, check
+from warehouse.checkpoints import Checkpoint, CheckpointDamaged
+from warehouse.manifest import Generation, Manifest, ManifestEntry
+from warehouse.repair import repair
+
+EVERY = 4
+
+
+@pytest.fixture(autouse=True)
+def _often(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoints, "EVERY", EVERY)
+
+
+def commit_days(store: Warehouse, days: range) -> None:
+    """The cheapest commit, one per day: a sync_runs row."""
+    for day in days:
+        with store.writer(f"run{day:03d}") as run:
+            at = datetime(2027, 1, 1, tzinfo=UTC).replace(day=1 + day % 28, month=1 + day // 28)
+            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
+                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
+            run.commit()
+
+
+def sync_run_ids(store: Warehouse) -> list[str]:
+    with store.connect() as con:
+        return [r[0] for r in con.execute("SELECT run_id FROM sync_runs ORDER BY run_id").fetchall()]
+
+
+def catalog_copies(root: Path) -> list[int]:
+    with open_catalog(root / "warehouse.duckdb") as con:
+        return [r[0] for r in con.execute("SELECT generation FROM _manifest_log ORDER BY generation").fetchall()]
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+# -- pure: a checkpoint and the generations after it give what the whole log gives -----------------
+
+@st.composite
+def logs(draw: st.DrawFn) -> list[Generation]:
+    """Generations as writers make them: a merge merges consecutive file sets the state lists."""
+    tables = ["study_versions", "changes", "sync_runs"]
+    log: list[Generation] = []
+    state = Manifest()
+    for number in range(1, draw(st.integers(1, 40)) + 1):
+        run = f"r{number}"
+        entries = tuple(ManifestEntry(run, t, f"runs/{run}/{t}.parquet", number, f"c{number}", "s1")
+                        for t in draw(st.lists(st.sampled_from(tables), min_size=1, max_size=3, unique=True)))
+        runs = list(dict.fromkeys(e.run_id for e in state.entries))
+        merges: tuple[str, ...] = ()
+        if len(runs) >= 2 and draw(st.booleans()):
+            at = draw(st.integers(0, len(runs) - 2))
+            merges = tuple(runs[at:at + draw(st.integers(2, len(runs) - at))])
+        replace = tuple(draw(st.lists(st.sampled_from(tables), max_size=1))) if not merges else ()
+        log.append(Generation(number, run, entries, replace, {"last_run_id": run, "n": str(number)},
+                              "2027-01-01T00:00:00+00:00", merges))
+        state = state.then(log[-1])
+    return log
+
+
+@settings(max_examples=60, deadline=None)
+@given(log=logs(), cuts=st.lists(st.integers(1, 40), max_size=4))
+def test_a_chain_of_checkpoints_folds_and_weighs_as_the_whole_log_does(log: list[Generation], cuts: list[int]) -> None:
+    base: Checkpoint | None = None
+    for cut in sorted({c for c in cuts if c <= len(log)}):
+        since = base.generation if base is not None else 0
+        if cut <= since:
+            continue
+        chunk = log[since:cut]
+        taken = checkpoints.take(manifests.fold(chunk, base), chunk, checkpoints.weights(chunk, base))
+        assert Checkpoint.from_bytes(taken.to_bytes(), cut) == taken  # what is written reads back equal
+        assert taken.copies == {g.number: g.to_bytes() for g in chunk}
+        base = taken
+    after = base.generation if base is not None else 0
+    whole = manifests.fold(log)
+    assert manifests.fold(log[after:], base) == whole
+    runs = whole.run_ids
+    weighed, expected = checkpoints.weights(log[after:], base), checkpoints.weights(log)
+    assert {r: weighed.get(r, 1) for r in runs} == {r: expected[r] for r in runs}
+
+
+def test_a_checkpoint_whose_bytes_changed_does_not_read() -> None:
+    gen = Generation(1, "r1", (ManifestEntry("r1", "sync_runs", "runs/r1/sync_runs.parquet", 1, "c"),))
+    data = checkpoints.take(Manifest().then(gen), [gen], {}).to_bytes()
+    changed = data.replace(b"runs/r1/sync_runs", b"runs/r2/sync_runs")
+    with pytest.raises(CheckpointDamaged):
+        Checkpoint.from_bytes(changed, 1)
+    with pytest.raises(CheckpointDamaged):
+        Checkpoint.from_bytes(data, 2)  # another generation's name
+
+
+# -- a warehouse ----------------------------------------------------------------------------------
+
+def test_a_writer_parses_only_the_generations_after_the_newest_checkpoint(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "2")  # merges too: their weights must survive the checkpoint
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 12))
+    head = manifests.head(warehouse_dir)
+    newest = checkpoints.newest(warehouse_dir, head)
+    assert newest is not None and head - newest.generation < EVERY
+    assert checkpoints.numbers(warehouse_dir)[0] == EVERY
+    assert manifests.fold(manifests.read_log(warehouse_dir, newest.generation), newest) == store.manifest()
+    assert autocompact.file_sets(store.manifest(), manifests.read_log(warehouse_dir, newest.generation), newest) == \
+        autocompact.file_sets(store.manifest(), store.log())
+    # The catalog copies the generations after the checkpoint its writer started from; the checkpoints
+    # hold copies of the earlier ones, each of those since the one before it.
+    copies = catalog_copies(warehouse_dir)
+    assert copies == list(range(copies[0], head + 1)) and copies[0] - 1 in checkpoints.numbers(warehouse_dir)
+    held = sorted(n for c in checkpoints.numbers(warehouse_dir) for n in checkpoints.read(warehouse_dir, c).copies)
+    assert held == list(range(1, newest.generation + 1))
+    assert check(warehouse_dir, deep=True).ok
+
+    parsed: list[int] = []
+    real = Generation._parse.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Generation, "_parse", classmethod(lambda cls, data, n: parsed.append(n) or real(cls, data, n)))
+    seen = 0
+    for day in range(12, 18):
+        start = checkpoints.newest(warehouse_dir, manifests.head(warehouse_dir))
+        assert start is not None
+        parsed.clear()
+        manifests._parse_generation.cache_clear()  # as in a new process
+        commit_days(store, range(day, day + 1))
+        assert all(n > start.generation for n in parsed), (start.generation, parsed)
+        seen += len(parsed)
+    assert seen > 0
+    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 18)]
+    assert check(warehouse_dir, deep=True).ok
+
+
+def test_a_damaged_generation_before_a_checkpoint_is_restored_from_the_checkpoints_copy(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 11))
+    second = manifests.generation_path(warehouse_dir, 2)
+    original = second.read_bytes()
+    flip_byte(second, len(original) // 2)
+    report = check(warehouse_dir)
+    assert [(p.kind, p.generation) for p in report.problems] == [("manifest", 2)]
+    assert "a good copy is kept" in report.problems[0].detail
+    # A writer reads only what follows the newest checkpoint: it goes on, and its catalog does not copy
+    # generation 2 (the checkpoint holds its copy).
+    commit_days(store, range(11, 12))
+    assert 2 not in catalog_copies(warehouse_dir)
+    result = repair(warehouse_dir)
+    assert result.restored_manifest == [2] and result.rolled_back == []
+    assert second.read_bytes() == original
+    assert check(warehouse_dir, deep=True).ok
+    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 12)]
+
+
+def test_a_damaged_checkpoint_is_passed_over_by_writers_and_taken_again_by_repair(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 11))  # checkpoints at 4 and 8
+    assert checkpoints.numbers(warehouse_dir) == [4, 8]
+    eighth = checkpoints.path(warehouse_dir, 8)
+    original = eighth.read_bytes()
+    flip_byte(eighth, len(original) // 2)
+    newest = checkpoints.newest(warehouse_dir, manifests.head(warehouse_dir))
+    assert newest is not None and newest.generation == 4
+    commit_days(store, range(11, 12))  # reads from checkpoint 4; its catalog copies 5..11 again
+    assert catalog_copies(warehouse_dir) == list(range(5, 12))
+    report = check(warehouse_dir)
+    assert [(p.kind, p.path) for p in report.problems] == [("checkpoint", "manifest/checkpoints/00000008.json")]
+    result = repair(warehouse_dir)
+    assert result.checkpoints_taken == [8] and result.rolled_back == []
+    assert eighth.read_bytes() == original
+    assert check(warehouse_dir, deep=True).ok
+    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 12)]
+
+
+def test_a_missing_generation_file_before_a_checkpoint_still_stops_a_writer(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 7))
+    manifests.generation_path(warehouse_dir, 1).unlink()
+    with pytest.raises(WarehouseDamaged, match="00000001.json: manifest file missing"):
+        commit_days(store, range(7, 8))
+    assert manifests.head(warehouse_dir) == 6
+
+
+def test_a_checkpoint_beyond_a_rollback_is_moved_aside_and_never_read_again(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 11))  # checkpoints at 4 and 8
+    victim = next(e for e in store.manifest().entries if e.run_id == "run006")
+    path = warehouse_dir / victim.path
+    flip_byte(path, path.stat().st_size // 2)  # run 6's data: repair rolls back to generation 5
+    result = repair(warehouse_dir)
+    assert result.generation == 5
+    assert "manifest/checkpoints/00000008.json" in result.moved
+    assert checkpoints.numbers(warehouse_dir) == [4]
+    commit_days(store, range(11, 15))  # generations 6..9 again: another history, a new checkpoint at 8
+    assert checkpoints.numbers(warehouse_dir) == [4, 8]
+    assert check(warehouse_dir, deep=True).ok
+    assert sync_run_ids(store) == [*(f"run{d:03d}" for d in range(1, 6)), *(f"run{d:03d}" for d in range(11, 15))]
