@@ -195,7 +195,7 @@ def test_a_missing_generation_file_before_a_checkpoint_still_stops_a_writer(
     store = Warehouse(warehouse_dir)
     commit_days(store, range(1, 7))
     manifests.generation_path(warehouse_dir, 1).unlink()
-    with pytest.raises(WarehouseDamaged, match="00000001.json: manifest file missing"):
+    with pytest.raises(WarehouseDamaged, match=r"00000001\.json: manifest file missing"):
         commit_days(store, range(7, 8))
     assert manifests.head(warehouse_dir) == 6
 

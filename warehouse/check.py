@@ -2,12 +2,14 @@
 
 Quick (no data read): the manifest files and their digests, every committed file present with the
 size recorded at commit, every Parquet footer readable, the catalog at the manifest's generation with
-the views the manifest implies and a true copy of every manifest file. Deep: also every file's
+the views the manifest implies and a true copy of every manifest file (in the catalog or a checkpoint),
+every checkpoint what the generations up to it fold to. Deep: also every file's
 checksum and every row group decoded. Nothing is ever changed here.
 
 A writer checks without the footers (``footers=False``) and then reads them all once in the DuckDB its
 run uses anyway (``warehouse.store``): reading each footer twice per run made a run's cost grow with the
-number of committed files.
+number of committed files. It also checks only the manifest files after the newest checkpoint
+(``since_checkpoint``), the ones it reads.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 It lives beside the catalog as one small file per commit, ``manifest/<generation>.json`` (00000001,
 00000002, ...), so a lost or corrupt ``warehouse.duckdb`` can always be rebuilt from the manifest and
-the Parquet files (the catalog also keeps a copy of every manifest file, so each can restore the other).
+the Parquet files (every manifest file has a second copy, in the catalog or in a checkpoint, so each
+can restore the other; see ``warehouse.checkpoints``).
 
 Publishing generation N+1 is the commit point: the complete file is written under a temporary name,
 fsynced, then hard-linked to its final name. ``link`` fails if the name exists, so two writers that

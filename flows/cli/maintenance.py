@@ -101,8 +101,10 @@ def repair(
         return
     console.print(f"repaired: generation {result.generation}; catalog rebuilt; "
                   f"{len(result.moved)} path(s) moved to {result.damaged_dir}/"
-                  + (f"; manifest generation(s) {result.restored_manifest} restored from the catalog"
-                     if result.restored_manifest else ""), highlight=False)
+                  + (f"; manifest generation(s) {result.restored_manifest} restored from their copies"
+                     if result.restored_manifest else "")
+                  + (f"; manifest checkpoint(s) {result.checkpoints_taken} taken again"
+                     if result.checkpoints_taken else ""), highlight=False)
     if result.rolled_back:
         console.print(f"rolled back {len(result.rolled_back)} run(s): {', '.join(result.rolled_back)}",
                       highlight=False)
