@@ -13,7 +13,7 @@ directly. A kept day whose next run merges is refused (pick another). Each kept 
 path per side once (its catalog rewritten there, untimed), and after each timed sync put back as it
 was at that same path, so a timed sync does what a daily one does. Before each, the process's
 memo of parsed manifest generations is cleared: a daily run is a new process, which reads and parses
-every generation file once.
+the generation files after the newest manifest checkpoint once.
 """
 
 from __future__ import annotations

@@ -216,3 +216,19 @@ def test_a_checkpoint_beyond_a_rollback_is_moved_aside_and_never_read_again(
     assert checkpoints.numbers(warehouse_dir) == [4, 8]
     assert check(warehouse_dir, deep=True).ok
     assert sync_run_ids(store) == [*(f"run{d:03d}" for d in range(1, 6)), *(f"run{d:03d}" for d in range(11, 15))]
+
+
+def test_a_writer_after_the_checkpoints_were_deleted_copies_every_generation_into_its_catalog(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 11))
+    assert catalog_copies(warehouse_dir)[0] > 1
+    for number in checkpoints.numbers(warehouse_dir):
+        checkpoints.path(warehouse_dir, number).unlink()
+    report = check(warehouse_dir)  # generations 1..8 have no second copy now: check says so
+    assert [p.kind for p in report.problems] == ["catalog"] and "generation 1 " in report.problems[0].detail
+    commit_days(store, range(11, 12))  # a writer reads every generation then, and copies each
+    assert catalog_copies(warehouse_dir) == list(range(1, 12))
+    assert checkpoints.numbers(warehouse_dir) == [11]
+    assert check(warehouse_dir, deep=True).ok

@@ -257,6 +257,11 @@ def build(connection: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest,
                 raise
 
 
+# What the catalog holds besides the views, in ``views_digest`` so that another release rewrites a catalog
+# of this one before checking it (it would otherwise call the missing manifest copies damage).
+CATALOG_LAYOUT = "manifest copies: the generations after the newest checkpoint"
+
+
 @cache
 def views_digest() -> str:
     """A fingerprint of this release's view and macro definitions, whatever the files: a catalog
@@ -268,7 +273,7 @@ def views_digest() -> str:
                              for t in TABLES), {}, 1)
     plans = [*plan_catalog(Path("/"), Manifest((), {}, 0)), *plan_catalog(Path("/"), every_table),
              *plan_catalog(Path("/"), summarised), *plan_catalog(Path("/"), current)]
-    text = "\n;\n".join(plans)
+    text = "\n;\n".join([CATALOG_LAYOUT, *plans])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

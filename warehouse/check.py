@@ -104,6 +104,7 @@ class LogState:
     # MD5 of each of the catalog's copies: comparing them with the files' needs no copy parsed
     copy_digests: dict[int, str] = field(default_factory=dict)
     base: Checkpoint | None = None  # only the generations after it were read
+    for_writer: bool = False  # a copy the catalog lacks is no damage: the writer's new catalog copies it
     # Read only without ``base``: every checkpoint (good ones, damaged ones with why), and the MD5 of
     # each generation copy they hold (the second copy of the generations the catalog no longer copies)
     checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
@@ -187,6 +188,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     report = Report(deep=deep)
     base = checkpoints.newest(root, manifests.head(root)) if since_checkpoint else None
     state = read_state(root, base)
+    state.for_writer = since_checkpoint
     for number, why in sorted(state.damaged.items()):
         rel = str(manifests.generation_path(root, number).relative_to(root))
         restorable = " (a good copy is kept)" if number in state.copies else ""
@@ -313,14 +315,14 @@ def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: li
 
 def _copy_problems(state: LogState) -> list[Problem]:
     """Every manifest file has a second copy to be restored from, which must be equal: in the catalog,
-    or for generations up to a checkpoint, in that checkpoint. After ``base`` (a writer's check) a copy
-    the catalog lacks is not damage: the generations after a checkpoint that is damaged now were
-    copied into a checkpoint instead, and the writer's new catalog copies them all again."""
+    or for generations up to a checkpoint, in that checkpoint. For a writer a copy the catalog lacks is
+    not damage (e.g. the newest checkpoint is damaged, or ``manifest/checkpoints/`` was deleted): the
+    catalog it writes copies every generation it read."""
     problems = []
     for number, gen in state.files.items():
         digest = checkpoints.md5(gen.to_bytes())  # of the bytes it was read from
         copy = state.copy_digests.get(number, state.chunk_digests.get(number))
-        if copy != digest and (copy is not None or state.base is None):
+        if copy != digest and (copy is not None or not state.for_writer):
             problems.append(Problem("catalog", CATALOG_NAME, f"the catalog's copy of manifest generation {number} "
                                     "is missing or differs", generation=number))
             break
