@@ -200,7 +200,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
         report.log, report.base = state.best(), base
         manifest = manifests.fold(report.log, base)
         if base is None:
-            report.problems += checkpoint_problems(root, state, report.log, report.notes)
+            report.problems += _checkpoint_problems(root, state, report.log, report.notes)
     report.generation = manifest.generation
     report.runs = len(manifest.run_ids)
     owner = _owners(state)
@@ -329,7 +329,7 @@ def _copy_problems(state: LogState) -> list[Problem]:
     return problems
 
 
-def checkpoint_problems(root: Path, state: LogState, log: Sequence[Generation], notes: list[str]) -> list[Problem]:
+def _checkpoint_problems(root: Path, state: LogState, log: Sequence[Generation], notes: list[str]) -> list[Problem]:
     """Each checkpoint must be what the generations up to it fold to, with true copies of them. One
     taken at a generation file that is no longer there (a repair rolled it back) is ignored by every
     reader: a note."""
@@ -344,26 +344,13 @@ def checkpoint_problems(root: Path, state: LogState, log: Sequence[Generation], 
         done = number
         if checkpoint.generation_md5 != checkpoints.md5(log[number - 1].to_bytes()):
             stale.append(number)
-        elif not _as_expected(checkpoint, log, manifest):
+        elif not checkpoints.as_expected(checkpoint, log, manifest):
             problems.append(Problem("checkpoint", _rel(root, number), "differs from the generations it folds",
                                     generation=number))
     if stale:
         notes.append(f"{len(stale)} checkpoint(s) not about this history are ignored (e.g. "
                      f"{_rel(root, stale[0])}): `trialsync repair` moves them aside")
     return problems
-
-
-def expected_checkpoint(log: Sequence[Generation], manifest: Manifest, since: int) -> Checkpoint:
-    """The checkpoint at ``manifest``'s generation (``log`` from generation 1) with copies since ``since``."""
-    upto = log[:manifest.generation]
-    return checkpoints.take(manifest, upto[since:], checkpoints.weights(upto))  # ValueError: since out of range
-
-
-def _as_expected(checkpoint: Checkpoint, log: Sequence[Generation], manifest: Manifest) -> bool:
-    try:
-        return checkpoint == expected_checkpoint(log, manifest, checkpoint.since)
-    except ValueError:
-        return False
 
 
 def _rel(root: Path, number: int) -> str:

@@ -158,6 +158,21 @@ def take(manifest: Manifest, chunk: Sequence[Generation], run_weights: Mapping[s
                       {g.number: g.to_bytes() for g in chunk})
 
 
+def expected(log: Sequence[Generation], manifest: Manifest, since: int) -> Checkpoint:
+    """The checkpoint at ``manifest``'s generation (what ``log``, from generation 1, folds to up to it),
+    with copies of the generations since ``since`` (``ValueError``: ``since`` out of range). Pure."""
+    upto = log[:manifest.generation]
+    return take(manifest, upto[since:], weights(upto))
+
+
+def as_expected(checkpoint: Checkpoint, log: Sequence[Generation], manifest: Manifest) -> bool:
+    """Whether ``checkpoint`` is exactly what ``log`` (whose first generations fold to ``manifest``) implies."""
+    try:
+        return checkpoint == expected(log, manifest, checkpoint.since)
+    except ValueError:
+        return False
+
+
 def due(head: int, base: Checkpoint | None) -> bool:
     return head - (base.generation if base is not None else 0) >= EVERY
 

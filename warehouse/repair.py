@@ -28,7 +28,7 @@ from pipeline.errors import WarehouseError
 from warehouse import catalog, catalog_file, checkpoints
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
-from warehouse.check import LogState, check, check_file, expected_checkpoint, read_state
+from warehouse.check import LogState, check, check_file, read_state
 from warehouse.manifest import Generation, ManifestEntry
 from warehouse.tables import TABLES
 
@@ -141,10 +141,7 @@ def _misfit_checkpoints(state: LogState, kept: list[Generation]) -> list[int]:
         for gen in kept[done:number]:
             manifest = manifest.then(gen)
         done = number
-        try:
-            if checkpoint != expected_checkpoint(kept, manifest, checkpoint.since):
-                misfits.add(number)
-        except ValueError:
+        if not checkpoints.as_expected(checkpoint, kept, manifest):
             misfits.add(number)
     return sorted(misfits)
 
@@ -157,7 +154,7 @@ def _retake_checkpoints(root: Path, state: LogState, kept: list[Generation], mis
     for i, number in enumerate(numbers):
         if number in misfits:
             since = numbers[i - 1] if i else 0
-            checkpoints.write(root, expected_checkpoint(kept, manifests.fold(kept[:number]), since))
+            checkpoints.write(root, checkpoints.expected(kept, manifests.fold(kept[:number]), since))
             taken.append(number)
     return taken
 

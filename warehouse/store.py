@@ -51,10 +51,11 @@ class Warehouse:
         return manifests.read_log(self.root)
 
     def manifest(self) -> Manifest:
-        """The committed state, from the manifest files; before their migration (or when the manifest
-        directory is lost) from the catalog's own copy."""
-        if manifests.head(self.root) or not self.catalog_path.exists():
-            return manifests.fold(self.log())
+        """The committed state, from the manifest files (those after the newest checkpoint, on top of
+        it); before their migration (or when the manifest directory is lost) from the catalog's own copy."""
+        if (head := manifests.head(self.root)) or not self.catalog_path.exists():
+            base = checkpoints.newest(self.root, head)
+            return manifests.fold(manifests.read_log(self.root, base.generation if base else 0), base)
         try:
             meta = catalog_file.catalog_meta(self.catalog_path)
             if "generation" not in meta:
