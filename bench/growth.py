@@ -19,6 +19,7 @@ the generation files after the newest manifest checkpoint once.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="warehouse directory (default: a temp dir)")
     parser.add_argument("--paired", default="", help="runs whose warehouse is kept and compared, e.g. 9,364")
     parser.add_argument("--repeat", type=int, default=10, help="syncs on each kept warehouse (--paired)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="run each day's sync in a new process, as a scheduled daily run is (slower)")
     parser.add_argument("--compare-only", action="store_true",
                         help="only compare the warehouses an earlier run kept beside --out (kept-<run>)")
     args = parser.parse_args(argv)
@@ -84,11 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(root, ignore_errors=True)
     # A run that merges file sets costs more than one that does not: each row shows the mean (and the
     # most) of the WINDOW runs up to the reported one, so a row compares like with like.
+    extra = (f" of which merging, CPU s (mean of {WINDOW}) |", "---:|") if args.fresh else ("", "")
     print(f"| run | wall s (mean of {WINDOW}) | CPU s (mean of {WINDOW}) | CPU s (median of {WINDOW}) "
-          f"| CPU s (most of {WINDOW}) | commit s | `changes` last day s | file sets | files | load avg |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| CPU s (most of {WINDOW}) | commit s | `changes` last day s | file sets | files | load avg |{extra[0]}")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + extra[1])
     walls: list[float] = []
     cpus: list[float] = []
+    merging: list[float] = []  # CPU s of each run's automatic merges (--fresh only)
+    spawn = multiprocessing.get_context("spawn")
+    pool = spawn.Pool(1, maxtasksperchild=1) if args.fresh else None
     paired = sorted(int(day) for day in args.paired.split(",") if day)
     kept: dict[int, Path] = {}
 
@@ -102,9 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         for day in range(1, args.runs + 1):
             change_day(registry, day)
             commit_seconds.clear()
-            wall, cpu = time.perf_counter(), time.process_time()
-            sync()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if pool is not None:  # the child measures its own sync (not its start-up and imports)
+                wall, cpu, merge_cpu, commit = pool.apply(_sync_in_child, (registry.url, str(root)))
+                merging.append(merge_cpu)
+                commit_seconds.append(commit)
+            else:
+                wall, cpu = time.perf_counter(), time.process_time()
+                sync()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             walls.append(wall)
             cpus.append(cpu)
             if day in REPORT_AT or day == args.runs:
@@ -119,12 +131,46 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"| {day} | {sum(window_wall) / len(window_wall):.2f} | {sum(window_cpu) / len(window_cpu):.2f} "
                       f"| {statistics.median(window_cpu):.2f} | {max(window_cpu):.2f} "
                       f"| {sum(commit_seconds):.2f} | {query:.3f} | "
-                      f"{len(manifest.run_ids)} | {len(manifest.entries)} | {os.getloadavg()[0]:.1f} |", flush=True)
+                      f"{len(manifest.run_ids)} | {len(manifest.entries)} | {os.getloadavg()[0]:.1f} |"
+                      + (f" {sum(merging[-WINDOW:]) / len(merging[-WINDOW:]):.2f} |" if merging else ""), flush=True)
             if day in paired:
                 kept[day] = root.parent / f"kept-{day}"
                 shutil.copytree(root, kept[day])
+    if pool is not None:
+        pool.close()
     if kept:
         compare_kept(kept, records, change_day, args.repeat)
+
+
+def _sync_in_child(url: str, root: str) -> tuple[float, float, float, float]:
+    """One day's sync in a new process: (wall s, CPU s, CPU s of the automatic merges after it, wall s
+    of its commits)."""
+    from flows.sync import sync_registry
+    from warehouse.run_writer import RunWriter
+    from warehouse.store import Warehouse
+
+    merge_cpu, commit = [0.0], [0.0]
+    compact_after, run_commit = Warehouse._compact_after, RunWriter.commit
+
+    def timed_merges(self: Warehouse, run: Any) -> None:
+        start = time.process_time()
+        try:
+            compact_after(self, run)
+        finally:
+            merge_cpu[0] += time.process_time() - start
+
+    def timed_commit(self: Any, *a: Any, **k: Any) -> None:
+        start = time.perf_counter()
+        try:
+            run_commit(self, *a, **k)
+        finally:
+            commit[0] += time.perf_counter() - start
+
+    Warehouse._compact_after = timed_merges  # type: ignore[method-assign]
+    RunWriter.commit = timed_commit  # type: ignore[method-assign]
+    wall, cpu = time.perf_counter(), time.process_time()
+    sync_registry(api_url=url, warehouse=root, request_interval=0.0, backoff_seconds=0.01, timeout_seconds=5.0)
+    return time.perf_counter() - wall, time.process_time() - cpu, merge_cpu[0], commit[0]
 
 
 def compare_kept(kept: dict[int, Path], records: list[dict[str, Any]], change_day: Any, repeat: int) -> None:
