@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.compare_only:
         compare_kept({int(day): args.out.parent / f"kept-{int(day)}" for day in args.paired.split(",") if day},
-                     records, change_day, args.repeat)
+                     records, change_day, args.repeat, fresh=args.fresh)
         return
     root = args.out or Path(tempfile.mkdtemp(prefix="trialsync-growth-")) / "warehouse"
     shutil.rmtree(root, ignore_errors=True)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if pool is not None:
         pool.close()
     if kept:
-        compare_kept(kept, records, change_day, args.repeat)
+        compare_kept(kept, records, change_day, args.repeat, fresh=args.fresh)
 
 
 def _sync_in_child(url: str, root: str) -> tuple[float, float, float, float]:
@@ -173,8 +173,10 @@ def _sync_in_child(url: str, root: str) -> tuple[float, float, float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu, merge_cpu[0], commit[0]
 
 
-def compare_kept(kept: dict[int, Path], records: list[dict[str, Any]], change_day: Any, repeat: int) -> None:
-    """The next day's sync on each kept warehouse, alternating (see the module doc)."""
+def compare_kept(kept: dict[int, Path], records: list[dict[str, Any]], change_day: Any, repeat: int,
+                 *, fresh: bool = False) -> None:
+    """The next day's sync on each kept warehouse, alternating (see the module doc); ``fresh``: each in
+    a new process (then no memo to clear, and the process's age is the same for both)."""
     from flows.sync import sync_registry
     from pipeline.registry.fake_server import FakeRegistry
     from warehouse import manifest as manifests
@@ -201,12 +203,16 @@ def compare_kept(kept: dict[int, Path], records: list[dict[str, Any]], change_da
                 saved = place.with_name("saved")
                 shutil.rmtree(saved, ignore_errors=True)
                 shutil.copytree(place, saved)
-                manifests._parse_generation.cache_clear()  # as in a new process
-                manifests._last_fold = None
-                cpu = time.process_time()
-                sync_registry(api_url=registries[day].url, warehouse=str(place), request_interval=0.0,
-                              backoff_seconds=0.01, timeout_seconds=5.0)
-                cpus[day].append(time.process_time() - cpu)
+                if fresh:
+                    with multiprocessing.get_context("spawn").Pool(1) as pool:
+                        cpus[day].append(pool.apply(_sync_in_child, (registries[day].url, str(place)))[1])
+                else:
+                    manifests._parse_generation.cache_clear()  # as in a new process
+                    manifests._last_fold = None
+                    cpu = time.process_time()
+                    sync_registry(api_url=registries[day].url, warehouse=str(place), request_interval=0.0,
+                                  backoff_seconds=0.01, timeout_seconds=5.0)
+                    cpus[day].append(time.process_time() - cpu)
                 after = Warehouse(place).manifest()
                 shutil.rmtree(place)
                 saved.rename(place)
