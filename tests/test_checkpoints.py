@@ -84,9 +84,10 @@ def test_a_chain_of_checkpoints_folds_and_weighs_as_the_whole_log_does(log: list
         if cut <= since:
             continue
         chunk = log[since:cut]
-        taken = checkpoints.take(manifests.fold(chunk, base), chunk, checkpoints.weights(chunk, base))
+        taken = checkpoints.following(manifests.fold(chunk, base), chunk, base)
         assert Checkpoint.from_bytes(taken.to_bytes(), cut) == taken  # what is written reads back equal
         assert taken.copies == {g.number: g.to_bytes() for g in chunk}
+        assert taken.sizes == tuple(len(g.to_bytes()) for g in log[:cut])
         base = taken
     after = base.generation if base is not None else 0
     whole = manifests.fold(log)
@@ -98,7 +99,7 @@ def test_a_chain_of_checkpoints_folds_and_weighs_as_the_whole_log_does(log: list
 
 def test_a_checkpoint_whose_bytes_changed_does_not_read() -> None:
     gen = Generation(1, "r1", (ManifestEntry("r1", "sync_runs", "runs/r1/sync_runs.parquet", 1, "c"),))
-    data = checkpoints.take(Manifest().then(gen), [gen], {}).to_bytes()
+    data = checkpoints.following(Manifest().then(gen), [gen], None).to_bytes()
     changed = data.replace(b"runs/r1/sync_runs", b"runs/r2/sync_runs")
     with pytest.raises(CheckpointDamaged):
         Checkpoint.from_bytes(changed, 1)
@@ -231,4 +232,22 @@ def test_a_writer_after_the_checkpoints_were_deleted_copies_every_generation_int
     commit_days(store, range(11, 12))  # a writer reads every generation then, and copies each
     assert catalog_copies(warehouse_dir) == list(range(1, 12))
     assert checkpoints.numbers(warehouse_dir) == [11]
+    assert check(warehouse_dir, deep=True).ok
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied"])
+def test_a_generation_file_before_a_checkpoint_that_changed_size_stops_a_writer(
+        damage: str, warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 7))  # a checkpoint at 4
+    path = manifests.generation_path(warehouse_dir, 2)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    with pytest.raises(WarehouseDamaged, match=r"00000002\.json: manifest file is \d+ bytes, \d+ at checkpoint 4"):
+        commit_days(store, range(7, 8))
+    assert manifests.head(warehouse_dir) == 6
+    assert repair(warehouse_dir).restored_manifest == [2]
+    assert path.read_bytes() == data
+    commit_days(store, range(7, 8))
     assert check(warehouse_dir, deep=True).ok

@@ -153,6 +153,8 @@ def read_state(root: Path, base: Checkpoint | None = None) -> LogState:
     for number in range(1, max([*listed, generation or 0], default=0) + 1):
         if number not in present:
             damaged[number] = "manifest file missing"
+    if base is not None:
+        damaged.update(checkpoints.resized(root, base, present))
     state = LogState(files, {}, damaged, generation, held.legacy, held.meta, held.error, held.digests, base)
     if base is None:
         _read_checkpoints(root, state)

@@ -50,11 +50,14 @@ class Checkpoint:
     generation_md5: str  # of generation ``generation``'s bytes: this checkpoint is about that history
     since: int  # the copies are of generations since+1 .. generation
     copies: Mapping[int, bytes] = field(default_factory=dict, repr=False)
+    # the size of each generation file 1..generation: a writer, which reads none of them, still sees
+    # one that was truncated, emptied or deleted (a stat each); flipped bytes are for ``check``
+    sizes: tuple[int, ...] = field(default=(), repr=False)
 
     def to_bytes(self) -> bytes:
         body = {"format": FORMAT, "generation": self.generation, "generation_md5": self.generation_md5,
                 "since": self.since, "meta": dict(self.manifest.meta), "weights": dict(self.weights),
-                "files": [list(e) for e in self.manifest.entries],
+                "files": [list(e) for e in self.manifest.entries], "sizes": list(self.sizes),
                 "copies": {str(n): data.decode() for n, data in sorted(self.copies.items())}}
         return orjson.dumps({"body": body, "digest": _digest(body)}, option=orjson.OPT_SORT_KEYS) + b"\n"
 
@@ -71,7 +74,7 @@ class Checkpoint:
             entries = tuple(ManifestEntry(*row) for row in body["files"])
             return cls(number, Manifest(entries, dict(body["meta"]), number), dict(body["weights"]),
                        body["generation_md5"], body["since"],
-                       {int(n): text.encode() for n, text in body["copies"].items()})
+                       {int(n): text.encode() for n, text in body["copies"].items()}, tuple(body["sizes"]))
         except CheckpointDamaged:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -96,15 +99,7 @@ def path(root: Path, number: int) -> Path:
 
 def numbers(root: Path) -> list[int]:
     """The checkpoints on disk, ascending (a listing)."""
-    folder = directory(root)
-    if not folder.is_dir():
-        return []
-    found = []
-    for name in os.listdir(folder):
-        stem, dot, ext = name.partition(".")
-        if dot and ext == "json" and stem.isdigit() and len(stem) == 8:
-            found.append(int(stem))
-    return sorted(found)
+    return manifests.numbered_files(directory(root))
 
 
 def read(root: Path, number: int) -> Checkpoint:
@@ -122,6 +117,23 @@ def matches(root: Path, checkpoint: Checkpoint) -> bool:
         return md5(manifests.generation_path(root, checkpoint.generation).read_bytes()) == checkpoint.generation_md5
     except OSError:
         return False
+
+
+def resized(root: Path, checkpoint: Checkpoint, present: Iterable[int]) -> dict[int, str]:
+    """Why each generation file up to ``checkpoint`` (of those ``present``) no longer has the size it
+    recorded (a stat each: a writer reads none of them)."""
+    found = {}
+    listed = set(present)
+    for number, size in enumerate(checkpoint.sizes, start=1):
+        if number in listed:
+            try:
+                now = manifests.generation_path(root, number).stat().st_size
+            except OSError as exc:
+                found[number] = f"manifest file unreadable: {exc}"
+                continue
+            if now != size:
+                found[number] = f"manifest file is {now} bytes, {size} at checkpoint {checkpoint.generation}"
+    return found
 
 
 def newest(root: Path, head: int) -> Checkpoint | None:
@@ -144,25 +156,29 @@ def weights(log: Iterable[Generation], base: Checkpoint | None = None) -> dict[s
     return found
 
 
-def take(manifest: Manifest, chunk: Sequence[Generation], run_weights: Mapping[str, int]) -> Checkpoint:
+def take(manifest: Manifest, chunk: Sequence[Generation], run_weights: Mapping[str, int],
+         earlier_sizes: Sequence[int]) -> Checkpoint:
     """The checkpoint at ``manifest``'s generation. ``chunk``: the generations since the previous
     checkpoint, up to this one, in order (their copies go in it); ``run_weights``: ``weights`` of the
-    whole log. Pure."""
+    whole log; ``earlier_sizes``: the sizes of the generation files before ``chunk``. Pure."""
     since = manifest.generation - len(chunk)
     if not chunk or [g.number for g in chunk] != list(range(since + 1, manifest.generation + 1)):
         raise ValueError(f"a checkpoint at {manifest.generation} needs the generations {since + 1}.."
                          f"{manifest.generation} in order")
     runs = manifest.run_ids
     kept = {run: w for run, w in run_weights.items() if w != 1 and run in runs}
+    if len(earlier_sizes) != since:
+        raise ValueError(f"the sizes of generations 1..{since} expected, got {len(earlier_sizes)}")
     return Checkpoint(manifest.generation, manifest, kept, md5(chunk[-1].to_bytes()), since,
-                      {g.number: g.to_bytes() for g in chunk})
+                      {g.number: g.to_bytes() for g in chunk},
+                      (*earlier_sizes, *(len(g.to_bytes()) for g in chunk)))
 
 
 def expected(log: Sequence[Generation], manifest: Manifest, since: int) -> Checkpoint:
     """The checkpoint at ``manifest``'s generation (what ``log``, from generation 1, folds to up to it),
     with copies of the generations since ``since`` (``ValueError``: ``since`` out of range). Pure."""
     upto = log[:manifest.generation]
-    return take(manifest, upto[since:], weights(upto))
+    return take(manifest, upto[since:], weights(upto), [len(g.to_bytes()) for g in upto[:since]])
 
 
 def as_expected(checkpoint: Checkpoint, log: Sequence[Generation], manifest: Manifest) -> bool:
@@ -171,6 +187,11 @@ def as_expected(checkpoint: Checkpoint, log: Sequence[Generation], manifest: Man
         return checkpoint == expected(log, manifest, checkpoint.since)
     except ValueError:
         return False
+
+
+def following(manifest: Manifest, log: Sequence[Generation], base: Checkpoint | None) -> Checkpoint:
+    """The checkpoint at ``manifest``'s generation from ``base`` and ``log``, the generations since it."""
+    return take(manifest, log, weights(log, base), base.sizes if base is not None else ())
 
 
 def due(head: int, base: Checkpoint | None) -> bool:

@@ -223,7 +223,11 @@ def generation_path(root: Path, number: int) -> Path:
 
 def generations(root: Path) -> list[int]:
     """The generation numbers on disk, ascending (a listing: nothing is read)."""
-    folder = directory(root)
+    return numbered_files(directory(root))
+
+
+def numbered_files(folder: Path) -> list[int]:
+    """The numbers of the ``<8 digits>.json`` files in ``folder``, ascending (none: no folder)."""
     if not folder.is_dir():
         return []
     return sorted(int(m.group(1)) for name in os.listdir(folder) if (m := _NAME.match(name)))

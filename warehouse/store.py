@@ -278,8 +278,7 @@ class Warehouse:
                 return
             after = base.generation if base is not None else 0
             log = manifests.read_log(self.root, after)  # parsed already: the memo has them
-            weights = checkpoints.weights(log, base)
-            checkpoints.write(self.root, checkpoints.take(manifests.fold(log, base), log, weights))
+            checkpoints.write(self.root, checkpoints.following(manifests.fold(log, base), log, base))
         except Exception as exc:
             logger.warning("the run is committed; taking a manifest checkpoint after it failed (%s)", exc)
 
