@@ -251,3 +251,20 @@ def test_a_generation_file_before_a_checkpoint_that_changed_size_stops_a_writer(
     assert path.read_bytes() == data
     commit_days(store, range(7, 8))
     assert check(warehouse_dir, deep=True).ok
+
+
+def test_a_writer_passes_over_its_only_checkpoint_when_it_is_damaged(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 6))  # one checkpoint, at 4
+    fourth = checkpoints.path(warehouse_dir, 4)
+    original = fourth.read_bytes()
+    fourth.write_bytes(original[:-20])  # unreadable now
+    commit_days(store, range(6, 7))  # reads every generation, copies each into its catalog
+    assert catalog_copies(warehouse_dir) == list(range(1, 7))
+    assert [p.kind for p in check(warehouse_dir).problems] == ["checkpoint"]
+    assert repair(warehouse_dir).checkpoints_taken == [4]
+    assert fourth.read_bytes() == original
+    assert check(warehouse_dir, deep=True).ok
+    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 7)]

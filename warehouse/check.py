@@ -130,9 +130,10 @@ class LogState:
         return log
 
 
-def read_state(root: Path, base: Checkpoint | None = None) -> LogState:
-    """``base``: read only the generations after that checkpoint (a writer's quick check; a missing
-    earlier file still counts). Without it, everything, the checkpoints included."""
+def read_state(root: Path, base: Checkpoint | None = None, *, for_writer: bool = False) -> LogState:
+    """``base``: read only the generations after that checkpoint (a missing earlier file, or one of
+    another size, still counts). ``for_writer``: a writer's quick check, which passes over checkpoints
+    (it found ``base``, the newest good one, if any). Otherwise everything, every checkpoint included."""
     after = base.generation if base is not None else 0
     listed = manifests.generations(root)
     files: dict[int, Generation] = {}
@@ -156,7 +157,8 @@ def read_state(root: Path, base: Checkpoint | None = None) -> LogState:
     if base is not None:
         damaged.update(checkpoints.resized(root, base, present))
     state = LogState(files, {}, damaged, generation, held.legacy, held.meta, held.error, held.digests, base)
-    if base is None:
+    state.for_writer = for_writer
+    if base is None and not for_writer:
         _read_checkpoints(root, state)
     if damaged:  # only then is a copy read: a good file is the log
         if generation is not None:
@@ -189,8 +191,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     ``trialsync check`` reads them all and verifies the checkpoints."""
     report = Report(deep=deep)
     base = checkpoints.newest(root, manifests.head(root)) if since_checkpoint else None
-    state = read_state(root, base)
-    state.for_writer = since_checkpoint
+    state = read_state(root, base, for_writer=since_checkpoint)
     for number, why in sorted(state.damaged.items()):
         rel = str(manifests.generation_path(root, number).relative_to(root))
         restorable = " (a good copy is kept)" if number in state.copies else ""
@@ -201,7 +202,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     else:
         report.log, report.base = state.best(), base
         manifest = manifests.fold(report.log, base)
-        if base is None:
+        if not since_checkpoint:
             report.problems += _checkpoint_problems(root, state, report.log, report.notes)
     report.generation = manifest.generation
     report.runs = len(manifest.run_ids)
