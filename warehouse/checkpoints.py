@@ -3,11 +3,12 @@
 The manifest grows by one generation file per commit, and a writer used to parse and fold all of them
 (and the catalog to copy all of them) at every run: after a year of daily runs that was the part of a
 run's cost still growing with the number of runs. A checkpoint ``manifest/checkpoints/<generation>.json``
-holds what the generations up to it fold to (the files, the meta, the autocompaction weights) and a copy
-of the bytes of the generations since the previous checkpoint. A writer starts from the newest valid
-checkpoint and parses, verifies and copies into the catalog only the generations after it; the copies
-of the earlier ones live in the checkpoints (the catalog keeps the rest), so every generation file still
-has a second copy to be restored from.
+holds what the generations up to it fold to (the files, the meta, the autocompaction weights), the size
+of every generation file up to it, and a copy of the bytes of the generations since the previous
+checkpoint. A writer starts from the newest valid checkpoint and parses, verifies and copies into the
+catalog only the generations after it (of the earlier files it checks only that each is there with its
+size); the copies of the earlier ones live in the checkpoints (the catalog keeps the rest), so every
+generation file still has a second copy to be restored from.
 
 A checkpoint is derived data, written after a commit point and never needed: one that is damaged,
 missing, or not about this history (its generation file's MD5 differs, e.g. after a repair rolled
