@@ -268,3 +268,17 @@ def test_a_writer_passes_over_its_only_checkpoint_when_it_is_damaged(
     assert fourth.read_bytes() == original
     assert check(warehouse_dir, deep=True).ok
     assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 7)]
+
+
+def test_a_checkpoint_half_written_when_the_writer_died_is_ignored_and_cleaned_up(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 6))  # a checkpoint at 4
+    leftover = checkpoints.directory(warehouse_dir) / ".00000005.json.tmp-4242"
+    leftover.write_bytes(checkpoints.path(warehouse_dir, 4).read_bytes()[:100])  # killed mid-write
+    assert checkpoints.numbers(warehouse_dir) == [4]
+    assert check(warehouse_dir, deep=True).ok
+    commit_days(store, range(6, 7))
+    assert not leftover.exists()
+    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 7)]
