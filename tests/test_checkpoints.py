@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def test_a_damaged_checkpoint_is_passed_over_by_writers_and_taken_again_by_repai
     commit_days(store, range(11, 12))  # reads from checkpoint 4; its catalog copies 5..11 again
     assert catalog_copies(warehouse_dir) == list(range(5, 12))
     report = check(warehouse_dir)
-    assert [(p.kind, p.path) for p in report.problems] == [("checkpoint", "manifest/checkpoints/00000008.json")]
+    assert [(p.kind, p.path) for p in report.problems] == [("checkpoint", "checkpoints/00000008.json")]
     result = repair(warehouse_dir)
     assert result.checkpoints_taken == [8] and result.rolled_back == []
     assert eighth.read_bytes() == original
@@ -211,7 +212,7 @@ def test_a_checkpoint_beyond_a_rollback_is_moved_aside_and_never_read_again(
     flip_byte(path, path.stat().st_size // 2)  # run 6's data: repair rolls back to generation 5
     result = repair(warehouse_dir)
     assert result.generation == 5
-    assert "manifest/checkpoints/00000008.json" in result.moved
+    assert "checkpoints/00000008.json" in result.moved
     assert checkpoints.numbers(warehouse_dir) == [4]
     commit_days(store, range(11, 15))  # generations 6..9 again: another history, a new checkpoint at 8
     assert checkpoints.numbers(warehouse_dir) == [4, 8]
@@ -282,3 +283,44 @@ def test_a_checkpoint_half_written_when_the_writer_died_is_ignored_and_cleaned_u
     commit_days(store, range(6, 7))
     assert not leftover.exists()
     assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 7)]
+
+
+def second_copies(root: Path) -> set[int]:
+    """The generations a copy exists of, in the catalog or a checkpoint."""
+    held = {n for c in checkpoints.numbers(root) for n in checkpoints.read(root, c).copies}
+    return held | set(catalog_copies(root))
+
+
+def test_a_deleted_checkpoint_below_the_newest_is_taken_again_so_no_generation_loses_its_copy(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 10))  # checkpoints at 4 and 8; the catalog copies 9
+    checkpoints.path(warehouse_dir, 4).unlink()
+    assert not second_copies(warehouse_dir) >= set(range(1, 10))
+    assert "checkpoint" in {p.kind for p in check(warehouse_dir).problems}
+    result = repair(warehouse_dir)
+    assert result.rolled_back == [] and result.checkpoints_taken == [8]
+    assert sorted(checkpoints.read(warehouse_dir, 8).copies) == list(range(1, 9))  # taken again, copying all
+    assert check(warehouse_dir, deep=True).ok
+    commit_days(store, range(10, 12))  # writers copy only what follows the newest checkpoint again
+    assert second_copies(warehouse_dir) >= set(range(1, manifests.head(warehouse_dir) + 1))
+    assert check(warehouse_dir, deep=True).ok
+
+
+def test_a_lost_manifest_directory_is_restored_whole_from_the_catalog_and_the_checkpoints(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    commit_days(store, range(1, 11))  # checkpoints at 4 and 8; the catalog copies 9 and 10
+    before = {n: manifests.generation_path(warehouse_dir, n).read_bytes() for n in range(1, 11)}
+    shutil.rmtree(manifests.directory(warehouse_dir))
+    assert store.manifest().run_ids == {f"run{d:03d}" for d in range(1, 11)}  # readers see every run
+    with pytest.raises(WarehouseDamaged):
+        commit_days(store, range(11, 12))
+    result = repair(warehouse_dir)
+    assert result.restored_manifest == list(range(1, 11)) and result.rolled_back == []
+    assert {n: manifests.generation_path(warehouse_dir, n).read_bytes() for n in range(1, 11)} == before
+    assert check(warehouse_dir, deep=True).ok
+    commit_days(store, range(11, 12))
+    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 12)]

@@ -319,7 +319,7 @@ def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: li
 def _copy_problems(state: LogState) -> list[Problem]:
     """Every manifest file has a second copy to be restored from, which must be equal: in the catalog,
     or for generations up to a checkpoint, in that checkpoint. For a writer a copy the catalog lacks is
-    not damage (e.g. the newest checkpoint is damaged, or ``manifest/checkpoints/`` was deleted): the
+    not damage (e.g. the newest checkpoint is damaged, or ``checkpoints/`` was deleted): the
     catalog it writes copies every generation it read."""
     problems = []
     for number, gen in state.files.items():
@@ -350,6 +350,11 @@ def _checkpoint_problems(root: Path, state: LogState, log: Sequence[Generation],
         elif not checkpoints.as_expected(checkpoint, log, manifest):
             problems.append(Problem("checkpoint", _rel(root, number), "differs from the generations it folds",
                                     generation=number))
+    kept = [n for n in wanted if n not in stale]
+    covered = {copied for n in kept for copied in state.checkpoints[n].copies}
+    if kept and (lacking := sorted(set(range(1, kept[-1] + 1)) - covered)):
+        problems.append(Problem("checkpoint", _rel(root, kept[-1]), f"the checkpoints up to this one lack copies "
+                                f"of {len(lacking)} generation(s) (e.g. {lacking[0]}): one is missing"))
     if stale:
         notes.append(f"{len(stale)} checkpoint(s) not about this history are ignored (e.g. "
                      f"{_rel(root, stale[0])}): `trialsync repair` moves them aside")

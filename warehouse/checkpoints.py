@@ -2,7 +2,7 @@
 
 The manifest grows by one generation file per commit, and a writer used to parse and fold all of them
 (and the catalog to copy all of them) at every run: after a year of daily runs that was the part of a
-run's cost still growing with the number of runs. A checkpoint ``manifest/checkpoints/<generation>.json``
+run's cost still growing with the number of runs. A checkpoint ``checkpoints/<generation>.json``
 holds what the generations up to it fold to (the files, the meta, the autocompaction weights), the size
 of every generation file up to it, and a copy of the bytes of the generations since the previous
 checkpoint. A writer starts from the newest valid checkpoint and parses, verifies and copies into the
@@ -13,8 +13,10 @@ generation file still has a second copy to be restored from.
 A checkpoint is derived data, written after a commit point and never needed: one that is damaged,
 missing, or not about this history (its generation file's MD5 differs, e.g. after a repair rolled
 back) is ignored, and the generation files decide. ``trialsync check`` verifies every checkpoint
-against the generations it folds; ``trialsync repair`` writes damaged ones again. Older releases do
-not list this directory (its name is not a generation's), so they read the whole log as before.
+against the generations it folds, and that the checkpoints up to the newest hold a copy of every
+generation; ``trialsync repair`` takes damaged or missing ones again. Older releases ignore this
+directory and read the whole log; but their pre-flight check calls the catalog's missing copies damage
+until their own ``repair`` rewrites the catalog (nothing is lost).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import orjson
 from warehouse import manifest as manifests
 from warehouse.manifest import Generation, Manifest, ManifestEntry
 
-DIRECTORY = "checkpoints"  # under manifest/
+# Beside manifest/, not in it: a checkpoint holds the second copy of the generations before it, which
+# must outlive the loss of the manifest directory.
+DIRECTORY = "checkpoints"
 EVERY = 32  # generations between checkpoints: a writer parses at most this many (plus its own)
 FORMAT = 1
 
@@ -91,7 +95,7 @@ def md5(data: bytes) -> str:
 
 
 def directory(root: Path) -> Path:
-    return manifests.directory(root) / DIRECTORY
+    return root / DIRECTORY
 
 
 def path(root: Path, number: int) -> Path:

@@ -87,7 +87,8 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
     catalog_bad = any(p.kind == "catalog" for p in before.problems) or bool(rolled)
     manifest_bad = sorted(state.damaged)
     misfits = _misfit_checkpoints(state, kept)
-    if not (rolled or catalog_bad or manifest_bad or misfits or any(p.kind == "schema" for p in before.problems)):
+    if not (rolled or catalog_bad or manifest_bad or misfits
+            or any(p.kind in ("schema", "checkpoint") for p in before.problems)):
         return result  # nothing to do
     result.changed = True
     result.damaged_dir = str(bin_dir.relative_to(root))
@@ -147,15 +148,24 @@ def _misfit_checkpoints(state: LogState, kept: list[Generation]) -> list[int]:
 
 
 def _retake_checkpoints(root: Path, state: LogState, kept: list[Generation], misfits: list[int]) -> list[int]:
-    """Take again the moved checkpoints within ``kept``, so every generation keeps a second copy
-    once writers copy only the generations after the newest checkpoint into the catalog."""
+    """Take again the moved checkpoints within ``kept``; then, if the checkpoints up to the newest
+    do not hold a copy of every generation before it (one was deleted, or a repair was interrupted),
+    the newest again with copies of them all: writers copy only the later generations into the catalog."""
     numbers = sorted(n for n in {*state.checkpoints, *state.bad_checkpoints} if n <= len(kept))
-    taken = []
+    taken: list[int] = []
+    covered: set[int] = set()
     for i, number in enumerate(numbers):
-        if number in misfits:
+        checkpoint = state.checkpoints.get(number)
+        if number in misfits or checkpoint is None:
             since = numbers[i - 1] if i else 0
-            checkpoints.write(root, checkpoints.expected(kept, manifests.fold(kept[:number]), since))
+            checkpoint = checkpoints.expected(kept, manifests.fold(kept[:number]), since)
+            checkpoints.write(root, checkpoint)
             taken.append(number)
+        covered.update(checkpoint.copies)
+    if numbers and not covered.issuperset(range(1, numbers[-1] + 1)):
+        top = numbers[-1]
+        checkpoints.write(root, checkpoints.expected(kept, manifests.fold(kept[:top]), 0))
+        taken = sorted({*taken, top})
     return taken
 
 

@@ -52,7 +52,8 @@ class Warehouse:
 
     def manifest(self) -> Manifest:
         """The committed state, from the manifest files (those after the newest checkpoint, on top of
-        it); before their migration (or when the manifest directory is lost) from the catalog's own copy."""
+        it); before their migration (or when the manifest directory is lost) from the copies (the
+        catalog's, and the checkpoints' of the generations before the newest)."""
         if (head := manifests.head(self.root)) or not self.catalog_path.exists():
             base = checkpoints.newest(self.root, head)
             return manifests.fold(manifests.read_log(self.root, base.generation if base else 0), base)
@@ -60,7 +61,8 @@ class Warehouse:
             meta = catalog_file.catalog_meta(self.catalog_path)
             if "generation" not in meta:
                 return catalog_file.read_legacy_manifest(self.catalog_path)
-            return manifests.fold(catalog_file.read_catalog_log(self.catalog_path).values())
+            # the catalog's copies, and the checkpoints' of the generations before them
+            return manifests.fold(read_state(self.root).best())
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot read {self.catalog_path}: {str(exc).splitlines()[0]}") from None
 
