@@ -204,8 +204,9 @@ def due(head: int, base: Checkpoint | None) -> bool:
 
 
 def write(root: Path, checkpoint: Checkpoint) -> None:
-    """Atomically (a temporary file renamed into place); the directory fsync is best effort: a lost
-    checkpoint only means reading more generations."""
+    """Atomically (a temporary file renamed into place); the directory fsync is best effort: if a power
+    cut loses the newest checkpoint, writers start from the one before it (reading, and copying into
+    the catalog, more generations); ``check`` names a lost older one, ``repair`` takes it again."""
     final = path(root, checkpoint.generation)
     final.parent.mkdir(exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
