@@ -41,6 +41,12 @@ def sync_run_ids(store: Warehouse) -> list[str]:
         return [r[0] for r in con.execute("SELECT run_id FROM sync_runs ORDER BY run_id").fetchall()]
 
 
+def assert_intact(store: Warehouse, days: list[int]) -> None:
+    """The deep check passes and the runs of ``days`` are what the warehouse answers, in order."""
+    assert check(store.root, deep=True).ok
+    assert sync_run_ids(store) == [f"run{d:03d}" for d in days]
+
+
 def catalog_copies(root: Path) -> list[int]:
     with open_catalog(root / "warehouse.duckdb") as con:
         return [r[0] for r in con.execute("SELECT generation FROM _manifest_log ORDER BY generation").fetchall()]
@@ -143,8 +149,7 @@ def test_a_writer_parses_only_the_generations_after_the_newest_checkpoint(
         assert all(n > start.generation for n in parsed), (start.generation, parsed)
         seen += len(parsed)
     assert seen > 0
-    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 18)]
-    assert check(warehouse_dir, deep=True).ok
+    assert_intact(store, list(range(1, 18)))
 
 
 def test_a_damaged_generation_before_a_checkpoint_is_restored_from_the_checkpoints_copy(
@@ -165,8 +170,7 @@ def test_a_damaged_generation_before_a_checkpoint_is_restored_from_the_checkpoin
     result = repair(warehouse_dir)
     assert result.restored_manifest == [2] and result.rolled_back == []
     assert second.read_bytes() == original
-    assert check(warehouse_dir, deep=True).ok
-    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 12)]
+    assert_intact(store, list(range(1, 12)))
 
 
 def test_a_damaged_checkpoint_is_passed_over_by_writers_and_taken_again_by_repair(
@@ -187,8 +191,7 @@ def test_a_damaged_checkpoint_is_passed_over_by_writers_and_taken_again_by_repai
     result = repair(warehouse_dir)
     assert result.checkpoints_taken == [8] and result.rolled_back == []
     assert eighth.read_bytes() == original
-    assert check(warehouse_dir, deep=True).ok
-    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 12)]
+    assert_intact(store, list(range(1, 12)))
 
 
 def test_a_missing_generation_file_before_a_checkpoint_still_stops_a_writer(
@@ -216,8 +219,7 @@ def test_a_checkpoint_beyond_a_rollback_is_moved_aside_and_never_read_again(
     assert checkpoints.numbers(warehouse_dir) == [4]
     commit_days(store, range(11, 15))  # generations 6..9 again: another history, a new checkpoint at 8
     assert checkpoints.numbers(warehouse_dir) == [4, 8]
-    assert check(warehouse_dir, deep=True).ok
-    assert sync_run_ids(store) == [*(f"run{d:03d}" for d in range(1, 6)), *(f"run{d:03d}" for d in range(11, 15))]
+    assert_intact(store, [*range(1, 6), *range(11, 15)])
 
 
 def test_a_writer_after_the_checkpoints_were_deleted_copies_every_generation_into_its_catalog(
@@ -267,8 +269,7 @@ def test_a_writer_passes_over_its_only_checkpoint_when_it_is_damaged(
     assert [p.kind for p in check(warehouse_dir).problems] == ["checkpoint"]
     assert repair(warehouse_dir).checkpoints_taken == [4]
     assert fourth.read_bytes() == original
-    assert check(warehouse_dir, deep=True).ok
-    assert sync_run_ids(store) == [f"run{d:03d}" for d in range(1, 7)]
+    assert_intact(store, list(range(1, 7)))
 
 
 def test_a_checkpoint_half_written_when_the_writer_died_is_ignored_and_cleaned_up(
