@@ -91,27 +91,33 @@ def process_shard(job: ShardJob) -> ShardResult:
             for start in range(0, job.members.num_rows, job.batch_size):
                 if (run_dir / CANCEL_MARKER).exists():
                     raise ShardCancelled(f"shard {job.key}: the run was cancelled")
-                batch = members(job.members.slice(start, job.batch_size))
-                unread = [m for m in batch if m.header_offset in skip]
-                plan = _plan(reader, [m for m in batch if m.header_offset not in skip] if unread else batch,
-                             heads, job.ctx)
-                for member in unread:
-                    head = heads[member.nct_id]
-                    plan.seen.append((member.nct_id, head.version))
-                    plan.unchanged += 1
-                    if head.registry_updated and (plan.newest_update is None
-                                                  or head.registry_updated > plan.newest_update):
-                        plan.newest_update = head.registry_updated
-                result.unread += len(unread)
-                writer.append_plan(plan, job.ctx)
-                heads.update(plan.heads)
-                _count(result, plan, len(batch))
+                _process_batch(reader, members(job.members.slice(start, job.batch_size)), skip, heads, job.ctx,
+                               writer, result)
         result.parts = writer.close()
     except BaseException:
         writer.abort()
         raise
     result.seconds = round(time.monotonic() - clock, 3)
     return result
+
+
+def _process_batch(reader: MemberReader, batch: list[Member], skip: set[int], heads: dict[str, Head],
+                   ctx: RunContext, writer: PartWriter, result: ShardResult) -> None:
+    """Plan and stage one batch. A function of its own so that the batch's objects are freed when it
+    returns: the cyclic collector, switched on again after the shard, would otherwise walk the last
+    batch's ~100,000 objects (~30 ms a shard)."""
+    unread = [m for m in batch if m.header_offset in skip]
+    plan = _plan(reader, [m for m in batch if m.header_offset not in skip] if unread else batch, heads, ctx)
+    for member in unread:
+        head = heads[member.nct_id]
+        plan.seen.append((member.nct_id, head.version))
+        plan.unchanged += 1
+        if head.registry_updated and (plan.newest_update is None or head.registry_updated > plan.newest_update):
+            plan.newest_update = head.registry_updated
+    result.unread += len(unread)
+    writer.append_plan(plan, ctx)
+    heads.update(plan.heads)
+    _count(result, plan, len(batch))
 
 
 def _skippable(reader: MemberReader, job: ShardJob, heads: dict[str, Head], result: ShardResult) -> set[int]:
