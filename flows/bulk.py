@@ -39,6 +39,7 @@ from flows.shards import (
     process_shard,
 )
 from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, log_stale
+from pipeline import hashing
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, is_url
 from pipeline.registry.download import download
@@ -132,7 +133,8 @@ def load_bulk(
         summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
         params = {"archive": str(archive.path), "members": str(archive.members),
                   "json_bytes": str(archive.json_bytes), "skipped": str(archive.skipped),
-                  "batch_size": str(batch_size), **reading.params(verify)}
+                  "batch_size": str(batch_size), "canonicaliser": hashing.implementation(),
+                  **reading.params(verify)}
         (run.dir / VERIFY_MARKER).unlink(missing_ok=True)
         commit_run(run, summary, started, params=params, api_url=source)
     if reading.mismatched:

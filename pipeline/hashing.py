@@ -30,6 +30,11 @@ from typing import Any
 import msgspec
 import orjson
 
+try:  # pipeline/_canonical.c, built by `pip install` where a C compiler is (setup.py); else Python only
+    from pipeline import _canonical
+except ImportError:  # pragma: no cover - depends on the machine that installed the package
+    _canonical = None  # type: ignore[assignment]
+
 HASH_RULE_VERSION = "2"  # bump when the canonical form below changes
 
 
@@ -87,9 +92,28 @@ def content_hash(record: Mapping[str, Any]) -> str:
 def hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
     """``content_hash`` and the paths of the record's keys the schema does not know (one walk).
 
-    Most records need no normalisation at all: ``_fast_canonical`` proves that (and sorts their
-    arrays) without visiting their leaves; the others take the full walk. Both give the same value."""
+    Most records need no normalisation at all: the C canonicaliser (``pipeline/_canonical.c``) or,
+    without it, ``_fast_canonical`` proves that (and sorts their arrays); the others take the full
+    walk. All give the same value (tests/test_hash_fast_path.py)."""
     material = material_content(record)
+    if _canonical is not None:
+        answer = _canonical.canonical(material, _shape_of_study())
+        if answer is not None:
+            return hashlib.blake2b(answer[0], digest_size=16).hexdigest(), frozenset(answer[1])
+    return _python_hash(material)
+
+
+def implementation() -> str:
+    """Which canonicaliser runs: ``C`` (pipeline/_canonical.c) or ``Python`` (no compiler at install)."""
+    return "C" if _canonical is not None else "Python"
+
+
+def python_hash_and_unknown(record: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
+    """``hash_and_unknown`` without the C canonicaliser (Python's fast path, else the walk)."""
+    return _python_hash(material_content(record))
+
+
+def _python_hash(material: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
     unknown: list[str] = []
     canonical = _fast_canonical(material, unknown)
     if canonical is not None:

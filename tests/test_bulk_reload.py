@@ -19,6 +19,7 @@ import pytest
 from bench import corpus
 from flows.bulk import run_load_bulk
 from flows.shards import ShardJob, process_shard
+from pipeline import hashing
 from pipeline.registry.bulk import BulkArchive
 from pipeline.versioning import RunContext
 from tests.conftest import STUDIES_DIR, load
@@ -105,6 +106,7 @@ def test_a_reload_of_an_unchanged_zip_reads_no_member_but_the_sample_and_writes_
     assert int(params["unread"]) + int(params["sampled"]) == SIZE
     assert int(params["unread"]) >= SIZE * 0.9
     assert (params["sample_mismatches"], params["verify"], params["verified_shards"]) == ("0", "false", "0")
+    assert params["canonicaliser"] == hashing.implementation()
     assert query(loaded, "SELECT count(*) FROM run_studies WHERE run_id = ?", [summary["run_id"]]) == [(SIZE,)]
     assert query(loaded, "SELECT count(*) FROM studies") == [(SIZE,)]
 
