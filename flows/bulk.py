@@ -1,9 +1,9 @@
 """``load_bulk``: the registry's bulk zip (``ctg-studies.json.zip``) as one run.
 
 The archive is checked before the writer opens (a truncated download is refused, nothing is
-written). Then one task per shard (the registry's 100 folders: the NCT id's last two digits) reads
-its members batch by batch, plans versions against the shard's slice of the heads, and writes the
-shard's part files; the run commits once, atomically, as mode ``bulk``, scope ``all``, source
+written). Then one task per shard (the registry's 100 folders: the NCT id's last two digits; small
+folders grouped, ``shard_tasks``) reads its members batch by batch, plans versions against the
+shard's slice of the heads, and writes the shard's part files; the run commits once, atomically, as mode ``bulk``, scope ``all``, source
 ``bulk``, with the newest ``lastUpdatePostDate`` as the scope's watermark, so a later
 ``trialsync sync`` continues incrementally from it. Shard tasks are plain functions of picklable
 jobs: they run in worker processes (both cores), or on a Dask cluster's workers (no Prefect there),
@@ -26,6 +26,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from flows import progress, settings
 from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
 from flows.lifecycle import ignore_interrupts
@@ -41,13 +43,17 @@ from flows.shards import (
 from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, log_stale
 from pipeline import hashing
 from pipeline.errors import UsageError
-from pipeline.registry.bulk import BulkArchive, is_url
+from pipeline.registry.bulk import BulkArchive, group_shards, is_url
 from pipeline.registry.download import download
 from pipeline.versioning import RunContext
 from warehouse import Warehouse
 from warehouse.heads import HEAD_SCHEMA
 
 BULK_SCOPE = "all"  # the bulk file is the whole registry: the same scope as a plain `trialsync sync`
+# Members a shard task reads at least: small folders are grouped (``group_shards``); at the registry's
+# size each folder (~6,000 studies) is a task of its own. Fewer, fuller part files cost less to write
+# (~1 ms a file and table) and to read. Capped so that each worker still gets two tasks or more.
+TASK_STUDIES = 2_000
 
 
 @task(name="load-shard", cache_policy=NONE, task_run_name="shard-{job.key}")
@@ -102,11 +108,10 @@ def load_bulk(
         head_slices = run.head_index().shards()
         ctx = RunContext(run_id, started, "bulk")
         progress.emit("start", run_id=run_id, mode="bulk", since=None, scope=BULK_SCOPE, total=archive.members)
+        jobs = [ShardJob(str(archive.path), key, members, heads, ctx, str(run.dir), batch_size, verify, sample)
+                for key, members, heads in shard_tasks(archive, head_slices, _workers(processes, dask))]
         with pool as executor:  # closed (its workers gone) before the changes and the commit
-            futures = [load_shard.submit(ShardJob(str(archive.path), key, shard,
-                                                  head_slices.get(key, HEAD_SCHEMA.empty_table()), ctx,
-                                                  str(run.dir), batch_size, verify, sample), executor)
-                       for key, shard in archive.shards.items()]
+            futures = [load_shard.submit(job, executor) for job in jobs]
             totals = RunTotals(total_count=archive.members)
             reading = ReadCounts()
             try:
@@ -145,6 +150,25 @@ def load_bulk(
                 summary.duration_seconds, reading.unread)
     progress.emit("done", **summary.as_dict())
     return summary.as_dict()
+
+
+def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
+                workers: int) -> list[tuple[str, pa.Table, pa.Table]]:
+    """(task key, members, heads) of each shard task: folders grouped to ``TASK_STUDIES`` members, or
+    fewer when that would leave a worker with less than two tasks. A group's key: ``00`` or ``00-03``."""
+    at_least = max(1, min(TASK_STUDIES, -(-archive.members // (2 * workers))))
+    tasks = []
+    for keys in group_shards({key: shard.num_rows for key, shard in archive.shards.items()}, at_least):
+        members = pa.concat_tables([archive.shards[key] for key in keys])
+        heads = pa.concat_tables([head_slices.get(key, HEAD_SCHEMA.empty_table()) for key in keys])
+        tasks.append((keys[0] if len(keys) == 1 else f"{keys[0]}-{keys[-1]}", members, heads))
+    return tasks
+
+
+def _workers(processes: int | None, dask: str | None) -> int:
+    if dask:
+        return max(processes or 1, 2)
+    return processes or 1
 
 
 class ReadCounts:

@@ -195,6 +195,24 @@ def shard_key(nct_id: str) -> str:
     return nct_id[-2:]
 
 
+def group_shards(sizes: dict[str, int], at_least: int) -> list[list[str]]:
+    """Consecutive shard keys in groups of at least ``at_least`` members (the last group may hold
+    fewer): one task per group. Each task writes one file per table, so 100 tasks for a small archive
+    would write 100 small files per table (per-file costs, footers every view reads)."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    count = 0
+    for key, size in sizes.items():
+        current.append(key)
+        count += size
+        if count >= at_least:
+            groups.append(current)
+            current, count = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
 class MemberReader:
     """Reads members of one archive from an open file (one per worker; not shared across processes)."""
 

@@ -1,0 +1,54 @@
+"""A bulk load's tasks: the registry's 100 folders, grouped while they are small (fewer, fuller files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench import corpus
+from flows.bulk import shard_tasks
+from pipeline.registry.bulk import BulkArchive, group_shards
+from tests.conftest import STUDIES_DIR
+from warehouse.heads import HEAD_SCHEMA, HeadIndex
+
+SIZES = st.lists(st.integers(0, 50), min_size=1, max_size=100).map(
+    lambda sizes: {f"{i:02d}": n for i, n in enumerate(sizes)})
+
+
+@given(SIZES, st.integers(1, 200))
+def test_groups_are_consecutive_folders_each_just_big_enough(sizes: dict[str, int], at_least: int) -> None:
+    groups = group_shards(sizes, at_least)
+    assert [key for group in groups for key in group] == list(sizes)  # every folder once, in order
+    for group in groups[:-1]:
+        assert sum(sizes[k] for k in group) >= at_least  # big enough ...
+        assert sum(sizes[k] for k in group[:-1]) < at_least  # ... and no bigger than it needs to be
+    assert all(groups)
+
+
+def test_a_registry_sized_archive_keeps_one_task_per_folder(tmp_path: Path) -> None:
+    """At ~6,000 studies a folder, each folder is a task of its own (the registry's layout)."""
+    folder = pa.table({"n": list(range(6_000))})
+    archive = BulkArchive(tmp_path / "x.zip", {f"{i:02d}": folder for i in range(100)}, 600_000, 0, 0)
+    tasks = shard_tasks(archive, {}, workers=2)
+    assert [key for key, _, _ in tasks] == [f"{i:02d}" for i in range(100)]
+
+
+def test_a_small_archive_is_read_in_a_few_tasks_that_keep_every_member_and_head(tmp_path: Path) -> None:
+    corpus.generate(STUDIES_DIR, 1_000, tmp_path, seed=3)
+    archive = BulkArchive.open(tmp_path / "base.zip")
+    ids = sorted(n for shard in archive.shards.values() for n in shard["nct_id"].to_pylist())
+    index = HeadIndex(pa.table({"nct_id": ids[::7], "version": [1] * len(ids[::7]),
+                                "content_hash": ids[::7], "is_removed": [False] * len(ids[::7]),
+                                "registry_updated": [None] * len(ids[::7]), "member_key": [None] * len(ids[::7])},
+                               schema=HEAD_SCHEMA))
+    tasks = shard_tasks(archive, index.shards(), workers=2)
+    # 1,000 members, 2 workers: groups of >= 250 (two tasks a worker), not 100 tasks of ~10.
+    assert len(tasks) == 4
+    assert tasks[0][0].startswith("00-")
+    assert all(members.num_rows >= 250 for _, members, _ in tasks[:-1])
+    assert sorted(n for _, members, _ in tasks for n in members["nct_id"].to_pylist()) == ids
+    for _, members, heads in tasks:  # each task has the heads of its own studies, and only those
+        assert set(heads["nct_id"].to_pylist()) == set(members["nct_id"].to_pylist()) & set(ids[::7])
