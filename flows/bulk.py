@@ -3,11 +3,12 @@
 The archive is checked before the writer opens (a truncated download is refused, nothing is
 written). Then one task per shard (the registry's 100 folders: the NCT id's last two digits; small
 folders grouped, ``shard_tasks``) reads its members batch by batch, plans versions against the
-shard's slice of the heads, and writes the shard's part files; the run commits once, atomically, as mode ``bulk``, scope ``all``, source
-``bulk``, with the newest ``lastUpdatePostDate`` as the scope's watermark, so a later
-``trialsync sync`` continues incrementally from it. Shard tasks are plain functions of picklable
-jobs: they run in worker processes (both cores), or on a Dask cluster's workers (no Prefect there),
-which see the archive and the warehouse on a shared filesystem.
+shard's slice of the heads, and writes the shard's part files; the run commits once, atomically,
+as mode ``bulk``, scope ``all``, source ``bulk``, with the newest ``lastUpdatePostDate`` as the
+scope's watermark, so a later ``trialsync sync`` continues incrementally from it. Shard tasks are
+plain functions of picklable jobs: they run in worker processes (both cores), or on a Dask
+cluster's workers (no Prefect there), which see the archive and the warehouse on a shared
+filesystem.
 
 Memory: a worker holds one batch of records and its shard's heads; the flow holds the archive's
 member offsets and the columnar head index (~45 + ~55 bytes a study).

@@ -84,6 +84,7 @@ def reap(timeout: float = REAP_SECONDS) -> list[int]:
     Returns the pids that had to be stopped."""
     import psutil  # a declared dependency: without it no child would be reaped, so no silent fallback
 
+    _stop_resource_tracker()
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
@@ -97,6 +98,17 @@ def reap(timeout: float = REAP_SECONDS) -> list[int]:
             child.kill()
     psutil.wait_procs(alive, timeout=timeout)
     return [c.pid for c in children]
+
+
+def _stop_resource_tracker() -> None:
+    """multiprocessing's resource tracker (started with a spawn pool) ignores SIGTERM by design: it
+    leaves when its pipe closes, after unlinking anything the workers leaked. Closed that way first, it
+    is not among the children ``reap`` terminates, so exits no longer wait REAP_SECONDS to kill it."""
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    stop = getattr(getattr(tracker, "_resource_tracker", None), "_stop", None)
+    if stop is not None:
+        with suppress(Exception):  # a private API: at worst the tracker is terminated as before
+            stop()
 
 
 def ignore_interrupts() -> None:

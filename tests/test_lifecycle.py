@@ -161,3 +161,31 @@ def test_deployment_files_are_found_from_any_directory(tmp_path: Path, monkeypat
     alerts = {d.name: d for d in load(DEPLOY_FILE)}["alerts-after-sync"]
     assert alerts.parameters["config"] == str(ROOT / "deploy" / "watchlists.yaml")
     assert Path(alerts.parameters["config"]).is_file()
+
+
+REAP_SCRIPT = """
+import json, multiprocessing, os, sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import resource_tracker
+from flows import lifecycle
+
+with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    assert pool.submit(os.getpid).result() != os.getpid()
+tracker = resource_tracker._resource_tracker._pid
+print(json.dumps({"tracker": tracker, "stopped": lifecycle.reap(timeout=60)}))
+"""
+
+
+def test_exiting_after_a_process_pool_closes_the_resource_tracker_instead_of_killing_it(tmp_path: Path) -> None:
+    """multiprocessing's resource tracker ignores SIGTERM: terminated by ``reap`` it was killed only
+    after REAP_SECONDS, at every exit of a `load-bulk`. Closed through its pipe, it is gone before."""
+    import json
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", REAP_SCRIPT], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert isinstance(answer["tracker"], int)  # the pool started one
+    assert answer["stopped"] == []  # nothing left for reap to terminate: the tracker left through its pipe
+    assert not psutil.pid_exists(answer["tracker"])
