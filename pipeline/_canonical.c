@@ -32,6 +32,7 @@ typedef struct {
     PyObject *unknown;     /* list of str */
     PyObject **path;       /* the keys above the current value (borrowed) */
     Py_ssize_t depth, path_cap;
+    int nesting; /* containers open around the current value */
 } State;
 
 static PyObject *float_dumps = NULL; /* orjson.dumps, for floats (its shortest round-trip form) */
@@ -68,35 +69,33 @@ static unsigned char escaped[256]; /* 1 for the bytes that need an escape (fille
 
 static int put_text(Buffer *b, const char *s, Py_ssize_t n) {
     static const char hex[] = "0123456789abcdef";
-    if (grow(b, 2 + 6 * n) != OK) return ERROR;
-    char *o = b->data + b->len;
-    *o++ = '"';
+    if (put_char(b, '"') != OK) return ERROR;
     Py_ssize_t i = 0;
     while (i < n) {
         Py_ssize_t run = i;
         while (run < n && !escaped[(unsigned char)s[run]]) run++;
-        memcpy(o, s + i, run - i);
-        o += run - i;
+        if (put(b, s + i, run - i) != OK) return ERROR;
         if (run == n) break;
         unsigned char c = (unsigned char)s[run];
         i = run + 1;
-        *o++ = '\\';
+        char escape[6] = {'\\', 0, 0, 0, 0, 0};
+        Py_ssize_t size = 2;
         switch (c) {
-            case '"': *o++ = '"'; break;
-            case '\\': *o++ = '\\'; break;
-            case '\b': *o++ = 'b'; break;
-            case '\t': *o++ = 't'; break;
-            case '\n': *o++ = 'n'; break;
-            case '\f': *o++ = 'f'; break;
-            case '\r': *o++ = 'r'; break;
+            case '"': escape[1] = '"'; break;
+            case '\\': escape[1] = '\\'; break;
+            case '\b': escape[1] = 'b'; break;
+            case '\t': escape[1] = 't'; break;
+            case '\n': escape[1] = 'n'; break;
+            case '\f': escape[1] = 'f'; break;
+            case '\r': escape[1] = 'r'; break;
             default:
-                *o++ = 'u'; *o++ = '0'; *o++ = '0';
-                *o++ = hex[c >> 4]; *o++ = hex[c & 15];
+                escape[1] = 'u'; escape[2] = '0'; escape[3] = '0';
+                escape[4] = hex[c >> 4]; escape[5] = hex[c & 15];
+                size = 6;
         }
+        if (put(b, escape, size) != OK) return ERROR;
     }
-    *o++ = '"';
-    b->len = o - b->data;
-    return OK;
+    return put_char(b, '"');
 }
 
 /* Whether a non-ASCII str may not be in NFC: every character below U+0300 (where the combining
@@ -229,9 +228,14 @@ static int put_object(State *st, PyObject *obj, PyObject *shape) {
     if (!members) { PyErr_NoMemory(); return ERROR; }
     PyObject *key, *value;
     int status = OK;
+    /* Keys and values are held by strong references: the calls below (a Python call for text that
+     * may not be in NFC, allocations that may run the cyclic collector) could otherwise free them. */
     while (PyDict_Next(obj, &pos, &key, &value)) {
         PyObject *child = Py_None;
-        if (!PyUnicode_CheckExact(key)) { status = FALLBACK; break; }
+        if (!PyUnicode_CheckExact(key) || kept == size || PyDict_GET_SIZE(obj) != size) {
+            status = FALLBACK;  /* a key that is not text, or the dict changed under us */
+            break;
+        }
         if (shape != Py_None) {
             child = PyDict_GetItemWithError(shape, key);
             if (!child) {
@@ -240,11 +244,11 @@ static int put_object(State *st, PyObject *obj, PyObject *shape) {
                 continue;
             }
         }
-        if ((status = text_of(key, &members[kept].key, &members[kept].len)) != OK) break;
-        members[kept].name = key;
-        members[kept].value = value;
-        members[kept].shape = child;
+        members[kept].name = Py_NewRef(key);
+        members[kept].value = Py_NewRef(value);
+        members[kept].shape = child;  /* the shape outlives the call (the caller holds it) */
         kept++;
+        if ((status = text_of(key, &members[kept - 1].key, &members[kept - 1].len)) != OK) break;
     }
     if (status == OK) {
         qsort(members, kept, sizeof(Member), compare_members);
@@ -259,22 +263,29 @@ static int put_object(State *st, PyObject *obj, PyObject *shape) {
         }
         if (status == OK) status = put_char(&st->out, '}');
     }
+    for (Py_ssize_t i = 0; i < kept; i++) {
+        Py_DECREF(members[i].name);
+        Py_DECREF(members[i].value);
+    }
     PyMem_Free(members);
     return status;
 }
 
 static int put_array(State *st, PyObject *list, PyObject *shape) {
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    if (n == 0) return put(&st->out, "[]", 2);
+    if (PyList_GET_SIZE(list) == 0) return put(&st->out, "[]", 2);
+    /* A snapshot holds the elements (see put_object: nothing may free them while we write). */
+    PyObject *elements = PyList_AsTuple(list);
+    if (!elements) return ERROR;
+    Py_ssize_t n = PyTuple_GET_SIZE(elements);
     Py_ssize_t begin = st->out.len;
-    Segment *items = PyMem_Malloc(n * sizeof(Segment));
-    if (!items) { PyErr_NoMemory(); return ERROR; }
+    Segment *items = PyMem_Malloc((n ? n : 1) * sizeof(Segment));
+    if (!items) { Py_DECREF(elements); PyErr_NoMemory(); return ERROR; }
     int status = OK;
     /* Each element is written after the previous one (offsets, not pointers: the buffer may move
      * while it grows), then the elements are sorted in a copy and written back in order. */
     for (Py_ssize_t i = 0; i < n && status == OK; i++) {
         Py_ssize_t at = st->out.len;
-        status = put_value(st, PyList_GET_ITEM(list, i), shape);
+        status = put_value(st, PyTuple_GET_ITEM(elements, i), shape);
         items[i].offset = at - begin;
         items[i].len = st->out.len - at;
     }
@@ -295,6 +306,8 @@ static int put_array(State *st, PyObject *list, PyObject *shape) {
             if (status == OK) status = put_char(&st->out, ']');
             PyMem_Free(copy);
         }
+    } else if (status == OK && n == 0) {  /* emptied under us */
+        status = put(&st->out, "[]", 2);
     } else if (status == OK) {  /* one element: wrap it where it stands */
         Py_ssize_t len = st->out.len - begin;
         if ((status = grow(&st->out, 2)) == OK) {
@@ -305,24 +318,23 @@ static int put_array(State *st, PyObject *list, PyObject *shape) {
         }
     }
     PyMem_Free(items);
+    Py_DECREF(elements);
     return status;
 }
 
+/* Containers deeper than this go to the Python path (orjson refuses more than 254 levels; the
+ * Python path then decides, as it would without this module). */
+#define MAX_NESTING 200
+
 static int put_value(State *st, PyObject *v, PyObject *shape) {
     int status;
-    if (PyDict_CheckExact(v)) {
-        if (Py_EnterRecursiveCall(" in canonical")) return ERROR;
-        status = put_object(st, v, shape);
-        Py_LeaveRecursiveCall();
-        return status;
-    }
-    if (PyList_CheckExact(v)) {
-        if (Py_EnterRecursiveCall(" in canonical")) return ERROR;
-        status = put_array(st, v, shape);
-        Py_LeaveRecursiveCall();
-        return status;
-    }
-    return put_scalar(&st->out, v);
+    int is_object = PyDict_CheckExact(v);
+    if (!is_object && !PyList_CheckExact(v)) return put_scalar(&st->out, v);
+    if (st->nesting >= MAX_NESTING) return FALLBACK;
+    st->nesting++;
+    status = is_object ? put_object(st, v, shape) : put_array(st, v, shape);
+    st->nesting--;
+    return status;
 }
 
 static PyObject *canonical(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -336,7 +348,7 @@ static PyObject *canonical(PyObject *module, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "shape must be a dict or None");
         return NULL;
     }
-    State st = {{NULL, 0, 0}, PyList_New(0), NULL, 0, 0};
+    State st = {{NULL, 0, 0}, PyList_New(0), NULL, 0, 0, 0};
     if (!st.unknown) return NULL;
     int status = put_value(&st, value, shape);
     PyObject *result = NULL;

@@ -129,3 +129,23 @@ def test_c_sorts_arrays_so_their_order_does_not_move_the_hash() -> None:
     answer = _c(first)
     assert answer is not None and b'"conditions":["a","b","c"]' in answer[0]
     assert hash_and_unknown(first) == hash_and_unknown(second)
+
+
+@built
+@pytest.mark.parametrize("depth", [150, 254, 300, 2_000])
+def test_c_leaves_deep_nesting_to_the_python_path(depth: int) -> None:
+    """orjson refuses more than 254 levels; the C path declines past 200, so a C build and a Python-only
+    install agree on every record (a hash, or the same error)."""
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value, "y"]  # lists: kept whatever the shape (objects' unknown keys would be left out)
+    record = copy.deepcopy(REAL[0])
+    record["derivedSection"] = {"miscInfoModule": {"submissionTracking": value}}
+    assert (_c(record) is None) == (depth > 195)
+    try:
+        expected: Any = python_hash_and_unknown(record)
+    except (TypeError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            hash_and_unknown(record)
+        return
+    assert hash_and_unknown(record) == expected
