@@ -36,9 +36,7 @@ def results_rows(study: s.Study) -> dict[str, Columns]:
     return {
         "results_details": _details(r, annotation, documents),
         "result_groups": _groups(r),
-        "result_measures": measures.measures,
-        "result_measurements": measures.measurements,
-        "result_denoms": measures.denoms,
+        **measures.tables(),
         "result_analyses": _analyses((outcomes.outcome_measures if outcomes else None) or ()),
         "participant_flow": _flow(r.participant_flow_module),
         "adverse_events": _adverse_events(r.adverse_events_module),
@@ -90,18 +88,12 @@ _TOTALS = _GROUP_COLUMNS[6:]
 
 
 def _groups(r: s.ResultsSection) -> Columns:
-    out: Columns = {c: [] for c in _GROUP_COLUMNS}
+    rows: list[tuple[Any, ...]] = []
 
     def add(module: str, measure: int | None, groups: Sequence[Any] | None) -> None:
         for ordinal, g in enumerate(groups or ()):
-            out["module"].append(module)
-            out["measure_ordinal"].append(measure)
-            out["ordinal"].append(ordinal)
-            out["group_id"].append(g.id)
-            out["title"].append(g.title)
-            out["description"].append(g.description)
-            for column in _TOTALS:
-                out[column].append(getattr(g, column, None))
+            rows.append((module, measure, ordinal, g.id, g.title, g.description,
+                         *(getattr(g, column, None) for column in _TOTALS)))
 
     flow, baseline = r.participant_flow_module, r.baseline_characteristics_module
     add("participant_flow", None, flow.groups if flow else None)
@@ -110,7 +102,15 @@ def _groups(r: s.ResultsSection) -> Columns:
         add("outcome", index, outcome.groups)
     events = r.adverse_events_module
     add("adverse_events", None, events.event_groups if events else None)
-    return out
+    return _columns(_GROUP_COLUMNS, rows)
+
+
+def _columns(names: Sequence[str], rows: list[tuple[Any, ...]]) -> Columns:
+    """Row tuples as columns, transposed by ``zip`` (appending each value to its column in a Python
+    loop was most of the results tables' cost)."""
+    if not rows:
+        return {name: [] for name in names}
+    return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
 
 
 _MEASURE_COLUMNS = ("module", "measure_ordinal", "outcome_type", "title", "description", "population_description",
@@ -129,9 +129,14 @@ class _Measures:
     measurements, with denominators at the module (baseline only), measure and class level."""
 
     def __init__(self) -> None:
-        self.measures: Columns = {c: [] for c in _MEASURE_COLUMNS}
-        self.measurements: Columns = {c: [] for c in _MEASUREMENT_COLUMNS}
-        self.denoms: Columns = {c: [] for c in _DENOM_COLUMNS}
+        self._measures: list[tuple[Any, ...]] = []
+        self._measurements: list[tuple[Any, ...]] = []
+        self._denom_rows: list[tuple[Any, ...]] = []
+
+    def tables(self) -> dict[str, Columns]:
+        return {"result_measures": _columns(_MEASURE_COLUMNS, self._measures),
+                "result_measurements": _columns(_MEASUREMENT_COLUMNS, self._measurements),
+                "result_denoms": _columns(_DENOM_COLUMNS, self._denom_rows)}
 
     def add_baseline(self, module: s.BaselineCharacteristicsModule) -> None:
         self._denoms("baseline", None, None, module.denoms)
@@ -145,11 +150,9 @@ class _Measures:
     def _measure(self, module: str, index: int, m: s.BaselineMeasure | s.OutcomeMeasure, outcome_type: Any,
                  reporting_status: Any, anticipated: str | None, time_frame: str | None,
                  units_analyzed: str | None) -> None:
-        values = (module, index, outcome_type, m.title, m.description, m.population_description, reporting_status,
-                  anticipated, m.param_type, m.dispersion_type, m.unit_of_measure, m.calculate_pct, time_frame,
-                  units_analyzed, m.denom_units_selected)
-        for column, value in zip(_MEASURE_COLUMNS, values, strict=True):
-            self.measures[column].append(value)
+        self._measures.append((module, index, outcome_type, m.title, m.description, m.population_description,
+                               reporting_status, anticipated, m.param_type, m.dispersion_type, m.unit_of_measure,
+                               m.calculate_pct, time_frame, units_analyzed, m.denom_units_selected))
         self._denoms(module, index, None, m.denoms)
         for class_index, klass in enumerate(m.classes or ()):
             self._denoms(module, index, class_index, klass.denoms)
@@ -157,21 +160,18 @@ class _Measures:
             for category_index, category in enumerate(categories):
                 measurements: Sequence[s.Measurement | None] = (category.measurements if category else None) or [None]
                 for ordinal, x in enumerate(measurements):
-                    row = (module, index, class_index, klass.title,
-                           category_index if category else None, category.title if category else None,
-                           ordinal if x else None, x.group_id if x else None, x.value if x else None,
-                           x.spread if x else None, x.lower_limit if x else None, x.upper_limit if x else None,
-                           x.comment if x else None)
-                    for column, value in zip(_MEASUREMENT_COLUMNS, row, strict=True):
-                        self.measurements[column].append(value)
+                    self._measurements.append((
+                        module, index, class_index, klass.title,
+                        category_index if category else None, category.title if category else None,
+                        ordinal if x else None, x.group_id if x else None, x.value if x else None,
+                        x.spread if x else None, x.lower_limit if x else None, x.upper_limit if x else None,
+                        x.comment if x else None))
 
     def _denoms(self, module: str, measure: int | None, klass: int | None, denoms: Sequence[s.Denom] | None) -> None:
         for denom_index, denom in enumerate(denoms or ()):
             for ordinal, count in enumerate(denom.counts or [None]):
-                row = (module, measure, klass, denom_index, denom.units, ordinal if count else None,
-                       count.group_id if count else None, count.value if count else None)
-                for column, value in zip(_DENOM_COLUMNS, row, strict=True):
-                    self.denoms[column].append(value)
+                self._denom_rows.append((module, measure, klass, denom_index, denom.units, ordinal if count else None,
+                                         count.group_id if count else None, count.value if count else None))
 
 
 _ANALYSIS_FIELDS = ("param_type", "param_value", "dispersion_type", "dispersion_value", "statistical_method",
@@ -182,14 +182,9 @@ _ANALYSIS_FIELDS = ("param_type", "param_value", "dispersion_type", "dispersion_
 
 
 def _analyses(outcomes: Sequence[s.OutcomeMeasure]) -> Columns:
-    out: Columns = {"measure_ordinal": [], "ordinal": [], **{f: [] for f in _ANALYSIS_FIELDS}}
-    for index, outcome in enumerate(outcomes):
-        for ordinal, a in enumerate(outcome.analyses or ()):
-            out["measure_ordinal"].append(index)
-            out["ordinal"].append(ordinal)
-            for name in _ANALYSIS_FIELDS:
-                out[name].append(getattr(a, name))
-    return out
+    rows = [(index, ordinal, *(getattr(a, name) for name in _ANALYSIS_FIELDS))
+            for index, outcome in enumerate(outcomes) for ordinal, a in enumerate(outcome.analyses or ())]
+    return _columns(("measure_ordinal", "ordinal", *_ANALYSIS_FIELDS), rows)
 
 
 _FLOW_COLUMNS = ("period_ordinal", "period_title", "kind", "item_ordinal", "item_type", "item_comment", "ordinal",
@@ -197,11 +192,10 @@ _FLOW_COLUMNS = ("period_ordinal", "period_title", "kind", "item_ordinal", "item
 
 
 def _flow(module: s.ParticipantFlowModule | None) -> Columns:
-    out: Columns = {c: [] for c in _FLOW_COLUMNS}
+    rows: list[tuple[Any, ...]] = []
 
     def add(*row: Any) -> None:
-        for column, value in zip(_FLOW_COLUMNS, row, strict=True):
-            out[column].append(value)
+        rows.append(row)
 
     for period_index, period in enumerate((module.periods if module else None) or ()):
         items: list[tuple[str, int, s.FlowMilestone | s.DropWithdraw, Sequence[s.FlowStats] | None]] = [
@@ -215,7 +209,7 @@ def _flow(module: s.ParticipantFlowModule | None) -> Columns:
                 add(period_index, period.title, kind, item_index, item.type, item.comment,
                     ordinal if x else None, x.group_id if x else None, x.comment if x else None,
                     x.num_subjects if x else None, x.num_units if x else None)
-    return out
+    return _columns(_FLOW_COLUMNS, rows)
 
 
 _EVENT_COLUMNS = ("kind", "event_ordinal", "term", "organ_system", "source_vocabulary", "assessment_type", "notes",
@@ -223,18 +217,13 @@ _EVENT_COLUMNS = ("kind", "event_ordinal", "term", "organ_system", "source_vocab
 
 
 def _adverse_events(module: s.AdverseEventsModule | None) -> Columns:
-    out: Columns = {c: [] for c in _EVENT_COLUMNS}
-    if module is None:
-        return out
-    for kind, events in (("serious", module.serious_events), ("other", module.other_events)):
+    rows: list[tuple[Any, ...]] = []
+    for kind, events in ((("serious", module.serious_events), ("other", module.other_events)) if module else ()):
         for event_index, e in enumerate(events or ()):
-            for ordinal, x in enumerate(e.stats or [None]):
-                row = (kind, event_index, e.term, e.organ_system, e.source_vocabulary, e.assessment_type, e.notes,
-                       ordinal if x else None, x.group_id if x else None, x.num_events if x else None,
-                       x.num_affected if x else None, x.num_at_risk if x else None)
-                for column, value in zip(_EVENT_COLUMNS, row, strict=True):
-                    out[column].append(value)
-    return out
+            head = (kind, event_index, e.term, e.organ_system, e.source_vocabulary, e.assessment_type, e.notes)
+            rows.extend((*head, ordinal, x.group_id, x.num_events, x.num_affected, x.num_at_risk) if x else
+                        (*head, None, None, None, None, None) for ordinal, x in enumerate(e.stats or [None]))
+    return _columns(_EVENT_COLUMNS, rows)
 
 
 def _unposted(annotation: s.UnpostedAnnotation | None) -> Columns:
