@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from functools import lru_cache
 from typing import NamedTuple
 
 from pipeline.errors import RecordInvalid
@@ -25,14 +26,24 @@ class PartialDate(NamedTuple):
 
 def parse_partial_date(raw: str, *, field: str = "date") -> PartialDate:
     """Parse a PartialDate; the first day of the period stands for a year or a month."""
+    parsed = _parse(raw)
+    if isinstance(parsed, str):
+        raise RecordInvalid(f"{field}: {raw!r} {parsed}")
+    return parsed
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse(raw: str) -> PartialDate | str:
+    """The date, or what is wrong with it. Cached: a version holds ~15 dates, and the same days recur
+    across studies (a PartialDate is immutable, so sharing one is safe)."""
     match = _PARTIAL.match(raw)
     if not match or (match.group(3) and not match.group(2)):
-        raise RecordInvalid(f"{field}: {raw!r} is not a yyyy, yyyy-MM or yyyy-MM-dd date")
+        return "is not a yyyy, yyyy-MM or yyyy-MM-dd date"
     year, month, day = match.groups()
     try:
         value = date(int(year), int(month or 1), int(day or 1))
     except ValueError as exc:
-        raise RecordInvalid(f"{field}: {raw!r} is not a calendar date ({exc})") from None
+        return f"is not a calendar date ({exc})"
     precision = "day" if day else "month" if month else "year"
     return PartialDate(value, raw, precision)
 

@@ -36,6 +36,14 @@ def test_malformed_dates_are_rejected_with_the_field_name(raw: str) -> None:
         parse_partial_date(raw, field="startDate")
 
 
+def test_a_date_parsed_before_names_the_field_of_each_later_caller() -> None:
+    """Parsing is cached by text (dates recur across studies); the error still names its field."""
+    for field in ("startDate", "completionDate", "startDate"):
+        with pytest.raises(RecordInvalid, match=f"^{field}: '2025-02-30' is not a calendar date"):
+            parse_partial_date("2025-02-30", field=field)
+    assert parse_partial_date("2025-02-28") is parse_partial_date("2025-02-28")
+
+
 def test_every_real_record_parses_to_the_values_in_its_json() -> None:
     forms = set()
     for record in real_records():
