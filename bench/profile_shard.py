@@ -1,7 +1,8 @@
 """Where a bulk load's time goes: cProfile of one shard's work (``process_shard``), by stage.
 
 ``python -m bench.profile_shard ZIP [KEY]`` prints one JSON line: studies, CPU seconds, and the
-seconds of each stage (cumulative time of the functions that do it). No heads: a first load.
+seconds of each stage (cumulative time of the functions that do it). No heads: a first load. The
+shard is the first task ``load-bulk`` would run with 2 workers (small folders grouped), or folder KEY.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
+from flows.bulk import shard_tasks
 from flows.shards import ShardJob, process_shard
 from pipeline.registry.bulk import BulkArchive
 from pipeline.versioning import RunContext
@@ -24,7 +26,8 @@ STAGES = {
     "read + inflate + CRC (libdeflate)": [("bulk.py", "read")],
     "JSON parse (orjson.loads)": [("~", "<built-in method orjson.loads>"), ("~", "<orjson.loads>")],
     "canonical form + BLAKE2b (hash_and_unknown)": [("hashing.py", "hash_and_unknown")],
-    "typed core columns (parse_study)": [("parse.py", "parse_study")],
+    "validation + typed core columns (parse_record)": [("parse.py", "parse_record")],
+    "child-table rows (flatten)": [("flatten.py", "flatten")],
     "Arrow tables (rows.plan_tables)": [("rows.py", "plan_tables")],
     "Parquet write + zstd (ParquetWriter)": [("core.py", "write_table"), ("core.py", "close")],
     "fsync of the part files": [("catalog_file.py", "fsync_path")],
@@ -33,10 +36,11 @@ STAGES = {
 
 def main() -> None:
     archive = BulkArchive.open(sys.argv[1])
-    key = sys.argv[2] if len(sys.argv) > 2 else next(iter(archive.shards))
+    key, shard, _ = ((sys.argv[2], archive.shards[sys.argv[2]], None) if len(sys.argv) > 2
+                     else shard_tasks(archive, {}, workers=2)[0])
     ctx = RunContext("profile", datetime.now(UTC), "bulk")
     with tempfile.TemporaryDirectory() as out:
-        job = ShardJob(str(archive.path), key, archive.shards[key], HEAD_SCHEMA.empty_table(), ctx, out)
+        job = ShardJob(str(archive.path), key, shard, HEAD_SCHEMA.empty_table(), ctx, out)
         profile = cProfile.Profile()
         cpu = time.process_time()
         profile.enable()

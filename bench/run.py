@@ -218,7 +218,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], floor: Step, ours: li
                      f"{out.get('versions', '?')} | {out.get('unchanged', '?')} | {step.load_before:.1f} | "
                      f"{step.cpu_seconds:.0f} | {step.cpu_seconds / 2:.0f} |")
     lines += ["", "Each step is the whole command as a user runs it (Python start-up, reading the archive's "
-              "directory, the head index, 100 shard tasks in 2 worker processes, the commit); `secs` inside the "
+              "directory, the head index, the shard tasks in 2 worker processes (one per folder at the registry's "
+              "size, folders grouped to >= 2,000 studies below it), the commit); `secs` inside the "
               "run (sync_runs) exclude only process start-up: "
               + ", ".join(f"{s.name} {s.output.get('secs', '?')} s" for s in ours) + ".", "",
               "### The parse floor (zipfile + orjson.loads of every member, one process)", "",
