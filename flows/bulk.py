@@ -154,10 +154,11 @@ def load_bulk(
 
 
 def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
-                workers: int) -> list[tuple[str, pa.Table, pa.Table]]:
+                workers: int | None) -> list[tuple[str, pa.Table, pa.Table]]:
     """(task key, members, heads) of each shard task: folders grouped to ``TASK_STUDIES`` members, or
-    fewer when that would leave a worker with less than two tasks. A group's key: ``00`` or ``00-03``."""
-    at_least = max(1, min(TASK_STUDIES, -(-archive.members // (2 * workers))))
+    fewer so as to give each of ``workers`` two tasks or more (None, a cluster of unknown size: one
+    task per folder). A group's key: ``00`` or ``00-03``."""
+    at_least = 1 if workers is None else max(1, min(TASK_STUDIES, -(-archive.members // (2 * workers))))
     tasks = []
     for keys in group_shards({key: shard.num_rows for key, shard in archive.shards.items()}, at_least):
         members = pa.concat_tables([archive.shards[key] for key in keys])
@@ -166,9 +167,11 @@ def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
     return tasks
 
 
-def _workers(processes: int | None, dask: str | None) -> int:
-    if dask:
-        return max(processes or 1, 2)
+def _workers(processes: int | None, dask: str | None) -> int | None:
+    """The worker processes the shard tasks are spread over; None for a Dask cluster started elsewhere
+    (it may have any number of workers, so no folders are grouped)."""
+    if dask and dask != "local":
+        return None
     return processes or 1
 
 

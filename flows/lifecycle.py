@@ -81,34 +81,56 @@ def leave(code: int | None = None) -> None:
 
 def reap(timeout: float = REAP_SECONDS) -> list[int]:
     """Terminate every descendant of this process, then kill those still alive after ``timeout``.
-    Returns the pids that had to be stopped."""
+    Returns the pids that had to be stopped (the resource tracker, which leaves by itself once its
+    pipe closes, is not counted)."""
     import psutil  # a declared dependency: without it no child would be reaped, so no silent fallback
 
-    _stop_resource_tracker()
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
-    for child in children:
+    tracker = _resource_tracker_pid()
+    others = [c for c in children if c.pid != tracker]
+    _stop(others, timeout)
+    # Only now: every worker holds the tracker's pipe too, so it sees the end only once they are gone.
+    _close_resource_tracker()
+    _stop([c for c in children if c.pid == tracker], timeout, terminate=False)
+    return [c.pid for c in others]
+
+
+def _stop(processes: list[Any], timeout: float, terminate: bool = True) -> None:
+    """SIGTERM (unless ``terminate`` is false: just wait), then SIGKILL for those alive after ``timeout``."""
+    import psutil
+
+    if terminate:
+        for process in processes:
+            with suppress(psutil.Error):
+                process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
         with suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
-        with suppress(psutil.Error):
-            child.kill()
+            process.kill()
     psutil.wait_procs(alive, timeout=timeout)
-    return [c.pid for c in children]
 
 
-def _stop_resource_tracker() -> None:
-    """multiprocessing's resource tracker (started with a spawn pool) ignores SIGTERM by design: it
-    leaves when its pipe closes, after unlinking anything the workers leaked. Closed that way first, it
-    is not among the children ``reap`` terminates, so exits no longer wait REAP_SECONDS to kill it."""
+def _resource_tracker_pid() -> int | None:
     tracker = sys.modules.get("multiprocessing.resource_tracker")
-    stop = getattr(getattr(tracker, "_resource_tracker", None), "_stop", None)
-    if stop is not None:
-        with suppress(Exception):  # a private API: at worst the tracker is terminated as before
-            stop()
+    pid = getattr(getattr(tracker, "_resource_tracker", None), "_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _close_resource_tracker() -> None:
+    """multiprocessing's resource tracker (started with a spawn pool) ignores SIGTERM by design: it
+    leaves when its pipe closes, after unlinking anything the workers leaked. Its pipe is closed here
+    (not through its ``_stop``, which waits without a timeout and takes a lock a signalled thread may
+    hold); ``reap`` then waits for it like any child, and kills it after the timeout if it stays."""
+    tracker = getattr(sys.modules.get("multiprocessing.resource_tracker"), "_resource_tracker", None)
+    fd = getattr(tracker, "_fd", None)
+    if isinstance(fd, int):
+        with suppress(OSError):
+            os.close(fd)
+        with suppress(Exception):  # a private attribute: at worst the tracker is killed after the timeout
+            tracker._fd = None  # type: ignore[union-attr]
 
 
 def ignore_interrupts() -> None:

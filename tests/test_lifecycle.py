@@ -164,28 +164,44 @@ def test_deployment_files_are_found_from_any_directory(tmp_path: Path, monkeypat
 
 
 REAP_SCRIPT = """
-import json, multiprocessing, os, sys
+import json, multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import resource_tracker
 from flows import lifecycle
 
-with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-    assert pool.submit(os.getpid).result() != os.getpid()
+pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+worker = pool.submit(os.getpid).result()
+if sys.argv[1] == "busy":
+    pool.submit(time.sleep, 600)  # a worker still running: it holds the tracker's pipe open
+else:
+    pool.shutdown()
 tracker = resource_tracker._resource_tracker._pid
-print(json.dumps({"tracker": tracker, "stopped": lifecycle.reap(timeout=60)}))
+print(json.dumps({"tracker": tracker, "worker": worker, "stopped": lifecycle.reap(timeout=5)}), flush=True)
+os._exit(0)
 """
 
 
-def test_exiting_after_a_process_pool_closes_the_resource_tracker_instead_of_killing_it(tmp_path: Path) -> None:
-    """multiprocessing's resource tracker ignores SIGTERM: terminated by ``reap`` it was killed only
-    after REAP_SECONDS, at every exit of a `load-bulk`. Closed through its pipe, it is gone before."""
+def _reap(case: str) -> dict[str, Any]:
     import json
     import sys
 
-    result = subprocess.run([sys.executable, "-c", REAP_SCRIPT], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-c", REAP_SCRIPT, case], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
-    answer = json.loads(result.stdout)
+    answer: dict[str, Any] = json.loads(result.stdout)
     assert isinstance(answer["tracker"], int)  # the pool started one
-    assert answer["stopped"] == []  # nothing left for reap to terminate: the tracker left through its pipe
-    assert not psutil.pid_exists(answer["tracker"])
+    assert not psutil.pid_exists(answer["tracker"]) and not psutil.pid_exists(answer["worker"])
+    return answer
+
+
+def test_exiting_after_a_process_pool_closes_the_resource_tracker_instead_of_killing_it() -> None:
+    """multiprocessing's resource tracker ignores SIGTERM: terminated by ``reap`` it was killed only
+    after REAP_SECONDS, at every exit of a `load-bulk`. Closed through its pipe, it leaves by itself."""
+    assert _reap("done")["stopped"] == []  # nothing left to terminate: the tracker left through its pipe
+
+
+def test_reaping_while_a_worker_still_runs_stops_the_worker_then_the_tracker() -> None:
+    """The tracker's pipe stays open while a worker lives: closing it first (and waiting for the
+    tracker) would block until the worker ended on its own, past the stop deadline."""
+    answer = _reap("busy")
+    assert answer["stopped"] == [answer["worker"]]

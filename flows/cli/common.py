@@ -101,7 +101,7 @@ def quiet_prefect_failures() -> None:
 
 def print_summary(summary: dict[str, Any]) -> None:
     since = f" since {summary['since']}" if summary.get("since") else ""
-    units = "shards" if summary["mode"] == "bulk" else "pages"
+    units = ("shard task" if summary["mode"] == "bulk" else "page") + ("" if summary["pages"] == 1 else "s")
     console.print(
         f"[bold green]run {summary['run_id']}[/] ({summary['mode']}{since}, scope {summary['scope']}): "
         f"{summary['pages']} {units}, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
