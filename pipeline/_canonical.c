@@ -180,7 +180,7 @@ static int compare_members(const void *a, const void *b) {
 }
 
 typedef struct {
-    Py_ssize_t offset, len; /* where the element was written, from the array's start */
+    Py_ssize_t offset, len; /* where the element was written in the output buffer, and its length */
     const char *start;      /* the same, in the copy that is sorted */
 } Segment;
 
@@ -277,44 +277,43 @@ static int put_array(State *st, PyObject *list, PyObject *shape) {
     PyObject *elements = PyList_AsTuple(list);
     if (!elements) return ERROR;
     Py_ssize_t n = PyTuple_GET_SIZE(elements);
-    Py_ssize_t begin = st->out.len;
     Segment *items = PyMem_Malloc((n ? n : 1) * sizeof(Segment));
     if (!items) { Py_DECREF(elements); PyErr_NoMemory(); return ERROR; }
-    int status = OK;
-    /* Each element is written after the previous one (offsets, not pointers: the buffer may move
-     * while it grows), then the elements are sorted in a copy and written back in order. */
+    /* The elements are written in list order, comma-separated, each one's place noted (offsets, not
+     * pointers: the buffer may move while it grows). Most arrays are already in canonical order;
+     * the others are sorted in a copy and written back over the same bytes (same length). */
+    int status = put_char(&st->out, '[');
     for (Py_ssize_t i = 0; i < n && status == OK; i++) {
-        Py_ssize_t at = st->out.len;
+        if (i && (status = put_char(&st->out, ',')) != OK) break;
+        items[i].offset = st->out.len;
         status = put_value(st, PyTuple_GET_ITEM(elements, i), shape);
-        items[i].offset = at - begin;
-        items[i].len = st->out.len - at;
+        items[i].len = st->out.len - items[i].offset;
     }
+    if (status == OK) status = put_char(&st->out, ']');
     if (status == OK && n > 1) {
-        Py_ssize_t total = st->out.len - begin;
-        char *copy = PyMem_Malloc(total);
-        if (!copy) { PyErr_NoMemory(); status = ERROR; }
-        else {
-            memcpy(copy, st->out.data + begin, total);
-            for (Py_ssize_t i = 0; i < n; i++) items[i].start = copy + items[i].offset;
-            qsort(items, n, sizeof(Segment), compare_segments);
-            st->out.len = begin;
-            status = put_char(&st->out, '[');
-            for (Py_ssize_t i = 0; i < n && status == OK; i++) {
-                if (i) status = put_char(&st->out, ',');
-                if (status == OK) status = put(&st->out, items[i].start, items[i].len);
-            }
-            if (status == OK) status = put_char(&st->out, ']');
-            PyMem_Free(copy);
+        const char *data = st->out.data;
+        int in_order = 1;
+        for (Py_ssize_t i = 1; i < n && in_order; i++) {
+            Segment a = {items[i - 1].offset, items[i - 1].len, data + items[i - 1].offset};
+            Segment b = {items[i].offset, items[i].len, data + items[i].offset};
+            in_order = compare_segments(&a, &b) <= 0;
         }
-    } else if (status == OK && n == 0) {  /* emptied under us */
-        status = put(&st->out, "[]", 2);
-    } else if (status == OK) {  /* one element: wrap it where it stands */
-        Py_ssize_t len = st->out.len - begin;
-        if ((status = grow(&st->out, 2)) == OK) {
-            memmove(st->out.data + begin + 1, st->out.data + begin, len);
-            st->out.data[begin] = '[';
-            st->out.data[begin + 1 + len] = ']';
-            st->out.len += 2;
+        if (!in_order) {
+            Py_ssize_t begin = items[0].offset, total = items[n - 1].offset + items[n - 1].len - begin;
+            char *copy = PyMem_Malloc(total);
+            if (!copy) { PyErr_NoMemory(); status = ERROR; }
+            else {
+                memcpy(copy, st->out.data + begin, total);
+                for (Py_ssize_t i = 0; i < n; i++) items[i].start = copy + (items[i].offset - begin);
+                qsort(items, n, sizeof(Segment), compare_segments);
+                char *o = st->out.data + begin;
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    if (i) *o++ = ',';
+                    memcpy(o, items[i].start, items[i].len);
+                    o += items[i].len;
+                }
+                PyMem_Free(copy);
+            }
         }
     }
     PyMem_Free(items);
