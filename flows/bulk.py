@@ -109,9 +109,9 @@ def load_bulk(
         head_slices = run.head_index().shards()
         ctx = RunContext(run_id, started, "bulk")
         progress.emit("start", run_id=run_id, mode="bulk", since=None, scope=BULK_SCOPE, total=archive.members)
-        jobs = [ShardJob(str(archive.path), key, members, heads, ctx, str(run.dir), batch_size, verify, sample)
-                for key, members, heads in shard_tasks(archive, head_slices, _workers(processes, dask))]
-        with pool as executor:  # closed (its workers gone) before the changes and the commit
+        with pool as (executor, workers):  # closed (its workers gone) before the changes and the commit
+            jobs = [ShardJob(str(archive.path), key, members, heads, ctx, str(run.dir), batch_size, verify, sample)
+                    for key, members, heads in shard_tasks(archive, head_slices, workers)]
             futures = [load_shard.submit(job, executor) for job in jobs]
             totals = RunTotals(total_count=archive.members)
             reading = ReadCounts()
@@ -156,7 +156,7 @@ def load_bulk(
 def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
                 workers: int | None) -> list[tuple[str, pa.Table, pa.Table]]:
     """(task key, members, heads) of each shard task: folders grouped to ``TASK_STUDIES`` members, or
-    fewer so as to give each of ``workers`` two tasks or more (None, a cluster of unknown size: one
+    fewer so as to give each of ``workers`` two tasks or more (None, a cluster with no worker yet: one
     task per folder). A group's key: ``00`` or ``00-03``."""
     at_least = 1 if workers is None else max(1, min(TASK_STUDIES, -(-archive.members // (2 * workers))))
     tasks = []
@@ -165,14 +165,6 @@ def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
         heads = pa.concat_tables([head_slices.get(key, HEAD_SCHEMA.empty_table()) for key in keys])
         tasks.append((keys[0] if len(keys) == 1 else f"{keys[0]}-{keys[-1]}", members, heads))
     return tasks
-
-
-def _workers(processes: int | None, dask: str | None) -> int | None:
-    """The worker processes the shard tasks are spread over; None for a Dask cluster started elsewhere
-    (it may have any number of workers, so no folders are grouped)."""
-    if dask and dask != "local":
-        return None
-    return processes or 1
 
 
 class ReadCounts:
@@ -225,19 +217,30 @@ def execution(workers: int | None = None, dask: str | None = None) -> tuple[int,
     return (2 * n if n > 1 else 1), (n if n > 1 else None)
 
 
-def shard_executor(processes: int | None, dask: str | None) -> AbstractContextManager[Executor | None]:
-    """The executor of the shard work (see ``execution``), closed (and its processes gone) on exit."""
+Pool = tuple[Executor | None, int | None]  # the executor (None: this process) and its number of workers
+
+
+def shard_executor(processes: int | None, dask: str | None) -> AbstractContextManager[Pool]:
+    """The executor of the shard work (see ``execution``) and how many workers it has (what
+    ``shard_tasks`` groups folders by), closed (and its processes gone) on exit."""
     if dask:
         return _dask_executor(dask, processes or os.cpu_count() or 1)
     if processes:
-        return ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=ignore_interrupts)
-    return nullcontext(None)
+        return _local_pool(processes)
+    return nullcontext((None, 1))
 
 
 @contextmanager
-def _dask_executor(address: str, n_workers: int) -> Iterator[Executor]:
+def _local_pool(processes: int) -> Iterator[Pool]:
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=ignore_interrupts) as pool:
+        yield pool, processes
+
+
+@contextmanager
+def _dask_executor(address: str, n_workers: int) -> Iterator[Pool]:
     """Shard work as plain functions on Dask workers: they need this code, the archive and the
-    warehouse directory at the same paths, and nothing of Prefect (no API, no server)."""
+    warehouse directory at the same paths, and nothing of Prefect (no API, no server). The workers
+    counted are those the cluster has when the run starts (None if it has none yet: no grouping)."""
     from distributed import Client, LocalCluster
 
     cluster = (LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -245,7 +248,7 @@ def _dask_executor(address: str, n_workers: int) -> Iterator[Executor]:
     with cluster as target, Client(target) as client:
         executor = client.get_executor(pure=False)
         try:
-            yield executor
+            yield executor, len(client.scheduler_info().get("workers", {})) or None
         finally:
             executor.shutdown(wait=False)
 

@@ -36,7 +36,7 @@ def test_a_registry_sized_archive_keeps_one_task_per_folder(tmp_path: Path) -> N
     assert [key for key, _, _ in tasks] == [f"{i:02d}" for i in range(100)]
 
 
-def test_a_cluster_of_unknown_size_gets_one_task_per_folder(tmp_path: Path) -> None:
+def test_a_cluster_with_no_worker_yet_gets_one_task_per_folder(tmp_path: Path) -> None:
     folder = pa.table({"n": list(range(10))})
     archive = BulkArchive(tmp_path / "x.zip", {f"{i:02d}": folder for i in range(100)}, 1_000, 0, 0)
     assert len(shard_tasks(archive, {}, workers=None)) == 100
