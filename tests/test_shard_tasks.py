@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -59,3 +60,21 @@ def test_a_small_archive_is_read_in_a_few_tasks_that_keep_every_member_and_head(
     assert sorted(n for _, members, _ in tasks for n in members["nct_id"].to_pylist()) == ids
     for _, members, heads in tasks:  # each task has the heads of its own studies, and only those
         assert set(heads["nct_id"].to_pylist()) == set(members["nct_id"].to_pylist()) & set(ids[::7])
+
+
+def test_the_directory_keeps_study_files_only_in_directory_order_per_folder(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "ctg-studies.json.zip"
+    names = ["README.txt", "01/NCT00000101.json", "NCT00000202.json", "NCT0000010\u0661.json", "01/NCT00000101.json",
+             "folder/", "NCT00000301.json"]
+    with zipfile.ZipFile(path, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        for index, name in enumerate(names):
+            zf.writestr(name, b"{}" if name.endswith(".json") else b"" if name.endswith("/") else b"x" * index)
+    archive = BulkArchive.open(path)
+    # A name with a non-ASCII digit is not a study file; a study listed twice keeps both, in order.
+    assert (archive.members, archive.skipped) == (4, 3)
+    assert {key: t["nct_id"].to_pylist() for key, t in archive.shards.items()} == {
+        "01": ["NCT00000101", "NCT00000101", "NCT00000301"], "02": ["NCT00000202"]}
+    first, second = archive.shards["01"]["header_offset"].to_pylist()[:2]
+    assert first < second

@@ -23,10 +23,11 @@ from typing import BinaryIO, NamedTuple
 
 import deflate
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import BulkArchiveInvalid, UsageError
 
-_MEMBER = re.compile(r"(?:^|/)(NCT\d{8})\.json$")
+_MEMBER = re.compile(rb"(?:^|/)(NCT\d{8})\.json$")  # on the name as bytes
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # the fixed 30 bytes before each member's data
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _CD_SIGNATURE = b"PK\x01\x02"
@@ -81,14 +82,16 @@ class BulkArchive:
             directory = f.read(cd_size)
         if len(directory) != cd_size:
             raise BulkArchiveInvalid(f"{path} is truncated: its directory ends past the end of the file")
-        builders: dict[str, _ShardColumns] = {}
+        ncts: list[str] = []
+        numbers = [array("q") for _ in range(5)]  # 8 bytes a number, not ~36 as Python ints
+        offsets, csizes, usizes, crcs, methods = (column.append for column in numbers)
         skipped = json_bytes = pos = 0
         for _ in range(count):
-            if directory[pos:pos + 4] != _CD_SIGNATURE:
+            if not directory.startswith(_CD_SIGNATURE, pos):
                 raise BulkArchiveInvalid(f"{path}: damaged central directory")
             (method, crc, csize, usize, name_len, extra_len, comment_len,
              offset) = _CD_ENTRY.unpack_from(directory, pos + 10)
-            name = directory[pos + 46:pos + 46 + name_len].decode("utf-8", "replace")
+            name = directory[pos + 46:pos + 46 + name_len]  # bytes: decoded only for a message
             extra = directory[pos + 46 + name_len:pos + 46 + name_len + extra_len]
             pos += 46 + name_len + extra_len + comment_len
             if 0xFFFFFFFF in (csize, usize, offset):
@@ -98,37 +101,34 @@ class BulkArchive:
                 skipped += 1
                 continue
             if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise BulkArchiveInvalid(f"{path}: {name} uses an unsupported compression method ({method})")
+                raise BulkArchiveInvalid(f"{path}: {_text(name)} uses an unsupported compression method ({method})")
             if offset + _LOCAL_HEADER.size + csize > cd_offset:
-                raise BulkArchiveInvalid(f"{path} is truncated: {name} ends past its data")
-            nct = match.group(1)
-            shard = builders.get(shard_key(nct))
-            if shard is None:
-                shard = builders[shard_key(nct)] = _ShardColumns()
-            shard.add(nct, offset, csize, usize, crc, method)
+                raise BulkArchiveInvalid(f"{path} is truncated: {_text(name)} ends past its data")
+            ncts.append(match.group(1).decode("ascii"))
+            offsets(offset)
+            csizes(csize)
+            usizes(usize)
+            crcs(crc)
+            methods(method)
             json_bytes += usize
-        if not builders:
+        if not ncts:
             raise BulkArchiveInvalid(f"{path} holds no study files (NCT########.json)")
-        shards = {key: builders.pop(key).table() for key in sorted(builders)}
-        return cls(path, shards, sum(t.num_rows for t in shards.values()), json_bytes, skipped)
+        shards = _by_shard(ncts, numbers)
+        return cls(path, shards, len(ncts), json_bytes, skipped)
 
 
-class _ShardColumns:
-    """Compact columns while reading the directory (array('q'): 8 bytes a number, not ~36)."""
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
 
-    def __init__(self) -> None:
-        self.nct: list[str] = []
-        self.numbers = [array("q") for _ in range(5)]
 
-    def add(self, nct: str, *numbers: int) -> None:
-        self.nct.append(nct)
-        for column, value in zip(self.numbers, numbers, strict=True):
-            column.append(value)
-
-    def table(self) -> pa.Table:
-        n = len(self.nct)
-        ints = [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(col)]) for col in self.numbers]
-        return pa.table([pa.array(self.nct, pa.string()), *ints], names=MEMBER_SCHEMA.names).cast(MEMBER_SCHEMA)
+def _by_shard(ncts: list[str], numbers: list[array]) -> dict[str, pa.Table]:
+    """The members by shard key, in directory order within each shard (a study listed twice is read
+    in that order), keys sorted; columns built once for all members, then split in Arrow."""
+    n = len(ncts)
+    ints = [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(column)]) for column in numbers]
+    table = pa.table([pa.array(ncts, pa.string()), *ints], names=MEMBER_SCHEMA.names).cast(MEMBER_SCHEMA)
+    keys = pc.utf8_slice_codeunits(table["nct_id"], -2)  # shard_key, in Arrow
+    return {key: table.filter(pc.equal(keys, key)) for key in sorted(pc.unique(keys).to_pylist())}
 
 
 def _directory_location(f: BinaryIO, size: int, path: Path) -> tuple[int, int, int]:
