@@ -231,7 +231,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
 
 def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = True) -> tuple[str, str] | None:
     """(kind, what is wrong) for one committed file, None when it is intact (``footer=False``: its
-    presence and size only)."""
+    presence and size only, and its footer when no size was recorded)."""
     path = root / entry.path
     try:
         size = path.stat().st_size
@@ -241,7 +241,7 @@ def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = T
         return "missing", f"cannot stat: {exc}"
     if entry.size is not None and size != entry.size:
         return "size", f"{size} bytes, {entry.size} at commit"
-    if not footer:
+    if not footer and entry.size is not None:  # no size recorded (an earlier release's): read the footer
         return None
     try:
         footer = pq.read_metadata(path)  # the footer only (a ParquetFile also builds its schema's paths)
