@@ -65,8 +65,23 @@ def measure(name: str, cmd: list[str], env: dict[str, str] | None = None, timeou
     load = os.getloadavg()[0]
     cpu_before = _children_cpu()
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    # Output goes to files, not pipes: a command that writes more than a pipe holds would block.
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, text=True, env={**os.environ, **(env or {})})
+        peak = _peak_rss_until_exit(proc, started, timeout)
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    seconds = time.monotonic() - started
+    cpu = _children_cpu() - cpu_before
+    if proc.returncode != 0:
+        raise SystemExit(f"bench step {name!r} failed ({proc.returncode}): {err.strip()[-2000:]}")
+    last = [line for line in out.splitlines() if line.startswith("{")]
+    return Step(name, round(seconds, 2), round(peak / 2**20, 1), json.loads(last[-1]) if last else {}, load,
+                round(cpu, 1))
+
+
+def _peak_rss_until_exit(proc: subprocess.Popen[str], started: float, timeout: float) -> int:
     peak = 0
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -78,14 +93,7 @@ def measure(name: str, cmd: list[str], env: dict[str, str] | None = None, timeou
         if time.monotonic() - started > timeout:
             proc.kill()
         time.sleep(0.05)
-    out, err = proc.communicate()
-    seconds = time.monotonic() - started
-    cpu = _children_cpu() - cpu_before
-    if proc.returncode != 0:
-        raise SystemExit(f"bench step {name!r} failed ({proc.returncode}): {err.strip()[-2000:]}")
-    last = [line for line in out.splitlines() if line.startswith("{")]
-    return Step(name, round(seconds, 2), round(peak / 2**20, 1), json.loads(last[-1]) if last else {}, load,
-                round(cpu, 1))
+    return peak
 
 
 def _children_cpu() -> float:

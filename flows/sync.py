@@ -79,9 +79,13 @@ class RunTotals:
             log_stale(plan.stale)
 
 
+STALE_IDS_LOGGED = 20  # a reload of an older bulk file can make thousands: the first ones tell the story
+
+
 def log_stale(ids: list[str]) -> None:
-    get_run_logger().warning("%d stale record(s), older than the stored version (no version, no change): %s",
-                             len(ids), ", ".join(ids))
+    more = f" and {len(ids) - STALE_IDS_LOGGED} more" if len(ids) > STALE_IDS_LOGGED else ""
+    get_run_logger().warning("%d stale record(s), older than the stored version (no version, no change): %s%s",
+                             len(ids), ", ".join(ids[:STALE_IDS_LOGGED]), more)
 
 
 @dataclass

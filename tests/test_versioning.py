@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import secrets
 import tempfile
 import unicodedata
@@ -434,3 +435,18 @@ def test_a_schema_that_learns_a_key_is_a_new_hash_rule_so_the_warehouse_is_rehas
     assert hash_rule() == rule_for(shape)
     assert rule_for(wider) != rule_for(shape)
     assert rule_for(wider).split("-")[0] == rule_for(shape).split("-")[0]
+
+
+def test_a_run_with_thousands_of_stale_records_logs_a_count_and_the_first_ids_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Reloading an older bulk file makes every changed study stale: one readable line, not 10,000 ids."""
+    from flows.sync import STALE_IDS_LOGGED, log_stale
+
+    ids = [f"NCT{n:08d}" for n in range(5_000)]
+    with caplog.at_level(logging.WARNING, logger="trialsync"):
+        log_stale(ids)
+    [record] = caplog.records
+    message = record.getMessage()
+    assert message.startswith("5000 stale record(s)")
+    assert ids[STALE_IDS_LOGGED - 1] in message and ids[STALE_IDS_LOGGED] not in message
+    assert message.endswith(f"and {5_000 - STALE_IDS_LOGGED} more")
