@@ -139,8 +139,7 @@ def load_bulk(
         summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
         params = {"archive": str(archive.path), "members": str(archive.members),
                   "json_bytes": str(archive.json_bytes), "skipped": str(archive.skipped),
-                  "batch_size": str(batch_size), "canonicaliser": hashing.implementation(),
-                  **reading.params(verify)}
+                  "batch_size": str(batch_size), **reading.params(verify)}
         (run.dir / VERIFY_MARKER).unlink(missing_ok=True)
         commit_run(run, summary, started, params=params, api_url=source)
     if reading.mismatched:
@@ -173,17 +172,21 @@ class ReadCounts:
     def __init__(self) -> None:
         self.unread = self.sampled = self.verified_shards = 0
         self.mismatched: list[str] = []
+        self.canonicalisers: set[str] = set()
 
     def add(self, shard: ShardResult) -> None:
         self.unread += shard.unread
         self.sampled += shard.sampled
         self.mismatched += shard.mismatched
         self.verified_shards += shard.verified_all
+        self.canonicalisers.add(shard.canonicaliser)
 
     def params(self, verify: bool) -> dict[str, str]:
         """For ``sync_runs.params``."""
         return {"verify": str(verify).lower(), "unread": str(self.unread), "sampled": str(self.sampled),
-                "sample_mismatches": str(len(self.mismatched)), "verified_shards": str(self.verified_shards)}
+                "sample_mismatches": str(len(self.mismatched)), "verified_shards": str(self.verified_shards),
+                # where the shards were hashed (C, Python, or both: e.g. Dask workers without a compiler)
+                "canonicaliser": "+".join(sorted(self.canonicalisers)) or hashing.implementation()}
 
 
 def _add(totals: RunTotals, shard: ShardResult) -> None:

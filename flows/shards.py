@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
-from pipeline.hashing import content_hash
+from pipeline.hashing import content_hash, implementation
 from pipeline.registry.bulk import Member, MemberReader, member_key, members
 from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
 from warehouse.heads import to_dict
@@ -76,6 +76,7 @@ class ShardResult:
     newest_update: date | None = None
     parts: list[StagedFile] = field(default_factory=list)
     seconds: float = 0.0
+    canonicaliser: str = field(default_factory=implementation)  # of the process that ran the shard
 
 
 def process_shard(job: ShardJob) -> ShardResult:

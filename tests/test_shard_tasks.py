@@ -78,3 +78,17 @@ def test_the_directory_keeps_study_files_only_in_directory_order_per_folder(tmp_
         "01": ["NCT00000101", "NCT00000101", "NCT00000301"], "02": ["NCT00000202"]}
     first, second = archive.shards["01"]["header_offset"].to_pylist()[:2]
     assert first < second
+
+
+def test_a_run_records_where_its_shards_were_hashed() -> None:
+    """Dask workers installed without a compiler hash in Python (same values, slower): the run says so."""
+    from flows.bulk import ReadCounts
+    from flows.shards import ShardResult
+    from pipeline import hashing
+
+    assert ShardResult("00").canonicaliser == hashing.implementation()
+    counts = ReadCounts()
+    assert counts.params(False)["canonicaliser"] == hashing.implementation()  # no shard (an empty zip)
+    for implementation in ("C", "Python", "C"):
+        counts.add(ShardResult("00", canonicaliser=implementation))
+    assert counts.params(False)["canonicaliser"] == "C+Python"
