@@ -7,5 +7,4 @@ the same hashes in Python (~3x slower; a bulk run records which one ran: ``sync_
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("pipeline._canonical", ["pipeline/_canonical.c"], optional=True,
-                             extra_compile_args=["-O2"])])
+setup(ext_modules=[Extension("pipeline._canonical", ["pipeline/_canonical.c"], optional=True)])

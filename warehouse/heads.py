@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.registry.bulk import split_by_shard
 from pipeline.versioning import Head
 
 HEAD_SCHEMA = pa.schema([
@@ -55,9 +56,8 @@ class HeadIndex:
         return to_dict(hits)
 
     def shards(self) -> dict[str, pa.Table]:
-        """The index by shard key (the NCT id's last two digits, as ``bulk.shard_key``), for a bulk load."""
-        keys = pc.utf8_slice_codeunits(self.table["nct_id"], -2)
-        return {key: self.table.filter(pc.equal(keys, key)) for key in sorted(pc.unique(keys).to_pylist())}
+        """The index by shard key (the NCT id's last two digits), for a bulk load."""
+        return split_by_shard(self.table)
 
 
 def to_dict(table: pa.Table) -> dict[str, Head]:

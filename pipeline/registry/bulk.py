@@ -126,9 +126,8 @@ def _by_shard(ncts: list[str], numbers: list[array]) -> dict[str, pa.Table]:
     in that order), keys sorted; columns built once for all members, then split in Arrow."""
     n = len(ncts)
     ints = [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(column)]) for column in numbers]
-    table = pa.table([pa.array(ncts, pa.string()), *ints], names=MEMBER_SCHEMA.names).cast(MEMBER_SCHEMA)
-    keys = pc.utf8_slice_codeunits(table["nct_id"], -2)  # shard_key, in Arrow
-    return {key: table.filter(pc.equal(keys, key)) for key in sorted(pc.unique(keys).to_pylist())}
+    return split_by_shard(pa.table([pa.array(ncts, pa.string()), *ints], names=MEMBER_SCHEMA.names)
+                          .cast(MEMBER_SCHEMA))
 
 
 def _directory_location(f: BinaryIO, size: int, path: Path) -> tuple[int, int, int]:
@@ -191,8 +190,11 @@ def member_key(member: Member) -> int:
     return (member.file_size << 32) | member.crc
 
 
-def shard_key(nct_id: str) -> str:
-    return nct_id[-2:]
+def split_by_shard(table: pa.Table) -> dict[str, pa.Table]:
+    """The rows of ``table`` by shard key (the last two digits of ``nct_id``), keys sorted, rows in
+    their order within each shard: the members of an archive, or the heads each shard task gets."""
+    keys = pc.utf8_slice_codeunits(table["nct_id"], -2)
+    return {key: table.filter(pc.equal(keys, key)) for key in sorted(pc.unique(keys).to_pylist())}
 
 
 def group_shards(sizes: dict[str, int], at_least: int) -> list[list[str]]:
