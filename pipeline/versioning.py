@@ -22,7 +22,7 @@ import orjson
 
 from pipeline.dates import parse_full_date
 from pipeline.errors import RecordInvalid
-from pipeline.flatten import StudyRows, flatten
+from pipeline.flatten import ChildRows, flatten
 from pipeline.hashing import content_hash, hash_and_unknown
 from pipeline.parse import StudyCore, parse_record, record_nct_id
 
@@ -54,7 +54,6 @@ class NewVersion:
     registry_version: int | None
     raw: bytes
     is_new_study: bool
-    rows: StudyRows = field(default_factory=dict)  # the child-table rows (pipeline.flatten), same version
     member_key: int | None = None  # the bulk member it was read from, if any
 
 
@@ -77,6 +76,7 @@ class BatchPlan:
     unknown_fields: dict[str, int] = field(default_factory=dict)  # paths the schema does not know -> records
     heads: dict[str, Head] = field(default_factory=dict)  # new heads, to overlay on the input
     newest_update: date | None = None  # the latest lastUpdatePostDate in the batch (the watermark)
+    child_rows: ChildRows = field(default_factory=ChildRows)  # the new versions' child-table rows
 
     @property
     def new_studies(self) -> int:
@@ -138,10 +138,10 @@ def plan_batch(
                 registry_version=(registry_versions or {}).get(core.nct_id),
                 raw=raw or _raw(record),
                 is_new_study=head is None,
-                rows=rows,
                 member_key=key,
             )
         )
+        plan.child_rows.add(core.nct_id, version, rows)
         plan.heads[core.nct_id] = Head(version, digest, registry_updated=core.last_update_posted, member_key=key)
         plan.seen.append((core.nct_id, version))
     return plan

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain, compress, repeat
-from operator import itemgetter
 
 import pyarrow as pa
 
 from pipeline.changes import Change
+from pipeline.flatten import ChildRows
 from pipeline.parse import CORE_COLUMNS
 from pipeline.versioning import BatchPlan, NewVersion, RunContext
 from warehouse.tables import CHANGES, CHILD_TABLES, QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
@@ -18,7 +17,7 @@ def plan_tables(plan: BatchPlan, ctx: RunContext) -> dict[str, pa.Table]:
     """Every table's rows for one planned batch (each writer appends exactly these)."""
     return {
         "study_versions": versions_table(plan.versions, ctx),
-        **child_tables(plan.versions),
+        **child_tables(plan.child_rows),
         "run_studies": run_studies_table(plan, ctx),
         "quarantine": quarantine_table(plan, ctx),
     }
@@ -100,30 +99,17 @@ def changes_table(changes: Sequence[Change]) -> pa.Table:
                     schema=CHANGES)
 
 
-def child_tables(versions: Sequence[NewVersion]) -> dict[str, pa.Table]:
-    """The flattened rows of ``versions`` (``NewVersion.rows``), one Arrow table per child table.
-
-    Column-wise, gathered by C iterators (``map``, ``chain``) rather than Python loops: a version has
-    ~370 small column lists (half of them in tables of one row a version), so the per-list cost counts."""
-    ncts = [v.core.nct_id for v in versions]
-    numbers = [v.version for v in versions]
-    rows = [v.rows for v in versions]
+def child_tables(rows: ChildRows) -> dict[str, pa.Table]:
+    """A batch's child-table rows (``BatchPlan.child_rows``), one Arrow table per child table (an empty
+    one for a table the batch has no rows of)."""
     out = {}
     for table, schema in CHILD_TABLES.items():
-        fields = list(schema)[2:]
-        tables = list(map(itemgetter(table), rows))
-        counts = list(map(len, map(itemgetter(fields[0].name), tables)))
-        if counts.count(1) == len(counts):  # one row each (the one-row tables): no repeats, no chains
-            arrays = [pa.array(ncts, pa.string()), pa.array(numbers, pa.int32())]
-            arrays += [pa.array(list(map(_first, map(itemgetter(f.name), tables))), f.type) for f in fields]
-        else:
-            arrays = [pa.array(list(_chain(map(repeat, ncts, counts))), pa.string()),
-                      pa.array(list(_chain(map(repeat, numbers, counts))), pa.int32())]
-            filled = list(compress(tables, counts))
-            arrays += [pa.array(list(_chain(map(itemgetter(f.name), filled))), f.type) for f in fields]
+        columns = rows.columns.get(table)
+        if columns is None:
+            out[table] = schema.empty_table()
+            continue
+        ncts, versions = rows.keys[table]
+        arrays = [pa.array(ncts, pa.string()), pa.array(versions, pa.int32())]
+        arrays += [pa.array(columns[f.name], f.type) for f in list(schema)[2:]]
         out[table] = pa.Table.from_arrays(arrays, schema=schema)
     return out
-
-
-_chain = chain.from_iterable
-_first = itemgetter(0)
