@@ -263,3 +263,33 @@ def test_results_parents_with_empty_lists_keep_one_row_and_lose_no_field() -> No
     assert (denom["units"], denom["group_id"]) == (o["denoms"][0]["units"], None)
     lost = len(o["classes"][0]["categories"][0]["measurements"]) - 1
     assert len(rows["result_measurements"]["ordinal"]) == len(before["result_measurements"]["ordinal"]) - lost
+
+
+def test_a_batchs_child_rows_are_each_versions_flattened_rows_in_order_with_its_key() -> None:
+    """``ChildRows`` gathers the batch while planning; the result must be exactly the versions' own
+    ``flatten`` rows, concatenated in plan order, each row keyed by its version's (nct_id, version)."""
+    from warehouse.rows import child_tables
+
+    records = [copy.deepcopy(r) for r in real_records()[:60]]
+    ctx = RunContext("r1", datetime(2026, 1, 1, tzinfo=UTC), "bulk")
+    first = plan_batch(records[:30], {}, ctx)
+    second_version = copy.deepcopy(records[0])
+    second_version["protocolSection"]["conditionsModule"]["conditions"] = ["Changed condition", "Another"]
+    plan = plan_batch([*records[30:], second_version], first.heads, ctx)
+    tables = child_tables(plan.child_rows)
+    expected_versions = [(nct(r), 1) for r in records[30:]] + [(nct(records[0]), 2)]
+    assert [(v.core.nct_id, v.version) for v in plan.versions] == expected_versions
+    for table, schema in CHILD_SCHEMAS.items():
+        expected: dict[str, list[Any]] = {f.name: [] for f in schema}
+        for record, (nct_id, version) in zip([*records[30:], second_version], expected_versions, strict=True):
+            rows = flatten(parse_record(record).study)[table]
+            count = len(next(iter(rows.values())))
+            expected["nct_id"] += [nct_id] * count
+            expected["version"] += [version] * count
+            for name in list(expected)[2:]:
+                expected[name] += rows[name]
+        assert tables[table].schema == schema
+        assert tables[table].to_pydict() == expected, table
+    conditions = tables["conditions"].to_pydict()
+    assert [c for c, v in zip(conditions["condition"], conditions["version"], strict=True) if v == 2] == [
+        "Changed condition", "Another"]
