@@ -180,15 +180,26 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
 
 
 def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[BatchPlan, int]:
-    """Leave out studies this run already met at the same version (the same study on two pages);
-    they matched their head, so they were counted as unchanged."""
+    """Leave out studies this run already met at the same version (the same study on two pages, or a
+    page read again after a restart): they were counted the first time, as unchanged or as stale."""
     fresh: list[tuple[str, int]] = []
+    repeated: list[str] = []
     for pair in plan.seen:
-        if pair not in counted:
+        if pair in counted:
+            repeated.append(pair[0])
+        else:
             counted.add(pair)
             fresh.append(pair)
-    repeats = len(plan.seen) - len(fresh)
-    return (dataclasses.replace(plan, seen=fresh, unchanged=plan.unchanged - repeats) if repeats else plan), repeats
+    if not repeated:
+        return plan, 0
+    stale = list(plan.stale)
+    unchanged = plan.unchanged
+    for nct_id in repeated:
+        if nct_id in stale:
+            stale.remove(nct_id)
+        else:
+            unchanged -= 1
+    return dataclasses.replace(plan, seen=fresh, unchanged=unchanged, stale=stale), len(repeated)
 
 
 @task(name="derive-changes", cache_policy=NONE)
@@ -328,7 +339,12 @@ def _walk_batch(pc: _PageContext, fetch: Any, first: int) -> int:
             continue
         if not token:
             return number
-        check_token_progress(token, tokens, number, pc.client.base_url)
+        try:
+            check_token_progress(token, tokens, number, pc.client.base_url)
+        except RegistryError:
+            if pc.spool:
+                pc.spool.reset(number)  # not replayed: a re-run asks the registry for this page again
+            raise
         number += 1
 
 

@@ -7,6 +7,7 @@ cannot complete fails with a one-line reason and leaves the warehouse as it was.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,27 @@ def test_the_same_study_on_two_pages_is_stored_and_counted_once(small: FakeRegis
     summary = fast_sync(small, warehouse_dir, page_size=SIZE)
     assert summary["studies_seen"] == 100 and summary["unchanged"] == 0 and summary["versions_written"] == 100
     stored_once_each(warehouse_dir)
+
+
+@pytest.mark.parametrize("reread", ["page overlap", "restart after an expired token"])
+def test_a_stale_record_read_twice_in_one_run_is_counted_once(reread: str, warehouse_dir: Path) -> None:
+    """Stale records (older than the stored version) on page 1, read again in the same run: by an
+    overlapping page 2 or by a walk restarted from page 1. Each study counts once, as stale or unchanged."""
+    records = real_records()[:100]
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, warehouse_dir, page_size=SIZE)
+        page_1 = sorted(nct(r) for r in records)[:SIZE]
+        older = [mutate.posted_on(registry.record(n), date(2000, 1, 3)) for n in page_1[-2:]]
+        registry.put(*older)
+        if reread == "page overlap":
+            registry.faults.add("shift", shift=2, page=2)
+        else:
+            registry.faults.add("status", status=400, body="pageToken has expired", times=1, page=3)
+        summary = fast_sync(registry, warehouse_dir, page_size=SIZE, full=True)
+    assert (summary["studies_seen"], summary["stale"], summary["unchanged"], summary["versions_written"]) == (
+        100, 2, 98, 0)
+    assert query(warehouse_dir, "SELECT stale, studies_seen FROM sync_runs ORDER BY started_at DESC LIMIT 1") == [
+        (2, 100)]
 
 
 def test_an_expired_page_token_restarts_the_walk_and_each_study_is_staged_once(warehouse_dir: Path) -> None:

@@ -112,3 +112,21 @@ def test_a_damaged_spool_page_is_fetched_again_with_everything_after_it(
         assert pages_asked(registry) == [2, 3, 4, 5]
     assert summary["pages_replayed"] == 1
     assert state(warehouse_dir) == clean
+
+
+def test_a_page_that_repeated_a_token_is_not_replayed_so_a_rerun_against_a_healthy_registry_succeeds(
+        clean: dict[str, Any], warehouse_dir: Path) -> None:
+    """The registry looped once (page 2 answered with its own token): the run stops, and the page that
+    carried the loop must not be replayed from the spool, or every re-run fails the same way until the
+    registry's data timestamp moves."""
+    from pipeline.errors import RegistryError
+
+    with FakeRegistry(real_records()[:100]).start() as registry:
+        registry.faults.add("same_token", times=1, page=2)
+        with pytest.raises(RegistryError, match="same page token again after page 2"):
+            fast_sync(registry, warehouse_dir, page_size=SIZE)
+        registry.requests.clear()
+        summary = fast_sync(registry, warehouse_dir, page_size=SIZE)
+        assert pages_asked(registry) == [2, 3, 4, 5]  # page 1 replayed, page 2 asked again
+    assert (summary["pages_replayed"], summary["versions_written"]) == (1, 100)
+    assert state(warehouse_dir) == clean
