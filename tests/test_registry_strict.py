@@ -4,8 +4,11 @@ told apart from other refusals, a page token that repeats, large ids scopes, mar
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -145,6 +148,57 @@ def test_an_unreachable_registry_fails_a_sync_after_max_attempts_tries_within_th
     with pytest.raises(RegistryUnavailable, match=r"\(2 tries; would wait .* beyond the 0.5s retry budget"):
         fast_sync(SimpleNamespace(url=CLOSED), warehouse_dir, max_attempts=50, backoff_seconds=0.4, retry_budget=0.5)
     assert not (warehouse_dir / "warehouse.duckdb").exists()
+
+
+class _BadServer:
+    """A loopback server that accepts connections and then never answers (``stall``) or sends its
+    headers and then one byte of body every 0.3 s (``trickle``): each read comes within any read timeout."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/api/v2"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            if self.mode == "trickle":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            while not self.stop.wait(0.3):
+                if self.mode == "trickle":
+                    conn.sendall(b" ")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.mark.parametrize("mode", ["stall", "trickle"])
+def test_a_registry_that_stalls_or_trickles_fails_within_the_retry_budget_not_the_read_timeout(mode: str) -> None:
+    server = _BadServer(mode)
+    try:
+        client = RegistryClient(server.url, min_interval=0, timeout=(10.0, 120.0),
+                                retry=RetryPolicy(attempts=5, budget_seconds=2.0, backoff_base=0.1))
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match=r"timed out") as info:
+            client.get_page({}, None, 1)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert elapsed < 2.0 + 1.0 + 2.0  # the budget, one try's floor (MIN_TRY_SECONDS), slack; not 120 s
+    assert client.requests_made == 1  # the try spent the whole budget: no second one
+    assert str(info.value).endswith("(1 try; would wait 0.1s, beyond the 2s retry budget (2s spent))")
 
 
 # -- pacing ------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ HTTP. Paging follows the spec: later pages repeat the first page's parameters pl
 Failing is bounded twice: ``RetryPolicy.attempts`` is the total number of tries of one request
 (connection refused counts as a try), and ``budget_seconds`` bounds the waiting of the client's whole
 life (one run): the time spent in failed tries plus the waits between them. Once the budget is spent,
-a failing request is not tried again. A 429 slows the client down for the rest of its life
-(``min_interval`` doubles, up to ``max_interval``), not only for that request; an interval of 0
-turns pacing off altogether (a local registry).
+a failing request is not tried again. Each try is limited as a whole (``RegistryClient._try_seconds``:
+the read timeout or the budget left), so a server that stalls or trickles cannot outlast it. A 429
+slows the client down for the rest of its life (``min_interval`` doubles, up to ``max_interval``), not
+only for that request; an interval of 0 turns pacing off altogether (a local registry).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 import requests
+import urllib3
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -65,6 +67,7 @@ class StudySource(Protocol):
 
 DEFAULT_INTERVAL = 1.25  # seconds between requests: 48 a minute, under the ~50/min reported per IP
 MAX_INTERVAL = 10.0  # how slow repeated 429s can make the client (6 requests a minute)
+MIN_TRY_SECONDS = 1.0  # a try's time limit never falls below this, even when the retry budget is spent
 
 
 @dataclass(frozen=True)
@@ -206,37 +209,73 @@ class RegistryClient:
 
     def _get_json_once(self, url: str, params: Mapping[str, str]) -> tuple[Any, bytes]:
         self.requests_made += 1
+        seconds = self._try_seconds()
+        deadline = self._monotonic() + seconds
         try:
-            response = self.session.get(url, params=params, timeout=self.timeout)
+            response = self.session.get(url, params=params, timeout=(min(self.timeout[0], seconds), seconds),
+                                        stream=True)
         except requests.Timeout as exc:
             raise RegistryUnavailable(f"timed out: {_short(exc)}", url=url) from None
         except requests.ConnectionError as exc:
             raise RegistryUnavailable(f"connection failed: {_short(exc)}", url=url) from None
         except requests.RequestException as exc:
-            # e.g. ChunkedEncodingError: the connection dropped before Content-Length bytes came.
             raise RegistryUnavailable(f"broken response: {_short(exc)}", url=url) from None
+        with response:
+            content = self._read_within(response, deadline, seconds)
         status = response.status_code
         if status == 429:
             self._slow_down()
         if status == 429 or status >= 500:
             raise RegistryUnavailable(
-                f"HTTP {status}: {_body_line(response)}",
+                f"HTTP {status}: {_body_line(response, content)}",
                 url=response.url,
                 status=status,
                 retry_after=_retry_after(response.headers.get("Retry-After"), self.retry.retry_after_max),
             )
         if status == 404:
-            raise RegistryNotFound(f"HTTP 404: {_body_line(response)}", url=response.url, status=status)
-        if status == 400 and "pageToken" in params and _TOKEN_ERROR.search(response.text):
-            raise PageTokenRejected(f"HTTP {status}: {_body_line(response)}", url=response.url, status=status)
+            raise RegistryNotFound(f"HTTP 404: {_body_line(response, content)}", url=response.url, status=status)
+        if status == 400 and "pageToken" in params and _TOKEN_ERROR.search(_text(content)):
+            raise PageTokenRejected(f"HTTP {status}: {_body_line(response, content)}", url=response.url,
+                                    status=status)
         if status >= 400:
-            raise RegistryRejected(f"HTTP {status}: {_body_line(response)}", url=response.url, status=status)
+            raise RegistryRejected(f"HTTP {status}: {_body_line(response, content)}", url=response.url,
+                                   status=status)
         try:
-            return orjson.loads(response.content), response.content
+            return orjson.loads(content), content
         except orjson.JSONDecodeError as exc:
             # A cut-off body: the server or a proxy dropped the connection mid-answer.
             raise RegistryUnavailable(f"invalid JSON in response ({exc})", url=response.url,
                                       status=status) from None
+
+    def _try_seconds(self) -> float:
+        """How long one try may take in all (connecting, waiting, reading the body): the read timeout,
+        and no longer than what is left of the retry budget (at least ``MIN_TRY_SECONDS``), so that a
+        registry that accepts connections but stalls or trickles still fails within the budget."""
+        left = self.retry.budget_seconds - self.retry_spent
+        return min(self.timeout[1], max(left, MIN_TRY_SECONDS))
+
+    def _read_within(self, response: requests.Response, deadline: float, seconds: float) -> bytes:
+        """The whole body by ``deadline``: the socket's timeout shrinks to the time left before each
+        read, and each read returns what has arrived, so a body that trickles in cannot outlast it."""
+        raw = response.raw
+        chunks: list[bytes] = []
+        try:
+            while True:
+                left = deadline - self._monotonic()
+                if left <= 0:
+                    raise RegistryUnavailable(f"timed out: no whole answer within {seconds:g}s", url=response.url)
+                sock = getattr(getattr(raw, "connection", None), "sock", None)
+                if sock is not None:
+                    sock.settimeout(left)
+                chunk = raw.read1(1 << 16, decode_content=True)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+            raise RegistryUnavailable(f"timed out: {_short(exc)}", url=response.url) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # e.g. the connection dropped before Content-Length bytes came.
+            raise RegistryUnavailable(f"broken response: {_short(exc)}", url=response.url) from None
 
     def _slow_down(self) -> None:
         """A 429: the registry finds us too fast; every later request of this client waits longer (twice
@@ -331,9 +370,13 @@ def _retry_after(value: str | None, cap: float) -> float | None:
     return max(0.0, min(seconds, cap))
 
 
-def _body_line(response: requests.Response) -> str:
+def _text(content: bytes) -> str:
+    return content.decode("utf-8", errors="replace")
+
+
+def _body_line(response: requests.Response, content: bytes) -> str:
     """The body's first line; for an HTML page (a firewall's, a proxy's) its title or first text."""
-    body = response.text
+    body = _text(content)
     if "html" in response.headers.get("Content-Type", "").lower() or body.lstrip()[:1] == "<":
         title = re.search(r"<title[^>]*>(.*?)</title>", body, re.I | re.S)
         body = title.group(1) if title and title.group(1).strip() else re.sub(
