@@ -34,6 +34,8 @@ from contextvars import ContextVar, copy_context
 from pathlib import Path
 from typing import Any
 
+from flows import lifecycle
+
 ENGINE_ENV = "TRIALSYNC_ENGINE"
 _ENGINES = ("auto", "prefect", "plain")
 # Only the threads of a plain run's ``submit``; under Prefect the flow's task runner decides.
@@ -193,6 +195,7 @@ class Flow(_Wrapped):
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         if uses_prefect():
+            lifecycle.keep_sigterm_from_prefect()
             flow = self.prefect
             if "threads" in self.options and "task_runner" not in self.options:
                 from prefect.task_runners import ThreadPoolTaskRunner

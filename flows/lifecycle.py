@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from typing import Any
 
 GRACE_SECONDS = 7.0  # the whole stop, children included, stays under 10 s
@@ -24,15 +24,33 @@ REAP_SECONDS = 2.0  # how long children get between SIGTERM and SIGKILL
 
 _signalled: int | None = None
 _lock = threading.Lock()
+_installed = False  # this process's SIGINT/SIGTERM are ours (the CLI), not Prefect's
 
 
 def install() -> None:
     """Route SIGINT and SIGTERM to ``on_signal`` (from the main thread, before Prefect is imported)."""
+    global _installed
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    _installed = True
     # Exit hooks run last-registered first: registered before Prefect is imported, this one runs after
     # Prefect's own (which drain logs to its temporary server, then stop it), and stops what is left.
     atexit.register(reap)
+
+
+def keep_sigterm_from_prefect() -> None:
+    """Stop Prefect's flow engine from taking SIGTERM over for the length of a flow run in this process.
+
+    Its handler raises ``TerminationSignal`` instead of calling ours, so the deadline never started:
+    a SIGTERM to the whole group also stops Prefect's temporary server, and the engine's crash report
+    then retried that dead server for ~70 s before the run ended. Our handler makes it a
+    ``KeyboardInterrupt``, which the engine reports as a crash too, within the deadline. (Flow runs
+    that a Prefect runner starts, under ``serve``, are other processes and keep Prefect's handler.)"""
+    if not _installed:
+        return
+    import prefect.flow_engine
+
+    prefect.flow_engine.capture_sigterm = nullcontext  # type: ignore[assignment]
 
 
 def signalled() -> int | None:
