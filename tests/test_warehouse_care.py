@@ -401,6 +401,39 @@ def test_a_damaged_data_file_is_named_by_check_and_repair_rolls_back_to_the_run_
     assert survived(root, before) == ({target} if kind == "delete" else set())
 
 
+@pytest.mark.parametrize("moves", [1, 2, 4])
+def test_a_repair_killed_while_moving_leaves_its_findings_for_the_next_repair(
+        copy: Path, built: dict[str, Any], moves: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a repair has moved manifests and run directories aside, nothing else says which runs were
+    rolled back or which studies lost versions: its ``repair.json`` is written before the first move,
+    and the next repair completes it and reports its findings (so ``--resync`` fetches them)."""
+    import warehouse.repair as repair_module
+
+    root = copy.resolve()
+    runs = [g.run_id for g in manifests.read_log(root)[1:]]
+    damage(root / second_run_files(root)["study_versions"], "truncate")
+    rename, done = os.rename, []
+
+    def rename_then_die(source: Any, destination: Any) -> None:
+        if len(done) == moves:
+            raise KeyboardInterrupt  # no cleanup runs in repair(): on disk this is a kill -9
+        rename(source, destination)
+        done.append(source)
+
+    monkeypatch.setattr(repair_module.os, "rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        repair(root)
+    monkeypatch.setattr(repair_module.os, "rename", rename)
+    result = repair(root)
+    assert (result.generation, result.rolled_back, result.lost_studies) == (1, runs, built["later"])
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][0]
+    records = [json.loads(p.read_text()) for p in sorted((root / DAMAGED_DIR).glob("*/repair.json"))]
+    assert [r["finished"] for r in records] == [True, True]
+    assert records[0]["completed_by"] == result.damaged_dir
+    assert repair(root).changed is False  # and a third repair finds nothing left to do
+
+
 def _flip_footer(path: Path) -> bytes:
     """Flip bytes inside the Parquet footer (size and magic kept, so only reading the footer tells);
     returns the original bytes."""
@@ -455,18 +488,21 @@ def test_a_damaged_manifest_file_is_restored_from_the_catalog_and_nothing_is_los
     assert survived(root, before) == set()  # restored or rebuilt in place; the damaged one is in damaged/
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_damaged_manifest_file_without_the_catalogs_copy_rolls_back_to_before_it(
-        copy: Path, built: dict[str, Any]) -> None:
+        copy: Path, built: dict[str, Any], kind: str) -> None:
     """The catalog is gone too, so generation 2 cannot be restored: the log has a hole, and every
-    generation after it is rolled back with it (moved aside, its studies listed), so check passes."""
+    generation after it is rolled back with it (moved aside, its studies listed), so check passes.
+    Generation 2's own run is rolled back and its studies listed too, though no manifest names it now."""
     root = copy.resolve()
-    third = manifests.read_log(root)[2].run_id
-    damage(root / "manifest/00000002.json", "flip")
+    later_runs = [g.run_id for g in manifests.read_log(root)[1:]]
+    damage(root / "manifest/00000002.json", kind)
     (root / "warehouse.duckdb").unlink()
     result = repair(root)
     assert result.generation == 1
     assert [g.number for g in manifests.read_log(root)] == [1]
-    assert result.rolled_back == [third] and result.lost_studies  # generation 2's own run id is unreadable
+    assert result.rolled_back == later_runs
+    assert result.lost_studies == built["later"]
     assert check(root, deep=True).ok
     assert state(root) == built["states"][0]
 

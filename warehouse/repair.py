@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -30,9 +33,12 @@ from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import LogState, check, check_file, read_state
 from warehouse.manifest import Generation, ManifestEntry
+from warehouse.run_writer import COMMITTED_MARKER
 from warehouse.tables import TABLES
 
 DAMAGED_DIR = "damaged"
+RECORD_NAME = "repair.json"  # in damaged/<time>/: what the repair found, rolled back and moved
+_RUN_ID = re.compile(r"runs/([0-9]{8}T[0-9]{6}Z-[0-9a-f]+)/")  # a run's files' paths in a manifest file
 
 
 @dataclass
@@ -87,14 +93,22 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
     catalog_bad = any(p.kind == "catalog" for p in before.problems) or bool(rolled)
     manifest_bad = sorted(state.damaged)
     misfits = _misfit_checkpoints(state, kept)
-    if not (rolled or catalog_bad or manifest_bad or misfits
+    interrupted = _unfinished_records(root)
+    if not (rolled or catalog_bad or manifest_bad or misfits or interrupted
             or any(p.kind in ("schema", "checkpoint") for p in before.problems)):
         return result  # nothing to do
     result.changed = True
     result.damaged_dir = str(bin_dir.relative_to(root))
     target_manifest = manifests.fold(kept)
-    result.rolled_back = [g.run_id for g in rolled]
-    result.lost_studies = lost_studies(root, target_manifest, rolled)
+    keep_runs = target_manifest.run_ids | set(target_manifest.retained_until())
+    unlisted = _committed_unlisted_runs(root, state, keep_runs, {g.run_id for g in rolled})
+    lost = lost_studies(root, target_manifest, rolled, [root / "runs" / run for run in unlisted])
+    # What an interrupted repair had already rolled back (its files are in its damaged/ folder) still counts.
+    earlier = list(interrupted.values())
+    result.rolled_back = sorted({g.run_id for g in rolled}.union(unlisted, *(_ids(r, "rolled_back") for r in earlier)))
+    result.lost_studies = sorted(set(lost).union(*(_ids(r, "lost_studies") for r in earlier)))
+    record = {"problems": [p.line() for p in before.problems], "completes": sorted(map(str, interrupted))}
+    _write_record(bin_dir, {**result.as_dict(), **record, "finished": False})  # before anything moves
     # Order matters for a repair that is itself interrupted: first the catalog (whose copy of the log
     # could bring rolled-back generations back), then the manifest from the newest generation down.
     if (root / CATALOG_NAME).exists() and catalog_bad:
@@ -106,7 +120,6 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
         if gen.number in state.damaged:
             manifests.restore(root, gen)
             result.restored_manifest.append(gen.number)
-    keep_runs = target_manifest.run_ids | set(target_manifest.retained_until())
     # Every run directory the remaining state does not list: rolled-back runs, runs of manifest files
     # that could not be restored, leftovers of a crash. The next writer would delete them; we keep them.
     runs = root / "runs"
@@ -125,10 +138,37 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
     result.checkpoints_taken = _retake_checkpoints(root, state, kept, misfits)
     catalog_file.write_catalog(root, target_manifest, kept, tag="repair")  # copies of every generation
     result.rebuilt_catalog = True
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    (bin_dir / "repair.json").write_text(json.dumps(
-        {**result.as_dict(), "problems": [p.line() for p in before.problems]}, indent=1, default=str) + "\n")
+    _write_record(bin_dir, {**result.as_dict(), **record, "finished": True})
+    for folder, unfinished in interrupted.items():
+        _write_record(root / folder, {**unfinished, "finished": True, "completed_by": result.damaged_dir})
     return result
+
+
+def _write_record(folder: Path, record: dict[str, object]) -> None:
+    """``repair.json``, whole or not at all (a repair can itself be killed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (RECORD_NAME + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(tmp, folder / RECORD_NAME)
+
+
+def _ids(record: dict[str, Any], key: str) -> set[str]:
+    value = record.get(key)
+    return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+
+
+def _unfinished_records(root: Path) -> dict[str, dict[str, Any]]:
+    """The records of repairs that were interrupted (``finished`` false), by folder: what they rolled
+    back and found lost is not known from anywhere else once their moves began."""
+    found = {}
+    for path in sorted((root / DAMAGED_DIR).glob(f"*/{RECORD_NAME}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("finished") is False:
+            found[str(path.parent.relative_to(root))] = record
+    return found
 
 
 def _misfit_checkpoints(state: LogState, kept: list[Generation]) -> list[int]:
@@ -187,10 +227,30 @@ def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> i
         "removed the files it superseded): restore from a backup (`trialsync backup`); nothing was changed")
 
 
-def lost_studies(root: Path, target: manifests.Manifest, rolled: list[Generation]) -> list[str]:
+def _committed_unlisted_runs(root: Path, state: LogState, kept: set[str], rolled: set[str]) -> list[str]:
+    """Run directories that committed (their ``_COMMITTED`` marker, or their id in a damaged manifest
+    file) but that no readable manifest file or copy lists: the runs of damaged manifest files with no
+    copy left. They are rolled back with the rest; leftovers of runs that never committed are not."""
+    holes = [n for n in state.damaged if n not in state.copies]
+    if not holes:
+        return []
+    named: set[str] = set()
+    for number in holes:
+        with suppress(OSError):
+            named.update(_RUN_ID.findall(manifests.generation_path(root, number).read_text(errors="replace")))
+    newest_kept = max(kept, default="")  # run ids start with their start time
+    runs = root / "runs"
+    return sorted(d.name for d in (runs.iterdir() if runs.is_dir() else ())
+                  if d.is_dir() and d.name not in kept | rolled
+                  and (d.name in named or ((d / COMMITTED_MARKER).exists() and d.name > newest_kept)))
+
+
+def lost_studies(root: Path, target: manifests.Manifest, rolled: list[Generation],
+                 unlisted: Sequence[Path] = ()) -> list[str]:
     """Studies with a version in the rolled-back runs that the remaining state does not hold. Where a
     rolled-back ``study_versions`` file cannot be read, its run's ``run_studies`` says which versions it
-    saw: a study is lost if that version is newer than the one the remaining state holds."""
+    saw: a study is lost if that version is newer than the one the remaining state holds. ``unlisted``:
+    directories of rolled-back runs whose manifest is gone (their files are found by name)."""
     kept: set[tuple[str, str]] = set()
     latest: dict[str, int] = {}
     for entry in target.entries:
@@ -200,19 +260,22 @@ def lost_studies(root: Path, target: manifests.Manifest, rolled: list[Generation
                                strict=True):
                 kept.add((n, h))
                 latest[n] = max(latest.get(n, 0), v)
+    runs = [[(e.table, root / e.path) for e in gen.entries] for gen in rolled]
+    runs += [[(table, path) for table in ("study_versions", "run_studies")
+              for path in sorted(directory.glob(f"{table}*.parquet"))] for directory in unlisted]
     lost: set[str] = set()
-    for gen in rolled:
+    for files in runs:
         unreadable = False
-        for entry in gen.entries:
-            if entry.table == "study_versions":
+        for table, path in files:
+            if table == "study_versions":
                 try:
-                    lost |= {n for n, h in _read_pairs(root / entry.path) if (n, h) not in kept}
+                    lost |= {n for n, h in _read_pairs(path) if (n, h) not in kept}
                 except Exception:
                     unreadable = True
         if unreadable:
-            for entry in gen.entries:
-                if entry.table == "run_studies":
-                    lost |= {n for n, v in _seen(root / entry.path) if v > latest.get(n, 0)}
+            for table, path in files:
+                if table == "run_studies":
+                    lost |= {n for n, v in _seen(path) if v > latest.get(n, 0)}
     return sorted(lost)
 
 
