@@ -97,3 +97,22 @@ def test_every_version_and_a_studys_versions_pair_with_their_predecessors(
         assert [row[2] for row in some] == [1, 2, 3, 1, 2, 3, 4]
         assert _got(list(version_pairs(con, nct_ids=twice, source=(store.root, manifest)))) == some
 
+
+
+def test_a_full_disk_under_the_spill_file_surfaces_as_itself_not_as_a_duckdb_error(
+        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open result used to make the cleanup's unregister fail, and that DuckDB error replaced the
+    real one: a user saw "connection has an open result" instead of "No space left on device"."""
+    import errno
+
+    import warehouse.pairs as pairs
+
+    def full(*args: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pairs._Spill, "park", full)
+    store = Warehouse(warehouse_dir)
+    with store.committed() as con:
+        with pytest.raises(OSError, match="No space left on device"):
+            list(version_pairs(con, source=(store.root, store.manifest()), batch_size=2))
+        assert con.sql("SELECT count(*) FROM study_versions").fetchall()[0][0] > 0  # the connection still works

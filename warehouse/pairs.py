@@ -110,11 +110,16 @@ def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
     else:
         rows, (k1, k2) = "SELECT * FROM raw_study_versions", _BY_VERSION
     con.register("_pair_roles", roles)
+    reader = None
     try:
         reader = con.sql(_STREAM.format(rows=rows, k1=k1, k2=k2)).to_arrow_reader(batch_size)
         with tempfile.TemporaryFile(dir=spill_dir) as spill:
             yield from _paired(reader, _Spill(spill), baseline_runs, batch_size)
     finally:
+        # The open result first: while it is open DuckDB refuses to unregister, and that error used to
+        # replace the one that stopped the stream (e.g. a full disk under the spill file).
+        if reader is not None:
+            reader.close()
         con.unregister("_pair_roles")
 
 
