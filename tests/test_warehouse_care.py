@@ -602,6 +602,39 @@ def test_a_backup_is_a_working_warehouse_of_hard_links(copy: Path, built: dict[s
     assert again.returncode == 2 and "exists" in again.stderr
 
 
+def test_a_backup_killed_after_its_rename_leaves_a_whole_warehouse_and_a_killed_copy_is_cleaned_up(
+        copy: Path, built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEST appears by a rename: killed just after it (before the catalog is rewritten for DEST), DEST
+    must already be a whole warehouse. A backup killed before its rename leaves its temporary directory,
+    which the next backup to the same DEST removes (its process is gone)."""
+    from warehouse import backup as backups
+
+    dest = tmp_path / "b"
+    write, calls = catalog_file.write_catalog, []
+
+    def killed_on_the_second_write(*args: Any, **kwargs: Any) -> None:
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the rename is done; on disk this is a kill -9
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(catalog_file, "write_catalog", killed_on_the_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        backups.backup(copy.resolve(), dest)
+    monkeypatch.setattr(catalog_file, "write_catalog", write)
+    assert calls[1] == dest.resolve()
+    assert check(dest.resolve(), deep=True).ok
+    assert state(dest) == built["states"][-1]  # commands at DEST read DEST's files
+
+    abandoned = tmp_path / ".c.tmp-999999999"  # no such process
+    (abandoned / "runs").mkdir(parents=True)
+    mine = tmp_path / f".c.tmp-{os.getpid()}-x"  # not a pid: never touched
+    mine.mkdir()
+    backups.backup(copy.resolve(), tmp_path / "c")
+    assert not abandoned.exists() and mine.exists()
+    assert check((tmp_path / "c").resolve(), deep=True).ok
+
+
 @pytest.mark.parametrize("how", ["hard links", "--copy"])
 def test_a_backup_refuses_a_file_whose_bytes_differ_from_the_manifest_checksum_even_at_the_same_size(
         how: str, copy: Path, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 It reads the manifest once (a generation is immutable once published, and so are the files it
 lists), hard-links (or copies) exactly those files into a new directory beside DEST, writes the
-manifest files and a catalog for the new place, and renames the directory to DEST. A run that commits
+manifest files and a catalog there, renames the directory to DEST and writes the catalog again for
+the new place: DEST is a whole warehouse or absent, also after a kill (the temporary directory a
+killed backup leaves is removed by the next backup to the same DEST). A run that commits
 meanwhile is simply not in the copy. If a compaction deletes superseded files during the copy, the
 copy starts again from the newer manifest.
 
@@ -47,6 +49,7 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         raise UsageError(f"{dest} is inside the warehouse {root}; give a place outside it")
     if not dest.parent.is_dir():
         raise UsageError(f"{dest.parent} does not exist")
+    _remove_abandoned(dest)
     for _ in range(ATTEMPTS):
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -59,14 +62,35 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         (tmp / marker).touch()
+        # A whole warehouse before it is renamed to DEST, catalog included (its paths, of the temporary
+        # place, are rewritten at DEST next; killed in between, the first command at DEST rewrites them).
+        log = manifests.read_log(tmp)
+        catalog_file.write_catalog(tmp, manifests.fold(log), log, tag="backup")
         _fsync_tree(tmp)
         os.rename(tmp, dest)
         catalog_file.fsync_path(dest.parent)
-        log = manifests.read_log(dest)
         catalog_file.write_catalog(dest, manifests.fold(log), log, tag="backup")
         _fsync_tree(dest)  # the schema files and directories the catalog write created
         return result
     raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
+
+
+def _remove_abandoned(dest: Path) -> None:
+    """The temporary directories of earlier backups to DEST whose process is gone (killed mid-copy)."""
+    for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
