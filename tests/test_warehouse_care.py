@@ -434,6 +434,24 @@ def test_a_repair_killed_while_moving_leaves_its_findings_for_the_next_repair(
     assert repair(root).changed is False  # and a third repair finds nothing left to do
 
 
+@pytest.mark.parametrize("table", ["sync_runs", "study_versions"])
+def test_damage_to_the_first_runs_files_changes_nothing_and_says_to_restore_a_backup(
+        copy: Path, table: str) -> None:
+    """Rolling back to before the first run would take every run out of the warehouse for one file:
+    repair refuses, like it does when a merged file holds the first run, and moves nothing."""
+    from pipeline.errors import WarehouseError
+
+    root = copy.resolve()
+    first = {e.table: e.path for e in manifests.read_log(root)[0].entries}[table]
+    (root / first).unlink()
+    before = files_of(root)
+    with pytest.raises(WarehouseError, match=r"^generation 1 has damaged files and no earlier committed state is "
+                                             r"intact \(it is the first run\).*nothing was changed$"):
+        repair(root)
+    assert files_of(root) == before
+    assert [p.path for p in check(root).problems] == [first]
+
+
 def _flip_footer(path: Path) -> bytes:
     """Flip bytes inside the Parquet footer (size and magic kept, so only reading the footer tells);
     returns the original bytes."""

@@ -211,7 +211,9 @@ def _retake_checkpoints(root: Path, state: LogState, kept: list[Generation], mis
 
 def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> int:
     """How many generations stay: all if every committed file is intact; otherwise the last state
-    before the first damaged generation whose files are all there and intact."""
+    before the first damaged generation whose files are all there and intact. None is (the first run's
+    files are damaged): an error, since rolling back to nothing would take the whole history out of the
+    warehouse for the sake of one file."""
     owner = {(e.run_id, e.path): g.number for g in log for e in g.entries}
     bad = [owner.get((e.run_id, e.path), 1) for e in manifests.fold(log).entries if not intact(e)]
     if not bad:
@@ -220,11 +222,11 @@ def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> i
     for target in range(first_bad - 1, 0, -1):
         if all(intact(e) for e in manifests.fold(log[:target]).entries):
             return target
-    if first_bad == 1:
-        return 0
+    why = ("it is the first run" if first_bad == 1
+           else "a compaction removed the files it superseded")
     raise WarehouseError(
-        f"generation {first_bad} has damaged files and no earlier committed state is intact (a compaction "
-        "removed the files it superseded): restore from a backup (`trialsync backup`); nothing was changed")
+        f"generation {first_bad} has damaged files and no earlier committed state is intact ({why}): rolling "
+        "back would empty the warehouse; restore from a backup (`trialsync backup`); nothing was changed")
 
 
 def _committed_unlisted_runs(root: Path, state: LogState, kept: set[str], rolled: set[str]) -> list[str]:
