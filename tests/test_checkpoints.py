@@ -238,6 +238,26 @@ def test_a_writer_after_the_checkpoints_were_deleted_copies_every_generation_int
     assert check(warehouse_dir, deep=True).ok
 
 
+def test_a_copied_warehouse_whose_checkpoints_were_deleted_is_reported_before_any_command_runs_there(
+        warehouse_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a new place the catalog still names the old one (the next command rewrites it): its copies
+    of the manifest are as good as ever, and a generation with neither that copy nor a checkpoint's
+    must still be reported, not passed over with the catalog."""
+    import shutil
+
+    monkeypatch.setenv(autocompact.ENV, "off")
+    commit_days(Warehouse(warehouse_dir), range(1, 11))
+    moved = tmp_path / "moved"
+    shutil.copytree(warehouse_dir, moved)
+    assert check(moved, deep=True).ok
+    checkpoints.path(moved, max(checkpoints.numbers(moved))).unlink()
+    report = check(moved, deep=True)
+    assert any("the next command rewrites it" in note for note in report.notes)
+    assert [p.kind for p in report.problems] == ["catalog"] and "generation 5 " in report.problems[0].detail
+    assert repair(moved).changed
+    assert check(moved, deep=True).ok and sync_run_ids(Warehouse(moved)) == [f"run{d:03d}" for d in range(1, 11)]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "emptied"])
 def test_a_generation_file_before_a_checkpoint_that_changed_size_stops_a_writer(
         damage: str, warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

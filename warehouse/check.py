@@ -301,9 +301,9 @@ def _catalog_problems(root: Path, state: LogState, manifest: Manifest, notes: li
     if generation < manifest.generation:
         notes.append(f"the catalog is at generation {generation}: the next command brings it up to date")
         return []
-    if meta.get("root") != str(root):
+    if meta.get("root") != str(root):  # moved or copied here: its views are of the old place, its copies good
         notes.append(f"the catalog reads {meta.get('root')}: the next command rewrites it for this directory")
-        return []
+        return _copy_problems(state) if generation == manifest.generation else []
     problems = []
     if generation > manifest.generation:
         problems.append(Problem("catalog", CATALOG_NAME, f"catalog at generation {generation}, manifest only "
