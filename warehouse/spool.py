@@ -9,7 +9,9 @@ walk:
 - a different scope, window (``--since``/watermark), page size or API URL: a different spool key;
 - the registry refreshed its data (new ``dataTimestamp``), or did not tell us one: no reuse, and
   spools of other data timestamps are deleted when a run starts;
-- the stored next-page token is refused (expired): the spool is emptied and the walk starts again.
+- the stored next-page token is refused (expired): the spool is emptied and the walk starts again;
+- a page that sent a page token the walk had already met (the registry looping) is dropped, with
+  the pages after it, so a re-run asks for it again instead of replaying the loop.
 
 Replayed pages are planned against the warehouse's *current* heads, exactly like fetched ones, so a
 resumed run commits what an uninterrupted run would have. A run that commits deletes its spool.
