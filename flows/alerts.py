@@ -63,11 +63,7 @@ def _now() -> datetime:
 # -- the watchlist file and its secrets ------------------------------------------------------------
 def load_watchlist(path: str | os.PathLike[str]) -> Watchlist:
     """Read and check a watchlist file (also every ``where:`` predicate); one-line ``UsageError``s."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read watchlist {path}: {exc.strerror}") from None
-    watchlist = parse_watchlist(text, str(path))
+    watchlist = parse_watchlist(settings.read_config(path, "watchlist"), str(path))
     for watch in watchlist.watches:
         if watch.studies.where:
             try:

@@ -64,15 +64,24 @@ def shared_data_dir(flag: str | None = None) -> Path:
     )
 
 
+def read_config(path: str | os.PathLike[str], what: str) -> str:
+    """A config file's text; one ``UsageError`` line when it cannot be read or is not UTF-8 text."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                         "save it as UTF-8") from None
+
+
 def rules(path: str | None, meta: Mapping[str, str]) -> Rules:
     """Severity rules: a YAML file (its ``severity:`` mapping, checked whole: ``FILE: key: what is
     wrong``) > the warehouse's stored rules > defaults."""
     if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read rules file {path}: {exc.strerror}") from None
-        return parse_rules(text, str(path))
+        return parse_rules(read_config(path, "rules file"), str(path))
     if "rules" in meta:
         return Rules.from_mapping(orjson.loads(meta["rules"]))
     return Rules()

@@ -10,6 +10,8 @@ silently), and dates stay text until a validator checks them (PyYAML would raise
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
@@ -110,17 +112,30 @@ def choices(value: Any, allowed: tuple[str, ...], key: str, *, what: str = "valu
     return values
 
 
-def integer(value: Any, key: str, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, f"must be a whole number >= {low}, got {_show(value)}")
+def integer(value: Any, key: str, *, low: int, high: int | None = None) -> int:
+    limit = _SANE if high is None else high
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= limit:
+        raise ConfigError(key, f"must be a whole number >= {low}{_at_most(value, high, limit)}, got {_show(value)}")
     return value
 
 
-def number(value: Any, key: str, *, low: float = 0.0, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < low or (positive and value <= 0):
+def number(value: Any, key: str, *, low: float = 0.0, positive: bool = False, high: float | None = None) -> float:
+    """A finite number (YAML's ``.nan`` and ``.inf`` are not) within the bounds."""
+    limit = _SANE if high is None else high
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or not low <= value <= limit or (positive and value <= 0)):
         bound = "> 0" if positive else f">= {low:g}"
-        raise ConfigError(key, f"must be a number {bound}, got {_show(value)}")
+        raise ConfigError(key, f"must be a number {bound}{_at_most(value, high, limit)}, got {_show(value)}")
     return float(value)
+
+
+_SANE = 10**9  # no setting means more than this; bigger values overflow dates and timers downstream
+
+
+def _at_most(value: Any, high: float | None, limit: float) -> str:
+    """The upper bound, in the message when the key has one or the value passed the general one."""
+    past = isinstance(value, int | float) and not isinstance(value, bool) and value > limit
+    return f" and <= {limit:g}" if high is not None or past else ""
 
 
 def a_date(value: Any, key: str) -> date | None:
@@ -137,8 +152,13 @@ def _join(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
 
 
+_SHORT = reprlib.Repr()  # bounded at every level: a YAML alias bomb must not be expanded to be shown
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxtuple, _SHORT.maxset = 3, 4, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:59] + "…"
 
 

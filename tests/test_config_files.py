@@ -31,6 +31,9 @@ BAD_RULES: list[tuple[str, str]] = [
     ("severity:\n  events: {status_changed: urgent}\n",
      f"severity.events.status_changed: unknown value 'urgent'; valid: {SEVERITY_LIST}"),
     ("severity:\n  enrollment_pct_notable: ten\n", "severity.enrollment_pct_notable: must be a number >= 0, got 'ten'"),
+    ("severity:\n  enrollment_pct_notable: .nan\n", "severity.enrollment_pct_notable: must be a number >= 0, got nan"),
+    ("severity:\n  date_shift_days_notable: 99999999999\n",
+     "severity.date_shift_days_notable: must be a whole number >= 0 and <= 1e+09, got 99999999999"),
     ("severity:\n  date_shift_days_notable: 2.5\n",
      "severity.date_shift_days_notable: must be a whole number >= 0, got 2.5"),
     ("severity:\n  critical_status: [TERMINATED]\n",
@@ -48,6 +51,12 @@ def _watchlist(watch: dict[str, object] | None = None, **top: object) -> str:
     return yaml.safe_dump({"channels": _FEED, "watches": [{**_WATCH, **(watch or {})}], **top}, sort_keys=False)
 
 
+def _alias_bomb(levels: int = 9) -> str:
+    """A list whose YAML aliases expand to 9**9 leaves: cheap to load (shared), fatal to print whole."""
+    lists = ["&a0 [x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "[" + ", ".join(lists) + "]"
+
+
 BAD_WATCHLISTS: list[tuple[str, str]] = [
     (_watchlist({"since": "2026-13-45"}).replace("'2026-13-45'", "2026-13-45"),
      "watches[w].since: not a real date: '2026-13-45' (month must be in 1..12); expected YYYY-MM-DD"),
@@ -58,13 +67,23 @@ BAD_WATCHLISTS: list[tuple[str, str]] = [
      f"watches[w].events: unknown event 'status_chnged'; valid: {WATCH_EVENT_LIST}"),
     (_watchlist({"studies": {"status": ["TERMINATD"]}}),
      f"watches[w].studies.status: unknown status 'TERMINATD'; valid: {STATUS_LIST}"),
-    (_watchlist({"lookback_days": "ten"}), "watches[w].lookback_days: must be a whole number >= 0, got 'ten'"),
+    (_watchlist({"lookback_days": "ten"}),
+     "watches[w].lookback_days: must be a whole number >= 0 and <= 36525, got 'ten'"),
     (_watchlist({"min_sevrity": "notable"}),
      "watches[w].min_sevrity: unknown key; valid: name, studies, categories, events, min_severity, mode, channels, "
      "since, lookback_days, fdaaa"),
     (_watchlist(defaults={"mode": "daily"}), "defaults.mode: unknown value 'daily'; valid: immediate, digest"),
     (_watchlist().replace("path: feed.json", "path: feed.json\n    max_items: many"),
-     "channels.feed.max_items: must be a whole number >= 1, got 'many'"),
+     "channels.feed.max_items: must be a whole number >= 1 and <= 100000, got 'many'"),
+    (_watchlist({"lookback_days": 800000}),
+     "watches[w].lookback_days: must be a whole number >= 0 and <= 36525, got 800000"),
+    (_watchlist().replace("path: feed.json", "path: feed.json\n    timeout: .nan"),
+     "channels.feed.timeout: must be a number > 0 and <= 3600, got nan"),
+    (_watchlist().replace("path: feed.json", "path: feed.json\n    timeout: .inf"),
+     "channels.feed.timeout: must be a number > 0 and <= 3600, got inf"),
+    (_watchlist({"studies": {"conditions": "BOMB"}}).replace("BOMB", _alias_bomb()),
+     "watches[w].studies.conditions: must be a text or a list of texts, got [['x', 'x', 'x', 'x', ...], "
+     "[['x', 'x', 'x', 'x', ...], ['x…"),
     (_watchlist({"channels": ["mail"]}), "watches[w].channels: unknown channel 'mail'; valid: feed"),
 ]
 
@@ -122,6 +141,18 @@ def test_a_bad_watchlist_exits_2_naming_file_and_key_and_runs_nothing(
     config = tmp_path / "w.yaml"
     config.write_text(text)
     _expect_refused([*command, str(config), "--warehouse", str(synced)], config, message, synced, capsys)
+
+
+@pytest.mark.parametrize("command", [["rederive", "--rules"], ["alerts", "list", "--config"], ["sync", "--alerts"]],
+                         ids=lambda c: " ".join(c[:2]))
+def test_a_config_file_that_is_not_utf8_exits_2_naming_the_file_and_the_byte(
+        command: list[str], synced: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIALSYNC_API_URL", "http://127.0.0.1:9/api/v2")
+    config = tmp_path / "c.yaml"
+    config.write_bytes("severity: {}\n# caf\u00e9\n".encode("utf-16"))  # what some editors save
+    _expect_refused([*command, str(config), "--warehouse", str(synced)], config,
+                    "is not UTF-8 text (byte 0: b'\\xff'); save it as UTF-8", synced, capsys)
 
 
 def test_rederive_with_valid_rules_stores_them_and_a_typo_never_replaces_them(

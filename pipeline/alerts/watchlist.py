@@ -170,7 +170,7 @@ def _settings(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
         events=choices(spec.get("events"), WATCH_EVENTS, f"{key}.events", what="event"),
         min_severity=choice(spec.get("min_severity", "minor"), SEVERITIES, f"{key}.min_severity"),
         mode=choice(spec.get("mode", "immediate"), MODES, f"{key}.mode"),
-        lookback_days=integer(spec.get("lookback_days", 7), f"{key}.lookback_days", low=0),
+        lookback_days=integer(spec.get("lookback_days", 7), f"{key}.lookback_days", low=0, high=36_525),
     )
 
 
@@ -245,8 +245,9 @@ def _channel(name: str, spec: Any) -> Channel:
     kind = choice(spec.get("type"), CHANNEL_TYPES, f"{key}.type")
     _no_literal_secrets(spec, key)
     known(spec, _COMMON + _CHANNEL_KEYS[kind], key)
-    common = dict(name=name, type=kind, timeout=number(spec.get("timeout", 10.0), f"{key}.timeout", positive=True),
-                  attempts=integer(spec.get("attempts", 3), f"{key}.attempts", low=1))
+    common = dict(name=name, type=kind,
+                  timeout=number(spec.get("timeout", 10.0), f"{key}.timeout", positive=True, high=3600),
+                  attempts=integer(spec.get("attempts", 3), f"{key}.attempts", low=1, high=100))
     return _BUILDERS[kind](spec, common, key)
 
 
@@ -281,7 +282,8 @@ def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) ->
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{key}.host", "needed: the SMTP server's host name")
     security = choice(spec.get("security", "starttls"), SECURITY, f"{key}.security")
-    port = integer(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), f"{key}.port", low=1)
+    port = integer(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), f"{key}.port",
+                   low=1, high=65_535)
     sender = spec.get("from")
     if not isinstance(sender, str) or "@" not in sender:
         raise ConfigError(f"{key}.from", "needed: an e-mail address")
@@ -305,7 +307,7 @@ def _feed_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> 
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{key}.path", "needed: the feed file to write")
     return Channel(**common, path=path, format=choice(spec.get("format", "json"), FEED_FORMATS, f"{key}.format"),
-                   max_items=integer(spec.get("max_items", 500), f"{key}.max_items", low=1),
+                   max_items=integer(spec.get("max_items", 500), f"{key}.max_items", low=1, high=100_000),
                    title=str(spec.get("title", "trialsync alerts")))
 
 
