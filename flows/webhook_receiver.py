@@ -4,13 +4,16 @@
 set back to ``None``: a receiver that is down on one run and up on the next. ``on_receive`` is
 called with each request it keeps, before it answers (a test kills the sender there: the message
 arrived, the sender never heard so). ``hold``, while not set, keeps every answer back: a receiver
-that accepts a message and then times out.
+that accepts a message and then times out. ``redirect_to`` answers with a 302 (an http:// URL of an
+https:// site); ``drip_seconds`` sends the answer's headers one at a time, each in time for a read
+timeout, the whole taking that long.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +34,8 @@ class WebhookReceiver:
         self.requests = 0
         self.on_receive: Callable[[Received], None] | None = None
         self.hold: threading.Event | None = None
+        self.redirect_to: str | None = None  # answer POSTs with a 302 to this path (GETs of it get a 200)
+        self.drip_seconds: float | None = None  # send the headers one every 0.3 s for this long, then a 200
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -44,8 +49,22 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._reply(200, b"landing page")
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if receiver.redirect_to is not None:
+                    with receiver._lock:
+                        receiver.requests += 1
+                    self.send_response(302)
+                    self.send_header("Location", receiver.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if receiver.drip_seconds is not None:
+                    self._drip(receiver.drip_seconds)
+                    return
                 kept = None
                 with receiver._lock:
                     receiver.requests += 1
@@ -65,6 +84,24 @@ class WebhookReceiver:
                     self.end_headers()
                     self.wfile.write(reply)
                 except OSError:  # the sender is gone (killed, or it gave up waiting)
+                    pass
+
+            def _reply(self, status: int, reply: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def _drip(self, seconds: float) -> None:
+                """Each read of the sender's gets a byte in time; the whole answer takes ``seconds``."""
+                try:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    for i in range(int(seconds / 0.3)):
+                        self.wfile.write(f"X-Drip-{i}: x\r\n".encode())
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                    self.wfile.write(b"Content-Length: 2\r\n\r\nok")
+                except OSError:
                     pass
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet

@@ -13,8 +13,10 @@ import email.policy
 import json
 import logging
 import os
+import queue
 import smtplib
 import ssl
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import requests
 
@@ -31,6 +33,8 @@ from pipeline.alerts.watchlist import Channel
 from pipeline.errors import DeliveryFailed
 
 USER_AGENT = "trialsync-alerts"
+GRACE_SECONDS = 1.0  # past a channel's timeout before a delivery is given up (the library's own may fire first)
+T = TypeVar("T")
 # Headers unfolded up to RFC 5322's hard limit: a folded non-ASCII subject shows a stray space.
 _MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 ATOM = "http://www.w3.org/2005/Atom"
@@ -72,6 +76,29 @@ def deliver(sender: Sender, message: Message, *, attempts: int, backoff: float =
             sleep(backoff * 2 ** (attempt - 1))
 
 
+def within(seconds: float, what: str, call: Callable[[], T]) -> T:
+    """``call()``, given ``seconds`` in all. Libraries' timeouts bound each socket read, so a receiver
+    that answers a byte at a time could hold a run (and the warehouse lock) for ever. Past the limit
+    the call is left to finish in a daemon thread, its result unused: a retryable failure, and the
+    outbox sends the message again later (same id: receivers deduplicate)."""
+    done: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+
+    def run() -> None:
+        try:
+            done.put((True, call()))
+        except BaseException as exc:  # handed to the caller's thread
+            done.put((False, exc))
+
+    threading.Thread(target=run, name="trialsync-delivery", daemon=True).start()
+    try:
+        ok, value = done.get(timeout=seconds + GRACE_SECONDS)
+    except queue.Empty:
+        raise DeliveryFailed(f"{what} did not finish answering within {seconds:g}s", retryable=True) from None
+    if not ok:
+        raise value
+    return cast(T, value)
+
+
 def _http_failure(status: int, body: str) -> DeliveryFailed:
     detail = " ".join(body.split())[:120]
     return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""),
@@ -88,11 +115,17 @@ class WebhookSender:
     def send(self, message: Message) -> None:
         headers = {"User-Agent": USER_AGENT, "Idempotency-Key": message.message_id, **self.headers}
         try:
-            response = requests.post(self.url, json=message.payload(), headers=headers, timeout=self.timeout)
+            # A redirect is not followed: requests would turn the POST into a GET without the body and
+            # report the landing page's 200, so the alert would be marked sent but never arrive.
+            response = within(self.timeout, "the webhook", lambda: requests.post(
+                self.url, json=message.payload(), headers=headers, timeout=self.timeout, allow_redirects=False))
         except requests.Timeout:
             raise DeliveryFailed("the webhook timed out", retryable=True) from None
         except requests.RequestException as exc:
             raise DeliveryFailed(f"cannot reach the webhook ({type(exc).__name__})", retryable=True) from None
+        if 300 <= response.status_code < 400:
+            raise DeliveryFailed(f"HTTP {response.status_code}: the webhook URL redirects (e.g. http:// to "
+                                 "https://); configure the URL it redirects to")
         if response.status_code >= 300:
             raise _http_failure(response.status_code, response.text)
 
@@ -104,13 +137,15 @@ class SlackSender:
         from slack_sdk.webhook import WebhookClient
 
         assert resolved.url
+        self.c_timeout = resolved.channel.timeout
         self.client = WebhookClient(resolved.url, timeout=max(1, int(resolved.channel.timeout)),
                                     user_agent_prefix=USER_AGENT, logger=logging.getLogger("trialsync.slack"))
 
     def send(self, message: Message) -> None:
         body = message.slack()
         try:
-            response = self.client.send(text=body["text"], blocks=body["blocks"])
+            response = within(self.c_timeout, "the Slack webhook",
+                              lambda: self.client.send(text=body["text"], blocks=body["blocks"]))
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets
             raise DeliveryFailed(f"cannot reach the Slack webhook ({type(exc).__name__})", retryable=True) from None
         if response.status_code >= 300:
@@ -134,10 +169,7 @@ class EmailSender:
         mail["X-Trialsync-Watch"] = message.watch
         mail.set_content(message.text())
         try:
-            with self._connect() as smtp:
-                if c.username and self.password is not None:
-                    smtp.login(c.username, self.password)
-                smtp.send_message(mail)
+            refused = within(c.timeout, f"the SMTP server {c.host}:{c.port}", lambda: self._submit(mail))
         except smtplib.SMTPAuthenticationError as exc:
             raise DeliveryFailed(f"SMTP login refused ({exc.smtp_code})") from None
         except smtplib.SMTPRecipientsRefused:
@@ -147,6 +179,19 @@ class EmailSender:
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"cannot reach the SMTP server {c.host}:{c.port} ({type(exc).__name__})",
                                  retryable=True) from None
+
+        if refused:  # some recipients were refused (the others have it): the message counts as not sent
+            codes = sorted({code for code, _ in refused.values()})
+            raise DeliveryFailed(f"SMTP server refused {len(refused)} of {len(c.recipients)} recipients "
+                                 f"({', '.join(map(str, codes))})", retryable=all(400 <= code < 500 for code in codes))
+
+    def _submit(self, mail: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        """Connect, log in and send; the recipients the server refused (``send_message`` raises only
+        when it refused them all)."""
+        with self._connect() as smtp:
+            if self.c.username and self.password is not None:
+                smtp.login(self.c.username, self.password)
+            return smtp.send_message(mail)
 
     def _connect(self) -> smtplib.SMTP:
         c = self.c
@@ -174,6 +219,7 @@ class AppriseSender:
         import apprise
 
         assert resolved.url
+        self.timeout = resolved.channel.timeout
         self.apprise = apprise.Apprise()
         if not self.apprise.add(resolved.url):
             raise DeliveryFailed("not a valid Apprise URL")
@@ -182,8 +228,8 @@ class AppriseSender:
         import apprise
 
         with apprise.LogCapture(level=logging.WARNING) as captured:
-            ok = self.apprise.notify(body=message.markdown(), title=message.subject,
-                                     body_format=apprise.NotifyFormat.MARKDOWN)
+            ok = within(self.timeout, "the Apprise service", lambda: self.apprise.notify(
+                body=message.markdown(), title=message.subject, body_format=apprise.NotifyFormat.MARKDOWN))
         if not ok:
             lines = [line for line in str(captured.getvalue()).splitlines() if line.strip()]
             raise DeliveryFailed("Apprise could not deliver" + (f": {lines[-1][:160]}" if lines else ""),
