@@ -132,10 +132,13 @@ def load_bulk(
                 wait(futures)
                 raise
         totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
-        if not first_load:  # a first load only adds first versions: no change to derive
+        # A first load adds first versions, with no change to derive, except for studies the archive
+        # lists more than once with different content: their later versions are changes.
+        if not first_load or reading.repeated:
             totals.changes_written = derive_run_changes(
                 run, settings.rules(None, run.manifest.meta), only_run=run_id,
-                baseline_runs=frozenset([run_id]) if baseline else frozenset())
+                baseline_runs=frozenset([run_id]) if baseline else frozenset(),
+                nct_ids=sorted(reading.repeated) if first_load else None)
         summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
         params = {"archive": str(archive.path), "members": str(archive.members),
                   "json_bytes": str(archive.json_bytes), "skipped": str(archive.skipped),
@@ -167,14 +170,17 @@ def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
 
 
 class ReadCounts:
-    """How many members the run skipped for their key, re-hashed as the sampled check, found wrong."""
+    """How many members the run skipped for their key, re-hashed as the sampled check, found wrong;
+    which studies new to the warehouse it gave more than one version (listed more than once)."""
 
     def __init__(self) -> None:
         self.unread = self.sampled = self.verified_shards = 0
         self.mismatched: list[str] = []
+        self.repeated: list[str] = []
         self.canonicalisers: set[str] = set()
 
     def add(self, shard: ShardResult) -> None:
+        self.repeated += shard.repeated
         self.unread += shard.unread
         self.sampled += shard.sampled
         self.mismatched += shard.mismatched

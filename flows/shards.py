@@ -31,6 +31,7 @@ import orjson
 import pyarrow as pa
 
 from pipeline.hashing import content_hash, implementation
+from pipeline.parse import record_nct_id
 from pipeline.registry.bulk import Member, MemberReader, member_key, members
 from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
 from warehouse.heads import to_dict
@@ -72,6 +73,7 @@ class ShardResult:
     verified_all: bool = False  # every member was read (--verify, or after a sampled mismatch)
     quarantined: int = 0
     stale: list[str] = field(default_factory=list)  # studies whose member was older than their head
+    repeated: list[str] = field(default_factory=list)  # studies new to the warehouse given 2+ versions here
     unknown_fields: dict[str, int] = field(default_factory=dict)  # keys the schema does not know -> records
     newest_update: date | None = None
     parts: list[StagedFile] = field(default_factory=list)
@@ -162,22 +164,37 @@ def _drawn(run_id: str, nct_id: str, threshold: int) -> bool:
 
 
 def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx: RunContext) -> BatchPlan:
-    records, raws, keys, broken = [], [], [], []
+    records, raws, keys, names, broken = [], [], [], [], []
     for member in batch:
         data = reader.read(member)
         try:
-            records.append(orjson.loads(data))
+            record = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             # Kept as a JSON string, so the quarantine view can still cast raw to JSON.
             broken.append(Quarantined(member.nct_id, f"invalid JSON: {exc}",
                                       orjson.dumps(data.decode(errors="replace"))))
             continue
+        if (problem := _not_its_study(member, record)) is not None:
+            broken.append(Quarantined(member.nct_id, problem, data if b"\n" not in data else orjson.dumps(record)))
+            continue
+        records.append(record)
+        names.append(member.nct_id)
         # Compact members are stored as the registry wrote them; indented ones are compacted.
         raws.append(data if b"\n" not in data else orjson.dumps(records[-1]))
         keys.append(member_key(member))
-    plan = plan_batch(records, heads, ctx, raws=raws, member_keys=keys)
+    plan = plan_batch(records, heads, ctx, raws=raws, member_keys=keys, nct_ids=names)
     plan.quarantined.extend(broken)
     return plan
+
+
+def _not_its_study(member: Member, record: object) -> str | None:
+    """Why a member cannot be planned as the study its file name says, or None. The file name picks
+    the shard and so the stored heads the record is compared with: a record of another study there
+    would be taken for a new study (a second version 1 of a stored one)."""
+    own = record_nct_id(record) if isinstance(record, dict) else None
+    if own is not None and own != member.nct_id:
+        return f"the file {member.nct_id}.json holds study {own}: file name and record disagree"
+    return None  # its own study, or no study id at all (``plan_batch`` says why it is quarantined)
 
 
 def _count(result: ShardResult, plan: BatchPlan, studies: int) -> None:
@@ -187,6 +204,7 @@ def _count(result: ShardResult, plan: BatchPlan, studies: int) -> None:
     result.unchanged += plan.unchanged
     result.quarantined += len(plan.quarantined)
     result.stale += plan.stale
+    result.repeated += [v.core.nct_id for v in plan.versions if not v.is_new_study and v.version == 2]
     for path, n in plan.unknown_fields.items():
         result.unknown_fields[path] = result.unknown_fields.get(path, 0) + n
     result.newest_update = max(filter(None, [result.newest_update, plan.newest_update]), default=None)

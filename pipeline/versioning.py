@@ -91,6 +91,7 @@ def plan_batch(
     registry_versions: Mapping[str, int] | None = None,
     raws: Sequence[bytes] | None = None,
     member_keys: Sequence[int] | None = None,
+    nct_ids: Sequence[str] | None = None,
 ) -> BatchPlan:
     """Versions to store for ``records`` given the current ``heads``.
 
@@ -98,7 +99,9 @@ def plan_batch(
     again (that content was validated when its version was stored); a study seen twice in one batch
     with different content gets two versions, in the order seen. ``raws``: the records' own compact
     JSON text, stored as is instead of serialising the record again (a bulk file's members);
-    ``member_keys``: the members' keys (``pipeline.registry.bulk.member_key``), stored with each version.
+    ``member_keys``: the members' keys (``pipeline.registry.bulk.member_key``), stored with each version;
+    ``nct_ids``: the study each record was found under (a member's file name), for the quarantine row of a
+    record that does not say its own.
     """
     plan = BatchPlan()
     for index, record in enumerate(records):
@@ -123,7 +126,8 @@ def plan_batch(
             parsed = parse_record(record)
             rows = flatten(parsed.study)  # only for new versions: unchanged records cost no flattening
         except RecordInvalid as exc:
-            plan.quarantined.append(Quarantined(exc.nct_id or nct_hint, exc.reason, raw or _raw(record)))
+            found_as = nct_ids[index] if nct_ids is not None else None
+            plan.quarantined.append(Quarantined(exc.nct_id or nct_hint or found_as, exc.reason, raw or _raw(record)))
             continue
         core = parsed.core
         _note_update(plan, core.last_update_posted)

@@ -193,7 +193,51 @@ def test_unusable_members_are_quarantined_and_the_rest_commits(
     assert (summary["versions_written"], summary["quarantined"]) == (3, 2)
     assert query(warehouse_dir, "SELECT nct_id, reason FROM quarantine ORDER BY reason") == [
         ("NCT00000001", "invalid JSON: unexpected end of data: line 1 column 46 (char 45)"),
-        (None, "record has no protocolSection")]
+        (nct(records[3]), "record has no protocolSection")]  # the file's name says whose it was
+
+
+@pytest.mark.parametrize("when", ["first load", "reload"])
+def test_a_member_holding_another_studys_record_is_quarantined_not_a_second_version_1(
+        records: list[dict[str, Any]], tmp_path: Path, warehouse_dir: Path, when: str) -> None:
+    """The file name picks the shard, and with it the stored heads a record is compared with: a record
+    of another study there used to be taken for a new study, a second version 1 of a stored one."""
+    first, other = records[0], next(r for r in records[1:] if nct(r)[-2:] != nct(records[0])[-2:])
+    stray = f"{nct(other)[-2:]}/{nct(other)}.json"
+    base = {f"{nct(r)[-2:]}/{nct(r)}.json": orjson.dumps(r) for r in records[:20] if nct(r) != nct(other)}
+    if when == "reload":
+        load(write_zip(tmp_path / "base.zip", base), warehouse_dir)
+        files = {stray: orjson.dumps(first)}
+    else:
+        files = {**base, stray: orjson.dumps(first)}
+    summary = load(write_zip(tmp_path / "bulk.zip", files), warehouse_dir)
+    assert summary["quarantined"] == 1 and summary["changes_written"] == 0
+    assert query(warehouse_dir, "SELECT nct_id, reason FROM quarantine") == [
+        (nct(other), f"the file {nct(other)}.json holds study {nct(first)}: file name and record disagree")]
+    assert query(warehouse_dir, f"SELECT count(*) FROM study_versions WHERE nct_id = '{nct(first)}'") == [(1,)]
+    assert query(warehouse_dir, "SELECT count(*) FROM study_versions GROUP BY nct_id, version HAVING count(*) > 1"
+                 ) == []
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # the point: one study's file twice in the zip
+def test_a_first_load_that_lists_a_study_twice_derives_the_change_between_its_versions(
+        records: list[dict[str, Any]], tmp_path: Path, warehouse_dir: Path) -> None:
+    """Versions 1 and 2 of one study in one first load: the change between them is derived, as a
+    reload of the same zip or a rederive would, while the other studies' first versions cost nothing."""
+    from pipeline import mutate
+
+    twice = records[0]
+    files = {f"{nct(r)[-2:]}/{nct(r)}.json": orjson.dumps(r) for r in records[:10]}
+    path = tmp_path / "bulk.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        zf.writestr(f"{nct(twice)[-2:]}/{nct(twice)}.json", orjson.dumps(mutate.set_status(twice, "SUSPENDED")))
+    summary = load(path, warehouse_dir)
+    assert (summary["versions_written"], summary["new_studies"]) == (11, 10)
+    derived = query(warehouse_dir, "SELECT nct_id, from_version, to_version, event FROM changes "
+                                   "WHERE event = 'status_changed'")
+    assert derived == [(nct(twice), 1, 2, "status_changed")]
+    assert summary["changes_written"] == query(warehouse_dir, "SELECT count(*) FROM changes")[0][0] > 0
 
 
 def test_a_bulk_load_runs_its_shard_tasks_on_a_local_dask_cluster(
