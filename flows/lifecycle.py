@@ -32,6 +32,8 @@ def install() -> None:
     global _installed
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
+    if _installed:  # once from the console script's first line, again from ``main`` (tests call it)
+        return
     _installed = True
     # Exit hooks run last-registered first: registered before Prefect is imported, this one runs after
     # Prefect's own (which drain logs to its temporary server, then stop it), and stops what is left.

@@ -210,3 +210,19 @@ def test_reaping_while_a_worker_still_runs_stops_the_worker_then_the_tracker() -
     tracker) would block until the worker ended on its own, past the stop deadline."""
     answer = _reap("busy")
     assert answer["stopped"] == [answer["worker"]]
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3])
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_a_signal_while_the_commands_are_still_importing_ends_with_one_line_and_the_signals_code(
+        tmp_path: Path, name: str, delay: float) -> None:
+    """The console script takes SIGINT and SIGTERM before it imports the commands (~0.5 s): a Ctrl-C
+    in that time used to print a KeyboardInterrupt traceback and die of the signal."""
+    proc = start(["runs", "--warehouse", str(tmp_path / "none")], plain_env())
+    time.sleep(delay)
+    os.kill(proc.pid, SIGNALS[name])
+    _, stderr = proc.communicate(timeout=STOP_SECONDS)
+    what = "interrupted" if name == "INT" else "terminated"
+    assert proc.returncode == 128 + SIGNALS[name], stderr
+    assert stderr.strip().splitlines() == [
+        f"trialsync: {what} (an unfinished run commits nothing; the next run cleans up after it)"]
