@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from flows import progress, settings
 from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
-from flows.lifecycle import ignore_interrupts
+from flows.lifecycle import worker_started
 from flows.shards import (
     CANCEL_MARKER,
     DEFAULT_BATCH_SIZE,
@@ -241,7 +241,7 @@ def shard_executor(processes: int | None, dask: str | None) -> AbstractContextMa
 
 @contextmanager
 def _local_pool(processes: int) -> Iterator[Pool]:
-    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=ignore_interrupts) as pool:
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=worker_started) as pool:
         yield pool, processes
 
 

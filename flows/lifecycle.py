@@ -12,15 +12,18 @@ killed: a command never leaves a child behind.
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import signal
 import sys
 import threading
+import time
 from contextlib import nullcontext, suppress
 from typing import Any
 
 GRACE_SECONDS = 7.0  # the whole stop, children included, stays under 10 s
 REAP_SECONDS = 2.0  # how long children get between SIGTERM and SIGKILL
+PARENT_POLL_SECONDS = 1.0  # how often a worker process looks whether its parent is still there
 
 _signalled: int | None = None
 _lock = threading.Lock()
@@ -153,7 +156,18 @@ def _close_resource_tracker() -> None:
             tracker._fd = None  # type: ignore[union-attr]
 
 
-def ignore_interrupts() -> None:
-    """For worker processes: the parent handles Ctrl-C (it cancels their work), so a Ctrl-C sent to
-    the whole group neither kills them mid-file nor prints a traceback from each."""
+def worker_started() -> None:
+    """For worker processes (a pool's initializer): the parent handles Ctrl-C (it cancels their work),
+    so a Ctrl-C sent to the whole group neither kills them mid-file nor prints a traceback from each.
+    And they leave when the parent is gone however it went (kill -9, the OOM killer): nothing else
+    would end them, each holding a batch in memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    spawner = multiprocessing.parent_process()  # who started us: the parent may be gone already
+    parent = spawner.pid if spawner is not None and spawner.pid is not None else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="trialsync-parent-watch", daemon=True).start()

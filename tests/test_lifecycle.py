@@ -3,6 +3,7 @@ commit nothing, and leave no child process behind (real processes, real signals,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -226,3 +227,48 @@ def test_a_signal_while_the_commands_are_still_importing_ends_with_one_line_and_
     assert proc.returncode == 128 + SIGNALS[name], stderr
     assert stderr.strip().splitlines() == [
         f"trialsync: {what} (an unfinished run commits nothing; the next run cleans up after it)"]
+
+
+def test_pool_workers_leave_when_their_parent_is_killed_with_sigkill(tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer) runs no handler in the parent: its spawned workers, ~280 MB each in
+    a bulk load, used to stay for ever under PID 1. They watch their parent and leave."""
+    import sys
+    import textwrap
+
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+        from flows.lifecycle import worker_started
+        if __name__ == "__main__":
+            pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=worker_started)
+            futures = [pool.submit(time.sleep, 120) for _ in range(2)]
+            print("submitted", flush=True)
+            time.sleep(120)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "submitted"
+        deadline = time.monotonic() + 60
+        while len(workers := [p for p in psutil.Process(proc.pid).children(recursive=True)
+                              if "spawn_main" in " ".join(p.cmdline())]) < 2:
+            assert time.monotonic() < deadline, "the pool's workers never started"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while alive := [w for w in workers if _running(w)]:  # an orphan's zombie waits for PID 1: gone
+            assert time.monotonic() < deadline, f"workers still running after their parent died: {alive}"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
