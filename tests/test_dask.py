@@ -88,3 +88,19 @@ def test_dask_workers_do_the_shard_work_without_prefect_and_the_flow_reports_the
     shard_runs = [t for t in tasks if t.name.startswith("shard-")]
     assert run.state_name == "Completed" and len(shard_runs) == shards > 1
     assert all(t.state_name == "Completed" for t in shard_runs)
+
+
+def test_a_failing_load_on_a_local_dask_cluster_ends_with_one_line_not_the_workers_tracebacks(
+        corpus_zip: Path, tmp_path: Path) -> None:
+    """Each local Dask worker logged "Compute Failed" with a traceback for the damaged member (some 40
+    lines before ours); without --debug the command says one line, as with the local process pool."""
+    damaged = tmp_path / "damaged.zip"
+    data = bytearray(corpus_zip.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 64):  # inside a member's compressed bytes
+        data[i] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    result = run_cli("load-bulk", str(damaged), "--warehouse", str(tmp_path / "w"), "--dask", "local",
+                     "--workers", "2", "-q", env=plain_env(), timeout=600)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"trialsync: error: {damaged}: NCT"), result.stderr

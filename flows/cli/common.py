@@ -86,6 +86,9 @@ def configure_logging(debug: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+        # A local Dask cluster's workers (this process's children) would print a traceback each for a
+        # shard that failed or was stopped; the run's one line says what happened.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
 
 
 def quiet_prefect_failures() -> None:
