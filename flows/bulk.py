@@ -210,14 +210,17 @@ def _add(totals: RunTotals, shard: ShardResult) -> None:
     totals.watermark = max(filter(None, [totals.watermark, shard.newest_update]), default=None)
 
 
+MAX_WORKERS = 256  # processes of one machine (each holds a batch); a typo like 100000 is refused
+
+
 def execution(workers: int | None = None, dask: str | None = None) -> tuple[int, int | None]:
     """Task threads and worker processes for a bulk load.
 
     Shard tasks run in threads of the flow's process and hand the work to an executor: ``workers``
     local processes (default: one per core; ``1`` = in this process), or with ``dask`` the workers
     of a Dask cluster (an address, or ``local`` for a local cluster of ``workers`` processes)."""
-    if workers is not None and workers < 1:
-        raise UsageError("--workers must be at least 1")
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
     n = workers or os.cpu_count() or 1
     if dask:
         # The threads only wait for the cluster: enough of them to keep a bigger cluster busy too.

@@ -146,12 +146,14 @@ def load_bulk(
     quiet: QuietOpt = False,
 ) -> None:
     """Load the registry's bulk download as one run (later syncs continue from it)."""
+    from flows.bulk import execution
     from pipeline.registry.bulk import check_bulk_file, is_url
 
+    execution(workers, dask)  # refuses a --workers out of range (exit 2) before anything starts
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
     if not is_url(source):
         source = str(check_bulk_file(source).resolve())
-    if (workers is not None and workers < 1) or batch_size < 1:
-        raise UsageError("--workers and --batch-size must be at least 1")
     _refuse_damaged(warehouse)
     summary = run_bulk(dict(source=source, warehouse=str(settings.warehouse_dir(warehouse)), batch_size=batch_size,
                             lock_timeout=lock_timeout, download_dir=download_dir, verify=verify),

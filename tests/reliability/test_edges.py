@@ -74,6 +74,8 @@ BAD_INPUT: list[tuple[list[str], str]] = [
     (["sql", "SELECT 1", "--format", "xml"], "--format must be one of table, json, csv, not 'xml'"),
     (["sql"], "Missing argument 'statement'."),
     (["runs", "--limit", "many"], "Invalid value for '--limit'"),
+    (["load-bulk", "ctg-studies.json.zip", "--workers", "0"], "--workers must be from 1 to 256, got 0"),
+    (["load-bulk", "ctg-studies.json.zip", "--workers", "100000"], "--workers must be from 1 to 256, got 100000"),
     (["bogus-command"], "No such command 'bogus-command'."),
 ]
 
