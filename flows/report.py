@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -41,8 +42,13 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
     html = render(studies=studies, digest=summary, compliance=fdaaa, generated_at=generated,
                   source=store.root.resolve().name)
     output = output.expanduser().resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:  # a place that cannot be written: the user's to change
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write the report to {output}: {exc.strerror or exc}") from None
     return output

@@ -78,6 +78,10 @@ class WarehouseError(TrialsyncError):
     """The warehouse directory is not usable (not a warehouse, corrupt catalog, ...)."""
 
 
+class WarehouseMissing(UsageError, WarehouseError):
+    """No warehouse where one was named (``--warehouse``, ``TRIALSYNC_WAREHOUSE``): bad input, exit 2."""
+
+
 class DeliveryFailed(TrialsyncError):
     """An alert channel did not take a message; ``retryable`` for 5xx, 429, timeouts and resets."""
 

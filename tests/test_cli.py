@@ -70,7 +70,7 @@ def test_the_machine_readable_change_feed_carries_every_column_with_the_change_i
 
 def test_sql_on_a_missing_warehouse_says_what_to_do(tmp_path: Path) -> None:
     result = run_cli("sql", "SELECT 1", "--warehouse", str(tmp_path / "nothing"))
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input, as for `check` and every command
     assert result.stderr.strip() == f"trialsync: error: no warehouse at {tmp_path / 'nothing'} " \
         "(run `trialsync sync` first)"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
+from pipeline.errors import UsageError, WarehouseBusy, WarehouseError, WarehouseMissing
 from warehouse import catalog, catalog_file, checkpoints, migrations, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
@@ -149,6 +149,8 @@ class Warehouse:
             refuse_if_damaged(root, footers=False, since_checkpoint=True)
         if root.exists() and not root.is_dir():
             raise UsageError(f"warehouse {root} exists and is not a directory")
+        if blocker := next((p for p in root.parents if p.exists() and not p.is_dir()), None):
+            raise UsageError(f"warehouse {root} cannot be made: {blocker} is a file, not a directory")
         # Every sync takes the lock file before it creates anything else, so a directory without
         # catalog, marker or lock file was never a warehouse.
         if not root.is_dir() or any((root / name).exists() for name in (CATALOG_NAME, MARKER_NAME, LOCK_NAME)):
@@ -170,7 +172,7 @@ class Warehouse:
         settings are locked so the query cannot undo this.
         """
         if not self.exists():
-            raise WarehouseError(f"no warehouse at {self.root} (run `trialsync sync` first)")
+            raise WarehouseMissing(f"no warehouse at {self.root} (run `trialsync sync` first)")
         config: dict[str, str | bool | int | float | list[str]] = (
             {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
         con = self._open_current(config)

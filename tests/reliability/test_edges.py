@@ -75,6 +75,8 @@ BAD_INPUT: list[tuple[list[str], str]] = [
     (["sql"], "Missing argument 'statement'."),
     (["runs", "--limit", "many"], "Invalid value for '--limit'"),
     (["load-bulk", "ctg-studies.json.zip", "--workers", "0"], "--workers must be from 1 to 256, got 0"),
+    (["changes", "--warehouse", "/nonexistent/w"], "no warehouse at /nonexistent/w (run `trialsync sync` first)"),
+    (["rederive", "--warehouse", "/dev/null/w"], "warehouse /dev/null/w cannot be made: /dev/null is a file"),
     (["load-bulk", "ctg-studies.json.zip", "--workers", "100000"], "--workers must be from 1 to 256, got 100000"),
     (["bogus-command"], "No such command 'bogus-command'."),
 ]
