@@ -27,6 +27,7 @@ from pipeline.errors import (
     RegistryUnavailable,
     UsageError,
 )
+from pipeline.flatten import ChildRows
 from pipeline.history import (
     FetchedVersion,
     HistoryIndex,
@@ -134,12 +135,13 @@ def _plan(bc: _BatchContext, stored: dict[str, list[StoredVersion]],
         if got is None:
             continue
         planned: dict[int, NewVersion] = {}
+        rows: dict[int, ChildRows] = {}
         for number, record in got.records:
             one = plan_batch([record], {}, bc.ctx, registry_versions={nct: number})
             plan.quarantined += [Quarantined(q.nct_id, f"history version {number}: {q.reason}", q.raw)
                                  for q in one.quarantined]
             if one.versions:
-                planned[number] = one.versions[0]
+                planned[number], rows[number] = one.versions[0], one.child_rows
         candidates = [FetchedVersion(n, got.index.entry(n).date, v.content_hash, key=n) for n, v in planned.items()]
         merge = merge_history(stored.get(nct, []), candidates)
         if not merge.changed:
@@ -150,6 +152,7 @@ def _plan(bc: _BatchContext, stored: dict[str, list[StoredVersion]],
             assert m.fetched is not None
             plan.versions.append(replace(planned[m.fetched.key], version=m.version, registry_updated=m.registry_updated,
                                          is_new_study=first and m.version == 1))
+            plan.child_rows.add_version(rows[m.fetched.key], m.version)
         plan.seen.append((nct, merge.versions[-1].version))
     return plan, merges
 

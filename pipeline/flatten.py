@@ -110,6 +110,20 @@ class ChildRows:
             for name, values in columns.items():
                 gathered[name].extend(values)
 
+    def add_version(self, rows: ChildRows, version: int) -> None:
+        """Add ``rows``, one version's, under the number ``version`` (a backfill plans each history
+        record on its own and numbers the versions when it merges them into the study's history)."""
+        for table, columns in rows.columns.items():
+            count = len(rows.keys[table][0])
+            if table not in self.columns:
+                self.columns[table] = {name: [] for name in columns}
+                self.keys[table] = ([], [])
+            ncts, versions = self.keys[table]
+            ncts.extend(rows.keys[table][0])
+            versions.extend(repeat(version, count))
+            for name, values in columns.items():
+                self.columns[table][name].extend(values)
+
 
 # -- keys and conversions other code may reuse (e.g. diffing sites) ----------------------------------
 SiteIdentity = tuple[str | None, str | None, str | None, str | None, str | None]

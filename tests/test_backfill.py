@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from collections.abc import Iterator
 from datetime import date
@@ -90,6 +91,26 @@ def test_backfill_stores_the_ten_real_versions_in_order_with_their_changes(histo
         "v10  registry v9 2020-04-27")
     assert "status_changed: overall status: ACTIVE_NOT_RECRUITING → COMPLETED" in text
     assert "enrollment_changed: enrollment: 30 → 16 (-46.7%)" in text
+
+
+def test_every_backfilled_version_has_its_child_table_rows_as_flatten_makes_them(
+        history_registry: FakeRegistry, warehouse_dir: Path) -> None:
+    """A backfill plans each history record on its own and numbers the versions when it merges them:
+    each version's child rows must travel with its final number (they were once left behind, and
+    the eligibility, outcomes, ... of every backfilled version were empty)."""
+    from pipeline.flatten import flatten
+    from pipeline.parse import parse_record
+
+    backfill(history_registry, warehouse_dir, NCT)
+    raws = rows(warehouse_dir, "SELECT version, raw FROM study_versions WHERE nct_id = ? ORDER BY version", [NCT])
+    assert len(raws) == 10
+    for table in ("eligibility", "outcomes", "conditions", "locations", "study_summary"):
+        stored = rows(warehouse_dir, f"SELECT version, count(*) FROM {table} WHERE nct_id = ? GROUP BY version "
+                                     "ORDER BY version", [NCT])
+        expected = [(v, n) for v, raw in raws
+                    if (n := len(next(iter(flatten(parse_record(json.loads(raw)).study)[table].values()))))]
+        assert stored == expected, table
+    assert rows(warehouse_dir, "SELECT count(*) FROM eligibility WHERE nct_id = ?", [NCT]) == [(10,)]
 
 
 def test_backfilling_twice_stores_nothing_new(history_registry: FakeRegistry, warehouse_dir: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from pipeline.changes import Change
-from pipeline.flatten import ChildRows
+from pipeline.flatten import ONE_ROW_TABLES, ChildRows
 from pipeline.parse import CORE_COLUMNS
 from pipeline.versioning import BatchPlan, NewVersion, RunContext
 from warehouse.tables import CHANGES, CHILD_TABLES, QUARANTINE, RUN_STUDIES, STUDY_VERSIONS
@@ -15,6 +15,10 @@ from warehouse.tables import CHANGES, CHILD_TABLES, QUARANTINE, RUN_STUDIES, STU
 
 def plan_tables(plan: BatchPlan, ctx: RunContext) -> dict[str, pa.Table]:
     """Every table's rows for one planned batch (each writer appends exactly these)."""
+    for table in ONE_ROW_TABLES:  # every version has one row of each: child rows cannot go missing
+        rows = len(plan.child_rows.keys.get(table, ((), ()))[0])
+        if rows != len(plan.versions):
+            raise RuntimeError(f"internal error: {len(plan.versions)} versions but {rows} {table} rows")
     return {
         "study_versions": versions_table(plan.versions, ctx),
         **child_tables(plan.child_rows),
