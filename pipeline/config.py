@@ -122,7 +122,8 @@ def integer(value: Any, key: str, *, low: int, high: int | None = None) -> int:
 def number(value: Any, key: str, *, low: float = 0.0, positive: bool = False, high: float | None = None) -> float:
     """A finite number (YAML's ``.nan`` and ``.inf`` are not) within the bounds."""
     limit = _SANE if high is None else high
-    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value))  # an int has no NaN (and may not fit a float)
             or not low <= value <= limit or (positive and value <= 0)):
         bound = "> 0" if positive else f">= {low:g}"
         raise ConfigError(key, f"must be a number {bound}{_at_most(value, high, limit)}, got {_show(value)}")

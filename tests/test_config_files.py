@@ -32,6 +32,8 @@ BAD_RULES: list[tuple[str, str]] = [
      f"severity.events.status_changed: unknown value 'urgent'; valid: {SEVERITY_LIST}"),
     ("severity:\n  enrollment_pct_notable: ten\n", "severity.enrollment_pct_notable: must be a number >= 0, got 'ten'"),
     ("severity:\n  enrollment_pct_notable: .nan\n", "severity.enrollment_pct_notable: must be a number >= 0, got nan"),
+    ("severity:\n  enrollment_pct_notable: 1" + "0" * 400 + "\n",
+     "severity.enrollment_pct_notable: must be a number >= 0 and <= 1e+09, got " + "1" + "0" * 27 + "..." + "0" * 29),
     ("severity:\n  date_shift_days_notable: 99999999999\n",
      "severity.date_shift_days_notable: must be a whole number >= 0 and <= 1e+09, got 99999999999"),
     ("severity:\n  date_shift_days_notable: 2.5\n",

@@ -644,6 +644,15 @@ def test_a_backup_killed_after_its_rename_leaves_a_whole_warehouse_and_a_killed_
     assert check(dest.resolve(), deep=True).ok
     assert state(dest) == built["states"][-1]  # commands at DEST read DEST's files
 
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(catalog_file, "write_catalog", fails)
+    with pytest.raises(OSError):
+        backups.backup(copy.resolve(), tmp_path / "f")
+    monkeypatch.setattr(catalog_file, "write_catalog", write)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".f")) == []  # a failure leaves nothing
+
     abandoned = tmp_path / ".c.tmp-999999999"  # no such process
     (abandoned / "runs").mkdir(parents=True)
     mine = tmp_path / f".c.tmp-{os.getpid()}-x"  # not a pid: never touched

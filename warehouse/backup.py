@@ -54,20 +54,21 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            result = _copy(root, tmp, dest, hard_links)
-        except FileNotFoundError:  # a compaction removed superseded files: start again from its manifest
-            shutil.rmtree(tmp, ignore_errors=True)
-            continue
-        except BaseException:
+            try:
+                result = _copy(root, tmp, dest, hard_links)
+            except FileNotFoundError:  # a compaction removed superseded files: start again from its manifest
+                shutil.rmtree(tmp, ignore_errors=True)
+                continue
+            (tmp / marker).touch()
+            # A whole warehouse before it is renamed to DEST, catalog included (its paths, of the temporary
+            # place, are rewritten at DEST next; killed in between, the first command at DEST rewrites them).
+            log = manifests.read_log(tmp)
+            catalog_file.write_catalog(tmp, manifests.fold(log), log, tag="backup")
+            _fsync_tree(tmp)
+            os.rename(tmp, dest)
+        except BaseException:  # nothing of a failed backup stays (a kill leaves it to the next backup)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        (tmp / marker).touch()
-        # A whole warehouse before it is renamed to DEST, catalog included (its paths, of the temporary
-        # place, are rewritten at DEST next; killed in between, the first command at DEST rewrites them).
-        log = manifests.read_log(tmp)
-        catalog_file.write_catalog(tmp, manifests.fold(log), log, tag="backup")
-        _fsync_tree(tmp)
-        os.rename(tmp, dest)
         catalog_file.fsync_path(dest.parent)
         catalog_file.write_catalog(dest, manifests.fold(log), log, tag="backup")
         _fsync_tree(dest)  # the schema files and directories the catalog write created
