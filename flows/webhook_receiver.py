@@ -4,9 +4,10 @@
 set back to ``None``: a receiver that is down on one run and up on the next. ``on_receive`` is
 called with each request it keeps, before it answers (a test kills the sender there: the message
 arrived, the sender never heard so). ``hold``, while not set, keeps every answer back: a receiver
-that accepts a message and then times out. ``redirect_to`` answers with a 302 (an http:// URL of an
-https:// site); ``drip_seconds`` sends the answer's headers one at a time, each in time for a read
-timeout, the whole taking that long.
+that accepts a message and then times out. ``redirect_to`` answers other paths with a
+``redirect_status`` (302: an http:// URL of an https:// site; 307/308 keep the POST);
+``drip_seconds`` sends the answer's headers one at a time, each in time for a read timeout, the
+whole taking that long.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class WebhookReceiver:
         self.requests = 0
         self.on_receive: Callable[[Received], None] | None = None
         self.hold: threading.Event | None = None
-        self.redirect_to: str | None = None  # answer POSTs with a 302 to this path (GETs of it get a 200)
+        self.redirect_to: str | None = None  # answer POSTs elsewhere with a redirect to this path
+        self.redirect_status = 302  # 302 (GETs of the path get a 200) or 307/308 (POSTs to it are kept)
         self.drip_seconds: float | None = None  # send the headers one every 0.3 s for this long, then a 200
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -54,10 +56,10 @@ class WebhookReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if receiver.redirect_to is not None:
+                if receiver.redirect_to is not None and self.path != receiver.redirect_to:
                     with receiver._lock:
                         receiver.requests += 1
-                    self.send_response(302)
+                    self.send_response(receiver.redirect_status)
                     self.send_header("Location", receiver.redirect_to)
                     self.send_header("Content-Length", "0")
                     self.end_headers()

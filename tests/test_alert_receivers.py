@@ -45,6 +45,19 @@ def test_a_webhook_that_redirects_is_a_failed_delivery_and_the_alert_arrives_onc
     assert sorted(r.body["studies"][0]["nct_id"] for r in hook.received) == [PAIR, SEED]
 
 
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_webhook_redirect_that_keeps_the_post_is_followed_and_the_alert_arrives(
+        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, status: int) -> None:
+    config = watchlist(tmp_path / "w.yaml", {"out": {"type": "webhook", "url": f"{hook.url}/hook", "attempts": 1}},
+                       WATCH)
+    hook.redirect_to, hook.redirect_status = "/moved", status
+    sent = send_alerts(config=str(config), warehouse=str(warehouse))
+    assert (sent["messages_sent"], sent["failures"]) == (2, [])
+    assert sorted((r.path, r.body["studies"][0]["nct_id"]) for r in hook.received) == [("/moved", PAIR),
+                                                                                       ("/moved", SEED)]
+    assert {r.headers["Idempotency-Key"] for r in hook.received} == {r.body["message_id"] for r in hook.received}
+
+
 def test_a_webhook_that_answers_a_byte_at_a_time_fails_within_its_timeout(
         warehouse: Path, tmp_path: Path, hook: WebhookReceiver) -> None:
     config = watchlist(tmp_path / "w.yaml", {"out": {"type": "webhook", "url": f"{hook.url}/hook", "attempts": 1,

@@ -25,6 +25,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
+from urllib.parse import urljoin
 
 import requests
 
@@ -33,6 +34,7 @@ from pipeline.alerts.watchlist import Channel
 from pipeline.errors import DeliveryFailed
 
 USER_AGENT = "trialsync-alerts"
+MAX_REDIRECTS = 3  # 307/308 hops a webhook delivery follows
 GRACE_SECONDS = 1.0  # past a channel's timeout before a delivery is given up (the library's own may fire first)
 T = TypeVar("T")
 # Headers unfolded up to RFC 5322's hard limit: a folded non-ASCII subject shows a stray space.
@@ -115,19 +117,29 @@ class WebhookSender:
     def send(self, message: Message) -> None:
         headers = {"User-Agent": USER_AGENT, "Idempotency-Key": message.message_id, **self.headers}
         try:
-            # A redirect is not followed: requests would turn the POST into a GET without the body and
-            # report the landing page's 200, so the alert would be marked sent but never arrive.
-            response = within(self.timeout, "the webhook", lambda: requests.post(
-                self.url, json=message.payload(), headers=headers, timeout=self.timeout, allow_redirects=False))
+            response = within(self.timeout, "the webhook", lambda: self._post(message.payload(), headers))
         except requests.Timeout:
             raise DeliveryFailed("the webhook timed out", retryable=True) from None
         except requests.RequestException as exc:
             raise DeliveryFailed(f"cannot reach the webhook ({type(exc).__name__})", retryable=True) from None
         if 300 <= response.status_code < 400:
             raise DeliveryFailed(f"HTTP {response.status_code}: the webhook URL redirects (e.g. http:// to "
-                                 "https://); configure the URL it redirects to")
+                                 "https://) in a way that drops the alert; configure the URL it redirects to")
         if response.status_code >= 300:
             raise _http_failure(response.status_code, response.text)
+
+
+    def _post(self, payload: dict[str, Any], headers: dict[str, str]) -> requests.Response:
+        """POST, following only redirects that keep the method and body (307, 308; a few at most). For
+        301/302/303 requests would send a GET without the body and report the landing page's 200: the
+        alert marked sent, never arrived; those are answered to the caller as they are."""
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = requests.post(url, json=payload, headers=headers, timeout=self.timeout, allow_redirects=False)
+            if response.status_code not in (307, 308) or "Location" not in response.headers:
+                return response
+            url = urljoin(url, response.headers["Location"])
+        return response
 
 
 class SlackSender:
