@@ -226,7 +226,7 @@ def _reason(exc: Exception) -> str:
 @task(name="record-deliveries", cache_policy=NONE)
 def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, lock_timeout: float) -> None:
     """One commit: the ledger rows of every outcome and the run's own row."""
-    from flows.sync import new_run_id
+    from flows.runs import new_run_id
 
     finished = max(_now(), r.started)
     attempts = plan.attempts(r.ledger)
@@ -248,7 +248,7 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
     """Deliver the watchlist's new alerts (each (watch, change, channel) at most once); returns a summary."""
     started = _now()
     clock = time.monotonic()
-    from flows.sync import new_run_id
+    from flows.runs import new_run_id
 
     run_id = new_run_id(started)
     watchlist = load_watchlist(config)

@@ -18,7 +18,8 @@ from typing import Any
 
 from flows import progress, settings
 from flows.engine import NONE, flow, get_run_logger, task
-from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, new_run_id
+from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
+from flows.sync import derive_run_changes
 from pipeline.errors import (
     HistoryFormatError,
     RegistryError,

@@ -32,6 +32,7 @@ import pyarrow as pa
 from flows import progress, settings
 from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
 from flows.lifecycle import worker_started
+from flows.runs import RunTotals, SyncSummary, commit_run, log_stale
 from flows.shards import (
     CANCEL_MARKER,
     DEFAULT_BATCH_SIZE,
@@ -41,7 +42,7 @@ from flows.shards import (
     ShardResult,
     process_shard,
 )
-from flows.sync import RunTotals, SyncSummary, commit_run, derive_run_changes, log_stale
+from flows.sync import derive_run_changes
 from pipeline import hashing
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, group_shards, is_url

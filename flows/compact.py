@@ -8,7 +8,7 @@ from typing import Any
 
 from flows import settings
 from flows.engine import flow, get_run_logger
-from flows.sync import RunTotals, SyncSummary, commit_run, new_run_id
+from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
 from pipeline.errors import UsageError, WarehouseError
 from warehouse import Warehouse
 from warehouse.check import first_damaged
