@@ -149,6 +149,12 @@ def test_the_report_command_writes_the_file_and_rejects_bad_input(history: Path,
         bad = run_cli("report", "--warehouse", str(history), *args, "-o", str(tmp_path / "bad.html"))
         assert bad.returncode in (1, 2) and bad.stderr.strip().startswith(f"trialsync: error: {message}"), bad.stderr
     assert not (tmp_path / "bad.html").exists()
+    (tmp_path / "a-file").write_text("")
+    for place in (tmp_path / "a-file" / "r.html", Path("/proc/r.html")):  # below a file; not writable
+        unwritable = run_cli("report", "--warehouse", str(history), "--nct", PAIR, "-o", str(place))
+        assert unwritable.returncode == 2, unwritable.stderr
+        assert unwritable.stderr.count("\n") == 1 and unwritable.stderr.startswith(
+            f"trialsync: error: cannot write the report to {place}: "), unwritable.stderr
 
 
 def chromium() -> str:

@@ -22,6 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from pipeline.errors import UsageError, WarehouseError
 from warehouse import catalog_file
 from warehouse import manifest as manifests
@@ -80,18 +82,8 @@ def _remove_abandoned(dest: Path) -> None:
     """The temporary directories of earlier backups to DEST whose process is gone (killed mid-copy)."""
     for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
         pid = leftover.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)) and leftover.is_dir():
+        if pid.isdigit() and not psutil.pid_exists(int(pid)) and leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
