@@ -176,7 +176,7 @@ def show_changes(store: Warehouse, console: Console) -> None:
     with store.connect() as con:
         result = con.execute(
             """SELECT nct_id, severity, event, field, old_value, new_value, shift_days, pct_change
-               FROM changes WHERE run_id = (SELECT max(run_id) FROM sync_runs WHERE mode <> 'rederive')
+               FROM changes WHERE run_id = (SELECT arg_max(run_id, started_at) FROM sync_runs WHERE mode <> 'rederive')
                  AND severity <> 'info'
                ORDER BY severity_rank DESC, nct_id, path""")
         columns = [d[0] for d in result.description]

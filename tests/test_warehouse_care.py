@@ -56,15 +56,20 @@ def _days() -> list[list[dict[str, Any]]]:
 
 @pytest.fixture(scope="session")
 def built(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The three-run warehouse, the state after each run, and which studies runs 2 and 3 changed."""
+    """The three-run warehouse, the state after each run, and which studies runs 2 and 3 changed.
+    Its run ids share one second and their names sort against commit order (as runs started within a
+    second of each other may): nothing may take the order of runs from their ids."""
     base = tmp_path_factory.mktemp("care")
     warehouse = base / "wh"
     states = []
-    for day in _days():
-        with FakeRegistry(day).start() as registry:
-            fast_sync(registry, warehouse, full=True, page_size=50)
-        states.append(state(warehouse))
-        shutil.copytree(warehouse, base / f"after-{len(states)}")
+    suffixes = iter(["ffffff", "888888", "000000"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("flows.sync.new_run_id", lambda started: f"{started:%Y%m%d}T050242Z-{next(suffixes)}")
+        for day in _days():
+            with FakeRegistry(day).start() as registry:
+                fast_sync(registry, warehouse, full=True, page_size=50)
+            states.append(state(warehouse))
+            shutil.copytree(warehouse, base / f"after-{len(states)}")
     days = _days()
     later = {nct(r) for r in days[1][:6] + days[1][-2:] + days[2][10:14]}
     return {"path": warehouse, "states": states, "later": sorted(later), "base": base}

@@ -101,11 +101,14 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
     result.damaged_dir = str(bin_dir.relative_to(root))
     target_manifest = manifests.fold(kept)
     keep_runs = target_manifest.run_ids | set(target_manifest.retained_until())
-    unlisted = _committed_unlisted_runs(root, state, keep_runs, {g.run_id for g in rolled})
+    ever_kept = keep_runs | {run for g in kept for run in (g.run_id, *(e.run_id for e in g.entries))}
+    unlisted = _committed_unlisted_runs(root, state, ever_kept, {g.run_id for g in rolled})
     lost = lost_studies(root, target_manifest, rolled, [root / "runs" / run for run in unlisted])
     # What an interrupted repair had already rolled back (its files are in its damaged/ folder) still counts.
     earlier = list(interrupted.values())
-    result.rolled_back = sorted({g.run_id for g in rolled}.union(unlisted, *(_ids(r, "rolled_back") for r in earlier)))
+    # In commit order: the generations after the target, the runs of the hole, the generations beyond it.
+    rolled_now = [g.run_id for g in log[target:]] + unlisted + [g.run_id for g in beyond]
+    result.rolled_back = _merged_in_order([rolled_now, *(_id_list(r, "rolled_back") for r in earlier)])
     result.lost_studies = sorted(set(lost).union(*(_ids(r, "lost_studies") for r in earlier)))
     record = {"problems": [p.line() for p in before.problems], "completes": sorted(map(str, interrupted))}
     _write_record(bin_dir, {**result.as_dict(), **record, "finished": False})  # before anything moves
@@ -152,9 +155,28 @@ def _write_record(folder: Path, record: dict[str, object]) -> None:
     os.replace(tmp, folder / RECORD_NAME)
 
 
-def _ids(record: dict[str, Any], key: str) -> set[str]:
+def _id_list(record: dict[str, Any], key: str) -> list[str]:
     value = record.get(key)
-    return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _ids(record: dict[str, Any], key: str) -> set[str]:
+    return set(_id_list(record, key))
+
+
+def _merged_in_order(sequences: Sequence[Sequence[str]]) -> list[str]:
+    """One list of the ids of ``sequences``, each in commit order, keeping that order: an id the list
+    has not seen goes right after the one before it in its own sequence (or first)."""
+    merged: list[str] = []
+    for sequence in sequences:
+        at = 0
+        for item in sequence:
+            if item in merged:
+                at = merged.index(item) + 1
+            else:
+                merged.insert(at, item)
+                at += 1
+    return merged
 
 
 def _unfinished_records(root: Path) -> dict[str, dict[str, Any]]:
@@ -229,10 +251,12 @@ def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> i
         "back would empty the warehouse; restore from a backup (`trialsync backup`); nothing was changed")
 
 
-def _committed_unlisted_runs(root: Path, state: LogState, kept: set[str], rolled: set[str]) -> list[str]:
+def _committed_unlisted_runs(root: Path, state: LogState, ever_kept: set[str], rolled: set[str]) -> list[str]:
     """Run directories that committed (their ``_COMMITTED`` marker, or their id in a damaged manifest
     file) but that no readable manifest file or copy lists: the runs of damaged manifest files with no
-    copy left. They are rolled back with the rest; leftovers of runs that never committed are not."""
+    copy left, in the order they committed. They are rolled back with the rest; leftovers of runs that
+    never committed are not, nor runs a kept generation named (a compaction's superseded runs wait for
+    their removal). Run ids do not order runs: two that start in the same second sort by chance."""
     holes = [n for n in state.damaged if n not in state.copies]
     if not holes:
         return []
@@ -240,11 +264,19 @@ def _committed_unlisted_runs(root: Path, state: LogState, kept: set[str], rolled
     for number in holes:
         with suppress(OSError):
             named.update(_RUN_ID.findall(manifests.generation_path(root, number).read_text(errors="replace")))
-    newest_kept = max(kept, default="")  # run ids start with their start time
     runs = root / "runs"
-    return sorted(d.name for d in (runs.iterdir() if runs.is_dir() else ())
-                  if d.is_dir() and d.name not in kept | rolled
-                  and (d.name in named or ((d / COMMITTED_MARKER).exists() and d.name > newest_kept)))
+    found = [d for d in (runs.iterdir() if runs.is_dir() else ())
+             if d.is_dir() and d.name not in ever_kept | rolled
+             and (d.name in named or (d / COMMITTED_MARKER).exists())]
+    return [d.name for d in sorted(found, key=lambda d: (_committed_at(d), d.name))]
+
+
+def _committed_at(directory: Path) -> int:
+    """When a run committed: its marker's time (copies keep it), else its directory's."""
+    for path in (directory / COMMITTED_MARKER, directory):
+        with suppress(OSError):
+            return path.stat().st_mtime_ns
+    return 0
 
 
 def lost_studies(root: Path, target: manifests.Manifest, rolled: list[Generation],
