@@ -151,8 +151,9 @@ def test_an_unreachable_registry_fails_a_sync_after_max_attempts_tries_within_th
 
 
 class _BadServer:
-    """A loopback server that accepts connections and then never answers (``stall``) or sends its
-    headers and then one byte of body every 0.3 s (``trickle``): each read comes within any read timeout."""
+    """A loopback server that accepts connections and then never answers (``stall``), sends its
+    headers and then one byte of body every 0.3 s (``trickle``), or sends its status line and then one
+    byte of headers every 0.3 s (``drip``): each read comes within any read timeout."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -175,16 +176,18 @@ class _BadServer:
             conn.recv(65536)
             if self.mode == "trickle":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            if self.mode == "drip":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Drip: ")
             while not self.stop.wait(0.3):
-                if self.mode == "trickle":
-                    conn.sendall(b" ")
+                if self.mode in ("trickle", "drip"):
+                    conn.sendall(b" " if self.mode == "trickle" else b"a")
 
     def close(self) -> None:
         self.stop.set()
         self.listener.close()
 
 
-@pytest.mark.parametrize("mode", ["stall", "trickle"])
+@pytest.mark.parametrize("mode", ["stall", "trickle", "drip"])
 def test_a_registry_that_stalls_or_trickles_fails_within_the_retry_budget_not_the_read_timeout(mode: str) -> None:
     server = _BadServer(mode)
     try:

@@ -13,10 +13,8 @@ import email.policy
 import json
 import logging
 import os
-import queue
 import smtplib
 import ssl
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -24,13 +22,14 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urljoin
 
 import requests
 
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
+from pipeline.deadline import Late, call_within
 from pipeline.errors import DeliveryFailed
 
 USER_AGENT = "trialsync-alerts"
@@ -79,26 +78,13 @@ def deliver(sender: Sender, message: Message, *, attempts: int, backoff: float =
 
 
 def within(seconds: float, what: str, call: Callable[[], T]) -> T:
-    """``call()``, given ``seconds`` in all. Libraries' timeouts bound each socket read, so a receiver
-    that answers a byte at a time could hold a run (and the warehouse lock) for ever. Past the limit
-    the call is left to finish in a daemon thread, its result unused: a retryable failure, and the
-    outbox sends the message again later (same id: receivers deduplicate)."""
-    done: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-
-    def run() -> None:
-        try:
-            done.put((True, call()))
-        except BaseException as exc:  # handed to the caller's thread
-            done.put((False, exc))
-
-    threading.Thread(target=run, name="trialsync-delivery", daemon=True).start()
+    """``call()``, given ``seconds`` in all (``pipeline.deadline``): a receiver that answers a byte at a
+    time cannot hold a run (and the warehouse lock) for ever. Past the limit it is a retryable failure,
+    and the outbox sends the message again later (same id: receivers deduplicate)."""
     try:
-        ok, value = done.get(timeout=seconds + GRACE_SECONDS)
-    except queue.Empty:
+        return call_within(seconds + GRACE_SECONDS, call, name="trialsync-delivery")
+    except Late:
         raise DeliveryFailed(f"{what} did not finish answering within {seconds:g}s", retryable=True) from None
-    if not ok:
-        raise value
-    return cast(T, value)
 
 
 def _http_failure(status: int, body: str) -> DeliveryFailed:

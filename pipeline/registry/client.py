@@ -36,6 +36,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from pipeline.deadline import Late, call_within
 from pipeline.errors import (
     PageTokenRejected,
     RegistryError,
@@ -211,9 +212,12 @@ class RegistryClient:
         self.requests_made += 1
         seconds = self._try_seconds()
         deadline = self._monotonic() + seconds
-        try:
-            response = self.session.get(url, params=params, timeout=(min(self.timeout[0], seconds), seconds),
-                                        stream=True)
+        try:  # the headers within the deadline too: a registry may drip them a byte at a time
+            response = call_within(seconds, lambda: self.session.get(
+                url, params=params, timeout=(min(self.timeout[0], seconds), seconds), stream=True),
+                name="trialsync-registry", abandoned=requests.Response.close)
+        except Late:
+            raise RegistryUnavailable(f"timed out: no answer within {seconds:g}s", url=url) from None
         except requests.Timeout as exc:
             raise RegistryUnavailable(f"timed out: {_short(exc)}", url=url) from None
         except requests.ConnectionError as exc:
