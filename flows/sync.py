@@ -23,6 +23,8 @@ import time
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
+
 from flows import progress, reconciliation, settings
 from flows.engine import NONE, flow, get_run_logger, task
 from flows.reconciliation import publish_reconciliation, reconcile_run
@@ -30,17 +32,12 @@ from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
 from flows.vanished import settle_vanished
 from pipeline.changes import Rules, derive_changes
 from pipeline.errors import PageTokenRejected, RegistryError
-from pipeline.parse import record_nct_id
-from pipeline.registry.client import (
-    DEFAULT_INTERVAL,
-    Page,
-    RegistryClient,
-    RetryPolicy,
-    check_token_progress,
-    page_from_body,
-)
+from pipeline.parse import record_nct_id, record_status
+from pipeline.reconcile import FAIL, Check
+from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
+from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_body
 from pipeline.scope import Scope, check_page_size, resolve_window
-from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
+from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HeadIndex
@@ -62,6 +59,7 @@ class _PageContext:
         self.scope = scope or Scope()
         self.spool = spool
         self.batch_totals: dict[int, int] = {}  # first page number of a batch -> its totalCount
+        self.batch_page_sizes: dict[int, int] = {}  # ... -> how many studies its first page held
         self.written: dict[str, Head] = {}  # heads this run wrote: a study can show up on two pages
         self.totals = RunTotals()
         self.seen: set[str] = set()
@@ -100,13 +98,15 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     digest = hashlib.blake2b(page.body or json.dumps(page.studies).encode(), digest_size=16).hexdigest()
     if pc.staged.get(number) == digest:  # the same page again after a restart: staged already
         return page.next_token
-    plan, repeats = _drop_repeats(plan_batch(page.studies, pc.heads_for(page.studies), pc.ctx), pc.counted)
+    inside, outside = _split_by_scope(page.studies, pc.scope)
+    plan, repeats = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx), pc.counted)
+    pc.seen.update(nct for nct, _ in plan.seen)
+    pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
+    plan.quarantined.extend(outside)
     pc.run.append_plan(plan, pc.ctx)
     pc.staged[number] = digest
     crashpoint("page-staged")
     pc.written.update(plan.heads)
-    pc.seen.update(nct for nct, _ in plan.seen)
-    pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     t = pc.totals
     t.pages = max(t.pages, number)
     t.studies_seen += len(page.studies) - repeats
@@ -117,6 +117,7 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     t.add_plan(plan)
     if page.total_count is not None:  # a batch's first page
         pc.batch_totals[first] = page.total_count
+        pc.batch_page_sizes[first] = len(page.studies)
         t.total_count = sum(pc.batch_totals.values())
     t.watermark = max(filter(None, [t.watermark, plan.newest_update]), default=None)
     progress.emit("page", number=number, studies=len(page.studies), total=t.total_count,
@@ -124,6 +125,30 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     get_run_logger().info("page %d: %d studies, %d new versions, %d unchanged, %d quarantined",
                           number, len(page.studies), len(plan.versions), plan.unchanged, len(plan.quarantined))
     return page.next_token
+
+
+def _split_by_scope(records: list[dict[str, Any]], scope: Scope) -> tuple[list[dict[str, Any]], list[Quarantined]]:
+    """The listed records the scope's own filters admit, and the others quarantined: a registry or a
+    proxy that ignored ``filter.ids`` or ``filter.overallStatus`` must not add studies to the scope
+    (each would be announced as added, then as having left it)."""
+    inside: list[dict[str, Any]] = []
+    outside: list[Quarantined] = []
+    for record in records:
+        nct, status = record_nct_id(record), record_status(record)
+        why = None
+        if nct is not None and scope.ids and nct not in scope.ids:
+            why = "not one of the scope's ids"
+        elif status is not None and scope.statuses and status not in scope.statuses:
+            why = f"status {status} is not one of the scope's {', '.join(scope.statuses)}"
+        if why is None:  # a record without an id or status is quarantined by plan_batch, saying so
+            inside.append(record)
+        else:
+            outside.append(Quarantined(nct, f"listed outside the scope ({why}): the registry ignored a filter",
+                                       orjson.dumps(record)))
+    if outside:
+        get_run_logger().warning("%d listed studies are outside the scope's filters (e.g. %s): quarantined, "
+                                 "not stored", len(outside), outside[0].nct_id)
+    return inside, outside
 
 
 def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[BatchPlan, int]:
@@ -231,7 +256,7 @@ def sync_registry(
                                exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=scope.ids)
-        totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
+        totals.watermark = _next_watermark(previous_watermark, totals, checks)
         summary = SyncSummary(run_id, window.mode, scope.key, _iso(window.since),
                               round(time.monotonic() - clock, 3), totals)
         commit_run(run, summary, started, params=params, api_url=url,
@@ -244,6 +269,17 @@ def sync_registry(
     if alerts:
         result["alerts"] = alerts_after_sync(alerts, str(store.root), lock_timeout)
     return result
+
+
+def _next_watermark(previous: date | None, totals: RunTotals, checks: list[Check]) -> date | None:
+    """The newest update the run saw, unless its listing was short of the registry's own count: then a
+    study it missed may be older than that, and the next incremental run must look from where this
+    one did."""
+    if any(c.check == "total_count" and c.status == FAIL for c in checks):
+        get_run_logger().warning("the listing was incomplete (%s): the scope's watermark stays at %s",
+                                 totals.studies_seen, previous)
+        return previous
+    return max(filter(None, [previous, totals.watermark]), default=None)
 
 
 def alerts_after_sync(config: str, warehouse: str, lock_timeout: float) -> dict[str, Any]:
@@ -270,7 +306,9 @@ def _walk_batch(pc: _PageContext, fetch: Any, first: int) -> int:
     """One batch's pages, numbered from ``first``; returns the number of its last page."""
     token, number = None, first
     tokens: set[str] = set()
+    idle = 0  # pages in a row that brought no study this run had not seen
     while True:
+        seen_before = len(pc.seen) + pc.totals.quarantined
         try:
             token = fetch(pc, token, number, first)
         except PageTokenRejected as exc:
@@ -282,12 +320,15 @@ def _walk_batch(pc: _PageContext, fetch: Any, first: int) -> int:
                                      "page %d (%d of %d)", number, exc, first, pc.totals.restarts, MAX_RESTARTS)
             if pc.spool:
                 pc.spool.reset(first)  # its tokens are stale: fetch afresh
-            token, number, tokens = None, first, set()
+            token, number, tokens, idle = None, first, set(), 0
             continue
         if not token:
             return number
+        idle = 0 if len(pc.seen) + pc.totals.quarantined > seen_before else idle + 1
         try:
             check_token_progress(token, tokens, number, pc.client.base_url)
+            check_walk_length(number - first + 1, idle, pc.batch_totals.get(first),
+                              pc.batch_page_sizes.get(first, 0), pc.client.base_url)
         except RegistryError:
             if pc.spool:
                 pc.spool.reset(number)  # not replayed: a re-run asks the registry for this page again

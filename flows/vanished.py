@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows.engine import NONE, get_run_logger, task
 from pipeline.errors import RegistryError, RegistryNotFound
-from pipeline.parse import record_nct_id
+from pipeline.parse import record_nct_id, record_status
 from pipeline.scope import lookup_params
 from pipeline.versioning import Head, plan_batch
 from warehouse.rows import tombstones_table
@@ -107,8 +107,7 @@ def _inside_scope(pc: _PageContext, by_id: dict[str, dict[str, Any]]) -> set[str
     what the search does not return is taken as outside, as the registry judges)."""
     inside, ask = set(), []
     for nct, record in by_id.items():
-        status = ((record.get("protocolSection") or {}).get("statusModule") or {}).get("overallStatus")
-        verdict = pc.scope.admits(status if isinstance(status, str) else None, nct)
+        verdict = pc.scope.admits(record_status(record), nct)
         if verdict:
             inside.add(nct)
         elif verdict is None:

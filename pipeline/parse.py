@@ -68,6 +68,15 @@ def record_nct_id(record: Mapping[str, Any]) -> str | None:
     return nct if isinstance(nct, str) else None
 
 
+def record_status(record: Mapping[str, Any]) -> str | None:
+    """The record's overall status if it has one where the API puts it."""
+    try:
+        status = record["protocolSection"]["statusModule"]["overallStatus"]
+    except (KeyError, TypeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
 # What every record the registry publishes carries and the pipeline cannot do without: the status
 # (the heart of the change feed) and the last update date (it places a version in time and moves the
 # watermark). A ``fields=`` projection or a hand-trimmed copy lacks them; it is not a version.

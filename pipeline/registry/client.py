@@ -44,7 +44,9 @@ from pipeline.errors import (
     RegistryRejected,
     RegistryUnavailable,
 )
+from pipeline.parse import record_nct_id
 from pipeline.redact import redact
+from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_json
 
 DEFAULT_API_URL = "https://clinicaltrials.gov/api/v2"
 USER_AGENT = "trialsync/0.1 (+https://github.com/trialsync/trialsync; registry mirror)"
@@ -53,21 +55,15 @@ log = logging.getLogger("trialsync.registry")
 _TOKEN_ERROR = re.compile(r"page\s*token", re.I)
 
 
-@dataclass(frozen=True)
-class Page:
-    number: int  # 1-based
-    studies: list[dict[str, Any]]
-    next_token: str | None
-    total_count: int | None  # the first page only
-    body: bytes = b""  # the response body as received (the spool keeps it)
-
-
 class StudySource(Protocol):
     def get_page(self, params: Mapping[str, str], token: str | None, number: int) -> Page: ...
 
 
 DEFAULT_INTERVAL = 1.25  # seconds between requests: 48 a minute, under the ~50/min reported per IP
 MAX_INTERVAL = 10.0  # how slow repeated 429s can make the client (6 requests a minute)
+# Bytes of one answer, decompressed: more is a broken or hostile server. A real page of 1000 studies is
+# ~20 MB (18 KB a record on average); 1000 of the largest real record (0.8 MB) would be 0.8 GB.
+MAX_BODY_BYTES = 1 << 30
 MIN_TRY_SECONDS = 1.0  # a try's time limit never falls below this, even when the retry budget is spent
 
 
@@ -128,18 +124,25 @@ class RegistryClient:
         else:
             query["pageToken"] = token
         body, raw = self._get_json_raw("/studies", query)
-        return _page_from_body(body, number, self.base_url, raw)
+        return page_from_json(body, number, self.base_url, raw)
 
     def iter_pages(self, params: Mapping[str, str]) -> Iterator[Page]:
         token: str | None = None
-        number = 1
+        number, total, idle, per_page = 1, None, 0, 0
         tokens: set[str] = set()
+        ids: set[str] = set()
         while True:
             page = self.get_page(params, token, number)
+            if number == 1:
+                total, per_page = page.total_count, len(page.studies)
             yield page
             if not page.next_token:
                 return
+            fresh = {nct for nct in map(record_nct_id, page.studies) if nct} - ids
+            ids |= fresh
+            idle = 0 if fresh else idle + 1
             check_token_progress(page.next_token, tokens, number, self.base_url)
+            check_walk_length(number, idle, total, per_page, self.base_url)
             token, number = page.next_token, number + 1
 
     def get_study(self, nct_id: str) -> dict[str, Any]:
@@ -263,6 +266,7 @@ class RegistryClient:
         read, and each read returns what has arrived, so a body that trickles in cannot outlast it."""
         raw = response.raw
         chunks: list[bytes] = []
+        size = 0
         try:
             while True:
                 left = deadline - self._monotonic()
@@ -275,6 +279,10 @@ class RegistryClient:
                 if not chunk:
                     return b"".join(chunks)
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise RegistryUnavailable(f"the answer is larger than {MAX_BODY_BYTES >> 20} MB",
+                                              url=response.url)
         except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
             raise RegistryUnavailable(f"timed out: {_short(exc)}", url=response.url) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -331,33 +339,6 @@ class _StopBeyondBudget(stop_base):
             exc.args = (f"{exc} ({state.attempt_number} {'try' if state.attempt_number == 1 else 'tries'}; "
                         f"would wait {wait:g}s, beyond the {budget:g}s retry budget ({spent:.0f}s spent))",)
         return True
-
-
-def check_token_progress(token: str, seen: set[str], number: int, url: str) -> None:
-    """A ``nextPageToken`` met before in the same walk would loop forever: stop with the reason."""
-    if token in seen:
-        raise RegistryError(f"the registry sent the same page token again after page {number}: "
-                            "stopping the walk instead of looping", url=url)
-    seen.add(token)
-
-
-def page_from_body(raw: bytes, number: int, url: str) -> Page:
-    """A page from a stored body (the spool)."""
-    return _page_from_body(orjson.loads(raw), number, url, raw)
-
-
-def _page_from_body(body: Any, number: int, url: str, raw: bytes = b"") -> Page:
-    if not isinstance(body, dict) or not isinstance(body.get("studies"), list):
-        raise RegistryError("unexpected /studies body: no 'studies' array", url=url)
-    token = body.get("nextPageToken")
-    total = body.get("totalCount")
-    return Page(
-        number=number,
-        studies=body["studies"],
-        next_token=token if isinstance(token, str) and token else None,
-        total_count=total if isinstance(total, int) else None,
-        body=raw,
-    )
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:

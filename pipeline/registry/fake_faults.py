@@ -12,7 +12,13 @@ optionally on one page or only on requests that carry one query parameter (``par
 - ``shift``: the page starts ``shift`` studies early, repeating the end of the previous page, as
   offset paging does when studies are inserted before the cursor between two requests;
 - ``same_token``: the page's ``nextPageToken`` is the token the request carried (a registry stuck on
-  one page: a client must not loop forever).
+  one page: a client must not loop forever);
+- ``stuck``: the page's ``nextPageToken`` is a fresh token to the same page again (a stuck cursor
+  that a client cannot tell by its tokens);
+- ``drop``: the page leaves out the studies ``nct_ids`` though ``totalCount`` counts them (an index
+  that lags its pages);
+- ``ignore_filter``: the listing ignores the request's ``param`` filter (e.g. ``filter.overallStatus``),
+  as a registry bug or a rewriting proxy would.
 
 Listing gaps (studies the listing leaves out while ``GET /studies/{id}`` still serves them) are not a
 fault of one request but a state: ``FakeRegistry.omit_from_listings``.
@@ -25,7 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FAULT_KINDS = ("status", "delay", "reset", "truncate", "cut", "empty", "shift", "same_token")
+FAULT_KINDS = ("status", "delay", "reset", "truncate", "cut", "empty", "shift", "same_token", "stuck", "drop",
+               "ignore_filter")
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Fault:
     content_type: str = "text/plain"
     shift: int = 1
     param: str | None = None  # only requests that carry this query parameter (e.g. "filter.ids")
+    nct_ids: tuple[str, ...] = ()  # the studies a ``drop`` leaves out
     hits: int = 0
 
     def __post_init__(self) -> None:

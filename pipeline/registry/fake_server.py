@@ -174,21 +174,26 @@ class FakeRegistry:
         offset, page = 0, 1
         if token := params.get("pageToken"):
             offset, page = self._decode_token(token, scope)
-        test = matcher(scope)
+        kind = fault.kind if fault else None
+        ignored = fault.param if fault and kind == "ignore_filter" else None
+        test = matcher({k: v for k, v in scope.items() if k != ignored})
         with self._lock:
             matching = [self._entries[n] for n in sorted(self._entries)
                         if n not in self._omitted and test(self._entries[n])]
-        kind = fault.kind if fault else None
         if fault and kind == "shift":
             offset = max(0, offset - fault.shift)
         end = offset if kind == "empty" else offset + page_size
         chunk = matching[offset:end]
+        if fault and kind == "drop":
+            chunk = [e for e in chunk if e.nct_id not in fault.nct_ids]
         parts = [b'{"studies":[', b",".join(e.body for e in chunk), b"]"]
         if "pageToken" not in params and params.get("countTotal", "").lower() == "true":
             parts.append(b',"totalCount":%d' % len(matching))
         more = end < len(matching) or (self.trailing_empty_page and chunk and end == len(matching))
         if kind == "same_token" and token:
             parts.append(b',"nextPageToken":' + orjson.dumps(token))
+        elif kind == "stuck":
+            parts.append(b',"nextPageToken":' + orjson.dumps(self._encode_token(offset, page, scope)))
         elif more:
             parts.append(b',"nextPageToken":' + orjson.dumps(self._encode_token(end, page + 1, scope)))
         parts.append(b"}")

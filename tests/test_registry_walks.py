@@ -1,0 +1,171 @@
+"""Listings that cannot be trusted whole: a walk that would never end, records outside the scope's own
+filters, a listing short of the registry's count, an answer without end. Real HTTP to the fake registry
+(or a loopback server of the test's own) and real sync runs."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import mutate
+from pipeline.errors import RegistryError, RegistryUnavailable
+from pipeline.registry import client as client_module
+from pipeline.registry.client import RegistryClient, RetryPolicy
+from pipeline.registry.fake_server import FakeRegistry
+from pipeline.registry.pages import page_from_body
+from tests.conftest import fast_sync, nct, real_records
+from tests.reliability.support import query
+
+
+def _posted(records: list[dict[str, Any]], day: date) -> list[dict[str, Any]]:
+    return [mutate.posted_on(r, day) for r in records]
+
+
+@pytest.mark.parametrize("page", [1, 2])
+def test_a_stuck_cursor_with_fresh_tokens_stops_the_walk_instead_of_looping(
+        prefect_api: str, warehouse_dir: Path, page: int) -> None:
+    """Each answer repeats the same page with a new token: no token repeats, so only the registry's own
+    count (or pages without a new study) can tell the walk is going nowhere."""
+    with FakeRegistry(real_records()[:12]).start() as registry:
+        registry.faults.add("stuck", times=-1, page=page)
+        with pytest.raises(RegistryError, match=r"stopping the walk instead of looping"):
+            fast_sync(registry, warehouse_dir, page_size=5)
+        pages = len(registry.study_requests())
+        assert 3 < pages <= 3 + 5  # 12 studies at 5 a page need 3; 5 pages of slack
+        with RegistryClient(registry.url, min_interval=0) as client, \
+                pytest.raises(RegistryError, match=r"stopping the walk instead of looping"):
+            list(client.iter_pages({"pageSize": "5"}))
+    assert not (warehouse_dir / "warehouse.duckdb").exists()  # nothing committed
+
+
+def test_pages_without_a_new_study_stop_a_walk_that_has_no_count() -> None:
+    from pipeline.registry.pages import MAX_IDLE_PAGES, check_walk_length
+
+    check_walk_length(50, MAX_IDLE_PAGES - 1, None, 5, "u")  # no count: only idleness can tell
+    with pytest.raises(RegistryError, match=rf"{MAX_IDLE_PAGES} pages in a row without a study not seen before"):
+        check_walk_length(50, MAX_IDLE_PAGES, None, 5, "u")
+    check_walk_length(600 + 60, 0, 600_000, 1000, "u")  # 10% slack on a long listing (posted while paging)
+    with pytest.raises(RegistryError, match=r"661 pages for a listing of 600000 studies at 1000 a page"):
+        check_walk_length(600 + 61, 0, 600_000, 1000, "u")
+
+
+@pytest.mark.parametrize("token", [12345, ["t"], {"t": 1}, True])
+def test_a_page_token_that_is_not_a_string_is_a_broken_answer_not_the_last_page(token: Any) -> None:
+    import orjson
+
+    body = orjson.dumps({"studies": [], "nextPageToken": token, "totalCount": 12})
+    with pytest.raises(RegistryError, match=r"nextPageToken is a .*, not a string"):
+        page_from_body(body, 1, "u")
+    assert page_from_body(orjson.dumps({"studies": [], "nextPageToken": "abc"}), 1, "u").next_token == "abc"
+    assert page_from_body(orjson.dumps({"studies": []}), 1, "u").next_token is None
+
+
+@pytest.mark.parametrize("total", [True, -3, "12", 1.5])
+def test_a_total_count_that_is_not_a_count_is_taken_as_absent(total: Any) -> None:
+    import orjson
+
+    assert page_from_body(orjson.dumps({"studies": [], "totalCount": total}), 1, "u").total_count is None
+
+
+def test_records_listed_outside_a_status_scope_are_quarantined_not_announced_as_added(
+        prefect_api: str, warehouse_dir: Path) -> None:
+    """A registry (or a rewriting proxy) that ignores ``filter.overallStatus`` lists studies of other
+    statuses: none of them may join the scope, be announced as added, then as having left it."""
+    records = real_records()[:40]
+    statuses = {nct(r): r["protocolSection"]["statusModule"]["overallStatus"] for r in records}
+    wanted = sorted({"COMPLETED", "TERMINATED"} & set(statuses.values()))
+    inside = sorted(n for n, s in statuses.items() if s in wanted)
+    outside = sorted(n for n, s in statuses.items() if s not in wanted)
+    assert inside and outside
+    with FakeRegistry(records).start() as registry:
+        registry.faults.add("ignore_filter", times=-1, param="filter.overallStatus")
+        summary = fast_sync(registry, warehouse_dir, status=wanted, page_size=50)
+        assert query(warehouse_dir, "SELECT nct_id FROM studies ORDER BY 1") == [(n,) for n in inside]
+        assert summary["quarantined"] == len(outside)
+        reasons = query(warehouse_dir, "SELECT nct_id, reason FROM quarantine ORDER BY 1")
+        assert [n for n, _ in reasons] == outside
+        assert all("listed outside the scope (status " in r and "the registry ignored a filter" in r
+                   for _, r in reasons)
+        registry.faults.clear()
+        second = fast_sync(registry, warehouse_dir, status=wanted, page_size=50, full=True)
+    assert (second["versions_written"], second["left_scope"], second["retired"]) == (0, 0, 0)
+    assert query(warehouse_dir, "SELECT count(*) FROM changes") == [(0,)]
+
+
+def test_a_record_of_another_study_in_an_ids_scope_is_quarantined_not_stored(
+        prefect_api: str, warehouse_dir: Path) -> None:
+    records = real_records()[:6]
+    asked = [nct(r) for r in records[:2]]
+    with FakeRegistry(records).start() as registry:
+        registry.faults.add("ignore_filter", times=-1, param="filter.ids")
+        fast_sync(registry, warehouse_dir, ids=asked)
+    assert query(warehouse_dir, "SELECT nct_id FROM studies ORDER BY 1") == [(n,) for n in sorted(asked)]
+    assert query(warehouse_dir, "SELECT nct_id FROM quarantine ORDER BY 1") == [(nct(r),) for r in records[2:]]
+    assert {r for (r,) in query(warehouse_dir, "SELECT DISTINCT reason FROM quarantine")} == {
+        "listed outside the scope (not one of the scope's ids): the registry ignored a filter"}
+
+
+def test_an_incremental_run_short_of_the_registrys_count_keeps_the_watermark_so_the_next_sees_what_it_missed(
+        prefect_api: str, warehouse_dir: Path) -> None:
+    """The listing leaves a terminated study out while its totalCount counts it; a later study moves the
+    run's newest update on. Were the watermark moved to it, the terminated study (updated earlier)
+    would fall outside every later incremental window."""
+    first_day = date(2026, 11, 1)
+    base = _posted(real_records()[:10], first_day)
+    missed, later = base[2], base[6]
+    with FakeRegistry(base).start() as registry:
+        fast_sync(registry, warehouse_dir, page_size=5)
+        registry.put(mutate.set_status(mutate.posted_on(missed, first_day + timedelta(days=4)), "TERMINATED"),
+                     mutate.set_enrollment(mutate.posted_on(later, first_day + timedelta(days=24)), 7))
+        registry.faults.add("drop", times=-1, nct_ids=(nct(missed),))
+        short = fast_sync(registry, warehouse_dir, page_size=5)
+        assert short["reconciliation"]["flags"]["total_count"].startswith("saw 9 of the 10 studies")
+        assert short["watermark"] == first_day.isoformat()  # not the 25th: the listing was short
+        registry.faults.clear()
+        fast_sync(registry, warehouse_dir, page_size=5)
+    assert query(warehouse_dir, f"SELECT overall_status FROM studies WHERE nct_id = '{nct(missed)}'") == [
+        ("TERMINATED",)]
+    assert ("status_changed", "TERMINATED") in query(
+        warehouse_dir, f"SELECT event, new_value FROM changes WHERE nct_id = '{nct(missed)}'")
+
+
+class _Flood:
+    """A loopback server answering 200 with a chunked body that never ends."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/api/v2"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                chunk = b" " * 65536
+                while not self.stop.is_set():
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_an_answer_without_end_fails_at_the_size_limit_instead_of_filling_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "MAX_BODY_BYTES", 4 << 20)
+    server = _Flood()
+    try:
+        client = RegistryClient(server.url, min_interval=0, retry=RetryPolicy(attempts=1, budget_seconds=30))
+        with pytest.raises(RegistryUnavailable, match=r"the answer is larger than 4 MB"):
+            client.get_page({}, None, 1)
+    finally:
+        server.close()
