@@ -178,7 +178,7 @@ class Warehouse:
         con = self._open_current(config)
         if con is None:
             # a busy writer, or no right to write here (a read-only copy or mount): the views go in memory
-            with suppress(WarehouseBusy, OSError), _exclusive_lock(self.root / LOCK_NAME, "reader", 0):
+            with suppress(WarehouseBusy, OSError), _exclusive_lock(self.root / LOCK_NAME, READER, 0):
                 self.refresh_catalog()
             con = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged
@@ -340,6 +340,9 @@ class Warehouse:
         return {run_id for run_id, until in manifest.retained_until().items() if until > now}
 
 
+READER = "reader"  # the lock holder's name while a reader rewrites the catalog (for a moment)
+
+
 @contextmanager
 def _exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sync") -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -352,6 +355,8 @@ def _exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a s
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    if other.startswith(f"run {READER}, "):  # a reader rewriting a moved or stale catalog
+                        what, other = "a reader rewriting the catalog", other.removeprefix(f"run {READER}, ")
                     raise WarehouseBusy(
                         f"the warehouse {path.parent} is busy: {what} is running ({other}); "
                         f"waited {timeout:g}s"
