@@ -174,12 +174,25 @@ def severity(e: Event | Change, rules: Rules) -> str:
     if e.event in {"status_changed", "primary_outcome_changed", "results_posted", *SUBMISSION_EVENTS.values()}:
         return "notable"
     if e.event == "enrollment_changed":
-        return "notable" if e.pct_change is None or abs(e.pct_change) >= rules.enrollment_pct_notable else "minor"
+        pct = _exact_pct(e)
+        return "notable" if pct is None or abs(pct) >= rules.enrollment_pct_notable else "minor"
     if e.event in {"date_slipped", "date_advanced"}:
         return "notable" if abs(e.shift_days or 0) >= rules.date_shift_days_notable else "minor"
     if e.event == "field_changed":
         return "info"
     return "minor"
+
+
+def _exact_pct(e: Event | Change) -> float | None:
+    """The percentage from the counts themselves: ``pct_change`` is rounded for display, and 19.9993%
+    rounds to the 20.0 that would make a minor change notable."""
+    if e.pct_change is None:  # not two numbers
+        return None
+    try:
+        before, after = float(e.old_value or ""), float(e.new_value or "")
+    except ValueError:
+        return e.pct_change
+    return (after - before) * 100.0 / before if before else e.pct_change
 
 
 def rescore(changes: Iterable[Change], rules: Rules) -> list[Change]:

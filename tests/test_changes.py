@@ -119,8 +119,8 @@ def test_an_enrollment_change_reports_its_percentage(record: dict[str, Any], cou
     if count == old:
         assert rows == []
         return
-    pct = round((count - old) * 100.0 / old, 2)
-    assert typed(rows) == [("enrollment_changed", "enrollment", str(old), str(count), None, pct)]
+    pct = (count - old) * 100.0 / old
+    assert typed(rows) == [("enrollment_changed", "enrollment", str(old), str(count), None, round(pct, 2))]
     assert rows[0].severity == ("notable" if abs(pct) >= 20 else "minor")
 
 
@@ -289,3 +289,12 @@ def test_a_dropped_outcome_and_a_reworded_one_are_paired_by_their_text_not_their
         ("primary_outcome_changed", second, second + " (revised)"),
         ("primary_outcome_changed", None, "Time in range")]
 
+
+def test_enrollment_severity_compares_the_exact_percentage_not_the_rounded_one() -> None:
+    record = next(r for r in RECORDS if nct(r) == "NCT00258583")
+    rows = changes(mutate.set_enrollment(record, 30001), mutate.set_enrollment(record, 36001))  # +19.9993%
+    assert [(c.event, c.pct_change, c.severity) for c in rows] == [("enrollment_changed", 20.0, "minor")]
+    rows = changes(mutate.set_enrollment(record, 30000), mutate.set_enrollment(record, 36000))  # +20% exactly
+    assert [(c.event, c.pct_change, c.severity) for c in rows] == [("enrollment_changed", 20.0, "notable")]
+    lower = changes(mutate.set_enrollment(record, 30001), mutate.set_enrollment(record, 24002))  # -19.9993%
+    assert [(c.pct_change, c.severity) for c in lower] == [(-20.0, "minor")]
