@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ def load_history(warehouse_dir: Path, nct_id: str) -> list[dict[str, Any]]:
     if not rows:
         raise UsageError(f"{nct_id} is not in the warehouse")
     for row in rows:
+        # DuckDB gives a TIMESTAMPTZ in the machine's zone; the history speaks UTC
+        row["observed_at"] = row["observed_at"].astimezone(UTC)
         row["changes"] = by_version.get(row["version"], [])
     return rows
 
