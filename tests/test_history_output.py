@@ -1,4 +1,4 @@
-"""``trialsync history``'s text: when each version was stored."""
+"""``trialsync history``'s text: when each version was stored, and what a removal marker means."""
 
 from __future__ import annotations
 
@@ -45,3 +45,8 @@ def test_history_prints_when_each_version_was_stored_in_utc_whatever_the_local_z
     assert "(stored 2026-01-01 00:00 UTC, api, run run-1)" in text
     assert "(stored 2026-12-07 05:20 UTC, api, run run-removal)" in text
 
+
+def test_a_removal_marker_says_the_registry_no_longer_has_the_study(tmp_path: Path) -> None:
+    text = _history(tmp_path)
+    assert "scope" not in text
+    assert "\n  removed: the registry no longer has this study (404)\n" in text
