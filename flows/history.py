@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ def load_history(warehouse_dir: Path, nct_id: str) -> list[dict[str, Any]]:
     if not rows:
         raise UsageError(f"{nct_id} is not in the warehouse")
     for row in rows:
+        # DuckDB gives a TIMESTAMPTZ in the machine's zone; the history speaks UTC
+        row["observed_at"] = row["observed_at"].astimezone(UTC)
         row["changes"] = by_version.get(row["version"], [])
     return rows
 
@@ -60,7 +63,7 @@ def print_history(warehouse_dir: Path, nct_id: str, fmt: str, console: Console) 
                   f"https://clinicaltrials.gov/study/{nct_id}?tab=history", highlight=False)
     for v in versions:
         updated = v["registry_updated"] or "—"
-        state = "removed from the scope" if v["is_removed"] else (
+        state = "removed: the registry no longer has this study (404)" if v["is_removed"] else (
             f"{v['overall_status']}, enrollment {v['enrollment_count']} {v['enrollment_type'] or ''}".rstrip()
             + f", completion {v['completion_date_raw']}")
         registry = f"registry v{v['registry_version']} {updated}" if v["registry_version"] is not None else (

@@ -7,11 +7,16 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
+from pipeline import mutate
+from pipeline.date_events import date_change
+from pipeline.dates import parse_partial_date
 from pipeline.versioning import RunContext
 from tests.conftest import STUDIES_DIR, load, snapshot_pairs
 from tests.fdaaa_support import store
+from warehouse.analyses import date_shift_sql
 from warehouse.rows import tombstones_table
 
 
@@ -140,3 +145,31 @@ def test_after_a_backfill_the_registered_version_is_the_registration_itself(tmp_
         "first_version": 1, "current_version": 10, "registered_valid_from": date(2018, 9, 27),
         "registered_source": "history", "enrollment_registered": 30, "enrollment_type_registered": "ESTIMATED",
         "enrollment_current": 16, "enrollment_type_current": "ACTUAL", "enrollment_pct_change": -46.7}]
+
+
+def test_registered_vs_current_shifts_follow_the_change_feeds_date_rule(tmp_path: Path) -> None:
+    older, _ = snapshot_pairs()["NCT05766735"]
+    registered = mutate.set_date(mutate.set_date(mutate.set_date(
+        older, "completionDate", "2026-06"), "primaryCompletionDate", "2028-05-10"), "startDate", "2025")
+    current = mutate.posted_on(mutate.set_date(mutate.set_date(mutate.set_date(
+        registered, "completionDate", "2026-06-20"), "primaryCompletionDate", "2028-04"), "startDate", "2026-03-05"),
+        date(2026, 6, 1))
+    row = _rows(store(tmp_path, [registered], [current]), "SELECT * FROM registered_vs_current")[0]
+    assert (row["completion_registered"], row["completion_current"], row["completion_shift_days"]) == (
+        "2026-06", "2026-06-20", 0)  # refined within its month: not a slip
+    assert row["primary_completion_shift_days"] == -10  # to the nearest day of April, not April 1st
+    assert row["start_shift_days"] == 428  # 2025 (its first day) -> 2026-03-05
+
+
+RAW_DATES = ["2027", "2028", "2027-12", "2028-01", "2028-02", "2028-04", "2028-05", "2027-12-31", "2028-01-01",
+             "2028-02-29", "2028-04-30", "2028-05-10", "2028-05-31"]
+
+
+def test_the_views_date_shift_agrees_with_date_change_for_every_pair_of_precisions() -> None:
+    pairs = [(a, b) for a in RAW_DATES for b in RAW_DATES]
+    expected = [date_change(parse_partial_date(a), parse_partial_date(b)).shift_days or 0 for a, b in pairs]
+    first = "CAST(CASE length({0}) WHEN 4 THEN {0} || '-01-01' WHEN 7 THEN {0} || '-01' ELSE {0} END AS DATE)"
+    sql = date_shift_sql(first.format("a"), "a", first.format("b"), "b")
+    with duckdb.connect() as con:
+        got = [con.execute(f"SELECT {sql} FROM (SELECT ? AS a, ? AS b)", [a, b]).fetchone()[0] for a, b in pairs]
+    assert dict(zip(pairs, got, strict=True)) == dict(zip(pairs, expected, strict=True))

@@ -119,8 +119,8 @@ def test_an_enrollment_change_reports_its_percentage(record: dict[str, Any], cou
     if count == old:
         assert rows == []
         return
-    pct = round((count - old) * 100.0 / old, 2)
-    assert typed(rows) == [("enrollment_changed", "enrollment", str(old), str(count), None, pct)]
+    pct = (count - old) * 100.0 / old
+    assert typed(rows) == [("enrollment_changed", "enrollment", str(old), str(count), None, round(pct, 2))]
     assert rows[0].severity == ("notable" if abs(pct) >= 20 else "minor")
 
 
@@ -247,3 +247,54 @@ def test_renaming_one_of_two_outcomes_with_the_same_measure_is_one_change() -> N
     outcomes = swapped["protocolSection"]["outcomesModule"]["primaryOutcomes"]
     outcomes.reverse()
     assert changes(record, swapped) == []  # identical twins pair by content, so reordering them is no change
+
+
+def _with_phases(phases: list[str]) -> dict[str, Any]:
+    return next(r for r in RECORDS if r["protocolSection"].get("designModule", {}).get("phases") == phases)
+
+
+PHASES = ("protocolSection", "designModule", "phases")
+
+
+def test_a_phase_change_reports_the_whole_phase_lists_before_and_after() -> None:
+    one, two = _with_phases(["PHASE1"]), _with_phases(["PHASE1", "PHASE2"])
+    cases = [(one, ["PHASE1", "PHASE2"], '["PHASE1"]', '["PHASE1","PHASE2"]'),
+             (two, ["PHASE2"], '["PHASE1","PHASE2"]', '["PHASE2"]'),
+             (two, ["PHASE2", "PHASE3"], '["PHASE1","PHASE2"]', '["PHASE2","PHASE3"]'),
+             (one, ["PHASE2"], '["PHASE1"]', '["PHASE2"]')]
+    for record, phases, old, new in cases:
+        rows = changes(record, mutate.set_path(record, PHASES, phases))
+        assert typed(rows) == [("phase_changed", "phase", old, new, None, None)]
+        assert rows[0].path == "$.protocolSection.designModule.phases"
+    gone = changes(two, mutate.drop_path(two, PHASES))
+    assert typed(gone) == [("phase_changed", "phase", '["PHASE1","PHASE2"]', None, None, None)]
+    back = changes(mutate.drop_path(two, PHASES), two)
+    assert typed(back) == [("phase_changed", "phase", None, '["PHASE1","PHASE2"]', None, None)]
+
+
+def test_a_dropped_outcome_and_a_reworded_one_are_paired_by_their_text_not_their_place() -> None:
+    record = next(r for r in RECORDS if nct(r) == "NCT03914547")  # real: two primary outcomes
+    first, second = (o["measure"] for o in record["protocolSection"]["outcomesModule"]["primaryOutcomes"])
+    outcomes = ("protocolSection", "outcomesModule", "primaryOutcomes")
+    new = mutate.drop_path(mutate.set_primary_outcome_measure(record, 1, second + " (revised)"), (*outcomes, 0))
+    assert typed(changes(record, new)) == sorted([
+        ("primary_outcome_changed", "primary outcome", first, None, None, None),
+        ("primary_outcome_changed", "primary outcome", second, second + " (revised)", None, None)])
+    # the reverse: a new outcome placed first, the second reworded
+    added = {"measure": "Time in range", "timeFrame": "6 months"}
+    reworded = mutate.set_primary_outcome_measure(record, 1, second + " (revised)")
+    listed = reworded["protocolSection"]["outcomesModule"]["primaryOutcomes"]
+    grown = mutate.set_path(reworded, outcomes, [added, *listed])
+    assert [(c.event, c.old_value, c.new_value) for c in changes(record, grown)] == [
+        ("primary_outcome_changed", second, second + " (revised)"),
+        ("primary_outcome_changed", None, "Time in range")]
+
+
+def test_enrollment_severity_compares_the_exact_percentage_not_the_rounded_one() -> None:
+    record = next(r for r in RECORDS if nct(r) == "NCT00258583")
+    rows = changes(mutate.set_enrollment(record, 30001), mutate.set_enrollment(record, 36001))  # +19.9993%
+    assert [(c.event, c.pct_change, c.severity) for c in rows] == [("enrollment_changed", 20.0, "minor")]
+    rows = changes(mutate.set_enrollment(record, 30000), mutate.set_enrollment(record, 36000))  # +20% exactly
+    assert [(c.event, c.pct_change, c.severity) for c in rows] == [("enrollment_changed", 20.0, "notable")]
+    lower = changes(mutate.set_enrollment(record, 30001), mutate.set_enrollment(record, 24002))  # -19.9993%
+    assert [(c.pct_change, c.severity) for c in lower] == [(-20.0, "minor")]

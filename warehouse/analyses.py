@@ -160,6 +160,29 @@ ORDER BY overdue DESC, days_late DESC, sponsor"""
 
 _FDAAA_STATUS = "CREATE OR REPLACE VIEW fdaaa_status AS SELECT * FROM fdaaa_as_of(current_date)"
 
+def _period_end(day: str, raw: str) -> str:
+    """The last day of the period a registry date names (``raw`` as written, ``day`` its first day)."""
+    return f"CASE length({raw}) WHEN 4 THEN make_date(year({day}), 12, 31) WHEN 7 THEN last_day({day}) ELSE {day} END"
+
+
+def date_shift_sql(old: str, old_raw: str, new: str, new_raw: str) -> str:
+    """SQL of the days a plan date moved, by the change feed's rule (``pipeline.date_events.date_change``):
+    0 for a refinement or coarsening within the coarser date's period (``2026-06`` -> ``2026-06-20``);
+    to a coarser date, the least distance to its period; else first day to first day. ``old`` / ``new``
+    are the dates (a partial date's first day), ``*_raw`` as written (its length is its precision)."""
+    old_end, new_end = _period_end(old, old_raw), _period_end(new, new_raw)
+    return f"""(CASE
+      WHEN length({new_raw}) > length({old_raw}) AND {old} <= {new} AND {new_end} <= {old_end} THEN 0
+      WHEN length({new_raw}) < length({old_raw}) AND {new} <= {old} AND {old_end} <= {new_end} THEN 0
+      WHEN length({new_raw}) < length({old_raw}) THEN (CASE WHEN {new} > {old} THEN {new} ELSE {new_end} END) - {old}
+      ELSE {new} - {old} END)"""
+
+
+def _shift(column: str) -> str:
+    """``registered_vs_current``'s shift of the plan date ``column`` (r: registered, c: current)."""
+    return date_shift_sql(f"r.{column}", f"r.{column}_raw", f"c.{column}", f"c.{column}_raw")
+
+
 # An outcome's text for the lists: its measure, and its time frame where it has one.
 _OUTCOME_TEXT = "o.measure || coalesce(' [' || o.time_frame || ']', '')"
 
@@ -219,12 +242,12 @@ SELECT p.nct_id, p.first_version, p.current_version, r.valid_from AS registered_
        round(100.0 * (c.enrollment_count - r.enrollment_count) / nullif(r.enrollment_count, 0), 1)
          AS enrollment_pct_change,
        r.start_date_raw AS start_registered, c.start_date_raw AS start_current,
-       c.start_date - r.start_date AS start_shift_days,
+       {_shift('start_date')} AS start_shift_days,
        r.primary_completion_date_raw AS primary_completion_registered,
        c.primary_completion_date_raw AS primary_completion_current,
-       c.primary_completion_date - r.primary_completion_date AS primary_completion_shift_days,
+       {_shift('primary_completion_date')} AS primary_completion_shift_days,
        r.completion_date_raw AS completion_registered, c.completion_date_raw AS completion_current,
-       c.completion_date - r.completion_date AS completion_shift_days,
+       {_shift('completion_date')} AS completion_shift_days,
        r.phases AS phases_registered, c.phases AS phases_current,
        l.arms_registered, l.arms_current,
        list_filter(l.arms_current, lambda x: NOT list_contains(l.arms_registered, x)) AS arms_added,
