@@ -36,6 +36,14 @@ def qc_counted(made: str, last_cancelled: str) -> str:
             f"{made}, lambda x: {last_cancelled} IS NULL OR x > {last_cancelled})) END")
 
 
+def qc_last_cancelled(cancelled: str, cancelled_on: str, as_of: str) -> str:
+    """SQL: the newest submission day among ``cancelled`` (DATE[]) cancelled by ``as_of``: each is cancelled
+    from its day in ``cancelled_on`` (parallel), so a cancellation the version dates after the judged day
+    had not happened on it. Rows typed before ``qc_cancelled_on`` existed have it NULL: from the submission's
+    day (``trialsync rederive`` does not retype them)."""
+    return f"list_max(list_filter({cancelled}, lambda x, i: coalesce({cancelled_on}[i], x) <= {as_of}))"
+
+
 def qc_newest_cancelled(made: str, last_cancelled: str) -> str:
     """SQL: whether the newest of the days ``made`` was cancelled (NULL without submissions)."""
     return f"CASE WHEN len({made}) > 0 THEN coalesce(list_max({made}) = {last_cancelled}, false) END"
@@ -71,7 +79,7 @@ WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
          CASE WHEN k.results_first_submitted <= CAST(d AS DATE) THEN k.results_first_submitted END
            AS results_first_submitted,
          list_filter(k.qc_submission_dates, lambda x: x <= CAST(d AS DATE)) AS qc_made,
-         list_max(list_filter(k.qc_cancelled_dates, lambda x: x <= CAST(d AS DATE))) AS qc_last_cancelled
+         {qc_last_cancelled("k.qc_cancelled_dates", "k.qc_cancelled_on", "CAST(d AS DATE)")} AS qc_last_cancelled
   FROM v0 JOIN k ON k.nct_id = v0.nct_id AND k.version = v0.version
   JOIN raw_study_versions AS r ON r.nct_id = v0.nct_id AND r.version = v0.version
 ), q AS (  -- §5.3: scanning from the newest submission back, the oldest one before a cancelled one
