@@ -257,3 +257,21 @@ def test_the_compliance_section_counts_lists_overdue_trials_and_those_newly_over
     newly = section.split("Newly overdue since 2026-04-01</h3>")[1]
     assert re.findall(r'<tr data-nct="(NCT\d+)">', newly) == ["NCT90000001"]
     assert "<td>2026-06-15</td>" in newly
+
+
+def test_the_compliance_section_counts_every_overdue_trial_and_says_when_a_table_is_cut(tmp_path: Path) -> None:
+    """120 trials (derived from a real one) that all become overdue on 2026-12-02: more than a table shows."""
+    from tests.fdaaa_support import store
+
+    root = tmp_path / "w"
+    store(root, [trial(f"NCT9{i:07d}", primary_completion="2025-11-01", completion="2025-11-01",
+                       updated="2025-01-02") for i in range(120)])
+    html = write_report(root, tmp_path / "r.html", since=date(2026, 11, 1), until=date(2026, 12, 31),
+                        now=NOW).read_text()
+    section = html.split('<section class="compliance">')[1].split("</section>")[0]
+    cards = dict((label, int(n)) for n, label in re.findall(r'<div class="card"><b>(\d+)</b>([^<]+)</div>', section))
+    assert cards == {"applicable trials": 120, "overdue": 120, "newly overdue": 120}
+    for table in ("fdaaa-overdue", "fdaaa-newly-overdue"):
+        shown = section.split(f'data-table="{table}"')[1].split("</table>")[0]
+        assert len(re.findall(r"<tr data-nct=", shown)) == 100
+    assert section.count('<p class="meta">showing 100 of 120</p>') == 2
