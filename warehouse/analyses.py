@@ -12,6 +12,8 @@ Section numbers in comments refer to FDAAA_RULES.md.
 
 from __future__ import annotations
 
+from pipeline.dates import UTC_TODAY_SQL
+
 EFFECTIVE_DATE = "DATE '2017-01-18'"
 # §3: the phase sets that qualify (legacy Phase 1/Phase 2, 2, 2/3, 3, 4 and N/A), as ``fdaaa_inputs.phase_set``
 # writes them (sorted, distinct, joined by "/").
@@ -166,7 +168,7 @@ FROM fdaaa_as_of(d)
 GROUP BY lead_sponsor
 ORDER BY overdue DESC, days_late DESC, sponsor"""
 
-_FDAAA_STATUS = "CREATE OR REPLACE VIEW fdaaa_status AS SELECT * FROM fdaaa_as_of(current_date)"
+_FDAAA_STATUS = f"CREATE OR REPLACE VIEW fdaaa_status AS SELECT * FROM fdaaa_as_of({UTC_TODAY_SQL})"
 
 # An outcome's text for the lists: its measure, and its time frame where it has one.
 _OUTCOME_TEXT = "o.measure || coalesce(' [' || o.time_frame || ']', '')"
@@ -243,8 +245,8 @@ JOIN studies AS c ON c.nct_id = p.nct_id
 JOIN lists AS l ON l.nct_id = p.nct_id"""
 
 # Consecutive versions in one overall status form one span; a span ends where the next one starts (or
-# where the study was removed); the open span (current version) ends today.
-_STATUS_SPANS = """CREATE OR REPLACE VIEW status_spans AS
+# where the study was removed); the open span (current version) ends today (UTC).
+_STATUS_SPANS = f"""CREATE OR REPLACE VIEW status_spans AS
 WITH v AS (
   SELECT nct_id, version, valid_from, valid_to, is_removed, overall_status,
          CASE WHEN lag(overall_status) OVER w IS NOT DISTINCT FROM overall_status
@@ -260,8 +262,8 @@ WITH v AS (
   FROM n WHERE NOT is_removed GROUP BY nct_id, span
 )
 SELECT nct_id, CAST(row_number() OVER (PARTITION BY nct_id ORDER BY span) AS INTEGER) AS span, status,
-       from_date, CASE WHEN is_open THEN current_date ELSE closed_on END AS to_date,
-       (CASE WHEN is_open THEN current_date ELSE closed_on END) - from_date AS days, is_open,
+       from_date, CASE WHEN is_open THEN {UTC_TODAY_SQL} ELSE closed_on END AS to_date,
+       (CASE WHEN is_open THEN {UTC_TODAY_SQL} ELSE closed_on END) - from_date AS days, is_open,
        first_version, last_version
 FROM g"""
 
