@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import subprocess
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +16,7 @@ import pytest
 
 from flows.report import write_report
 from pipeline import mutate
+from pipeline.dates import utc_today
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import REPO, snapshot_pairs
 from tests.fdaaa_support import trial
@@ -142,12 +143,21 @@ def test_the_report_command_writes_the_file_and_rejects_bad_input(history: Path,
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"report written to {out}"
     assert 'data-chart="key-dates"' in out.read_text()
+    today = utc_today()
+    after_today = today + timedelta(days=1)
     for args, message in [(["--nct", "NCT00000000"], "invalid NCT id 'NCT00000000'"),
                           (["--nct", "nct1"], "NCT00000001 is not in the warehouse"),
                           (["--run", "nope"], "no run nope in the warehouse"),
-                          (["--run", "x", "--since", "2026-01-01"], "--run and --since/--until exclude each other")]:
+                          (["--run", "x", "--since", "2026-01-01"], "--run and --since/--until exclude each other"),
+                          (["--since", "2026-06-02", "--until", "2026-06-01"],
+                           "--since 2026-06-02 is after --until 2026-06-01"),
+                          (["--since", after_today.isoformat()],
+                           f"--since {after_today} is after --until (default today, UTC: {today})")]:
         bad = run_cli("report", "--warehouse", str(history), *args, "-o", str(tmp_path / "bad.html"))
         assert bad.returncode in (1, 2) and bad.stderr.strip().startswith(f"trialsync: error: {message}"), bad.stderr
+        assert bad.stderr.count("\n") == 1
+        if args[0] == "--since":  # as `trialsync compliance` refuses a window that ends before it starts
+            assert bad.returncode == 2
     assert not (tmp_path / "bad.html").exists()
     (tmp_path / "a-file").write_text("")
     for place in (tmp_path / "a-file" / "r.html", Path("/proc/r.html")):  # below a file; not writable
