@@ -64,8 +64,8 @@ def build(root: Path, size: int, data: Path) -> None:
             if table == "fdaaa_inputs":
                 shift["qc_submission_dates"] = ("list_transform(qc_submission_dates, lambda x: "
                                                 f"CAST(x - {SHIFT} AS DATE)) AS qc_submission_dates")
-                shift["qc_cancelled_dates"] = ("list_transform(qc_cancelled_dates, lambda x: "
-                                               f"CAST(x - {SHIFT} AS DATE)) AS qc_cancelled_dates")
+                for c in ("qc_cancelled_dates", "qc_cancelled_on"):
+                    shift[c] = f"list_transform({c}, lambda x: CAST(x - {SHIFT} AS DATE)) AS {c}"
             for second in (False, True):
                 exprs = dict(shift)
                 if second and table == "study_versions":  # the second version: 100 days after the first

@@ -23,8 +23,11 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
     overdue since ``since``, default 30 days earlier). Written atomically; returns the file's path."""
     if run_id and (since or until):
         raise UsageError("--run and --since/--until exclude each other")
-    if since and until and since > until:
-        raise UsageError("--since is after --until")
+    generated = now or datetime.now(UTC)
+    as_of = until or generated.astimezone(UTC).date()  # the day compliance is judged on; today is UTC's
+    if since and since > as_of:  # as `trialsync compliance` refuses a window ending before it starts
+        judged = f"--until {until}" if until else f"--until (default today, UTC: {as_of})"
+        raise UsageError(f"--since {since} is after {judged}")
     store = Warehouse(warehouse_dir)
     with store.connect() as con:
         studies = [study(con, nct) for nct in ncts]
@@ -34,8 +37,6 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
         elif not ncts:
             period = Period(latest_run(con))
         summary = digest(con, period) if period else None
-        generated = now or datetime.now(UTC)
-        as_of = until or generated.date()
         fdaaa = (compliance(con, as_of, since or as_of - timedelta(days=COMPLIANCE_WINDOW_DAYS))
                  if period else None)
     # A report is mailed: it names the warehouse directory, not where it lives on this machine.

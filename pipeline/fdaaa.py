@@ -8,8 +8,8 @@ the version is stored:
 - dates as the *end* of their period (``2017-01`` is 2017-01-31, ``2017`` is 2017-12-31: §2);
 - whether any intervention is of a type the flag-less pACT path covers, and whether any site's
   country *equals* one of the six US names (§3, §6);
-- the quality-control submission history as two date lists: the days submitted, and those of them
-  cancelled (entries of one day merged, §5).
+- the quality-control submission history as date lists: the days submitted, those of them cancelled,
+  and the day each was cancelled (entries of one day merged, §5).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import calendar
 from collections.abc import Sequence
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline import schema as s
 from pipeline.dates import parse_full_date, parse_partial_date
@@ -47,32 +47,51 @@ def end_of_period(raw: str | None, field: str) -> date | None:
     return date(year, month, calendar.monthrange(year, month)[1])
 
 
-def qc_days(infos: list[s.SubmissionInfo] | None) -> tuple[list[date], list[date]]:
-    """(submission days, the cancelled ones among them) of a QC history, oldest first (§5).
+class QcHistory(NamedTuple):
+    """A QC history as ``fdaaa_inputs`` stores it, oldest first: the days submitted, those of them
+    cancelled, and the day each of those was cancelled (parallel to ``cancelled``)."""
 
-    Entries are keyed by ``releaseDate``; entries of one day merge, and the day is cancelled if any of
-    them has ``unreleaseDate`` or ``unreleaseDateUnknown: true``. ``resetDate`` (returned to the sponsor)
-    and ``mcpReleaseN`` do not matter. The warehouse scans these at the date judged (``counted_submission``
-    is the same scan in Python, the reference its SQL is tested against).
+    days: list[date]
+    cancelled: list[date]
+    cancelled_on: list[date]
+
+
+def qc_days(infos: list[s.SubmissionInfo] | None) -> QcHistory:
+    """The QC history of a version (§5): entries keyed by ``releaseDate``; entries of one day merge, and
+    the day is cancelled if any of them has ``unreleaseDate`` or ``unreleaseDateUnknown: true``.
+
+    A cancellation is dated by its ``unreleaseDate`` (the earliest among a day's entries), so a day judged
+    before it still counts the submission; one of unknown date (or dated before its submission) counts
+    from the submission's day, the earliest it can have happened. ``resetDate`` (returned to the sponsor)
+    and ``mcpReleaseN`` do not matter. The warehouse scans these at the date judged
+    (``counted_submission`` is the same scan in Python, the reference its SQL is tested against).
     """
-    cancelled: dict[date, bool] = {}
+    made: set[date] = set()
+    gone_on: dict[date, date] = {}
     for info in infos or ():
         if info.release_date is None:
             continue
         day = parse_full_date(info.release_date, field="submissionInfos.releaseDate")
-        gone = info.unrelease_date is not None or bool(info.unrelease_date_unknown)
-        cancelled[day] = cancelled.get(day, False) or gone
-    days = sorted(cancelled)
-    return days, [d for d in days if cancelled[d]]
+        made.add(day)
+        if info.unrelease_date is not None:
+            on = max(day, parse_full_date(info.unrelease_date, field="submissionInfos.unreleaseDate"))
+        elif info.unrelease_date_unknown:
+            on = day
+        else:
+            continue
+        gone_on[day] = min(on, gone_on.get(day, on))
+    cancelled = sorted(gone_on)
+    return QcHistory(sorted(made), cancelled, [gone_on[d] for d in cancelled])
 
 
-def counted_submission(days: list[date], cancelled: list[date], as_of: date) -> tuple[date | None, bool | None]:
-    """(the counted submission's date, whether the newest one was cancelled) among the submissions made
-    by ``as_of`` (§5.3): scanning from the newest back, the oldest one reached before meeting a cancelled one."""
-    made = sorted((d for d in days if d <= as_of), reverse=True)
+def counted_submission(qc: QcHistory, as_of: date) -> tuple[date | None, bool | None]:
+    """(the counted submission's date, whether the newest one was cancelled) as they stood on ``as_of``
+    (§5.3): of the submissions made by then, scanning from the newest back, the oldest one reached before
+    meeting one cancelled by then."""
+    made = sorted((d for d in qc.days if d <= as_of), reverse=True)
     if not made:
         return None, None
-    gone = set(cancelled)
+    gone = {d for d, on in zip(qc.cancelled, qc.cancelled_on, strict=True) if on <= as_of}
     counted = None
     for day in made:
         if day in gone:
@@ -91,7 +110,7 @@ def fdaaa_inputs(study: s.Study) -> dict[str, list[Any]]:
     contacts = p.contacts_locations_module
     misc = study.derived_section.misc_info_module if study.derived_section else None
     tracking = misc.submission_tracking if misc else None
-    days, cancelled = qc_days(tracking.submission_infos if tracking else None)
+    qc = qc_days(tracking.submission_infos if tracking else None)
     interventions = (arms.interventions if arms else None) or ()
     sites = (contacts.locations if contacts else None) or ()
 
@@ -115,6 +134,7 @@ def fdaaa_inputs(study: s.Study) -> dict[str, list[Any]]:
         "us_site": [any(x.country in US_COUNTRIES for x in sites)],
         "certificate_date": [day(status.disp_first_submit_date, "dispFirstSubmitDate")],
         "results_first_submitted": [day(status.results_first_submit_date, "resultsFirstSubmitDate")],
-        "qc_submission_dates": [days],
-        "qc_cancelled_dates": [cancelled],
+        "qc_submission_dates": [qc.days],
+        "qc_cancelled_dates": [qc.cancelled],
+        "qc_cancelled_on": [qc.cancelled_on],
     }

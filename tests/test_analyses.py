@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import mutate
 from pipeline.date_events import date_change
-from pipeline.dates import parse_partial_date
+from pipeline.dates import parse_partial_date, utc_today
 from pipeline.versioning import RunContext
 from tests.conftest import STUDIES_DIR, load, snapshot_pairs
 from tests.fdaaa_support import store
@@ -79,7 +79,7 @@ def test_status_spans_merge_versions_in_one_status_and_the_open_span_ends_today(
                                  status(newer, "COMPLETED", "2026-06-11")])
     rows = _rows(warehouse, "SELECT span, status, from_date, to_date, days, is_open, first_version, last_version "
                             "FROM status_spans ORDER BY span")
-    today = _rows(warehouse, "SELECT current_date AS d")[0]["d"]
+    today = utc_today()
     assert [tuple(r.values()) for r in rows] == [
         (1, "RECRUITING", date(2025, 5, 7), date(2026, 5, 1), 359, False, 1, 2),
         (2, "ACTIVE_NOT_RECRUITING", date(2026, 5, 1), date(2026, 6, 11), 41, False, 3, 3),

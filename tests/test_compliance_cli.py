@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,24 @@ def test_the_terminal_table_and_csv(trials: Path) -> None:
 def test_bad_flags_are_one_line_errors_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     result = run_cli("compliance", *args, "--warehouse", str(tmp_path / "w"))
     assert (result.returncode, result.stderr.strip()) == (2, f"trialsync: error: {message}")
+
+
+def _zone_whose_date_is_not_utcs() -> tuple[str, str]:
+    """(a time zone whose local date differs from the UTC date right now, the UTC date): UTC-11 before
+    11:00 UTC, UTC+14 from 10:00 UTC."""
+    now = datetime.now(UTC)
+    return ("Pacific/Pago_Pago" if now.hour < 11 else "Pacific/Kiritimati"), now.date().isoformat()
+
+
+def test_today_is_the_utc_date_whatever_the_local_time_zone(trials: Path) -> None:
+    zone, today = _zone_whose_date_is_not_utcs()
+    env = {"TZ": zone}
+    judged = run_cli("compliance", "--format", "json", "--warehouse", str(trials), env=env)
+    viewed = run_cli("sql", "SELECT DISTINCT as_of FROM fdaaa_status UNION ALL "
+                     "SELECT DISTINCT to_date FROM status_spans WHERE is_open", "--format", "json",
+                     "--warehouse", str(trials), env=env)
+    assert judged.returncode == 0 and viewed.returncode == 0, judged.stderr + viewed.stderr
+    if datetime.now(UTC).date().isoformat() != today:
+        pytest.skip("UTC midnight passed during the test")
+    assert {r["as_of"] for r in json.loads(judged.stdout)} == {today}
+    assert [list(r.values()) for r in json.loads(viewed.stdout)] == [[today], [today]]

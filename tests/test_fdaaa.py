@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,9 +17,10 @@ from pipeline.fdaaa import counted_submission, end_of_period, qc_days
 from pipeline.parse import parse_record
 from pipeline.schema import SubmissionInfo
 from pipeline.versioning import RunContext, plan_batch
+from tests.conftest import real_records
 from tests.fdaaa_support import ABSENT, FLAGLESS_BASE, judge, store, trial
 from warehouse import Warehouse
-from warehouse.analyses import qc_counted, qc_newest_cancelled
+from warehouse.analyses import qc_counted, qc_last_cancelled, qc_newest_cancelled
 from warehouse.rows import plan_tables
 
 # P = 2020-06-30 (primary completion): due date P + 365 days = 2021-06-30; due once the date is after
@@ -226,6 +228,55 @@ def test_events_the_version_dates_after_the_judged_day_had_not_happened_on_it(tm
     assert judge(warehouse, "2021-10-01")["NCT90000001"]["status"] == "ongoing"  # certificate: due in 2023
 
 
+def _real_qc_history(nct_id: str = "NCT03660631") -> list[dict[str, Any]]:
+    """A real record's QC history (NCT03660631: released 2024-11-17, cancelled and resubmitted 2024-11-18)."""
+    record = next(r for r in real_records() if r["protocolSection"]["identificationModule"]["nctId"] == nct_id)
+    return list(record["derivedSection"]["miscInfoModule"]["submissionTracking"]["submissionInfos"])
+
+
+@pytest.mark.parametrize(("as_of", "status", "days_late", "submitted", "newest_cancelled"), [
+    ("2024-11-17", "reported-late", 141, date(2024, 11, 17), False),  # the day before its cancellation
+    ("2024-11-18", "reported-late", 142, date(2024, 11, 18), False),  # cancelled, resubmitted the same day
+])
+def test_a_qc_cancellation_dated_after_the_judged_day_had_not_happened_on_it(
+        tmp_path: Path, as_of: str, status: str, days_late: int, submitted: date, newest_cancelled: bool) -> None:
+    warehouse = store(tmp_path, [trial("NCT90000001", primary_completion="2023-06-30", completion="2023-06-30",
+                                       qc=_real_qc_history())])
+    row = judge(warehouse, as_of)["NCT90000001"]
+    assert (row["status"], row["days_late"], row["results_submitted_date"], row["qc_newest_cancelled"]) == (
+        status, days_late, submitted, newest_cancelled)
+
+
+def test_a_cancellation_is_overdue_cancelled_from_its_own_day_not_its_submission_day(tmp_path: Path) -> None:
+    warehouse = store(tmp_path, [trial("NCT90000001", qc=[CANCELLED])])  # released 2021-07-05, cancelled 07-20
+    before, on = judge(warehouse, "2021-07-19")["NCT90000001"], judge(warehouse, "2021-07-20")["NCT90000001"]
+    assert (before["status"], before["results_submitted_date"], before["qc_newest_cancelled"]) == (
+        "ongoing", date(2021, 7, 5), False)
+    assert judge(warehouse, "2021-07-31")["NCT90000001"]["status"] == "overdue-cancelled"
+    assert (on["results_submitted_date"], on["qc_newest_cancelled"]) == (None, True)
+
+
+def test_a_cancellation_of_unknown_date_counts_from_its_submission_day(tmp_path: Path) -> None:
+    qc = [{"releaseDate": "2021-08-01", "unreleaseDateUnknown": True}]
+    row = judge(store(tmp_path, [trial("NCT90000001", qc=qc)]), "2021-08-01")["NCT90000001"]
+    assert (row["status"], row["days_late"], row["qc_newest_cancelled"]) == ("overdue-cancelled", 32, True)
+
+
+def test_inputs_typed_before_cancellation_days_were_kept_count_a_cancellation_from_its_submission(
+        tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w")
+    ctx = RunContext("run-old", datetime(2026, 1, 1, tzinfo=UTC), "api")
+    with warehouse.writer(ctx.run_id) as run:  # as a release without qc_cancelled_on stored it
+        for table, rows in plan_tables(plan_batch([trial("NCT90000001", qc=[CANCELLED])], {}, ctx), ctx).items():
+            if table == "fdaaa_inputs":
+                rows = rows.set_column(rows.schema.get_field_index("qc_cancelled_on"), "qc_cancelled_on",
+                                       pa.nulls(len(rows), rows.schema.field("qc_cancelled_on").type))
+            run.append(table, rows)
+        run.commit()
+    row = judge(warehouse, "2021-07-19")["NCT90000001"]
+    assert (row["results_submitted_date"], row["qc_newest_cancelled"]) == (None, True)
+
+
 def test_newly_overdue_is_a_time_event_inside_the_window(tmp_path: Path) -> None:
     warehouse = store(tmp_path, [
         trial("NCT90000001"),                                   # due from 2021-07-31
@@ -282,32 +333,43 @@ def test_qc_days_merge_a_day_and_ignore_returns_to_the_sponsor() -> None:
     infos = [SubmissionInfo(release_date="2024-11-18", reset_date="2024-11-26"),
              SubmissionInfo(release_date="2024-11-17", unrelease_date="2024-11-18"),
              SubmissionInfo(release_date="2024-11-18", mcp_release_n=2)]
-    assert qc_days(infos) == ([date(2024, 11, 17), date(2024, 11, 18)], [date(2024, 11, 17)])
+    assert qc_days(infos) == ([date(2024, 11, 17), date(2024, 11, 18)], [date(2024, 11, 17)], [date(2024, 11, 18)])
+
+
+def test_qc_days_date_a_day_by_its_first_cancellation_and_an_unknown_one_by_the_submission() -> None:
+    infos = [SubmissionInfo(release_date="2021-06-01", unrelease_date="2021-06-09"),
+             SubmissionInfo(release_date="2021-06-01", unrelease_date="2021-06-03"),
+             SubmissionInfo(release_date="2021-07-01", unrelease_date_unknown=True)]
+    assert qc_days(infos).cancelled_on == [date(2021, 6, 3), date(2021, 7, 1)]
 
 
 def test_a_real_qc_history_reads_as_a_cancelled_then_a_counted_submission(records: list[dict[str, Any]]) -> None:
     record = next(r for r in records if r["protocolSection"]["identificationModule"]["nctId"] == "NCT03660631")
     derived = parse_record(record).study.derived_section
     assert derived and derived.misc_info_module and derived.misc_info_module.submission_tracking
-    days, cancelled = qc_days(derived.misc_info_module.submission_tracking.submission_infos)
-    assert counted_submission(days, cancelled, date(2025, 1, 1)) == (date(2024, 11, 18), False)
+    qc = qc_days(derived.misc_info_module.submission_tracking.submission_infos)
+    assert counted_submission(qc, date(2025, 1, 1)) == (date(2024, 11, 18), False)
+    assert counted_submission(qc, date(2024, 11, 17)) == (date(2024, 11, 17), False)  # not yet cancelled
 
 
 _DAY = st.integers(0, 40).map(lambda n: date(2021, 1, 1) + timedelta(days=n))
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(_DAY, st.booleans()), max_size=8), _DAY)
-def test_the_sql_scan_of_qc_submissions_equals_the_reference_scan(entries: list[tuple[date, bool]],
+@given(st.lists(st.tuples(_DAY, st.one_of(st.none(), st.just(True), st.integers(-3, 10))), max_size=8), _DAY)
+def test_the_sql_scan_of_qc_submissions_equals_the_reference_scan(entries: list[tuple[date, int | bool | None]],
                                                                    as_of: date) -> None:
-    infos = [SubmissionInfo(release_date=d.isoformat(), unrelease_date=d.isoformat() if gone else None)
+    """Each entry: kept (None), cancelled on an unknown day (True), or cancelled that many days after it."""
+    infos = [SubmissionInfo(release_date=d.isoformat(), unrelease_date_unknown=gone is True or None,
+                            unrelease_date=None if gone is None or gone is True else
+                            (d + timedelta(days=gone)).isoformat())
              for d, gone in entries]
-    days, cancelled = qc_days(infos)
-    expected = counted_submission(days, cancelled, as_of)
+    qc = qc_days(infos)
+    expected = counted_submission(qc, as_of)
     sql = (f"SELECT {qc_counted('m', 'c')}, {qc_newest_cancelled('m', 'c')} "
-           "FROM (SELECT list_filter(?::DATE[], lambda x: x <= ?::DATE) AS m, "
-           "list_max(list_filter(?::DATE[], lambda x: x <= ?::DATE)) AS c)")
-    assert duckdb.execute(sql, [days, as_of, cancelled, as_of]).fetchone() == expected
+           f"FROM (SELECT list_filter(days, lambda x: x <= d) AS m, {qc_last_cancelled('gone', 'gone_on', 'd')} AS c "
+           "FROM (SELECT ?::DATE[] AS days, ?::DATE[] AS gone, ?::DATE[] AS gone_on, ?::DATE AS d))")
+    assert duckdb.execute(sql, [qc.days, qc.cancelled, qc.cancelled_on, as_of]).fetchone() == expected
 
 
 def test_rederive_types_the_inputs_of_versions_stored_before_the_table_existed(tmp_path: Path,

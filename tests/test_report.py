@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import subprocess
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +16,7 @@ import pytest
 
 from flows.report import write_report
 from pipeline import mutate
+from pipeline.dates import utc_today
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import REPO, snapshot_pairs
 from tests.fdaaa_support import trial
@@ -142,12 +143,21 @@ def test_the_report_command_writes_the_file_and_rejects_bad_input(history: Path,
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"report written to {out}"
     assert 'data-chart="key-dates"' in out.read_text()
+    today = utc_today()
+    after_today = today + timedelta(days=1)
     for args, message in [(["--nct", "NCT00000000"], "invalid NCT id 'NCT00000000'"),
                           (["--nct", "nct1"], "NCT00000001 is not in the warehouse"),
                           (["--run", "nope"], "no run nope in the warehouse"),
-                          (["--run", "x", "--since", "2026-01-01"], "--run and --since/--until exclude each other")]:
+                          (["--run", "x", "--since", "2026-01-01"], "--run and --since/--until exclude each other"),
+                          (["--since", "2026-06-02", "--until", "2026-06-01"],
+                           "--since 2026-06-02 is after --until 2026-06-01"),
+                          (["--since", after_today.isoformat()],
+                           f"--since {after_today} is after --until (default today, UTC: {today})")]:
         bad = run_cli("report", "--warehouse", str(history), *args, "-o", str(tmp_path / "bad.html"))
         assert bad.returncode in (1, 2) and bad.stderr.strip().startswith(f"trialsync: error: {message}"), bad.stderr
+        assert bad.stderr.count("\n") == 1
+        if args[0] == "--since":  # as `trialsync compliance` refuses a window that ends before it starts
+            assert bad.returncode == 2
     assert not (tmp_path / "bad.html").exists()
     (tmp_path / "a-file").write_text("")
     for place in (tmp_path / "a-file" / "r.html", Path("/proc/r.html")):  # below a file; not writable
@@ -257,3 +267,21 @@ def test_the_compliance_section_counts_lists_overdue_trials_and_those_newly_over
     newly = section.split("Newly overdue since 2026-04-01</h3>")[1]
     assert re.findall(r'<tr data-nct="(NCT\d+)">', newly) == ["NCT90000001"]
     assert "<td>2026-06-15</td>" in newly
+
+
+def test_the_compliance_section_counts_every_overdue_trial_and_says_when_a_table_is_cut(tmp_path: Path) -> None:
+    """120 trials (derived from a real one) that all become overdue on 2026-12-02: more than a table shows."""
+    from tests.fdaaa_support import store
+
+    root = tmp_path / "w"
+    store(root, [trial(f"NCT9{i:07d}", primary_completion="2025-11-01", completion="2025-11-01",
+                       updated="2025-01-02") for i in range(120)])
+    html = write_report(root, tmp_path / "r.html", since=date(2026, 11, 1), until=date(2026, 12, 31),
+                        now=NOW).read_text()
+    section = html.split('<section class="compliance">')[1].split("</section>")[0]
+    cards = dict((label, int(n)) for n, label in re.findall(r'<div class="card"><b>(\d+)</b>([^<]+)</div>', section))
+    assert cards == {"applicable trials": 120, "overdue": 120, "newly overdue": 120}
+    for table in ("fdaaa-overdue", "fdaaa-newly-overdue"):
+        shown = section.split(f'data-table="{table}"')[1].split("</table>")[0]
+        assert len(re.findall(r"<tr data-nct=", shown)) == 100
+    assert section.count('<p class="meta">showing 100 of 120</p>') == 2

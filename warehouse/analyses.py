@@ -12,6 +12,8 @@ Section numbers in comments refer to FDAAA_RULES.md.
 
 from __future__ import annotations
 
+from pipeline.dates import UTC_TODAY_SQL
+
 EFFECTIVE_DATE = "DATE '2017-01-18'"
 # §3: the phase sets that qualify (legacy Phase 1/Phase 2, 2, 2/3, 3, 4 and N/A), as ``fdaaa_inputs.phase_set``
 # writes them (sorted, distinct, joined by "/").
@@ -34,6 +36,14 @@ def qc_counted(made: str, last_cancelled: str) -> str:
     is the same scan in Python."""
     return (f"CASE WHEN NOT coalesce(list_max({made}) = {last_cancelled}, false) THEN list_min(list_filter("
             f"{made}, lambda x: {last_cancelled} IS NULL OR x > {last_cancelled})) END")
+
+
+def qc_last_cancelled(cancelled: str, cancelled_on: str, as_of: str) -> str:
+    """SQL: the newest submission day among ``cancelled`` (DATE[]) cancelled by ``as_of``: each is cancelled
+    from its day in ``cancelled_on`` (parallel), so a cancellation the version dates after the judged day
+    had not happened on it. Rows typed before ``qc_cancelled_on`` existed have it NULL: from the submission's
+    day (``trialsync rederive`` does not retype them)."""
+    return f"list_max(list_filter({cancelled}, lambda x, i: coalesce({cancelled_on}[i], x) <= {as_of}))"
 
 
 def qc_newest_cancelled(made: str, last_cancelled: str) -> str:
@@ -71,7 +81,7 @@ WITH f AS (  -- what depends on the version only: §2, §3 (C), flag-yes
          CASE WHEN k.results_first_submitted <= CAST(d AS DATE) THEN k.results_first_submitted END
            AS results_first_submitted,
          list_filter(k.qc_submission_dates, lambda x: x <= CAST(d AS DATE)) AS qc_made,
-         list_max(list_filter(k.qc_cancelled_dates, lambda x: x <= CAST(d AS DATE))) AS qc_last_cancelled
+         {qc_last_cancelled("k.qc_cancelled_dates", "k.qc_cancelled_on", "CAST(d AS DATE)")} AS qc_last_cancelled
   FROM v0 JOIN k ON k.nct_id = v0.nct_id AND k.version = v0.version
   JOIN raw_study_versions AS r ON r.nct_id = v0.nct_id AND r.version = v0.version
 ), q AS (  -- §5.3: scanning from the newest submission back, the oldest one before a cancelled one
@@ -158,7 +168,7 @@ FROM fdaaa_as_of(d)
 GROUP BY lead_sponsor
 ORDER BY overdue DESC, days_late DESC, sponsor"""
 
-_FDAAA_STATUS = "CREATE OR REPLACE VIEW fdaaa_status AS SELECT * FROM fdaaa_as_of(current_date)"
+_FDAAA_STATUS = f"CREATE OR REPLACE VIEW fdaaa_status AS SELECT * FROM fdaaa_as_of({UTC_TODAY_SQL})"
 
 def _period_end(day: str, raw: str) -> str:
     """The last day of the period a registry date names (``raw`` as written, ``day`` its first day)."""
@@ -258,8 +268,8 @@ JOIN studies AS c ON c.nct_id = p.nct_id
 JOIN lists AS l ON l.nct_id = p.nct_id"""
 
 # Consecutive versions in one overall status form one span; a span ends where the next one starts (or
-# where the study was removed); the open span (current version) ends today.
-_STATUS_SPANS = """CREATE OR REPLACE VIEW status_spans AS
+# where the study was removed); the open span (current version) ends today (UTC).
+_STATUS_SPANS = f"""CREATE OR REPLACE VIEW status_spans AS
 WITH v AS (
   SELECT nct_id, version, valid_from, valid_to, is_removed, overall_status,
          CASE WHEN lag(overall_status) OVER w IS NOT DISTINCT FROM overall_status
@@ -275,8 +285,8 @@ WITH v AS (
   FROM n WHERE NOT is_removed GROUP BY nct_id, span
 )
 SELECT nct_id, CAST(row_number() OVER (PARTITION BY nct_id ORDER BY span) AS INTEGER) AS span, status,
-       from_date, CASE WHEN is_open THEN current_date ELSE closed_on END AS to_date,
-       (CASE WHEN is_open THEN current_date ELSE closed_on END) - from_date AS days, is_open,
+       from_date, CASE WHEN is_open THEN {UTC_TODAY_SQL} ELSE closed_on END AS to_date,
+       (CASE WHEN is_open THEN {UTC_TODAY_SQL} ELSE closed_on END) - from_date AS days, is_open,
        first_version, last_version
 FROM g"""
 

@@ -43,17 +43,27 @@ def study(con: duckdb.DuckDBPyConnection, nct_id: str) -> Row:
 
 def compliance(con: duckdb.DuckDBPyConnection, as_of: date, since: date) -> Row:
     """FDAAA 801 results reporting on ``as_of``: counts by status, the overdue trials (most days late
-    first) and the trials that became overdue after ``since``."""
+    first) and the trials that became overdue after ``since``; each list its first ``TOP_OVERDUE`` rows
+    and its full count (``*_total``), so what is shown can say it was cut."""
     columns = "nct_id, brief_title, lead_sponsor, act_kind, status, due_date, days_late"
+    overdue = "SELECT * FROM fdaaa_as_of(?) WHERE status IN ('overdue', 'overdue-cancelled')"
+    newly = "SELECT * FROM fdaaa_newly_overdue(?, ?)"
     return {
         "as_of": as_of,
         "since": since,
         "counts": _rows(con, "SELECT status, count(*) AS n FROM fdaaa_as_of(?) GROUP BY ALL ORDER BY ALL", [as_of]),
-        "overdue": _rows(con, f"""SELECT {columns} FROM fdaaa_as_of(?) WHERE status IN ('overdue', 'overdue-cancelled')
-                                  ORDER BY days_late DESC, nct_id LIMIT {TOP_OVERDUE}""", [as_of]),
-        "newly_overdue": _rows(con, f"""SELECT {columns}, overdue_from FROM fdaaa_newly_overdue(?, ?)
+        "overdue": _rows(con, f"SELECT {columns} FROM ({overdue}) ORDER BY days_late DESC, nct_id LIMIT {TOP_OVERDUE}",
+                         [as_of]),
+        "overdue_total": _count(con, overdue, [as_of]),
+        "newly_overdue": _rows(con, f"""SELECT {columns}, overdue_from FROM ({newly})
                                         ORDER BY overdue_from, nct_id LIMIT {TOP_OVERDUE}""", [since, as_of]),
+        "newly_overdue_total": _count(con, newly, [since, as_of]),
     }
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> int:
+    row = con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()
+    return int(row[0]) if row else 0
 
 
 @dataclass(frozen=True)

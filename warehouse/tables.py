@@ -198,7 +198,8 @@ CHILD_TABLES: dict[str, pa.Schema] = {
                            ("primary_purpose", _STR), ("start_date", _DATE), ("primary_completion_date", _DATE),
                            ("completion_date", _DATE), ("covered_intervention", _BOOL), ("us_site", _BOOL),
                            ("certificate_date", _DATE), ("results_first_submitted", _DATE),
-                           ("qc_submission_dates", _DATES), ("qc_cancelled_dates", _DATES)),
+                           ("qc_submission_dates", _DATES), ("qc_cancelled_dates", _DATES),
+                           ("qc_cancelled_on", _DATES)),
 }
 # pipeline/summary.py: what aact.studies and aact.calculated_values read, one row per version.
 CHILD_TABLES["study_summary"] = _child(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 
 import typer
@@ -11,13 +10,14 @@ import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is i
 from flows import settings
 from flows.cli.common import FormatOpt, WarehouseOpt, app, check_format, console, split_values
 from flows.output import render
+from pipeline.dates import utc_today
 from pipeline.errors import UsageError
 from pipeline.scope import parse_date_arg
 
 
 @app.command()
 def compliance(
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Judge on YYYY-MM-DD [default: today]")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Judge on YYYY-MM-DD [default: today, UTC]")] = None,
     sponsor: Annotated[str | None, typer.Option("--sponsor", help="Lead sponsors whose name contains this "
                                                 "(literal, any case)")] = None,
     status: Annotated[list[str] | None, typer.Option("--status", help="reported | reported-late | overdue | "
@@ -38,7 +38,7 @@ def compliance(
     from warehouse.compliance import TABLE_COLUMNS, ComplianceQuery, compliance_sql
 
     check_format(fmt)
-    day = parse_date_arg(as_of, "--as-of") if as_of else date.today()
+    day = parse_date_arg(as_of, "--as-of") if as_of else utc_today()
     statuses = tuple(split_values(status))
     if unknown := [s for s in statuses if s not in STATUSES]:
         raise UsageError(f"unknown --status {unknown[0]!r} (valid: {', '.join(STATUSES)})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +22,7 @@ from flows.cli.common import (
     split_values,
     with_progress,
 )
+from pipeline.dates import utc_today
 from pipeline.errors import UsageError
 from pipeline.registry.client import DEFAULT_INTERVAL
 from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
@@ -79,7 +80,7 @@ def sync(
     from warehouse import Warehouse
 
     since_date = parse_date_arg(since, "--since") if since else None
-    if since_date and since_date > date.today() + timedelta(days=1):
+    if since_date and since_date > utc_today() + timedelta(days=1):
         raise UsageError(f"--since {since} is in the future")
     check_request_flags(request_interval=request_interval, backoff=backoff, lock_timeout=lock_timeout,
                         retry_budget=retry_budget, max_attempts=max_attempts)

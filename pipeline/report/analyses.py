@@ -49,26 +49,30 @@ def compliance_section(c: Row) -> str:
     total = sum(int(r["n"]) for r in c["counts"])
     overdue = sum(int(r["n"]) for r in c["counts"] if str(r["status"]).startswith("overdue"))
     cards = "".join(f'<div class="card"><b>{esc(n)}</b>{esc(label)}</div>' for label, n in (
-        ("applicable trials", total), ("overdue", overdue), ("newly overdue", len(c["newly_overdue"]))))
+        ("applicable trials", total), ("overdue", overdue), ("newly overdue", c["newly_overdue_total"])))
     return (f'<section class="compliance"><h2>FDAAA 801 results reporting on {esc(c["as_of"])}</h2>'
             f'<p class="meta">ACTs and probable ACTs judged on the version of each study valid on that date; '
             f"due one year (365 days) after primary completion, three years with a certificate of delay.</p>"
             f'<div class="cards">{cards}</div><h3>Trials by status</h3>{status_chart(c["counts"])}'
-            f'<h3>Overdue</h3>{_trials_table(c["overdue"], "fdaaa-overdue")}'
+            f'<h3>Overdue</h3>{_trials_table(c["overdue"], c["overdue_total"], "fdaaa-overdue")}'
             f'<h3>Newly overdue since {esc(c["since"])}</h3>'
-            f'{_trials_table(c["newly_overdue"], "fdaaa-newly-overdue", since=True)}</section>')
+            f'{_trials_table(c["newly_overdue"], c["newly_overdue_total"], "fdaaa-newly-overdue", since=True)}'
+            "</section>")
 
 
-def _trials_table(rows: Sequence[Row], name: str, *, since: bool = False) -> str:
+def _trials_table(rows: Sequence[Row], total: int, name: str, *, since: bool = False) -> str:
+    """The trials' table; ``total`` is how many there are, of which ``rows`` are the first (the table
+    says so when it shows fewer)."""
     if not rows:
         return f'<p class="meta" data-table="{name}">none</p>'
+    cut = f'<p class="meta">showing {len(rows)} of {total}</p>' if total > len(rows) else ""
     extra = "<th>overdue from</th>" if since else ""
     body = "".join(
         f'<tr data-nct="{esc(r["nct_id"])}"><td>{study_link(r["nct_id"], r["brief_title"], r["lead_sponsor"])}</td>'
         f'<td>{esc(r["act_kind"])}</td><td>{esc(r["status"])}</td><td>{esc(r["due_date"])}</td>'
         f'<td data-days-late="{esc(_blank(r["days_late"]))}">{esc(_blank(r["days_late"]))}</td>'
         + (f'<td>{esc(r["overdue_from"])}</td>' if since else "") + "</tr>" for r in rows)
-    return (f'<table data-table="{name}"><tr><th>study</th><th>kind</th><th>status</th><th>due date</th>'
+    return (f'{cut}<table data-table="{name}"><tr><th>study</th><th>kind</th><th>status</th><th>due date</th>'
             f"<th>days late</th>{extra}</tr>{body}</table>")
 
 
