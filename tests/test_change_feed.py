@@ -241,3 +241,28 @@ def test_history_shows_every_version_with_what_changed(three_versions: tuple[Pat
         "v3  registry 2026-06-01")
     assert "date_slipped: primary completion date: 2027-04-15 → 2027-05-31 (+46 days)" in text
     assert "critical  status_changed: overall status: RECRUITING → TERMINATED" in text
+
+
+def test_a_change_the_registry_did_not_date_is_in_the_feed_of_the_day_it_was_seen(
+        prefect_api: str, warehouse_dir: Path) -> None:
+    """A results submission (``submissionTracking``) keeps the record's lastUpdatePostDate: its change is
+    filed under the day its version became valid (the day it was seen), not under the old registry date,
+    so `changes --since today`, ``changes_between`` and the report's window all see it."""
+    from tests.conftest import STUDIES_DIR, load
+
+    record = load(STUDIES_DIR / "NCT05973799.json")  # a real submission, returned to the sponsor
+    before = json.loads(json.dumps(record))
+    del before["derivedSection"]["miscInfoModule"]["submissionTracking"]
+    with FakeRegistry([before]).start() as registry:
+        fast_sync(registry, warehouse_dir, ids=["NCT05973799"])
+        registry.put(record)
+        fast_sync(registry, warehouse_dir, ids=["NCT05973799"], full=True)
+    seen_on = rows(warehouse_dir, "SELECT valid_from FROM study_versions WHERE version = 2")[0][0]
+    posted = rows(warehouse_dir, "SELECT registry_updated FROM study_versions WHERE version = 2")[0][0]
+    assert posted < seen_on  # the registry's date did not move
+    events = {("NCT05973799", "results_submitted"), ("NCT05973799", "results_returned")}
+    assert set(rows(warehouse_dir, "SELECT nct_id, event FROM changes_between(?, ?)", [seen_on, seen_on])) >= events
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes_between(?, ?)", [posted, posted]) == [(0,)]
+    feed = json.loads(run_cli("changes", "--since", seen_on.isoformat(), "--format", "json",
+                              "--warehouse", str(warehouse_dir)).stdout)
+    assert {(c["nct_id"], c["event"]) for c in feed} >= events

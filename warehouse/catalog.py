@@ -22,7 +22,7 @@ from warehouse.aact import aact_views
 from warehouse.analyses import analysis_views
 from warehouse.manifest import RETAINED_KEY, Manifest, ManifestEntry
 from warehouse.tables import CHILD_TABLES, CORE_FIELDS, TABLES, rewritten_tables
-from warehouse.validity import versions_with_validity
+from warehouse.validity import CHANGES_WITH_DAY, versions_with_validity
 
 __all__ = ["CATALOG_NAME", "RETAINED_KEY", "Manifest", "ManifestEntry", "plan_catalog"]
 
@@ -142,10 +142,9 @@ SELECT run_id, scope, mode, checked_at, "check", status, expected, observed, fla
        CAST(data AS JSON) AS data,
        CASE status WHEN 'fail' THEN 3 WHEN 'warn' THEN 2 WHEN 'ok' THEN 1 ELSE 0 END AS status_rank
 FROM raw_reconciliation""",
-        """CREATE OR REPLACE MACRO changes_between(a, b) AS TABLE
-SELECT * FROM changes
-WHERE coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))
-      BETWEEN CAST(a AS DATE) AND CAST(b AS DATE)""",
+        f"""CREATE OR REPLACE MACRO changes_between(a, b) AS TABLE
+SELECT * FROM {CHANGES_WITH_DAY}
+WHERE changed_on BETWEEN CAST(a AS DATE) AND CAST(b AS DATE)""",
         """CREATE OR REPLACE MACRO studies_as_of(d) AS TABLE
 SELECT * FROM study_versions
 WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d AS DATE))

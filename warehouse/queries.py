@@ -7,6 +7,7 @@ from datetime import date
 
 from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
 from pipeline.errors import UsageError
+from warehouse.validity import CHANGES_WITH_DAY
 
 CHANGE_COLUMNS = ("registry_updated", "nct_id", "to_version", "event", "field", "old_value", "new_value",
                   "shift_days", "pct_change", "severity", "category")
@@ -40,10 +41,11 @@ def _check(kind: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None
 
 
 def changes_query(f: ChangeFilter, columns: tuple[str, ...] = CHANGE_COLUMNS) -> tuple[str, list[object]]:
-    """The change feed, newest first; dates filter on the registry's update date."""
+    """The change feed, newest first; dates filter on the day each change happened (``changed_on``:
+    its new version's ``valid_from``)."""
     where: list[str] = []
     params: list[object] = []
-    day = "coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))"
+    day = "changed_on"
     if f.since:
         where.append(f"{day} >= ?")
         params.append(f.since)
@@ -57,7 +59,7 @@ def changes_query(f: ChangeFilter, columns: tuple[str, ...] = CHANGE_COLUMNS) ->
     if f.min_severity:
         where.append("severity_rank >= ?")
         params.append(SEVERITIES.index(f.min_severity))
-    sql = f"SELECT {', '.join(columns)} FROM changes"
+    sql = f"SELECT {', '.join(columns)} FROM {CHANGES_WITH_DAY}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {day} DESC, nct_id, to_version, severity_rank DESC, path"

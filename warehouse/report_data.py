@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 
 from pipeline.errors import UsageError
+from warehouse.validity import CHANGES_WITH_DAY
 
 Row = dict[str, Any]
 TOP_SLIPS = 10
@@ -68,7 +69,7 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> int:
 
 @dataclass(frozen=True)
 class Period:
-    """The digest's changes: one run's, or those the registry posted between two dates."""
+    """The digest's changes: one run's, or those that happened between two dates (``changed_on``)."""
 
     run_id: str | None = None
     since: date | None = None
@@ -77,8 +78,8 @@ class Period:
     def where(self) -> tuple[str, list[Any]]:
         if self.run_id:
             return "run_id = ?", [self.run_id]
-        day = "coalesce(registry_updated, CAST(timezone('UTC', detected_at) AS DATE))"
-        return f"{day} BETWEEN ? AND ?", [self.since or date.min, self.until or date.max]
+        return (f"change_id IN (SELECT change_id FROM {CHANGES_WITH_DAY} WHERE changed_on BETWEEN ? AND ?)",
+                [self.since or date.min, self.until or date.max])
 
 
 # A changed study's title and lead sponsor: those of its latest stored version that has them (a removed

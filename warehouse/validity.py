@@ -28,3 +28,13 @@ def versions_with_validity(source: str = "raw_study_versions") -> str:
     return (f"SELECT * EXCLUDE (_day, _before, _rank, _start), "
             f"CAST(max(_start) OVER {_UP_TO} + CAST(_rank AS INTEGER) AS DATE) AS valid_from "
             f"FROM (SELECT *, CAST({candidate} AS DATE) - CAST(_rank AS INTEGER) AS _start FROM ({ranked}))")
+
+
+# The day a change happened, as far as the registry tells: its new version's ``valid_from`` (the
+# registry's date when it moved; else, e.g. a results submission that kept the date, the day it was
+# observed), so a change detected today that the registry did not date is not filed under an old day.
+CHANGES_WITH_DAY = """(SELECT c.*, coalesce(v.valid_from, c.registry_updated,
+                                          CAST(timezone('UTC', c.detected_at) AS DATE)) AS changed_on
+ FROM changes AS c
+ LEFT JOIN (SELECT nct_id, version, valid_from FROM study_versions) AS v
+   ON v.nct_id = c.nct_id AND v.version = c.to_version)"""
