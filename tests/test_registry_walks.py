@@ -169,3 +169,14 @@ def test_an_answer_without_end_fails_at_the_size_limit_instead_of_filling_memory
             client.get_page({}, None, 1)
     finally:
         server.close()
+
+
+def test_a_maintenance_page_served_as_200_fails_naming_its_title() -> None:
+    page = ("<!DOCTYPE html><html><head><title>ClinicalTrials.gov is down for maintenance</title></head>"
+            "<body><p>Back soon.</p></body></html>")
+    with FakeRegistry(real_records()[:3]).start() as registry:
+        registry.faults.add("status", status=200, times=-1, body=page, content_type="text/html")
+        client = RegistryClient(registry.url, min_interval=0, retry=RetryPolicy(attempts=2, backoff_base=0.01))
+        with pytest.raises(RegistryUnavailable, match=r"invalid JSON in response \(.*\): ClinicalTrials.gov is down "
+                                                      r"for maintenance \(2 tries"):
+            client.get_page({}, None, 1)

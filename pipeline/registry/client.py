@@ -250,8 +250,10 @@ class RegistryClient:
         try:
             return orjson.loads(content), content
         except orjson.JSONDecodeError as exc:
-            # A cut-off body: the server or a proxy dropped the connection mid-answer.
-            raise RegistryUnavailable(f"invalid JSON in response ({exc})", url=response.url,
+            # A cut-off body (the server or a proxy dropped the connection mid-answer), or a page that is
+            # not JSON at all (a maintenance page): its title says which.
+            page = f": {_body_line(response, content)}" if _text(content).lstrip()[:1] == "<" else ""
+            raise RegistryUnavailable(f"invalid JSON in response ({exc}){page}", url=response.url,
                                       status=status) from None
 
     def _try_seconds(self) -> float:
