@@ -41,7 +41,7 @@ from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_b
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HeadIndex
-from warehouse.pairs import version_pairs
+from warehouse.pairs import Baselines, version_pairs
 from warehouse.rows import changes_table
 from warehouse.spool import PageSpool
 
@@ -176,7 +176,7 @@ def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[Batch
 
 @task(name="derive-changes", cache_policy=NONE)
 def derive_run_changes(run: RunWriter, rules: Rules, *, only_run: str | None,
-                       baseline_runs: frozenset[str], nct_ids: list[str] | None = None) -> int:
+                       baseline_runs: Baselines, nct_ids: list[str] | None = None) -> int:
     """Changes between each version this run stored (or every version, for ``rederive``; every version of
     ``nct_ids``, for a backfill) and the one before."""
     run.seal("study_versions")
@@ -250,7 +250,7 @@ def sync_registry(
         if window.mode == "full" and not baseline:
             totals.left_scope, totals.retired = settle_vanished(pc, scope.key)
         totals.changes_written = derive_run_changes(
-            run, rules, only_run=run_id, baseline_runs=frozenset([run_id]) if baseline else frozenset())
+            run, rules, only_run=run_id, baseline_runs={run_id: run.news_from()} if baseline else {})
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
                                exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,

@@ -266,3 +266,42 @@ def test_a_change_the_registry_did_not_date_is_in_the_feed_of_the_day_it_was_see
     feed = json.loads(run_cli("changes", "--since", seen_on.isoformat(), "--format", "json",
                               "--warehouse", str(warehouse_dir)).stdout)
     assert {(c["nct_id"], c["event"]) for c in feed} >= events
+
+
+def _first_posted_on(record: dict[str, Any], day: date) -> dict[str, Any]:
+    """The record as a study the registry first posted on ``day``."""
+    registered = mutate.set_path(record, ("protocolSection", "statusModule", "studyFirstPostDateStruct", "date"),
+                                 day.isoformat())
+    return mutate.posted_on(registered, day)
+
+
+def test_a_study_new_to_the_registry_is_announced_even_when_a_new_scopes_first_run_stores_it(
+        prefect_api: str, warehouse_dir: Path) -> None:
+    """Heads are shared by every scope: the study a new scope's first (baseline) run stores is never new
+    to a later run of another scope. A study first posted since the warehouse's last run is news there;
+    the older studies the new scope brings in are its baseline, as before; rederive agrees."""
+    from pipeline.dates import utc_today
+    from tests.conftest import real_records
+
+    records = real_records()
+    base = [mutate.posted_on(r, date(2026, 11, 1)) for r in records[:10]]
+    fresh, old = _first_posted_on(records[100], utc_today()), records[101]
+    with FakeRegistry(base).start() as registry:
+        fast_sync(registry, warehouse_dir, page_size=5)  # scope "all": the warehouse's first run
+        registry.put(fresh, old)
+        fast_sync(registry, warehouse_dir, ids=[nct(fresh), nct(old), nct(base[0])])  # a new scope's first run
+        fast_sync(registry, warehouse_dir, page_size=5)  # "all" again: both are unchanged for it
+    added = "SELECT nct_id FROM changes WHERE event = 'study_added' ORDER BY 1"
+    assert rows(warehouse_dir, added) == [(nct(fresh),)]
+    rederive_changes(warehouse=str(warehouse_dir))
+    assert rows(warehouse_dir, added) == [(nct(fresh),)]
+
+
+def test_no_first_version_of_the_warehouses_first_run_is_news_whatever_its_posting_date(
+        prefect_api: str, warehouse_dir: Path) -> None:
+    from pipeline.dates import utc_today
+    from tests.conftest import real_records
+
+    with FakeRegistry([_first_posted_on(r, utc_today()) for r in real_records()[:5]]).start() as registry:
+        fast_sync(registry, warehouse_dir)
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE event = 'study_added'") == [(0,)]

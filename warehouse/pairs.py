@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import pickle
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +28,11 @@ from pipeline.errors import WarehouseError
 from warehouse.catalog import version_locations_sql, version_rows_sql
 from warehouse.manifest import Manifest
 from warehouse.run_writer import SYNCED
+
+# A scope's first run: run id -> the day from which a study first posted is news all the same (None: no
+# first version is news), see ``baseline_runs``.
+Baselines = Mapping[str, date | None]
+FIRST_POSTED_LAG = timedelta(days=1)
 
 # Each needed row once (``k1``, ``k2``: its key), with its roles. A pair is numbered by its new side's
 # row. ``need_raw``: a predecessor's JSON is always read, a selected version's unless it is a study's
@@ -50,7 +56,7 @@ FROM roles GROUP BY k1, k2
 
 _STREAM = """
 SELECT t.nct_id, t.version, t.run_id, t.observed_at, t.registry_updated, t.source, t.is_removed,
-       t.content_hash, t.brief_title, CASE WHEN n.need_raw THEN t.raw END AS raw,
+       t.content_hash, t.brief_title, t.first_posted, CASE WHEN n.need_raw THEN t.raw END AS raw,
        n.new_pair, n.old_pair, n.has_old
 FROM ({rows}) AS t JOIN _pair_roles AS n ON n.k1 = t.{k1} AND n.k2 = t.{k2}
 """
@@ -83,7 +89,7 @@ def _roles(con: duckdb.DuckDBPyConnection, source: tuple[Path, Manifest] | None,
 
 
 def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
-                  baseline_runs: frozenset[str] = frozenset(), batch_size: int = 200,
+                  baseline_runs: Baselines | None = None, batch_size: int = 200,
                   nct_ids: Sequence[str] | None = None, source: tuple[Path, Manifest] | None = None,
                   spill_dir: Path | None = None) -> Iterator[list[VersionPair]]:
     """Each stored version with its predecessor; only ``run_id``'s versions, or ``nct_ids``' when given.
@@ -114,7 +120,7 @@ def version_pairs(con: duckdb.DuckDBPyConnection, *, run_id: str | None = None,
     try:
         reader = con.sql(_STREAM.format(rows=rows, k1=k1, k2=k2)).to_arrow_reader(batch_size)
         with tempfile.TemporaryFile(dir=spill_dir) as spill:
-            yield from _paired(reader, _Spill(spill), baseline_runs, batch_size)
+            yield from _paired(reader, _Spill(spill), baseline_runs or {}, batch_size)
     finally:
         # The open result first: while it is open DuckDB refuses to unregister, and that error used to
         # replace the one that stopped the stream (e.g. a full disk under the spill file).
@@ -148,7 +154,7 @@ class _Spill:
         return row
 
 
-def _paired(reader: Any, spill: _Spill, baseline_runs: frozenset[str], batch_size: int) -> Iterator[list[VersionPair]]:
+def _paired(reader: Any, spill: _Spill, baseline_runs: Baselines, batch_size: int) -> Iterator[list[VersionPair]]:
     out: list[VersionPair] = []
     for batch in reader:
         for row in batch.to_pylist():
@@ -175,7 +181,7 @@ def _paired(reader: Any, spill: _Spill, baseline_runs: frozenset[str], batch_siz
         yield out
 
 
-def _pair(old: dict[str, Any] | None, new: dict[str, Any], baseline_runs: frozenset[str]) -> VersionPair:
+def _pair(old: dict[str, Any] | None, new: dict[str, Any], baseline_runs: Baselines) -> VersionPair:
     if old is None and new["version"] <= 1:  # a first version: its title is all a diff reads
         new_raw: Any = {"protocolSection": {"identificationModule": {"briefTitle": new["brief_title"]}}}
     else:
@@ -185,16 +191,29 @@ def _pair(old: dict[str, Any] | None, new: dict[str, Any], baseline_runs: frozen
         old_raw=orjson.loads(old["raw"]) if old and old["raw"] else None, new_raw=new_raw,
         run_id=new["run_id"], detected_at=new["observed_at"], registry_updated=new["registry_updated"],
         old_removed=bool(old and old["is_removed"]), new_removed=new["is_removed"],
-        baseline=new["run_id"] in baseline_runs or new["source"] == "history",
+        baseline=new["source"] == "history" or (new["run_id"] in baseline_runs and not _new_to_the_registry(
+            new.get("first_posted"), baseline_runs[new["run_id"]])),
         old_identity=None if old is None else version_identity(old["content_hash"], old["is_removed"],
                                                                   old["observed_at"]),
         new_identity=version_identity(new["content_hash"], new["is_removed"], new["observed_at"]),
     )
 
 
-def baseline_runs(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
-    """The first successful run of each scope: its studies' first versions are not news."""
-    rows = con.execute(
-        f"SELECT arg_min(run_id, started_at) FROM raw_sync_runs WHERE {SYNCED} GROUP BY scope"
-    ).fetchall()
-    return frozenset(r[0] for r in rows)
+def _new_to_the_registry(first_posted: date | None, news_from: date | None) -> bool:
+    """Whether a study a baseline run stores first is news all the same: the warehouse had runs before
+    (of other scopes; heads are shared, so no later run will see it as new) and the registry first
+    posted it since the newest of them began (less ``FIRST_POSTED_LAG``: a study can be listed a day
+    after the date it was posted on)."""
+    return news_from is not None and first_posted is not None and first_posted >= news_from - FIRST_POSTED_LAG
+
+
+def baseline_runs(con: duckdb.DuckDBPyConnection) -> dict[str, date | None]:
+    """The first successful run of each scope (its studies' first versions are not news), each with
+    the day the warehouse's newest earlier run began (None for the warehouse's first run): a study first
+    posted since then is news even in a scope's first run (``_new_to_the_registry``)."""
+    rows = con.execute(f"""
+        WITH ok AS (SELECT run_id, scope, started_at FROM raw_sync_runs WHERE {SYNCED}),
+        firsts AS (SELECT arg_min(run_id, started_at) AS run_id, min(started_at) AS started_at FROM ok GROUP BY scope)
+        SELECT f.run_id, (SELECT CAST(timezone('UTC', max(o.started_at)) AS DATE) FROM ok AS o
+                          WHERE o.started_at < f.started_at) FROM firsts AS f""").fetchall()
+    return {run_id: day for run_id, day in rows}

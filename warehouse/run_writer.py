@@ -221,6 +221,14 @@ class RunWriter:
             ).fetchone()
         return row[0] if row else None
 
+    def news_from(self) -> Any:
+        """The day the warehouse's newest successful run began (None before its first): in a scope's
+        first run, a study first posted since then is news (``warehouse.pairs.baseline_runs``)."""
+        with self.before() as con:
+            row = con.execute(f"SELECT CAST(timezone('UTC', max(started_at)) AS DATE) FROM raw_sync_runs "
+                              f"WHERE {SYNCED}").fetchone()
+        return row[0] if row else None
+
     def has_runs(self, scope: str) -> bool:
         with self.before() as con:
             row = con.execute(f"SELECT count(*) FROM raw_sync_runs WHERE scope = ? AND {SYNCED}",
