@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from flows.cli import finish_alerts, print_summary, run_sync
 from flows.report import write_report
@@ -132,7 +133,7 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
         console.rule(f"[bold]Day 2[/] ({day2}): the registry posts {len(updates)} updates")
         for u in updates:
             nct = u.record["protocolSection"]["identificationModule"]["nctId"]
-            console.print(f"  {nct}: {u.story}", highlight=False)
+            console.print(f"  {nct}: {u.story}", highlight=False, markup=False)
         day2_summary = run_sync(common)
         print_summary(day2_summary)
         finish_alerts(day2_summary["alerts"])
@@ -186,7 +187,7 @@ def show_changes(store: Warehouse, console: Console) -> None:
     for name in ("study", "severity", "change"):
         table.add_column(name, overflow="fold")
     for row in rows:
-        table.add_row(row["nct_id"], row["severity"], describe(row))
+        table.add_row(row["nct_id"], row["severity"], Text(describe(row)))  # registry text, not markup
     console.print(table)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 FORMATS = ("table", "json", "csv")
 
@@ -45,10 +46,11 @@ def _csv_cell(value: Any) -> Any:
     return "" if plain is None else json.dumps(plain, ensure_ascii=False) if isinstance(plain, list | dict) else plain
 
 
-def _table_cell(value: Any) -> str:
+def _table_cell(value: Any) -> Text:
+    """Registry text is text: "[mmol/L]" or "[/]" in a cell is not Rich markup."""
     if value is None:
-        return ""
-    return str(value) if isinstance(value, float) else str(_plain(value))
+        return Text("")
+    return Text(str(value) if isinstance(value, float) else str(_plain(value)))
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, console: Console) -> None:
@@ -65,7 +67,7 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, cons
     else:
         table = Table(show_lines=False, header_style="bold")
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(Text(column), overflow="fold")
         for row in rows:
             table.add_row(*(_table_cell(v) for v in row))
         console.print(table)

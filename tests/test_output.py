@@ -1,4 +1,4 @@
-"""Query output: JSON and CSV carry every DuckDB type."""
+"""Query output: terminal text shows registry text as text; JSON and CSV carry every DuckDB type."""
 
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def test_csv_writes_the_same_plain_values_and_nan_as_empty() -> None:
     assert text.splitlines() == ["took,raw,n,u", "5400.0,qgA=,,4b91b058-edd0-45bd-9cfe-a5f2f5a391dd"]
 
 
+def test_a_table_shows_bracketed_registry_text_and_column_names_as_they_are() -> None:
+    measure = _measure()
+    out = _render(f"SELECT '{measure}' AS measure, '[/]' AS \"[/]\", '[bold]x[/bold]' AS tag", "table")
+    assert "Change in FPG [mmol/L]" in out and "[bold]x[/bold]" in out
+    assert out.count("[/]") == 2
+
+
 @pytest.fixture(scope="module")
 def bracketed_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """NCT06836752 synced twice: its bracketed primary outcome reworded in between (a real change's shape)."""
@@ -89,9 +96,44 @@ def bracketed_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     yield directory
 
 
+def test_the_changes_table_shows_bracketed_registry_text(bracketed_warehouse: Path) -> None:
+    result = run_cli("changes", "--nct", BRACKETED, "--event", "primary_outcome_changed",
+                     "--warehouse", str(bracketed_warehouse))
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if BRACKETED in line)
+    assert [cell.strip() for cell in row.split("│")][6:8] == ["Change in FPG [mmol/L]", "FPG [/] [mmol/L]"]
+
+
+def test_history_shows_bracketed_registry_text(bracketed_warehouse: Path) -> None:
+    result = run_cli("history", BRACKETED, "--warehouse", str(bracketed_warehouse))
+    assert result.returncode == 0, result.stderr
+    assert "primary_outcome_changed: primary outcome: Change in FPG [mmol/L] → FPG [/] [mmol/L]" in result.stdout
+
+
+def test_the_sql_table_shows_brackets_as_they_are(bracketed_warehouse: Path) -> None:
+    table = run_cli("sql", "SELECT '[/]' AS a, '[kg]' AS b", "--warehouse", str(bracketed_warehouse))
+    assert table.returncode == 0, table.stderr
+    assert "[/]" in table.stdout and "[kg]" in table.stdout
+
+
 def test_sql_json_serialises_run_durations(bracketed_warehouse: Path) -> None:
     where = ["--warehouse", str(bracketed_warehouse)]
     took = run_cli("sql", "SELECT run_id, finished_at - started_at AS took FROM sync_runs", "--format", "json",
                    *where)
     assert took.returncode == 0, took.stderr
     assert [type(row["took"]) for row in _strict_json(took.stdout)] == [float, float]
+
+
+def test_the_report_command_names_a_bracketed_path_as_it_is(bracketed_warehouse: Path, tmp_path: Path) -> None:
+    target = tmp_path / "[b]" / "[mg] report.html"
+    target.parent.mkdir()
+    result = run_cli("report", "-o", str(target), "--nct", BRACKETED, "--warehouse", str(bracketed_warehouse))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"report written to {target}"
+
+
+def test_a_sync_summary_shows_a_bracketed_scope_as_it_is(registry: FakeRegistry, tmp_path: Path) -> None:
+    result = run_cli("sync", "--condition", "diabetes [/]", "--api-url", registry.url, "--request-interval", "0",
+                     "-q", "--warehouse", str(tmp_path / "w"))
+    assert result.returncode == 0, result.stderr
+    assert "scope query.cond=diabetes [/])" in result.stdout
