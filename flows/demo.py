@@ -24,6 +24,7 @@ from flows.cli import finish_alerts, print_summary, run_sync
 from flows.report import write_report
 from flows.webhook_receiver import WebhookReceiver
 from pipeline import mutate
+from pipeline.errors import UsageError
 from pipeline.registry.fake_server import FakeRegistry, load_records
 from warehouse import Warehouse
 
@@ -31,6 +32,8 @@ SEED_NCT = "NCT07011004"
 PAIR_NCT = "NCT05766735"
 SEED_RECORD = Path(__file__).parent / "demo_data" / f"{SEED_NCT}.json"
 WATCHLIST = Path(__file__).parent / "demo_data" / "watchlist.yaml"
+MARKER = ".trialsync-demo"  # in a workdir the demo made: its outputs there may be replaced
+OUTPUTS = ("warehouse", "watchlist.yaml", "report.html", "alerts-feed.json")
 Record = dict[str, Any]
 
 
@@ -113,10 +116,31 @@ def day2_updates(day1: list[Record], data_dir: Path, day2: date) -> list[Update]
     return [Update(mutate.posted_on(u.record, day2), u.story) for u in updates]
 
 
+def claim_workdir(workdir: Path) -> None:
+    """The demo replaces only what an earlier demo made: a new or empty directory becomes the demo's
+    (marked); a file, or a directory holding anything without the marker, is refused."""
+    try:
+        if workdir.exists() and not workdir.is_dir():
+            raise UsageError(f"--workdir {workdir} is not a directory; name a new or empty directory")
+        marker = workdir / MARKER
+        if workdir.is_dir() and not marker.is_file() and any(workdir.iterdir()):
+            raise UsageError(f"--workdir {workdir} holds files the demo did not make; name a new or empty "
+                             "directory (or delete this one if an older demo made it)")
+        for name in OUTPUTS:  # a link would make the demo replace what it points to
+            path = workdir / name
+            if path.is_symlink() or (name == "warehouse" and path.exists() and not path.is_dir()):
+                raise UsageError(f"--workdir {workdir}: {name} is not the demo's; move it or name another directory")
+        workdir.mkdir(parents=True, exist_ok=True)
+        marker.write_text("Made by `trialsync demo`: each run replaces its " + ", ".join(OUTPUTS) + " here.\n")
+    except OSError as exc:
+        raise UsageError(f"--workdir {workdir} cannot be used: {exc.strerror or exc}") from None
+
+
 def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
     workdir = workdir.resolve()
+    claim_workdir(workdir)
     warehouse_dir = workdir / "warehouse"
-    shutil.rmtree(warehouse_dir, ignore_errors=True)
+    shutil.rmtree(warehouse_dir, ignore_errors=True)  # an earlier demo's (claim_workdir checked)
     day1 = day1_records(data_dir)
     day2 = max(last_update(r) for r in day1) + timedelta(days=1)
     watchlist = demo_watchlist(workdir)

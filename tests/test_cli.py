@@ -149,6 +149,46 @@ def test_the_demo_replays_two_days_and_shows_the_changes(prefect_api: str, tmp_p
     assert 'data-nct="NCT07011004"' in report and 'data-chart="changes-by-category"' in report
 
 
+def test_the_demo_refuses_a_workdir_it_did_not_make_and_leaves_it_alone(tmp_path: Path) -> None:
+    project = tmp_path / "my project"
+    (project / "warehouse").mkdir(parents=True)
+    (project / "warehouse" / "warehouse.duckdb").write_bytes(b"someone's data")
+    (project / "watchlist.yaml").write_text("watches: []\n")
+    result = run_cli("demo", "--workdir", str(project))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"trialsync: error: --workdir {project} holds files the demo did not make; name a new or empty "
+        "directory (or delete this one if an older demo made it)"]
+    assert (project / "warehouse" / "warehouse.duckdb").read_bytes() == b"someone's data"
+    assert (project / "watchlist.yaml").read_text() == "watches: []\n"
+
+
+def test_the_demo_refuses_a_file_as_its_workdir(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for workdir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "demo"):
+        result = run_cli("demo", "--workdir", str(workdir))
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and str(workdir) in result.stderr
+        assert "Traceback" not in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_the_demo_takes_a_new_or_empty_workdir_and_its_own_again(tmp_path: Path) -> None:
+    from flows.demo import claim_workdir
+    from pipeline.errors import UsageError
+
+    (tmp_path / "empty").mkdir()
+    for workdir in (tmp_path / "new" / "demo", tmp_path / "empty"):
+        claim_workdir(workdir)
+        (workdir / "warehouse").mkdir()
+        (workdir / "report.html").write_text("<html></html>")
+        claim_workdir(workdir)  # a second demo run in the same place: the marker says it is the demo's
+    (tmp_path / "empty" / "warehouse").rmdir()
+    (tmp_path / "empty" / "warehouse").symlink_to(tmp_path / "new")  # a link would lead the demo elsewhere
+    with pytest.raises(UsageError, match="warehouse is not the demo's"):
+        claim_workdir(tmp_path / "empty")
+
+
 def test_reconstructed_seed_record_matches_the_seed_page_facts() -> None:
     from flows.demo import seed_record
     from pipeline.parse import parse_study
