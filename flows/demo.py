@@ -9,6 +9,7 @@ synced by the ``sync_registry`` flow; the demo then shows what changed and answe
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -164,14 +165,26 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
         show_alerts(inbox, watchlist, console)
     show_changes(Warehouse(warehouse_dir), console)
     show_answer(Warehouse(warehouse_dir), console)
-    console.print(f"\nThe seed trial's history: trialsync history {SEED_NCT} --warehouse {warehouse_dir}",
-                  highlight=False)
-    console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: .venv/bin/duckdb -readonly "
-                  f"{warehouse_dir / 'warehouse.duckdb'}", highlight=False)
+    console.print(f"\nThe seed trial's history: {history_hint(warehouse_dir)}", highlight=False, markup=False)
+    console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: {query_hint(warehouse_dir)}", highlight=False,
+                  markup=False)
     report = write_report(warehouse_dir, workdir / "report.html", ncts=[SEED_NCT, PAIR_NCT],
                           run_id=day2_summary["run_id"])
     console.print(f"\nReport of the seed trial, {PAIR_NCT} and day 2's changes (one HTML file, works offline):"
-                  f"\n{report}", highlight=False)
+                  f"\n{report}", highlight=False, markup=False)
+
+
+def history_hint(warehouse_dir: Path) -> str:
+    return f"trialsync history {SEED_NCT} --warehouse {shlex.quote(str(warehouse_dir))}"
+
+
+def query_hint(warehouse_dir: Path) -> str:
+    return f".venv/bin/duckdb -readonly {shlex.quote(str(warehouse_dir / 'warehouse.duckdb'))}"
+
+
+def ledger_hint(warehouse_dir: Path) -> str:
+    return ("trialsync sql \"SELECT watch, channel, nct_id, status FROM alert_deliveries\" "
+            f"--warehouse {shlex.quote(str(warehouse_dir))}")
 
 
 def demo_watchlist(workdir: Path) -> Path:
@@ -190,8 +203,7 @@ def show_alerts(inbox: WebhookReceiver, watchlist: Path, console: Console) -> No
         console.print(message.body["text"].rstrip(), highlight=False, markup=False)
         console.print()
     console.print(f"Watchlist: {watchlist}\nFeed (JSON Feed 1.1): {watchlist.parent / 'alerts-feed.json'}\n"
-                  f"Ledger: trialsync sql \"SELECT watch, channel, nct_id, status FROM alert_deliveries\" "
-                  f"--warehouse {watchlist.parent / 'warehouse'}", highlight=False)
+                  f"Ledger: {ledger_hint(watchlist.parent / 'warehouse')}", highlight=False, markup=False)
 
 
 def show_changes(store: Warehouse, console: Console) -> None:
