@@ -9,6 +9,7 @@ synced by the ``sync_registry`` flow; the demo then shows what changed and answe
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -18,11 +19,13 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from flows.cli import finish_alerts, print_summary, run_sync
 from flows.report import write_report
 from flows.webhook_receiver import WebhookReceiver
 from pipeline import mutate
+from pipeline.errors import UsageError
 from pipeline.registry.fake_server import FakeRegistry, load_records
 from warehouse import Warehouse
 
@@ -30,6 +33,8 @@ SEED_NCT = "NCT07011004"
 PAIR_NCT = "NCT05766735"
 SEED_RECORD = Path(__file__).parent / "demo_data" / f"{SEED_NCT}.json"
 WATCHLIST = Path(__file__).parent / "demo_data" / "watchlist.yaml"
+MARKER = ".trialsync-demo"  # in a workdir the demo made: its outputs there may be replaced
+OUTPUTS = ("warehouse", "watchlist.yaml", "report.html", "alerts-feed.json")
 Record = dict[str, Any]
 
 
@@ -112,10 +117,31 @@ def day2_updates(day1: list[Record], data_dir: Path, day2: date) -> list[Update]
     return [Update(mutate.posted_on(u.record, day2), u.story) for u in updates]
 
 
+def claim_workdir(workdir: Path) -> None:
+    """The demo replaces only what an earlier demo made: a new or empty directory becomes the demo's
+    (marked); a file, or a directory holding anything without the marker, is refused."""
+    try:
+        if workdir.exists() and not workdir.is_dir():
+            raise UsageError(f"--workdir {workdir} is not a directory; name a new or empty directory")
+        marker = workdir / MARKER
+        if workdir.is_dir() and not marker.is_file() and any(workdir.iterdir()):
+            raise UsageError(f"--workdir {workdir} holds files the demo did not make; name a new or empty "
+                             "directory (or delete this one if an older demo made it)")
+        for name in OUTPUTS:  # a link would make the demo replace what it points to
+            path = workdir / name
+            if path.is_symlink() or (name == "warehouse" and path.exists() and not path.is_dir()):
+                raise UsageError(f"--workdir {workdir}: {name} is not the demo's; move it or name another directory")
+        workdir.mkdir(parents=True, exist_ok=True)
+        marker.write_text("Made by `trialsync demo`: each run replaces its " + ", ".join(OUTPUTS) + " here.\n")
+    except OSError as exc:
+        raise UsageError(f"--workdir {workdir} cannot be used: {exc.strerror or exc}") from None
+
+
 def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
     workdir = workdir.resolve()
+    claim_workdir(workdir)
     warehouse_dir = workdir / "warehouse"
-    shutil.rmtree(warehouse_dir, ignore_errors=True)
+    shutil.rmtree(warehouse_dir, ignore_errors=True)  # an earlier demo's (claim_workdir checked)
     day1 = day1_records(data_dir)
     day2 = max(last_update(r) for r in day1) + timedelta(days=1)
     watchlist = demo_watchlist(workdir)
@@ -132,21 +158,33 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
         console.rule(f"[bold]Day 2[/] ({day2}): the registry posts {len(updates)} updates")
         for u in updates:
             nct = u.record["protocolSection"]["identificationModule"]["nctId"]
-            console.print(f"  {nct}: {u.story}", highlight=False)
+            console.print(f"  {nct}: {u.story}", highlight=False, markup=False)
         day2_summary = run_sync(common)
         print_summary(day2_summary)
         finish_alerts(day2_summary["alerts"])
         show_alerts(inbox, watchlist, console)
     show_changes(Warehouse(warehouse_dir), console)
     show_answer(Warehouse(warehouse_dir), console)
-    console.print(f"\nThe seed trial's history: trialsync history {SEED_NCT} --warehouse {warehouse_dir}",
-                  highlight=False)
-    console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: .venv/bin/duckdb -readonly "
-                  f"{warehouse_dir / 'warehouse.duckdb'}", highlight=False)
+    console.print(f"\nThe seed trial's history: {history_hint(warehouse_dir)}", highlight=False, markup=False)
+    console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: {query_hint(warehouse_dir)}", highlight=False,
+                  markup=False)
     report = write_report(warehouse_dir, workdir / "report.html", ncts=[SEED_NCT, PAIR_NCT],
                           run_id=day2_summary["run_id"])
     console.print(f"\nReport of the seed trial, {PAIR_NCT} and day 2's changes (one HTML file, works offline):"
-                  f"\n{report}", highlight=False)
+                  f"\n{report}", highlight=False, markup=False)
+
+
+def history_hint(warehouse_dir: Path) -> str:
+    return f"trialsync history {SEED_NCT} --warehouse {shlex.quote(str(warehouse_dir))}"
+
+
+def query_hint(warehouse_dir: Path) -> str:
+    return f".venv/bin/duckdb -readonly {shlex.quote(str(warehouse_dir / 'warehouse.duckdb'))}"
+
+
+def ledger_hint(warehouse_dir: Path) -> str:
+    return ("trialsync sql \"SELECT watch, channel, nct_id, status FROM alert_deliveries\" "
+            f"--warehouse {shlex.quote(str(warehouse_dir))}")
 
 
 def demo_watchlist(workdir: Path) -> Path:
@@ -165,8 +203,7 @@ def show_alerts(inbox: WebhookReceiver, watchlist: Path, console: Console) -> No
         console.print(message.body["text"].rstrip(), highlight=False, markup=False)
         console.print()
     console.print(f"Watchlist: {watchlist}\nFeed (JSON Feed 1.1): {watchlist.parent / 'alerts-feed.json'}\n"
-                  f"Ledger: trialsync sql \"SELECT watch, channel, nct_id, status FROM alert_deliveries\" "
-                  f"--warehouse {watchlist.parent / 'warehouse'}", highlight=False)
+                  f"Ledger: {ledger_hint(watchlist.parent / 'warehouse')}", highlight=False, markup=False)
 
 
 def show_changes(store: Warehouse, console: Console) -> None:
@@ -186,7 +223,7 @@ def show_changes(store: Warehouse, console: Console) -> None:
     for name in ("study", "severity", "change"):
         table.add_column(name, overflow="fold")
     for row in rows:
-        table.add_row(row["nct_id"], row["severity"], describe(row))
+        table.add_row(row["nct_id"], row["severity"], Text(describe(row)))  # registry text, not markup
     console.print(table)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.errors import UsageError
 from warehouse import Warehouse
@@ -69,11 +70,11 @@ def print_history(warehouse_dir: Path, nct_id: str, fmt: str, console: Console) 
         registry = f"registry v{v['registry_version']} {updated}" if v["registry_version"] is not None else (
             f"registry {updated}")
         console.print(f"\n[bold]v{v['version']}[/]  {registry}  (stored {v['observed_at']:%Y-%m-%d %H:%M}"
-                      f" UTC, {v['source']}, run {v['run_id']})\n  {state}", highlight=False)
+                      f" UTC, {v['source']}, run {v['run_id']})\n  {escape(state)}", highlight=False)
         for change in v["changes"]:
             if change["event"] == "field_changed" and change["severity"] == "info":
                 continue
-            console.print(f"  [{_STYLE[change['severity']]}]{change['severity']:>8}[/]  {describe(change)}",
+            console.print(f"  [{_STYLE[change['severity']]}]{change['severity']:>8}[/]  {escape(describe(change))}",
                           highlight=False)
         hidden = sum(1 for c in v["changes"] if c["event"] == "field_changed" and c["severity"] == "info")
         if hidden:

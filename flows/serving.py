@@ -71,7 +71,8 @@ def local_server(console: Console) -> Iterator[str]:
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(url, server, log_path)
-        console.print(f"Prefect server (UI) at http://127.0.0.1:{port}; its log: {log_path}", highlight=False)
+        console.print(f"Prefect server (UI) at http://127.0.0.1:{port}; its log: {log_path}", highlight=False,
+                      markup=False)
         yield url
     finally:
         stop_server(server)

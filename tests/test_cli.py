@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -129,10 +130,14 @@ def test_the_demo_replays_two_days_and_shows_the_changes(prefect_api: str, tmp_p
     from warehouse import Warehouse
 
     console = Console(record=True, width=200)
-    run_demo(tmp_path / "demo", DATA, console)
+    workdir = tmp_path / "demo out"  # a space: the printed commands still run as shown
+    run_demo(workdir, DATA, console)
     text = console.export_text()
+    hint = next(line for line in text.splitlines() if line.startswith("The seed trial's history: "))
+    assert shlex.split(hint.split(": ", 1)[1]) == ["trialsync", "history", "NCT07011004", "--warehouse",
+                                                   str(workdir / "warehouse")]
     assert "Day 2" in text and "NCT07011004" in text
-    with Warehouse(tmp_path / "demo" / "warehouse").connect() as con:
+    with Warehouse(workdir / "warehouse").connect() as con:
         runs = con.execute("SELECT mode, versions_written FROM sync_runs ORDER BY started_at").fetchall()
         seed = con.execute("SELECT completion_date_raw, version FROM studies WHERE nct_id = 'NCT07011004'").fetchall()
         slip = con.execute("SELECT completion_date_raw FROM studies WHERE nct_id = 'NCT05766735'").fetchall()
@@ -142,11 +147,61 @@ def test_the_demo_replays_two_days_and_shows_the_changes(prefect_api: str, tmp_p
     assert "2028-05 " in text and "2028-05-31" in text
     # the seed trial is on the demo's watchlist: its alert reaches the local webhook and the feed
     assert "[trialsync] seed-trial: NCT07011004 completion date: 2028-05 → 2028-05-31" in text
-    feed = json.loads((tmp_path / "demo" / "alerts-feed.json").read_text())
+    feed = json.loads((workdir / "alerts-feed.json").read_text())
     assert {item["_trialsync"]["watch"] for item in feed["items"]} == {"seed-trial", "notable-anywhere"}
-    report = (tmp_path / "demo" / "report.html").read_text()  # the demo ends with a report
-    assert str(tmp_path / "demo" / "report.html") in text.replace("\n", "")
+    report = (workdir / "report.html").read_text()  # the demo ends with a report
+    assert str(workdir / "report.html") in text.replace("\n", "")
     assert 'data-nct="NCT07011004"' in report and 'data-chart="changes-by-category"' in report
+
+
+def test_the_demo_refuses_a_workdir_it_did_not_make_and_leaves_it_alone(tmp_path: Path) -> None:
+    project = tmp_path / "my project"
+    (project / "warehouse").mkdir(parents=True)
+    (project / "warehouse" / "warehouse.duckdb").write_bytes(b"someone's data")
+    (project / "watchlist.yaml").write_text("watches: []\n")
+    result = run_cli("demo", "--workdir", str(project))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"trialsync: error: --workdir {project} holds files the demo did not make; name a new or empty "
+        "directory (or delete this one if an older demo made it)"]
+    assert (project / "warehouse" / "warehouse.duckdb").read_bytes() == b"someone's data"
+    assert (project / "watchlist.yaml").read_text() == "watches: []\n"
+
+
+def test_the_demo_refuses_a_file_as_its_workdir(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for workdir in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "demo"):
+        result = run_cli("demo", "--workdir", str(workdir))
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and str(workdir) in result.stderr
+        assert "Traceback" not in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_the_demo_takes_a_new_or_empty_workdir_and_its_own_again(tmp_path: Path) -> None:
+    from flows.demo import claim_workdir
+    from pipeline.errors import UsageError
+
+    (tmp_path / "empty").mkdir()
+    for workdir in (tmp_path / "new" / "demo", tmp_path / "empty"):
+        claim_workdir(workdir)
+        (workdir / "warehouse").mkdir()
+        (workdir / "report.html").write_text("<html></html>")
+        claim_workdir(workdir)  # a second demo run in the same place: the marker says it is the demo's
+    (tmp_path / "empty" / "warehouse").rmdir()
+    (tmp_path / "empty" / "warehouse").symlink_to(tmp_path / "new")  # a link would lead the demo elsewhere
+    with pytest.raises(UsageError, match="warehouse is not the demo's"):
+        claim_workdir(tmp_path / "empty")
+
+
+def test_the_demos_command_hints_quote_a_workdir_with_spaces(tmp_path: Path) -> None:
+    from flows.demo import history_hint, ledger_hint, query_hint
+
+    warehouse = tmp_path / "demo out [1]" / "warehouse"
+    assert shlex.split(history_hint(warehouse)) == ["trialsync", "history", "NCT07011004", "--warehouse",
+                                                    str(warehouse)]
+    assert shlex.split(query_hint(warehouse)) == [".venv/bin/duckdb", "-readonly", str(warehouse / "warehouse.duckdb")]
+    assert shlex.split(ledger_hint(warehouse))[-2:] == ["--warehouse", str(warehouse)]
 
 
 def test_reconstructed_seed_record_matches_the_seed_page_facts() -> None:

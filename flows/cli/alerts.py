@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
 from flows import settings
@@ -76,7 +77,8 @@ def alerts_test(
 
     results = send_test(str(config), channel)
     for name, error in results:
-        console.print(f"{name}: " + (f"[red]failed[/]: {error}" if error else "[green]sent[/]"), highlight=False)
+        console.print(f"{escape(name)}: " + (f"[red]failed[/]: {escape(error)}" if error else "[green]sent[/]"),
+                      highlight=False)
     if failed := [name for name, error in results if error]:
         raise DeliveryFailed(f"the sample alert did not reach {', '.join(failed)}")
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
@@ -103,10 +104,10 @@ def quiet_prefect_failures() -> None:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    since = f" since {summary['since']}" if summary.get("since") else ""
+    since = f" since {escape(str(summary['since']))}" if summary.get("since") else ""
     units = ("shard task" if summary["mode"] == "bulk" else "page") + ("" if summary["pages"] == 1 else "s")
     console.print(
-        f"[bold green]run {summary['run_id']}[/] ({summary['mode']}{since}, scope {summary['scope']}): "
+        f"[bold green]run {summary['run_id']}[/] ({summary['mode']}{since}, scope {escape(summary['scope'])}): "
         f"{summary['pages']} {units}, {summary['studies_seen']} seen, {summary['new_studies']} new studies, "
         f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
         f"{summary['changes_written']} changes, {summary['retired']} retired, "

@@ -216,9 +216,9 @@ def backfill(
         f"in {summary['duration_seconds']:.1f}s", highlight=False)
     if summary["not_found"]:
         err.print(f"trialsync: warning: the registry has no history for {', '.join(summary['not_found'])}",
-                  highlight=False)
+                  highlight=False, markup=False)
     for nct, why in summary.get("failed", {}).items():
-        err.print(f"trialsync: warning: {nct} skipped: {why}", highlight=False)
+        err.print(f"trialsync: warning: {nct} skipped: {why}", highlight=False, markup=False)
 
 
 def run_backfill(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:

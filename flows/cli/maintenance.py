@@ -73,10 +73,10 @@ def check(
 
     report = check_warehouse(warehouse, deep=deep)
     if report.ok:
-        console.print(report.summary(), highlight=False)
+        console.print(report.summary(), highlight=False, markup=False)
         return
     for problem in report.problems:
-        console.print(problem.line(), highlight=False, soft_wrap=True)
+        console.print(problem.line(), highlight=False, markup=False, soft_wrap=True)
     raise WarehouseError(report.summary())  # exit 1, the summary as the one-line reason on stderr
 
 
@@ -104,13 +104,13 @@ def repair(
                   + (f"; manifest generation(s) {result.restored_manifest} restored from their copies"
                      if result.restored_manifest else "")
                   + (f"; manifest checkpoint(s) {result.checkpoints_taken} taken again"
-                     if result.checkpoints_taken else ""), highlight=False)
+                     if result.checkpoints_taken else ""), highlight=False, markup=False)
     if result.rolled_back:
         console.print(f"rolled back {len(result.rolled_back)} run(s): {', '.join(result.rolled_back)}",
-                      highlight=False)
+                      highlight=False, markup=False)
     if result.lost_studies:
         console.print(f"{len(result.lost_studies)} studies lost newer versions: {','.join(result.lost_studies)}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, markup=False, soft_wrap=True)
         if resync:
             quiet_prefect_failures()
             summary = resync_lost(warehouse, result.lost_studies, api_url=api_url,
@@ -134,4 +134,5 @@ def backup(
 
     result = backup_warehouse(str(dest), warehouse, hard_links=not copy)
     console.print(f"backup at {result.dest}: generation {result.generation}, {result.files} files "
-                  f"({result.linked} hard-linked, {result.copied} copied), {result.size / 1e6:.1f} MB", highlight=False)
+                  f"({result.linked} hard-linked, {result.copied} copied), {result.size / 1e6:.1f} MB", highlight=False,
+                  markup=False)

@@ -138,5 +138,5 @@ def report(
     path = write_report(settings.warehouse_dir(warehouse), output, ncts=list(dict.fromkeys(ids)), run_id=run,
                         since=parse_date_arg(since, "--since") if since else None,
                         until=parse_date_arg(until, "--until") if until else None)
-    console.print(f"report written to {path}", highlight=False)
+    console.print(f"report written to {path}", highlight=False, markup=False)
 

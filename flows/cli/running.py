@@ -27,7 +27,7 @@ def serve(
     deployments = load(file or DEPLOY_FILE)
     check_config_files(deployments)
     for d in deployments:
-        console.print(describe(d), highlight=False)
+        console.print(describe(d), highlight=False, markup=False)
     if list_only:
         return
     from flows.serving import serve_deployments
@@ -65,7 +65,7 @@ def fake_registry(
     server.put_history(history)  # NCT03690141's real index, its version records derived
     server.start(port=port)
     console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url}, the history of "
-                  f"{history.nct_id} at {server.int_url} (Ctrl-C stops)")
+                  f"{history.nct_id} at {server.int_url} (Ctrl-C stops)", markup=False)
     try:
         while True:
             time.sleep(3600)
