@@ -99,7 +99,8 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     if pc.staged.get(number) == digest:  # the same page again after a restart: staged already
         return page.next_token
     inside, outside = _split_by_scope(page.studies, pc.scope)
-    plan, repeats = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx), pc.counted)
+    first_met = _first_met(page.studies, pc.seen)
+    plan = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx), pc.counted)
     pc.seen.update(nct for nct, _ in plan.seen)
     pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     plan.quarantined.extend(outside)
@@ -109,7 +110,7 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     pc.written.update(plan.heads)
     t = pc.totals
     t.pages = max(t.pages, number)
-    t.studies_seen += len(page.studies) - repeats
+    t.studies_seen += first_met
     t.new_studies += plan.new_studies
     t.versions_written += len(plan.versions)
     t.unchanged += plan.unchanged
@@ -151,7 +152,20 @@ def _split_by_scope(records: list[dict[str, Any]], scope: Scope) -> tuple[list[d
     return inside, outside
 
 
-def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[BatchPlan, int]:
+def _first_met(records: list[dict[str, Any]], seen: set[str]) -> int:
+    """How many of the page's records are studies this run had not met yet: one met again (the same
+    page after a restart, or at a newer version on a later page of a moving listing) counts once."""
+    met: set[str] = set()
+    count = 0
+    for nct in map(record_nct_id, records):
+        if nct is None or (nct not in seen and nct not in met):
+            count += 1
+            if nct is not None:
+                met.add(nct)
+    return count
+
+
+def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> BatchPlan:
     """Leave out studies this run already met at the same version (the same study on two pages, or a
     page read again after a restart): they were counted the first time, as unchanged or as stale."""
     fresh: list[tuple[str, int]] = []
@@ -163,7 +177,7 @@ def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[Batch
             counted.add(pair)
             fresh.append(pair)
     if not repeated:
-        return plan, 0
+        return plan
     stale = list(plan.stale)
     unchanged = plan.unchanged
     for nct_id in repeated:
@@ -171,7 +185,7 @@ def _drop_repeats(plan: BatchPlan, counted: set[tuple[str, int]]) -> tuple[Batch
             stale.remove(nct_id)
         else:
             unchanged -= 1
-    return dataclasses.replace(plan, seen=fresh, unchanged=unchanged, stale=stale), len(repeated)
+    return dataclasses.replace(plan, seen=fresh, unchanged=unchanged, stale=stale)
 
 
 @task(name="derive-changes", cache_policy=NONE)

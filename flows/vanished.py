@@ -46,7 +46,7 @@ def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
         return 0, 0
     from flows.sync import _drop_repeats  # the page walk's helper (flows.sync imports this module)
 
-    plan, _ = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
+    plan = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
     pc.run.append_plan(plan, pc.ctx)
     pc.written.update(plan.heads)
     t.versions_written += len(plan.versions)

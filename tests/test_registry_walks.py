@@ -180,3 +180,13 @@ def test_a_maintenance_page_served_as_200_fails_naming_its_title() -> None:
         with pytest.raises(RegistryUnavailable, match=r"invalid JSON in response \(.*\): ClinicalTrials.gov is down "
                                                       r"for maintenance \(2 tries"):
             client.get_page({}, None, 1)
+
+
+def test_a_study_met_again_at_a_newer_version_on_a_later_page_counts_once_as_seen() -> None:
+    from flows.sync import _first_met
+
+    first, second = real_records()[:2]
+    newer = mutate.set_enrollment(first, 7)  # updated between two pages of a moving listing
+    no_id = mutate.set_path(second, ("protocolSection", "identificationModule", "nctId"), None)
+    assert _first_met([first, second], set()) == 2
+    assert _first_met([newer, newer, no_id, no_id], {nct(first), nct(second)}) == 2  # the two without an id
