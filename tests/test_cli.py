@@ -39,7 +39,7 @@ def synced(prefect_api: str, registry: FakeRegistry, warehouse_dir: Path) -> Pat
     (["sync", "--full", "--since", "2026-01-01"], "--full and --since exclude each other"),
     (["changes", "--since", "2026-05-20", "--until", "2026-05-01"], "--since 2026-05-20 is after --until 2026-05-01"),
     (["sql", "SELECT 1; SELECT 2"], "one statement at a time, please (got 2)"),
-    (["compact", "--keep-hours", "-1"], "--keep-hours must be 0 or more"),
+    (["compact", "--keep-hours", "-1"], "--keep-hours must be a number of hours from 0 to 8760, not -1.0"),
 ])
 def test_bad_input_gets_a_one_line_error_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     result = run_cli(*args, "--warehouse", str(tmp_path / "w"))
