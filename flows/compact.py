@@ -8,6 +8,7 @@ from typing import Any
 
 from flows import settings
 from flows.engine import flow, get_run_logger
+from flows.inputs import check_hours
 from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
 from pipeline.errors import UsageError, WarehouseError
 from warehouse import Warehouse
@@ -23,8 +24,7 @@ def compact_warehouse(warehouse: str | None = None, keep_hours: float = 24.0,
                       lock_timeout: float = 30.0) -> dict[str, Any]:
     """Copy what every view shows into one new run, commit it as the only source of every table, and
     delete the run directories earlier compactions superseded once ``keep_hours`` have passed."""
-    if keep_hours < 0:
-        raise UsageError("--keep-hours must be 0 or more")
+    check_hours("--keep-hours", keep_hours)
     started = datetime.now(UTC)
     clock = time.monotonic()
     run_id = new_run_id(started)

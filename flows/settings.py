@@ -31,7 +31,10 @@ def check_api_url(url: str) -> str:
     (not just hidden): the URL is stored with each run and passed to Prefect as a flow parameter."""
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise UsageError("--api-url must not contain spaces or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket: http://[::1
+        raise UsageError(f"--api-url is not a URL ({exc}): {redact(url)!r}") from None
     if parts.scheme not in ("http", "https"):
         raise UsageError(f"--api-url must be an http(s) URL, got {redact(url)!r}")
     if "@" in parts.netloc:

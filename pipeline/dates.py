@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import date
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -11,12 +11,6 @@ from pipeline.errors import RecordInvalid
 
 # "Today" in SQL: the UTC date (DuckDB's current_date is the connection's local date).
 UTC_TODAY_SQL = "CAST(timezone('UTC', now()) AS DATE)"
-
-
-def utc_today() -> date:
-    """Today as every command means it: the UTC date, whatever the machine's time zone (a report, a
-    compliance judgement and the views agree on one day; registry dates are days without a zone)."""
-    return datetime.now(UTC).date()
 
 
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")

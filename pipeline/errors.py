@@ -17,6 +17,15 @@ class BulkArchiveInvalid(UsageError):
     """The bulk file is not a complete, readable registry zip (a truncated download, a damaged member)."""
 
 
+class BulkDownloadFailed(TrialsyncError):
+    """The bulk file's download failed (network, an HTTP error status, a body that is no zip): a failed
+    run (exit 1), not bad input; what came is kept in ``.part`` for the next run."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 class RegistryError(TrialsyncError):
     """The registry answered in a way we cannot use."""
 

@@ -38,7 +38,7 @@ def stale_reason(scheduled: datetime | None, now: datetime, max_lateness: timede
     """Why a run that starts at ``now`` but was due at ``scheduled`` should not run (None: it should).
 
     A missed day needs no run of its own: the next run's window starts at the scope's watermark
-    (minus a day), so one run catches up on every missed day. Runs that piled up while the
+    (minus ``WATERMARK_OVERLAP``, 14 days), so one run catches up on every missed day. Runs that piled up while the
     machine or worker was down are therefore skipped, all but the one that is on time.
     """
     if scheduled is None:

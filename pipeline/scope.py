@@ -63,13 +63,14 @@ class Scope:
         ids: str | list[str] | tuple[str, ...] | None = None,
         statuses: str | list[str] | tuple[str, ...] | None = None,
     ) -> Scope:
-        """From user input: comma/space separated ids and statuses, case-insensitive."""
+        """From user input: comma/space separated ids and statuses, case-insensitive. A value given
+        blank is refused, not taken as absent: ``ids=""`` would widen the scope to the whole registry."""
         return cls(
-            query=_blank_to_none(query),
-            condition=_blank_to_none(condition),
-            sponsor=_blank_to_none(sponsor),
-            ids=tuple(sorted({canonical_id(s) for s in _split(ids)})),
-            statuses=tuple(sorted({s.upper() for s in _split(statuses)})),
+            query=_given("--query", query),
+            condition=_given("--condition", condition),
+            sponsor=_given("--sponsor", sponsor),
+            ids=tuple(sorted({canonical_id(s) for s in _split_given("--ids", ids)})),
+            statuses=tuple(sorted({s.upper() for s in _split_given("--status", statuses)})),
         )
 
     def params(self) -> dict[str, str]:
@@ -179,5 +180,14 @@ def _split(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
     return [part for item in items for part in re.split(r"[,|\s]+", item) if part]
 
 
-def _blank_to_none(value: str | None) -> str | None:
-    return value.strip() or None if value else None
+def _split_given(flag: str, value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    parts = _split(value)
+    if value is not None and not parts and (isinstance(value, str) or len(value)):
+        raise UsageError(f"{flag} must not be empty")
+    return parts
+
+
+def _given(flag: str, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise UsageError(f"{flag} must not be empty")
+    return value.strip() if value is not None else None

@@ -10,9 +10,10 @@ from typing import Any
 import duckdb
 import pytest
 
+from flows.inputs import utc_today
 from pipeline import mutate
 from pipeline.date_events import date_change
-from pipeline.dates import parse_partial_date, utc_today
+from pipeline.dates import parse_partial_date
 from pipeline.versioning import RunContext
 from tests.conftest import STUDIES_DIR, load, snapshot_pairs
 from tests.fdaaa_support import store

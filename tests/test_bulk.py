@@ -21,7 +21,7 @@ import pytest
 
 from bench import corpus
 from flows.bulk import run_load_bulk
-from pipeline.errors import BulkArchiveInvalid
+from pipeline.errors import BulkArchiveInvalid, BulkDownloadFailed, UsageError
 from pipeline.registry.bulk import BulkArchive, MemberReader, members
 from pipeline.registry.fake_server import FakeRegistry
 from pipeline.scope import WATERMARK_OVERLAP
@@ -358,7 +358,7 @@ def test_a_part_left_by_an_earlier_run_is_resumed_only_while_the_file_is_the_sam
 
     data = (small_corpus / "base.zip").read_bytes()
     first = _RangeServer(data, drops=5, cut=len(data) // 3)
-    with pytest.raises(BulkArchiveInvalid, match=r"failed after 2 tries \(.* bytes kept in .*\.part for the"):
+    with pytest.raises(BulkDownloadFailed, match=r"failed after 2 tries \(.* bytes kept in .*\.part for the"):
         download(first.url, tmp_path / "dl", attempts=2)
     first.close()
     kept = (tmp_path / "dl" / "ctg-studies.json.zip.part").stat().st_size
@@ -371,7 +371,7 @@ def test_a_part_left_by_an_earlier_run_is_resumed_only_while_the_file_is_the_sam
     assert [s.get("Range") for s in again.seen] == [f"bytes={kept}-"]
     (tmp_path / "dl" / "ctg-studies.json.zip").unlink()
     interrupted = _RangeServer(data, drops=1, cut=len(data) // 3)
-    with pytest.raises(BulkArchiveInvalid):
+    with pytest.raises(BulkDownloadFailed):
         download(interrupted.url, tmp_path / "dl", attempts=1)
     interrupted.close()
     changed = _RangeServer(data, etag='"v2"')  # the registry published a new file since: start over
@@ -387,8 +387,30 @@ def test_a_downloaded_file_that_is_not_a_complete_zip_is_refused_and_not_kept(tm
 
     server = _RangeServer(b"PK\x03\x04 this is not a zip at all")
     try:
-        with pytest.raises(BulkArchiveInvalid, match="is not a usable zip"):
+        with pytest.raises(BulkDownloadFailed, match="is not a usable zip"):
             download(server.url, tmp_path / "dl")
     finally:
         server.close()
     assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_a_download_that_cannot_connect_is_a_failed_run_not_bad_input(tmp_path: Path) -> None:
+    from pipeline.registry.download import download
+
+    with pytest.raises(BulkDownloadFailed) as info:
+        download("http://127.0.0.1:1/ctg-studies.json.zip", tmp_path / "dl", attempts=2)
+    assert not isinstance(info.value, UsageError) and info.value.retryable  # exit 1: run it again later
+    assert "failed after 2 tries: " in str(info.value) and "bytes kept" not in str(info.value)  # no .part exists
+
+
+def test_an_http_error_status_of_the_download_is_a_failed_run_not_bad_input(tmp_path: Path) -> None:
+    from pipeline.registry.download import download
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(BulkDownloadFailed, match="failed: HTTP 404") as info:
+            download(f"http://127.0.0.1:{server.server_address[1]}/missing/ctg-studies.json.zip", tmp_path / "dl")
+    finally:
+        server.shutdown()
+    assert not isinstance(info.value, UsageError) and not info.value.retryable

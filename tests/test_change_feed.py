@@ -280,7 +280,7 @@ def test_a_study_new_to_the_registry_is_announced_even_when_a_new_scopes_first_r
     """Heads are shared by every scope: the study a new scope's first (baseline) run stores is never new
     to a later run of another scope. A study first posted since the warehouse's last run is news there;
     the older studies the new scope brings in are its baseline, as before; rederive agrees."""
-    from pipeline.dates import utc_today
+    from flows.inputs import utc_today
     from tests.conftest import real_records
 
     records = real_records()
@@ -299,7 +299,7 @@ def test_a_study_new_to_the_registry_is_announced_even_when_a_new_scopes_first_r
 
 def test_no_first_version_of_the_warehouses_first_run_is_news_whatever_its_posting_date(
         prefect_api: str, warehouse_dir: Path) -> None:
-    from pipeline.dates import utc_today
+    from flows.inputs import utc_today
     from tests.conftest import real_records
 
     with FakeRegistry([_first_posted_on(r, utc_today()) for r in real_records()[:5]]).start() as registry:

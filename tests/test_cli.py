@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from pipeline.registry.fake_server import FakeRegistry
-from tests.conftest import DATA, fast_sync
+from tests.conftest import DATA, REPO, fast_sync
 
 TRIALSYNC = Path(sys.executable).parent / "trialsync"
 
@@ -40,7 +41,7 @@ def synced(prefect_api: str, registry: FakeRegistry, warehouse_dir: Path) -> Pat
     (["sync", "--full", "--since", "2026-01-01"], "--full and --since exclude each other"),
     (["changes", "--since", "2026-05-20", "--until", "2026-05-01"], "--since 2026-05-20 is after --until 2026-05-01"),
     (["sql", "SELECT 1; SELECT 2"], "one statement at a time, please (got 2)"),
-    (["compact", "--keep-hours", "-1"], "--keep-hours must be 0 or more"),
+    (["compact", "--keep-hours", "-1"], "--keep-hours must be a number of hours from 0 to 8760, not -1.0"),
 ])
 def test_bad_input_gets_a_one_line_error_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
     result = run_cli(*args, "--warehouse", str(tmp_path / "w"))
@@ -254,3 +255,36 @@ def test_a_bad_data_flag_is_refused_even_when_the_environment_names_good_data(
     assert shared_data_dir(None) == DATA
     with pytest.raises(UsageError, match="does not hold the real registry data"):
         shared_data_dir(str(tmp_path))
+
+
+def _readme_flags() -> dict[str, str]:
+    """Per command, the README text that names its flags: its row of the command table and its entry
+    in "Extra flags"."""
+    readme = (REPO / "README.md").read_text()
+    named: dict[str, str] = {}
+    for command, flags in re.findall(r"^\| `trialsync ([a-z-]+)(.*?)` \|", readme, re.M):
+        named[command] = named.get(command, "") + flags
+    extra = " ".join(readme.split("- Extra flags: ", 1)[1].split("\n- ", 1)[0].split())
+    for command, flags in re.findall(r"`([a-z -]+)` `([^`]+)`", extra):
+        named[command] = named.get(command, "") + " " + flags
+    return named
+
+
+def test_the_readme_names_every_flag_of_every_command() -> None:
+    import typer.main
+
+    from flows.cli import app
+
+    named, missing = _readme_flags(), []
+
+    def walk(command: Any, path: str) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+            return
+        text = named.get(path, "") + (named.get(path.split()[0], "") if " " in path else "")
+        missing.extend(f"{path} {p.opts[0]}" for p in command.params
+                       if p.param_type_name == "option" and not re.search(rf"{re.escape(p.opts[0])}\b", text))
+
+    walk(typer.main.get_command(app), "")
+    assert missing == [], missing

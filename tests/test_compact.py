@@ -123,7 +123,8 @@ def test_the_compact_command_reports_and_refuses_bad_input(busy_warehouse: dict[
     assert done.returncode == 0, done.stderr
     assert "(compact):" in done.stdout and "files ->" in done.stdout
     bad = run_cli("compact", "--keep-hours", "-1", "--warehouse", str(warehouse_dir))
-    assert (bad.returncode, bad.stderr.strip()) == (2, "trialsync: error: --keep-hours must be 0 or more")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "trialsync: error: --keep-hours must be a number of hours from 0 to 8760, not -1.0")
     missing = run_cli("compact", "--warehouse", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no warehouse at" in missing.stderr
     assert "Traceback" not in missing.stderr

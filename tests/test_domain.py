@@ -148,6 +148,12 @@ def test_scope_parameters_and_key() -> None:
                                             r"filter \(--status, the incremental window\): use --ids "
                                             "NCT05766735,NCT07011004"),
     (dict(condition="nct05766735,NCT07011004"), "--condition holds only NCT ids"),
+    # given blank (a deployment's or a scope file's ""), never read as absent: that is the whole registry
+    (dict(ids=""), "--ids must not be empty"),
+    (dict(ids=[" , "]), "--ids must not be empty"),
+    (dict(statuses=","), "--status must not be empty"),
+    (dict(query=" "), "--query must not be empty"),
+    (dict(sponsor=""), "--sponsor must not be empty"),
 ])
 def test_bad_scope_input_is_a_one_line_usage_error(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(UsageError, match=message):

@@ -203,3 +203,14 @@ def test_serve_registers_the_deployments_with_their_schedules(prefect_api: str, 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_deploy_file_and_docstrings_state_the_watermark_overlap_the_code_uses() -> None:
+    import re
+
+    from pipeline import operations
+    from pipeline.scope import WATERMARK_OVERLAP
+
+    texts = [DEPLOY_FILE.read_text(), inspect.getsource(operations)]
+    claims = [c for text in texts for c in re.findall(r"watermark\s+(?:\(?minus\s+)(.{1,40})", " ".join(text.split()))]
+    assert len(claims) >= 3 and all(f"{WATERMARK_OVERLAP.days} days" in c for c in claims), claims

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from flows.inputs import utc_today
 from flows.report import write_report
 from pipeline import mutate
-from pipeline.dates import utc_today
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import REPO, snapshot_pairs
 from tests.fdaaa_support import trial

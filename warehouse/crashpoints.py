@@ -13,6 +13,8 @@ import os
 import signal
 from collections import Counter
 
+from pipeline.errors import UsageError
+
 ENV = "TRIALSYNC_CRASH_AT"
 
 # Every checkpoint, in the order a sync passes them (the README lists the same).
@@ -36,14 +38,23 @@ _hits: Counter[str] = Counter()
 
 def crashpoint(name: str) -> None:
     """SIGKILL this process if ``TRIALSYNC_CRASH_AT`` names this checkpoint and pass."""
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    target, _, nth = spec.partition(":")
-    if target not in CHECKPOINTS:
-        raise RuntimeError(f"{ENV}={spec!r}: unknown checkpoint; one of {', '.join(CHECKPOINTS)}")
-    if target != name:
+    setting = check_setting()
+    if setting is None or setting[0] != name:
         return
     _hits[name] += 1
-    if _hits[name] == int(nth or 1):
+    if _hits[name] == setting[1]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_setting() -> tuple[str, int] | None:
+    """``TRIALSYNC_CRASH_AT`` as (checkpoint, n), None when unset; a usage error when it names no
+    checkpoint or its n is not a whole number >= 1 (the CLI checks it before anything starts)."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    target, _, nth = spec.partition(":")
+    if target not in CHECKPOINTS:
+        raise UsageError(f"{ENV}={spec!r}: unknown checkpoint; one of {', '.join(CHECKPOINTS)}")
+    if nth and not (nth.isascii() and nth.isdigit() and int(nth) >= 1):
+        raise UsageError(f"{ENV}={spec!r}: the count after ':' must be a whole number >= 1")
+    return target, int(nth or 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import shutil
 import time
@@ -221,6 +222,10 @@ class Warehouse:
     @contextmanager
     def writer(self, run_id: str, *, lock_timeout: float = 30.0) -> Iterator[RunWriter]:
         """Hold the writer lock for one run; commit explicitly, anything else rolls back."""
+        from warehouse import autocompact
+
+        autocompact.fanout_setting()  # read after the commit: a bad setting must fail before the run
+        autocompact.keep_setting()
         self.check_location(damage=False)  # checked below, with the lock held
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / MARKER_NAME).touch()
@@ -345,6 +350,8 @@ READER = "reader"  # the lock holder's name while a reader rewrites the catalog 
 
 @contextmanager
 def _exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sync") -> Iterator[None]:
+    if not math.isfinite(timeout) or timeout < 0:  # NaN: the deadline would never come
+        raise UsageError(f"a lock timeout must be a number of seconds >= 0, not {timeout}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout

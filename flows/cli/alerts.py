@@ -18,6 +18,7 @@ from flows.cli.common import (
     console,
     quiet_prefect_failures,
 )
+from flows.inputs import check_seconds
 from flows.output import render
 from pipeline.errors import UsageError
 
@@ -56,6 +57,7 @@ def alerts_run(
     """Deliver the alerts of every watch: each (watch, change, channel) once; failures retried next run."""
     from flows.alerts import check_config, send_alerts
 
+    check_seconds("--lock-timeout", lock_timeout)
     check_config(config)
     directory = settings.warehouse_dir(warehouse)
     from warehouse import Warehouse

@@ -40,6 +40,43 @@ def check_format(value: str) -> str:
 
 
 
+def refuse_empty_values(args: list[str]) -> None:
+    """Before the command runs: an option given an empty value (``--ids ""``, ``--since=``, an unset
+    shell variable in a script) is refused, never read as "not given" (``sync --ids ""`` would sync the
+    whole registry, ``--since ""`` widen a window to all time)."""
+    import typer.main
+
+    command: Any = typer.main.get_command(app)
+    values = iter(args)
+    for arg in values:
+        if arg == "--":
+            return
+        if hasattr(command, "commands") and arg in command.commands:
+            command = command.commands[arg]  # a group's subcommand (alerts run)
+            continue
+        name, equals, value = arg.partition("=")
+        if not name.startswith("-") or not _takes_value(command, name):
+            continue
+        given = value if equals else next(values, None)
+        if given is not None and not given.strip():
+            raise UsageError(f"{name} must not be empty")
+
+
+def check_environment() -> None:
+    """Settings from the environment that a run reads only late (autocompaction after its commit, the
+    crash hook at its checkpoints): checked before anything starts, exit 2 like a bad flag."""
+    from warehouse import autocompact, crashpoints
+
+    autocompact.fanout_setting()
+    autocompact.keep_setting()
+    crashpoints.check_setting()
+
+
+def _takes_value(command: Any, name: str) -> bool:
+    return any(p.param_type_name == "option" and not p.is_flag and name in p.opts
+               for p in getattr(command, "params", []))
+
+
 def split_values(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 

@@ -9,8 +9,8 @@ import typer
 import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
 from flows import settings
 from flows.cli.common import FormatOpt, WarehouseOpt, app, check_format, console, split_values
+from flows.inputs import COUNT_MAX, not_future, utc_today
 from flows.output import render
-from pipeline.dates import utc_today
 from pipeline.errors import UsageError
 from pipeline.scope import parse_date_arg
 
@@ -28,7 +28,7 @@ def compliance(
     since: Annotated[str | None, typer.Option("--since", help="Start of the --newly-overdue window")] = None,
     by: Annotated[str | None, typer.Option("--by", help="sponsor: a ranking (due, reported, % on time, "
                                            "overdue, days late)")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N rows")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, max=COUNT_MAX, help="At most N rows")] = None,
     fmt: FormatOpt = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
@@ -38,7 +38,7 @@ def compliance(
     from warehouse.compliance import TABLE_COLUMNS, ComplianceQuery, compliance_sql
 
     check_format(fmt)
-    day = parse_date_arg(as_of, "--as-of") if as_of else utc_today()
+    day = not_future(parse_date_arg(as_of, "--as-of"), "--as-of") if as_of is not None else utc_today()
     statuses = tuple(split_values(status))
     if unknown := [s for s in statuses if s not in STATUSES]:
         raise UsageError(f"unknown --status {unknown[0]!r} (valid: {', '.join(STATUSES)})")
@@ -48,12 +48,12 @@ def compliance(
         raise UsageError("--since needs --newly-overdue")
     if newly_overdue and since is None:
         raise UsageError("--newly-overdue needs --since YYYY-MM-DD")
-    start = parse_date_arg(since, "--since") if since else None
+    start = parse_date_arg(since, "--since") if since is not None else None
     if start is not None and start >= day:
         raise UsageError(f"--since {start} must be before --as-of {day}")
     if by and (newly_overdue or statuses):
         raise UsageError("--by sponsor ranks every applicable trial: leave out --status and --newly-overdue")
-    query = ComplianceQuery(as_of=day, sponsor=sponsor or None, statuses=statuses, newly_overdue_since=start,
+    query = ComplianceQuery(as_of=day, sponsor=sponsor, statuses=statuses, newly_overdue_since=start,
                             by_sponsor=by == "sponsor", limit=limit)
     sql, params = compliance_sql(query, TABLE_COLUMNS if fmt == "table" else FDAAA_COLUMNS)
     with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +20,7 @@ from flows.cli.common import (
     split_values,
     with_progress,
 )
-from pipeline.dates import utc_today
+from flows.inputs import COUNT_MAX, check_seconds, not_future
 from pipeline.errors import UsageError
 from pipeline.registry.client import DEFAULT_INTERVAL
 from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
@@ -33,18 +31,19 @@ MaxAttemptsOpt = Annotated[int, typer.Option("--max-attempts", help="Total tries
 BackoffOpt = Annotated[float, typer.Option("--backoff", help="First retry wait in seconds (doubles each try)")]
 RetryBudgetOpt = Annotated[float, typer.Option("--retry-budget", help="Seconds the whole run may spend on "
                                                "failed tries and the waits between them")]
+MAX_ATTEMPTS = 100
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
 
 
 def check_request_flags(*, request_interval: float, backoff: float, lock_timeout: float, retry_budget: float,
                         max_attempts: int) -> None:
-    """Seconds are finite and >= 0, tries >= 1: one line naming the first flag that is not."""
+    """Seconds are finite, >= 0 and at most a day, tries from 1 to 100 (a watchlist channel's bound):
+    one line naming the first flag that is not."""
     for flag, value in (("--request-interval", request_interval), ("--backoff", backoff),
                         ("--lock-timeout", lock_timeout), ("--retry-budget", retry_budget)):
-        if not math.isfinite(value) or value < 0:
-            raise UsageError(f"{flag} must be a number of seconds >= 0, not {value}")
-    if max_attempts < 1:
-        raise UsageError("--max-attempts must be >= 1")
+        check_seconds(flag, value)
+    if not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise UsageError(f"--max-attempts must be >= 1 and <= {MAX_ATTEMPTS}")
 
 
 @app.command()
@@ -79,9 +78,7 @@ def sync(
     """One sync run of a scope: fetch, version, commit atomically."""
     from warehouse import Warehouse
 
-    since_date = parse_date_arg(since, "--since") if since else None
-    if since_date and since_date > utc_today() + timedelta(days=1):
-        raise UsageError(f"--since {since} is in the future")
+    since_date = not_future(parse_date_arg(since, "--since"), "--since") if since is not None else None
     check_request_flags(request_interval=request_interval, backoff=backoff, lock_timeout=lock_timeout,
                         retry_budget=retry_budget, max_attempts=max_attempts)
     # Check every input before Prefect starts (its server takes seconds to come up).
@@ -135,7 +132,8 @@ def load_bulk(
     = None,
     dask: Annotated[str | None, typer.Option("--dask", help="Run shard tasks on Dask: a scheduler address, "
                                              "or 'local' for a local cluster")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Studies a worker holds at once")] = 500,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=COUNT_MAX,
+                                            help="Studies a worker holds at once")] = 500,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout",
                                                 help="Seconds to wait for another sync to finish")] = 30.0,
     download_dir: Annotated[str | None, typer.Option("--download-dir",
@@ -151,8 +149,7 @@ def load_bulk(
     from pipeline.registry.bulk import check_bulk_file, is_url
 
     execution(workers, dask)  # refuses a --workers out of range (exit 2) before anything starts
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    check_seconds("--lock-timeout", lock_timeout)
     if not is_url(source):
         source = str(check_bulk_file(source).resolve())
     _refuse_damaged(warehouse)

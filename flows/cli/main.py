@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: list[str], debug: bool) -> None:
     try:
+        if args and "--help" not in args:
+            common.refuse_empty_values(args)
+            common.check_environment()
         app(args=args, prog_name="trialsync", standalone_mode=False)
     except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)

@@ -15,7 +15,8 @@ from flows.cli.common import (
     console,
     quiet_prefect_failures,
 )
-from pipeline.errors import UsageError, WarehouseError
+from flows.inputs import check_hours, check_seconds
+from pipeline.errors import WarehouseError
 from pipeline.registry.client import DEFAULT_INTERVAL
 from warehouse import Warehouse
 
@@ -49,8 +50,7 @@ def compact(
     and changes replaced by a rederive are dropped). Views show exactly the same rows afterwards."""
     from flows.compact import compact_warehouse
 
-    if keep_hours < 0:  # here too, so bad input fails before the run starts
-        raise UsageError("--keep-hours must be 0 or more")
+    check_hours("--keep-hours", keep_hours)  # here too, so bad input fails before the run starts
     Warehouse(settings.warehouse_dir(warehouse)).check_location()  # a damaged one: before Prefect starts
     quiet_prefect_failures()
     result = compact_warehouse(warehouse=str(settings.warehouse_dir(warehouse)), keep_hours=keep_hours)
@@ -94,6 +94,9 @@ def repair(
     intact committed run. Damaged files move to damaged/, nothing is deleted."""
     from flows.care import repair_warehouse, resync_lost
 
+    check_seconds("--request-interval", request_interval)  # before the repair, not when a resync starts
+    if resync or api_url is not None:
+        settings.api_url(api_url)
     result = repair_warehouse(warehouse)
     if not result.changed:
         console.print("nothing to repair: every committed file is intact and the catalog matches the manifest",

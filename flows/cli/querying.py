@@ -17,6 +17,7 @@ from flows.cli.common import (
     console,
     split_values,
 )
+from flows.inputs import COUNT_MAX, not_future
 from flows.output import render
 from flows.readonly import check_query, query_error
 from pipeline.errors import UsageError
@@ -36,7 +37,7 @@ def sql(
 
     check_format(fmt)
     check_query(statement)
-    day = parse_date_arg(as_of, "--as-of") if as_of else None
+    day = not_future(parse_date_arg(as_of, "--as-of"), "--as-of") if as_of is not None else None
     with Warehouse(settings.warehouse_dir(warehouse)).connect(sandbox=True) as con:
         if day:
             con.execute(f"SET VARIABLE as_of = DATE '{day.isoformat()}'")
@@ -59,7 +60,7 @@ def changes(
     event: Annotated[list[str] | None, typer.Option("--event", help="Only these events")] = None,
     min_severity: Annotated[str | None, typer.Option("--min-severity", help="info | minor | notable | critical")]
     = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N rows")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, max=COUNT_MAX, help="At most N rows")] = None,
     fmt: FormatOpt = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
@@ -70,8 +71,8 @@ def changes(
     check_format(fmt)
     ids = tuple(sorted({canonical_id(s.upper()) for s in split_values(nct)}))
     spec = ChangeFilter(
-        since=parse_date_arg(since, "--since") if since else None,
-        until=parse_date_arg(until, "--until") if until else None,
+        since=parse_date_arg(since, "--since") if since is not None else None,
+        until=parse_date_arg(until, "--until") if until is not None else None,
         nct_ids=ids, categories=tuple(split_values(category)), events=tuple(split_values(event)),
         min_severity=min_severity, limit=limit)
     if spec.since and spec.until and spec.since > spec.until:
@@ -100,7 +101,7 @@ def history(
 
 @app.command()
 def runs(
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Most recent N runs")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=COUNT_MAX, help="Most recent N runs")] = 20,
     fmt: FormatOpt = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
@@ -136,7 +137,7 @@ def report(
     if output.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"-o must name an .html file, not {output}")
     path = write_report(settings.warehouse_dir(warehouse), output, ncts=list(dict.fromkeys(ids)), run_id=run,
-                        since=parse_date_arg(since, "--since") if since else None,
-                        until=parse_date_arg(until, "--until") if until else None)
+                        since=parse_date_arg(since, "--since") if since is not None else None,
+                        until=parse_date_arg(until, "--until") if until is not None else None)
     console.print(f"report written to {path}", highlight=False, markup=False)
 

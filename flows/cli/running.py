@@ -13,6 +13,7 @@ from flows.cli.common import (
     app,
     console,
 )
+from flows.inputs import PORT_MAX
 
 
 @app.command()
@@ -50,7 +51,7 @@ def demo(
 
 @app.command("fake-registry")
 def fake_registry(
-    port: Annotated[int, typer.Option("--port")] = 8765,
+    port: Annotated[int, typer.Option("--port", min=1, max=PORT_MAX)] = 8765,
     data: Annotated[Path | None, typer.Option("--data")] = None,
 ) -> None:
     """Serve the real records on 127.0.0.1 with the API's semantics (for manual trials)."""

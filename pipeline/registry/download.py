@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from pipeline.errors import BulkArchiveInvalid
+from pipeline.errors import BulkArchiveInvalid, BulkDownloadFailed
 from pipeline.registry.client import USER_AGENT
 
 log = logging.getLogger("trialsync.download")
@@ -47,8 +47,8 @@ def download(url: str, directory: Path, *, chunk_bytes: int = 1 << 16, timeout: 
                 last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("download of %s stopped at %d bytes (%s); resuming", url, _size(part), last_error)
         else:
-            raise BulkArchiveInvalid(f"download of {url} failed after {attempts} tries ({_size(part)} bytes kept "
-                                     f"in {part} for the next run): {last_error}")
+            kept = f" ({_size(part)} bytes kept in {part} for the next run)" if part.exists() else ""
+            raise BulkDownloadFailed(f"download of {url} failed after {attempts} tries{kept}: {last_error}")
     finally:
         if session is None:
             http.close()
@@ -57,7 +57,7 @@ def download(url: str, directory: Path, *, chunk_bytes: int = 1 << 16, timeout: 
     except BulkArchiveInvalid as exc:
         part.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
-        raise BulkArchiveInvalid(f"download of {url} is not a usable zip: {exc}") from None
+        raise BulkDownloadFailed(f"download of {url} is not a usable zip: {exc}") from None
     os.replace(part, final)
     meta.unlink(missing_ok=True)
     return final
@@ -77,7 +77,9 @@ def _fetch(http: requests.Session, url: str, part: Path, meta: Path, chunk_bytes
         if response.status_code == 416 and have:  # nothing left past what we have: it is complete
             return True
         if response.status_code not in (200, 206):
-            raise BulkArchiveInvalid(f"download of {url} failed: HTTP {response.status_code}")
+            status = response.status_code
+            raise BulkDownloadFailed(f"download of {url} failed: HTTP {status}",
+                                     retryable=status >= 500 or status in (408, 429))
         resumed = response.status_code == 206 and _range_start(response) == have
         if not resumed:
             have = 0  # a fresh answer (no range support, or the file changed): start over

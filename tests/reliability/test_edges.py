@@ -19,6 +19,8 @@ from pipeline.redact import redact
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import fast_sync, real_records
 from tests.reliability.support import pick
+from warehouse import Warehouse
+from warehouse.store import _exclusive_lock
 
 pytestmark = pytest.mark.reliability
 SECRET = "s3cret"
@@ -79,6 +81,40 @@ BAD_INPUT: list[tuple[list[str], str]] = [
     (["rederive", "--warehouse", "/dev/null/w"], "warehouse /dev/null/w cannot be made: /dev/null is a file"),
     (["load-bulk", "ctg-studies.json.zip", "--workers", "100000"], "--workers must be from 1 to 256, got 100000"),
     (["bogus-command"], "No such command 'bogus-command'."),
+    # lock timeouts: every command that takes the lock (NaN made alerts run and load-bulk wait for ever)
+    (["alerts", "run", "--config", "w.yaml", "--lock-timeout", "nan"],
+     "--lock-timeout must be a number of seconds >= 0, not nan"),
+    (["alerts", "run", "--config", "w.yaml", "--lock-timeout", "-5"],
+     "--lock-timeout must be a number of seconds >= 0, not -5.0"),
+    (["load-bulk", "ctg-studies.json.zip", "--lock-timeout", "inf"],
+     "--lock-timeout must be a number of seconds >= 0, not inf"),
+    (["sync", "--lock-timeout", "1e10"],
+     "--lock-timeout must be a number of seconds >= 0 and <= 86400, not 10000000000.0"),
+    # an empty value is refused, never read as "not given" (sync --ids "" synced the whole registry)
+    (["sync", "--ids", ""], "--ids must not be empty"),
+    (["sync", "--query="], "--query must not be empty"),
+    (["sync", "--since", " "], "--since must not be empty"),
+    (["compliance", "--newly-overdue", "--since", ""], "--since must not be empty"),
+    (["changes", "--nct", ""], "--nct must not be empty"),
+    (["report", "-o", "r.html", "--nct", ""], "--nct must not be empty"),
+    (["sql", "SELECT 1", "--as-of", ""], "--as-of must not be empty"),
+    (["alerts", "run", "--config", "w.yaml", "--warehouse", ""], "--warehouse must not be empty"),
+    (["backfill", "--all", "--api-url", ""], "--api-url must not be empty"),
+    # dates the stored history cannot speak for (days late that have not passed)
+    (["compliance", "--as-of", "2999-01-01"], "--as-of 2999-01-01 is in the future"),
+    (["sql", "SELECT 1", "--as-of", "2999-01-01"], "--as-of 2999-01-01 is in the future"),
+    # numbers past what a timer, a date or a BIGINT holds
+    (["changes", "--limit", "9223372036854775808"], "Invalid value for '--limit': Input should be less than or "
+                                                    "equal to 1000000000"),
+    (["compliance", "--limit", "99999999999999999999"], "Invalid value for '--limit'"),
+    (["sync", "--request-interval", "1e10"], "--request-interval must be a number of seconds >= 0 and <= 86400"),
+    (["backfill", "--all", "--request-interval", "1e10"], "--request-interval must be a number of seconds >= 0 and"),
+    (["sync", "--max-attempts", "1000000"], "--max-attempts must be >= 1 and <= 100"),
+    (["compact", "--keep-hours", "nan"], "--keep-hours must be a number of hours from 0 to 8760, not nan"),
+    (["compact", "--keep-hours", "1e308"], "--keep-hours must be a number of hours from 0 to 8760, not 1e+308"),
+    (["fake-registry", "--port", "99999"], "Invalid value for '--port': Input should be less than or equal to 65535"),
+    (["repair", "--request-interval", "nan"], "--request-interval must be a number of seconds >= 0, not nan"),
+    (["repair", "--api-url", "garbage"], "--api-url must be an http(s) URL, got 'garbage'"),
 ]
 
 
@@ -97,6 +133,11 @@ def test_bad_input_gets_one_line_and_exit_2(args: list[str], message: str, tmp_p
     ("TRIALSYNC_API_URL", f"https://bob:{SECRET}@mirror.example.org/api/v2", "--api-url must not contain credentials"),
     ("TRIALSYNC_WAREHOUSE", "FILE", "warehouse {path} exists and is not a directory"),
     ("TRIALSYNC_WAREHOUSE", "FOREIGN", "{path} is not a trialsync warehouse and is not empty"),
+    ("TRIALSYNC_API_URL", "http://[::1", "--api-url is not a URL (Invalid IPv6 URL): 'http://[::1'"),
+    # read only after the run's commit: checked before it starts
+    ("TRIALSYNC_AUTOCOMPACT", "garbage", "TRIALSYNC_AUTOCOMPACT must be 'off' or a whole number of 2 or more"),
+    ("TRIALSYNC_AUTOCOMPACT_KEEP_HOURS", "nan", "TRIALSYNC_AUTOCOMPACT_KEEP_HOURS must be a number of hours"),
+    ("TRIALSYNC_CRASH_AT", "garbage", "TRIALSYNC_CRASH_AT='garbage': unknown checkpoint"),
 ])
 def test_urls_and_paths_from_the_environment_are_checked_before_anything_runs(
         variable: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -116,6 +157,23 @@ def test_urls_and_paths_from_the_environment_are_checked_before_anything_runs(
         place = tmp_path / "place"
         kept = place.read_text() if place.is_file() else (place / "runs" / "notes.txt").read_text()
         assert kept in {"a file", "mine"}
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("-inf"), -5.0])
+def test_the_lock_refuses_a_timeout_that_is_not_a_number_of_seconds(timeout: float, tmp_path: Path) -> None:
+    # NaN compares false with every clock reading: a run waiting for a held lock would wait for ever
+    with pytest.raises(UsageError, match="a lock timeout must be a number of seconds >= 0"), \
+            _exclusive_lock(tmp_path / "writer.lock", "test", timeout):
+        pass
+
+
+def test_a_writer_refuses_a_bad_autocompact_setting_before_its_run_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIALSYNC_AUTOCOMPACT_KEEP_HOURS", "soon")  # a deployment's flow meets it here
+    with pytest.raises(UsageError, match="TRIALSYNC_AUTOCOMPACT_KEEP_HOURS must be a number of hours"), \
+            Warehouse(tmp_path / "wh").writer("run-1"):
+        pass
+    assert not (tmp_path / "wh").exists()
 
 
 @pytest.fixture(scope="module")
