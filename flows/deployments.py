@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UsageError
+from pipeline.operations import scope_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_FILE = ROOT / "deploy" / "prefect.yaml"
@@ -61,6 +63,8 @@ def load(path: Path = DEPLOY_FILE) -> list[Deployment]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or not raw.get("deployments"):
+        raise UsageError(f"{path} is not a deployments file: it has no `deployments:` list")
     try:
         PrefectYamlModel.model_validate(raw)
         return [_deployment(spec) for spec in raw.get("deployments") or []]
@@ -136,10 +140,29 @@ def check_config_files(deployments: list[Deployment]) -> None:
 
     for d in deployments:
         params = d.parameters
+        if d.available():  # the flow's own parameter types (``full: maybe`` fails here, not at 10:00)
+            _check_parameters(d)
+        if "scopes" in params:
+            try:
+                scope_kwargs(params["scopes"])
+            except UsageError as exc:
+                raise UsageError(f"deployment {d.name}: {exc}") from None
         if isinstance(params.get("config"), str):
             load_watchlist(_in_project(params["config"]))
         if isinstance(params.get("rules_file"), str):
             settings.rules(str(_in_project(params["rules_file"])), {})
+
+
+def _check_parameters(d: Deployment) -> None:
+    flows_log = logging.getLogger("prefect.flows")  # it logs the failure too, outside any flow run
+    level = flows_log.level
+    flows_log.setLevel(logging.CRITICAL)
+    try:
+        d.load_flow().validate_parameters(d.parameters)
+    except Exception as exc:  # Prefect's ParameterTypeError, or a pydantic error
+        raise UsageError(f"deployment {d.name}: {' '.join(str(exc).split())[:300]}") from None
+    finally:
+        flows_log.setLevel(level)
 
 
 def _in_project(path: str) -> Path:

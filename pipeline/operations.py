@@ -24,6 +24,9 @@ def scope_kwargs(specs: Sequence[Mapping[str, Any]] | None) -> list[dict[str, An
             raise UsageError(f"scope {i} must be a mapping of {', '.join(SCOPE_KEYS)}")
         if unknown := set(spec) - set(SCOPE_KEYS):
             raise UsageError(f"scope {i}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(SCOPE_KEYS)}")
+        if empty := [key for key, value in spec.items() if value is None or value in ("", [], ())]:
+            # An empty filter is no filter: ``ids: []`` would sync the whole registry.
+            raise UsageError(f"scope {i}: {', '.join(empty)} is empty; leave the key out for no such filter")
         scope = Scope.build(query=spec.get("query"), condition=spec.get("condition"), sponsor=spec.get("sponsor"),
                             ids=spec.get("ids"), statuses=spec.get("status"))
         if scope.key in keys:

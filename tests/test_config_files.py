@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -186,3 +187,29 @@ def test_serve_checks_the_config_files_its_deployments_name_before_serving(
     code, err = _run(["serve", "--file", str(file), "--list"], capsys)
     assert (code, err) == (2, f"trialsync: error: {config}: {BAD_WATCHLISTS[0][1]}\n")
     assert _run(["serve", "--list"], capsys)[0] == 0  # the shipped files are valid
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    ({"scopes": [{"ids": ["NCT0"]}]}, "deployment daily-incremental: invalid NCT id 'NCT0'"),
+    ({"scopes": [{"ids": []}]}, "deployment daily-incremental: scope 1: ids is empty; leave the key out"),
+    ({"scopes": [{"condition": "aml", "colour": "red"}]},
+     "deployment daily-incremental: scope 1: unknown key(s) colour"),
+    ({"full": "maybe"}, "deployment daily-incremental: Flow run received invalid parameters: - full: "),
+])
+def test_serve_checks_each_deployments_parameters_before_serving(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], error: str) -> None:
+    """A scheduled run's bad scope or parameter fails `serve` at once, not the run at 10:00."""
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    daily = next(d for d in deploy["deployments"] if d["name"] == "daily-incremental")
+    daily["parameters"].update(change)
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    code, err = _run(["serve", "--file", str(file), "--list"], capsys)
+    assert code == 2 and err.startswith(f"trialsync: error: {error}") and err.count("\n") == 1
+
+
+def test_serve_refuses_a_file_that_is_not_a_deployments_file(capsys: pytest.CaptureFixture[str]) -> None:
+    watchlist = REPO / "deploy" / "watchlist.example.yaml"
+    code, err = _run(["serve", "--file", str(watchlist), "--list"], capsys)
+    assert (code, err) == (2, f"trialsync: error: {watchlist} is not a deployments file: it has no "
+                              "`deployments:` list\n")
