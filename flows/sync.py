@@ -32,7 +32,7 @@ from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
 from flows.vanished import settle_vanished
 from pipeline.changes import Rules, derive_changes
 from pipeline.errors import PageTokenRejected, RegistryError
-from pipeline.parse import record_nct_id, record_status
+from pipeline.parse import record_ids, record_nct_id, record_status
 from pipeline.reconcile import FAIL, Check
 from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
 from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_body
@@ -57,6 +57,9 @@ class _PageContext:
         self.client, self.run, self.index, self.batches, self.ctx = client, run, index, batches, ctx
         self.params = batches[0]  # the walk's current request parameters (one batch of a large ids scope)
         self.scope = scope or Scope()
+        self.scope_ids = frozenset(self.scope.ids)
+        self.met_outside: set[str] = set()  # listed studies outside the scope's filters (quarantined)
+        self.first_met = 0  # studies the last page brought that the run had not met before
         self.spool = spool
         self.batch_totals: dict[int, int] = {}  # first page number of a batch -> its totalCount
         self.batch_page_sizes: dict[int, int] = {}  # ... -> how many studies its first page held
@@ -93,17 +96,19 @@ class _PageContext:
 @task(name="sync-page", cache_policy=NONE)  # no task retries: the client's tries are the total
 def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) -> str | None:
     """Fetch one page, plan its versions and stage them; returns the next page token."""
+    pc.first_met = 0
     page = pc.get_page(token, number)
     crashpoint("page-fetched")
     digest = hashlib.blake2b(page.body or json.dumps(page.studies).encode(), digest_size=16).hexdigest()
     if pc.staged.get(number) == digest:  # the same page again after a restart: staged already
         return page.next_token
-    inside, outside = _split_by_scope(page.studies, pc.scope)
-    first_met = _first_met(page.studies, pc.seen)
+    inside, outside = _split_by_scope(page.studies, pc.scope, pc.scope_ids)
+    pc.first_met = first_met = _first_met(page.studies, pc.seen, pc.met_outside)
     plan = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx), pc.counted)
     pc.seen.update(nct for nct, _ in plan.seen)
     pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     plan.quarantined.extend(outside)
+    pc.met_outside.update(q.nct_id for q in outside if q.nct_id)
     pc.run.append_plan(plan, pc.ctx)
     pc.staged[number] = digest
     crashpoint("page-staged")
@@ -128,16 +133,18 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     return page.next_token
 
 
-def _split_by_scope(records: list[dict[str, Any]], scope: Scope) -> tuple[list[dict[str, Any]], list[Quarantined]]:
+def _split_by_scope(records: list[dict[str, Any]], scope: Scope,
+                    scope_ids: frozenset[str]) -> tuple[list[dict[str, Any]], list[Quarantined]]:
     """The listed records the scope's own filters admit, and the others quarantined: a registry or a
     proxy that ignored ``filter.ids`` or ``filter.overallStatus`` must not add studies to the scope
-    (each would be announced as added, then as having left it)."""
+    (each would be announced as added, then as having left it). ``scope_ids``: the scope's ids as a
+    set; a record is one of them by its id or one of its aliases, as ``filter.ids`` matches."""
     inside: list[dict[str, Any]] = []
     outside: list[Quarantined] = []
     for record in records:
         nct, status = record_nct_id(record), record_status(record)
         why = None
-        if nct is not None and scope.ids and nct not in scope.ids:
+        if nct is not None and scope_ids and not (nct in scope_ids or record_ids(record) & scope_ids):
             why = "not one of the scope's ids"
         elif status is not None and scope.statuses and status not in scope.statuses:
             why = f"status {status} is not one of the scope's {', '.join(scope.statuses)}"
@@ -152,13 +159,13 @@ def _split_by_scope(records: list[dict[str, Any]], scope: Scope) -> tuple[list[d
     return inside, outside
 
 
-def _first_met(records: list[dict[str, Any]], seen: set[str]) -> int:
+def _first_met(records: list[dict[str, Any]], *known: set[str]) -> int:
     """How many of the page's records are studies this run had not met yet: one met again (the same
     page after a restart, or at a newer version on a later page of a moving listing) counts once."""
     met: set[str] = set()
     count = 0
     for nct in map(record_nct_id, records):
-        if nct is None or (nct not in seen and nct not in met):
+        if nct is None or (nct not in met and not any(nct in ids for ids in known)):
             count += 1
             if nct is not None:
                 met.add(nct)
@@ -320,9 +327,9 @@ def _walk_batch(pc: _PageContext, fetch: Any, first: int) -> int:
     """One batch's pages, numbered from ``first``; returns the number of its last page."""
     token, number = None, first
     tokens: set[str] = set()
-    idle = 0  # pages in a row that brought no study this run had not seen
+    idle = 0  # pages in a row that brought no study this run had not met
+    reached = first - 1  # the furthest page of the batch so far: pages read again after a restart are not idle
     while True:
-        seen_before = len(pc.seen) + pc.totals.quarantined
         try:
             token = fetch(pc, token, number, first)
         except PageTokenRejected as exc:
@@ -338,7 +345,8 @@ def _walk_batch(pc: _PageContext, fetch: Any, first: int) -> int:
             continue
         if not token:
             return number
-        idle = 0 if len(pc.seen) + pc.totals.quarantined > seen_before else idle + 1
+        idle = 0 if number <= reached or pc.first_met else idle + 1
+        reached = max(reached, number)
         try:
             check_token_progress(token, tokens, number, pc.client.base_url)
             check_walk_length(number - first + 1, idle, pc.batch_totals.get(first),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from flows.engine import NONE, get_run_logger, task
 from pipeline.errors import RegistryError, RegistryNotFound
-from pipeline.parse import record_nct_id, record_status
+from pipeline.parse import record_ids, record_status
 from pipeline.scope import lookup_params
 from pipeline.versioning import Head, plan_batch
 from warehouse.rows import tombstones_table
@@ -82,7 +82,7 @@ def _look_up(pc: _PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]
     for params in lookup_params(ids):
         for page in pc.client.iter_pages(params):
             for record in page.studies:
-                found.update((key, record) for key in _ids_of(record) & wanted)
+                found.update((key, record) for key in record_ids(record) & wanted)
     gone = []
     for nct in ids:
         if nct in found:
@@ -92,13 +92,6 @@ def _look_up(pc: _PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]
         except RegistryNotFound:
             gone.append(nct)
     return found, gone
-
-
-def _ids_of(record: dict[str, Any]) -> set[str]:
-    ident = (record.get("protocolSection") or {}).get("identificationModule") or {}
-    aliases = ident.get("nctIdAliases") if isinstance(ident, dict) else None
-    nct = record_nct_id(record)
-    return ({nct} if nct else set()) | {a for a in aliases or [] if isinstance(a, str)}
 
 
 def _inside_scope(pc: _PageContext, by_id: dict[str, dict[str, Any]]) -> set[str]:
@@ -115,5 +108,5 @@ def _inside_scope(pc: _PageContext, by_id: dict[str, dict[str, Any]]) -> set[str
     for params in lookup_params(ask):
         for page in pc.client.iter_pages({**pc.scope.params(), **params}):
             for record in page.studies:
-                inside.update(_ids_of(record) & set(ask))
+                inside.update(record_ids(record) & set(ask))
     return inside

@@ -68,6 +68,17 @@ def record_nct_id(record: Mapping[str, Any]) -> str | None:
     return nct if isinstance(nct, str) else None
 
 
+def record_ids(record: Mapping[str, Any]) -> set[str]:
+    """The record's NCT id and its aliases (``filter.ids`` finds a study by either)."""
+    nct = record_nct_id(record)
+    try:
+        aliases = record["protocolSection"]["identificationModule"].get("nctIdAliases")
+    except (KeyError, TypeError, AttributeError):
+        aliases = None
+    listed = [a for a in aliases if isinstance(a, str)] if isinstance(aliases, list) else []
+    return ({nct} if nct else set()) | set(listed)
+
+
 def record_status(record: Mapping[str, Any]) -> str | None:
     """The record's overall status if it has one where the API puts it."""
     try:

@@ -164,11 +164,12 @@ def test_an_answer_without_end_fails_at_the_size_limit_instead_of_filling_memory
     monkeypatch.setattr(client_module, "MAX_BODY_BYTES", 4 << 20)
     server = _Flood()
     try:
-        client = RegistryClient(server.url, min_interval=0, retry=RetryPolicy(attempts=1, budget_seconds=30))
-        with pytest.raises(RegistryUnavailable, match=r"the answer is larger than 4 MB"):
+        client = RegistryClient(server.url, min_interval=0, retry=RetryPolicy(attempts=5, budget_seconds=30))
+        with pytest.raises(RegistryError, match=r"the answer is larger than 4 MB") as info:
             client.get_page({}, None, 1)
     finally:
         server.close()
+    assert not isinstance(info.value, RegistryUnavailable) and client.requests_made == 1  # not tried again
 
 
 def test_a_maintenance_page_served_as_200_fails_naming_its_title() -> None:
@@ -190,3 +191,23 @@ def test_a_study_met_again_at_a_newer_version_on_a_later_page_counts_once_as_see
     no_id = mutate.set_path(second, ("protocolSection", "identificationModule", "nctId"), None)
     assert _first_met([first, second], set()) == 2
     assert _first_met([newer, newer, no_id, no_id], {nct(first), nct(second)}) == 2  # the two without an id
+
+
+@pytest.mark.parametrize("page", [4, 7, 10])
+def test_a_walk_restarted_late_by_an_expired_token_is_not_taken_for_a_stuck_cursor(
+        prefect_api: str, warehouse_dir: Path, page: int) -> None:
+    """The pages read again from page 1 bring no study the run had not met: they are not idle pages."""
+    with FakeRegistry(real_records()[:100]).start() as registry:
+        registry.faults.add("status", status=400, body="pageToken has expired", times=1, page=page)
+        summary = fast_sync(registry, warehouse_dir, page_size=10)
+    assert (summary["restarts"], summary["studies_seen"], summary["versions_written"]) == (1, 100, 100)
+
+
+def test_a_study_asked_for_by_an_alias_id_is_stored_not_quarantined(prefect_api: str, warehouse_dir: Path) -> None:
+    """``filter.ids`` finds a study by its id or an alias (nctIdAliases): its record is in the scope."""
+    record, *others = real_records()[:5]
+    merged = mutate.set_path(record, ("protocolSection", "identificationModule", "nctIdAliases"), ["NCT09999991"])
+    with FakeRegistry([merged, *others]).start() as registry:
+        summary = fast_sync(registry, warehouse_dir, ids=["NCT09999991"])
+    assert (summary["versions_written"], summary["quarantined"]) == (1, 0)
+    assert query(warehouse_dir, "SELECT nct_id FROM studies") == [(nct(record),)]

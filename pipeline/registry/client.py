@@ -283,8 +283,8 @@ class RegistryClient:
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
-                    raise RegistryUnavailable(f"the answer is larger than {MAX_BODY_BYTES >> 20} MB",
-                                              url=response.url)
+                    # Not retried: the next try would most likely download as much again.
+                    raise RegistryError(f"the answer is larger than {MAX_BODY_BYTES >> 20} MB", url=response.url)
         except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
             raise RegistryUnavailable(f"timed out: {_short(exc)}", url=response.url) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
