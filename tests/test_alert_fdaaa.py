@@ -282,3 +282,15 @@ def test_a_new_version_that_makes_a_trial_overdue_at_once_is_alerted_even_when_d
         "w", "fdaaa_overdue", "ongoing", "overdue", 2)
     assert change["change_id"] == f"fdaaa-overdue:{moving}:{judge(Warehouse(directory), TODAY)[moving]['due_from']}"
     assert run_at(datetime.combine(TODAY, datetime.min.time(), UTC) + timedelta(hours=13))["messages"] == 0
+
+
+def test_the_compliance_window_takes_utc_days_whatever_zone_its_times_come_in() -> None:
+    """DuckDB hands TIMESTAMPTZ back in the machine's zone: 12:00 UTC on Jan 5 is Jan 6 in Kiritimati
+    (UTC+14). The window's days are UTC's, as the run's own day is."""
+    from datetime import timedelta, timezone
+
+    kiritimati = timezone(timedelta(hours=14))
+    last_run = datetime.fromisoformat("2026-01-05T12:00:00+00:00").astimezone(kiritimati)
+    now = datetime.fromisoformat("2026-01-06T05:00:00+00:00").astimezone(kiritimati)
+    assert (last_run.date(), now.date()) == (date(2026, 1, 6), date(2026, 1, 6))  # local days
+    assert compliance_window(last_run, last_run, now) == (date(2026, 1, 5), date(2026, 1, 6))

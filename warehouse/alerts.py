@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import duckdb
@@ -225,13 +225,13 @@ def record_outcomes(store: Warehouse, commit_id: str, deliveries: list[dict[str,
 def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     """When each watch was first evaluated (its first alerts run)."""
     rows = con.execute("SELECT w, min(started_at) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
-    return {w: ts for w, ts in rows}
+    return {w: ts.astimezone(UTC) for w, ts in rows}
 
 
 def last_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     """When each watch was last evaluated by an alerts run that recorded its outcome."""
     rows = con.execute("SELECT w, max(started_at) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
-    return {w: ts for w, ts in rows}
+    return {w: ts.astimezone(UTC) for w, ts in rows}
 
 
 def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempt: int,

@@ -11,7 +11,7 @@ whatever the run, a rederive, a compaction or a backfill's renumbering, so the l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pipeline.alerts.message import AlertChange
@@ -26,9 +26,15 @@ def compliance_window(start: datetime, last_run: datetime | None, now: datetime)
     """(a, b): the studies overdue on b (the run's day) and not on a are new. ``a`` is the day of the
     watch's last recorded alerts run, or, before its first, the start of its window (``since`` or the
     first run less ``lookback_days``); never after b."""
-    b = now.date()
-    a = max(start.date(), last_run.date()) if last_run is not None else start.date()
+    b = utc_day(now)
+    a = max(utc_day(start), utc_day(last_run)) if last_run is not None else utc_day(start)
     return min(a, b), b
+
+
+def utc_day(moment: datetime) -> date:
+    """The UTC day of ``moment``: DuckDB hands TIMESTAMPTZ values back in the machine's zone, whose
+    date can be a day off UTC's (a watch's runs would then miss a day's newly overdue trials)."""
+    return moment.astimezone(UTC).date() if moment.tzinfo is not None else moment.date()
 
 
 def overdue_alert(row: Mapping[str, Any]) -> AlertChange:
