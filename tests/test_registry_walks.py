@@ -211,3 +211,20 @@ def test_a_study_asked_for_by_an_alias_id_is_stored_not_quarantined(prefect_api:
         summary = fast_sync(registry, warehouse_dir, ids=["NCT09999991"])
     assert (summary["versions_written"], summary["quarantined"]) == (1, 0)
     assert query(warehouse_dir, "SELECT nct_id FROM studies") == [(nct(record),)]
+
+
+def test_the_fake_registry_prints_nothing_when_a_client_hangs_up_mid_answer(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A timed-out try or a killed sync hangs up mid-answer; the server's traceback of it used to land in
+    whichever test's output was being captured then."""
+    import time
+
+    with FakeRegistry(real_records()[:300]).start() as registry:
+        host, port = registry.url.split("//")[1].split("/")[0].split(":")
+        for _ in range(3):
+            with socket.create_connection((host, int(port))) as conn:
+                conn.sendall(b"GET /api/v2/studies?pageSize=1000 HTTP/1.1\r\nHost: x\r\n"
+                             b"Accept-Encoding: identity\r\n\r\n")
+                conn.recv(100)
+        time.sleep(0.5)
+    assert capfd.readouterr().err == ""
