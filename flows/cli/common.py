@@ -42,8 +42,9 @@ def check_format(value: str) -> str:
 
 def refuse_empty_values(args: list[str]) -> None:
     """Before the command runs: an option given an empty value (``--ids ""``, ``--since=``, an unset
-    shell variable in a script) is refused, never read as "not given" (``sync --ids ""`` would sync the
-    whole registry, ``--since ""`` widen a window to all time)."""
+    shell variable in a script) or an empty argument (``backup ""`` meant the current directory) is
+    refused, never read as "not given" (``sync --ids ""`` would sync the whole registry, ``--since ""``
+    widen a window to all time)."""
     import typer.main
 
     command: Any = typer.main.get_command(app)
@@ -54,6 +55,8 @@ def refuse_empty_values(args: list[str]) -> None:
         if hasattr(command, "commands") and arg in command.commands:
             command = command.commands[arg]  # a group's subcommand (alerts run)
             continue
+        if not arg.strip():  # an argument (a path, an NCT id, a query): empty, e.g. an unset variable
+            raise UsageError("an argument is empty (an unset shell variable?)")
         name, equals, value = arg.partition("=")
         if not name.startswith("-") or not _takes_value(command, name):
             continue

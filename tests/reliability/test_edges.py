@@ -92,6 +92,8 @@ BAD_INPUT: list[tuple[list[str], str]] = [
      "--lock-timeout must be a number of seconds >= 0 and <= 86400, not 10000000000.0"),
     # an empty value is refused, never read as "not given" (sync --ids "" synced the whole registry)
     (["sync", "--ids", ""], "--ids must not be empty"),
+    (["backup", ""], "an argument is empty"),
+    (["history", " "], "an argument is empty"),
     (["sync", "--query="], "--query must not be empty"),
     (["sync", "--since", " "], "--since must not be empty"),
     (["compliance", "--newly-overdue", "--since", ""], "--since must not be empty"),
