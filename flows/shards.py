@@ -38,6 +38,9 @@ from warehouse.heads import to_dict
 from warehouse.parts import PartWriter, StagedFile
 
 DEFAULT_BATCH_SIZE = 500
+# The largest real record is ~3.6 MB; a member past this is not a record (a zip bomb, padding).
+MAX_MEMBER_BYTES = 64 << 20
+KEPT_INVALID_BYTES = 1 << 20  # of a member that is not JSON, the start is kept in quarantine
 CANCEL_MARKER = ".cancelled"  # in the run's directory: the run failed, other shards stop
 VERIFY_MARKER = ".verify"  # in the run's directory: a sampled re-hash failed, later shards read everything
 DEFAULT_SAMPLE = 0.01  # the share of skippable members each run re-hashes anyway
@@ -166,13 +169,17 @@ def _drawn(run_id: str, nct_id: str, threshold: int) -> bool:
 def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx: RunContext) -> BatchPlan:
     records, raws, keys, names, broken = [], [], [], [], []
     for member in batch:
+        if member.file_size > MAX_MEMBER_BYTES:  # not inflated: a zip bomb would fill memory
+            broken.append(Quarantined(member.nct_id, f"the member inflates to {member.file_size} bytes, over the "
+                                      f"{MAX_MEMBER_BYTES >> 20} MB a record may have", orjson.dumps(None)))
+            continue
         data = reader.read(member)
         try:
             record = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            # Kept as a JSON string, so the quarantine view can still cast raw to JSON.
+            # Kept as a JSON string (its start only), so the quarantine view can still cast raw to JSON.
             broken.append(Quarantined(member.nct_id, f"invalid JSON: {exc}",
-                                      orjson.dumps(data.decode(errors="replace"))))
+                                      orjson.dumps(data[:KEPT_INVALID_BYTES].decode(errors="replace"))))
             continue
         if (problem := _not_its_study(member, record)) is not None:
             broken.append(Quarantined(member.nct_id, problem, data if b"\n" not in data else orjson.dumps(record)))

@@ -414,3 +414,20 @@ def test_an_http_error_status_of_the_download_is_a_failed_run_not_bad_input(tmp_
     finally:
         server.shutdown()
     assert not isinstance(info.value, UsageError) and not info.value.retryable
+
+
+def test_a_member_that_inflates_past_any_record_is_quarantined_without_being_inflated(
+        records: list[dict[str, Any]], tmp_path: Path, warehouse_dir: Path) -> None:
+    """A zip bomb's member (65 MB of zeros in ~65 KB) would have filled memory and then the quarantine."""
+    from flows.shards import MAX_MEMBER_BYTES
+
+    size = MAX_MEMBER_BYTES + 1
+    path = write_zip(tmp_path / "bulk.zip", {
+        **{f"{nct(r)[-2:]}/{nct(r)}.json": orjson.dumps(r) for r in records[:3]},
+        "01/NCT00000001.json": bytes(size),
+    })
+    assert path.stat().st_size < 1 << 20
+    summary = load(path, warehouse_dir)
+    assert (summary["versions_written"], summary["quarantined"]) == (3, 1)
+    assert query(warehouse_dir, "SELECT nct_id, reason, raw::VARCHAR FROM quarantine") == [
+        ("NCT00000001", f"the member inflates to {size} bytes, over the 64 MB a record may have", "null")]
