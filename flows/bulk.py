@@ -47,6 +47,7 @@ from pipeline import hashing
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, group_shards, is_url
 from pipeline.registry.download import download
+from pipeline.scope import next_watermark
 from pipeline.versioning import RunContext
 from warehouse import Warehouse
 from warehouse.heads import HEAD_SCHEMA
@@ -132,7 +133,7 @@ def load_bulk(
                     _shutdown(executor)
                 wait(futures)
                 raise
-        totals.watermark = max(filter(None, [previous_watermark, totals.watermark]), default=None)
+        totals.watermark = next_watermark(previous_watermark, totals.watermark, started.date())
         # A first load adds first versions, with no change to derive, except for studies the archive
         # lists more than once with different content: their later versions are changes.
         if not first_load or reading.repeated:

@@ -36,7 +36,7 @@ from pipeline.parse import record_ids, record_nct_id, record_status
 from pipeline.reconcile import FAIL, Check
 from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
 from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_body
-from pipeline.scope import Scope, check_page_size, resolve_window
+from pipeline.scope import Scope, check_page_size, next_watermark, resolve_window
 from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
@@ -277,7 +277,7 @@ def sync_registry(
                                exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=scope.ids)
-        totals.watermark = _next_watermark(previous_watermark, totals, checks)
+        totals.watermark = _next_watermark(previous_watermark, totals, checks, started.date())
         summary = SyncSummary(run_id, window.mode, scope.key, _iso(window.since),
                               round(time.monotonic() - clock, 3), totals)
         commit_run(run, summary, started, params=params, api_url=url,
@@ -292,7 +292,7 @@ def sync_registry(
     return result
 
 
-def _next_watermark(previous: date | None, totals: RunTotals, checks: list[Check]) -> date | None:
+def _next_watermark(previous: date | None, totals: RunTotals, checks: list[Check], today: date) -> date | None:
     """The newest update the run saw, unless its listing was short of the registry's own count: then a
     study it missed may be older than that, and the next incremental run must look from where this
     one did."""
@@ -300,7 +300,7 @@ def _next_watermark(previous: date | None, totals: RunTotals, checks: list[Check
         get_run_logger().warning("the listing was incomplete (%s): the scope's watermark stays at %s",
                                  totals.studies_seen, previous)
         return previous
-    return max(filter(None, [previous, totals.watermark]), default=None)
+    return next_watermark(previous, totals.watermark, today)
 
 
 def alerts_after_sync(config: str, warehouse: str, lock_timeout: float) -> dict[str, Any]:

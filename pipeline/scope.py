@@ -124,6 +124,15 @@ class Window:
         return {"filter.advanced": f"AREA[LastUpdatePostDate]RANGE[{self.since.isoformat()},MAX]"}
 
 
+def next_watermark(previous: date | None, newest: date | None, today: date) -> date | None:
+    """The scope's watermark after a run that saw records up to ``newest``: never back, and never past
+    the run's next day (registry dates are US Eastern). A record dated in the future (a damaged bulk
+    file's) would otherwise move every later incremental window past the registry's real updates; a
+    watermark stored past it before is brought back to it."""
+    latest = max(filter(None, [previous, newest]), default=None)
+    return None if latest is None else min(latest, today + timedelta(days=1))
+
+
 def resolve_window(*, full: bool, since: date | None, watermark: date | None) -> Window:
     """``--full`` or ``--since`` win; otherwise incremental from the watermark minus ``WATERMARK_OVERLAP``;
     a scope's first run (no watermark) is full."""

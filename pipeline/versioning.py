@@ -158,18 +158,17 @@ def _note_update(plan: BatchPlan, day: date | None) -> None:
 
 def _is_stale(record: Mapping[str, Any], head: Head) -> bool:
     """The record's registry date is earlier than the stored head's (an unreadable date is not stale:
-    the record goes on to be validated, and quarantined if it is bad). After a removal, a record of
-    the last date stored before it is stale too: that is the record the registry removed, as an older
-    bulk file or a lagging replica still holds it (a study the registry restores is posted anew)."""
+    the record goes on to be validated, and quarantined if it is bad). After a removal, a record of the
+    last date stored before it is not stale: a registry that answered 404 by mistake serves the same
+    record again, and the study must come back (an older bulk file reloaded after a removal also
+    brings it back: a known limit)."""
     if head.registry_updated is None:
         return False
     try:
         day = _last_update(record)
     except (KeyError, TypeError, AttributeError, RecordInvalid):
         return False
-    if day is None:
-        return False
-    return day <= head.registry_updated if head.is_removed else day < head.registry_updated
+    return day is not None and day < head.registry_updated
 
 
 def _last_update(record: Mapping[str, Any]) -> date | None:

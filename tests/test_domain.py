@@ -183,3 +183,15 @@ def test_window_is_full_first_then_incremental_from_watermark_minus_14_days() ->
     assert resolve_window(full=True, since=None, watermark=date(2026, 5, 15)).since is None
     with pytest.raises(UsageError):
         resolve_window(full=True, since=date(2026, 1, 1), watermark=None)
+
+
+def test_the_watermark_never_passes_the_runs_next_day_nor_goes_back() -> None:
+    from pipeline.scope import next_watermark
+
+    today = date(2026, 12, 7)
+    assert next_watermark(date(2026, 12, 1), date(2026, 12, 5), today) == date(2026, 12, 5)
+    assert next_watermark(date(2026, 12, 5), date(2026, 12, 1), today) == date(2026, 12, 5)  # never back
+    assert next_watermark(None, date(2026, 12, 8), today) == date(2026, 12, 8)  # US Eastern vs UTC
+    assert next_watermark(date(2026, 12, 1), date(2099, 1, 1), today) == date(2026, 12, 8)  # a damaged record
+    assert next_watermark(date(2099, 1, 1), None, today) == date(2026, 12, 8)  # stored by an older release
+    assert next_watermark(None, None, today) is None

@@ -62,17 +62,6 @@ def test_an_old_record_of_a_removed_study_is_stale_not_a_reappearance() -> None:
     assert [v.version for v in plan_batch([back], removed, CTX).versions] == [4]
 
 
-def test_the_last_record_before_a_removal_is_stale_not_a_reappearance() -> None:
-    """An older bulk file or a lagging replica still holds exactly the record the registry removed: its
-    date equals the latest stored one. Not study_reappeared (a restored study is posted anew)."""
-    last = mutate.posted_on(mutate.set_status(by_id("NCT05766735"), "COMPLETED"), date(2026, 5, 16))
-    removed = {"NCT05766735": Head(3, content_hash(last), is_removed=True, registry_updated=date(2026, 5, 16))}
-    plan = plan_batch([last], removed, CTX)
-    assert (plan.versions, plan.stale, plan.seen) == ([], ["NCT05766735"], [("NCT05766735", 3)])
-    live = head_of(last, 2)  # not removed: the same date is no reason for staleness (an undated QC edit)
-    assert plan_batch([mutate.set_enrollment(last, 7)], live, CTX).stale == []
-
-
 def test_the_head_index_gives_a_removed_study_the_latest_registry_date_it_had() -> None:
     import duckdb
 
