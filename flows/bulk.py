@@ -105,7 +105,7 @@ def load_bulk(
     logger = get_run_logger()
     pool = shard_executor(processes, dask)
     with store.writer(run_id, lock_timeout=lock_timeout) as run:
-        previous_watermark = run.watermark(BULK_SCOPE)
+        previous_watermark = next_watermark(run.watermark(BULK_SCOPE), None, started.date())
         baseline = not run.has_runs(BULK_SCOPE)
         first_load = not run.manifest.files("study_versions")
         head_slices = run.head_index().shards()

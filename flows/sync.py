@@ -255,7 +255,9 @@ def sync_registry(
     )
     with client, store.writer(run_id, lock_timeout=lock_timeout) as run:
         rules = settings.rules(rules_file, run.manifest.meta)
-        previous_watermark = run.watermark(scope.key)
+        # A watermark stored past the run's next day (an older release took a future-dated record's
+        # date) is read as that day: the window must not start in the future.
+        previous_watermark = next_watermark(run.watermark(scope.key), None, started.date())
         baseline = not run.has_runs(scope.key)
         window = resolve_window(full=full, since=since, watermark=previous_watermark)
         params = {**scope.params(), **window.params(), "pageSize": str(page_size)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -117,7 +117,7 @@ def plan_batch(
             plan.seen.append((nct_hint, head.version))
             _note_update(plan, _last_update(record))
             continue
-        if nct_hint and head is not None and _is_stale(record, head):  # removed heads too: a lagging
+        if nct_hint and head is not None and _is_stale(record, head, ctx):  # removed heads too: a lagging
             # replica's old record of a study the registry removed is no reappearance
             plan.stale.append(nct_hint)
             plan.seen.append((nct_hint, head.version))  # still published: seen, at the version we hold
@@ -151,19 +151,25 @@ def plan_batch(
     return plan
 
 
+def _latest_plausible(ctx: RunContext) -> date:
+    """The run's next day: registry dates are US Eastern days, the run's clock UTC."""
+    at = ctx.observed_at
+    return (at.astimezone(UTC).date() if at.tzinfo else at.date()) + timedelta(days=1)
+
+
 def _note_update(plan: BatchPlan, day: date | None) -> None:
     if day and (plan.newest_update is None or day > plan.newest_update):
         plan.newest_update = day
 
 
-def _is_stale(record: Mapping[str, Any], head: Head) -> bool:
+def _is_stale(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:
     """The record's registry date is earlier than the stored head's (an unreadable date is not stale:
     the record goes on to be validated, and quarantined if it is bad). After a removal, a record of the
     last date stored before it is not stale: a registry that answered 404 by mistake serves the same
     record again, and the study must come back (an older bulk file reloaded after a removal also
     brings it back: a known limit)."""
-    if head.registry_updated is None:
-        return False
+    if head.registry_updated is None or head.registry_updated > _latest_plausible(ctx):
+        return False  # a head dated in the future (a damaged record) must not make every real one stale
     try:
         day = _last_update(record)
     except (KeyError, TypeError, AttributeError, RecordInvalid):

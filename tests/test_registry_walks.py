@@ -228,3 +228,30 @@ def test_the_fake_registry_prints_nothing_when_a_client_hangs_up_mid_answer(
                 conn.recv(100)
         time.sleep(0.5)
     assert capfd.readouterr().err == ""
+
+
+def test_a_future_dated_record_stalls_no_incremental_run_even_when_an_older_release_stored_its_date(
+        prefect_api: str, warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record dated 2099 (a damaged bulk file's) once became the scope's watermark, and every later
+    incremental run asked for updates since 2098. The watermark read is capped at the run's next day,
+    and the study's later real records are not taken for stale against its bogus date."""
+    from datetime import UTC, datetime
+
+    import flows.sync
+
+    today = datetime.now(UTC).date()
+    records = real_records()[:6]
+    bogus, other = mutate.posted_on(records[0], date(2099, 1, 1)), records[1]
+    with FakeRegistry([bogus, *records[1:]]).start() as registry:
+        with monkeypatch.context() as older_release:  # wrote the newest date seen, whatever it was
+            older_release.setattr(flows.sync, "next_watermark",
+                                  lambda previous, newest, day: max(filter(None, [previous, newest]), default=None))
+            fast_sync(registry, warehouse_dir)
+        assert query(warehouse_dir, "SELECT max(watermark) FROM sync_runs") == [(date(2099, 1, 1),)]
+        registry.put(mutate.set_enrollment(mutate.posted_on(records[0], today), 7),
+                     mutate.set_enrollment(mutate.posted_on(other, today), 4321))
+        summary = fast_sync(registry, warehouse_dir)
+    assert summary["mode"] == "incremental" and summary["since"] <= today.isoformat()
+    assert query(warehouse_dir, "SELECT nct_id, enrollment_count FROM studies WHERE nct_id IN (?, ?) ORDER BY 1"
+                 .replace("?", "'{}'").format(*sorted([nct(bogus), nct(other)]))) == sorted(
+        [(nct(bogus), 7), (nct(other), 4321)])

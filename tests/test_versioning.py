@@ -26,7 +26,7 @@ from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
 from tests.conftest import Record, nct, real_records
 from warehouse import Warehouse
 
-CTX = RunContext("r1", datetime(2026, 5, 1, tzinfo=UTC), "api")
+CTX = RunContext("r1", datetime(2026, 6, 1, tzinfo=UTC), "api")  # after every date the tests post
 
 
 def by_id(nct_id: str) -> Record:
@@ -450,3 +450,14 @@ def test_a_run_with_thousands_of_stale_records_logs_a_count_and_the_first_ids_on
     assert message.startswith("5000 stale record(s)")
     assert ids[STALE_IDS_LOGGED - 1] in message and ids[STALE_IDS_LOGGED] not in message
     assert message.endswith(f"and {5_000 - STALE_IDS_LOGGED} more")
+
+
+def test_a_head_dated_in_the_future_does_not_make_every_later_record_stale() -> None:
+    """A damaged record dated 2099 became a study's head: the real records after it must not all be
+    taken for stale (the study would never update again)."""
+    real = by_id("NCT05766735")  # posted 2026-04-09
+    bogus = {"NCT05766735": Head(1, "x", registry_updated=date(2099, 1, 1))}
+    plan = plan_batch([mutate.set_enrollment(real, 7)], bogus, CTX)
+    assert (plan.stale, [v.version for v in plan.versions]) == ([], [2])
+    plausible = {"NCT05766735": Head(1, "x", registry_updated=date(2026, 6, 2))}  # the run's next day
+    assert plan_batch([real], plausible, CTX).stale == ["NCT05766735"]
