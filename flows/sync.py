@@ -59,6 +59,7 @@ class _PageContext:
         self.scope = scope or Scope()
         self.scope_ids = frozenset(self.scope.ids)
         self.met_outside: set[str] = set()  # listed studies outside the scope's filters (quarantined)
+        self.alias_of: dict[str, str] = {}  # an id of an ids scope -> the study listed for it by alias
         self.first_met = 0  # studies the last page brought that the run had not met before
         self.spool = spool
         self.batch_totals: dict[int, int] = {}  # first page number of a batch -> its totalCount
@@ -109,6 +110,10 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     plan.quarantined.extend(outside)
     pc.met_outside.update(q.nct_id for q in outside if q.nct_id)
+    if pc.scope_ids:  # asked for by an alias: reconciliation counts the asked id as found
+        for record in inside:
+            if (nct := record_nct_id(record)) is not None and nct not in pc.scope_ids:
+                pc.alias_of.update(dict.fromkeys(record_ids(record) & pc.scope_ids, nct))
     pc.run.append_plan(plan, pc.ctx)
     pc.staged[number] = digest
     crashpoint("page-staged")
@@ -278,7 +283,7 @@ def sync_registry(
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
                                exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,
                                previous_watermark=previous_watermark, since=window.since, started=started,
-                               requested_ids=scope.ids)
+                               requested_ids=tuple(dict.fromkeys(pc.alias_of.get(i, i) for i in scope.ids)))
         totals.watermark = _next_watermark(previous_watermark, totals, checks, started.date())
         summary = SyncSummary(run_id, window.mode, scope.key, _iso(window.since),
                               round(time.monotonic() - clock, 3), totals)

@@ -207,10 +207,14 @@ def test_a_study_asked_for_by_an_alias_id_is_stored_not_quarantined(prefect_api:
     """``filter.ids`` finds a study by its id or an alias (nctIdAliases): its record is in the scope."""
     record, *others = real_records()[:5]
     merged = mutate.set_path(record, ("protocolSection", "identificationModule", "nctIdAliases"), ["NCT09999991"])
+    asked = ["NCT09999991", nct(others[0])]
     with FakeRegistry([merged, *others]).start() as registry:
-        summary = fast_sync(registry, warehouse_dir, ids=["NCT09999991"])
-    assert (summary["versions_written"], summary["quarantined"]) == (1, 0)
-    assert query(warehouse_dir, "SELECT nct_id FROM studies") == [(nct(record),)]
+        summary = fast_sync(registry, warehouse_dir, ids=asked)
+        full = fast_sync(registry, warehouse_dir, ids=asked, full=True)
+    assert (summary["versions_written"], summary["quarantined"]) == (2, 0)
+    assert query(warehouse_dir, "SELECT nct_id FROM studies ORDER BY 1") == sorted([(nct(record),), (asked[1],)])
+    for run in (summary, full):  # the alias was found: neither missing nor its study unexpected
+        assert not {"missing_ids", "unexpected_ids"} & run["reconciliation"]["flags"].keys(), run["reconciliation"]
 
 
 def test_the_fake_registry_prints_nothing_when_a_client_hangs_up_mid_answer(
