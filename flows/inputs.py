@@ -7,8 +7,9 @@ values overflow timers (``time.sleep(1e10)``), dates or DuckDB's BIGINT downstre
 from __future__ import annotations
 
 import math
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
+from pipeline.dates import latest_plausible
 from pipeline.errors import UsageError
 
 SECONDS_MAX = 86_400.0  # a day: no wait, pace or retry budget of one run needs more
@@ -40,6 +41,6 @@ def utc_today() -> date:
 def not_future(day: date, flag: str) -> date:
     """A date the stored history can speak for: not after tomorrow (registry dates are US Eastern, the
     clock may be a day ahead). After it, `compliance` would count days late that have not passed."""
-    if day > utc_today() + timedelta(days=1):
+    if day > latest_plausible(utc_today()):
         raise UsageError(f"{flag} {day} is in the future")
     return day

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -11,6 +11,18 @@ from pipeline.errors import RecordInvalid
 
 # "Today" in SQL: the UTC date (DuckDB's current_date is the connection's local date).
 UTC_TODAY_SQL = "CAST(timezone('UTC', now()) AS DATE)"
+
+
+def utc_day(moment: datetime) -> date:
+    """The UTC day of ``moment``: DuckDB hands TIMESTAMPTZ values back in the machine's zone, whose
+    date can be a day off UTC's."""
+    return moment.astimezone(UTC).date() if moment.tzinfo is not None else moment.date()
+
+
+def latest_plausible(today: date) -> date:
+    """The latest registry date a record can carry on ``today`` (UTC): the next day, since registry
+    dates are US Eastern days. Later is a damaged record's (it must not move watermarks or heads)."""
+    return today + timedelta(days=1)
 
 
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?$")

@@ -59,32 +59,31 @@ class StudyCore(msgspec.Struct, frozen=True):
 CORE_COLUMNS: tuple[str, ...] = StudyCore.__struct_fields__
 
 
+def _at(record: Any, *keys: str) -> Any:
+    """The value at ``keys`` of a record that may be malformed anywhere on the way (None then)."""
+    for key in keys:
+        if not isinstance(record, Mapping):
+            return None
+        record = record.get(key)
+    return record
+
+
 def record_nct_id(record: Mapping[str, Any]) -> str | None:
     """The record's NCT id if it has one where the API puts it (for quarantine rows)."""
-    try:
-        nct = record["protocolSection"]["identificationModule"]["nctId"]
-    except (KeyError, TypeError):
-        return None
+    nct = _at(record, "protocolSection", "identificationModule", "nctId")
     return nct if isinstance(nct, str) else None
 
 
 def record_ids(record: Mapping[str, Any]) -> set[str]:
     """The record's NCT id and its aliases (``filter.ids`` finds a study by either)."""
-    nct = record_nct_id(record)
-    try:
-        aliases = record["protocolSection"]["identificationModule"].get("nctIdAliases")
-    except (KeyError, TypeError, AttributeError):
-        aliases = None
-    listed = [a for a in aliases if isinstance(a, str)] if isinstance(aliases, list) else []
-    return ({nct} if nct else set()) | set(listed)
+    aliases = _at(record, "protocolSection", "identificationModule", "nctIdAliases")
+    ids = {a for a in aliases if isinstance(a, str)} if isinstance(aliases, list) else set()
+    return ids | ({nct} if (nct := record_nct_id(record)) else set())
 
 
 def record_status(record: Mapping[str, Any]) -> str | None:
     """The record's overall status if it has one where the API puts it."""
-    try:
-        status = record["protocolSection"]["statusModule"]["overallStatus"]
-    except (KeyError, TypeError):
-        return None
+    status = _at(record, "protocolSection", "statusModule", "overallStatus")
     return status if isinstance(status, str) else None
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from pipeline.dates import latest_plausible
 from pipeline.enums import STATUSES
 from pipeline.errors import UsageError
 
@@ -130,7 +131,7 @@ def next_watermark(previous: date | None, newest: date | None, today: date) -> d
     file's) would otherwise move every later incremental window past the registry's real updates; a
     watermark stored past it before is brought back to it."""
     latest = max(filter(None, [previous, newest]), default=None)
-    return None if latest is None else min(latest, today + timedelta(days=1))
+    return None if latest is None else min(latest, latest_plausible(today))
 
 
 def resolve_window(*, full: bool, since: date | None, watermark: date | None) -> Window:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import orjson
 
-from pipeline.dates import parse_full_date
+from pipeline.dates import latest_plausible, parse_full_date, utc_day
 from pipeline.errors import RecordInvalid
 from pipeline.flatten import ChildRows, flatten
 from pipeline.hashing import content_hash, hash_and_unknown
@@ -151,12 +151,6 @@ def plan_batch(
     return plan
 
 
-def _latest_plausible(ctx: RunContext) -> date:
-    """The run's next day: registry dates are US Eastern days, the run's clock UTC."""
-    at = ctx.observed_at
-    return (at.astimezone(UTC).date() if at.tzinfo else at.date()) + timedelta(days=1)
-
-
 def _note_update(plan: BatchPlan, day: date | None) -> None:
     if day and (plan.newest_update is None or day > plan.newest_update):
         plan.newest_update = day
@@ -168,7 +162,7 @@ def _is_stale(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:
     last date stored before it is not stale: a registry that answered 404 by mistake serves the same
     record again, and the study must come back (an older bulk file reloaded after a removal also
     brings it back: a known limit)."""
-    if head.registry_updated is None or head.registry_updated > _latest_plausible(ctx):
+    if head.registry_updated is None or head.registry_updated > latest_plausible(utc_day(ctx.observed_at)):
         return False  # a head dated in the future (a damaged record) must not make every real one stale
     try:
         day = _last_update(record)

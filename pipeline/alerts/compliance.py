@@ -11,10 +11,11 @@ whatever the run, a rederive, a compaction or a backfill's renumbering, so the l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from pipeline.alerts.message import AlertChange
+from pipeline.dates import utc_day
 
 FDAAA_KINDS = ("overdue",)  # what ``fdaaa:`` can follow
 FDAAA_EVENT = "fdaaa_overdue"
@@ -30,11 +31,6 @@ def compliance_window(start: datetime, last_run: datetime | None, now: datetime)
     a = max(utc_day(start), utc_day(last_run)) if last_run is not None else utc_day(start)
     return min(a, b), b
 
-
-def utc_day(moment: datetime) -> date:
-    """The UTC day of ``moment``: DuckDB hands TIMESTAMPTZ values back in the machine's zone, whose
-    date can be a day off UTC's (a watch's runs would then miss a day's newly overdue trials)."""
-    return moment.astimezone(UTC).date() if moment.tzinfo is not None else moment.date()
 
 
 def overdue_alert(row: Mapping[str, Any]) -> AlertChange:
