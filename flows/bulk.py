@@ -53,7 +53,7 @@ from warehouse import Warehouse
 from warehouse.heads import HEAD_SCHEMA
 
 BULK_SCOPE = "all"  # the bulk file is the whole registry: the same scope as a plain `trialsync sync`
-# Members a shard task reads at least: small folders are grouped (``group_shards``); at the registry's
+# Members a shard task reads about: small folders are grouped (``group_shards``); at the registry's
 # size each folder (~6,000 studies) is a task of its own. Fewer, fuller part files cost less to write
 # (~1 ms a file and table) and to read. Capped so that each worker still gets two tasks or more.
 TASK_STUDIES = 2_000
@@ -159,16 +159,19 @@ def load_bulk(
 
 def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
                 workers: int | None) -> list[tuple[str, pa.Table, pa.Table]]:
-    """(task key, members, heads) of each shard task: folders grouped to ``TASK_STUDIES`` members, or
-    fewer so as to give each of ``workers`` two tasks or more (None, a cluster with no worker yet: one
-    task per folder). A group's key: ``00`` or ``00-03``."""
-    at_least = 1 if workers is None else max(1, min(TASK_STUDIES, -(-archive.members // (2 * workers))))
+    """(task key, members, heads) of each shard task, biggest first (the last tasks to start are the
+    smallest, so no worker waits long for the others at the end): folders grouped to about
+    ``TASK_STUDIES`` members, or fewer so as to give each of ``workers`` two tasks or more, in a
+    multiple of ``workers`` tasks (None, a cluster with no worker yet: one task per folder). A
+    group's key: ``00`` or ``00-03``."""
+    target = 1 if workers is None else max(1, min(TASK_STUDIES, -(-archive.members // (2 * workers))))
+    sizes = {key: shard.num_rows for key, shard in archive.shards.items()}
     tasks = []
-    for keys in group_shards({key: shard.num_rows for key, shard in archive.shards.items()}, at_least):
+    for keys in group_shards(sizes, target, workers or 1):
         members = pa.concat_tables([archive.shards[key] for key in keys])
         heads = pa.concat_tables([head_slices.get(key, HEAD_SCHEMA.empty_table()) for key in keys])
         tasks.append((keys[0] if len(keys) == 1 else f"{keys[0]}-{keys[-1]}", members, heads))
-    return tasks
+    return sorted(tasks, key=lambda task: -task[1].num_rows)  # stable: equal tasks keep folder order
 
 
 class ReadCounts:

@@ -19,14 +19,41 @@ SIZES = st.lists(st.integers(0, 50), min_size=1, max_size=100).map(
     lambda sizes: {f"{i:02d}": n for i, n in enumerate(sizes)})
 
 
-@given(SIZES, st.integers(1, 200))
-def test_groups_are_consecutive_folders_each_just_big_enough(sizes: dict[str, int], at_least: int) -> None:
-    groups = group_shards(sizes, at_least)
+@given(SIZES, st.integers(1, 200), st.integers(1, 4))
+def test_groups_are_consecutive_folders_cut_where_their_share_of_the_whole_is_reached(
+        sizes: dict[str, int], target: int, multiple: int) -> None:
+    groups = group_shards(sizes, target, multiple)
     assert [key for group in groups for key in group] == list(sizes)  # every folder once, in order
-    for group in groups[:-1]:
-        assert sum(sizes[k] for k in group) >= at_least  # big enough ...
-        assert sum(sizes[k] for k in group[:-1]) < at_least  # ... and no bigger than it needs to be
     assert all(groups)
+    total = sum(sizes.values())
+    wanted = min(len(sizes), -(-max(1, -(-total // target)) // multiple) * multiple)
+    assert len(groups) <= wanted
+    done = 0
+    for group in groups[:-1]:  # each cut: at the first folder with which the members reach the next share
+        next_share = done * wanted // total + 1
+        before = done + sum(sizes[k] for k in group[:-1])
+        done += sum(sizes[k] for k in group)
+        assert done * wanted >= next_share * total > before * wanted
+
+
+@given(st.integers(1, 100), st.integers(1, 600), st.integers(1, 3000), st.integers(1, 8))
+def test_equal_folders_make_a_multiple_of_the_workers_in_tasks_of_nearly_equal_size(
+        folders: int, per_folder: int, target: int, workers: int) -> None:
+    """25 equal tasks on 2 workers would leave one worker idle for the whole last task."""
+    groups = group_shards({f"{i:02d}": per_folder for i in range(folders)}, target, workers)
+    wanted = min(folders, -(-max(1, -(-folders * per_folder // target)) // workers) * workers)
+    assert len(groups) == wanted
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1
+
+
+def test_tasks_start_biggest_first_and_are_even_in_number_for_two_workers(tmp_path: Path) -> None:
+    folder = pa.table({"n": list(range(500))})  # 50,000 members: 25 tasks of 2,000 would be odd
+    archive = BulkArchive(tmp_path / "x.zip", {f"{i:02d}": folder for i in range(100)}, 50_000, 0, 0)
+    tasks = shard_tasks(archive, {}, workers=2)
+    sizes = [members.num_rows for _, members, _ in tasks]
+    assert len(tasks) == 26
+    assert sizes == sorted(sizes, reverse=True) and set(sizes) == {2_000, 1_500}
+    assert sum(sizes[0::2]) == sum(sizes[1::2]) == 25_000  # taken in turn, the two workers get the same
 
 
 def test_a_registry_sized_archive_keeps_one_task_per_folder(tmp_path: Path) -> None:
@@ -53,10 +80,10 @@ def test_a_small_archive_is_read_in_a_few_tasks_that_keep_every_member_and_head(
                                 "registry_updated": [None] * len(ids[::7]), "member_key": [None] * len(ids[::7])},
                                schema=HEAD_SCHEMA))
     tasks = shard_tasks(archive, index.shards(), workers=2)
-    # 1,000 members, 2 workers: groups of >= 250 (two tasks a worker), not 100 tasks of ~10.
+    # 1,000 members, 2 workers: groups of about 250 (two tasks a worker), not 100 tasks of ~10.
     assert len(tasks) == 4
-    assert tasks[0][0].startswith("00-")
-    assert all(members.num_rows >= 250 for _, members, _ in tasks[:-1])
+    assert sorted(key for key, _, _ in tasks)[0].startswith("00-")
+    assert all(200 <= members.num_rows <= 300 for _, members, _ in tasks)
     assert sorted(n for _, members, _ in tasks for n in members["nct_id"].to_pylist()) == ids
     for _, members, heads in tasks:  # each task has the heads of its own studies, and only those
         assert set(heads["nct_id"].to_pylist()) == set(members["nct_id"].to_pylist()) & set(ids[::7])

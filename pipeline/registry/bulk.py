@@ -197,19 +197,25 @@ def split_by_shard(table: pa.Table) -> dict[str, pa.Table]:
     return {key: table.filter(pc.equal(keys, key)) for key in sorted(pc.unique(keys).to_pylist())}
 
 
-def group_shards(sizes: dict[str, int], at_least: int) -> list[list[str]]:
-    """Consecutive shard keys in groups of at least ``at_least`` members (the last group may hold
-    fewer): one task per group. Each task writes one file per table, so 100 tasks for a small archive
-    would write 100 small files per table (per-file costs, footers every view reads)."""
+def group_shards(sizes: dict[str, int], target: int, multiple: int = 1) -> list[list[str]]:
+    """Consecutive shard keys in groups of about ``target`` members each, as even as the folders allow,
+    the number of groups a multiple of ``multiple`` (the workers: 25 tasks on 2 workers leave one
+    idle for the whole last task) where there are enough folders: one task per group. Each task
+    writes one file per table, so 100 tasks for a small archive would write 100 small files per table
+    (per-file costs, footers every view reads). A folder bigger than a group's share is a group."""
+    total = sum(sizes.values())
+    wanted = max(1, -(-total // max(1, target)))
+    wanted = min(len(sizes), -(-wanted // multiple) * multiple) or 1
     groups: list[list[str]] = []
     current: list[str] = []
-    count = 0
+    count, shares = 0, 1  # members so far; the group closes once they reach this many shares of the whole
     for key, size in sizes.items():
         current.append(key)
         count += size
-        if count >= at_least:
+        if count * wanted >= shares * total and len(groups) < wanted - 1:
             groups.append(current)
-            current, count = [], 0
+            current = []
+            shares = count * wanted // total + 1  # a big folder may have passed several shares
     if current:
         groups.append(current)
     return groups
