@@ -288,3 +288,20 @@ def test_the_readme_names_every_flag_of_every_command() -> None:
 
     walk(typer.main.get_command(app), "")
     assert missing == [], missing
+
+
+def test_the_progress_bar_of_a_bulk_load_shows_its_total_before_the_first_shard_is_done() -> None:
+    from rich.progress import Progress
+
+    from flows.cli.common import sync_progress_listener
+
+    bar = Progress(disable=True)
+    on_event = sync_progress_listener(bar)
+    on_event("start", {"run_id": "r", "mode": "bulk", "since": None, "scope": "all", "total": 50_000})
+    assert (bar.tasks[0].description, bar.tasks[0].total, bar.tasks[0].completed) == ("bulk sync of all", 50_000, 0)
+    on_event("page", {"number": 1, "studies": 2_000, "total": 50_000, "seen": 2_000, "versions": 1_990})
+    assert (bar.tasks[0].completed, bar.tasks[0].fields["versions"]) == (2_000, 1_990)
+    # A sync learns its total from the first page (totalCount): none at the start.
+    other = Progress(disable=True)
+    sync_progress_listener(other)("start", {"run_id": "r", "mode": "full", "since": None, "scope": "all"})
+    assert other.tasks[0].total is None

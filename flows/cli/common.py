@@ -90,21 +90,27 @@ def with_progress(run: Callable[[], dict[str, Any]], *, show_progress: bool) -> 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[versions]} new versions"), TimeElapsedColumn(),
                    console=err, disable=not show_progress or not err.is_terminal, transient=True)
-    task_id = bar.add_task("syncing", total=None, versions=0)
-
-    def on_event(event: str, data: dict[str, Any]) -> None:
-        if event == "start":
-            bar.update(task_id, description=f"{data['mode']} sync of {data['scope']}")
-        elif event == "page":
-            bar.update(task_id, completed=data["seen"], total=data["total"] or None, versions=data["versions"])
-
-    unsubscribe = progress.subscribe(on_event)
+    unsubscribe = progress.subscribe(sync_progress_listener(bar))
     quiet_prefect_failures()
     try:
         with bar:
             return run()
     finally:
         unsubscribe()
+
+
+def sync_progress_listener(bar: Progress) -> Callable[[str, dict[str, Any]], None]:
+    """A new task of ``bar`` fed by a sync's or bulk load's events. A bulk load knows its total from
+    the start (the zip's directory): the bar shows it before the first shard is done, not ``0/?``."""
+    task_id = bar.add_task("syncing", total=None, versions=0)
+
+    def on_event(event: str, data: dict[str, Any]) -> None:
+        if event == "start":
+            bar.update(task_id, description=f"{data['mode']} sync of {data['scope']}", total=data.get("total") or None)
+        elif event == "page":
+            bar.update(task_id, completed=data["seen"], total=data["total"] or None, versions=data["versions"])
+
+    return on_event
 
 
 class _LineFormatter(logging.Formatter):
