@@ -8,7 +8,9 @@ as mode ``bulk``, scope ``all``, source ``bulk``, with the newest ``lastUpdatePo
 scope's watermark, so a later ``trialsync sync`` continues incrementally from it. Shard tasks are
 plain functions of picklable jobs: they run in worker processes (both cores), or on a Dask
 cluster's workers (no Prefect there), which see the archive and the warehouse on a shared
-filesystem.
+filesystem. In a reload, the shards hold back the members whose dates cannot say whether they are
+news (new content dated as the stored version, or a study removed since); once every shard is done
+the archive's newest date decides them (``_settle_held``).
 
 Memory: a worker holds one batch of records and its shard's heads; the flow holds the archive's
 member offsets and the columnar head index (~45 + ~55 bytes a study).
@@ -19,15 +21,17 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flows import progress, settings
 from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
@@ -44,13 +48,15 @@ from flows.shards import (
 )
 from flows.sync import derive_run_changes
 from pipeline import hashing
+from pipeline.dates import latest_plausible, utc_day
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, group_shards, is_url
 from pipeline.registry.download import download
 from pipeline.scope import next_watermark
-from pipeline.versioning import RunContext
+from pipeline.versioning import RunContext, SameDay
 from warehouse import Warehouse
-from warehouse.heads import HEAD_SCHEMA
+from warehouse.heads import HEAD_SCHEMA, HeadIndex
+from warehouse.parts import StagedFile
 
 BULK_SCOPE = "all"  # the bulk file is the whole registry: the same scope as a plain `trialsync sync`
 # Members a shard task reads about: small folders are grouped (``group_shards``); at the registry's
@@ -108,11 +114,14 @@ def load_bulk(
         previous_watermark = next_watermark(run.watermark(BULK_SCOPE), None, started.date())
         baseline = not run.has_runs(BULK_SCOPE)
         first_load = not run.manifest.files("study_versions")
-        head_slices = run.head_index().shards()
+        head_index = run.head_index()
+        head_slices = head_index.shards()
         ctx = RunContext(run_id, started, "bulk")
+        same_day: SameDay = "new" if first_load else "hold"  # decided once the archive's date is known
         progress.emit("start", run_id=run_id, mode="bulk", since=None, scope=BULK_SCOPE, total=archive.members)
         with pool as (executor, workers):  # closed (its workers gone) before the changes and the commit
-            jobs = [ShardJob(str(archive.path), key, members, heads, ctx, str(run.dir), batch_size, verify, sample)
+            jobs = [ShardJob(str(archive.path), key, members, heads, ctx, str(run.dir), batch_size, verify, sample,
+                             same_day)
                     for key, members, heads in shard_tasks(archive, head_slices, workers)]
             futures = [load_shard.submit(job, executor) for job in jobs]
             totals = RunTotals(total_count=archive.members)
@@ -133,6 +142,10 @@ def load_bulk(
                     _shutdown(executor)
                 wait(futures)
                 raise
+        if reading.held:
+            everything = ShardJob(str(archive.path), "held", pa.concat_tables(list(archive.shards.values())),
+                                  head_index.table, ctx, str(run.dir), batch_size)
+            _settle_held(head_index, reading, totals, everything, run.adopt)
         totals.watermark = next_watermark(previous_watermark, totals.watermark, started.date())
         # A first load adds first versions, with no change to derive, except for studies the archive
         # lists more than once with different content: their later versions are changes.
@@ -174,6 +187,40 @@ def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
     return sorted(tasks, key=lambda task: -task[1].num_rows)  # stable: equal tasks keep folder order
 
 
+def _settle_held(head_index: HeadIndex, reading: ReadCounts, totals: RunTotals,
+                 template: ShardJob, adopt: Callable[[list[StagedFile]], None]) -> None:
+    """Plan the members the shards held back: new content (or a removed study) dated the same day as
+    the stored version. From an archive as new as what the warehouse holds, they are new versions (the
+    registry edits records without moving the date, and serves again a study it 404'd by mistake);
+    from an older archive (its newest registry date, ``totals.watermark`` here, is before the
+    warehouse's) they are stale: reloading last month's zip must not take studies back to what they
+    said then, nor bring back a study removed since."""
+    held = pa.array(sorted(reading.held), pa.int64())
+    members = template.members.filter(pc.is_in(template.members["header_offset"], value_set=held))
+    members = members.sort_by("header_offset")  # the archive's order
+    heads = template.heads.filter(pc.is_in(template.heads["nct_id"], value_set=pc.unique(members["nct_id"])))
+    holds = newest_plausible(head_index.table["registry_updated"], template.ctx.observed_at)
+    older = totals.watermark is not None and holds is not None and totals.watermark < holds
+    reading.held.clear()
+    shard = load_shard(replace(template, members=members, heads=heads, sample=0.0,
+                               same_day="stale" if older else "new"))
+    adopt(shard.parts)
+    _add(totals, shard)
+    reading.add(shard)
+    if older:
+        get_run_logger().warning(
+            "bulk load: the archive's newest registry date (%s) is older than the warehouse's (%s): %d record(s) "
+            "dated as their stored versions but different, or of studies removed since, are stale", totals.watermark,
+            holds, len(shard.stale))
+
+
+def newest_plausible(dates: pa.ChunkedArray, observed_at: datetime) -> date | None:
+    """The newest of ``dates`` that is not past the run's next day (a damaged record's 2099 is no date)."""
+    plausible = dates.filter(pc.less_equal(dates, pa.scalar(latest_plausible(utc_day(observed_at)), pa.date32())))
+    newest = pc.max(plausible).as_py()
+    return newest if isinstance(newest, date) else None
+
+
 class ReadCounts:
     """How many members the run skipped for their key, re-hashed as the sampled check, found wrong;
     which studies new to the warehouse it gave more than one version (listed more than once)."""
@@ -182,10 +229,12 @@ class ReadCounts:
         self.unread = self.sampled = self.verified_shards = 0
         self.mismatched: list[str] = []
         self.repeated: list[str] = []
+        self.held: list[int] = []  # members held back by the shards (``_settle_held``)
         self.canonicalisers: set[str] = set()
 
     def add(self, shard: ShardResult) -> None:
         self.repeated += shard.repeated
+        self.held += shard.held
         self.unread += shard.unread
         self.sampled += shard.sampled
         self.mismatched += shard.mismatched

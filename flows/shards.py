@@ -33,7 +33,7 @@ import pyarrow as pa
 from pipeline.hashing import content_hash, implementation
 from pipeline.parse import record_nct_id
 from pipeline.registry.bulk import Member, MemberReader, member_key, members
-from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
+from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, SameDay, plan_batch
 from warehouse.heads import to_dict
 from warehouse.parts import PartWriter, StagedFile
 
@@ -61,6 +61,7 @@ class ShardJob:
     batch_size: int = DEFAULT_BATCH_SIZE
     verify: bool = False  # read and hash every member (no member is skipped for its key)
     sample: float = DEFAULT_SAMPLE  # the share of skippable members re-hashed as a check
+    same_day: SameDay = "new"  # a member with new content dated as its head (``plan_batch``): "hold" in a reload
 
 
 @dataclass
@@ -80,6 +81,7 @@ class ShardResult:
     unknown_fields: dict[str, int] = field(default_factory=dict)  # keys the schema does not know -> records
     newest_update: date | None = None
     parts: list[StagedFile] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)  # members (header offsets) held back (``ShardJob.same_day``)
     seconds: float = 0.0
     canonicaliser: str = field(default_factory=implementation)  # of the process that ran the shard
 
@@ -93,12 +95,13 @@ def process_shard(job: ShardJob) -> ShardResult:
     writer = PartWriter(run_dir, job.key)
     try:
         with MemberReader(job.archive) as reader, _gc_paused():
-            skip = _skippable(reader, job, heads, result)
+            twice = _listed_twice(job.members)
+            skip = _skippable(reader, job, heads, result, twice)
             for start in range(0, job.members.num_rows, job.batch_size):
                 if (run_dir / CANCEL_MARKER).exists():
                     raise ShardCancelled(f"shard {job.key}: the run was cancelled")
-                _process_batch(reader, members(job.members.slice(start, job.batch_size)), skip, heads, job.ctx,
-                               writer, result)
+                _process_batch(reader, members(job.members.slice(start, job.batch_size)), skip, heads, job,
+                               writer, result, twice)
         result.parts = writer.close()
     except BaseException:
         writer.abort()
@@ -108,12 +111,15 @@ def process_shard(job: ShardJob) -> ShardResult:
 
 
 def _process_batch(reader: MemberReader, batch: list[Member], skip: set[int], heads: dict[str, Head],
-                   ctx: RunContext, writer: PartWriter, result: ShardResult) -> None:
+                   job: ShardJob, writer: PartWriter, result: ShardResult, twice: set[str]) -> None:
     """Plan and stage one batch. A function of its own so that the batch's objects are freed when it
     returns: the cyclic collector, switched on again after the shard, would otherwise walk the last
     batch's ~100,000 objects (~30 ms a shard)."""
+    ctx = job.ctx
     unread = [m for m in batch if m.header_offset in skip]
-    plan = _plan(reader, [m for m in batch if m.header_offset not in skip] if unread else batch, heads, ctx)
+    plan, held = _plan(reader, [m for m in batch if m.header_offset not in skip] if unread else batch, heads, ctx,
+                       job.same_day, twice)
+    result.held += held
     for member in unread:
         head = heads[member.nct_id]
         plan.seen.append((member.nct_id, head.version))
@@ -123,10 +129,17 @@ def _process_batch(reader: MemberReader, batch: list[Member], skip: set[int], he
     result.unread += len(unread)
     writer.append_plan(plan, ctx)
     heads.update(plan.heads)
-    _count(result, plan, len(batch))
+    _count(result, plan, len(batch) - len(held))
 
 
-def _skippable(reader: MemberReader, job: ShardJob, heads: dict[str, Head], result: ShardResult) -> set[int]:
+def _listed_twice(listed: pa.Table) -> set[str]:
+    """Studies the shard lists more than once (their members are versions in turn)."""
+    counts = Counter(listed["nct_id"].to_pylist())
+    return {nct for nct, n in counts.items() if n > 1}
+
+
+def _skippable(reader: MemberReader, job: ShardJob, heads: dict[str, Head], result: ShardResult,
+               twice: set[str]) -> set[int]:
     """The members (by offset) that need not be read (see the module's doc), after the sampled check."""
     run_dir = Path(job.run_dir)
     if job.verify or (run_dir / VERIFY_MARKER).exists():
@@ -134,14 +147,12 @@ def _skippable(reader: MemberReader, job: ShardJob, heads: dict[str, Head], resu
         return set()
     skip: set[int] = set()
     threshold = int(job.sample * 2 ** 32)
-    listed = members(job.members)
     # A study listed twice (a shard holds all of a study's members): its members are versions in turn,
     # so one that matches the head may still be the study's last word after one that does not.
-    counts = Counter(m.nct_id for m in listed)
-    for member in listed:
+    for member in members(job.members):
         head = heads.get(member.nct_id)
         if (head is None or head.is_removed or head.member_key != member_key(member)
-                or counts[member.nct_id] > 1):
+                or member.nct_id in twice):
             continue
         if _drawn(job.ctx.run_id, member.nct_id, threshold):
             result.sampled += 1
@@ -166,8 +177,10 @@ def _drawn(run_id: str, nct_id: str, threshold: int) -> bool:
     return int.from_bytes(digest, "big") < threshold
 
 
-def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx: RunContext) -> BatchPlan:
-    records, raws, keys, names, broken = [], [], [], [], []
+def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx: RunContext,
+          same_day: SameDay = "new", twice: set[str] | frozenset[str] = frozenset()) -> tuple[BatchPlan, list[int]]:
+    """The batch's plan, and the members it held back (header offsets; see ``ShardJob.same_day``)."""
+    records, raws, keys, names, broken, planned = [], [], [], [], [], []
     for member in batch:
         if member.file_size > MAX_MEMBER_BYTES:  # not inflated: a zip bomb would fill memory
             broken.append(Quarantined(member.nct_id, f"the member inflates to {member.file_size} bytes, over the "
@@ -189,9 +202,11 @@ def _plan(reader: MemberReader, batch: list[Member], heads: dict[str, Head], ctx
         # Compact members are stored as the registry wrote them; indented ones are compacted.
         raws.append(data if b"\n" not in data else orjson.dumps(records[-1]))
         keys.append(member_key(member))
-    plan = plan_batch(records, heads, ctx, raws=raws, member_keys=keys, nct_ids=names)
+        planned.append(member.header_offset)
+    plan = plan_batch(records, heads, ctx, raws=raws, member_keys=keys, nct_ids=names, same_day=same_day,
+                      always_new=twice)
     plan.quarantined.extend(broken)
-    return plan
+    return plan, [planned[i] for i in plan.held]
 
 
 def _not_its_study(member: Member, record: object) -> str | None:

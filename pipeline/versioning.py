@@ -13,10 +13,10 @@ observation day so that versions never overlap (``warehouse.validity``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -25,6 +25,8 @@ from pipeline.errors import RecordInvalid
 from pipeline.flatten import ChildRows, flatten
 from pipeline.hashing import content_hash, hash_and_unknown
 from pipeline.parse import StudyCore, parse_record, record_nct_id
+
+SameDay = Literal["new", "stale", "hold"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class BatchPlan:
     heads: dict[str, Head] = field(default_factory=dict)  # new heads, to overlay on the input
     newest_update: date | None = None  # the latest lastUpdatePostDate in the batch (the watermark)
     child_rows: ChildRows = field(default_factory=ChildRows)  # the new versions' child-table rows
+    held: list[int] = field(default_factory=list)  # indexes of records held back (``same_day="hold"``)
 
     @property
     def new_studies(self) -> int:
@@ -92,6 +95,8 @@ def plan_batch(
     raws: Sequence[bytes] | None = None,
     member_keys: Sequence[int] | None = None,
     nct_ids: Sequence[str] | None = None,
+    same_day: SameDay = "new",
+    always_new: Collection[str] = (),
 ) -> BatchPlan:
     """Versions to store for ``records`` given the current ``heads``.
 
@@ -101,7 +106,13 @@ def plan_batch(
     JSON text, stored as is instead of serialising the record again (a bulk file's members);
     ``member_keys``: the members' keys (``pipeline.registry.bulk.member_key``), stored with each version;
     ``nct_ids``: the study each record was found under (a member's file name), for the quarantine row of a
-    record that does not say its own.
+    record that does not say its own; ``same_day``: what becomes of a record with new content (or of a
+    removed study) dated the same day as its study's head: a new version (``new``: a live registry
+    edits records without moving the date, and serves a study it 404'd by mistake again), ``stale``
+    (it comes from a bulk file older than what the warehouse holds), or ``hold`` (not decided yet:
+    its index goes to ``held``; see ``flows.bulk``); ``always_new``: studies whose such records are new
+    versions whatever ``same_day`` says (a bulk file that lists a study twice: its members are its
+    versions in turn, so none may wait for the others).
     """
     plan = BatchPlan()
     for index, record in enumerate(records):
@@ -109,16 +120,23 @@ def plan_batch(
         key = member_keys[index] if member_keys is not None else None
         nct_hint = record_nct_id(record) if isinstance(record, Mapping) else None
         digest, unknown = hash_and_unknown(record) if nct_hint else (None, frozenset[str]())
+        head = (plan.heads.get(nct_hint) or heads.get(nct_hint)) if nct_hint else None
+        same = nct_hint and head is not None and head.content_hash == digest and not head.is_removed
+        if (not same and nct_hint and head is not None and same_day == "hold" and nct_hint not in always_new
+                and _is_same_day(record, head, ctx)):
+            plan.held.append(index)  # counted (unknown fields too) when it is decided
+            continue
         for path in unknown:
             plan.unknown_fields[path] = plan.unknown_fields.get(path, 0) + 1
-        head = (plan.heads.get(nct_hint) or heads.get(nct_hint)) if nct_hint else None
-        if nct_hint and head is not None and head.content_hash == digest and not head.is_removed:
+        if same and nct_hint and head is not None:
             plan.unchanged += 1
             plan.seen.append((nct_hint, head.version))
             _note_update(plan, _last_update(record))
             continue
-        if nct_hint and head is not None and _is_stale(record, head, ctx):  # removed heads too: a lagging
-            # replica's old record of a study the registry removed is no reappearance
+        if nct_hint and head is not None and (
+                _is_stale(record, head, ctx)  # removed heads too: a lagging replica's old record of a
+                # study the registry removed is no reappearance
+                or (same_day == "stale" and nct_hint not in always_new and _is_same_day(record, head, ctx))):
             plan.stale.append(nct_hint)
             plan.seen.append((nct_hint, head.version))  # still published: seen, at the version we hold
             continue
@@ -160,8 +178,8 @@ def _is_stale(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:
     """The record's registry date is earlier than the stored head's (an unreadable date is not stale:
     the record goes on to be validated, and quarantined if it is bad). After a removal, a record of the
     last date stored before it is not stale: a registry that answered 404 by mistake serves the same
-    record again, and the study must come back (an older bulk file reloaded after a removal also
-    brings it back: a known limit)."""
+    record again, and the study must come back (unless it comes from a bulk file older than the
+    warehouse: ``same_day``)."""
     if head.registry_updated is None or head.registry_updated > latest_plausible(utc_day(ctx.observed_at)):
         return False  # a head dated in the future (a damaged record) must not make every real one stale
     try:
@@ -169,6 +187,16 @@ def _is_stale(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:
     except (KeyError, TypeError, AttributeError, RecordInvalid):
         return False
     return day is not None and day < head.registry_updated
+
+
+def _is_same_day(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:
+    """The record's registry date is its study's stored head's (a plausible one)."""
+    if head.registry_updated is None or head.registry_updated > latest_plausible(utc_day(ctx.observed_at)):
+        return False
+    try:
+        return _last_update(record) == head.registry_updated
+    except (KeyError, TypeError, AttributeError, RecordInvalid):
+        return False
 
 
 def _last_update(record: Mapping[str, Any]) -> date | None:

@@ -461,3 +461,30 @@ def test_a_head_dated_in_the_future_does_not_make_every_later_record_stale() -> 
     assert (plan.stale, [v.version for v in plan.versions]) == ([], [2])
     plausible = {"NCT05766735": Head(1, "x", registry_updated=date(2026, 6, 2))}  # the run's next day
     assert plan_batch([real], plausible, CTX).stale == ["NCT05766735"]
+
+
+def test_a_same_day_record_with_new_content_is_a_version_stale_or_held_as_asked() -> None:
+    """``same_day`` decides a record dated as its head but different (or of a removed study): a live
+    registry's edit (new), an older bulk file's (stale), or not yet known (held, counted later)."""
+    real = by_id("NCT05766735")
+    day = date(2026, 4, 9)
+    edited = mutate.set_enrollment(real, 7)  # same lastUpdatePostDate, new content
+    head = Head(1, content_hash(real), registry_updated=day)
+    removed = Head(2, "removed", is_removed=True, registry_updated=day)
+    assert mutate._status(real)["lastUpdatePostDateStruct"]["date"] == day.isoformat()
+    for heads in ({"NCT05766735": head}, {"NCT05766735": removed}):
+        new = plan_batch([edited], heads, CTX)
+        assert ([v.version for v in new.versions], new.stale, new.held) == ([heads["NCT05766735"].version + 1], [], [])
+        stale = plan_batch([edited], heads, CTX, same_day="stale")
+        assert (stale.versions, stale.stale, stale.seen) == ([], ["NCT05766735"], [("NCT05766735",
+                                                                                    heads["NCT05766735"].version)])
+        held = plan_batch([real, edited], heads, CTX, same_day="hold")
+        assert (held.held, held.seen, held.stale, held.unknown_fields) == (
+            ([0, 1], [], [], {}) if heads["NCT05766735"].is_removed else ([1], [("NCT05766735", 1)], [], {}))
+        exempt = plan_batch([edited], heads, CTX, same_day="stale", always_new={"NCT05766735"})
+        assert ([v.version for v in exempt.versions], exempt.stale) == ([heads["NCT05766735"].version + 1], [])
+    # A later date is news and an earlier one stale whatever ``same_day`` says.
+    later = mutate.posted_on(edited, day + timedelta(days=3))
+    assert [v.version for v in plan_batch([later], {"NCT05766735": head}, CTX, same_day="stale").versions] == [2]
+    earlier = mutate.posted_on(edited, day - timedelta(days=3))
+    assert plan_batch([earlier], {"NCT05766735": head}, CTX, same_day="hold").stale == ["NCT05766735"]
