@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,13 @@ from flows.shards import (
 )
 from flows.sync import derive_run_changes
 from pipeline import hashing
-from pipeline.dates import latest_plausible, utc_day
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, group_shards, is_url
 from pipeline.registry.download import download
 from pipeline.scope import next_watermark
 from pipeline.versioning import RunContext, SameDay
 from warehouse import Warehouse
-from warehouse.heads import HEAD_SCHEMA, HeadIndex
+from warehouse.heads import HEAD_SCHEMA
 from warehouse.parts import StagedFile
 
 BULK_SCOPE = "all"  # the bulk file is the whole registry: the same scope as a plain `trialsync sync`
@@ -145,7 +144,7 @@ def load_bulk(
         if reading.held:
             everything = ShardJob(str(archive.path), "held", pa.concat_tables(list(archive.shards.values())),
                                   head_index.table, ctx, str(run.dir), batch_size)
-            _settle_held(head_index, reading, totals, everything, run.adopt)
+            _settle_held(reading, totals, everything, run.adopt)
         totals.watermark = next_watermark(previous_watermark, totals.watermark, started.date())
         # A first load adds first versions, with no change to derive, except for studies the archive
         # lists more than once with different content: their later versions are changes.
@@ -187,38 +186,29 @@ def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],
     return sorted(tasks, key=lambda task: -task[1].num_rows)  # stable: equal tasks keep folder order
 
 
-def _settle_held(head_index: HeadIndex, reading: ReadCounts, totals: RunTotals,
-                 template: ShardJob, adopt: Callable[[list[StagedFile]], None]) -> None:
+def _settle_held(reading: ReadCounts, totals: RunTotals, template: ShardJob,
+                 adopt: Callable[[list[StagedFile]], None]) -> None:
     """Plan the members the shards held back: new content (or a removed study) dated the same day as
-    the stored version. From an archive as new as what the warehouse holds, they are new versions (the
-    registry edits records without moving the date, and serves again a study it 404'd by mistake);
-    from an older archive (its newest registry date, ``totals.watermark`` here, is before the
-    warehouse's) they are stale: reloading last month's zip must not take studies back to what they
-    said then, nor bring back a study removed since."""
+    the stored version. Stale where the archive predates the stored version (its newest registry
+    date, ``totals.watermark`` here, is more than a day before the version was stored): reloading
+    last month's zip must not take studies back to what they said then, nor bring back a study
+    removed since. News otherwise: the registry edits records without moving the date, and serves
+    again a study it 404'd by mistake."""
     held = pa.array(sorted(reading.held), pa.int64())
     members = template.members.filter(pc.is_in(template.members["header_offset"], value_set=held))
     members = members.sort_by("header_offset")  # the archive's order
     heads = template.heads.filter(pc.is_in(template.heads["nct_id"], value_set=pc.unique(members["nct_id"])))
-    holds = newest_plausible(head_index.table["registry_updated"], template.ctx.observed_at)
-    older = totals.watermark is not None and holds is not None and totals.watermark < holds
     reading.held.clear()
     shard = load_shard(replace(template, members=members, heads=heads, sample=0.0,
-                               same_day="stale" if older else "new"))
+                               same_day=totals.watermark or "new"))
     adopt(shard.parts)
     _add(totals, shard)
     reading.add(shard)
-    if older:
+    if shard.stale:
         get_run_logger().warning(
-            "bulk load: the archive's newest registry date (%s) is older than the warehouse's (%s): %d record(s) "
-            "dated as their stored versions but different, or of studies removed since, are stale", totals.watermark,
-            holds, len(shard.stale))
-
-
-def newest_plausible(dates: pa.ChunkedArray, observed_at: datetime) -> date | None:
-    """The newest of ``dates`` that is not past the run's next day (a damaged record's 2099 is no date)."""
-    plausible = dates.filter(pc.less_equal(dates, pa.scalar(latest_plausible(utc_day(observed_at)), pa.date32())))
-    newest = pc.max(plausible).as_py()
-    return newest if isinstance(newest, date) else None
+            "bulk load: the archive's newest registry date is %s: %d record(s) dated as their stored versions "
+            "but different, or of studies removed since, are older than what the warehouse holds (stale)",
+            totals.watermark, len(shard.stale))
 
 
 class ReadCounts:

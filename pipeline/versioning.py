@@ -26,7 +26,8 @@ from pipeline.flatten import ChildRows, flatten
 from pipeline.hashing import content_hash, hash_and_unknown
 from pipeline.parse import StudyCore, parse_record, record_nct_id
 
-SameDay = Literal["new", "stale", "hold"]
+# What becomes of a record with new content dated the same day as its study's head (``plan_batch``).
+SameDay = Literal["new", "hold"] | date
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Head:
     is_removed: bool = False
     registry_updated: date | None = None  # the stored version's lastUpdatePostDate
     member_key: int | None = None  # the bulk member it was read from (pipeline.registry.bulk.member_key)
+    observed_on: date | None = None  # the (UTC) day it was stored
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,11 @@ def plan_batch(
     ``nct_ids``: the study each record was found under (a member's file name), for the quarantine row of a
     record that does not say its own; ``same_day``: what becomes of a record with new content (or of a
     removed study) dated the same day as its study's head: a new version (``new``: a live registry
-    edits records without moving the date, and serves a study it 404'd by mistake again), ``stale``
-    (it comes from a bulk file older than what the warehouse holds), or ``hold`` (not decided yet:
-    its index goes to ``held``; see ``flows.bulk``); ``always_new``: studies whose such records are new
-    versions whatever ``same_day`` says (a bulk file that lists a study twice: its members are its
-    versions in turn, so none may wait for the others).
+    edits records without moving the date, and serves a study it 404'd by mistake again), ``hold``
+    (not decided yet: its index goes to ``held``; see ``flows.bulk``), or, given the newest registry
+    date of the bulk file it comes from, stale where that file predates the head (``archive_predates``);
+    ``always_new``: studies whose such records are new versions whatever ``same_day`` says (a bulk
+    file that lists a study twice: its members are its versions in turn, so none may wait for the others).
     """
     plan = BatchPlan()
     for index, record in enumerate(records):
@@ -136,7 +138,8 @@ def plan_batch(
         if nct_hint and head is not None and (
                 _is_stale(record, head, ctx)  # removed heads too: a lagging replica's old record of a
                 # study the registry removed is no reappearance
-                or (same_day == "stale" and nct_hint not in always_new and _is_same_day(record, head, ctx))):
+                or (isinstance(same_day, date) and nct_hint not in always_new and archive_predates(same_day, head)
+                    and _is_same_day(record, head, ctx))):
             plan.stale.append(nct_hint)
             plan.seen.append((nct_hint, head.version))  # still published: seen, at the version we hold
             continue
@@ -187,6 +190,13 @@ def _is_stale(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:
     except (KeyError, TypeError, AttributeError, RecordInvalid):
         return False
     return day is not None and day < head.registry_updated
+
+
+def archive_predates(newest: date, head: Head) -> bool:
+    """A bulk file whose newest registry date is ``newest`` was made before ``head`` was stored: the
+    registry writes the file nightly, so it is at most a day past its newest date (a day of doubt
+    is given to the file: it is news then)."""
+    return head.observed_on is not None and (head.observed_on - newest).days > 1
 
 
 def _is_same_day(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:

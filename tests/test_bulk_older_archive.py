@@ -44,19 +44,21 @@ def _posted(record: dict[str, Any]) -> date:
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``old.zip`` and ``new.zip``: in the new one, study ``edited`` gained submissionTracking without a
-    new post date, and study ``updated`` was posted after every date of the old one."""
+    new post date, and study ``updated`` was posted today (the new file is current, as the registry's
+    nightly file is; the old one's newest date is months back)."""
     out = tmp_path_factory.mktemp("older")
     corpus.generate(STUDIES_DIR, SIZE, out)
     old = out / "base.zip"
     members = _members(old)
-    newest = max(map(_posted, members.values()))
+    today = datetime.now(UTC).date()
+    assert max(map(_posted, members.values())) < today - timedelta(days=30)
     names = [n for n, r in members.items()
              if "submissionTracking" not in r.get("derivedSection", {}).get("miscInfoModule", {})]
     edited_name, updated_name, removed_name = names[:3]
     edited = members[edited_name]
     tracking = load(STUDIES_DIR / "NCT05973799.json")["derivedSection"]["miscInfoModule"]["submissionTracking"]
     edited.setdefault("derivedSection", {}).setdefault("miscInfoModule", {})["submissionTracking"] = tracking
-    updated = mutate.posted_on(mutate.set_status(members[updated_name], "WITHDRAWN"), newest + timedelta(days=5))
+    updated = mutate.posted_on(mutate.set_status(members[updated_name], "WITHDRAWN"), today)
     new_members = {edited_name: edited, updated_name: updated}
     new = rewrite(old, out / "new.zip", lambda n, data: orjson.dumps(new_members[n]) if n in new_members else data)
     return {"old": old, "new": new, "edited": _nct(edited), "updated": _nct(updated),

@@ -8,7 +8,7 @@ import json
 import shutil
 import zipfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from bench import corpus
 from flows.bulk import run_load_bulk
 from flows.shards import ShardJob, process_shard
-from pipeline import hashing
+from pipeline import hashing, mutate
 from pipeline.registry.bulk import BulkArchive
 from pipeline.versioning import RunContext
 from tests.conftest import STUDIES_DIR, load
@@ -117,15 +117,29 @@ def test_a_submission_tracking_change_without_a_new_post_date_is_a_version_with_
     tracking = load(STUDIES_DIR / "NCT05973799.json")["derivedSection"]["miscInfoModule"]["submissionTracking"]
     record.setdefault("derivedSection", {}).setdefault("miscInfoModule", {})["submissionTracking"] = tracking
     nct_id = record["protocolSection"]["identificationModule"]["nctId"]
-    changed = rewrite(base, tmp_path / "tracking.zip", lambda n, data: orjson.dumps(record) if n == name else data)
+    # The registry's nightly file is current: some study was posted yesterday (an archive whose newest
+    # date is long before the warehouse stored its versions is an older file: tests/test_bulk_older_archive.py).
+    other, posted = next((n, r) for n, r in _records(base) if n != name)
+    posted = mutate.posted_on(posted, datetime.now(UTC).date() - timedelta(days=1))
+    edits = {name: orjson.dumps(record), other: orjson.dumps(posted)}
+    changed = rewrite(base, tmp_path / "tracking.zip", lambda n, data: edits.get(n, data))
     summary = load_bulk(changed, loaded)
     params = run_params(loaded, summary["run_id"])
-    assert summary["versions_written"] == 1
-    assert query(loaded, "SELECT nct_id, version FROM study_versions WHERE run_id = ?",
-                 [summary["run_id"]]) == [(nct_id, 2)]
+    assert summary["versions_written"] == 2
+    assert sorted(query(loaded, "SELECT nct_id, version FROM study_versions WHERE run_id = ?",
+                        [summary["run_id"]])) == sorted([(nct_id, 2), (_nct(posted), 2)])
     assert sorted(query(loaded, "SELECT event, new_value FROM changes WHERE nct_id = ? AND to_version = 2",
                         [nct_id])) == [("results_returned", "2025-09-04"), ("results_submitted", "2025-08-14")]
-    assert int(params["unread"]) + int(params["sampled"]) == SIZE - 1
+    assert int(params["unread"]) + int(params["sampled"]) == SIZE - 2
+
+
+def _records(source: Path) -> list[tuple[str, dict[str, Any]]]:
+    with zipfile.ZipFile(source) as zf:
+        return [(info.filename, orjson.loads(zf.read(info))) for info in zf.infolist()]
+
+
+def _nct(record: dict[str, Any]) -> str:
+    return str(record["protocolSection"]["identificationModule"]["nctId"])
 
 
 def test_a_member_whose_bytes_changed_is_always_read(base: Path, loaded: Path, tmp_path: Path) -> None:

@@ -69,11 +69,15 @@ def test_the_head_index_gives_a_removed_study_the_latest_registry_date_it_had() 
 
     con = duckdb.connect()
     con.execute("CREATE TABLE raw_study_versions (nct_id VARCHAR, version INT, content_hash VARCHAR, "
-                "is_removed BOOLEAN, registry_updated DATE, member_key BIGINT)")
-    con.execute("INSERT INTO raw_study_versions VALUES ('NCT05766735', 1, 'a', false, DATE '2026-04-09', 7), "
-                "('NCT05766735', 2, 'b', false, DATE '2026-05-16', 8), ('NCT05766735', 3, 'b', true, NULL, NULL)")
+                "is_removed BOOLEAN, registry_updated DATE, member_key BIGINT, observed_at TIMESTAMPTZ)")
+    con.execute("SET TimeZone = 'America/Los_Angeles'")  # the day a version was stored is a UTC day
+    con.execute("INSERT INTO raw_study_versions VALUES "
+                "('NCT05766735', 1, 'a', false, DATE '2026-04-09', 7, TIMESTAMPTZ '2026-04-10 01:00:00+00'), "
+                "('NCT05766735', 2, 'b', false, DATE '2026-05-16', 8, TIMESTAMPTZ '2026-05-17 01:00:00+00'), "
+                "('NCT05766735', 3, 'b', true, NULL, NULL, TIMESTAMPTZ '2026-07-02 23:30:00+00')")
     # (the removal marker's member key is NULL: a removed study's member is always read again)
-    assert con.execute(HEADS_SQL).fetchall() == [("NCT05766735", 3, "b", True, date(2026, 5, 16), None)]
+    assert con.execute(HEADS_SQL).fetchall() == [("NCT05766735", 3, "b", True, date(2026, 5, 16), None,
+                                                  date(2026, 7, 2))]
 
 
 def test_same_registry_date_and_new_content_is_a_version_not_stale() -> None:
@@ -465,26 +469,32 @@ def test_a_head_dated_in_the_future_does_not_make_every_later_record_stale() -> 
 
 def test_a_same_day_record_with_new_content_is_a_version_stale_or_held_as_asked() -> None:
     """``same_day`` decides a record dated as its head but different (or of a removed study): a live
-    registry's edit (new), an older bulk file's (stale), or not yet known (held, counted later)."""
+    registry's edit (new), not known yet (held, counted later), or from a bulk file whose newest date
+    is given: stale where that file was made before the head was stored."""
     real = by_id("NCT05766735")
     day = date(2026, 4, 9)
     edited = mutate.set_enrollment(real, 7)  # same lastUpdatePostDate, new content
-    head = Head(1, content_hash(real), registry_updated=day)
-    removed = Head(2, "removed", is_removed=True, registry_updated=day)
+    stored = date(2026, 5, 20)
+    head = Head(1, content_hash(real), registry_updated=day, observed_on=stored)
+    removed = Head(2, "removed", is_removed=True, registry_updated=day, observed_on=stored)
     assert mutate._status(real)["lastUpdatePostDateStruct"]["date"] == day.isoformat()
     for heads in ({"NCT05766735": head}, {"NCT05766735": removed}):
+        version = heads["NCT05766735"].version
         new = plan_batch([edited], heads, CTX)
-        assert ([v.version for v in new.versions], new.stale, new.held) == ([heads["NCT05766735"].version + 1], [], [])
-        stale = plan_batch([edited], heads, CTX, same_day="stale")
-        assert (stale.versions, stale.stale, stale.seen) == ([], ["NCT05766735"], [("NCT05766735",
-                                                                                    heads["NCT05766735"].version)])
+        assert ([v.version for v in new.versions], new.stale, new.held) == ([version + 1], [], [])
         held = plan_batch([real, edited], heads, CTX, same_day="hold")
         assert (held.held, held.seen, held.stale, held.unknown_fields) == (
             ([0, 1], [], [], {}) if heads["NCT05766735"].is_removed else ([1], [("NCT05766735", 1)], [], {}))
-        exempt = plan_batch([edited], heads, CTX, same_day="stale", always_new={"NCT05766735"})
-        assert ([v.version for v in exempt.versions], exempt.stale) == ([heads["NCT05766735"].version + 1], [])
+        older = plan_batch([edited], heads, CTX, same_day=stored - timedelta(days=2))  # made before it was stored
+        assert (older.versions, older.stale, older.seen) == ([], ["NCT05766735"], [("NCT05766735", version)])
+        for newest in (stored - timedelta(days=1), stored, stored + timedelta(days=9)):  # as new as the head
+            current = plan_batch([edited], heads, CTX, same_day=newest)
+            assert ([v.version for v in current.versions], current.stale) == ([version + 1], [])
+        exempt = plan_batch([edited], heads, CTX, same_day=stored - timedelta(days=30), always_new={"NCT05766735"})
+        assert ([v.version for v in exempt.versions], exempt.stale) == ([version + 1], [])
     # A later date is news and an earlier one stale whatever ``same_day`` says.
+    long_ago = stored - timedelta(days=30)
     later = mutate.posted_on(edited, day + timedelta(days=3))
-    assert [v.version for v in plan_batch([later], {"NCT05766735": head}, CTX, same_day="stale").versions] == [2]
+    assert [v.version for v in plan_batch([later], {"NCT05766735": head}, CTX, same_day=long_ago).versions] == [2]
     earlier = mutate.posted_on(edited, day - timedelta(days=3))
     assert plan_batch([earlier], {"NCT05766735": head}, CTX, same_day="hold").stale == ["NCT05766735"]

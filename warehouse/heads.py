@@ -23,12 +23,14 @@ HEAD_SCHEMA = pa.schema([
     pa.field("is_removed", pa.bool_()),
     pa.field("registry_updated", pa.date32()),  # a fetched record older than this is stale
     pa.field("member_key", pa.int64()),  # the bulk member the head was read from (size << 32 | CRC-32)
+    pa.field("observed_on", pa.date32()),  # the UTC day the head was stored (an older bulk file's is stale)
 ])
 
 # registry_updated: the latest registry date any stored version of the study had (a removal marker
 # has none of its own): a fetched record older than it is stale, also after a removal.
 HEADS_SQL = ("SELECT nct_id, version, content_hash, is_removed, "
-             "max(registry_updated) OVER (PARTITION BY nct_id) AS registry_updated, member_key FROM raw_study_versions "
+             "max(registry_updated) OVER (PARTITION BY nct_id) AS registry_updated, member_key, "
+             "CAST(timezone('UTC', observed_at) AS DATE) AS observed_on FROM raw_study_versions "
              "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1")
 
 
@@ -62,5 +64,5 @@ class HeadIndex:
 
 def to_dict(table: pa.Table) -> dict[str, Head]:
     columns = [table[name].to_pylist() for name in HEAD_SCHEMA.names]
-    return {nct: Head(version, digest, bool(removed), updated, key)
-            for nct, version, digest, removed, updated, key in zip(*columns, strict=True)}
+    return {nct: Head(version, digest, bool(removed), updated, key, observed)
+            for nct, version, digest, removed, updated, key, observed in zip(*columns, strict=True)}
