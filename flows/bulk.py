@@ -145,6 +145,7 @@ def load_bulk(
             everything = ShardJob(str(archive.path), "held", pa.concat_tables(list(archive.shards.values())),
                                   head_index.table, ctx, str(run.dir), batch_size)
             _settle_held(reading, totals, everything, run.adopt)
+        archive_newest = totals.watermark  # what the archive's versions were known true as of (heads' as_of)
         totals.watermark = next_watermark(previous_watermark, totals.watermark, started.date())
         # A first load adds first versions, with no change to derive, except for studies the archive
         # lists more than once with different content: their later versions are changes.
@@ -156,7 +157,8 @@ def load_bulk(
         summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
         params = {"archive": str(archive.path), "members": str(archive.members),
                   "json_bytes": str(archive.json_bytes), "skipped": str(archive.skipped),
-                  "batch_size": str(batch_size), **reading.params(verify)}
+                  "batch_size": str(batch_size), "archive_newest": str(archive_newest or ""),
+                  **reading.params(verify)}
         (run.dir / VERIFY_MARKER).unlink(missing_ok=True)
         commit_run(run, summary, started, params=params, api_url=source)
     if reading.mismatched:

@@ -39,7 +39,9 @@ class Head:
     is_removed: bool = False
     registry_updated: date | None = None  # the stored version's lastUpdatePostDate
     member_key: int | None = None  # the bulk member it was read from (pipeline.registry.bulk.member_key)
-    observed_on: date | None = None  # the (UTC) day it was stored
+    # The day it was known true: the (UTC) day it was stored, or for a version read from a bulk file,
+    # the day after that file's newest registry date if earlier (files are written nightly).
+    as_of: date | None = None
 
 
 @dataclass(frozen=True)
@@ -193,10 +195,10 @@ def _is_stale(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:
 
 
 def archive_predates(newest: date, head: Head) -> bool:
-    """A bulk file whose newest registry date is ``newest`` was made before ``head`` was stored: the
-    registry writes the file nightly, so it is at most a day past its newest date (a day of doubt
-    is given to the file: it is news then)."""
-    return head.observed_on is not None and (head.observed_on - newest).days > 1
+    """A bulk file whose newest registry date is ``newest`` was made before ``head`` was known true:
+    the registry writes the file nightly, so it is at most a day past its newest date (a day of
+    doubt is given to the file: it is news then). Monthly snapshots loaded in order stay news."""
+    return head.as_of is not None and (head.as_of - newest).days > 1
 
 
 def _is_same_day(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:

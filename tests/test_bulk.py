@@ -278,10 +278,10 @@ def test_the_head_index_looks_up_a_page_and_splits_by_shard() -> None:
     index = HeadIndex(pa.table({"nct_id": ["NCT00000142", "NCT00000242", "NCT00000107"], "version": [1, 3, 2],
                                 "content_hash": ["a", "b", "c"], "is_removed": [False, False, True],
                                 "registry_updated": [date(2026, 1, 2), date(2026, 3, 4), None],
-                                "member_key": [None, 5, None], "observed_on": [None, date(2026, 3, 5), None]},
+                                "member_key": [None, 5, None], "as_of": [None, date(2026, 3, 5), None]},
                                schema=HEAD_SCHEMA))
     assert index.lookup(["NCT00000242", "NCT00000107", "NCT09999999"]) == {
-        "NCT00000242": Head(3, "b", registry_updated=date(2026, 3, 4), member_key=5, observed_on=date(2026, 3, 5)),
+        "NCT00000242": Head(3, "b", registry_updated=date(2026, 3, 4), member_key=5, as_of=date(2026, 3, 5)),
         "NCT00000107": Head(2, "c", True)}
     assert {key: t["nct_id"].to_pylist() for key, t in index.shards().items()} == {
         "07": ["NCT00000107"], "42": ["NCT00000142", "NCT00000242"]}

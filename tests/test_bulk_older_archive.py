@@ -120,3 +120,25 @@ def test_an_archive_as_new_as_the_warehouse_still_brings_a_404d_study_back_and_k
     assert (summary["versions_written"], summary["stale"]) == (1, 0)
     assert query(fresh, "SELECT version, overall_status FROM studies WHERE nct_id = ?",
                  [archives["edited"]]) == [(3, "SUSPENDED")]
+
+
+def test_monthly_snapshots_loaded_in_order_keep_same_day_edits_as_news_and_an_older_one_stale(
+        archives: dict[str, Any], tmp_path: Path) -> None:
+    """Old registry files loaded today, in order (a history built from archived snapshots): each file
+    is judged by the files its versions came from, not by today's date."""
+    members = _members(archives["old"])
+    newest = max(map(_posted, members.values()))
+    edited_name = next(n for n, r in members.items() if _nct(r) == archives["edited"])
+    later_name = next(n for n, r in members.items() if _nct(r) == archives["updated"])
+    edited = dict(members[edited_name], derivedSection=_members(archives["new"])[edited_name]["derivedSection"])
+    later = mutate.posted_on(mutate.set_status(members[later_name], "SUSPENDED"), newest + timedelta(days=20))
+    edits = {edited_name: orjson.dumps(edited), later_name: orjson.dumps(later)}
+    month_later = rewrite(archives["old"], tmp_path / "month.zip", lambda n, data: edits.get(n, data))
+    warehouse_dir = tmp_path / "wh"
+    load_bulk(archives["old"], warehouse_dir)
+    summary = load_bulk(month_later, warehouse_dir)
+    assert (summary["versions_written"], summary["stale"]) == (2, 0)  # the same-day edit is news
+    assert query(warehouse_dir, "SELECT count(*) FROM changes WHERE run_id = ? AND nct_id = ?",
+                 [summary["run_id"], archives["edited"]]) != [(0,)]
+    again = load_bulk(archives["old"], warehouse_dir)  # the older file once more: stale, both
+    assert (again["versions_written"], again["stale"]) == (0, 2)

@@ -78,7 +78,7 @@ def test_a_small_archive_is_read_in_a_few_tasks_that_keep_every_member_and_head(
     index = HeadIndex(pa.table({"nct_id": ids[::7], "version": [1] * len(ids[::7]),
                                 "content_hash": ids[::7], "is_removed": [False] * len(ids[::7]),
                                 "registry_updated": [None] * len(ids[::7]), "member_key": [None] * len(ids[::7]),
-                                "observed_on": [None] * len(ids[::7])},
+                                "as_of": [None] * len(ids[::7])},
                                schema=HEAD_SCHEMA))
     tasks = shard_tasks(archive, index.shards(), workers=2)
     # 1,000 members, 2 workers: groups of about 250 (two tasks a worker), not 100 tasks of ~10.

@@ -68,16 +68,24 @@ def test_the_head_index_gives_a_removed_study_the_latest_registry_date_it_had() 
     from warehouse.heads import HEADS_SQL
 
     con = duckdb.connect()
-    con.execute("CREATE TABLE raw_study_versions (nct_id VARCHAR, version INT, content_hash VARCHAR, "
-                "is_removed BOOLEAN, registry_updated DATE, member_key BIGINT, observed_at TIMESTAMPTZ)")
+    con.execute("CREATE TABLE raw_study_versions (nct_id VARCHAR, version INT, content_hash VARCHAR, is_removed "
+                "BOOLEAN, registry_updated DATE, member_key BIGINT, observed_at TIMESTAMPTZ, run_id VARCHAR)")
+    con.execute("CREATE TABLE raw_sync_runs (run_id VARCHAR, params VARCHAR)")
+    con.execute("""INSERT INTO raw_sync_runs VALUES ('api-1', '{}'), ('bulk-1', '{"archive_newest": "2026-05-16"}'), """
+                """('bulk-2', '{"archive_newest": "2026-06-30"}')""")
     con.execute("SET TimeZone = 'America/Los_Angeles'")  # the day a version was stored is a UTC day
     con.execute("INSERT INTO raw_study_versions VALUES "
-                "('NCT05766735', 1, 'a', false, DATE '2026-04-09', 7, TIMESTAMPTZ '2026-04-10 01:00:00+00'), "
-                "('NCT05766735', 2, 'b', false, DATE '2026-05-16', 8, TIMESTAMPTZ '2026-05-17 01:00:00+00'), "
-                "('NCT05766735', 3, 'b', true, NULL, NULL, TIMESTAMPTZ '2026-07-02 23:30:00+00')")
-    # (the removal marker's member key is NULL: a removed study's member is always read again)
-    assert con.execute(HEADS_SQL).fetchall() == [("NCT05766735", 3, "b", True, date(2026, 5, 16), None,
-                                                  date(2026, 7, 2))]
+                "('NCT05766735', 1, 'a', false, DATE '2026-04-09', 7, TIMESTAMPTZ '2026-04-10 01:00:00+00', 'api-1'), "
+                "('NCT05766735', 2, 'b', false, DATE '2026-05-16', 8, TIMESTAMPTZ '2026-11-17 01:00:00+00', 'bulk-1'), "
+                "('NCT05766735', 3, 'b', true, NULL, NULL, TIMESTAMPTZ '2026-12-02 23:30:00+00', 'api-1'), "
+                "('NCT00000242', 1, 'c', false, DATE '2026-06-30', 9, TIMESTAMPTZ '2026-07-01 03:00:00+00', 'bulk-2')")
+    # (the removal marker's member key is NULL: a removed study's member is always read again). As of:
+    # the UTC day a version was stored, or the day after its bulk file's newest date if earlier.
+    assert con.execute(HEADS_SQL + " ORDER BY nct_id").fetchall() == [
+        ("NCT00000242", 1, "c", False, date(2026, 6, 30), 9, date(2026, 7, 1)),
+        ("NCT05766735", 3, "b", True, date(2026, 5, 16), None, date(2026, 12, 2))]
+    bulk_head = con.execute(HEADS_SQL.replace("= 1", "= 2")).fetchall()  # version 2, read from bulk-1
+    assert bulk_head == [("NCT05766735", 2, "b", False, date(2026, 5, 16), 8, date(2026, 5, 17))]
 
 
 def test_same_registry_date_and_new_content_is_a_version_not_stale() -> None:
@@ -475,8 +483,8 @@ def test_a_same_day_record_with_new_content_is_a_version_stale_or_held_as_asked(
     day = date(2026, 4, 9)
     edited = mutate.set_enrollment(real, 7)  # same lastUpdatePostDate, new content
     stored = date(2026, 5, 20)
-    head = Head(1, content_hash(real), registry_updated=day, observed_on=stored)
-    removed = Head(2, "removed", is_removed=True, registry_updated=day, observed_on=stored)
+    head = Head(1, content_hash(real), registry_updated=day, as_of=stored)
+    removed = Head(2, "removed", is_removed=True, registry_updated=day, as_of=stored)
     assert mutate._status(real)["lastUpdatePostDateStruct"]["date"] == day.isoformat()
     for heads in ({"NCT05766735": head}, {"NCT05766735": removed}):
         version = heads["NCT05766735"].version

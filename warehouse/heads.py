@@ -23,15 +23,19 @@ HEAD_SCHEMA = pa.schema([
     pa.field("is_removed", pa.bool_()),
     pa.field("registry_updated", pa.date32()),  # a fetched record older than this is stale
     pa.field("member_key", pa.int64()),  # the bulk member the head was read from (size << 32 | CRC-32)
-    pa.field("observed_on", pa.date32()),  # the UTC day the head was stored (an older bulk file's is stale)
+    pa.field("as_of", pa.date32()),  # when the head was known true (``pipeline.versioning.Head.as_of``)
 ])
 
 # registry_updated: the latest registry date any stored version of the study had (a removal marker
 # has none of its own): a fetched record older than it is stale, also after a removal.
-HEADS_SQL = ("SELECT nct_id, version, content_hash, is_removed, "
-             "max(registry_updated) OVER (PARTITION BY nct_id) AS registry_updated, member_key, "
-             "CAST(timezone('UTC', observed_at) AS DATE) AS observed_on FROM raw_study_versions "
-             "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1")
+# as_of: the UTC day the head was stored, or for a version read from a bulk file the day after that
+# file's newest registry date (``sync_runs.params.archive_newest``) if earlier.
+HEADS_SQL = ("SELECT v.nct_id, v.version, v.content_hash, v.is_removed, "
+             "max(v.registry_updated) OVER (PARTITION BY v.nct_id) AS registry_updated, v.member_key, "
+             "least(CAST(timezone('UTC', v.observed_at) AS DATE), "
+             "TRY_CAST(json_extract_string(r.params, '$.archive_newest') AS DATE) + 1) AS as_of "
+             "FROM raw_study_versions v LEFT JOIN raw_sync_runs r USING (run_id) "
+             "QUALIFY row_number() OVER (PARTITION BY v.nct_id ORDER BY v.version DESC) = 1")
 
 
 class HeadIndex:
@@ -64,5 +68,5 @@ class HeadIndex:
 
 def to_dict(table: pa.Table) -> dict[str, Head]:
     columns = [table[name].to_pylist() for name in HEAD_SCHEMA.names]
-    return {nct: Head(version, digest, bool(removed), updated, key, observed)
-            for nct, version, digest, removed, updated, key, observed in zip(*columns, strict=True)}
+    return {nct: Head(version, digest, bool(removed), updated, key, as_of)
+            for nct, version, digest, removed, updated, key, as_of in zip(*columns, strict=True)}
