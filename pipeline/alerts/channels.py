@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.policy
 import json
 import logging
+import math
 import os
 import smtplib
 import ssl
@@ -19,11 +20,12 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -65,8 +67,12 @@ def sender_for(resolved: Resolved) -> Sender:
 
 
 def deliver(sender: Sender, message: Message, *, attempts: int, backoff: float = 1.0,
-            sleep: Callable[[float], None] = time.sleep) -> None:
-    """Send with up to ``attempts`` tries for retryable failures (waits ``backoff``, doubling)."""
+            sleep: Callable[[float], None] = time.sleep, wait_until: float | None = None,
+            clock: Callable[[], float] = time.monotonic) -> None:
+    """Send with up to ``attempts`` tries for retryable failures. Between tries it waits ``backoff``
+    (doubling), or longer when the receiver asks so (``Retry-After``), but never past ``wait_until``
+    (a ``clock()`` time: the run's retry budget): a wait that would end later is not begun, the failure
+    is raised at once (retryable: the message stays in the outbox for the next run)."""
     for attempt in range(1, attempts + 1):
         try:
             sender.send(message)
@@ -74,7 +80,40 @@ def deliver(sender: Sender, message: Message, *, attempts: int, backoff: float =
         except DeliveryFailed as exc:
             if not exc.retryable or attempt == attempts:
                 raise
-            sleep(backoff * 2 ** (attempt - 1))
+            wait = backoff * 2 ** (attempt - 1)
+            if exc.retry_after is not None:
+                wait = max(wait, exc.retry_after)
+            if wait_until is not None and clock() + wait > wait_until:
+                asked = f"the receiver asks to wait {_seconds(exc.retry_after)}" if exc.retry_after is not None \
+                    else f"the next try would be in {_seconds(wait)}"
+                raise DeliveryFailed(f"{exc} ({asked}, past this run's retry budget)", retryable=True,
+                                     retry_after=exc.retry_after) from None
+            sleep(wait)
+
+
+def _seconds(value: float | None) -> str:
+    return "an unbounded time" if value is None or value == math.inf else f"{value:g}s"
+
+
+def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds to wait: delta-seconds or an HTTP-date (measured from the
+    response's ``Date``, else this host's clock; a date past is 0). Malformed: None (not asked); a
+    number too long to read: infinite."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isdigit() and value.isascii():
+        return math.inf if len(value) > 15 else float(value)
+    try:
+        when = parsedate_to_datetime(value)
+        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 def within(seconds: float, what: str, call: Callable[[], T]) -> T:
@@ -87,10 +126,19 @@ def within(seconds: float, what: str, call: Callable[[], T]) -> T:
         raise DeliveryFailed(f"{what} did not finish answering within {seconds:g}s", retryable=True) from None
 
 
-def _http_failure(status: int, body: str) -> DeliveryFailed:
+TRANSIENT_4XX = (408, 425, 429)  # timeout, too early, too many requests: try again later
+
+
+def _http_failure(status: int, body: str, headers: Mapping[str, str] | None = None) -> DeliveryFailed:
+    """5xx and 408/425/429 are transient (retried; ``Retry-After`` honoured); any other 4xx refuses
+    the message for good (permanent: marked rejected, not re-sent on every run)."""
     detail = " ".join(body.split())[:120]
-    return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""),
-                          retryable=status >= 500 or status in (408, 429))
+    headers = headers or {}
+    transient = status >= 500 or status in TRANSIENT_4XX
+    return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""), retryable=transient,
+                          permanent=400 <= status < 500 and not transient,
+                          retry_after=retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
+                          if transient else None)
 
 
 class WebhookSender:
@@ -112,7 +160,7 @@ class WebhookSender:
             raise DeliveryFailed(f"HTTP {response.status_code}: the webhook URL redirects (e.g. http:// to "
                                  "https://) in a way that drops the alert; configure the URL it redirects to")
         if response.status_code >= 300:
-            raise _http_failure(response.status_code, response.text)
+            raise _http_failure(response.status_code, response.text, response.headers)
 
 
     def _post(self, payload: dict[str, Any], headers: dict[str, str]) -> requests.Response:
@@ -124,8 +172,23 @@ class WebhookSender:
             response = requests.post(url, json=payload, headers=headers, timeout=self.timeout, allow_redirects=False)
             if response.status_code not in (307, 308) or "Location" not in response.headers:
                 return response
-            url = urljoin(url, response.headers["Location"])
+            target = urljoin(url, response.headers["Location"])
+            if _origin(target) != _origin(url):  # the channel's headers (a token?) would go to that host
+                response.close()
+                raise DeliveryFailed(
+                    f"HTTP {response.status_code}: the webhook redirects to another host "
+                    f"({urlsplit(target).hostname or '?'}); not followed: configure that URL if it is right")
+            url = target
         return response
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme.lower())
 
 
 class SlackSender:
@@ -147,7 +210,9 @@ class SlackSender:
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets
             raise DeliveryFailed(f"cannot reach the Slack webhook ({type(exc).__name__})", retryable=True) from None
         if response.status_code >= 300:
-            raise _http_failure(response.status_code, str(response.body or ""))
+            headers = {k.title(): v[0] if isinstance(v, list) and v else str(v)
+                       for k, v in (response.headers or {}).items()}
+            raise _http_failure(response.status_code, str(response.body or ""), headers)
 
 
 class EmailSender:
@@ -169,19 +234,32 @@ class EmailSender:
         try:
             refused = within(c.timeout, f"the SMTP server {c.host}:{c.port}", lambda: self._submit(mail))
         except smtplib.SMTPAuthenticationError as exc:
-            raise DeliveryFailed(f"SMTP login refused ({exc.smtp_code})") from None
-        except smtplib.SMTPRecipientsRefused:
-            raise DeliveryFailed("SMTP server refused the recipients") from None
-        except smtplib.SMTPResponseException as exc:
-            raise DeliveryFailed(f"SMTP error {exc.smtp_code}", retryable=400 <= exc.smtp_code < 500) from None
+            raise DeliveryFailed(f"SMTP login refused ({exc.smtp_code})", retryable=400 <= exc.smtp_code < 500,
+                                 permanent=exc.smtp_code >= 500) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients  # every one of them
+        except smtplib.SMTPNotSupportedError as exc:  # e.g. security: starttls, and the server offers none
+            hint = ("; security: ssl is implicit TLS, security: none sends in the clear"
+                    if "STARTTLS" in str(exc) else "")
+            raise DeliveryFailed(f"the SMTP server {c.host}:{c.port} does not support what the channel needs "
+                                 f"({str(exc).rstrip('.')}){hint}") from None
+        except smtplib.SMTPResponseException as exc:  # 4xx: try again later (421, 450, 451); 5xx: refused
+            what = " ".join(_text(exc.smtp_error).split())[:120]
+            raise DeliveryFailed(f"SMTP error {exc.smtp_code}" + (f": {what}" if what else ""),
+                                 retryable=400 <= exc.smtp_code < 500, permanent=exc.smtp_code >= 500) from None
+        except smtplib.SMTPServerDisconnected:
+            raise DeliveryFailed(f"the SMTP server {c.host}:{c.port} closed the connection before it took "
+                                 "the message", retryable=True) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"cannot reach the SMTP server {c.host}:{c.port} ({type(exc).__name__})",
                                  retryable=True) from None
 
         if refused:  # some recipients were refused (the others have it): the message counts as not sent
             codes = sorted({code for code, _ in refused.values()})
+            transient = all(400 <= code < 500 for code in codes)
             raise DeliveryFailed(f"SMTP server refused {len(refused)} of {len(c.recipients)} recipients "
-                                 f"({', '.join(map(str, codes))})", retryable=all(400 <= code < 500 for code in codes))
+                                 f"({', '.join(map(str, codes))})", retryable=transient,
+                                 permanent=not transient and any(code >= 500 for code in codes))
 
     def _submit(self, mail: EmailMessage) -> dict[str, tuple[int, bytes]]:
         """Connect, log in and send; the recipients the server refused (``send_message`` raises only
@@ -208,6 +286,10 @@ class EmailSender:
                 smtp.close()
                 raise
         return smtp
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class AppriseSender:
