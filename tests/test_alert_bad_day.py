@@ -238,6 +238,16 @@ def test_a_redirect_to_another_host_is_not_followed_with_the_channels_headers(sc
         other.stop()
 
 
+def test_a_redirect_loop_is_named_as_such(scripted: Scripted) -> None:
+    """It used to end as "redirects (e.g. http:// to https://) in a way that drops the alert"."""
+    scripted.script.extend([(307, {"Location": "/hook"})] * 4)
+    with pytest.raises(DeliveryFailed) as failed:
+        WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
+    assert str(failed.value) == ("HTTP 307: the webhook redirects more than 3 times (a loop?); configure the URL "
+                                 "it ends at")
+    assert len(scripted.hits) == 4
+
+
 # -- SMTP ---------------------------------------------------------------------------------------------------
 class _Smtp:
     """aiosmtpd answering DATA with ``data_reply`` (or dropping the connection), RCPT per address."""

@@ -179,7 +179,9 @@ class WebhookSender:
                     f"HTTP {response.status_code}: the webhook redirects to another host "
                     f"({urlsplit(target).hostname or '?'}); not followed: configure that URL if it is right")
             url = target
-        return response
+        response.close()
+        raise DeliveryFailed(f"HTTP {response.status_code}: the webhook redirects more than {MAX_REDIRECTS} times "
+                             "(a loop?); configure the URL it ends at")
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
