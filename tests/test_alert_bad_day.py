@@ -23,7 +23,8 @@ import yaml
 
 from flows.alerts import send_alerts
 from flows.cli.alerts import finish_alerts
-from pipeline.alerts.channels import EmailSender, Resolved, WebhookSender, deliver, retry_after_seconds
+from pipeline.alerts.channels import EmailSender, Resolved, SlackSender, WebhookSender, deliver
+from pipeline.alerts.http_answers import retry_after_seconds
 from pipeline.alerts.plan import sample_message
 from pipeline.alerts.watchlist import parse_watchlist
 from pipeline.errors import DeliveryFailed
@@ -246,6 +247,26 @@ def test_a_redirect_loop_is_named_as_such(scripted: Scripted) -> None:
     assert str(failed.value) == ("HTTP 307: the webhook redirects more than 3 times (a loop?); configure the URL "
                                  "it ends at")
     assert len(scripted.hits) == 4
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307])
+def test_a_slack_webhook_that_redirects_is_a_failed_delivery_not_a_get_marked_sent(status: int) -> None:
+    """urllib (under slack_sdk) sent a redirected POST on as a bodiless GET: the landing page's 200 made
+    the alert count as sent, and it never arrived."""
+    from flows.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver() as hook:
+        hook.redirect_to, hook.redirect_status = "/landing", status
+        spec = {"channels": {"out": {"type": "slack", "url_env": "SLACK_URL", "attempts": 1, "timeout": 5}},
+                "watches": [{"name": "w", "studies": {"ids": [SEED]}, "channels": ["out"]}]}
+        channel = parse_watchlist(yaml.safe_dump(spec), "w.yaml").channels["out"]
+        with pytest.raises(DeliveryFailed) as failed:
+            SlackSender(Resolved(channel, url=f"{hook.url}/services/T0/B0/x")).send(_sample())
+        assert str(failed.value).startswith(f"HTTP {status}: the Slack webhook URL redirects; not followed")
+        assert (hook.received, failed.value.permanent) == ([], False)  # retried on the next run
+        hook.redirect_to = None
+        SlackSender(Resolved(channel, url=f"{hook.url}/services/T0/B0/x")).send(_sample())
+        assert [r.path for r in hook.received] == ["/services/T0/B0/x"]
 
 
 # -- SMTP ---------------------------------------------------------------------------------------------------

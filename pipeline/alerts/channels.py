@@ -20,15 +20,15 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from pipeline.alerts.http_answers import NoRedirects, http_failure, origin
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
@@ -95,27 +95,6 @@ def _seconds(value: float | None) -> str:
     return "an unbounded time" if value is None or value == math.inf else f"{value:g}s"
 
 
-def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
-    """A ``Retry-After`` header in seconds to wait: delta-seconds or an HTTP-date (measured from the
-    response's ``Date``, else this host's clock; a date past is 0). Malformed: None (not asked); a
-    number too long to read: infinite."""
-    value = (value or "").strip()
-    if not value:
-        return None
-    if value.isdigit() and value.isascii():
-        return math.inf if len(value) > 15 else float(value)
-    try:
-        when = parsedate_to_datetime(value)
-        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
 def within(seconds: float, what: str, call: Callable[[], T]) -> T:
     """``call()``, given ``seconds`` in all (``pipeline.deadline``): a receiver that answers a byte at a
     time cannot hold a run (and the warehouse lock) for ever. Past the limit it is a retryable failure,
@@ -124,21 +103,6 @@ def within(seconds: float, what: str, call: Callable[[], T]) -> T:
         return call_within(seconds + GRACE_SECONDS, call, name="trialsync-delivery")
     except Late:
         raise DeliveryFailed(f"{what} did not finish answering within {seconds:g}s", retryable=True) from None
-
-
-TRANSIENT_4XX = (408, 425, 429)  # timeout, too early, too many requests: try again later
-
-
-def _http_failure(status: int, body: str, headers: Mapping[str, str] | None = None) -> DeliveryFailed:
-    """5xx and 408/425/429 are transient (retried; ``Retry-After`` honoured); any other 4xx refuses
-    the message for good (permanent: marked rejected, not re-sent on every run)."""
-    detail = " ".join(body.split())[:120]
-    headers = headers or {}
-    transient = status >= 500 or status in TRANSIENT_4XX
-    return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""), retryable=transient,
-                          permanent=400 <= status < 500 and not transient,
-                          retry_after=retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
-                          if transient else None)
 
 
 class WebhookSender:
@@ -160,7 +124,7 @@ class WebhookSender:
             raise DeliveryFailed(f"HTTP {response.status_code}: the webhook URL redirects (e.g. http:// to "
                                  "https://) in a way that drops the alert; configure the URL it redirects to")
         if response.status_code >= 300:
-            raise _http_failure(response.status_code, response.text, response.headers)
+            raise http_failure(response.status_code, response.text, response.headers)
 
 
     def _post(self, payload: dict[str, Any], headers: dict[str, str]) -> requests.Response:
@@ -173,7 +137,7 @@ class WebhookSender:
             if response.status_code not in (307, 308) or "Location" not in response.headers:
                 return response
             target = urljoin(url, response.headers["Location"])
-            if _origin(target) != _origin(url):  # the channel's headers (a token?) would go to that host
+            if origin(target) != origin(url):  # the channel's headers (a token?) would go to that host
                 response.close()
                 raise DeliveryFailed(
                     f"HTTP {response.status_code}: the webhook redirects to another host "
@@ -184,25 +148,13 @@ class WebhookSender:
                              "(a loop?); configure the URL it ends at")
 
 
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return parts.scheme.lower(), parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-
-
 class SlackSender:
     """A Slack incoming webhook (or any Slack-compatible one: Mattermost, Rocket.Chat, ...)."""
 
     def __init__(self, resolved: Resolved) -> None:
-        from slack_sdk.webhook import WebhookClient
-
         assert resolved.url
         self.c_timeout = resolved.channel.timeout
-        self.client = WebhookClient(resolved.url, timeout=max(1, int(resolved.channel.timeout)),
-                                    user_agent_prefix=USER_AGENT, logger=logging.getLogger("trialsync.slack"))
+        self.client = _slack_client(resolved.url, timeout=max(1, int(resolved.channel.timeout)))
 
     def send(self, message: Message) -> None:
         body = message.slack()
@@ -211,10 +163,32 @@ class SlackSender:
                               lambda: self.client.send(text=body["text"], blocks=body["blocks"]))
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets
             raise DeliveryFailed(f"cannot reach the Slack webhook ({type(exc).__name__})", retryable=True) from None
+        if 300 <= response.status_code < 400:
+            raise DeliveryFailed(f"HTTP {response.status_code}: the Slack webhook URL redirects; not followed (a "
+                                 "redirected POST arrives as a bodiless GET): configure the URL it redirects to")
         if response.status_code >= 300:
             headers = {k.title(): v[0] if isinstance(v, list) and v else str(v)
                        for k, v in (response.headers or {}).items()}
-            raise _http_failure(response.status_code, str(response.body or ""), headers)
+            raise http_failure(response.status_code, str(response.body or ""), headers)
+
+
+def _slack_client(url: str, *, timeout: int) -> Any:
+    """slack_sdk's ``WebhookClient``, its requests following no redirect (``NoRedirects``): urllib sent a
+    redirected POST on as a bodiless GET, and the landing page's 200 marked the alert sent."""
+    import urllib.request
+
+    from slack_sdk.webhook import WebhookClient, WebhookResponse
+
+    class Client(WebhookClient):
+        def _perform_http_request_internal(self, url: str, req: urllib.request.Request) -> WebhookResponse:
+            handlers: list[urllib.request.BaseHandler] = [NoRedirects(), urllib.request.HTTPSHandler(context=self.ssl)]
+            if isinstance(self.proxy, str):
+                handlers.append(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}))
+            with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout) as answer:
+                body = answer.read().decode(answer.headers.get_content_charset() or "utf-8")
+                return WebhookResponse(url=url, status_code=answer.status, body=body, headers=answer.headers)
+
+    return Client(url, timeout=timeout, user_agent_prefix=USER_AGENT, logger=logging.getLogger("trialsync.slack"))
 
 
 class EmailSender:
