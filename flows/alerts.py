@@ -53,6 +53,7 @@ from warehouse.alerts import (
 )
 
 RETRY_BACKOFF_SECONDS = 1.0
+REJECTED_NOTE = "rejected by the receiver: not re-sent (`trialsync alerts run --resend-rejected` sends it again)"
 
 
 def _now() -> datetime:
@@ -151,16 +152,19 @@ def redacting_logs(redactor: Redactor) -> Iterator[None]:
 class Outcome:
     message: Message
     error: str | None
+    rejected: bool = False  # refused for good (HTTP 4xx, SMTP 5xx): not re-sent by later runs
 
 
 class _Run:
     """What the tasks share; a plain object so Prefect neither hashes nor walks it."""
 
     def __init__(self, store: Warehouse, watchlist: Watchlist, run_id: str, started: datetime,
-                 resolved: dict[str, Resolved], redactor: Redactor) -> None:
+                 resolved: dict[str, Resolved], redactor: Redactor, wait_until: float | None = None) -> None:
         self.store, self.watchlist, self.run_id, self.started = store, watchlist, run_id, started
         self.resolved, self.redactor = resolved, redactor
+        self.wait_until = wait_until  # time.monotonic() past which no retry wait ends (the retry budget)
         self.ledger = LedgerState()
+        self.resend_rejected = False
         self.outbox_committed = False
 
 
@@ -168,7 +172,7 @@ class _Run:
 def plan_task(r: _Run) -> AlertPlan:
     """Each watch's candidate changes and the ledger, from the committed warehouse; then the pure plan."""
     with r.store.committed() as con:
-        r.ledger = ledger_state(con)
+        r.ledger = ledger_state(con, resend_rejected=r.resend_rejected)
         seen, last = first_seen(con), last_seen(con)
         found = {}
         for watch in r.watchlist.watches:
@@ -205,13 +209,15 @@ def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome
             outcomes.append(Outcome(message, f"not attempted: {broken}"))
             continue
         try:
-            deliver(sender, message, attempts=r.resolved[channel].channel.attempts, backoff=RETRY_BACKOFF_SECONDS)
+            deliver(sender, message, attempts=r.resolved[channel].channel.attempts, backoff=RETRY_BACKOFF_SECONDS,
+                    wait_until=r.wait_until)
             outcomes.append(Outcome(message, None))
         except Exception as exc:  # a library's surprise is a failed delivery too: recorded, retried next run
             error = r.redactor(_reason(exc))
-            outcomes.append(Outcome(message, error))
-            logger.warning("channel %s: %s (watch %s, %d changes); retried on the next run",
-                           channel, error, message.watch, len(message.changes))
+            rejected = bool(getattr(exc, "permanent", False))
+            outcomes.append(Outcome(message, error, rejected))
+            logger.warning("channel %s: %s (watch %s, %d changes); %s", channel, error, message.watch,
+                           len(message.changes), REJECTED_NOTE if rejected else "retried on the next run")
             if getattr(exc, "retryable", False):
                 broken = f"channel {channel} failed earlier in this run ({error})"
     sent = sum(1 for o in outcomes if o.error is None)
@@ -231,21 +237,27 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
     finished = max(_now(), r.started)
     attempts = plan.attempts(r.ledger)
     rows = [row for o in outcomes for row in delivery_rows(
-        o.message, run_id=r.run_id, attempted_at=finished, attempt=attempts[o.message.message_id], error=o.error)]
+        o.message, run_id=r.run_id, attempted_at=finished, attempt=attempts[o.message.message_id], error=o.error,
+        rejected=o.rejected)]
     # The outbox took this run's id (its own commit); the outcomes commit under a later one.
     commit_id = new_run_id(finished) if r.outbox_committed else r.run_id
     record_outcomes(r.store, commit_id, rows, {
         "run_id": r.run_id, "started_at": r.started, "finished_at": finished, "watchlist": config,
         "watches": [w.name for w in r.watchlist.watches], "matched": plan.matched,
         "messages": len(outcomes), "sent": sum(1 for row in rows if row["status"] == "sent"),
-        "failed": sum(1 for row in rows if row["status"] == "failed"), "already_sent": plan.already_sent,
+        "failed": sum(1 for row in rows if row["status"] != "sent"), "already_sent": plan.already_sent,
         "retried": plan.retries, "resent": plan.resent,
     }, lock_timeout=lock_timeout)
 
 
 @flow(name="send_alerts", validate_parameters=True)
-def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float = 30.0) -> dict[str, Any]:
-    """Deliver the watchlist's new alerts (each (watch, change, channel) at most once); returns a summary."""
+def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float = 30.0, retry_budget: float = 60.0,
+                resend_rejected: bool = False) -> dict[str, Any]:
+    """Deliver the watchlist's new alerts (each (watch, change, channel) at most once); returns a summary.
+
+    Waits between tries (backoff, a receiver's ``Retry-After``) end within ``retry_budget`` seconds of
+    the start; a wait that would end later is not begun (the message stays in the outbox for the next
+    run). ``resend_rejected``: the outbox's messages a receiver refused for good go again too."""
     started = _now()
     clock = time.monotonic()
     from flows.runs import new_run_id
@@ -256,7 +268,8 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
     if not store.exists():
         raise UsageError(f"no warehouse at {store.root} (run `trialsync sync` first)")
     resolved, redactor = resolve_channels(watchlist, Path(config).resolve().parent)
-    r = _Run(store, watchlist, run_id, started, resolved, redactor)
+    r = _Run(store, watchlist, run_id, started, resolved, redactor, wait_until=clock + retry_budget)
+    r.resend_rejected = resend_rejected
     with redacting_logs(redactor), store.lock("alerts", f"alerts run {run_id}", timeout=lock_timeout,
                                               what="another alerts run"):
         plan = plan_task(r)
@@ -276,16 +289,18 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
 
 
 def _summary(r: _Run, plan: AlertPlan, outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
-    failures: dict[tuple[str, str], dict[str, Any]] = {}
+    failures: dict[tuple[str, str, bool], dict[str, Any]] = {}
     for o in outcomes:
         if o.error:
-            entry = failures.setdefault((o.message.watch, o.message.channel), {
-                "watch": o.message.watch, "channel": o.message.channel, "changes": 0, "error": o.error})
+            entry = failures.setdefault((o.message.watch, o.message.channel, o.rejected), {
+                "watch": o.message.watch, "channel": o.message.channel, "changes": 0, "error": o.error,
+                "rejected": o.rejected})
             entry["changes"] += len(o.message.changes)
     return {
         "run_id": r.run_id, "watches": len(r.watchlist.watches), "matched": plan.matched,
         "messages": len(outcomes), "messages_sent": sum(1 for o in outcomes if not o.error),
         "messages_failed": sum(1 for o in outcomes if o.error),
+        "messages_rejected": sum(1 for o in outcomes if o.rejected),
         "deliveries_sent": sum(len(o.message.changes) for o in outcomes if not o.error),
         "deliveries_failed": sum(len(o.message.changes) for o in outcomes if o.error),
         "already_sent": plan.already_sent, "retried": plan.retries, "resent": plan.resent,
@@ -326,9 +341,10 @@ def summary_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str
              f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried "
              f"({summary['resent']} messages re-sent unchanged from the outbox)."]
     if summary["failures"]:
-        lines += ["", "## Failed (due again on the next run)", "", "| watch | channel | changes | error |",
-                  "|---|---|---|---|"]
-        lines += [f"| {f['watch']} | {f['channel']} | {f['changes']} | {_cell(f['error'])} |"
+        lines += ["", "## Failed (due again on the next run, unless rejected)", "",
+                  "| watch | channel | changes | error |", "|---|---|---|---|"]
+        lines += [f"| {f['watch']} | {f['channel']} | {f['changes']} | "
+                  f"{_cell(f['error'] + (' (rejected: not re-sent)' if f['rejected'] else ''))} |"
                   for f in summary["failures"]]
     if not rows:
         lines += ["", "No new changes for any watch."]

@@ -261,7 +261,7 @@ def test_a_receiver_that_fails_with_500_gets_the_alert_on_the_next_run(
     failed = send_alerts(config=str(config), warehouse=str(warehouse))
     assert (failed["messages_failed"], failed["deliveries_failed"], hook.requests) == (2, 3, 2)  # 2 tries, then
     assert failed["failures"] == [{"watch": "seed", "channel": "hook", "changes": 3,  # the rest waits
-                                   "error": "HTTP 500: receiver unavailable"}]
+                                   "error": "HTTP 500: receiver unavailable", "rejected": False}]
     with pytest.raises(DeliveryFailed) as reported:  # what the CLI prints, exit code 1
         finish_alerts(failed)
     assert str(reported.value) == ("alerts: 3 deliveries failed (channel hook: HTTP 500: receiver unavailable); "

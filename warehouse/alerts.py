@@ -173,8 +173,11 @@ def overdue_candidates(con: duckdb.DuckDBPyConnection, watch: Watch, a: date, b:
 
 
 # -- the ledger: the outbox (alert_messages) and the outcome of each attempt (alert_deliveries) -------
-def ledger_state(con: duckdb.DuckDBPyConnection) -> LedgerState:
-    """What earlier alerts runs recorded: the outbox, its undelivered messages, and the outcomes."""
+def ledger_state(con: duckdb.DuckDBPyConnection, *, resend_rejected: bool = False) -> LedgerState:
+    """What earlier alerts runs recorded: the outbox, its undelivered messages, and the outcomes.
+
+    A message whose latest attempt a receiver refused for good (status ``rejected``) is not pending:
+    it is not sent again unless ``resend_rejected``."""
     rows = con.execute("""SELECT watch, channel, change_id, bool_or(status = 'sent'), count(*)
                           FROM raw_alert_deliveries GROUP BY ALL""").fetchall()
     sent = frozenset((w, ch, c) for w, ch, c, ok, _ in rows if ok)
@@ -184,15 +187,20 @@ def ledger_state(con: duckdb.DuckDBPyConnection) -> LedgerState:
                (SELECT count(DISTINCT d.run_id) FROM raw_alert_deliveries d
                 WHERE d.message_id = m.message_id) AS attempts,
                EXISTS (SELECT 1 FROM raw_alert_deliveries d
-                       WHERE d.message_id = m.message_id AND d.status = 'sent') AS delivered
+                       WHERE d.message_id = m.message_id AND d.status = 'sent') AS delivered,
+               coalesce((SELECT d.status = 'rejected' FROM raw_alert_deliveries d WHERE d.message_id = m.message_id
+                         ORDER BY d.attempted_at DESC, d.run_id DESC LIMIT 1), false) AS rejected
         FROM raw_alert_messages m ORDER BY m.created_at, m.message_id""").fetchall()
-    planned = frozenset((w, ch, c) for w, ch, ids, _, _, _, _ in outbox for c in ids)
-    content = frozenset((w, ch, k) for w, ch, _, keys, _, _, _ in outbox for k in keys)
-    pending = tuple(Pending(Message.from_payload(json.loads(payload)), int(attempts))
-                    for _, _, _, _, payload, attempts, delivered in outbox if not delivered)
+    planned = frozenset((w, ch, c) for w, ch, ids, *_ in outbox for c in ids)
+    content = frozenset((w, ch, k) for w, ch, _, keys, *_ in outbox for k in keys)
+    undelivered = [(Pending(Message.from_payload(json.loads(payload)), int(attempts)), bool(rejected))
+                   for _, _, _, _, payload, attempts, delivered, rejected in outbox if not delivered]
+    pending = tuple(p for p, rejected in undelivered if resend_rejected or not rejected)
+    refused = tuple(p for p, rejected in undelivered if rejected and not resend_rejected)
     # A key of a stored message is no longer a legacy failure: the message goes again as it was.
     legacy = {key: n for key, n in failed.items() if key not in planned and key not in sent}
-    return LedgerState(sent=sent, failed=legacy, planned=planned, planned_content=content, pending=pending)
+    return LedgerState(sent=sent, failed=legacy, planned=planned, planned_content=content, pending=pending,
+                       rejected=refused)
 
 
 def outbox_rows(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -235,12 +243,13 @@ def last_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
 
 
 def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempt: int,
-                  error: str | None) -> list[dict[str, Any]]:
-    """The ledger rows of one message's outcome: one per (watch, change, channel)."""
+                  error: str | None, rejected: bool = False) -> list[dict[str, Any]]:
+    """The ledger rows of one message's outcome: one per (watch, change, channel); status ``sent``,
+    ``failed`` (sent again on the next run) or ``rejected`` (refused for good: not sent again)."""
     return [{
         "run_id": run_id, "attempted_at": attempted_at, "watch": message.watch, "channel": message.channel,
         "change_id": c.change_id, "nct_id": c.nct_id, "severity": c.severity, "message_id": message.message_id,
-        "status": "failed" if error else "sent", "attempt": attempt, "error": error,
+        "status": ("rejected" if rejected else "failed") if error else "sent", "attempt": attempt, "error": error,
     } for c in message.changes]
 
 
@@ -265,5 +274,6 @@ def watch_overview(con: duckdb.DuckDBPyConnection | None, watchlist: Watchlist) 
             "sent": sum(1 for key in ledger.sent if key[0] == watch.name),
             "awaiting_retry": sum(1 for key in ledger.failed if key[0] == watch.name)
             + sum(len(p.message.changes) for p in ledger.pending if p.message.watch == watch.name),
+            "rejected": sum(len(p.message.changes) for p in ledger.rejected if p.message.watch == watch.name),
         })
     return rows

@@ -218,7 +218,7 @@ ALERT_DELIVERIES = pa.schema(
         pa.field("nct_id", pa.string(), nullable=False),
         pa.field("severity", pa.string(), nullable=False),
         pa.field("message_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # sent | failed
+        pa.field("status", pa.string(), nullable=False),  # sent | failed | rejected
         pa.field("attempt", pa.int32(), nullable=False),
         pa.field("error", pa.string()),
     ]

@@ -37,9 +37,15 @@ def finish_alerts(result: dict[str, Any]) -> None:
         f"in {result['duration_seconds']:.1f}s", highlight=False)
     if result["failures"]:
         first = result["failures"][0]
+        rejected = result.get("messages_rejected", 0)
+        retried = result["messages_failed"] - rejected
+        then = ("; ".join(filter(None, [
+            f"{retried} messages are retried on the next run" if retried and rejected else "",
+            f"{rejected} messages were rejected by the receiver and are not re-sent (`trialsync alerts run "
+            "--resend-rejected` sends them again)" if rejected else ""])) or "they are retried on the next run")
         raise DeliveryFailed(
             f"alerts: {result['deliveries_failed']} deliveries failed (channel {first['channel']}: "
-            f"{first['error']}); they are retried on the next run")
+            f"{first['error']}); {then}")
 
 
 alerts_app = typer.Typer(no_args_is_help=True, help="Watchlists: evaluate them and deliver change alerts.")
@@ -53,11 +59,18 @@ def alerts_run(
     config: ConfigOpt,
     warehouse: WarehouseOpt = None,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another run")] = 30.0,
+    retry_budget: Annotated[float, typer.Option(
+        "--retry-budget", help="Seconds after the start past which no wait between tries (backoff, a receiver's "
+        "Retry-After) ends; a longer one leaves the message for the next run")] = 60.0,
+    resend_rejected: Annotated[bool, typer.Option(
+        "--resend-rejected", help="Also send again the messages a receiver refused for good (HTTP 4xx, SMTP 5xx)")
+    ] = False,
 ) -> None:
     """Deliver the alerts of every watch: each (watch, change, channel) once; failures retried next run."""
     from flows.alerts import check_config, send_alerts
 
     check_seconds("--lock-timeout", lock_timeout)
+    check_seconds("--retry-budget", retry_budget)
     check_config(config)
     directory = settings.warehouse_dir(warehouse)
     from warehouse import Warehouse
@@ -65,7 +78,8 @@ def alerts_run(
     if not Warehouse(directory).exists():
         raise UsageError(f"no warehouse at {Warehouse(directory).root} (run `trialsync sync` first)")
     quiet_prefect_failures()
-    finish_alerts(send_alerts(config=str(config), warehouse=str(directory), lock_timeout=lock_timeout))
+    finish_alerts(send_alerts(config=str(config), warehouse=str(directory), lock_timeout=lock_timeout,
+                              retry_budget=retry_budget, resend_rejected=resend_rejected))
 
 
 @alerts_app.command("test")
@@ -91,7 +105,7 @@ def alerts_list(
     fmt: FormatOpt = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """The watches, the studies each follows now, and their deliveries so far (sent, failed awaiting retry)."""
+    """The watches, the studies each follows now, and their deliveries so far (sent, awaiting retry, rejected)."""
     from flows.alerts import load_watchlist
     from warehouse import Warehouse
     from warehouse.alerts import watch_overview

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.policy
 import json
 import logging
+import math
 import os
 import smtplib
 import ssl
@@ -23,10 +24,11 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from pipeline.alerts.http_answers import NoRedirects, http_failure, origin
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
@@ -65,8 +67,12 @@ def sender_for(resolved: Resolved) -> Sender:
 
 
 def deliver(sender: Sender, message: Message, *, attempts: int, backoff: float = 1.0,
-            sleep: Callable[[float], None] = time.sleep) -> None:
-    """Send with up to ``attempts`` tries for retryable failures (waits ``backoff``, doubling)."""
+            sleep: Callable[[float], None] = time.sleep, wait_until: float | None = None,
+            clock: Callable[[], float] = time.monotonic) -> None:
+    """Send with up to ``attempts`` tries for retryable failures. Between tries it waits ``backoff``
+    (doubling), or longer when the receiver asks so (``Retry-After``), but never past ``wait_until``
+    (a ``clock()`` time: the run's retry budget): a wait that would end later is not begun, the failure
+    is raised at once (retryable: the message stays in the outbox for the next run)."""
     for attempt in range(1, attempts + 1):
         try:
             sender.send(message)
@@ -74,7 +80,19 @@ def deliver(sender: Sender, message: Message, *, attempts: int, backoff: float =
         except DeliveryFailed as exc:
             if not exc.retryable or attempt == attempts:
                 raise
-            sleep(backoff * 2 ** (attempt - 1))
+            wait = backoff * 2 ** (attempt - 1)
+            if exc.retry_after is not None:
+                wait = max(wait, exc.retry_after)
+            if wait_until is not None and clock() + wait > wait_until:
+                asked = f"the receiver asks to wait {_seconds(exc.retry_after)}" if exc.retry_after is not None \
+                    else f"the next try would be in {_seconds(wait)}"
+                raise DeliveryFailed(f"{exc} ({asked}, past this run's retry budget)", retryable=True,
+                                     retry_after=exc.retry_after) from None
+            sleep(wait)
+
+
+def _seconds(value: float | None) -> str:
+    return "an unbounded time" if value is None or value == math.inf else f"{value:g}s"
 
 
 def within(seconds: float, what: str, call: Callable[[], T]) -> T:
@@ -85,12 +103,6 @@ def within(seconds: float, what: str, call: Callable[[], T]) -> T:
         return call_within(seconds + GRACE_SECONDS, call, name="trialsync-delivery")
     except Late:
         raise DeliveryFailed(f"{what} did not finish answering within {seconds:g}s", retryable=True) from None
-
-
-def _http_failure(status: int, body: str) -> DeliveryFailed:
-    detail = " ".join(body.split())[:120]
-    return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""),
-                          retryable=status >= 500 or status in (408, 429))
 
 
 class WebhookSender:
@@ -112,7 +124,7 @@ class WebhookSender:
             raise DeliveryFailed(f"HTTP {response.status_code}: the webhook URL redirects (e.g. http:// to "
                                  "https://) in a way that drops the alert; configure the URL it redirects to")
         if response.status_code >= 300:
-            raise _http_failure(response.status_code, response.text)
+            raise http_failure(response.status_code, response.text, response.headers)
 
 
     def _post(self, payload: dict[str, Any], headers: dict[str, str]) -> requests.Response:
@@ -124,20 +136,25 @@ class WebhookSender:
             response = requests.post(url, json=payload, headers=headers, timeout=self.timeout, allow_redirects=False)
             if response.status_code not in (307, 308) or "Location" not in response.headers:
                 return response
-            url = urljoin(url, response.headers["Location"])
-        return response
+            target = urljoin(url, response.headers["Location"])
+            if origin(target) != origin(url):  # the channel's headers (a token?) would go to that host
+                response.close()
+                raise DeliveryFailed(
+                    f"HTTP {response.status_code}: the webhook redirects to another host "
+                    f"({urlsplit(target).hostname or '?'}); not followed: configure that URL if it is right")
+            url = target
+        response.close()
+        raise DeliveryFailed(f"HTTP {response.status_code}: the webhook redirects more than {MAX_REDIRECTS} times "
+                             "(a loop?); configure the URL it ends at")
 
 
 class SlackSender:
     """A Slack incoming webhook (or any Slack-compatible one: Mattermost, Rocket.Chat, ...)."""
 
     def __init__(self, resolved: Resolved) -> None:
-        from slack_sdk.webhook import WebhookClient
-
         assert resolved.url
         self.c_timeout = resolved.channel.timeout
-        self.client = WebhookClient(resolved.url, timeout=max(1, int(resolved.channel.timeout)),
-                                    user_agent_prefix=USER_AGENT, logger=logging.getLogger("trialsync.slack"))
+        self.client = _slack_client(resolved.url, timeout=max(1, int(resolved.channel.timeout)))
 
     def send(self, message: Message) -> None:
         body = message.slack()
@@ -146,8 +163,32 @@ class SlackSender:
                               lambda: self.client.send(text=body["text"], blocks=body["blocks"]))
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets
             raise DeliveryFailed(f"cannot reach the Slack webhook ({type(exc).__name__})", retryable=True) from None
+        if 300 <= response.status_code < 400:
+            raise DeliveryFailed(f"HTTP {response.status_code}: the Slack webhook URL redirects; not followed (a "
+                                 "redirected POST arrives as a bodiless GET): configure the URL it redirects to")
         if response.status_code >= 300:
-            raise _http_failure(response.status_code, str(response.body or ""))
+            headers = {k.title(): v[0] if isinstance(v, list) and v else str(v)
+                       for k, v in (response.headers or {}).items()}
+            raise http_failure(response.status_code, str(response.body or ""), headers)
+
+
+def _slack_client(url: str, *, timeout: int) -> Any:
+    """slack_sdk's ``WebhookClient``, its requests following no redirect (``NoRedirects``): urllib sent a
+    redirected POST on as a bodiless GET, and the landing page's 200 marked the alert sent."""
+    import urllib.request
+
+    from slack_sdk.webhook import WebhookClient, WebhookResponse
+
+    class Client(WebhookClient):
+        def _perform_http_request_internal(self, url: str, req: urllib.request.Request) -> WebhookResponse:
+            handlers: list[urllib.request.BaseHandler] = [NoRedirects(), urllib.request.HTTPSHandler(context=self.ssl)]
+            if isinstance(self.proxy, str):
+                handlers.append(urllib.request.ProxyHandler({"http": self.proxy, "https": self.proxy}))
+            with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout) as answer:
+                body = answer.read().decode(answer.headers.get_content_charset() or "utf-8")
+                return WebhookResponse(url=url, status_code=answer.status, body=body, headers=answer.headers)
+
+    return Client(url, timeout=timeout, user_agent_prefix=USER_AGENT, logger=logging.getLogger("trialsync.slack"))
 
 
 class EmailSender:
@@ -169,19 +210,32 @@ class EmailSender:
         try:
             refused = within(c.timeout, f"the SMTP server {c.host}:{c.port}", lambda: self._submit(mail))
         except smtplib.SMTPAuthenticationError as exc:
-            raise DeliveryFailed(f"SMTP login refused ({exc.smtp_code})") from None
-        except smtplib.SMTPRecipientsRefused:
-            raise DeliveryFailed("SMTP server refused the recipients") from None
-        except smtplib.SMTPResponseException as exc:
-            raise DeliveryFailed(f"SMTP error {exc.smtp_code}", retryable=400 <= exc.smtp_code < 500) from None
+            raise DeliveryFailed(f"SMTP login refused ({exc.smtp_code})", retryable=400 <= exc.smtp_code < 500,
+                                 permanent=exc.smtp_code >= 500) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients  # every one of them
+        except smtplib.SMTPNotSupportedError as exc:  # e.g. security: starttls, and the server offers none
+            hint = ("; security: ssl is implicit TLS, security: none sends in the clear"
+                    if "STARTTLS" in str(exc) else "")
+            raise DeliveryFailed(f"the SMTP server {c.host}:{c.port} does not support what the channel needs "
+                                 f"({str(exc).rstrip('.')}){hint}") from None
+        except smtplib.SMTPResponseException as exc:  # 4xx: try again later (421, 450, 451); 5xx: refused
+            what = " ".join(_text(exc.smtp_error).split())[:120]
+            raise DeliveryFailed(f"SMTP error {exc.smtp_code}" + (f": {what}" if what else ""),
+                                 retryable=400 <= exc.smtp_code < 500, permanent=exc.smtp_code >= 500) from None
+        except smtplib.SMTPServerDisconnected:
+            raise DeliveryFailed(f"the SMTP server {c.host}:{c.port} closed the connection before it took "
+                                 "the message", retryable=True) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"cannot reach the SMTP server {c.host}:{c.port} ({type(exc).__name__})",
                                  retryable=True) from None
 
         if refused:  # some recipients were refused (the others have it): the message counts as not sent
             codes = sorted({code for code, _ in refused.values()})
+            transient = all(400 <= code < 500 for code in codes)
             raise DeliveryFailed(f"SMTP server refused {len(refused)} of {len(c.recipients)} recipients "
-                                 f"({', '.join(map(str, codes))})", retryable=all(400 <= code < 500 for code in codes))
+                                 f"({', '.join(map(str, codes))})", retryable=transient,
+                                 permanent=not transient and any(code >= 500 for code in codes))
 
     def _submit(self, mail: EmailMessage) -> dict[str, tuple[int, bytes]]:
         """Connect, log in and send; the recipients the server refused (``send_message`` raises only
@@ -208,6 +262,10 @@ class EmailSender:
                 smtp.close()
                 raise
         return smtp
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class AppriseSender:

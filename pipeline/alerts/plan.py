@@ -37,7 +37,8 @@ class LedgerState:
 
     ``sent``: keys delivered. ``planned``: keys carried by a message of the outbox (sent or not).
     ``planned_content``: the same as (watch, channel, content key), two keys per change.
-    ``pending``: outbox messages not yet delivered. ``failed``: keys whose delivery failed before
+    ``pending``: outbox messages not yet delivered (to send again). ``rejected``: outbox messages a
+    receiver refused for good, not sent again. ``failed``: keys whose delivery failed before
     the outbox existed (no stored message), with their attempts so far; they are planned afresh.
     """
 
@@ -46,6 +47,7 @@ class LedgerState:
     planned: frozenset[Key] = frozenset()
     planned_content: frozenset[Key] = frozenset()
     pending: tuple[Pending, ...] = ()
+    rejected: tuple[Pending, ...] = ()
 
     def handled(self, watch: str, channel: str, change: AlertChange) -> bool:
         """Whether an earlier message carried this change to this watch's channel."""

@@ -1,0 +1,69 @@
+"""What an HTTP receiver's answer means for an alert: a transient or a permanent failure, how long it
+asks to wait (``Retry-After``), whether a redirect stays on the same origin. No network; the clock
+only for an HTTP-date ``Retry-After`` that came without a ``Date``."""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.errors import DeliveryFailed
+
+TRANSIENT_4XX = (408, 425, 429)  # timeout, too early, too many requests: try again later
+
+
+def http_failure(status: int, body: str, headers: Mapping[str, str] | None = None) -> DeliveryFailed:
+    """5xx and 408/425/429 are transient (retried; ``Retry-After`` honoured); any other 4xx refuses
+    the message for good (permanent: marked rejected, not re-sent on every run)."""
+    detail = " ".join(body.split())[:120]
+    headers = headers or {}
+    transient = status >= 500 or status in TRANSIENT_4XX
+    return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""), retryable=transient,
+                          permanent=400 <= status < 500 and not transient,
+                          retry_after=retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
+                          if transient else None)
+
+
+def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds to wait: delta-seconds or an HTTP-date (measured from the
+    response's ``Date``, else this host's clock; a date past is 0). Malformed: None (not asked); a
+    number too long to read: infinite."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isdigit() and value.isascii():
+        return math.inf if len(value) > 15 else float(value)
+    try:
+        when = parsedate_to_datetime(value)
+        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+
+
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib turns a redirected POST (301, 302, 303) into a bodiless GET and reports the landing page's
+    200: the alert marked sent, never arrived. With this handler every redirect is answered as it is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
