@@ -391,6 +391,11 @@ class _Lines(logging.Handler):
 def _capture_all_logs() -> _Lines:
     """Every logger at DEBUG (urllib3, apprise, prefect, ours) into one list of formatted lines."""
     handler = _Lines()
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # Prefect configures its loggers once, on first use: before this test attaches, not after
+    for name in ("trialsync", "prefect.flow_runs", "prefect.task_runs", "urllib3", "apprise"):
+        logging.getLogger(name)  # those a run logs to, so that they exist when the handler is attached
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
     for logger in loggers:
         handler.attached.append((logger, logger.level))
