@@ -63,6 +63,13 @@ def _timestamp_as_text(loader: _StrictLoader, node: yaml.ScalarNode) -> str:
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+# Whole numbers are decimal: YAML 1.1 also reads 010 as 8, 0x10 as 16, 1:30 as 90 and 1_000 as 1000,
+# none of which a user means in a config file (they stay text, and the validator names them).
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
+                                    list("-+0123456789"))
 
 
 def load_yaml(text: str, source: str) -> Any:

@@ -111,6 +111,11 @@ HOSTILE: list[tuple[str, str]] = [
      "channels.h.headers_env.X"),
     (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], since: 20260101}]",
      "watches[w].since: not a real date: 20260101; expected YYYY-MM-DD"),
+    # YAML 1.1 numbers nobody means in a config file: 010 is 8, 1:30 is 90 (sexagesimal)
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], lookback_days: 010}]",
+     "watches[w].lookback_days: must be a whole number >= 0 and <= 36525, got '010'"),
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], lookback_days: 1:30}]",
+     "watches[w].lookback_days: must be a whole number >= 0 and <= 36525, got '1:30'"),
     ("? [a, b]\n: 1\n", "a key must be a plain name, not a list or mapping (line 1)"),
     ("[" * 5000 + "]" * 5000, "is not a config file: nested too deeply"),
 ]
