@@ -194,3 +194,19 @@ def test_the_redactor_masks_a_secret_url_and_its_telling_parts() -> None:
     text = redact("POST /services/T0/B0/XXXXXXXXXXXXXXXXXXXX?k=abcdef12 to hooks.example.org failed; "
                   "pw s3cr3t-pass; token XXXXXXXXXXXXXXXXXXXX")
     assert text == "POST *** to hooks.example.org failed; pw ***; token ***"
+
+
+@pytest.mark.parametrize(("channel", "message"), [
+    ("feed: {type: feed, path: out}", "channels.feed.path: is a directory; name the feed file to write"),
+    ("feed: {type: feed, path: f.json}\n  m: {type: email, host: h, from: a@b.c, to: [x@y.z], ca_file: nope.pem}",
+     "channels.m.ca_file: no such file nope.pem"),
+])
+def test_a_feed_path_that_is_a_directory_or_a_missing_ca_file_is_named_before_anything_runs(
+        tmp_path: Path, channel: str, message: str) -> None:
+    """Found at delivery before, after the run had matched and planned its alerts."""
+    (tmp_path / "out").mkdir()
+    path = tmp_path / "w.yaml"
+    path.write_text(f"channels:\n  {channel}\n" + _W)
+    with pytest.raises(UsageError) as caught:
+        check_config(path)
+    assert str(caught.value) == f"{path}: {message}"
