@@ -77,7 +77,12 @@ def load_watchlist(path: str | os.PathLike[str]) -> Watchlist:
 def check_config(path: str | os.PathLike[str]) -> Watchlist:
     """Before Prefect starts: the file is valid and every environment variable it names is set."""
     watchlist = load_watchlist(path)
+    base = Path(path).resolve().parent  # relative paths are the watchlist file's
     for channel in watchlist.channels.values():
+        if channel.path and (base / channel.path).is_dir():
+            raise UsageError(f"{path}: channels.{channel.name}.path: is a directory; name the feed file to write")
+        if channel.ca_file and not (base / channel.ca_file).is_file():
+            raise UsageError(f"{path}: channels.{channel.name}.ca_file: no such file {channel.ca_file}")
         for ref in channel.secrets():
             if ref.env and not os.environ.get(ref.env):
                 raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")

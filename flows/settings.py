@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +20,12 @@ DEFAULT_WAREHOUSE = "./trialsync-warehouse"
 
 
 def warehouse_dir(flag: str | None = None) -> Path:
-    return Path(flag or os.environ.get("TRIALSYNC_WAREHOUSE") or DEFAULT_WAREHOUSE).expanduser()
+    env = os.environ.get("TRIALSYNC_WAREHOUSE")
+    # A blank or control-character value would make a warehouse named "   " in the current directory.
+    if not flag and env and (not env.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in env)):
+        raise UsageError(f"TRIALSYNC_WAREHOUSE must be a directory path, not {env!r}; unset it for the "
+                         f"default ({DEFAULT_WAREHOUSE})")
+    return Path(flag or env or DEFAULT_WAREHOUSE).expanduser()
 
 
 def api_url(flag: str | None = None) -> str:
@@ -67,12 +73,29 @@ def shared_data_dir(flag: str | None = None) -> Path:
     )
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # the shipped files are a few KB; more is not a config file
+
+
 def read_config(path: str | os.PathLike[str], what: str) -> str:
-    """A config file's text; one ``UsageError`` line when it cannot be read or is not UTF-8 text."""
+    """A config file's text; one ``UsageError`` line when it cannot be read, is not a regular file
+    (a named pipe or ``/dev/zero`` would block or never end), is too big, or is not UTF-8 text."""
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise UsageError(f"cannot read {what} {path}: it is {kind}")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise UsageError(f"{path}: is {info.st_size} bytes; a {what} is at most {MAX_CONFIG_BYTES} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -11,6 +11,7 @@ silently), and dates stay text until a validator checks them (PyYAML would raise
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +47,9 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):  # ``? [a, b]``: PyYAML would fail unhashable
+            line = key_node.start_mark.line + 1
+            raise ConfigError("", f"a key must be a plain name, not a list or mapping (line {line})")
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConfigError(str(key), f"given twice (line {key_node.start_mark.line + 1})")
@@ -59,6 +63,13 @@ def _timestamp_as_text(loader: _StrictLoader, node: yaml.ScalarNode) -> str:
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+# Whole numbers are decimal: YAML 1.1 also reads 010 as 8, 0x10 as 16, 1:30 as 90 and 1_000 as 1000,
+# none of which a user means in a config file (they stay text, and the validator names them).
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
+                                    list("-+0123456789"))
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -67,6 +78,8 @@ def load_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_StrictLoader)
     except ConfigError as exc:
         raise UsageError(f"{source}: {exc}") from None
+    except RecursionError:  # ``[[[[...`` thousands deep: PyYAML's parser recurses per level
+        raise UsageError(f"{source}: is not a config file: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -79,7 +92,7 @@ def mapping(value: Any, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a mapping (key: value), got {_show(value)}")
+        raise ConfigError(key, f"must be a mapping (key: value), got {show(value)}")
     return value
 
 
@@ -95,13 +108,13 @@ def texts(value: Any, key: str) -> tuple[str, ...]:
         return ()
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
-        raise ConfigError(key, f"must be a text or a list of texts, got {_show(value)}")
+        raise ConfigError(key, f"must be a text or a list of texts, got {show(value)}")
     return tuple(v.strip() for v in items)
 
 
 def choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
     if value not in allowed:
-        raise ConfigError(key, f"unknown value {_show(value)}; valid: {', '.join(allowed)}")
+        raise ConfigError(key, f"unknown value {show(value)}; valid: {', '.join(allowed)}")
     return str(value)
 
 
@@ -115,7 +128,7 @@ def choices(value: Any, allowed: tuple[str, ...], key: str, *, what: str = "valu
 def integer(value: Any, key: str, *, low: int, high: int | None = None) -> int:
     limit = _SANE if high is None else high
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= limit:
-        raise ConfigError(key, f"must be a whole number >= {low}{_at_most(value, high, limit)}, got {_show(value)}")
+        raise ConfigError(key, f"must be a whole number >= {low}{_at_most(value, high, limit)}, got {show(value)}")
     return value
 
 
@@ -126,7 +139,7 @@ def number(value: Any, key: str, *, low: float = 0.0, positive: bool = False, hi
             or (isinstance(value, float) and not math.isfinite(value))  # an int has no NaN (and may not fit a float)
             or not low <= value <= limit or (positive and value <= 0)):
         bound = "> 0" if positive else f">= {low:g}"
-        raise ConfigError(key, f"must be a number {bound}{_at_most(value, high, limit)}, got {_show(value)}")
+        raise ConfigError(key, f"must be a number {bound}{_at_most(value, high, limit)}, got {show(value)}")
     return float(value)
 
 
@@ -143,10 +156,12 @@ def a_date(value: Any, key: str) -> date | None:
     if value is None or (isinstance(value, date)):
         return value
     try:
-        return date.fromisoformat(str(value))
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            raise ValueError(value)  # Python also takes 20260101 (a YAML number here) and 2026-W01-1
+        return date.fromisoformat(value)
     except ValueError as exc:
         reason = f" ({exc})" if "must be in" in str(exc) or "out of range" in str(exc) else ""
-        raise ConfigError(key, f"not a real date: {_show(value)}{reason}; expected YYYY-MM-DD") from None
+        raise ConfigError(key, f"not a real date: {show(value)}{reason}; expected YYYY-MM-DD") from None
 
 
 def _join(key: str, name: str) -> str:
@@ -158,7 +173,8 @@ _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxtuple, _SHORT.maxset 
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """A value, shortened for a one-line error (never expanded whole: see ``_SHORT``)."""
     text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:59] + "…"
 
@@ -172,8 +188,12 @@ def parse_rules(text: str, source: str) -> Rules:
     silently over a typo. One ``UsageError`` line ``SOURCE: key: what is wrong`` otherwise."""
     data = load_yaml(text, source)
     with reading(source):
+        if data is None:  # an empty file (or only comments): a truncated save, not "the defaults"
+            raise ConfigError("", "is empty; expected a `severity:` mapping")
         top = mapping(data, "")
         known(top, ("severity",), "")
+        if top.get("severity") is None:
+            raise ConfigError("severity", f"is empty; give one or more of: {', '.join(RULES_KEYS)}")
         spec = mapping(top.get("severity"), "severity")
         known(spec, RULES_KEYS, "severity")
         defaults = Rules()

@@ -189,12 +189,33 @@ def test_serve_checks_the_config_files_its_deployments_name_before_serving(
     assert _run(["serve", "--list"], capsys)[0] == 0  # the shipped files are valid
 
 
+_DAILY = "deployments[daily-incremental]"
+
+
 @pytest.mark.parametrize(("change", "error"), [
-    ({"scopes": [{"ids": ["NCT0"]}]}, "deployment daily-incremental: invalid NCT id 'NCT0'"),
-    ({"scopes": [{"ids": []}]}, "deployment daily-incremental: scope 1: ids is empty; leave the key out"),
+    ({"scopes": [{"ids": ["NCT0"]}]}, f"{_DAILY}.parameters.scopes[1]: invalid NCT id 'NCT0'"),
+    ({"scopes": [{"ids": []}]}, f"{_DAILY}.parameters.scopes[1].ids: is empty; leave the key out"),
     ({"scopes": [{"condition": "aml", "colour": "red"}]},
-     "deployment daily-incremental: scope 1: unknown key(s) colour"),
-    ({"full": "maybe"}, "deployment daily-incremental: Flow run received invalid parameters: - full: "),
+     f"{_DAILY}.parameters.scopes[1].colour: unknown key; valid: query, condition, sponsor, ids, status"),
+    ({"full": "maybe"}, f"{_DAILY}.parameters: Flow run received invalid parameters: - full: "),
+    # an empty scope is the whole registry: never by accident
+    ({"scopes": [{}]}, f"{_DAILY}.parameters.scopes[1]: is empty, which would sync the whole registry"),
+    ({"scopes": []}, f"{_DAILY}.parameters.scopes: is empty, which would sync the whole registry"),
+    ({"scopes": None}, f"{_DAILY}.parameters.scopes: is empty; leave `scopes` out to sync the whole registry"),
+    ({"scopes": [{"ids": 1234567}]}, f"{_DAILY}.parameters.scopes[1].ids: must be a text or a list of texts"),
+    ({"scopes": [{"condition": ["aml", "cll"]}]}, f"{_DAILY}.parameters.scopes[1].condition: must be one text"),
+    ({"scopes": [{"condition": "aml"}, {"condition": "AML"}]},
+     f"{_DAILY}.parameters.scopes[2]: is the same scope as {_DAILY}.parameters.scopes[1]"),
+    # values Prefect's types let through but no run can use
+    ({"max_lateness_hours": -1}, f"{_DAILY}.parameters.max_lateness_hours: must be a number > 0 and <= 8784, got -1"),
+    ({"max_lateness_hours": float("nan")}, f"{_DAILY}.parameters.max_lateness_hours: must be a number > 0"),
+    ({"page_size": 0}, f"{_DAILY}.parameters.page_size: must be a whole number >= 1 and <= 1000, got 0"),
+    ({"request_interval": float("inf")}, f"{_DAILY}.parameters.request_interval: must be a number >= 0"),
+    ({"api_url": "ftp://example.org/api"}, f"{_DAILY}.parameters.api_url: must be an http(s) URL"),
+    ({"api_url": "http://"}, f"{_DAILY}.parameters.api_url: has no host"),
+    ({"api_url": "https://user:s3cretPassw0rd@example.org/api"},
+     f"{_DAILY}.parameters.api_url: must not contain credentials"),
+    ({"warehouse": ""}, f"{_DAILY}.parameters.warehouse: is empty; leave it out for the default"),
 ])
 def test_serve_checks_each_deployments_parameters_before_serving(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], error: str) -> None:
@@ -205,11 +226,116 @@ def test_serve_checks_each_deployments_parameters_before_serving(
     file = tmp_path / "prefect.yaml"
     file.write_text(yaml.safe_dump(deploy, sort_keys=False))
     code, err = _run(["serve", "--file", str(file), "--list"], capsys)
-    assert code == 2 and err.startswith(f"trialsync: error: {error}") and err.count("\n") == 1
+    assert code == 2 and err.startswith(f"trialsync: error: {file}: {error}") and err.count("\n") == 1, err
+    assert "s3cret" not in err and "Parameters:" not in err  # Prefect's own log line printed every value
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (lambda d: d.update(paramters=d.pop("parameters")),
+     "deployments[daily-incremental].paramters: unknown key; valid: name, version, "),
+    (lambda d: d.update(tags="trialsync"), "deployments[daily-incremental].tags: must be a list of texts"),
+    (lambda d: d.update(schedule=d.pop("schedules")[0]),
+     "deployments[daily-incremental].schedule: write it as a list: `schedules: [{cron: ...}]`"),
+    (lambda d: d["schedules"][0].update(cron="0 0 30 2 *"),
+     "deployments[daily-incremental].schedules[1].cron: '0 0 30 2 *' never fires (no date matches it)"),
+    (lambda d: d["schedules"][0].update(cron="0 0 10 * * 1-5"),
+     "deployments[daily-incremental].schedules[1].cron: '0 0 10 * * 1-5' must have 5 fields"),
+    (lambda d: d["schedules"][0].update(timezone=""), "deployments[daily-incremental].schedules[1].timezone: is empty"),
+    (lambda d: d["schedules"][0].update(timezone="Mars/Olympus"), "Invalid timezone: \"Mars/Olympus\""),
+    (lambda d: d["schedules"][0].update(cron="61 25 * * *"), "Invalid cron string: \"61 25 * * *\""),
+    (lambda d: d["concurrency_limit"].update(limit=-1),
+     "deployments[daily-incremental].concurrency_limit: must be a whole number >= 1 and <= 1000, got -1"),
+    (lambda d: d.update(entrypoint="../../etc/x.py:f"),
+     "deployments[daily-incremental].entrypoint: '../../etc/x.py:f' is not path/to/file.py:flow inside the project"),
+    (lambda d: d.update(entrypoint="flows/scheduled.py:nope"),
+     "deployments[daily-incremental].entrypoint: module 'flows.scheduled' has no attribute 'nope'"),
+])
+def test_serve_refuses_what_prefect_would_ignore_or_take_as_never(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: Any, error: str) -> None:
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    change(next(d for d in deploy["deployments"] if d["name"] == "daily-incremental"))
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    code, err = _run(["serve", "--file", str(file), "--list"], capsys)
+    assert code == 2 and err.startswith("trialsync: error: ") and error in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    (b"\xff\xfe\x00garbage", "is not UTF-8 text (byte 0: b'\\xff'); save it as UTF-8"),
+    ("[" * 5000 + "]" * 5000, "is not a config file: nested too deeply"),
+    ("deployments: []\nname: a\nname: b\n", "name: given twice (line 3)"),
+])
+def test_serve_reads_its_file_as_strictly_as_every_config_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | bytes, error: str) -> None:
+    file = tmp_path / "prefect.yaml"
+    file.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (2, f"trialsync: error: {file}: {error}\n")
+
+
+def test_serve_refuses_a_deployments_file_with_two_deployments_of_one_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    deploy["deployments"].append(deploy["deployments"][0])
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (
+        2, f"trialsync: error: {file}: deployments[daily-incremental].name: two deployments have this name\n")
 
 
 def test_serve_refuses_a_file_that_is_not_a_deployments_file(capsys: pytest.CaptureFixture[str]) -> None:
     watchlist = REPO / "deploy" / "watchlist.example.yaml"
     code, err = _run(["serve", "--file", str(watchlist), "--list"], capsys)
-    assert (code, err) == (2, f"trialsync: error: {watchlist} is not a deployments file: it has no "
+    assert (code, err) == (2, f"trialsync: error: {watchlist}: is not a deployments file: it has no "
                               "`deployments:` list\n")
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("", "is empty; expected a `severity:` mapping"),
+    ("# rules to come\n", "is empty; expected a `severity:` mapping"),
+    ("severity:\n", "severity: is empty; give one or more of: critical_statuses, enrollment_pct_notable, "
+                    "date_shift_days_notable, events"),
+    ("? [a, b]\n: 1\n", "a key must be a plain name, not a list or mapping (line 1)"),
+    ("[" * 5000 + "]" * 5000, "is not a config file: nested too deeply"),
+])
+def test_an_empty_or_malformed_rules_file_is_refused_not_taken_as_the_defaults(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, error: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rules file saved empty (or cut short) would otherwise replace the stored rules by the defaults."""
+    monkeypatch.setenv("TRIALSYNC_API_URL", "http://127.0.0.1:9/api/v2")
+    rules = tmp_path / "r.yaml"
+    rules.write_text(text)
+    warehouse = tmp_path / "nowhere"
+    assert _run(["rederive", "--rules", str(rules), "--warehouse", str(warehouse)], capsys) == (
+        2, f"trialsync: error: {rules}: {error}\n")
+    assert not warehouse.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "too big"])
+def test_a_config_path_that_is_not_a_small_regular_file_is_refused_at_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """A named pipe would block the command for ever; /dev/zero or a huge file would fill memory."""
+    import os
+
+    path = tmp_path / "c.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("# " + "x" * (1024 * 1024) + "\n")
+    expected = {"fifo": f"cannot read watchlist {path}: it is not a regular file",
+                "directory": f"cannot read watchlist {path}: it is a directory",
+                "too big": f"{path}: is {1024 * 1024 + 3} bytes; a watchlist is at most 1048576 bytes"}[kind]
+    assert _run(["alerts", "list", "--config", str(path)], capsys) == (2, f"trialsync: error: {expected}\n")
+
+
+@pytest.mark.parametrize("value", ["   ", "wh\x01"])
+def test_a_blank_or_control_character_warehouse_setting_is_refused_not_made_a_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRIALSYNC_WAREHOUSE", value)
+    monkeypatch.setenv("TRIALSYNC_API_URL", "http://127.0.0.1:9/api/v2")  # never reached
+    code, err = _run(["sync", "--ids", "NCT07011004", "--max-attempts", "1"], capsys)
+    assert (code, err) == (2, f"trialsync: error: TRIALSYNC_WAREHOUSE must be a directory path, not {value!r}; "
+                              "unset it for the default (./trialsync-warehouse)\n")
+    assert list(tmp_path.iterdir()) == []

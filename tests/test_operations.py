@@ -148,10 +148,45 @@ def test_scheduled_scopes_are_checked_before_anything_runs() -> None:
     assert scope_kwargs(None) == [{"query": None, "condition": None, "sponsor": None, "ids": None, "status": None}]
     assert scope_kwargs([{"ids": "nct07011004", "status": ["recruiting"]}]) == [
         {"query": None, "condition": None, "sponsor": None, "ids": ["NCT07011004"], "status": ["RECRUITING"]}]
-    with pytest.raises(UsageError, match="scope 2: unknown key"):
+    with pytest.raises(UsageError, match=r"scopes\[2\].conditon: unknown key"):
         scope_kwargs([{"condition": "aml"}, {"conditon": "aml"}])
     with pytest.raises(UsageError, match="invalid NCT id"):
         scope_kwargs([{"ids": ["NCT00000000"]}])
+
+
+@pytest.mark.parametrize(("scopes", "error"), [
+    ([{}], "scopes[1]: is empty, which would sync the whole registry; give one or more of query, condition, "
+           "sponsor, ids, status (leave `scopes` out for the whole registry)"),
+    ([], "scopes: is empty, which would sync the whole registry; leave `scopes` out for that"),
+    ([{"condition": "aml"}, {}], "scopes[2]: is empty, which would sync the whole registry"),
+    ([{"ids": None}], "scopes[1].ids: is empty; leave the key out for no such filter"),
+    ([{"condition": "  "}], "scopes[1].condition: is empty; leave the key out for no such filter"),
+    ([{"ids": 1234567}], "scopes[1].ids: must be a text or a list of texts, got int"),
+    ([{"ids": [["NCT01234567"]]}], "scopes[1].ids: must be a text or a list of texts, got list"),
+    ([{"status": True}], "scopes[1].status: must be a text or a list of texts, got bool"),
+    ([{"condition": ["aml", "cll"]}], "scopes[1].condition: must be one text, got list"),
+    ([{"sponsor": 5}], "scopes[1].sponsor: must be one text, got int"),
+    ({"condition": "aml"}, "scopes: must be a list of scopes (each a mapping of query, condition, sponsor, ids, "
+                           "status), got dict"),
+    ("aml", "scopes: must be a list of scopes"),
+    (["aml"], "scopes[1]: must be a mapping of query, condition, sponsor, ids, status, got str"),
+    ([{"condition": "aml"}, {"condition": "aml"}], "scopes[2]: is the same scope as scopes[1] (query.cond=aml)"),
+    ([{"condition": "aml"}, {"condition": "AML "}], "scopes[2]: is the same scope as scopes[1]"),
+    ([{"ids": ["NCT01234567", "NCT07011004"]}, {"ids": "nct7011004, NCT01234567"}],
+     "scopes[2]: is the same scope as scopes[1] (filter.ids=NCT01234567,NCT07011004)"),
+])
+def test_a_scope_that_would_widen_to_the_whole_registry_or_is_mistyped_is_refused(scopes: Any, error: str) -> None:
+    """Only a missing `scopes` is the whole registry; `[{}]`, `[]` or `ids: []` by accident are not."""
+    with pytest.raises(UsageError) as info:
+        scope_kwargs(scopes)
+    assert str(info.value).startswith(error)
+    assert "\n" not in str(info.value)
+
+
+def test_an_ids_scope_written_as_one_text_is_ids_not_characters() -> None:
+    assert scope_kwargs([{"ids": "NCT01234567"}])[0]["ids"] == ["NCT01234567"]
+    assert scope_kwargs([{"ids": "NCT01234567, nct7011004"}])[0]["ids"] == ["NCT01234567", "NCT07011004"]
+    assert scope_kwargs([{"status": "recruiting"}])[0]["status"] == ["RECRUITING"]  # status alone: a choice
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -47,7 +47,7 @@ def test_the_example_and_demo_watchlists_are_valid() -> None:
     ("channels:\n  s: {type: slack, url: 'https://hooks.slack.com/services/T/B/X'}\n",
      "channels.s.url: unknown key; valid: type, timeout, attempts, url_env, url_secret"),
     ("channels:\n  h: {type: webhook, url: 'https://u:pw@example.org/x'}\n",
-     "channels.h.url: must not carry a password; use url_env or url_secret"),
+     "channels.h.url: must not carry credentials (user:password@); use url_env or url_secret"),
     ("channels:\n  a: {type: feed, path: x}\n  a: {type: feed, path: y}\n", "a: given twice (line 3)"),
     (CHANNELS + "watches: [{name: w, studies: {where: 'x IN (SELECT 1)'}, channels: [feed]}]",
      "watches[w].studies.where: must be a single expression over the columns of studies"),
@@ -66,6 +66,93 @@ def test_a_bad_watchlist_gets_one_line_naming_the_file_and_the_setting(tmp_path:
         load_watchlist(path)
     assert str(caught.value).startswith(f"{path}: {message}")
     assert "\n" not in str(caught.value)
+
+
+_W = "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed]}]\n"
+_MAIL = "channels:\n  m: {type: email, host: h, from: a@b.c, to: [x@y.z]}\n  feed: {type: feed, path: f.json}\n"
+
+
+def _hook(url: str) -> str:
+    return f"channels:\n  h: {{type: webhook, url: '{url}'}}\n  feed: {{type: feed, path: f.json}}\n" + _W
+
+
+HOSTILE: list[tuple[str, str]] = [
+    # an empty selector value is no filter: the watch would follow every study of the warehouse
+    (CHANNELS + "watches: [{name: w, studies: {ids: []}, channels: [feed]}]",
+     "watches[w].studies.ids: is empty, which would follow every study; leave the key out or give a value"),
+    (CHANNELS + "watches: [{name: w, studies: {ids: }, channels: [feed]}]", "watches[w].studies.ids: is empty"),
+    (CHANNELS + "watches: [{name: w, studies: {conditions: [], status: [RECRUITING]}, channels: [feed]}]",
+     "watches[w].studies.conditions: is empty"),
+    # a literal webhook URL: a host, http(s), no credentials anywhere (and never printed back)
+    (_hook("http://"), "channels.h.url: has no host name"),
+    (_hook("http:///path"), "channels.h.url: has no host name"),
+    (_hook("ftp://example.org/x"), "channels.h.url: must be an http(s) URL (lower-case http:// or https://)"),
+    (_hook("https://s3cretTokenABC@example.org/x"),
+     "channels.h.url: must not carry credentials (user:password@); use url_env or url_secret"),
+    (_hook("https://example.org/x?token=s3cretTokenABC"),
+     "channels.h.url: carries a secret-looking query parameter; use url_env or url_secret"),
+    (_hook("https://exa mple.org/x"), "channels.h.url: must be an http(s) URL (text without spaces"),
+    (_hook("https://example.org:99999/x"), "channels.h.url: is not a valid URL (its host or port does not parse)"),
+    (_hook("http://[::1/x"), "channels.h.url: is not a valid URL"),
+    # e-mail: addresses that are addresses, one line each (a newline would add headers: Bcc)
+    (_MAIL.replace("from: a@b.c", "from: '@'") + _W, "channels.m.from: needed: an e-mail address"),
+    (_MAIL.replace("[x@y.z]", "['x@y.z', 'a b@c']") + _W, "channels.m.to: not an e-mail address: 'a b@c'"),
+    (_MAIL.replace("[x@y.z]", "[\"x@y.z\\nBcc: evil@example.com\"]") + _W, "channels.m.to: not an e-mail address"),
+    (_MAIL.replace("from: a@b.c", "from: \"a@b.c\\nBcc: evil@example.com\"") + _W,
+     "channels.m.from: needed: an e-mail address"),
+    (_MAIL.replace("host: h", "host: 'smtp://user:pw@smtp.example.org'") + _W,
+     "channels.m.host: needed: the SMTP server's host name (no scheme, user or port)"),
+    (_MAIL.replace("host: h", "host: h, username: 5, password_env: P") + _W,
+     "channels.m.username: must be a text, got 5"),
+    (_MAIL.replace("host: h", "host: h, ca_file: [a, b]") + _W, "channels.m.ca_file: must be a file path (text)"),
+    (CHANNELS.replace("path: f.json", "path: f.json, title: [a, b]") + _W,
+     "channels.feed.title: must be one line of text, got ['a', 'b']"),
+    (_hook("https://example.org/x").replace("url:", "headers_env: {'X\\r\\nY': V}, url:"),
+     "channels.h.headers_env.X"),
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], since: 20260101}]",
+     "watches[w].since: not a real date: 20260101; expected YYYY-MM-DD"),
+    # YAML 1.1 numbers nobody means in a config file: 010 is 8, 1:30 is 90 (sexagesimal)
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], lookback_days: 010}]",
+     "watches[w].lookback_days: must be a whole number >= 0 and <= 36525, got '010'"),
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], lookback_days: 1:30}]",
+     "watches[w].lookback_days: must be a whole number >= 0 and <= 36525, got '1:30'"),
+    ("? [a, b]\n: 1\n", "a key must be a plain name, not a list or mapping (line 1)"),
+    ("[" * 5000 + "]" * 5000, "is not a config file: nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), HOSTILE, ids=[m.split(":")[0] + str(i) for i, (_, m) in
+                                                            enumerate(HOSTILE)])
+def test_a_hostile_watchlist_gets_one_line_and_never_prints_a_secret(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as caught:
+        load_watchlist(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["password_env: hunter2-secret-value", "password_secret: 'Bearer hunter2secret'"])
+def test_a_secret_pasted_where_its_name_belongs_is_refused_without_being_printed(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(_MAIL.replace("host: h", f"host: h, username: u, {where}") + _W)
+    with pytest.raises(UsageError) as caught:
+        load_watchlist(path)
+    assert str(caught.value).startswith(f"{path}: channels.m.password_")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_strict_checks_still_take_the_usual_forms(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text("channels:\n  m: {type: email, host: smtp.example.org, from: 'trialsync <alerts@example.org>', "
+                    "to: [a@localhost, '\"Team\" <team@example.org>']}\n"
+                    "  h: {type: webhook, url: 'https://alerts.example.org:8443/hook?channel=ops', "
+                    "headers_env: {X-Api-Token: TOKEN_VAR}, headers_secret: {Authorization: my-auth-header}}\n"
+                    "  feed: {type: feed, path: f.json}\n" + _W)
+    channels = load_watchlist(path).channels
+    assert channels["m"].recipients == ("a@localhost", '"Team" <team@example.org>')
+    assert channels["h"].url == "https://alerts.example.org:8443/hook?channel=ops"
+    assert sorted(channels["h"].headers) == ["Authorization", "X-Api-Token"]
 
 
 def test_a_missing_environment_variable_is_named_before_anything_runs(tmp_path: Path,
@@ -107,3 +194,19 @@ def test_the_redactor_masks_a_secret_url_and_its_telling_parts() -> None:
     text = redact("POST /services/T0/B0/XXXXXXXXXXXXXXXXXXXX?k=abcdef12 to hooks.example.org failed; "
                   "pw s3cr3t-pass; token XXXXXXXXXXXXXXXXXXXX")
     assert text == "POST *** to hooks.example.org failed; pw ***; token ***"
+
+
+@pytest.mark.parametrize(("channel", "message"), [
+    ("feed: {type: feed, path: out}", "channels.feed.path: is a directory; name the feed file to write"),
+    ("feed: {type: feed, path: f.json}\n  m: {type: email, host: h, from: a@b.c, to: [x@y.z], ca_file: nope.pem}",
+     "channels.m.ca_file: no such file nope.pem"),
+])
+def test_a_feed_path_that_is_a_directory_or_a_missing_ca_file_is_named_before_anything_runs(
+        tmp_path: Path, channel: str, message: str) -> None:
+    """Found at delivery before, after the run had matched and planned its alerts."""
+    (tmp_path / "out").mkdir()
+    path = tmp_path / "w.yaml"
+    path.write_text(f"channels:\n  {channel}\n" + _W)
+    with pytest.raises(UsageError) as caught:
+        check_config(path)
+    assert str(caught.value) == f"{path}: {message}"

@@ -69,7 +69,7 @@ def fanout_setting() -> int | None:
         return FANOUT
     if value in ("off", "0", "false", "no"):
         return None
-    if not (value.isascii() and value.isdigit()) or int(value) < 2:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6 or int(value) < 2:  # 5000 digits: int() fails
         raise UsageError(f"{ENV} must be 'off' or a whole number of 2 or more, not {value!r}")
     return int(value)
 

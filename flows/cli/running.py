@@ -26,7 +26,7 @@ def serve(
     from flows.deployments import DEPLOY_FILE, check_config_files, describe, load
 
     deployments = load(file or DEPLOY_FILE)
-    check_config_files(deployments)
+    check_config_files(deployments, file or DEPLOY_FILE)
     for d in deployments:
         console.print(describe(d), highlight=False, markup=False)
     if list_only:

@@ -15,7 +15,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from email.utils import parseaddr
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pipeline.alerts.compliance import FDAAA_CATEGORY, FDAAA_EVENT, FDAAA_KINDS, FDAAA_SEVERITY
 from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
@@ -30,6 +32,7 @@ from pipeline.config import (
     mapping,
     number,
     reading,
+    show,
     texts,
 )
 from pipeline.enums import STATUSES, Phase
@@ -41,6 +44,12 @@ SECURITY = ("starttls", "ssl", "none")
 FEED_FORMATS = ("json", "atom")
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$"
+                   r"|^\[[0-9A-Fa-f:.]+\]$|^[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_ADDRESS = re.compile(rf"^[^@\s<>(),;:\\\"\[\]]+@{_LABEL}(\.{_LABEL})*$")  # local@domain
+_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an RFC 9110 token
+_BLOCK = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")  # Prefect block document names
 _SECRET_WORDS = ("password", "token", "secret", "api_key", "apikey", "webhook_url")
 _STUDY_KEYS = ("ids", "conditions", "sponsors", "phases", "status", "where")
 _WATCH_KEYS = ("name", "studies", "categories", "events", "min_severity", "mode", "channels", "since",
@@ -198,6 +207,10 @@ def _selector(spec: Any, key: str) -> StudySelector:
     if not isinstance(spec, dict) or not spec:
         raise ConfigError(key, f"must select studies by one or more of: {', '.join(_STUDY_KEYS)}")
     known(spec, _STUDY_KEYS, key)
+    for name, value in spec.items():  # ``ids: []`` is no filter at all: the watch would follow every study
+        if value is None or value in ([], {}) or (isinstance(value, str) and not value.strip()):
+            raise ConfigError(f"{key}.{name}", "is empty, which would follow every study; leave the key out "
+                                               "or give a value")
     ids = tuple(i.upper() for i in texts(spec.get("ids"), f"{key}.ids"))
     if bad := [i for i in ids if not NCT_ID.match(i)]:
         raise ConfigError(f"{key}.ids", f"invalid NCT id {bad[0]!r} (NCT and 8 digits)")
@@ -266,10 +279,7 @@ def _url_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> C
     if literal is not None:
         if ref is not None:
             raise ConfigError(key, "give one of url, url_env, url_secret")
-        if not isinstance(literal, str) or not literal.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.url", "must be an http(s) URL")
-        if re.match(r"^https?://[^/@]*:[^/@]*@", literal):
-            raise ConfigError(f"{key}.url", "must not carry a password; use url_env or url_secret")
+        _check_url(literal, f"{key}.url")
     elif ref is None:
         raise ConfigError(key, "needs url_env: VAR or url_secret: NAME" + (
             " (or url: for a webhook without credentials)" if common["type"] == "webhook" else ""))
@@ -277,20 +287,49 @@ def _url_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> C
     return Channel(**common, url=literal, url_ref=ref, headers=headers)
 
 
+def _check_url(url: Any, key: str) -> None:
+    """A literal webhook URL: http(s), a host, no user info, no secret-looking query parameter. The
+    URL itself is never part of the message (it may hold a token where we do not expect one)."""
+    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ConfigError(key, "must be an http(s) URL (text without spaces or control characters)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        raise ConfigError(key, "is not a valid URL (its host or port does not parse)") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(key, "must be an http(s) URL (lower-case http:// or https://)")
+    if "@" in parts.netloc:
+        raise ConfigError(key, "must not carry credentials (user:password@); use url_env or url_secret")
+    if not parts.hostname:
+        raise ConfigError(key, "has no host name")
+    if any(word in name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)
+           for word in (*_SECRET_WORDS, "key", "sig", "auth")):
+        raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
+
+
 def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
     host = spec.get("host")
-    if not isinstance(host, str) or not host:
-        raise ConfigError(f"{key}.host", "needed: the SMTP server's host name")
+    if not isinstance(host, str) or not _HOST.match(host):
+        raise ConfigError(f"{key}.host", "needed: the SMTP server's host name (no scheme, user or port)")
     security = choice(spec.get("security", "starttls"), SECURITY, f"{key}.security")
     port = integer(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), f"{key}.port",
                    low=1, high=65_535)
     sender = spec.get("from")
-    if not isinstance(sender, str) or "@" not in sender:
-        raise ConfigError(f"{key}.from", "needed: an e-mail address")
+    if not isinstance(sender, str) or not _address(sender):
+        raise ConfigError(f"{key}.from", f"needed: an e-mail address (name@domain or Name <name@domain>), "
+                                         f"got {show(sender)}")
     recipients = texts(spec.get("to"), f"{key}.to")
-    if not recipients or any("@" not in r for r in recipients):
+    if not recipients:
         raise ConfigError(f"{key}.to", "needed: one or more e-mail addresses")
+    if bad := [r for r in recipients if not _address(r)]:
+        raise ConfigError(f"{key}.to", f"not an e-mail address: {show(bad[0])} (name@domain)")
     username = spec.get("username")
+    if username is not None and (not isinstance(username, str) or not username.strip()):
+        raise ConfigError(f"{key}.username", f"must be a text, got {show(username)}")
+    ca_file = spec.get("ca_file")
+    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file.strip()):
+        raise ConfigError(f"{key}.ca_file", f"must be a file path (text), got {show(ca_file)}")
     password = _ref(spec, "password", key)
     if (username is None) != (password is None):
         raise ConfigError(key, "give both username and password_env (or password_secret), or neither")
@@ -299,7 +338,7 @@ def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) ->
         raise ConfigError(f"{key}.verify_tls", f"must be true or false, got {verify!r}")
     return Channel(**common, host=host, port=port, security=security, username=username, password_ref=password,
                    sender=sender, recipients=recipients, verify_tls=verify,
-                   ca_file=str(spec["ca_file"]) if spec.get("ca_file") else None)
+                   ca_file=ca_file)
 
 
 def _feed_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
@@ -308,7 +347,7 @@ def _feed_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> 
         raise ConfigError(f"{key}.path", "needed: the feed file to write")
     return Channel(**common, path=path, format=choice(spec.get("format", "json"), FEED_FORMATS, f"{key}.format"),
                    max_items=integer(spec.get("max_items", 500), f"{key}.max_items", low=1, high=100_000),
-                   title=str(spec.get("title", "trialsync alerts")))
+                   title=_title(spec.get("title", "trialsync alerts"), f"{key}.title"))
 
 
 _BUILDERS = {"slack": _url_channel, "webhook": _url_channel, "apprise": _url_channel, "email": _email_channel,
@@ -322,9 +361,7 @@ def _ref(spec: Mapping[str, Any], name: str, key: str) -> SecretRef | None:
     if env is not None:
         return SecretRef(env=_env_name(env, f"{key}.{name}_env"))
     if block is not None:
-        if not isinstance(block, str) or not block:
-            raise ConfigError(f"{key}.{name}_secret", "must name a Prefect Secret block")
-        return SecretRef(block=block)
+        return SecretRef(block=_block_name(block, f"{key}.{name}_secret"))
     return None
 
 
@@ -333,12 +370,36 @@ def _refs(value: Any, kind: str, key: str) -> dict[str, SecretRef]:
         return {}
     what = f"{key}.headers_env" if kind == "env" else f"{key}.headers_secret"
     headers = mapping(value, what)
+    for name in headers:
+        if not isinstance(name, str) or not _HEADER.match(name):
+            raise ConfigError(f"{what}.{name}", "is not an HTTP header name (letters, digits and -)")
     if kind == "env":
         return {str(k): SecretRef(env=_env_name(v, f"{what}.{k}")) for k, v in headers.items()}
-    return {str(k): SecretRef(block=str(v)) for k, v in headers.items()}
+    return {str(k): SecretRef(block=_block_name(v, f"{what}.{k}")) for k, v in headers.items()}
 
 
 def _env_name(value: Any, key: str) -> str:
+    # The value is not shown: a secret pasted where its variable's name belongs would be printed.
     if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-        raise ConfigError(key, f"must name an environment variable, got {value!r}")
+        raise ConfigError(key, "must name an environment variable (letters, digits, _), not hold a value")
     return value
+
+
+def _block_name(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _BLOCK.match(value):
+        raise ConfigError(key, "must name a Prefect Secret block (lower-case letters, digits, -), not hold a value")
+    return value
+
+
+def _title(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip() or any(ord(ch) < 32 for ch in value):
+        raise ConfigError(key, f"must be one line of text, got {show(value)}")
+    return value
+
+
+def _address(text: str) -> bool:
+    """``name@domain`` or ``Name <name@domain>``, one line (a newline would add mail headers)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return False
+    _, address = parseaddr(text)
+    return bool(_ADDRESS.match(address)) and (address == text.strip() or text.strip().endswith(f"<{address}>"))
