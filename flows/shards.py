@@ -99,7 +99,8 @@ def process_shard(job: ShardJob) -> ShardResult:
                     raise ShardCancelled(f"shard {job.key}: the run was cancelled")
                 _process_batch(reader, members(job.members.slice(start, job.batch_size)), skip, heads, job.ctx,
                                writer, result)
-        result.parts = writer.close()
+        result.parts = writer.close()  # run_studies: one row per study (``warehouse.parts.one_row_per_study``)
+        result.studies = len(set(job.members.column("nct_id").to_pylist()))  # a study listed twice is one
     except BaseException:
         writer.abort()
         raise

@@ -240,6 +240,29 @@ def test_a_first_load_that_lists_a_study_twice_derives_the_change_between_its_ve
     assert summary["changes_written"] == query(warehouse_dir, "SELECT count(*) FROM changes")[0][0] > 0
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # the point: one study's file twice in the zip
+@pytest.mark.parametrize("copy", ["same bytes", "changed"])
+def test_a_study_listed_twice_in_a_bulk_zip_has_one_run_studies_row_at_the_version_the_run_ended_at(
+        records: list[dict[str, Any]], tmp_path: Path, warehouse_dir: Path, copy: str) -> None:
+    """Two members for one study (its own file and a copy elsewhere in the zip, in another batch):
+    one ``run_studies`` row for the run, at its last version, and the study counted once as seen.
+    It was two rows (one per member): readers joining run_studies saw the study twice."""
+    from pipeline import mutate
+
+    twice = records[0]
+    again = twice if copy == "same bytes" else mutate.set_status(twice, "SUSPENDED")
+    files = {f"{nct(r)[-2:]}/{nct(r)}.json": orjson.dumps(r) for r in records[:10]}
+    files[f"copy/{nct(twice)}.json"] = orjson.dumps(again)
+    summary = load(write_zip(tmp_path / "bulk.zip", files), warehouse_dir, batch_size=3)
+    last = 1 if copy == "same bytes" else 2
+    assert query(warehouse_dir, f"SELECT version FROM run_studies WHERE nct_id = '{nct(twice)}'") == [(last,)]
+    assert query(warehouse_dir, "SELECT count(*), count(DISTINCT (run_id, nct_id)) FROM run_studies") == [(10, 10)]
+    assert (summary["studies_seen"], summary["versions_written"]) == (10, 9 + last)
+    # A reload of the same zip: every member unchanged, still one row per study.
+    load(tmp_path / "bulk.zip", warehouse_dir, batch_size=3)
+    assert query(warehouse_dir, "SELECT count(*), count(DISTINCT (run_id, nct_id)) FROM run_studies") == [(20, 20)]
+
+
 def test_a_bulk_load_runs_its_shard_tasks_on_a_local_dask_cluster(
         small_corpus: Path, tmp_path: Path) -> None:
     summary = load(small_corpus / "base.zip", tmp_path / "dask", dask="local", workers=2)
