@@ -287,7 +287,7 @@ def served(small_corpus: Path) -> Iterator[str]:
 def test_a_bulk_url_is_downloaded_to_disk_then_loaded(served: str, small_corpus: Path, tmp_path: Path) -> None:
     summary = load(f"{served}/base.zip", tmp_path / "wh", download_dir=str(tmp_path / "dl"))
     assert summary["versions_written"] == 400
-    downloaded = list((tmp_path / "dl").iterdir())  # complete: no ".part" left behind
+    downloaded = [p for p in (tmp_path / "dl").iterdir() if p.suffix != ".lock"]  # complete: no ".part" left
     assert len(downloaded) == 1 and downloaded[0].name.endswith(".zip")
     assert downloaded[0].read_bytes() == (small_corpus / "base.zip").read_bytes()
 
@@ -367,7 +367,7 @@ def test_a_dropped_bulk_download_resumes_with_range_and_sends_the_user_agent(sma
     finally:
         server.close()
     assert path.read_bytes() == data and sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
-        "ctg-studies.json.zip"]
+        "ctg-studies.json.zip", "ctg-studies.json.zip.lock"]
     starts = [int(s["Range"][6:-1]) for s in server.seen[1:]]  # what had come (whole chunks) before the drop
     assert "Range" not in server.seen[0] and len(starts) == 2
     assert 0 < starts[0] <= len(data) // 5 < starts[1] <= 2 * (len(data) // 5)
@@ -405,6 +405,108 @@ def test_a_part_left_by_an_earlier_run_is_resumed_only_while_the_file_is_the_sam
     assert changed.seen[0]["If-Range"] == '"v1"' and len(changed.seen) == 1
 
 
+class _OverlapServer:
+    """Serves ``data`` (200, no ranges); each answer sends half the body, then waits (up to ``patience``
+    seconds) for a second request to come in before sending the rest, so two downloads that do not
+    wait for each other overlap. Records each answer's (start, end) on one monotonic clock."""
+
+    def __init__(self, data: bytes, patience: float = 2.0) -> None:
+        import time
+
+        self.data, self.windows = data, []  # type: ignore[var-annotated]
+        self.second = threading.Event()
+        owner, lock = self, threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                start = time.monotonic()
+                with lock:
+                    if owner.windows:
+                        owner.second.set()
+                    owner.windows.append([start, None])
+                    mine = owner.windows[-1]
+                self.send_response(200)
+                self.send_header("ETag", '"v1"')
+                self.send_header("Content-Length", str(len(owner.data)))
+                self.end_headers()
+                half = len(owner.data) // 2
+                self.wfile.write(owner.data[:half])
+                self.wfile.flush()
+                owner.second.wait(patience)
+                self.wfile.write(owner.data[half:])
+                self.wfile.flush()
+                mine[1] = time.monotonic()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ctg-studies.json.zip"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+_DOWNLOAD = """
+import logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+from pipeline.registry.download import download
+print(download(sys.argv[1], Path(sys.argv[2])))
+"""
+
+
+def _download_process(url: str, directory: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _DOWNLOAD, url, str(directory)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+
+
+def test_two_processes_downloading_into_one_directory_take_turns_and_both_get_the_whole_file(
+        small_corpus: Path, tmp_path: Path) -> None:
+    """Sibling warehouses share ``downloads/``: two ``load-bulk URL`` at once wrote one ``.part`` together
+    (each truncating and appending: a corrupt file, or one renamed away under the other). Now the
+    second waits for the first's lock: the answers do not overlap, and each ends with the whole zip."""
+    data = (small_corpus / "base.zip").read_bytes()
+    server = _OverlapServer(data)
+    try:
+        procs = [_download_process(server.url, tmp_path / "dl") for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        server.close()
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert {out.strip() for out, _ in outs} == {str(tmp_path / "dl" / "ctg-studies.json.zip")}
+    assert (tmp_path / "dl" / "ctg-studies.json.zip").read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["ctg-studies.json.zip", "ctg-studies.json.zip.lock"]
+    (_, first_end), (second_start, _) = sorted(server.windows)
+    assert second_start >= first_end  # the second request only once the first file was complete
+
+
+def test_a_download_waits_while_a_load_holds_the_file_it_would_replace(small_corpus: Path, tmp_path: Path) -> None:
+    """A load reads the downloaded zip by name for minutes (each shard opens it): another process's
+    download of the same URL must not rename a new file over it meanwhile. It waits, saying so."""
+    from pipeline.registry.download import download, held
+
+    data = (small_corpus / "base.zip").read_bytes()
+    server = _RangeServer(data)
+    try:
+        path = download(server.url, tmp_path / "dl")
+        requests_before = len(server.seen)
+        with held(path):
+            proc = _download_process(server.url, tmp_path / "dl")
+            assert proc.stderr is not None
+            line = proc.stderr.readline()  # the waiting process says so, before any request
+            assert "waiting for another trialsync process downloading or loading" in line
+            assert len(server.seen) == requests_before and path.read_bytes() == data
+        out, err = proc.communicate(timeout=120)
+    finally:
+        server.close()
+    assert proc.returncode == 0, err
+    assert out.strip() == str(path) and path.read_bytes() == data and len(server.seen) == requests_before + 1
+
+
 def test_a_downloaded_file_that_is_not_a_complete_zip_is_refused_and_not_kept(tmp_path: Path) -> None:
     from pipeline.registry.download import download
 
@@ -414,7 +516,7 @@ def test_a_downloaded_file_that_is_not_a_complete_zip_is_refused_and_not_kept(tm
             download(server.url, tmp_path / "dl")
     finally:
         server.close()
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == ["ctg-studies.json.zip.lock"]  # no file kept
 
 
 def test_a_download_that_cannot_connect_is_a_failed_run_not_bad_input(tmp_path: Path) -> None:
