@@ -406,7 +406,7 @@ def test_a_part_left_by_an_earlier_run_is_resumed_only_while_the_file_is_the_sam
 
 
 class _OverlapServer:
-    """Serves ``data`` (200, no ranges); each answer sends half the body, then waits (up to ``patience``
+    """Serves ``data`` (``Range`` honoured); each answer sends half the body, then waits (up to ``patience``
     seconds) for a second request to come in before sending the rest, so two downloads that do not
     wait for each other overlap. Records each answer's (start, end) on one monotonic clock."""
 
@@ -414,6 +414,7 @@ class _OverlapServer:
         import time
 
         self.data, self.windows = data, []  # type: ignore[var-annotated]
+        self.ranges: list[str | None] = []
         self.second = threading.Event()
         owner, lock = self, threading.Lock()
 
@@ -430,15 +431,21 @@ class _OverlapServer:
                         owner.second.set()
                     owner.windows.append([start, None])
                     mine = owner.windows[-1]
-                self.send_response(200)
+                    owner.ranges.append(self.headers.get("Range"))
+                ranged = self.headers.get("Range", "")
+                offset = int(ranged[6:].split("-")[0]) if ranged.startswith("bytes=") else 0
+                body = owner.data[offset:]
+                self.send_response(206 if offset else 200)
                 self.send_header("ETag", '"v1"')
-                self.send_header("Content-Length", str(len(owner.data)))
+                self.send_header("Content-Length", str(len(body)))
+                if offset:
+                    self.send_header("Content-Range", f"bytes {offset}-{len(owner.data) - 1}/{len(owner.data)}")
                 self.end_headers()
-                half = len(owner.data) // 2
-                self.wfile.write(owner.data[:half])
+                half = len(body) // 2
+                self.wfile.write(body[:half])
                 self.wfile.flush()
                 owner.second.wait(patience)
-                self.wfile.write(owner.data[half:])
+                self.wfile.write(body[half:])
                 self.wfile.flush()
                 mine[1] = time.monotonic()
 
@@ -505,6 +512,37 @@ def test_a_download_waits_while_a_load_holds_the_file_it_would_replace(small_cor
         server.close()
     assert proc.returncode == 0, err
     assert out.strip() == str(path) and path.read_bytes() == data and len(server.seen) == requests_before + 1
+
+
+def test_a_downloader_killed_mid_file_leaves_its_part_to_the_one_that_waited_which_resumes_it(
+        small_corpus: Path, tmp_path: Path) -> None:
+    """kill -9 of the process holding the download: the kernel drops its lock, and the process waiting
+    for it resumes the ``.part`` it left (a ``Range`` request from where it stopped) to the whole zip."""
+    import signal
+    import time
+
+    data = (small_corpus / "base.zip").read_bytes()
+    server = _OverlapServer(data, patience=120.0)  # the first answer stalls after half the body
+    try:
+        first = _download_process(server.url, tmp_path / "dl")
+        part = tmp_path / "dl" / "ctg-studies.json.zip.part"
+        while not (part.stat().st_size if part.exists() else 0):  # its first chunks are written
+            assert first.poll() is None
+            time.sleep(0.05)
+        second = _download_process(server.url, tmp_path / "dl")
+        assert second.stderr is not None
+        assert "waiting for another trialsync process" in second.stderr.readline()
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        server.second.set()  # no later answer stalls
+        _, err = second.communicate(timeout=120)
+    finally:
+        server.close()
+    assert second.returncode == 0, err
+    assert (tmp_path / "dl" / "ctg-studies.json.zip").read_bytes() == data and not part.exists()
+    assert server.ranges[0] is None and len(server.ranges) == 2
+    resumed_at = int(str(server.ranges[1]).removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at <= len(data) // 2  # resumed where the killed one stopped, not started over
 
 
 def test_a_downloaded_file_that_is_not_a_complete_zip_is_refused_and_not_kept(tmp_path: Path) -> None:
