@@ -50,7 +50,7 @@ from flows.sync import derive_run_changes
 from pipeline import hashing
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, group_shards, is_url
-from pipeline.registry.download import download
+from pipeline.registry.download import download, held
 from pipeline.scope import next_watermark
 from pipeline.versioning import RunContext, SameDay
 from warehouse import Warehouse
@@ -102,73 +102,76 @@ def load_bulk(
     clock = time.monotonic()
     store = Warehouse(settings.warehouse_dir(warehouse))
     path = source
-    if is_url(source):
+    hold: AbstractContextManager[object] = nullcontext()
+    if is_url(source):  # held while read: no other process's download replaces it meanwhile
         path = fetch_bulk_file(source, download_dir or str(store.root.parent / "downloads"))
-    archive = BulkArchive.open(path)  # refuses a truncated file before anything is written
-    started = datetime.now(UTC)
-    run_id = f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
-    logger = get_run_logger()
-    pool = shard_executor(processes, dask)
-    with store.writer(run_id, lock_timeout=lock_timeout) as run:
-        previous_watermark = next_watermark(run.watermark(BULK_SCOPE), None, started.date())
-        baseline = not run.has_runs(BULK_SCOPE)
-        first_load = not run.manifest.files("study_versions")
-        head_index = run.head_index()
-        head_slices = head_index.shards()
-        ctx = RunContext(run_id, started, "bulk")
-        same_day: SameDay = "new" if first_load else "hold"  # decided once the archive's date is known
-        progress.emit("start", run_id=run_id, mode="bulk", since=None, scope=BULK_SCOPE, total=archive.members)
-        with pool as (executor, workers):  # closed (its workers gone) before the changes and the commit
-            jobs = [ShardJob(str(archive.path), key, members, heads, ctx, str(run.dir), batch_size, verify, sample,
-                             same_day)
-                    for key, members, heads in shard_tasks(archive, head_slices, workers)]
-            futures = [load_shard.submit(job, executor) for job in jobs]
-            totals = RunTotals(total_count=archive.members)
-            reading = ReadCounts()
-            try:
-                for future in as_completed(futures):
-                    shard = future.result()
-                    run.adopt(shard.parts)
-                    _add(totals, shard)
-                    reading.add(shard)
-                    progress.emit("page", number=totals.pages, studies=shard.studies, total=archive.members,
-                                  seen=totals.studies_seen, versions=totals.versions_written)
-            except BaseException:
-                # Stop the other shards (queued ones never start, running ones stop at their next batch)
-                # and wait for them, so that the rollback deletes every file of the run.
-                (run.dir / CANCEL_MARKER).touch()
-                if executor is not None:
-                    _shutdown(executor)
-                wait(futures)
-                raise
-        if reading.held:
-            everything = ShardJob(str(archive.path), "held", pa.concat_tables(list(archive.shards.values())),
-                                  head_index.table, ctx, str(run.dir), batch_size)
-            _settle_held(reading, totals, everything, run.adopt)
-        archive_newest = totals.watermark  # what the archive's versions were known true as of (heads' as_of)
-        totals.watermark = next_watermark(previous_watermark, totals.watermark, started.date())
-        # A first load adds first versions, with no change to derive, except for studies the archive
-        # lists more than once with different content: their later versions are changes.
-        if not first_load or reading.repeated:
-            totals.changes_written = derive_run_changes(
-                run, settings.rules(None, run.manifest.meta), only_run=run_id,
-                baseline_runs={run_id: run.news_from()} if baseline else {},
-                nct_ids=sorted(reading.repeated) if first_load else None)
-        summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
-        params = {"archive": str(archive.path), "members": str(archive.members),
-                  "json_bytes": str(archive.json_bytes), "skipped": str(archive.skipped),
-                  "batch_size": str(batch_size), "archive_newest": str(archive_newest or ""),
-                  **reading.params(verify)}
-        (run.dir / VERIFY_MARKER).unlink(missing_ok=True)
-        commit_run(run, summary, started, params=params, api_url=source)
-    if reading.mismatched:
-        logger.warning("bulk load %s: %d sampled unchanged members did not hash as their stored versions "
-                       "(e.g. %s): read every member from then on; run `trialsync load-bulk --verify` to check "
-                       "the rest", run_id, len(reading.mismatched), ", ".join(reading.mismatched[:5]))
-    logger.info("bulk load %s: %d studies in %.1fs (%d unchanged members not read)", run_id, totals.studies_seen,
-                summary.duration_seconds, reading.unread)
-    progress.emit("done", **summary.as_dict())
-    return summary.as_dict()
+        hold = held(Path(path))
+    with hold:
+        archive = BulkArchive.open(path)  # refuses a truncated file before anything is written
+        started = datetime.now(UTC)
+        run_id = f"{started:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
+        logger = get_run_logger()
+        pool = shard_executor(processes, dask)
+        with store.writer(run_id, lock_timeout=lock_timeout) as run:
+            previous_watermark = next_watermark(run.watermark(BULK_SCOPE), None, started.date())
+            baseline = not run.has_runs(BULK_SCOPE)
+            first_load = not run.manifest.files("study_versions")
+            head_index = run.head_index()
+            head_slices = head_index.shards()
+            ctx = RunContext(run_id, started, "bulk")
+            same_day: SameDay = "new" if first_load else "hold"  # decided once the archive's date is known
+            progress.emit("start", run_id=run_id, mode="bulk", since=None, scope=BULK_SCOPE, total=archive.members)
+            with pool as (executor, workers):  # closed (its workers gone) before the changes and the commit
+                jobs = [ShardJob(str(archive.path), key, members, heads, ctx, str(run.dir), batch_size, verify, sample,
+                                 same_day)
+                        for key, members, heads in shard_tasks(archive, head_slices, workers)]
+                futures = [load_shard.submit(job, executor) for job in jobs]
+                totals = RunTotals(total_count=archive.members)
+                reading = ReadCounts()
+                try:
+                    for future in as_completed(futures):
+                        shard = future.result()
+                        run.adopt(shard.parts)
+                        _add(totals, shard)
+                        reading.add(shard)
+                        progress.emit("page", number=totals.pages, studies=shard.studies, total=archive.members,
+                                      seen=totals.studies_seen, versions=totals.versions_written)
+                except BaseException:
+                    # Stop the other shards (queued ones never start, running ones stop at their next batch)
+                    # and wait for them, so that the rollback deletes every file of the run.
+                    (run.dir / CANCEL_MARKER).touch()
+                    if executor is not None:
+                        _shutdown(executor)
+                    wait(futures)
+                    raise
+            if reading.held:
+                everything = ShardJob(str(archive.path), "held", pa.concat_tables(list(archive.shards.values())),
+                                      head_index.table, ctx, str(run.dir), batch_size)
+                _settle_held(reading, totals, everything, run.adopt)
+            archive_newest = totals.watermark  # what the archive's versions were known true as of (heads' as_of)
+            totals.watermark = next_watermark(previous_watermark, totals.watermark, started.date())
+            # A first load adds first versions, with no change to derive, except for studies the archive
+            # lists more than once with different content: their later versions are changes.
+            if not first_load or reading.repeated:
+                totals.changes_written = derive_run_changes(
+                    run, settings.rules(None, run.manifest.meta), only_run=run_id,
+                    baseline_runs={run_id: run.news_from()} if baseline else {},
+                    nct_ids=sorted(reading.repeated) if first_load else None)
+            summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
+            params = {"archive": str(archive.path), "members": str(archive.members),
+                      "json_bytes": str(archive.json_bytes), "skipped": str(archive.skipped),
+                      "batch_size": str(batch_size), "archive_newest": str(archive_newest or ""),
+                      **reading.params(verify)}
+            (run.dir / VERIFY_MARKER).unlink(missing_ok=True)
+            commit_run(run, summary, started, params=params, api_url=source)
+        if reading.mismatched:
+            logger.warning("bulk load %s: %d sampled unchanged members did not hash as their stored versions "
+                           "(e.g. %s): read every member from then on; run `trialsync load-bulk --verify` to check "
+                           "the rest", run_id, len(reading.mismatched), ", ".join(reading.mismatched[:5]))
+        logger.info("bulk load %s: %d studies in %.1fs (%d unchanged members not read)", run_id, totals.studies_seen,
+                    summary.duration_seconds, reading.unread)
+        progress.emit("done", **summary.as_dict())
+        return summary.as_dict()
 
 
 def shard_tasks(archive: BulkArchive, head_slices: dict[str, pa.Table],

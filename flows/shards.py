@@ -102,7 +102,9 @@ def process_shard(job: ShardJob) -> ShardResult:
                     raise ShardCancelled(f"shard {job.key}: the run was cancelled")
                 _process_batch(reader, members(job.members.slice(start, job.batch_size)), skip, heads, job,
                                writer, result, twice)
-        result.parts = writer.close()
+        result.parts = writer.close()  # run_studies: one row per study (``warehouse.parts.one_row_per_study``)
+        # A study listed twice is one; a held member's study is counted when it is decided (never listed twice).
+        result.studies = len(set(job.members.column("nct_id").to_pylist())) - len(result.held)
     except BaseException:
         writer.abort()
         raise

@@ -25,6 +25,7 @@ from tests.conftest import DATA, fast_sync, nct
 from tests.test_cli import run_cli
 from tests.test_sync import DUCKDB_CLI
 from warehouse import Warehouse
+from warehouse.check import check
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 NCT = REAL_HISTORY_NCT
@@ -161,6 +162,9 @@ def test_backfill_merges_versions_a_sync_observed(merged: tuple[Path, dict[str, 
                             "-c", "SELECT count(*), max(version), count(DISTINCT version) FROM study_versions"],
                            capture_output=True, text=True, timeout=30)
     assert (shell.returncode, shell.stdout.strip()) == (0, "10,10,10"), shell.stderr  # the DuckDB 1.5 shell agrees
+    # The rewrite hides the renumbered rows it superseded: no version twice, no orphan child row.
+    report = check(warehouse_dir, deep=True)
+    assert report.ok, [p.line() for p in report.problems]
 
 
 def test_rederive_after_a_backfill_gives_the_same_changes(merged: tuple[Path, dict[str, Any]]) -> None:

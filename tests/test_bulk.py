@@ -240,6 +240,29 @@ def test_a_first_load_that_lists_a_study_twice_derives_the_change_between_its_ve
     assert summary["changes_written"] == query(warehouse_dir, "SELECT count(*) FROM changes")[0][0] > 0
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # the point: one study's file twice in the zip
+@pytest.mark.parametrize("copy", ["same bytes", "changed"])
+def test_a_study_listed_twice_in_a_bulk_zip_has_one_run_studies_row_at_the_version_the_run_ended_at(
+        records: list[dict[str, Any]], tmp_path: Path, warehouse_dir: Path, copy: str) -> None:
+    """Two members for one study (its own file and a copy elsewhere in the zip, in another batch):
+    one ``run_studies`` row for the run, at its last version, and the study counted once as seen.
+    It was two rows (one per member): readers joining run_studies saw the study twice."""
+    from pipeline import mutate
+
+    twice = records[0]
+    again = twice if copy == "same bytes" else mutate.set_status(twice, "SUSPENDED")
+    files = {f"{nct(r)[-2:]}/{nct(r)}.json": orjson.dumps(r) for r in records[:10]}
+    files[f"copy/{nct(twice)}.json"] = orjson.dumps(again)
+    summary = load(write_zip(tmp_path / "bulk.zip", files), warehouse_dir, batch_size=3)
+    last = 1 if copy == "same bytes" else 2
+    assert query(warehouse_dir, f"SELECT version FROM run_studies WHERE nct_id = '{nct(twice)}'") == [(last,)]
+    assert query(warehouse_dir, "SELECT count(*), count(DISTINCT (run_id, nct_id)) FROM run_studies") == [(10, 10)]
+    assert (summary["studies_seen"], summary["versions_written"]) == (10, 9 + last)
+    # A reload of the same zip: every member unchanged, still one row per study.
+    load(tmp_path / "bulk.zip", warehouse_dir, batch_size=3)
+    assert query(warehouse_dir, "SELECT count(*), count(DISTINCT (run_id, nct_id)) FROM run_studies") == [(20, 20)]
+
+
 def test_a_bulk_load_runs_its_shard_tasks_on_a_local_dask_cluster(
         small_corpus: Path, tmp_path: Path) -> None:
     summary = load(small_corpus / "base.zip", tmp_path / "dask", dask="local", workers=2)
@@ -264,7 +287,7 @@ def served(small_corpus: Path) -> Iterator[str]:
 def test_a_bulk_url_is_downloaded_to_disk_then_loaded(served: str, small_corpus: Path, tmp_path: Path) -> None:
     summary = load(f"{served}/base.zip", tmp_path / "wh", download_dir=str(tmp_path / "dl"))
     assert summary["versions_written"] == 400
-    downloaded = list((tmp_path / "dl").iterdir())  # complete: no ".part" left behind
+    downloaded = [p for p in (tmp_path / "dl").iterdir() if p.suffix != ".lock"]  # complete: no ".part" left
     assert len(downloaded) == 1 and downloaded[0].name.endswith(".zip")
     assert downloaded[0].read_bytes() == (small_corpus / "base.zip").read_bytes()
 
@@ -345,7 +368,7 @@ def test_a_dropped_bulk_download_resumes_with_range_and_sends_the_user_agent(sma
     finally:
         server.close()
     assert path.read_bytes() == data and sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
-        "ctg-studies.json.zip"]
+        "ctg-studies.json.zip", "ctg-studies.json.zip.lock"]
     starts = [int(s["Range"][6:-1]) for s in server.seen[1:]]  # what had come (whole chunks) before the drop
     assert "Range" not in server.seen[0] and len(starts) == 2
     assert 0 < starts[0] <= len(data) // 5 < starts[1] <= 2 * (len(data) // 5)
@@ -383,6 +406,146 @@ def test_a_part_left_by_an_earlier_run_is_resumed_only_while_the_file_is_the_sam
     assert changed.seen[0]["If-Range"] == '"v1"' and len(changed.seen) == 1
 
 
+class _OverlapServer:
+    """Serves ``data`` (``Range`` honoured); each answer sends half the body, then waits (up to ``patience``
+    seconds) for a second request to come in before sending the rest, so two downloads that do not
+    wait for each other overlap. Records each answer's (start, end) on one monotonic clock."""
+
+    def __init__(self, data: bytes, patience: float = 2.0) -> None:
+        import time
+
+        self.data, self.windows = data, []  # type: ignore[var-annotated]
+        self.ranges: list[str | None] = []
+        self.second = threading.Event()
+        owner, lock = self, threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                start = time.monotonic()
+                with lock:
+                    if owner.windows:
+                        owner.second.set()
+                    owner.windows.append([start, None])
+                    mine = owner.windows[-1]
+                    owner.ranges.append(self.headers.get("Range"))
+                ranged = self.headers.get("Range", "")
+                offset = int(ranged[6:].split("-")[0]) if ranged.startswith("bytes=") else 0
+                body = owner.data[offset:]
+                self.send_response(206 if offset else 200)
+                self.send_header("ETag", '"v1"')
+                self.send_header("Content-Length", str(len(body)))
+                if offset:
+                    self.send_header("Content-Range", f"bytes {offset}-{len(owner.data) - 1}/{len(owner.data)}")
+                self.end_headers()
+                half = len(body) // 2
+                self.wfile.write(body[:half])
+                self.wfile.flush()
+                owner.second.wait(patience)
+                self.wfile.write(body[half:])
+                self.wfile.flush()
+                mine[1] = time.monotonic()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ctg-studies.json.zip"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+_DOWNLOAD = """
+import logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+from pipeline.registry.download import download
+print(download(sys.argv[1], Path(sys.argv[2])))
+"""
+
+
+def _download_process(url: str, directory: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _DOWNLOAD, url, str(directory)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+
+
+def test_two_processes_downloading_into_one_directory_take_turns_and_both_get_the_whole_file(
+        small_corpus: Path, tmp_path: Path) -> None:
+    """Sibling warehouses share ``downloads/``: two ``load-bulk URL`` at once wrote one ``.part`` together
+    (each truncating and appending: a corrupt file, or one renamed away under the other). Now the
+    second waits for the first's lock: the answers do not overlap, and each ends with the whole zip."""
+    data = (small_corpus / "base.zip").read_bytes()
+    server = _OverlapServer(data)
+    try:
+        procs = [_download_process(server.url, tmp_path / "dl") for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        server.close()
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert {out.strip() for out, _ in outs} == {str(tmp_path / "dl" / "ctg-studies.json.zip")}
+    assert (tmp_path / "dl" / "ctg-studies.json.zip").read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["ctg-studies.json.zip", "ctg-studies.json.zip.lock"]
+    (_, first_end), (second_start, _) = sorted(server.windows)
+    assert second_start >= first_end  # the second request only once the first file was complete
+
+
+def test_a_download_waits_while_a_load_holds_the_file_it_would_replace(small_corpus: Path, tmp_path: Path) -> None:
+    """A load reads the downloaded zip by name for minutes (each shard opens it): another process's
+    download of the same URL must not rename a new file over it meanwhile. It waits, saying so."""
+    from pipeline.registry.download import download, held
+
+    data = (small_corpus / "base.zip").read_bytes()
+    server = _RangeServer(data)
+    try:
+        path = download(server.url, tmp_path / "dl")
+        requests_before = len(server.seen)
+        with held(path):
+            proc = _download_process(server.url, tmp_path / "dl")
+            assert proc.stderr is not None
+            line = proc.stderr.readline()  # the waiting process says so, before any request
+            assert "waiting for another trialsync process downloading or loading" in line
+            assert len(server.seen) == requests_before and path.read_bytes() == data
+        out, err = proc.communicate(timeout=120)
+    finally:
+        server.close()
+    assert proc.returncode == 0, err
+    assert out.strip() == str(path) and path.read_bytes() == data and len(server.seen) == requests_before + 1
+
+
+def test_a_downloader_killed_mid_file_leaves_its_part_to_the_one_that_waited_which_resumes_it(
+        small_corpus: Path, tmp_path: Path) -> None:
+    """kill -9 of the process holding the download: the kernel drops its lock, and the process waiting
+    for it resumes the ``.part`` it left (a ``Range`` request from where it stopped) to the whole zip."""
+    import signal
+    import time
+
+    data = (small_corpus / "base.zip").read_bytes()
+    server = _OverlapServer(data, patience=120.0)  # the first answer stalls after half the body
+    try:
+        first = _download_process(server.url, tmp_path / "dl")
+        part = tmp_path / "dl" / "ctg-studies.json.zip.part"
+        while not (part.stat().st_size if part.exists() else 0):  # its first chunks are written
+            assert first.poll() is None
+            time.sleep(0.05)
+        second = _download_process(server.url, tmp_path / "dl")
+        assert second.stderr is not None
+        assert "waiting for another trialsync process" in second.stderr.readline()
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        server.second.set()  # no later answer stalls
+        _, err = second.communicate(timeout=120)
+    finally:
+        server.close()
+    assert second.returncode == 0, err
+    assert (tmp_path / "dl" / "ctg-studies.json.zip").read_bytes() == data and not part.exists()
+    assert server.ranges[0] is None and len(server.ranges) == 2
+    resumed_at = int(str(server.ranges[1]).removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at <= len(data) // 2  # resumed where the killed one stopped, not started over
+
+
 def test_a_downloaded_file_that_is_not_a_complete_zip_is_refused_and_not_kept(tmp_path: Path) -> None:
     from pipeline.registry.download import download
 
@@ -392,7 +555,7 @@ def test_a_downloaded_file_that_is_not_a_complete_zip_is_refused_and_not_kept(tm
             download(server.url, tmp_path / "dl")
     finally:
         server.close()
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == ["ctg-studies.json.zip.lock"]  # no file kept
 
 
 def test_a_download_that_cannot_connect_is_a_failed_run_not_bad_input(tmp_path: Path) -> None:

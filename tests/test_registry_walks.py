@@ -259,3 +259,42 @@ def test_a_future_dated_record_stalls_no_incremental_run_even_when_an_older_rele
     assert query(warehouse_dir, "SELECT nct_id, enrollment_count FROM studies WHERE nct_id IN (?, ?) ORDER BY 1"
                  .replace("?", "'{}'").format(*sorted([nct(bogus), nct(other)]))) == sorted(
         [(nct(bogus), 7), (nct(other), 4321)])
+
+
+class _OnPage(list):  # type: ignore[type-arg]
+    """``FakeRegistry.requests`` that runs ``action`` when the listing asks for page ``page`` (before the
+    fake answers it): the registry changes between two pages of one walk."""
+
+    def __init__(self, registry: FakeRegistry, page: int, action: Any) -> None:
+        super().__init__()
+        self.registry, self.page, self.action = registry, page, action
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        path, params = item
+        if path == "/studies" and self.action is not None and self.registry.page_of(params) == self.page:
+            self.action()
+            self.action = None
+
+
+def test_a_study_met_on_two_pages_at_two_versions_has_one_run_studies_row_at_the_newer(
+        prefect_api: str, warehouse_dir: Path) -> None:
+    """A moving listing: the last study of page 1 is updated before page 2 is read, and page 2 starts one
+    study early (offset paging after an insertion), so the run meets it unchanged, then at a new version.
+    The run's ``run_studies`` holds it once, at the version the run ended at (it was two rows)."""
+    records = sorted(real_records()[:20], key=nct)
+    moved = records[9]
+    day = max(date.fromisoformat(r["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"])
+              for r in records) + timedelta(days=1)
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, warehouse_dir, page_size=10)
+        registry.faults.add("shift", shift=1, page=2)
+        registry.requests = _OnPage(registry, 2, lambda: registry.put(
+            mutate.posted_on(mutate.set_enrollment(moved, 4321), day)))
+        summary = fast_sync(registry, warehouse_dir, page_size=10, full=True)
+    assert (summary["versions_written"], summary["studies_seen"]) == (1, 20)
+    run = summary["run_id"]
+    assert query(warehouse_dir, f"SELECT version FROM run_studies WHERE run_id = '{run}' AND nct_id = '{nct(moved)}'"
+                 ) == [(2,)]
+    assert query(warehouse_dir, f"SELECT count(*), count(DISTINCT nct_id) FROM run_studies WHERE run_id = '{run}'"
+                 ) == [(20, 20)]

@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -854,3 +855,83 @@ def test_a_catalog_copy_of_a_manifest_file_that_differs_or_is_missing_is_reporte
     assert "copy of manifest generation 2 is missing or differs" in report.problems[0].detail
     assert repair(root).rebuilt_catalog
     assert check(root).ok
+
+
+# -- check --deep: the rows (versions never overlap; no child row without its version) -------------------
+
+def _commit_rows(root: Path, run_id: str, tables: dict[str, Any]) -> None:
+    """Commit a run that writes ``tables`` (name -> Arrow rows) as given: rows a defective writer left."""
+    with Warehouse(root).writer(run_id) as run:
+        for table, rows in tables.items():
+            run.append(table, rows)
+        run.commit()
+
+
+def _version_rows(root: Path, table: str, nct_id: str, version: int) -> Any:
+    import pyarrow.compute as pc
+
+    rows = pq.read_table([root / p for p in manifests.fold(manifests.read_log(root)).files(table)])
+    return rows.filter(pc.and_(pc.equal(rows["nct_id"], nct_id), pc.equal(rows["version"], version)))
+
+
+def test_check_deep_names_a_version_stored_twice_in_two_runs_and_the_quick_check_does_not_read_rows(
+        copy: Path, built: dict[str, Any]) -> None:
+    """Two committed files both holding version 2 of a study (as a writer that staged a shard twice
+    would leave): every file is intact, yet ``studies_as_of`` has two rows for it on some days. Deep
+    check names the table, both runs and the study; exit 1 from the command."""
+    root = copy.resolve()
+    study = built["later"][0]
+    second = manifests.read_log(root)[1].run_id
+    twice = _version_rows(root, "study_versions", study, 2)
+    assert twice.num_rows == 1
+    _commit_rows(root, "20990101T000000Z-dup000", {"study_versions": twice.set_column(
+        twice.schema.get_field_index("run_id"), "run_id", pa.array(["20990101T000000Z-dup000"]))})
+    with Warehouse(root).connect() as con:  # what the user sees: two rows on one day
+        assert con.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM study_versions "
+                           "WHERE nct_id = ? GROUP BY version)", [study]).fetchone() == (2,)
+    assert check(root).ok  # quick: no rows read
+    report = check(root, deep=True)
+    assert [(p.kind, p.table, p.studies) for p in report.problems] == [("duplicate", "study_versions", (study,))]
+    problem = report.problems[0]
+    assert set(problem.run_id.split(", ")) == {second, "20990101T000000Z-dup000"}
+    assert f"{study} version 2" in problem.line() and "versions overlap" in problem.line()
+    assert report.summary().startswith("inconsistent (deep check): 1 problem(s)")
+    bad = _cli("check", "--deep", "--warehouse", str(root))
+    assert bad.returncode == 1 and bad.stdout.splitlines()[0] == problem.line()
+    assert _cli("check", "--warehouse", str(root)).returncode == 0
+
+
+def test_check_deep_names_a_row_written_twice_in_one_file_and_child_rows_without_their_version(
+        copy: Path, built: dict[str, Any]) -> None:
+    root = copy.resolve()
+    study = built["later"][0]
+    row = _version_rows(root, "study_versions", study, 2)
+    new = row.set_column(row.schema.get_field_index("version"), "version", pa.array([7], pa.int32()))
+    new = new.set_column(new.schema.get_field_index("run_id"), "run_id", pa.array(["20990101T000000Z-dup001"]))
+    orphan = _version_rows(root, "conditions", study, 2)
+    assert orphan.num_rows >= 1
+    orphan = orphan.set_column(orphan.schema.get_field_index("version"), "version",
+                               pa.array([9] * orphan.num_rows, pa.int32()))
+    _commit_rows(root, "20990101T000000Z-dup001", {"study_versions": pa.concat_tables([new, new]),
+                                                   "conditions": orphan})
+    report = check(root, deep=True)
+    found = {(p.kind, p.table): p for p in report.problems}
+    assert sorted(found) == [("duplicate", "study_versions"), ("orphan", "conditions")]
+    duplicate, orphaned = found["duplicate", "study_versions"], found["orphan", "conditions"]
+    assert (duplicate.run_id, duplicate.studies) == ("20990101T000000Z-dup001", (study,))
+    assert f"{study} version 7 x2" in duplicate.detail and "holds them twice" in duplicate.detail
+    # the file: the run's own, or the file an automatic merge put its rows in (named by the merge's run)
+    assert duplicate.path.startswith("runs/20990101T000000Z-dup001")
+    assert orphaned.studies == (study,) and orphaned.run_id.startswith("20990101T000000Z-dup001")
+    assert orphaned.path.startswith("runs/20990101T000000Z-dup001")
+    assert f"1 (nct_id, version) with rows here but no study_versions row ({study} version 9)" in orphaned.detail
+
+
+def test_check_deep_compares_no_rows_when_files_are_damaged_and_repair_does_not_run_the_row_checks(
+        copy: Path) -> None:
+    damage(copy / second_run_files(copy)["conditions"], "flip")
+    report = check(copy, deep=True)
+    assert {p.kind for p in report.problems} == {"checksum"} or {p.kind for p in report.problems} <= {
+        "checksum", "decode", "footer"}
+    assert "rows not compared: files are damaged" in report.notes
+    assert report.summary().startswith("damaged (deep check)")

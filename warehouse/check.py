@@ -27,11 +27,14 @@ from pipeline.errors import WarehouseError
 from warehouse import catalog, catalog_file, checkpoints
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
+from warehouse.check_rows import row_problems
 from warehouse.checkpoints import Checkpoint, CheckpointDamaged
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
+from warehouse.problems import ROW_KINDS, Problem
 from warehouse.tables import TABLES
 
-SHOWN_STUDIES = 5
+__all__ = ["Problem", "Report", "WarehouseDamaged", "check", "check_file", "first_damaged", "refuse_if_damaged"]
+
 # Files checked at once: stat + footer are mostly waiting on the file system (pyarrow releases the GIL),
 # so a few threads hide the latency of a cold page cache; at 600k studies a load writes ~3,400 files.
 CHECK_THREADS = 8
@@ -39,30 +42,6 @@ CHECK_THREADS = 8
 
 class WarehouseDamaged(WarehouseError):
     """A writing command found the warehouse damaged and changed nothing."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: str  # manifest | checkpoint | catalog | missing | size | footer | checksum | decode | schema
-    path: str  # relative to the warehouse root
-    detail: str
-    table: str | None = None
-    run_id: str | None = None
-    generation: int | None = None
-    studies: tuple[str, ...] | None = None  # None: unknown
-
-    def line(self) -> str:
-        parts = [f"{self.path}: {self.detail}"]
-        if self.table:
-            parts.append(f"table {self.table}")
-        if self.run_id:
-            parts.append(f"run {self.run_id}")
-        if self.studies is not None:
-            shown = ", ".join(self.studies[:SHOWN_STUDIES])
-            more = f" and {len(self.studies) - SHOWN_STUDIES} more" if len(self.studies) > SHOWN_STUDIES else ""
-            parts.append(f"{len(self.studies)} studies affected ({shown}{more})" if self.studies
-                         else "no studies affected")
-        return "; ".join(parts)
 
 
 @dataclass
@@ -87,6 +66,9 @@ class Report:
             note = f" ({'; '.join(self.notes)})" if self.notes else ""
             return (f"ok ({how} check): generation {self.generation}, {self.runs} runs, {self.files} files, "
                     f"{self.size / 1e6:.1f} MB{note}")
+        if all(p.kind in ROW_KINDS for p in self.problems):
+            return (f"inconsistent ({how} check): {len(self.problems)} problem(s) in committed rows, which "
+                    "`trialsync repair` does not change (see README, If something breaks)")
         return f"damaged ({how} check): {len(self.problems)} problem(s); run `trialsync repair` to fix"
 
 
@@ -185,10 +167,11 @@ def _read_checkpoints(root: Path, state: LogState) -> None:
 
 
 def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool = True,
-          since_checkpoint: bool = False) -> Report:
+          since_checkpoint: bool = False, rows: bool = True) -> Report:
     """``footers=False``: not the Parquet footers (nor the schema files), for a caller that reads them next.
     ``since_checkpoint``: the manifest files after the newest checkpoint only (a writer: what it reads);
-    ``trialsync check`` reads them all and verifies the checkpoints."""
+    ``trialsync check`` reads them all and verifies the checkpoints. ``rows`` (with ``deep``): also the
+    rows' keys (``warehouse.check_rows``), when every file is intact."""
     report = Report(deep=deep)
     base = checkpoints.newest(root, manifests.head(root)) if since_checkpoint else None
     state = read_state(root, base, for_writer=since_checkpoint)
@@ -224,8 +207,17 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
             report.problems.append(Problem("schema", catalog.schema_file(table), "unreadable schema file", table))
+    files_intact = not report.problems
     if state.legacy is None:
         report.problems += _catalog_problems(root, state, manifest, report.notes)
+    if deep and rows:
+        if files_intact:
+            try:
+                report.problems += row_problems(root, manifest)
+            except duckdb.Error as exc:
+                report.notes.append(f"rows not compared ({catalog_file.first_line(exc)})")
+        else:
+            report.notes.append("rows not compared: files are damaged")
     return report
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.versioning import BatchPlan, RunContext
@@ -71,6 +72,29 @@ class PendingRows:
         return list(self._tables)
 
 
+def one_row_per_study(path: Path) -> int:
+    """Make a finished ``run_studies`` file hold one row per study, at the highest version the run
+    saw it at (the version the run ended at: a run's versions of a study only grow), and return its
+    rows. A study can be met twice in one run: listed twice in a bulk zip, or on two pages of a
+    moving listing (once unchanged, once at a new version); each sighting was a row, and readers
+    that join ``run_studies`` to ``study_versions`` then saw the study twice. Costs one read of the
+    ``nct_id`` column; the file is rewritten (atomically) only when a study is in it twice."""
+    ids = pq.read_table(path, columns=["nct_id"]).column("nct_id")
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return len(ids)
+    rows = pq.read_table(path)
+    # use_threads=False keeps the groups in the order each study was first met
+    kept = rows.group_by(["run_id", "nct_id"], use_threads=False).aggregate([("version", "max")])
+    kept = kept.rename_columns(["run_id", "nct_id", "version"]).select(TABLES["run_studies"].names)
+    tmp = path.with_name(path.name + ".tmp")
+    writer = new_parquet_writer(tmp, "run_studies")
+    writer.write_table(kept.cast(TABLES["run_studies"]))
+    writer.close()
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    return kept.num_rows
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """A finished Parquet file of a run: ``name`` inside the run's directory."""
@@ -118,6 +142,8 @@ class TableFiles:
         for table, writer in self._writers.items():
             writer.close()
             path = self.dir / self.file_name(table)
+            if table == "run_studies":
+                self.rows[table] = one_row_per_study(path)
             fsync_path(path)
             staged.append(StagedFile(table, path.name, self.rows[table]))
         self._writers.clear()

@@ -22,7 +22,7 @@ from warehouse import manifest as manifests
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
 from warehouse.manifest import Generation, Manifest, ManifestEntry
-from warehouse.parts import PendingRows, StagedFile, new_parquet_writer
+from warehouse.parts import PendingRows, StagedFile, new_parquet_writer, one_row_per_study
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
 
@@ -155,6 +155,8 @@ class RunWriter:
             self._write(table, self._pending.take(table))
         if table in self._writers and table not in self._sealed:
             self._writers[table].close()
+            if table == "run_studies":  # a study met twice in the run: one row, at the version it ended at
+                self._rows[table] = one_row_per_study(self.dir / f"{table}.parquet")
         self._sealed.add(table)
 
     @contextmanager

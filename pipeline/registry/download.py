@@ -6,14 +6,26 @@ HTTP ``Range`` request (and ``If-Range``, so a file that changed on the server m
 instead of being spliced), up to ``attempts`` times in one call; a ``.part`` left by an interrupted run
 is resumed by the next. The finished file must be a complete zip (its directory and every member's data
 inside it) before it is renamed to ``<name>``. Requests carry the project's User-Agent.
+
+A download directory can be shared (sibling warehouses' ``downloads/``, one ``--download-dir``), so
+every use of a target takes ``<name>.lock`` beside it (``flock``, released by the kernel when a process
+dies, also by ``kill -9``): a download holds it exclusively, from the ``.part``'s first byte to the
+rename; a load reads the finished file under a shared hold (``held``), so no other download
+replaces it while its shards still open it by name. A second process waits for the first: two writing
+one ``.part`` at once interleaved their bytes (a corrupt file), or renamed one over the file the other
+was loading.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,11 +39,60 @@ log = logging.getLogger("trialsync.download")
 
 def download(url: str, directory: Path, *, chunk_bytes: int = 1 << 16, timeout: float = 120.0,
              attempts: int = 5, session: requests.Session | None = None) -> Path:
-    """``url`` streamed to ``directory`` (never held in memory), resumed where it stopped; the path."""
+    """``url`` streamed to ``directory`` (never held in memory), resumed where it stopped; the path.
+    Under the target's lock, held exclusively (another process downloading or loading it: this waits)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = target_name(url)
+    with _locked(directory / (name + LOCK_SUFFIX), fcntl.LOCK_EX):
+        return _download(url, directory, name, chunk_bytes=chunk_bytes, timeout=timeout, attempts=attempts,
+                         session=session)
+
+
+@contextmanager
+def held(path: Path) -> Iterator[Path]:
+    """Hold the downloaded ``path`` for the ``with`` block (shared: other readers too): no download
+    replaces it meanwhile (one waits). Between ``download``'s exclusive hold and this one, another
+    download may have renamed a complete, checked file to the same name: that is the one read."""
+    with _locked(path.with_name(path.name + LOCK_SUFFIX), fcntl.LOCK_SH):
+        if not path.is_file():  # removed by hand meanwhile
+            raise BulkDownloadFailed(f"the downloaded {path} is gone")
+        yield path
+
+
+def target_name(url: str) -> str:
+    """The file name ``url`` is downloaded to."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(urlsplit(url).path).name) or "ctg-studies.json.zip"
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextmanager
+def _locked(path: Path, how: int) -> Iterator[None]:
+    """``flock`` ``path`` (``LOCK_EX`` or ``LOCK_SH``) for the block, waiting as long as it takes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another trialsync process downloading or loading %s",
+                        path.with_name(path.name.removesuffix(LOCK_SUFFIX)))
+            while True:  # polled (not a blocking flock) so that a signal stops the wait at once
+                time.sleep(0.2)
+                try:
+                    fcntl.flock(fd, how | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    continue
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _download(url: str, directory: Path, name: str, *, chunk_bytes: int, timeout: float, attempts: int,
+              session: requests.Session | None) -> Path:
     from pipeline.registry.bulk import BulkArchive
 
-    directory.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urlsplit(url).path).name) or "ctg-studies.json.zip"
     final, part = directory / name, directory / (name + ".part")
     meta = directory / (name + ".part.json")
     http = session or requests.Session()
