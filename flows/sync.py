@@ -31,7 +31,7 @@ from flows.reconciliation import publish_reconciliation, reconcile_run
 from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
 from flows.vanished import settle_vanished
 from pipeline.changes import Rules, derive_changes
-from pipeline.errors import PageTokenRejected, RegistryError
+from pipeline.errors import PageTokenRejected, RegistryError, UsageError
 from pipeline.parse import record_ids, record_nct_id, record_status
 from pipeline.reconcile import FAIL, Check
 from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
@@ -374,6 +374,8 @@ def rederive_changes(warehouse: str | None = None, rules_file: str | None = None
     clock = time.monotonic()
     run_id = new_run_id(started)
     store = Warehouse(settings.warehouse_dir(warehouse))
+    if not store.exists():  # a mistyped --warehouse must not become a new, empty warehouse with a run
+        raise UsageError(f"no warehouse at {store.root} (nothing to rederive)")
     with store.writer(run_id, lock_timeout=lock_timeout) as run:
         rules = settings.rules(rules_file, run.manifest.meta)
         with store.committed() as con:

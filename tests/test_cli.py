@@ -70,6 +70,13 @@ def test_the_machine_readable_change_feed_carries_every_column_with_the_change_i
     assert {"path", "detected_at", "severity", "shift_days"} <= set(feed[0])
 
 
+def test_rederive_on_a_missing_warehouse_creates_none(tmp_path: Path) -> None:
+    result = run_cli("rederive", "--warehouse", str(tmp_path / "typo"))
+    assert (result.returncode, result.stderr.strip()) == (
+        2, f"trialsync: error: no warehouse at {tmp_path / 'typo'} (nothing to rederive)")
+    assert not (tmp_path / "typo").exists()
+
+
 def test_sql_on_a_missing_warehouse_says_what_to_do(tmp_path: Path) -> None:
     result = run_cli("sql", "SELECT 1", "--warehouse", str(tmp_path / "nothing"))
     assert result.returncode == 2  # bad input, as for `check` and every command
