@@ -515,11 +515,13 @@ def test_a_damaged_manifest_file_is_restored_from_the_catalog_and_nothing_is_los
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_damaged_manifest_file_without_the_catalogs_copy_rolls_back_to_before_it(
         copy: Path, built: dict[str, Any], kind: str) -> None:
-    """The catalog is gone too, so generation 2 cannot be restored: the log has a hole, and every
+    """The catalog is gone too, and run 2's marker (of an earlier release) holds no copy, so generation 2
+    cannot be restored: the log has a hole, and every
     generation after it is rolled back with it (moved aside, its studies listed), so check passes.
     Generation 2's own run is rolled back and its studies listed too, though no manifest names it now."""
     root = copy.resolve()
     later_runs = [g.run_id for g in manifests.read_log(root)[1:]]
+    (root / "runs" / later_runs[0] / "_COMMITTED").write_bytes(b"")  # an earlier release's marker: no copy
     damage(root / "manifest/00000002.json", kind)
     (root / "warehouse.duckdb").unlink()
     result = repair(root)
@@ -529,6 +531,46 @@ def test_a_damaged_manifest_file_without_the_catalogs_copy_rolls_back_to_before_
     assert result.lost_studies == built["later"]
     assert check(root, deep=True).ok
     assert state(root) == built["states"][0]
+
+
+def test_a_committed_run_whose_manifest_file_and_catalog_are_both_lost_is_restored_from_its_marker(
+        copy: Path, built: dict[str, Any]) -> None:
+    """The catalog and the newest manifest file deleted: run 3 committed, and its marker holds its
+    generation. check names the missing generation and the run; repair restores it (nothing rolled
+    back, nothing lost) instead of moving an intact committed run to damaged/."""
+    root = copy.resolve()
+    run_3 = manifests.read_log(root)[2].run_id
+    (root / "warehouse.duckdb").unlink()
+    (root / "manifest/00000003.json").unlink()
+    report = check(root)
+    missing = [p for p in report.problems if p.kind == "manifest"]
+    assert [(p.path, p.generation, p.run_id) for p in missing] == [("manifest/00000003.json", 3, run_3)]
+    assert "_COMMITTED marker" in missing[0].detail
+    result = repair(root)
+    assert (result.generation, result.rolled_back, result.lost_studies) == (3, [], [])
+    assert result.restored_manifest == [3]
+    assert not any(m.startswith("runs/") for m in result.moved)
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][2]
+
+
+def test_a_committed_run_listed_nowhere_with_an_empty_marker_is_reported_and_its_studies_listed(
+        copy: Path, built: dict[str, Any]) -> None:
+    """An earlier release's marker is empty: then nothing says what run 3's generation held. check names
+    the run; repair rolls it back and lists the studies that lost their newer versions (never silently)."""
+    root = copy.resolve()
+    run_3 = manifests.read_log(root)[2].run_id
+    (root / "runs" / run_3 / "_COMMITTED").write_bytes(b"")
+    (root / "warehouse.duckdb").unlink()
+    (root / "manifest/00000003.json").unlink()
+    report = check(root)
+    assert [(p.path, p.run_id) for p in report.problems if p.kind == "manifest"] == [
+        (f"runs/{run_3}/_COMMITTED", run_3)]
+    result = repair(root)
+    assert (result.generation, result.rolled_back) == (2, [run_3])
+    assert result.lost_studies == sorted(nct(r) for r in _days()[2][10:14])
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][1]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -24,7 +24,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
-from warehouse import catalog, catalog_file, checkpoints
+from warehouse import catalog, catalog_file, checkpoints, markers
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check_rows import row_problems
@@ -92,6 +92,10 @@ class LogState:
     checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
     bad_checkpoints: dict[int, str] = field(default_factory=dict)
     chunk_digests: dict[int, str] = field(default_factory=dict)
+    # Committed runs (their ``_COMMITTED`` marker) no generation lists: where a marker holds the
+    # generation, it is a copy (in ``copies``, its source in ``marker_copies``); else listed here
+    orphan_runs: list[str] = field(default_factory=list)
+    marker_copies: dict[int, str] = field(default_factory=dict)  # generation -> the run whose marker has it
 
     @property
     def last(self) -> int:
@@ -151,6 +155,8 @@ def read_state(root: Path, base: Checkpoint | None = None, *, for_writer: bool =
                 if number in damaged and number not in state.copies:
                     with suppress(ManifestDamaged):
                         state.copies[number] = Generation.from_bytes(data, number)
+    if held.legacy is None:
+        markers.read_into(root, state, after)
     return state
 
 
@@ -178,7 +184,15 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     for number, why in sorted(state.damaged.items()):
         rel = str(manifests.generation_path(root, number).relative_to(root))
         restorable = " (a good copy is kept)" if number in state.copies else ""
-        report.problems.append(Problem("manifest", rel, f"{why}{restorable}", generation=number))
+        if number in state.marker_copies:  # nothing else holds it: name the run
+            restorable = f" (a good copy is kept in its run's {markers.COMMITTED_MARKER} marker)"
+        report.problems.append(Problem("manifest", rel, f"{why}{restorable}", run_id=state.marker_copies.get(number),
+                                       generation=number))
+    for run in state.orphan_runs:
+        report.problems.append(Problem(
+            "manifest", f"{markers.RUNS_DIR}/{run}/{markers.COMMITTED_MARKER}", "this run committed but no manifest "
+            "generation lists it (its manifest file and the catalog's copy are lost; its marker, of an earlier "
+            "release, holds none): `trialsync repair` rolls it back and lists its studies", run_id=run))
     if state.legacy is not None:
         manifest = state.legacy
         report.notes.append("written by an earlier release: the next command moves its manifest beside the catalog")
