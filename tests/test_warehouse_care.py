@@ -573,6 +573,26 @@ def test_a_committed_run_listed_nowhere_with_an_empty_marker_is_reported_and_its
     assert state(root) == built["states"][1]
 
 
+def test_readers_never_go_back_in_time_when_the_newest_manifest_file_is_lost(
+        copy: Path, built: dict[str, Any]) -> None:
+    """The newest manifest file deleted, the catalog intact (it holds a good copy of it): readers used to
+    answer silently from generation 2. They answer from the copy, with a warning that points at
+    check and repair; check names the missing generation."""
+    root = copy.resolve()
+    (root / "manifest/00000003.json").unlink()
+    assert state(root) == built["states"][2]
+    versions = len(built["states"][2]["versions"])
+    out = _cli("sql", "--warehouse", str(root), "SELECT count(*) AS n FROM study_versions", "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["n", str(versions)]
+    assert "manifest generation 3 is missing" in out.stderr and "trialsync repair" in out.stderr
+    runs = _cli("runs", "--warehouse", str(root), "--format", "csv")
+    assert runs.returncode == 0 and len(runs.stdout.strip().splitlines()) == 1 + 3, runs.stdout
+    assert [(p.path, p.generation) for p in check(root).problems] == [("manifest/00000003.json", 3)]
+    assert repair(root).restored_manifest == [3]
+    assert check(root, deep=True).ok
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_damaged_catalog_is_rebuilt_from_the_manifest_and_nothing_is_lost(
         kind: str, copy: Path, built: dict[str, Any]) -> None:
