@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError, WarehouseMissing
-from warehouse import catalog, catalog_file, checkpoints, migrations, run_writer
+from warehouse import catalog, catalog_file, checkpoints, committing, migrations, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
@@ -241,6 +241,7 @@ class Warehouse:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / MARKER_NAME).touch()
         with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
+            committing.began()
             crashpoint("lock-acquired")
             self.refresh_catalog()
             # the footers: in ``_state_before``; the manifest files after the newest checkpoint
