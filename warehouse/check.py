@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import WarehouseError
 from warehouse import catalog, catalog_file, checkpoints, markers
 from warehouse import manifest as manifests
+from warehouse.affected import studies_affected
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check_rows import row_problems
 from warehouse.checkpoints import Checkpoint, CheckpointDamaged
@@ -216,7 +217,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
             continue
         gen = owner.get((entry.run_id, entry.path))
         report.problems.append(Problem(problem[0], entry.path, problem[1], entry.table, entry.run_id, gen,
-                                       _studies(root, manifest, entry) if studies else None))
+                                       studies_affected(root, manifest, entry) if studies else None))
     for table in TABLES if footers else ():
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
@@ -373,22 +374,6 @@ def _rel(root: Path, number: int) -> str:
 
 def _owners(state: LogState) -> dict[tuple[str, str], int]:
     return {(e.run_id, e.path): gen.number for gen in state.best() for e in gen.entries}
-
-
-def _studies(root: Path, manifest: Manifest, entry: ManifestEntry) -> tuple[str, ...] | None:
-    """The studies a damaged file holds rows of: from its own nct_id column if that still reads, else
-    the studies its run touched (``run_studies``)."""
-    candidates = [entry.path] + [e.path for e in manifest.entries
-                                 if e.run_id == entry.run_id and e.table in ("run_studies", "study_versions")]
-    if "nct_id" not in TABLES[entry.table].names:
-        return ()
-    for rel in candidates:
-        try:
-            column = pq.read_table(root / rel, columns=["nct_id"]).column("nct_id")
-            return tuple(sorted({str(v) for v in column.to_pylist() if v is not None}))
-        except Exception:
-            continue
-    return None
 
 
 def _footer_ok(path: Path) -> bool:
