@@ -631,6 +631,23 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     return subprocess.run([str(TRIALSYNC), *args], capture_output=True, text=True, timeout=180, cwd=cwd)
 
 
+def test_a_query_that_needs_a_missing_file_names_it_and_points_at_repair_with_the_damage_exit_code(
+        copy: Path) -> None:
+    """It used to fail as bad input (exit 2) with DuckDB's "Table with name conditions does not exist!"."""
+    root = copy.resolve()
+    target = second_run_files(root)["conditions"]
+    (root / target).unlink()
+    out = _cli("sql", "--warehouse", str(root), "SELECT count(*) FROM conditions")
+    assert out.returncode == 1, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"trialsync: error: query failed: the warehouse is damaged ({target}: file missing; "
+                           "table conditions; run "), line
+    assert line.endswith("see `trialsync check`, then `trialsync repair`")
+    typo = _cli("sql", "--warehouse", str(root), "SELECT count(*) FROM no_such_table")
+    assert typo.returncode == 2 and "damaged" not in typo.stderr  # a query's own mistake stays bad input
+    assert _cli("sql", "--warehouse", str(root), "SELECT count(*) FROM studies").returncode == 0
+
+
 def test_the_commands_check_and_repair_and_a_sync_that_refuses_a_damaged_warehouse(
         copy: Path, built: dict[str, Any]) -> None:
     root = copy.resolve()
