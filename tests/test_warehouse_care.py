@@ -399,6 +399,7 @@ def test_a_damaged_data_file_is_named_by_check_and_repair_rolls_back_to_the_run_
     assert problem.line().startswith(f"{target}: ")
     if kind != "flip":  # a flipped byte inside the data needs the checksum: the quick check may not see it
         assert not check(root).ok
+    assert report.summary().endswith("; run `trialsync repair` to fix")  # it can: back to generation 1
     result = repair(root)
     assert result.generation == 1 and len(result.rolled_back) == 2
     assert set(result.lost_studies) == set(built["later"])
@@ -455,7 +456,12 @@ def test_damage_to_the_first_runs_files_changes_nothing_and_says_to_restore_a_ba
                                              r"intact \(it is the first run\).*nothing was changed$"):
         repair(root)
     assert files_of(root) == before
-    assert [p.path for p in check(root).problems] == [first]
+    report = check(root)
+    assert [p.path for p in report.problems] == [first]
+    # check's hint says what repair will do: not "run repair to fix"
+    assert report.summary() == ("damaged (quick check): 1 problem(s); generation 1 has damaged files and no earlier "
+                                "committed state is intact, so `trialsync repair` cannot roll back past them: "
+                                "restore from a backup")
 
 
 def _flip_footer(path: Path) -> bytes:

@@ -1,13 +1,15 @@
-"""Which studies a damaged committed file affects (``check`` names them beside the file)."""
+"""What damage to committed files means: which studies a damaged file affects (``check`` names them
+beside the file), and how far ``repair`` must roll back for it (``check``'s hint says the same)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
 
-from warehouse.manifest import Manifest, ManifestEntry
+from warehouse import manifest as manifests
+from warehouse.manifest import Generation, Manifest, ManifestEntry
 from warehouse.tables import TABLES
 
 
@@ -43,3 +45,32 @@ def _nct_ids(root: Path, paths: Sequence[str]) -> tuple[str, ...] | None:
             return None
         studies.update(str(v) for v in column.to_pylist() if v is not None)
     return tuple(sorted(studies))
+
+
+def rollback_target(log: Sequence[Generation], intact: Callable[[ManifestEntry], bool]) -> tuple[int | None, int]:
+    """(how many generations stay, the first damaged one): all if every committed file is intact;
+    otherwise the last state before the first damaged generation whose files are all there and intact;
+    None when none is (the first run's files, or a merge that holds them, are damaged)."""
+    owner = {(e.run_id, e.path): g.number for g in log for e in g.entries}
+    bad = [owner.get((e.run_id, e.path), 1) for e in manifests.fold(log).entries if not intact(e)]
+    if not bad:
+        return len(log), 0
+    first_bad = min(bad)
+    for target in range(first_bad - 1, 0, -1):
+        if all(intact(e) for e in manifests.fold(log[:target]).entries):
+            return target, first_bad
+    return None, first_bad
+
+
+def unrepairable(log: Sequence[Generation], known: dict[str, bool], recheck: Callable[[ManifestEntry], bool]
+                 ) -> int | None:
+    """The first damaged generation when no earlier committed state is intact (``repair`` then refuses
+    and says to restore a backup). ``known``: each checked file's path -> intact; ``recheck`` judges
+    the others (files a merge superseded)."""
+    def intact(entry: ManifestEntry) -> bool:
+        if entry.path not in known:
+            known[entry.path] = recheck(entry)
+        return known[entry.path]
+
+    target, first_bad = rollback_target(log, intact)
+    return first_bad if target is None else None

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import WarehouseError
 from warehouse import catalog, catalog_file, checkpoints, markers
 from warehouse import manifest as manifests
-from warehouse.affected import studies_affected
+from warehouse.affected import studies_affected, unrepairable
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check_rows import row_problems
 from warehouse.checkpoints import Checkpoint, CheckpointDamaged
@@ -56,6 +56,7 @@ class Report:
     deep: bool = False
     log: list[Generation] | None = None  # the generations checked (None: a catalog of an earlier release)
     base: Checkpoint | None = None  # the checkpoint ``log`` follows (None: ``log`` is the whole log)
+    unrepairable: int | None = None  # damaged files repair cannot roll back past: their first generation
 
     @property
     def ok(self) -> bool:
@@ -70,6 +71,10 @@ class Report:
         if all(p.kind in ROW_KINDS for p in self.problems):
             return (f"inconsistent ({how} check): {len(self.problems)} problem(s) in committed rows, which "
                     "`trialsync repair` does not change (see README, If something breaks)")
+        if self.unrepairable is not None:  # what repair would say: it changes nothing then
+            return (f"damaged ({how} check): {len(self.problems)} problem(s); generation {self.unrepairable} has "
+                    "damaged files and no earlier committed state is intact, so `trialsync repair` cannot roll "
+                    "back past them: restore from a backup")
         return f"damaged ({how} check): {len(self.problems)} problem(s); run `trialsync repair` to fix"
 
 
@@ -210,6 +215,9 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
             verdicts = list(pool.map(lambda entry: check_file(root, entry, deep=deep), manifest.entries))
     else:  # a stat each: threads would cost more than they hide
         verdicts = [check_file(root, entry, deep=False, footer=False) for entry in manifest.entries]
+    if any(verdicts) and report.log is not None and report.base is None:  # what repair will do about it
+        report.unrepairable = unrepairable(report.log, {e.path: v is None for e, v in zip(
+            manifest.entries, verdicts, strict=True)}, lambda e: check_file(root, e, deep=deep) is None)
     for entry, problem in zip(manifest.entries, verdicts, strict=True):
         report.files += 1
         if problem is None:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import WarehouseError
 from warehouse import catalog, catalog_file, checkpoints
 from warehouse import manifest as manifests
+from warehouse.affected import rollback_target
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import LogState, check, check_file, read_state
 from warehouse.manifest import Generation, ManifestEntry
@@ -234,18 +235,12 @@ def _retake_checkpoints(root: Path, state: LogState, kept: list[Generation], mis
 
 
 def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> int:
-    """How many generations stay: all if every committed file is intact; otherwise the last state
-    before the first damaged generation whose files are all there and intact. None is (the first run's
-    files are damaged): an error, since rolling back to nothing would take the whole history out of the
-    warehouse for the sake of one file."""
-    owner = {(e.run_id, e.path): g.number for g in log for e in g.entries}
-    bad = [owner.get((e.run_id, e.path), 1) for e in manifests.fold(log).entries if not intact(e)]
-    if not bad:
-        return len(log)
-    first_bad = min(bad)
-    for target in range(first_bad - 1, 0, -1):
-        if all(intact(e) for e in manifests.fold(log[:target]).entries):
-            return target
+    """How many generations stay (``rollback_target``). None is (the first run's files are damaged): an
+    error, since rolling back to nothing would take the whole history out of the warehouse for the sake
+    of one file."""
+    target, first_bad = rollback_target(log, intact)
+    if target is not None:
+        return target
     why = ("it is the first run" if first_bad == 1
            else "a compaction removed the files it superseded")
     raise WarehouseError(
