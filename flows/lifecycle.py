@@ -69,7 +69,9 @@ def exit_code() -> int:
 
 
 def on_signal(signum: int, frame: Any) -> None:
-    """The handler: the first signal raises ``KeyboardInterrupt`` and starts the deadline; a second leaves."""
+    """The handler: the first signal raises ``KeyboardInterrupt`` and starts the deadline; a second leaves.
+    After a commit point (and before another write begins) it raises nothing: the committed run is
+    not undone nor called failed, the command finishes up (within the deadline) and exits 0."""
     global _signalled
     with _lock:
         first = _signalled is None
@@ -78,7 +80,29 @@ def on_signal(signum: int, frame: Any) -> None:
     if not first:  # a second signal: leave now
         leave()
     threading.Thread(target=_deadline, name="trialsync-stop-deadline", daemon=True).start()
+    if (state := _commits()) is not None and state.finishing:
+        state.stop_pending = True  # no further write begins
+        return
     raise KeyboardInterrupt
+
+
+def _commits() -> Any:
+    """``warehouse.committing`` if a command imported it (never imported here: the handler is installed
+    before anything heavy is imported, and a command that wrote nothing has committed nothing)."""
+    return sys.modules.get("warehouse.committing")
+
+
+def committed() -> list[str]:
+    """What committed in this process (run ids, a backup's DEST)."""
+    state = _commits()
+    return list(state.committed) if state is not None else []
+
+
+def finished_after_commit() -> bool:
+    """Whether the signal arrived after a commit point (it interrupted nothing) and no write began
+    since: the command, if it returned normally, finished."""
+    state = _commits()
+    return _signalled is not None and state is not None and bool(state.finishing) and bool(state.stop_pending)
 
 
 def _deadline() -> None:
@@ -86,15 +110,25 @@ def _deadline() -> None:
     leave()
 
 
-def message() -> str:
+def message(finished: bool = False) -> str:
     what = "terminated" if _signalled == signal.SIGTERM else "interrupted"
-    return f"trialsync: {what} (an unfinished run commits nothing; the next run cleans up after it)"
+    done = committed()
+    if not done:
+        return f"trialsync: {what} (an unfinished run commits nothing; the next run cleans up after it)"
+    last = f"{done[-1]} committed" + (f" ({len(done)} commits in all)" if len(done) > 1 else "")
+    if finished:
+        return f"trialsync: {what} after {last}: the command finished first"
+    return (f"trialsync: {what} after {last} (it is in the warehouse); what was still running stopped "
+            "(an unfinished run commits nothing; the next run cleans up after it)")
 
 
-def leave(code: int | None = None) -> None:
+def leave(code: int | None = None, *, finished: bool = False) -> None:
     """Exit now, without Python's exit hooks (Prefect's may wait for a server that is gone), after
-    stopping every descendant."""
-    print(message(), file=sys.stderr)
+    stopping every descendant. ``finished``: the command finished after a signal that came once its
+    run had committed (exit 0 unless ``code`` says otherwise)."""
+    print(message(finished), file=sys.stderr)
+    if finished and code is None:
+        code = 0
     reap()
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):

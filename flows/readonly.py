@@ -11,10 +11,12 @@ neither installed nor loaded, and the configuration is locked.
 from __future__ import annotations
 
 import re
+from functools import cache
+from pathlib import Path
 
 import duckdb
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, WarehouseError
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # EXPLAIN [(options)] [ANALYZE] <statement>
@@ -53,3 +55,40 @@ def query_error(exc: Exception) -> UsageError:
             or "configuration has been locked" in first:
         return UsageError(f"trialsync sql reads only the warehouse: {first}")
     return UsageError(f"query failed: {first}")
+
+
+_MISSING_NAME = re.compile(r"with name (\S+) does not exist", re.IGNORECASE)
+
+
+@cache
+def _view_names() -> frozenset[str]:
+    """Every view and macro the catalog defines (a reader of a damaged warehouse skips those it cannot)."""
+    from warehouse.catalog import plan_catalog
+    from warehouse.manifest import Manifest
+
+    made = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO) (?:\w+\.)?(\w+)")
+    return frozenset(m.group(1).lower() for statement in plan_catalog(Path("/"), Manifest())
+                     if (m := made.match(statement)))
+
+
+def damage_error(root: Path, exc: Exception) -> WarehouseError | None:
+    """A query that failed because the warehouse is damaged (a committed file missing or unreadable,
+    so its view could not be read or even defined): one line naming the damage and pointing at
+    ``check`` and ``repair`` (exit 1, not the bad-input 2). None when the query failed otherwise."""
+    from warehouse.check import check
+
+    if isinstance(exc, duckdb.CatalogException):
+        named = _MISSING_NAME.search(str(exc))
+        if named is None or named.group(1).strip("\"'!").lower() not in _view_names():
+            return None
+    elif not isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException)):
+        return None
+    try:
+        problems = [p for p in check(root, studies=False).problems if p.table is not None]
+    except Exception:  # the check itself failed: the query's own error is all there is to say
+        return None
+    if not problems:
+        return None
+    more = f" and {len(problems) - 1} more damaged file(s)" if len(problems) > 1 else ""
+    return WarehouseError(f"query failed: the warehouse is damaged ({problems[0].line()}{more}): "
+                          "see `trialsync check`, then `trialsync repair`")

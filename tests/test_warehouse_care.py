@@ -399,6 +399,7 @@ def test_a_damaged_data_file_is_named_by_check_and_repair_rolls_back_to_the_run_
     assert problem.line().startswith(f"{target}: ")
     if kind != "flip":  # a flipped byte inside the data needs the checksum: the quick check may not see it
         assert not check(root).ok
+    assert report.summary().endswith("; run `trialsync repair` to fix")  # it can: back to generation 1
     result = repair(root)
     assert result.generation == 1 and len(result.rolled_back) == 2
     assert set(result.lost_studies) == set(built["later"])
@@ -455,7 +456,12 @@ def test_damage_to_the_first_runs_files_changes_nothing_and_says_to_restore_a_ba
                                              r"intact \(it is the first run\).*nothing was changed$"):
         repair(root)
     assert files_of(root) == before
-    assert [p.path for p in check(root).problems] == [first]
+    report = check(root)
+    assert [p.path for p in report.problems] == [first]
+    # check's hint says what repair will do: not "run repair to fix"
+    assert report.summary() == ("damaged (quick check): 1 problem(s); generation 1 has damaged files and no earlier "
+                                "committed state is intact, so `trialsync repair` cannot roll back past them: "
+                                "restore from a backup")
 
 
 def _flip_footer(path: Path) -> bytes:
@@ -515,11 +521,13 @@ def test_a_damaged_manifest_file_is_restored_from_the_catalog_and_nothing_is_los
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_damaged_manifest_file_without_the_catalogs_copy_rolls_back_to_before_it(
         copy: Path, built: dict[str, Any], kind: str) -> None:
-    """The catalog is gone too, so generation 2 cannot be restored: the log has a hole, and every
+    """The catalog is gone too, and run 2's marker (of an earlier release) holds no copy, so generation 2
+    cannot be restored: the log has a hole, and every
     generation after it is rolled back with it (moved aside, its studies listed), so check passes.
     Generation 2's own run is rolled back and its studies listed too, though no manifest names it now."""
     root = copy.resolve()
     later_runs = [g.run_id for g in manifests.read_log(root)[1:]]
+    (root / "runs" / later_runs[0] / "_COMMITTED").write_bytes(b"")  # an earlier release's marker: no copy
     damage(root / "manifest/00000002.json", kind)
     (root / "warehouse.duckdb").unlink()
     result = repair(root)
@@ -529,6 +537,66 @@ def test_a_damaged_manifest_file_without_the_catalogs_copy_rolls_back_to_before_
     assert result.lost_studies == built["later"]
     assert check(root, deep=True).ok
     assert state(root) == built["states"][0]
+
+
+def test_a_committed_run_whose_manifest_file_and_catalog_are_both_lost_is_restored_from_its_marker(
+        copy: Path, built: dict[str, Any]) -> None:
+    """The catalog and the newest manifest file deleted: run 3 committed, and its marker holds its
+    generation. check names the missing generation and the run; repair restores it (nothing rolled
+    back, nothing lost) instead of moving an intact committed run to damaged/."""
+    root = copy.resolve()
+    run_3 = manifests.read_log(root)[2].run_id
+    (root / "warehouse.duckdb").unlink()
+    (root / "manifest/00000003.json").unlink()
+    report = check(root)
+    missing = [p for p in report.problems if p.kind == "manifest"]
+    assert [(p.path, p.generation, p.run_id) for p in missing] == [("manifest/00000003.json", 3, run_3)]
+    assert "_COMMITTED marker" in missing[0].detail
+    result = repair(root)
+    assert (result.generation, result.rolled_back, result.lost_studies) == (3, [], [])
+    assert result.restored_manifest == [3]
+    assert not any(m.startswith("runs/") for m in result.moved)
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][2]
+
+
+def test_a_committed_run_listed_nowhere_with_an_empty_marker_is_reported_and_its_studies_listed(
+        copy: Path, built: dict[str, Any]) -> None:
+    """An earlier release's marker is empty: then nothing says what run 3's generation held. check names
+    the run; repair rolls it back and lists the studies that lost their newer versions (never silently)."""
+    root = copy.resolve()
+    run_3 = manifests.read_log(root)[2].run_id
+    (root / "runs" / run_3 / "_COMMITTED").write_bytes(b"")
+    (root / "warehouse.duckdb").unlink()
+    (root / "manifest/00000003.json").unlink()
+    report = check(root)
+    assert [(p.path, p.run_id) for p in report.problems if p.kind == "manifest"] == [
+        (f"runs/{run_3}/_COMMITTED", run_3)]
+    result = repair(root)
+    assert (result.generation, result.rolled_back) == (2, [run_3])
+    assert result.lost_studies == sorted(nct(r) for r in _days()[2][10:14])
+    assert check(root, deep=True).ok
+    assert state(root) == built["states"][1]
+
+
+def test_readers_never_go_back_in_time_when_the_newest_manifest_file_is_lost(
+        copy: Path, built: dict[str, Any]) -> None:
+    """The newest manifest file deleted, the catalog intact (it holds a good copy of it): readers used to
+    answer silently from generation 2. They answer from the copy, with a warning that points at
+    check and repair; check names the missing generation."""
+    root = copy.resolve()
+    (root / "manifest/00000003.json").unlink()
+    assert state(root) == built["states"][2]
+    versions = len(built["states"][2]["versions"])
+    out = _cli("sql", "--warehouse", str(root), "SELECT count(*) AS n FROM study_versions", "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["n", str(versions)]
+    assert "manifest generation 3 is missing" in out.stderr and "trialsync repair" in out.stderr
+    runs = _cli("runs", "--warehouse", str(root), "--format", "csv")
+    assert runs.returncode == 0 and len(runs.stdout.strip().splitlines()) == 1 + 3, runs.stdout
+    assert [(p.path, p.generation) for p in check(root).problems] == [("manifest/00000003.json", 3)]
+    assert repair(root).restored_manifest == [3]
+    assert check(root, deep=True).ok
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -567,6 +635,23 @@ def test_readers_keep_answering_from_tables_a_damaged_file_does_not_belong_to(co
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(TRIALSYNC), *args], capture_output=True, text=True, timeout=180, cwd=cwd)
+
+
+def test_a_query_that_needs_a_missing_file_names_it_and_points_at_repair_with_the_damage_exit_code(
+        copy: Path) -> None:
+    """It used to fail as bad input (exit 2) with DuckDB's "Table with name conditions does not exist!"."""
+    root = copy.resolve()
+    target = second_run_files(root)["conditions"]
+    (root / target).unlink()
+    out = _cli("sql", "--warehouse", str(root), "SELECT count(*) FROM conditions")
+    assert out.returncode == 1, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"trialsync: error: query failed: the warehouse is damaged ({target}: file missing; "
+                           "table conditions; run "), line
+    assert line.endswith("see `trialsync check`, then `trialsync repair`")
+    typo = _cli("sql", "--warehouse", str(root), "SELECT count(*) FROM no_such_table")
+    assert typo.returncode == 2 and "damaged" not in typo.stderr  # a query's own mistake stays bad input
+    assert _cli("sql", "--warehouse", str(root), "SELECT count(*) FROM studies").returncode == 0
 
 
 def test_the_commands_check_and_repair_and_a_sync_that_refuses_a_damaged_warehouse(

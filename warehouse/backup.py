@@ -4,7 +4,11 @@ It reads the manifest once (a generation is immutable once published, and so are
 lists), hard-links (or copies) exactly those files into a new directory beside DEST, writes the
 manifest files and a catalog there, renames the directory to DEST and writes the catalog again for
 the new place: DEST is a whole warehouse or absent, also after a kill (the temporary directory a
-killed backup leaves is removed by the next backup to the same DEST). A run that commits
+killed backup leaves is removed by the next backup to the same DEST). The rename is the backup's
+commit point: a SIGINT or SIGTERM after it lets the catalog be written for DEST and the backup return
+(the CLI exits 0); only a kill between the two leaves DEST's catalog naming the temporary place, which
+the first command at DEST rewrites (DuckDB binds a view to files that exist, so it cannot be written
+for DEST before DEST is there). A run that commits
 meanwhile is simply not in the copy. If a compaction deletes superseded files during the copy, the
 copy starts again from the newer manifest.
 
@@ -25,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from pipeline.errors import UsageError, WarehouseError
-from warehouse import catalog_file
+from warehouse import catalog_file, committing
 from warehouse import manifest as manifests
 from warehouse.manifest import ManifestDamaged
 
@@ -52,6 +56,7 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
     if not dest.parent.is_dir():
         raise UsageError(f"{dest.parent} does not exist")
     _remove_abandoned(dest)
+    committing.began()
     for _ in range(ATTEMPTS):
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -67,10 +72,15 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
             log = manifests.read_log(tmp)
             catalog_file.write_catalog(tmp, manifests.fold(log), log, tag="backup")
             _fsync_tree(tmp)
-            os.rename(tmp, dest)
-        except BaseException:  # nothing of a failed backup stays (a kill leaves it to the next backup)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            os.rename(tmp, dest)  # the commit point
+        except BaseException as exc:  # nothing of a failed backup stays (a kill leaves it to the next backup)
+            if not (isinstance(exc, KeyboardInterrupt) and dest.is_dir() and not tmp.exists()):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            # A signal just after the rename: DEST is whole, and its catalog is rewritten for it below;
+            # nothing else begins after it (the command finishes this backup and stops).
+            committing.stop_pending = True
+        committing.passed(str(dest))  # from here a signal lets the backup finish: DEST is whole
         catalog_file.fsync_path(dest.parent)
         catalog_file.write_catalog(dest, manifests.fold(log), log, tag="backup")
         _fsync_tree(dest)  # the schema files and directories the catalog write created

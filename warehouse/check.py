@@ -24,8 +24,9 @@ import duckdb
 import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
-from warehouse import catalog, catalog_file, checkpoints
+from warehouse import catalog, catalog_file, checkpoints, markers
 from warehouse import manifest as manifests
+from warehouse.affected import studies_affected, unrepairable
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check_rows import row_problems
 from warehouse.checkpoints import Checkpoint, CheckpointDamaged
@@ -55,6 +56,7 @@ class Report:
     deep: bool = False
     log: list[Generation] | None = None  # the generations checked (None: a catalog of an earlier release)
     base: Checkpoint | None = None  # the checkpoint ``log`` follows (None: ``log`` is the whole log)
+    unrepairable: int | None = None  # damaged files repair cannot roll back past: their first generation
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,10 @@ class Report:
         if all(p.kind in ROW_KINDS for p in self.problems):
             return (f"inconsistent ({how} check): {len(self.problems)} problem(s) in committed rows, which "
                     "`trialsync repair` does not change (see README, If something breaks)")
+        if self.unrepairable is not None:  # what repair would say: it changes nothing then
+            return (f"damaged ({how} check): {len(self.problems)} problem(s); generation {self.unrepairable} has "
+                    "damaged files and no earlier committed state is intact, so `trialsync repair` cannot roll "
+                    "back past them: restore from a backup")
         return f"damaged ({how} check): {len(self.problems)} problem(s); run `trialsync repair` to fix"
 
 
@@ -92,6 +98,10 @@ class LogState:
     checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
     bad_checkpoints: dict[int, str] = field(default_factory=dict)
     chunk_digests: dict[int, str] = field(default_factory=dict)
+    # Committed runs (their ``_COMMITTED`` marker) no generation lists: where a marker holds the
+    # generation, it is a copy (in ``copies``, its source in ``marker_copies``); else listed here
+    orphan_runs: list[str] = field(default_factory=list)
+    marker_copies: dict[int, str] = field(default_factory=dict)  # generation -> the run whose marker has it
 
     @property
     def last(self) -> int:
@@ -151,6 +161,8 @@ def read_state(root: Path, base: Checkpoint | None = None, *, for_writer: bool =
                 if number in damaged and number not in state.copies:
                     with suppress(ManifestDamaged):
                         state.copies[number] = Generation.from_bytes(data, number)
+    if held.legacy is None:
+        markers.read_into(root, state, after)
     return state
 
 
@@ -178,7 +190,15 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     for number, why in sorted(state.damaged.items()):
         rel = str(manifests.generation_path(root, number).relative_to(root))
         restorable = " (a good copy is kept)" if number in state.copies else ""
-        report.problems.append(Problem("manifest", rel, f"{why}{restorable}", generation=number))
+        if number in state.marker_copies:  # nothing else holds it: name the run
+            restorable = f" (a good copy is kept in its run's {markers.COMMITTED_MARKER} marker)"
+        report.problems.append(Problem("manifest", rel, f"{why}{restorable}", run_id=state.marker_copies.get(number),
+                                       generation=number))
+    for run in state.orphan_runs:
+        report.problems.append(Problem(
+            "manifest", f"{markers.RUNS_DIR}/{run}/{markers.COMMITTED_MARKER}", "this run committed but no manifest "
+            "generation lists it (its manifest file and the catalog's copy are lost; its marker, of an earlier "
+            "release, holds none): `trialsync repair` rolls it back and lists its studies", run_id=run))
     if state.legacy is not None:
         manifest = state.legacy
         report.notes.append("written by an earlier release: the next command moves its manifest beside the catalog")
@@ -195,6 +215,9 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
             verdicts = list(pool.map(lambda entry: check_file(root, entry, deep=deep), manifest.entries))
     else:  # a stat each: threads would cost more than they hide
         verdicts = [check_file(root, entry, deep=False, footer=False) for entry in manifest.entries]
+    if any(verdicts) and report.log is not None and report.base is None:  # what repair will do about it
+        report.unrepairable = unrepairable(report.log, {e.path: v is None for e, v in zip(
+            manifest.entries, verdicts, strict=True)}, lambda e: check_file(root, e, deep=deep) is None)
     for entry, problem in zip(manifest.entries, verdicts, strict=True):
         report.files += 1
         if problem is None:
@@ -202,7 +225,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
             continue
         gen = owner.get((entry.run_id, entry.path))
         report.problems.append(Problem(problem[0], entry.path, problem[1], entry.table, entry.run_id, gen,
-                                       _studies(root, manifest, entry) if studies else None))
+                                       studies_affected(root, manifest, entry) if studies else None))
     for table in TABLES if footers else ():
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
@@ -359,22 +382,6 @@ def _rel(root: Path, number: int) -> str:
 
 def _owners(state: LogState) -> dict[tuple[str, str], int]:
     return {(e.run_id, e.path): gen.number for gen in state.best() for e in gen.entries}
-
-
-def _studies(root: Path, manifest: Manifest, entry: ManifestEntry) -> tuple[str, ...] | None:
-    """The studies a damaged file holds rows of: from its own nct_id column if that still reads, else
-    the studies its run touched (``run_studies``)."""
-    candidates = [entry.path] + [e.path for e in manifest.entries
-                                 if e.run_id == entry.run_id and e.table in ("run_studies", "study_versions")]
-    if "nct_id" not in TABLES[entry.table].names:
-        return ()
-    for rel in candidates:
-        try:
-            column = pq.read_table(root / rel, columns=["nct_id"]).column("nct_id")
-            return tuple(sorted({str(v) for v in column.to_pylist() if v is not None}))
-        except Exception:
-            continue
-    return None
 
 
 def _footer_ok(path: Path) -> bool:

@@ -33,6 +33,7 @@ import orjson
 import xxhash
 
 from pipeline.errors import WarehouseError
+from warehouse import committing
 
 if TYPE_CHECKING:
     from warehouse.checkpoints import Checkpoint
@@ -281,6 +282,7 @@ def publish(root: Path, gen: Generation) -> None:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
                 raise
             _create_exclusive(final, data, gen)
+        committing.passed(gen.run_id)  # from here a signal must not make the run look failed
     finally:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)

@@ -1,7 +1,9 @@
 """``repair``: bring a damaged warehouse back to its last intact committed state, deleting nothing.
 
-- A manifest file that is missing or damaged is written again from its copy (the catalog's, or the
-  checkpoint's that holds it).
+- A manifest file that is missing or damaged is written again from its copy (the catalog's, the
+  checkpoint's that holds it, or the ``_COMMITTED`` marker of its run: see ``warehouse.markers``). A
+  committed run whose generation is lost everywhere (an earlier release's empty marker) is rolled back
+  like a damaged one, its studies listed.
 - A missing, corrupt or mismatched catalog is rebuilt from the manifest and the Parquet files.
 - A manifest checkpoint that is damaged or differs from the generations it folds is moved aside and
   taken again; one about generations that are no longer there is moved aside.
@@ -30,10 +32,11 @@ import pyarrow.parquet as pq
 from pipeline.errors import WarehouseError
 from warehouse import catalog, catalog_file, checkpoints
 from warehouse import manifest as manifests
+from warehouse.affected import rollback_target
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import LogState, check, check_file, read_state
 from warehouse.manifest import Generation, ManifestEntry
-from warehouse.run_writer import COMMITTED_MARKER
+from warehouse.markers import COMMITTED_MARKER
 from warehouse.tables import TABLES
 
 DAMAGED_DIR = "damaged"
@@ -94,7 +97,7 @@ def repair(root: Path, *, now: datetime | None = None) -> RepairResult:
     manifest_bad = sorted(state.damaged)
     misfits = _misfit_checkpoints(state, kept)
     interrupted = _unfinished_records(root)
-    if not (rolled or catalog_bad or manifest_bad or misfits or interrupted
+    if not (rolled or catalog_bad or manifest_bad or misfits or interrupted or state.orphan_runs
             or any(p.kind in ("schema", "checkpoint") for p in before.problems)):
         return result  # nothing to do
     result.changed = True
@@ -232,18 +235,12 @@ def _retake_checkpoints(root: Path, state: LogState, kept: list[Generation], mis
 
 
 def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> int:
-    """How many generations stay: all if every committed file is intact; otherwise the last state
-    before the first damaged generation whose files are all there and intact. None is (the first run's
-    files are damaged): an error, since rolling back to nothing would take the whole history out of the
-    warehouse for the sake of one file."""
-    owner = {(e.run_id, e.path): g.number for g in log for e in g.entries}
-    bad = [owner.get((e.run_id, e.path), 1) for e in manifests.fold(log).entries if not intact(e)]
-    if not bad:
-        return len(log)
-    first_bad = min(bad)
-    for target in range(first_bad - 1, 0, -1):
-        if all(intact(e) for e in manifests.fold(log[:target]).entries):
-            return target
+    """How many generations stay (``rollback_target``). None is (the first run's files are damaged): an
+    error, since rolling back to nothing would take the whole history out of the warehouse for the sake
+    of one file."""
+    target, first_bad = rollback_target(log, intact)
+    if target is not None:
+        return target
     why = ("it is the first run" if first_bad == 1
            else "a compaction removed the files it superseded")
     raise WarehouseError(
@@ -254,11 +251,12 @@ def _target(log: list[Generation], intact: Callable[[ManifestEntry], bool]) -> i
 def _committed_unlisted_runs(root: Path, state: LogState, ever_kept: set[str], rolled: set[str]) -> list[str]:
     """Run directories that committed (their ``_COMMITTED`` marker, or their id in a damaged manifest
     file) but that no readable manifest file or copy lists: the runs of damaged manifest files with no
-    copy left, in the order they committed. They are rolled back with the rest; leftovers of runs that
-    never committed are not, nor runs a kept generation named (a compaction's superseded runs wait for
-    their removal). Run ids do not order runs: two that start in the same second sort by chance."""
+    copy left (a run's own marker holds one since this release), in the order they committed. They are
+    rolled back with the rest; leftovers of runs that never committed are not, nor runs a kept
+    generation named (a compaction's superseded runs wait for their removal). Run ids do not order
+    runs: two that start in the same second sort by chance."""
     holes = [n for n in state.damaged if n not in state.copies]
-    if not holes:
+    if not holes and not state.orphan_runs:  # orphans: committed runs whose generation is lost everywhere
         return []
     named: set[str] = set()
     for number in holes:

@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
 from pipeline.versioning import BatchPlan, Head, RunContext
-from warehouse import catalog, catalog_file
+from warehouse import catalog, catalog_file, committing
 from warehouse import manifest as manifests
 from warehouse.crashpoints import crashpoint
 from warehouse.heads import HEADS_SQL, HeadIndex, to_dict
 from warehouse.manifest import Generation, Manifest, ManifestEntry
+from warehouse.markers import COMMITTED_MARKER, write_marker
 from warehouse.parts import PendingRows, StagedFile, new_parquet_writer, one_row_per_study
 from warehouse.rows import plan_tables
 from warehouse.tables import TABLES, version_keyed_tables
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trialsync.warehouse")
 
-COMMITTED_MARKER = "_COMMITTED"  # in runs/<run_id>/ once the run's catalog is in place
+__all__ = ["COMMITTED_MARKER", "RUNS_DIR", "RunWriter"]
+
 RUNS_DIR = "runs"
 
 
@@ -284,15 +286,20 @@ class RunWriter:
             if manifests.is_published(root, gen):
                 self.committed = True
                 self.published = gen
+                committing.passed(self.run_id)
+                self._after_commit_point(gen, tmp)  # its marker and catalog, then the interrupt goes on
             else:
                 tmp.unlink(missing_ok=True)
             raise
         self.committed = True
         self.published = gen
         crashpoint("manifest-published")
+        self._after_commit_point(gen, tmp)
+
+    def _after_commit_point(self, gen: Generation, tmp: Path) -> None:
         try:
-            catalog_file.install_catalog(root, tmp)
-            (self.dir / COMMITTED_MARKER).touch()
+            write_marker(self.dir, gen)  # a copy of the generation that stays with the run's files
+            catalog_file.install_catalog(self.warehouse.root, tmp)
         except Exception as exc:  # committed: report, never undo (the next command rewrites the catalog)
             logger.warning("run %s is committed, but putting its catalog in place failed (%s); the next command "
                         "rewrites it from the manifest", self.run_id, exc)

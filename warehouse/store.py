@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError, WarehouseMissing
-from warehouse import catalog, catalog_file, checkpoints, migrations, run_writer
+from warehouse import catalog, catalog_file, checkpoints, committing, migrations, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
@@ -68,11 +68,19 @@ class Warehouse:
             raise WarehouseError(f"cannot read {self.catalog_path}: {str(exc).splitlines()[0]}") from None
 
     def _best_manifest(self) -> Manifest:
-        """For readers of a damaged warehouse: the manifest files, where one is damaged the catalog's copy."""
+        """For readers of a damaged warehouse: the manifest files, where one is damaged or the newest are
+        missing the copies (the catalog's, the checkpoints', the runs' markers)."""
         try:
-            return self.manifest()
+            manifest = self.manifest()
         except ManifestDamaged:
             return manifests.fold(read_state(self.root).best())
+        with suppress(duckdb.Error, KeyError, ValueError):
+            if int(catalog_file.catalog_meta(self.catalog_path)["generation"]) > manifest.generation:
+                best = manifests.fold(read_state(self.root).best())
+                if best.generation > manifest.generation:
+                    _warn_lost_generations(manifest.generation, best.generation)
+                    return best
+        return manifest
 
     def refresh_catalog(self) -> bool:
         """Call with the writer lock held. Migrate a catalog written before the manifest moved beside
@@ -204,9 +212,12 @@ class Warehouse:
             con.close()
             return None
         head = manifests.head(self.root)
-        if (meta.get("root") == str(self.root) and meta.get("generation") == str(head)  # a legacy catalog has none
-                and meta.get("views_digest") == catalog.views_digest()):  # another release's views: rewrite
-            return con
+        if meta.get("root") == str(self.root) and meta.get("views_digest") == catalog.views_digest():
+            if meta.get("generation") == str(head):  # a legacy catalog has none; another release's views: rewrite
+                return con
+            if _number(meta.get("generation")) > head:  # never fall back to an older state without a word
+                _warn_lost_generations(head, _number(meta.get("generation")))
+                return con
         con.close()
         return None
 
@@ -230,6 +241,7 @@ class Warehouse:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / MARKER_NAME).touch()
         with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
+            committing.began()
             crashpoint("lock-acquired")
             self.refresh_catalog()
             # the footers: in ``_state_before``; the manifest files after the newest checkpoint
@@ -343,6 +355,16 @@ class Warehouse:
         catalog that still lists their files)."""
         now = datetime.now(UTC)
         return {run_id for run_id, until in manifest.retained_until().items() if until > now}
+
+
+def _number(text: str | None) -> int:
+    return int(text) if text is not None and text.isascii() and text.isdigit() else -1
+
+
+def _warn_lost_generations(head: int, generation: int) -> None:
+    lost = f"{generation}" if generation == head + 1 else f"{head + 1} to {generation}"
+    logger.warning("manifest generation %s is missing from manifest/ (the catalog keeps a good copy): answering "
+                   "from that copy; run `trialsync check`, then `trialsync repair` to restore the file", lost)
 
 
 READER = "reader"  # the lock holder's name while a reader rewrites the catalog (for a moment)

@@ -37,7 +37,8 @@ def _run(args: list[str], debug: bool) -> None:
         if args and "--help" not in args:
             common.refuse_empty_values(args)
             common.check_environment()
-        app(args=args, prog_name="trialsync", standalone_mode=False)
+        # Not standalone, typer returns an interrupted command's 130 (it makes a KeyboardInterrupt an Exit)
+        code = app(args=args, prog_name="trialsync", standalone_mode=False)
     except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
@@ -59,8 +60,8 @@ def _run(args: list[str], debug: bool) -> None:
         print(f"trialsync: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
               file=sys.stderr)
         sys.exit(1)
-    if lifecycle.signalled():  # a command that caught the interrupt itself
-        _leave_interrupted()
+    if lifecycle.signalled():  # a command that caught the interrupt itself, or finished after its commit
+        lifecycle.leave(finished=code in (None, 0) and lifecycle.finished_after_commit())
 
 
 def _is_click_error(exc: Exception) -> bool:

@@ -19,7 +19,7 @@ from flows.cli.common import (
 )
 from flows.inputs import COUNT_MAX, not_future
 from flows.output import render
-from flows.readonly import check_query, query_error
+from flows.readonly import check_query, damage_error, query_error
 from pipeline.errors import UsageError
 from pipeline.scope import canonical_id, parse_date_arg
 
@@ -38,7 +38,8 @@ def sql(
     check_format(fmt)
     check_query(statement)
     day = not_future(parse_date_arg(as_of, "--as-of"), "--as-of") if as_of is not None else None
-    with Warehouse(settings.warehouse_dir(warehouse)).connect(sandbox=True) as con:
+    store = Warehouse(settings.warehouse_dir(warehouse))
+    with store.connect(sandbox=True) as con:
         if day:
             con.execute(f"SET VARIABLE as_of = DATE '{day.isoformat()}'")
         try:
@@ -46,7 +47,7 @@ def sql(
             columns = [d[0] for d in result.description or []]
             rows = result.fetchall()
         except Exception as exc:  # duckdb errors: one line is enough
-            raise query_error(exc) from None
+            raise (damage_error(store.root, exc) or query_error(exc)) from None
         render(columns, rows, fmt, console)
 
 
