@@ -32,9 +32,10 @@ HEAD_SCHEMA = pa.schema([
 # file's newest registry date (``sync_runs.params.archive_newest``) if earlier.
 HEADS_SQL = ("SELECT v.nct_id, v.version, v.content_hash, v.is_removed, "
              "max(v.registry_updated) OVER (PARTITION BY v.nct_id) AS registry_updated, v.member_key, "
-             "least(CAST(timezone('UTC', v.observed_at) AS DATE), "
-             "TRY_CAST(json_extract_string(r.params, '$.archive_newest') AS DATE) + 1) AS as_of "
-             "FROM raw_study_versions v LEFT JOIN raw_sync_runs r USING (run_id) "
+             "least(CAST(timezone('UTC', v.observed_at) AS DATE), r.known) AS as_of "
+             "FROM raw_study_versions v LEFT JOIN (SELECT run_id, "  # the JSON read once a run, not once a study
+             "TRY_CAST(json_extract_string(params, '$.archive_newest') AS DATE) + 1 AS known FROM raw_sync_runs) r "
+             "USING (run_id) "
              "QUALIFY row_number() OVER (PARTITION BY v.nct_id ORDER BY v.version DESC) = 1")
 
 
