@@ -208,6 +208,7 @@ def _settle_held(reading: ReadCounts, totals: RunTotals, template: ShardJob,
                                same_day=totals.watermark or "new"))
     adopt(shard.parts)
     _add(totals, shard)
+    totals.pages -= 1  # the held members' pass is not one of the run's shard tasks
     reading.add(shard)
     if shard.stale:
         get_run_logger().warning(

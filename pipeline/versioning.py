@@ -128,7 +128,8 @@ def plan_batch(
         same = nct_hint and head is not None and head.content_hash == digest and not head.is_removed
         if (not same and nct_hint and head is not None and same_day == "hold" and nct_hint not in always_new
                 and _is_same_day(record, head, ctx)):
-            plan.held.append(index)  # counted (unknown fields too) when it is decided
+            plan.held.append(index)  # counted (unknown fields too) when it is decided, but its date is the
+            _note_update(plan, head.registry_updated)  # archive's now: it may be the newest, which decides it
             continue
         for path in unknown:
             plan.unknown_fields[path] = plan.unknown_fields.get(path, 0) + 1

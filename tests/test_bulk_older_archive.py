@@ -142,3 +142,18 @@ def test_monthly_snapshots_loaded_in_order_keep_same_day_edits_as_news_and_an_ol
                  [summary["run_id"], archives["edited"]]) != [(0,)]
     again = load_bulk(archives["old"], warehouse_dir)  # the older file once more: stale, both
     assert (again["versions_written"], again["stale"]) == (0, 2)
+
+
+def test_a_same_day_edit_of_the_archives_newest_record_is_news(
+        archives: dict[str, Any], synced_past_the_old_archive: Path, tmp_path: Path) -> None:
+    """The held members' own dates are the archive's too: when the edited record is the only one with
+    the archive's newest date, the archive is not taken for an older one."""
+    warehouse_dir = synced_past_the_old_archive
+    [(name, record)] = [(n, r) for n, r in _members(archives["new"]).items() if _nct(r) == archives["updated"]]
+    record["protocolSection"]["statusModule"]["overallStatus"] = "COMPLETED"  # same date: today's, the newest
+    edited = rewrite(archives["new"], tmp_path / "edited.zip",
+                     lambda n, data: orjson.dumps(record) if n == name else data)
+    summary = load_bulk(edited, warehouse_dir)
+    assert (summary["stale"], summary["pages"]) == (0, 2)  # its 2 shard tasks: the held pass is none
+    assert query(warehouse_dir, "SELECT version, overall_status FROM studies WHERE nct_id = ?",
+                 [archives["updated"]]) == [(3, "COMPLETED")]

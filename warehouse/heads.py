@@ -30,13 +30,14 @@ HEAD_SCHEMA = pa.schema([
 # has none of its own): a fetched record older than it is stale, also after a removal.
 # as_of: the UTC day the head was stored, or for a version read from a bulk file the day after that
 # file's newest registry date (``sync_runs.params.archive_newest``) if earlier.
-HEADS_SQL = ("SELECT v.nct_id, v.version, v.content_hash, v.is_removed, "
-             "max(v.registry_updated) OVER (PARTITION BY v.nct_id) AS registry_updated, v.member_key, "
-             "least(CAST(timezone('UTC', v.observed_at) AS DATE), r.known) AS as_of "
-             "FROM raw_study_versions v LEFT JOIN (SELECT run_id, "  # the JSON read once a run, not once a study
-             "TRY_CAST(json_extract_string(params, '$.archive_newest') AS DATE) + 1 AS known FROM raw_sync_runs) r "
-             "USING (run_id) "
-             "QUALIFY row_number() OVER (PARTITION BY v.nct_id ORDER BY v.version DESC) = 1")
+HEADS_SQL = ("SELECT h.nct_id, h.version, h.content_hash, h.is_removed, h.registry_updated, h.member_key, "
+             "least(CAST(timezone('UTC', h.observed_at) AS DATE), r.known) AS as_of FROM ("
+             "SELECT nct_id, version, content_hash, is_removed, member_key, observed_at, run_id, "
+             "max(registry_updated) OVER (PARTITION BY nct_id) AS registry_updated FROM raw_study_versions "
+             "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1) h "
+             # a run's bulk file's date, read once a run (not once a version), one row a run
+             "LEFT JOIN (SELECT run_id, max(TRY_CAST(json_extract_string(params, '$.archive_newest') AS DATE)) + 1 "
+             "AS known FROM raw_sync_runs GROUP BY run_id) r USING (run_id)")
 
 
 class HeadIndex:
