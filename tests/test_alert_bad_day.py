@@ -175,6 +175,30 @@ def test_a_webhook_4xx_refuses_the_message_for_good_and_a_5xx_is_transient(
     assert (failed.value.permanent, failed.value.retryable) == (permanent, not permanent)
 
 
+@pytest.mark.parametrize("status", [409, 423])
+def test_a_webhook_409_or_423_is_transient_the_same_idempotency_key_is_still_being_processed(
+        scripted: Scripted, status: int) -> None:
+    """Under the Idempotency-Key convention a 409 means "a request with this key is still in progress:
+    try again"; it used to mark the re-sent outbox message rejected (never sent again: a lost alert)."""
+    scripted.script.append((status, {}))
+    deliver(WebhookSender(_webhook(f"{scripted.url}/hook")), _sample(), attempts=2, backoff=0.01,
+            wait_until=time.monotonic() + 60)
+    assert len(scripted.hits) == 2
+    assert scripted.hits[0].headers["Idempotency-Key"] == scripted.hits[1].headers["Idempotency-Key"]
+
+
+def test_any_answer_with_a_valid_retry_after_is_transient_and_its_wait_honoured(scripted: Scripted) -> None:
+    """A 403 with Retry-After (GitHub-style secondary rate limit) used to be a permanent refusal."""
+    scripted.script.append((403, {"Retry-After": "60"}))
+    with pytest.raises(DeliveryFailed) as failed:
+        WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
+    assert (failed.value.retryable, failed.value.permanent, failed.value.retry_after) == (True, False, 60.0)
+    scripted.script.append((403, {"Retry-After": "soon"}))  # not a valid Retry-After: refused for good
+    with pytest.raises(DeliveryFailed) as refused:
+        WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
+    assert (refused.value.retryable, refused.value.permanent) == (False, True)
+
+
 @pytest.mark.usefixtures("prefect_api")
 def test_a_rejected_message_is_listed_not_resent_every_run_and_resent_on_request(
         warehouse: Path, tmp_path: Path, scripted: Scripted, cli: Any) -> None:

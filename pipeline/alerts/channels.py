@@ -1,7 +1,8 @@
 """Delivery: the network (and feed file) edge of alerts, behind one small interface.
 
-``Sender.send(message)`` delivers one message or raises ``DeliveryFailed`` (``retryable`` for 5xx,
-429, timeouts and dropped connections). Each kind uses a well-kept library: ``slack_sdk`` for
+``Sender.send(message)`` delivers one message or raises ``DeliveryFailed`` (``retryable`` for HTTP
+5xx, 408/409/423/425/429 or a valid ``Retry-After``, SMTP 4xx, timeouts and dropped connections;
+``permanent`` for any other HTTP 4xx and SMTP 5xx: ``pipeline.alerts.http_answers``). Each kind uses a well-kept library: ``slack_sdk`` for
 Slack-compatible webhooks, ``requests`` for the generic JSON webhook, ``smtplib`` for e-mail,
 ``apprise`` for any Apprise URL; the feed is a JSON Feed 1.1 or Atom file replaced atomically.
 Secret values arrive resolved (``Resolved``); error texts never include a URL.

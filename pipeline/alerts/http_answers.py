@@ -14,19 +14,21 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import DeliveryFailed
 
-TRANSIENT_4XX = (408, 425, 429)  # timeout, too early, too many requests: try again later
+# timeout, conflict (under Idempotency-Key: "a request with this key is still being processed"),
+# locked, too early, too many requests: try again later
+TRANSIENT_4XX = (408, 409, 423, 425, 429)
 
 
 def http_failure(status: int, body: str, headers: Mapping[str, str] | None = None) -> DeliveryFailed:
-    """5xx and 408/425/429 are transient (retried; ``Retry-After`` honoured); any other 4xx refuses
-    the message for good (permanent: marked rejected, not re-sent on every run)."""
+    """5xx, 408/409/423/425/429 and any answer with a valid ``Retry-After`` (e.g. a rate limit's 403)
+    are transient (retried; ``Retry-After`` honoured); any other 4xx refuses the message for good
+    (permanent: marked rejected, not re-sent on every run)."""
     detail = " ".join(body.split())[:120]
     headers = headers or {}
-    transient = status >= 500 or status in TRANSIENT_4XX
+    retry_after = retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
+    transient = status >= 500 or status in TRANSIENT_4XX or retry_after is not None
     return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""), retryable=transient,
-                          permanent=400 <= status < 500 and not transient,
-                          retry_after=retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
-                          if transient else None)
+                          permanent=400 <= status < 500 and not transient, retry_after=retry_after)
 
 
 def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
