@@ -24,7 +24,7 @@ import yaml
 from flows.alerts import send_alerts
 from flows.cli.alerts import finish_alerts
 from pipeline.alerts.channels import EmailSender, Resolved, SlackSender, WebhookSender, deliver
-from pipeline.alerts.http_answers import retry_after_seconds
+from pipeline.alerts.http_answers import redirect_allowed, retry_after_seconds
 from pipeline.alerts.plan import sample_message
 from pipeline.alerts.watchlist import parse_watchlist
 from pipeline.errors import DeliveryFailed
@@ -253,14 +253,39 @@ def test_a_redirect_to_another_host_is_not_followed_with_the_channels_headers(sc
         with pytest.raises(DeliveryFailed) as failed:
             WebhookSender(_webhook(f"{scripted.url}/hook", headers={"Authorization": "Bearer s3cret"})).send(
                 _sample())
-        assert str(failed.value) == ("HTTP 307: the webhook redirects to another host (localhost); not followed: "
-                                     "configure that URL if it is right")
+        port = other.url.rsplit(":", 1)[1]
+        assert str(failed.value) == (f"HTTP 307: the webhook redirects to another origin (scheme/host/port: "
+                                     f"http://localhost:{port}); not followed: configure that URL if it is right")
         assert other.hits == []
         scripted.script.append((308, {"Location": "/moved"}))  # the same host: followed, the POST kept
         WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
         assert [h.path for h in scripted.hits] == ["/hook", "/hook", "/moved"]
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize(("source", "target", "allowed"), [
+    ("http://hooks.example.org/a", "https://hooks.example.org/b", True),  # default ports: 80 -> 443
+    ("http://hooks.example.org:8080/a", "https://hooks.example.org:8080/b", True),
+    ("http://hooks.example.org/a", "http://hooks.example.org/b", True),
+    ("https://hooks.example.org/a", "http://hooks.example.org/b", False),  # the headers in the clear
+    ("http://hooks.example.org/a", "https://other.example.org/b", False),
+    ("http://hooks.example.org:8080/a", "https://hooks.example.org:8443/b", False),
+    ("https://hooks.example.org/a", "https://hooks.example.org:8443/b", False)])
+def test_a_redirect_is_followed_on_the_same_origin_or_the_same_host_upgraded_to_https(
+        source: str, target: str, allowed: bool) -> None:
+    assert redirect_allowed(source, target) is allowed
+
+
+def test_a_same_host_redirect_from_http_to_https_is_followed(scripted: Scripted) -> None:
+    """It was refused as "redirects to another host (127.0.0.1)", though README says same-host 307/308
+    are followed. Followed now: the https request reaches the plain-HTTP receiver, whose answer is no TLS."""
+    port = scripted.url.rsplit(":", 1)[1]
+    scripted.script.append((308, {"Location": f"https://127.0.0.1:{port}/hook"}))
+    with pytest.raises(DeliveryFailed) as failed:
+        WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
+    assert str(failed.value) == "cannot reach the webhook (SSLError)"
+    assert failed.value.retryable
 
 
 def test_a_redirect_loop_is_named_as_such(scripted: Scripted) -> None:

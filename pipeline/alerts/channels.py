@@ -25,11 +25,11 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 
-from pipeline.alerts.http_answers import NoRedirects, http_failure, origin
+from pipeline.alerts.http_answers import NoRedirects, http_failure, origin, redirect_allowed
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
@@ -138,11 +138,12 @@ class WebhookSender:
             if response.status_code not in (307, 308) or "Location" not in response.headers:
                 return response
             target = urljoin(url, response.headers["Location"])
-            if origin(target) != origin(url):  # the channel's headers (a token?) would go to that host
+            if not redirect_allowed(url, target):  # the channel's headers (a token?) would go there
                 response.close()
+                scheme, host, port = origin(target)
                 raise DeliveryFailed(
-                    f"HTTP {response.status_code}: the webhook redirects to another host "
-                    f"({urlsplit(target).hostname or '?'}); not followed: configure that URL if it is right")
+                    f"HTTP {response.status_code}: the webhook redirects to another origin (scheme/host/port: "
+                    f"{scheme or '?'}://{host or '?'}:{port or '?'}); not followed: configure that URL if it is right")
             url = target
         response.close()
         raise DeliveryFailed(f"HTTP {response.status_code}: the webhook redirects more than {MAX_REDIRECTS} times "

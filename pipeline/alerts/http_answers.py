@@ -61,6 +61,18 @@ def origin(url: str) -> tuple[str, str | None, int | None]:
     return parts.scheme.lower(), parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme.lower())
 
 
+def redirect_allowed(source: str, target: str) -> bool:
+    """Whether a 307/308 from ``source`` to ``target`` may be followed with the channel's headers: the
+    same origin, or the same host upgraded from http to https (on the same port or the default ones).
+    Never https to http (the headers would go in the clear), never another host or port."""
+    (scheme, host, port), (to_scheme, to_host, to_port) = origin(source), origin(target)
+    if to_host != host or to_host is None:
+        return False
+    if (to_scheme, to_port) == (scheme, port):
+        return True
+    return (scheme, to_scheme) == ("http", "https") and (to_port == port or (port, to_port) == (80, 443))
+
+
 
 
 class NoRedirects(urllib.request.HTTPRedirectHandler):
