@@ -114,7 +114,8 @@ def _check_keys(raw: dict[str, Any]) -> None:
     defaults (every scope: the whole registry). Its own key ``schedule:`` is left out by ``serve``."""
     from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel
 
-    top = tuple(f.alias or name for name, f in PrefectYamlModel.model_fields.items())
+    # ``definitions:`` holds the YAML anchors Prefect's docs reuse (``<<: *pool``); Prefect ignores it.
+    top = (*(f.alias or name for name, f in PrefectYamlModel.model_fields.items()), "definitions")
     known(raw, top, "")
     if not isinstance(raw["deployments"], list):
         return  # Prefect's model names it

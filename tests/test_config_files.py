@@ -272,6 +272,29 @@ def test_serve_reads_its_file_as_strictly_as_every_config_file(
     assert _run(["serve", "--file", str(file), "--list"], capsys) == (2, f"trialsync: error: {file}: {error}\n")
 
 
+def test_serve_takes_prefects_own_reuse_patterns_definitions_and_merge_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Prefect's docs put anchors under a top-level `definitions:` and reuse them with `<<: *pool`; the
+    strict loader refused both ("unknown key", "could not determine a constructor for the tag ...merge")."""
+    text = (REPO / "deploy" / "prefect.yaml").read_text()
+    pool = "    work_pool:\n      name: trialsync\n      work_queue_name: default\n"
+    assert text.count(pool) >= 2
+    text = ("definitions:\n  work_pools:\n    pool: &pool\n      name: trialsync\n      work_queue_name: other\n"
+            + text.replace(pool, "    work_pool:\n      <<: *pool\n      work_queue_name: default\n"))
+    file = tmp_path / "prefect.yaml"
+    file.write_text(text)
+    code, err = _run(["serve", "--file", str(file), "--list"], capsys)
+    assert (code, err) == (0, "")
+    merged = yaml.safe_load(text)["deployments"][0]["work_pool"]
+    assert merged == {"name": "trialsync", "work_queue_name": "default"}  # the mapping's own key wins
+    from pipeline.config import load_yaml
+    assert load_yaml(text, "f")["deployments"][0]["work_pool"] == merged
+    twice = text.replace("      <<: *pool\n", "      <<: *pool\n      name: a\n      name: b\n", 1)
+    file.write_text(twice)
+    code, err = _run(["serve", "--file", str(file), "--list"], capsys)
+    assert code == 2 and err.endswith(": name: given twice (line 49)\n"), err
+
+
 def test_serve_refuses_a_deployments_file_with_two_deployments_of_one_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
