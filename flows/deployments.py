@@ -135,6 +135,10 @@ def _check_keys(raw: dict[str, Any]) -> None:
                     low=1, high=1000)
 
 
+# What croniter (and so Prefect) takes for a whole cron line; @reboot it does not.
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
 def _check_cron(config: Any, key: str) -> None:
     """What Prefect accepts but no user means: a cron of 6 fields (seconds), one that never fires
     (``0 0 30 2 *``), an empty timezone (taken as UTC)."""
@@ -148,8 +152,11 @@ def _check_cron(config: Any, key: str) -> None:
     cron = config.get("cron")
     if not isinstance(cron, str):
         return
+    if cron.strip().lower() in CRON_MACROS:
+        return
     if len(cron.split()) != 5:
-        raise ConfigError(f"{key}.cron", f"{cron!r} must have 5 fields: minute hour day-of-month month day-of-week")
+        raise ConfigError(f"{key}.cron", f"{cron!r} must have 5 fields: minute hour day-of-month month day-of-week "
+                                         f"(or one of {', '.join(CRON_MACROS)})")
     try:
         croniter(cron, datetime(2026, 1, 1)).get_next(datetime)  # a day that exists fires within a leap cycle
     except (ValueError, TypeError, KeyError):

@@ -260,6 +260,20 @@ def test_serve_refuses_what_prefect_would_ignore_or_take_as_never(
     assert code == 2 and err.startswith("trialsync: error: ") and error in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("macro", ["@daily", "@hourly", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"])
+def test_serve_takes_a_cron_macro_as_croniter_and_prefect_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], macro: str) -> None:
+    """They were refused as "must have 5 fields"."""
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    next(d for d in deploy["deployments"] if d["name"] == "daily-incremental")["schedules"][0]["cron"] = macro
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (0, "")
+    from flows.deployments import load
+    daily = next(d for d in load(file) if d.name == "daily-incremental")
+    assert daily.schedules[0].schedule.cron == macro
+
+
 @pytest.mark.parametrize(("text", "error"), [
     (b"\xff\xfe\x00garbage", "is not UTF-8 text (byte 0: b'\\xff'); save it as UTF-8"),
     ("[" * 5000 + "]" * 5000, "is not a config file: nested too deeply"),
