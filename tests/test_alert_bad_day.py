@@ -401,6 +401,19 @@ def test_one_recipient_refused_for_good_is_a_rejected_message(mail_server: tuple
     assert len(handler.mails) == 1  # a@ has it
 
 
+def test_an_idn_address_is_delivered_with_its_domain_in_idna(mail_server: tuple[_Smtp, int]) -> None:
+    """Taken by the watchlist now (it was refused); smtplib would need SMTPUTF8 for the raw domain."""
+    handler, port = mail_server
+    spec = {"channels": {"out": {"type": "email", "host": "127.0.0.1", "port": port, "security": "none",
+                                 "from": "Büro <alerts@bücher.de>", "to": ["ops@bücher.de"], "timeout": 5}},
+            "watches": [{"name": "w", "studies": {"ids": [SEED]}, "channels": ["out"]}]}
+    channel = parse_watchlist(yaml.safe_dump(spec, allow_unicode=True), "w.yaml").channels["out"]
+    EmailSender(Resolved(channel)).send(_sample())
+    assert len(handler.mails) == 1
+    assert b"To: ops@xn--bcher-kva.de" in handler.mails[0]
+    assert b"<alerts@xn--bcher-kva.de>" in handler.mails[0]
+
+
 def test_an_smtp_server_that_drops_the_line_in_data_is_tried_again(mail_server: tuple[_Smtp, int]) -> None:
     handler, port = mail_server
     handler.data_reply = None

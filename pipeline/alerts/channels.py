@@ -2,10 +2,11 @@
 
 ``Sender.send(message)`` delivers one message or raises ``DeliveryFailed`` (``retryable`` for HTTP
 5xx, 408/409/423/425/429 or a valid ``Retry-After``, SMTP 4xx, timeouts and dropped connections;
-``permanent`` for any other HTTP 4xx and SMTP 5xx: ``pipeline.alerts.http_answers``). Each kind uses a well-kept library: ``slack_sdk`` for
-Slack-compatible webhooks, ``requests`` for the generic JSON webhook, ``smtplib`` for e-mail,
-``apprise`` for any Apprise URL; the feed is a JSON Feed 1.1 or Atom file replaced atomically.
-Secret values arrive resolved (``Resolved``); error texts never include a URL.
+``permanent`` for any other HTTP 4xx and SMTP 5xx: ``pipeline.alerts.http_answers``). Each kind
+uses a well-kept library: ``slack_sdk`` for Slack-compatible webhooks, ``requests`` for the generic
+JSON webhook, ``smtplib`` for e-mail, ``apprise`` for any Apprise URL; the feed is a JSON Feed 1.1 or
+Atom file replaced atomically. Secret values arrive resolved (``Resolved``); error texts never include
+a URL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from pipeline.alerts.addresses import ascii_domain
 from pipeline.alerts.http_answers import NoRedirects, http_failure, origin, redirect_allowed
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
@@ -203,8 +205,8 @@ class EmailSender:
         c = self.c
         mail = EmailMessage(policy=_MAIL_POLICY)
         mail["Subject"] = message.subject
-        mail["From"] = c.sender
-        mail["To"] = ", ".join(c.recipients)
+        mail["From"] = ascii_domain(c.sender or "")  # an IDN domain in IDNA: no SMTPUTF8 needed
+        mail["To"] = ", ".join(map(ascii_domain, c.recipients))
         mail["Date"] = formatdate(message.created_at.timestamp(), usegmt=True)
         mail["Message-ID"] = f"<{message.message_id}@trialsync>"
         mail["X-Trialsync-Watch"] = message.watch
