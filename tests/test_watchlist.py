@@ -160,6 +160,27 @@ def test_the_strict_checks_still_take_the_usual_forms(tmp_path: Path) -> None:
     assert sorted(channels["h"].headers) == ["Authorization", "X-Api-Token"]
 
 
+@pytest.mark.parametrize("name", ["author", "keyword", "design", "assignee", "monkey", "signal", "authority",
+                                  "tokenizer", "codec", "channel"])
+def test_a_query_parameter_that_only_contains_a_secret_word_is_not_refused(tmp_path: Path, name: str) -> None:
+    """The check matched substrings: ?author= (auth), ?keyword= (key), ?design= (sig) were refused."""
+    path = tmp_path / "w.yaml"
+    path.write_text(_hook(f"https://example.org/x?{name}=ops"))
+    assert load_watchlist(path).channels["h"].url == f"https://example.org/x?{name}=ops"
+
+
+@pytest.mark.parametrize("name", ["key", "api_key", "apikey", "apiKey", "x-api-key", "sig", "signature", "token",
+                                  "access_token", "accessToken", "auth", "auth_token", "password", "secret",
+                                  "client_secret", "code"])
+def test_a_query_parameter_named_for_a_secret_is_refused(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(_hook(f"https://example.org/x?{name}=s3cretValue"))
+    with pytest.raises(UsageError) as caught:
+        load_watchlist(path)
+    assert str(caught.value) == (f"{path}: channels.h.url: carries a secret-looking query parameter; use url_env "
+                                 "or url_secret")
+
+
 def test_valid_addresses_and_hosts_beyond_plain_ascii_are_taken(tmp_path: Path) -> None:
     """IDN domains, a quoted local part, an `_` in a domain label and a trailing-dot domain were refused
     as "not an e-mail address" (and an IDN SMTP host as no host name)."""

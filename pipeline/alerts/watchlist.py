@@ -299,9 +299,22 @@ def _check_url(url: Any, key: str) -> None:
         raise ConfigError(key, "must not carry credentials (user:password@); use url_env or url_secret")
     if not parts.hostname:
         raise ConfigError(key, "has no host name")
-    if any(word in name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)
-           for word in (*_SECRET_WORDS, "key", "sig", "auth")):
+    if any(_secret_parameter(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
         raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
+
+
+# Query parameter names (or one of their ``_``/``-``/``.``-separated parts) that carry a credential.
+# Whole words, not substrings: ``?author=``, ``?keyword=``, ``?design=``, ``?assignee=`` are fine.
+_SECRET_PARAMETERS = frozenset({
+    "key", "apikey", "api_key", "sig", "signature", "token", "accesstoken", "access_token", "auth",
+    "authorization", "password", "passwd", "pwd", "secret", "code", "credential", "credentials",
+    "webhook_url", "session", "sessionid"})
+
+
+def _secret_parameter(name: str) -> bool:
+    lowered = name.strip().lower()
+    return lowered in _SECRET_PARAMETERS or any(
+        part in _SECRET_PARAMETERS for part in re.split(r"[_.-]", lowered))
 
 
 def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
