@@ -32,6 +32,7 @@ from typing import Any
 
 from flows import settings
 from flows.engine import NONE, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
+from flows.inputs import check_seconds
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
 from pipeline.alerts.message import Message
@@ -263,6 +264,8 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
     Waits between tries (backoff, a receiver's ``Retry-After``) end within ``retry_budget`` seconds of
     the start; a wait that would end later is not begun (the message stays in the outbox for the next
     run). ``resend_rejected``: the outbox's messages a receiver refused for good go again too."""
+    check_seconds("retry_budget", retry_budget)  # NaN: every wait "ends within" it (a day's Retry-After slept)
+    check_seconds("lock_timeout", lock_timeout)
     started = _now()
     clock = time.monotonic()
     from flows.runs import new_run_id

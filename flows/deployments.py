@@ -17,6 +17,7 @@ from typing import Any
 
 import pydantic
 
+from flows.inputs import SECONDS_MAX
 from flows.settings import check_api_url, read_config
 from pipeline.config import ConfigError, integer, known, load_yaml, number, reading
 from pipeline.errors import UsageError
@@ -240,6 +241,9 @@ def _check_values(d: Deployment, path: Path) -> None:
             integer(params["page_size"], f"{key}.page_size", low=1, high=MAX_PAGE_SIZE)
         if "request_interval" in params:
             number(params["request_interval"], f"{key}.request_interval", high=3600)
+        for name in ("retry_budget", "lock_timeout"):  # a NaN budget slept a receiver's 86400 s Retry-After
+            if name in params:
+                number(params[name], f"{key}.{name}", high=SECONDS_MAX)
         for name in ("warehouse", "api_url", *PATH_PARAMETERS):
             value = params.get(name, ...)  # written with nothing (None) or blank: not the default
             if value is None or (isinstance(value, str) and not value.strip()):

@@ -27,7 +27,7 @@ from pipeline.alerts.channels import EmailSender, Resolved, SlackSender, Webhook
 from pipeline.alerts.http_answers import redirect_allowed, retry_after_seconds
 from pipeline.alerts.plan import sample_message
 from pipeline.alerts.watchlist import parse_watchlist
-from pipeline.errors import DeliveryFailed
+from pipeline.errors import DeliveryFailed, UsageError
 from tests.test_alerts import PAIR, SEED, _free_port, cli, rows, two_days, warehouse, watchlist
 
 __all__ = ["cli", "two_days", "warehouse"]  # fixtures, shared with tests/test_alerts.py
@@ -150,6 +150,21 @@ def test_a_retry_after_past_the_run_budget_is_not_waited_for_and_the_message_goe
     assert (retried["messages_sent"], retried["failures"]) == (2, [])
     first = scripted.hits[0].headers["Idempotency-Key"]
     assert [h.headers["Idempotency-Key"] for h in scripted.hits].count(first) == 2  # the same message again
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize(("name", "value"), [("retry_budget", float("nan")), ("retry_budget", float("inf")),
+                                             ("retry_budget", 1e12), ("lock_timeout", float("nan"))])
+def test_send_alerts_refuses_a_retry_budget_or_lock_timeout_that_is_no_bound(
+        warehouse: Path, tmp_path: Path, scripted: Scripted, name: str, value: float) -> None:
+    """With retry_budget NaN every wait counted as within it: a receiver's Retry-After of a day was slept."""
+    config = watchlist(tmp_path / "w.yaml", {"out": {"type": "webhook", "url": f"{scripted.url}/hook",
+                                                     "attempts": 5}}, WATCH)
+    scripted.script.append((429, {"Retry-After": "86400"}))
+    with pytest.raises(UsageError) as refused:
+        send_alerts(config=str(config), warehouse=str(warehouse), **{name: value})
+    assert str(refused.value).startswith(f"{name} must be a number of seconds >= 0")
+    assert scripted.hits == []
 
 
 def test_a_receiver_down_for_good_cannot_hold_the_run_past_its_budget(scripted: Scripted) -> None:

@@ -230,6 +230,24 @@ def test_serve_checks_each_deployments_parameters_before_serving(
     assert "s3cret" not in err and "Parameters:" not in err  # Prefect's own log line printed every value
 
 
+@pytest.mark.parametrize(("name", "value", "error"), [
+    ("retry_budget", float("nan"), "must be a number >= 0 and <= 86400, got nan"),
+    ("retry_budget", float("inf"), "must be a number >= 0 and <= 86400, got inf"),
+    ("retry_budget", 10.0**12, "must be a number >= 0 and <= 86400, got 1000000000000.0"),
+    ("lock_timeout", float("nan"), "must be a number >= 0 and <= 86400, got nan"),
+    ("lock_timeout", -1, "must be a number >= 0 and <= 86400, got -1"),
+])
+def test_serve_refuses_an_alert_retry_budget_or_lock_timeout_no_run_can_use(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, value: float, error: str) -> None:
+    """A NaN retry_budget passed `serve --list`, and the run then slept a receiver's 86400 s Retry-After."""
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    next(d for d in deploy["deployments"] if d["name"] == "alerts-after-sync")["parameters"][name] = value
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (
+        2, f"trialsync: error: {file}: deployments[alerts-after-sync].parameters.{name}: {error}\n")
+
+
 @pytest.mark.parametrize(("change", "error"), [
     (lambda d: d.update(paramters=d.pop("parameters")),
      "deployments[daily-incremental].paramters: unknown key; valid: name, version, "),
