@@ -365,23 +365,61 @@ def test_an_empty_or_malformed_rules_file_is_refused_not_taken_as_the_defaults(
     assert not warehouse.exists()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "directory", "too big"])
-def test_a_config_path_that_is_not_a_small_regular_file_is_refused_at_once(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+@pytest.mark.parametrize("kind", ["fifo nobody writes to", "directory", "too big", "/dev/zero"])
+def test_a_config_path_that_is_not_a_small_file_or_pipe_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A named pipe would block the command for ever; /dev/zero or a huge file would fill memory."""
     import os
 
+    from flows import settings
+
+    monkeypatch.setattr(settings, "CONFIG_READ_SECONDS", 0.2)
     path = tmp_path / "c.yaml"
-    if kind == "fifo":
+    if kind == "fifo nobody writes to":
         os.mkfifo(path)
     elif kind == "directory":
         path.mkdir()
+    elif kind == "/dev/zero":
+        path = Path("/dev/zero")
     else:
         path.write_text("# " + "x" * (1024 * 1024) + "\n")
-    expected = {"fifo": f"cannot read watchlist {path}: it is not a regular file",
+    expected = {"fifo nobody writes to": f"cannot read watchlist {path}: it did not end within 0.2s (a pipe nobody "
+                                         "writes to?)",
                 "directory": f"cannot read watchlist {path}: it is a directory",
+                "/dev/zero": f"{path}: is more than 1048576 bytes; a watchlist is at most 1048576 bytes",
                 "too big": f"{path}: is {1024 * 1024 + 3} bytes; a watchlist is at most 1048576 bytes"}[kind]
     assert _run(["alerts", "list", "--config", str(path)], capsys) == (2, f"trialsync: error: {expected}\n")
+
+
+@pytest.mark.parametrize("kind", ["process substitution", "named pipe"])
+def test_a_config_from_a_pipe_is_read(tmp_path: Path, kind: str) -> None:
+    """`--config <(cat w.yaml)` and /dev/stdin were refused as "not a regular file"."""
+    import os
+    import threading
+
+    from flows.settings import read_config
+
+    text = "channels: {}\n" * 5000  # more than a pipe's buffer: written while it is read
+    if kind == "process substitution":
+        read_end, write_end = os.pipe()
+        path = f"/dev/fd/{read_end}"
+    else:
+        path = str(tmp_path / "w.yaml")
+        os.mkfifo(path)
+
+    def write() -> None:
+        fd = write_end if kind == "process substitution" else os.open(path, os.O_WRONLY)
+        with os.fdopen(fd, "w") as pipe:
+            pipe.write(text)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert read_config(path, "watchlist") == text
+    finally:
+        writer.join()
+        if kind == "process substitution":
+            os.close(read_end)
 
 
 @pytest.mark.parametrize("value", ["   ", "wh\x01"])
