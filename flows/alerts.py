@@ -75,8 +75,9 @@ def load_watchlist(path: str | os.PathLike[str]) -> Watchlist:
     return watchlist
 
 
-def check_config(path: str | os.PathLike[str]) -> Watchlist:
-    """Before Prefect starts: the file is valid and every environment variable it names is set."""
+def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> Watchlist:
+    """Before Prefect starts: the file is valid and (``environment``) every environment variable it
+    names is set (``serve --list`` only lists: the variables may be set only where it serves)."""
     watchlist = load_watchlist(path)
     base = Path(path).resolve().parent  # relative paths are the watchlist file's
     for channel in watchlist.channels.values():
@@ -85,7 +86,7 @@ def check_config(path: str | os.PathLike[str]) -> Watchlist:
         if channel.ca_file and not (base / channel.ca_file).is_file():
             raise UsageError(f"{path}: channels.{channel.name}.ca_file: no such file {channel.ca_file}")
         for ref in channel.secrets():
-            if ref.env and not os.environ.get(ref.env):
+            if environment and ref.env and not os.environ.get(ref.env):
                 raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
     return watchlist
 

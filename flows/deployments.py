@@ -205,11 +205,12 @@ def _when(schedule: Any) -> str:
     return f"cron '{s.cron}' {s.timezone or 'UTC'}" if hasattr(s, "cron") else str(s)
 
 
-def check_config_files(deployments: list[Deployment], path: Path = DEPLOY_FILE) -> None:
+def check_config_files(deployments: list[Deployment], path: Path = DEPLOY_FILE, *, environment: bool = True) -> None:
     """Each deployment's parameters (``path`` is the deployments file), and the config files they name
     (a watchlist ``config``, a ``rules_file``), validated whole before anything is served: one
     ``FILE: key: what is wrong`` line, exit 2. Relative paths are the project's (the flows run in the
-    clone's root)."""
+    clone's root). ``environment``: also that the watchlists' environment variables are set (when
+    serving; ``serve --list`` does not need them)."""
     from flows import settings
     from flows.alerts import check_config
 
@@ -225,7 +226,7 @@ def check_config_files(deployments: list[Deployment], path: Path = DEPLOY_FILE) 
             _check_parameters(d, path)
         _check_values(d, path)
         if isinstance(params.get("config"), str):
-            check_config(_in_project(params["config"]))  # also: the variables it names are set
+            check_config(_in_project(params["config"]), environment=environment)  # and the variables it names
         if isinstance(params.get("rules_file"), str):
             settings.rules(str(_in_project(params["rules_file"])), {})
 

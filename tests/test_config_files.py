@@ -189,6 +189,27 @@ def test_serve_checks_the_config_files_its_deployments_name_before_serving(
     assert _run(["serve", "--list"], capsys)[0] == 0  # the shipped files are valid
 
 
+def test_serve_list_does_not_need_the_watchlists_secret_variables_serving_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --list` failed when a watchlist's *_env variable was not set where it was run."""
+    from flows.deployments import check_config_files, load
+    from pipeline.errors import UsageError
+
+    monkeypatch.delenv("TRIALSYNC_TEST_HOOK_URL", raising=False)
+    config = tmp_path / "w.yaml"
+    config.write_text("channels:\n  out: {type: webhook, url_env: TRIALSYNC_TEST_HOOK_URL}\n"
+                      "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [out]}]\n")
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    next(d for d in deploy["deployments"] if d["name"] == "alerts-after-sync")["parameters"]["config"] = str(config)
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (0, "")
+    with pytest.raises(UsageError) as unset:  # what `serve` itself checks before serving
+        check_config_files(load(file), file)
+    assert str(unset.value) == (f"{config}: channels.out: environment variable TRIALSYNC_TEST_HOOK_URL "
+                                "is not set")
+
+
 _DAILY = "deployments[daily-incremental]"
 
 
