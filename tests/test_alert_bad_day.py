@@ -121,6 +121,13 @@ def test_retry_after_is_read_as_seconds_or_an_http_date_and_a_malformed_one_is_i
     assert [retry_after_seconds(v) for v in (None, "", "soon", "-5", "1.5e3", "٣")] == [None] * 6
 
 
+@pytest.mark.parametrize("date", ["garbage", "Mon, 99 Foo 2026 25:61:00 GMT", ""])
+def test_an_http_date_retry_after_with_a_malformed_date_header_is_measured_from_this_hosts_clock(date: str) -> None:
+    """A valid HTTP-date Retry-After was ignored (None: not asked) when the Date header did not parse."""
+    wait = retry_after_seconds(formatdate(time.time() + 120, usegmt=True), date)
+    assert wait is not None and 100 <= wait <= 120
+
+
 @pytest.mark.parametrize("how", ["seconds", "http-date"])
 def test_a_webhook_answering_429_or_503_with_retry_after_is_tried_again_after_that_wait(
         scripted: Scripted, how: str) -> None:

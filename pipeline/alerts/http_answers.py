@@ -33,23 +33,29 @@ def http_failure(status: int, body: str, headers: Mapping[str, str] | None = Non
 
 def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
     """A ``Retry-After`` header in seconds to wait: delta-seconds or an HTTP-date (measured from the
-    response's ``Date``, else this host's clock; a date past is 0). Malformed: None (not asked); a
+    response's ``Date``, else (none, or malformed) this host's clock; a date past is 0). Malformed: None (not asked); a
     number too long to read: infinite."""
     value = (value or "").strip()
     if not value:
         return None
     if value.isdigit() and value.isascii():
         return math.inf if len(value) > 15 else float(value)
-    try:
-        when = parsedate_to_datetime(value)
-        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
-    except (TypeError, ValueError, IndexError, OverflowError):
+    when = _http_date(value)
+    if when is None:
         return None
+    now = (_http_date(date) if date else None) or datetime.now(UTC)  # a malformed Date: this host's clock
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def origin(url: str) -> tuple[str, str | None, int | None]:
