@@ -436,6 +436,21 @@ def test_an_idn_address_is_delivered_with_its_domain_in_idna(mail_server: tuple[
     assert b"<alerts@xn--bcher-kva.de>" in handler.mails[0]
 
 
+@pytest.mark.parametrize("replies", [("451 4.7.1 greylisted", "550 5.1.1 no such user"),
+                                     ("552 5.2.2 mailbox full", "550 5.1.1 no such user")])
+def test_a_recipient_refused_for_now_makes_the_message_transient_though_another_is_refused_for_good(
+        mail_server: tuple[_Smtp, int], replies: tuple[str, str]) -> None:
+    """Mixed 4xx + 5xx refusals made the whole message rejected: the greylisted recipient never got it.
+    552 at RCPT is temporary per RFC 5321."""
+    handler, port = mail_server
+    handler.rcpt = {"a@example.org": replies[0], "b@example.org": replies[1]}
+    with pytest.raises(DeliveryFailed) as failed:
+        _email(port).send(_sample())
+    codes = sorted(int(r.split()[0]) for r in replies)
+    assert str(failed.value) == f"SMTP server refused 2 of 2 recipients ({', '.join(map(str, codes))})"
+    assert (failed.value.retryable, failed.value.permanent) == (True, False)
+
+
 def test_an_smtp_server_that_drops_the_line_in_data_is_tried_again(mail_server: tuple[_Smtp, int]) -> None:
     handler, port = mail_server
     handler.data_reply = None

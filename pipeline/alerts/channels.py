@@ -236,7 +236,9 @@ class EmailSender:
 
         if refused:  # some recipients were refused (the others have it): the message counts as not sent
             codes = sorted({code for code, _ in refused.values()})
-            transient = all(400 <= code < 500 for code in codes)
+            # Any temporary refusal (4xx; 552 at RCPT is temporary per RFC 5321 4.5.3.1.10): sent again
+            # later, or those recipients would never get it; rejected only when every refusal is for good.
+            transient = any(400 <= code < 500 or code == 552 for code in codes)
             raise DeliveryFailed(f"SMTP server refused {len(refused)} of {len(c.recipients)} recipients "
                                  f"({', '.join(map(str, codes))})", retryable=transient,
                                  permanent=not transient and any(code >= 500 for code in codes))
