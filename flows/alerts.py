@@ -32,6 +32,7 @@ from typing import Any
 
 from flows import settings
 from flows.engine import NONE, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
+from flows.inputs import check_seconds
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
 from pipeline.alerts.message import Message
@@ -74,8 +75,9 @@ def load_watchlist(path: str | os.PathLike[str]) -> Watchlist:
     return watchlist
 
 
-def check_config(path: str | os.PathLike[str]) -> Watchlist:
-    """Before Prefect starts: the file is valid and every environment variable it names is set."""
+def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> Watchlist:
+    """Before Prefect starts: the file is valid and (``environment``) every environment variable it
+    names is set (``serve --list`` only lists: the variables may be set only where it serves)."""
     watchlist = load_watchlist(path)
     base = Path(path).resolve().parent  # relative paths are the watchlist file's
     for channel in watchlist.channels.values():
@@ -84,7 +86,7 @@ def check_config(path: str | os.PathLike[str]) -> Watchlist:
         if channel.ca_file and not (base / channel.ca_file).is_file():
             raise UsageError(f"{path}: channels.{channel.name}.ca_file: no such file {channel.ca_file}")
         for ref in channel.secrets():
-            if ref.env and not os.environ.get(ref.env):
+            if environment and ref.env and not os.environ.get(ref.env):
                 raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
     return watchlist
 
@@ -263,6 +265,8 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
     Waits between tries (backoff, a receiver's ``Retry-After``) end within ``retry_budget`` seconds of
     the start; a wait that would end later is not begun (the message stays in the outbox for the next
     run). ``resend_rejected``: the outbox's messages a receiver refused for good go again too."""
+    check_seconds("retry_budget", retry_budget)  # NaN: every wait "ends within" it (a day's Retry-After slept)
+    check_seconds("lock_timeout", lock_timeout)
     started = _now()
     clock = time.monotonic()
     from flows.runs import new_run_id

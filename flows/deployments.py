@@ -17,6 +17,7 @@ from typing import Any
 
 import pydantic
 
+from flows.inputs import SECONDS_MAX
 from flows.settings import check_api_url, read_config
 from pipeline.config import ConfigError, integer, known, load_yaml, number, reading
 from pipeline.errors import UsageError
@@ -114,7 +115,8 @@ def _check_keys(raw: dict[str, Any]) -> None:
     defaults (every scope: the whole registry). Its own key ``schedule:`` is left out by ``serve``."""
     from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel
 
-    top = tuple(f.alias or name for name, f in PrefectYamlModel.model_fields.items())
+    # ``definitions:`` holds the YAML anchors Prefect's docs reuse (``<<: *pool``); Prefect ignores it.
+    top = (*(f.alias or name for name, f in PrefectYamlModel.model_fields.items()), "definitions")
     known(raw, top, "")
     if not isinstance(raw["deployments"], list):
         return  # Prefect's model names it
@@ -134,6 +136,10 @@ def _check_keys(raw: dict[str, Any]) -> None:
                     low=1, high=1000)
 
 
+# What croniter (and so Prefect) takes for a whole cron line; @reboot it does not.
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
 def _check_cron(config: Any, key: str) -> None:
     """What Prefect accepts but no user means: a cron of 6 fields (seconds), one that never fires
     (``0 0 30 2 *``), an empty timezone (taken as UTC)."""
@@ -147,8 +153,11 @@ def _check_cron(config: Any, key: str) -> None:
     cron = config.get("cron")
     if not isinstance(cron, str):
         return
+    if cron.strip().lower() in CRON_MACROS:
+        return
     if len(cron.split()) != 5:
-        raise ConfigError(f"{key}.cron", f"{cron!r} must have 5 fields: minute hour day-of-month month day-of-week")
+        raise ConfigError(f"{key}.cron", f"{cron!r} must have 5 fields: minute hour day-of-month month day-of-week "
+                                         f"(or one of {', '.join(CRON_MACROS)})")
     try:
         croniter(cron, datetime(2026, 1, 1)).get_next(datetime)  # a day that exists fires within a leap cycle
     except (ValueError, TypeError, KeyError):
@@ -196,11 +205,12 @@ def _when(schedule: Any) -> str:
     return f"cron '{s.cron}' {s.timezone or 'UTC'}" if hasattr(s, "cron") else str(s)
 
 
-def check_config_files(deployments: list[Deployment], path: Path = DEPLOY_FILE) -> None:
+def check_config_files(deployments: list[Deployment], path: Path = DEPLOY_FILE, *, environment: bool = True) -> None:
     """Each deployment's parameters (``path`` is the deployments file), and the config files they name
     (a watchlist ``config``, a ``rules_file``), validated whole before anything is served: one
     ``FILE: key: what is wrong`` line, exit 2. Relative paths are the project's (the flows run in the
-    clone's root)."""
+    clone's root). ``environment``: also that the watchlists' environment variables are set (when
+    serving; ``serve --list`` does not need them)."""
     from flows import settings
     from flows.alerts import check_config
 
@@ -216,7 +226,7 @@ def check_config_files(deployments: list[Deployment], path: Path = DEPLOY_FILE) 
             _check_parameters(d, path)
         _check_values(d, path)
         if isinstance(params.get("config"), str):
-            check_config(_in_project(params["config"]))  # also: the variables it names are set
+            check_config(_in_project(params["config"]), environment=environment)  # and the variables it names
         if isinstance(params.get("rules_file"), str):
             settings.rules(str(_in_project(params["rules_file"])), {})
 
@@ -232,6 +242,9 @@ def _check_values(d: Deployment, path: Path) -> None:
             integer(params["page_size"], f"{key}.page_size", low=1, high=MAX_PAGE_SIZE)
         if "request_interval" in params:
             number(params["request_interval"], f"{key}.request_interval", high=3600)
+        for name in ("retry_budget", "lock_timeout"):  # a NaN budget slept a receiver's 86400 s Retry-After
+            if name in params:
+                number(params[name], f"{key}.{name}", high=SECONDS_MAX)
         for name in ("warehouse", "api_url", *PATH_PARAMETERS):
             value = params.get(name, ...)  # written with nothing (None) or blank: not the default
             if value is None or (isinstance(value, str) and not value.strip()):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -76,22 +78,30 @@ def shared_data_dir(flag: str | None = None) -> Path:
 MAX_CONFIG_BYTES = 1024 * 1024  # the shipped files are a few KB; more is not a config file
 
 
+CONFIG_READ_SECONDS = 10.0  # a pipe (``--config <(cat w.yaml)``, /dev/stdin) must have written by then
+
+
 def read_config(path: str | os.PathLike[str], what: str) -> str:
-    """A config file's text; one ``UsageError`` line when it cannot be read, is not a regular file
-    (a named pipe or ``/dev/zero`` would block or never end), is too big, or is not UTF-8 text."""
+    """A config file's text; one ``UsageError`` line when it cannot be read, is a directory, is too
+    big, or is not UTF-8 text. A pipe or character device (``--config <(cat w.yaml)``, /dev/stdin)
+    is read up to ``MAX_CONFIG_BYTES`` within ``CONFIG_READ_SECONDS``: a named pipe nobody writes to
+    or /dev/zero cannot block the command for ever nor fill memory."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        if stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
+            data = _read_stream(fd, path, what)
+        elif not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file, pipe or character device"
             raise UsageError(f"cannot read {what} {path}: it is {kind}")
-        if info.st_size > MAX_CONFIG_BYTES:
+        elif info.st_size > MAX_CONFIG_BYTES:
             raise UsageError(f"{path}: is {info.st_size} bytes; a {what} is at most {MAX_CONFIG_BYTES} bytes")
-        with os.fdopen(fd, "rb", closefd=False) as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
+        else:
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
     finally:
@@ -101,6 +111,31 @@ def read_config(path: str | os.PathLike[str], what: str) -> str:
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
                          "save it as UTF-8") from None
+
+
+def _read_stream(fd: int, path: str | os.PathLike[str], what: str) -> bytes:
+    """All of a pipe's bytes (to its end), with a deadline and a size cap."""
+    deadline = time.monotonic() + CONFIG_READ_SECONDS
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UsageError(f"cannot read {what} {path}: it did not end within {CONFIG_READ_SECONDS:g}s "
+                             "(a pipe nobody writes to?)")
+        if not select.select([fd], [], [], left)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 65_536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise UsageError(f"{path}: is more than {MAX_CONFIG_BYTES} bytes; a {what} is at most "
+                             f"{MAX_CONFIG_BYTES} bytes")
 
 
 def rules(path: str | None, meta: Mapping[str, str]) -> Rules:

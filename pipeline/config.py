@@ -44,9 +44,16 @@ class _StrictLoader(yaml.SafeLoader):
     """Safe YAML; a repeated key is an error; timestamps stay text (checked by ``a_date``)."""
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    """A key the mapping itself gives twice is an error; a YAML merge key (``<<: *pool``, as Prefect's
+    docs use) is flattened first and its keys may be overridden by the mapping's own, as YAML says."""
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE:
+            continue
         if not isinstance(key_node, yaml.ScalarNode):  # ``? [a, b]``: PyYAML would fail unhashable
             line = key_node.start_mark.line + 1
             raise ConfigError("", f"a key must be a plain name, not a list or mapping (line {line})")
@@ -54,6 +61,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
         if key in seen:
             raise ConfigError(str(key), f"given twice (line {key_node.start_mark.line + 1})")
         seen.add(key)
+    loader.flatten_mapping(node)  # the merged keys first, the mapping's own after them (they win)
     return dict(yaml.SafeLoader.construct_mapping(loader, node, deep=deep))
 
 

@@ -92,11 +92,12 @@ class WarehouseMissing(UsageError, WarehouseError):
 
 
 class DeliveryFailed(TrialsyncError):
-    """An alert channel did not take a message; ``retryable`` for 5xx, 429, timeouts and resets.
+    """An alert channel did not take a message; ``retryable`` for HTTP 5xx, 408/409/423/425/429 or any
+    answer with a valid ``Retry-After``, SMTP 4xx, timeouts and resets.
 
-    ``permanent``: the receiver refused this message for good (HTTP 4xx other than 408/425/429, SMTP
-    5xx): sending it again unchanged cannot help, so the outbox marks it rejected instead of re-sending
-    it on every run. ``retry_after``: the seconds the receiver asked to wait (``Retry-After``)."""
+    ``permanent``: the receiver refused this message for good (any other HTTP 4xx, SMTP 5xx): sending
+    it again unchanged cannot help, so the outbox marks it rejected instead of re-sending it on every
+    run. ``retry_after``: the seconds the receiver asked to wait (``Retry-After``)."""
 
     def __init__(self, message: str, *, retryable: bool = False, permanent: bool = False,
                  retry_after: float | None = None) -> None:

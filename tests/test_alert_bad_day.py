@@ -24,10 +24,10 @@ import yaml
 from flows.alerts import send_alerts
 from flows.cli.alerts import finish_alerts
 from pipeline.alerts.channels import EmailSender, Resolved, SlackSender, WebhookSender, deliver
-from pipeline.alerts.http_answers import retry_after_seconds
+from pipeline.alerts.http_answers import redirect_allowed, retry_after_seconds
 from pipeline.alerts.plan import sample_message
 from pipeline.alerts.watchlist import parse_watchlist
-from pipeline.errors import DeliveryFailed
+from pipeline.errors import DeliveryFailed, UsageError
 from tests.test_alerts import PAIR, SEED, _free_port, cli, rows, two_days, warehouse, watchlist
 
 __all__ = ["cli", "two_days", "warehouse"]  # fixtures, shared with tests/test_alerts.py
@@ -121,6 +121,13 @@ def test_retry_after_is_read_as_seconds_or_an_http_date_and_a_malformed_one_is_i
     assert [retry_after_seconds(v) for v in (None, "", "soon", "-5", "1.5e3", "٣")] == [None] * 6
 
 
+@pytest.mark.parametrize("date", ["garbage", "Mon, 99 Foo 2026 25:61:00 GMT", ""])
+def test_an_http_date_retry_after_with_a_malformed_date_header_is_measured_from_this_hosts_clock(date: str) -> None:
+    """A valid HTTP-date Retry-After was ignored (None: not asked) when the Date header did not parse."""
+    wait = retry_after_seconds(formatdate(time.time() + 120, usegmt=True), date)
+    assert wait is not None and 100 <= wait <= 120
+
+
 @pytest.mark.parametrize("how", ["seconds", "http-date"])
 def test_a_webhook_answering_429_or_503_with_retry_after_is_tried_again_after_that_wait(
         scripted: Scripted, how: str) -> None:
@@ -152,6 +159,21 @@ def test_a_retry_after_past_the_run_budget_is_not_waited_for_and_the_message_goe
     assert [h.headers["Idempotency-Key"] for h in scripted.hits].count(first) == 2  # the same message again
 
 
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize(("name", "value"), [("retry_budget", float("nan")), ("retry_budget", float("inf")),
+                                             ("retry_budget", 1e12), ("lock_timeout", float("nan"))])
+def test_send_alerts_refuses_a_retry_budget_or_lock_timeout_that_is_no_bound(
+        warehouse: Path, tmp_path: Path, scripted: Scripted, name: str, value: float) -> None:
+    """With retry_budget NaN every wait counted as within it: a receiver's Retry-After of a day was slept."""
+    config = watchlist(tmp_path / "w.yaml", {"out": {"type": "webhook", "url": f"{scripted.url}/hook",
+                                                     "attempts": 5}}, WATCH)
+    scripted.script.append((429, {"Retry-After": "86400"}))
+    with pytest.raises(UsageError) as refused:
+        send_alerts(config=str(config), warehouse=str(warehouse), **{name: value})
+    assert str(refused.value).startswith(f"{name} must be a number of seconds >= 0")
+    assert scripted.hits == []
+
+
 def test_a_receiver_down_for_good_cannot_hold_the_run_past_its_budget(scripted: Scripted) -> None:
     """``attempts: 100`` with a doubling backoff: the 10th wait alone is 8 minutes, the 30th 17 years."""
     scripted.script.extend([(503, {})] * 100)
@@ -173,6 +195,30 @@ def test_a_webhook_4xx_refuses_the_message_for_good_and_a_5xx_is_transient(
         WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
     assert str(failed.value) == f"HTTP {status}"
     assert (failed.value.permanent, failed.value.retryable) == (permanent, not permanent)
+
+
+@pytest.mark.parametrize("status", [409, 423])
+def test_a_webhook_409_or_423_is_transient_the_same_idempotency_key_is_still_being_processed(
+        scripted: Scripted, status: int) -> None:
+    """Under the Idempotency-Key convention a 409 means "a request with this key is still in progress:
+    try again"; it used to mark the re-sent outbox message rejected (never sent again: a lost alert)."""
+    scripted.script.append((status, {}))
+    deliver(WebhookSender(_webhook(f"{scripted.url}/hook")), _sample(), attempts=2, backoff=0.01,
+            wait_until=time.monotonic() + 60)
+    assert len(scripted.hits) == 2
+    assert scripted.hits[0].headers["Idempotency-Key"] == scripted.hits[1].headers["Idempotency-Key"]
+
+
+def test_any_answer_with_a_valid_retry_after_is_transient_and_its_wait_honoured(scripted: Scripted) -> None:
+    """A 403 with Retry-After (GitHub-style secondary rate limit) used to be a permanent refusal."""
+    scripted.script.append((403, {"Retry-After": "60"}))
+    with pytest.raises(DeliveryFailed) as failed:
+        WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
+    assert (failed.value.retryable, failed.value.permanent, failed.value.retry_after) == (True, False, 60.0)
+    scripted.script.append((403, {"Retry-After": "soon"}))  # not a valid Retry-After: refused for good
+    with pytest.raises(DeliveryFailed) as refused:
+        WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
+    assert (refused.value.retryable, refused.value.permanent) == (False, True)
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -229,14 +275,39 @@ def test_a_redirect_to_another_host_is_not_followed_with_the_channels_headers(sc
         with pytest.raises(DeliveryFailed) as failed:
             WebhookSender(_webhook(f"{scripted.url}/hook", headers={"Authorization": "Bearer s3cret"})).send(
                 _sample())
-        assert str(failed.value) == ("HTTP 307: the webhook redirects to another host (localhost); not followed: "
-                                     "configure that URL if it is right")
+        port = other.url.rsplit(":", 1)[1]
+        assert str(failed.value) == (f"HTTP 307: the webhook redirects to another origin (scheme/host/port: "
+                                     f"http://localhost:{port}); not followed: configure that URL if it is right")
         assert other.hits == []
         scripted.script.append((308, {"Location": "/moved"}))  # the same host: followed, the POST kept
         WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
         assert [h.path for h in scripted.hits] == ["/hook", "/hook", "/moved"]
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize(("source", "target", "allowed"), [
+    ("http://hooks.example.org/a", "https://hooks.example.org/b", True),  # default ports: 80 -> 443
+    ("http://hooks.example.org:8080/a", "https://hooks.example.org:8080/b", True),
+    ("http://hooks.example.org/a", "http://hooks.example.org/b", True),
+    ("https://hooks.example.org/a", "http://hooks.example.org/b", False),  # the headers in the clear
+    ("http://hooks.example.org/a", "https://other.example.org/b", False),
+    ("http://hooks.example.org:8080/a", "https://hooks.example.org:8443/b", False),
+    ("https://hooks.example.org/a", "https://hooks.example.org:8443/b", False)])
+def test_a_redirect_is_followed_on_the_same_origin_or_the_same_host_upgraded_to_https(
+        source: str, target: str, allowed: bool) -> None:
+    assert redirect_allowed(source, target) is allowed
+
+
+def test_a_same_host_redirect_from_http_to_https_is_followed(scripted: Scripted) -> None:
+    """It was refused as "redirects to another host (127.0.0.1)", though README says same-host 307/308
+    are followed. Followed now: the https request reaches the plain-HTTP receiver, whose answer is no TLS."""
+    port = scripted.url.rsplit(":", 1)[1]
+    scripted.script.append((308, {"Location": f"https://127.0.0.1:{port}/hook"}))
+    with pytest.raises(DeliveryFailed) as failed:
+        WebhookSender(_webhook(f"{scripted.url}/hook")).send(_sample())
+    assert str(failed.value) == "cannot reach the webhook (SSLError)"
+    assert failed.value.retryable
 
 
 def test_a_redirect_loop_is_named_as_such(scripted: Scripted) -> None:
@@ -350,6 +421,34 @@ def test_one_recipient_refused_for_good_is_a_rejected_message(mail_server: tuple
     assert str(failed.value) == "SMTP server refused 1 of 2 recipients (550)"
     assert (failed.value.retryable, failed.value.permanent) == (False, True)
     assert len(handler.mails) == 1  # a@ has it
+
+
+def test_an_idn_address_is_delivered_with_its_domain_in_idna(mail_server: tuple[_Smtp, int]) -> None:
+    """Taken by the watchlist now (it was refused); smtplib would need SMTPUTF8 for the raw domain."""
+    handler, port = mail_server
+    spec = {"channels": {"out": {"type": "email", "host": "127.0.0.1", "port": port, "security": "none",
+                                 "from": "Büro <alerts@bücher.de>", "to": ["ops@bücher.de"], "timeout": 5}},
+            "watches": [{"name": "w", "studies": {"ids": [SEED]}, "channels": ["out"]}]}
+    channel = parse_watchlist(yaml.safe_dump(spec, allow_unicode=True), "w.yaml").channels["out"]
+    EmailSender(Resolved(channel)).send(_sample())
+    assert len(handler.mails) == 1
+    assert b"To: ops@xn--bcher-kva.de" in handler.mails[0]
+    assert b"<alerts@xn--bcher-kva.de>" in handler.mails[0]
+
+
+@pytest.mark.parametrize("replies", [("451 4.7.1 greylisted", "550 5.1.1 no such user"),
+                                     ("552 5.2.2 mailbox full", "550 5.1.1 no such user")])
+def test_a_recipient_refused_for_now_makes_the_message_transient_though_another_is_refused_for_good(
+        mail_server: tuple[_Smtp, int], replies: tuple[str, str]) -> None:
+    """Mixed 4xx + 5xx refusals made the whole message rejected: the greylisted recipient never got it.
+    552 at RCPT is temporary per RFC 5321."""
+    handler, port = mail_server
+    handler.rcpt = {"a@example.org": replies[0], "b@example.org": replies[1]}
+    with pytest.raises(DeliveryFailed) as failed:
+        _email(port).send(_sample())
+    codes = sorted(int(r.split()[0]) for r in replies)
+    assert str(failed.value) == f"SMTP server refused 2 of 2 recipients ({', '.join(map(str, codes))})"
+    assert (failed.value.retryable, failed.value.permanent) == (True, False)
 
 
 def test_an_smtp_server_that_drops_the_line_in_data_is_tried_again(mail_server: tuple[_Smtp, int]) -> None:

@@ -189,6 +189,27 @@ def test_serve_checks_the_config_files_its_deployments_name_before_serving(
     assert _run(["serve", "--list"], capsys)[0] == 0  # the shipped files are valid
 
 
+def test_serve_list_does_not_need_the_watchlists_secret_variables_serving_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --list` failed when a watchlist's *_env variable was not set where it was run."""
+    from flows.deployments import check_config_files, load
+    from pipeline.errors import UsageError
+
+    monkeypatch.delenv("TRIALSYNC_TEST_HOOK_URL", raising=False)
+    config = tmp_path / "w.yaml"
+    config.write_text("channels:\n  out: {type: webhook, url_env: TRIALSYNC_TEST_HOOK_URL}\n"
+                      "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [out]}]\n")
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    next(d for d in deploy["deployments"] if d["name"] == "alerts-after-sync")["parameters"]["config"] = str(config)
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (0, "")
+    with pytest.raises(UsageError) as unset:  # what `serve` itself checks before serving
+        check_config_files(load(file), file)
+    assert str(unset.value) == (f"{config}: channels.out: environment variable TRIALSYNC_TEST_HOOK_URL "
+                                "is not set")
+
+
 _DAILY = "deployments[daily-incremental]"
 
 
@@ -230,6 +251,24 @@ def test_serve_checks_each_deployments_parameters_before_serving(
     assert "s3cret" not in err and "Parameters:" not in err  # Prefect's own log line printed every value
 
 
+@pytest.mark.parametrize(("name", "value", "error"), [
+    ("retry_budget", float("nan"), "must be a number >= 0 and <= 86400, got nan"),
+    ("retry_budget", float("inf"), "must be a number >= 0 and <= 86400, got inf"),
+    ("retry_budget", 10.0**12, "must be a number >= 0 and <= 86400, got 1000000000000.0"),
+    ("lock_timeout", float("nan"), "must be a number >= 0 and <= 86400, got nan"),
+    ("lock_timeout", -1, "must be a number >= 0 and <= 86400, got -1"),
+])
+def test_serve_refuses_an_alert_retry_budget_or_lock_timeout_no_run_can_use(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, value: float, error: str) -> None:
+    """A NaN retry_budget passed `serve --list`, and the run then slept a receiver's 86400 s Retry-After."""
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    next(d for d in deploy["deployments"] if d["name"] == "alerts-after-sync")["parameters"][name] = value
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (
+        2, f"trialsync: error: {file}: deployments[alerts-after-sync].parameters.{name}: {error}\n")
+
+
 @pytest.mark.parametrize(("change", "error"), [
     (lambda d: d.update(paramters=d.pop("parameters")),
      "deployments[daily-incremental].paramters: unknown key; valid: name, version, "),
@@ -260,6 +299,20 @@ def test_serve_refuses_what_prefect_would_ignore_or_take_as_never(
     assert code == 2 and err.startswith("trialsync: error: ") and error in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("macro", ["@daily", "@hourly", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"])
+def test_serve_takes_a_cron_macro_as_croniter_and_prefect_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], macro: str) -> None:
+    """They were refused as "must have 5 fields"."""
+    deploy = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())
+    next(d for d in deploy["deployments"] if d["name"] == "daily-incremental")["schedules"][0]["cron"] = macro
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(deploy, sort_keys=False))
+    assert _run(["serve", "--file", str(file), "--list"], capsys) == (0, "")
+    from flows.deployments import load
+    daily = next(d for d in load(file) if d.name == "daily-incremental")
+    assert daily.schedules[0].schedule.cron == macro
+
+
 @pytest.mark.parametrize(("text", "error"), [
     (b"\xff\xfe\x00garbage", "is not UTF-8 text (byte 0: b'\\xff'); save it as UTF-8"),
     ("[" * 5000 + "]" * 5000, "is not a config file: nested too deeply"),
@@ -270,6 +323,29 @@ def test_serve_reads_its_file_as_strictly_as_every_config_file(
     file = tmp_path / "prefect.yaml"
     file.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert _run(["serve", "--file", str(file), "--list"], capsys) == (2, f"trialsync: error: {file}: {error}\n")
+
+
+def test_serve_takes_prefects_own_reuse_patterns_definitions_and_merge_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Prefect's docs put anchors under a top-level `definitions:` and reuse them with `<<: *pool`; the
+    strict loader refused both ("unknown key", "could not determine a constructor for the tag ...merge")."""
+    text = (REPO / "deploy" / "prefect.yaml").read_text()
+    pool = "    work_pool:\n      name: trialsync\n      work_queue_name: default\n"
+    assert text.count(pool) >= 2
+    text = ("definitions:\n  work_pools:\n    pool: &pool\n      name: trialsync\n      work_queue_name: other\n"
+            + text.replace(pool, "    work_pool:\n      <<: *pool\n      work_queue_name: default\n"))
+    file = tmp_path / "prefect.yaml"
+    file.write_text(text)
+    code, err = _run(["serve", "--file", str(file), "--list"], capsys)
+    assert (code, err) == (0, "")
+    merged = yaml.safe_load(text)["deployments"][0]["work_pool"]
+    assert merged == {"name": "trialsync", "work_queue_name": "default"}  # the mapping's own key wins
+    from pipeline.config import load_yaml
+    assert load_yaml(text, "f")["deployments"][0]["work_pool"] == merged
+    twice = text.replace("      <<: *pool\n", "      <<: *pool\n      name: a\n      name: b\n", 1)
+    file.write_text(twice)
+    code, err = _run(["serve", "--file", str(file), "--list"], capsys)
+    assert code == 2 and err.endswith(": name: given twice (line 49)\n"), err
 
 
 def test_serve_refuses_a_deployments_file_with_two_deployments_of_one_name(
@@ -310,23 +386,61 @@ def test_an_empty_or_malformed_rules_file_is_refused_not_taken_as_the_defaults(
     assert not warehouse.exists()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "directory", "too big"])
-def test_a_config_path_that_is_not_a_small_regular_file_is_refused_at_once(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+@pytest.mark.parametrize("kind", ["fifo nobody writes to", "directory", "too big", "/dev/zero"])
+def test_a_config_path_that_is_not_a_small_file_or_pipe_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A named pipe would block the command for ever; /dev/zero or a huge file would fill memory."""
     import os
 
+    from flows import settings
+
+    monkeypatch.setattr(settings, "CONFIG_READ_SECONDS", 0.2)
     path = tmp_path / "c.yaml"
-    if kind == "fifo":
+    if kind == "fifo nobody writes to":
         os.mkfifo(path)
     elif kind == "directory":
         path.mkdir()
+    elif kind == "/dev/zero":
+        path = Path("/dev/zero")
     else:
         path.write_text("# " + "x" * (1024 * 1024) + "\n")
-    expected = {"fifo": f"cannot read watchlist {path}: it is not a regular file",
+    expected = {"fifo nobody writes to": f"cannot read watchlist {path}: it did not end within 0.2s (a pipe nobody "
+                                         "writes to?)",
                 "directory": f"cannot read watchlist {path}: it is a directory",
+                "/dev/zero": f"{path}: is more than 1048576 bytes; a watchlist is at most 1048576 bytes",
                 "too big": f"{path}: is {1024 * 1024 + 3} bytes; a watchlist is at most 1048576 bytes"}[kind]
     assert _run(["alerts", "list", "--config", str(path)], capsys) == (2, f"trialsync: error: {expected}\n")
+
+
+@pytest.mark.parametrize("kind", ["process substitution", "named pipe"])
+def test_a_config_from_a_pipe_is_read(tmp_path: Path, kind: str) -> None:
+    """`--config <(cat w.yaml)` and /dev/stdin were refused as "not a regular file"."""
+    import os
+    import threading
+
+    from flows.settings import read_config
+
+    text = "channels: {}\n" * 5000  # more than a pipe's buffer: written while it is read
+    if kind == "process substitution":
+        read_end, write_end = os.pipe()
+        path = f"/dev/fd/{read_end}"
+    else:
+        path = str(tmp_path / "w.yaml")
+        os.mkfifo(path)
+
+    def write() -> None:
+        fd = write_end if kind == "process substitution" else os.open(path, os.O_WRONLY)
+        with os.fdopen(fd, "w") as pipe:
+            pipe.write(text)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert read_config(path, "watchlist") == text
+    finally:
+        writer.join()
+        if kind == "process substitution":
+            os.close(read_end)
 
 
 @pytest.mark.parametrize("value", ["   ", "wh\x01"])

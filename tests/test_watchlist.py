@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.alerts import check_config, load_watchlist
 from pipeline.alerts.message import AlertChange, Message, StudyAlert
@@ -100,6 +101,10 @@ HOSTILE: list[tuple[str, str]] = [
     (_MAIL.replace("[x@y.z]", "[\"x@y.z\\nBcc: evil@example.com\"]") + _W, "channels.m.to: not an e-mail address"),
     (_MAIL.replace("from: a@b.c", "from: \"a@b.c\\nBcc: evil@example.com\"") + _W,
      "channels.m.from: needed: an e-mail address"),
+    (_MAIL.replace("[x@y.z]", "'x@y.z, a@b.c'") + _W,
+     "channels.m.to: give a list of addresses (to: [a@example.org, b@example.org]), not one text with several"),
+    (_MAIL.replace("from: a@b.c", "from: 'a@b.c, x@y.z'") + _W, "channels.m.from: needed: an e-mail address"),
+    (_MAIL.replace("[x@y.z]", "['x@-y.z']") + _W, "channels.m.to: not an e-mail address: 'x@-y.z'"),
     (_MAIL.replace("host: h", "host: 'smtp://user:pw@smtp.example.org'") + _W,
      "channels.m.host: needed: the SMTP server's host name (no scheme, user or port)"),
     (_MAIL.replace("host: h", "host: h, username: 5, password_env: P") + _W,
@@ -153,6 +158,41 @@ def test_the_strict_checks_still_take_the_usual_forms(tmp_path: Path) -> None:
     assert channels["m"].recipients == ("a@localhost", '"Team" <team@example.org>')
     assert channels["h"].url == "https://alerts.example.org:8443/hook?channel=ops"
     assert sorted(channels["h"].headers) == ["Authorization", "X-Api-Token"]
+
+
+@pytest.mark.parametrize("name", ["author", "keyword", "design", "assignee", "monkey", "signal", "authority",
+                                  "tokenizer", "codec", "channel"])
+def test_a_query_parameter_that_only_contains_a_secret_word_is_not_refused(tmp_path: Path, name: str) -> None:
+    """The check matched substrings: ?author= (auth), ?keyword= (key), ?design= (sig) were refused."""
+    path = tmp_path / "w.yaml"
+    path.write_text(_hook(f"https://example.org/x?{name}=ops"))
+    assert load_watchlist(path).channels["h"].url == f"https://example.org/x?{name}=ops"
+
+
+@pytest.mark.parametrize("name", ["key", "api_key", "apikey", "apiKey", "x-api-key", "sig", "signature", "token",
+                                  "access_token", "accessToken", "auth", "auth_token", "password", "secret",
+                                  "client_secret", "code"])
+def test_a_query_parameter_named_for_a_secret_is_refused(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(_hook(f"https://example.org/x?{name}=s3cretValue"))
+    with pytest.raises(UsageError) as caught:
+        load_watchlist(path)
+    assert str(caught.value) == (f"{path}: channels.h.url: carries a secret-looking query parameter; use url_env "
+                                 "or url_secret")
+
+
+def test_valid_addresses_and_hosts_beyond_plain_ascii_are_taken(tmp_path: Path) -> None:
+    """IDN domains, a quoted local part, an `_` in a domain label and a trailing-dot domain were refused
+    as "not an e-mail address" (and an IDN SMTP host as no host name)."""
+    recipients = ["alerts@bücher.de", '"john doe"@example.org', "alerts@mail_relay.example.org",
+                  "ops@example.org.", "Büro <buero@bücher.de>"]
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"channels": {
+        "m": {"type": "email", "host": "smtp.bücher.de", "from": "alerts@bücher.de", "to": recipients},
+        "feed": {"type": "feed", "path": "f.json"}}}, allow_unicode=True) + _W)
+    channel = load_watchlist(path).channels["m"]
+    assert (channel.host, channel.sender, channel.recipients) == ("smtp.bücher.de", "alerts@bücher.de",
+                                                                  tuple(recipients))
 
 
 def test_a_missing_environment_variable_is_named_before_anything_runs(tmp_path: Path,

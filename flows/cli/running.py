@@ -26,7 +26,7 @@ def serve(
     from flows.deployments import DEPLOY_FILE, check_config_files, describe, load
 
     deployments = load(file or DEPLOY_FILE)
-    check_config_files(deployments, file or DEPLOY_FILE)
+    check_config_files(deployments, file or DEPLOY_FILE, environment=not list_only)
     for d in deployments:
         console.print(describe(d), highlight=False, markup=False)
     if list_only:

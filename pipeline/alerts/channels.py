@@ -1,10 +1,12 @@
 """Delivery: the network (and feed file) edge of alerts, behind one small interface.
 
-``Sender.send(message)`` delivers one message or raises ``DeliveryFailed`` (``retryable`` for 5xx,
-429, timeouts and dropped connections). Each kind uses a well-kept library: ``slack_sdk`` for
-Slack-compatible webhooks, ``requests`` for the generic JSON webhook, ``smtplib`` for e-mail,
-``apprise`` for any Apprise URL; the feed is a JSON Feed 1.1 or Atom file replaced atomically.
-Secret values arrive resolved (``Resolved``); error texts never include a URL.
+``Sender.send(message)`` delivers one message or raises ``DeliveryFailed`` (``retryable`` for HTTP
+5xx, 408/409/423/425/429 or a valid ``Retry-After``, SMTP 4xx, timeouts and dropped connections;
+``permanent`` for any other HTTP 4xx and SMTP 5xx: ``pipeline.alerts.http_answers``). Each kind
+uses a well-kept library: ``slack_sdk`` for Slack-compatible webhooks, ``requests`` for the generic
+JSON webhook, ``smtplib`` for e-mail, ``apprise`` for any Apprise URL; the feed is a JSON Feed 1.1 or
+Atom file replaced atomically. Secret values arrive resolved (``Resolved``); error texts never include
+a URL.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 
-from pipeline.alerts.http_answers import NoRedirects, http_failure, origin
+from pipeline.alerts.addresses import ascii_domain
+from pipeline.alerts.http_answers import NoRedirects, http_failure, origin, redirect_allowed
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
@@ -137,11 +140,12 @@ class WebhookSender:
             if response.status_code not in (307, 308) or "Location" not in response.headers:
                 return response
             target = urljoin(url, response.headers["Location"])
-            if origin(target) != origin(url):  # the channel's headers (a token?) would go to that host
+            if not redirect_allowed(url, target):  # the channel's headers (a token?) would go there
                 response.close()
+                scheme, host, port = origin(target)
                 raise DeliveryFailed(
-                    f"HTTP {response.status_code}: the webhook redirects to another host "
-                    f"({urlsplit(target).hostname or '?'}); not followed: configure that URL if it is right")
+                    f"HTTP {response.status_code}: the webhook redirects to another origin (scheme/host/port: "
+                    f"{scheme or '?'}://{host or '?'}:{port or '?'}); not followed: configure that URL if it is right")
             url = target
         response.close()
         raise DeliveryFailed(f"HTTP {response.status_code}: the webhook redirects more than {MAX_REDIRECTS} times "
@@ -201,8 +205,8 @@ class EmailSender:
         c = self.c
         mail = EmailMessage(policy=_MAIL_POLICY)
         mail["Subject"] = message.subject
-        mail["From"] = c.sender
-        mail["To"] = ", ".join(c.recipients)
+        mail["From"] = ascii_domain(c.sender or "")  # an IDN domain in IDNA: no SMTPUTF8 needed
+        mail["To"] = ", ".join(map(ascii_domain, c.recipients))
         mail["Date"] = formatdate(message.created_at.timestamp(), usegmt=True)
         mail["Message-ID"] = f"<{message.message_id}@trialsync>"
         mail["X-Trialsync-Watch"] = message.watch
@@ -232,7 +236,9 @@ class EmailSender:
 
         if refused:  # some recipients were refused (the others have it): the message counts as not sent
             codes = sorted({code for code, _ in refused.values()})
-            transient = all(400 <= code < 500 for code in codes)
+            # Any temporary refusal (4xx; 552 at RCPT is temporary per RFC 5321 4.5.3.1.10): sent again
+            # later, or those recipients would never get it; rejected only when every refusal is for good.
+            transient = any(400 <= code < 500 or code == 552 for code in codes)
             raise DeliveryFailed(f"SMTP server refused {len(refused)} of {len(c.recipients)} recipients "
                                  f"({', '.join(map(str, codes))})", retryable=transient,
                                  permanent=not transient and any(code >= 500 for code in codes))

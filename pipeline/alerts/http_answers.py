@@ -14,40 +14,48 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import DeliveryFailed
 
-TRANSIENT_4XX = (408, 425, 429)  # timeout, too early, too many requests: try again later
+# timeout, conflict (under Idempotency-Key: "a request with this key is still being processed"),
+# locked, too early, too many requests: try again later
+TRANSIENT_4XX = (408, 409, 423, 425, 429)
 
 
 def http_failure(status: int, body: str, headers: Mapping[str, str] | None = None) -> DeliveryFailed:
-    """5xx and 408/425/429 are transient (retried; ``Retry-After`` honoured); any other 4xx refuses
-    the message for good (permanent: marked rejected, not re-sent on every run)."""
+    """5xx, 408/409/423/425/429 and any answer with a valid ``Retry-After`` (e.g. a rate limit's 403)
+    are transient (retried; ``Retry-After`` honoured); any other 4xx refuses the message for good
+    (permanent: marked rejected, not re-sent on every run)."""
     detail = " ".join(body.split())[:120]
     headers = headers or {}
-    transient = status >= 500 or status in TRANSIENT_4XX
+    retry_after = retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
+    transient = status >= 500 or status in TRANSIENT_4XX or retry_after is not None
     return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""), retryable=transient,
-                          permanent=400 <= status < 500 and not transient,
-                          retry_after=retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
-                          if transient else None)
+                          permanent=400 <= status < 500 and not transient, retry_after=retry_after)
 
 
 def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
     """A ``Retry-After`` header in seconds to wait: delta-seconds or an HTTP-date (measured from the
-    response's ``Date``, else this host's clock; a date past is 0). Malformed: None (not asked); a
+    response's ``Date``, else (none, or malformed) this host's clock; a date past is 0). Malformed: None (not asked); a
     number too long to read: infinite."""
     value = (value or "").strip()
     if not value:
         return None
     if value.isdigit() and value.isascii():
         return math.inf if len(value) > 15 else float(value)
-    try:
-        when = parsedate_to_datetime(value)
-        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
-    except (TypeError, ValueError, IndexError, OverflowError):
+    when = _http_date(value)
+    if when is None:
         return None
+    now = (_http_date(date) if date else None) or datetime.now(UTC)  # a malformed Date: this host's clock
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def origin(url: str) -> tuple[str, str | None, int | None]:
@@ -57,6 +65,18 @@ def origin(url: str) -> tuple[str, str | None, int | None]:
     except ValueError:
         port = None
     return parts.scheme.lower(), parts.hostname, port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+
+
+def redirect_allowed(source: str, target: str) -> bool:
+    """Whether a 307/308 from ``source`` to ``target`` may be followed with the channel's headers: the
+    same origin, or the same host upgraded from http to https (on the same port or the default ones).
+    Never https to http (the headers would go in the clear), never another host or port."""
+    (scheme, host, port), (to_scheme, to_host, to_port) = origin(source), origin(target)
+    if to_host != host or to_host is None:
+        return False
+    if (to_scheme, to_port) == (scheme, port):
+        return True
+    return (scheme, to_scheme) == ("http", "https") and (to_port == port or (port, to_port) == (80, 443))
 
 
 

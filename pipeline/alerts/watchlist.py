@@ -15,10 +15,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from email.utils import parseaddr
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from pipeline.alerts.addresses import address, host_name, mailboxes
 from pipeline.alerts.compliance import FDAAA_CATEGORY, FDAAA_EVENT, FDAAA_KINDS, FDAAA_SEVERITY
 from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
 from pipeline.config import (
@@ -44,10 +44,6 @@ SECURITY = ("starttls", "ssl", "none")
 FEED_FORMATS = ("json", "atom")
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$"
-                   r"|^\[[0-9A-Fa-f:.]+\]$|^[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*$")
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
-_ADDRESS = re.compile(rf"^[^@\s<>(),;:\\\"\[\]]+@{_LABEL}(\.{_LABEL})*$")  # local@domain
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an RFC 9110 token
 _BLOCK = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")  # Prefect block document names
 _SECRET_WORDS = ("password", "token", "secret", "api_key", "apikey", "webhook_url")
@@ -303,26 +299,42 @@ def _check_url(url: Any, key: str) -> None:
         raise ConfigError(key, "must not carry credentials (user:password@); use url_env or url_secret")
     if not parts.hostname:
         raise ConfigError(key, "has no host name")
-    if any(word in name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)
-           for word in (*_SECRET_WORDS, "key", "sig", "auth")):
+    if any(_secret_parameter(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
         raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
+
+
+# Query parameter names (or one of their ``_``/``-``/``.``-separated parts) that carry a credential.
+# Whole words, not substrings: ``?author=``, ``?keyword=``, ``?design=``, ``?assignee=`` are fine.
+_SECRET_PARAMETERS = frozenset({
+    "key", "apikey", "api_key", "sig", "signature", "token", "accesstoken", "access_token", "auth",
+    "authorization", "password", "passwd", "pwd", "secret", "code", "credential", "credentials",
+    "webhook_url", "session", "sessionid"})
+
+
+def _secret_parameter(name: str) -> bool:
+    lowered = name.strip().lower()
+    return lowered in _SECRET_PARAMETERS or any(
+        part in _SECRET_PARAMETERS for part in re.split(r"[_.-]", lowered))
 
 
 def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
     host = spec.get("host")
-    if not isinstance(host, str) or not _HOST.match(host):
+    if not isinstance(host, str) or not host_name(host):
         raise ConfigError(f"{key}.host", "needed: the SMTP server's host name (no scheme, user or port)")
     security = choice(spec.get("security", "starttls"), SECURITY, f"{key}.security")
     port = integer(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), f"{key}.port",
                    low=1, high=65_535)
     sender = spec.get("from")
-    if not isinstance(sender, str) or not _address(sender):
+    if not isinstance(sender, str) or not address(sender):
         raise ConfigError(f"{key}.from", f"needed: an e-mail address (name@domain or Name <name@domain>), "
                                          f"got {show(sender)}")
     recipients = texts(spec.get("to"), f"{key}.to")
     if not recipients:
         raise ConfigError(f"{key}.to", "needed: one or more e-mail addresses")
-    if bad := [r for r in recipients if not _address(r)]:
+    if several := [r for r in recipients if len(mailboxes(r) or ()) > 1]:
+        raise ConfigError(f"{key}.to", f"give a list of addresses (to: [a@example.org, b@example.org]), not one "
+                                       f"text with several: {show(several[0])}")
+    if bad := [r for r in recipients if not address(r)]:
         raise ConfigError(f"{key}.to", f"not an e-mail address: {show(bad[0])} (name@domain)")
     username = spec.get("username")
     if username is not None and (not isinstance(username, str) or not username.strip()):
@@ -395,11 +407,3 @@ def _title(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.strip() or any(ord(ch) < 32 for ch in value):
         raise ConfigError(key, f"must be one line of text, got {show(value)}")
     return value
-
-
-def _address(text: str) -> bool:
-    """``name@domain`` or ``Name <name@domain>``, one line (a newline would add mail headers)."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        return False
-    _, address = parseaddr(text)
-    return bool(_ADDRESS.match(address)) and (address == text.strip() or text.strip().endswith(f"<{address}>"))

@@ -1,0 +1,70 @@
+"""E-mail addresses and host names of a watchlist's e-mail channel, checked as the ``email`` package
+reads them (RFC 5322: quoted local parts, IDN domains through IDNA, ``_`` in a label, a trailing dot);
+one line each, exactly one address where one is asked for. Pure."""
+
+from __future__ import annotations
+
+import email.errors
+import email.policy
+import encodings.idna
+import re
+
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$"
+                   r"|^\[[0-9A-Fa-f:.]+\]$|^[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*$")
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")  # a host name label (ASCII)
+_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")  # name@[192.0.2.1]
+
+
+def host_name(host: str) -> bool:
+    """An SMTP server's host name (IDN labels through IDNA) or IP address; no scheme, user or port."""
+    return bool(_HOST.match(idna_host(host)))
+
+
+def address(text: str) -> bool:
+    """Exactly one ``name@domain`` or ``Name <name@domain>`` (RFC 5322, as the ``email`` package reads
+    it: a quoted local part, an IDN domain, an ``_`` in a label, a trailing dot are fine), one line (a
+    newline would add mail headers)."""
+    found = mailboxes(text)
+    return found is not None and len(found) == 1 and all(map(bool, found[0])) and _domain(found[0][1])
+
+
+def idna_host(host: str) -> str:
+    """A host name with its non-ASCII labels in IDNA (``smtp.bücher.de``: ``smtp.xn--bcher-kva.de``)."""
+    try:
+        return ".".join(label if label.isascii() else encodings.idna.ToASCII(label).decode()
+                        for label in host.split("."))
+    except UnicodeError:
+        return host  # the host check refuses it
+
+
+def ascii_domain(address: str) -> str:
+    """``Name <name@bücher.de>`` as ``Name <name@xn--bcher-kva.de>``: what an SMTP server without
+    SMTPUTF8 takes (the display name is encoded in the header as usual)."""
+    return re.sub(r"@([^@<>\s]+)(>?)\s*$", lambda m: f"@{idna_host(m[1])}{m[2]}", address.strip())
+
+
+def mailboxes(text: str) -> list[tuple[str, str]] | None:
+    """The (local part, domain) of each address in ``text``; None when it does not parse cleanly."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return None
+    # The parser stops at a root-label dot (``example.org.``): valid in DNS, so taken off before.
+    text = re.sub(r"(@[^@\s<>]*[^.@\s<>])\.(\s*>?)$", r"\1\2", text.strip())
+    try:
+        header = email.policy.default.header_factory("to", text)
+    except (email.errors.HeaderParseError, IndexError, ValueError, TypeError):
+        return None
+    if header.defects or any(group.display_name is not None for group in header.groups):
+        return None
+    return [(a.username, a.domain) for a in header.addresses]
+
+
+def _domain(domain: str) -> bool:
+    """A host name (IDN labels through IDNA; ``_`` allowed, as mail relays have it) or an address literal."""
+    if _LITERAL.match(domain):
+        return True
+    labels = domain.removesuffix(".").split(".")
+    try:
+        ascii_labels = [label if label.isascii() else encodings.idna.ToASCII(label).decode() for label in labels]
+    except UnicodeError:
+        return False
+    return len(".".join(ascii_labels)) <= 253 and all(_LABEL.match(label) for label in ascii_labels)
