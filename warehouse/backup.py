@@ -84,6 +84,7 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         catalog_file.fsync_path(dest.parent)
         catalog_file.write_catalog(dest, manifests.fold(log), log, tag="backup")
         _fsync_tree(dest)  # the schema files and directories the catalog write created
+        committing.ended()  # DEST is complete: a signal from here interrupts what follows
         return result
     raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
 
