@@ -224,8 +224,9 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
             report.size += entry.size or 0
             continue
         gen = owner.get((entry.run_id, entry.path))
+        affected, at_least = studies_affected(root, manifest, entry) if studies else (None, False)
         report.problems.append(Problem(problem[0], entry.path, problem[1], entry.table, entry.run_id, gen,
-                                       studies_affected(root, manifest, entry) if studies else None))
+                                       affected, at_least))
     for table in TABLES if footers else ():
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
