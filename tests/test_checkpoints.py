@@ -380,3 +380,44 @@ def test_a_run_committed_while_check_reads_is_not_reported_as_a_missing_manifest
     assert report.generation == 1
     monkeypatch.setattr(markers, "read_into", real)
     assert check(store.root).generation == 2
+
+
+def test_a_failed_marker_write_still_puts_the_runs_catalog_in_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marker and the catalog after the commit point fail apart: a marker that cannot be written
+    does not leave the previous catalog in place."""
+    from warehouse import catalog_file, run_writer
+
+    monkeypatch.setenv("TRIALSYNC_AUTOCOMPACT", "off")
+    store = Warehouse(tmp_path / "w")
+
+    def no_marker(run_dir: Path, gen: Generation) -> None:
+        raise OSError("disk full")
+
+    for day in (1, 2):
+        if day == 2:
+            monkeypatch.setattr(run_writer, "write_marker", no_marker)
+        with store.writer(f"run00{day}") as run:
+            at = datetime(2027, 1, day, tzinfo=UTC)
+            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
+                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
+            run.commit()
+    assert catalog_file.read_catalog_state(store.root / "warehouse.duckdb", legacy=False).generation == 2
+    assert not (store.root / "runs" / "run002" / "_COMMITTED").exists()
+
+
+def test_deep_check_compares_the_rows_when_only_a_manifest_file_is_missing_with_a_good_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIALSYNC_AUTOCOMPACT", "off")
+    store = Warehouse(tmp_path / "w")
+    for day in (1, 2):
+        with store.writer(f"run00{day}") as run:
+            at = datetime(2027, 1, day, tzinfo=UTC)
+            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
+                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
+            run.commit()
+    manifests.generation_path(store.root, 2).unlink()
+    report = check(store.root, deep=True)
+    assert [(p.path, p.generation) for p in report.problems] == [("manifest/00000002.json", 2)]
+    assert "a good copy is kept" in report.problems[0].detail
+    assert not any(n.startswith("rows not compared") for n in report.notes), report.notes

@@ -218,6 +218,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     if any(verdicts) and report.log is not None and report.base is None:  # what repair will do about it
         report.unrepairable = unrepairable(report.log, {e.path: v is None for e, v in zip(
             manifest.entries, verdicts, strict=True)}, lambda e: check_file(root, e, deep=deep) is None)
+    before_files = len(report.problems)  # the manifest's and checkpoints' problems: the rows still read
     for entry, problem in zip(manifest.entries, verdicts, strict=True):
         report.files += 1
         if problem is None:
@@ -231,7 +232,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
             report.problems.append(Problem("schema", catalog.schema_file(table), "unreadable schema file", table))
-    files_intact = not report.problems
+    files_intact = len(report.problems) == before_files
     if state.legacy is None:
         report.problems += _catalog_problems(root, state, manifest, report.notes)
     if deep and rows:
