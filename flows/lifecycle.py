@@ -70,8 +70,9 @@ def exit_code() -> int:
 
 def on_signal(signum: int, frame: Any) -> None:
     """The handler: the first signal raises ``KeyboardInterrupt`` and starts the deadline; a second leaves.
-    After a commit point (and before another write begins) it raises nothing: the committed run is
-    not undone nor called failed, the command finishes up (within the deadline) and exits 0."""
+    After a commit point, until its writer ends, it raises nothing: the committed run is not undone
+    nor called failed, the command finishes up (within the deadline) and exits 0. Once the writer has
+    ended (e.g. an alerts run delivering after its outbox committed), a signal interrupts as before."""
     global _signalled
     with _lock:
         first = _signalled is None
@@ -99,10 +100,10 @@ def committed() -> list[str]:
 
 
 def finished_after_commit() -> bool:
-    """Whether the signal arrived after a commit point (it interrupted nothing) and no write began
-    since: the command, if it returned normally, finished."""
+    """Whether the signal arrived while a commit was finishing (it interrupted nothing; no write began
+    since): the command, if it returned normally, finished."""
     state = _commits()
-    return _signalled is not None and state is not None and bool(state.finishing) and bool(state.stop_pending)
+    return _signalled is not None and state is not None and bool(state.stop_pending)
 
 
 def _deadline() -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections import defaultdict
 from dataclasses import replace
@@ -227,3 +228,23 @@ def test_a_backfill_that_renumbers_the_versions_does_not_alert_a_delivered_chang
     sent_again = [c for r in hook.received[first["messages"]:] for s in r.body["studies"] for c in s["changes"]]
     assert [(c["event"], c["new_value"]) for c in sent_again if c["event"] == "status_changed"] == []
     assert again["already_sent"] >= 1
+
+
+def test_a_signal_after_the_outbox_committed_stops_the_delivery(
+        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, prefect_api: str) -> None:  # noqa: F811
+    """The outbox's commit is finished once its writer ends: a Ctrl-C then stops the run, as before any
+    commit (no message goes out; the outbox keeps them for the next run), and says what committed."""
+    from tests.test_signal_after_commit import SCRIPT
+
+    config = _config(tmp_path / "watch.yaml", hook)
+    script = SCRIPT.format(module="flows.alerts", name="write_outbox", signal="INT", condition="")
+    done = subprocess.run([sys.executable, "-c", script, "alerts", "run", "--config", str(config), "--warehouse",
+                           str(warehouse)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PREFECT_API_URL": prefect_api,
+                               "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert hook.received == []
+    outbox = rows(warehouse, "SELECT count(*) FROM alert_messages")[0][0]
+    assert outbox > 0
+    assert "committed (it is in the warehouse); what was still running stopped" in done.stderr
+    assert rows(warehouse, "SELECT count(*) FROM alert_deliveries") == [(0,)]

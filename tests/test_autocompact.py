@@ -335,3 +335,24 @@ def test_folding_a_longer_log_continues_the_last_fold_and_gives_what_a_fresh_fol
     other = [gen(1), *log[1:]]  # an equal generation that is another object (read again): folded afresh
     assert manifests.fold(other) == fresh
     assert manifests.fold(log[:2]) == Manifest().then(log[0]).then(log[1])  # a shorter log
+
+
+def test_no_merge_begins_once_a_signal_asked_the_command_to_stop(warehouse_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from warehouse import committing
+
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(warehouse_dir)
+    for day in range(1, 5):
+        with store.writer(f"run{day:03d}") as run:
+            at = datetime(2027, 1, day, tzinfo=UTC)
+            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
+                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
+            run.commit()
+        assert not committing.finishing  # the writer ended: a signal now interrupts what follows
+    monkeypatch.setattr(committing, "stop_pending", True)  # a signal came while the last run was finishing
+    assert merge_now(store, 2, monkeypatch) == 0
+    assert len(_sets(store)) == 4
+    monkeypatch.setattr(committing, "stop_pending", False)
+    assert merge_now(store, 2, monkeypatch) > 0
+    assert len(_sets(store)) == 1

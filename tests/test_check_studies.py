@@ -52,3 +52,30 @@ def test_the_studies_affected_by_a_damaged_part_file_are_those_of_its_shard_and_
     assert holding <= set(problem.studies) <= written  # those of its shard, never another shard's
     lost = set(repair(root).lost_studies)
     assert set(problem.studies) <= lost
+
+
+@pytest.mark.parametrize("table", ["study_versions", "run_studies"])
+def test_a_damaged_list_of_a_shards_studies_is_answered_from_the_same_shards_other_list(
+        changes: Path, tmp_path: Path, table: str) -> None:
+    """A deleted ``study_versions`` part: its shard's ``run_studies`` part says which studies (never the
+    run's other shards' versions). A deleted ``run_studies`` part: its shard's ``study_versions`` part,
+    said to be a lower bound (the run saw studies without a new version too)."""
+    root = (tmp_path / "w").resolve()
+    load(changes / "base.zip", root, workers=1)
+    load(changes / "changed.zip", root, workers=1)
+    second = manifests.read_log(root)[1]
+    versions = {e.path.rsplit("/", 1)[1].removeprefix("study_versions"): e.path for e in second.entries
+                if e.table == "study_versions" and ".part-" in e.path}
+    seen = {e.path.rsplit("/", 1)[1].removeprefix("run_studies"): e.path for e in second.entries
+            if e.table == "run_studies" and ".part-" in e.path}
+    shard = max(set(versions) & set(seen), key=lambda s: len(_ids(root / versions[s])))
+    others = set().union(*(_ids(root / p) for s, p in versions.items() if s != shard))
+    target, other = (versions[shard], seen[shard]) if table == "study_versions" else (seen[shard], versions[shard])
+    expected = _ids(root / other)
+    assert expected and not expected & others
+    (root / target).unlink()
+    [problem] = check(root).problems
+    assert problem.path == target
+    assert problem.studies is not None and set(problem.studies) == expected
+    assert problem.at_least == (table == "run_studies")
+    assert ("at least " in problem.line()) == (table == "run_studies")

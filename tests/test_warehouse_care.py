@@ -560,6 +560,26 @@ def test_a_committed_run_whose_manifest_file_and_catalog_are_both_lost_is_restor
     assert state(root) == built["states"][2]
 
 
+def test_a_backup_whose_catalog_and_newest_manifest_file_are_lost_is_restored_from_its_markers(
+        copy: Path, built: dict[str, Any], tmp_path: Path) -> None:
+    """A backup carries every run's marker (its generation, as in the warehouse): with the backup's
+    catalog and newest manifest file deleted, repair restores generation 3 and rolls nothing back."""
+    from warehouse import backup as backups
+    from warehouse.markers import read_marker
+
+    dest = tmp_path / "backup"
+    backups.backup(copy.resolve(), dest)
+    log = manifests.read_log(dest)
+    (dest / "warehouse.duckdb").unlink()
+    (dest / "manifest/00000003.json").unlink()
+    result = repair(dest)
+    assert (result.generation, result.rolled_back, result.lost_studies) == (3, [], [])
+    assert result.restored_manifest == [3]
+    assert check(dest, deep=True).ok
+    assert state(dest) == built["states"][2]
+    assert [read_marker(dest / "runs" / g.run_id) for g in log] == log
+
+
 def test_a_committed_run_listed_nowhere_with_an_empty_marker_is_reported_and_its_studies_listed(
         copy: Path, built: dict[str, Any]) -> None:
     """An earlier release's marker is empty: then nothing says what run 3's generation held. check names

@@ -13,26 +13,29 @@ from warehouse.manifest import Generation, Manifest, ManifestEntry
 from warehouse.tables import TABLES
 
 
-def studies_affected(root: Path, manifest: Manifest, entry: ManifestEntry) -> tuple[str, ...] | None:
-    """The studies a damaged file holds rows of: from its own nct_id column if that still reads, else
-    the studies whose versions its run wrote beside it: the same shard's ``study_versions`` part (a
-    bulk load writes ``<table>.part-<key>.parquet`` per shard), else all of the run's (never one other
-    shard's), then its ``run_studies`` the same way."""
+def studies_affected(root: Path, manifest: Manifest, entry: ManifestEntry) -> tuple[tuple[str, ...] | None, bool]:
+    """(the studies a damaged file holds rows of, whether that is only a lower bound): from its own nct_id
+    column if that still reads, else the studies its run listed beside it. A bulk load writes
+    ``<table>.part-<key>.parquet`` per shard: then only the same shard's other parts (``study_versions``,
+    then ``run_studies``), never a run-wide list that holds other shards' studies. ``run_studies`` lists
+    every study the run saw, ``study_versions`` only those with a new version: a damaged ``run_studies``
+    file is answered from ``study_versions`` as a lower bound."""
     if "nct_id" not in TABLES[entry.table].names:
-        return ()
+        return (), False
     found = _nct_ids(root, [entry.path])
     if found is not None:
-        return found
+        return found, False
     name = PurePosixPath(entry.path).name
     shard = name[len(entry.table):] if name.startswith(f"{entry.table}.part-") else None
     for table in ("study_versions", "run_studies"):
         files = [e.path for e in manifest.entries if e.run_id == entry.run_id and e.table == table
                  and e.path != entry.path]
-        same = [f for f in files if shard is not None and PurePosixPath(f).name == f"{table}{shard}"]
-        for group in (same, files):
-            if group and (found := _nct_ids(root, group)) is not None:
-                return found
-    return None
+        group = [f for f in files if PurePosixPath(f).name == f"{table}{shard}"] if shard is not None else files
+        if group and (found := _nct_ids(root, group)) is not None:
+            if entry.table != "run_studies":
+                return found, False
+            return (found, True) if found else (None, False)  # none with a new version: the rest unknown
+    return None, False
 
 
 def _nct_ids(root: Path, paths: Sequence[str]) -> tuple[str, ...] | None:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UsageError
-from warehouse import catalog, checkpoints
+from warehouse import catalog, checkpoints, committing
 from warehouse.check import first_damaged
 from warehouse.compact import BATCH_ROWS, retention_meta
 from warehouse.manifest import Generation, Manifest
@@ -157,6 +157,9 @@ def after_commit(warehouse: Warehouse, manifest: Manifest, log: Sequence[Generat
     log = list(log)
     done = 0
     while done < MAX_MERGES_PER_COMMIT:
+        if committing.stop_pending:  # a signal asked the command to stop: the next run merges instead
+            logger.info("not merging small file sets after %s: the command was asked to stop", run_id)
+            break
         group = plan_merge(file_sets(manifest, log, base), fanout)
         if not group:
             break

@@ -32,6 +32,7 @@ from pipeline.errors import UsageError, WarehouseError
 from warehouse import catalog_file, committing
 from warehouse import manifest as manifests
 from warehouse.manifest import ManifestDamaged
+from warehouse.markers import RUNS_DIR, write_marker
 
 ATTEMPTS = 5
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
@@ -84,6 +85,7 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         catalog_file.fsync_path(dest.parent)
         catalog_file.write_catalog(dest, manifests.fold(log), log, tag="backup")
         _fsync_tree(dest)  # the schema files and directories the catalog write created
+        committing.ended()  # DEST is complete: a signal from here interrupts what follows
         return result
     raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
 
@@ -118,6 +120,10 @@ def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
     folder.mkdir(parents=True)
     for gen in log:
         manifests.generation_path(tmp, gen.number).write_bytes(gen.to_bytes())
+    for gen in log:  # each run's marker, as its writer left it (merged runs too): lost the catalog and the
+        run_dir = tmp / RUNS_DIR / gen.run_id  # newest manifest file, repair restores from it, rolls back nothing
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, gen)
     return BackupResult(str(dest), state.generation, len(state.entries), linked, copied, size)
 
 

@@ -218,19 +218,21 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     if any(verdicts) and report.log is not None and report.base is None:  # what repair will do about it
         report.unrepairable = unrepairable(report.log, {e.path: v is None for e, v in zip(
             manifest.entries, verdicts, strict=True)}, lambda e: check_file(root, e, deep=deep) is None)
+    before_files = len(report.problems)  # the manifest's and checkpoints' problems: the rows still read
     for entry, problem in zip(manifest.entries, verdicts, strict=True):
         report.files += 1
         if problem is None:
             report.size += entry.size or 0
             continue
         gen = owner.get((entry.run_id, entry.path))
+        affected, at_least = studies_affected(root, manifest, entry) if studies else (None, False)
         report.problems.append(Problem(problem[0], entry.path, problem[1], entry.table, entry.run_id, gen,
-                                       studies_affected(root, manifest, entry) if studies else None))
+                                       affected, at_least))
     for table in TABLES if footers else ():
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
             report.problems.append(Problem("schema", catalog.schema_file(table), "unreadable schema file", table))
-    files_intact = not report.problems
+    files_intact = len(report.problems) == before_files
     if state.legacy is None:
         report.problems += _catalog_problems(root, state, manifest, report.notes)
     if deep and rows:

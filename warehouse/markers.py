@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from warehouse import manifest as manifests
 from warehouse.manifest import Generation, ManifestDamaged
 
 if TYPE_CHECKING:
@@ -91,6 +92,11 @@ def read_into(root: Path, state: LogState, after: int) -> None:
         named |= state.base.manifest.run_ids | set(state.base.manifest.retained_until())
     orphans = find_orphans(root, named, known, after=after)
     state.orphan_runs = orphans.unlisted
+    read = max([after, *state.files, *state.damaged, state.catalog_generation or 0])
+    if any(number > read for number in orphans.copies):  # a writer may have published it since manifest/
+        present = set(manifests.generations(root))  # was listed: a generation newer than this check's is
+        for number in [n for n in orphans.copies if n > read and n in present]:  # not missing
+            del orphans.copies[number]
     if not orphans.copies:
         return
     for number in range(after + 1, max(orphans.copies) + 1):

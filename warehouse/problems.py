@@ -19,6 +19,7 @@ class Problem:
     run_id: str | None = None
     generation: int | None = None
     studies: tuple[str, ...] | None = None  # None: unknown
+    at_least: bool = False  # ``studies`` is a lower bound (the file's own list is damaged)
 
     def line(self) -> str:
         parts = [f"{self.path}: {self.detail}"]
@@ -29,6 +30,7 @@ class Problem:
         if self.studies is not None:
             shown = ", ".join(self.studies[:SHOWN_STUDIES])
             more = f" and {len(self.studies) - SHOWN_STUDIES} more" if len(self.studies) > SHOWN_STUDIES else ""
-            parts.append(f"{len(self.studies)} studies affected ({shown}{more})" if self.studies
+            bound = "at least " if self.at_least else ""  # a lower bound is never empty
+            parts.append(f"{bound}{len(self.studies)} studies affected ({shown}{more})" if self.studies
                          else "no studies affected")
         return "; ".join(parts)

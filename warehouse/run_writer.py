@@ -299,6 +299,10 @@ class RunWriter:
     def _after_commit_point(self, gen: Generation, tmp: Path) -> None:
         try:
             write_marker(self.dir, gen)  # a copy of the generation that stays with the run's files
+        except Exception as exc:  # committed: report, never undo; the catalog is still put in place
+            logger.warning("run %s is committed, but writing its %s marker failed (%s); the manifest file and "
+                           "the catalog hold its generation", self.run_id, COMMITTED_MARKER, exc)
+        try:
             catalog_file.install_catalog(self.warehouse.root, tmp)
         except Exception as exc:  # committed: report, never undo (the next command rewrites the catalog)
             logger.warning("run %s is committed, but putting its catalog in place failed (%s); the next command "

@@ -264,13 +264,16 @@ class Warehouse:
                     before.close()
                 raise
             try:
-                yield run
+                try:
+                    yield run
+                finally:
+                    if not run.committed:
+                        run.abort()
+                if run.published is not None:
+                    self._compact_after(run)
+                    self._checkpoint_after(run.base)
             finally:
-                if not run.committed:
-                    run.abort()
-            if run.published is not None:
-                self._compact_after(run)
-                self._checkpoint_after(run.base)
+                committing.ended()  # from here a signal interrupts what the command does next
 
     def _state_before(self, manifest: Manifest) -> duckdb.DuckDBPyConnection:
         """The run's DuckDB with its views over the committed files: binding them reads every Parquet
