@@ -37,6 +37,15 @@ from warehouse.pairs import pair_rows, version_pairs
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
+def _commit_day(store: Warehouse, day: int) -> None:
+    """The cheapest commit: run ``run<day>`` with one sync_runs row, started on 2027-01-<day>."""
+    with store.writer(f"run{day:03d}") as run:
+        at = datetime(2027, 1, day, tzinfo=UTC)
+        run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
+                                       "started_at": at, "finished_at": at, "status": "succeeded"}])
+        run.commit()
+
+
 def _sets(store: Warehouse) -> list[FileSet]:
     return file_sets(store.manifest(), store.log())
 
@@ -97,12 +106,8 @@ def test_file_sets_stay_bounded_after_many_tiny_commits(warehouse_dir: Path, rec
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "2")
     store = Warehouse(warehouse_dir)
-    for day in range(1, 14):  # the cheapest commit: one sync_runs row each
-        with store.writer(f"run{day:03d}") as run:
-            at = datetime(2027, 1, day, tzinfo=UTC)
-            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
-                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
-            run.commit()
+    for day in range(1, 14):
+        _commit_day(store, day)
         sets = _sets(store)
         assert len(sets) == bin(day).count("1")  # fanout 2: the binary digits of the number of runs
         assert sum(s.weight for s in sets) == day
@@ -123,11 +128,7 @@ def test_merged_runs_directories_stay_for_the_grace_period_the_setting_gives(
     monkeypatch.setenv(autocompact.KEEP_ENV, keep_hours)
     store = Warehouse(warehouse_dir)
     for day in range(1, 6):
-        with store.writer(f"run{day:03d}") as run:
-            at = datetime(2027, 1, day, tzinfo=UTC)
-            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
-                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
-            run.commit()
+        _commit_day(store, day)
     with store.writer("next"):  # a writer's start removes the directories whose grace has passed
         pass
     listed = store.manifest().run_ids
@@ -344,11 +345,7 @@ def test_no_merge_begins_once_a_signal_asked_the_command_to_stop(warehouse_dir: 
     monkeypatch.setenv(autocompact.ENV, "off")
     store = Warehouse(warehouse_dir)
     for day in range(1, 5):
-        with store.writer(f"run{day:03d}") as run:
-            at = datetime(2027, 1, day, tzinfo=UTC)
-            run.append_rows("sync_runs", [{"run_id": run.run_id, "mode": "incremental", "scope": "s",
-                                           "started_at": at, "finished_at": at, "status": "succeeded"}])
-            run.commit()
+        _commit_day(store, day)
         assert not committing.finishing  # the writer ended: a signal now interrupts what follows
     monkeypatch.setattr(committing, "stop_pending", True)  # a signal came while the last run was finishing
     assert merge_now(store, 2, monkeypatch) == 0

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import WarehouseBusy
-from warehouse.store import LOCK_NAME, READER, _exclusive_lock
+from warehouse.locks import READER, exclusive_lock
+from warehouse.store import LOCK_NAME
 
 
 def _refusal(path: Path, holder: str) -> str:
     """The error a second writer gets while ``holder`` holds the lock (flock: per open file, so one
     process can play both)."""
-    with _exclusive_lock(path / LOCK_NAME, holder, 0), pytest.raises(WarehouseBusy) as info, \
-            _exclusive_lock(path / LOCK_NAME, "20261207T050243Z-000000", 0):
+    with exclusive_lock(path / LOCK_NAME, holder, 0), pytest.raises(WarehouseBusy) as info, \
+            exclusive_lock(path / LOCK_NAME, "20261207T050243Z-000000", 0):
         pass
     return str(info.value)
 

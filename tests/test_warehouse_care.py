@@ -163,12 +163,12 @@ def _no_locks() -> Iterator[None]:
     def no_lock(*args: Any, **kwargs: Any) -> Iterator[None]:
         yield
 
-    original = store._exclusive_lock
-    store._exclusive_lock = no_lock
+    original = store.exclusive_lock
+    store.exclusive_lock = no_lock
     try:
         yield
     finally:
-        store._exclusive_lock = original
+        store.exclusive_lock = original
 
 
 def test_two_writers_that_locks_do_not_keep_apart_never_lose_a_committed_run(

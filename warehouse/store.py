@@ -6,12 +6,9 @@ writer never opens ``warehouse.duckdb`` for writing, it replaces it (see ``catal
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import math
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -26,6 +23,7 @@ from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
 from warehouse.checkpoints import Checkpoint
 from warehouse.crashpoints import crashpoint
+from warehouse.locks import READER, exclusive_lock
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.run_writer import COMMITTED_MARKER, RUNS_DIR, RunWriter
 
@@ -187,7 +185,7 @@ class Warehouse:
         con = self._open_current(config)
         if con is None:
             # a busy writer, or no right to write here (a read-only copy or mount): the views go in memory
-            with suppress(WarehouseBusy, OSError), _exclusive_lock(self.root / LOCK_NAME, READER, 0):
+            with suppress(WarehouseBusy, OSError), exclusive_lock(self.root / LOCK_NAME, READER, 0):
                 self.refresh_catalog()
             con = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged
@@ -240,7 +238,7 @@ class Warehouse:
         self.check_location(damage=False)  # checked below, with the lock held
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / MARKER_NAME).touch()
-        with _exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
+        with exclusive_lock(self.root / LOCK_NAME, run_id, lock_timeout):
             committing.began()
             crashpoint("lock-acquired")
             self.refresh_catalog()
@@ -314,7 +312,7 @@ class Warehouse:
     def lock(self, name: str, holder: str, *, timeout: float = 30.0, what: str = "another run") -> Iterator[None]:
         """A named lock beside the writer's (e.g. one alerts run at a time); ``what`` names its holder."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(self.root / f".{name}.lock", holder, timeout, what=what):
+        with exclusive_lock(self.root / f".{name}.lock", holder, timeout, what=what):
             yield
 
     def _remove_uncommitted(self, manifest: Manifest) -> int:
@@ -368,37 +366,6 @@ def _warn_lost_generations(head: int, generation: int) -> None:
     lost = f"{generation}" if generation == head + 1 else f"{head + 1} to {generation}"
     logger.warning("manifest generation %s is missing from manifest/ (the catalog keeps a good copy): answering "
                    "from that copy; run `trialsync check`, then `trialsync repair` to restore the file", lost)
-
-
-READER = "reader"  # the lock holder's name while a reader rewrites the catalog (for a moment)
-
-
-@contextmanager
-def _exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sync") -> Iterator[None]:
-    if not math.isfinite(timeout) or timeout < 0:  # NaN: the deadline would never come
-        raise UsageError(f"a lock timeout must be a number of seconds >= 0, not {timeout}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    if other.startswith(f"run {READER}, "):  # a reader rewriting a moved or stale catalog
-                        what, other = "a reader rewriting the catalog", other.removeprefix(f"run {READER}, ")
-                    raise WarehouseBusy(
-                        f"the warehouse {path.parent} is busy: {what} is running ({other}); "
-                        f"waited {timeout:g}s"
-                    ) from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"run {holder}, pid {os.getpid()}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:

@@ -1,6 +1,7 @@
-"""E-mail addresses and host names of a watchlist's e-mail channel, checked as the ``email`` package
-reads them (RFC 5322: quoted local parts, IDN domains through IDNA, ``_`` in a label, a trailing dot);
-one line each, exactly one address where one is asked for. Pure."""
+"""Where a watchlist's alerts go: a webhook's literal URL (http(s), a host, no credentials in it),
+and the e-mail addresses and host names of an e-mail channel, checked as the ``email`` package reads
+them (RFC 5322: quoted local parts, IDN domains through IDNA, ``_`` in a label, a trailing dot); one
+line each, exactly one address where one is asked for. Pure."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import email.errors
 import email.policy
 import encodings.idna
 import re
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pipeline.config import ConfigError
 
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$"
                    r"|^\[[0-9A-Fa-f:.]+\]$|^[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*$")
@@ -68,3 +73,37 @@ def _domain(domain: str) -> bool:
     except UnicodeError:
         return False
     return len(".".join(ascii_labels)) <= 253 and all(_LABEL.match(label) for label in ascii_labels)
+
+
+def check_webhook_url(url: Any, key: str) -> None:
+    """A literal webhook URL: http(s), a host, no user info, no secret-looking query parameter. The
+    URL itself is never part of the message (it may hold a token where we do not expect one)."""
+    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ConfigError(key, "must be an http(s) URL (text without spaces or control characters)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        raise ConfigError(key, "is not a valid URL (its host or port does not parse)") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(key, "must be an http(s) URL (lower-case http:// or https://)")
+    if "@" in parts.netloc:
+        raise ConfigError(key, "must not carry credentials (user:password@); use url_env or url_secret")
+    if not parts.hostname:
+        raise ConfigError(key, "has no host name")
+    if any(_secret_parameter(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
+
+
+# Query parameter names (or one of their ``_``/``-``/``.``-separated parts) that carry a credential.
+# Whole words, not substrings: ``?author=``, ``?keyword=``, ``?design=``, ``?assignee=`` are fine.
+_SECRET_PARAMETERS = frozenset({
+    "key", "apikey", "api_key", "sig", "signature", "token", "accesstoken", "access_token", "auth",
+    "authorization", "password", "passwd", "pwd", "secret", "code", "credential", "credentials",
+    "webhook_url", "session", "sessionid"})
+
+
+def _secret_parameter(name: str) -> bool:
+    lowered = name.strip().lower()
+    return lowered in _SECRET_PARAMETERS or any(
+        part in _SECRET_PARAMETERS for part in re.split(r"[_.-]", lowered))

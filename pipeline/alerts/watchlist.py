@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from pipeline.alerts.addresses import address, host_name, mailboxes
+from pipeline.alerts.addresses import address, check_webhook_url, host_name, mailboxes
 from pipeline.alerts.compliance import FDAAA_CATEGORY, FDAAA_EVENT, FDAAA_KINDS, FDAAA_SEVERITY
 from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
 from pipeline.config import (
@@ -275,46 +274,12 @@ def _url_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> C
     if literal is not None:
         if ref is not None:
             raise ConfigError(key, "give one of url, url_env, url_secret")
-        _check_url(literal, f"{key}.url")
+        check_webhook_url(literal, f"{key}.url")
     elif ref is None:
         raise ConfigError(key, "needs url_env: VAR or url_secret: NAME" + (
             " (or url: for a webhook without credentials)" if common["type"] == "webhook" else ""))
     headers = {**_refs(spec.get("headers_env"), "env", key), **_refs(spec.get("headers_secret"), "block", key)}
     return Channel(**common, url=literal, url_ref=ref, headers=headers)
-
-
-def _check_url(url: Any, key: str) -> None:
-    """A literal webhook URL: http(s), a host, no user info, no secret-looking query parameter. The
-    URL itself is never part of the message (it may hold a token where we do not expect one)."""
-    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        raise ConfigError(key, "must be an http(s) URL (text without spaces or control characters)")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
-    except ValueError:
-        raise ConfigError(key, "is not a valid URL (its host or port does not parse)") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(key, "must be an http(s) URL (lower-case http:// or https://)")
-    if "@" in parts.netloc:
-        raise ConfigError(key, "must not carry credentials (user:password@); use url_env or url_secret")
-    if not parts.hostname:
-        raise ConfigError(key, "has no host name")
-    if any(_secret_parameter(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
-        raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
-
-
-# Query parameter names (or one of their ``_``/``-``/``.``-separated parts) that carry a credential.
-# Whole words, not substrings: ``?author=``, ``?keyword=``, ``?design=``, ``?assignee=`` are fine.
-_SECRET_PARAMETERS = frozenset({
-    "key", "apikey", "api_key", "sig", "signature", "token", "accesstoken", "access_token", "auth",
-    "authorization", "password", "passwd", "pwd", "secret", "code", "credential", "credentials",
-    "webhook_url", "session", "sessionid"})
-
-
-def _secret_parameter(name: str) -> bool:
-    lowered = name.strip().lower()
-    return lowered in _SECRET_PARAMETERS or any(
-        part in _SECRET_PARAMETERS for part in re.split(r"[_.-]", lowered))
 
 
 def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:

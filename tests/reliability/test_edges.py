@@ -20,7 +20,7 @@ from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import fast_sync, real_records
 from tests.reliability.support import pick
 from warehouse import Warehouse
-from warehouse.store import _exclusive_lock
+from warehouse.locks import exclusive_lock
 
 pytestmark = pytest.mark.reliability
 SECRET = "s3cret"
@@ -165,7 +165,7 @@ def test_urls_and_paths_from_the_environment_are_checked_before_anything_runs(
 def test_the_lock_refuses_a_timeout_that_is_not_a_number_of_seconds(timeout: float, tmp_path: Path) -> None:
     # NaN compares false with every clock reading: a run waiting for a held lock would wait for ever
     with pytest.raises(UsageError, match="a lock timeout must be a number of seconds >= 0"), \
-            _exclusive_lock(tmp_path / "writer.lock", "test", timeout):
+            exclusive_lock(tmp_path / "writer.lock", "test", timeout):
         pass
 
 

@@ -1,0 +1,44 @@
+"""The warehouse's lock files: one holder at a time (flock; released by the kernel on kill -9), with a
+timeout, and a refusal that names who holds it (the holder writes its name into the file)."""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import UsageError, WarehouseBusy
+
+READER = "reader"  # the lock holder's name while a reader rewrites the catalog (for a moment)
+
+
+@contextmanager
+def exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sync") -> Iterator[None]:
+    if not math.isfinite(timeout) or timeout < 0:  # NaN: the deadline would never come
+        raise UsageError(f"a lock timeout must be a number of seconds >= 0, not {timeout}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    if other.startswith(f"run {READER}, "):  # a reader rewriting a moved or stale catalog
+                        what, other = "a reader rewriting the catalog", other.removeprefix(f"run {READER}, ")
+                    raise WarehouseBusy(
+                        f"the warehouse {path.parent} is busy: {what} is running ({other}); "
+                        f"waited {timeout:g}s"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"run {holder}, pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
