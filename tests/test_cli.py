@@ -312,3 +312,29 @@ def test_the_progress_bar_of_a_bulk_load_shows_its_total_before_the_first_shard_
     other = Progress(disable=True)
     sync_progress_listener(other)("start", {"run_id": "r", "mode": "full", "since": None, "scope": "all"})
     assert other.tasks[0].total is None
+
+
+def test_fake_registry_command_serves_the_seed_trial_beside_the_real_records() -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(TRIALSYNC), "fake-registry", "--port", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        assert "328 studies (the seed trial NCT07011004 among them)" in banner, banner
+        base = f"http://127.0.0.1:{port}/api/v2"
+        with urllib.request.urlopen(f"{base}/studies/NCT07011004", timeout=10) as answer:
+            record = json.loads(answer.read())
+        assert record["protocolSection"]["identificationModule"]["nctId"] == "NCT07011004"
+        assert record["protocolSection"]["statusModule"]["completionDateStruct"]["date"] == "2028-05-31"
+        with urllib.request.urlopen(f"{base}/studies?filter.ids=NCT07011004", timeout=10) as answer:
+            listed = json.loads(answer.read())["studies"]
+        assert [s["protocolSection"]["identificationModule"]["nctId"] for s in listed] == ["NCT07011004"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

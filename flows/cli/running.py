@@ -57,15 +57,18 @@ def fake_registry(
     """Serve the real records on 127.0.0.1 with the API's semantics (for manual trials)."""
     import time
 
+    from flows.demo import seed_record
     from pipeline.registry.fake_history import real_history
     from pipeline.registry.fake_server import FakeRegistry
 
     shared = settings.shared_data_dir(str(data) if data else None) / "ctgov"
     server = FakeRegistry.from_directory(shared / "studies")
+    server.put(seed_record())  # the trial the project started from (the demo's day 2 state)
     history = real_history(shared / "history")
     server.put_history(history)  # NCT03690141's real index, its version records derived
     server.start(port=port)
-    console.print(f"fake registry with {len(server.nct_ids())} studies at {server.url}, the history of "
+    console.print(f"fake registry with {len(server.nct_ids())} studies (the seed trial NCT07011004 among them) "
+                  f"at {server.url}, the history of "
                   f"{history.nct_id} at {server.int_url} (Ctrl-C stops)", markup=False)
     try:
         while True:
