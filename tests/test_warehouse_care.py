@@ -308,6 +308,25 @@ def test_an_intact_warehouse_checks_ok_in_one_line(built: dict[str, Any]) -> Non
         assert report.summary().startswith(f"ok ({'deep' if deep else 'quick'} check): generation 3, 3 runs")
 
 
+def test_check_racing_a_writer_that_publishes_after_the_listing_reports_no_missing_file(
+        copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer writes generation N+1's file, then installs the catalog: a check that listed manifest/
+    just before and read the catalog just after saw N+1 only in the catalog ("manifest file missing")."""
+    listings = []
+    real = manifests.generations
+
+    def listed_before_the_last_commit(root: Path) -> list[int]:
+        numbers = real(root)
+        listings.append(numbers)
+        return numbers[:-1] if len(listings) == 1 else numbers
+
+    monkeypatch.setattr(manifests, "generations", listed_before_the_last_commit)
+    report = check(copy)
+    assert len(listings) >= 2  # listed again once the catalog was ahead
+    assert report.ok, report.problems
+    assert report.generation == 3 and report.runs == 3
+
+
 def _as_written_by_an_older_release(root: Path) -> None:
     """The catalog as a release with other view definitions left it: one view is not this release's,
     and its meta has no digest of this release's views (the release before the digest had none)."""

@@ -130,18 +130,18 @@ def read_state(root: Path, base: Checkpoint | None = None, *, for_writer: bool =
     listed = manifests.generations(root)
     files: dict[int, Generation] = {}
     damaged: dict[int, str] = {}
-    for number in listed:
-        if number <= after:
-            continue
-        try:
-            files[number] = Generation.from_bytes(manifests.generation_path(root, number).read_bytes(), number)
-        except (ManifestDamaged, OSError) as exc:
-            damaged[number] = str(exc)
+    _read_files(root, [n for n in listed if n > after], files, damaged)
     held = catalog_file.CatalogState()  # what the catalog says
     path = root / CATALOG_NAME
     if path.exists():
         held = catalog_file.read_catalog_state(path, legacy=not listed, after=after)
     generation = held.generation
+    if generation is not None and generation > max(listed, default=0):
+        # A writer published a generation after manifest/ was listed (its file is written before the
+        # catalog moves on): list again rather than call the newer file missing.
+        newer = [n for n in manifests.generations(root) if n > max([after, *listed])]
+        _read_files(root, newer, files, damaged)
+        listed += newer
     present = set(listed)
     for number in range(1, max([*listed, generation or 0], default=0) + 1):
         if number not in present:
@@ -164,6 +164,14 @@ def read_state(root: Path, base: Checkpoint | None = None, *, for_writer: bool =
     if held.legacy is None:
         markers.read_into(root, state, after)
     return state
+
+
+def _read_files(root: Path, numbers: Sequence[int], files: dict[int, Generation], damaged: dict[int, str]) -> None:
+    for number in numbers:
+        try:
+            files[number] = Generation.from_bytes(manifests.generation_path(root, number).read_bytes(), number)
+        except (ManifestDamaged, OSError) as exc:
+            damaged[number] = str(exc)
 
 
 def _read_checkpoints(root: Path, state: LogState) -> None:
