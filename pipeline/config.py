@@ -116,14 +116,22 @@ def texts(value: Any, key: str) -> tuple[str, ...]:
         return ()
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
-        raise ConfigError(key, f"must be a text or a list of texts, got {show(value)}")
+        raise ConfigError(key, f"must be a text or a list of texts, got {show(value)}{_yaml_boolean(items)}")
     return tuple(v.strip() for v in items)
 
 
 def choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
     if value not in allowed:
-        raise ConfigError(key, f"unknown value {show(value)}; valid: {', '.join(allowed)}")
+        raise ConfigError(key, f"unknown value {show(value)}; valid: {', '.join(allowed)}{_yaml_boolean(value)}")
     return str(value)
+
+
+def _yaml_boolean(value: Any) -> str:
+    """A hint when a text the user wrote became a boolean: YAML reads unquoted yes/no/on/off/true/false
+    (in any case: ``NO``, Norway's code, too) as true/false."""
+    found = isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+    return " (YAML reads an unquoted yes/no/on/off/true/false as true/false: quote the text, e.g. 'NO')" \
+        if found else ""
 
 
 def choices(value: Any, allowed: tuple[str, ...], key: str, *, what: str = "value") -> tuple[str, ...]:

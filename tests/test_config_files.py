@@ -60,7 +60,12 @@ def _alias_bomb(levels: int = 9) -> str:
     return "[" + ", ".join(lists) + "]"
 
 
+_QUOTE_IT = " (YAML reads an unquoted yes/no/on/off/true/false as true/false: quote the text, e.g. 'NO')"
 BAD_WATCHLISTS: list[tuple[str, str]] = [
+    (_watchlist({"studies": {"conditions": ["leukemia", "NO"]}}).replace("'NO'", "NO"),
+     "watches[w].studies.conditions: must be a text or a list of texts, got ['leukemia', False]" + _QUOTE_IT),
+    (_watchlist({"mode": "on"}).replace("'on'", "on"),
+     "watches[w].mode: unknown value True; valid: immediate, digest" + _QUOTE_IT),
     (_watchlist({"since": "2026-13-45"}).replace("'2026-13-45'", "2026-13-45"),
      "watches[w].since: not a real date: '2026-13-45' (month must be in 1..12); expected YYYY-MM-DD"),
     (_watchlist({"since": "2026-02-30"}).replace("'2026-02-30'", "2026-02-30"),
