@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from pipeline.abbreviate import abbreviate_pair
 from pipeline.errors import UsageError
 from warehouse import Warehouse
 from warehouse.queries import HISTORY_CHANGES, HISTORY_VERSIONS
@@ -41,18 +42,13 @@ def describe(change: dict[str, Any]) -> str:
     old, new = change["old_value"], change["new_value"]
     text = f"{change['event']}: {change['field']}"
     if old is not None or new is not None:
-        text += f": {_short(old)} → {_short(new)}"
+        shown_old, shown_new = abbreviate_pair(old, new, 80)
+        text += f": {shown_old} → {shown_new}"
     if change["shift_days"] is not None:
         text += f" ({change['shift_days']:+d} days)"
     if change["pct_change"] is not None:
         text += f" ({change['pct_change']:+.1f}%)"
     return text
-
-
-def _short(value: str | None, width: int = 80) -> str:
-    if value is None:
-        return "∅"
-    return value if len(value) <= width else value[: width - 1] + "…"
 
 
 def print_history(warehouse_dir: Path, nct_id: str, fmt: str, console: Console) -> None:

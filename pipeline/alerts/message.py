@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from pipeline.abbreviate import abbreviate_pair
 from pipeline.changes import SEVERITIES
 
 REGISTRY_STUDY_URL = "https://clinicaltrials.gov/study/{nct_id}"
@@ -60,7 +61,8 @@ class AlertChange:
 
     def summary(self, width: int = 200) -> str:
         """``completion date: 2027-04-15 → 2027-05-31 (+46 days)``."""
-        text = f"{self.field}: {_short(self.old_value, width)} → {_short(self.new_value, width)}"
+        old, new = abbreviate_pair(self.old_value, self.new_value, width)
+        text = f"{self.field}: {old} → {new}"
         if self.shift_days is not None:
             text += f" ({self.shift_days:+d} days)"
         if self.pct_change is not None:
@@ -224,10 +226,6 @@ def _key(parts: list[str | None]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-def _short(value: str | None, width: int) -> str:
-    if value is None:
-        return "∅"
-    return value if len(value) <= width else value[: width - 1] + "…"
 
 
 def _cut(text: str) -> str:

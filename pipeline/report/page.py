@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
+from pipeline.abbreviate import abbreviate_pair
 from pipeline.report import analyses
 from pipeline.report import digest as digest_charts
 from pipeline.report import study as study_charts
@@ -98,7 +99,8 @@ def _versions_table(versions: Sequence[Row], changes: Sequence[Row]) -> str:
 def describe(c: Row) -> str:
     text = f"{c['event']}: {c['field']}"
     if c["old_value"] is not None or c["new_value"] is not None:
-        text += f": {_cut(c['old_value'])} → {_cut(c['new_value'])}"
+        old, new = abbreviate_pair(c["old_value"], c["new_value"], 70)
+        text += f": {old} → {new}"
     if c.get("shift_days") is not None:
         text += f" ({int(c['shift_days']):+d} days)"
     if c.get("pct_change") is not None:
@@ -152,7 +154,3 @@ def _blank(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _cut(value: str | None, width: int = 70) -> str:
-    if value is None:
-        return "∅"
-    return value if len(value) <= width else value[: width - 1] + "…"
