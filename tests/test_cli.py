@@ -338,3 +338,18 @@ def test_fake_registry_command_serves_the_seed_trial_beside_the_real_records() -
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_unreachable_prefect_server_is_named_with_its_setting_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    result = run_cli("sync", "--ids", "NCT07011004", "--warehouse", str(tmp_path / "w"),
+                     "--api-url", "http://127.0.0.1:9/api/v2", env={"PREFECT_API_URL": url, "TRIALSYNC_ENGINE": "auto"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"trialsync: error: the Prefect server at {url}/ (PREFECT_API_URL) does not answer: start it, "
+        "or unset PREFECT_API_URL to run without one")

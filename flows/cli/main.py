@@ -57,11 +57,19 @@ def _run(args: list[str], debug: bool) -> None:
             _click_error(exc)
         if debug:
             traceback.print_exc()
+        if str(exc).startswith(_PREFECT_UNREACHABLE):  # Prefect's own words name no setting
+            url = str(exc).removeprefix(_PREFECT_UNREACHABLE).strip()
+            print(f"trialsync: error: the Prefect server at {url} (PREFECT_API_URL) does not answer: start it, "
+                  "or unset PREFECT_API_URL to run without one", file=sys.stderr)
+            sys.exit(1)
         print(f"trialsync: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
               file=sys.stderr)
         sys.exit(1)
     if lifecycle.signalled():  # a command that caught the interrupt itself, or finished after its commit
         lifecycle.leave(finished=code in (None, 0) and lifecycle.finished_after_commit())
+
+
+_PREFECT_UNREACHABLE = "Failed to reach API at"
 
 
 def _is_click_error(exc: Exception) -> bool:
