@@ -12,14 +12,11 @@ a URL.
 from __future__ import annotations
 
 import email.policy
-import json
 import logging
 import math
-import os
 import smtplib
 import ssl
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -31,6 +28,7 @@ from urllib.parse import urljoin
 import requests
 
 from pipeline.alerts.addresses import ascii_domain
+from pipeline.alerts.feeds import FeedSender
 from pipeline.alerts.http_answers import NoRedirects, http_failure, origin, redirect_allowed
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
@@ -43,7 +41,6 @@ GRACE_SECONDS = 1.0  # past a channel's timeout before a delivery is given up (t
 T = TypeVar("T")
 # Headers unfolded up to RFC 5322's hard limit: a folded non-ASCII subject shows a stray space.
 _MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
-ATOM = "http://www.w3.org/2005/Atom"
 
 
 class Sender(Protocol):
@@ -296,76 +293,3 @@ class AppriseSender:
             lines = [line for line in str(captured.getvalue()).splitlines() if line.strip()]
             raise DeliveryFailed("Apprise could not deliver" + (f": {lines[-1][:160]}" if lines else ""),
                                  retryable=True)
-
-
-class FeedSender:
-    """Adds the message as an item of a JSON Feed 1.1 or Atom file (newest first, ``max_items`` kept)."""
-
-    def __init__(self, resolved: Resolved) -> None:
-        assert resolved.feed_path
-        self.path, self.c = resolved.feed_path, resolved.channel
-
-    def send(self, message: Message) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            data = _json_feed(self.path, self.c, message) if self.c.format == "json" else _atom_feed(
-                self.path, self.c, message)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
-        except (OSError, ValueError, ET.ParseError) as exc:
-            raise DeliveryFailed(f"cannot write the feed {self.path}: {type(exc).__name__}: {exc}") from None
-
-
-def _item(message: Message) -> dict[str, Any]:
-    first = message.studies[0]
-    return {"id": f"urn:trialsync:{message.message_id}", "title": message.subject,
-            "content_text": message.text(), "url": first.url, "external_url": first.history_url,
-            "date_published": message.created_at.isoformat(),
-            "tags": [message.watch, message.severity, message.mode], "_trialsync": message.payload()}
-
-
-def _json_feed(path: Path, c: Channel, message: Message) -> bytes:
-    items: list[dict[str, Any]] = json.loads(path.read_text())["items"] if path.exists() else []
-    item = _item(message)
-    items = [item, *[i for i in items if i.get("id") != item["id"]]][: c.max_items]
-    feed = {"version": "https://jsonfeed.org/version/1.1", "title": c.title,
-            "home_page_url": "https://clinicaltrials.gov/", "items": items}
-    return json.dumps(feed, ensure_ascii=False, indent=2).encode()
-
-
-def _atom_feed(path: Path, c: Channel, message: Message) -> bytes:
-    ET.register_namespace("", ATOM)
-    entries = ET.parse(path).getroot().findall(f"{{{ATOM}}}entry") if path.exists() else []
-    item = _item(message)
-    entries = [e for e in entries if e.findtext(f"{{{ATOM}}}id") != item["id"]]
-    feed = ET.Element(f"{{{ATOM}}}feed")
-    for tag, text in (("id", f"urn:trialsync:feed:{c.name}"), ("title", c.title),
-                      ("updated", item["date_published"])):
-        ET.SubElement(feed, f"{{{ATOM}}}{tag}").text = text
-    ET.SubElement(feed, f"{{{ATOM}}}author").append(_text_element("name", "trialsync"))
-    feed.append(_atom_entry(item))
-    feed.extend(entries[: c.max_items - 1])
-    return ET.tostring(feed, encoding="utf-8", xml_declaration=True)
-
-
-def _atom_entry(item: dict[str, Any]) -> ET.Element:
-    entry = ET.Element(f"{{{ATOM}}}entry")
-    for tag in ("id", "title"):
-        entry.append(_text_element(tag, item[tag]))
-    entry.append(_text_element("updated", item["date_published"]))
-    ET.SubElement(entry, f"{{{ATOM}}}link", href=item["url"], rel="alternate")
-    ET.SubElement(entry, f"{{{ATOM}}}link", href=item["external_url"], rel="related", title="history")
-    for tag in item["tags"]:
-        ET.SubElement(entry, f"{{{ATOM}}}category", term=tag)
-    content = _text_element("content", item["content_text"])
-    content.set("type", "text")
-    entry.append(content)
-    return entry
-
-
-def _text_element(tag: str, text: str) -> ET.Element:
-    element = ET.Element(f"{{{ATOM}}}{tag}")
-    element.text = text
-    return element
-
