@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import mutate
+from pipeline.errors import WarehouseError
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import fast_sync, nct, real_records
 from tests.reliability.support import DUCKDB_CLI, TRIALSYNC, state
@@ -778,7 +779,7 @@ def test_a_backup_killed_after_its_rename_leaves_a_whole_warehouse_and_a_killed_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(catalog_file, "write_catalog", fails)
-    with pytest.raises(OSError):
+    with pytest.raises(WarehouseError, match=f"^cannot write the backup at {tmp_path / 'f'}: No space left on device$"):
         backups.backup(copy.resolve(), tmp_path / "f")
     monkeypatch.setattr(catalog_file, "write_catalog", write)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".f")) == []  # a failure leaves nothing
@@ -790,6 +791,15 @@ def test_a_backup_killed_after_its_rename_leaves_a_whole_warehouse_and_a_killed_
     backups.backup(copy.resolve(), tmp_path / "c")
     assert not abandoned.exists() and mine.exists()
     assert check((tmp_path / "c").resolve(), deep=True).ok
+
+
+def test_a_backup_to_a_place_that_takes_no_directory_says_so_at_once(copy: Path) -> None:
+    """/proc exists but takes no new directory (ENOENT): that is DEST's side, not a warehouse changing
+    under the backup (which was retried five times and reported as such)."""
+    from warehouse import backup as backups
+
+    with pytest.raises(WarehouseError, match=r"^cannot write the backup at /proc/trialsync-backup: No such file"):
+        backups.backup(copy.resolve(), Path("/proc/trialsync-backup"))
 
 
 @pytest.mark.parametrize("how", ["hard links", "--copy"])

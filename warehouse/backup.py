@@ -64,8 +64,10 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         try:
             try:
                 result = _copy(root, tmp, dest, hard_links)
-            except FileNotFoundError:  # a compaction removed superseded files: start again from its manifest
-                shutil.rmtree(tmp, ignore_errors=True)
+            except FileNotFoundError as exc:
+                if not _of_source(exc, root):  # DEST's side: no retry helps (e.g. a parent that takes no dirs)
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # a compaction removed superseded files: start again
                 continue
             (tmp / marker).touch()
             # A whole warehouse before it is renamed to DEST, catalog included (its paths, of the temporary
@@ -77,6 +79,8 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         except BaseException as exc:  # nothing of a failed backup stays (a kill leaves it to the next backup)
             if not (isinstance(exc, KeyboardInterrupt) and dest.is_dir() and not tmp.exists()):
                 shutil.rmtree(tmp, ignore_errors=True)
+                if isinstance(exc, OSError) and not _of_source(exc, root):  # full disk, no permission, ...
+                    raise WarehouseError(f"cannot write the backup at {dest}: {exc.strerror or exc}") from None
                 raise
             # A signal just after the rename: DEST is whole, and its catalog is rewritten for it below;
             # nothing else begins after it (the command finishes this backup and stops).
@@ -88,6 +92,11 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
         committing.ended()  # DEST is complete: a signal from here interrupts what follows
         return result
     raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
+
+
+def _of_source(exc: OSError, root: Path) -> bool:
+    """Whether the failed path is the warehouse's (read) rather than the backup's (written)."""
+    return exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(root)
 
 
 def _remove_abandoned(dest: Path) -> None:
