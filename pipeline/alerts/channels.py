@@ -15,7 +15,6 @@ import email.policy
 import json
 import logging
 import math
-import os
 import smtplib
 import ssl
 import time
@@ -36,6 +35,7 @@ from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
 from pipeline.errors import DeliveryFailed
+from pipeline.leftovers import replace_atomically
 
 USER_AGENT = "trialsync-alerts"
 MAX_REDIRECTS = 3  # 307/308 hops a webhook delivery follows
@@ -310,9 +310,7 @@ class FeedSender:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             data = _json_feed(self.path, self.c, message) if self.c.format == "json" else _atom_feed(
                 self.path, self.c, message)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
+            replace_atomically(self.path, data)
         except (OSError, ValueError, ET.ParseError) as exc:
             raise DeliveryFailed(f"cannot write the feed {self.path}: {type(exc).__name__}: {exc}") from None
 
