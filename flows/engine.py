@@ -195,7 +195,7 @@ class Flow(_Wrapped):
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         if uses_prefect():
-            lifecycle.keep_sigterm_from_prefect()
+            lifecycle.guard_prefect_children()
             flow = self.prefect
             if "threads" in self.options and "task_runner" not in self.options:
                 from prefect.task_runners import ThreadPoolTaskRunner

@@ -17,13 +17,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from contextlib import nullcontext, suppress
 from typing import Any
 
 GRACE_SECONDS = 7.0  # the whole stop, children included, stays under 10 s
 REAP_SECONDS = 2.0  # how long children get between SIGTERM and SIGKILL
-PARENT_POLL_SECONDS = 1.0  # how often a worker process looks whether its parent is still there
 
 _signalled: int | None = None
 _lock = threading.Lock()
@@ -41,6 +39,18 @@ def install() -> None:
     # Exit hooks run last-registered first: registered before Prefect is imported, this one runs after
     # Prefect's own (which drain logs to its temporary server, then stop it), and stops what is left.
     atexit.register(reap)
+
+
+def guard_prefect_children() -> None:
+    """For a flow run under Prefect in this process: SIGTERM stays ours (``keep_sigterm_from_prefect``)
+    and a temporary Prefect server it starts leaves when this process does, also after kill -9
+    (``flows.parent_watch``)."""
+    if not _installed:
+        return
+    keep_sigterm_from_prefect()
+    from flows.parent_watch import guard_prefect_temporary_server
+
+    guard_prefect_temporary_server()
 
 
 def keep_sigterm_from_prefect() -> None:
@@ -196,13 +206,9 @@ def worker_started() -> None:
     so a Ctrl-C sent to the whole group neither kills them mid-file nor prints a traceback from each.
     And they leave when the parent is gone however it went (kill -9, the OOM killer): nothing else
     would end them, each holding a batch in memory."""
+    from flows.parent_watch import watch_parent
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spawner = multiprocessing.parent_process()  # who started us: the parent may be gone already
     parent = spawner.pid if spawner is not None and spawner.pid is not None else os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="trialsync-parent-watch", daemon=True).start()
+    watch_parent(parent, lambda: os._exit(1))

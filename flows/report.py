@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from pipeline.errors import UsageError
+from pipeline.leftovers import replace_atomically
 from pipeline.report.page import render
 from warehouse import Warehouse
 from warehouse.report_data import Period, compliance, digest, latest_run, study
@@ -43,13 +42,9 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
     html = render(studies=studies, digest=summary, compliance=fdaaa, generated_at=generated,
                   source=store.root.resolve().name)
     output = output.expanduser().resolve()
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, output)
+        replace_atomically(output, html.encode("utf-8"))
     except OSError as exc:  # a place that cannot be written: the user's to change
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write the report to {output}: {exc.strerror or exc}") from None
     return output

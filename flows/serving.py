@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -21,6 +20,7 @@ from typing import Any
 import requests
 from rich.console import Console
 
+from flows import parent_watch
 from flows.deployments import Deployment, runner_deployments
 from pipeline.errors import TrialsyncError
 
@@ -61,13 +61,14 @@ def serve_deployments(deployments: list[Deployment], console: Console) -> None:
 def local_server(console: Console) -> Iterator[str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    prefect = Path(sys.executable).parent / "prefect"
     log_path = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser() / "trialsync-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         # Its own session: a Ctrl-C or SIGTERM to serve's process group must not kill the server while
         # serve still needs it to stop cleanly (without it, stopping hung for a minute retrying the API).
-        server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        # Watched (flows.parent_watch): a kill -9 of serve must not leave the server behind for ever.
+        server = subprocess.Popen(parent_watch.command("prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                                       str(port)),
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(url, server, log_path)

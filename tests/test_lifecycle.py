@@ -160,6 +160,41 @@ def test_serve_stops_within_10s_and_takes_its_prefect_server_along(tmp_path: Pat
     assert "Traceback" not in stderr and "ConnectError" not in stderr
 
 
+def sigkill_leaves_no_descendant(proc: subprocess.Popen[str], limit: float = 20.0) -> None:
+    """kill -9 the command alone (no handler runs, no exit hook): every process it had started must be
+    gone within ``limit`` seconds (they watch their parent; nothing else would ever stop them)."""
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    assert descendants
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + limit
+    while alive := [p for p in descendants if _running(p)]:
+        if time.monotonic() > deadline:
+            for p in alive:
+                p.kill()
+            pytest.fail(f"still running {limit:.0f}s after their parent was killed: {[p.cmdline() for p in alive]}")
+        time.sleep(0.2)
+
+
+def test_a_sync_killed_with_sigkill_leaves_no_prefect_temporary_server_behind(
+        slow_registry: FakeRegistry, tmp_path: Path) -> None:
+    """kill -9 (the OOM killer, a container's stop timeout) used to leave Prefect's temporary server
+    (a ~250 MB uvicorn holding a port) under PID 1 for ever: one more after every such kill."""
+    proc = start(sync_args(slow_registry, tmp_path / "w"), plain_env(TRIALSYNC_ENGINE="prefect"))
+    wait_for(listing_requested(slow_registry), proc, "page request")
+    sigkill_leaves_no_descendant(proc)
+    assert not (tmp_path / "w" / "warehouse.duckdb").exists()
+
+
+def test_serve_killed_with_sigkill_leaves_no_prefect_server_behind(tmp_path: Path) -> None:
+    """serve's Prefect server runs in a session of its own (so a Ctrl-C to serve's group lets serve stop
+    it cleanly); after a kill -9 of serve nothing stopped it: it stayed for ever."""
+    proc = start(["serve"], plain_env(TRIALSYNC_WAREHOUSE=str(tmp_path / "w")), cwd=tmp_path)
+    wait_for(lambda: "Prefect server (UI) at" in (proc.stdout.readline() if proc.stdout else ""), proc,
+             "Prefect server")
+    sigkill_leaves_no_descendant(proc)
+
+
 def test_deployment_files_are_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.deployments import DEPLOY_FILE, ROOT, load
 

@@ -4,7 +4,8 @@ It reads the manifest once (a generation is immutable once published, and so are
 lists), hard-links (or copies) exactly those files into a new directory beside DEST, writes the
 manifest files and a catalog there, renames the directory to DEST and writes the catalog again for
 the new place: DEST is a whole warehouse or absent, also after a kill (the temporary directory a
-killed backup leaves is removed by the next backup to the same DEST). The rename is the backup's
+killed backup leaves carries a marker until it is renamed to DEST: the next backup beside it, to any
+DEST, removes it once its process is gone). The rename is the backup's
 commit point: a SIGINT or SIGTERM after it lets the catalog be written for DEST and the backup return
 (the CLI exits 0); only a kill between the two leaves DEST's catalog naming the temporary place, which
 the first command at DEST rewrites (DuckDB binds a view to files that exist, so it cannot be written
@@ -26,8 +27,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
+from pipeline import leftovers
 from pipeline.errors import UsageError, WarehouseError
 from warehouse import catalog_file, committing
 from warehouse import manifest as manifests
@@ -35,6 +35,7 @@ from warehouse.manifest import ManifestDamaged
 from warehouse.markers import RUNS_DIR, write_marker
 
 ATTEMPTS = 5
+BACKUP_TMP_MARKER = ".trialsync-backup-in-progress"  # in a backup's temporary directory until it is whole
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
 
 
@@ -59,9 +60,11 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
     _remove_abandoned(dest)
     committing.began()
     for _ in range(ATTEMPTS):
-        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+        tmp = leftovers.temporary(dest)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
+            tmp.mkdir()
+            (tmp / BACKUP_TMP_MARKER).touch()  # says "a backup's temporary directory": the next backup removes it
             try:
                 result = _copy(root, tmp, dest, hard_links)
             except FileNotFoundError as exc:
@@ -86,6 +89,7 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
             # nothing else begins after it (the command finishes this backup and stops).
             committing.stop_pending = True
         committing.passed(str(dest))  # from here a signal lets the backup finish: DEST is whole
+        (dest / BACKUP_TMP_MARKER).unlink(missing_ok=True)  # DEST is no temporary (it never has a .tmp- name)
         catalog_file.fsync_path(dest.parent)
         catalog_file.write_catalog(dest, manifests.fold(log), log, tag="backup")
         _fsync_tree(dest)  # the schema files and directories the catalog write created
@@ -100,10 +104,12 @@ def _of_source(exc: OSError, root: Path) -> bool:
 
 
 def _remove_abandoned(dest: Path) -> None:
-    """The temporary directories of earlier backups to DEST whose process is gone (killed mid-copy)."""
-    for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
-        pid = leftover.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)) and leftover.is_dir():
+    """The temporary directories of killed backups: to DEST, and to any other place beside it (a dated
+    backup each night names a new DEST: a killed one's directory was never removed, one more after
+    each kill). Another place's only when it carries the backup's marker and its process is gone."""
+    leftovers.remove_abandoned(dest)
+    for leftover in dest.parent.glob(".*.tmp-*"):
+        if (leftover / BACKUP_TMP_MARKER).is_file() and not leftover.is_symlink() and leftovers.writer_gone(leftover):
             shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -1,6 +1,7 @@
 """The feed channel: each message becomes an item of a JSON Feed 1.1 or Atom file, newest first.
 
-The file is rewritten whole (a temporary file renamed over it). An existing file this channel cannot
+The file is rewritten whole (a temporary file, fsynced, renamed over it; what a killed writer left is
+removed by the next write). An existing file this channel cannot
 add to (damaged by hand, or another file the path names by mistake) is never overwritten: the message
 stays in the outbox and the error says to fix or move the file.
 """
@@ -8,7 +9,6 @@ stays in the outbox and the error says to fix or move the file.
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
 from pipeline.errors import DeliveryFailed
+from pipeline.leftovers import replace_atomically
 
 if TYPE_CHECKING:
     from pipeline.alerts.channels import Resolved
@@ -35,9 +36,7 @@ class FeedSender:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             data = _json_feed(self.path, self.c, message) if self.c.format == "json" else _atom_feed(
                 self.path, self.c, message)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
+            replace_atomically(self.path, data)
         except NotOurFeed as exc:
             raise DeliveryFailed(f"the feed {self.path} is not {exc}: fix it or move it away (the next run "
                                  "starts a new feed with the messages not yet in it)") from None
