@@ -107,6 +107,7 @@ def alerts_list(
 ) -> None:
     """The watches, the studies each follows now, and their deliveries so far (sent, awaiting retry, rejected)."""
     from flows.alerts import load_watchlist
+    from flows.readonly import reading
     from warehouse import Warehouse
     from warehouse.alerts import watch_overview
 
@@ -114,7 +115,7 @@ def alerts_list(
     watchlist = load_watchlist(config)
     store = Warehouse(settings.warehouse_dir(warehouse))
     if store.exists():
-        with store.committed() as con:
+        with reading(store.root) as con:
             rows = watch_overview(con, watchlist)
     else:
         rows = watch_overview(None, watchlist)
