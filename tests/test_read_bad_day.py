@@ -1,0 +1,154 @@
+"""The read-only commands on a bad day: damaged or missing warehouse files, a catalog that is not one, a
+directory that is not a warehouse, a read-only copy. Each answers when the damage is elsewhere, and
+otherwise says what is wrong in one line (never a traceback), and none of them changes a file.
+
+One small warehouse (two runs of real records: a first sync, then a day on which six studies change
+status and two appear) is built once; each case damages a copy and runs the real command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import fast_sync, nct
+from tests.test_warehouse_care import _days, damage
+from warehouse import Warehouse
+from warehouse import manifest as manifests
+
+DAMAGE = ("delete", "truncate", "footer")
+DAMAGED_LINE = "trialsync: error: query failed: the warehouse is damaged ("
+POINTER = "see `trialsync check`, then `trialsync repair`"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("bad-day") / "wh"
+    days = _days()[:2]
+    for day in days:
+        with FakeRegistry(day).start() as registry:
+            fast_sync(registry, root, full=True, page_size=50)
+    watchlist = root.parent / "watch.yaml"
+    watchlist.write_text("channels:\n  feed:\n    type: feed\n    path: feed.xml\n"
+                         "watches:\n  - name: all\n    channels: [feed]\n    studies:\n      sponsors: [a]\n")
+    return {"root": root.resolve(), "changed": nct(days[1][0]), "watchlist": str(watchlist)}
+
+
+@pytest.fixture
+def copy(two_runs: dict[str, Any], tmp_path: Path) -> Path:
+    target = tmp_path / "wh"
+    shutil.copytree(two_runs["root"], target)
+    Warehouse(target).connect().close()  # a copy: the first reader points its catalog here
+    return target.resolve()
+
+
+class Result(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Trialsync = Callable[..., Result]
+
+
+@pytest.fixture
+def trialsync(capsys: pytest.CaptureFixture[str]) -> Iterator[Trialsync]:
+    """``trialsync ARGS --warehouse ROOT`` in this process: its exit code, stdout and stderr."""
+    from flows.cli import main
+
+    names = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
+    levels = {name: logging.getLogger(name).level for name in names}
+
+    def run(args: list[str], root: Path) -> Result:
+        capsys.readouterr()
+        try:
+            main([*args, "--warehouse", str(root)])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    yield run
+    for name, level in levels.items():  # the CLI quiets Prefect's failure logs
+        logging.getLogger(name).setLevel(level)
+
+
+def commands(two_runs: dict[str, Any], out: Path) -> dict[str, list[str]]:
+    """Every read-only command, and what each reads (the table whose damaged file it must name)."""
+    return {
+        "sql": ["sql", "SELECT count(*) AS n FROM changes", "--format", "csv"],
+        "sql-aact": ["sql", "SELECT count(*) AS n FROM aact.studies", "--format", "csv"],
+        "changes": ["changes", "--format", "csv"],
+        "history": ["history", two_runs["changed"], "--format", "json"],
+        "runs": ["runs", "--format", "csv"],
+        "report": ["report", "-o", str(out)],
+        "compliance": ["compliance", "--as-of", "2025-12-01", "--format", "csv"],
+        "alerts list": ["alerts", "list", "--config", two_runs["watchlist"], "--format", "csv"],
+    }
+
+
+READS = {"sql": "changes", "sql-aact": "study_versions", "changes": "changes", "history": "changes",
+         "runs": "sync_runs", "report": "changes", "compliance": "fdaaa_inputs", "alerts list": "study_versions"}
+NOT_READ = "see_also_links"  # a table none of them reads (only the aact view of the same name does)
+
+
+def second_run_file(root: Path, table: str) -> Path:
+    [path] = [e.path for e in manifests.read_log(root)[1].entries if e.table == table]
+    return root / path
+
+
+def harm(path: Path, kind: str) -> None:
+    if kind == "footer":  # bytes of the Parquet footer (just before its length and the closing magic)
+        data = bytearray(path.read_bytes())
+        for i in range(len(data) - 40, len(data) - 24):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        damage(path, kind)
+
+
+def files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.parametrize("command", list(READS))
+def test_a_read_command_names_a_damaged_file_it_reads_and_points_at_repair(
+        command: str, kind: str, two_runs: dict[str, Any], copy: Path, tmp_path: Path, trialsync: Trialsync) -> None:
+    """changes, history, runs, report, compliance and alerts list used to end in DuckDB's own error
+    (``IOException: IO Error: No files found ...``, ``Error: don't know what type``) where sql said
+    which file is damaged and what to do."""
+    target = second_run_file(copy, READS[command])
+    harm(target, kind)
+    before = files(copy)
+    out = trialsync(commands(two_runs, tmp_path / "r.html")[command], copy)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"{DAMAGED_LINE}{target.relative_to(copy)}: "), line
+    assert f"table {READS[command]}; run " in line and line.endswith(POINTER), line
+    assert files(copy) == before  # a reader changes nothing
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("command", list(READS))
+def test_a_read_command_answers_as_before_when_the_damaged_file_is_of_a_table_it_does_not_read(
+        command: str, two_runs: dict[str, Any], copy: Path, tmp_path: Path, trialsync: Trialsync) -> None:
+    """alerts list used to refuse any damage anywhere (it read through the writer's strict view)."""
+    args = commands(two_runs, tmp_path / "r.html")[command]
+    intact = trialsync(args, copy)
+    assert intact.returncode == 0 and intact.stderr == "", intact.stderr
+    second_run_file(copy, NOT_READ).unlink()
+    before = files(copy)
+    out = trialsync(args, copy)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == intact.stdout and out.stderr == ""
+    assert files(copy) == before
