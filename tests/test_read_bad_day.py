@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,6 +21,7 @@ import pytest
 
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import fast_sync, nct
+from tests.reliability.support import TRIALSYNC
 from tests.test_warehouse_care import _days, damage
 from warehouse import Warehouse
 from warehouse import manifest as manifests
@@ -152,3 +155,132 @@ def test_a_read_command_answers_as_before_when_the_damaged_file_is_of_a_table_it
     assert out.returncode == 0, out.stderr
     assert out.stdout == intact.stdout and out.stderr == ""
     assert files(copy) == before
+
+
+def _sql(trialsync: Trialsync, root: Path, query: str) -> Result:
+    return trialsync(["sql", query, "--format", "csv"], root)
+
+
+@pytest.mark.parametrize("catalog", ["behind", "missing"])
+def test_readers_answer_from_the_newest_generation_when_its_manifest_file_and_the_catalog_both_lost_it(
+        catalog: str, copy: Path, trialsync: Trialsync) -> None:
+    """The newest manifest file lost and the catalog behind it (or gone): readers used to answer silently
+    from the older generation although the run's _COMMITTED marker says it committed (check names it)."""
+    from warehouse import catalog_file
+
+    log = manifests.read_log(copy)
+    if catalog == "behind":
+        catalog_file.write_catalog(copy, manifests.fold(log[:1]), log[:1], tag="test")
+    else:
+        (copy / "warehouse.duckdb").unlink()
+    (copy / "manifest/00000002.json").unlink()
+    before = files(copy)
+    out = _sql(trialsync, copy, "SELECT count(*) AS n FROM sync_runs")
+    assert out.returncode == 0 and out.stdout.split() == ["n", "2"], out
+    [warning] = out.stderr.splitlines()
+    assert warning.startswith("trialsync: warning: manifest generation 2 is missing"), warning
+    assert "_COMMITTED marker keeps a good copy" in warning and "trialsync repair" in warning
+    assert files(copy) == before
+
+
+def test_a_reader_says_when_it_can_only_answer_from_an_older_generation(copy: Path, trialsync: Trialsync) -> None:
+    """A manifest file lost with no copy anywhere (catalog gone, the run's marker gone): the reader used
+    to answer from what the copies held, here nothing at all, without a word."""
+    log = manifests.read_log(copy)
+    (copy / "warehouse.duckdb").unlink()
+    (copy / "manifest/00000001.json").unlink()
+    (copy / "runs" / log[0].run_id / "_COMMITTED").unlink()
+    out = _sql(trialsync, copy, "SELECT count(*) AS n FROM sync_runs")
+    assert out.returncode == 0 and out.stdout.split() == ["n", "0"], out
+    [warning] = out.stderr.splitlines()
+    assert warning == ("trialsync: warning: manifest generation 1 to 2 committed but cannot be read and no good copy "
+                       "is kept: answering from generation 0, an older state; run `trialsync check`, then "
+                       "`trialsync repair`")
+
+
+@pytest.mark.parametrize("kind", ["zero bytes", "a SQLite file", "text"])
+def test_a_catalog_that_is_not_one_leaves_readers_answering_and_untouched(
+        kind: str, copy: Path, trialsync: Trialsync) -> None:
+    """They answered, but took the writer's lock to try a rewrite that could not happen, writing the
+    lock file on every read; now they leave the warehouse as it is and say what is wrong."""
+    import sqlite3
+
+    intact = _sql(trialsync, copy, "SELECT count(*) AS n FROM changes")
+    path = copy / "warehouse.duckdb"
+    path.unlink()
+    if kind == "zero bytes":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not a database\n" * 100)
+    else:
+        with sqlite3.connect(path) as other:
+            other.execute("CREATE TABLE notes (text TEXT)")
+    before = files(copy)
+    out = _sql(trialsync, copy, "SELECT count(*) AS n FROM changes")
+    assert out.returncode == 0 and out.stdout == intact.stdout
+    [warning] = out.stderr.splitlines()
+    assert warning.startswith("trialsync: warning: warehouse.duckdb is not a readable catalog (")
+    assert warning.endswith("answering from the manifest; `trialsync repair` rebuilds it")
+    assert files(copy) == before
+
+
+def test_a_garbage_manifest_file_without_a_catalog_is_answered_from_its_runs_marker(
+        copy: Path, trialsync: Trialsync) -> None:
+    intact = _sql(trialsync, copy, "SELECT count(*) AS n FROM study_versions")
+    (copy / "warehouse.duckdb").unlink()
+    (copy / "manifest/00000002.json").write_text('{"generation": 2, "files": [')
+    before = files(copy)
+    out = _sql(trialsync, copy, "SELECT count(*) AS n FROM study_versions")
+    assert out.returncode == 0 and out.stdout == intact.stdout
+    assert "manifest generation 2 is missing or damaged" in out.stderr and "trialsync repair" in out.stderr
+    assert files(copy) == before
+
+
+@pytest.mark.parametrize("place", ["file", "other directory"])
+def test_a_warehouse_option_that_names_no_warehouse_says_what_it_names(
+        place: str, tmp_path: Path, two_runs: dict[str, Any], trialsync: Trialsync) -> None:
+    """It used to say "no warehouse at X (run `trialsync sync` first)", which a sync then refused too."""
+    target = tmp_path / "target"
+    if place == "file":
+        target.write_text("hello\n")
+        said = f"trialsync: error: {target} is a file, not a warehouse directory"
+    else:
+        target.mkdir()
+        (target / "notes.txt").write_text("hello\n")
+        said = (f"trialsync: error: {target} is not a trialsync warehouse "
+                "(it holds neither warehouse.duckdb nor manifest/)")
+    before = files(tmp_path)
+    for name, args in commands(two_runs, tmp_path / "r.html").items():
+        if name == "alerts list" and place != "file":
+            continue  # lists the watches without a warehouse, as before the first sync
+        out = trialsync(args, target)
+        assert (out.returncode, out.stderr.splitlines()) == (2, [said]), (args, out)
+    assert files(tmp_path) == before
+
+
+def test_read_commands_work_on_a_read_only_copy(copy: Path, two_runs: dict[str, Any]) -> None:
+    """A read-only copy (or mount) of a warehouse moved here: nothing can be rewritten, the views are
+    built in memory; a damaged file is still named. Run as a user the permissions bind (root without
+    the capability to override them)."""
+    target = copy.parent / "ro"
+    shutil.copytree(two_runs["root"], target)  # its catalog still names the place it was built at
+    second_run_file(target, "changes").unlink()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to give up the override of file permissions")
+        prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                  "--bounding-set=-dac_override,-dac_read_search"]
+    subprocess.run(["chmod", "-R", "a-w", str(target)], check=True)
+    try:
+        before = files(target)
+        base = [*prefix, str(TRIALSYNC)]
+        ok = subprocess.run([*base, "sql", "SELECT count(*) AS n FROM studies", "--format", "csv", "--warehouse",
+                             str(target)], capture_output=True, text=True, timeout=180)
+        assert ok.returncode == 0 and ok.stdout.split() == ["n", "32"] and ok.stderr == "", ok
+        bad = subprocess.run([*base, "changes", "--warehouse", str(target)], capture_output=True, text=True,
+                             timeout=180)
+        assert bad.returncode == 1 and bad.stderr.startswith(DAMAGED_LINE) and bad.stderr.count("\n") == 1, bad
+        assert files(target) == before
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(target)], check=True)

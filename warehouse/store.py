@@ -45,6 +45,16 @@ class Warehouse:
     def exists(self) -> bool:
         return self.catalog_path.exists() or manifests.head(self.root) > 0
 
+    def missing(self) -> str:
+        """Why there is no warehouse here, in one line: nothing yet, a file, or another directory."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            return f"{root} is a file, not a warehouse directory"
+        if root.is_dir() and any(root.iterdir()):
+            return (f"{root} is not a trialsync warehouse (it holds neither {CATALOG_NAME} nor "
+                    f"{manifests.MANIFEST_DIR}/)")
+        return f"no warehouse at {root} (run `trialsync sync` first)"
+
     def log(self) -> list[Generation]:
         """Every committed generation, in commit order (``ManifestDamaged`` if one cannot be trusted)."""
         return manifests.read_log(self.root)
@@ -179,7 +189,7 @@ class Warehouse:
         settings are locked so the query cannot undo this.
         """
         if not self.exists():
-            raise WarehouseMissing(f"no warehouse at {self.root} (run `trialsync sync` first)")
+            raise WarehouseMissing(self.missing())
         config: dict[str, str | bool | int | float | list[str]] = (
             {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
         con, stale = self._open_current(config)
@@ -189,6 +199,8 @@ class Warehouse:
                 self.refresh_catalog()
             con, stale = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged, or is not the newest
+            if self.catalog_path.exists():
+                _warn_if_unreadable(self.catalog_path)
             con = duckdb.connect(config=config)
             catalog.build(con, self.root, self._best_manifest(), tolerant=True)
         if sandbox:
@@ -368,6 +380,14 @@ class Warehouse:
 
 def _number(text: str | None) -> int:
     return int(text) if text is not None and text.isascii() and text.isdigit() else -1
+
+
+def _warn_if_unreadable(path: Path) -> None:
+    try:
+        catalog_file.catalog_meta(path)
+    except duckdb.Error as exc:
+        logger.warning("%s is not a readable catalog (%s): answering from the manifest; `trialsync repair` "
+                       "rebuilds it", path.name, catalog_file.first_line(exc))
 
 
 def _sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:

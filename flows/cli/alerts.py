@@ -114,6 +114,8 @@ def alerts_list(
     check_format(fmt)
     watchlist = load_watchlist(config)
     store = Warehouse(settings.warehouse_dir(warehouse))
+    if store.root.exists() and not store.root.is_dir():
+        raise UsageError(store.missing())
     if store.exists():
         with reading(store.root) as con:
             rows = watch_overview(con, watchlist)
