@@ -284,3 +284,26 @@ def test_read_commands_work_on_a_read_only_copy(copy: Path, two_runs: dict[str, 
         assert files(target) == before
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(target)], check=True)
+
+
+def test_a_missing_schema_file_is_damage_that_check_names_and_repair_writes_again(
+        copy: Path, two_runs: dict[str, Any], trialsync: Trialsync, tmp_path: Path) -> None:
+    """A view of this release's catalog reads its table's schema file: without it a read failed with
+    DuckDB's "No files found" (sql: exit 2, as if the query were wrong) while check said ok and repair
+    had nothing to do."""
+    from warehouse import catalog
+    from warehouse.check import check
+    from warehouse.repair import repair
+
+    args = commands(two_runs, tmp_path / "r.html")
+    intact = trialsync(args["runs"], copy)
+    schema = catalog.schema_file("changes")
+    (copy / schema).unlink()
+    for name in ("sql", "changes", "history"):
+        out = trialsync(args[name], copy)
+        assert out.returncode == 1 and out.stderr.splitlines() == [
+            f"{DAMAGED_LINE}{schema}: schema file missing; table changes): {POINTER}"], (name, out)
+    assert trialsync(args["runs"], copy) == intact  # sync_runs' views read no file of changes
+    assert [(p.kind, p.path) for p in check(copy).problems] == [("schema", schema)]
+    assert repair(copy).changed
+    assert (copy / schema).exists() and check(copy, deep=True).ok
