@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError, WarehouseMissing
-from warehouse import catalog, catalog_file, checkpoints, committing, migrations, newest, run_writer
+from warehouse import catalog, catalog_file, checkpoints, committing, migrations, readers, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
@@ -46,14 +46,8 @@ class Warehouse:
         return self.catalog_path.exists() or manifests.head(self.root) > 0
 
     def missing(self) -> str:
-        """Why there is no warehouse here, in one line: nothing yet, a file, or another directory."""
-        root = self.root
-        if root.exists() and not root.is_dir():
-            return f"{root} is a file, not a warehouse directory"
-        if root.is_dir() and any(root.iterdir()):
-            return (f"{root} is not a trialsync warehouse (it holds neither {CATALOG_NAME} nor "
-                    f"{manifests.MANIFEST_DIR}/)")
-        return f"no warehouse at {root} (run `trialsync sync` first)"
+        """Why there is no warehouse here, in one line (``readers.why_missing``)."""
+        return readers.why_missing(self.root)
 
     def log(self) -> list[Generation]:
         """Every committed generation, in commit order (``ManifestDamaged`` if one cannot be trusted)."""
@@ -82,12 +76,12 @@ class Warehouse:
         try:
             manifest = self.manifest()
         except ManifestDamaged:
-            return newest.best(self.root, None)
+            return readers.best(self.root, None)
         ahead = False
         with suppress(duckdb.Error, KeyError, ValueError):
             ahead = int(catalog_file.catalog_meta(self.catalog_path)["generation"]) > manifest.generation
-        if ahead or newest.committed_beyond(self.root, newest.known_runs(manifest), manifest.generation):
-            return newest.best(self.root, manifest)
+        if ahead or readers.committed_beyond(self.root, readers.known_runs(manifest), manifest.generation):
+            return readers.best(self.root, manifest)
         return manifest
 
     def refresh_catalog(self) -> bool:
@@ -200,7 +194,7 @@ class Warehouse:
             con, stale = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged, or is not the newest
             if self.catalog_path.exists():
-                _warn_if_unreadable(self.catalog_path)
+                readers.warn_if_unreadable(self.catalog_path)
             con = duckdb.connect(config=config)
             catalog.build(con, self.root, self._best_manifest(), tolerant=True)
         if sandbox:
@@ -227,11 +221,11 @@ class Warehouse:
                 if generation >= head and generation >= 0:  # a legacy catalog has none: rewrite
                     named = {run for (run,) in con.execute("SELECT DISTINCT run_id FROM _manifest").fetchall()}
                     named |= set(Manifest(meta=meta).retained_until())
-                    if newest.committed_beyond(self.root, named, generation):
+                    if readers.committed_beyond(self.root, named, generation):
                         con.close()
                         return None, False
                     if generation > head:  # never fall back to an older state without a word
-                        newest.warn_missing(f"{head + 1}" if generation == head + 1 else f"{head + 1} to {generation}")
+                        readers.warn_missing(f"{head + 1}" if generation == head + 1 else f"{head + 1} to {generation}")
                     return con, False
         except duckdb.Error:
             con.close()
@@ -380,14 +374,6 @@ class Warehouse:
 
 def _number(text: str | None) -> int:
     return int(text) if text is not None and text.isascii() and text.isdigit() else -1
-
-
-def _warn_if_unreadable(path: Path) -> None:
-    try:
-        catalog_file.catalog_meta(path)
-    except duckdb.Error as exc:
-        logger.warning("%s is not a readable catalog (%s): answering from the manifest; `trialsync repair` "
-                       "rebuilds it", path.name, catalog_file.first_line(exc))
 
 
 def _sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:

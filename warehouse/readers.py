@@ -1,4 +1,6 @@
-"""Readers never answer from an older committed state without a word.
+"""What readers (the read-only commands) do on a bad day, besides answering from the intact tables.
+
+Never answer from an older committed state without a word.
 
 The committed state is the manifest files; the catalog (``warehouse.duckdb``) and each run's
 ``_COMMITTED`` marker keep copies of them. When the newest manifest files are lost, a reader that
@@ -6,7 +8,8 @@ looked only at ``manifest/`` (or at a catalog that is behind too, or missing) wo
 from an older generation. So a reader also looks, cheaply, for a committed run no generation it
 knows lists (a listing of ``runs/`` and the markers of the runs it does not know), answers from the
 good copies where there are (the same log ``check`` and ``repair`` use), and warns either way,
-pointing at ``check`` and ``repair``. Nothing here writes.
+pointing at ``check`` and ``repair``. Say what is wrong with a catalog that is not one, and with a
+place that holds no warehouse. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import duckdb
+
+from warehouse import catalog_file, markers
 from warehouse import manifest as manifests
-from warehouse import markers
+from warehouse.catalog import CATALOG_NAME
 from warehouse.manifest import Generation, Manifest
 
 logger = logging.getLogger("trialsync.warehouse")
@@ -74,3 +80,28 @@ def warn_missing(generations: str, where: str = "the catalog keeps") -> None:
 
 def _span(first: int, last: int) -> str:
     return f"{first}" if first == last else f"{first} to {last}"
+
+
+def warn_if_unreadable(path: Path) -> None:
+    """A catalog file that does not open (empty, another program's file): readers build the views in memory."""
+    try:
+        catalog_file.catalog_meta(path)
+    except duckdb.Error as exc:
+        logger.warning("%s is not a readable catalog (%s): answering from the manifest; `trialsync repair` "
+                       "rebuilds it", path.name, catalog_file.first_line(exc))
+
+
+def why_missing(root: Path) -> str:
+    """Why ``root`` holds no warehouse, in one line: a file, committed runs whose catalog and manifest
+    are both gone, another program's directory, or nothing yet."""
+    if root.exists() and not root.is_dir():
+        return f"{root} is a file, not a warehouse directory"
+    runs = root / markers.RUNS_DIR
+    if runs.is_dir() and any((run / markers.COMMITTED_MARKER).exists() for run in runs.iterdir()):
+        return (f"{root}: {CATALOG_NAME} and {manifests.MANIFEST_DIR}/ are both missing but {markers.RUNS_DIR}/ "
+                "holds committed runs: restore them from a backup")
+    from warehouse.store import LOCK_NAME, MARKER_NAME  # a first sync that committed nothing leaves these
+
+    if root.is_dir() and not any((root / name).exists() for name in (MARKER_NAME, LOCK_NAME)) and any(root.iterdir()):
+        return f"{root} is not a trialsync warehouse (it holds neither {CATALOG_NAME} nor {manifests.MANIFEST_DIR}/)"
+    return f"no warehouse at {root} (run `trialsync sync` first)"
