@@ -17,7 +17,7 @@ from warehouse.repair import RepairResult, repair
 def check_warehouse(warehouse: str | None = None, *, deep: bool = False) -> Report:
     store = Warehouse(settings.warehouse_dir(warehouse))
     if not store.exists():
-        raise UsageError(f"no warehouse at {store.root}")
+        raise UsageError(store.missing())
     return check(store.root, deep=deep)
 
 
@@ -25,7 +25,7 @@ def repair_warehouse(warehouse: str | None = None, *, lock_timeout: float = 30.0
     """Under the writer lock (no sync is staging files meanwhile)."""
     store = Warehouse(settings.warehouse_dir(warehouse))
     if not store.exists():
-        raise UsageError(f"no warehouse at {store.root}")
+        raise UsageError(store.missing())
     with store.lock("writer", "repair", timeout=lock_timeout, what="a sync"):
         store.refresh_catalog()
         return repair(store.root)
@@ -44,6 +44,6 @@ def resync_lost(warehouse: str | None, ids: list[str], *, api_url: str | None = 
 def backup_warehouse(dest: str, warehouse: str | None = None, *, hard_links: bool = True) -> BackupResult:
     store = Warehouse(settings.warehouse_dir(warehouse))
     if not store.exists():
-        raise UsageError(f"no warehouse at {store.root}")
+        raise UsageError(store.missing())
     store.connect().close()  # brings a moved or earlier-release warehouse up to date when it can
     return backup(store.root, Path(dest), hard_links=hard_links)

@@ -10,16 +10,16 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from flows.readonly import reading
 from pipeline.abbreviate import abbreviate_pair
 from pipeline.errors import UsageError
-from warehouse import Warehouse
 from warehouse.queries import HISTORY_CHANGES, HISTORY_VERSIONS
 
 _STYLE = {"critical": "bold red", "notable": "yellow", "minor": "cyan", "info": "dim"}
 
 
 def load_history(warehouse_dir: Path, nct_id: str) -> list[dict[str, Any]]:
-    with Warehouse(warehouse_dir).connect() as con:
+    with reading(warehouse_dir) as con:
         versions = con.execute(HISTORY_VERSIONS, [nct_id])
         columns = [d[0] for d in versions.description]
         rows = [dict(zip(columns, row, strict=True)) for row in versions.fetchall()]

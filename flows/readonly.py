@@ -11,12 +11,15 @@ neither installed nor loaded, and the configuration is locked.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import duckdb
 
-from pipeline.errors import UsageError, WarehouseError
+from pipeline.errors import TrialsyncError, UsageError, WarehouseError
+from warehouse.problems import Problem
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # EXPLAIN [(options)] [ANALYZE] <statement>
@@ -74,21 +77,76 @@ def _view_names() -> frozenset[str]:
 def damage_error(root: Path, exc: Exception) -> WarehouseError | None:
     """A query that failed because the warehouse is damaged (a committed file missing or unreadable,
     so its view could not be read or even defined): one line naming the damage and pointing at
-    ``check`` and ``repair`` (exit 1, not the bad-input 2). None when the query failed otherwise."""
+    ``check`` and ``repair`` (exit 1, not the bad-input 2). None when the query failed otherwise.
+
+    Only a failure reading files can be damage: a view the reader had to leave out (its files are
+    damaged) that does not exist, an I/O, invalid-input or internal error, or an error naming a file of
+    the warehouse; and only when ``check`` then finds the damage (the quick check; else a deep look at
+    the committed files the error names, e.g. a page that does not decode behind a good footer)."""
     from warehouse.check import check
 
+    if not isinstance(exc, duckdb.Error) or isinstance(exc, duckdb.PermissionException):  # the sandbox's refusal
+        return None
+    text = str(exc)
     if isinstance(exc, duckdb.CatalogException):
-        named = _MISSING_NAME.search(str(exc))
+        named = _MISSING_NAME.search(text)
         if named is None or named.group(1).strip("\"'!").lower() not in _view_names():
             return None
-    elif not isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException)):
+    elif type(exc) not in _READ_FAILURES and str(root) not in text:
         return None
     try:
         problems = [p for p in check(root, studies=False).problems if p.table is not None]
+        if not problems:
+            problems = _named_damage(root, text)
     except Exception:  # the check itself failed: the query's own error is all there is to say
         return None
     if not problems:
         return None
+    problems.sort(key=lambda p: str(root / p.path) not in text)  # the file the error names first
     more = f" and {len(problems) - 1} more damaged file(s)" if len(problems) > 1 else ""
     return WarehouseError(f"query failed: the warehouse is damaged ({problems[0].line()}{more}): "
                           "see `trialsync check`, then `trialsync repair`")
+
+
+# What DuckDB raises when a file it reads is missing or damaged (a bad page: a bare ``duckdb.Error``)
+_READ_FAILURES = (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException, duckdb.InternalException,
+                  duckdb.SerializationException)
+
+
+def _named_damage(root: Path, text: str) -> list[Problem]:
+    """The committed files ``text`` names that a deep look finds damaged (size and footer are fine)."""
+    from warehouse import Warehouse
+    from warehouse.check import check_file
+
+    problems = []
+    for entry in Warehouse(root).manifest().entries:
+        if str(root / entry.path) in text and (found := check_file(root, entry, deep=True)) is not None:
+            problems.append(Problem(found[0], entry.path, found[1], entry.table, entry.run_id))
+    return problems
+
+
+@contextmanager
+def reading(directory: Path, *, sandbox: bool = False, user_query: bool = False
+            ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The connection of every read-only command (``sql``, ``changes``, ``history``, ``runs``, ``report``,
+    ``compliance``, ``alerts list``): the committed state, views over the files that are intact (a damaged
+    file's table is left out, the others answer). A query that fails because the warehouse is damaged
+    becomes one line naming the file and pointing at ``check`` and ``repair`` (exit 1); ``user_query``
+    (SQL a user typed): any other failure is the query's own (exit 2)."""
+    from warehouse import Warehouse
+
+    store = Warehouse(directory)
+    with store.connect(sandbox=sandbox) as con:
+        try:
+            yield con
+        except duckdb.Error as exc:
+            damage = damage_error(store.root, exc)
+            if damage is not None:
+                raise damage from None
+            if user_query:
+                raise query_error(exc) from None
+            raise
+        except Exception as exc:  # e.g. a value Python cannot hold, met while fetching a user's rows
+            if user_query and not isinstance(exc, TrialsyncError):
+                raise query_error(exc) from None
+            raise

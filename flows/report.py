@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from flows.readonly import reading
 from pipeline.errors import UsageError
 from pipeline.leftovers import replace_atomically
 from pipeline.report.page import render
@@ -28,7 +29,7 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
         judged = f"--until {until}" if until else f"--until (default today, UTC: {as_of})"
         raise UsageError(f"--since {since} is after {judged}")
     store = Warehouse(warehouse_dir)
-    with store.connect() as con:
+    with reading(store.root) as con:
         studies = [study(con, nct) for nct in ncts]
         period = None
         if run_id or since or until:

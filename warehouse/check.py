@@ -236,10 +236,15 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
         affected, at_least = studies_affected(root, manifest, entry) if studies else (None, False)
         report.problems.append(Problem(problem[0], entry.path, problem[1], entry.table, entry.run_id, gen,
                                        affected, at_least))
+    # The views of a catalog of this release read every schema file (another release's: the next command
+    # rewrites the catalog and writes the files its views read)
+    this_release = (state.catalog_meta or {}).get("views_digest") == catalog.views_digest()
     for table in TABLES if footers else ():
         schema = root / catalog.schema_file(table)
         if schema.exists() and not _footer_ok(schema):
             report.problems.append(Problem("schema", catalog.schema_file(table), "unreadable schema file", table))
+        elif this_release and not schema.exists():
+            report.problems.append(Problem("schema", catalog.schema_file(table), "schema file missing", table))
     files_intact = len(report.problems) == before_files
     if state.legacy is None:
         report.problems += _catalog_problems(root, state, manifest, report.notes)

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from pipeline.errors import UsageError, WarehouseBusy, WarehouseError, WarehouseMissing
-from warehouse import catalog, catalog_file, checkpoints, committing, migrations, run_writer
+from warehouse import catalog, catalog_file, checkpoints, committing, migrations, readers, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.check import check_file, read_state, refuse_if_damaged
@@ -45,6 +45,10 @@ class Warehouse:
     def exists(self) -> bool:
         return self.catalog_path.exists() or manifests.head(self.root) > 0
 
+    def missing(self) -> str:
+        """Why there is no warehouse here, in one line (``readers.why_missing``)."""
+        return readers.why_missing(self.root)
+
     def log(self) -> list[Generation]:
         """Every committed generation, in commit order (``ManifestDamaged`` if one cannot be trusted)."""
         return manifests.read_log(self.root)
@@ -66,18 +70,18 @@ class Warehouse:
             raise WarehouseError(f"cannot read {self.catalog_path}: {str(exc).splitlines()[0]}") from None
 
     def _best_manifest(self) -> Manifest:
-        """For readers of a damaged warehouse: the manifest files, where one is damaged or the newest are
-        missing the copies (the catalog's, the checkpoints', the runs' markers)."""
+        """For readers: the manifest files; where one is damaged, or a newer generation is committed (the
+        catalog or a run's marker says so), the longest log of the files and the good copies (the
+        catalog's, the checkpoints', the runs' markers), with a warning (``warehouse.newest``)."""
         try:
             manifest = self.manifest()
         except ManifestDamaged:
-            return manifests.fold(read_state(self.root).best())
+            return readers.best(self.root, None)
+        ahead = False
         with suppress(duckdb.Error, KeyError, ValueError):
-            if int(catalog_file.catalog_meta(self.catalog_path)["generation"]) > manifest.generation:
-                best = manifests.fold(read_state(self.root).best())
-                if best.generation > manifest.generation:
-                    _warn_lost_generations(manifest.generation, best.generation)
-                    return best
+            ahead = int(catalog_file.catalog_meta(self.catalog_path)["generation"]) > manifest.generation
+        if ahead or readers.committed_beyond(self.root, readers.known_runs(manifest), manifest.generation):
+            return readers.best(self.root, manifest)
         return manifest
 
     def refresh_catalog(self) -> bool:
@@ -179,16 +183,18 @@ class Warehouse:
         settings are locked so the query cannot undo this.
         """
         if not self.exists():
-            raise WarehouseMissing(f"no warehouse at {self.root} (run `trialsync sync` first)")
+            raise WarehouseMissing(self.missing())
         config: dict[str, str | bool | int | float | list[str]] = (
             {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
-        con = self._open_current(config)
-        if con is None:
+        con, stale = self._open_current(config)
+        if con is None and stale:
             # a busy writer, or no right to write here (a read-only copy or mount): the views go in memory
             with suppress(WarehouseBusy, OSError), exclusive_lock(self.root / LOCK_NAME, READER, 0):
                 self.refresh_catalog()
-            con = self._open_current(config)
-        if con is None:  # a writer holds the lock, or the catalog is missing or damaged
+            con, stale = self._open_current(config)
+        if con is None:  # a writer holds the lock, or the catalog is missing or damaged, or is not the newest
+            if self.catalog_path.exists():
+                readers.warn_if_unreadable(self.catalog_path)
             con = duckdb.connect(config=config)
             catalog.build(con, self.root, self._best_manifest(), tolerant=True)
         if sandbox:
@@ -196,28 +202,36 @@ class Warehouse:
         return con
 
     def _open_current(self, config: dict[str, str | bool | int | float | list[str]]
-                      ) -> duckdb.DuckDBPyConnection | None:
-        """The catalog file, if it is readable, lists this directory's files and is not behind."""
+                      ) -> tuple[duckdb.DuckDBPyConnection | None, bool]:
+        """The catalog file, if it is readable, lists this directory's files and is not behind; else None
+        and whether ``refresh_catalog`` would rewrite it (behind, moved here, another release's views).
+        None too when a run's marker says a newer generation committed than the catalog and the
+        manifest files know (both lost it): the reader builds the newest state it can, with a warning."""
         try:
             con = catalog_file.open_catalog(self.catalog_path, config)
         except duckdb.Error:
-            return None
+            return None, False
         try:
             # fetchall, not fetchone: duckdb 2.0 keeps a partly fetched result open and refuses register().
             meta = dict(con.execute("SELECT key, value FROM _meta WHERE key IN ('root', 'generation', "
-                                    "'views_digest')").fetchall())
+                                    f"'views_digest', '{manifests.RETAINED_KEY}')").fetchall())
+            head = manifests.head(self.root)
+            if meta.get("root") == str(self.root) and meta.get("views_digest") == catalog.views_digest():
+                generation = _number(meta.get("generation"))
+                if generation >= head and generation >= 0:  # a legacy catalog has none: rewrite
+                    named = {run for (run,) in con.execute("SELECT DISTINCT run_id FROM _manifest").fetchall()}
+                    named |= set(Manifest(meta=meta).retained_until())
+                    if readers.committed_beyond(self.root, named, generation):
+                        con.close()
+                        return None, False
+                    if generation > head:  # never fall back to an older state without a word
+                        readers.warn_missing(f"{head + 1}" if generation == head + 1 else f"{head + 1} to {generation}")
+                    return con, False
         except duckdb.Error:
             con.close()
-            return None
-        head = manifests.head(self.root)
-        if meta.get("root") == str(self.root) and meta.get("views_digest") == catalog.views_digest():
-            if meta.get("generation") == str(head):  # a legacy catalog has none; another release's views: rewrite
-                return con
-            if _number(meta.get("generation")) > head:  # never fall back to an older state without a word
-                _warn_lost_generations(head, _number(meta.get("generation")))
-                return con
+            return None, False
         con.close()
-        return None
+        return None, True
 
     def committed(self) -> duckdb.DuckDBPyConnection:
         """An in-memory connection with the views over the committed files (for the writer; without the
@@ -360,12 +374,6 @@ class Warehouse:
 
 def _number(text: str | None) -> int:
     return int(text) if text is not None and text.isascii() and text.isdigit() else -1
-
-
-def _warn_lost_generations(head: int, generation: int) -> None:
-    lost = f"{generation}" if generation == head + 1 else f"{head + 1} to {generation}"
-    logger.warning("manifest generation %s is missing from manifest/ (the catalog keeps a good copy): answering "
-                   "from that copy; run `trialsync check`, then `trialsync repair` to restore the file", lost)
 
 
 def _sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:

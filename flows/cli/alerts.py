@@ -107,14 +107,17 @@ def alerts_list(
 ) -> None:
     """The watches, the studies each follows now, and their deliveries so far (sent, awaiting retry, rejected)."""
     from flows.alerts import load_watchlist
+    from flows.readonly import reading
     from warehouse import Warehouse
     from warehouse.alerts import watch_overview
 
     check_format(fmt)
     watchlist = load_watchlist(config)
     store = Warehouse(settings.warehouse_dir(warehouse))
+    if store.root.exists() and not store.root.is_dir():
+        raise UsageError(store.missing())
     if store.exists():
-        with store.committed() as con:
+        with reading(store.root) as con:
             rows = watch_overview(con, watchlist)
     else:
         rows = watch_overview(None, watchlist)

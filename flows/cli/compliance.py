@@ -33,7 +33,7 @@ def compliance(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """FDAAA 801 results reporting: applicable trials judged on the version valid on a date."""
-    from warehouse import Warehouse
+    from flows.readonly import reading
     from warehouse.analyses import FDAAA_COLUMNS, STATUSES
     from warehouse.compliance import TABLE_COLUMNS, ComplianceQuery, compliance_sql
 
@@ -56,6 +56,7 @@ def compliance(
     query = ComplianceQuery(as_of=day, sponsor=sponsor, statuses=statuses, newly_overdue_since=start,
                             by_sponsor=by == "sponsor", limit=limit)
     sql, params = compliance_sql(query, TABLE_COLUMNS if fmt == "table" else FDAAA_COLUMNS)
-    with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
+    with reading(settings.warehouse_dir(warehouse)) as con:
         result = con.execute(sql, params)
-        render([d[0] for d in result.description], result.fetchall(), fmt, console)
+        columns, rows = [d[0] for d in result.description], result.fetchall()
+    render(columns, rows, fmt, console)

@@ -19,7 +19,7 @@ from flows.cli.common import (
 )
 from flows.inputs import COUNT_MAX, not_future
 from flows.output import render
-from flows.readonly import check_query, damage_error, query_error
+from flows.readonly import check_query, reading
 from pipeline.errors import UsageError
 from pipeline.scope import canonical_id, parse_date_arg
 
@@ -33,22 +33,16 @@ def sql(
         "--as-of", help="Show the aact views as the registry stood on YYYY-MM-DD (sets the variable as_of)")] = None,
 ) -> None:
     """Ad hoc SQL on a read-only connection."""
-    from warehouse import Warehouse
-
     check_format(fmt)
     check_query(statement)
     day = not_future(parse_date_arg(as_of, "--as-of"), "--as-of") if as_of is not None else None
-    store = Warehouse(settings.warehouse_dir(warehouse))
-    with store.connect(sandbox=True) as con:
+    with reading(settings.warehouse_dir(warehouse), sandbox=True, user_query=True) as con:
         if day:
             con.execute(f"SET VARIABLE as_of = DATE '{day.isoformat()}'")
-        try:
-            result = con.execute(statement)
-            columns = [d[0] for d in result.description or []]
-            rows = result.fetchall()
-        except Exception as exc:  # duckdb errors: one line is enough
-            raise (damage_error(store.root, exc) or query_error(exc)) from None
-        render(columns, rows, fmt, console)
+        result = con.execute(statement)
+        columns = [d[0] for d in result.description or []]
+        rows = result.fetchall()
+    render(columns, rows, fmt, console)
 
 
 @app.command()
@@ -66,7 +60,6 @@ def changes(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """The change feed: what changed, by how much, and how much it matters."""
-    from warehouse import Warehouse
     from warehouse.queries import ALL_CHANGE_COLUMNS, CHANGE_COLUMNS, ChangeFilter, changes_query
 
     check_format(fmt)
@@ -79,9 +72,10 @@ def changes(
     if spec.since and spec.until and spec.since > spec.until:
         raise UsageError(f"--since {spec.since} is after --until {spec.until}")
     sql, params = changes_query(spec, CHANGE_COLUMNS if fmt == "table" else ALL_CHANGE_COLUMNS)
-    with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
+    with reading(settings.warehouse_dir(warehouse)) as con:
         result = con.execute(sql, params)
-        render([d[0] for d in result.description], result.fetchall(), fmt, console)
+        columns, rows = [d[0] for d in result.description], result.fetchall()
+    render(columns, rows, fmt, console)
 
 
 @app.command()
@@ -107,10 +101,8 @@ def runs(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Past sync runs and their counts."""
-    from warehouse import Warehouse
-
     check_format(fmt)
-    with Warehouse(settings.warehouse_dir(warehouse)).connect() as con:
+    with reading(settings.warehouse_dir(warehouse)) as con:
         result = con.execute(
             "SELECT run_id, mode, scope, status, pages, studies_seen AS seen, new_studies AS new, "
             "versions_written AS versions, unchanged, changes_written AS changes, quarantined AS quar, "
@@ -118,7 +110,8 @@ def runs(
             "strftime(timezone('UTC', started_at), '%Y-%m-%d %H:%M') AS started_utc, "
             "round(epoch(finished_at) - epoch(started_at), 1) AS secs "
             "FROM sync_runs ORDER BY started_at DESC LIMIT ?", [limit])
-        render([d[0] for d in result.description], result.fetchall(), fmt, console)
+        columns, rows = [d[0] for d in result.description], result.fetchall()
+    render(columns, rows, fmt, console)
 
 
 @app.command()
