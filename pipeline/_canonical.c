@@ -9,6 +9,8 @@
  * float, text not in NFC, a subclass of dict/list/str, an int beyond 64 bits, ...): the caller then
  * takes the Python path, which is the reference (tests/test_hash_c.py compares the two).
  *
+ * An object member whose value is null is left out, as if absent (JSON null = absent member).
+ *
  * A shape is a dict: key -> the key's shape (a dict), or None for a value taken as it is (free-form:
  * its objects keep every key). Lists are transparent: a list's elements have the list's shape.
  */
@@ -244,6 +246,7 @@ static int put_object(State *st, PyObject *obj, PyObject *shape) {
                 continue;
             }
         }
+        if (value == Py_None) continue;  /* a member set to null is a member absent (hashing.py) */
         members[kept].name = Py_NewRef(key);
         members[kept].value = Py_NewRef(value);
         members[kept].shape = child;  /* the shape outlives the call (the caller holds it) */
@@ -391,5 +394,9 @@ PyMODINIT_FUNC PyInit__canonical(void) {
     Py_DECREF(functools);
     Py_DECREF(is_normalized);
     if (!is_nfc) return NULL;
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    /* The canonical form this file writes (hashing.HASH_RULE_VERSION): an extension built from an older
+     * file (a stale .so) is not used. */
+    if (module && PyModule_AddStringConstant(module, "RULE", "3") < 0) { Py_DECREF(module); return NULL; }
+    return module;
 }

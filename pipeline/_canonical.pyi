@@ -2,4 +2,6 @@
 
 from typing import Any
 
+RULE: str
+
 def canonical(value: Any, shape: dict[str, Any] | None, /) -> tuple[bytes, list[str]] | None: ...

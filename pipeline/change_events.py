@@ -5,7 +5,6 @@ submissions) and ``field_changed`` for any other leaf. Pure; ``pipeline.changes`
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ import orjson
 
 from pipeline.date_events import date_change, partial
 from pipeline.diff import Key, Leaf, render_path
-from pipeline.sites import normalised, site_name
+from pipeline.similarity import pair_by_text
+from pipeline.sites import site_name
 from pipeline.submissions import submission_events
 
 PLAN_DATES = {
@@ -172,7 +172,7 @@ def _primary_outcome_events(leaves: list[Leaf]) -> list[Event]:
     removed measure with the added one most like it (not the one in its place)."""
     removed = [leaf for leaf in leaves if leaf.new is None and isinstance(leaf.path[-1], Key)]
     added = [leaf for leaf in leaves if leaf.old is None and isinstance(leaf.path[-1], Key)]
-    pairs = pair_by_text([_own(leaf, "measure") for leaf in removed], [_own(leaf, "measure") for leaf in added])
+    pairs = pair_by_text([_measure(leaf) for leaf in removed], [_measure(leaf) for leaf in added])
     events = [_outcome_event(added[j].text, removed[i], added[j]) for i, j in pairs]
     paired_old, paired_new = {i for i, _ in pairs}, {j for _, j in pairs}
     events += [_outcome_event(leaf.text, leaf, None) for i, leaf in enumerate(removed) if i not in paired_old]
@@ -184,23 +184,16 @@ def _primary_outcome_events(leaves: list[Leaf]) -> list[Event]:
     return events
 
 
+def _measure(leaf: Leaf) -> str:
+    """An added or removed outcome's measure ('' when it has none, as the view reads it)."""
+    element = leaf.new if leaf.old is None else leaf.old
+    value = element.get("measure") if isinstance(element, dict) else None
+    return "" if value is None else str(value)
+
+
 def _outcome_event(path: str, old: Leaf | None, new: Leaf | None) -> Event:
     return Event(path, "primary outcome", "outcomes", "primary_outcome_changed",
                  _own(old, "measure") if old else None, _own(new, "measure") if new else None)
-
-
-def pair_by_text(olds: list[str], news: list[str]) -> list[tuple[int, int]]:
-    """(old index, new index) pairs, most alike texts first (blind to case and whitespace), ties by
-    order, as many as the shorter side has; by old index."""
-    scored = sorted((-difflib.SequenceMatcher(None, normalised(o), normalised(n)).ratio(), i, j)
-                    for i, o in enumerate(olds) for j, n in enumerate(news))
-    chosen: dict[int, int] = {}
-    taken: set[int] = set()
-    for _, i, j in scored:
-        if i not in chosen and j not in taken:
-            chosen[i] = j
-            taken.add(j)
-    return sorted(chosen.items())
 
 
 def _category(names: list[str]) -> str:

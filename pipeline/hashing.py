@@ -10,6 +10,9 @@ through ``normalise``, so they can never disagree:
   does not describe is a registry schema change, not a change of the study: it is kept in the raw JSON,
   reported (``unknown``; a sync records it in ``sync_runs.unknown_fields``), and never makes a version
   on its own. A new optional field appearing in every record therefore does not version the registry.
+- *A member set to null is a member absent*: the registry omits empty fields (its OpenAPI spec makes no
+  field nullable), and every table reads ``null`` and a missing key alike (NULL), so ``{"whyStopped": null}``
+  is no new version and no change (null as an array element stays a value).
 - *JSON numbers by value*: ``100.0`` is ``100`` (an integral float becomes an int).
 - *Text in Unicode NFC*: NFC and NFD spellings of one text are the same text.
 - *Arrays as multisets* (hash only): the diff matches array elements by identity and never reports
@@ -30,12 +33,14 @@ from typing import Any
 import msgspec
 import orjson
 
+HASH_RULE_VERSION = "3"  # bump when the canonical form below changes (and RULE in pipeline/_canonical.c)
+
 try:  # pipeline/_canonical.c, built by `pip install` where a C compiler is (setup.py); else Python only
     from pipeline import _canonical
 except ImportError:  # pragma: no cover - depends on the machine that installed the package
     _canonical = None  # type: ignore[assignment]
-
-HASH_RULE_VERSION = "2"  # bump when the canonical form below changes
+if getattr(_canonical, "RULE", None) != HASH_RULE_VERSION:  # built from an older _canonical.c: not used
+    _canonical = None  # type: ignore[assignment]
 
 
 def rule_for(shape: Any) -> str:
@@ -165,6 +170,8 @@ def _walk(value: Any, shape: Shape, path: list[str], unknown: set[str] | None, *
                     if unknown is not None:
                         unknown.add(".".join([*path, key]))
                     continue
+            if item is None:  # null is absent
+                continue
             name = key if key.isascii() else unicodedata.normalize("NFC", key)
             if type(item) in _NESTED:
                 path.append(key)
@@ -191,7 +198,8 @@ _NESTED = (dict, list)
 
 # -- the fast path ------------------------------------------------------------------------------
 # The walk changes a record's canonical JSON only through (1) keys the schema does not know,
-# (2) text not in NFC, (3) integral floats, (4) array order. The fast path proves (1) by comparing
+# (2) text not in NFC, (3) integral floats, (4) array order, (5) members set to null (any ":null" in
+# the compact dump, inside a string or not, sends the record to the walk). The fast path proves (1) by comparing
 # each object's key set with its shape's (C set operations; leaves are never visited one by one),
 # (2) and (3) on orjson's compact dump of the whole material content (text is NFC as a whole iff
 # every string and key in it is: JSON's own characters are ASCII starters that compose with
@@ -223,7 +231,7 @@ def _fast_canonical(material: Mapping[str, Any], unknown: list[str] | None = Non
         text = orjson.dumps(material, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
     except (TypeError, orjson.JSONEncodeError):
         return None
-    if _maybe_integral_float(text):
+    if _maybe_integral_float(text) or b":null" in text:  # (a member set to null: the walk leaves it out)
         return None
     if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
         return None

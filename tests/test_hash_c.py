@@ -149,3 +149,28 @@ def test_c_leaves_deep_nesting_to_the_python_path(depth: int) -> None:
             hash_and_unknown(record)
         return
     assert hash_and_unknown(record) == expected
+
+
+@built
+def test_c_leaves_out_members_set_to_null_as_the_walk_does() -> None:
+    base = next(r for r in REAL if "whyStopped" not in r["protocolSection"]["statusModule"])
+    record = copy.deepcopy(base)
+    record["protocolSection"]["statusModule"]["whyStopped"] = None
+    record["protocolSection"]["identificationModule"]["unknownToTheSchema"] = None  # still reported unknown
+    c = _c(record)
+    assert c is not None and c[0] == _c(base)[0] and c[1] == ["protocolSection.identificationModule.unknownToTheSchema"]
+    assert hash_and_unknown(record) == slow_hash_and_unknown(record)
+    assert hash_and_unknown(record)[0] == slow_hash_and_unknown(base)[0]
+
+
+def test_an_extension_built_from_an_older_canonical_c_is_not_used() -> None:
+    """A stale build (no ``RULE``, or another one) would hash by the old canonical form under the new rule's
+    name: the Python path answers instead."""
+    import subprocess
+    import sys
+
+    script = ("import sys, types; stale = types.ModuleType('pipeline._canonical'); "
+              "stale.canonical = lambda value, shape: (b'{}', []); sys.modules['pipeline._canonical'] = stale; "
+              "from pipeline import hashing; print(hashing.implementation())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "Python"

@@ -13,6 +13,7 @@ Section numbers in comments refer to FDAAA_RULES.md.
 from __future__ import annotations
 
 from pipeline.dates import UTC_TODAY_SQL
+from pipeline.similarity import identity_sql
 
 EFFECTIVE_DATE = "DATE '2017-01-18'"
 # §3: the phase sets that qualify (legacy Phase 1/Phase 2, 2, 2/3, 3, 4 and N/A), as ``fdaaa_inputs.phase_set``
@@ -196,41 +197,83 @@ def _shift(column: str) -> str:
 # An outcome's text for the lists: its measure, and its time frame where it has one.
 _OUTCOME_TEXT = "o.measure || coalesce(' [' || o.time_frame || ']', '')"
 
+
+def _outcomes_of(version: str) -> str:
+    """SQL: the primary outcomes of each pair's ``version`` column (first_version / current_version) in the
+    diff's terms (``pipeline.diff``): text in NFC (``m``, ``d``, ``t``), the measure's identity blind to case
+    and whitespace (``ident``), ``crank``: the n-th with this very content, ``grank``: n-th with this identity."""
+    return f"""SELECT p.nct_id, o.ordinal, {_OUTCOME_TEXT} AS text, o.description,
+         nfc_normalize(o.measure) AS m, nfc_normalize(o.description) AS d, nfc_normalize(o.time_frame) AS t,
+         {identity_sql("nfc_normalize(o.measure)")} AS ident
+  FROM pair AS p
+  JOIN outcomes AS o ON o.nct_id = p.nct_id AND o.version = p.{version} AND o.outcome_type = 'primary'"""
+
+
+# Primary outcomes are paired as the change feed pairs them (``pipeline.diff`` and
+# ``pipeline.change_events``), so a study's first and current versions diffed directly would give the same
+# added / removed / changed outcomes: equal outcomes (NFC text) pair first whatever their places, then
+# the rest with the same measure (blind to case and whitespace) in order, then the leftovers by the
+# likeness of their measures (``pipeline.similarity``: most alike first, greedily).
+_OUTCOME_PAIRS = f"""o0 AS (
+  SELECT *, row_number() OVER (PARTITION BY nct_id, ident, m, d, t ORDER BY ordinal) AS crank
+  FROM ({_outcomes_of("first_version")})
+), o1 AS (
+  SELECT *, row_number() OVER (PARTITION BY nct_id, ident, m, d, t ORDER BY ordinal) AS crank
+  FROM ({_outcomes_of("current_version")})
+), same AS (  -- equal outcomes, wherever they stand: no change
+  SELECT a.nct_id, a.ordinal AS o0, b.ordinal AS o1 FROM o0 AS a JOIN o1 AS b
+    ON a.nct_id = b.nct_id AND a.ident = b.ident AND a.m IS NOT DISTINCT FROM b.m
+   AND a.d IS NOT DISTINCT FROM b.d AND a.t IS NOT DISTINCT FROM b.t AND a.crank = b.crank
+), r0 AS (
+  SELECT *, row_number() OVER (PARTITION BY nct_id, ident ORDER BY ordinal) AS grank FROM o0 AS a
+  WHERE NOT EXISTS (SELECT 1 FROM same AS s WHERE s.nct_id = a.nct_id AND s.o0 = a.ordinal)
+), r1 AS (
+  SELECT *, row_number() OVER (PARTITION BY nct_id, ident ORDER BY ordinal) AS grank FROM o1 AS b
+  WHERE NOT EXISTS (SELECT 1 FROM same AS s WHERE s.nct_id = b.nct_id AND s.o1 = b.ordinal)
+), kept AS (  -- the same measure (the n-th left with it on each side): changed
+  SELECT a.nct_id, a.ordinal AS o0, b.ordinal AS o1 FROM r0 AS a JOIN r1 AS b
+    ON a.nct_id = b.nct_id AND a.ident = b.ident AND a.grank = b.grank
+), l0 AS (
+  SELECT * FROM r0 AS a WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.nct_id = a.nct_id AND k.o0 = a.ordinal)
+), l1 AS (
+  SELECT * FROM r1 AS b WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.nct_id = b.nct_id AND k.o1 = b.ordinal)
+), likeness AS (  -- every leftover pair, most alike first (ties by the texts, then by place)
+  SELECT a.nct_id, list({{'i': a.ordinal, 'j': b.ordinal}} ORDER BY
+           CASE WHEN greatest(strlen(a.ident), strlen(b.ident)) = 0 THEN 0.0
+                ELSE levenshtein(a.ident, b.ident) / greatest(strlen(a.ident), strlen(b.ident)) END,
+           a.ident, b.ident, a.ordinal, b.ordinal) AS candidates
+  FROM l0 AS a JOIN l1 AS b ON a.nct_id = b.nct_id GROUP BY a.nct_id
+), greedy AS (  -- take each pair whose two outcomes are both still free
+  SELECT nct_id, list_reduce(candidates, lambda acc, c: CASE
+           WHEN list_contains(acc.i, c.i) OR list_contains(acc.j, c.j) THEN acc
+           ELSE {{'i': list_append(acc.i, c.i), 'j': list_append(acc.j, c.j)}} END,
+         {{'i': []::BIGINT[], 'j': []::BIGINT[]}}) AS chosen
+  FROM likeness
+), renamed AS (
+  SELECT nct_id, unnest(chosen.i) AS o0, unnest(chosen.j) AS o1 FROM greedy
+), changed AS (
+  SELECT * FROM kept UNION ALL SELECT * FROM renamed
+), gone AS (
+  SELECT * FROM l0 AS a WHERE NOT EXISTS (SELECT 1 FROM renamed AS r WHERE r.nct_id = a.nct_id AND r.o0 = a.ordinal)
+), new AS (
+  SELECT * FROM l1 AS b WHERE NOT EXISTS (SELECT 1 FROM renamed AS r WHERE r.nct_id = b.nct_id AND r.o1 = b.ordinal)
+), added AS (
+  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM new GROUP BY nct_id
+), removed AS (
+  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM gone GROUP BY nct_id
+), reworded AS (
+  SELECT c.nct_id, list({{'before': a.text, 'after': b.text, 'description_before': a.description,
+                         'description_after': b.description}} ORDER BY c.o0) AS items
+  FROM changed AS c JOIN o0 AS a ON a.nct_id = c.nct_id AND a.ordinal = c.o0
+  JOIN o1 AS b ON b.nct_id = c.nct_id AND b.ordinal = c.o1 GROUP BY c.nct_id"""
+
 _REGISTERED_VS_CURRENT = f"""CREATE OR REPLACE VIEW registered_vs_current AS
 WITH pair AS (
   SELECT c.nct_id, f.version AS first_version, c.version AS current_version
   FROM studies AS c
   JOIN (SELECT nct_id, min(version) AS version FROM raw_study_versions WHERE NOT is_removed GROUP BY nct_id) AS f
     USING (nct_id)
-), o0 AS (  -- dup: the n-th outcome with this measure text (one study can repeat a measure)
-  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text,
-         row_number() OVER (PARTITION BY p.nct_id, o.measure ORDER BY o.ordinal) AS dup FROM pair AS p
-  JOIN outcomes AS o ON o.nct_id = p.nct_id AND o.version = p.first_version AND o.outcome_type = 'primary'
-), o1 AS (
-  SELECT p.nct_id, o.ordinal, o.measure, {_OUTCOME_TEXT} AS text,
-         row_number() OVER (PARTITION BY p.nct_id, o.measure ORDER BY o.ordinal) AS dup FROM pair AS p
-  JOIN outcomes AS o ON o.nct_id = p.nct_id AND o.version = p.current_version AND o.outcome_type = 'primary'
-), kept AS (  -- the same measure in both (the n-th with it): reworded when its description or time frame changed
-  SELECT a.nct_id, a.text AS before, b.text AS after, a.ordinal AS o0, b.ordinal AS o1
-  FROM o0 AS a JOIN o1 AS b
-    ON a.nct_id = b.nct_id AND a.measure IS NOT DISTINCT FROM b.measure AND a.dup = b.dup
-), gone AS (
-  SELECT * FROM o0 AS a WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.nct_id = a.nct_id AND k.o0 = a.ordinal)
-), new AS (
-  SELECT * FROM o1 AS b WHERE NOT EXISTS (SELECT 1 FROM kept AS k WHERE k.nct_id = b.nct_id AND k.o1 = b.ordinal)
-), swapped AS (  -- a measure gone and a new one in its place (same position): reworded
-  SELECT g.nct_id, g.ordinal, g.text AS before, n.text AS after
-  FROM gone AS g JOIN new AS n ON g.nct_id = n.nct_id AND g.ordinal = n.ordinal
-), added AS (
-  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM new AS n
-  WHERE NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = n.nct_id AND w.ordinal = n.ordinal) GROUP BY nct_id
-), removed AS (
-  SELECT nct_id, list(text ORDER BY ordinal) AS items FROM gone AS g
-  WHERE NOT EXISTS (SELECT 1 FROM swapped AS w WHERE w.nct_id = g.nct_id AND w.ordinal = g.ordinal) GROUP BY nct_id
-), reworded AS (
-  SELECT nct_id, list({{'before': before, 'after': after}} ORDER BY ordinal) AS items
-  FROM (SELECT nct_id, o0 AS ordinal, before, after FROM kept WHERE before IS DISTINCT FROM after
-        UNION ALL SELECT nct_id, ordinal, before, after FROM swapped) GROUP BY nct_id
+), {_OUTCOME_PAIRS}
 ), arms0 AS (
   SELECT p.nct_id, list(g.label ORDER BY g.ordinal) AS labels FROM pair AS p
   JOIN arm_groups AS g ON g.nct_id = p.nct_id AND g.version = p.first_version GROUP BY p.nct_id
