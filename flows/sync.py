@@ -72,6 +72,8 @@ class _PageContext:
         self.exited: set[str] = set()  # members of the scope that this full run found gone from it
         self.left_scope: set[str] = set()  # ... of which the registry still publishes these
         self.omitted: set[str] = set()  # unlisted members that the registry still publishes inside the scope
+        self.unverified: set[str] = set()  # unlisted members the registry could not be asked about (kept)
+        self.unverified_why = ""  # ... why: the look-up's error, or an incomplete listing
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
@@ -282,6 +284,7 @@ def sync_registry(
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
                                exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,
+                               unverified=pc.unverified, unverified_why=pc.unverified_why,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=tuple(dict.fromkeys(pc.alias_of.get(i, i) for i in scope.ids)))
         totals.watermark = _next_watermark(previous_watermark, totals, checks, started.date())
