@@ -170,3 +170,24 @@ def test_an_incomplete_full_listing_calls_no_unlisted_study_gone_from_the_regist
     assert "0 gone from it" in detail
     assert "(the listing was incomplete: saw 59 of 60 studies)" in detail
     assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
+
+
+def test_a_study_merged_into_another_is_never_retired_its_old_id_redirects_301(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    import requests
+
+    fast_sync(small, warehouse_dir, page_size=25)
+    merged, into = real_records()[10], real_records()[11]
+    small.remove(nct(merged))
+    small.put(mutate.set_path(into, ("protocolSection", "identificationModule", "nctIdAliases"), [nct(merged)]))
+    # The spec: an id found in NCTIdAlias is answered 301, redirecting to the real study.
+    moved = requests.get(f"{small.url}/studies/{nct(merged)}", allow_redirects=False, timeout=10)
+    assert (moved.status_code, moved.headers["Location"]) == (301, f"/api/v2/studies/{nct(into)}")
+    small.omit_from_listings(nct(into))  # and the listing (filter.ids too) leaves the study out
+    small.requests.clear()
+    full = fast_sync(small, warehouse_dir, page_size=25, full=True)
+    assert [p for p, _ in small.requests if p.startswith("/studies/")] == [
+        f"/studies/{nct(merged)}", f"/studies/{nct(into)}", f"/studies/{nct(into)}"]  # followed the redirect
+    assert full["retired"] == 0
+    assert rows(warehouse_dir, "SELECT count(*) FROM study_versions WHERE is_removed") == [(0,)]
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE event = 'study_removed'") == [(0,)]
