@@ -40,7 +40,7 @@ from pipeline.scope import Scope, check_page_size, next_watermark, resolve_windo
 from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
-from warehouse.heads import HeadIndex
+from warehouse.heads import HeadIndex, SnapshotDays
 from warehouse.pairs import Baselines, version_pairs
 from warehouse.rows import changes_table
 from warehouse.spool import PageSpool
@@ -65,6 +65,7 @@ class _PageContext:
         self.batch_totals: dict[int, int] = {}  # first page number of a batch -> its totalCount
         self.batch_page_sizes: dict[int, int] = {}  # ... -> how many studies its first page held
         self.written: dict[str, Head] = {}  # heads this run wrote: a study can show up on two pages
+        self.holders = SnapshotDays(run)  # their data snapshot days: a lagging replica's record is stale
         self.totals = RunTotals()
         self.seen: set[str] = set()
         self.staged: dict[int, str] = {}  # page number -> digest of the body staged for it
@@ -107,7 +108,7 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
         return page.next_token
     inside, outside = _split_by_scope(page.studies, pc.scope, pc.scope_ids)
     pc.first_met = first_met = _first_met(page.studies, pc.seen, pc.met_outside)
-    plan = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx), pc.counted)
+    plan = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx, lags=pc.holders.lags), pc.counted)
     pc.seen.update(nct for nct, _ in plan.seen)
     pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     plan.quarantined.extend(outside)
@@ -120,6 +121,7 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     pc.staged[number] = digest
     crashpoint("page-staged")
     pc.written.update(plan.heads)
+    pc.holders.note(inside, plan.heads)
     t = pc.totals
     t.pages = max(t.pages, number)
     t.studies_seen += first_met

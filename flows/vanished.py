@@ -54,9 +54,11 @@ def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
     published = list({id(r): r for r in by_id.values()}.values())
     from flows.sync import _drop_repeats  # the page walk's helper (flows.sync imports this module)
 
-    plan = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
+    plan = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx, lags=pc.holders.lags),
+                         pc.counted)
     pc.run.append_plan(plan, pc.ctx)
     pc.written.update(plan.heads)
+    pc.holders.note(published, plan.heads)
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
     t.add_plan(plan)
