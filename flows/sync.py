@@ -75,6 +75,7 @@ class _PageContext:
         self.omitted: set[str] = set()  # unlisted members that the registry still publishes inside the scope
         self.unverified: set[str] = set()  # unlisted members the registry could not be asked about (kept)
         self.unverified_why = ""  # ... why: the look-up's error, or an incomplete listing
+        self.outside_requested: set[str] = set()  # ids asked for, published, but outside the scope's filters
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
@@ -279,13 +280,13 @@ def sync_registry(
         progress.emit("start", run_id=run_id, mode=window.mode, since=window.since, scope=scope.key)
         _walk(pc, sync_page)
         totals = pc.totals
-        if window.mode == "full" and not baseline:
+        if window.mode == "full" and (not baseline or scope.ids):  # a first run: the ids it never listed
             totals.left_scope, totals.retired = settle_vanished(pc, scope.key)
         totals.changes_written = derive_run_changes(
             run, rules, only_run=run_id, baseline_runs={run_id: run.news_from()} if baseline else {})
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
-                               exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,
+                               exited=pc.exited, left_scope=pc.left_scope | pc.outside_requested, omitted=pc.omitted,
                                unverified=pc.unverified, unverified_why=pc.unverified_why,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=tuple(dict.fromkeys(pc.alias_of.get(i, i) for i in scope.ids)))

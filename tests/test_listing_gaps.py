@@ -191,3 +191,29 @@ def test_a_study_merged_into_another_is_never_retired_its_old_id_redirects_301(
     assert full["retired"] == 0
     assert rows(warehouse_dir, "SELECT count(*) FROM study_versions WHERE is_removed") == [(0,)]
     assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE event = 'study_removed'") == [(0,)]
+
+
+def test_an_ids_scope_asks_for_each_id_its_listing_never_held_from_its_first_run(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    status = ("protocolSection", "statusModule", "overallStatus")
+    recruiting = [nct(r) for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "RECRUITING"][:4]
+    other = next(nct(r) for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "COMPLETED")
+    omitted, unknown = recruiting[1], "NCT09999999"  # NCT09999999: no such study (404)
+    small.omit_from_listings(omitted)
+    ids = [*recruiting, other, unknown]
+    first = fast_sync(small, warehouse_dir, page_size=25, ids=ids, status=["RECRUITING"], full=True)
+    # The omitted id is published inside the scope: stored and named; the COMPLETED one is outside the
+    # scope's filters (left alone); only the one the registry answers 404 for is "not in the registry".
+    # (the COMPLETED one is found by the cheap look-up through the listing, filter.ids without the status)
+    assert sorted(p for p, _ in small.requests if p.startswith("/studies/")) == [
+        f"/studies/{omitted}", f"/studies/{unknown}"]
+    assert rows(warehouse_dir, "SELECT nct_id FROM studies ORDER BY nct_id") == [(n,) for n in sorted(recruiting)]
+    assert check_row(warehouse_dir, first["run_id"], "listing_omitted")[:3] == ("warn", 1, [omitted])
+    status_, flagged, found, detail = check_row(warehouse_dir, first["run_id"], "missing_ids")
+    assert (status_, flagged, found) == ("warn", 1, [unknown])
+    assert detail == f"1 of the 6 requested ids are not in the registry: {unknown}"
+    # Later full runs: the same, the omitted study now a member kept by its look-up.
+    again = fast_sync(small, warehouse_dir, page_size=25, ids=ids, status=["RECRUITING"], full=True)
+    assert (again["versions_written"], again["retired"], again["left_scope"]) == (0, 0, 0)
+    assert check_row(warehouse_dir, again["run_id"], "listing_omitted")[:3] == ("warn", 1, [omitted])
+    assert check_row(warehouse_dir, again["run_id"], "missing_ids")[:3] == ("warn", 1, [unknown])

@@ -125,6 +125,14 @@ def test_missing_ids_calls_a_study_gone_only_when_the_registry_was_asked_about_i
     assert (only.status, only.data["removed"]) == ("fail", [])
     assert only.detail.startswith("1 of 3 known studies are no longer listed: 0 left the scope but are still in "
                                   "the registry, 0 gone from it; 1 could not be looked up, so")
+    # A first run of an ids scope: an id never listed is "not in the registry" only after a 404.
+    first = missing_ids(facts(mode="full", baseline=True, members_before=frozenset(), seen_dates={},
+                              requested_ids=("NCT00000001", "NCT00000002", "NCT00000003"),
+                              unverified=frozenset({"NCT00000002"}), unverified_why="timed out",
+                              left_scope=frozenset({"NCT00000003"})))
+    assert (first.status, first.flagged, first.ids) == ("fail", 2, ("NCT00000001", "NCT00000002"))
+    assert first.detail == ("1 of the 3 requested ids are not in the registry: NCT00000001; 1 requested ids were "
+                            "not listed and could not be looked up (timed out): NCT00000002")
 
 
 def test_a_requested_id_the_registry_does_not_have_is_flagged_from_the_first_run() -> None:
