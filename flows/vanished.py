@@ -120,6 +120,7 @@ def _unverified(pc: _PageContext, ids: list[str], why: str) -> None:
     """Members the run could not ask the registry about: kept (still members, not retired, no change),
     named by the ``missing_ids`` check as unknown rather than as gone."""
     pc.unverified.update(ids)
+    pc.totals.unverified = len(pc.unverified)
     if ids and not pc.unverified_why:
         pc.unverified_why = why
 

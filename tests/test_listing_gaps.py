@@ -138,7 +138,7 @@ def test_a_failing_single_study_look_up_retires_nothing_and_the_run_names_the_st
     full = fast_sync(small, warehouse_dir, page_size=25, full=True, max_attempts=2, timeout_seconds=1.0,
                      retry_budget=5.0)
     # The 404 before the failure is the registry's word: retired. The failed look-up says nothing.
-    assert (full["retired"], full["left_scope"]) == (1, 0)
+    assert (full["retired"], full["left_scope"], full["unverified"]) == (1, 0, 1)
     assert rows(warehouse_dir, "SELECT nct_id FROM study_versions WHERE is_removed") == [(gone,)]
     assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(gone, "removed")]
     assert rows(warehouse_dir, "SELECT nct_id, event FROM changes WHERE run_id = ?", [full["run_id"]]) == [
@@ -162,7 +162,7 @@ def test_an_incomplete_full_listing_calls_no_unlisted_study_gone_from_the_regist
     dropped = nct(real_records()[30])  # on page 2, still counted by totalCount
     small.faults.add("drop", page=2, nct_ids=(dropped,), times=-1)
     full = fast_sync(small, warehouse_dir, page_size=25, full=True)
-    assert (full["retired"], full["studies_seen"], full["total_count"]) == (0, 59, 60)
+    assert (full["retired"], full["studies_seen"], full["total_count"], full["unverified"]) == (0, 59, 60, 1)
     assert [p for p, _ in small.requests if p.startswith("/studies/")] == []  # nothing looked up
     assert check_row(warehouse_dir, full["run_id"], "total_count")[0] == "fail"
     status, flagged, ids, detail = check_row(warehouse_dir, full["run_id"], "missing_ids")
