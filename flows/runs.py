@@ -26,6 +26,7 @@ class RunTotals:
     quarantined: int = 0
     retired: int = 0
     left_scope: int = 0  # listed by earlier runs, not by this full run, but still in the registry
+    unverified: int = 0  # unlisted studies the registry could not be asked about (kept, not retired)
     changes_written: int = 0
     total_count: int | None = None
     watermark: date | None = None

@@ -40,7 +40,7 @@ from pipeline.scope import Scope, check_page_size, next_watermark, resolve_windo
 from pipeline.versioning import BatchPlan, Head, Quarantined, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse
 from warehouse.crashpoints import crashpoint
-from warehouse.heads import HeadIndex
+from warehouse.heads import HeadIndex, SnapshotDays
 from warehouse.pairs import Baselines, version_pairs
 from warehouse.rows import changes_table
 from warehouse.spool import PageSpool
@@ -65,6 +65,7 @@ class _PageContext:
         self.batch_totals: dict[int, int] = {}  # first page number of a batch -> its totalCount
         self.batch_page_sizes: dict[int, int] = {}  # ... -> how many studies its first page held
         self.written: dict[str, Head] = {}  # heads this run wrote: a study can show up on two pages
+        self.holders = SnapshotDays(run)  # their data snapshot days: a lagging replica's record is stale
         self.totals = RunTotals()
         self.seen: set[str] = set()
         self.staged: dict[int, str] = {}  # page number -> digest of the body staged for it
@@ -72,6 +73,9 @@ class _PageContext:
         self.exited: set[str] = set()  # members of the scope that this full run found gone from it
         self.left_scope: set[str] = set()  # ... of which the registry still publishes these
         self.omitted: set[str] = set()  # unlisted members that the registry still publishes inside the scope
+        self.unverified: set[str] = set()  # unlisted members the registry could not be asked about (kept)
+        self.unverified_why = ""  # ... why: the look-up's error, or an incomplete listing
+        self.outside_requested: set[str] = set()  # ids asked for, published, but outside the scope's filters
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
@@ -105,7 +109,7 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
         return page.next_token
     inside, outside = _split_by_scope(page.studies, pc.scope, pc.scope_ids)
     pc.first_met = first_met = _first_met(page.studies, pc.seen, pc.met_outside)
-    plan = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx), pc.counted)
+    plan = _drop_repeats(plan_batch(inside, pc.heads_for(inside), pc.ctx, lags=pc.holders.lags), pc.counted)
     pc.seen.update(nct for nct, _ in plan.seen)
     pc.seen.update(q.nct_id for q in plan.quarantined if q.nct_id)  # a bad record is no reason to retire
     plan.quarantined.extend(outside)
@@ -118,6 +122,7 @@ def sync_page(pc: _PageContext, token: str | None, number: int, first: int = 1) 
     pc.staged[number] = digest
     crashpoint("page-staged")
     pc.written.update(plan.heads)
+    pc.holders.note(inside, plan.heads)
     t = pc.totals
     t.pages = max(t.pages, number)
     t.studies_seen += first_met
@@ -275,13 +280,14 @@ def sync_registry(
         progress.emit("start", run_id=run_id, mode=window.mode, since=window.since, scope=scope.key)
         _walk(pc, sync_page)
         totals = pc.totals
-        if window.mode == "full" and not baseline:
+        if window.mode == "full" and (not baseline or scope.ids):  # a first run: the ids it never listed
             totals.left_scope, totals.retired = settle_vanished(pc, scope.key)
         totals.changes_written = derive_run_changes(
             run, rules, only_run=run_id, baseline_runs={run_id: run.news_from()} if baseline else {})
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
-                               exited=pc.exited, left_scope=pc.left_scope, omitted=pc.omitted,
+                               exited=pc.exited, left_scope=pc.left_scope | pc.outside_requested, omitted=pc.omitted,
+                               unverified=pc.unverified, unverified_why=pc.unverified_why,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=tuple(dict.fromkeys(pc.alias_of.get(i, i) for i in scope.ids)))
         totals.watermark = _next_watermark(previous_watermark, totals, checks, started.date())

@@ -19,48 +19,65 @@ if TYPE_CHECKING:
 
 @task(name="settle-vanished", cache_policy=NONE)
 def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
-    """After a complete full run: studies of the scope that the listing no longer holds are looked up.
+    """After a full run: studies of the scope that the listing no longer holds are looked up, and in an
+    ids scope the ids asked for that it never held (from the scope's first run on).
 
     A listing can leave out a study the registry still publishes, and a look-up through the listing
     (``filter.ids``) has the same gap: it can only prove a study is still there. So what it does not
     return is asked for one by one, ``GET /studies/{id}``, and only a 404 there retires a study.
-    A published study outside the scope's filters left the scope (``scope_exits``, reason
+    A published member outside the scope's filters left the scope (``scope_exits``, reason
     ``left_scope``); one inside them was omitted by the listing (``pc.omitted``: stays a member, no
     change event, a ``listing_omitted`` reconciliation warning). Either way its current record is
-    stored like any other. Returns (left_scope, retired)."""
+    stored like any other. A requested id the listing never held that the registry publishes inside
+    the filters is stored and named the same way (``listing_omitted``); outside them it is left alone;
+    only a 404 makes it "not in the registry". A study the registry could not be asked about (the
+    listing was incomplete, or the look-up failed: a timeout, a 5xx or 429 past the retry budget, a
+    broken body) is neither: a member stays, unretired, and it is named as unverified
+    (``pc.unverified``); the run commits what it listed. Returns (left_scope, retired)."""
     t = pc.totals
-    if t.total_count is not None and t.studies_seen < t.total_count:
-        get_run_logger().warning("saw %d of %d studies: not retiring anything on an incomplete listing",
-                                 t.studies_seen, t.total_count)
-        return 0, 0
-    vanished = sorted(pc.run.scope_members(scope) - pc.seen)
+    members = pc.run.scope_members(scope)
+    never_listed = {i for i in pc.scope.ids if i not in pc.alias_of and i not in pc.seen} - members
+    vanished = sorted((members - pc.seen) | never_listed)
     if not vanished:
         return 0, 0
-    try:
-        by_id, gone = _look_up(pc, vanished)
-        published = list({id(r): r for r in by_id.values()}.values())
-        inside = _inside_scope(pc, by_id)
-    except RegistryError as exc:  # the listing itself is complete: commit it, settle next time
-        get_run_logger().warning("could not look up %d studies that left the scope's listing (%s); "
-                                 "retiring nothing this run", len(vanished), exc)
+    if t.total_count is not None and t.studies_seen < t.total_count:
+        why = f"the listing was incomplete: saw {t.studies_seen} of {t.total_count} studies"
+        get_run_logger().warning("%s: not looking up or retiring the %d studies it did not hold", why, len(vanished))
+        _unverified(pc, vanished, why)
         return 0, 0
+    by_id, gone, error = _look_up(pc, vanished)
+    try:
+        inside = _inside_scope(pc, by_id)
+    except RegistryError as exc:  # which of them are still in the scope is unknown: settle them next time
+        error, by_id, inside = str(exc), {}, set()
+    if error:  # the listing itself is complete: commit it; what was not settled is asked about next time
+        unsettled = sorted(set(vanished) - set(by_id) - set(gone))
+        get_run_logger().warning("could not look up %d of the %d studies the scope's listing did not hold (%s): "
+                                 "kept, not retired; the next full run asks again", len(unsettled),
+                                 len(vanished), error)
+        _unverified(pc, unsettled, f"the registry failed: {error}")
+    outside_never = {n for n in by_id if n in never_listed and n not in inside}  # not in the scope: left alone
+    pc.outside_requested.update(outside_never)
+    published = list({id(r): r for n, r in by_id.items() if n not in outside_never}.values())
     from flows.sync import _drop_repeats  # the page walk's helper (flows.sync imports this module)
 
-    plan = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx), pc.counted)
+    plan = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx, lags=pc.holders.lags),
+                         pc.counted)
     pc.run.append_plan(plan, pc.ctx)
     pc.written.update(plan.heads)
+    pc.holders.note(published, plan.heads)
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
     t.add_plan(plan)
-    still_there = set(by_id)
+    still_there = set(by_id) - outside_never
     omitted = still_there & inside
     heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
     retired = [(nct, head.version + 1, head.content_hash) for nct in gone
-               if (head := heads.get(nct)) is not None and not head.is_removed]
+               if nct in members and (head := heads.get(nct)) is not None and not head.is_removed]
     pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
     for nct, version, digest in retired:
         pc.written[nct] = Head(version, digest, is_removed=True)
-    exits = [nct for nct in vanished if nct not in omitted]
+    exits = [nct for nct in vanished if nct in members and nct not in omitted and nct not in pc.unverified]
     pc.exited.update(exits)
     pc.left_scope.update(still_there - omitted)
     pc.omitted.update(omitted)
@@ -73,25 +90,39 @@ def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
     return len(still_there - omitted), len(retired)
 
 
-def _look_up(pc: _PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def _look_up(pc: _PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]], list[str], str | None]:
     """The records the registry publishes for ``ids`` (by the id asked for: an alias answers with the
-    study it was merged into), and the ids it answers 404 for. Asked by id in batches through the
+    study it was merged into), the ids it answers 404 for, and the error that stopped the asking, if
+    any (the ids neither found nor 404'd by then were not settled). Asked by id in batches through the
     listing first (cheap; what it returns is certainly published), then the rest one by one with the
-    single-study endpoint: only its 404 says a study is gone."""
+    single-study endpoint: only its 404 says a study is gone; any other failure (a timeout, a 5xx or a
+    429 past the retry budget, a body that is not a study) says nothing about the study."""
     wanted, found = set(ids), dict[str, dict[str, Any]]()
-    for params in lookup_params(ids):
-        for page in pc.client.iter_pages(params):
-            for record in page.studies:
-                found.update((key, record) for key in record_ids(record) & wanted)
-    gone = []
-    for nct in ids:
-        if nct in found:
-            continue
-        try:
-            found[nct] = pc.client.get_study(nct)
-        except RegistryNotFound:
-            gone.append(nct)
-    return found, gone
+    gone: list[str] = []
+    try:
+        for params in lookup_params(ids):
+            for page in pc.client.iter_pages(params):
+                for record in page.studies:
+                    found.update((key, record) for key in record_ids(record) & wanted)
+        for nct in ids:
+            if nct in found:
+                continue
+            try:
+                found[nct] = pc.client.get_study(nct)
+            except RegistryNotFound:
+                gone.append(nct)
+    except RegistryError as exc:
+        return found, gone, str(exc)
+    return found, gone, None
+
+
+def _unverified(pc: _PageContext, ids: list[str], why: str) -> None:
+    """Members the run could not ask the registry about: kept (still members, not retired, no change),
+    named by the ``missing_ids`` check as unknown rather than as gone."""
+    pc.unverified.update(ids)
+    pc.totals.unverified = len(pc.unverified)
+    if ids and not pc.unverified_why:
+        pc.unverified_why = why
 
 
 def _inside_scope(pc: _PageContext, by_id: dict[str, dict[str, Any]]) -> set[str]:

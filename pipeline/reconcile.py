@@ -52,6 +52,8 @@ class RunFacts:
     left_scope: frozenset[str] = frozenset()  # unlisted members that a lookup by id found still published
     omitted: frozenset[str] = frozenset()  # ... of those, the ones inside the scope's filters
     former_members: frozenset[str] = frozenset()  # seen by earlier runs of the scope, exited since
+    unverified: frozenset[str] = frozenset()  # unlisted members the registry could not be asked about
+    unverified_why: str = ""  # ... why (the look-up's error, or an incomplete listing)
 
 
 @dataclass(frozen=True)
@@ -88,39 +90,58 @@ def total_count(f: RunFacts) -> Check:
 
 def missing_ids(f: RunFacts) -> Check:
     """After a full run: studies of the scope that the registry no longer lists; in an ids scope, also
-    ids asked for that the registry has never listed (a mistyped id), from the first run on."""
+    ids asked for that the registry has never listed (a mistyped id), from the first run on. A study
+    is called gone from the registry only when it was asked about: one the run could not ask about
+    (``unverified``: the look-up failed, or the listing was incomplete) is named as such, and that is a
+    failure (the run cannot tell whether it is still published; it is kept, and the next full run asks)."""
     name = "missing_ids"
-    never = sorted(set(f.requested_ids) - set(f.seen_dates) - f.members_before) if f.mode == "full" else []
-    not_found = (f"{len(never)} of the {len(f.requested_ids)} requested ids are not in the registry: "
-                 f"{_names(never)}") if never else ""
+    unlisted = set(f.requested_ids) - set(f.seen_dates) - f.members_before if f.mode == "full" else set()
+    asked_unknown = sorted(unlisted & f.unverified)
+    never = sorted(unlisted - f.unverified - f.left_scope)  # the registry answered 404 for these
+    not_found = "; ".join(filter(None, [
+        f"{len(never)} of the {len(f.requested_ids)} requested ids are not in the registry: {_names(never)}"
+        if never else "",
+        f"{len(asked_unknown)} requested ids were not listed and could not be looked up"
+        f"{f' ({f.unverified_why})' if f.unverified_why else ''}: {_names(asked_unknown)}" if asked_unknown else ""]))
     if f.mode != "full" or f.baseline:
-        if never:
-            return Check(name, WARN, not_found, len(f.requested_ids), len(f.requested_ids) - len(never),
-                         len(never), tuple(never), {"not_found": never})
+        if never or asked_unknown:
+            return Check(name, FAIL if asked_unknown else WARN, not_found, len(f.requested_ids),
+                         len(f.requested_ids) - len(never) - len(asked_unknown), len(never) + len(asked_unknown),
+                         tuple(never) + tuple(asked_unknown), {"not_found": never, "unverified": asked_unknown})
         return Check(name, SKIPPED, _only_full(f))
     gone = sorted(f.members_before - set(f.seen_dates))
     kept = len(f.members_before) - len(gone)
-    removed = [n for n in gone if n not in f.left_scope]
+    unverified = [n for n in gone if n in f.unverified and n not in f.left_scope]
+    removed = [n for n in gone if n not in f.left_scope and n not in f.unverified]
     left = [n for n in gone if n in f.left_scope]
-    data = {"left_scope": left, "removed": removed, "not_found": never}
+    data = {"left_scope": left, "removed": removed, "not_found": never, "unverified": unverified}
     if not gone:
         detail = f"all {len(f.members_before)} known studies of the scope are still listed"
     else:
         detail = (f"{len(gone)} of {len(f.members_before)} known studies are no longer listed: {len(left)} left "
                   f"the scope but are still in the registry, {len(removed)} gone from it: "
-                  f"{_names(removed or left)}")
-    if not removed and not never:  # a study that no longer matches the scope's filters is no cause for concern
+                  f"{_names(removed or (left if not unverified else []))}")
+    if unverified:
+        why = f" ({f.unverified_why})" if f.unverified_why else ""
+        detail = detail.rstrip(": ") + (f"; {len(unverified)} could not be looked up{why}, so whether they are "
+                                        f"still in the registry is unknown (kept, not retired; the next full run "
+                                        f"asks again): {_names(unverified)}")
+    data["unverified"] = unverified + asked_unknown
+    if not removed and not never and not unverified and not asked_unknown:  # left the scope's filters: fine
         return Check(name, OK, detail, len(f.members_before), kept, 0, tuple(gone), data)
-    return Check(name, WARN, "; ".join(filter(None, [detail if gone else "", not_found])), len(f.members_before),
-                 kept, len(removed) + len(never), tuple(gone) + tuple(never), data)
+    return Check(name, FAIL if unverified or asked_unknown else WARN,
+                 "; ".join(filter(None, [detail if gone else "", not_found])), len(f.members_before), kept,
+                 len(removed) + len(unverified) + len(never) + len(asked_unknown),
+                 tuple(gone) + tuple(never) + tuple(asked_unknown), data)
 
 
 def listing_omitted(f: RunFacts) -> Check:
-    """After a full run: members of the scope the listing left out although ``GET /studies/{id}`` still
-    serves them inside the scope's filters (a gap in the registry's listing). Nothing is retired and no
+    """After a full run: members of the scope (in an ids scope, also ids asked for) the listing left out
+    although ``GET /studies/{id}`` still serves them inside the scope's filters (a gap in the registry's
+    listing). Nothing is retired and no
     change is derived for them; they are named so someone can look."""
     name = "listing_omitted"
-    if f.mode != "full" or f.baseline:
+    if f.mode != "full" or (f.baseline and not f.omitted):  # a first run: requested ids it never listed
         return Check(name, SKIPPED, _only_full(f))
     omitted = sorted(f.omitted)
     if not omitted:

@@ -8,12 +8,16 @@ A record whose ``lastUpdatePostDate`` is earlier than its study's stored head's 
 is *stale* (a lagging cache or replica answered): it makes no version and no change, and is counted
 (``BatchPlan.stale``). A record with the head's registry date but new content (the registry edits
 ``submissionTracking`` without moving the date) is a new version; the warehouse dates it by its
-observation day so that versions never overlap (``warehouse.validity``).
+observation day so that versions never overlap (``warehouse.validity``). Unless it comes from an older
+data snapshot than the head (``derivedSection.miscInfoModule.versionHolder``, the day of the registry's
+data the record was served from, is earlier: ``holder_predates``): then a lagging replica answered
+with the record as it was before the edit, and it is stale too (``plan_batch``'s ``lags``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
@@ -101,6 +105,7 @@ def plan_batch(
     nct_ids: Sequence[str] | None = None,
     same_day: SameDay = "new",
     always_new: Collection[str] = (),
+    lags: Callable[[str, Mapping[str, Any], Head], bool] | None = None,
 ) -> BatchPlan:
     """Versions to store for ``records`` given the current ``heads``.
 
@@ -116,7 +121,10 @@ def plan_batch(
     (not decided yet: its index goes to ``held``; see ``flows.bulk``), or, given the newest registry
     date of the bulk file it comes from, stale where that file predates the head (``archive_predates``);
     ``always_new``: studies whose such records are new versions whatever ``same_day`` says (a bulk
-    file that lists a study twice: its members are its versions in turn, so none may wait for the others).
+    file that lists a study twice: its members are its versions in turn, so none may wait for the others);
+    ``lags(nct_id, record, head)``: whether a record with new content dated the same day as its study's
+    (not removed) head comes from an older snapshot of the registry's data than the head (a lagging
+    replica): stale, not a new version (see ``holder_predates``).
     """
     plan = BatchPlan()
     for index, record in enumerate(records):
@@ -142,7 +150,9 @@ def plan_batch(
                 _is_stale(record, head, ctx)  # removed heads too: a lagging replica's old record of a
                 # study the registry removed is no reappearance
                 or (isinstance(same_day, date) and nct_hint not in always_new and archive_predates(same_day, head)
-                    and _is_same_day(record, head, ctx))):
+                    and _is_same_day(record, head, ctx))
+                or (lags is not None and not head.is_removed and _is_same_day(record, head, ctx)
+                    and lags(nct_hint, record, head))):
             plan.stale.append(nct_hint)
             plan.seen.append((nct_hint, head.version))  # still published: seen, at the version we hold
             continue
@@ -200,6 +210,25 @@ def archive_predates(newest: date, head: Head) -> bool:
     the registry writes the file nightly, so it is at most a day past its newest date (a day of
     doubt is given to the file: it is news then). Monthly snapshots loaded in order stay news."""
     return head.as_of is not None and (head.as_of - newest).days > 1
+
+
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def version_holder(record: Mapping[str, Any]) -> str | None:
+    """``derivedSection.miscInfoModule.versionHolder``: the day of the registry's data snapshot the record
+    was served from (``yyyy-MM-dd``), or None."""
+    derived = record.get("derivedSection")
+    misc = derived.get("miscInfoModule") if isinstance(derived, Mapping) else None
+    holder = misc.get("versionHolder") if isinstance(misc, Mapping) else None
+    return holder if isinstance(holder, str) and _ISO_DAY.match(holder) else None
+
+
+def holder_predates(record: Mapping[str, Any], stored_holder: str | None) -> bool:
+    """The record was served from an older snapshot of the registry's data than the stored version it is
+    compared with (both ``versionHolder`` days known): a lagging cache or replica answered."""
+    mine = version_holder(record)
+    return mine is not None and stored_holder is not None and mine < stored_holder
 
 
 def _is_same_day(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:

@@ -111,3 +111,109 @@ def test_a_text_query_scope_asks_the_registrys_search_whether_an_unlisted_study_
         (members[0], "left_scope")]
     assert (full["retired"], full["left_scope"]) == (0, 1)
     assert rows(warehouse_dir, "SELECT count(*) FROM study_versions WHERE is_removed") == [(0,)]
+
+
+# A single-study look-up that fails, each way a registry fails: never a study_removed, never a scope exit.
+LOOKUP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "500 on every try": ("status", dict(status=500, body="Internal Server Error")),
+    "429 with a Retry-After past the budget": ("status", dict(status=429, retry_after="120",
+                                                              body="Too Many Requests")),
+    "read timeouts": ("delay", dict(delay=2.5)),
+    "a truncated 200": ("truncate", {}),
+    "a maintenance page as 200": ("status", dict(status=200, content_type="text/html",
+                                                 body="<html><title>Scheduled maintenance</title></html>")),
+}
+
+
+@pytest.mark.parametrize("case", list(LOOKUP_FAULTS))
+def test_a_failing_single_study_look_up_retires_nothing_and_the_run_names_the_study_as_unverified(
+        case: str, small: FakeRegistry, warehouse_dir: Path) -> None:
+    fast_sync(small, warehouse_dir, page_size=25)
+    gone, unknown = nct(real_records()[10]), nct(real_records()[11])  # asked in this order (sorted ids)
+    assert gone < unknown
+    small.remove(gone)
+    small.omit_from_listings(unknown)
+    kind, options = LOOKUP_FAULTS[case]
+    small.faults.add(kind, path=f"/studies/{unknown}", times=-1, **options)
+    full = fast_sync(small, warehouse_dir, page_size=25, full=True, max_attempts=2, timeout_seconds=1.0,
+                     retry_budget=5.0)
+    # The 404 before the failure is the registry's word: retired. The failed look-up says nothing.
+    assert (full["retired"], full["left_scope"], full["unverified"]) == (1, 0, 1)
+    assert rows(warehouse_dir, "SELECT nct_id FROM study_versions WHERE is_removed") == [(gone,)]
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(gone, "removed")]
+    assert rows(warehouse_dir, "SELECT nct_id, event FROM changes WHERE run_id = ?", [full["run_id"]]) == [
+        (gone, "study_removed")]
+    status, flagged, ids, detail = check_row(warehouse_dir, full["run_id"], "missing_ids")
+    assert (status, flagged, ids) == ("fail", 2, sorted([gone, unknown]))
+    assert "1 gone from it: " + gone in detail and "1 could not be looked up (the registry failed: " in detail
+    assert detail.endswith(f"(kept, not retired; the next full run asks again): {unknown}")
+    assert full["reconciliation"]["status"] == "fail"
+    # Still a member: the next full run, against a healthy registry, asks again and finds it published.
+    small.faults.clear()
+    again = fast_sync(small, warehouse_dir, page_size=25, full=True)
+    assert (again["retired"], again["changes_written"]) == (0, 0)
+    assert check_row(warehouse_dir, again["run_id"], "listing_omitted")[:3] == ("warn", 1, [unknown])
+    assert check_row(warehouse_dir, again["run_id"], "missing_ids")[:2] == ("ok", 0)
+
+
+def test_an_incomplete_full_listing_calls_no_unlisted_study_gone_from_the_registry(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    fast_sync(small, warehouse_dir, page_size=25)
+    dropped = nct(real_records()[30])  # on page 2, still counted by totalCount
+    small.faults.add("drop", page=2, nct_ids=(dropped,), times=-1)
+    full = fast_sync(small, warehouse_dir, page_size=25, full=True)
+    assert (full["retired"], full["studies_seen"], full["total_count"], full["unverified"]) == (0, 59, 60, 1)
+    assert [p for p, _ in small.requests if p.startswith("/studies/")] == []  # nothing looked up
+    assert check_row(warehouse_dir, full["run_id"], "total_count")[0] == "fail"
+    status, flagged, ids, detail = check_row(warehouse_dir, full["run_id"], "missing_ids")
+    assert (status, flagged, ids) == ("fail", 1, [dropped])
+    assert "0 gone from it" in detail
+    assert "(the listing was incomplete: saw 59 of 60 studies)" in detail
+    assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
+
+
+def test_a_study_merged_into_another_is_never_retired_its_old_id_redirects_301(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    import requests
+
+    fast_sync(small, warehouse_dir, page_size=25)
+    merged, into = real_records()[10], real_records()[11]
+    small.remove(nct(merged))
+    small.put(mutate.set_path(into, ("protocolSection", "identificationModule", "nctIdAliases"), [nct(merged)]))
+    # The spec: an id found in NCTIdAlias is answered 301, redirecting to the real study.
+    moved = requests.get(f"{small.url}/studies/{nct(merged)}", allow_redirects=False, timeout=10)
+    assert (moved.status_code, moved.headers["Location"]) == (301, f"/api/v2/studies/{nct(into)}")
+    small.omit_from_listings(nct(into))  # and the listing (filter.ids too) leaves the study out
+    small.requests.clear()
+    full = fast_sync(small, warehouse_dir, page_size=25, full=True)
+    assert [p for p, _ in small.requests if p.startswith("/studies/")] == [
+        f"/studies/{nct(merged)}", f"/studies/{nct(into)}", f"/studies/{nct(into)}"]  # followed the redirect
+    assert full["retired"] == 0
+    assert rows(warehouse_dir, "SELECT count(*) FROM study_versions WHERE is_removed") == [(0,)]
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE event = 'study_removed'") == [(0,)]
+
+
+def test_an_ids_scope_asks_for_each_id_its_listing_never_held_from_its_first_run(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    status = ("protocolSection", "statusModule", "overallStatus")
+    recruiting = [nct(r) for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "RECRUITING"][:4]
+    other = next(nct(r) for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "COMPLETED")
+    omitted, unknown = recruiting[1], "NCT09999999"  # NCT09999999: no such study (404)
+    small.omit_from_listings(omitted)
+    ids = [*recruiting, other, unknown]
+    first = fast_sync(small, warehouse_dir, page_size=25, ids=ids, status=["RECRUITING"], full=True)
+    # The omitted id is published inside the scope: stored and named; the COMPLETED one is outside the
+    # scope's filters (left alone); only the one the registry answers 404 for is "not in the registry".
+    # (the COMPLETED one is found by the cheap look-up through the listing, filter.ids without the status)
+    assert sorted(p for p, _ in small.requests if p.startswith("/studies/")) == [
+        f"/studies/{omitted}", f"/studies/{unknown}"]
+    assert rows(warehouse_dir, "SELECT nct_id FROM studies ORDER BY nct_id") == [(n,) for n in sorted(recruiting)]
+    assert check_row(warehouse_dir, first["run_id"], "listing_omitted")[:3] == ("warn", 1, [omitted])
+    status_, flagged, found, detail = check_row(warehouse_dir, first["run_id"], "missing_ids")
+    assert (status_, flagged, found) == ("warn", 1, [unknown])
+    assert detail == f"1 of the 6 requested ids are not in the registry: {unknown}"
+    # Later full runs: the same, the omitted study now a member kept by its look-up.
+    again = fast_sync(small, warehouse_dir, page_size=25, ids=ids, status=["RECRUITING"], full=True)
+    assert (again["versions_written"], again["retired"], again["left_scope"]) == (0, 0, 0)
+    assert check_row(warehouse_dir, again["run_id"], "listing_omitted")[:3] == ("warn", 1, [omitted])
+    assert check_row(warehouse_dir, again["run_id"], "missing_ids")[:3] == ("warn", 1, [unknown])

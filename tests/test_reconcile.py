@@ -100,13 +100,39 @@ def test_missing_ids_warn_only_for_studies_gone_from_the_registry_not_for_those_
                      left_scope=frozenset({"NCT00000003"}))
     check = missing_ids(one_left)
     assert (check.status, check.flagged, check.ids, check.data) == (
-        "ok", 0, ("NCT00000003",), {"left_scope": ["NCT00000003"], "removed": [], "not_found": []})
+        "ok", 0, ("NCT00000003",), {"left_scope": ["NCT00000003"], "removed": [], "not_found": [], "unverified": []})
     assert check.detail == ("1 of 3 known studies are no longer listed: 1 left the scope but are still in the "
                             "registry, 0 gone from it: NCT00000003")
     both = missing_ids(facts(mode="full", seen_dates={"NCT00000001": MONDAY}, left_scope=frozenset({"NCT00000003"})))
     assert (both.status, both.flagged, both.ids, both.data["removed"]) == (
         "warn", 1, ("NCT00000002", "NCT00000003"), ["NCT00000002"])
     assert both.detail.endswith("1 left the scope but are still in the registry, 1 gone from it: NCT00000002")
+
+
+def test_missing_ids_calls_a_study_gone_only_when_the_registry_was_asked_about_it() -> None:
+    """A member the run could not ask about (the look-up failed, the listing was incomplete) is unknown:
+    a failure of the check, never counted as gone from the registry."""
+    check = missing_ids(facts(mode="full", seen_dates={"NCT00000001": MONDAY},
+                              unverified=frozenset({"NCT00000003"}), unverified_why="HTTP 503: down (2 tries)"))
+    assert (check.status, check.flagged, check.ids) == ("fail", 2, ("NCT00000002", "NCT00000003"))
+    assert (check.data["removed"], check.data["unverified"]) == (["NCT00000002"], ["NCT00000003"])
+    assert check.detail == ("2 of 3 known studies are no longer listed: 0 left the scope but are still in the "
+                            "registry, 1 gone from it: NCT00000002; 1 could not be looked up (HTTP 503: down "
+                            "(2 tries)), so whether they are still in the registry is unknown (kept, not retired; "
+                            "the next full run asks again): NCT00000003")
+    only = missing_ids(facts(mode="full", seen_dates={"NCT00000001": MONDAY, "NCT00000002": MONDAY},
+                             unverified=frozenset({"NCT00000003"})))
+    assert (only.status, only.data["removed"]) == ("fail", [])
+    assert only.detail.startswith("1 of 3 known studies are no longer listed: 0 left the scope but are still in "
+                                  "the registry, 0 gone from it; 1 could not be looked up, so")
+    # A first run of an ids scope: an id never listed is "not in the registry" only after a 404.
+    first = missing_ids(facts(mode="full", baseline=True, members_before=frozenset(), seen_dates={},
+                              requested_ids=("NCT00000001", "NCT00000002", "NCT00000003"),
+                              unverified=frozenset({"NCT00000002"}), unverified_why="timed out",
+                              left_scope=frozenset({"NCT00000003"})))
+    assert (first.status, first.flagged, first.ids) == ("fail", 2, ("NCT00000001", "NCT00000002"))
+    assert first.detail == ("1 of the 3 requested ids are not in the registry: NCT00000001; 1 requested ids were "
+                            "not listed and could not be looked up (timed out): NCT00000002")
 
 
 def test_a_requested_id_the_registry_does_not_have_is_flagged_from_the_first_run() -> None:

@@ -261,8 +261,13 @@ def test_a_scope_of_726_ids_is_fetched_in_batches_each_under_the_url_limit(
     assert (summary["studies_seen"], summary["versions_written"], summary["total_count"]) == (326, 326, 326)
     assert [p for p, _ in registry.requests if p == "<414>"] == []
     walked = [p["filter.ids"].split(",") for p in registry.study_requests()]
-    assert [len(batch) for batch in walked] == [200, 200, 200, 126]
-    assert sorted(i for batch in walked for i in batch) == sorted(real + absent)
+    assert [len(batch) for batch in walked] == [200, 200, 200, 126, 200, 200]
+    assert sorted(i for batch in walked[:4] for i in batch) == sorted(real + absent)
+    # The ids never listed are asked for again through the listing, then one by one: all 404.
+    assert sorted(i for batch in walked[4:] for i in batch) == absent
+    assert [p for p, _ in registry.requests if p.startswith("/studies/")] == [f"/studies/{n}" for n in absent]
+    assert summary["reconciliation"]["flags"]["missing_ids"].startswith(
+        "400 of the 726 requested ids are not in the registry: NCT90000001, ")
     again = fast_sync(registry, warehouse_dir, ids=real + absent, full=True)
     assert (again["versions_written"], again["retired"], again["reconciliation"]["flags"].keys() - {"missing_ids"}) \
         == (0, 0, set())

@@ -8,13 +8,19 @@ Arrow columns it costs ~55 bytes a study (33 MB for 600,000); a dict of ``Head``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.parse import record_nct_id
 from pipeline.registry.bulk import split_by_shard
-from pipeline.versioning import Head
+from pipeline.versioning import Head, holder_predates, version_holder
+
+if TYPE_CHECKING:
+    from warehouse.run_writer import RunWriter
 
 HEAD_SCHEMA = pa.schema([
     pa.field("nct_id", pa.string()),
@@ -72,3 +78,36 @@ def to_dict(table: pa.Table) -> dict[str, Head]:
     columns = [table[name].to_pylist() for name in HEAD_SCHEMA.names]
     return {nct: Head(version, digest, bool(removed), updated, key, as_of)
             for nct, version, digest, removed, updated, key, as_of in zip(*columns, strict=True)}
+
+
+HOLDER_SQL = ("SELECT nct_id, json_extract_string(raw, '$.derivedSection.miscInfoModule.versionHolder') "
+              "FROM raw_study_versions WHERE nct_id = ? AND version = ?")
+
+
+def stored_holder(con: duckdb.DuckDBPyConnection, nct_id: str, version: int) -> str | None:
+    """The ``versionHolder`` of a stored version's raw record (the snapshot day it was served from), or
+    None. One study at a time: asked only for a record with new content dated as its head (rare)."""
+    row = con.execute(HOLDER_SQL, [nct_id, version]).fetchone()
+    return str(row[1]) if row and row[1] else None
+
+
+class SnapshotDays:
+    """The ``versionHolder`` of each study's head, for ``plan_batch``'s ``lags``: a record with new content
+    dated as its head but served from an older snapshot of the registry's data is a lagging replica's.
+    The heads this run wrote are remembered (``note``); a committed head's is read from its raw record."""
+
+    def __init__(self, run: RunWriter) -> None:
+        self.run = run
+        self.written: dict[str, str | None] = {}
+
+    def note(self, records: Iterable[Mapping[str, Any]], heads: Mapping[str, Head]) -> None:
+        """After a batch is staged: the records that made its new heads (the last one of a study wins)."""
+        for record in records:
+            if (nct := record_nct_id(record)) in heads and nct is not None:
+                self.written[nct] = version_holder(record)
+
+    def lags(self, nct_id: str, record: Mapping[str, Any], head: Head) -> bool:
+        if nct_id in self.written:
+            return holder_predates(record, self.written[nct_id])
+        with self.run.before() as con:
+            return holder_predates(record, stored_holder(con, nct_id, head.version))

@@ -158,6 +158,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['versions_written']} new versions, {summary['unchanged']} unchanged, "
         f"{summary['changes_written']} changes, {summary['retired']} retired, "
         f"{left_scope(summary)}"
+        f"{unverified(summary)}"
         f"{stale(summary)}"
         f"{summary['quarantined']} quarantined in {summary['duration_seconds']:.1f}s",
         highlight=False,
@@ -167,6 +168,11 @@ def print_summary(summary: dict[str, Any]) -> None:
 def stale(summary: dict[str, Any]) -> str:
     n = summary.get("stale") or 0
     return f"{n} stale (older than the stored version: ignored), " if n else ""
+
+
+def unverified(summary: dict[str, Any]) -> str:
+    n = summary.get("unverified") or 0
+    return f"{n} unlisted but not looked up (kept, not retired: see the missing_ids warning), " if n else ""
 
 
 def left_scope(summary: dict[str, Any]) -> str:

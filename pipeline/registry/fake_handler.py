@@ -83,6 +83,10 @@ class Handler(BaseHTTPRequestHandler):
             if not NCT_PATTERN.match(nct):
                 raise BadRequest(f"Invalid NCT ID: {nct}")
             body_or_none = self.registry.study_body(canonical_nct(nct))
+            if body_or_none is None and (merged := self.registry.merged_into(canonical_nct(nct))):
+                # The spec: an id found in NCTIdAlias is answered 301, redirecting to the real study.
+                location = f"{API_PREFIX}/studies/{merged}"
+                return 301, b"Moved Permanently", "text/plain", {"Location": location}
             if body_or_none is None:
                 return 404, f"Study not found: {canonical_nct(nct)}".encode(), "text/plain", {}
             return 200, body_or_none, "application/json", {}

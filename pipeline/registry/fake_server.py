@@ -5,8 +5,9 @@ valid with the first page's parameters, ``totalCount`` on the first page only (w
 ``countTotal=true``), ``pageSize`` default 10 and clamp at 1,000, ``filter.ids`` (NCTId and
 NCTIdAlias), ``filter.overallStatus``, ``filter.advanced`` with ``AREA[LastUpdatePostDate]RANGE[a,b]``
 (and simple ``AREA[Field]VALUE`` terms), ``query.cond/term/spons`` matching, 400/404 plain-text
-errors, page tokens that expire (``token_ttl``) and ``/version`` with a ``dataTimestamp`` that moves
-on whenever the data changes (``put``/``remove``), like the registry's daily refresh.
+errors, ``GET /studies/{alias}`` answering 301 to the study an NCTIdAlias belongs to, page tokens that
+expire (``token_ttl``) and ``/version`` with a ``dataTimestamp`` that moves on whenever the data changes
+(``put``/``remove``), like the registry's daily refresh.
 
 As strict as the real API (``fake_matching``, ``fake_handler``): ids outside the spec's pattern, broken
 Essie syntax and request lines over 8 KB are refused; a query of NCT ids only makes filters ignored;
@@ -127,6 +128,11 @@ class FakeRegistry:
         with self._lock:
             found = self._entries.get(nct_id)
         return found.body if found else None
+
+    def merged_into(self, nct_id: str) -> str | None:
+        """The study whose ``nctIdAliases`` hold ``nct_id`` (the registry merged it there), if any."""
+        with self._lock:
+            return next((n for n, e in sorted(self._entries.items()) if nct_id in e.aliases), None)
 
     def nct_ids(self) -> list[str]:
         with self._lock:

@@ -18,7 +18,7 @@ from pipeline import mutate
 from pipeline.errors import PageTokenRejected, RegistryError, RegistryUnavailable
 from pipeline.registry.client import RegistryClient, RetryPolicy
 from pipeline.registry.fake_server import FakeRegistry
-from tests.conftest import STUDIES_DIR, fast_sync, load, nct, real_records
+from tests.conftest import STUDIES_DIR, fast_sync, load, nct, real_records, snapshot_pairs
 from tests.reliability.support import leftovers, pick, query, state
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_api")]
@@ -140,6 +140,35 @@ def test_a_stale_record_read_twice_in_one_run_is_counted_once(reread: str, wareh
         100, 2, 98, 0)
     assert query(warehouse_dir, "SELECT stale, studies_seen FROM sync_runs ORDER BY started_at DESC LIMIT 1") == [
         (2, 100)]
+
+
+def test_a_lagging_replicas_record_dated_as_the_stored_version_but_from_an_older_snapshot_is_stale(
+        warehouse_dir: Path) -> None:
+    """Real pair NCT01967030: two downloads with one lastUpdatePostDate, versionHolder 2025-12-23 and
+    2026-01-02. The registry edits the newer one without moving the date (a QC submission, real
+    submissionTracking of NCT05973799): a new version. A replica still on the older snapshot then
+    serves the record as it was: stale (no version, no change, counted), not an edit undone."""
+    older, newer = snapshot_pairs()["NCT01967030"]
+    assert older["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"] == \
+        newer["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]
+    tracking = load(STUDIES_DIR / "NCT05973799.json")["derivedSection"]["miscInfoModule"]["submissionTracking"]
+    edited = mutate.set_path(newer, ("derivedSection", "miscInfoModule", "submissionTracking"), tracking)
+    others = real_records()[:30]
+    with FakeRegistry([*others, older]).start() as registry:
+        fast_sync(registry, warehouse_dir, page_size=SIZE)
+        registry.put(edited)
+        edit = fast_sync(registry, warehouse_dir, page_size=SIZE, full=True)
+        assert (edit["versions_written"], edit["stale"]) == (1, 0)
+        registry.put(older)  # the lagging replica
+        lagging = fast_sync(registry, warehouse_dir, page_size=SIZE, full=True)
+        assert (lagging["versions_written"], lagging["stale"], lagging["changes_written"]) == (0, 1, 0)
+        registry.put(edited)  # caught up: nothing to undo
+        caught_up = fast_sync(registry, warehouse_dir, page_size=SIZE, full=True)
+        assert (caught_up["versions_written"], caught_up["stale"], caught_up["changes_written"]) == (0, 0, 0)
+    assert query(warehouse_dir, "SELECT version, is_current FROM study_versions WHERE nct_id = 'NCT01967030' "
+                                "ORDER BY version") == [(1, False), (2, True)]
+    assert query(warehouse_dir, "SELECT DISTINCT to_version, category FROM changes WHERE nct_id = 'NCT01967030' "
+                                "AND event <> 'study_added'") == [(2, "results")]
 
 
 def test_an_expired_page_token_restarts_the_walk_and_each_study_is_staged_once(warehouse_dir: Path) -> None:
