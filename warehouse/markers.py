@@ -22,7 +22,7 @@ from warehouse import manifest as manifests
 from warehouse.manifest import Generation, ManifestDamaged
 
 if TYPE_CHECKING:
-    from warehouse.check import LogState
+    from warehouse.log_state import LogState
 
 COMMITTED_MARKER = "_COMMITTED"
 RUNS_DIR = "runs"

@@ -49,7 +49,7 @@ def best(root: Path, manifest: Manifest | None) -> Manifest:
     is damaged) or, where newer generations are committed (the catalog or a run's marker says so),
     the log from the files and the good copies. Warns when it is not the newest committed state or
     answers from a copy."""
-    from warehouse.check import read_state
+    from warehouse.log_state import read_state
 
     state = read_state(root)
     log = state.best()

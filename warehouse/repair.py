@@ -34,7 +34,8 @@ from warehouse import catalog, catalog_file, checkpoints
 from warehouse import manifest as manifests
 from warehouse.affected import rollback_target
 from warehouse.catalog import CATALOG_NAME
-from warehouse.check import LogState, check, check_file, read_state
+from warehouse.check import check, check_file
+from warehouse.log_state import LogState, read_state
 from warehouse.manifest import Generation, ManifestEntry
 from warehouse.markers import COMMITTED_MARKER
 from warehouse.tables import TABLES

@@ -20,10 +20,11 @@ from pipeline.errors import UsageError, WarehouseBusy, WarehouseError, Warehouse
 from warehouse import catalog, catalog_file, checkpoints, committing, migrations, readers, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
-from warehouse.check import check_file, read_state, refuse_if_damaged
+from warehouse.check import check_file, refuse_if_damaged
 from warehouse.checkpoints import Checkpoint
 from warehouse.crashpoints import crashpoint
 from warehouse.locks import READER, exclusive_lock
+from warehouse.log_state import read_state
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.run_writer import COMMITTED_MARKER, RUNS_DIR, RunWriter
 
@@ -72,7 +73,7 @@ class Warehouse:
     def _best_manifest(self) -> Manifest:
         """For readers: the manifest files; where one is damaged, or a newer generation is committed (the
         catalog or a run's marker says so), the longest log of the files and the good copies (the
-        catalog's, the checkpoints', the runs' markers), with a warning (``warehouse.newest``)."""
+        catalog's, the checkpoints', the runs' markers), with a warning (``warehouse.readers``)."""
         try:
             manifest = self.manifest()
         except ManifestDamaged:
