@@ -9,6 +9,7 @@ whole directory). The next writer of the same target removes those whose process
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from contextlib import suppress
@@ -28,13 +29,18 @@ def writer_gone(path: Path) -> bool:
     return pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid))
 
 
-def remove_abandoned(target: Path) -> list[Path]:
-    """Remove the temporaries of ``target`` (files or directories) whose writer is gone; returns them."""
+def remove_abandoned(target: Path, *, directories: bool = False) -> list[Path]:
+    """Remove the temporaries of ``target`` whose writer is gone; returns them. Files (a symlink: the
+    link itself), and with ``directories`` (a backup's temporary is one) directories too; a directory
+    where a file's temporary would be is not ours and stays. ``target``'s name is matched literally
+    (``[``, ``*`` and ``?`` in it are no pattern)."""
     removed = []
-    for leftover in target.parent.glob(f".{target.name}.tmp-*"):
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
         if not writer_gone(leftover):
             continue
         if leftover.is_dir() and not leftover.is_symlink():
+            if not directories:
+                continue
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             with suppress(OSError):
@@ -48,8 +54,12 @@ def replace_atomically(target: Path, data: bytes) -> None:
     before the rename), after removing what killed writers of ``target`` left."""
     remove_abandoned(target)
     tmp = temporary(target)
+    with suppress(FileNotFoundError):  # this pid's own, from an earlier process of the same id
+        tmp.unlink()
     try:
-        with open(tmp, "wb") as f:
+        # created here, never through a link someone put at this (guessable) name
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666),
+                  "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

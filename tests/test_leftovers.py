@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.alerts import send_test
-from pipeline.leftovers import replace_atomically
+from pipeline.leftovers import replace_atomically, temporary
 
 
 def _killed_mid_write(target: Path) -> Path:
@@ -60,3 +61,38 @@ def test_only_the_temporaries_of_gone_writers_of_the_same_file_are_removed(tmp_p
     replace_atomically(report, b"<html></html>")
     assert report.read_bytes() == b"<html></html>"
     assert not killed.exists() and running.exists() and other.exists() and not_ours.exists()
+
+
+@pytest.mark.parametrize("name", ["report[1].html", "feed*.json", "digest?.html", "[x].json"])
+def test_a_killed_writers_temporary_is_removed_whatever_characters_the_file_name_holds(
+        tmp_path: Path, name: str) -> None:
+    """The name was a glob pattern: ``report[1].html``'s leftovers never matched it and piled up again."""
+    target = tmp_path / name
+    killed = _killed_mid_write(target)
+    replace_atomically(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert not killed.exists()
+
+
+def test_a_file_writer_leaves_a_directory_with_its_temporary_name_alone(tmp_path: Path) -> None:
+    """A feed or a report is a file: a directory where its temporary would be is someone else's."""
+    target = tmp_path / "report.html"
+    gone = _killed_mid_write(target)  # a process id that no longer runs
+    gone.unlink()
+    gone.mkdir()
+    (gone / "keep.txt").write_text("not trialsync's")
+    replace_atomically(target, b"<html></html>")
+    assert target.read_bytes() == b"<html></html>"
+    assert (gone / "keep.txt").read_text() == "not trialsync's"
+
+
+def test_a_link_at_this_writers_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    """The temporary's name is guessable (the pid): a link put there must not send the bytes elsewhere."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    target = tmp_path / "feed.json"
+    temporary(target).symlink_to(victim)
+    replace_atomically(target, b"{}")
+    assert victim.read_text() == "precious"
+    assert target.read_bytes() == b"{}" and not target.is_symlink()

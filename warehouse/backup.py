@@ -107,7 +107,7 @@ def _remove_abandoned(dest: Path) -> None:
     """The temporary directories of killed backups: to DEST, and to any other place beside it (a dated
     backup each night names a new DEST: a killed one's directory was never removed, one more after
     each kill). Another place's only when it carries the backup's marker and its process is gone."""
-    leftovers.remove_abandoned(dest)
+    leftovers.remove_abandoned(dest, directories=True)
     for leftover in dest.parent.glob(".*.tmp-*"):
         if (leftover / BACKUP_TMP_MARKER).is_file() and not leftover.is_symlink() and leftovers.writer_gone(leftover):
             shutil.rmtree(leftover, ignore_errors=True)
