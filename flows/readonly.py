@@ -82,7 +82,8 @@ def damage_error(root: Path, exc: Exception) -> WarehouseError | None:
     Only a failure reading files can be damage: a view the reader had to leave out (its files are
     damaged) that does not exist, an I/O, invalid-input or internal error, or an error naming a file of
     the warehouse; and only when ``check`` then finds the damage (the quick check; else a deep look at
-    the committed files the error names, e.g. a page that does not decode behind a good footer)."""
+    the committed files the error names, e.g. a page that does not decode behind a good footer). An
+    invalid-input error that names no damaged file is the query's own (a user's ``error()``)."""
     from warehouse.check import check
 
     if not isinstance(exc, duckdb.Error) or isinstance(exc, duckdb.PermissionException):  # the sandbox's refusal
@@ -100,9 +101,14 @@ def damage_error(root: Path, exc: Exception) -> WarehouseError | None:
             problems = _named_damage(root, text)
     except Exception:  # the check itself failed: the query's own error is all there is to say
         return None
+    named = [p for p in problems if str(root / p.path) in text]
+    if not named and isinstance(exc, duckdb.InvalidInputException):
+        # a damaged file's invalid input names the file; unnamed, it is the query's own (``error()``,
+        # a bad argument), whatever damage a table it did not read has
+        return None
+    problems = named + [p for p in problems if p not in named]  # the file the error names first
     if not problems:
         return None
-    problems.sort(key=lambda p: str(root / p.path) not in text)  # the file the error names first
     more = f" and {len(problems) - 1} more damaged file(s)" if len(problems) > 1 else ""
     return WarehouseError(f"query failed: the warehouse is damaged ({problems[0].line()}{more}): "
                           "see `trialsync check`, then `trialsync repair`")

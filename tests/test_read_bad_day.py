@@ -307,3 +307,33 @@ def test_a_missing_schema_file_is_damage_that_check_names_and_repair_writes_agai
     assert [(p.kind, p.path) for p in check(copy).problems] == [("schema", schema)]
     assert repair(copy).changed
     assert (copy / schema).exists() and check(copy, deep=True).ok
+
+
+@pytest.mark.parametrize("query", ["SELECT error('my own failure')", "SELECT 'x'::INTEGER + count(*) FROM changes",
+                                   "SELECT * FROM read_parquet('/nonexistent/x.parquet')"])
+def test_a_query_failing_on_its_own_is_not_blamed_on_damage_to_a_table_it_does_not_read(
+        query: str, copy: Path, trialsync: Trialsync) -> None:
+    """Any invalid-input or I/O error of a user's query ran ``check`` and, finding some damaged file of a
+    table the query never read, said "the warehouse is damaged" (exit 1) instead of the query's error (2)."""
+    intact = _sql(trialsync, copy, query)
+    second_run_file(copy, NOT_READ).unlink()
+    out = _sql(trialsync, copy, query)
+    assert (out.returncode, out.stderr) == (intact.returncode, intact.stderr)
+    assert out.returncode == 2 and "damaged" not in out.stderr, out.stderr
+
+
+
+@pytest.mark.parametrize("command", ["changes", "history", "runs"])
+def test_a_view_left_out_for_a_damaged_file_is_named_even_where_the_cli_has_a_function_of_its_name(
+        command: str, two_runs: dict[str, Any], copy: Path, tmp_path: Path, trialsync: Trialsync) -> None:
+    """Views built in memory (here: a catalog that is not one) leave out a damaged file's table; DuckDB's
+    replacement scan then found the CLI's Python function ``changes`` in the calling frame and failed
+    with 'Python Object "changes" of type "function" found on line ".../querying.py"' (exit 2)."""
+    (copy / "warehouse.duckdb").write_bytes(b"")
+    target = second_run_file(copy, READS[command])
+    target.unlink()
+    out = trialsync(commands(two_runs, tmp_path / "r.html")[command], copy)
+    *_, line = out.stderr.splitlines()
+    assert out.returncode == 1, out
+    assert line.startswith(f"{DAMAGED_LINE}{target.relative_to(copy)}: ") and line.endswith(POINTER), line
+    assert "Python Object" not in out.stderr

@@ -185,8 +185,11 @@ class Warehouse:
         """
         if not self.exists():
             raise WarehouseMissing(self.missing())
-        config: dict[str, str | bool | int | float | list[str]] = (
-            {"autoinstall_known_extensions": False, "autoload_known_extensions": False} if sandbox else {})
+        # A name no view has is no table, never a Python object of the caller's frame (DuckDB's replacement
+        # scan: a view left out for a damaged file met the CLI's function of the same name)
+        config: dict[str, str | bool | int | float | list[str]] = {"python_enable_replacements": False}
+        if sandbox:
+            config |= {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
         con, stale = self._open_current(config)
         if con is None and stale:
             # a busy writer, or no right to write here (a read-only copy or mount): the views go in memory
