@@ -101,12 +101,12 @@ def damage_error(root: Path, exc: Exception) -> WarehouseError | None:
             problems = _named_damage(root, text)
     except Exception:  # the check itself failed: the query's own error is all there is to say
         return None
-    named = [p for p in problems if str(root / p.path) in text]
-    if not named and isinstance(exc, duckdb.InvalidInputException):
+    naming = [p for p in problems if str(root / p.path) in text]
+    if not naming and isinstance(exc, duckdb.InvalidInputException):
         # a damaged file's invalid input names the file; unnamed, it is the query's own (``error()``,
         # a bad argument), whatever damage a table it did not read has
         return None
-    problems = named + [p for p in problems if p not in named]  # the file the error names first
+    problems = naming + [p for p in problems if p not in naming]  # the file the error names first
     if not problems:
         return None
     more = f" and {len(problems) - 1} more damaged file(s)" if len(problems) > 1 else ""
