@@ -5,7 +5,7 @@ do to stop its children happens: a server it started stays for ever under PID 1 
 temporary server: ~250 MB and a port each, one more after every such kill). A child started through
 this module watches its parent and stops itself once the parent is gone:
 
-    python -m flows.parent_watch PARENT_PID MODULE [ARGS...]
+    python -m flows.parent_watch PARENT_PID MODULE [ARGS...]   (``command`` builds it)
 
 runs ``MODULE`` as ``python -m MODULE ARGS...`` would, and on its parent's death sends itself (its
 whole process group when it leads one, e.g. a server started in its own session) SIGTERM, then
@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 POLL_SECONDS = 1.0  # how often a child looks whether its parent is still there
@@ -50,9 +51,16 @@ def stop_self() -> None:
     os._exit(1)
 
 
+# Where this ``flows`` package is; the child finds it there and never in its working directory (``-P``:
+# ``python -m flows.parent_watch`` put the directory first, and a project's own ``flows/`` package there,
+# a common Prefect layout, or another checkout of trialsync, was imported instead: no server started).
+_HOME = str(Path(__file__).resolve().parents[1])
+_BOOT = f"import sys; sys.path.append(sys.argv.pop(1)); from {__name__} import main; main(sys.argv)"
+
+
 def command(module: str, *args: str, parent: int | None = None) -> list[str]:
     """The argv that runs ``python -m module args...`` under this watch (of ``parent``, default: us)."""
-    return [sys.executable, "-m", __name__, str(os.getpid() if parent is None else parent), module, *args]
+    return [sys.executable, "-P", "-c", _BOOT, _HOME, str(os.getpid() if parent is None else parent), module, *args]
 
 
 def guard_prefect_temporary_server() -> None:
