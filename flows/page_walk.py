@@ -24,6 +24,7 @@ import orjson
 from flows import progress
 from flows.engine import NONE, get_run_logger, task
 from flows.runs import RunTotals
+from pipeline.dates import utc_day
 from pipeline.errors import PageTokenRejected, RegistryError
 from pipeline.parse import record_ids, record_nct_id, record_status
 from pipeline.registry.client import RegistryClient
@@ -54,7 +55,8 @@ class PageContext:
         self.batch_totals: dict[int, int] = {}  # first page number of a batch -> its totalCount
         self.batch_page_sizes: dict[int, int] = {}  # ... -> how many studies its first page held
         self.written: dict[str, Head] = {}  # heads this run wrote: a study can show up on two pages
-        self.holders = SnapshotDays(run)  # their data snapshot days: a lagging replica's record is stale
+        # their data snapshot days: a lagging replica's record is stale
+        self.holders = SnapshotDays(run, utc_day(ctx.observed_at))
         self.totals = RunTotals()
         self.seen: set[str] = set()
         self.staged: dict[int, str] = {}  # page number -> digest of the body staged for it
