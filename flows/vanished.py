@@ -62,6 +62,7 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     pc.run.append_plan(plan, pc.ctx)
     pc.written.update(plan.heads)
     pc.holders.note(published, plan.heads)
+    t.new_studies += plan.new_studies  # a requested id the listing never held, found by its look-up
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
     t.add_plan(plan)
