@@ -1,6 +1,7 @@
-"""After a complete full run: the scope's studies its listing no longer held, settled by asking the
-registry one by one. Only a 404 from ``GET /studies/{id}`` retires a study (SPEC: "A study is removed
-only when the registry says so"); a listing, even one asked by id, can leave a published study out."""
+"""After a full run: the scope's studies its listing no longer held (in an ids scope, also the ids asked
+for that it never held), settled by asking the registry one by one. Only a 404 from ``GET /studies/{id}``
+retires a study (SPEC: "A study is removed only when the registry says so"); a listing, even one asked by
+id, can leave a published study out."""
 
 from __future__ import annotations
 
