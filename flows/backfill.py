@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flows import progress, settings
+from flows.derive import derive_run_changes
 from flows.engine import NONE, flow, get_run_logger, task
 from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
-from flows.sync import derive_run_changes
 from pipeline.errors import (
     HistoryFormatError,
     RegistryError,

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows import progress, settings
+from flows.derive import derive_run_changes
 from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
 from flows.lifecycle import worker_started
 from flows.runs import RunTotals, SyncSummary, commit_run, log_stale
@@ -46,7 +47,6 @@ from flows.shards import (
     ShardResult,
     process_shard,
 )
-from flows.sync import derive_run_changes
 from pipeline import hashing
 from pipeline.errors import UsageError
 from pipeline.registry.bulk import BulkArchive, group_shards, is_url

@@ -1,24 +1,23 @@
-"""After a complete full run: the scope's studies its listing no longer held, settled by asking the
-registry one by one. Only a 404 from ``GET /studies/{id}`` retires a study (SPEC: "A study is removed
-only when the registry says so"); a listing, even one asked by id, can leave a published study out."""
+"""After a full run: the scope's studies its listing no longer held (in an ids scope, also the ids asked
+for that it never held), settled by asking the registry one by one. Only a 404 from ``GET /studies/{id}``
+retires a study (SPEC: "A study is removed only when the registry says so"); a listing, even one asked by
+id, can leave a published study out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flows.engine import NONE, get_run_logger, task
+from flows.page_walk import PageContext, drop_repeats
 from pipeline.errors import RegistryError, RegistryNotFound
 from pipeline.parse import record_ids, record_status
 from pipeline.scope import lookup_params
 from pipeline.versioning import Head, plan_batch
 from warehouse.rows import tombstones_table
 
-if TYPE_CHECKING:
-    from flows.sync import _PageContext
-
 
 @task(name="settle-vanished", cache_policy=NONE)
-def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
+def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     """After a full run: studies of the scope that the listing no longer holds are looked up, and in an
     ids scope the ids asked for that it never held (from the scope's first run on).
 
@@ -59,13 +58,12 @@ def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
     outside_never = {n for n in by_id if n in never_listed and n not in inside}  # not in the scope: left alone
     pc.outside_requested.update(outside_never)
     published = list({id(r): r for n, r in by_id.items() if n not in outside_never}.values())
-    from flows.sync import _drop_repeats  # the page walk's helper (flows.sync imports this module)
-
-    plan = _drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx, lags=pc.holders.lags),
+    plan = drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx, lags=pc.holders.lags),
                          pc.counted)
     pc.run.append_plan(plan, pc.ctx)
     pc.written.update(plan.heads)
     pc.holders.note(published, plan.heads)
+    t.new_studies += plan.new_studies  # a requested id the listing never held, found by its look-up
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
     t.add_plan(plan)
@@ -90,7 +88,7 @@ def settle_vanished(pc: _PageContext, scope: str) -> tuple[int, int]:
     return len(still_there - omitted), len(retired)
 
 
-def _look_up(pc: _PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]], list[str], str | None]:
+def _look_up(pc: PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]], list[str], str | None]:
     """The records the registry publishes for ``ids`` (by the id asked for: an alias answers with the
     study it was merged into), the ids it answers 404 for, and the error that stopped the asking, if
     any (the ids neither found nor 404'd by then were not settled). Asked by id in batches through the
@@ -116,7 +114,7 @@ def _look_up(pc: _PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]
     return found, gone, None
 
 
-def _unverified(pc: _PageContext, ids: list[str], why: str) -> None:
+def _unverified(pc: PageContext, ids: list[str], why: str) -> None:
     """Members the run could not ask the registry about: kept (still members, not retired, no change),
     named by the ``missing_ids`` check as unknown rather than as gone."""
     pc.unverified.update(ids)
@@ -125,7 +123,7 @@ def _unverified(pc: _PageContext, ids: list[str], why: str) -> None:
         pc.unverified_why = why
 
 
-def _inside_scope(pc: _PageContext, by_id: dict[str, dict[str, Any]]) -> set[str]:
+def _inside_scope(pc: PageContext, by_id: dict[str, dict[str, Any]]) -> set[str]:
     """Which of the looked-up ids still pass the scope's filters: checked here where the filters allow
     it (ids, statuses), else asked of the registry's search (the scope's parameters plus ``filter.ids``;
     what the search does not return is taken as outside, as the registry judges)."""

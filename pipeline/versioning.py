@@ -212,23 +212,36 @@ def archive_predates(newest: date, head: Head) -> bool:
     return head.as_of is not None and (head.as_of - newest).days > 1
 
 
-_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def version_holder(record: Mapping[str, Any]) -> str | None:
+def version_holder(record: Mapping[str, Any], today: date | None = None) -> str | None:
     """``derivedSection.miscInfoModule.versionHolder``: the day of the registry's data snapshot the record
-    was served from (``yyyy-MM-dd``), or None."""
+    was served from (``yyyy-MM-dd``), or None: also for one that is no real day, or (given ``today``, UTC)
+    one later than a snapshot can be (``latest_plausible``: a damaged record's, which must not make every
+    later record of the study look older than it)."""
     derived = record.get("derivedSection")
     misc = derived.get("miscInfoModule") if isinstance(derived, Mapping) else None
-    holder = misc.get("versionHolder") if isinstance(misc, Mapping) else None
-    return holder if isinstance(holder, str) and _ISO_DAY.match(holder) else None
+    return _plausible_day(misc.get("versionHolder") if isinstance(misc, Mapping) else None, today)
 
 
-def holder_predates(record: Mapping[str, Any], stored_holder: str | None) -> bool:
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _plausible_day(value: object, today: date | None) -> str | None:
+    """``value`` if it is a real ``yyyy-MM-dd`` day no later than ``latest_plausible(today)``, else None."""
+    if not isinstance(value, str) or not _ISO_DAY.fullmatch(value):
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:  # 2026-13-45
+        return None
+    return value if today is None or day <= latest_plausible(today) else None
+
+
+def holder_predates(record: Mapping[str, Any], stored_holder: str | None, today: date) -> bool:
     """The record was served from an older snapshot of the registry's data than the stored version it is
-    compared with (both ``versionHolder`` days known): a lagging cache or replica answered."""
-    mine = version_holder(record)
-    return mine is not None and stored_holder is not None and mine < stored_holder
+    compared with (both ``versionHolder`` days known and plausible on ``today``, UTC): a lagging cache or
+    replica answered."""
+    mine, stored = version_holder(record, today), _plausible_day(stored_holder, today)
+    return mine is not None and stored is not None and mine < stored
 
 
 def _is_same_day(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:

@@ -175,8 +175,8 @@ def test_a_delivery_that_timed_out_after_the_receiver_took_it_goes_again_unchang
 def test_a_change_whose_id_was_rewritten_after_delivery_is_not_alerted_again(
         warehouse: Path, tmp_path: Path, hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    import flows.sync
-    from flows.sync import rederive_changes
+    import flows.derive
+    from flows.derive import rederive_changes
 
     config = watchlist(tmp_path / "watch.yaml", {"hook": {"type": "webhook", "url": f"{hook.url}/hook"}},
                        [{"name": "all", "studies": {"where": "true"}, "channels": ["hook"]},
@@ -185,12 +185,12 @@ def test_a_change_whose_id_was_rewritten_after_delivery_is_not_alerted_again(
     assert first["deliveries_sent"] == 10
     before = rows(warehouse, "SELECT change_id FROM changes ORDER BY ALL")
 
-    derive = flows.sync.derive_changes  # a new id scheme, a backfill's renumbering, a hash migration
+    derive = flows.derive.derive_changes  # a new id scheme, a backfill's renumbering, a hash migration
 
     def renumbered(pair: Any, rules: Any) -> list[Any]:
         return [replace(c, change_id=f"renumbered-{c.change_id}") for c in derive(pair, rules)]
 
-    monkeypatch.setattr(flows.sync, "derive_changes", renumbered)
+    monkeypatch.setattr(flows.derive, "derive_changes", renumbered)
     rederive_changes(warehouse=str(warehouse))
     after = rows(warehouse, "SELECT change_id FROM changes ORDER BY ALL")
     assert not set(before) & set(after) and len(before) == len(after)

@@ -24,7 +24,7 @@ import yaml
 from flows.alerts import send_alerts
 from flows.cli import finish_alerts
 from flows.demo import pair_versions, seed_day1, seed_record
-from flows.sync import rederive_changes
+from flows.derive import rederive_changes
 from flows.webhook_receiver import WebhookReceiver
 from pipeline import mutate
 from pipeline.errors import DeliveryFailed

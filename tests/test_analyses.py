@@ -113,6 +113,28 @@ def test_a_measure_repeated_in_one_study_is_matched_by_its_place_among_its_names
     assert (row["primary_outcomes_added"], row["primary_outcomes_removed"]) == ([], [])
 
 
+def test_the_report_shows_the_description_of_an_outcome_whose_description_alone_changed(tmp_path: Path) -> None:
+    """The report's registered-vs-current table showed "X → X" for an outcome whose measure and time frame
+    stayed: the description that changed is shown instead, with the words that differ in sight."""
+    from pipeline.report.analyses import registered_table
+
+    first = load(STUDIES_DIR / "NCT04234217.json")
+    changed = copy.deepcopy(first)
+    changed["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = "2026-07-01"
+    outcome = changed["protocolSection"]["outcomesModule"]["primaryOutcomes"][1]
+    old_description = outcome["description"]
+    new_description = old_description + " Assessed by a blinded central reader."
+    outcome["description"] = new_description
+    row = _rows(store(tmp_path, [first, changed]), "SELECT * FROM registered_vs_current")[0]
+    html = registered_table(row)
+    text = f"{outcome['measure']} [{outcome['timeFrame']}]"
+    assert f"{text} → {text}" not in html
+    reworded = html.split('data-row="primary outcomes reworded"')[1].split("</tr>")[0]
+    assert f"<div>{text}<div" in reworded
+    assert 'data-description="changed">description: ' in reworded and "blinded central reader" in reworded
+    assert html.count("→") - registered_table({**row, "primary_outcomes_reworded": []}).count("→") == 1
+
+
 def test_a_removed_study_has_no_open_span_and_its_last_one_ends_at_the_removal(tmp_path: Path) -> None:
     older, newer = snapshot_pairs()["NCT05766735"]
     warehouse = store(tmp_path, [older, newer])

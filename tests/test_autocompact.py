@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.sync import rederive_changes
+from flows.derive import rederive_changes
 from pipeline import mutate
 from pipeline.changes import VersionPair
 from pipeline.errors import UsageError

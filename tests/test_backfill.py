@@ -14,8 +14,8 @@ import pytest
 from rich.console import Console
 
 from flows.backfill import backfill_history
+from flows.derive import rederive_changes
 from flows.history import print_history
-from flows.sync import rederive_changes
 from pipeline import mutate
 from pipeline.errors import HistoryFormatError, RegistryNotFound, RegistryUnavailable
 from pipeline.markup import api_form

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from flows.derive import rederive_changes
 from flows.history import print_history
-from flows.sync import rederive_changes
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import copy_warehouse, fast_sync, nct, snapshot_pairs

@@ -12,7 +12,7 @@ import pytest
 
 from flows.alerts import send_alerts
 from flows.compact import compact_warehouse
-from flows.sync import rederive_changes
+from flows.derive import rederive_changes
 from pipeline import mutate
 from pipeline.changes import Rules, VersionPair, derive_changes, version_identity
 from pipeline.registry.fake_server import FakeRegistry

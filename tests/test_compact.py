@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from flows.compact import compact_warehouse
-from flows.sync import rederive_changes
+from flows.derive import rederive_changes
 from pipeline import mutate
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import copy_warehouse, fast_sync, nct

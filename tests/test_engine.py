@@ -41,7 +41,7 @@ def test_without_a_prefect_server_commands_run_in_process_without_prefect_and_st
     flow_run = tmp_path / "flow-run"
     fast_sync(registry, flow_run, full=True)  # the same flow as a Prefect flow run (the test server)
     from flows.compact import compact_warehouse
-    from flows.sync import rederive_changes
+    from flows.derive import rederive_changes
 
     rederive_changes(warehouse=str(flow_run))
     compact_warehouse(warehouse=str(flow_run), keep_hours=0)

@@ -374,7 +374,7 @@ def test_the_sql_scan_of_qc_submissions_equals_the_reference_scan(entries: list[
 
 def test_rederive_types_the_inputs_of_versions_stored_before_the_table_existed(tmp_path: Path,
                                                                                prefect_api: str) -> None:
-    from flows.sync import rederive_changes
+    from flows.derive import rederive_changes
 
     warehouse = Warehouse(tmp_path / "w")
     ctx = RunContext("run-old", datetime(2026, 1, 1, tzinfo=UTC), "api")

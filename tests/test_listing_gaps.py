@@ -208,6 +208,10 @@ def test_an_ids_scope_asks_for_each_id_its_listing_never_held_from_its_first_run
     assert sorted(p for p, _ in small.requests if p.startswith("/studies/")) == [
         f"/studies/{omitted}", f"/studies/{unknown}"]
     assert rows(warehouse_dir, "SELECT nct_id FROM studies ORDER BY nct_id") == [(n,) for n in sorted(recruiting)]
+    # the omitted one, found by its look-up, is a new study of the run like the three listed
+    assert (first["new_studies"], first["versions_written"]) == (4, 4)
+    assert rows(warehouse_dir, "SELECT new_studies, versions_written FROM sync_runs WHERE run_id = ?",
+                [first["run_id"]]) == [(4, 4)]
     assert check_row(warehouse_dir, first["run_id"], "listing_omitted")[:3] == ("warn", 1, [omitted])
     status_, flagged, found, detail = check_row(warehouse_dir, first["run_id"], "missing_ids")
     assert (status_, flagged, found) == ("warn", 1, [unknown])

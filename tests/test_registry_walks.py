@@ -184,7 +184,7 @@ def test_a_maintenance_page_served_as_200_fails_naming_its_title() -> None:
 
 
 def test_a_study_met_again_at_a_newer_version_on_a_later_page_counts_once_as_seen() -> None:
-    from flows.sync import _first_met
+    from flows.page_walk import _first_met
 
     first, second = real_records()[:2]
     newer = mutate.set_enrollment(first, 7)  # updated between two pages of a moving listing

@@ -506,3 +506,22 @@ def test_a_same_day_record_with_new_content_is_a_version_stale_or_held_as_asked(
     assert [v.version for v in plan_batch([later], {"NCT05766735": head}, CTX, same_day=long_ago).versions] == [2]
     earlier = mutate.posted_on(edited, day - timedelta(days=3))
     assert plan_batch([earlier], {"NCT05766735": head}, CTX, same_day="hold").stale == ["NCT05766735"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dates(date(2000, 1, 1), date(2100, 1, 1)), st.dates(date(2000, 1, 1), date(2100, 1, 1)),
+       st.dates(date(2020, 1, 1), date(2040, 1, 1)))
+def test_a_record_is_from_an_older_snapshot_only_when_both_snapshot_days_are_plausible_and_it_is_older(
+        mine: date, stored: date, today: date) -> None:
+    """``holder_predates``: a record lags the stored version only if both ``versionHolder`` days are real days
+    no later than the run's next day (a damaged one later than that must not make the study's later records
+    stale for ever), and the record's is the earlier."""
+    from pipeline.dates import latest_plausible
+    from pipeline.versioning import holder_predates
+
+    record = mutate.set_path(real_records()[0], ("derivedSection", "miscInfoModule", "versionHolder"),
+                             mine.isoformat())
+    plausible = mine <= latest_plausible(today) and stored <= latest_plausible(today)
+    assert holder_predates(record, stored.isoformat(), today) == (plausible and mine < stored)
+    assert not holder_predates(record, f"{stored.year}-13-{stored.day:02d}", today)  # no real day
+    assert not holder_predates(record, None, today)

@@ -9,6 +9,7 @@ Arrow columns it costs ~55 bytes a study (33 MB for 600,000); a dict of ``Head``
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -96,18 +97,19 @@ class SnapshotDays:
     dated as its head but served from an older snapshot of the registry's data is a lagging replica's.
     The heads this run wrote are remembered (``note``); a committed head's is read from its raw record."""
 
-    def __init__(self, run: RunWriter) -> None:
+    def __init__(self, run: RunWriter, today: date) -> None:
         self.run = run
+        self.today = today  # the run's UTC day: a holder later than a snapshot can be is a damaged one
         self.written: dict[str, str | None] = {}
 
     def note(self, records: Iterable[Mapping[str, Any]], heads: Mapping[str, Head]) -> None:
         """After a batch is staged: the records that made its new heads (the last one of a study wins)."""
         for record in records:
             if (nct := record_nct_id(record)) in heads and nct is not None:
-                self.written[nct] = version_holder(record)
+                self.written[nct] = version_holder(record, self.today)
 
     def lags(self, nct_id: str, record: Mapping[str, Any], head: Head) -> bool:
         if nct_id in self.written:
-            return holder_predates(record, self.written[nct_id])
+            return holder_predates(record, self.written[nct_id], self.today)
         with self.run.before() as con:
-            return holder_predates(record, stored_holder(con, nct_id, head.version))
+            return holder_predates(record, stored_holder(con, nct_id, head.version), self.today)

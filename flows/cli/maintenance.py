@@ -27,7 +27,7 @@ def rederive(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Recompute every change from the stored versions (nothing is fetched), e.g. after a rule changed."""
-    from flows.sync import rederive_changes
+    from flows.derive import rederive_changes
 
     if rules is not None:
         settings.rules(str(rules), {})  # fail fast on a bad file

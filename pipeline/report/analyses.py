@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.abbreviate import abbreviate_pair
 from pipeline.report import svg
 from pipeline.report.svg import Linear, esc
 
@@ -83,8 +84,7 @@ def registered_table(r: Row | None) -> str:
     rows = [
         ("primary outcomes added", _items(r["primary_outcomes_added"])),
         ("primary outcomes removed", _items(r["primary_outcomes_removed"])),
-        ("primary outcomes reworded", _items([f"{x['before']} → {x['after']}" for x in
-                                              r["primary_outcomes_reworded"] or []])),
+        ("primary outcomes reworded", _reworded(r["primary_outcomes_reworded"])),
         ("enrollment", _moved(f"{_blank(r['enrollment_registered'])} {_lower(r['enrollment_type_registered'])}",
                               f"{_blank(r['enrollment_current'])} {_lower(r['enrollment_type_current'])}",
                               None if r["enrollment_pct_change"] is None else f"{r['enrollment_pct_change']:+.1f}%")),
@@ -104,6 +104,24 @@ def registered_table(r: Row | None) -> str:
 
 def _items(values: Sequence[str] | None) -> str:
     return "".join(f"<div>{esc(v)}</div>" for v in values or []) or '<span class="meta">none</span>'
+
+
+DESCRIPTION_WIDTH = 120  # characters of each description shown (abbreviated around the first difference)
+
+
+def _reworded(items: Sequence[Row] | None) -> str:
+    """Each reworded primary outcome: its text before → after, and its description's where that changed
+    (a description alone may have changed: the text is then shown once, not as "X → X")."""
+    lines = []
+    for x in items or []:
+        line = esc(x["before"]) if x["before"] == x["after"] else f"{esc(x['before'])} → {esc(x['after'])}"
+        old, new = x.get("description_before"), x.get("description_after")
+        if old != new:
+            old, new = abbreviate_pair(old, new, DESCRIPTION_WIDTH)
+            line += (f'<div class="meta" data-description="changed">description: {esc(old)} → {esc(new)}'
+                     "</div>")
+        lines.append(f"<div>{line}</div>")
+    return "".join(lines) or '<span class="meta">none</span>'
 
 
 def _moved(before: object, after: object, delta: str | None) -> str:

@@ -171,6 +171,26 @@ def test_a_lagging_replicas_record_dated_as_the_stored_version_but_from_an_older
                                 "AND event <> 'study_added'") == [(2, "results")]
 
 
+@pytest.mark.parametrize("damaged", ["2099-01-01", "2026-13-45"])
+def test_a_stored_version_with_a_damaged_snapshot_day_does_not_make_the_next_edits_stale(
+        warehouse_dir: Path, damaged: str) -> None:
+    """The stored version's versionHolder is damaged (a day later than any snapshot can be, or no real
+    day): the study's later same-day edits (a QC submission, which moves no date) are
+    new versions, not taken for a lagging replica's records forever."""
+    older, newer = snapshot_pairs()["NCT01967030"]
+    holder = ("derivedSection", "miscInfoModule", "versionHolder")
+    stored = mutate.set_path(older, holder, damaged)
+    tracking = load(STUDIES_DIR / "NCT05973799.json")["derivedSection"]["miscInfoModule"]["submissionTracking"]
+    edited = mutate.set_path(newer, ("derivedSection", "miscInfoModule", "submissionTracking"), tracking)
+    with FakeRegistry([*real_records()[:30], stored]).start() as registry:
+        fast_sync(registry, warehouse_dir, page_size=SIZE)
+        registry.put(edited)
+        edit = fast_sync(registry, warehouse_dir, page_size=SIZE, full=True)
+    assert (edit["versions_written"], edit["stale"]) == (1, 0)
+    assert query(warehouse_dir, "SELECT version, is_current FROM study_versions WHERE nct_id = 'NCT01967030' "
+                                "ORDER BY version") == [(1, False), (2, True)]
+
+
 def test_an_expired_page_token_restarts_the_walk_and_each_study_is_staged_once(warehouse_dir: Path) -> None:
     with FakeRegistry(real_records()[:100]).start() as registry:
         # Page 4's token has expired (the registry's own 400 text), once: a time-to-live here would make
