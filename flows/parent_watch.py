@@ -69,7 +69,9 @@ def guard_prefect_temporary_server() -> None:
     uvicorn ...``. Idempotent; a Prefect release that starts it another way is left as it is."""
     from prefect.server.api import server
 
-    cls = server.SubprocessASGIServer
+    cls = getattr(server, "SubprocessASGIServer", None)
+    if cls is None or not hasattr(cls, "_run_uvicorn_command") or not hasattr(server, "subprocess"):
+        return  # another Prefect release: its server starts as it does (tests/test_lifecycle.py notices)
     if getattr(cls._run_uvicorn_command, "_trialsync_guarded", False):
         return
     original = cls._run_uvicorn_command
@@ -94,7 +96,7 @@ def guard_prefect_temporary_server() -> None:
             server.subprocess = real
 
     guarded._trialsync_guarded = True  # type: ignore[attr-defined]
-    cls._run_uvicorn_command = guarded  # type: ignore[method-assign]
+    cls._run_uvicorn_command = guarded
 
 
 def main(argv: list[str]) -> None:
