@@ -22,10 +22,12 @@ from typing import Any
 
 GRACE_SECONDS = 7.0  # the whole stop, children included, stays under 10 s
 REAP_SECONDS = 2.0  # how long children get between SIGTERM and SIGKILL
+REDELIVER_SECONDS = 0.05  # an interrupt swallowed by a finalizer is raised again after this
 
 _signalled: int | None = None
 _lock = threading.Lock()
 _installed = False  # this process's SIGINT/SIGTERM are ours (the CLI), not Prefect's
+_redeliver = False  # the interrupt was swallowed (raised inside a finalizer): raise it again
 
 
 def install() -> None:
@@ -36,9 +38,36 @@ def install() -> None:
     if _installed:  # once from the console script's first line, again from ``main`` (tests call it)
         return
     _installed = True
+    sys.unraisablehook = _make_unraisable_hook(sys.unraisablehook)
     # Exit hooks run last-registered first: registered before Prefect is imported, this one runs after
     # Prefect's own (which drain logs to its temporary server, then stop it), and stops what is left.
     atexit.register(reap)
+
+
+def _make_unraisable_hook(previous: Any) -> Any:
+    """A signal that lands while Python runs a finalizer (``weakref.finalize``, ``__del__``, a GC
+    callback) raises our ``KeyboardInterrupt`` there, where Python cannot propagate it: it prints
+    "Exception ignored in ..." with a traceback and goes on, and the stop waited for the deadline.
+    Such an interrupt is raised again in the main thread (not counted as a second signal)."""
+
+    def hook(unraisable: Any) -> None:
+        global _redeliver
+        if unraisable.exc_type is KeyboardInterrupt and _signalled is not None:
+            _redeliver = True
+            # From another thread, a moment later: a signal raised here would run the handler inside
+            # this hook (swallowed again); if it lands in a finalizer again, this repeats.
+            threading.Timer(REDELIVER_SECONDS, _interrupt_main).start()
+            return
+        previous(unraisable)
+
+    return hook
+
+
+def _interrupt_main() -> None:
+    """The signal again, to the main thread itself: it also wakes a sleep or a wait there
+    (``_thread.interrupt_main`` would only run the handler once the wait had ended)."""
+    with suppress(OSError, ValueError):
+        signal.pthread_kill(threading.main_thread().ident or 0, _signalled or signal.SIGINT)
 
 
 def guard_prefect_children() -> None:
@@ -83,7 +112,10 @@ def on_signal(signum: int, frame: Any) -> None:
     After a commit point, until its writer ends, it raises nothing: the committed run is not undone
     nor called failed, the command finishes up (within the deadline) and exits 0. Once the writer has
     ended (e.g. an alerts run delivering after its outbox committed), a signal interrupts as before."""
-    global _signalled
+    global _signalled, _redeliver
+    if _redeliver:  # the first signal's interrupt, swallowed by a finalizer: once more
+        _redeliver = False
+        raise KeyboardInterrupt
     with _lock:
         first = _signalled is None
         if first:
