@@ -67,6 +67,7 @@ class PageContext:
         self.unverified: set[str] = set()  # unlisted members the registry could not be asked about (kept)
         self.unverified_why = ""  # ... why: the look-up's error, or an incomplete listing
         self.outside_requested: set[str] = set()  # ids asked for, published, but outside the scope's filters
+        self.merged: dict[str, str] = {}  # unlisted ids the registry merged into another study -> that study
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""

@@ -66,6 +66,11 @@ class RegistryNotFound(RegistryError):
     """404: no such study or endpoint."""
 
 
+class RegistryWrongStudy(RegistryError):
+    """``GET /studies/{id}`` answered with the record of another study that does not hold the id as an
+    alias (a cache or proxy answering for the wrong study): not the study's record, and no word on it."""
+
+
 class HistoryFormatError(RegistryError):
     """The registry's undocumented history API answered in a shape we do not know (its format changed)."""
 

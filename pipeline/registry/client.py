@@ -43,8 +43,9 @@ from pipeline.errors import (
     RegistryNotFound,
     RegistryRejected,
     RegistryUnavailable,
+    RegistryWrongStudy,
 )
-from pipeline.parse import record_nct_id
+from pipeline.parse import record_ids, record_nct_id
 from pipeline.redact import redact
 from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_json
 
@@ -146,9 +147,18 @@ class RegistryClient:
             token, number = page.next_token, number + 1
 
     def get_study(self, nct_id: str) -> dict[str, Any]:
+        """``GET /studies/{nct_id}``: the study's record. The registry answers an id it merged into
+        another study (one of that study's ``nctIdAliases``) with a 301 to that study: its record is
+        returned, and the caller tells the two apart by the record's own ``nctId`` (``record_ids``).
+        A record that is neither the study asked for nor one that holds its id as an alias (a cache or
+        proxy answering for another study) is an error, never returned as the study's."""
+        url = f"{self.base_url}/studies/{nct_id}"
         body = self._get_json(f"/studies/{nct_id}", {})
         if not isinstance(body, dict) or "protocolSection" not in body:
-            raise RegistryError(f"unexpected body for study {nct_id}", url=self.base_url)
+            raise RegistryError(f"unexpected body for study {nct_id}", url=url)
+        if nct_id not in record_ids(body):
+            raise RegistryWrongStudy(f"asked for study {nct_id}, the registry answered with the record of "
+                                f"{record_nct_id(body) or 'no NCT id'} (not one of its aliases either)", url=url)
         return body
 
     def version(self) -> dict[str, Any]:
@@ -225,6 +235,10 @@ class RegistryClient:
             raise RegistryUnavailable(f"timed out: {_short(exc)}", url=url) from None
         except requests.ConnectionError as exc:
             raise RegistryUnavailable(f"connection failed: {_short(exc)}", url=url) from None
+        except requests.TooManyRedirects as exc:  # a loop: asking again follows the same loop
+            where = exc.response.url if exc.response is not None else url
+            raise RegistryError(f"redirect loop at {redact(url)}: more than {self.session.max_redirects} redirects "
+                                f"(the last to {redact(where)}); not retried", url=url) from None
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"broken response: {_short(exc)}", url=url) from None
         with response:
