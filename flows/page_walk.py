@@ -114,7 +114,7 @@ def sync_page(pc: PageContext, token: str | None, number: int, first: int = 1) -
     pc.staged[number] = digest
     crashpoint("page-staged")
     pc.written.update(plan.heads)
-    pc.holders.note(inside, plan.heads)
+    pc.holders.note(plan)
     t = pc.totals
     t.pages = max(t.pages, number)
     t.studies_seen += first_met

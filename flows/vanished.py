@@ -68,7 +68,7 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
                          pc.counted)
     pc.run.append_plan(plan, pc.ctx)
     pc.written.update(plan.heads)
-    pc.holders.note(published, plan.heads)
+    pc.holders.note(plan)
     t.new_studies += plan.new_studies  # a requested id the listing never held, found by its look-up
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
