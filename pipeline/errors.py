@@ -63,7 +63,10 @@ class PageTokenRejected(RegistryRejected):
 
 
 class RegistryNotFound(RegistryError):
-    """404: no such study or endpoint."""
+    """404: no such study or endpoint. ``page``: the answer was a web page (HTML), not the registry's
+    plain-text error: a proxy's or CDN's, which says nothing about a study."""
+
+    page: bool = False
 
 
 class RegistryWrongStudy(RegistryError):

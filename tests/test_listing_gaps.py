@@ -122,6 +122,9 @@ LOOKUP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "a truncated 200": ("truncate", {}),
     "a maintenance page as 200": ("status", dict(status=200, content_type="text/html",
                                                  body="<html><title>Scheduled maintenance</title></html>")),
+    # the registry answers 404 in plain text (its spec): a web page is a proxy's or a CDN's, no word on a study
+    "a CDN's HTML 404 page": ("status", dict(status=404, content_type="text/html",
+                                             body="<html><title>404 Not Found</title><body>nginx</body></html>")),
 }
 
 
