@@ -63,7 +63,10 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     pc.alias_of.update({n: into for n, into in merged.items() if n in never_listed})
     outside_never = {n for n in by_id if n in never_listed and n not in inside}  # not in the scope: left alone
     pc.outside_requested.update(outside_never)
-    published = list({id(r): r for n, r in by_id.items() if n not in outside_never}.values())
+    # (the study a member was merged into is stored only inside the scope's filters: else it would join the
+    # scope without ever having been in it, and leave it at the next full run)
+    published = list({id(r): r for n, r in by_id.items()
+                      if n not in outside_never and (n not in merged or n in inside)}.values())
     plan = drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx, lags=pc.holders.lags),
                          pc.counted)
     pc.run.append_plan(plan, pc.ctx)

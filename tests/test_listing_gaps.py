@@ -215,6 +215,24 @@ def test_a_study_merged_into_another_is_retired_as_merged_naming_the_study_it_be
     assert (again["retired"], again["versions_written"], again["changes_written"]) == (0, 0, 0)
 
 
+def test_a_member_merged_into_a_study_outside_the_scopes_filters_does_not_bring_that_study_into_the_scope(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    """A RECRUITING member merged into a COMPLETED study: the member is retired as merged; the study it
+    became, never in the scope, is not stored as one of its members (it would "leave" the next run)."""
+    status = ("protocolSection", "statusModule", "overallStatus")
+    merged = next(r for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "RECRUITING")
+    into = next(r for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "COMPLETED")
+    fast_sync(small, warehouse_dir, page_size=25, status=["RECRUITING"])
+    small.remove(nct(merged))
+    small.put(mutate.set_path(into, ("protocolSection", "identificationModule", "nctIdAliases"), [nct(merged)]))
+    full = fast_sync(small, warehouse_dir, page_size=25, status=["RECRUITING"], full=True)
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(nct(merged), "merged")]
+    assert (full["retired"], full["left_scope"], full["versions_written"]) == (1, 0, 0)
+    again = fast_sync(small, warehouse_dir, page_size=25, status=["RECRUITING"], full=True)
+    assert (again["retired"], again["left_scope"], again["versions_written"]) == (0, 0, 0)
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(nct(merged), "merged")]
+
+
 def test_a_look_up_answered_with_another_studys_record_stores_nothing_for_the_study_and_names_it_unverified(
         small: FakeRegistry, warehouse_dir: Path) -> None:
     """A cache or proxy answers GET /studies/A with B's record (B does not hold A as an alias): no version
