@@ -29,10 +29,13 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     change event, a ``listing_omitted`` reconciliation warning). Either way its current record is
     stored like any other. A requested id the listing never held that the registry publishes inside
     the filters is stored and named the same way (``listing_omitted``); outside them it is left alone;
-    only a 404 makes it "not in the registry". A study the registry could not be asked about (the
-    listing was incomplete, or the look-up failed: a timeout, a 5xx or 429 past the retry budget, a
-    broken body) is neither: a member stays, unretired, and it is named as unverified
-    (``pc.unverified``); the run commits what it listed. Returns (left_scope, retired)."""
+    only a 404 makes it "not in the registry". An id the registry merged into another study (it answers
+    with that study's record, which holds the id in ``nctIdAliases``) is retired like a 404'd one, as
+    ``merged`` (``pc.merged`` names the study it became). A study the registry could not be asked
+    about (the listing was incomplete, or the look-up failed: a timeout, a 5xx or 429 past the retry
+    budget, a broken body, another study's record, a web page's 404) is neither: a member stays,
+    unretired, and it is named as unverified (``pc.unverified``); the run commits what it listed.
+    Returns (left_scope, retired)."""
     t = pc.totals
     members = pc.run.scope_members(scope)
     never_listed = {i for i in pc.scope.ids if i not in pc.alias_of and i not in pc.seen} - members
