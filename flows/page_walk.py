@@ -67,6 +67,7 @@ class PageContext:
         self.unverified: set[str] = set()  # unlisted members the registry could not be asked about (kept)
         self.unverified_why = ""  # ... why: the look-up's error, or an incomplete listing
         self.outside_requested: set[str] = set()  # ids asked for, published, but outside the scope's filters
+        self.merged: dict[str, str] = {}  # unlisted ids the registry merged into another study -> that study
 
     def get_page(self, token: str | None, number: int) -> Page:
         """From the spool if an interrupted run of the same request sequence stored it, else fetched."""
@@ -113,7 +114,7 @@ def sync_page(pc: PageContext, token: str | None, number: int, first: int = 1) -
     pc.staged[number] = digest
     crashpoint("page-staged")
     pc.written.update(plan.heads)
-    pc.holders.note(inside, plan.heads)
+    pc.holders.note(plan)
     t = pc.totals
     t.pages = max(t.pages, number)
     t.studies_seen += first_met

@@ -19,7 +19,7 @@ def reconcile_run(run: RunWriter, *, scope: str, mode: str, baseline: bool, tota
                   studies_seen: int, seen: set[str], previous_watermark: date | None, since: date | None,
                   started: datetime, requested_ids: tuple[str, ...] = (), exited: Iterable[str] = (),
                   left_scope: Iterable[str] = (), omitted: Iterable[str] = (), unverified: Iterable[str] = (),
-                  unverified_why: str = "") -> list[Check]:
+                  unverified_why: str = "", merged: dict[str, str] | None = None) -> list[Check]:
     """Run every check and stage its rows in the run's ``reconciliation`` table."""
     state = scope_state(run, scope, seen, exited)
     facts = RunFacts(scope=scope, mode=mode, baseline=baseline, total_count=total_count,
@@ -28,7 +28,7 @@ def reconcile_run(run: RunWriter, *, scope: str, mode: str, baseline: bool, tota
                      status_counts=state.status_counts, previous_status_counts=state.previous_status_counts,
                      requested_ids=requested_ids, left_scope=frozenset(left_scope),
                      omitted=frozenset(omitted), former_members=state.former_members,
-                     unverified=frozenset(unverified), unverified_why=unverified_why)
+                     unverified=frozenset(unverified), unverified_why=unverified_why, merged=dict(merged or {}))
     checks = reconcile(facts)
     run.append_rows("reconciliation", reconciliation_rows(run.run_id, scope, mode, started, checks))
     logger = get_run_logger()

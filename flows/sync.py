@@ -93,7 +93,7 @@ def sync_registry(
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
                                exited=pc.exited, left_scope=pc.left_scope | pc.outside_requested, omitted=pc.omitted,
-                               unverified=pc.unverified, unverified_why=pc.unverified_why,
+                               unverified=pc.unverified, unverified_why=pc.unverified_why, merged=pc.merged,
                                previous_watermark=previous_watermark, since=window.since, started=started,
                                requested_ids=tuple(dict.fromkeys(pc.alias_of.get(i, i) for i in scope.ids)))
         totals.watermark = _next_watermark(previous_watermark, totals, checks, started.date())

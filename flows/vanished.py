@@ -9,8 +9,8 @@ from typing import Any
 
 from flows.engine import NONE, get_run_logger, task
 from flows.page_walk import PageContext, drop_repeats
-from pipeline.errors import RegistryError, RegistryNotFound
-from pipeline.parse import record_ids, record_status
+from pipeline.errors import RegistryError, RegistryNotFound, RegistryWrongStudy
+from pipeline.parse import record_ids, record_nct_id, record_status
 from pipeline.scope import lookup_params
 from pipeline.versioning import Head, plan_batch
 from warehouse.rows import tombstones_table
@@ -29,10 +29,13 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     change event, a ``listing_omitted`` reconciliation warning). Either way its current record is
     stored like any other. A requested id the listing never held that the registry publishes inside
     the filters is stored and named the same way (``listing_omitted``); outside them it is left alone;
-    only a 404 makes it "not in the registry". A study the registry could not be asked about (the
-    listing was incomplete, or the look-up failed: a timeout, a 5xx or 429 past the retry budget, a
-    broken body) is neither: a member stays, unretired, and it is named as unverified
-    (``pc.unverified``); the run commits what it listed. Returns (left_scope, retired)."""
+    only a 404 makes it "not in the registry". An id the registry merged into another study (it answers
+    with that study's record, which holds the id in ``nctIdAliases``) is retired like a 404'd one, as
+    ``merged`` (``pc.merged`` names the study it became). A study the registry could not be asked
+    about (the listing was incomplete, or the look-up failed: a timeout, a 5xx or 429 past the retry
+    budget, a broken body, another study's record, a web page's 404) is neither: a member stays,
+    unretired, and it is named as unverified (``pc.unverified``); the run commits what it listed.
+    Returns (left_scope, retired)."""
     t = pc.totals
     members = pc.run.scope_members(scope)
     never_listed = {i for i in pc.scope.ids if i not in pc.alias_of and i not in pc.seen} - members
@@ -55,23 +58,34 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
                                  "kept, not retired; the next full run asks again", len(unsettled),
                                  len(vanished), error)
         _unverified(pc, unsettled, f"the registry failed: {error}")
+    # An id the registry merged into another study (the record it answers with, through the listing's
+    # alias match or a 301, is another study's that holds the id as an alias): the registry's word that the
+    # id's own record is gone, like a 404; the study it became is stored like any published study.
+    merged = {n: into for n, r in by_id.items() if (into := record_nct_id(r)) is not None and into != n}
+    pc.merged.update(merged)
+    pc.alias_of.update({n: into for n, into in merged.items() if n in never_listed})
     outside_never = {n for n in by_id if n in never_listed and n not in inside}  # not in the scope: left alone
     pc.outside_requested.update(outside_never)
-    published = list({id(r): r for n, r in by_id.items() if n not in outside_never}.values())
+    # (the study a member was merged into is stored only inside the scope's filters: else it would join the
+    # scope without ever having been in it, and leave it at the next full run)
+    published = list({id(r): r for n, r in by_id.items()
+                      if n not in outside_never and (n not in merged or n in inside)}.values())
     plan = drop_repeats(plan_batch(published, pc.heads_for(published), pc.ctx, lags=pc.holders.lags),
                          pc.counted)
     pc.run.append_plan(plan, pc.ctx)
     pc.written.update(plan.heads)
-    pc.holders.note(published, plan.heads)
+    pc.holders.note(plan)
     t.new_studies += plan.new_studies  # a requested id the listing never held, found by its look-up
     t.versions_written += len(plan.versions)
     t.quarantined += len(plan.quarantined)
     t.add_plan(plan)
-    still_there = set(by_id) - outside_never
+    still_there = set(by_id) - outside_never - set(merged)
     omitted = still_there & inside
-    heads = pc.index.lookup(gone)  # not seen by this run, so it wrote no head for them
-    retired = [(nct, head.version + 1, head.content_hash) for nct in gone
-               if nct in members and (head := heads.get(nct)) is not None and not head.is_removed]
+    ended = [*gone, *sorted(merged)]
+    heads = pc.index.lookup(ended)  # not seen by this run, so it wrote no head for them
+    retired = [(nct, head.version + 1, head.content_hash) for nct in ended
+               if nct in members and nct not in pc.written and (head := heads.get(nct)) is not None
+               and not head.is_removed]
     pc.run.append("study_versions", tombstones_table(retired, pc.ctx))
     for nct, version, digest in retired:
         pc.written[nct] = Head(version, digest, is_removed=True)
@@ -82,9 +96,12 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     pc.seen.update(omitted)
     pc.run.append_rows("scope_exits", [
         {"run_id": pc.ctx.run_id, "scope": scope, "nct_id": nct,
-         "reason": "left_scope" if nct in still_there else "removed"} for nct in exits])
+         "reason": "left_scope" if nct in still_there else "merged" if nct in merged else "removed"}
+        for nct in exits])
     get_run_logger().info("%d unlisted studies are still in the registry (%d inside the scope: the listing "
-                          "omitted them); %d retired (404)", len(still_there), len(omitted), len(retired))
+                          "omitted them); %d retired (404, or merged into another study: %s)", len(still_there),
+                          len(omitted), len(retired), ", ".join(f"{n} into {i}" for n, i in sorted(merged.items()))
+                          or "none")
     return len(still_there - omitted), len(retired)
 
 
@@ -97,6 +114,7 @@ def _look_up(pc: PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]]
     429 past the retry budget, a body that is not a study) says nothing about the study."""
     wanted, found = set(ids), dict[str, dict[str, Any]]()
     gone: list[str] = []
+    wrong: str | None = None  # a look-up answered with another study's record (a cache or proxy's mistake)
     try:
         for params in lookup_params(ids):
             for page in pc.client.iter_pages(params):
@@ -109,9 +127,11 @@ def _look_up(pc: PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]]
                 found[nct] = pc.client.get_study(nct)
             except RegistryNotFound:
                 gone.append(nct)
+            except RegistryWrongStudy as exc:  # says nothing about this study; the others can still be asked
+                wrong = wrong or str(exc)
     except RegistryError as exc:
         return found, gone, str(exc)
-    return found, gone, None
+    return found, gone, wrong
 
 
 def _unverified(pc: PageContext, ids: list[str], why: str) -> None:

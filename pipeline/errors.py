@@ -63,7 +63,15 @@ class PageTokenRejected(RegistryRejected):
 
 
 class RegistryNotFound(RegistryError):
-    """404: no such study or endpoint."""
+    """404: no such study or endpoint. ``page``: the answer was a web page (HTML), not the registry's
+    plain-text error: a proxy's or CDN's, which says nothing about a study."""
+
+    page: bool = False
+
+
+class RegistryWrongStudy(RegistryError):
+    """``GET /studies/{id}`` answered with the record of another study that does not hold the id as an
+    alias (a cache or proxy answering for the wrong study): not the study's record, and no word on it."""
 
 
 class HistoryFormatError(RegistryError):

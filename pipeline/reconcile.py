@@ -54,6 +54,7 @@ class RunFacts:
     former_members: frozenset[str] = frozenset()  # seen by earlier runs of the scope, exited since
     unverified: frozenset[str] = frozenset()  # unlisted members the registry could not be asked about
     unverified_why: str = ""  # ... why (the look-up's error, or an incomplete listing)
+    merged: Mapping[str, str] = field(default_factory=dict)  # unlisted ids -> the study the registry merged each into
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,23 @@ def missing_ids(f: RunFacts) -> Check:
     gone = sorted(f.members_before - set(f.seen_dates))
     kept = len(f.members_before) - len(gone)
     unverified = [n for n in gone if n in f.unverified and n not in f.left_scope]
-    removed = [n for n in gone if n not in f.left_scope and n not in f.unverified]
+    merged = [n for n in gone if n in f.merged]
+    removed = [n for n in gone if n not in f.left_scope and n not in f.unverified and n not in f.merged]
     left = [n for n in gone if n in f.left_scope]
-    data = {"left_scope": left, "removed": removed, "not_found": never, "unverified": unverified}
+    data: dict[str, Any] = {"left_scope": left, "removed": removed, "not_found": never, "unverified": unverified}
+    if merged:
+        data["merged"] = {n: f.merged[n] for n in merged}
     if not gone:
         detail = f"all {len(f.members_before)} known studies of the scope are still listed"
     else:
         detail = (f"{len(gone)} of {len(f.members_before)} known studies are no longer listed: {len(left)} left "
                   f"the scope but are still in the registry, {len(removed)} gone from it: "
-                  f"{_names(removed or (left if not unverified else []))}")
+                  f"{_names(removed or (left if not unverified and not merged else []))}")
+    if merged:  # the registry's word too: the id now redirects to the study that holds it as an alias
+        shown = ", ".join(f"{n} into {f.merged[n]}" for n in merged[:LISTED_IDS])
+        more = f" (+{len(merged) - LISTED_IDS} more)" if len(merged) > LISTED_IDS else ""
+        detail = detail.rstrip(": ") + (f"; {len(merged)} merged by the registry into another study (retired, "
+                                        f"the study it became is kept): {shown}{more}")
     if unverified:
         why = f" ({f.unverified_why})" if f.unverified_why else ""
         detail = detail.rstrip(": ") + (f"; {len(unverified)} could not be looked up{why}, so whether they are "

@@ -32,6 +32,8 @@ from pipeline.parse import StudyCore, parse_record, record_nct_id
 
 # What becomes of a record with new content dated the same day as its study's head (``plan_batch``).
 SameDay = Literal["new", "hold"] | date
+# Whether such a record (nct_id, record, head, content hash) is a lagging replica's (``plan_batch``).
+Lags = Callable[[str, Mapping[str, Any], "Head", "str | None"], bool]
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ class BatchPlan:
     newest_update: date | None = None  # the latest lastUpdatePostDate in the batch (the watermark)
     child_rows: ChildRows = field(default_factory=ChildRows)  # the new versions' child-table rows
     held: list[int] = field(default_factory=list)  # indexes of records held back (``same_day="hold"``)
+    # With ``lags``: the ``versionHolder`` of the record that made each new head, and the content hashes of
+    # the versions the batch's new versions replaced (``warehouse.heads.SnapshotDays`` carries both on)
+    holders: dict[str, str | None] = field(default_factory=dict)
+    replaced: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def new_studies(self) -> int:
@@ -105,7 +111,7 @@ def plan_batch(
     nct_ids: Sequence[str] | None = None,
     same_day: SameDay = "new",
     always_new: Collection[str] = (),
-    lags: Callable[[str, Mapping[str, Any], Head], bool] | None = None,
+    lags: Lags | None = None,
 ) -> BatchPlan:
     """Versions to store for ``records`` given the current ``heads``.
 
@@ -122,11 +128,15 @@ def plan_batch(
     date of the bulk file it comes from, stale where that file predates the head (``archive_predates``);
     ``always_new``: studies whose such records are new versions whatever ``same_day`` says (a bulk
     file that lists a study twice: its members are its versions in turn, so none may wait for the others);
-    ``lags(nct_id, record, head)``: whether a record with new content dated the same day as its study's
-    (not removed) head comes from an older snapshot of the registry's data than the head (a lagging
-    replica): stale, not a new version (see ``holder_predates``).
+    ``lags(nct_id, record, head, digest)``: whether a record with new content dated the same day as its
+    study's (not removed) head is a lagging replica's: stale, not a new version (``SnapshotDays.lags``:
+    from an older snapshot of the registry's data than the head, see ``holder_predates``; or, within one
+    run, the content of a version the run already replaced, from no newer snapshot). Within the batch the
+    same rule is applied here, against the batch's own new heads: a study listed twice on one page, its
+    newer record first, must not have the older one undo it.
     """
     plan = BatchPlan()
+    today = utc_day(ctx.observed_at)
     for index, record in enumerate(records):
         raw = raws[index] if raws is not None else None
         key = member_keys[index] if member_keys is not None else None
@@ -152,7 +162,8 @@ def plan_batch(
                 or (isinstance(same_day, date) and nct_hint not in always_new and archive_predates(same_day, head)
                     and _is_same_day(record, head, ctx))
                 or (lags is not None and not head.is_removed and _is_same_day(record, head, ctx)
-                    and lags(nct_hint, record, head))):
+                    and (older_than(record, digest, plan.holders[nct_hint], plan.replaced.get(nct_hint, ()), today)
+                         if nct_hint in plan.holders else lags(nct_hint, record, head, digest)))):
             plan.stale.append(nct_hint)
             plan.seen.append((nct_hint, head.version))  # still published: seen, at the version we hold
             continue
@@ -180,6 +191,10 @@ def plan_batch(
             )
         )
         plan.child_rows.add(core.nct_id, version, rows)
+        if lags is not None:
+            plan.holders[core.nct_id] = version_holder(record, today)
+            if head is not None:
+                plan.replaced.setdefault(core.nct_id, set()).add(head.content_hash)
         plan.heads[core.nct_id] = Head(version, digest, registry_updated=core.last_update_posted, member_key=key)
         plan.seen.append((core.nct_id, version))
     return plan
@@ -242,6 +257,19 @@ def holder_predates(record: Mapping[str, Any], stored_holder: str | None, today:
     replica answered."""
     mine, stored = version_holder(record, today), _plausible_day(stored_holder, today)
     return mine is not None and stored is not None and mine < stored
+
+
+def older_than(record: Mapping[str, Any], digest: str | None, head_holder: str | None, replaced: Collection[str],
+               today: date) -> bool:
+    """A record with new content, dated as its study's head, is older than the head: it was served from an
+    older data snapshot than the head's record (``holder_predates``), or it is the content of a version
+    the run already replaced (a study listed twice in one listing, the newer copy first) and comes from
+    no newer snapshot than the head's record (a record from a later snapshot is the registry's own
+    reversal: news)."""
+    if holder_predates(record, head_holder, today):
+        return True
+    mine, theirs = version_holder(record, today), _plausible_day(head_holder, today)
+    return digest in replaced and not (mine is not None and theirs is not None and mine > theirs)
 
 
 def _is_same_day(record: Mapping[str, Any], head: Head, ctx: RunContext) -> bool:

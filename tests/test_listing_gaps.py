@@ -122,6 +122,9 @@ LOOKUP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     "a truncated 200": ("truncate", {}),
     "a maintenance page as 200": ("status", dict(status=200, content_type="text/html",
                                                  body="<html><title>Scheduled maintenance</title></html>")),
+    # the registry answers 404 in plain text (its spec): a web page is a proxy's or a CDN's, no word on a study
+    "a CDN's HTML 404 page": ("status", dict(status=404, content_type="text/html",
+                                             body="<html><title>404 Not Found</title><body>nginx</body></html>")),
 }
 
 
@@ -172,8 +175,13 @@ def test_an_incomplete_full_listing_calls_no_unlisted_study_gone_from_the_regist
     assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
 
 
-def test_a_study_merged_into_another_is_never_retired_its_old_id_redirects_301(
-        small: FakeRegistry, warehouse_dir: Path) -> None:
+@pytest.mark.parametrize("listed", [True, False], ids=["the-listing-holds-the-study", "the-listing-omits-it"])
+def test_a_study_merged_into_another_is_retired_as_merged_naming_the_study_it_became(
+        listed: bool, small: FakeRegistry, warehouse_dir: Path) -> None:
+    """The registry merged A into B (A is one of B's nctIdAliases; GET /studies/A answers 301 to B): A's
+    own record is gone by the registry's word, so A is retired (scope_exits reason 'merged', study_removed)
+    and missing_ids names the study it became; it is neither "listing_omitted" (a member kept forever,
+    counted twice with B) nor a plain removal. B is kept."""
     import requests
 
     fast_sync(small, warehouse_dir, page_size=25)
@@ -183,14 +191,71 @@ def test_a_study_merged_into_another_is_never_retired_its_old_id_redirects_301(
     # The spec: an id found in NCTIdAlias is answered 301, redirecting to the real study.
     moved = requests.get(f"{small.url}/studies/{nct(merged)}", allow_redirects=False, timeout=10)
     assert (moved.status_code, moved.headers["Location"]) == (301, f"/api/v2/studies/{nct(into)}")
-    small.omit_from_listings(nct(into))  # and the listing (filter.ids too) leaves the study out
+    if not listed:
+        small.omit_from_listings(nct(into))  # and the listing (filter.ids too) leaves the study out
     small.requests.clear()
     full = fast_sync(small, warehouse_dir, page_size=25, full=True)
-    assert [p for p, _ in small.requests if p.startswith("/studies/")] == [
-        f"/studies/{nct(merged)}", f"/studies/{nct(into)}", f"/studies/{nct(into)}"]  # followed the redirect
-    assert full["retired"] == 0
-    assert rows(warehouse_dir, "SELECT count(*) FROM study_versions WHERE is_removed") == [(0,)]
-    assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE event = 'study_removed'") == [(0,)]
+    if not listed:
+        assert [p for p, _ in small.requests if p.startswith("/studies/")] == [
+            f"/studies/{nct(merged)}", f"/studies/{nct(into)}", f"/studies/{nct(into)}"]  # followed the redirect
+    assert full["retired"] == 1
+    assert rows(warehouse_dir, "SELECT nct_id FROM study_versions WHERE is_removed") == [(nct(merged),)]
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(nct(merged), "merged")]
+    assert rows(warehouse_dir, "SELECT nct_id, event FROM changes WHERE run_id = ? AND nct_id = ?",
+                [full["run_id"], nct(merged)]) == [(nct(merged), "study_removed")]
+    assert rows(warehouse_dir, "SELECT count(*) FROM studies WHERE nct_id IN (?, ?)", [nct(merged), nct(into)]) == [
+        (1,)]
+    status, flagged, ids, detail = check_row(warehouse_dir, full["run_id"], "missing_ids")
+    assert (status, flagged, ids) == ("ok", 0, [nct(merged)])
+    assert detail.endswith(f"1 merged by the registry into another study (retired, the study it became is kept): "
+                           f"{nct(merged)} into {nct(into)}")
+    assert check_row(warehouse_dir, full["run_id"], "listing_omitted")[:2] == (
+        ("ok", 0) if listed else ("warn", 1))  # B itself, when the listing leaves it out
+    again = fast_sync(small, warehouse_dir, page_size=25, full=True)
+    assert (again["retired"], again["versions_written"], again["changes_written"]) == (0, 0, 0)
+
+
+def test_a_member_merged_into_a_study_outside_the_scopes_filters_does_not_bring_that_study_into_the_scope(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    """A RECRUITING member merged into a COMPLETED study: the member is retired as merged; the study it
+    became, never in the scope, is not stored as one of its members (it would "leave" the next run)."""
+    status = ("protocolSection", "statusModule", "overallStatus")
+    merged = next(r for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "RECRUITING")
+    into = next(r for r in real_records()[:60] if r[status[0]][status[1]][status[2]] == "COMPLETED")
+    fast_sync(small, warehouse_dir, page_size=25, status=["RECRUITING"])
+    small.remove(nct(merged))
+    small.put(mutate.set_path(into, ("protocolSection", "identificationModule", "nctIdAliases"), [nct(merged)]))
+    full = fast_sync(small, warehouse_dir, page_size=25, status=["RECRUITING"], full=True)
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(nct(merged), "merged")]
+    assert (full["retired"], full["left_scope"], full["versions_written"]) == (1, 0, 0)
+    again = fast_sync(small, warehouse_dir, page_size=25, status=["RECRUITING"], full=True)
+    assert (again["retired"], again["left_scope"], again["versions_written"]) == (0, 0, 0)
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(nct(merged), "merged")]
+
+
+def test_a_look_up_answered_with_another_studys_record_stores_nothing_for_the_study_and_names_it_unverified(
+        small: FakeRegistry, warehouse_dir: Path) -> None:
+    """A cache or proxy answers GET /studies/A with B's record (B does not hold A as an alias): no version
+    of A (or of anything else) comes of it, A is neither retired nor "listing_omitted": it is unverified,
+    named with the reason, and the other look-ups of the run still settle their studies."""
+    import orjson
+
+    fast_sync(small, warehouse_dir, page_size=25)
+    asked, other, gone = nct(real_records()[11]), real_records()[12], nct(real_records()[13])
+    small.omit_from_listings(asked)
+    small.remove(gone)
+    small.faults.add("status", status=200, path=f"/studies/{asked}", times=-1, content_type="application/json",
+                     body=orjson.dumps(mutate.set_status(other, "WITHDRAWN")).decode())
+    before = rows(warehouse_dir, "SELECT nct_id, version, content_hash FROM study_versions ORDER BY ALL")
+    full = fast_sync(small, warehouse_dir, page_size=25, full=True)
+    assert (full["retired"], full["versions_written"], full["unverified"]) == (1, 0, 1)
+    assert rows(warehouse_dir, "SELECT nct_id, version, content_hash FROM study_versions WHERE NOT is_removed "
+                               "ORDER BY ALL") == [r for r in before]
+    assert rows(warehouse_dir, "SELECT nct_id, reason FROM scope_exits") == [(gone, "removed")]
+    status, _flagged, ids, detail = check_row(warehouse_dir, full["run_id"], "missing_ids")
+    assert (status, ids) == ("fail", sorted([asked, gone]))
+    assert f"answered with the record of {nct(other)}" in detail and detail.endswith(asked)
+    assert check_row(warehouse_dir, full["run_id"], "listing_omitted")[:2] == ("ok", 0)
 
 
 def test_an_ids_scope_asks_for_each_id_its_listing_never_held_from_its_first_run(

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from pipeline import mutate
-from pipeline.errors import RegistryNotFound, RegistryRejected, RegistryUnavailable
+from pipeline.errors import RegistryError, RegistryNotFound, RegistryRejected, RegistryUnavailable, RegistryWrongStudy
 from pipeline.registry.client import USER_AGENT, RegistryClient, RetryPolicy
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import DATA, nct, real_records
@@ -170,6 +170,34 @@ def test_400_and_404_are_not_retried(registry: FakeRegistry) -> None:
     with pytest.raises(RegistryNotFound):
         client.get_study("NCT99999999")
     assert len(registry.requests) == 2
+
+
+def test_a_redirect_loop_is_one_clear_error_naming_the_url_and_is_not_retried(registry: FakeRegistry) -> None:
+    """A proxy that redirects a request to itself: following it again cannot help."""
+    registry.faults.add("status", status=302, location="/api/v2/studies", times=-1, body="Found")
+    client = RegistryClient(registry.url, min_interval=0, retry=RetryPolicy(attempts=4, backoff_base=0.01))
+    with pytest.raises(RegistryError) as info:
+        client.get_page({}, None, 1)
+    assert not info.value.retryable and client.retries == 0
+    assert len(registry.study_requests()) == client.session.max_redirects + 1  # one try, its redirects followed
+    assert str(info.value).startswith(f"redirect loop at {registry.url}/studies: more than 30 redirects")
+    assert "\n" not in str(info.value)
+
+
+def test_a_study_look_up_answered_with_another_studys_record_is_an_error_and_an_alias_is_not(
+        registry: FakeRegistry) -> None:
+    asked, other = nct(real_records()[0]), real_records()[1]
+    client = RegistryClient(registry.url, min_interval=0)
+    registry.faults.add("status", status=200, path=f"/studies/{asked}", content_type="application/json",
+                        body=orjson.dumps(other).decode())
+    with pytest.raises(RegistryWrongStudy) as info:
+        client.get_study(asked)
+    assert str(info.value) == (f"asked for study {asked}, the registry answered with the record of {nct(other)} "
+                               "(not one of its aliases either)")
+    # A merged study: the registry answers its old id with the study that holds it as an alias (301).
+    registry.put(mutate.set_path(other, ("protocolSection", "identificationModule", "nctIdAliases"),
+                                 ["NCT09999991"]))
+    assert nct(client.get_study("NCT09999991")) == nct(other)
 
 
 def test_requests_are_paced_by_the_polite_interval(registry: FakeRegistry) -> None:

@@ -16,9 +16,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.parse import record_nct_id
 from pipeline.registry.bulk import split_by_shard
-from pipeline.versioning import Head, holder_predates, version_holder
+from pipeline.versioning import BatchPlan, Head, holder_predates, older_than
 
 if TYPE_CHECKING:
     from warehouse.run_writer import RunWriter
@@ -93,23 +92,26 @@ def stored_holder(con: duckdb.DuckDBPyConnection, nct_id: str, version: int) -> 
 
 
 class SnapshotDays:
-    """The ``versionHolder`` of each study's head, for ``plan_batch``'s ``lags``: a record with new content
-    dated as its head but served from an older snapshot of the registry's data is a lagging replica's.
-    The heads this run wrote are remembered (``note``); a committed head's is read from its raw record."""
+    """What ``plan_batch``'s ``lags`` needs to tell a lagging replica's record: the ``versionHolder`` of each
+    study's head (a record with new content dated as its head but served from an older snapshot of the
+    registry's data is a lagging replica's), and the content this run's versions replaced (met again
+    later in the same listing, from no newer snapshot, it is an older copy, not an edit undone). The
+    heads this run wrote are remembered (``note``); a committed head's holder is read from its raw record."""
 
     def __init__(self, run: RunWriter, today: date) -> None:
         self.run = run
         self.today = today  # the run's UTC day: a holder later than a snapshot can be is a damaged one
         self.written: dict[str, str | None] = {}
+        self.replaced: dict[str, set[str]] = {}
 
-    def note(self, records: Iterable[Mapping[str, Any]], heads: Mapping[str, Head]) -> None:
-        """After a batch is staged: the records that made its new heads (the last one of a study wins)."""
-        for record in records:
-            if (nct := record_nct_id(record)) in heads and nct is not None:
-                self.written[nct] = version_holder(record, self.today)
+    def note(self, plan: BatchPlan) -> None:
+        """After a batch is staged: the holders of the records that made its new heads, and what they replaced."""
+        self.written.update(plan.holders)
+        for nct, hashes in plan.replaced.items():
+            self.replaced.setdefault(nct, set()).update(hashes)
 
-    def lags(self, nct_id: str, record: Mapping[str, Any], head: Head) -> bool:
+    def lags(self, nct_id: str, record: Mapping[str, Any], head: Head, digest: str | None) -> bool:
         if nct_id in self.written:
-            return holder_predates(record, self.written[nct_id], self.today)
+            return older_than(record, digest, self.written[nct_id], self.replaced.get(nct_id, ()), self.today)
         with self.run.before() as con:
             return holder_predates(record, stored_holder(con, nct_id, head.version), self.today)

@@ -15,13 +15,11 @@ only for that request; an interval of 0 turns pacing off altogether (a local reg
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import orjson
@@ -43,9 +41,11 @@ from pipeline.errors import (
     RegistryNotFound,
     RegistryRejected,
     RegistryUnavailable,
+    RegistryWrongStudy,
 )
-from pipeline.parse import record_nct_id
+from pipeline.parse import record_ids, record_nct_id
 from pipeline.redact import redact
+from pipeline.registry.answers import body_line, is_html, retry_after_seconds, short_error, text_of
 from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_json
 
 DEFAULT_API_URL = "https://clinicaltrials.gov/api/v2"
@@ -146,9 +146,24 @@ class RegistryClient:
             token, number = page.next_token, number + 1
 
     def get_study(self, nct_id: str) -> dict[str, Any]:
-        body = self._get_json(f"/studies/{nct_id}", {})
+        """``GET /studies/{nct_id}``: the study's record. The registry answers an id it merged into
+        another study (one of that study's ``nctIdAliases``) with a 301 to that study: its record is
+        returned, and the caller tells the two apart by the record's own ``nctId`` (``record_ids``).
+        A record that is neither the study asked for nor one that holds its id as an alias (a cache or
+        proxy answering for another study) is an error, never returned as the study's."""
+        url = f"{self.base_url}/studies/{nct_id}"
+        try:
+            body = self._get_json(f"/studies/{nct_id}", {})
+        except RegistryNotFound as exc:
+            if exc.page:  # the registry answers 404 in plain text (its spec): a web page is a proxy's or a CDN's
+                raise RegistryError(f"{exc} (an HTML page, not the registry's plain-text answer: no word on "
+                                    f"study {nct_id})", url=url, status=404) from None
+            raise
         if not isinstance(body, dict) or "protocolSection" not in body:
-            raise RegistryError(f"unexpected body for study {nct_id}", url=self.base_url)
+            raise RegistryError(f"unexpected body for study {nct_id}", url=url)
+        if nct_id not in record_ids(body):
+            raise RegistryWrongStudy(f"asked for study {nct_id}, the registry answered with the record of "
+                                f"{record_nct_id(body) or 'no NCT id'} (not one of its aliases either)", url=url)
         return body
 
     def version(self) -> dict[str, Any]:
@@ -222,11 +237,15 @@ class RegistryClient:
         except Late:
             raise RegistryUnavailable(f"timed out: no answer within {seconds:g}s", url=url) from None
         except requests.Timeout as exc:
-            raise RegistryUnavailable(f"timed out: {_short(exc)}", url=url) from None
+            raise RegistryUnavailable(f"timed out: {short_error(exc)}", url=url) from None
         except requests.ConnectionError as exc:
-            raise RegistryUnavailable(f"connection failed: {_short(exc)}", url=url) from None
+            raise RegistryUnavailable(f"connection failed: {short_error(exc)}", url=url) from None
+        except requests.TooManyRedirects as exc:  # a loop: asking again follows the same loop
+            where = exc.response.url if exc.response is not None else url
+            raise RegistryError(f"redirect loop at {redact(url)}: more than {self.session.max_redirects} redirects "
+                                f"(the last to {redact(where)}); not retried", url=url) from None
         except requests.RequestException as exc:
-            raise RegistryUnavailable(f"broken response: {_short(exc)}", url=url) from None
+            raise RegistryUnavailable(f"broken response: {short_error(exc)}", url=url) from None
         with response:
             content = self._read_within(response, deadline, seconds)
         status = response.status_code
@@ -234,25 +253,27 @@ class RegistryClient:
             self._slow_down()
         if status == 429 or status >= 500:
             raise RegistryUnavailable(
-                f"HTTP {status}: {_body_line(response, content)}",
+                f"HTTP {status}: {body_line(response, content)}",
                 url=response.url,
                 status=status,
-                retry_after=_retry_after(response.headers.get("Retry-After"), self.retry.retry_after_max),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After"), self.retry.retry_after_max),
             )
         if status == 404:
-            raise RegistryNotFound(f"HTTP 404: {_body_line(response, content)}", url=response.url, status=status)
-        if status == 400 and "pageToken" in params and _TOKEN_ERROR.search(_text(content)):
-            raise PageTokenRejected(f"HTTP {status}: {_body_line(response, content)}", url=response.url,
+            error = RegistryNotFound(f"HTTP 404: {body_line(response, content)}", url=response.url, status=status)
+            error.page = is_html(response, content)
+            raise error
+        if status == 400 and "pageToken" in params and _TOKEN_ERROR.search(text_of(content)):
+            raise PageTokenRejected(f"HTTP {status}: {body_line(response, content)}", url=response.url,
                                     status=status)
         if status >= 400:
-            raise RegistryRejected(f"HTTP {status}: {_body_line(response, content)}", url=response.url,
+            raise RegistryRejected(f"HTTP {status}: {body_line(response, content)}", url=response.url,
                                    status=status)
         try:
             return orjson.loads(content), content
         except orjson.JSONDecodeError as exc:
             # A cut-off body (the server or a proxy dropped the connection mid-answer), or a page that is
             # not JSON at all (a maintenance page): its title says which.
-            page = f": {_body_line(response, content)}" if _text(content).lstrip()[:1] == "<" else ""
+            page = f": {body_line(response, content)}" if text_of(content).lstrip()[:1] == "<" else ""
             raise RegistryUnavailable(f"invalid JSON in response ({exc}){page}", url=response.url,
                                       status=status) from None
 
@@ -286,10 +307,10 @@ class RegistryClient:
                     # Not retried: the next try would most likely download as much again.
                     raise RegistryError(f"the answer is larger than {MAX_BODY_BYTES >> 20} MB", url=response.url)
         except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
-            raise RegistryUnavailable(f"timed out: {_short(exc)}", url=response.url) from None
+            raise RegistryUnavailable(f"timed out: {short_error(exc)}", url=response.url) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # e.g. the connection dropped before Content-Length bytes came.
-            raise RegistryUnavailable(f"broken response: {_short(exc)}", url=response.url) from None
+            raise RegistryUnavailable(f"broken response: {short_error(exc)}", url=response.url) from None
 
     def _slow_down(self) -> None:
         """A 429: the registry finds us too fast; every later request of this client waits longer (twice
@@ -341,46 +362,3 @@ class _StopBeyondBudget(stop_base):
             exc.args = (f"{exc} ({state.attempt_number} {'try' if state.attempt_number == 1 else 'tries'}; "
                         f"would wait {wait:g}s, beyond the {budget:g}s retry budget ({spent:.0f}s spent))",)
         return True
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), capped."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return max(0.0, min(seconds, cap))
-
-
-def _text(content: bytes) -> str:
-    return content.decode("utf-8", errors="replace")
-
-
-def _body_line(response: requests.Response, content: bytes) -> str:
-    """The body's first line; for an HTML page (a firewall's, a proxy's) its title or first text."""
-    body = _text(content)
-    if "html" in response.headers.get("Content-Type", "").lower() or body.lstrip()[:1] == "<":
-        title = re.search(r"<title[^>]*>(.*?)</title>", body, re.I | re.S)
-        body = title.group(1) if title and title.group(1).strip() else re.sub(
-            r"<(script|style)[^>]*>.*?</\1>|<[^>]+>", "\n", body, flags=re.I | re.S)
-        body = html.unescape(body)
-    text = [line.strip() for line in body.strip().splitlines() if line.strip()]
-    return redact(" ".join(text[0].split())[:200]) if text else response.reason or ""
-
-
-def _short(exc: Exception, limit: int = 200) -> str:
-    """One line for a transport error: the root reason (``[Errno 111] Connection refused``) rather
-    than urllib3's wrapper text with the whole URL, cut at a word if still long."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # MaxRetryError -> its cause
-    text = (str(reason) if reason is not None else str(exc)).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    line = re.sub(r"^<[^>]+>: ", "", line)  # "<urllib3.connection.HTTPConnection object at 0x..>: "
-    line = f"{type(exc).__name__}: {line}"  # ProxyError, ConnectTimeout, ... say where it failed
-    if len(line) > limit:
-        line = line[:limit].rsplit(" ", 1)[0] + " ..."
-    return redact(line)

@@ -2,7 +2,9 @@
 optionally on one page or only on requests that carry one query parameter (``param="filter.ids"``):
 
 - ``status``: an error status (429 with ``retry_after``, 5xx, a firewall's 403) with a body, plain text
-  unless ``content_type`` says otherwise (``text/html`` for a proxy's or firewall's page);
+  unless ``content_type`` says otherwise (``text/html`` for a proxy's or firewall's page), and a
+  ``Location`` header when ``location`` is set (a 302 to itself: a proxy's redirect loop); a 200 with
+  another study's JSON as ``body`` is a cache answering for the wrong study;
 - ``delay``: answer after ``delay`` seconds (a client timeout when longer than its read timeout);
 - ``reset``: drop the connection without an answer;
 - ``truncate``: a 200 whose body is the first half of the JSON (Content-Length matches the half);
@@ -18,7 +20,9 @@ optionally on one page or only on requests that carry one query parameter (``par
 - ``drop``: the page leaves out the studies ``nct_ids`` though ``totalCount`` counts them (an index
   that lags its pages);
 - ``ignore_filter``: the listing ignores the request's ``param`` filter (e.g. ``filter.overallStatus``),
-  as a registry bug or a rewriting proxy would.
+  as a registry bug or a rewriting proxy would;
+- ``extra``: the page also holds the records ``records`` (JSON bodies), after its own: a study listed
+  again from another replica (the same id, other content) within one listing.
 
 Listing gaps (studies the listing leaves out while ``GET /studies/{id}`` still serves them) are not a
 fault of one request but a state: ``FakeRegistry.omit_from_listings``.
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULT_KINDS = ("status", "delay", "reset", "truncate", "cut", "empty", "shift", "same_token", "stuck", "drop",
-               "ignore_filter")
+               "ignore_filter", "extra")
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Fault:
     shift: int = 1
     param: str | None = None  # only requests that carry this query parameter (e.g. "filter.ids")
     nct_ids: tuple[str, ...] = ()  # the studies a ``drop`` leaves out
+    location: str | None = None  # a ``status`` answer's Location header (a redirect)
+    records: tuple[bytes, ...] = ()  # the records an ``extra`` adds to the page
     hits: int = 0
 
     def __post_init__(self) -> None:

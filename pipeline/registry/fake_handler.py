@@ -134,6 +134,8 @@ class Handler(BaseHTTPRequestHandler):
             return True
         if fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            if fault.location is not None:
+                headers["Location"] = fault.location
             self._send(fault.status, fault.body.encode(), fault.content_type, headers)
             return True
         return False

@@ -193,7 +193,8 @@ class FakeRegistry:
         chunk = matching[offset:end]
         if fault and kind == "drop":
             chunk = [e for e in chunk if e.nct_id not in fault.nct_ids]
-        parts = [b'{"studies":[', b",".join(e.body for e in chunk), b"]"]
+        bodies = [e.body for e in chunk] + list(fault.records if fault and kind == "extra" else ())
+        parts = [b'{"studies":[', b",".join(bodies), b"]"]
         if "pageToken" not in params and params.get("countTotal", "").lower() == "true":
             parts.append(b',"totalCount":%d' % len(matching))
         more = end < len(matching) or (self.trailing_empty_page and chunk and end == len(matching))
