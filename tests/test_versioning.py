@@ -312,7 +312,7 @@ def check_invariants(root: Path) -> None:
     """Versions never overlap; studies_as_of has at most one row per study on every boundary day."""
     with Warehouse(root).connect() as con:
         bad = con.execute("SELECT nct_id, version, valid_from, valid_to FROM study_versions "
-                          "WHERE valid_to IS NOT NULL AND valid_from > valid_to").fetchall()
+                          "WHERE valid_to IS NOT NULL AND valid_from >= valid_to").fetchall()
         assert bad == []
         days = [r[0] for r in con.execute(
             "SELECT DISTINCT d FROM (SELECT valid_from AS d FROM study_versions UNION ALL "
@@ -343,12 +343,11 @@ def test_new_content_on_the_heads_registry_date_is_valid_from_its_observation_da
     root = tmp_path / "w"
     store(root, [record], datetime(2026, 4, 10, tzinfo=UTC))
     store(root, [mutate.set_status(record, "COMPLETED")], datetime(2026, 4, 20, tzinfo=UTC))
-    # ... and a second edit observed the same day: the day's last version is valid from that day (never
-    # from a day to come); the one it superseded that day has an empty interval, valid on no whole day
+    # ... and a second edit observed the same day: one day later, never a zero-length interval
     store(root, [mutate.set_status(record, "TERMINATED")], datetime(2026, 4, 20, 18, tzinfo=UTC))
     assert validity(root, "NCT05766735") == [(1, date(2026, 4, 9), date(2026, 4, 9), date(2026, 4, 20)),
-                                             (2, date(2026, 4, 9), date(2026, 4, 20), date(2026, 4, 20)),
-                                             (3, date(2026, 4, 9), date(2026, 4, 20), None)]
+                                             (2, date(2026, 4, 9), date(2026, 4, 20), date(2026, 4, 21)),
+                                             (3, date(2026, 4, 9), date(2026, 4, 21), None)]
     check_invariants(root)
 
 
@@ -397,7 +396,7 @@ def test_planned_versions_never_overlap_whatever_the_delivery_order(
     con.execute(f"CREATE VIEW v AS SELECT version, registry_updated, valid_from, lead(valid_from) OVER "
                 f"(PARTITION BY nct_id ORDER BY version) AS valid_to FROM ({versions_with_validity()})")
     rows = con.execute("SELECT version, registry_updated, valid_from, valid_to FROM v ORDER BY version").fetchall()
-    assert all(to is None or start <= to for _, _, start, to in rows), rows
+    assert all(to is None or start < to for _, _, start, to in rows), rows
     assert [r[1] for r in rows] == sorted(r[1] for r in rows)  # a stale record never became a version
     for _, _, start, _ in rows:
         for day in (start - timedelta(days=1), start):

@@ -61,14 +61,13 @@ def _duplicates(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest,
 
 
 def _overlaps(con: duckdb.DuckDBPyConnection) -> list[Problem]:
-    """Versions whose validity ends before it starts (``warehouse.validity`` makes each start no earlier
-    than the one before; a guard on that rule). An empty interval (a version superseded the day it became
-    valid) is no overlap."""
+    """Versions whose validity does not end after it starts (``warehouse.validity`` makes each start
+    at least a day after the one before; a guard on that rule)."""
     rows = con.execute("""SELECT nct_id, version, run_id FROM study_versions
-        WHERE valid_to IS NOT NULL AND valid_to < valid_from ORDER BY nct_id, version""").fetchall()
+        WHERE valid_to IS NOT NULL AND valid_to <= valid_from ORDER BY nct_id, version""").fetchall()
     if not rows:
         return []
-    return [Problem("overlap", "study_versions", f"{len(rows)} version(s) overlapping the "
+    return [Problem("overlap", "study_versions", f"{len(rows)} version(s) valid for no day or overlapping the "
                     f"next ({_keys([(n, v, 1) for n, v, _ in rows])})", "study_versions",
                     ", ".join(sorted({r for _, _, r in rows})), studies=tuple(sorted({n for n, _, _ in rows})))]
 

@@ -3,34 +3,31 @@
 A version is valid from its registry date (``registry_updated``, the record's ``lastUpdatePostDate``)
 when that date moved past every earlier version's; otherwise (the registry edited the record without
 moving the date, e.g. ``submissionTracking``; or a version stored by an older release from a stale
-record) from the day it was observed. Never from a day after the one it was observed on (a record
-dated ahead of the UTC day it was fetched on, or a damaged date, starts the day it was seen). Then,
-so that versions never overlap, each ``valid_from`` is the running maximum of those days over the
-study's versions: ``valid_from[n] = max(c[k] for k <= n)``. For ordinary histories (each registry
-date later than the last) this is exactly the registry date.
-
-Days are whole days: a version superseded on the day it became valid (two versions of one study
-observed the same day) gets an empty interval (``valid_from = valid_to``): it was never the record a
-whole day ended on, so ``studies_as_of`` never shows it, and the day's last version is valid from
-that day, never from a later one (``studies_as_of(today)`` is ``studies``).
+record) from the day it was observed. Then, so that versions never overlap and no interval has zero
+length, each ``valid_from`` is at least one day after the previous version's:
+``valid_from[n] = max(c[k] + (n - k) days for k <= n)``, a running maximum, where ``c`` is the day
+just described and ``n`` the version's rank. For ordinary histories (each registry date later than
+the last) this is exactly the registry date.
 """
 
 from __future__ import annotations
 
+_DAY = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
 _SEEN = "CAST(timezone('UTC', observed_at) AS DATE)"
-_DAY = f"least(coalesce(registry_updated, {_SEEN}), {_SEEN})"
 _EARLIER = "(PARTITION BY nct_id ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
 _UP_TO = "(PARTITION BY nct_id ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
 
 
 def versions_with_validity(source: str = "raw_study_versions") -> str:
     """``source``'s rows plus ``valid_from`` (a DATE), as a subquery."""
-    # History versions (backfill) were not observed when they were valid: their own date.
+    # History versions (backfill) were not observed when they were valid: their own date, then +1 day.
     candidate = (f"CASE WHEN _before IS NULL OR _day > _before THEN _day "
-                 f"WHEN source = 'history' THEN _day ELSE {_SEEN} END")
-    ranked = f"SELECT *, {_DAY} AS _day, max({_DAY}) OVER {_EARLIER} AS _before FROM {source}"
-    return (f"SELECT * EXCLUDE (_day, _before, _start), CAST(max(_start) OVER {_UP_TO} AS DATE) AS valid_from "
-            f"FROM (SELECT *, CAST({candidate} AS DATE) AS _start FROM ({ranked}))")
+                 f"WHEN source = 'history' THEN _day ELSE greatest({_SEEN}, _day) END")
+    ranked = (f"SELECT *, {_DAY} AS _day, max({_DAY}) OVER {_EARLIER} AS _before, "
+              f"row_number() OVER (PARTITION BY nct_id ORDER BY version) AS _rank FROM {source}")
+    return (f"SELECT * EXCLUDE (_day, _before, _rank, _start), "
+            f"CAST(max(_start) OVER {_UP_TO} + CAST(_rank AS INTEGER) AS DATE) AS valid_from "
+            f"FROM (SELECT *, CAST({candidate} AS DATE) - CAST(_rank AS INTEGER) AS _start FROM ({ranked}))")
 
 
 # The day a change happened, as far as the registry tells: its new version's ``valid_from`` (the
