@@ -209,7 +209,7 @@ def test_a_webhook_409_or_423_is_transient_the_same_idempotency_key_is_still_bei
     assert scripted.hits[0].headers["Idempotency-Key"] == scripted.hits[1].headers["Idempotency-Key"]
 
 
-def test_any_answer_with_a_valid_retry_after_is_transient_and_its_wait_honoured(scripted: Scripted) -> None:
+def test_a_403_with_a_valid_retry_after_is_a_rate_limit_and_transient(scripted: Scripted) -> None:
     """A 403 with Retry-After (GitHub-style secondary rate limit) used to be a permanent refusal."""
     scripted.script.append((403, {"Retry-After": "60"}))
     with pytest.raises(DeliveryFailed) as failed:
