@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from flows import settings
-from flows.engine import NONE, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
+from flows.alert_artifacts import publish_artifacts
+from flows.engine import NONE, flow, get_run_logger, task
 from flows.inputs import check_seconds
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
@@ -290,7 +291,7 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
         outcomes = [o for future in futures for o in future.result()]
         record_task(r, plan, outcomes, str(config), lock_timeout)
         summary = _summary(r, plan, outcomes, round(time.monotonic() - clock, 3))
-        publish_artifacts(r, summary, outcomes)
+        publish_artifacts(r.redactor, r.run_id, summary, outcomes)
     get_run_logger().info("alerts run %s: %d messages, %d delivered, %d failed, %d already delivered",
                           run_id, summary["messages"], summary["messages_sent"], summary["messages_failed"],
                           summary["already_sent"])
@@ -316,64 +317,6 @@ def _summary(r: _Run, plan: AlertPlan, outcomes: list[Outcome], seconds: float) 
         "failures": list(failures.values()),
         "duration_seconds": seconds,
     }
-
-
-# -- artifacts -----------------------------------------------------------------------------------
-def publish_artifacts(r: _Run, summary: dict[str, Any], outcomes: list[Outcome]) -> None:
-    rows = change_rows(outcomes)
-    create_markdown_artifact(r.redactor(summary_markdown(summary, rows)), key="alerts-run",
-                             description=f"alerts run {r.run_id}")
-    create_table_artifact([{k: r.redactor(str(v)) if isinstance(v, str) else v for k, v in row.items()}
-                           for row in rows], key="alerts-changes", description=f"changes alerted by {r.run_id}")
-
-
-def change_rows(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    """One row per (watch, change) with the channels that took it and those that failed."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for o in outcomes:
-        for study in o.message.studies:
-            for c in study.changes:
-                row = rows.setdefault((o.message.watch, c.change_id), {
-                    "watch": o.message.watch, "nct_id": c.nct_id, "title": study.title, "field": c.field,
-                    "event": c.event, "old_value": c.old_value, "new_value": c.new_value,
-                    "shift_days": c.shift_days, "pct_change": c.pct_change, "severity": c.severity,
-                    "url": study.url, "history_url": study.history_url, "sent_to": "", "failed_to": ""})
-                column = "failed_to" if o.error else "sent_to"
-                row[column] = ", ".join(filter(None, [row[column], o.message.channel]))
-    return sorted(rows.values(), key=lambda row: (row["watch"], row["nct_id"], row["field"]))
-
-
-def summary_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    lines = [f"# Alerts run {summary['run_id']}", "",
-             f"{summary['watches']} watches, {summary['matched']} matching changes: {summary['messages']} messages, "
-             f"{summary['messages_sent']} delivered, {summary['messages_failed']} failed; "
-             f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried "
-             f"({summary['resent']} messages re-sent unchanged from the outbox)."]
-    if summary["failures"]:
-        lines += ["", "## Failed (due again on the next run, unless rejected)", "",
-                  "| watch | channel | changes | error |", "|---|---|---|---|"]
-        lines += [f"| {f['watch']} | {f['channel']} | {f['changes']} | "
-                  f"{_cell(f['error'] + (' (rejected: not re-sent)' if f['rejected'] else ''))} |"
-                  for f in summary["failures"]]
-    if not rows:
-        lines += ["", "No new changes for any watch."]
-        return "\n".join(lines) + "\n"
-    lines += ["", "## Changes", "", "| watch | study | severity | change | sent to | failed |",
-              "|---|---|---|---|---|---|"]
-    for row in rows:
-        change = f"{row['field']}: {row['old_value'] or '∅'} → {row['new_value'] or '∅'}"
-        if row["shift_days"] is not None:
-            change += f" ({row['shift_days']:+d} days)"
-        if row["pct_change"] is not None:
-            change += f" ({row['pct_change']:+.1f}%)"
-        study = f"[{row['nct_id']}]({row['url']}) {row['title'] or ''} ([history]({row['history_url']}))"
-        lines.append(f"| {row['watch']} | {_cell(study)} | {row['severity']} | {_cell(change)} | "
-                     f"{row['sent_to']} | {row['failed_to']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    return " ".join(text.replace("|", "\\|").split())[:300]
 
 
 # -- trialsync alerts test -------------------------------------------------------------------------
