@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ from warehouse.alerts import (
 )
 
 RETRY_BACKOFF_SECONDS = 1.0
+# The longest a receiver's Retry-After holds its channel across runs (a huge or endless one: tried a day later).
+MAX_HOLD = timedelta(days=1)
 REJECTED_NOTE = "rejected by the receiver: not re-sent (`trialsync alerts run --resend-rejected` sends it again)"
 
 
@@ -161,6 +163,7 @@ class Outcome:
     message: Message
     error: str | None
     rejected: bool = False  # refused for good (HTTP 4xx, SMTP 5xx): not re-sent by later runs
+    retry_at: datetime | None = None  # the receiver asked not to be tried before then (Retry-After)
 
 
 class _Run:
@@ -202,19 +205,40 @@ def outbox_task(r: _Run, plan: AlertPlan, lock_timeout: float) -> None:
     r.outbox_committed = True
 
 
+def _held(r: _Run, channel: str) -> tuple[str, datetime] | None:
+    """Whether the channel's receiver asked an earlier run to wait past now: a wait that ends within this
+    run's retry budget is waited out here; otherwise (the reason, the time) and nothing is sent to it."""
+    until = r.ledger.holds.get(channel)
+    if until is None:
+        return None
+    remaining = (until - _now()).total_seconds()
+    if remaining <= 0:
+        return None
+    if r.wait_until is not None and time.monotonic() + remaining <= r.wait_until:
+        time.sleep(remaining)
+        return None
+    return f"the receiver asked to wait until {until:%Y-%m-%d %H:%M:%S} UTC (Retry-After)", until
+
+
 @task(name="deliver", cache_policy=NONE)
 def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome]:
-    """Send one channel's messages in order; after a transient failure the rest wait for the next run."""
+    """Send one channel's messages in order; after a transient failure the rest wait for the next run.
+    A channel whose receiver asked (``Retry-After``) not to be tried before a later time gets nothing
+    before then, in this run or the next ones."""
     logger = get_run_logger()
     outcomes: list[Outcome] = []
     broken: str | None = None
+    retry_at: datetime | None = None
     try:
         sender = sender_for(r.resolved[channel])
     except Exception as exc:  # e.g. an Apprise URL it cannot parse
         broken = r.redactor(_reason(exc))
+    if not broken and messages and (held := _held(r, channel)):
+        broken, retry_at = held
+        logger.warning("channel %s: %s: %d messages wait for a later run", channel, broken, len(messages))
     for message in messages:
         if broken:
-            outcomes.append(Outcome(message, f"not attempted: {broken}"))
+            outcomes.append(Outcome(message, f"not attempted: {broken}", retry_at=retry_at))
             continue
         try:
             deliver(sender, message, attempts=r.resolved[channel].channel.attempts, backoff=RETRY_BACKOFF_SECONDS,
@@ -223,7 +247,10 @@ def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome
         except Exception as exc:  # a library's surprise is a failed delivery too: recorded, retried next run
             error = r.redactor(_reason(exc))
             rejected = bool(getattr(exc, "permanent", False))
-            outcomes.append(Outcome(message, error, rejected))
+            asked = getattr(exc, "retry_after", None)
+            if asked is not None and not rejected:
+                retry_at = _now() + min(MAX_HOLD, timedelta(seconds=min(asked, MAX_HOLD.total_seconds())))
+            outcomes.append(Outcome(message, error, rejected, retry_at))
             logger.warning("channel %s: %s (watch %s, %d changes); %s", channel, error, message.watch,
                            len(message.changes), REJECTED_NOTE if rejected else "retried on the next run")
             if getattr(exc, "retryable", False):
@@ -246,7 +273,7 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
     attempts = plan.attempts(r.ledger)
     rows = [row for o in outcomes for row in delivery_rows(
         o.message, run_id=r.run_id, attempted_at=finished, attempt=attempts[o.message.message_id], error=o.error,
-        rejected=o.rejected)]
+        rejected=o.rejected, retry_at=o.retry_at)]
     # The outbox took this run's id (its own commit); the outcomes commit under a later one.
     commit_id = new_run_id(finished) if r.outbox_committed else r.run_id
     record_outcomes(r.store, commit_id, rows, {

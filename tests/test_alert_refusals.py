@@ -11,18 +11,32 @@ send before that time."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from flows.alerts import send_alerts
 from pipeline.alerts.channels import EmailSender, Resolved, WebhookSender, deliver
 from pipeline.alerts.smtp_answers import permanent, transient
 from pipeline.alerts.watchlist import parse_watchlist
 from pipeline.errors import DeliveryFailed
-from tests.test_alert_bad_day import SEED, Scripted, _email, _sample, _Smtp, _webhook, mail_server, scripted
+from tests.test_alert_bad_day import (
+    SEED,
+    WATCH,
+    Scripted,
+    _email,
+    _sample,
+    _Smtp,
+    _webhook,
+    mail_server,
+    scripted,
+)
+from tests.test_alerts import rows, two_days, warehouse, watchlist
 
-__all__ = ["mail_server", "scripted"]  # fixtures
+__all__ = ["mail_server", "scripted", "two_days", "warehouse"]  # fixtures
 
 
 # -- HTTP: Retry-After does not make a refusal for good transient -----------------------------------------
@@ -138,3 +152,62 @@ def test_a_server_without_smtputf8_fails_naming_the_address_that_needs_it_and_th
                                  "that offers it or an ASCII address")
     assert not failed.value.permanent  # a channel's setting: fixed in the watchlist, the next run sends it
     assert handler.mails == []
+
+
+# -- Retry-After across runs -------------------------------------------------------------------------------
+def _hook_config(tmp_path: Path, scripted: Scripted) -> Path:
+    return watchlist(tmp_path / "w.yaml", {"out": {"type": "webhook", "url": f"{scripted.url}/hook", "attempts": 3}},
+                     WATCH)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_next_run_does_not_send_before_the_time_the_receiver_asked_for(
+        warehouse: Path, tmp_path: Path, scripted: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Retry-After of an hour, past the run's budget: the message waited in the outbox, but the next
+    run (cron, five minutes later) sent it at once, into the same rate limit."""
+    import flows.alerts
+
+    config = _hook_config(tmp_path, scripted)
+    scripted.script.append((429, {"Retry-After": "3600"}))
+    before = datetime.now(UTC)
+    first = send_alerts(config=str(config), warehouse=str(warehouse), retry_budget=10)
+    assert (first["messages_sent"], len(scripted.hits)) == (0, 1)
+    second = send_alerts(config=str(config), warehouse=str(warehouse))
+    assert len(scripted.hits) == 1  # nothing sent before the hour is up
+
+    [(until,)] = rows(warehouse, f"SELECT DISTINCT retry_at FROM alert_deliveries WHERE run_id = '{first['run_id']}'")
+    assert before + timedelta(seconds=3590) <= until <= datetime.now(UTC) + timedelta(seconds=3600)
+    assert second["messages_sent"] == 0 and second["messages_failed"] == 2
+    assert second["failures"][0]["error"] == (
+        f"not attempted: the receiver asked to wait until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC (Retry-After)")
+    assert rows(warehouse, f"SELECT DISTINCT status, retry_at FROM alert_deliveries WHERE run_id = '{second['run_id']}'"
+                ) == [("failed", until)]  # the hold stands while the channel waits
+
+    later = datetime.now(UTC) + timedelta(hours=1, minutes=1)
+    monkeypatch.setattr(flows.alerts, "_now", lambda: later)
+    third = send_alerts(config=str(config), warehouse=str(warehouse))
+    assert (third["messages_sent"], third["failures"]) == (2, [])
+    keys = [h.headers["Idempotency-Key"] for h in scripted.hits]
+    assert keys.count(keys[0]) == 2 and len(set(keys)) == 2  # the held message went again under its id, once
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_wait_asked_by_the_last_run_that_ends_within_this_runs_budget_is_waited_out(
+        warehouse: Path, tmp_path: Path, scripted: Scripted) -> None:
+    config = _hook_config(tmp_path, scripted)
+    scripted.script.append((503, {"Retry-After": "4"}))
+    first = send_alerts(config=str(config), warehouse=str(warehouse), retry_budget=1)
+    assert (first["messages_sent"], len(scripted.hits)) == (0, 1)
+    second = send_alerts(config=str(config), warehouse=str(warehouse), retry_budget=30)
+    assert (second["messages_sent"], second["failures"]) == (2, [])
+    assert scripted.hits[1].at - scripted.hits[0].at >= 3.5
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_an_endless_retry_after_holds_the_channel_for_a_day_at_most(
+        warehouse: Path, tmp_path: Path, scripted: Scripted) -> None:
+    config = _hook_config(tmp_path, scripted)
+    scripted.script.append((429, {"Retry-After": "9" * 40}))
+    send_alerts(config=str(config), warehouse=str(warehouse), retry_budget=5)
+    [(until,)] = rows(warehouse, "SELECT DISTINCT retry_at FROM alert_deliveries")
+    assert abs((until - datetime.now(UTC)) - timedelta(days=1)) < timedelta(minutes=1)
