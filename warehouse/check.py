@@ -100,8 +100,8 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     for run in state.orphan_runs:
         report.problems.append(Problem(
             "manifest", f"{markers.RUNS_DIR}/{run}/{markers.COMMITTED_MARKER}", "this run committed but no manifest "
-            "generation lists it (its manifest file and the catalog's copy are lost; its marker, of an earlier "
-            "release, holds none): `trialsync repair` rolls it back and lists its studies", run_id=run))
+            "generation lists it (its manifest file and the catalog's copy are lost; its marker holds none: "
+            "damaged, or of an earlier release): `trialsync repair` rolls it back and lists its studies", run_id=run))
     if state.legacy is not None:
         manifest = state.legacy
         report.notes.append("written by an earlier release: the next command moves its manifest beside the catalog")
