@@ -7,10 +7,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flows.engine import create_markdown_artifact, create_table_artifact
+from pipeline.abbreviate import abbreviate_pair
 from pipeline.alerts.redact import Redactor
 
 if TYPE_CHECKING:
     from flows.alerts import Outcome
+
+CHANGE_WIDTH = 120  # each of old and new in the changes table (on one line, their difference in sight)
 
 
 def publish_artifacts(redactor: Redactor, run_id: str, summary: dict[str, Any], outcomes: list[Outcome]) -> None:
@@ -55,13 +58,15 @@ def summary_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str
     lines += ["", "## Changes", "", "| watch | study | severity | change | sent to | failed |",
               "|---|---|---|---|---|---|"]
     for row in rows:
-        change = f"{row['field']}: {row['old_value'] or '∅'} → {row['new_value'] or '∅'}"
+        old, new = abbreviate_pair(row["old_value"], row["new_value"], CHANGE_WIDTH)
+        change = f"{row['field']}: {old} → {new}"
         if row["shift_days"] is not None:
             change += f" ({row['shift_days']:+d} days)"
         if row["pct_change"] is not None:
             change += f" ({row['pct_change']:+.1f}%)"
         study = f"[{row['nct_id']}]({row['url']}) {row['title'] or ''} ([history]({row['history_url']}))"
-        lines.append(f"| {row['watch']} | {_cell(study)} | {row['severity']} | {_cell(change)} | "
+        change = change.replace("|", "\\|")  # not _cell: white space squeezed, cut at 300: a difference hidden
+        lines.append(f"| {row['watch']} | {_cell(study)} | {row['severity']} | {change} | "
                      f"{row['sent_to']} | {row['failed_to']} |")
     return "\n".join(lines) + "\n"
 
