@@ -211,3 +211,26 @@ def test_an_endless_retry_after_holds_the_channel_for_a_day_at_most(
     send_alerts(config=str(config), warehouse=str(warehouse), retry_budget=5)
     [(until,)] = rows(warehouse, "SELECT DISTINCT retry_at FROM alert_deliveries")
     assert abs((until - datetime.now(UTC)) - timedelta(days=1)) < timedelta(minutes=1)
+
+
+# -- SMTP: a message the server took is sent once --------------------------------------------------------
+class _QuitRefused(_Smtp):
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        return "421 4.3.2 closing"
+
+
+def test_a_message_the_server_took_counts_as_sent_however_it_answers_quit() -> None:
+    """QUIT answered 421 after DATA's 250 raised out of ``with smtp``: the delivery failed (retryable) and
+    the next run put the same alert in the inbox a second time."""
+    from aiosmtpd.controller import Controller
+
+    from tests.test_alerts import _free_port
+
+    handler = _QuitRefused()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        deliver(_email(controller.port), _sample(), attempts=3, backoff=0.01, wait_until=time.monotonic() + 30)
+    finally:
+        controller.stop()
+    assert len(handler.mails) == 1

@@ -19,6 +19,7 @@ import smtplib
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -252,11 +253,18 @@ class EmailSender:
 
     def _submit(self, mail: EmailMessage) -> dict[str, tuple[int, bytes]]:
         """Connect, log in and send; the recipients the server refused (``send_message`` raises only
-        when it refused them all)."""
-        with self._connect() as smtp:
+        when it refused them all). Once the server took the message (its answer to DATA), how it answers
+        QUIT does not matter: ``with smtp`` raised on a QUIT answered 421 or a connection reset then, and
+        the message it had taken was sent again (twice in the inbox)."""
+        smtp = self._connect()
+        try:
             if self.c.username and self.password is not None:
                 smtp.login(self.c.username, self.password)
             return smtp.send_message(mail)
+        finally:
+            with suppress(smtplib.SMTPException, OSError):
+                smtp.quit()
+            smtp.close()
 
     def _connect(self) -> smtplib.SMTP:
         c = self.c
