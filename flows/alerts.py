@@ -26,12 +26,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from flows import settings
-from flows.engine import NONE, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
+from flows.alert_artifacts import publish_artifacts
+from flows.engine import NONE, flow, get_run_logger, task
 from flows.inputs import check_seconds
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
@@ -54,6 +55,8 @@ from warehouse.alerts import (
 )
 
 RETRY_BACKOFF_SECONDS = 1.0
+# The longest a receiver's Retry-After holds its channel across runs (a huge or endless one: tried a day later).
+MAX_HOLD = timedelta(days=1)
 REJECTED_NOTE = "rejected by the receiver: not re-sent (`trialsync alerts run --resend-rejected` sends it again)"
 
 
@@ -160,6 +163,7 @@ class Outcome:
     message: Message
     error: str | None
     rejected: bool = False  # refused for good (HTTP 4xx, SMTP 5xx): not re-sent by later runs
+    retry_at: datetime | None = None  # the receiver asked not to be tried before then (Retry-After)
 
 
 class _Run:
@@ -201,19 +205,40 @@ def outbox_task(r: _Run, plan: AlertPlan, lock_timeout: float) -> None:
     r.outbox_committed = True
 
 
+def _held(r: _Run, channel: str) -> tuple[str, datetime] | None:
+    """Whether the channel's receiver asked an earlier run to wait past now: a wait that ends within this
+    run's retry budget is waited out here; otherwise (the reason, the time) and nothing is sent to it."""
+    until = r.ledger.holds.get(channel)
+    if until is None:
+        return None
+    remaining = (until - _now()).total_seconds()
+    if remaining <= 0:
+        return None
+    if r.wait_until is not None and time.monotonic() + remaining <= r.wait_until:
+        time.sleep(remaining)
+        return None
+    return f"the receiver asked to wait until {until:%Y-%m-%d %H:%M:%S} UTC (Retry-After)", until
+
+
 @task(name="deliver", cache_policy=NONE)
 def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome]:
-    """Send one channel's messages in order; after a transient failure the rest wait for the next run."""
+    """Send one channel's messages in order; after a transient failure the rest wait for the next run.
+    A channel whose receiver asked (``Retry-After``) not to be tried before a later time gets nothing
+    before then, in this run or the next ones."""
     logger = get_run_logger()
     outcomes: list[Outcome] = []
     broken: str | None = None
+    retry_at: datetime | None = None
     try:
         sender = sender_for(r.resolved[channel])
     except Exception as exc:  # e.g. an Apprise URL it cannot parse
         broken = r.redactor(_reason(exc))
+    if not broken and messages and (held := _held(r, channel)):
+        broken, retry_at = held
+        logger.warning("channel %s: %s: %d messages wait for a later run", channel, broken, len(messages))
     for message in messages:
         if broken:
-            outcomes.append(Outcome(message, f"not attempted: {broken}"))
+            outcomes.append(Outcome(message, f"not attempted: {broken}", retry_at=retry_at))
             continue
         try:
             deliver(sender, message, attempts=r.resolved[channel].channel.attempts, backoff=RETRY_BACKOFF_SECONDS,
@@ -222,7 +247,10 @@ def deliver_task(r: _Run, channel: str, messages: list[Message]) -> list[Outcome
         except Exception as exc:  # a library's surprise is a failed delivery too: recorded, retried next run
             error = r.redactor(_reason(exc))
             rejected = bool(getattr(exc, "permanent", False))
-            outcomes.append(Outcome(message, error, rejected))
+            asked = getattr(exc, "retry_after", None)
+            if asked is not None and not rejected:
+                retry_at = _now() + min(MAX_HOLD, timedelta(seconds=min(asked, MAX_HOLD.total_seconds())))
+            outcomes.append(Outcome(message, error, rejected, retry_at))
             logger.warning("channel %s: %s (watch %s, %d changes); %s", channel, error, message.watch,
                            len(message.changes), REJECTED_NOTE if rejected else "retried on the next run")
             if getattr(exc, "retryable", False):
@@ -245,7 +273,7 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
     attempts = plan.attempts(r.ledger)
     rows = [row for o in outcomes for row in delivery_rows(
         o.message, run_id=r.run_id, attempted_at=finished, attempt=attempts[o.message.message_id], error=o.error,
-        rejected=o.rejected)]
+        rejected=o.rejected, retry_at=o.retry_at)]
     # The outbox took this run's id (its own commit); the outcomes commit under a later one.
     commit_id = new_run_id(finished) if r.outbox_committed else r.run_id
     record_outcomes(r.store, commit_id, rows, {
@@ -290,7 +318,7 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
         outcomes = [o for future in futures for o in future.result()]
         record_task(r, plan, outcomes, str(config), lock_timeout)
         summary = _summary(r, plan, outcomes, round(time.monotonic() - clock, 3))
-        publish_artifacts(r, summary, outcomes)
+        publish_artifacts(r.redactor, r.run_id, summary, outcomes)
     get_run_logger().info("alerts run %s: %d messages, %d delivered, %d failed, %d already delivered",
                           run_id, summary["messages"], summary["messages_sent"], summary["messages_failed"],
                           summary["already_sent"])
@@ -316,64 +344,6 @@ def _summary(r: _Run, plan: AlertPlan, outcomes: list[Outcome], seconds: float) 
         "failures": list(failures.values()),
         "duration_seconds": seconds,
     }
-
-
-# -- artifacts -----------------------------------------------------------------------------------
-def publish_artifacts(r: _Run, summary: dict[str, Any], outcomes: list[Outcome]) -> None:
-    rows = change_rows(outcomes)
-    create_markdown_artifact(r.redactor(summary_markdown(summary, rows)), key="alerts-run",
-                             description=f"alerts run {r.run_id}")
-    create_table_artifact([{k: r.redactor(str(v)) if isinstance(v, str) else v for k, v in row.items()}
-                           for row in rows], key="alerts-changes", description=f"changes alerted by {r.run_id}")
-
-
-def change_rows(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    """One row per (watch, change) with the channels that took it and those that failed."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for o in outcomes:
-        for study in o.message.studies:
-            for c in study.changes:
-                row = rows.setdefault((o.message.watch, c.change_id), {
-                    "watch": o.message.watch, "nct_id": c.nct_id, "title": study.title, "field": c.field,
-                    "event": c.event, "old_value": c.old_value, "new_value": c.new_value,
-                    "shift_days": c.shift_days, "pct_change": c.pct_change, "severity": c.severity,
-                    "url": study.url, "history_url": study.history_url, "sent_to": "", "failed_to": ""})
-                column = "failed_to" if o.error else "sent_to"
-                row[column] = ", ".join(filter(None, [row[column], o.message.channel]))
-    return sorted(rows.values(), key=lambda row: (row["watch"], row["nct_id"], row["field"]))
-
-
-def summary_markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    lines = [f"# Alerts run {summary['run_id']}", "",
-             f"{summary['watches']} watches, {summary['matched']} matching changes: {summary['messages']} messages, "
-             f"{summary['messages_sent']} delivered, {summary['messages_failed']} failed; "
-             f"{summary['already_sent']} deliveries already made earlier (skipped), {summary['retried']} retried "
-             f"({summary['resent']} messages re-sent unchanged from the outbox)."]
-    if summary["failures"]:
-        lines += ["", "## Failed (due again on the next run, unless rejected)", "",
-                  "| watch | channel | changes | error |", "|---|---|---|---|"]
-        lines += [f"| {f['watch']} | {f['channel']} | {f['changes']} | "
-                  f"{_cell(f['error'] + (' (rejected: not re-sent)' if f['rejected'] else ''))} |"
-                  for f in summary["failures"]]
-    if not rows:
-        lines += ["", "No new changes for any watch."]
-        return "\n".join(lines) + "\n"
-    lines += ["", "## Changes", "", "| watch | study | severity | change | sent to | failed |",
-              "|---|---|---|---|---|---|"]
-    for row in rows:
-        change = f"{row['field']}: {row['old_value'] or '∅'} → {row['new_value'] or '∅'}"
-        if row["shift_days"] is not None:
-            change += f" ({row['shift_days']:+d} days)"
-        if row["pct_change"] is not None:
-            change += f" ({row['pct_change']:+.1f}%)"
-        study = f"[{row['nct_id']}]({row['url']}) {row['title'] or ''} ([history]({row['history_url']}))"
-        lines.append(f"| {row['watch']} | {_cell(study)} | {row['severity']} | {_cell(change)} | "
-                     f"{row['sent_to']} | {row['failed_to']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    return " ".join(text.replace("|", "\\|").split())[:300]
 
 
 # -- trialsync alerts test -------------------------------------------------------------------------

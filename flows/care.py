@@ -8,7 +8,7 @@ from typing import Any
 
 from flows import settings
 from pipeline.errors import UsageError
-from warehouse import Warehouse
+from warehouse import Warehouse, readers
 from warehouse.backup import BackupResult, backup
 from warehouse.check import Report, check
 from warehouse.repair import RepairResult, repair
@@ -22,10 +22,13 @@ def check_warehouse(warehouse: str | None = None, *, deep: bool = False) -> Repo
 
 
 def repair_warehouse(warehouse: str | None = None, *, lock_timeout: float = 30.0) -> RepairResult:
-    """Under the writer lock (no sync is staging files meanwhile)."""
+    """Under the writer lock (no sync is staging files meanwhile). With the catalog and ``manifest/``
+    both lost, when the runs' ``_COMMITTED`` markers (and the checkpoints) hold every generation."""
     store = Warehouse(settings.warehouse_dir(warehouse))
     if not store.exists():
-        raise UsageError(store.missing())
+        newest, missing = readers.marker_log(store.root) if store.root.is_dir() else (0, [])
+        if not newest or missing:
+            raise UsageError(store.missing())
     with store.lock("writer", "repair", timeout=lock_timeout, what="a sync"):
         store.refresh_catalog()
         return repair(store.root)

@@ -3,15 +3,40 @@
 A long text (a reworded outcome description, a detailed description) is cut to a width; cut at the
 same place, two versions that differ only further on looked the same ("* A ≥50% PSA decline…" →
 "* A ≥50% PSA decline…"). When the first difference lies past what a plain cut shows, both values are
-shown from a little before it, "…" marking what is left out on either side. Pure; used by the
-history, the HTML report and alert messages.
+shown from a little before it, "…" marking what is left out on either side.
+
+A value of several lines (the registry's descriptions are markdown, paragraphs and lists) is shown on
+its one line: a line break as ``⏎``, a carriage return as ``␍``, a tab and the other control characters
+as their Unicode control pictures (``␉``, ...). The history's one-line change, the report's and an
+alert's ``old → new`` used to carry the value's line breaks into the middle of the line. Two different
+values never look alike: where the pictures would make them so (one value holds a literal ``⏎`` where
+the other breaks the line, ``\\r\\n`` against ``\\u2028``, ``∅`` against none), both are shown as
+quoted JSON strings instead, every special character escaped. Pure; used by the history, the HTML
+report, alert messages and their artifacts.
 """
 
 from __future__ import annotations
 
+import json
+
 ELLIPSIS = "…"
 NONE = "∅"
 CONTEXT = 20  # characters shown before the first difference
+LINE_BREAK = "⏎"
+# Every character that ends a line (``str.splitlines``) or is invisible on one, as a visible one.
+_PICTURES = {**{code: chr(0x2400 + code) for code in range(0x20)}, 0x7F: "␡", ord("\n"): LINE_BREAK,
+             0x85: "␤", 0x2028: "␤", 0x2029: "¶"}
+_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029", 0x7F: "\\u007f"}  # json.dumps keeps them
+
+
+def one_line(value: str) -> str:
+    """``value`` with its line breaks and control characters as visible characters (``⏎``, ``␍``, ``␉``)."""
+    return value.translate(_PICTURES)
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted JSON string on one line: distinct for every distinct value."""
+    return json.dumps(value, ensure_ascii=False).translate(_ESCAPES)
 
 
 def shorten(value: str | None, width: int) -> str:
@@ -22,8 +47,10 @@ def shorten(value: str | None, width: int) -> str:
 
 
 def abbreviate_pair(old: str | None, new: str | None, width: int) -> tuple[str, str]:
-    """``old`` and ``new`` in at most ``width`` (>= 5) characters each. Where the values differ, the
-    two results differ too, and each shows the first character that differs (or where it ends)."""
+    """``old`` and ``new`` on one line each (``one_line``) in at most ``width`` (>= 5) characters. Where
+    the values differ, the two results differ too, and each shows the first character that differs (or
+    where it ends)."""
+    old, new = _one_line_pair(old, new)
     if old is None or new is None or (len(old) <= width and len(new) <= width):
         return shorten(old, width), shorten(new, width)
     context = max(1, min(CONTEXT, (width - 3) // 2))
@@ -32,6 +59,15 @@ def abbreviate_pair(old: str | None, new: str | None, width: int) -> tuple[str, 
         return shorten(old, width), shorten(new, width)
     start = same - context
     return _window(old, start, width), _window(new, start, width)
+
+
+def _one_line_pair(old: str | None, new: str | None) -> tuple[str | None, str | None]:
+    """Both on one line, with pictures; quoted when the pictures (or ``∅``) would make different values alike."""
+    shown_old, shown_new = (None if v is None else one_line(v) for v in (old, new))
+    as_shown = [NONE if s is None else s for s in (shown_old, shown_new)]
+    if old != new and as_shown[0] == as_shown[1]:
+        return None if old is None else quoted(old), None if new is None else quoted(new)
+    return shown_old, shown_new
 
 
 def _window(value: str, start: int, width: int) -> str:

@@ -100,8 +100,8 @@ class WarehouseMissing(UsageError, WarehouseError):
 
 
 class DeliveryFailed(TrialsyncError):
-    """An alert channel did not take a message; ``retryable`` for HTTP 5xx, 408/409/423/425/429 or any
-    answer with a valid ``Retry-After``, SMTP 4xx, timeouts and resets.
+    """An alert channel did not take a message; ``retryable`` for HTTP 5xx, 408/409/423/425/429 or a
+    403 with a valid ``Retry-After``, SMTP 4xx and a full mailbox, timeouts and resets.
 
     ``permanent``: the receiver refused this message for good (any other HTTP 4xx, SMTP 5xx): sending
     it again unchanged cannot help, so the outbox marks it rejected instead of re-sending it on every

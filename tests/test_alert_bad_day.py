@@ -142,8 +142,8 @@ def test_a_webhook_answering_429_or_503_with_retry_after_is_tried_again_after_th
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_a_retry_after_past_the_run_budget_is_not_waited_for_and_the_message_goes_next_run(
-        warehouse: Path, tmp_path: Path, scripted: Scripted) -> None:
+def test_a_retry_after_past_the_run_budget_is_not_waited_for_and_the_message_goes_once_it_is_over(
+        warehouse: Path, tmp_path: Path, scripted: Scripted, monkeypatch: pytest.MonkeyPatch) -> None:
     config = watchlist(tmp_path / "w.yaml", {"out": {"type": "webhook", "url": f"{scripted.url}/hook",
                                                      "attempts": 5}}, WATCH)
     scripted.script.append((429, {"Retry-After": "86400"}))
@@ -153,6 +153,12 @@ def test_a_retry_after_past_the_run_budget_is_not_waited_for_and_the_message_goe
     assert failed["failures"][0]["error"] == ("HTTP 429 (the receiver asks to wait 86400s, past this run's "
                                               "retry budget)")
     assert rows(warehouse, "SELECT DISTINCT status FROM alert_deliveries") == [("failed",)]
+    import datetime as dt
+
+    import flows.alerts
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1, minutes=1)  # the day asked for is over
+    monkeypatch.setattr(flows.alerts, "_now", lambda: later)
     retried = send_alerts(config=str(config), warehouse=str(warehouse))
     assert (retried["messages_sent"], retried["failures"]) == (2, [])
     first = scripted.hits[0].headers["Idempotency-Key"]
@@ -209,7 +215,7 @@ def test_a_webhook_409_or_423_is_transient_the_same_idempotency_key_is_still_bei
     assert scripted.hits[0].headers["Idempotency-Key"] == scripted.hits[1].headers["Idempotency-Key"]
 
 
-def test_any_answer_with_a_valid_retry_after_is_transient_and_its_wait_honoured(scripted: Scripted) -> None:
+def test_a_403_with_a_valid_retry_after_is_a_rate_limit_and_transient(scripted: Scripted) -> None:
     """A 403 with Retry-After (GitHub-style secondary rate limit) used to be a permanent refusal."""
     scripted.script.append((403, {"Retry-After": "60"}))
     with pytest.raises(DeliveryFailed) as failed:

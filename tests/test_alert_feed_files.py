@@ -5,6 +5,7 @@ to do, and once the file is moved away the next delivery starts a new feed."""
 from __future__ import annotations
 
 import json
+import time
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,3 +60,73 @@ def test_a_feed_file_that_is_not_a_feed_is_never_overwritten_and_the_error_says_
     sender.send(first)  # type: ignore[arg-type]
     sender.send(second)  # type: ignore[arg-type]
     assert _item_ids(sender.path, fmt) == [f"urn:trialsync:{m.message_id}" for m in (second, first)]  # type: ignore[attr-defined]
+
+
+# One process adding ``n`` messages to a feed, after the test says go (so the writers overlap).
+_WRITER = """
+import sys, time, yaml
+from datetime import UTC, datetime
+from pathlib import Path
+from pipeline.alerts.channels import Resolved
+from pipeline.alerts.feeds import FeedSender
+from pipeline.alerts.plan import sample_message
+from pipeline.alerts.watchlist import parse_watchlist
+path, fmt, who, n, go = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
+spec = {"channels": {"out": {"type": "feed", "path": path.name, "format": fmt, "max_items": 1000}},
+        "watches": [{"name": "w", "studies": {"ids": ["NCT07011004"]}, "channels": ["out"]}]}
+sender = FeedSender(Resolved(parse_watchlist(yaml.safe_dump(spec), "w.yaml").channels["out"], feed_path=path))
+while not go.exists():
+    time.sleep(0.01)
+for i in range(n):
+    sender.send(sample_message("out", f"{who}-{i}", datetime.now(UTC)))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "atom"])
+def test_processes_adding_to_one_feed_at_once_lose_no_item_and_leave_a_whole_feed(tmp_path: Path, fmt: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    path, go = tmp_path / f"feed.{fmt}", tmp_path / "go"
+    writers, each = ("a", "b", "c"), 20
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), fmt, who, str(each), str(go)], env=env,
+                              stderr=subprocess.PIPE) for who in writers]
+    time.sleep(1.5)  # imported and waiting
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    expected = {f"urn:trialsync:{sample_message('out', f'{w}-{i}', datetime.now(UTC)).message_id}"
+                for w in writers for i in range(each)}
+    assert sorted(_item_ids(path, fmt)) == sorted(expected)  # every item, once; and the file parses
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_a_feed_writer_waits_for_another_and_gives_up_transiently_after_the_channels_timeout(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    from pipeline.alerts.feeds import lock_path
+
+    sender = _sender(tmp_path, "json")
+    sender.send(_message(1))  # type: ignore[arg-type]
+    before = sender.path.read_bytes()
+    object.__setattr__(sender.c, "timeout", 0.5)
+    fd = os.open(lock_path(sender.path), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another writer in the middle of its write
+        started = time.monotonic()
+        with pytest.raises(DeliveryFailed) as info:
+            sender.send(_message(2))  # type: ignore[arg-type]
+        assert 0.5 <= time.monotonic() - started < 5
+        assert info.value.retryable and not info.value.permanent  # stays in the outbox
+        assert "another process has been writing the feed" in str(info.value)
+        assert sender.path.read_bytes() == before
+    finally:
+        os.close(fd)
+    sender.send(_message(2))  # type: ignore[arg-type]
+    assert len(_item_ids(sender.path, "json")) == 2

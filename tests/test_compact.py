@@ -128,3 +128,20 @@ def test_the_compact_command_reports_and_refuses_bad_input(busy_warehouse: dict[
     missing = run_cli("compact", "--warehouse", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no warehouse at" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_checks_summary_counts_the_runs_sync_runs_lists_also_after_a_compaction(
+        busy_warehouse: dict[str, Any], warehouse_dir: Path) -> None:
+    """It counted the runs with files in the manifest: after a compaction (or an automatic merge) a
+    warehouse of 6 runs said "1 runs"."""
+    from warehouse.check import check
+
+    for step in ("before", "after"):
+        if step == "after":
+            compact_warehouse(warehouse=str(warehouse_dir))
+        report = check(warehouse_dir)
+        [(listed,)] = rows(warehouse_dir, "SELECT count(*) FROM sync_runs")
+        assert report.ok and report.runs == listed == (5 if step == "before" else 6)
+        assert f", {listed} runs, " in report.summary()
+    shown = run_cli("check", "--warehouse", str(warehouse_dir))
+    assert shown.returncode == 0 and ", 6 runs, " in shown.stdout, shown.stderr

@@ -46,7 +46,7 @@ def test_a_feed_writer_killed_mid_write_leaves_nothing_once_the_next_message_goe
     assert json.loads((tmp_path / "feed.json").read_text())["items"] == first  # the feed itself is whole
 
     assert send_test(str(config)) == [("feed", None)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["feed.json", "watch.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".feed.json.lock", "feed.json", "watch.yaml"]
     assert json.loads((tmp_path / "feed.json").read_text())["items"]  # whole, and the sample in it
 
 

@@ -182,10 +182,11 @@ def test_a_query_parameter_named_for_a_secret_is_refused(tmp_path: Path, name: s
 
 
 def test_valid_addresses_and_hosts_beyond_plain_ascii_are_taken(tmp_path: Path) -> None:
-    """IDN domains, a quoted local part, an `_` in a domain label and a trailing-dot domain were refused
-    as "not an e-mail address" (and an IDN SMTP host as no host name)."""
+    """IDN domains, a quoted local part, an `_` in a domain label, a trailing-dot domain and a non-ASCII
+    local part (RFC 6531, sent with SMTPUTF8) were refused as "not an e-mail address" (and an IDN SMTP host
+    as no host name)."""
     recipients = ["alerts@bücher.de", '"john doe"@example.org', "alerts@mail_relay.example.org",
-                  "ops@example.org.", "Büro <buero@bücher.de>"]
+                  "ops@example.org.", "Büro <buero@bücher.de>", "jörg@bücher.de", "用户@例子.广告"]
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump({"channels": {
         "m": {"type": "email", "host": "smtp.bücher.de", "from": "alerts@bücher.de", "to": recipients},

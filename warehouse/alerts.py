@@ -200,7 +200,17 @@ def ledger_state(con: duckdb.DuckDBPyConnection, *, resend_rejected: bool = Fals
     # A key of a stored message is no longer a legacy failure: the message goes again as it was.
     legacy = {key: n for key, n in failed.items() if key not in planned and key not in sent}
     return LedgerState(sent=sent, failed=legacy, planned=planned, planned_content=content, pending=pending,
-                       rejected=refused)
+                       rejected=refused, holds=holds(con))
+
+
+def holds(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
+    """Each channel whose latest alerts run was asked by the receiver (``Retry-After``) not to try
+    again before a time, with that time (past ones too: the caller compares with its clock)."""
+    rows = con.execute("""
+        SELECT channel, max(retry_at) FROM raw_alert_deliveries d
+        WHERE attempted_at = (SELECT max(attempted_at) FROM raw_alert_deliveries e WHERE e.channel = d.channel)
+        GROUP BY channel HAVING max(retry_at) IS NOT NULL""").fetchall()
+    return {channel: at.astimezone(UTC) for channel, at in rows}
 
 
 def outbox_rows(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -243,13 +253,16 @@ def last_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
 
 
 def delivery_rows(message: Message, *, run_id: str, attempted_at: datetime, attempt: int,
-                  error: str | None, rejected: bool = False) -> list[dict[str, Any]]:
+                  error: str | None, rejected: bool = False, retry_at: datetime | None = None
+                  ) -> list[dict[str, Any]]:
     """The ledger rows of one message's outcome: one per (watch, change, channel); status ``sent``,
-    ``failed`` (sent again on the next run) or ``rejected`` (refused for good: not sent again)."""
+    ``failed`` (sent again on the next run) or ``rejected`` (refused for good: not sent again);
+    ``retry_at``: not before then (the receiver's ``Retry-After``)."""
     return [{
         "run_id": run_id, "attempted_at": attempted_at, "watch": message.watch, "channel": message.channel,
         "change_id": c.change_id, "nct_id": c.nct_id, "severity": c.severity, "message_id": message.message_id,
         "status": ("rejected" if rejected else "failed") if error else "sent", "attempt": attempt, "error": error,
+        "retry_at": retry_at if error else None,
     } for c in message.changes]
 
 

@@ -131,7 +131,8 @@ SELECT message_id, run_id, created_at, watch, channel, mode, change_ids, change_
        CAST(payload AS JSON) AS payload
 FROM raw_alert_messages""",
         """CREATE OR REPLACE VIEW alert_deliveries AS
-SELECT run_id, attempted_at, watch, channel, change_id, nct_id, severity, message_id, status, attempt, error
+SELECT run_id, attempted_at, watch, channel, change_id, nct_id, severity, message_id, status, attempt, error,
+       retry_at
 FROM raw_alert_deliveries""",
         """CREATE OR REPLACE VIEW alert_runs AS
 SELECT run_id, started_at, finished_at, watchlist, watches, matched, messages, sent, failed, already_sent,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,8 @@ class Report:
         how = "deep" if self.deep else "quick"
         if self.ok:
             note = f" ({'; '.join(self.notes)})" if self.notes else ""
-            return (f"ok ({how} check): generation {self.generation}, {self.runs} runs, {self.files} files, "
+            runs = f"{self.runs} run{'' if self.runs == 1 else 's'}"
+            return (f"ok ({how} check): generation {self.generation}, {runs}, {self.files} files, "
                     f"{self.size / 1e6:.1f} MB{note}")
         if all(p.kind in ROW_KINDS for p in self.problems):
             return (f"inconsistent ({how} check): {len(self.problems)} problem(s) in committed rows, which "
@@ -98,8 +100,8 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     for run in state.orphan_runs:
         report.problems.append(Problem(
             "manifest", f"{markers.RUNS_DIR}/{run}/{markers.COMMITTED_MARKER}", "this run committed but no manifest "
-            "generation lists it (its manifest file and the catalog's copy are lost; its marker, of an earlier "
-            "release, holds none): `trialsync repair` rolls it back and lists its studies", run_id=run))
+            "generation lists it (its manifest file and the catalog's copy are lost; its marker holds none: "
+            "damaged, or of an earlier release): `trialsync repair` rolls it back and lists its studies", run_id=run))
     if state.legacy is not None:
         manifest = state.legacy
         report.notes.append("written by an earlier release: the next command moves its manifest beside the catalog")
@@ -109,7 +111,7 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
         if not since_checkpoint:
             report.problems += _checkpoint_problems(root, state, report.log, report.notes)
     report.generation = manifest.generation
-    report.runs = len(manifest.run_ids)
+    report.runs = len(manifest.run_ids)  # without footers; with them, the rows of sync_runs (below)
     owner = _owners(state)
     if footers:
         with ThreadPoolExecutor(2 if deep else CHECK_THREADS) as pool:  # deep: whole row groups in memory
@@ -119,6 +121,8 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     if any(verdicts) and report.log is not None and report.base is None:  # what repair will do about it
         report.unrepairable = unrepairable(report.log, {e.path: v is None for e, v in zip(
             manifest.entries, verdicts, strict=True)}, lambda e: check_file(root, e, deep=deep) is None)
+    if footers:
+        report.runs = recorded_runs(root, manifest)
     before_files = len(report.problems)  # the manifest's and checkpoints' problems: the rows still read
     for entry, problem in zip(manifest.entries, verdicts, strict=True):
         report.files += 1
@@ -150,6 +154,18 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
         else:
             report.notes.append("rows not compared: files are damaged")
     return report
+
+
+def recorded_runs(root: Path, manifest: Manifest) -> int:
+    """The runs ``sync_runs`` (and ``trialsync runs``) lists: the rows of its files, from their footers.
+    Not the runs with files in the manifest: a merge (``compact``, the automatic ones) replaces the files
+    of every run it merged with its own, and a warehouse of 4 runs said "1 runs"."""
+    total = 0
+    for entry in manifest.entries:
+        if entry.table == "sync_runs":
+            with suppress(Exception):  # a damaged one is a problem of its own; the summary says damaged then
+                total += pq.read_metadata(root / entry.path).num_rows
+    return total
 
 
 def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = True) -> tuple[str, str] | None:

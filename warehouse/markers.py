@@ -56,6 +56,7 @@ class Orphans:
 
     copies: dict[int, Generation] = field(default_factory=dict)  # generation -> the copy a marker holds
     unlisted: list[str] = field(default_factory=list)  # run ids whose marker holds no usable generation
+    unreadable: list[str] = field(default_factory=list)  # the same, also when ``after`` is set (readers)
 
 
 def find_orphans(root: Path, named: Iterable[str], known: dict[int, Generation], *, after: int = 0) -> Orphans:
@@ -74,6 +75,8 @@ def find_orphans(root: Path, named: Iterable[str], known: dict[int, Generation],
             continue
         with suppress(OSError):
             gen = read_marker(runs / name)
+            if gen is None:
+                found.unreadable.append(name)
             if gen is not None and gen.number <= after:
                 continue
             if gen is not None and gen.number not in known and gen.number not in found.copies:

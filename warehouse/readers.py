@@ -30,8 +30,15 @@ logger = logging.getLogger("trialsync.warehouse")
 
 def committed_beyond(root: Path, named: Iterable[str], known: int) -> dict[int, Generation]:
     """The generations after ``known`` that committed runs' markers hold and ``manifest/`` lacks, by
-    number. ``named``: the runs the reader's state lists (their markers are not read)."""
-    copies = markers.find_orphans(root, named, {}, after=known).copies
+    number. ``named``: the runs the reader's state lists (their markers are not read). A marker of a
+    run not named that holds no generation (damaged, or an earlier release's empty one) is warned about:
+    that run committed, and what it committed may be missing from the answer (``check`` names it too)."""
+    orphans = markers.find_orphans(root, named, {}, after=known)
+    for run in orphans.unreadable:
+        logger.warning("%s/%s/%s holds no readable manifest generation: a committed run no generation lists, "
+                       "whose rows this answer may lack; run `trialsync check`, then `trialsync repair`",
+                       markers.RUNS_DIR, run, markers.COMMITTED_MARKER)
+    copies = orphans.copies
     if copies:  # a writer may have published one since the reader listed manifest/: then it is not lost
         present = set(manifests.generations(root))
         copies = {number: gen for number, gen in copies.items() if number not in present}
@@ -78,6 +85,26 @@ def warn_missing(generations: str, where: str = "the catalog keeps") -> None:
                    "run `trialsync check`, then `trialsync repair` to restore the file", generations, where)
 
 
+def marker_log(root: Path) -> tuple[int, list[int]]:
+    """With the catalog and ``manifest/`` both lost: the newest generation the runs' markers name, and
+    the generations up to it that no marker or checkpoint holds (``repair`` rebuilds when there are none)."""
+    from warehouse.log_state import read_state
+
+    state = read_state(root)
+    held = {*state.files, *state.copies}
+    return state.last, [n for n in range(1, state.last + 1) if n not in held]
+
+
+def _spans(numbers: list[int]) -> str:
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(_span(a, b) for a, b in spans)
+
+
 def _span(first: int, last: int) -> str:
     return f"{first}" if first == last else f"{first} to {last}"
 
@@ -98,8 +125,17 @@ def why_missing(root: Path) -> str:
         return f"{root} is a file, not a warehouse directory"
     runs = root / markers.RUNS_DIR
     if runs.is_dir() and any((run / markers.COMMITTED_MARKER).exists() for run in runs.iterdir()):
-        return (f"{root}: {CATALOG_NAME} and {manifests.MANIFEST_DIR}/ are both missing but {markers.RUNS_DIR}/ "
-                "holds committed runs: restore them from a backup")
+        lost = f"{root}: {CATALOG_NAME} and {manifests.MANIFEST_DIR}/ are both missing"
+        newest, missing = marker_log(root)
+        if newest and not missing:
+            return (f"{lost}, but the runs' {markers.COMMITTED_MARKER} markers hold every generation (1 to "
+                    f"{newest}): `trialsync repair` rebuilds them")
+        if not newest:
+            return (f"{lost} and no run's {markers.COMMITTED_MARKER} marker in {markers.RUNS_DIR}/ holds a readable "
+                    "generation (damaged, or written by an earlier release): restore them from a backup")
+        return (f"{lost} and neither the runs' {markers.COMMITTED_MARKER} markers nor checkpoints/ hold generation "
+                f"{_spans(missing)} of 1 to {newest} (a run's directory is gone: a merged run's is removed a day "
+                "after the merge): `trialsync repair` cannot rebuild them; restore them from a backup")
     from warehouse.store import LOCK_NAME, MARKER_NAME  # a first sync that committed nothing leaves these
 
     if root.is_dir() and not any((root / name).exists() for name in (MARKER_NAME, LOCK_NAME)) and any(root.iterdir()):

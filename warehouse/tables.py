@@ -221,6 +221,7 @@ ALERT_DELIVERIES = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # sent | failed | rejected
         pa.field("attempt", pa.int32(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("retry_at", UTC_TS),  # the receiver asked (Retry-After) not to be tried before then
     ]
 )
 

@@ -58,7 +58,8 @@ def mailboxes(text: str) -> list[tuple[str, str]] | None:
         header = email.policy.default.header_factory("to", text)
     except (email.errors.HeaderParseError, IndexError, ValueError, TypeError):
         return None
-    if header.defects or any(group.display_name is not None for group in header.groups):
+    defects = [d for d in header.defects if not isinstance(d, email.errors.NonASCIILocalPartDefect)]
+    if defects or any(group.display_name is not None for group in header.groups):
         return None
     return [(a.username, a.domain) for a in header.addresses]
 

@@ -1,8 +1,9 @@
 """Delivery: the network (and feed file) edge of alerts, behind one small interface.
 
 ``Sender.send(message)`` delivers one message or raises ``DeliveryFailed`` (``retryable`` for HTTP
-5xx, 408/409/423/425/429 or a valid ``Retry-After``, SMTP 4xx, timeouts and dropped connections;
-``permanent`` for any other HTTP 4xx and SMTP 5xx: ``pipeline.alerts.http_answers``). Each kind
+5xx, 408/409/423/425/429 or a 403 with a valid ``Retry-After``, SMTP 4xx and a full mailbox,
+timeouts and dropped connections; ``permanent`` for any other HTTP 4xx and SMTP 5xx:
+``pipeline.alerts.http_answers``, ``pipeline.alerts.smtp_answers``). Each kind
 uses a well-kept library: ``slack_sdk`` for Slack-compatible webhooks, ``requests`` for the generic
 JSON webhook, ``smtplib`` for e-mail, ``apprise`` for any Apprise URL; the feed is a JSON Feed 1.1 or
 Atom file replaced atomically. Secret values arrive resolved (``Resolved``); error texts never include
@@ -18,6 +19,7 @@ import smtplib
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -31,6 +33,7 @@ from pipeline.alerts.addresses import ascii_domain
 from pipeline.alerts.feeds import FeedSender
 from pipeline.alerts.http_answers import NoRedirects, http_failure, origin, redirect_allowed
 from pipeline.alerts.message import Message
+from pipeline.alerts.smtp_answers import permanent, transient
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
 from pipeline.errors import DeliveryFailed
@@ -218,12 +221,19 @@ class EmailSender:
         except smtplib.SMTPNotSupportedError as exc:  # e.g. security: starttls, and the server offers none
             hint = ("; security: ssl is implicit TLS, security: none sends in the clear"
                     if "STARTTLS" in str(exc) else "")
+            if "SMTPUTF8" in str(exc):  # a non-ASCII local part (jörg@...), and the server does not take one
+                names = [a for a in (c.sender or "", *c.recipients) if not a.split("@")[0].isascii()]
+                raise DeliveryFailed(f"the SMTP server {c.host}:{c.port} does not offer SMTPUTF8, which the "
+                                     f"address {names[0] if names else '?'} needs (a non-ASCII name before the @): "
+                                     "use a server that offers it or an ASCII address") from None
             raise DeliveryFailed(f"the SMTP server {c.host}:{c.port} does not support what the channel needs "
                                  f"({str(exc).rstrip('.')}){hint}") from None
-        except smtplib.SMTPResponseException as exc:  # 4xx: try again later (421, 450, 451); 5xx: refused
-            what = " ".join(_text(exc.smtp_error).split())[:120]
+        except smtplib.SMTPResponseException as exc:  # 4xx, a full mailbox: try again later; 5xx: refused
+            text = _text(exc.smtp_error)
+            what = " ".join(text.split())[:120]
             raise DeliveryFailed(f"SMTP error {exc.smtp_code}" + (f": {what}" if what else ""),
-                                 retryable=400 <= exc.smtp_code < 500, permanent=exc.smtp_code >= 500) from None
+                                 retryable=transient(exc.smtp_code, text),
+                                 permanent=permanent(exc.smtp_code, text)) from None
         except smtplib.SMTPServerDisconnected:
             raise DeliveryFailed(f"the SMTP server {c.host}:{c.port} closed the connection before it took "
                                  "the message", retryable=True) from None
@@ -233,20 +243,28 @@ class EmailSender:
 
         if refused:  # some recipients were refused (the others have it): the message counts as not sent
             codes = sorted({code for code, _ in refused.values()})
-            # Any temporary refusal (4xx; 552 at RCPT is temporary per RFC 5321 4.5.3.1.10): sent again
-            # later, or those recipients would never get it; rejected only when every refusal is for good.
-            transient = any(400 <= code < 500 or code == 552 for code in codes)
+            # Any temporary refusal (4xx, a full mailbox; 552 at RCPT is temporary per RFC 5321 4.5.3.1.10):
+            # sent again later, or those recipients would never get it; rejected only when every refusal is
+            # for good.
+            for_now = any(code == 552 or transient(code, _text(text)) for code, text in refused.values())
             raise DeliveryFailed(f"SMTP server refused {len(refused)} of {len(c.recipients)} recipients "
-                                 f"({', '.join(map(str, codes))})", retryable=transient,
-                                 permanent=not transient and any(code >= 500 for code in codes))
+                                 f"({', '.join(map(str, codes))})", retryable=for_now,
+                                 permanent=not for_now and any(code >= 500 for code in codes))
 
     def _submit(self, mail: EmailMessage) -> dict[str, tuple[int, bytes]]:
         """Connect, log in and send; the recipients the server refused (``send_message`` raises only
-        when it refused them all)."""
-        with self._connect() as smtp:
+        when it refused them all). Once the server took the message (its answer to DATA), how it answers
+        QUIT does not matter: ``with smtp`` raised on a QUIT answered 421 or a connection reset then, and
+        the message it had taken was sent again (twice in the inbox)."""
+        smtp = self._connect()
+        try:
             if self.c.username and self.password is not None:
                 smtp.login(self.c.username, self.password)
             return smtp.send_message(mail)
+        finally:
+            with suppress(smtplib.SMTPException, OSError):
+                smtp.quit()
+            smtp.close()
 
     def _connect(self) -> smtplib.SMTP:
         c = self.c

@@ -1,15 +1,25 @@
 """The feed channel: each message becomes an item of a JSON Feed 1.1 or Atom file, newest first.
 
 The file is rewritten whole (a temporary file, fsynced, renamed over it; what a killed writer left is
-removed by the next write). An existing file this channel cannot
+removed by the next write). Adding an item reads the file, adds to it and writes it back: two
+processes doing that at once (``alerts test`` beside ``alerts run``, two watchlists naming one feed)
+each wrote back what they had read, and the item of the first was lost. So every writer of a feed holds
+``.<name>.lock`` beside it (``flock``, released by the kernel when a process dies, also by ``kill -9``)
+from the read to the rename; a writer that cannot take it within the channel's ``timeout`` fails
+transiently (the message stays in the outbox). An existing file this channel cannot
 add to (damaged by hand, or another file the path names by mistake) is never overwritten: the message
 stays in the outbox and the error says to fix or move the file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +44,42 @@ class FeedSender:
     def send(self, message: Message) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            data = _json_feed(self.path, self.c, message) if self.c.format == "json" else _atom_feed(
-                self.path, self.c, message)
-            replace_atomically(self.path, data)
+            with feed_lock(self.path, self.c.timeout):
+                data = _json_feed(self.path, self.c, message) if self.c.format == "json" else _atom_feed(
+                    self.path, self.c, message)
+                replace_atomically(self.path, data)
         except NotOurFeed as exc:
             raise DeliveryFailed(f"the feed {self.path} is not {exc}: fix it or move it away (the next run "
                                  "starts a new feed with the messages not yet in it)") from None
         except (OSError, ValueError) as exc:
             raise DeliveryFailed(f"cannot write the feed {self.path}: {type(exc).__name__}: {exc}") from None
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file every writer of the feed ``path`` holds while it adds an item."""
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextmanager
+def feed_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the feed's lock (exclusive) for the block; waiting at most ``timeout`` seconds for another
+    writer (polled, so that a signal stops the wait at once), then a transient ``DeliveryFailed``."""
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DeliveryFailed(f"another process has been writing the feed {path} for over "
+                                         f"{timeout:g}s (its lock {lock_path(path).name} is held)",
+                                         retryable=True) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class NotOurFeed(Exception):

@@ -17,18 +17,24 @@ from pipeline.errors import DeliveryFailed
 # timeout, conflict (under Idempotency-Key: "a request with this key is still being processed"),
 # locked, too early, too many requests: try again later
 TRANSIENT_4XX = (408, 409, 423, 425, 429)
+# Forbidden: with a valid Retry-After, a rate limit (GitHub's secondary limits, API gateways); without, for good.
+RATE_LIMIT_4XX = (403,)
 
 
 def http_failure(status: int, body: str, headers: Mapping[str, str] | None = None) -> DeliveryFailed:
-    """5xx, 408/409/423/425/429 and any answer with a valid ``Retry-After`` (e.g. a rate limit's 403)
-    are transient (retried; ``Retry-After`` honoured); any other 4xx refuses the message for good
-    (permanent: marked rejected, not re-sent on every run)."""
+    """5xx, 408/409/423/425/429 and a 403 with a valid ``Retry-After`` (a rate limit) are transient
+    (retried; ``Retry-After`` honoured); any other 4xx refuses the message for good (permanent: marked
+    rejected, not re-sent on every run), whatever ``Retry-After`` it carries: a wrong token (401), URL
+    (404, 410) or body (400, 413, 422) stays wrong however long one waits, and a receiver (or a proxy in
+    front of it) that adds ``Retry-After`` to every answer made such a message fail for ever, tried on
+    every run and never marked rejected."""
     detail = " ".join(body.split())[:120]
     headers = headers or {}
     retry_after = retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
-    transient = status >= 500 or status in TRANSIENT_4XX or retry_after is not None
+    transient = status >= 500 or status in TRANSIENT_4XX or (status in RATE_LIMIT_4XX and retry_after is not None)
     return DeliveryFailed(f"HTTP {status}" + (f": {detail}" if detail else ""), retryable=transient,
-                          permanent=400 <= status < 500 and not transient, retry_after=retry_after)
+                          permanent=400 <= status < 500 and not transient,
+                          retry_after=retry_after if transient else None)
 
 
 def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:

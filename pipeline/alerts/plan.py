@@ -40,6 +40,8 @@ class LedgerState:
     ``pending``: outbox messages not yet delivered (to send again). ``rejected``: outbox messages a
     receiver refused for good, not sent again. ``failed``: keys whose delivery failed before
     the outbox existed (no stored message), with their attempts so far; they are planned afresh.
+    ``holds``: channels whose receiver asked at their latest attempt (``Retry-After``) not to be tried
+    before a time: no message goes to them before then.
     """
 
     sent: frozenset[Key] = frozenset()
@@ -48,6 +50,7 @@ class LedgerState:
     planned_content: frozenset[Key] = frozenset()
     pending: tuple[Pending, ...] = ()
     rejected: tuple[Pending, ...] = ()
+    holds: Mapping[str, datetime] = field(default_factory=dict)
 
     def handled(self, watch: str, channel: str, change: AlertChange) -> bool:
         """Whether an earlier message carried this change to this watch's channel."""
