@@ -40,7 +40,7 @@ from pipeline.alerts.message import Message
 from pipeline.alerts.plan import AlertPlan, LedgerState, plan_alerts, sample_message, window_start
 from pipeline.alerts.redact import Redactor
 from pipeline.alerts.watchlist import Channel, SecretRef, Watchlist, parse_watchlist
-from pipeline.errors import DeliveryFailed, UsageError
+from pipeline.errors import DeliveryFailed, UsageError, WarehouseBusy
 from warehouse import Warehouse
 from warehouse.alerts import (
     candidates,
@@ -57,6 +57,9 @@ from warehouse.alerts import (
 RETRY_BACKOFF_SECONDS = 1.0
 # The longest a receiver's Retry-After holds its channel across runs (a huge or endless one: tried a day later).
 MAX_HOLD = timedelta(days=1)
+# How long the outcome commit waits for the writer lock once messages went out (a sync holds the lock for
+# its whole run: minutes at the registry's size).
+RECORD_LOCK_SECONDS = 3600
 REJECTED_NOTE = "rejected by the receiver: not re-sent (`trialsync alerts run --resend-rejected` sends it again)"
 
 
@@ -276,13 +279,23 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
         rejected=o.rejected, retry_at=o.retry_at)]
     # The outbox took this run's id (its own commit); the outcomes commit under a later one.
     commit_id = new_run_id(finished) if r.outbox_committed else r.run_id
-    record_outcomes(r.store, commit_id, rows, {
+    run_row = {
         "run_id": r.run_id, "started_at": r.started, "finished_at": finished, "watchlist": config,
         "watches": [w.name for w in r.watchlist.watches], "matched": plan.matched,
         "messages": len(outcomes), "sent": sum(1 for row in rows if row["status"] == "sent"),
         "failed": sum(1 for row in rows if row["status"] != "sent"), "already_sent": plan.already_sent,
         "retried": plan.retries, "resent": plan.resent,
-    }, lock_timeout=lock_timeout)
+    }
+    try:
+        record_outcomes(r.store, commit_id, rows, run_row, lock_timeout=lock_timeout)
+    except WarehouseBusy as exc:
+        if not any(o.error is None for o in outcomes):
+            raise
+        # Messages went out: unrecorded, the next run would send them again (a second e-mail in every
+        # inbox). A sync holds the writer lock for its whole run, so wait for it, much longer.
+        get_run_logger().warning("%s; %d messages went out: waiting up to %ds more to record them (else the "
+                                 "next run sends them again)", exc, run_row["messages"], RECORD_LOCK_SECONDS)
+        record_outcomes(r.store, commit_id, rows, run_row, lock_timeout=RECORD_LOCK_SECONDS)
 
 
 @flow(name="send_alerts", validate_parameters=True)

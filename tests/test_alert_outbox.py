@@ -248,3 +248,43 @@ def test_a_signal_after_the_outbox_committed_stops_the_delivery(
     assert outbox > 0
     assert "committed (it is in the warehouse); what was still running stopped" in done.stderr
     assert rows(warehouse, "SELECT count(*) FROM alert_deliveries") == [(0,)]
+
+
+def test_messages_that_went_out_while_a_sync_holds_the_writer_lock_are_recorded_once_it_ends(
+        warehouse: Path, tmp_path: Path, hook: WebhookReceiver) -> None:  # noqa: F811
+    """A sync holds the writer lock for its whole run. An alerts run whose messages went out while one
+    started could not commit their outcome within its lock timeout: the next run sent them all again
+    (a second e-mail in every inbox). It now waits for the lock once messages went out."""
+    from warehouse.locks import exclusive_lock
+    from warehouse.store import LOCK_NAME
+
+    config = _config(tmp_path / "watch.yaml", hook)
+    hook.hold = threading.Event()  # the first message waits at the receiver until the "sync" holds the lock
+    held, release = threading.Event(), threading.Event()
+
+    def sync_starts() -> None:
+        while not hook.requests:
+            release.wait(0.02)
+        with exclusive_lock(warehouse / LOCK_NAME, "sync (the test)", timeout=30):
+            held.set()
+            assert hook.hold is not None
+            hook.hold.set()
+            release.wait(4)  # past the alerts run's 1 s lock timeout
+
+    sync = threading.Thread(target=sync_starts)
+    sync.start()
+    try:
+        first = send_alerts(config=str(config), warehouse=str(warehouse), lock_timeout=1)
+    finally:
+        release.set()
+        sync.join()
+    assert held.is_set()
+    assert (first["messages"], first["messages_sent"], first["messages_failed"]) == (3, 3, 0)  # 2 hook, 1 feed
+    sent = [r.body["message_id"] for r in hook.received]
+    assert len(sent) == 2
+
+    second = send_alerts(config=str(config), warehouse=str(warehouse), lock_timeout=1)
+    assert (second["messages"], second["resent"], second["already_sent"] > 0) == (0, 0, True)
+    assert [r.body["message_id"] for r in hook.received] == sent  # nothing went twice
+    assert rows(warehouse, "SELECT count(DISTINCT message_id) FROM alert_deliveries "
+                           "WHERE channel = 'hook' AND status = 'sent'") == [(2,)]
