@@ -10,6 +10,8 @@ send before that time."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -234,3 +236,43 @@ def test_a_message_the_server_took_counts_as_sent_however_it_answers_quit() -> N
     finally:
         controller.stop()
     assert len(handler.mails) == 1
+
+
+class _SlowThenSilentAtQuit(_Smtp):
+    """Each answer before QUIT a little under the channel's timeout (so no socket read times out); QUIT never
+    answered: the whole delivery runs past the channel's limit only while waiting for QUIT's answer."""
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        await asyncio.sleep(1.1)
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(1.1)
+        return await super().handle_DATA(server, session, envelope)
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(30)
+        return "221 bye"
+
+
+def test_a_message_the_server_took_counts_as_sent_when_quit_is_never_answered_within_the_timeout() -> None:
+    """DATA answered 250, then QUIT unanswered: the delivery's deadline (the channel's timeout) passed
+    while waiting for QUIT, the delivery failed (retryable) and the next run put the alert in the inbox
+    a second time."""
+    from aiosmtpd.controller import Controller
+
+    from tests.test_alerts import _free_port
+
+    handler = _SlowThenSilentAtQuit()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        sender = _email(controller.port)
+        sender.c = dataclasses.replace(sender.c, timeout=3.0)
+        started = time.monotonic()
+        deliver(sender, _sample(), attempts=1, wait_until=time.monotonic() + 30)
+        took = time.monotonic() - started
+    finally:
+        controller.stop()
+    assert len(handler.mails) == 1
+    assert took < 3.0 + 1.0 + 1.0  # not held past the channel's limit (and its grace) by the silent QUIT

@@ -211,8 +211,13 @@ class EmailSender:
         mail["Message-ID"] = f"<{message.message_id}@trialsync>"
         mail["X-Trialsync-Watch"] = message.watch
         mail.set_content(message.text())
+        taken: list[dict[str, tuple[int, bytes]]] = []  # the server's answer to DATA, once it took the message
         try:
-            refused = within(c.timeout, f"the SMTP server {c.host}:{c.port}", lambda: self._submit(mail))
+            refused = within(c.timeout, f"the SMTP server {c.host}:{c.port}", lambda: self._submit(mail, taken))
+        except DeliveryFailed:  # past the channel's limit: sent when the limit passed while waiting for QUIT
+            if not taken:
+                raise
+            refused = taken[0]
         except smtplib.SMTPAuthenticationError as exc:
             raise DeliveryFailed(f"SMTP login refused ({exc.smtp_code})", retryable=400 <= exc.smtp_code < 500,
                                  permanent=exc.smtp_code >= 500) from None
@@ -251,16 +256,19 @@ class EmailSender:
                                  f"({', '.join(map(str, codes))})", retryable=for_now,
                                  permanent=not for_now and any(code >= 500 for code in codes))
 
-    def _submit(self, mail: EmailMessage) -> dict[str, tuple[int, bytes]]:
+    def _submit(self, mail: EmailMessage, taken: list[dict[str, tuple[int, bytes]]]) -> dict[str, tuple[int, bytes]]:
         """Connect, log in and send; the recipients the server refused (``send_message`` raises only
-        when it refused them all). Once the server took the message (its answer to DATA), how it answers
-        QUIT does not matter: ``with smtp`` raised on a QUIT answered 421 or a connection reset then, and
-        the message it had taken was sent again (twice in the inbox)."""
+        when it refused them all), also put in ``taken`` as soon as the server took the message. Once it
+        has (its answer to DATA), how it answers QUIT does not matter: ``with smtp`` raised on a QUIT
+        answered 421 or a connection reset then, and a QUIT never answered ran the delivery past the
+        channel's limit; either way the message it had taken was sent again (twice in the inbox)."""
         smtp = self._connect()
         try:
             if self.c.username and self.password is not None:
                 smtp.login(self.c.username, self.password)
-            return smtp.send_message(mail)
+            refused = smtp.send_message(mail)
+            taken.append(refused)
+            return refused
         finally:
             with suppress(smtplib.SMTPException, OSError):
                 smtp.quit()
