@@ -10,14 +10,17 @@ its one line: a line break as ``⏎``, a carriage return as ``␍``, a tab and t
 as their Unicode control pictures (``␉``, ...). The history's one-line change, the report's and an
 alert's ``old → new`` used to carry the value's line breaks into the middle of the line. Two different
 values never look alike: where the pictures would make them so (one value holds a literal ``⏎`` where
-the other breaks the line, ``\\r\\n`` against ``\\u2028``, ``∅`` against none), both are shown as
-quoted JSON strings instead, every special character escaped. Pure; used by the history, the HTML
+the other breaks the line, ``\\r\\n`` against ``\\u2028``, ``∅`` against none), or where they differ
+only in runs of spaces, which the HTML report, Markdown and chat clients show as one (an edit that made
+a double space single read "a b → a b"), both are shown as quoted JSON strings instead, every special
+character escaped and each space after a space as ``\\u0020``. Pure; used by the history, the HTML
 report, alert messages and their artifacts.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 ELLIPSIS = "…"
 NONE = "∅"
@@ -36,7 +39,18 @@ def one_line(value: str) -> str:
 
 def quoted(value: str) -> str:
     """``value`` as a quoted JSON string on one line: distinct for every distinct value."""
-    return json.dumps(value, ensure_ascii=False).translate(_ESCAPES)
+    return _SPACE_AFTER_SPACE.sub(r"\\u0020", json.dumps(value, ensure_ascii=False).translate(_ESCAPES))
+
+
+_SPACE_AFTER_SPACE = re.compile("(?<= ) ")
+
+
+def _as_rendered(shown: str) -> str:
+    """``shown`` as HTML, Markdown and chat clients display it: runs of spaces as one, none at the ends."""
+    return _SPACES.sub(" ", shown).strip(" ")
+
+
+_SPACES = re.compile(" {2,}")
 
 
 def shorten(value: str | None, width: int) -> str:
@@ -50,7 +64,13 @@ def abbreviate_pair(old: str | None, new: str | None, width: int) -> tuple[str, 
     """``old`` and ``new`` on one line each (``one_line``) in at most ``width`` (>= 5) characters. Where
     the values differ, the two results differ too, and each shows the first character that differs (or
     where it ends)."""
-    old, new = _one_line_pair(old, new)
+    shown = _abbreviate(None if old is None else one_line(old), None if new is None else one_line(new), width)
+    if old != new and _as_rendered(shown[0]) == _as_rendered(shown[1]):  # the pictures or spaces make them alike
+        shown = _abbreviate(None if old is None else quoted(old), None if new is None else quoted(new), width)
+    return shown
+
+
+def _abbreviate(old: str | None, new: str | None, width: int) -> tuple[str, str]:
     if old is None or new is None or (len(old) <= width and len(new) <= width):
         return shorten(old, width), shorten(new, width)
     context = max(1, min(CONTEXT, (width - 3) // 2))
@@ -59,15 +79,6 @@ def abbreviate_pair(old: str | None, new: str | None, width: int) -> tuple[str, 
         return shorten(old, width), shorten(new, width)
     start = same - context
     return _window(old, start, width), _window(new, start, width)
-
-
-def _one_line_pair(old: str | None, new: str | None) -> tuple[str | None, str | None]:
-    """Both on one line, with pictures; quoted when the pictures (or ``∅``) would make different values alike."""
-    shown_old, shown_new = (None if v is None else one_line(v) for v in (old, new))
-    as_shown = [NONE if s is None else s for s in (shown_old, shown_new)]
-    if old != new and as_shown[0] == as_shown[1]:
-        return None if old is None else quoted(old), None if new is None else quoted(new)
-    return shown_old, shown_new
 
 
 def _window(value: str, start: int, width: int) -> str:

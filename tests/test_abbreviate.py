@@ -130,3 +130,34 @@ def test_the_alerts_run_artifact_shows_a_multi_line_change_on_one_line_with_its_
         shown_old, shown_new = cell.removeprefix("brief summary: ").split(" → ")
         assert shown_old != shown_new and len(table_row.splitlines()) == 1
         assert "⏎" in shown_old or "REWORDED" in shown_new
+
+
+def _as_rendered(shown: str) -> str:
+    """What HTML (the report), Markdown (the run's artifact) and chat clients show: runs of white space as
+    one space, none at either end."""
+    return " ".join(shown.split())
+
+
+spacey = st.text(alphabet=st.sampled_from(list("  ab\n⏎\"∅")), max_size=60)
+
+
+@settings(max_examples=600)
+@given(old=st.none() | spacey, new=st.none() | spacey, width=st.integers(5, 80))
+def test_values_that_differ_in_spaces_only_do_not_render_alike_where_white_space_collapses(
+        old: str | None, new: str | None, width: int) -> None:
+    shown_old, shown_new = abbreviate_pair(old, new, width)
+    assert (_as_rendered(shown_old) == _as_rendered(shown_new)) == (old == new)
+    assert len(shown_old) <= width and len(shown_new) <= width
+
+
+def test_a_registry_edit_that_collapses_a_double_space_reads_as_a_change_in_the_report() -> None:
+    """Real descriptions hold double spaces; an edit that made one single was shown "a b → a b" in the
+    HTML report and the run's Markdown artifact (both collapse white space): a change showing none."""
+    old = next(d for d in _real_descriptions() if "  " in d)
+    new = old.replace("  ", " ", 1)
+    change = {"event": "field_changed", "field": "brief summary", "old_value": old, "new_value": new,
+              "shift_days": None, "pct_change": None}
+    shown_old, shown_new = report_describe(change).split(": ", 2)[-1].split(" → ")
+    assert _as_rendered(shown_old) != _as_rendered(shown_new)
+    assert abbreviate_pair("a  b", "a b", 40) == ('"a \\u0020b"', '"a b"')
+    assert json.loads(abbreviate_pair("a  b", "a b", 40)[0]) == "a  b"
