@@ -116,6 +116,15 @@ CONDITION_CASES: list[tuple[dict[str, Any], bool]] = [
 ]
 
 
+def condition_case_id(edits: dict[str, Any]) -> str:
+    """``phases=PHASE1+PHASE2``, ``start=absent``: the same on every xdist worker (no object addresses)."""
+    def shown(value: Any) -> str:
+        if value is ABSENT:
+            return "absent"
+        return "+".join(value) if isinstance(value, tuple) else str(value)
+    return ",".join(f"{key}={shown(value)}" for key, value in edits.items())
+
+
 @pytest.fixture(scope="module")
 def judged_condition_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Each case of ``test_the_shared_conditions_of_an_applicable_trial`` as a study of its own in one
@@ -126,7 +135,7 @@ def judged_condition_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 @pytest.mark.parametrize("number", range(1, len(CONDITION_CASES) + 1),
-                         ids=[str(edits) for edits, _ in CONDITION_CASES])
+                         ids=[condition_case_id(edits) for edits, _ in CONDITION_CASES])
 def test_the_shared_conditions_of_an_applicable_trial(judged_condition_trials: dict[str, dict[str, Any]],
                                                       number: int) -> None:
     edits, qualifies = CONDITION_CASES[number - 1]
