@@ -27,6 +27,16 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 TEST_ENGINE = os.environ.get("TRIALSYNC_TEST_ENGINE", "plain")
 os.environ["TRIALSYNC_ENGINE"] = TEST_ENGINE
 
+# ``TRIALSYNC_FULL=1`` (``make test-reliability``): every case of the exhaustive sweeps; ``make test`` runs
+# fewer hypothesis examples, or a representative few cases, of the slowest ones (each says which).
+FULL = os.environ.get("TRIALSYNC_FULL") == "1"
+
+
+def examples(short: int, full: int) -> int:
+    """A hypothesis test's ``max_examples``: ``full`` under ``TRIALSYNC_FULL=1``, ``short`` otherwise."""
+    return full if FULL else short
+
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("TRIALSYNC_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 STUDIES_DIR = DATA / "ctgov" / "studies"
@@ -97,8 +107,9 @@ def registry(records: list[Record]) -> Iterator[Any]:
 # The longest test files (seconds of work in a clean-clone `make test`), started first: `--dist
 # loadfile` hands whole files to the two workers in collection order, so a long file collected last
 # leaves one worker running it alone at the end.
-LONGEST_FIRST = ("test_warehouse_care.py", "test_autocompact.py", "test_bulk.py", "test_lifecycle.py",
-                 "test_bulk_reload.py", "test_compact.py", "test_fdaaa.py", "test_cli.py", "test_bench.py")
+LONGEST_FIRST = ("test_warehouse_care.py", "test_autocompact.py", "test_lifecycle.py", "test_checkpoints.py",
+                 "test_read_bad_day.py", "test_change_feed.py", "test_engine.py", "test_cli.py", "test_compact.py",
+                 "test_bulk.py", "test_bench.py", "test_alerts.py", "test_alert_bad_day.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,42 @@ EVERY = 4
 @pytest.fixture(autouse=True)
 def _often(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checkpoints, "EVERY", EVERY)
+
+
+DaysCommitted = Callable[[int], Warehouse]
+SNAPSHOT_DAYS = (5, 6, 9, 10)
+
+
+@pytest.fixture(scope="module")
+def _days_built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, Path]]:
+    """One warehouse committed day by day (autocompact off, a checkpoint every EVERY generations), with a
+    byte copy of it after each of ``SNAPSHOT_DAYS`` days: the tests below start from one of these
+    instead of each committing the same days again."""
+    base = tmp_path_factory.mktemp("days")
+    root, copies, done = base / "warehouse", {}, 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoints, "EVERY", EVERY)
+        patch.setenv(autocompact.ENV, "off")
+        store = Warehouse(root)
+        for days in SNAPSHOT_DAYS:
+            commit_days(store, range(done + 1, days + 1))
+            copies[days], done = shutil.copytree(root, base / f"after-day-{days}", symlinks=True), days
+    return root, copies
+
+
+@pytest.fixture
+def days_committed(_days_built: tuple[Path, dict[int, Path]]) -> DaysCommitted:
+    """``days_committed(n)``: the warehouse of days 1..n as committing them leaves it, put back at the
+    very path it was committed at (its catalog names that place), so it is the same bytes at the same
+    place as a warehouse the test had committed itself."""
+    root, copies = _days_built
+
+    def restore(days: int) -> Warehouse:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(copies[days], root, symlinks=True)
+        return Warehouse(root)
+
+    return restore
 
 
 def commit_days(store: Warehouse, days: range) -> None:
@@ -154,10 +191,10 @@ def test_a_writer_parses_only_the_generations_after_the_newest_checkpoint(
 
 
 def test_a_damaged_generation_before_a_checkpoint_is_restored_from_the_checkpoints_copy(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 11))
+    store = days_committed(10)
+    warehouse_dir = store.root
     second = manifests.generation_path(warehouse_dir, 2)
     original = second.read_bytes()
     flip_byte(second, len(original) // 2)
@@ -175,10 +212,10 @@ def test_a_damaged_generation_before_a_checkpoint_is_restored_from_the_checkpoin
 
 
 def test_a_damaged_checkpoint_is_passed_over_by_writers_and_taken_again_by_repair(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 11))  # checkpoints at 4 and 8
+    store = days_committed(10)  # checkpoints at 4 and 8
+    warehouse_dir = store.root
     assert checkpoints.numbers(warehouse_dir) == [4, 8]
     eighth = checkpoints.path(warehouse_dir, 8)
     original = eighth.read_bytes()
@@ -196,10 +233,10 @@ def test_a_damaged_checkpoint_is_passed_over_by_writers_and_taken_again_by_repai
 
 
 def test_a_missing_generation_file_before_a_checkpoint_still_stops_a_writer(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 7))
+    store = days_committed(6)
+    warehouse_dir = store.root
     manifests.generation_path(warehouse_dir, 1).unlink()
     with pytest.raises(WarehouseDamaged, match=r"00000001\.json: manifest file missing"):
         commit_days(store, range(7, 8))
@@ -207,10 +244,10 @@ def test_a_missing_generation_file_before_a_checkpoint_still_stops_a_writer(
 
 
 def test_a_checkpoint_beyond_a_rollback_is_moved_aside_and_never_read_again(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 11))  # checkpoints at 4 and 8
+    store = days_committed(10)  # checkpoints at 4 and 8
+    warehouse_dir = store.root
     victim = next(e for e in store.manifest().entries if e.run_id == "run006")
     path = warehouse_dir / victim.path
     flip_byte(path, path.stat().st_size // 2)  # run 6's data: repair rolls back to generation 5
@@ -224,10 +261,10 @@ def test_a_checkpoint_beyond_a_rollback_is_moved_aside_and_never_read_again(
 
 
 def test_a_writer_after_the_checkpoints_were_deleted_copies_every_generation_into_its_catalog(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 11))
+    store = days_committed(10)
+    warehouse_dir = store.root
     assert catalog_copies(warehouse_dir)[0] > 1
     for number in checkpoints.numbers(warehouse_dir):
         checkpoints.path(warehouse_dir, number).unlink()
@@ -240,14 +277,12 @@ def test_a_writer_after_the_checkpoints_were_deleted_copies_every_generation_int
 
 
 def test_a_copied_warehouse_whose_checkpoints_were_deleted_is_reported_before_any_command_runs_there(
-        warehouse_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At a new place the catalog still names the old one (the next command rewrites it): its copies
     of the manifest are as good as ever, and a generation with neither that copy nor a checkpoint's
     must still be reported, not passed over with the catalog."""
-    import shutil
-
     monkeypatch.setenv(autocompact.ENV, "off")
-    commit_days(Warehouse(warehouse_dir), range(1, 11))
+    warehouse_dir = days_committed(10).root
     moved = tmp_path / "moved"
     shutil.copytree(warehouse_dir, moved)
     assert check(moved, deep=True).ok
@@ -261,10 +296,10 @@ def test_a_copied_warehouse_whose_checkpoints_were_deleted_is_reported_before_an
 
 @pytest.mark.parametrize("damage", ["truncated", "emptied"])
 def test_a_generation_file_before_a_checkpoint_that_changed_size_stops_a_writer(
-        damage: str, warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        damage: str, days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 7))  # a checkpoint at 4
+    store = days_committed(6)  # a checkpoint at 4
+    warehouse_dir = store.root
     path = manifests.generation_path(warehouse_dir, 2)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
@@ -278,10 +313,10 @@ def test_a_generation_file_before_a_checkpoint_that_changed_size_stops_a_writer(
 
 
 def test_a_writer_passes_over_its_only_checkpoint_when_it_is_damaged(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 6))  # one checkpoint, at 4
+    store = days_committed(5)  # one checkpoint, at 4
+    warehouse_dir = store.root
     fourth = checkpoints.path(warehouse_dir, 4)
     original = fourth.read_bytes()
     fourth.write_bytes(original[:-20])  # unreadable now
@@ -294,10 +329,10 @@ def test_a_writer_passes_over_its_only_checkpoint_when_it_is_damaged(
 
 
 def test_a_checkpoint_half_written_when_the_writer_died_is_ignored_and_cleaned_up(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 6))  # a checkpoint at 4
+    store = days_committed(5)  # a checkpoint at 4
+    warehouse_dir = store.root
     leftover = checkpoints.directory(warehouse_dir) / ".00000005.json.tmp-4242"
     leftover.write_bytes(checkpoints.path(warehouse_dir, 4).read_bytes()[:100])  # killed mid-write
     assert checkpoints.numbers(warehouse_dir) == [4]
@@ -314,10 +349,10 @@ def second_copies(root: Path) -> set[int]:
 
 
 def test_a_deleted_checkpoint_below_the_newest_is_taken_again_so_no_generation_loses_its_copy(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 10))  # checkpoints at 4 and 8; the catalog copies 9
+    store = days_committed(9)  # checkpoints at 4 and 8; the catalog copies 9
+    warehouse_dir = store.root
     checkpoints.path(warehouse_dir, 4).unlink()
     assert not second_copies(warehouse_dir) >= set(range(1, 10))
     assert "checkpoint" in {p.kind for p in check(warehouse_dir).problems}
@@ -331,10 +366,10 @@ def test_a_deleted_checkpoint_below_the_newest_is_taken_again_so_no_generation_l
 
 
 def test_a_lost_manifest_directory_is_restored_whole_from_the_catalog_and_the_checkpoints(
-        warehouse_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        days_committed: DaysCommitted, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(autocompact.ENV, "off")
-    store = Warehouse(warehouse_dir)
-    commit_days(store, range(1, 11))  # checkpoints at 4 and 8; the catalog copies 9 and 10
+    store = days_committed(10)  # checkpoints at 4 and 8; the catalog copies 9 and 10
+    warehouse_dir = store.root
     before = {n: manifests.generation_path(warehouse_dir, n).read_bytes() for n in range(1, 11)}
     shutil.rmtree(manifests.directory(warehouse_dir))
     assert store.manifest().run_ids == {f"run{d:03d}" for d in range(1, 11)}  # readers see every run

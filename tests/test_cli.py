@@ -89,25 +89,27 @@ def test_sql_on_a_missing_warehouse_says_what_to_do(tmp_path: Path) -> None:
     "ATTACH '/tmp/other.duckdb'", "COPY (SELECT 1) TO '/tmp/out.csv'", "INSTALL httpfs",
     "SET threads = 1", "SELECT 1; DELETE FROM x",
 ])
-def test_sql_is_read_only(synced: Path, statement: str) -> None:
-    result = run_cli("sql", statement, "--warehouse", str(synced))
+def test_sql_is_read_only(loaded_warehouse: Path, statement: str) -> None:
+    """On the session's shared warehouse (one sync for all the read-only tests): a statement that got
+    through would fail here first."""
+    result = run_cli("sql", statement, "--warehouse", str(loaded_warehouse))
     assert result.returncode == 2
     assert "trialsync sql is read-only" in result.stderr
     assert not Path("/tmp/out.csv").exists() or "COPY" not in statement
 
 
-def test_sql_answers_in_json_and_csv(synced: Path) -> None:
+def test_sql_answers_in_json_and_csv(loaded_warehouse: Path) -> None:
     query = "SELECT nct_id, overall_status, phases FROM studies WHERE nct_id = 'NCT05766735'"
-    as_json = run_cli("sql", query, "--format", "json", "--warehouse", str(synced))
+    as_json = run_cli("sql", query, "--format", "json", "--warehouse", str(loaded_warehouse))
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == [{"nct_id": "NCT05766735", "overall_status": "RECRUITING",
                                            "phases": ["NA"]}]
-    as_csv = run_cli("sql", query, "--format", "csv", "--warehouse", str(synced))
+    as_csv = run_cli("sql", query, "--format", "csv", "--warehouse", str(loaded_warehouse))
     assert as_csv.stdout.splitlines() == ["nct_id,overall_status,phases", 'NCT05766735,RECRUITING,"[""NA""]"']
 
 
-def test_runs_lists_each_run_with_its_counts(synced: Path) -> None:
-    result = run_cli("runs", "--format", "json", "--warehouse", str(synced))
+def test_runs_lists_each_run_with_its_counts(loaded_warehouse: Path) -> None:
+    result = run_cli("runs", "--format", "json", "--warehouse", str(loaded_warehouse))
     runs = json.loads(result.stdout)
     assert [(r["mode"], r["scope"], r["status"], r["seen"], r["versions"]) for r in runs] == [
         ("full", "all", "succeeded", 326, 326)]

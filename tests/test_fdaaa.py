@@ -42,14 +42,30 @@ STATUS_CASES: list[tuple[str, dict[str, Any], str, str, int | None, str | None]]
 ]
 
 
+def study_of_case(number: int) -> str:
+    """The NCT id the ``number``-th case's trial has in a warehouse that holds every case's trial."""
+    return f"NCT9{number:07d}"
+
+
+STATUS_TRIALS = [(kind, case) for case in STATUS_CASES for kind in STARTS]
+
+
+@pytest.fixture(scope="module")
+def every_status_trial(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
+    """Each case of ``test_every_status_for_acts_and_probable_acts`` as a study of its own in one warehouse
+    (one commit, not one per case): a trial is judged on its own record."""
+    return store(tmp_path_factory.mktemp("fdaaa-status"), [
+        trial(study_of_case(n), start=STARTS[kind], **case[1]) for n, (kind, case) in enumerate(STATUS_TRIALS, 1)])
+
+
 @pytest.mark.parametrize("kind", ["ACT", "pACT"])
 @pytest.mark.parametrize(("name", "edits", "as_of", "status", "days_late", "submitted"), STATUS_CASES,
                          ids=[c[0] for c in STATUS_CASES])
-def test_every_status_for_acts_and_probable_acts(tmp_path: Path, kind: str, name: str, edits: dict[str, Any],
-                                                 as_of: str, status: str, days_late: int | None,
-                                                 submitted: str | None) -> None:
-    warehouse = store(tmp_path, [trial("NCT90000001", start=STARTS[kind], **edits)])
-    row = judge(warehouse, as_of)["NCT90000001"]
+def test_every_status_for_acts_and_probable_acts(every_status_trial: Warehouse, kind: str, name: str,
+                                                 edits: dict[str, Any], as_of: str, status: str,
+                                                 days_late: int | None, submitted: str | None) -> None:
+    [number] = [n for n, (k, case) in enumerate(STATUS_TRIALS, 1) if (k, case[0]) == (kind, name)]
+    row = judge(every_status_trial, as_of)[study_of_case(number)]
     assert (row["act_kind"], row["status"], row["days_late"]) == (kind, status, days_late)
     assert row["results_submitted_date"] == (date.fromisoformat(submitted) if submitted else None)
     assert (row["completion_date_used"], row["due_date"]) == (date(2020, 6, 30), date(2021, 6, 30))
@@ -78,7 +94,7 @@ def test_the_flagless_path_needs_a_covered_intervention_and_a_site_whose_country
     assert kinds == {"NCT90000001": "pACT", "NCT90000002": "pACT", "NCT90000003": "pACT", "NCT90000010": "pACT"}
 
 
-@pytest.mark.parametrize(("edits", "qualifies"), [
+CONDITION_CASES: list[tuple[dict[str, Any], bool]] = [
     ({"phases": ("PHASE1", "PHASE2")}, True),
     ({"phases": ("PHASE2", "PHASE3")}, True),
     ({"phases": ("PHASE3",)}, True),
@@ -97,11 +113,33 @@ def test_the_flagless_path_needs_a_covered_intervention_and_a_site_whose_country
     ({"start": ABSENT}, False),
     ({"drug": False, "device": True}, True),
     ({"drug": False, "device": False}, False),
-])
-def test_the_shared_conditions_of_an_applicable_trial(tmp_path: Path, edits: dict[str, Any],
-                                                      qualifies: bool) -> None:
-    warehouse = store(tmp_path, [trial("NCT90000001", **edits)])
-    assert ("NCT90000001" in judge(warehouse, "2022-01-01")) is qualifies
+]
+
+
+def condition_case_id(edits: dict[str, Any]) -> str:
+    """``phases=PHASE1+PHASE2``, ``start=absent``: the same on every xdist worker (no object addresses)."""
+    def shown(value: Any) -> str:
+        if value is ABSENT:
+            return "absent"
+        return "+".join(value) if isinstance(value, tuple) else str(value)
+    return ",".join(f"{key}={shown(value)}" for key, value in edits.items())
+
+
+@pytest.fixture(scope="module")
+def judged_condition_trials(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Each case of ``test_the_shared_conditions_of_an_applicable_trial`` as a study of its own in one
+    warehouse (one commit, not one per case), judged on 2022-01-01: a trial is judged on its own record."""
+    warehouse = store(tmp_path_factory.mktemp("fdaaa-conditions"), [
+        trial(study_of_case(n), **edits) for n, (edits, _) in enumerate(CONDITION_CASES, 1)])
+    return judge(warehouse, "2022-01-01")
+
+
+@pytest.mark.parametrize("number", range(1, len(CONDITION_CASES) + 1),
+                         ids=[condition_case_id(edits) for edits, _ in CONDITION_CASES])
+def test_the_shared_conditions_of_an_applicable_trial(judged_condition_trials: dict[str, dict[str, Any]],
+                                                      number: int) -> None:
+    edits, qualifies = CONDITION_CASES[number - 1]
+    assert (study_of_case(number) in judged_condition_trials) is qualifies, edits
 
 
 def test_a_month_only_start_in_january_2017_is_its_last_day_so_an_act(tmp_path: Path) -> None:

@@ -44,12 +44,25 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root.resolve(), "changed": nct(days[1][0]), "watchlist": str(watchlist)}
 
 
-@pytest.fixture
-def copy(two_runs: dict[str, Any], tmp_path: Path) -> Path:
-    target = tmp_path / "wh"
+@pytest.fixture(scope="module")
+def _pointed_copy(two_runs: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the two runs whose first reader pointed its catalog at the copy's place, and a byte
+    copy of that state to put back there before each test."""
+    base = tmp_path_factory.mktemp("bad-day-copy")
+    target = base / "wh"
     shutil.copytree(two_runs["root"], target)
     Warehouse(target).connect().close()  # a copy: the first reader points its catalog here
-    return target.resolve()
+    return target.resolve(), shutil.copytree(target, base / "as-pointed", symlinks=True)
+
+
+@pytest.fixture
+def copy(_pointed_copy: tuple[Path, Path]) -> Path:
+    """A fresh copy of the two runs for each test: the same bytes put back at the same place (its
+    catalog names that place), so the catalog is not rewritten once per case."""
+    target, as_pointed = _pointed_copy
+    shutil.rmtree(target)
+    shutil.copytree(as_pointed, target, symlinks=True)
+    return target
 
 
 class Result(NamedTuple):
@@ -258,11 +271,11 @@ def test_a_warehouse_option_that_names_no_warehouse_says_what_it_names(
     assert files(tmp_path) == before
 
 
-def test_read_commands_work_on_a_read_only_copy(copy: Path, two_runs: dict[str, Any]) -> None:
+def test_read_commands_work_on_a_read_only_copy(tmp_path: Path, two_runs: dict[str, Any]) -> None:
     """A read-only copy (or mount) of a warehouse moved here: nothing can be rewritten, the views are
     built in memory; a damaged file is still named. Run as a user the permissions bind (root without
     the capability to override them)."""
-    target = copy.parent / "ro"
+    target = tmp_path / "ro"
     shutil.copytree(two_runs["root"], target)  # its catalog still names the place it was built at
     second_run_file(target, "changes").unlink()
     prefix: list[str] = []

@@ -23,7 +23,7 @@ from pipeline import mutate
 from pipeline.diff import diff, full_diff, without_identical
 from pipeline.hashing import content_hash, hash_and_unknown
 from pipeline.versioning import BatchPlan, Head, RunContext, plan_batch
-from tests.conftest import Record, nct, real_records
+from tests.conftest import Record, examples, nct, real_records
 from warehouse import Warehouse
 
 CTX = RunContext("r1", datetime(2026, 6, 1, tzinfo=UTC), "api")  # after every date the tests post
@@ -404,10 +404,14 @@ def test_planned_versions_never_overlap_whatever_the_delivery_order(
                                [day, day]).fetchall()[0][0] <= 1
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.reliability
+@settings(max_examples=examples(3, 8), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deliveries())
 def test_out_of_order_deliveries_never_overlap_and_as_of_gives_one_row(
         runs: list[tuple[date, list[tuple[date, int]]]]) -> None:
+    """Each example commits up to four real runs (seconds each): ``make test`` tries 3 schedules, the
+    full suite (``TRIALSYNC_FULL=1``, ``make test-reliability``) 8; the next test checks the same rule
+    on 150 schedules through the plans and the view's SQL, without the commits."""
     base = by_id("NCT05766735")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "w"

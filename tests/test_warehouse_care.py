@@ -28,7 +28,7 @@ from pipeline import mutate
 from pipeline.errors import WarehouseError
 from pipeline.registry.fake_server import FakeRegistry
 from tests.conftest import fast_sync, nct, real_records
-from tests.reliability.support import DUCKDB_CLI, TRIALSYNC, state
+from tests.reliability.support import DUCKDB_CLI, FULL, TRIALSYNC, state
 from warehouse import Warehouse, catalog, catalog_file, store
 from warehouse import manifest as manifests
 from warehouse.check import WarehouseDamaged, check
@@ -403,10 +403,22 @@ TABLES_OF_RUN_2 = ["study_versions", "sync_runs", "run_studies", "changes", "loc
                    "reconciliation", "eligibility", "descriptions", "sponsors"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("table", TABLES_OF_RUN_2)
+def damaged_tables_and_kinds() -> list[tuple[str, str]]:
+    """Every table with every kind of damage under ``TRIALSYNC_FULL=1`` (40 cases); ``make test``: every
+    table with one kind (the kinds in turn) and every kind on study_versions (13 cases), so each table's
+    file and each kind of damage is still found and rolled back."""
+    every = [(table, kind) for table in TABLES_OF_RUN_2 for kind in KINDS]
+    short = {(table, KINDS[i % len(KINDS)]) for i, table in enumerate(TABLES_OF_RUN_2)}
+    short |= {("study_versions", kind) for kind in KINDS}
+    return every if FULL else [case for case in every if case in short]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(("table", "kind"), damaged_tables_and_kinds())
 def test_a_damaged_data_file_is_named_by_check_and_repair_rolls_back_to_the_run_before(
         table: str, kind: str, copy: Path, built: dict[str, Any]) -> None:
+    """The full sweep runs under ``TRIALSYNC_FULL=1`` (``make test-reliability``): see
+    ``damaged_tables_and_kinds``."""
     root = copy.resolve()
     target = second_run_files(root)[table]
     before = files_of(root)

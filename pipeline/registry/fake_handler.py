@@ -38,6 +38,9 @@ class Handler(BaseHTTPRequestHandler):
     registry: FakeRegistry
     protocol_version = "HTTP/1.1"
     server_version = "FakeCTGov/2.0.5"
+    # The headers and the body go out in two writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK of the headers (~40 ms a response on Linux), which is not the registry's pace.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
