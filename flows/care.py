@@ -27,7 +27,7 @@ def repair_warehouse(warehouse: str | None = None, *, lock_timeout: float = 30.0
     store = Warehouse(settings.warehouse_dir(warehouse))
     if not store.exists():
         newest, missing = readers.marker_log(store.root) if store.root.is_dir() else (0, [])
-        if not newest or missing:
+        if not newest or missing or readers.unmarked_runs(store.root):
             raise UsageError(store.missing())
     with store.lock("writer", "repair", timeout=lock_timeout, what="a sync"):
         store.refresh_catalog()

@@ -105,3 +105,29 @@ def test_a_reader_warns_about_a_committed_run_whose_marker_does_not_parse(four_r
             "`trialsync repair`") in answered.stderr
     checked = run_cli("check", "--warehouse", str(directory))
     assert checked.returncode == 1 and f"{RUNS_DIR}/{newest}/{COMMITTED_MARKER}: this run committed" in checked.stdout
+
+
+def test_repair_from_the_markers_refuses_while_a_run_holds_files_but_no_marker(four_runs: Path,
+                                                                              tmp_path: Path) -> None:
+    """The newest run committed, then its writer was killed before it wrote its marker (the marker comes
+    after the commit point); later the catalog and manifest/ were lost. Repair rebuilt from the other
+    markers without a word: one generation early, and the next writer deleted the newest run's files."""
+    directory = copy_warehouse(four_runs, tmp_path / "warehouse")
+    head = manifests.head(directory)
+    newest = _run_of_generation(directory, head)
+    (directory / RUNS_DIR / newest / COMMITTED_MARKER).unlink()
+    _lose_catalog_and_manifest(directory)
+    listing = sorted(p.relative_to(directory) for p in directory.rglob("*"))
+
+    repaired = run_cli("repair", "--warehouse", str(directory))
+    assert repaired.returncode == 2, repaired.stdout
+    assert f"{RUNS_DIR}/{newest} hold files and no marker" in repaired.stderr
+    assert "restore them from a backup, or move those directories out" in repaired.stderr
+    assert sorted(p.relative_to(directory) for p in directory.rglob("*")) == listing  # nothing changed
+    told = run_cli("runs", "--warehouse", str(directory))
+    assert told.returncode == 2 and f"{RUNS_DIR}/{newest} hold files and no marker" in told.stderr
+
+    shutil.move(directory / RUNS_DIR / newest, tmp_path / newest)  # the user's choice: without it
+    again = run_cli("repair", "--warehouse", str(directory))
+    assert again.returncode == 0, again.stderr
+    assert manifests.head(directory) == head - 1

@@ -95,6 +95,19 @@ def marker_log(root: Path) -> tuple[int, list[int]]:
     return state.last, [n for n in range(1, state.last + 1) if n not in held]
 
 
+def unmarked_runs(root: Path) -> list[str]:
+    """Run directories holding files but no ``_COMMITTED`` marker. With the manifest lost, nothing tells
+    whether such a run committed (a writer killed between its commit point and its marker, or one
+    killed while staging): a rebuild from the markers would leave it out and the next writer would
+    delete its files, so ``repair`` does not guess."""
+    runs = root / markers.RUNS_DIR
+    if not runs.is_dir():
+        return []
+    return sorted(run.name for run in runs.iterdir()
+                  if run.is_dir() and not run.name.startswith(".") and not (run / markers.COMMITTED_MARKER).exists()
+                  and any(path.is_file() for path in run.rglob("*")))
+
+
 def _spans(numbers: list[int]) -> str:
     spans: list[list[int]] = []
     for n in numbers:
@@ -127,6 +140,11 @@ def why_missing(root: Path) -> str:
     if runs.is_dir() and any((run / markers.COMMITTED_MARKER).exists() for run in runs.iterdir()):
         lost = f"{root}: {CATALOG_NAME} and {manifests.MANIFEST_DIR}/ are both missing"
         newest, missing = marker_log(root)
+        if newest and not missing and (unmarked := unmarked_runs(root)):
+            return (f"{lost}; the runs' {markers.COMMITTED_MARKER} markers hold generation 1 to {newest}, but "
+                    f"{markers.RUNS_DIR}/{', '.join(unmarked)} hold files and no marker (committed or not, nothing "
+                    "left tells): restore them from a backup, or move those directories out of "
+                    f"{markers.RUNS_DIR}/ and `trialsync repair` rebuilds without them")
         if newest and not missing:
             return (f"{lost}, but the runs' {markers.COMMITTED_MARKER} markers hold every generation (1 to "
                     f"{newest}): `trialsync repair` rebuilds them")
