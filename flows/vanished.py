@@ -33,7 +33,7 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     with that study's record, which holds the id in ``nctIdAliases``) is retired like a 404'd one, as
     ``merged`` (``pc.merged`` names the study it became). A study the registry could not be asked
     about (the listing was incomplete, or the look-up failed: a timeout, a 5xx or 429 past the retry
-    budget, a broken body, another study's record, a web page's 404) is neither: a member stays,
+    budget, a broken body, another study's record, a 404 that is a web page or JSON) is neither: a member stays,
     unretired, and it is named as unverified (``pc.unverified``); the run commits what it listed.
     Returns (left_scope, retired)."""
     t = pc.totals

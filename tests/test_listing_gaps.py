@@ -125,6 +125,9 @@ LOOKUP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the registry answers 404 in plain text (its spec): a web page is a proxy's or a CDN's, no word on a study
     "a CDN's HTML 404 page": ("status", dict(status=404, content_type="text/html",
                                              body="<html><title>404 Not Found</title><body>nginx</body></html>")),
+    # ... and a JSON one an API gateway's (the registry's 404 is text/plain)
+    "an API gateway's JSON 404": ("status", dict(status=404, content_type="application/json",
+                                                 body='{"message":"Not Found"}')),
 }
 
 
