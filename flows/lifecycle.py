@@ -115,7 +115,8 @@ def on_signal(signum: int, frame: Any) -> None:
     global _signalled, _redeliver
     if _redeliver:  # the first signal's interrupt, swallowed by a finalizer: once more
         _redeliver = False
-        raise KeyboardInterrupt
+        _interrupt_unless_finishing()
+        return
     with _lock:
         first = _signalled is None
         if first:
@@ -123,6 +124,12 @@ def on_signal(signum: int, frame: Any) -> None:
     if not first:  # a second signal: leave now
         leave()
     threading.Thread(target=_deadline, name="trialsync-stop-deadline", daemon=True).start()
+    _interrupt_unless_finishing()
+
+
+def _interrupt_unless_finishing() -> None:
+    """Raise the stop, unless a commit point passed and its writer has not ended (also when the stop is an
+    interrupt raised again after a finalizer swallowed it: the run may have committed in between)."""
     if (state := _commits()) is not None and state.finishing:
         state.stop_pending = True  # no further write begins
         return

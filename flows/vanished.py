@@ -33,7 +33,7 @@ def settle_vanished(pc: PageContext, scope: str) -> tuple[int, int]:
     with that study's record, which holds the id in ``nctIdAliases``) is retired like a 404'd one, as
     ``merged`` (``pc.merged`` names the study it became). A study the registry could not be asked
     about (the listing was incomplete, or the look-up failed: a timeout, a 5xx or 429 past the retry
-    budget, a broken body, another study's record, a web page's 404) is neither: a member stays,
+    budget, a broken body, another study's record, a 404 that is a web page or JSON) is neither: a member stays,
     unretired, and it is named as unverified (``pc.unverified``); the run commits what it listed.
     Returns (left_scope, retired)."""
     t = pc.totals
@@ -109,9 +109,11 @@ def _look_up(pc: PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]]
     """The records the registry publishes for ``ids`` (by the id asked for: an alias answers with the
     study it was merged into), the ids it answers 404 for, and the error that stopped the asking, if
     any (the ids neither found nor 404'd by then were not settled). Asked by id in batches through the
-    listing first (cheap; what it returns is certainly published), then the rest one by one with the
-    single-study endpoint: only its 404 says a study is gone; any other failure (a timeout, a 5xx or a
-    429 past the retry budget, a body that is not a study) says nothing about the study."""
+    listing first (cheap; a study's own record it returns is certainly published), then the rest one by
+    one with the single-study endpoint, the ids the listing answered only with another study that holds
+    them as aliases included: only that endpoint's 404 says a study is gone, and only its 301 to the
+    study that holds the id that it was merged; any other failure (a timeout, a 5xx or a 429 past the
+    retry budget, a body that is not a study, another study's record) says nothing about the study."""
     wanted, found = set(ids), dict[str, dict[str, Any]]()
     gone: list[str] = []
     wrong: str | None = None  # a look-up answered with another study's record (a cache or proxy's mistake)
@@ -119,7 +121,11 @@ def _look_up(pc: PageContext, ids: list[str]) -> tuple[dict[str, dict[str, Any]]
         for params in lookup_params(ids):
             for page in pc.client.iter_pages(params):
                 for record in page.studies:
-                    found.update((key, record) for key in record_ids(record) & wanted)
+                    # Only a record of the id's own: one that holds it as an alias is the listing's word that
+                    # the id was merged, and only the single-study endpoint says a study's own record is gone
+                    # (it may still serve it, or fail: then the id is unverified, not retired as merged).
+                    if (own := record_nct_id(record)) in wanted and own is not None:
+                        found[own] = record
         for nct in ids:
             if nct in found:
                 continue

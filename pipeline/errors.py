@@ -63,8 +63,8 @@ class PageTokenRejected(RegistryRejected):
 
 
 class RegistryNotFound(RegistryError):
-    """404: no such study or endpoint. ``page``: the answer was a web page (HTML), not the registry's
-    plain-text error: a proxy's or CDN's, which says nothing about a study."""
+    """404: no such study or endpoint. ``page``: the answer was a web page (HTML) or JSON, not the
+    registry's plain-text error: a proxy's, a CDN's or an API gateway's, which says nothing about a study."""
 
     page: bool = False
 

@@ -125,6 +125,9 @@ LOOKUP_FAULTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the registry answers 404 in plain text (its spec): a web page is a proxy's or a CDN's, no word on a study
     "a CDN's HTML 404 page": ("status", dict(status=404, content_type="text/html",
                                              body="<html><title>404 Not Found</title><body>nginx</body></html>")),
+    # ... and a JSON one an API gateway's (the registry's 404 is text/plain)
+    "an API gateway's JSON 404": ("status", dict(status=404, content_type="application/json",
+                                                 body='{"message":"Not Found"}')),
 }
 
 
@@ -195,8 +198,10 @@ def test_a_study_merged_into_another_is_retired_as_merged_naming_the_study_it_be
         small.omit_from_listings(nct(into))  # and the listing (filter.ids too) leaves the study out
     small.requests.clear()
     full = fast_sync(small, warehouse_dir, page_size=25, full=True)
+    asked = [p for p, _ in small.requests if p.startswith("/studies/")]
+    assert asked[0] == f"/studies/{nct(merged)}"  # the single-study endpoint's word, also when filter.ids found B
     if not listed:
-        assert [p for p, _ in small.requests if p.startswith("/studies/")] == [
+        assert asked == [
             f"/studies/{nct(merged)}", f"/studies/{nct(into)}", f"/studies/{nct(into)}"]  # followed the redirect
     assert full["retired"] == 1
     assert rows(warehouse_dir, "SELECT nct_id FROM study_versions WHERE is_removed") == [(nct(merged),)]
@@ -256,6 +261,47 @@ def test_a_look_up_answered_with_another_studys_record_stores_nothing_for_the_st
     assert (status, ids) == ("fail", sorted([asked, gone]))
     assert f"answered with the record of {nct(other)}" in detail and detail.endswith(asked)
     assert check_row(warehouse_dir, full["run_id"], "listing_omitted")[:2] == ("ok", 0)
+
+
+ALIAS_ONLY = {
+    # B lists A in nctIdAliases, but GET /studies/A still answers with A's own record: A is published
+    "its-own-record-still-served": None,
+    # A merged into B by the listing's word, but its own look-up fails: no word from the single-study endpoint
+    "its-own-look-up-fails": ("status", dict(status=503, body="Service Unavailable")),
+    "its-own-look-up-is-a-cdn-404-page": ("status", dict(status=404, content_type="text/html",
+                                                         body="<html><title>404 Not Found</title></html>")),
+}
+
+
+@pytest.mark.parametrize("case", list(ALIAS_ONLY))
+def test_an_id_the_listing_finds_only_as_another_studys_alias_is_retired_only_by_its_own_look_up(
+        case: str, small: FakeRegistry, warehouse_dir: Path) -> None:
+    """SPEC: only GET /studies/{id} says a study is gone. A ``filter.ids`` look-up that answers a member A,
+    which the listing left out, with B's record (A in B's nctIdAliases) is the listing's word, not the
+    single-study endpoint's: A is asked for itself. Published there, it stays (``listing_omitted``); a
+    failed look-up leaves it unverified. Neither retires it as merged."""
+    fast_sync(small, warehouse_dir, page_size=25)
+    member, other = real_records()[10], real_records()[11]
+    small.omit_from_listings(nct(member))
+    small.put(mutate.set_path(other, ("protocolSection", "identificationModule", "nctIdAliases"), [nct(member)]))
+    fault = ALIAS_ONLY[case]
+    if fault is not None:
+        small.remove(nct(member))
+        small.faults.add(fault[0], path=f"/studies/{nct(member)}", times=-1, **fault[1])
+    small.requests.clear()
+    full = fast_sync(small, warehouse_dir, page_size=25, full=True, max_attempts=2, retry_budget=5.0)
+    assert f"/studies/{nct(member)}" in [p for p, _ in small.requests]  # the single-study endpoint was asked
+    assert full["retired"] == 0
+    assert rows(warehouse_dir, "SELECT count(*) FROM study_versions WHERE is_removed") == [(0,)]
+    assert rows(warehouse_dir, "SELECT count(*) FROM scope_exits") == [(0,)]
+    assert rows(warehouse_dir, "SELECT count(*) FROM changes WHERE event = 'study_removed'") == [(0,)]
+    status, _flagged, ids, detail = check_row(warehouse_dir, full["run_id"], "missing_ids")
+    if fault is None:
+        assert full["unverified"] == 0 and status == "ok"
+        assert check_row(warehouse_dir, full["run_id"], "listing_omitted")[:3] == ("warn", 1, [nct(member)])
+    else:
+        assert (full["unverified"], status, ids) == (1, "fail", [nct(member)])
+        assert "merged" not in detail and detail.endswith(nct(member))
 
 
 def test_an_ids_scope_asks_for_each_id_its_listing_never_held_from_its_first_run(

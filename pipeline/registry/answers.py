@@ -37,6 +37,13 @@ def is_html(response: requests.Response, content: bytes) -> bool:
     return "html" in response.headers.get("Content-Type", "").lower() or text_of(content).lstrip()[:1] == "<"
 
 
+def not_plain_text(response: requests.Response, content: bytes) -> bool:
+    """The answer is not the plain text the registry's errors are (its spec: ``text/plain``): a web page
+    (a proxy's, a CDN's) or a JSON document (an API gateway's ``{"message": "Not Found"}``)."""
+    kind = response.headers.get("Content-Type", "").lower()
+    return is_html(response, content) or "json" in kind or text_of(content).lstrip()[:1] in ("{", "[")
+
+
 def body_line(response: requests.Response, content: bytes) -> str:
     """The body's first line; for an HTML page (a firewall's, a proxy's) its title or first text."""
     body = text_of(content)

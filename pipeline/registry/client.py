@@ -45,7 +45,7 @@ from pipeline.errors import (
 )
 from pipeline.parse import record_ids, record_nct_id
 from pipeline.redact import redact
-from pipeline.registry.answers import body_line, is_html, retry_after_seconds, short_error, text_of
+from pipeline.registry.answers import body_line, not_plain_text, retry_after_seconds, short_error, text_of
 from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_json
 
 DEFAULT_API_URL = "https://clinicaltrials.gov/api/v2"
@@ -155,9 +155,10 @@ class RegistryClient:
         try:
             body = self._get_json(f"/studies/{nct_id}", {})
         except RegistryNotFound as exc:
-            if exc.page:  # the registry answers 404 in plain text (its spec): a web page is a proxy's or a CDN's
-                raise RegistryError(f"{exc} (an HTML page, not the registry's plain-text answer: no word on "
-                                    f"study {nct_id})", url=url, status=404) from None
+            if exc.page:  # the registry answers 404 in plain text (its spec): a web page or JSON is a proxy's,
+                # a CDN's or an API gateway's
+                raise RegistryError(f"{exc} (a web page or JSON, not the registry's plain-text answer: no word "
+                                    f"on study {nct_id})", url=url, status=404) from None
             raise
         if not isinstance(body, dict) or "protocolSection" not in body:
             raise RegistryError(f"unexpected body for study {nct_id}", url=url)
@@ -260,7 +261,7 @@ class RegistryClient:
             )
         if status == 404:
             error = RegistryNotFound(f"HTTP 404: {body_line(response, content)}", url=response.url, status=status)
-            error.page = is_html(response, content)
+            error.page = not_plain_text(response, content)
             raise error
         if status == 400 and "pageToken" in params and _TOKEN_ERROR.search(text_of(content)):
             raise PageTokenRejected(f"HTTP {status}: {body_line(response, content)}", url=response.url,
