@@ -3,15 +3,14 @@ timeout, and a refusal that names who holds it (the holder writes its name into 
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import UsageError, WarehouseBusy
+from pipeline.flock import wait_for_flock
 
 READER = "reader"  # the lock holder's name while a reader rewrites the catalog (for a moment)
 
@@ -22,21 +21,12 @@ def exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sy
         raise UsageError(f"a lock timeout must be a number of seconds >= 0, not {timeout}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    if other.startswith(f"run {READER}, "):  # a reader rewriting a moved or stale catalog
-                        what, other = "a reader rewriting the catalog", other.removeprefix(f"run {READER}, ")
-                    raise WarehouseBusy(
-                        f"the warehouse {path.parent} is busy: {what} is running ({other}); "
-                        f"waited {timeout:g}s"
-                    ) from None
-                time.sleep(0.1)
+        if not wait_for_flock(fd, timeout, poll=0.1):
+            other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            if other.startswith(f"run {READER}, "):  # a reader rewriting a moved or stale catalog
+                what, other = "a reader rewriting the catalog", other.removeprefix(f"run {READER}, ")
+            raise WarehouseBusy(f"the warehouse {path.parent} is busy: {what} is running ({other}); "
+                                f"waited {timeout:g}s")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"run {holder}, pid {os.getpid()}".encode(), 0)
         yield

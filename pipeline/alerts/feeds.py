@@ -13,10 +13,8 @@ stays in the outbox and the error says to fix or move the file.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.alerts.message import Message
 from pipeline.alerts.watchlist import Channel
 from pipeline.errors import DeliveryFailed
+from pipeline.flock import wait_for_flock
 from pipeline.leftovers import replace_atomically
 
 if TYPE_CHECKING:
@@ -66,17 +65,9 @@ def feed_lock(path: Path, timeout: float) -> Iterator[None]:
     writer (polled, so that a signal stops the wait at once), then a transient ``DeliveryFailed``."""
     fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DeliveryFailed(f"another process has been writing the feed {path} for over "
-                                         f"{timeout:g}s (its lock {lock_path(path).name} is held)",
-                                         retryable=True) from None
-                time.sleep(0.05)
+        if not wait_for_flock(fd, timeout, poll=0.05):
+            raise DeliveryFailed(f"another process has been writing the feed {path} for over "
+                                 f"{timeout:g}s (its lock {lock_path(path).name} is held)", retryable=True)
         yield
     finally:
         os.close(fd)  # releases the lock
