@@ -327,37 +327,49 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
-def test_a_signal_that_lands_inside_a_finalizer_still_interrupts_the_command(tmp_path: Path) -> None:
-    """A signal handled while Python runs a finalizer (here ``weakref.finalize``, as in the CI failure
-    of `serve`) raised ``KeyboardInterrupt`` where Python cannot propagate it: "Exception ignored in"
-    with a traceback, and the command went on until the stop deadline. It is raised again, once."""
+# A script whose signal lands while Python runs a ``weakref.finalize`` callback (as in a CI failure of
+# `serve`), then runs ``body`` (indented for a ``try`` block; ``thing`` is deleted first).
+_FINALIZER_SCRIPT = """
+import os, signal, time, weakref
+from flows import lifecycle
+from warehouse import committing
+lifecycle.install()
+class Thing: pass
+def finalizer():
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(100000):  # the handler runs here, inside the finalizer
+        pass
+thing = Thing()
+weakref.finalize(thing, finalizer)
+try:
+    del thing
+{body}
+except KeyboardInterrupt:
+    print("unwound", flush=True)
+print("signalled", lifecycle.signalled(), flush=True)
+os._exit(0)
+"""
+
+
+def _run_finalizer_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
     import sys
     import textwrap
 
     script = tmp_path / "finalizer.py"
-    script.write_text(textwrap.dedent("""
-        import os, signal, time, weakref
-        from flows import lifecycle
-        lifecycle.install()
-        class Thing: pass
-        def finalizer():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(100000):  # the handler runs here, inside the finalizer
-                pass
-        thing = Thing()
-        weakref.finalize(thing, finalizer)
-        try:
-            del thing
-            time.sleep(5)
-            print("went on", flush=True)
-        except KeyboardInterrupt:
-            print("unwound", flush=True)
-        print("signalled", lifecycle.signalled(), flush=True)
-        os._exit(0)
-    """))
+    script.write_text(_FINALIZER_SCRIPT.format(body=textwrap.indent(textwrap.dedent(body), "    ")))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_signal_that_lands_inside_a_finalizer_still_interrupts_the_command(tmp_path: Path) -> None:
+    """A signal handled while Python runs a finalizer raised ``KeyboardInterrupt`` where Python cannot
+    propagate it: "Exception ignored in" with a traceback, and the command went on until the stop
+    deadline. It is raised again, once."""
     began = time.monotonic()
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = _run_finalizer_script(tmp_path, """
+        time.sleep(5)
+        print("went on", flush=True)
+    """)
     assert result.stdout.split() == ["unwound", "signalled", str(int(signal.SIGINT))], result
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
     assert time.monotonic() - began < 5, "the interrupt waited for the sleep"
@@ -368,31 +380,9 @@ def test_an_interrupt_swallowed_by_a_finalizer_does_not_interrupt_a_run_that_com
     """The signal's interrupt is lost in a finalizer; before it is raised again the run passes its commit
     point. The interrupt raised again is the same stop: after a commit point it must not undo the run nor
     call it failed (a first signal there raises nothing): the stop stays pending, the command finishes."""
-    import sys
-    import textwrap
-
-    script = tmp_path / "finalizer_commit.py"
-    script.write_text(textwrap.dedent("""
-        import os, signal, time, weakref
-        from flows import lifecycle
-        from warehouse import committing
-        lifecycle.install()
-        class Thing: pass
-        def finalizer():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(100000):  # the handler runs here, inside the finalizer
-                pass
-        thing = Thing()
-        weakref.finalize(thing, finalizer)
-        try:
-            del thing
-            committing.passed("run-1")  # the commit point, before the interrupt is raised again
-            time.sleep(1)
-            print("finished", committing.stop_pending, flush=True)
-        except KeyboardInterrupt:
-            print("interrupted after the commit", flush=True)
-        os._exit(0)
-    """))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
-    assert result.stdout.split() == ["finished", "True"], result
+    result = _run_finalizer_script(tmp_path, """
+        committing.passed("run-1")  # the commit point, before the interrupt is raised again
+        time.sleep(1)
+        print("finished", committing.stop_pending, flush=True)
+    """)
+    assert result.stdout.split() == ["finished", "True", "signalled", str(int(signal.SIGINT))], result
