@@ -56,7 +56,9 @@ def _make_unraisable_hook(previous: Any) -> Any:
             _redeliver = True
             # From another thread, a moment later: a signal raised here would run the handler inside
             # this hook (swallowed again); if it lands in a finalizer again, this repeats.
-            threading.Timer(REDELIVER_SECONDS, _interrupt_main).start()
+            timer = threading.Timer(REDELIVER_SECONDS, _interrupt_main)
+            timer.daemon = True  # never holds up the interpreter's exit
+            timer.start()
             return
         previous(unraisable)
 
