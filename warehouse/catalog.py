@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -157,6 +158,31 @@ WHERE valid_from <= CAST(d AS DATE) AND (valid_to IS NULL OR valid_to > CAST(d A
         statements += aact_views(summary=summary.is_complete(manifest))
         statements += analysis_views()
     return statements
+
+
+_DEFINED = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO) ([\w.]+)")
+
+# Views that read files (or list them) and nothing else of the catalog: redefining one leaves every
+# view over it as it was, when its columns stay the same.
+_FILE_VIEWS = re.compile(r"raw_\w+|_file_seq|_run_seq")
+
+
+def view_name(statement: str) -> str:
+    """The view or macro a ``plan_catalog`` statement defines (another statement: itself)."""
+    match = _DEFINED.match(statement)
+    return statement if match is None else match.group(1)
+
+
+def changed_statements(root: Path, previous: Manifest, manifest: Manifest) -> list[str] | None:
+    """The statements that turn the catalog of ``previous`` into that of ``manifest`` (in plan order),
+    or None when more than the file views differ (a view appears, goes, or is defined otherwise)."""
+    old, new = plan_catalog(root, previous), plan_catalog(root, manifest)
+    if [view_name(s) for s in old] != [view_name(s) for s in new]:
+        return None
+    changed = [n for o, n in zip(old, new, strict=True) if o != n]
+    if not all(_FILE_VIEWS.fullmatch(view_name(s)) for s in changed):
+        return None
+    return changed
 
 
 def child_views() -> list[str]:

@@ -9,6 +9,7 @@ snapshot; new readers see the new run. ``open_catalog`` always opens the file th
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from warehouse.catalog import (
     SCHEMA_VERSION,
     STORAGE_COMPATIBILITY,
     build,
+    changed_statements,
     ensure_schema_files,
     plan_digest,
+    view_name,
     views_digest,
 )
 from warehouse.crashpoints import crashpoint
@@ -42,26 +45,73 @@ def metadata_cached(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection
 
 
 def prepare_catalog(root: Path, manifest: Manifest, log: Sequence[Generation], *, tag: str,
-                    attach: Attach | None = None) -> Path:
+                    attach: Attach | None = None, previous: Manifest | None = None) -> Path:
     """Write a complete new catalog beside the old one (fsynced); ``install_catalog`` puts it in place.
 
     Besides the views it keeps the effective manifest (``_manifest``, in commit order) and a copy of
     the manifest files in ``log`` (``_manifest_log``), so a damaged manifest file can be restored from
-    it: all of them, or those after a checkpoint, which holds copies of the earlier ones."""
+    it: all of them, or those after a checkpoint, which holds copies of the earlier ones.
+
+    ``previous`` (a writer's commit: the manifest the catalog in place was written for): start from a
+    copy of that catalog and redefine only the views whose files changed, when that gives the same
+    catalog (``_update_copy``); binding every view again is most of a small commit's cost."""
     ensure_schema_files(root)
     tmp = root / f"{CATALOG_NAME}.tmp-{tag}"
-    for leftover in (tmp, Path(f"{tmp}.wal")):
-        leftover.unlink(missing_ok=True)
     try:
-        with _new_catalog(tmp, attach) as con:
-            _fill_catalog(con, root, manifest, log)
+        _remove(tmp)
+        if previous is None or not _update_copy(root, tmp, previous, manifest, log, attach):
+            _remove(tmp)
+            with _new_catalog(tmp, attach) as con:
+                _fill_catalog(con, root, manifest, log)
     except BaseException:
-        for leftover in (tmp, Path(f"{tmp}.wal")):
-            leftover.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     fsync_path(tmp)
     crashpoint("catalog-tmp-written")
     return tmp
+
+
+def _remove(tmp: Path) -> None:
+    for leftover in (tmp, Path(f"{tmp}.wal")):
+        leftover.unlink(missing_ok=True)
+
+
+def _update_copy(root: Path, tmp: Path, previous: Manifest, manifest: Manifest, log: Sequence[Generation],
+                 attach: Attach | None) -> bool:
+    """Write ``tmp`` as a copy of the catalog in place, updated from ``previous`` to ``manifest``; False
+    (``tmp`` unfinished) unless that yields exactly the catalog a full build would: the one in place is
+    this release's, for ``previous`` at ``root``, and only tables' file lists changed, their columns not."""
+    changed = changed_statements(root, previous, manifest)
+    current = root / CATALOG_NAME
+    if changed is None or not current.is_file() or Path(f"{current}.wal").exists():
+        return False
+    try:
+        shutil.copyfile(current, tmp)
+        with _new_catalog(tmp, attach) as con:
+            meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
+            expected = {"root": str(root), "schema_version": SCHEMA_VERSION, "generation": str(previous.generation),
+                        "plan_digest": plan_digest(root, previous), "views_digest": views_digest()}
+            if any(meta.get(key) != value for key, value in expected.items()):
+                return False
+            con.execute("DROP TABLE _manifest; DROP TABLE _manifest_log; DROP TABLE _meta")
+            _write_manifest_tables(con, root, manifest, log)
+            names = [view_name(statement) for statement in changed]
+            before = _columns(con, names)
+            for statement in changed:
+                con.execute(statement)
+            if _columns(con, names) != before:
+                return False
+            con.execute("CHECKPOINT")
+    except duckdb.Error:  # a damaged or unexpected catalog in place: the full build decides
+        return False
+    return True
+
+
+def _columns(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> list[tuple[str, str, str]]:
+    return con.execute("SELECT view_name, column_name, data_type FROM duckdb_columns() JOIN duckdb_views() "
+                       "USING (database_name, schema_name) WHERE table_name = view_name "
+                       "AND database_name = current_database() AND list_contains(?, view_name) "
+                       "ORDER BY view_name, column_index", [list(names)]).fetchall()
 
 
 @contextmanager
@@ -87,6 +137,13 @@ def _from_rows(con: duckdb.DuckDBPyConnection, statement: str, rows: pa.Table) -
 
 
 def _fill_catalog(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest, log: Sequence[Generation]) -> None:
+    _write_manifest_tables(con, root, manifest, log)
+    build(con, root, manifest)
+    con.execute("CHECKPOINT")
+
+
+def _write_manifest_tables(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest,
+                           log: Sequence[Generation]) -> None:
     # Inserted as Arrow tables: ``executemany`` costs a statement per row, and the log grows by a
     # generation per commit.
     entries = manifest.entries
@@ -109,8 +166,6 @@ def _fill_catalog(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest
     keys = sorted(meta)
     _from_rows(con, "INSERT INTO _meta SELECT * FROM _rows", pa.table({
         "key": pa.array(keys, pa.string()), "value": pa.array([meta[k] for k in keys], pa.string())}))
-    build(con, root, manifest)
-    con.execute("CHECKPOINT")
 
 
 def install_catalog(root: Path, tmp: Path) -> None:

@@ -275,7 +275,7 @@ class RunWriter:
                          datetime.now(UTC).isoformat(), tuple(merges))
         try:
             tmp = catalog_file.prepare_catalog(root, self.manifest.then(gen), [*self.log, gen], tag=self.run_id,
-                                               attach=self._attached_catalog)
+                                               attach=self._attached_catalog, previous=self.manifest)
         finally:
             self._close_before()
         try:
