@@ -21,12 +21,10 @@ from tests.conftest import fast_sync, nct
 from tests.test_backfill import observe_then_backfill
 from tests.test_checkpoints import commit_days
 from warehouse import Warehouse, autocompact, catalog, catalog_file
-from warehouse import manifest as manifests
 from warehouse.catalog_file import open_catalog
 from warehouse.check import check
 from warehouse.manifest import ManifestEntry
 from warehouse.tables import TABLES
-
 
 # DuckDB renders a view's ``EXCLUDE (...)`` in no fixed order: compared as a set.
 _EXCLUDED = re.compile(r"EXCLUDE \(([^()]*)\)")
