@@ -22,7 +22,6 @@ from pipeline.flatten_results import results_rows
 from pipeline.summary import summary_row
 
 Columns = dict[str, list[Any]]
-_blake2b = hashlib.blake2b
 StudyRows = dict[str, Columns]
 
 # One row per version in these; the others have one row per list item (possibly none).
@@ -136,16 +135,14 @@ def site_keys(sites: Iterable[SiteIdentity]) -> list[str]:
     The key does not depend on the site's position, so reordering the list keeps every key. Sites of
     one study that share all five get ``-2``, ``-3``, ... in list order (the order breaks the tie).
     """
-    keys = [_blake2b(f"{facility or ''}\x1f{city or ''}\x1f{state or ''}\x1f{zip_ or ''}\x1f{country or ''}".encode(),
-                     digest_size=8).hexdigest() for facility, city, state, zip_, country in sites]
-    if len(set(keys)) == len(keys):  # no two sites alike (nearly always)
-        return keys
     seen: dict[str, int] = {}
-    numbered = []
-    for digest in keys:
+    keys = []
+    for identity in sites:
+        text = "\x1f".join(part or "" for part in identity)
+        digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
         n = seen[digest] = seen.get(digest, 0) + 1
-        numbered.append(digest if n == 1 else f"{digest}-{n}")
-    return numbered
+        keys.append(digest if n == 1 else f"{digest}-{n}")
+    return keys
 
 
 def age_days(text: str | None) -> float | None:

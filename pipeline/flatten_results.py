@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 from pipeline import schema as s
@@ -25,24 +24,6 @@ _RESULTS = s.ResultsSection()
 
 def results_rows(study: s.Study) -> dict[str, Columns]:
     """The tables of this module for one version."""
-    if study.results_section is None and study.annotation_section is None and study.document_section is None:
-        return _without_results()
-    return _results_rows(study)
-
-
-def _without_results() -> dict[str, Columns]:
-    """``results_rows`` of a version without results, annotations or documents (most of the registry):
-    what the full path gives for an empty ``Study`` (worked out once), as new lists."""
-    return {table: {name: [*row] for name, row in columns} for table, columns in _empty_tables()}
-
-
-@cache
-def _empty_tables() -> tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...]:
-    return tuple((table, tuple((name, tuple(values)) for name, values in columns.items()))
-                 for table, columns in _results_rows(s.Study()).items())
-
-
-def _results_rows(study: s.Study) -> dict[str, Columns]:
     r = study.results_section or _RESULTS
     baseline, outcomes = r.baseline_characteristics_module, r.outcome_measures_module
     measures = _Measures()

@@ -65,23 +65,21 @@ def summary_row(rows: dict[str, Columns]) -> Columns:
     """The ``study_summary`` row of one version, from its flattened rows (``pipeline.flatten``)."""
     out: Columns = {}
     for table, names in COPIES:
-        columns = rows[table]
         for name in names:
-            out[name] = [columns[name][0]]
+            out[name] = [rows[table][name][0]]
     countries = rows["locations"]["country"]
     events = rows["adverse_events"]
     types = rows["outcomes"]["outcome_type"]
     out["arm_groups"] = [len(rows["arm_groups"]["ordinal"])]
     out["facilities"] = [len(countries)]
     out["us_facility"] = [_bool_or([None if c is None else c in _US for c in countries])]
-    kinds = events["kind"]
     for column, kind in (("serious_subjects", "serious"), ("other_subjects", "other")):
-        out[column] = [_sum(n for k, g, n in zip(kinds, events["group_id"], events["num_affected"], strict=True)
-                            if k == kind and g is not None) if kinds else None]
-    out["outcome_measures"] = [rows["result_measures"]["module"].count("outcome")]
-    out["primary_outcomes"] = [types.count("primary")]
-    out["secondary_outcomes"] = [types.count("secondary")]
-    out["other_outcomes"] = [types.count("other")]
+        out[column] = [_sum(n for k, g, n in zip(events["kind"], events["group_id"], events["num_affected"],
+                                                 strict=True) if k == kind and g is not None)]
+    out["outcome_measures"] = [sum(1 for m in rows["result_measures"]["module"] if m == "outcome")]
+    for column, kind in (("primary_outcomes", "primary"), ("secondary_outcomes", "secondary"),
+                         ("other_outcomes", "other")):
+        out[column] = [sum(1 for t in types if t == kind)]
     return out
 
 

@@ -312,26 +312,3 @@ def test_site_keys_are_the_digest_of_the_five_fields_numbered_in_list_order_on_t
         seen[digest] = seen.get(digest, 0) + 1
         expected.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
     assert site_keys(iter(sites)) == expected
-
-
-def test_the_results_tables_of_a_version_without_results_are_the_full_paths_and_new_lists_each_time() -> None:
-    """A version without results, annotations or documents takes a shortcut (most of the registry); its
-    rows must be exactly what the full path gives, and no two versions may share a list."""
-    from pipeline.flatten_results import _results_rows, results_rows
-
-    bare = 0
-    for record in real_records():
-        study = parse_record(record).study
-        if study.results_section is None and study.annotation_section is None and study.document_section is None:
-            bare += 1
-        assert results_rows(study) == _results_rows(study), nct(record)
-        stripped = copy.deepcopy(record)
-        for section in ("resultsSection", "annotationSection", "documentSection"):
-            stripped.pop(section, None)
-        study = parse_record(stripped).study
-        assert results_rows(study) == _results_rows(study), nct(record)
-    assert 0 < bare < len(real_records())  # both paths were taken by real records as they are
-    first = results_rows(study)
-    first["results_details"]["no_sap"].append(True)
-    first["adverse_events"]["term"].append("x")
-    assert results_rows(study) == _results_rows(study)
