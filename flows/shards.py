@@ -117,9 +117,9 @@ def process_shard(job: ShardJob) -> ShardResult:
 def use_system_allocator() -> None:
     """Arrow's buffers from the C library's allocator (``pyarrow.system_memory_pool``) in this process,
     unless ``ARROW_DEFAULT_MEMORY_POOL`` chooses a pool. pyarrow's default on Linux, mimalloc, gave a
-    task's freed memory back to the kernel and faulted it in again for the next batch: ~0.35 s of system
-    CPU a 2,000-study task (1.7 s on a worker's first), ~20% of a shard's CPU (bench/RESULTS.md). What
-    is stored does not change."""
+    task's freed memory back to the kernel and faulted it in again for the next batch: ~0.1–0.4 s of
+    system CPU a 2,000-study task (1.3–1.7 s on a worker's first), ~10% of a shard's CPU
+    (bench/RESULTS.md). What is stored does not change."""
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
 

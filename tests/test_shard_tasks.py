@@ -150,7 +150,7 @@ print(before, pa.default_memory_pool().backend_name, result.versions == members.
 def test_shard_work_allocates_arrow_buffers_with_the_system_allocator_unless_the_user_chose_a_pool(
         chosen: str | None, expected: str) -> None:
     """mimalloc (pyarrow's default on Linux) gave a task's freed pages back to the kernel and faulted
-    them in again: ~20% of a worker's CPU as system time (bench/RESULTS.md)."""
+    them in again: ~10% of a worker's CPU as system time (bench/RESULTS.md)."""
     import os
     import subprocess
     import sys
