@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -89,6 +90,7 @@ class ShardResult:
 def process_shard(job: ShardJob) -> ShardResult:
     """Read, plan and stage one shard, batch by batch (the work of one task, in any process)."""
     clock = time.monotonic()
+    use_system_allocator()
     result = ShardResult(job.key)
     heads = to_dict(job.heads)
     run_dir = Path(job.run_dir)
@@ -110,6 +112,16 @@ def process_shard(job: ShardJob) -> ShardResult:
         raise
     result.seconds = round(time.monotonic() - clock, 3)
     return result
+
+
+def use_system_allocator() -> None:
+    """Arrow's buffers from the C library's allocator (``pyarrow.system_memory_pool``) in this process,
+    unless ``ARROW_DEFAULT_MEMORY_POOL`` chooses a pool. pyarrow's default on Linux, mimalloc, gave a
+    task's freed memory back to the kernel and faulted it in again for the next batch: ~0.1–0.4 s of
+    system CPU a 2,000-study task (1.3–1.7 s on a worker's first), ~10% of a shard's CPU
+    (bench/RESULTS.md). What is stored does not change."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _process_batch(reader: MemberReader, batch: list[Member], skip: set[int], heads: dict[str, Head],

@@ -293,3 +293,22 @@ def test_a_batchs_child_rows_are_each_versions_flattened_rows_in_order_with_its_
     conditions = tables["conditions"].to_pydict()
     assert [c for c, v in zip(conditions["condition"], conditions["version"], strict=True) if v == 2] == [
         "Changed condition", "Another"]
+
+
+_SITE_TEXT = st.one_of(st.none(), st.sampled_from(["", "Boston", "MA", "02115", "United States", "x\x1fy", "Zürich"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(sites=st.lists(st.tuples(_SITE_TEXT, _SITE_TEXT, _SITE_TEXT, _SITE_TEXT, _SITE_TEXT), max_size=8))
+def test_site_keys_are_the_digest_of_the_five_fields_numbered_in_list_order_on_ties(
+        sites: list[tuple[str | None, ...]]) -> None:
+    """The stored ``site_key`` is the rule the data dictionary documents, whatever code computes it:
+    BLAKE2b-64 of the five fields joined by U+001F (NULL as empty), ``-2``, ``-3``, ... on repeats."""
+    import hashlib
+
+    expected, seen = [], {}
+    for identity in sites:
+        digest = hashlib.blake2b("\x1f".join(p or "" for p in identity).encode(), digest_size=8).hexdigest()
+        seen[digest] = seen.get(digest, 0) + 1
+        expected.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
+    assert site_keys(iter(sites)) == expected

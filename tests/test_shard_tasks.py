@@ -120,3 +120,49 @@ def test_a_run_records_where_its_shards_were_hashed() -> None:
     for implementation in ("C", "Python", "C"):
         counts.add(ShardResult("00", canonicaliser=implementation))
     assert counts.params(False)["canonicaliser"] == "C+Python"
+
+
+_SHARD_IN_A_NEW_PROCESS = """
+import sys, tempfile, zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+import pyarrow as pa
+from flows.bulk import shard_tasks
+from flows.shards import ShardJob, process_shard
+from pipeline.registry.bulk import BulkArchive
+from pipeline.versioning import RunContext
+from warehouse.heads import HEAD_SCHEMA
+
+out = Path(tempfile.mkdtemp())
+with zipfile.ZipFile(out / "bulk.zip", "w") as zf:
+    for path in sorted(Path(sys.argv[1]).glob("*.json"))[:5]:
+        zf.writestr(f"{path.stem[-2:]}/{path.name}", path.read_bytes())
+archive = BulkArchive.open(out / "bulk.zip")
+key, members, _ = shard_tasks(archive, {}, workers=1)[0]
+before = pa.default_memory_pool().backend_name
+ctx = RunContext("r", datetime(2026, 1, 1, tzinfo=UTC), "bulk")
+result = process_shard(ShardJob(str(archive.path), key, members, HEAD_SCHEMA.empty_table(), ctx, str(out)))
+print(before, pa.default_memory_pool().backend_name, result.versions == members.num_rows > 0)
+"""
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "system"), ("jemalloc", "jemalloc")])
+def test_shard_work_allocates_arrow_buffers_with_the_system_allocator_unless_the_user_chose_a_pool(
+        chosen: str | None, expected: str) -> None:
+    """mimalloc (pyarrow's default on Linux) gave a task's freed pages back to the kernel and faulted
+    them in again: ~10% of a worker's CPU as system time (bench/RESULTS.md)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "-c", _SHARD_IN_A_NEW_PROCESS, str(STUDIES_DIR)], env=env,
+                          capture_output=True, text=True, check=True, timeout=120)
+    before, after, versions = done.stdout.split()
+    assert (after, versions) == (expected, "True")
+    assert before == (chosen or before)  # the user's choice was in force from the start
