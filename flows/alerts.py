@@ -85,7 +85,7 @@ def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> W
     """Before Prefect starts: the file is valid and (``environment``) every environment variable it
     names is set (``serve --list`` only lists: the variables may be set only where it serves)."""
     watchlist = load_watchlist(path)
-    base = Path(path).resolve().parent  # relative paths are the watchlist file's
+    base = settings.config_dir(path)  # relative paths are the watchlist file's
     for channel in watchlist.channels.values():
         if channel.path and (base / channel.path).is_dir():
             raise UsageError(f"{path}: channels.{channel.name}.path: is a directory; name the feed file to write")
@@ -317,7 +317,7 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
     store = Warehouse(settings.warehouse_dir(warehouse))
     if not store.exists():
         raise UsageError(f"no warehouse at {store.root} (run `trialsync sync` first)")
-    resolved, redactor = resolve_channels(watchlist, Path(config).resolve().parent)
+    resolved, redactor = resolve_channels(watchlist, settings.config_dir(config))
     r = _Run(store, watchlist, run_id, started, resolved, redactor, wait_until=clock + retry_budget)
     r.resend_rejected = resend_rejected
     with redacting_logs(redactor), store.lock("alerts", f"alerts run {run_id}", timeout=lock_timeout,
@@ -366,7 +366,7 @@ def send_test(config: str, channel: str | None = None) -> list[tuple[str, str | 
     if channel is not None and channel not in watchlist.channels:
         raise UsageError(f"unknown channel {channel!r}; defined: {', '.join(sorted(watchlist.channels))}")
     names = {channel} if channel else set(watchlist.channels)
-    resolved, redactor = resolve_channels(watchlist, Path(config).resolve().parent, names)
+    resolved, redactor = resolve_channels(watchlist, settings.config_dir(config), names)
     now = datetime.now(UTC)
     results: list[tuple[str, str | None]] = []
     with redacting_logs(redactor):
