@@ -50,6 +50,7 @@ from warehouse.alerts import (
     last_seen,
     ledger_state,
     overdue_candidates,
+    predicate_errors,
     record_outcomes,
     write_outbox,
 )
@@ -192,10 +193,11 @@ def plan_task(r: _Run) -> AlertPlan:
         for watch in r.watchlist.watches:
             retry_ids = sorted({c for (w, _, c) in r.ledger.failed if w == watch.name})
             start = window_start(watch, seen.get(watch.name), r.started)
-            found[watch.name] = candidates(con, watch, start, retry_ids)
-            if "overdue" in watch.fdaaa:  # a time event: overdue on the run's day, not on the last run's
-                a, b = compliance_window(start, last.get(watch.name), r.started)
-                found[watch.name] += overdue_candidates(con, watch, a, b, last.get(watch.name))
+            with predicate_errors(r.watchlist.source, watch):
+                found[watch.name] = candidates(con, watch, start, retry_ids)
+                if "overdue" in watch.fdaaa:  # a time event: overdue on the run's day, not on the last run's
+                    a, b = compliance_window(start, last.get(watch.name), r.started)
+                    found[watch.name] += overdue_candidates(con, watch, a, b, last.get(watch.name))
     return plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
 
 
