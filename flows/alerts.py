@@ -88,9 +88,9 @@ def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> W
     watchlist = load_watchlist(path)
     base = settings.config_dir(path)  # relative paths are the watchlist file's
     for channel in watchlist.channels.values():
-        if channel.path and (base / channel.path).is_dir():
+        if channel.path and (base / Path(channel.path).expanduser()).is_dir():
             raise UsageError(f"{path}: channels.{channel.name}.path: is a directory; name the feed file to write")
-        if channel.ca_file and not (base / channel.ca_file).is_file():
+        if channel.ca_file and not (base / Path(channel.ca_file).expanduser()).is_file():
             raise UsageError(f"{path}: channels.{channel.name}.ca_file: no such file {channel.ca_file}")
         for ref in channel.secrets():
             if environment and ref.env and not os.environ.get(ref.env):
@@ -129,8 +129,8 @@ def resolve_channels(watchlist: Watchlist, base_dir: Path, names: set[str] | Non
         for value in (url if c.url_ref else None, password, *headers.values()):
             if value:
                 redactor.add(value)
-        feed = (base_dir / c.path).resolve() if c.path else None
-        ca_file = (base_dir / c.ca_file).resolve() if c.ca_file else None
+        feed = (base_dir / Path(c.path).expanduser()).resolve() if c.path else None  # ~: the home directory
+        ca_file = (base_dir / Path(c.ca_file).expanduser()).resolve() if c.ca_file else None
         resolved[name] = Resolved(c, url=url, headers=headers, password=password, feed_path=feed, ca_file=ca_file)
     return resolved, redactor
 
