@@ -54,7 +54,9 @@ def selector_sql(selector: StudySelector) -> tuple[str, list[Any]]:
             parts.append("(" + " OR ".join(template for _ in values) + ")")
             params.extend(v for v in values for _ in range(uses))
 
-    any_of("studies.nct_id = ?", selector.ids)
+    if selector.ids:  # one list, not an OR per id: a watch may follow tens of thousands of ids
+        parts.append("list_contains(?::VARCHAR[], studies.nct_id)")
+        params.append(list(selector.ids))
     any_of(_contains_any("studies.conditions"), selector.conditions)
     any_of(_contains_any(f"list_prepend(studies.lead_sponsor, coalesce({_COLLABORATORS}, []))"), selector.sponsors)
     any_of("list_contains(studies.phases, ?)", selector.phases)
