@@ -87,9 +87,15 @@ def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> W
     names is set (``serve --list`` only lists: the variables may be set only where it serves)."""
     watchlist = load_watchlist(path)
     base = settings.config_dir(path)  # relative paths are the watchlist file's
+    feeds: dict[Path, Channel] = {}
     for channel in watchlist.channels.values():
         if channel.path and (base / Path(channel.path).expanduser()).is_dir():
             raise UsageError(f"{path}: channels.{channel.name}.path: is a directory; name the feed file to write")
+        if channel.path:  # one file in two formats: each write would find the other's feed and fail, every run
+            other = feeds.setdefault((base / Path(channel.path).expanduser()).resolve(), channel)
+            if other.format != channel.format:
+                raise UsageError(f"{path}: channels.{channel.name}.path: the file of channels.{other.name}, which "
+                                 f"writes it as {other.format}, not {channel.format}; give each format its own file")
         if channel.ca_file and not (base / Path(channel.ca_file).expanduser()).is_file():
             raise UsageError(f"{path}: channels.{channel.name}.ca_file: no such file {channel.ca_file}")
         for ref in channel.secrets():

@@ -119,3 +119,22 @@ def test_a_feed_path_under_tilde_is_in_the_home_directory(tmp_path: Path, monkey
             "watches:\n  - {name: w, studies: {ids: [NCT05766735]}, channels: [f]}\n")
     resolved, _ = resolve_channels(parse_watchlist(text, "w.yaml"), tmp_path / "config")
     assert resolved["f"].feed_path == tmp_path / "home" / "alerts.json"
+
+
+@pytest.mark.parametrize("second", ["same.feed", "./same.feed", "sub/../same.feed"])
+def test_two_feed_channels_writing_one_file_in_two_formats_are_refused(tmp_path: Path, second: str) -> None:
+    """Each run, one of the two found the other's feed and failed ("not an Atom feed"), for ever: the
+    message waited in the outbox, and moving the file away only swapped which channel failed."""
+    from flows.alerts import check_config
+
+    (tmp_path / "sub").mkdir()
+    config = tmp_path / "w.yaml"
+    config.write_text("channels:\n  f1: {type: feed, path: same.feed, format: json}\n"
+                      f"  f2: {{type: feed, path: '{second}', format: atom}}\n"
+                      "watches:\n  - {name: w, studies: {ids: [NCT05766735]}, channels: [f1, f2]}\n")
+    with pytest.raises(UsageError) as info:
+        check_config(config)
+    assert str(info.value) == (f"{config}: channels.f2.path: the file of channels.f1, which writes it as json, "
+                               "not atom; give each format its own file")
+    config.write_text(config.read_text().replace("format: atom", "format: json"))  # one format: one feed, shared
+    assert set(check_config(config).channels) == {"f1", "f2"}
