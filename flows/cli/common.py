@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -100,7 +101,9 @@ def _takes_value(command: Any, name: str) -> bool:
 
 
 def split_values(values: list[str] | None) -> list[str]:
-    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    """Each value of a repeatable option, split at commas and white space (ids, statuses, categories and
+    events have none: ``--nct "NCT01 NCT02"``, pasted from a list, is two ids, as in ``sync --ids``)."""
+    return [part for value in values or [] for part in re.split(r"[,\s]+", value) if part]
 
 
 def with_progress(run: Callable[[], dict[str, Any]], *, show_progress: bool) -> dict[str, Any]:

@@ -1,8 +1,12 @@
-"""Arguments and environment settings that are not UTF-8 (a Latin-1 terminal's text, a path in another
+"""Command-line input on a bad day.
+
+Arguments and environment settings that are not UTF-8 (a Latin-1 terminal's text, a path in another
 encoding): Python hands their bytes over as lone surrogates, which DuckDB, requests and the file system's
 UTF-8 paths cannot encode. ``sync --query`` failed with DuckDB's "Python Conversion Failure" after making
 the warehouse's directories, ``sync --warehouse`` after making the directory, ``sql`` with a TypeError
-(exit 1 each). Now one line, exit 2, before anything runs."""
+(exit 1 each). Now one line, exit 2, before anything runs.
+
+Lists of ids (statuses, categories, events) pasted with spaces are several values in every command."""
 
 from __future__ import annotations
 
@@ -71,3 +75,14 @@ def test_the_console_script_refuses_latin1_bytes_in_its_arguments(tmp_path: Path
     assert done.stderr == ("trialsync: error: argument 3 is not UTF-8 text: b'Sj\\xf6gren' (byte 2); "
                            f"{HINT}\n").encode()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ids_pasted_with_spaces_are_several_ids_in_every_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``changes --nct "NCT05766735 NCT01967030"`` (a list pasted from a spreadsheet) was refused as one
+    invalid id, though ``sync --ids`` and ``backfill`` (its help: "space or comma separated") take it."""
+    from flows.cli.common import split_values
+
+    assert split_values(["NCT05766735 NCT01967030", "nct1\tNCT2,\n NCT3", " , "]) == [
+        "NCT05766735", "NCT01967030", "nct1", "NCT2", "NCT3"]
+    assert split_values(["RECRUITING COMPLETED", "status,sites"]) == ["RECRUITING", "COMPLETED", "status", "sites"]
