@@ -34,6 +34,7 @@ from flows import settings
 from flows.alert_artifacts import publish_artifacts
 from flows.engine import NONE, flow, get_run_logger, task
 from flows.inputs import check_seconds
+from pipeline.alerts.addresses import http_url
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
 from pipeline.alerts.message import Message
@@ -101,6 +102,10 @@ def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> W
         for ref in channel.secrets():
             if environment and ref.env and not os.environ.get(ref.env):
                 raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
+        url = channel.url_ref.env if channel.url_ref and channel.type in ("slack", "webhook") else None
+        if environment and url and not http_url(os.environ[url]):  # every run would fail "cannot reach"
+            raise UsageError(f"{path}: channels.{channel.name}.url_env: environment variable {url} does not hold an "
+                             f"http(s) URL with a host (its value is not shown)")
     return watchlist
 
 

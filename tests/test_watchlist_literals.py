@@ -138,3 +138,22 @@ def test_two_feed_channels_writing_one_file_in_two_formats_are_refused(tmp_path:
                                "not atom; give each format its own file")
     config.write_text(config.read_text().replace("format: atom", "format: json"))  # one format: one feed, shared
     assert set(check_config(config).channels) == {"f1", "f2"}
+
+
+@pytest.mark.parametrize("value", ["example.org/hook", " ", "ftp://example.org/hook", "https://", "https://exa mple/x"])
+@pytest.mark.parametrize("kind", ["webhook", "slack"])
+def test_a_webhook_url_from_the_environment_that_is_no_http_url_is_refused_without_showing_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, value: str) -> None:
+    """Every run failed "cannot reach the webhook (MissingSchema)" and kept the messages for ever."""
+    from flows.alerts import check_config
+
+    config = tmp_path / "w.yaml"
+    config.write_text(f"channels:\n  h: {{type: {kind}, url_env: HOOK_URL}}\n"
+                      "watches:\n  - {name: w, studies: {ids: [NCT05766735]}, channels: [h]}\n")
+    monkeypatch.setenv("HOOK_URL", value)
+    with pytest.raises(UsageError) as info:
+        check_config(config)
+    assert str(info.value) == (f"{config}: channels.h.url_env: environment variable HOOK_URL does not hold an "
+                               "http(s) URL with a host (its value is not shown)")
+    monkeypatch.setenv("HOOK_URL", "https://user:secret@hooks.example.org/services/T0/B0/x?token=abc")
+    assert check_config(config).channels["h"].url_ref is not None  # credentials are why it is a secret

@@ -98,6 +98,19 @@ def check_webhook_url(url: Any, key: str) -> None:
         raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
 
 
+def http_url(text: str) -> bool:
+    """An http(s) URL with a host name, as a webhook channel's secret URL must be (credentials and query
+    allowed: that is why it is a secret); nothing of it is ever shown."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return False
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and host_name(parts.hostname or "")
+
+
 # Query parameter names (or one of their ``_``/``-``/``.``-separated parts) that carry a credential.
 # Whole words, not substrings: ``?author=``, ``?keyword=``, ``?design=``, ``?assignee=`` are fine.
 _SECRET_PARAMETERS = frozenset({
