@@ -19,6 +19,7 @@ import pytest
 
 from flows.cli import main
 from tests.conftest import REPO
+from tests.test_config_pipes import before_slip, registry  # noqa: F401 - shared fixtures
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -86,3 +87,12 @@ def test_ids_pasted_with_spaces_are_several_ids_in_every_command(
     assert split_values(["NCT05766735 NCT01967030", "nct1\tNCT2,\n NCT3", " , "]) == [
         "NCT05766735", "NCT01967030", "nct1", "NCT2", "NCT3"]
     assert split_values(["RECRUITING COMPLETED", "status,sites"]) == ["RECRUITING", "COMPLETED", "status", "sites"]
+
+
+def test_a_backup_under_a_file_says_the_file_is_no_directory(
+        before_slip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811 - a fixture
+    """``backup FILE/copy`` said "FILE does not exist" of a file that is there."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    code, err = _run(["backup", str(afile / "copy"), "--warehouse", str(before_slip)], capsys)
+    assert (code, err) == (2, f"trialsync: error: {afile} is a file, not a directory\n")
