@@ -34,6 +34,7 @@ from flows import settings
 from flows.alert_artifacts import publish_artifacts
 from flows.engine import NONE, flow, get_run_logger, task
 from flows.inputs import check_seconds
+from pipeline.alerts.addresses import http_url
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
 from pipeline.alerts.message import Message
@@ -50,6 +51,7 @@ from warehouse.alerts import (
     last_seen,
     ledger_state,
     overdue_candidates,
+    predicate_errors,
     record_outcomes,
     write_outbox,
 )
@@ -85,15 +87,25 @@ def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> W
     """Before Prefect starts: the file is valid and (``environment``) every environment variable it
     names is set (``serve --list`` only lists: the variables may be set only where it serves)."""
     watchlist = load_watchlist(path)
-    base = Path(path).resolve().parent  # relative paths are the watchlist file's
+    base = settings.config_dir(path)  # relative paths are the watchlist file's
+    feeds: dict[Path, Channel] = {}
     for channel in watchlist.channels.values():
-        if channel.path and (base / channel.path).is_dir():
+        if channel.path and (base / Path(channel.path).expanduser()).is_dir():
             raise UsageError(f"{path}: channels.{channel.name}.path: is a directory; name the feed file to write")
-        if channel.ca_file and not (base / channel.ca_file).is_file():
+        if channel.path:  # one file in two formats: each write would find the other's feed and fail, every run
+            other = feeds.setdefault((base / Path(channel.path).expanduser()).resolve(), channel)
+            if other.format != channel.format:
+                raise UsageError(f"{path}: channels.{channel.name}.path: the file of channels.{other.name}, which "
+                                 f"writes it as {other.format}, not {channel.format}; give each format its own file")
+        if channel.ca_file and not (base / Path(channel.ca_file).expanduser()).is_file():
             raise UsageError(f"{path}: channels.{channel.name}.ca_file: no such file {channel.ca_file}")
         for ref in channel.secrets():
             if environment and ref.env and not os.environ.get(ref.env):
                 raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
+        url = channel.url_ref.env if channel.url_ref and channel.type in ("slack", "webhook") else None
+        if environment and url and not http_url(os.environ[url]):  # every run would fail "cannot reach"
+            raise UsageError(f"{path}: channels.{channel.name}.url_env: environment variable {url} does not hold an "
+                             f"http(s) URL with a host (its value is not shown)")
     return watchlist
 
 
@@ -128,8 +140,8 @@ def resolve_channels(watchlist: Watchlist, base_dir: Path, names: set[str] | Non
         for value in (url if c.url_ref else None, password, *headers.values()):
             if value:
                 redactor.add(value)
-        feed = (base_dir / c.path).resolve() if c.path else None
-        ca_file = (base_dir / c.ca_file).resolve() if c.ca_file else None
+        feed = (base_dir / Path(c.path).expanduser()).resolve() if c.path else None  # ~: the home directory
+        ca_file = (base_dir / Path(c.ca_file).expanduser()).resolve() if c.ca_file else None
         resolved[name] = Resolved(c, url=url, headers=headers, password=password, feed_path=feed, ca_file=ca_file)
     return resolved, redactor
 
@@ -192,10 +204,11 @@ def plan_task(r: _Run) -> AlertPlan:
         for watch in r.watchlist.watches:
             retry_ids = sorted({c for (w, _, c) in r.ledger.failed if w == watch.name})
             start = window_start(watch, seen.get(watch.name), r.started)
-            found[watch.name] = candidates(con, watch, start, retry_ids)
-            if "overdue" in watch.fdaaa:  # a time event: overdue on the run's day, not on the last run's
-                a, b = compliance_window(start, last.get(watch.name), r.started)
-                found[watch.name] += overdue_candidates(con, watch, a, b, last.get(watch.name))
+            with predicate_errors(r.watchlist.source, watch):
+                found[watch.name] = candidates(con, watch, start, retry_ids)
+                if "overdue" in watch.fdaaa:  # a time event: overdue on the run's day, not on the last run's
+                    a, b = compliance_window(start, last.get(watch.name), r.started)
+                    found[watch.name] += overdue_candidates(con, watch, a, b, last.get(watch.name))
     return plan_alerts(r.watchlist, found, r.ledger, run_id=r.run_id, now=r.started)
 
 
@@ -317,7 +330,7 @@ def send_alerts(config: str, warehouse: str | None = None, lock_timeout: float =
     store = Warehouse(settings.warehouse_dir(warehouse))
     if not store.exists():
         raise UsageError(f"no warehouse at {store.root} (run `trialsync sync` first)")
-    resolved, redactor = resolve_channels(watchlist, Path(config).resolve().parent)
+    resolved, redactor = resolve_channels(watchlist, settings.config_dir(config))
     r = _Run(store, watchlist, run_id, started, resolved, redactor, wait_until=clock + retry_budget)
     r.resend_rejected = resend_rejected
     with redacting_logs(redactor), store.lock("alerts", f"alerts run {run_id}", timeout=lock_timeout,
@@ -366,7 +379,7 @@ def send_test(config: str, channel: str | None = None) -> list[tuple[str, str | 
     if channel is not None and channel not in watchlist.channels:
         raise UsageError(f"unknown channel {channel!r}; defined: {', '.join(sorted(watchlist.channels))}")
     names = {channel} if channel else set(watchlist.channels)
-    resolved, redactor = resolve_channels(watchlist, Path(config).resolve().parent, names)
+    resolved, redactor = resolve_channels(watchlist, settings.config_dir(config), names)
     now = datetime.now(UTC)
     results: list[tuple[str, str | None]] = []
     with redacting_logs(redactor):

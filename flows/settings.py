@@ -79,20 +79,33 @@ MAX_CONFIG_BYTES = 1024 * 1024  # the shipped files are a few KB; more is not a 
 
 
 CONFIG_READ_SECONDS = 10.0  # a pipe (``--config <(cat w.yaml)``, /dev/stdin) must have written by then
+# A pipe's text by its path and the pipe (device, inode): a pipe can be read only once, and a command reads
+# its config file more than once (checked before Prefect starts, read again by the flow; ``sync --alerts``
+# after the sync). Emptied when a command starts (``forget_streams``).
+_STREAMS: dict[tuple[str, int, int], str] = {}
+
+
+def forget_streams() -> None:
+    _STREAMS.clear()
 
 
 def read_config(path: str | os.PathLike[str], what: str) -> str:
     """A config file's text; one ``UsageError`` line when it cannot be read, is a directory, is too
     big, or is not UTF-8 text. A pipe or character device (``--config <(cat w.yaml)``, /dev/stdin)
     is read up to ``MAX_CONFIG_BYTES`` within ``CONFIG_READ_SECONDS``: a named pipe nobody writes to
-    or /dev/zero cannot block the command for ever nor fill memory."""
+    or /dev/zero cannot block the command for ever nor fill memory. A pipe is read once per command:
+    reading it again (the flow after the command's own check) gives the same text, not an empty one."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    stream: tuple[str, int, int] | None = None
     try:
         info = os.fstat(fd)
         if stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
+            stream = (os.fspath(path), info.st_dev, info.st_ino)
+            if stream in _STREAMS:
+                return _STREAMS[stream]
             data = _read_stream(fd, path, what)
         elif not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file, pipe or character device"
@@ -107,10 +120,25 @@ def read_config(path: str | os.PathLike[str], what: str) -> str:
     finally:
         os.close(fd)
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
                          "save it as UTF-8") from None
+    if stream is not None:
+        _STREAMS[stream] = text
+    return text
+
+
+def config_dir(path: str | os.PathLike[str]) -> Path:
+    """Where a config file's relative paths (a watchlist's feed and CA files) start: the file's own
+    directory; for a pipe (``--config <(cat w.yaml)``, /dev/stdin), which has none, the current one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return Path.cwd()
+    return Path(path).resolve().parent
 
 
 def _read_stream(fd: int, path: str | os.PathLike[str], what: str) -> bytes:

@@ -8,7 +8,8 @@ condition); its ``where:`` is a predicate over the columns of ``studies`` (and `
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -53,7 +54,9 @@ def selector_sql(selector: StudySelector) -> tuple[str, list[Any]]:
             parts.append("(" + " OR ".join(template for _ in values) + ")")
             params.extend(v for v in values for _ in range(uses))
 
-    any_of("studies.nct_id = ?", selector.ids)
+    if selector.ids:  # one list, not an OR per id: a watch may follow tens of thousands of ids
+        parts.append("list_contains(?::VARCHAR[], studies.nct_id)")
+        params.append(list(selector.ids))
     any_of(_contains_any("studies.conditions"), selector.conditions)
     any_of(_contains_any(f"list_prepend(studies.lead_sponsor, coalesce({_COLLABORATORS}, []))"), selector.sponsors)
     any_of("list_contains(studies.phases, ?)", selector.phases)
@@ -85,6 +88,21 @@ def check_predicate(where: str) -> None:
         raise UsageError(str(exc).splitlines()[0]) from None
     finally:
         con.close()
+
+
+@contextmanager
+def predicate_errors(source: str, watch: Watch) -> Iterator[None]:
+    """A ``where:`` binds (``check_predicate``) but can still fail on the stored rows: a cast of a text
+    that is not a number, an overflow, a bad regex or JSON path. That is the watchlist's error, one line
+    naming its file and key (exit 2), not DuckDB's error of the whole run."""
+    try:
+        yield
+    except (duckdb.DataError, duckdb.InvalidInputException) as exc:
+        if not watch.studies.where:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{source}: watches[{watch.name}].studies.where: fails on the stored studies: "
+                         f"{first}") from None
 
 
 def _has(tree: Any, kinds: set[str]) -> bool:
@@ -274,11 +292,12 @@ def watch_overview(con: duckdb.DuckDBPyConnection | None, watchlist: Watchlist) 
         following: int | None = None
         if con is not None:
             selector, params = selector_sql(watch.studies)
-            result = con.execute(f"SELECT count(*) FROM ({_STUDIES} QUALIFY row_number() OVER "
-                                 f"(PARTITION BY nct_id ORDER BY version DESC) = 1) studies "
-                                 f"WHERE studies.nct_id IN (SELECT nct_id FROM studies) AND {selector}",
-                                 params)
-            following = int(result.fetchall()[0][0])
+            with predicate_errors(watchlist.source, watch):
+                result = con.execute(f"SELECT count(*) FROM ({_STUDIES} QUALIFY row_number() OVER "
+                                     f"(PARTITION BY nct_id ORDER BY version DESC) = 1) studies "
+                                     f"WHERE studies.nct_id IN (SELECT nct_id FROM studies) AND {selector}",
+                                     params)
+                following = int(result.fetchall()[0][0])
         rows.append({
             "watch": watch.name, "mode": watch.mode, "min_severity": watch.min_severity,
             "changes": (", ".join(watch.categories + watch.events) or "all")

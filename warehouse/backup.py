@@ -56,7 +56,8 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
     if dest == root or root in dest.parents:
         raise UsageError(f"{dest} is inside the warehouse {root}; give a place outside it")
     if not dest.parent.is_dir():
-        raise UsageError(f"{dest.parent} does not exist")
+        raise UsageError(f"{dest.parent} is a file, not a directory" if dest.parent.exists()
+                         else f"{dest.parent} does not exist")
     _remove_abandoned(dest)
     committing.began()
     for _ in range(ATTEMPTS):

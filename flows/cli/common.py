@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -65,6 +66,25 @@ def refuse_empty_values(args: list[str]) -> None:
             raise UsageError(f"{name} must not be empty")
 
 
+ENV_SETTINGS = ("TRIALSYNC_WAREHOUSE", "TRIALSYNC_API_URL", "TRIALSYNC_SHARED_DATA")
+
+
+def refuse_undecodable(args: list[str]) -> None:
+    """Before anything runs: an argument, or a setting of the environment, that is not UTF-8 (a Latin-1
+    terminal's ``--condition Sjögren``, a path in another encoding) is refused with one line (exit 2).
+    Python hands such bytes over as lone surrogates, which nothing downstream can encode: the command
+    failed late with an encoder's error (``sync --warehouse`` after making the directory)."""
+    named = [(f"argument {arg_index}", value) for arg_index, value in enumerate(args, start=1)]
+    named += [(name, os.environ[name]) for name in ENV_SETTINGS if name in os.environ]
+    for what, value in named:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raw = os.fsencode(value)
+            raise UsageError(f"{what} is not UTF-8 text: {raw!r} (byte {exc.start}); give text and paths in "
+                             "UTF-8 (a UTF-8 locale, e.g. LANG=C.UTF-8)") from None
+
+
 def check_environment() -> None:
     """Settings from the environment that a run reads only late (autocompaction after its commit, the
     crash hook at its checkpoints): checked before anything starts, exit 2 like a bad flag."""
@@ -81,7 +101,9 @@ def _takes_value(command: Any, name: str) -> bool:
 
 
 def split_values(values: list[str] | None) -> list[str]:
-    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    """Each value of a repeatable option, split at commas and white space (ids, statuses, categories and
+    events have none: ``--nct "NCT01 NCT02"``, pasted from a list, is two ids, as in ``sync --ids``)."""
+    return [part for value in values or [] for part in re.split(r"[,\s]+", value) if part]
 
 
 def with_progress(run: Callable[[], dict[str, Any]], *, show_progress: bool) -> dict[str, Any]:

@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: list[str], debug: bool) -> None:
+    from flows import settings
+
+    settings.forget_streams()  # a pipe read by an earlier command of this process is not this one's
     try:
+        common.refuse_undecodable(args)
         if args and "--help" not in args:
             common.refuse_empty_values(args)
             common.check_environment()

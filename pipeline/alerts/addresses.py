@@ -22,7 +22,7 @@ _LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]+\]$")  # name@[192.0.2.1]
 
 def host_name(host: str) -> bool:
     """An SMTP server's host name (IDN labels through IDNA) or IP address; no scheme, user or port."""
-    return bool(_HOST.match(idna_host(host)))
+    return bool(_HOST.fullmatch(idna_host(host)))  # whole: ``$`` alone would take a trailing newline
 
 
 def address(text: str) -> bool:
@@ -73,7 +73,7 @@ def _domain(domain: str) -> bool:
         ascii_labels = [label if label.isascii() else encodings.idna.ToASCII(label).decode() for label in labels]
     except UnicodeError:
         return False
-    return len(".".join(ascii_labels)) <= 253 and all(_LABEL.match(label) for label in ascii_labels)
+    return len(".".join(ascii_labels)) <= 253 and all(_LABEL.fullmatch(label) for label in ascii_labels)
 
 
 def check_webhook_url(url: Any, key: str) -> None:
@@ -92,8 +92,23 @@ def check_webhook_url(url: Any, key: str) -> None:
         raise ConfigError(key, "must not carry credentials (user:password@); use url_env or url_secret")
     if not parts.hostname:
         raise ConfigError(key, "has no host name")
+    if not host_name(parts.hostname):
+        raise ConfigError(key, "has an invalid host name (letters, digits, '-', '_' and dots, or an IP address)")
     if any(_secret_parameter(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)):
         raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
+
+
+def http_url(text: str) -> bool:
+    """An http(s) URL with a host name, as a webhook channel's secret URL must be (credentials and query
+    allowed: that is why it is a secret); nothing of it is ever shown."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return False
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and host_name(parts.hostname or "")
 
 
 # Query parameter names (or one of their ``_``/``-``/``.``-separated parts) that carry a credential.

@@ -42,9 +42,11 @@ CHANNEL_TYPES = ("slack", "webhook", "email", "apprise", "feed")
 SECURITY = ("starttls", "ssl", "none")
 FEED_FORMATS = ("json", "atom")
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an RFC 9110 token
-_BLOCK = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")  # Prefect block document names
+# Names are matched whole (``fullmatch``: a ``$`` would also take a trailing newline, ``name: |`` in YAML).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")  # an RFC 9110 token
+_BLOCK = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")  # Prefect block document names
+_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_WORDS = ("password", "token", "secret", "api_key", "apikey", "webhook_url")
 _STUDY_KEYS = ("ids", "conditions", "sponsors", "phases", "status", "where")
 _WATCH_KEYS = ("name", "studies", "categories", "events", "min_severity", "mode", "channels", "since",
@@ -182,7 +184,7 @@ def _watch(index: int, spec: Any, defaults: Mapping[str, Any], channels: Mapping
     if not isinstance(spec, dict):
         raise ConfigError(f"watches[#{index}]", "must be a mapping with name, studies and channels")
     name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"watches[#{index}].name", f"must be 1-64 letters, digits, '-', '_' or '.', got {name!r}")
     key = f"watches[{name}]"
     known(spec, _WATCH_KEYS, key)
@@ -246,7 +248,7 @@ _CHANNEL_KEYS = {
 
 def _channel(name: str, spec: Any) -> Channel:
     key = f"channels.{name}"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(key, "a channel name must be 1-64 letters, digits, '-', '_' or '.'")
     if not isinstance(spec, dict):
         raise ConfigError(key, "must be a mapping with a 'type:'")
@@ -274,7 +276,7 @@ def _url_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> C
     if literal is not None:
         if ref is not None:
             raise ConfigError(key, "give one of url, url_env, url_secret")
-        check_webhook_url(literal, f"{key}.url")
+        check_webhook_url(_literal(literal, f"{key}.url", shown=False), f"{key}.url")
     elif ref is None:
         raise ConfigError(key, "needs url_env: VAR or url_secret: NAME" + (
             " (or url: for a webhook without credentials)" if common["type"] == "webhook" else ""))
@@ -283,17 +285,17 @@ def _url_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> C
 
 
 def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
-    host = spec.get("host")
+    host = _literal(spec.get("host"), f"{key}.host")
     if not isinstance(host, str) or not host_name(host):
         raise ConfigError(f"{key}.host", "needed: the SMTP server's host name (no scheme, user or port)")
     security = choice(spec.get("security", "starttls"), SECURITY, f"{key}.security")
     port = integer(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), f"{key}.port",
                    low=1, high=65_535)
-    sender = spec.get("from")
+    sender = _literal(spec.get("from"), f"{key}.from")
     if not isinstance(sender, str) or not address(sender):
         raise ConfigError(f"{key}.from", f"needed: an e-mail address (name@domain or Name <name@domain>), "
                                          f"got {show(sender)}")
-    recipients = texts(spec.get("to"), f"{key}.to")
+    recipients = tuple(_literal(r, f"{key}.to") for r in texts(spec.get("to"), f"{key}.to"))
     if not recipients:
         raise ConfigError(f"{key}.to", "needed: one or more e-mail addresses")
     if several := [r for r in recipients if len(mailboxes(r) or ()) > 1]:
@@ -301,12 +303,14 @@ def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) ->
                                        f"text with several: {show(several[0])}")
     if bad := [r for r in recipients if not address(r)]:
         raise ConfigError(f"{key}.to", f"not an e-mail address: {show(bad[0])} (name@domain)")
-    username = spec.get("username")
+    username = _literal(spec.get("username"), f"{key}.username")
     if username is not None and (not isinstance(username, str) or not username.strip()):
         raise ConfigError(f"{key}.username", f"must be a text, got {show(username)}")
     ca_file = spec.get("ca_file")
     if ca_file is not None and (not isinstance(ca_file, str) or not ca_file.strip()):
         raise ConfigError(f"{key}.ca_file", f"must be a file path (text), got {show(ca_file)}")
+    if ca_file is not None:
+        ca_file = _file_path(ca_file, f"{key}.ca_file")
     password = _ref(spec, "password", key)
     if (username is None) != (password is None):
         raise ConfigError(key, "give both username and password_env (or password_secret), or neither")
@@ -322,7 +326,8 @@ def _feed_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> 
     path = spec.get("path")
     if not isinstance(path, str) or not path:
         raise ConfigError(f"{key}.path", "needed: the feed file to write")
-    return Channel(**common, path=path, format=choice(spec.get("format", "json"), FEED_FORMATS, f"{key}.format"),
+    return Channel(**common, path=_file_path(path, f"{key}.path"),
+                   format=choice(spec.get("format", "json"), FEED_FORMATS, f"{key}.format"),
                    max_items=integer(spec.get("max_items", 500), f"{key}.max_items", low=1, high=100_000),
                    title=_title(spec.get("title", "trialsync alerts"), f"{key}.title"))
 
@@ -348,7 +353,7 @@ def _refs(value: Any, kind: str, key: str) -> dict[str, SecretRef]:
     what = f"{key}.headers_env" if kind == "env" else f"{key}.headers_secret"
     headers = mapping(value, what)
     for name in headers:
-        if not isinstance(name, str) or not _HEADER.match(name):
+        if not isinstance(name, str) or not _HEADER.fullmatch(name):
             raise ConfigError(f"{what}.{name}", "is not an HTTP header name (letters, digits and -)")
     if kind == "env":
         return {str(k): SecretRef(env=_env_name(v, f"{what}.{k}")) for k, v in headers.items()}
@@ -357,15 +362,37 @@ def _refs(value: Any, kind: str, key: str) -> dict[str, SecretRef]:
 
 def _env_name(value: Any, key: str) -> str:
     # The value is not shown: a secret pasted where its variable's name belongs would be printed.
-    if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+    if not isinstance(value, str) or not _ENV.fullmatch(value):
         raise ConfigError(key, "must name an environment variable (letters, digits, _), not hold a value")
     return value
 
 
 def _block_name(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not _BLOCK.match(value):
+    if not isinstance(value, str) or not _BLOCK.fullmatch(value):
         raise ConfigError(key, "must name a Prefect Secret block (lower-case letters, digits, -), not hold a value")
     return value
+
+
+_VARIABLE = re.compile(r"\$(\{[^}]*\}?|[A-Za-z_][A-Za-z0-9_]*)")  # $VAR, ${VAR}: a shell's, not ours
+
+
+def _literal(value: Any, key: str, *, shown: bool = True) -> Any:
+    """A text that names a host, address, user or file is taken as written: ``${SMTP_HOST}`` or
+    ``$HOME/feed.json`` would be a host or a directory of that name, so it is refused, saying how
+    (naming the variable unless ``shown`` is false: a URL's parts are never printed)."""
+    if isinstance(value, str) and (found := _VARIABLE.search(value)):
+        what = f"{found[0]!r}: " if shown else ""
+        raise ConfigError(key, f"{what}environment variables are not expanded in a watchlist; write the "
+                               f"value, name secrets with *_env, or expand the file first "
+                               f"(--config <(envsubst < FILE))")
+    return value
+
+
+def _file_path(value: str, key: str) -> str:
+    """A file path: one line of text (``~`` is the home directory; relative: see ``flows.alerts``)."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ConfigError(key, f"must be a file path on one line, got {show(value)}")
+    return str(_literal(value, key))
 
 
 def _title(value: Any, key: str) -> str:
