@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -182,3 +183,45 @@ def test_only_file_views_are_redefined_on_a_copy(tmp_path: Path, monkeypatch: py
     assert catalog.changed_statements(store.root, previous, previous) == []
     rewritten = previous.plus([ManifestEntry("r9", "study_rewrites", "runs/r9/study_rewrites.parquet")])
     assert catalog.changed_statements(store.root, previous, rewritten) is None
+
+
+def storage_version(path: Path) -> str:
+    with open_catalog(path) as con:
+        row = con.execute("SELECT tags['storage_version'] FROM duckdb_databases() "
+                          "WHERE database_name = current_database()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_catalog_in_place_in_a_newer_storage_format_is_built_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog saved in a newer storage format (the same views and tables; e.g. a newer ``duckdb`` wrote
+    it) is not copied, with or without the writer's DuckDB: the copy would keep that format, which the
+    ``duckdb`` shell 1.x cannot open; a full build writes the catalog's own."""
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(tmp_path / "warehouse")
+    commit_days(store, range(1, 3))
+    ours = storage_version(store.root / "warehouse.duckdb")
+    newer = tmp_path / "newer.duckdb"
+    with duckdb.connect(str(newer), config={"storage_compatibility_version": "latest"}) as con:
+        con.execute(f"ATTACH '{store.root / 'warehouse.duckdb'}' AS old (READ_ONLY)")
+        con.execute("COPY FROM DATABASE old TO newer")
+    shutil.copyfile(newer, store.root / "warehouse.duckdb")
+    assert storage_version(store.root / "warehouse.duckdb") != ours
+    previous, manifest = next_commit(store)
+    assert catalog_file._update_copy(store.root, tmp_path / "copy.duckdb", previous, manifest, [], None) is False
+    commit_days(store, range(3, 4))  # the writer's commit, in its own DuckDB
+    assert storage_version(store.root / "warehouse.duckdb") == ours
+    assert check(store.root).ok
+
+
+def test_a_catalog_in_place_with_a_wal_beside_it_is_not_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write-ahead log beside the catalog in place holds changes the file alone lacks: no copy."""
+    monkeypatch.setenv(autocompact.ENV, "off")
+    store = Warehouse(tmp_path / "warehouse")
+    commit_days(store, range(1, 3))
+    previous, manifest = next_commit(store)
+    tmp = tmp_path / "copy.duckdb"
+    assert catalog_file._update_copy(store.root, tmp, previous, manifest, [], None) is True
+    (store.root / "warehouse.duckdb.wal").write_bytes(b"")
+    assert catalog_file._update_copy(store.root, tmp, previous, manifest, [], None) is False

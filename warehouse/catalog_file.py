@@ -87,7 +87,7 @@ def _update_copy(root: Path, tmp: Path, previous: Manifest, manifest: Manifest, 
         return False
     try:
         shutil.copyfile(current, tmp)
-        with _new_catalog(tmp, attach) as con:
+        with _new_catalog(tmp, attach or _attach_privately) as con:
             meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
             expected = {"root": str(root), "schema_version": SCHEMA_VERSION, "generation": str(previous.generation),
                         "plan_digest": plan_digest(root, previous), "views_digest": views_digest()}
@@ -112,6 +112,20 @@ def _columns(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> list[tuple
                        "USING (database_name, schema_name) WHERE table_name = view_name "
                        "AND database_name = current_database() AND list_contains(?, view_name) "
                        "ORDER BY view_name, column_index", [list(names)]).fetchall()
+
+
+@contextmanager
+def _attach_privately(path: str, options: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``path`` attached to an in-memory DuckDB of its own. ATTACH refuses a file in a newer storage
+    format than ``options`` asks for (``connect`` would open it and keep that format, one the ``duckdb``
+    shell 1.x cannot read); the copy then gives way to a full build."""
+    con = metadata_cached(duckdb.connect())
+    try:
+        con.execute(f"ATTACH '{_quote(path)}' AS copied{options}")
+        con.execute("USE copied")
+        yield con
+    finally:
+        con.close()
 
 
 @contextmanager
