@@ -204,3 +204,19 @@ def test_a_tilde_naming_no_user_is_one_line_not_a_traceback(tmp_path: Path, key:
     with pytest.raises(UsageError) as info:
         resolve_channels(parse_watchlist(config.read_text(), "w.yaml"), tmp_path)
     assert str(info.value) == f"w.yaml: {expected}"
+
+
+def test_a_feed_path_through_a_symbolic_link_loop_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """``Path.resolve`` raises RuntimeError("Symlink loop ...") on Python 3.11."""
+    from flows.alerts import check_config, resolve_channels
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    config = tmp_path / "w.yaml"
+    config.write_text("channels:\n  c: {type: feed, path: loop/feed.json}\n"
+                      "watches:\n  - {name: w, studies: {ids: [NCT05766735]}, channels: [c]}\n")
+    with pytest.raises(UsageError) as info:
+        check_config(config)
+    assert str(info.value).startswith(f"{config}: channels.c.path: cannot resolve loop/feed.json: "), info.value
+    with pytest.raises(UsageError) as info:
+        resolve_channels(parse_watchlist(config.read_text(), "w.yaml"), tmp_path)
+    assert str(info.value).startswith("w.yaml: channels.c.path: cannot resolve loop/feed.json: "), info.value
