@@ -90,15 +90,17 @@ def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> W
     base = settings.config_dir(path)  # relative paths are the watchlist file's
     feeds: dict[Path, Channel] = {}
     for channel in watchlist.channels.values():
-        if channel.path and (base / Path(channel.path).expanduser()).is_dir():
-            raise UsageError(f"{path}: channels.{channel.name}.path: is a directory; name the feed file to write")
-        if channel.path:  # one file in two formats: each write would find the other's feed and fail, every run
-            other = feeds.setdefault((base / Path(channel.path).expanduser()).resolve(), channel)
+        key = f"{path}: channels.{channel.name}"
+        feed = settings.config_path(base, channel.path, f"{key}.path") if channel.path else None
+        if feed and feed.is_dir():
+            raise UsageError(f"{key}.path: is a directory; name the feed file to write")
+        if feed:  # one file in two formats: each write would find the other's feed and fail, every run
+            other = feeds.setdefault(feed, channel)
             if other.format != channel.format:
-                raise UsageError(f"{path}: channels.{channel.name}.path: the file of channels.{other.name}, which "
+                raise UsageError(f"{key}.path: the file of channels.{other.name}, which "
                                  f"writes it as {other.format}, not {channel.format}; give each format its own file")
-        if channel.ca_file and not (base / Path(channel.ca_file).expanduser()).is_file():
-            raise UsageError(f"{path}: channels.{channel.name}.ca_file: no such file {channel.ca_file}")
+        if channel.ca_file and not settings.config_path(base, channel.ca_file, f"{key}.ca_file").is_file():
+            raise UsageError(f"{key}.ca_file: no such file {channel.ca_file}")
         for ref in channel.secrets():
             if environment and ref.env and not os.environ.get(ref.env):
                 raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
@@ -140,8 +142,9 @@ def resolve_channels(watchlist: Watchlist, base_dir: Path, names: set[str] | Non
         for value in (url if c.url_ref else None, password, *headers.values()):
             if value:
                 redactor.add(value)
-        feed = (base_dir / Path(c.path).expanduser()).resolve() if c.path else None  # ~: the home directory
-        ca_file = (base_dir / Path(c.ca_file).expanduser()).resolve() if c.ca_file else None
+        key = f"{watchlist.source}: channels.{name}"
+        feed = settings.config_path(base_dir, c.path, f"{key}.path") if c.path else None
+        ca_file = settings.config_path(base_dir, c.ca_file, f"{key}.ca_file") if c.ca_file else None
         resolved[name] = Resolved(c, url=url, headers=headers, password=password, feed_path=feed, ca_file=ca_file)
     return resolved, redactor
 

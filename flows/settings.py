@@ -141,6 +141,22 @@ def config_dir(path: str | os.PathLike[str]) -> Path:
     return Path(path).resolve().parent
 
 
+def config_path(base: Path, value: str, what: str) -> Path:
+    """A path written in a config file (a watchlist's feed or CA file), absolute: ``~`` and ``~user`` are
+    home directories, a relative path starts at ``base`` (``config_dir``). A ``~user`` with no such user
+    (or ``~`` with no home directory), or a symbolic link loop, is one line naming ``what``, not a traceback."""
+    try:
+        path = base / Path(value).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        raise UsageError(f"{what}: {value.split('/')[0]!r} is no user's home directory") from None
+    try:
+        return path.resolve()
+    except RuntimeError:  # Python 3.11: "Symlink loop from ..." (3.13: OSError ELOOP)
+        raise UsageError(f"{what}: cannot resolve {value}: a loop of symbolic links") from None
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot resolve {value}: {exc.strerror}") from None
+
+
 def _read_stream(fd: int, path: str | os.PathLike[str], what: str) -> bytes:
     """All of a pipe's bytes (to its end), with a deadline and a size cap."""
     deadline = time.monotonic() + CONFIG_READ_SECONDS

@@ -96,3 +96,26 @@ def test_a_backup_under_a_file_says_the_file_is_no_directory(
     afile.write_text("x")
     code, err = _run(["backup", str(afile / "copy"), "--warehouse", str(before_slip)], capsys)
     assert (code, err) == (2, f"trialsync: error: {afile} is a file, not a directory\n")
+
+
+def test_a_url_that_is_not_utf8_is_refused_without_its_credentials(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole value was printed: an API URL through a proxy with ``user:password@`` or ``?token=``
+    showed its secret on stderr (every other error redacts a URL)."""
+    monkeypatch.setenv("TRIALSYNC_API_URL", "https://alice:s3cr\udce9t@proxy.example.org/api/v2?token=abc\udce9")
+    code, err = _run(["sync", "--ids", "NCT05766735", "--warehouse", str(tmp_path / "w")], capsys)
+    assert (code, err) == (2, "trialsync: error: TRIALSYNC_API_URL is not UTF-8 text: "
+                              "b'https://***@proxy.example.org/api/v2?token=***'; " f"{HINT}\n")
+    code, err = _run(["sync", "--ids", "NCT05766735", "--api-url", "https://x.example.org/api?q=\udce9",
+                      "--warehouse", str(tmp_path / "w")], capsys)
+    assert (code, err) == (2, "trialsync: error: argument 5 is not UTF-8 text: "
+                              f"b'https://x.example.org/api?q=\\xe9' (byte 28); {HINT}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_byte_named_is_the_bad_bytes_offset_after_other_non_ascii_text(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was the character's index: ``Jörg\\xf6`` said byte 4 of bytes where the bad one is the 6th."""
+    code, err = _run(["sync", "--condition", "Jörg\udcf6", "--warehouse", str(tmp_path / "w")], capsys)
+    assert (code, err) == (2, "trialsync: error: argument 3 is not UTF-8 text: "
+                              f"b'J\\xc3\\xb6rg\\xf6' (byte 5); {HINT}\n")

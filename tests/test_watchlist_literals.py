@@ -157,3 +157,66 @@ def test_a_webhook_url_from_the_environment_that_is_no_http_url_is_refused_witho
                                "http(s) URL with a host (its value is not shown)")
     monkeypatch.setenv("HOOK_URL", "https://user:secret@hooks.example.org/services/T0/B0/x?token=abc")
     assert check_config(config).channels["h"].url_ref is not None  # credentials are why it is a secret
+
+
+_WORD = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True)
+_VAR = st.from_regex(r"[A-Z_][A-Z0-9_]{0,11}", fullmatch=True)
+
+
+@given(_WORD)
+def test_a_dollar_before_a_lower_case_word_is_text_kept_as_written(word: str) -> None:
+    """Only ``${...}`` and ``$NAME`` in capitals (how environment variables are written) are refused: a
+    ``$`` is legitimate text elsewhere, and such files worked before (Azure's ``$web`` container as a feed
+    directory, OData's ``?$format=json`` on a webhook, ``ops$team@`` and ``$svc`` as address and user)."""
+    text = _email(sender=f"ops${word}@example.org", username=f'"${word}"', ca_file=f'"/srv/${word}/ca.pem"')
+    text = text.replace("channels: [mail]", "channels: [mail, h, f]").replace(
+        "watches:", f"  h: {{type: webhook, url: 'https://api.example.org/${word}/hook?${word}=json'}}\n"
+                    f"  f: {{type: feed, path: '/srv/${word}/feed.json'}}\nwatches:", 1)
+    channels = parse_watchlist(text, "w.yaml").channels
+    assert (channels["mail"].sender, channels["mail"].username) == (f"ops${word}@example.org", f"${word}")
+    assert channels["mail"].ca_file == f"/srv/${word}/ca.pem"
+    assert channels["h"].url == f"https://api.example.org/${word}/hook?${word}=json"
+    assert channels["f"].path == f"/srv/${word}/feed.json"
+
+
+@given(_VAR, st.sampled_from(["", "/x", ".pem", "-1"]))
+def test_a_dollar_before_a_name_in_capitals_is_an_environment_variable_and_refused(name: str, after: str) -> None:
+    message = _refused(_email(username=f'"${name}{after}"'))
+    assert message.startswith(f"w.yaml: channels.mail.username: '${name}': environment variables are not "), message
+
+
+@pytest.mark.parametrize(("key", "value"), [("path", "~nosuchuser-trialsync/alerts.json"),
+                                            ("ca_file", "~nosuchuser-trialsync/ca.pem")])
+def test_a_tilde_naming_no_user_is_one_line_not_a_traceback(tmp_path: Path, key: str, value: str) -> None:
+    """``Path.expanduser`` raises RuntimeError for ``~nobody-here``: ``alerts run`` and ``alerts check``
+    ended in a traceback instead of naming the key."""
+    from flows.alerts import check_config, resolve_channels
+
+    channel = (f"{{type: feed, path: '{value}'}}" if key == "path" else
+               f"{{type: email, host: smtp.example.org, from: a@example.org, to: [b@example.org], ca_file: '{value}'}}")
+    config = tmp_path / "w.yaml"
+    config.write_text(f"channels:\n  c: {channel}\n"
+                      "watches:\n  - {name: w, studies: {ids: [NCT05766735]}, channels: [c]}\n")
+    expected = f"channels.c.{key}: '~nosuchuser-trialsync' is no user's home directory"
+    with pytest.raises(UsageError) as info:
+        check_config(config)
+    assert str(info.value) == f"{config}: {expected}"
+    with pytest.raises(UsageError) as info:
+        resolve_channels(parse_watchlist(config.read_text(), "w.yaml"), tmp_path)
+    assert str(info.value) == f"w.yaml: {expected}"
+
+
+def test_a_feed_path_through_a_symbolic_link_loop_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """``Path.resolve`` raises RuntimeError("Symlink loop ...") on Python 3.11."""
+    from flows.alerts import check_config, resolve_channels
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    config = tmp_path / "w.yaml"
+    config.write_text("channels:\n  c: {type: feed, path: loop/feed.json}\n"
+                      "watches:\n  - {name: w, studies: {ids: [NCT05766735]}, channels: [c]}\n")
+    with pytest.raises(UsageError) as info:
+        check_config(config)
+    assert str(info.value).startswith(f"{config}: channels.c.path: cannot resolve loop/feed.json: "), info.value
+    with pytest.raises(UsageError) as info:
+        resolve_channels(parse_watchlist(config.read_text(), "w.yaml"), tmp_path)
+    assert str(info.value).startswith("w.yaml: channels.c.path: cannot resolve loop/feed.json: "), info.value

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
 from flows.output import FORMATS
 from pipeline.errors import UsageError
+from pipeline.redact import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,  # option help like "[env X; default Y]" is text, not markup
@@ -79,9 +80,10 @@ def refuse_undecodable(args: list[str]) -> None:
     for what, value in named:
         try:
             value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raw = os.fsencode(value)
-            raise UsageError(f"{what} is not UTF-8 text: {raw!r} (byte {exc.start}); give text and paths in "
+        except UnicodeEncodeError as exc:  # shown as its bytes, a URL's credentials redacted
+            raw, shown = os.fsencode(value), os.fsencode(redact(value))
+            at = f" (byte {len(os.fsencode(value[:exc.start]))})" if shown == raw else ""
+            raise UsageError(f"{what} is not UTF-8 text: {shown!r}{at}; give text and paths in "
                              "UTF-8 (a UTF-8 locale, e.g. LANG=C.UTF-8)") from None
 
 

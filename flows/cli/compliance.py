@@ -21,7 +21,7 @@ def compliance(
     sponsor: Annotated[str | None, typer.Option("--sponsor", help="Lead sponsors whose name contains this "
                                                 "(literal, any case)")] = None,
     status: Annotated[list[str] | None, typer.Option("--status", help="reported | reported-late | overdue | "
-                                                     "overdue-cancelled | ongoing (repeat or comma-separate)")]
+                                                     "overdue-cancelled | ongoing (repeat; commas or spaces)")]
     = None,
     newly_overdue: Annotated[bool, typer.Option("--newly-overdue", help="Trials overdue on --as-of that were "
                                                 "not on --since (time passing is enough)")] = False,

@@ -49,7 +49,7 @@ def sql(
 def changes(
     since: Annotated[str | None, typer.Option("--since", help="Registry updates on or after YYYY-MM-DD")] = None,
     until: Annotated[str | None, typer.Option("--until", help="... and on or before YYYY-MM-DD")] = None,
-    nct: Annotated[list[str] | None, typer.Option("--nct", help="Only these studies (repeat or comma-separate)")]
+    nct: Annotated[list[str] | None, typer.Option("--nct", help="Only these studies (repeat; commas or spaces)")]
     = None,
     category: Annotated[list[str] | None, typer.Option("--category", help="Only these categories")] = None,
     event: Annotated[list[str] | None, typer.Option("--event", help="Only these events")] = None,
@@ -117,7 +117,7 @@ def runs(
 @app.command()
 def report(
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write")],
-    nct: Annotated[list[str] | None, typer.Option("--nct", help="A study's timeline (repeat or comma-separate)")]
+    nct: Annotated[list[str] | None, typer.Option("--nct", help="A study's timeline (repeat; commas or spaces)")]
     = None,
     run: Annotated[str | None, typer.Option("--run", help="Digest of one run (see `trialsync runs`)")] = None,
     since: Annotated[str | None, typer.Option("--since", help="Digest of registry updates from YYYY-MM-DD")] = None,

@@ -123,3 +123,20 @@ def _secret_parameter(name: str) -> bool:
     lowered = name.strip().lower()
     return lowered in _SECRET_PARAMETERS or any(
         part in _SECRET_PARAMETERS for part in re.split(r"[_.-]", lowered))
+
+
+# ``${...}`` and ``$NAME`` in capitals, as environment variables are written: a shell's, not ours. A ``$``
+# before a lower-case word is text (Azure's ``$web`` container, OData's ``?$format=``, ``ops$team@``).
+_VARIABLE = re.compile(r"\$\{[^}]*\}?|\$[A-Z_][A-Z0-9_]*\b")
+
+
+def literal(value: Any, key: str, *, shown: bool = True) -> Any:
+    """A text that names a host, address, user, URL or file is taken as written: ``${SMTP_HOST}`` or
+    ``$HOME/feed.json`` would be a host or a directory of that name, so it is refused, saying how
+    (naming the variable unless ``shown`` is false: a URL's parts are never printed)."""
+    if isinstance(value, str) and (found := _VARIABLE.search(value)):
+        what = f"{found[0]!r}: " if shown else ""
+        raise ConfigError(key, f"{what}environment variables are not expanded in a watchlist; write the "
+                               f"value, name secrets with *_env, or expand the file first "
+                               f"(--config <(envsubst < FILE))")
+    return value

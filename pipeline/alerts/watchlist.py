@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from pipeline.alerts.addresses import address, check_webhook_url, host_name, mailboxes
+from pipeline.alerts.addresses import address, check_webhook_url, host_name, literal, mailboxes
 from pipeline.alerts.compliance import FDAAA_CATEGORY, FDAAA_EVENT, FDAAA_KINDS, FDAAA_SEVERITY
 from pipeline.changes import CATEGORIES, EVENTS, SEVERITIES
 from pipeline.config import (
@@ -272,30 +272,30 @@ def _no_literal_secrets(spec: Mapping[str, Any], key: str) -> None:
 
 def _url_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
     ref = _ref(spec, "url", key)
-    literal = spec.get("url")
-    if literal is not None:
+    written = spec.get("url")
+    if written is not None:
         if ref is not None:
             raise ConfigError(key, "give one of url, url_env, url_secret")
-        check_webhook_url(_literal(literal, f"{key}.url", shown=False), f"{key}.url")
+        check_webhook_url(literal(written, f"{key}.url", shown=False), f"{key}.url")
     elif ref is None:
         raise ConfigError(key, "needs url_env: VAR or url_secret: NAME" + (
             " (or url: for a webhook without credentials)" if common["type"] == "webhook" else ""))
     headers = {**_refs(spec.get("headers_env"), "env", key), **_refs(spec.get("headers_secret"), "block", key)}
-    return Channel(**common, url=literal, url_ref=ref, headers=headers)
+    return Channel(**common, url=written, url_ref=ref, headers=headers)
 
 
 def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) -> Channel:
-    host = _literal(spec.get("host"), f"{key}.host")
+    host = literal(spec.get("host"), f"{key}.host")
     if not isinstance(host, str) or not host_name(host):
         raise ConfigError(f"{key}.host", "needed: the SMTP server's host name (no scheme, user or port)")
     security = choice(spec.get("security", "starttls"), SECURITY, f"{key}.security")
     port = integer(spec.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security]), f"{key}.port",
                    low=1, high=65_535)
-    sender = _literal(spec.get("from"), f"{key}.from")
+    sender = literal(spec.get("from"), f"{key}.from")
     if not isinstance(sender, str) or not address(sender):
         raise ConfigError(f"{key}.from", f"needed: an e-mail address (name@domain or Name <name@domain>), "
                                          f"got {show(sender)}")
-    recipients = tuple(_literal(r, f"{key}.to") for r in texts(spec.get("to"), f"{key}.to"))
+    recipients = tuple(literal(r, f"{key}.to") for r in texts(spec.get("to"), f"{key}.to"))
     if not recipients:
         raise ConfigError(f"{key}.to", "needed: one or more e-mail addresses")
     if several := [r for r in recipients if len(mailboxes(r) or ()) > 1]:
@@ -303,7 +303,7 @@ def _email_channel(spec: Mapping[str, Any], common: dict[str, Any], key: str) ->
                                        f"text with several: {show(several[0])}")
     if bad := [r for r in recipients if not address(r)]:
         raise ConfigError(f"{key}.to", f"not an e-mail address: {show(bad[0])} (name@domain)")
-    username = _literal(spec.get("username"), f"{key}.username")
+    username = literal(spec.get("username"), f"{key}.username")
     if username is not None and (not isinstance(username, str) or not username.strip()):
         raise ConfigError(f"{key}.username", f"must be a text, got {show(username)}")
     ca_file = spec.get("ca_file")
@@ -373,26 +373,11 @@ def _block_name(value: Any, key: str) -> str:
     return value
 
 
-_VARIABLE = re.compile(r"\$(\{[^}]*\}?|[A-Za-z_][A-Za-z0-9_]*)")  # $VAR, ${VAR}: a shell's, not ours
-
-
-def _literal(value: Any, key: str, *, shown: bool = True) -> Any:
-    """A text that names a host, address, user or file is taken as written: ``${SMTP_HOST}`` or
-    ``$HOME/feed.json`` would be a host or a directory of that name, so it is refused, saying how
-    (naming the variable unless ``shown`` is false: a URL's parts are never printed)."""
-    if isinstance(value, str) and (found := _VARIABLE.search(value)):
-        what = f"{found[0]!r}: " if shown else ""
-        raise ConfigError(key, f"{what}environment variables are not expanded in a watchlist; write the "
-                               f"value, name secrets with *_env, or expand the file first "
-                               f"(--config <(envsubst < FILE))")
-    return value
-
-
 def _file_path(value: str, key: str) -> str:
     """A file path: one line of text (``~`` is the home directory; relative: see ``flows.alerts``)."""
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise ConfigError(key, f"must be a file path on one line, got {show(value)}")
-    return str(_literal(value, key))
+    return str(literal(value, key))
 
 
 def _title(value: Any, key: str) -> str:
