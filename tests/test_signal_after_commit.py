@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.registry.fake_server import FakeRegistry
+from tests.care_support import _shell
 from tests.conftest import real_records
 from tests.test_cli import run_cli
-from tests.test_warehouse_care import _shell
 from warehouse import manifest as manifests
 from warehouse.check import check
 
