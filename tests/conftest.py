@@ -155,7 +155,7 @@ def fast_sync(registry: Any, warehouse_dir: Path, **kwargs: Any) -> dict[str, An
 
 def copy_warehouse(source: Path, dest: Path) -> Path:
     """A working copy of a warehouse a module built once (a copied warehouse works at its new place:
-    tests/test_warehouse_care.py), so tests that change it do not each pay for the syncs."""
+    tests/test_warehouse_backup.py), so tests that change it do not each pay for the syncs."""
     import shutil
 
     shutil.copytree(source, dest, symlinks=True)
