@@ -107,9 +107,10 @@ def registry(records: list[Record]) -> Iterator[Any]:
 # The longest test files (seconds of work in a clean-clone `make test`), started first: `--dist
 # loadfile` hands whole files to the two workers in collection order, so a long file collected last
 # leaves one worker running it alone at the end.
-LONGEST_FIRST = ("test_warehouse_care.py", "test_autocompact.py", "test_lifecycle.py", "test_checkpoints.py",
-                 "test_read_bad_day.py", "test_change_feed.py", "test_engine.py", "test_cli.py", "test_compact.py",
-                 "test_bulk.py", "test_bench.py", "test_alerts.py", "test_alert_bad_day.py")
+LONGEST_FIRST = ("test_autocompact.py", "test_warehouse_repair.py", "test_lifecycle.py", "test_checkpoints.py",
+                 "test_warehouse_backup.py", "test_read_bad_day.py", "test_change_feed.py", "test_cli.py",
+                 "test_engine.py", "test_compact.py", "test_bulk.py", "test_bench.py", "test_warehouse_commit.py",
+                 "test_alerts.py", "test_alert_bad_day.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -155,7 +156,7 @@ def fast_sync(registry: Any, warehouse_dir: Path, **kwargs: Any) -> dict[str, An
 
 def copy_warehouse(source: Path, dest: Path) -> Path:
     """A working copy of a warehouse a module built once (a copied warehouse works at its new place:
-    tests/test_warehouse_care.py), so tests that change it do not each pay for the syncs."""
+    tests/test_warehouse_backup.py), so tests that change it do not each pay for the syncs."""
     import shutil
 
     shutil.copytree(source, dest, symlinks=True)

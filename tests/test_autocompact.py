@@ -23,7 +23,7 @@ from pipeline import mutate
 from pipeline.changes import VersionPair
 from pipeline.errors import UsageError
 from pipeline.registry.fake_server import FakeRegistry
-from tests.conftest import fast_sync, nct
+from tests.conftest import FULL, fast_sync, nct
 from tests.reliability.support import TRIALSYNC, leftovers, sync_args
 from tests.test_backfill import HISTORY, observe_then_backfill
 from tests.test_compact import every_view, run_dirs
@@ -217,11 +217,17 @@ def test_the_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
             autocompact.keep_setting()
 
 
-@pytest.mark.parametrize("point", ["catalog-tmp-written", "manifest-published"])
+MERGE_CRASH_POINTS = ["manifest-published", "catalog-tmp-written"]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("point", MERGE_CRASH_POINTS if FULL else MERGE_CRASH_POINTS[:1])
 def test_a_crash_during_an_automatic_merge_loses_nothing(point: str, tmp_path: Path, records: list[dict[str, Any]],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The sync commits, then its merge is SIGKILLed before (or just after) its own commit point. The
-    syncs before and after the killed one run in this process (the same flow, without a process start)."""
+    syncs before and after the killed one run in this process (the same flow, without a process start).
+    ``make test`` kills it just after its commit point; ``TRIALSYNC_FULL=1`` also just before it (each
+    case ~20 s; a merge's crash points are the sync's own, which tests/reliability/test_crash.py kills at)."""
     warehouse_dir = tmp_path / "wh"
     env = {**os.environ, "TRIALSYNC_ENGINE": "plain", autocompact.ENV: "2"}
     monkeypatch.setenv(autocompact.ENV, "2")

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import FULL
 from tests.test_cli import TRIALSYNC, run_cli
 
 pytestmark = pytest.mark.prefect  # what these tests check is the Prefect side
@@ -87,10 +88,19 @@ def listing_requested(registry: FakeRegistry) -> Callable[[], bool]:
     return lambda: any(path == "/studies" for path, _ in registry.requests)
 
 
-@pytest.mark.parametrize("group", [False, True], ids=["process", "group"])
-@pytest.mark.parametrize("name", list(SIGNALS))
+# Each signal to the process and to its group under ``TRIALSYNC_FULL=1``; ``make test`` sends SIGINT to the
+# process and SIGTERM to the group (both signals, both targets, in two cases).
+EVERY_STOP = [("INT", False), ("TERM", False), ("TERM", True), ("INT", True)]
+SHORT_STOPS = [("INT", False), ("TERM", True)]
+STOPS = EVERY_STOP if FULL else SHORT_STOPS
+STOP_IDS = [f"{name}-{'group' if group else 'process'}" for name, group in STOPS]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(("name", "group"), STOPS, ids=STOP_IDS)
 def test_a_signalled_sync_stops_within_10s_commits_nothing_and_a_rerun_cleans_up(
         slow_registry: FakeRegistry, tmp_path: Path, name: str, group: bool) -> None:
+    """SIGINT and SIGTERM, to the process or its group (``make test``: two of the four; see ``STOPS``)."""
     warehouse = tmp_path / "w"
     proc = start(sync_args(slow_registry, warehouse), plain_env())
     wait_for(listing_requested(slow_registry), proc, "page request")
@@ -108,10 +118,12 @@ def test_a_signalled_sync_stops_within_10s_commits_nothing_and_a_rerun_cleans_up
     assert len(list((warehouse / "runs").iterdir())) == 1  # the interrupted run's files are gone
 
 
-@pytest.mark.parametrize("group", [False, True], ids=["process", "group"])
+@pytest.mark.reliability
+@pytest.mark.parametrize("group", [True, False] if FULL else [True], ids=["group", "process"][:2 if FULL else 1])
 def test_a_signalled_sync_run_on_a_prefect_server_stops_within_10s(
         prefect_api: str, slow_registry: FakeRegistry, tmp_path: Path, group: bool) -> None:
-    """With a server configured the run is a Prefect flow run: Prefect records the crash, quickly."""
+    """With a server configured the run is a Prefect flow run: Prefect records the crash, quickly.
+    ``make test`` signals the group; ``TRIALSYNC_FULL=1`` the process alone too."""
     proc = start(sync_args(slow_registry, tmp_path / "w"), plain_env(PREFECT_API_URL=prefect_api))
     wait_for(listing_requested(slow_registry), proc, "page request")
     took, stderr, survivors = stop(proc, signal.SIGTERM, group)
@@ -122,13 +134,15 @@ def test_a_signalled_sync_run_on_a_prefect_server_stops_within_10s(
     assert runs[0]["state_type"] == "CRASHED", runs[0]["state"]
 
 
-@pytest.mark.parametrize(("name", "group"), [("INT", False), ("TERM", False), ("TERM", True), ("INT", True)],
-                         ids=["INT-process", "TERM-process", "TERM-group", "INT-group"])
+@pytest.mark.reliability
+@pytest.mark.parametrize(("name", "group"), STOPS, ids=STOP_IDS)
 def test_a_signalled_sync_on_prefects_temporary_server_leaves_no_server_behind(
         slow_registry: FakeRegistry, tmp_path: Path, name: str, group: bool) -> None:
     """The orphan of issue 13.8: a signal to the process alone used to leave Prefect's temporary
     server (a ~210 MB uvicorn) running. To the group, the server dies at once too: SIGTERM used to
-    reach Prefect's own handler, whose crash report then retried the dead server for ~70 s."""
+    reach Prefect's own handler, whose crash report then retried the dead server for ~70 s.
+    ``make test``: SIGINT to the process, SIGTERM to the group; all four under ``TRIALSYNC_FULL=1``
+    (each starts a temporary Prefect server, ~15 s)."""
     proc = start(sync_args(slow_registry, tmp_path / "w"), plain_env(TRIALSYNC_ENGINE="prefect"))
     wait_for(listing_requested(slow_registry), proc, "page request")
     assert psutil.Process(proc.pid).children(recursive=True), "Prefect's temporary server is a child"
@@ -139,11 +153,17 @@ def test_a_signalled_sync_on_prefects_temporary_server_leaves_no_server_behind(
     assert not (tmp_path / "w" / "warehouse.duckdb").exists()
 
 
-@pytest.mark.parametrize(("name", "group"), [("TERM", True), ("INT", True), ("TERM", False)],
-                         ids=["TERM-group", "INT-group", "TERM-process"])
+SERVE_STOPS = [("TERM", True), ("INT", True), ("TERM", False)]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(("name", "group"), SERVE_STOPS if FULL else SERVE_STOPS[:1],
+                         ids=["TERM-group", "INT-group", "TERM-process"][:len(SERVE_STOPS) if FULL else 1])
 def test_serve_stops_within_10s_and_takes_its_prefect_server_along(tmp_path: Path, name: str, group: bool) -> None:
     """systemd stops a service with SIGTERM to its group; Ctrl-C reaches the group too. Started from
-    another directory, serve still finds deploy/ (it printed the server's address: it is serving)."""
+    another directory, serve still finds deploy/ (it printed the server's address: it is serving).
+    ``make test``: SIGTERM to the group (systemd's stop); SIGINT to the group and SIGTERM to serve alone
+    under ``TRIALSYNC_FULL=1`` (each starts a Prefect server, ~7 s)."""
     proc = start(["serve"], plain_env(TRIALSYNC_WAREHOUSE=str(tmp_path / "w")), cwd=tmp_path)
     assert proc.stdout is not None
     lines: list[str] = []

@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 import pytest
 
 from pipeline.registry.fake_server import FakeRegistry
+from tests.care_support import _days, damage
 from tests.conftest import fast_sync, nct
 from tests.reliability.support import TRIALSYNC
-from tests.test_warehouse_care import _days, damage
 from warehouse import Warehouse
 from warehouse import manifest as manifests
 
