@@ -217,9 +217,10 @@ def parse_rules(text: str, source: str) -> Rules:
         for event, level in events.items():
             choices([event] if isinstance(event, str) else event, EVENTS, "severity.events", what="event")
             choice(level, SEVERITIES, f"severity.events.{event}")
-        statuses = spec.get("critical_statuses", list(defaults.critical_statuses))
-        return Rules(
-            critical_statuses=choices(statuses, STATUSES, "severity.critical_statuses", what="status"),
+        statuses = texts(spec.get("critical_statuses", list(defaults.critical_statuses)), "severity.critical_statuses")
+        return Rules(  # statuses in any case, as a watch's `status:` takes them
+            critical_statuses=choices([s.upper() for s in statuses], STATUSES, "severity.critical_statuses",
+                                      what="status"),
             enrollment_pct_notable=number(spec.get("enrollment_pct_notable", defaults.enrollment_pct_notable),
                                           "severity.enrollment_pct_notable"),
             date_shift_days_notable=integer(spec.get("date_shift_days_notable", defaults.date_shift_days_notable),

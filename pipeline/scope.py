@@ -162,8 +162,16 @@ def lookup_params(ids: Sequence[str], batch: int = LOOKUP_BATCH) -> list[dict[st
 def canonical_id(text: str) -> str:
     """An id as the spec allows it (``nct1234``, ``NCT001234567``) -> ``NCT00001234``; an id the spec
     refuses is a usage error (the registry would answer 400 to the whole request)."""
-    if not SPEC_NCT_ID.match(text):
+    if (nct := spec_id(text)) is None:
         raise UsageError(f"invalid NCT id {text!r} (expected NCT followed by up to 8 digits, not all zeros)")
+    return nct
+
+
+def spec_id(text: str) -> str | None:
+    """``text`` as the registry's own form of an id the spec allows (``nct1234`` -> ``NCT00001234``), or
+    None. One rule for every place a user writes ids (flags, watchlists)."""
+    if not SPEC_NCT_ID.match(text):
+        return None
     return "NCT" + text[3:].lstrip("0").rjust(8, "0")
 
 

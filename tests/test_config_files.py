@@ -180,6 +180,16 @@ def test_rederive_with_valid_rules_stores_them_and_a_typo_never_replaces_them(
     assert Warehouse(target).manifest().meta["rules"] == stored
 
 
+def test_critical_statuses_are_taken_in_any_case_like_a_watchs_status() -> None:
+    from pipeline.config import parse_rules
+    from pipeline.errors import UsageError
+
+    rules = parse_rules("severity:\n  critical_statuses: [terminated, Withdrawn]\n", "r.yaml")
+    assert rules.critical_statuses == ("TERMINATED", "WITHDRAWN")
+    with pytest.raises(UsageError, match=r"severity\.critical_statuses: unknown status 'TERMINATD'"):
+        parse_rules("severity:\n  critical_statuses: [terminatd]\n", "r.yaml")
+
+
 def test_serve_checks_the_config_files_its_deployments_name_before_serving(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "w.yaml"

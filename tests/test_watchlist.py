@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from flows.alerts import check_config, load_watchlist
 from pipeline.alerts.message import AlertChange, Message, StudyAlert
 from pipeline.alerts.redact import Redactor
 from pipeline.alerts.watchlist import parse_watchlist
 from pipeline.errors import UsageError
+from pipeline.scope import canonical_id
 from tests.conftest import REPO, real_records
 
 CHANNELS = "channels:\n  feed: {type: feed, path: f.json}\n"
@@ -33,8 +36,10 @@ def test_the_example_and_demo_watchlists_are_valid() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("watches: []", "channels: define at least one channel"),
-    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT1]}, channels: [feed]}]",
-     "watches[w].studies.ids: invalid NCT id 'NCT1' (NCT and 8 digits)"),
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT0]}, channels: [feed]}]",
+     "watches[w].studies.ids: invalid NCT id 'NCT0' (NCT followed by up to 8 digits, not all zeros)"),
+    (CHANNELS + "watches: [{name: w, studies: {ids: [NCT123456789]}, channels: [feed]}]",
+     "watches[w].studies.ids: invalid NCT id 'NCT123456789'"),
     (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [mail]}]",
      "watches[w].channels: unknown channel 'mail'; valid: feed"),
     (CHANNELS + "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed], min_severity: high}]",
@@ -67,6 +72,17 @@ def test_a_bad_watchlist_gets_one_line_naming_the_file_and_the_setting(tmp_path:
         load_watchlist(path)
     assert str(caught.value).startswith(f"{path}: {message}")
     assert "\n" not in str(caught.value)
+
+
+@given(st.integers(1, 99_999_999), st.sampled_from(["NCT", "nct", "Nct"]), st.integers(0, 2))
+def test_a_watch_takes_ids_in_every_form_the_command_line_takes(number: int, prefix: str, pad: int) -> None:
+    """`sync --ids nct7011004` works, so a watch of the same text must follow the same study (it was
+    refused as 'NCT and 8 digits'); ids come out in the registry's form, once each."""
+    written = prefix + "0" * pad + str(number)
+    assume(len(written) <= 11)  # NCT and at most 8 digits, as the registry's spec allows
+    text = CHANNELS + f"watches: [{{name: w, studies: {{ids: ['{written}', NCT{number:08d}]}}, channels: [feed]}}]"
+    ids = parse_watchlist(text).watch("w").studies.ids
+    assert ids == (canonical_id(written),) == (f"NCT{number:08d}",)
 
 
 _W = "watches: [{name: w, studies: {ids: [NCT07011004]}, channels: [feed]}]\n"

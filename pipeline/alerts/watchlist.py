@@ -35,7 +35,7 @@ from pipeline.config import (
     texts,
 )
 from pipeline.enums import STATUSES, Phase
-from pipeline.parse import NCT_ID
+from pipeline.scope import spec_id
 
 MODES = ("immediate", "digest")
 CHANNEL_TYPES = ("slack", "webhook", "email", "apprise", "feed")
@@ -208,9 +208,10 @@ def _selector(spec: Any, key: str) -> StudySelector:
         if value is None or value in ([], {}) or (isinstance(value, str) and not value.strip()):
             raise ConfigError(f"{key}.{name}", "is empty, which would follow every study; leave the key out "
                                                "or give a value")
-    ids = tuple(i.upper() for i in texts(spec.get("ids"), f"{key}.ids"))
-    if bad := [i for i in ids if not NCT_ID.match(i)]:
-        raise ConfigError(f"{key}.ids", f"invalid NCT id {bad[0]!r} (NCT and 8 digits)")
+    given = texts(spec.get("ids"), f"{key}.ids")
+    if bad := [i for i in given if spec_id(i) is None]:
+        raise ConfigError(f"{key}.ids", f"invalid NCT id {bad[0]!r} (NCT followed by up to 8 digits, not all zeros)")
+    ids = tuple(dict.fromkeys(nct for i in given if (nct := spec_id(i)) is not None))  # as `--ids` takes them
     where = spec.get("where")
     if where is not None and (not isinstance(where, str) or not where.strip()):
         raise ConfigError(f"{key}.where", "must be a SQL predicate (text)")
