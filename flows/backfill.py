@@ -38,7 +38,8 @@ from pipeline.history import (
     merge_history,
     select_versions,
 )
-from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
+from pipeline.registry.client import RegistryClient, RetryPolicy
+from pipeline.registry.defaults import DEFAULT_INTERVAL
 from pipeline.registry.history import HistoryClient
 from pipeline.versioning import BatchPlan, NewVersion, Quarantined, RunContext, plan_batch
 from warehouse import RunWriter, Warehouse

@@ -18,7 +18,7 @@ from flows import alerts
 from flows.sync import sync_registry
 from pipeline.errors import TrialsyncError
 from pipeline.operations import scope_kwargs, stale_reason
-from pipeline.registry.client import DEFAULT_INTERVAL
+from pipeline.registry.defaults import DEFAULT_INTERVAL
 
 # Deployment entrypoints must name Prefect flows: the one of ``send_alerts`` (``flows.engine`` builds it
 # on first use; ``trialsync alerts run`` calls the same function without Prefect when no server is there).

@@ -16,7 +16,7 @@ from pipeline.changes import Rules
 from pipeline.config import parse_rules
 from pipeline.errors import UsageError
 from pipeline.redact import redact
-from pipeline.registry import DEFAULT_API_URL
+from pipeline.registry.defaults import DEFAULT_API_URL
 
 DEFAULT_WAREHOUSE = "./trialsync-warehouse"
 

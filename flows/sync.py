@@ -20,7 +20,8 @@ from flows.reconciliation import publish_reconciliation, reconcile_run
 from flows.runs import RunTotals, SyncSummary, commit_run, new_run_id
 from flows.vanished import settle_vanished
 from pipeline.reconcile import FAIL, Check
-from pipeline.registry.client import DEFAULT_INTERVAL, RegistryClient, RetryPolicy
+from pipeline.registry.client import RegistryClient, RetryPolicy
+from pipeline.registry.defaults import DEFAULT_INTERVAL
 from pipeline.scope import Scope, check_page_size, next_watermark, resolve_window
 from pipeline.versioning import RunContext
 from warehouse import Warehouse

@@ -22,7 +22,7 @@ from flows.cli.common import (
 )
 from flows.inputs import COUNT_MAX, check_seconds, not_future
 from pipeline.errors import UsageError
-from pipeline.registry.client import DEFAULT_INTERVAL
+from pipeline.registry.defaults import DEFAULT_INTERVAL
 from pipeline.scope import Scope, check_page_size, parse_date_arg, resolve_window
 
 # The retry and pacing options sync and backfill share (checked alike by ``check_request_flags``).

@@ -17,8 +17,7 @@ from flows.cli.common import (
 )
 from flows.inputs import check_hours, check_seconds
 from pipeline.errors import WarehouseError
-from pipeline.registry.client import DEFAULT_INTERVAL
-from warehouse import Warehouse
+from pipeline.registry.defaults import DEFAULT_INTERVAL
 
 
 @app.command()
@@ -31,6 +30,8 @@ def rederive(
 
     if rules is not None:
         settings.rules(str(rules), {})  # fail fast on a bad file
+    from warehouse import Warehouse
+
     Warehouse(settings.warehouse_dir(warehouse)).check_location()  # a damaged one: before Prefect starts
     quiet_prefect_failures()
     summary = rederive_changes(warehouse=str(settings.warehouse_dir(warehouse)),
@@ -51,6 +52,8 @@ def compact(
     from flows.compact import compact_warehouse
 
     check_hours("--keep-hours", keep_hours)  # here too, so bad input fails before the run starts
+    from warehouse import Warehouse
+
     Warehouse(settings.warehouse_dir(warehouse)).check_location()  # a damaged one: before Prefect starts
     quiet_prefect_failures()
     result = compact_warehouse(warehouse=str(settings.warehouse_dir(warehouse)), keep_hours=keep_hours)

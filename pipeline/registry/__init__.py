@@ -1,6 +1,3 @@
-"""The registry edge: the HTTP client for ClinicalTrials.gov API v2 and a faithful local fake."""
-
-from pipeline.registry.client import DEFAULT_API_URL, RegistryClient, StudySource
-from pipeline.registry.pages import Page
-
-__all__ = ["DEFAULT_API_URL", "Page", "RegistryClient", "StudySource"]
+"""The registry edge: the HTTP client for ClinicalTrials.gov API v2 (``client``), its pages, bulk files and
+a faithful local fake. Nothing is imported here, so that a module of the package (or ``defaults``) can be
+used without the HTTP client's imports."""

@@ -46,9 +46,9 @@ from pipeline.errors import (
 from pipeline.parse import record_ids, record_nct_id
 from pipeline.redact import redact
 from pipeline.registry.answers import body_line, not_plain_text, retry_after_seconds, short_error, text_of
+from pipeline.registry.defaults import DEFAULT_API_URL, DEFAULT_INTERVAL
 from pipeline.registry.pages import Page, check_token_progress, check_walk_length, page_from_json
 
-DEFAULT_API_URL = "https://clinicaltrials.gov/api/v2"
 USER_AGENT = "trialsync/0.1 (+https://github.com/trialsync/trialsync; registry mirror)"
 log = logging.getLogger("trialsync.registry")
 # How the registry words a page token it no longer accepts (expired, unknown, from other parameters).
@@ -59,7 +59,6 @@ class StudySource(Protocol):
     def get_page(self, params: Mapping[str, str], token: str | None, number: int) -> Page: ...
 
 
-DEFAULT_INTERVAL = 1.25  # seconds between requests: 48 a minute, under the ~50/min reported per IP
 MAX_INTERVAL = 10.0  # how slow repeated 429s can make the client (6 requests a minute)
 # Bytes of one answer, decompressed: more is a broken or hostile server. A real page of 1000 studies is
 # ~20 MB (18 KB a record on average); 1000 of the largest real record (0.8 MB) would be 0.8 GB.
