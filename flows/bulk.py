@@ -37,7 +37,7 @@ from flows import progress, settings
 from flows.derive import derive_run_changes
 from flows.engine import NONE, as_completed, flow, get_run_logger, task, wait
 from flows.lifecycle import worker_started
-from flows.runs import RunTotals, SyncSummary, commit_run, log_stale
+from flows.runs import RunTotals, SyncSummary, commit_run
 from flows.shards import (
     CANCEL_MARKER,
     DEFAULT_BATCH_SIZE,
@@ -252,11 +252,9 @@ def _add(totals: RunTotals, shard: ShardResult) -> None:
     totals.versions_written += shard.versions
     totals.unchanged += shard.unchanged
     totals.quarantined += shard.quarantined
-    totals.stale += len(shard.stale)
+    totals.add_stale(shard.stale)
     for path, n in shard.unknown_fields.items():
         totals.unknown_fields[path] = totals.unknown_fields.get(path, 0) + n
-    if shard.stale:
-        log_stale(shard.stale)
     totals.watermark = max(filter(None, [totals.watermark, shard.newest_update]), default=None)
 
 

@@ -33,23 +33,28 @@ class RunTotals:
     pages_replayed: int = 0  # taken from the spool of an interrupted run
     restarts: int = 0
     unknown_fields: dict[str, int] = field(default_factory=dict)  # keys the schema does not know -> records
+    stale_ids: list[str] = field(default_factory=list)  # the first STALE_IDS_LOGGED, for the run's one warning
 
     def add_plan(self, plan: BatchPlan) -> None:
         """Count a plan's stale records and schema-unknown keys (the rest is counted by the caller)."""
-        self.stale += len(plan.stale)
+        self.add_stale(plan.stale)
         for path, n in plan.unknown_fields.items():
             self.unknown_fields[path] = self.unknown_fields.get(path, 0) + n
-        if plan.stale:
-            log_stale(plan.stale)
+
+    def add_stale(self, ids: list[str]) -> None:
+        self.stale += len(ids)
+        self.stale_ids += ids[:max(0, STALE_IDS_LOGGED - len(self.stale_ids))]
 
 
 STALE_IDS_LOGGED = 20  # a reload of an older bulk file can make thousands: the first ones tell the story
 
 
-def log_stale(ids: list[str]) -> None:
-    more = f" and {len(ids) - STALE_IDS_LOGGED} more" if len(ids) > STALE_IDS_LOGGED else ""
+def log_stale(count: int, first: list[str]) -> None:
+    """One warning for a run's stale records (logged per page or shard, a reload of an older bulk file
+    printed one line for each of its ~100 folders)."""
+    more = f" and {count - len(first)} more" if count > len(first) else ""
     get_run_logger().warning("%d stale record(s), older than the stored version (no version, no change): %s%s",
-                             len(ids), ", ".join(ids[:STALE_IDS_LOGGED]), more)
+                             count, ", ".join(first), more)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class SyncSummary:
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         totals = out.pop("totals")
+        del totals["stale_ids"]  # logged, and counted in ``stale``
         totals["watermark"] = str(totals["watermark"]) if totals["watermark"] else None
         return {**out, **totals}
 
@@ -73,6 +79,8 @@ def commit_run(run: RunWriter, summary: SyncSummary, started: datetime, *, param
                api_url: str | None, meta: dict[str, str] | None = None,
                replace: frozenset[str] = frozenset()) -> None:
     t = summary.totals
+    if t.stale:
+        log_stale(t.stale, t.stale_ids)
     run.append_rows("sync_runs", [{
         "run_id": summary.run_id, "mode": summary.mode, "scope": summary.scope,
         "started_at": started, "finished_at": datetime.now(UTC), "status": "succeeded",

@@ -8,6 +8,8 @@ news: a same-day edit is a version and a study served again after a 404 comes ba
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import zipfile
 from datetime import UTC, date, datetime, timedelta
@@ -157,3 +159,24 @@ def test_a_same_day_edit_of_the_archives_newest_record_is_news(
     assert (summary["stale"], summary["pages"]) == (0, 2)  # its 2 shard tasks: the held pass is none
     assert query(warehouse_dir, "SELECT version, overall_status FROM studies WHERE nct_id = ?",
                  [archives["updated"]]) == [(3, "COMPLETED")]
+
+
+def test_a_reload_of_an_older_archive_warns_once_for_the_whole_run(
+        archives: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every study updated after the old archive: reloading it makes all of them stale, in every shard
+    task. One warning for the run (it was one per shard: ~100 lines for the registry's file)."""
+    today = datetime.now(UTC).date()
+    newer = rewrite(archives["old"], tmp_path / "newer.zip",
+                    lambda _, data: orjson.dumps(mutate.posted_on(orjson.loads(data), today)))
+    warehouse_dir = tmp_path / "wh"
+    load_bulk(archives["old"], warehouse_dir)
+    load_bulk(newer, warehouse_dir)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trialsync"):
+        summary = load_bulk(archives["old"], warehouse_dir, workers=2)
+    assert (summary["stale"], summary["versions_written"]) == (SIZE, 0)
+    assert summary["pages"] > 1  # the stale studies were in more than one shard task
+    [warning] = [r.getMessage() for r in caplog.records if "stale record(s)" in r.getMessage()]
+    assert warning.startswith(f"{SIZE} stale record(s)") and warning.endswith(f"and {SIZE - 20} more")
+    named = re.findall(r"NCT\d{8}", warning)
+    assert len(set(named)) == 20 and set(named) <= {_nct(r) for r in _members(archives["old"]).values()}

@@ -456,11 +456,15 @@ def test_a_schema_that_learns_a_key_is_a_new_hash_rule_so_the_warehouse_is_rehas
 def test_a_run_with_thousands_of_stale_records_logs_a_count_and_the_first_ids_only(
         caplog: pytest.LogCaptureFixture) -> None:
     """Reloading an older bulk file makes every changed study stale: one readable line, not 10,000 ids."""
-    from flows.runs import STALE_IDS_LOGGED, log_stale
+    from flows.runs import STALE_IDS_LOGGED, RunTotals, log_stale
 
     ids = [f"NCT{n:08d}" for n in range(5_000)]
+    totals = RunTotals()
+    for start in range(0, len(ids), 7):  # page by page or shard by shard
+        totals.add_stale(ids[start:start + 7])
+    assert (totals.stale, totals.stale_ids) == (5_000, ids[:STALE_IDS_LOGGED])
     with caplog.at_level(logging.WARNING, logger="trialsync"):
-        log_stale(ids)
+        log_stale(totals.stale, totals.stale_ids)
     [record] = caplog.records
     message = record.getMessage()
     assert message.startswith("5000 stale record(s)")
