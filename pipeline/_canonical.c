@@ -9,7 +9,9 @@
  * float, text not in NFC, a subclass of dict/list/str, an int beyond 64 bits, ...): the caller then
  * takes the Python path, which is the reference (tests/test_hash_c.py compares the two).
  *
- * An object member whose value is null is left out, as if absent (JSON null = absent member).
+ * An object member whose value is null is left out, as if absent (JSON null = absent member). One
+ * whose value is written as an empty object or array (also one emptied by leaving out unknown keys or
+ * nulls) is absent too: such a record is left to the Python path (none of the registry's records has one).
  *
  * A shape is a dict: key -> the key's shape (a dict), or None for a value taken as it is (free-form:
  * its objects keep every key). Lists are transparent: a list's elements have the list's shape.
@@ -261,8 +263,12 @@ static int put_object(State *st, PyObject *obj, PyObject *shape) {
             if ((status = put_text(&st->out, members[i].key, members[i].len)) != OK) break;
             if ((status = put_char(&st->out, ':')) != OK) break;
             if ((status = push_path(st, members[i].name)) != OK) break;
+            Py_ssize_t start = st->out.len;
             status = put_value(st, members[i].value, members[i].shape);
             st->depth--;
+            if (status == OK && st->out.len - start == 2
+                && (st->out.data[start] == '{' || st->out.data[start] == '['))
+                status = FALLBACK;  /* an empty member is an absent one: the walk leaves it out */
         }
         if (status == OK) status = put_char(&st->out, '}');
     }
@@ -397,6 +403,6 @@ PyMODINIT_FUNC PyInit__canonical(void) {
     PyObject *module = PyModule_Create(&module_def);
     /* The canonical form this file writes (hashing.HASH_RULE_VERSION): an extension built from an older
      * file (a stale .so) is not used. */
-    if (module && PyModule_AddStringConstant(module, "RULE", "3") < 0) { Py_DECREF(module); return NULL; }
+    if (module && PyModule_AddStringConstant(module, "RULE", "4") < 0) { Py_DECREF(module); return NULL; }
     return module;
 }

@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 import orjson
 
-HASH_RULE_VERSION = "3"  # bump when the canonical form below changes (and RULE in pipeline/_canonical.c)
+HASH_RULE_VERSION = "4"  # bump when the canonical form below changes (and RULE in pipeline/_canonical.c)
 
 try:  # pipeline/_canonical.c, built by `pip install` where a C compiler is (setup.py); else Python only
     from pipeline import _canonical
@@ -175,8 +175,11 @@ def _walk(value: Any, shape: Shape, path: list[str], unknown: set[str] | None, *
             name = key if key.isascii() else unicodedata.normalize("NFC", key)
             if type(item) in _NESTED:
                 path.append(key)
-                out[name] = _walk(item, child, path, unknown, sort=sort)
+                walked = _walk(item, child, path, unknown, sort=sort)
                 path.pop()
+                if not walked:  # an empty object or array is absent too (no member, no element)
+                    continue
+                out[name] = walked
             else:
                 out[name] = _walk(item, child, path, unknown, sort=sort)
         return out
@@ -198,8 +201,9 @@ _NESTED = (dict, list)
 
 # -- the fast path ------------------------------------------------------------------------------
 # The walk changes a record's canonical JSON only through (1) keys the schema does not know,
-# (2) text not in NFC, (3) integral floats, (4) array order, (5) members set to null (any ":null" in
-# the compact dump, inside a string or not, sends the record to the walk). The fast path proves (1) by comparing
+# (2) text not in NFC, (3) integral floats, (4) array order, (5) members set to null, [] or {}, or to
+# an object of unknown keys only (any ":null", ":[]" or ":{}" in the compact dump, inside a string or
+# not, sends the record to the walk; so does pruning that empties an object). The fast path proves (1) by comparing
 # each object's key set with its shape's (C set operations; leaves are never visited one by one),
 # (2) and (3) on orjson's compact dump of the whole material content (text is NFC as a whole iff
 # every string and key in it is: JSON's own characters are ASCII starters that compose with
@@ -231,14 +235,18 @@ def _fast_canonical(material: Mapping[str, Any], unknown: list[str] | None = Non
         text = orjson.dumps(material, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
     except (TypeError, orjson.JSONEncodeError):
         return None
-    if _maybe_integral_float(text) or b":null" in text:  # (a member set to null: the walk leaves it out)
-        return None
+    if _maybe_integral_float(text) or b":null" in text or b":[]" in text or b":{}" in text:
+        return None  # (a member set to null, [] or {}: the walk leaves it out)
     if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
         return None
     try:
         return canonical_json(_sorted_arrays(material, _compiled_study(), (), [] if unknown is None else unknown))
-    except (TypeError, orjson.JSONEncodeError):  # another mapping type inside, ...
+    except (TypeError, orjson.JSONEncodeError, _EmptiedByPruning):  # another mapping type inside, ...
         return None
+
+
+class _EmptiedByPruning(Exception):
+    """An object of only unknown keys: the walk leaves it out as a member (an empty object is absent)."""
 
 
 class _Node:
@@ -271,6 +279,8 @@ def _sorted_arrays(value: Any, node: _Node | None, path: tuple[str, ...], unknow
                 out[key] = item
             else:
                 unknown.append(".".join((*path, key)))
+        if not out and path:
+            raise _EmptiedByPruning
         value = out
     nested = node.nested
     for key, item in value.items():

@@ -1,8 +1,8 @@
 """SPEC's "one notion of equality", end to end on real records: spellings of the same content (arrays
 reordered, ``100.0`` for ``100``, NFD text, another key order, whitespace in the JSON text, a member set
-to null instead of left out) make no version and no change through a real sync and a bulk load; material
-edits make exactly the documented events. A warehouse hashed by the rule before null = absent is re-hashed
-on first use, so its next sync makes no version either."""
+to null, ``[]`` or ``{}`` instead of left out) make no version and no change through a real sync and a
+bulk load; material edits make exactly the documented events. A warehouse hashed by the rule before
+null (or an empty member) = absent is re-hashed on first use, so its next sync makes no version either."""
 
 from __future__ import annotations
 
@@ -86,7 +86,49 @@ def nulls(record: Record) -> Record:
     return out
 
 
-SPELLINGS = [reordered, floats, nfd, keys_reversed, nulls]
+def _containers() -> dict[tuple[str, ...], dict[str, type]]:
+    """For each object path of the real records (array indexes left out): its members that hold an array
+    or an object somewhere, with that kind (so an empty one has the type the parser expects)."""
+    found: dict[tuple[str, ...], dict[str, type]] = {}
+
+    def visit(value: Any, path: tuple[str, ...]) -> None:
+        if isinstance(value, list):
+            for item in value:
+                visit(item, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, list | dict):
+                    found.setdefault(path, {})[key] = type(item)
+                    visit(item, (*path, key))
+
+    for record in real_records():
+        visit(record, ())
+    return found
+
+
+def empties(record: Record) -> Record:
+    """Each object with the array members it lacks present as ``[]``, each section with the modules it
+    lacks as ``{}`` (the registry omits empty fields; a re-serialising tool may write them): an empty
+    array or object is no member, as null is none."""
+    out = copy.deepcopy(record)
+    containers = _containers()
+
+    def fill(value: Any, path: tuple[str, ...]) -> None:
+        if isinstance(value, list):
+            for item in value:
+                fill(item, path)
+        elif isinstance(value, dict):
+            for key, item in list(value.items()):
+                fill(item, (*path, key))
+            for key, kind in containers.get(path, {}).items():
+                if kind is list or len(path) == 1:  # {} only for a module: a struct may require members
+                    value.setdefault(key, kind())
+
+    fill(out, ())
+    return out
+
+
+SPELLINGS = [reordered, floats, nfd, keys_reversed, nulls, empties]
 
 
 def spelled(record: Record) -> Record:
@@ -209,23 +251,27 @@ def test_material_edits_make_exactly_the_documented_events_through_a_sync(tmp_pa
 
 def _rule_2_hash(record: Record) -> str:
     """The content hash by rule 2 (before null = absent), for a record that needs no other normalising:
-    arrays sorted, unknown keys left out, nulls kept."""
+    arrays sorted, unknown keys left out, nulls kept; for a record without nulls, by rule 3 (before an
+    empty array or object = absent): empty members kept."""
     material = hashing.material_content(record)
     arrays_sorted = hashing._sorted_arrays(material, hashing._compiled_study(), (), [])
     text = orjson.dumps(arrays_sorted, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(text, digest_size=16).hexdigest()
 
 
-def test_a_warehouse_hashed_before_null_was_absent_is_rehashed_and_its_next_records_make_no_version(
-        tmp_path: Path) -> None:
-    """Stored versions whose raw JSON holds nulls (written by a tool that writes them), hashed by rule 2;
-    the registry then sends the same records without the nulls: re-hashed once, no version."""
+@pytest.mark.parametrize(("spelling", "rule"), [(nulls, "2"), (empties, "3")], ids=["null", "empty"])
+def test_a_warehouse_hashed_before_null_or_empty_was_absent_is_rehashed_and_its_next_records_make_no_version(
+        tmp_path: Path, spelling: Any, rule: str) -> None:
+    """Stored versions whose raw JSON holds nulls or empty arrays and objects (written by a tool that writes
+    them), hashed by the rule before that; the registry then sends the same records without them:
+    re-hashed once, no version."""
     records = _pool()[:6]
-    with_nulls = [nulls(r) for r in records]
+    with_nulls = [spelling(r) for r in records]
     warehouse = store(tmp_path, with_nulls)
     manifest = warehouse.manifest()
-    old_meta = {**manifest.meta, HASH_RULE_KEY: "2-" + hash_rule().split("-", 1)[1]}
-    run = RunWriter(warehouse, "20260101T000000Z-rule2", Manifest(manifest.entries, old_meta, manifest.generation))
+    old_meta = {**manifest.meta, HASH_RULE_KEY: rule + "-" + hash_rule().split("-", 1)[1]}
+    run = RunWriter(warehouse, f"20260101T000000Z-rule{rule}", Manifest(manifest.entries, old_meta,
+                                                                         manifest.generation))
     with warehouse.committed() as con:
         table = con.sql("SELECT * FROM raw_study_versions ORDER BY nct_id, version").to_arrow_table()
     hashes = [_rule_2_hash(orjson.loads(raw)) for raw in table["raw"].to_pylist()]

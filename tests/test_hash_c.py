@@ -163,6 +163,27 @@ def test_c_leaves_out_members_set_to_null_as_the_walk_does() -> None:
     assert hash_and_unknown(record)[0] == slow_hash_and_unknown(base)[0]
 
 
+@built
+@pytest.mark.parametrize(("path", "empty"), [
+    (("conditionsModule", "keywords"), []), (("oversightModule",), {}), (("oversightModule",), []),
+    (("oversightModule",), {"unknownToTheSchema": 1}), (("oversightModule",), {"isFdaRegulatedDrug": None}),
+    (("oversightModule",), {"oversightHasDmc": None, "unknownToTheSchema": []}),
+], ids=repr)
+def test_c_leaves_empty_members_to_the_walk_which_leaves_them_out(path: tuple[str, ...], empty: Any) -> None:
+    """An empty array or object (also one emptied by leaving out unknown keys or nulls) is an absent
+    member: C declines the record, and every path gives the hash of the record without it."""
+    base = next(r for r in REAL if "keywords" not in r["protocolSection"].get("conditionsModule", {"keywords": 0})
+                and "oversightModule" not in r["protocolSection"])
+    record = copy.deepcopy(base)
+    node = record["protocolSection"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = copy.deepcopy(empty)
+    assert _c(record) is None
+    assert (hash_and_unknown(record)[0], python_hash_and_unknown(record)[0], slow_hash_and_unknown(record)[0]) == (
+        hash_and_unknown(base)[0],) * 3
+
+
 def test_an_extension_built_from_an_older_canonical_c_is_not_used() -> None:
     """A stale build (no ``RULE``, or another one) would hash by the old canonical form under the new rule's
     name: the Python path answers instead."""

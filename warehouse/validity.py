@@ -3,8 +3,10 @@
 A version is valid from its registry date (``registry_updated``, the record's ``lastUpdatePostDate``)
 when that date moved past every earlier version's; otherwise (the registry edited the record without
 moving the date, e.g. ``submissionTracking``; or a version stored by an older release from a stale
-record) from the day it was observed. Then, so that versions never overlap and no interval has zero
-length, each ``valid_from`` is at least one day after the previous version's:
+record) from the day it was observed, unless the registry's history dates it (a backfilled version, or
+a stored one a backfill found in the history: ``registry_version`` is known). Then, so that versions
+never overlap and no interval has zero length, each ``valid_from`` is at least one day after the
+previous version's:
 ``valid_from[n] = max(c[k] + (n - k) days for k <= n)``, a running maximum, where ``c`` is the day
 just described and ``n`` the version's rank. For ordinary histories (each registry date later than
 the last) this is exactly the registry date.
@@ -21,8 +23,12 @@ _UP_TO = "(PARTITION BY nct_id ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING
 def versions_with_validity(source: str = "raw_study_versions") -> str:
     """``source``'s rows plus ``valid_from`` (a DATE), as a subquery."""
     # History versions (backfill) were not observed when they were valid: their own date, then +1 day.
+    # So are stored versions a backfill matched to a history version (``registry_version`` is set only
+    # then): the history dates them and orders them after its earlier versions of the same day; their
+    # observation day (a first sync or a bulk load, maybe years later) says nothing about when they began.
     candidate = (f"CASE WHEN _before IS NULL OR _day > _before THEN _day "
-                 f"WHEN source = 'history' THEN _day ELSE greatest({_SEEN}, _day) END")
+                 f"WHEN source = 'history' OR registry_version IS NOT NULL THEN _day "
+                 f"ELSE greatest({_SEEN}, _day) END")
     ranked = (f"SELECT *, {_DAY} AS _day, max({_DAY}) OVER {_EARLIER} AS _before, "
               f"row_number() OVER (PARTITION BY nct_id ORDER BY version) AS _rank FROM {source}")
     return (f"SELECT * EXCLUDE (_day, _before, _rank, _start), "
