@@ -215,3 +215,32 @@ def test_fake_serves_records_a_test_hands_it(registry: FakeRegistry) -> None:
     assert served["protocolSection"]["statusModule"]["overallStatus"] == "COMPLETED"
     registry.remove(nct(changed))
     assert get(registry, f"/studies/{nct(changed)}").status_code == 404
+
+
+def test_a_loopback_registry_is_reached_directly_whatever_proxy_the_environment_names(
+        registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy runs elsewhere: its loopback is not ours. Through it, the demo's own registry, `trialsync
+    fake-registry` or a local mirror failed ('Unable to connect to proxy') unless NO_PROXY listed it."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    retry = RetryPolicy(attempts=1, backoff_base=0.01)
+    for url in (registry.url, registry.url.replace("127.0.0.1", "localhost")):
+        with RegistryClient(url, min_interval=0, retry=retry) as client:
+            assert len(client.get_page({"pageSize": "3"}, None, 1).studies) == 3
+    # Any other host still goes through the environment's proxy.
+    with RegistryClient("http://registry.invalid/api/v2", min_interval=0, retry=retry) as client, \
+            pytest.raises(RegistryUnavailable, match="ProxyError"):
+        client.get_page({}, None, 1)
+
+
+@pytest.mark.parametrize(("url", "loopback"), [
+    ("http://127.0.0.1:8000/api/v2", True), ("http://127.5.6.7/x", True), ("http://[::1]:80/", True),
+    ("https://localhost/api/v2", True), ("http://LOCALHOST./", True), ("http://app.localhost:9/", True),
+    ("https://clinicaltrials.gov/api/v2", False), ("http://128.0.0.1/", False), ("http://localhost.example/", False),
+    ("http://[::2]/", False), ("http://10.0.0.1/", False), ("http://[bad/", False)])
+def test_only_this_machines_loopback_hosts_skip_the_proxy(url: str, loopback: bool) -> None:
+    from pipeline.http_session import is_loopback
+
+    assert is_loopback(url) is loopback

@@ -43,6 +43,7 @@ from pipeline.errors import (
     RegistryUnavailable,
     RegistryWrongStudy,
 )
+from pipeline.http_session import Session
 from pipeline.parse import record_ids, record_nct_id
 from pipeline.redact import redact
 from pipeline.registry.answers import body_line, not_plain_text, retry_after_seconds, short_error, text_of
@@ -99,7 +100,7 @@ class RegistryClient:
         self._sleep = sleep
         self._monotonic = monotonic
         self._last_request: float | None = None
-        self.session = requests.Session()
+        self.session = Session()  # a loopback registry is reached directly, whatever the proxy
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self.requests_made = 0
         self.retries = 0

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import requests
 
 from pipeline.errors import BulkArchiveInvalid, BulkDownloadFailed
+from pipeline.http_session import Session
 from pipeline.registry.client import USER_AGENT
 
 log = logging.getLogger("trialsync.download")
@@ -95,7 +96,7 @@ def _download(url: str, directory: Path, name: str, *, chunk_bytes: int, timeout
 
     final, part = directory / name, directory / (name + ".part")
     meta = directory / (name + ".part.json")
-    http = session or requests.Session()
+    http = session or Session()
     http.headers.update({"User-Agent": USER_AGENT})
     last_error = ""
     try:
