@@ -1,0 +1,186 @@
+"""The bulk download on a bad day: a server that compresses what it sends (and drops the connection), one
+that trickles its body or its headers, and a proxy in the environment while the server is on loopback.
+Each download must end (whole, or failed with its ``.part`` kept), never hang or splice bytes."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import re
+import socket
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import BulkDownloadFailed
+from pipeline.registry.download import download
+from tests.conftest import STUDIES_DIR
+
+
+@pytest.fixture(scope="module")
+def zip_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A real bulk zip of 60 real records (~350 KB)."""
+    path = tmp_path_factory.mktemp("zip") / "ctg-studies.json.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for study in sorted(STUDIES_DIR.glob("NCT*.json"))[:60]:
+            archive.write(study, f"{study.stem[-2:]}/{study.name}")
+    return path.read_bytes()
+
+
+class _Server:
+    """Serves one file like a CDN (``Range``/``If-Range``, an ``ETag``), with habits:
+
+    - ``gzip``: ``"asked"`` compresses the answer when the request accepts gzip, ``"always"`` whatever it
+      accepts (a misconfigured CDN); a ``Range`` then counts the compressed bytes, as HTTP says;
+    - ``drops``: the first answers close the connection after ``cut`` bytes of their body;
+    - ``drip``: seconds between bytes of the body (``"body"``) or of the status line and headers."""
+
+    def __init__(self, data: bytes, *, gzip_: str | None = None, drops: int = 0, cut: int = 0,
+                 drip: float = 0.0, drip_where: str = "body") -> None:
+        self.data, self.gzip, self.drops, self.cut = data, gzip_, drops, cut
+        self.drip, self.drip_where = drip, drip_where
+        self.seen: list[dict[str, str]] = []
+        self.stop = threading.Event()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.seen.append(dict(self.headers.items()))
+                accepts = "gzip" in self.headers.get("Accept-Encoding", "")
+                coded = owner.gzip == "always" or (owner.gzip == "asked" and accepts)
+                whole = gzip.compress(owner.data, mtime=0) if coded else owner.data
+                start = 0
+                ranged = self.headers.get("Range", "")
+                if ranged.startswith("bytes=") and self.headers.get("If-Range", '"v1"') == '"v1"':
+                    start = int(ranged[6:].split("-")[0])
+                body = whole[start:]
+                head = [f"HTTP/1.1 {206 if start else 200} {'Partial Content' if start else 'OK'}",
+                        'ETag: "v1"', f"Content-Length: {len(body)}"]
+                head += ["Content-Encoding: gzip"] if coded else []
+                head += [f"Content-Range: bytes {start}-{len(whole) - 1}/{len(whole)}"] if start else []
+                self._send(("\r\n".join(head) + "\r\n\r\n").encode(), owner.drip_where == "headers")
+                if owner.drops > 0:
+                    owner.drops -= 1
+                    self.wfile.write(body[:owner.cut])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self._send(body, owner.drip_where == "body")
+
+            def _send(self, data: bytes, drip: bool) -> None:
+                if not (drip and owner.drip):
+                    self.wfile.write(data)
+                    return
+                for i in range(len(data)):
+                    if owner.stop.wait(owner.drip):
+                        self.close_connection = True
+                        return
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ctg-studies.json.zip"
+
+    def __enter__(self) -> _Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _within(seconds: float, call: Any) -> Any:
+    """``call()``'s outcome if it ends within ``seconds`` (the test fails, instead of hanging, if not)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("ok", call()))
+        except Exception as exc:
+            outcome.append(("raised", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still downloading after {seconds}s"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("habit", ["asked", "always"])
+def test_a_compressed_answer_cut_off_is_downloaded_whole_never_spliced(zip_bytes: bytes, tmp_path: Path,
+                                                                      habit: str) -> None:
+    """The first answer came gzip-encoded and was cut; the resume asked for the rest of the *decoded*
+    bytes by their count, got the compressed stream's middle, could not decode it, and failed each try,
+    then each later run (the .part kept for the next run): the download could never finish."""
+    with _Server(zip_bytes, gzip_=habit, drops=1, cut=len(zip_bytes) // 2) as server:
+        path = download(server.url, tmp_path / "dl", chunk_bytes=4096, attempts=3)
+    assert path.read_bytes() == zip_bytes
+    assert all(seen["Accept-Encoding"] == "identity" for seen in server.seen)
+    if habit == "always":  # the compressed .part is not resumed by its count: the second try starts over
+        assert [seen.get("Range") for seen in server.seen] == [None, None]
+    else:
+        assert len(server.seen) == 2 and server.seen[1]["Range"].startswith("bytes=")
+
+
+def test_a_part_kept_from_a_compressed_answer_is_started_over_by_the_next_run(zip_bytes: bytes,
+                                                                              tmp_path: Path) -> None:
+    with _Server(zip_bytes, gzip_="always", drops=5, cut=len(zip_bytes) // 3) as server, \
+            pytest.raises(BulkDownloadFailed, match=r"bytes kept in .*\.part for the next run"):
+        download(server.url, tmp_path / "dl", attempts=1)
+    assert (tmp_path / "dl" / "ctg-studies.json.zip.part").stat().st_size > 0
+    with _Server(zip_bytes, gzip_="always") as again:
+        assert download(again.url, tmp_path / "dl").read_bytes() == zip_bytes
+    assert [seen.get("Range") for seen in again.seen] == [None]
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_a_download_that_trickles_fails_within_its_timeouts_and_keeps_what_came(
+        zip_bytes: bytes, tmp_path: Path, where: str) -> None:
+    """A byte every 0.05 s is within any read timeout, so each read waited and the try went on for
+    the file's length in bytes times 0.05 s (the registry's 2.7 GB: years)."""
+    with _Server(zip_bytes, drip=0.05, drip_where=where) as server:
+        started = time.monotonic()
+        kind, outcome = _within(30, lambda: download(server.url, tmp_path / "dl", timeout=1.0, attempts=2))
+        elapsed = time.monotonic() - started
+    assert kind == "raised" and isinstance(outcome, BulkDownloadFailed), outcome
+    reason = "stalled: .* bytes in the last" if where == "body" else "no answer within 1s"
+    assert "failed after 2 tries" in str(outcome) and re.search(reason, str(outcome)), outcome
+    assert elapsed < 10
+    assert len(server.seen) == 2
+    if where == "body":  # what came is kept for the next run, which resumes it
+        assert (tmp_path / "dl" / "ctg-studies.json.zip.part").stat().st_size > 0
+
+
+def test_a_resumed_answer_that_is_another_part_of_the_file_starts_over(zip_bytes: bytes, tmp_path: Path) -> None:
+    """A 206 whose Content-Range starts elsewhere than asked (or that comes compressed) was written from the
+    file's first byte: a file of the wrong bytes, refused at the end after the whole download."""
+    part = tmp_path / "dl" / "ctg-studies.json.zip.part"
+    part.parent.mkdir()
+    part.write_bytes(zip_bytes[:1000])
+    (tmp_path / "dl" / "ctg-studies.json.zip.part.json").write_text('{"validator": "\\"v1\\""}')
+    with _Server(zip_bytes, gzip_="always") as server:  # the resume comes compressed
+        assert download(server.url, tmp_path / "dl", attempts=2).read_bytes() == zip_bytes
+    assert [seen.get("Range") for seen in server.seen] == ["bytes=1000-", None]
+
+
+def test_a_loopback_server_is_reached_directly_whatever_proxy_the_environment_names(
+        zip_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with _Server(zip_bytes) as server:
+        assert download(server.url.replace("127.0.0.1", "localhost"), tmp_path / "dl").read_bytes() == zip_bytes
