@@ -7,6 +7,11 @@ registry or receiver on this machine (``trialsync fake-registry``, the demo's, a
 reached through it failed ('Unable to connect to proxy', or the proxy's own error page) unless
 ``NO_PROXY`` happened to list it. Go's HTTP client makes the same exception. Every other host follows the environment as
 requests does (``NO_PROXY`` included), also after a redirect from a loopback host.
+
+A redirect's body is never read: requests read it whole into memory (decompressed) before following
+the ``Location``, so a redirect with a large or endless body, or a gzip bomb (300 KB making 300 MB),
+filled memory unbounded; every other answer's body is read by its caller, within its own bounds. The
+connection of a redirect is closed instead of being reused.
 """
 
 from __future__ import annotations
@@ -32,8 +37,23 @@ def is_loopback(url: str) -> bool:
         return False
 
 
+def _leave_redirect_bodies_unread(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """A response hook: runs before requests follows a redirect, which reads the redirect's body first
+    (``response.content``) unless it is already there: it is, empty. The connection is closed here, the
+    body unread (requests then hands it back to its pool, which opens a new one for the next request)."""
+    if response.is_redirect:
+        response._content = b""
+        response.raw.close()
+    return response
+
+
 class Session(requests.Session):
-    """``requests.Session`` that reaches loopback hosts directly, whatever proxy the environment names."""
+    """``requests.Session`` that reaches loopback hosts directly, whatever proxy the environment names,
+    and never reads a redirect's body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks["response"].append(_leave_redirect_bodies_unread)
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
                                    cert: Any) -> Any:
