@@ -184,3 +184,39 @@ def test_a_loopback_server_is_reached_directly_whatever_proxy_the_environment_na
         monkeypatch.delenv(name, raising=False)
     with _Server(zip_bytes) as server:
         assert download(server.url.replace("127.0.0.1", "localhost"), tmp_path / "dl").read_bytes() == zip_bytes
+
+
+SECRET = "Zx9SECRETqq"
+
+
+def test_a_presigned_bulk_url_is_stored_and_shown_with_its_secrets_masked(zip_bytes: bytes, tmp_path: Path) -> None:
+    """An S3/GCS presigned URL's signature, credential and session token were stored in sync_runs.api_url
+    and shown by a failed download's message (only user:password@ and plain 'signature=' were masked)."""
+    from flows.bulk import run_load_bulk
+
+    query = (f"?X-Amz-Credential=AKIA{SECRET}&X-Amz-Security-Token={SECRET}&X-Amz-Signature={SECRET}"
+             f"&X-Goog-Signature={SECRET}&format=json.zip")
+    with _Server(zip_bytes) as server:
+        summary = run_load_bulk(dict(source=server.url.replace("http://", "HTTP://") + query,
+                                     warehouse=str(tmp_path / "wh"), lock_timeout=5.0), workers=1)
+    with pytest.raises(BulkDownloadFailed) as failed:  # nothing listens there: the error names the URL twice
+        download("http://127.0.0.1:1/ctg-studies.json.zip" + query, tmp_path / "dl", attempts=1)
+    assert summary["versions_written"] == 60
+    from tests.reliability.support import query as sql
+    [(stored,)] = sql(tmp_path / "wh", "SELECT api_url FROM sync_runs")
+    assert stored.endswith("?X-Amz-Credential=***&X-Amz-Security-Token=***&X-Amz-Signature=***"
+                           "&X-Goog-Signature=***&format=json.zip")
+    assert not [p for p in (tmp_path / "wh").rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert SECRET not in str(failed.value) and "X-Amz-Signature=***" in str(failed.value)
+
+
+def test_a_bulk_url_with_credentials_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.reliability.support import TRIALSYNC
+
+    result = subprocess.run([str(TRIALSYNC), "load-bulk", f"https://alice:{SECRET}@127.0.0.1:1/ctg-studies.json.zip",
+                             "--warehouse", str(tmp_path / "wh")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and SECRET not in result.stdout + result.stderr
+    assert result.stderr.startswith("trialsync: error: a bulk URL must not contain credentials (user:password@host)")
+    assert not (tmp_path / "wh").exists()

@@ -152,6 +152,8 @@ def load_bulk(
     check_seconds("--lock-timeout", lock_timeout)
     if not is_url(source):
         source = str(check_bulk_file(source).resolve())
+    else:
+        settings.check_bulk_url(source)
     _refuse_damaged(warehouse)
     summary = run_bulk(dict(source=source, warehouse=str(settings.warehouse_dir(warehouse)), batch_size=batch_size,
                             lock_timeout=lock_timeout, download_dir=download_dir, verify=verify),

@@ -264,4 +264,4 @@ class MemberReader:
 
 
 def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+    return source[:8].lower().startswith(("http://", "https://"))  # a URL's scheme is case-blind

@@ -38,6 +38,7 @@ import urllib3
 from pipeline.deadline import Late, call_within
 from pipeline.errors import BulkArchiveInvalid, BulkDownloadFailed
 from pipeline.http_session import Session
+from pipeline.redact import redact
 from pipeline.registry.client import USER_AGENT
 
 log = logging.getLogger("trialsync.download")
@@ -112,10 +113,12 @@ def _download(url: str, directory: Path, name: str, *, chunk_bytes: int, timeout
                 last_error = "the connection closed before the whole file came"
             except requests.RequestException as exc:
                 last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("download of %s stopped at %d bytes (%s); resuming", url, _size(part), last_error)
+            log.warning("download of %s stopped at %d bytes (%s); resuming", redact(url), _size(part),
+                        redact(last_error))
         else:
             kept = f" ({_size(part)} bytes kept in {part} for the next run)" if part.exists() else ""
-            raise BulkDownloadFailed(f"download of {url} failed after {attempts} tries{kept}: {last_error}")
+            raise BulkDownloadFailed(f"download of {redact(url)} failed after {attempts} tries{kept}: "
+                                     f"{redact(last_error)}")
     finally:
         if session is None:
             http.close()
@@ -124,7 +127,7 @@ def _download(url: str, directory: Path, name: str, *, chunk_bytes: int, timeout
     except BulkArchiveInvalid as exc:
         part.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
-        raise BulkDownloadFailed(f"download of {url} is not a usable zip: {exc}") from None
+        raise BulkDownloadFailed(f"download of {redact(url)} is not a usable zip: {exc}") from None
     os.replace(part, final)
     meta.unlink(missing_ok=True)
     return final
@@ -154,7 +157,7 @@ def _fetch(http: requests.Session, url: str, part: Path, meta: Path, chunk_bytes
             return True
         if response.status_code not in (200, 206):
             status = response.status_code
-            raise BulkDownloadFailed(f"download of {url} failed: HTTP {status}",
+            raise BulkDownloadFailed(f"download of {redact(url)} failed: HTTP {status}",
                                      retryable=status >= 500 or status in (408, 429))
         coding = response.headers.get("Content-Encoding", "").strip().lower()
         resumed = response.status_code == 206
