@@ -220,3 +220,21 @@ def test_a_bulk_url_with_credentials_is_refused_before_anything_runs(tmp_path: P
     assert result.returncode == 2 and SECRET not in result.stdout + result.stderr
     assert result.stderr.startswith("trialsync: error: a bulk URL must not contain credentials (user:password@host)")
     assert not (tmp_path / "wh").exists()
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_download_dir_that_is_a_file_is_refused_as_bad_input(tmp_path: Path, under: bool) -> None:
+    """It was 'trialsync: error: FileExistsError: [Errno 17] File exists: ...', exit 1."""
+    import subprocess
+
+    from tests.reliability.support import TRIALSYNC
+
+    (tmp_path / "afile").write_text("not a directory")
+    directory = tmp_path / "afile" / "sub" if under else tmp_path / "afile"
+    result = subprocess.run([str(TRIALSYNC), "load-bulk", "http://127.0.0.1:1/ctg-studies.json.zip", "--warehouse",
+                             str(tmp_path / "wh"), "--download-dir", str(directory)],
+                            capture_output=True, text=True, timeout=120)
+    what = f"is under {tmp_path / 'afile'}, which is" if under else "is"
+    assert (result.returncode, result.stderr.strip()) == (
+        2, f"trialsync: error: --download-dir {directory} {what} a file, not a directory")
+    assert not (tmp_path / "wh").exists()
