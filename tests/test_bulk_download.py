@@ -37,11 +37,12 @@ class _Server:
     - ``gzip``: ``"asked"`` compresses the answer when the request accepts gzip, ``"always"`` whatever it
       accepts (a misconfigured CDN); a ``Range`` then counts the compressed bytes, as HTTP says;
     - ``drops``: the first answers close the connection after ``cut`` bytes of their body;
-    - ``drip``: seconds between bytes of the body (``"body"``) or of the status line and headers."""
+    - ``drip``: seconds between bytes of the body (``"body"``) or of the status line and headers;
+    - ``length=False``: no Content-Length, the body ends when the connection closes (HTTP/1.0's way)."""
 
     def __init__(self, data: bytes, *, gzip_: str | None = None, drops: int = 0, cut: int = 0,
-                 drip: float = 0.0, drip_where: str = "body") -> None:
-        self.data, self.gzip, self.drops, self.cut = data, gzip_, drops, cut
+                 drip: float = 0.0, drip_where: str = "body", length: bool = True) -> None:
+        self.data, self.gzip, self.drops, self.cut, self.length = data, gzip_, drops, cut, length
         self.drip, self.drip_where = drip, drip_where
         self.seen: list[dict[str, str]] = []
         self.stop = threading.Event()
@@ -63,8 +64,9 @@ class _Server:
                 if ranged.startswith("bytes=") and self.headers.get("If-Range", '"v1"') == '"v1"':
                     start = int(ranged[6:].split("-")[0])
                 body = whole[start:]
-                head = [f"HTTP/1.1 {206 if start else 200} {'Partial Content' if start else 'OK'}",
-                        'ETag: "v1"', f"Content-Length: {len(body)}"]
+                head = [f"HTTP/1.1 {206 if start else 200} {'Partial Content' if start else 'OK'}", 'ETag: "v1"']
+                head += [f"Content-Length: {len(body)}"] if owner.length else ["Connection: close"]
+                self.close_connection = self.close_connection or not owner.length
                 head += ["Content-Encoding: gzip"] if coded else []
                 head += [f"Content-Range: bytes {start}-{len(whole) - 1}/{len(whole)}"] if start else []
                 self._send(("\r\n".join(head) + "\r\n\r\n").encode(), owner.drip_where == "headers")
@@ -238,3 +240,11 @@ def test_a_download_dir_that_is_a_file_is_refused_as_bad_input(tmp_path: Path, u
     assert (result.returncode, result.stderr.strip()) == (
         2, f"trialsync: error: --download-dir {directory} {what} a file, not a directory")
     assert not (tmp_path / "wh").exists()
+
+
+def test_a_body_without_a_length_cut_short_is_resumed_not_thrown_away(zip_bytes: bytes, tmp_path: Path) -> None:
+    """Without a Content-Length a cut is an end: the half file was taken as whole, failed the zip check and
+    was deleted ('not a usable zip'), so each run started from its first byte again."""
+    with _Server(zip_bytes, length=False, drops=1, cut=len(zip_bytes) // 2) as server:
+        assert download(server.url, tmp_path / "dl", attempts=2).read_bytes() == zip_bytes
+    assert [seen.get("Range") for seen in server.seen] == [None, f"bytes={len(zip_bytes) // 2}-"]
