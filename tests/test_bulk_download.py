@@ -248,3 +248,15 @@ def test_a_body_without_a_length_cut_short_is_resumed_not_thrown_away(zip_bytes:
     with _Server(zip_bytes, length=False, drops=1, cut=len(zip_bytes) // 2) as server:
         assert download(server.url, tmp_path / "dl", attempts=2).read_bytes() == zip_bytes
     assert [seen.get("Range") for seen in server.seen] == [None, f"bytes={len(zip_bytes) // 2}-"]
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_a_web_page_answered_for_the_zip_is_named_as_one_and_not_kept(tmp_path: Path, length: bool) -> None:
+    """A hotel's or a firewall's login page answered with 200: it read '... is not a usable zip: ... is
+    not a complete zip archive (truncated download?)'."""
+    page = b"<!DOCTYPE html><html><head><title>Sign in to Hotel &amp; Spa Wi-Fi</title></head><body>...</body></html>"
+    with _Server(page, length=length) as server, pytest.raises(BulkDownloadFailed) as failed:
+        download(server.url, tmp_path / "dl", attempts=2)
+    assert str(failed.value) == f'download of {server.url} is not a zip but a web page ("Sign in to Hotel & Spa Wi-Fi")'
+    assert len(server.seen) == 1  # not retried: the page is whole
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == ["ctg-studies.json.zip.lock"]  # nothing kept

@@ -21,6 +21,7 @@ was loading.
 from __future__ import annotations
 
 import fcntl
+import html
 import json
 import logging
 import os
@@ -126,8 +127,11 @@ def _download(url: str, directory: Path, name: str, *, chunk_bytes: int, timeout
     try:
         BulkArchive.open(part)
     except BulkArchiveInvalid as exc:
+        page = _web_page_title(part)
         part.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
+        if page is not None:  # a captive portal's or a proxy's page, answered with 200
+            raise BulkDownloadFailed(f"download of {redact(url)} is not a zip but a web page{page}") from None
         raise BulkDownloadFailed(f"download of {redact(url)} is not a usable zip: {exc}") from None
     os.replace(part, final)
     meta.unlink(missing_ok=True)
@@ -179,7 +183,9 @@ def _fetch(http: requests.Session, url: str, part: Path, meta: Path, chunk_bytes
             return written == expected
         # No length to check (a body ended by closing the connection, or a compressed one): a zip cut
         # short lacks its end record, so the next try resumes (or a server without ranges starts over).
-        return zipfile.is_zipfile(part)
+        # A body that is no zip at all (a login page) is whole: the zip check refuses it by its name.
+        with part.open("rb") as head:
+            return head.read(4) != b"PK\x03\x04" or zipfile.is_zipfile(part)
 
 
 MIN_BYTES_PER_SECOND = 1024  # a download slower than this over a whole timeout has stalled (curl's --speed-limit)
@@ -221,6 +227,17 @@ def _part_meta(meta: Path) -> tuple[str | None, bool]:
         return None, False
     value = info.get("validator")
     return (value if isinstance(value, str) and value else None), info.get("encoded") is True
+
+
+def _web_page_title(path: Path) -> str | None:
+    """``' ("its title")'`` (or ``''``) when the file is a web page, else None."""
+    with path.open("rb") as f:
+        head = f.read(64 << 10).decode("utf-8", "replace")
+    if head.lstrip()[:1] != "<":
+        return None
+    title = re.search(r"<title[^>]*>(.*?)</title>", head, re.I | re.S)
+    text = " ".join(html.unescape(title.group(1)).split())[:200] if title else ""
+    return f' ("{redact(text)}")' if text else ""
 
 
 def _range_start(response: requests.Response) -> int | None:
