@@ -260,3 +260,31 @@ def test_a_web_page_answered_for_the_zip_is_named_as_one_and_not_kept(tmp_path: 
     assert str(failed.value) == f'download of {server.url} is not a zip but a web page ("Sign in to Hotel & Spa Wi-Fi")'
     assert len(server.seen) == 1  # not retried: the page is whole
     assert [p.name for p in (tmp_path / "dl").iterdir()] == ["ctg-studies.json.zip.lock"]  # nothing kept
+
+
+@pytest.mark.parametrize("location", ["ftp://mirror.example/ctg-studies.json.zip", "http://[bad/ctg-studies.json.zip"])
+def test_a_download_redirected_to_a_url_that_cannot_be_fetched_fails_at_once_with_one_line(
+        tmp_path: Path, location: str) -> None:
+    """http://[bad raised urllib's ValueError out of load-bulk; ftp:// was retried as a dropped connection."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ctg-studies.json.zip"
+    try:
+        with pytest.raises(BulkDownloadFailed) as failed:
+            download(url, tmp_path / "dl", attempts=3)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not failed.value.retryable and str(failed.value).startswith(f"download of {url} failed: ")
+    assert "\n" not in str(failed.value)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import RegistryUnavailable
+from pipeline.errors import RegistryError, RegistryUnavailable
 from pipeline.registry.client import RegistryClient, RetryPolicy
 
 BOMB_MB = 100
@@ -28,6 +28,7 @@ class _Server:
     def __init__(self, status: int, kind: str) -> None:
         bomb = gzip.compress(b"\0" * (BOMB_MB << 20), compresslevel=9)
         self.sent = 0
+        self.location = "/final/api/v2/version"
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -45,7 +46,7 @@ class _Server:
                     self.wfile.write(VERSION)
                     return
                 self.send_response(status)
-                self.send_header("Location", "/final/api/v2/version")
+                self.send_header("Location", owner.location)
                 self.send_header("Content-Type", "text/plain")
                 if kind == "bomb":
                     self.send_header("Content-Encoding", "gzip")
@@ -132,3 +133,19 @@ def test_an_errors_answer_is_read_only_as_far_as_its_line_needs_and_shows_no_bin
         server.close()
     assert str(info.value) == "HTTP 503: Service Unavailable"  # the reason: the body has no text
     assert peak_mb() < 32  # the bomb: 100 MB (up to 1 GB, the cap on a page); the endless body: 5 s of zeros
+
+
+@pytest.mark.parametrize("location", ["ftp://mirror.example/studies", "http://[bad/studies"])
+def test_a_redirect_to_a_url_that_cannot_be_fetched_is_one_error_not_retried(location: str) -> None:
+    """It was retried as a broken response until the retry budget ran out (31 s by default)."""
+    server = _Server(302, "bomb")
+    server.location = location
+    try:
+        with RegistryClient(server.url, min_interval=0, retry=RetryPolicy(attempts=4, backoff_base=0.5)) as client, \
+                pytest.raises(RegistryError) as info:
+            client.version()
+    finally:
+        server.close()
+    assert not info.value.retryable and client.retries == 0
+    assert str(info.value).startswith(f"cannot fetch {server.url}/version: ") and str(info.value).endswith(
+        "; not retried")

@@ -247,6 +247,10 @@ class RegistryClient:
             where = exc.response.url if exc.response is not None else url
             raise RegistryError(f"redirect loop at {redact(url)}: more than {self.session.max_redirects} redirects "
                                 f"(the last to {redact(where)}); not retried", url=url) from None
+        except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                ValueError) as exc:  # a redirect to ftp:// or to http://[bad (urllib's ValueError), a socks5://
+            # proxy without its module: asking again goes the same way
+            raise RegistryError(f"cannot fetch {redact(url)}: {short_error(exc)}; not retried", url=url) from None
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"broken response: {short_error(exc)}", url=url) from None
         status = response.status_code

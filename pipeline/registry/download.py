@@ -157,6 +157,9 @@ def _fetch(http: requests.Session, url: str, part: Path, meta: Path, chunk_bytes
                              name="trialsync-download", abandoned=requests.Response.close)
     except Late:
         raise _TryFailed(f"no answer within {timeout:g}s") from None
+    except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            ValueError) as exc:  # a redirect to ftp:// or to http://[bad: the next try would go there again
+        raise BulkDownloadFailed(f"download of {redact(url)} failed: {redact(str(exc))}", retryable=False) from None
     with answer as response:
         if response.status_code == 416 and have:  # nothing left past what we have: it is complete
             return True
