@@ -244,3 +244,43 @@ def test_only_this_machines_loopback_hosts_skip_the_proxy(url: str, loopback: bo
     from pipeline.http_session import is_loopback
 
     assert is_loopback(url) is loopback
+
+
+def test_serve_reaches_its_own_prefect_server_on_loopback_whatever_proxy_the_environment_names(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY set (NO_PROXY not listing loopback) 'serve' asked its own server on 127.0.0.1 through
+    the proxy and gave up: 'the Prefect server did not answer within 60s'. A real server on loopback
+    answers /health here (it stands in for the Prefect server serve starts)."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from flows.serving import _wait_healthy
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("flows.serving.STARTUP_SECONDS", 5.0)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = time.monotonic()
+        _wait_healthy(f"http://127.0.0.1:{server.server_address[1]}/api", alive, tmp_path / "server.log")
+        assert time.monotonic() - started < 4
+    finally:
+        alive.kill()
+        alive.wait()
+        server.shutdown()
+        server.server_close()
