@@ -49,6 +49,7 @@ from flows.shards import (
 )
 from pipeline import hashing
 from pipeline.errors import UsageError
+from pipeline.redact import redact
 from pipeline.registry.bulk import BulkArchive, group_shards, is_url
 from pipeline.registry.download import download, held
 from pipeline.scope import next_watermark
@@ -104,6 +105,7 @@ def load_bulk(
     path = source
     hold: AbstractContextManager[object] = nullcontext()
     if is_url(source):  # held while read: no other process's download replaces it meanwhile
+        settings.check_bulk_url(source)
         path = fetch_bulk_file(source, download_dir or str(store.root.parent / "downloads"))
         hold = held(Path(path))
     with hold:
@@ -163,7 +165,7 @@ def load_bulk(
                       "batch_size": str(batch_size), "archive_newest": str(archive_newest or ""),
                       **reading.params(verify)}
             (run.dir / VERIFY_MARKER).unlink(missing_ok=True)
-            commit_run(run, summary, started, params=params, api_url=source)
+            commit_run(run, summary, started, params=params, api_url=redact(source))
         if reading.mismatched:
             logger.warning("bulk load %s: %d sampled unchanged members did not hash as their stored versions "
                            "(e.g. %s): read every member from then on; run `trialsync load-bulk --verify` to check "

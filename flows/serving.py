@@ -23,6 +23,7 @@ from rich.console import Console
 from flows import parent_watch
 from flows.deployments import Deployment, runner_deployments
 from pipeline.errors import TrialsyncError
+from pipeline.http_session import Session
 
 STARTUP_SECONDS = 120.0
 STOP_SECONDS = 4.0  # then SIGKILL: a stopped serve is gone within 10 s
@@ -97,8 +98,9 @@ def _wait_healthy(url: str, server: subprocess.Popen[Any], log_path: Path) -> No
         if server.poll() is not None:
             raise TrialsyncError(f"the Prefect server exited with code {server.returncode}; see {log_path}")
         try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return
+            with Session() as http:  # the server is on loopback: never through the environment's proxy
+                if http.get(f"{url}/health", timeout=2).ok:
+                    return
         except requests.RequestException:
             pass
         time.sleep(0.5)

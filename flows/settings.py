@@ -59,6 +59,26 @@ def check_api_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def check_bulk_url(url: str) -> str:
+    """A bulk file's URL: http(s) with a host and a valid port, without credentials in its user info
+    (refused, as in ``--api-url``: the URL is stored with the run and passed to Prefect; a server's
+    password belongs in ``~/.netrc``). A query is allowed (the registry's own download URL has one, a
+    presigned URL's signature is one): the run stores the URL with secret-looking parameters masked."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise UsageError("a bulk URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise UsageError(f"the bulk URL is not a usable URL ({exc}): {redact(url)!r}") from None
+    if "@" in parts.netloc:
+        raise UsageError("a bulk URL must not contain credentials (user:password@host): it is stored with the "
+                         "run and passed to Prefect; put a server's password in ~/.netrc")
+    if not parts.hostname:
+        raise UsageError(f"the bulk URL has no host: {redact(url)!r}")
+    return url
+
+
 def shared_data_dir(flag: str | None = None) -> Path:
     """The real registry data: ``--data`` > ``TRIALSYNC_SHARED_DATA`` > ``../shared/data`` beside the clone."""
     explicit = flag or os.environ.get("TRIALSYNC_SHARED_DATA")

@@ -115,3 +115,18 @@ def test_a_recipient_the_smtp_server_refuses_makes_the_delivery_fail_and_retry(
         assert [m["Message-ID"] for _, m in handler.mails].count(first_id) == 2  # the same message, again
     finally:
         controller.stop()
+
+
+def test_a_webhook_on_loopback_is_reached_directly_whatever_proxy_the_environment_names(
+        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's inbox (a receiver on 127.0.0.1) failed 'cannot reach the webhook (ProxyError)' for
+    anyone whose environment names a proxy without listing loopback in NO_PROXY."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    config = watchlist(tmp_path / "w.yaml", {"out": {"type": "webhook", "url": f"{hook.url}/hook", "attempts": 1}},
+                       WATCH)
+    sent = send_alerts(config=str(config), warehouse=str(warehouse))
+    assert (sent["messages_sent"], sent["failures"]) == (2, [])
+    assert sorted(r.body["studies"][0]["nct_id"] for r in hook.received) == [PAIR, SEED]

@@ -215,3 +215,72 @@ def test_fake_serves_records_a_test_hands_it(registry: FakeRegistry) -> None:
     assert served["protocolSection"]["statusModule"]["overallStatus"] == "COMPLETED"
     registry.remove(nct(changed))
     assert get(registry, f"/studies/{nct(changed)}").status_code == 404
+
+
+def test_a_loopback_registry_is_reached_directly_whatever_proxy_the_environment_names(
+        registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy runs elsewhere: its loopback is not ours. Through it, the demo's own registry, `trialsync
+    fake-registry` or a local mirror failed ('Unable to connect to proxy') unless NO_PROXY listed it."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    retry = RetryPolicy(attempts=1, backoff_base=0.01)
+    for url in (registry.url, registry.url.replace("127.0.0.1", "localhost")):
+        with RegistryClient(url, min_interval=0, retry=retry) as client:
+            assert len(client.get_page({"pageSize": "3"}, None, 1).studies) == 3
+    # Any other host still goes through the environment's proxy.
+    with RegistryClient("http://registry.invalid/api/v2", min_interval=0, retry=retry) as client, \
+            pytest.raises(RegistryUnavailable, match="ProxyError"):
+        client.get_page({}, None, 1)
+
+
+@pytest.mark.parametrize(("url", "loopback"), [
+    ("http://127.0.0.1:8000/api/v2", True), ("http://127.5.6.7/x", True), ("http://[::1]:80/", True),
+    ("https://localhost/api/v2", True), ("http://LOCALHOST./", True), ("http://app.localhost:9/", True),
+    ("https://clinicaltrials.gov/api/v2", False), ("http://128.0.0.1/", False), ("http://localhost.example/", False),
+    ("http://[::2]/", False), ("http://10.0.0.1/", False), ("http://[bad/", False)])
+def test_only_this_machines_loopback_hosts_skip_the_proxy(url: str, loopback: bool) -> None:
+    from pipeline.http_session import is_loopback
+
+    assert is_loopback(url) is loopback
+
+
+def test_serve_reaches_its_own_prefect_server_on_loopback_whatever_proxy_the_environment_names(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY set (NO_PROXY not listing loopback) 'serve' asked its own server on 127.0.0.1 through
+    the proxy and gave up: 'the Prefect server did not answer within 60s'. A real server on loopback
+    answers /health here (it stands in for the Prefect server serve starts)."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from flows.serving import _wait_healthy
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("flows.serving.STARTUP_SECONDS", 5.0)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = time.monotonic()
+        _wait_healthy(f"http://127.0.0.1:{server.server_address[1]}/api", alive, tmp_path / "server.log")
+        assert time.monotonic() - started < 4
+    finally:
+        alive.kill()
+        alive.wait()
+        server.shutdown()
+        server.server_close()

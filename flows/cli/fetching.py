@@ -152,11 +152,26 @@ def load_bulk(
     check_seconds("--lock-timeout", lock_timeout)
     if not is_url(source):
         source = str(check_bulk_file(source).resolve())
+    else:
+        settings.check_bulk_url(source)
+        _check_download_dir(download_dir)
     _refuse_damaged(warehouse)
     summary = run_bulk(dict(source=source, warehouse=str(settings.warehouse_dir(warehouse)), batch_size=batch_size,
                             lock_timeout=lock_timeout, download_dir=download_dir, verify=verify),
                        workers=workers, dask=dask, show_progress=not quiet)
     print_summary(summary)
+
+
+def _check_download_dir(directory: str | None) -> None:
+    """``--download-dir`` must be, or be creatable as, a directory (a file there, or above it, made an
+    OSError traceback line, exit 1, after the warehouse had been checked)."""
+    if directory is None:
+        return
+    path = Path(directory).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is" if existing == path else f"is under {existing}, which is"
+        raise UsageError(f"--download-dir {directory} {what} a file, not a directory")
 
 
 def run_bulk(params: dict[str, Any], *, workers: int | None = None, dask: str | None = None,

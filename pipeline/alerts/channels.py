@@ -37,6 +37,7 @@ from pipeline.alerts.smtp_answers import permanent, transient
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
 from pipeline.errors import DeliveryFailed
+from pipeline.http_session import Session
 
 USER_AGENT = "trialsync-alerts"
 MAX_REDIRECTS = 3  # 307/308 hops a webhook delivery follows
@@ -136,7 +137,8 @@ class WebhookSender:
         alert marked sent, never arrived; those are answered to the caller as they are."""
         url = self.url
         for _ in range(MAX_REDIRECTS + 1):
-            response = requests.post(url, json=payload, headers=headers, timeout=self.timeout, allow_redirects=False)
+            with Session() as http:  # a receiver on loopback directly, whatever proxy the environment names
+                response = http.post(url, json=payload, headers=headers, timeout=self.timeout, allow_redirects=False)
             if response.status_code not in (307, 308) or "Location" not in response.headers:
                 return response
             target = urljoin(url, response.headers["Location"])

@@ -52,8 +52,12 @@ def body_line(response: requests.Response, content: bytes) -> str:
         body = title.group(1) if title and title.group(1).strip() else re.sub(
             r"<(script|style)[^>]*>.*?</\1>|<[^>]+>", "\n", body, flags=re.I | re.S)
         body = html.unescape(body)
+    body = _CONTROL.sub("", body)  # a binary body's NULs and escapes are no text to show in a terminal or log
     text = [line.strip() for line in body.strip().splitlines() if line.strip()]
     return redact(" ".join(text[0].split())[:200]) if text else response.reason or ""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x80-\x9f]")
 
 
 def short_error(exc: Exception, limit: int = 200) -> str:

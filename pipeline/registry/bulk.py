@@ -85,10 +85,11 @@ class BulkArchive:
         ncts: list[str] = []
         numbers = [array("q") for _ in range(5)]  # 8 bytes a number, not ~36 as Python ints
         offsets, csizes, usizes, crcs, methods = (column.append for column in numbers)
-        skipped = json_bytes = pos = 0
-        for _ in range(count):
-            if not directory.startswith(_CD_SIGNATURE, pos):
+        skipped = json_bytes = pos = entries = 0
+        while pos < cd_size:  # by the directory's size, as zipfile and unzip read it; the count is checked after
+            if not directory.startswith(_CD_SIGNATURE, pos) or pos + 46 > cd_size:
                 raise BulkArchiveInvalid(f"{path}: damaged central directory")
+            entries += 1
             (method, crc, csize, usize, name_len, extra_len, comment_len,
              offset) = _CD_ENTRY.unpack_from(directory, pos + 10)
             name = directory[pos + 46:pos + 46 + name_len]  # bytes: decoded only for a message
@@ -111,6 +112,10 @@ class BulkArchive:
             crcs(crc)
             methods(method)
             json_bytes += usize
+        if pos != cd_size or entries % 0x10000 != count % 0x10000 or (count > 0xFFFF and entries != count):
+            # A 16-bit count that wrapped (over 65,535 entries without ZIP64) is a known writers' habit.
+            raise BulkArchiveInvalid(f"{path}: damaged central directory (it holds {entries} entries, its end "
+                                     f"record says {count})")
         if not ncts:
             raise BulkArchiveInvalid(f"{path} holds no study files (NCT########.json)")
         shards = _by_shard(ncts, numbers)
@@ -259,4 +264,4 @@ class MemberReader:
 
 
 def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+    return source[:8].lower().startswith(("http://", "https://"))  # a URL's scheme is case-blind

@@ -43,6 +43,7 @@ from pipeline.errors import (
     RegistryUnavailable,
     RegistryWrongStudy,
 )
+from pipeline.http_session import Session
 from pipeline.parse import record_ids, record_nct_id
 from pipeline.redact import redact
 from pipeline.registry.answers import body_line, not_plain_text, retry_after_seconds, short_error, text_of
@@ -63,6 +64,7 @@ MAX_INTERVAL = 10.0  # how slow repeated 429s can make the client (6 requests a 
 # Bytes of one answer, decompressed: more is a broken or hostile server. A real page of 1000 studies is
 # ~20 MB (18 KB a record on average); 1000 of the largest real record (0.8 MB) would be 0.8 GB.
 MAX_BODY_BYTES = 1 << 30
+ERROR_BODY_BYTES = 64 << 10  # what is read of an error's answer (its first line is shown)
 MIN_TRY_SECONDS = 1.0  # a try's time limit never falls below this, even when the retry budget is spent
 
 
@@ -98,7 +100,7 @@ class RegistryClient:
         self._sleep = sleep
         self._monotonic = monotonic
         self._last_request: float | None = None
-        self.session = requests.Session()
+        self.session = Session()  # a loopback registry is reached directly, whatever the proxy
         self.session.headers.update({"User-Agent": user_agent, "Accept": "application/json"})
         self.requests_made = 0
         self.retries = 0
@@ -244,11 +246,15 @@ class RegistryClient:
             where = exc.response.url if exc.response is not None else url
             raise RegistryError(f"redirect loop at {redact(url)}: more than {self.session.max_redirects} redirects "
                                 f"(the last to {redact(where)}); not retried", url=url) from None
+        except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                ValueError) as exc:  # a redirect to ftp:// or to http://[bad (urllib's ValueError), a socks5://
+            # proxy without its module: asking again goes the same way
+            raise RegistryError(f"cannot fetch {redact(url)}: {short_error(exc)}; not retried", url=url) from None
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"broken response: {short_error(exc)}", url=url) from None
-        with response:
-            content = self._read_within(response, deadline, seconds)
         status = response.status_code
+        with response:  # of an error, only its first line is shown: no need to read 1 GB of it
+            content = self._read_within(response, deadline, seconds, MAX_BODY_BYTES if status < 300 else None)
         if status == 429:
             self._slow_down()
         if status == 429 or status >= 500:
@@ -284,9 +290,10 @@ class RegistryClient:
         left = self.retry.budget_seconds - self.retry_spent
         return min(self.timeout[1], max(left, MIN_TRY_SECONDS))
 
-    def _read_within(self, response: requests.Response, deadline: float, seconds: float) -> bytes:
+    def _read_within(self, response: requests.Response, deadline: float, seconds: float, limit: int | None) -> bytes:
         """The whole body by ``deadline``: the socket's timeout shrinks to the time left before each
-        read, and each read returns what has arrived, so a body that trickles in cannot outlast it."""
+        read, and each read returns what has arrived, so a body that trickles in cannot outlast it. Over
+        ``limit`` bytes is an error; with no limit (an error's answer), its first ``ERROR_BODY_BYTES``."""
         raw = response.raw
         chunks: list[bytes] = []
         size = 0
@@ -303,7 +310,9 @@ class RegistryClient:
                     return b"".join(chunks)
                 chunks.append(chunk)
                 size += len(chunk)
-                if size > MAX_BODY_BYTES:
+                if limit is None and size >= ERROR_BODY_BYTES:
+                    return b"".join(chunks)[:ERROR_BODY_BYTES]
+                if limit is not None and size > limit:
                     # Not retried: the next try would most likely download as much again.
                     raise RegistryError(f"the answer is larger than {MAX_BODY_BYTES >> 20} MB", url=response.url)
         except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
