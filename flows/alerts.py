@@ -204,7 +204,7 @@ def plan_task(r: _Run) -> AlertPlan:
     with r.store.committed() as con:
         r.ledger = ledger_state(con, resend_rejected=r.resend_rejected)
         seen, last = first_seen(con), last_seen(con)
-        later = committed_since_first_seen(con, r.store.log())
+        later = committed_since_first_seen(con, r.store)
         found = {}
         for watch in r.watchlist.watches:
             retry_ids = sorted({c for (w, _, c) in r.ledger.failed if w == watch.name})

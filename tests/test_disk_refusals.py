@@ -90,7 +90,7 @@ def test_a_writing_command_on_a_warehouse_it_may_not_write_says_so_in_one_line(
         line = done.stderr.strip()
         assert done.returncode == 1 and len(line.splitlines()) == 1, (args, line)
         assert line.startswith(f"trialsync: error: {unwritable.resolve()}/"), line
-        assert "this command writes there: make it writable by this user" in line, line
+        assert "this user may not use it: the writing commands need the warehouse writable" in line, line
         assert "Errno" not in line and "rerun with --debug" not in line
     runs = subprocess.run([str(TRIALSYNC), "runs", "--warehouse", str(unwritable)], capture_output=True,
                           text=True, timeout=120)

@@ -8,6 +8,7 @@ condition); its ``where:`` is a predicate over the columns of ``studies`` (and `
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -22,7 +23,7 @@ from pipeline.alerts.plan import LedgerState, Pending
 from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
 from pipeline.errors import UsageError
 from warehouse.analyses import OVERDUE, fdaaa_macros, overdue_event_id
-from warehouse.manifest import Generation
+from warehouse.manifest import ManifestDamaged
 from warehouse.store import Warehouse
 from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
 
@@ -31,6 +32,9 @@ _CORE = ", ".join(f.name for f in CORE_FIELDS)
 _STUDIES = f"""SELECT nct_id, {_CORE}, version, content_hash, CAST(raw AS JSON) AS raw
 FROM raw_study_versions WHERE NOT is_removed"""
 _COLLABORATORS = "json_extract_string(raw, '$.protocolSection.sponsorCollaboratorsModule.collaborators[*].name')"
+
+
+logger = logging.getLogger("trialsync.alerts")
 
 
 def _contains_any(texts_sql: str) -> str:
@@ -268,7 +272,7 @@ def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     return {w: ts.astimezone(UTC) for w, ts in rows}
 
 
-def committed_since_first_seen(con: duckdb.DuckDBPyConnection, log: Sequence[Generation]) -> dict[str, list[str]]:
+def committed_since_first_seen(con: duckdb.DuckDBPyConnection, store: Warehouse) -> dict[str, list[str]]:
     """For each watch, the runs committed after its first alerts run (in commit order, not by any clock).
 
     A watch's window starts at its first alerts run less its lookback, by ``detected_at``; a sync whose
@@ -276,7 +280,13 @@ def committed_since_first_seen(con: duckdb.DuckDBPyConnection, log: Sequence[Gen
     that start, and a first alerts run while the clock was ahead moves the start past every later change:
     either way changes that no run of the watch ever saw were passed over for good. Whatever was
     committed after the watch's first alerts run is news to it; the ledger still sends each change once.
+    A damaged manifest generation (``check`` names it) leaves the windows alone rather than stop the run.
     """
+    try:
+        log = store.log()
+    except ManifestDamaged as exc:
+        logger.warning("the runs' commit order is unknown (%s): changes are chosen by detected_at alone", exc)
+        return {}
     first_commit: dict[str, int] = {}
     for generation in log:
         first_commit.setdefault(generation.run_id, generation.number)

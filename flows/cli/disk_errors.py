@@ -13,6 +13,8 @@ import re
 
 WRITABLE = ("this command writes there: make it writable by this user; the read-only commands (sql, changes, "
             "history, runs, report, check) work without")
+ALLOWED = ("this user may not use it: the writing commands need the warehouse writable, the read-only ones "
+           "readable (files a writer made under umask 077 are its own)")
 # errno -> (what happened, what to do)
 _KNOWN = {
     errno.ENOSPC: ("no space left on the device", "free space there and run the command again; a run that "
@@ -21,8 +23,8 @@ _KNOWN = {
                    "failed before its commit committed nothing"),
     errno.EFBIG: ("a file grew past the size limit", "raise the file size limit (ulimit -f) and run again"),
     errno.EROFS: ("read-only file system", WRITABLE),
-    errno.EACCES: ("permission denied", WRITABLE),
-    errno.EPERM: ("operation not permitted", WRITABLE),
+    errno.EACCES: ("permission denied", ALLOWED),
+    errno.EPERM: ("operation not permitted", ALLOWED),
 }
 # Errnos that sockets and processes raise too: taken for the file system's only when a path is named.
 _ANYWHERE = {errno.EACCES, errno.EPERM}
