@@ -1,8 +1,10 @@
-"""Alerts when the host's clock was wrong for a while (a VM resumed from a snapshot, a lost RTC before NTP
+"""Alerts and the report when the host's clock was wrong for a while (a VM resumed from a
+snapshot, a lost RTC before NTP
 caught up). A watch's window starts at its first alerts run less its lookback, by ``detected_at``; a
 sync whose clock was behind stamps its changes before that start, and a first alerts run while the
 clock was ahead moves the start past later changes. Either way changes no run of the watch had seen were
 never alerted. What was committed after the watch's first alerts run is news to it, in commit order.
+The report's "latest run" is the run committed last, not the one whose clock said latest.
 """
 
 from __future__ import annotations
@@ -82,3 +84,27 @@ def test_a_change_committed_after_the_watchs_first_run_is_alerted_whatever_the_c
 def _old(root: Path, study: str, new: str) -> str:
     return str(rows(root, f"SELECT old_value FROM changes WHERE nct_id = '{study}' AND event = 'status_changed' "
                           f"AND new_value = '{new}'")[0][0])
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_reports_latest_run_is_the_run_committed_last_even_when_its_clock_was_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.report import write_report
+
+    records = [copy.deepcopy(r) for r in real_records()[:6]]
+    study = nct(records[0])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, full=True)
+        registry.put(_status(registry.record(study), "SUSPENDED", "2026-11-20"))
+        fast_sync(registry, root, full=True)
+        registry.put(_status(registry.record(study), "TERMINATED", "2026-11-21"))
+        monkeypatch.setattr(flows.sync, "datetime", _clock(timedelta(days=-6)))
+        last = fast_sync(registry, root, full=True)
+        monkeypatch.undo()
+
+    html = write_report(root, tmp_path / "r.html").read_text()
+    assert last["run_id"] in html
+    assert "TERMINATED" in html
+    latest = rows(root, "SELECT run_id FROM sync_runs ORDER BY started_at DESC LIMIT 1")[0][0]
+    assert latest != last["run_id"] and latest not in html  # the clock's "latest" is the run before
