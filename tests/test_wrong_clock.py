@@ -1,10 +1,9 @@
-"""Alerts and the report when the host's clock was wrong for a while (a VM resumed from a
-snapshot, a lost RTC before NTP
-caught up). A watch's window starts at its first alerts run less its lookback, by ``detected_at``; a
-sync whose clock was behind stamps its changes before that start, and a first alerts run while the
-clock was ahead moves the start past later changes. Either way changes no run of the watch had seen were
-never alerted. What was committed after the watch's first alerts run is news to it, in commit order.
-The report's "latest run" is the run committed last, not the one whose clock said latest.
+"""Alerts and the report when the host's clock was wrong for a while (a VM resumed from a snapshot, a lost RTC
+before NTP caught up). A watch's window starts at its first alerts run less its lookback, by
+``detected_at``; a sync whose clock was behind stamps its changes before that start, and a first alerts run
+while the clock was ahead moves the start past later changes. Either way changes no run of the watch had
+seen were never alerted. What was committed after the watch's first alerts run is news to it, in commit
+order. The report's "latest run" is the run committed last, not the one whose clock said latest.
 """
 
 from __future__ import annotations
