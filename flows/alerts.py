@@ -46,6 +46,7 @@ from warehouse import Warehouse
 from warehouse.alerts import (
     candidates,
     check_predicate,
+    committed_since_first_seen,
     delivery_rows,
     first_seen,
     last_seen,
@@ -203,12 +204,13 @@ def plan_task(r: _Run) -> AlertPlan:
     with r.store.committed() as con:
         r.ledger = ledger_state(con, resend_rejected=r.resend_rejected)
         seen, last = first_seen(con), last_seen(con)
+        later = committed_since_first_seen(con, r.store)
         found = {}
         for watch in r.watchlist.watches:
             retry_ids = sorted({c for (w, _, c) in r.ledger.failed if w == watch.name})
             start = window_start(watch, seen.get(watch.name), r.started)
             with predicate_errors(r.watchlist.source, watch):
-                found[watch.name] = candidates(con, watch, start, retry_ids)
+                found[watch.name] = candidates(con, watch, start, retry_ids, later.get(watch.name, ()))
                 if "overdue" in watch.fdaaa:  # a time event: overdue on the run's day, not on the last run's
                     a, b = compliance_window(start, last.get(watch.name), r.started)
                     found[watch.name] += overdue_candidates(con, watch, a, b, last.get(watch.name))

@@ -11,6 +11,7 @@ from pipeline.errors import UsageError
 from pipeline.leftovers import replace_atomically
 from pipeline.report.page import render
 from warehouse import Warehouse
+from warehouse.manifest import ManifestDamaged
 from warehouse.report_data import Period, compliance, digest, latest_run, study
 
 COMPLIANCE_WINDOW_DAYS = 30  # the newly overdue trials' window when the report has no --since
@@ -35,7 +36,7 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
         if run_id or since or until:
             period = Period(run_id, since, until)
         elif not ncts:
-            period = Period(latest_run(con))
+            period = Period(latest_run(con, _commit_order(store)))
         summary = digest(con, period) if period else None
         fdaaa = (compliance(con, as_of, since or as_of - timedelta(days=COMPLIANCE_WINDOW_DAYS))
                  if period else None)
@@ -49,3 +50,11 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
     except OSError as exc:  # a place that cannot be written: the user's to change
         raise UsageError(f"cannot write the report to {output}: {exc.strerror or exc}") from None
     return output
+
+
+def _commit_order(store: Warehouse) -> list[str]:
+    """Run ids in commit order; none when a manifest generation is damaged (readers still answer)."""
+    try:
+        return [generation.run_id for generation in store.log()]
+    except ManifestDamaged:
+        return []

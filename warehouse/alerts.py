@@ -8,6 +8,7 @@ condition); its ``where:`` is a predicate over the columns of ``studies`` (and `
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -22,6 +23,7 @@ from pipeline.alerts.plan import LedgerState, Pending
 from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
 from pipeline.errors import UsageError
 from warehouse.analyses import OVERDUE, fdaaa_macros, overdue_event_id
+from warehouse.manifest import ManifestDamaged
 from warehouse.store import Warehouse
 from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
 
@@ -30,6 +32,9 @@ _CORE = ", ".join(f.name for f in CORE_FIELDS)
 _STUDIES = f"""SELECT nct_id, {_CORE}, version, content_hash, CAST(raw AS JSON) AS raw
 FROM raw_study_versions WHERE NOT is_removed"""
 _COLLABORATORS = "json_extract_string(raw, '$.protocolSection.sponsorCollaboratorsModule.collaborators[*].name')"
+
+
+logger = logging.getLogger("trialsync.alerts")
 
 
 def _contains_any(texts_sql: str) -> str:
@@ -116,6 +121,7 @@ def _has(tree: Any, kinds: set[str]) -> bool:
 _CANDIDATES = """
 WITH cand AS (
     SELECT * FROM changes WHERE detected_at >= ? OR list_contains(?::VARCHAR[], change_id)
+                          OR list_contains(?::VARCHAR[], run_id)
 ), studies_ AS (
     {studies} AND nct_id IN (SELECT nct_id FROM cand)
 ), titles AS (
@@ -138,8 +144,10 @@ ORDER BY c.nct_id, c.to_version, c.path
 
 
 def candidates(con: duckdb.DuckDBPyConnection, watch: Watch, start: datetime,
-               retry_ids: Sequence[str]) -> list[AlertChange]:
-    """Changes of the watch's studies detected since ``start`` (and the ones due for a retry).
+               retry_ids: Sequence[str], later_runs: Sequence[str] = ()) -> list[AlertChange]:
+    """Changes of the watch's studies detected since ``start`` (and the ones due for a retry, and those
+    of ``later_runs``: committed after the watch's first alerts run, so news to it whatever clock
+    stamped their ``detected_at``).
 
     Versions imported from the registry's history (a backfill) are old news and never alert; nor does
     a change into the first version a sync observed, which only the backfill's history put a version
@@ -147,7 +155,7 @@ def candidates(con: duckdb.DuckDBPyConnection, watch: Watch, start: datetime,
     """
     selector, params = selector_sql(watch.studies)
     sql = _CANDIDATES.format(studies=_STUDIES, selector=selector)
-    result = con.execute(sql, [start, list(retry_ids), *params])
+    result = con.execute(sql, [start, list(retry_ids), list(later_runs), *params])
     return [AlertChange(*row) for row in result.fetchall()]
 
 
@@ -262,6 +270,34 @@ def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
     """When each watch was first evaluated (its first alerts run)."""
     rows = con.execute("SELECT w, min(started_at) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
     return {w: ts.astimezone(UTC) for w, ts in rows}
+
+
+def committed_since_first_seen(con: duckdb.DuckDBPyConnection, store: Warehouse) -> dict[str, list[str]]:
+    """For each watch, the runs committed after its first alerts run (in commit order, not by any clock).
+
+    A watch's window starts at its first alerts run less its lookback, by ``detected_at``; a sync whose
+    clock was behind (a host that lost its time, a VM resumed from a snapshot) stamps its changes before
+    that start, and a first alerts run while the clock was ahead moves the start past every later change:
+    either way changes that no run of the watch ever saw were passed over for good. Whatever was
+    committed after the watch's first alerts run is news to it; the ledger still sends each change once.
+    A damaged manifest generation (``check`` names it) leaves the windows alone rather than stop the run.
+    """
+    try:
+        log = store.log()
+    except ManifestDamaged as exc:
+        logger.warning("the runs' commit order is unknown (%s): changes are chosen by detected_at alone", exc)
+        return {}
+    first_commit: dict[str, int] = {}
+    for generation in log:
+        first_commit.setdefault(generation.run_id, generation.number)
+    rows = con.execute("SELECT w, list(run_id) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
+    later = {}
+    for watch, run_ids in rows:
+        seen = [first_commit[i] for i in run_ids if i in first_commit]
+        if seen:
+            since = min(seen)
+            later[watch] = sorted({g.run_id for g in log if g.number > since})
+    return later
 
 
 def last_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:

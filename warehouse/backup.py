@@ -50,7 +50,7 @@ class BackupResult:
 
 
 def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".trialsync-warehouse") -> BackupResult:
-    dest = dest.expanduser().resolve()
+    dest = catalog_file.refuse_pattern_path(dest.expanduser().resolve())
     if dest.exists() or dest.is_symlink():
         raise UsageError(f"{dest} exists; backup writes a new directory")
     if dest == root or root in dest.parents:

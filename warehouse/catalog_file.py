@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from pipeline.errors import UsageError
 from warehouse.catalog import (
     CATALOG_NAME,
     SCHEMA_VERSION,
@@ -35,6 +36,23 @@ from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEn
 # Attaches a database file to a DuckDB of the caller's for a block: (path, ATTACH options) -> a cursor
 # whose own catalog is that file (``RunWriter``: its Parquet footers are cached already).
 Attach = Callable[[str, str], AbstractContextManager[duckdb.DuckDBPyConnection]]
+
+
+# DuckDB takes a file path as a glob pattern where it holds '*', '?' or '[' (a view listing
+# runs/<id>/x.parquet of a warehouse at 'w*' also read the files of a backup 'w-bk' beside it: every
+# row twice; at 'w[1]' it read only those of 'w1'), and its ATTACH reads '\\' as '/' and cuts the
+# path at '?' (such a warehouse never committed a run). No escape exists for either.
+PATTERN_CHARACTERS = "*?[\\"
+
+
+def refuse_pattern_path(path: Path) -> Path:
+    """``path`` (resolved), or a ``UsageError`` when DuckDB would not read it as that one place."""
+    if found := sorted({ch for ch in str(path) if ch in PATTERN_CHARACTERS}):
+        shown = " ".join(f"'{ch}'" for ch in found)
+        raise UsageError(f"the warehouse path {path} holds {shown}, which DuckDB does not take literally "
+                         "(its views would read other directories' files): use a directory whose path has "
+                         "no '*', '?', '[' or '\\'")
+    return path
 
 
 def metadata_cached(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -90,9 +91,13 @@ _NAMES = """LEFT JOIN (SELECT nct_id, arg_max(brief_title, version) AS brief_tit
 _NAMED = "n.brief_title, n.lead_sponsor"
 
 
-def latest_run(con: duckdb.DuckDBPyConnection) -> str:
-    row = con.execute("SELECT run_id FROM sync_runs WHERE mode <> 'rederive' ORDER BY started_at DESC "
-                      "LIMIT 1").fetchone()
+def latest_run(con: duckdb.DuckDBPyConnection, commit_order: Sequence[str] = ()) -> str:
+    """The run committed last (``commit_order``: run ids in commit order, the manifest's; a run stamped
+    earlier than the one before it by a clock that was behind is still the latest); by ``started_at``
+    when the order is unknown."""
+    row = con.execute("SELECT run_id FROM sync_runs WHERE mode <> 'rederive' "
+                      "ORDER BY coalesce(list_position(?::VARCHAR[], run_id), 0) DESC, started_at DESC LIMIT 1",
+                      [list(commit_order)]).fetchone()
     if not row:
         raise UsageError("the warehouse has no sync runs yet")
     return str(row[0])

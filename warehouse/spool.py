@@ -127,8 +127,14 @@ def _write_atomic(path: Path, data: bytes, *, checkpoint: bool = False) -> None:
     """Write beside, then rename: a reader sees the whole file or none (no fsync: losing a page
     in a power cut only costs a refetch, ``get`` treats a damaged file as missing)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:  # a full disk: what was written goes at once (it kept the disk full) and is named
+        tmp.unlink(missing_ok=True)
+        if exc.errno is None or exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
     if checkpoint:
         crashpoint("spool-written")
     os.replace(tmp, path)

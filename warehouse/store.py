@@ -20,6 +20,7 @@ from pipeline.errors import UsageError, WarehouseBusy, WarehouseError, Warehouse
 from warehouse import catalog, catalog_file, checkpoints, committing, migrations, readers, run_writer
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
+from warehouse.catalog_file import refuse_pattern_path
 from warehouse.check import check_file, refuse_if_damaged
 from warehouse.checkpoints import Checkpoint
 from warehouse.crashpoints import crashpoint
@@ -37,7 +38,7 @@ logger = logging.getLogger("trialsync.warehouse")
 
 class Warehouse:
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().resolve()
+        self.root = refuse_pattern_path(Path(root).expanduser().resolve())
 
     @property
     def catalog_path(self) -> Path:

@@ -12,7 +12,7 @@ import typer
 
 import flows  # noqa: F401 - sets Prefect's offline defaults before Prefect is imported
 from flows import lifecycle
-from flows.cli import common
+from flows.cli import common, disk_errors
 from flows.cli.common import app
 from pipeline.errors import TrialsyncError, UsageError
 from pipeline.redact import redact
@@ -66,6 +66,9 @@ def _run(args: list[str], debug: bool) -> None:
             print(f"trialsync: error: the Prefect server at {url} (PREFECT_API_URL) does not answer: start it, "
                   "or unset PREFECT_API_URL to run without one", file=sys.stderr)
             sys.exit(1)
+        if refused := disk_errors.describe(exc, _warehouse(args)):  # full, read-only, not ours to write
+            print(f"trialsync: error: {redact(refused)}", file=sys.stderr)
+            sys.exit(1)
         print(f"trialsync: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)",
               file=sys.stderr)
         sys.exit(1)
@@ -74,6 +77,19 @@ def _run(args: list[str], debug: bool) -> None:
 
 
 _PREFECT_UNREACHABLE = "Failed to reach API at"
+
+
+def _warehouse(args: list[str]) -> str | None:
+    """The warehouse directory the command line names (or the environment's, or the default's)."""
+    from flows import settings
+
+    flag = next((a.split("=", 1)[1] for a in args if a.startswith("--warehouse=")), None)
+    if flag is None and "--warehouse" in args[:-1]:
+        flag = args[args.index("--warehouse") + 1]
+    try:
+        return str(settings.warehouse_dir(flag).absolute())
+    except Exception:  # only a better message is at stake
+        return None
 
 
 def _is_click_error(exc: Exception) -> bool:

@@ -1,0 +1,68 @@
+"""A file system that says no (full, read-only, not ours to write) in one line naming the path.
+
+Python's ``OSError`` names the path and the errno; pyarrow's names only the errno ("Error writing
+bytes to file. Detail: [errno 28] ..."); DuckDB's ``IOException`` names the path in quotes and the
+reason in words. Each was shown as the bare exception (``OSError: [Errno 30] Read-only file system:
+'...'``) with "rerun with --debug": not something a user can act on.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+
+WRITABLE = ("this command writes there: make it writable by this user; the read-only commands (sql, changes, "
+            "history, runs, report, check) work without")
+ALLOWED = ("this user may not use it: the writing commands need the warehouse writable, the read-only ones "
+           "readable (files a writer made under umask 077 are its own)")
+# errno -> (what happened, what to do)
+_KNOWN = {
+    errno.ENOSPC: ("no space left on the device", "free space there and run the command again; a run that "
+                   "failed before its commit committed nothing"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there and run the command again; a run that "
+                   "failed before its commit committed nothing"),
+    errno.EFBIG: ("a file grew past the size limit", "raise the file size limit (ulimit -f) and run again"),
+    errno.EROFS: ("read-only file system", WRITABLE),
+    errno.EACCES: ("permission denied", ALLOWED),
+    errno.EPERM: ("operation not permitted", ALLOWED),
+}
+# Errnos that sockets and processes raise too: taken for the file system's only when a path is named.
+_ANYWHERE = {errno.EACCES, errno.EPERM}
+# DuckDB's words for them, and pyarrow's "[errno N]".
+_WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+          "File too large": errno.EFBIG, "Read-only file system": errno.EROFS,
+          "Permission denied": errno.EACCES, "Operation not permitted": errno.EPERM}
+_ERRNO = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
+_QUOTED = re.compile(r'"(/[^"]+)"')
+
+
+def describe(exc: BaseException, warehouse: str | None = None) -> str | None:
+    """One line for a file system refusal, or None for any other error. ``warehouse``: named when the
+    error names no path (pyarrow's, writing a run's Parquet file there)."""
+    code, path = _errno_and_path(exc)
+    if code not in _KNOWN or (code in _ANYWHERE and path is None):
+        return None
+    what, hint = _KNOWN[code]
+    where = f"{path}: " if path else f"a file under {warehouse}: " if warehouse else ""
+    return f"{where}{what} ({hint})"
+
+
+def _errno_and_path(exc: BaseException) -> tuple[int | None, str | None]:
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno, _text(exc.filename2 or exc.filename)  # a rename's or link's target is written
+    if type(exc).__module__.startswith(("duckdb", "_duckdb")) or isinstance(exc, OSError):
+        code = next((c for words, c in _WORDS.items() if words in text), None)
+        if code is None and (found := _ERRNO.search(text)):
+            code = int(found.group(1))
+        quoted = _QUOTED.search(text)
+        return code, quoted.group(1) if quoted else None
+    return None, None
+
+
+def _text(filename: object) -> str | None:
+    if filename is None:
+        return None
+    if isinstance(filename, bytes):
+        return filename.decode(errors="backslashreplace")
+    return str(filename)

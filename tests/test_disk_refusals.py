@@ -1,0 +1,98 @@
+"""The file system says no: a full disk (here a file size limit, ``ulimit -f``, which fails a write the
+way a full disk does, without root) at each stage of a sync, and a warehouse this user may not write.
+
+Each is one line naming the file and what to do (exit 1), never ``OSError: [Errno 28]`` without a path
+or DuckDB's "IO Error: ... has been invalidated"; nothing is committed half; what the failed write had
+put on the disk is gone (a page spool's temporary kept a full disk full); the next run works.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import real_records
+from tests.reliability.support import TRIALSYNC, state, sync_args
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[FakeRegistry]:
+    with FakeRegistry(real_records()).start() as fake:
+        yield fake
+
+
+def _limited(kbytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (kbytes * 1024, resource.RLIM_INFINITY))
+
+
+def _sync(registry: FakeRegistry, root: Path, *, limit_kb: int | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(TRIALSYNC), *sync_args(registry.url, root, "--full")], capture_output=True,
+                          text=True, timeout=180, preexec_fn=(lambda: _limited(limit_kb)) if limit_kb else None)
+
+
+# 300 KB: the page spool's first page (about 1.3 MB) fails; 1500 KB: the run's Parquet files fit and the
+# new catalog (about 2.3 MB) fails as it is checkpointed.
+@pytest.mark.parametrize(("limit_kb", "failing"), [(300, "spool/"), (1500, "warehouse.duckdb.tmp-")])
+def test_a_write_the_disk_refuses_is_one_line_naming_the_file_and_the_next_run_works(
+        registry: FakeRegistry, tmp_path: Path, limit_kb: int, failing: str) -> None:
+    reference = tmp_path / "reference"
+    assert _sync(registry, reference).returncode == 0
+
+    root = tmp_path / "wh"
+    failed = _sync(registry, root, limit_kb=limit_kb)
+    assert failed.returncode == 1, failed.stderr
+    line = failed.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith(f"trialsync: error: {root.resolve()}/"), line
+    assert failing in line and ": a file grew past the size limit (raise the file size limit" in line, line
+    assert "rerun with --debug" not in line and "Errno" not in line
+    assert not list(root.rglob("*.tmp")) and not list(root.glob("*.tmp-*"))  # nothing of it stays on the disk
+    assert not (root / "runs").exists() or not list((root / "runs").iterdir())  # nothing committed, nothing staged
+
+    assert _sync(registry, root).returncode == 0
+    check = subprocess.run([str(TRIALSYNC), "check", "--deep", "--warehouse", str(root)], capture_output=True,
+                           text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert state(root) == state(reference)
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path, registry: FakeRegistry) -> Iterator[Path]:
+    """A warehouse (one run) this process may not write: read-only for a user, immutable for root."""
+    root = tmp_path / "wh"
+    assert _sync(registry, root).returncode == 0
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "-R", "+i", str(root)]).returncode:
+            pytest.skip("root ignores permissions and chattr +i is not available here")
+        undo = ["chattr", "-R", "-i", str(root)]
+    else:
+        subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
+        undo = ["chmod", "-R", "u+w", str(root)]
+    try:
+        yield root
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_writing_command_on_a_warehouse_it_may_not_write_says_so_in_one_line(
+        unwritable: Path, registry: FakeRegistry) -> None:
+    before = {p: p.stat().st_mtime_ns for p in unwritable.rglob("*")}
+    for args in (sync_args(registry.url, unwritable), ["compact", "--warehouse", str(unwritable)],
+                 ["repair", "--warehouse", str(unwritable)]):
+        done = subprocess.run([str(TRIALSYNC), *args], capture_output=True, text=True, timeout=120)
+        line = done.stderr.strip()
+        assert done.returncode == 1 and len(line.splitlines()) == 1, (args, line)
+        assert line.startswith(f"trialsync: error: {unwritable.resolve()}/"), line
+        assert "this user may not use it: the writing commands need the warehouse writable" in line, line
+        assert "Errno" not in line and "rerun with --debug" not in line
+    runs = subprocess.run([str(TRIALSYNC), "runs", "--warehouse", str(unwritable)], capture_output=True,
+                          text=True, timeout=120)
+    assert runs.returncode == 0 and "1 row" in runs.stdout, runs.stderr
+    assert {p: p.stat().st_mtime_ns for p in unwritable.rglob("*")} == before

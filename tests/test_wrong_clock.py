@@ -1,0 +1,109 @@
+"""Alerts and the report when the host's clock was wrong for a while (a VM resumed from a snapshot, a lost RTC
+before NTP caught up). A watch's window starts at its first alerts run less its lookback, by
+``detected_at``; a sync whose clock was behind stamps its changes before that start, and a first alerts run
+while the clock was ahead moves the start past later changes. Either way changes no run of the watch had
+seen were never alerted. What was committed after the watch's first alerts run is news to it, in commit
+order. The report's "latest run" is the run committed last, not the one whose clock said latest.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flows.alerts
+import flows.sync
+from flows.alerts import send_alerts
+from pipeline.registry.fake_server import FakeRegistry
+from tests.conftest import fast_sync, nct, real_records
+from tests.test_alerts import rows, watchlist
+
+
+def _clock(offset: timedelta) -> Any:
+    class Shifted(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + offset
+
+    return Shifted
+
+
+def _status(record: dict[str, Any], status: str, day: str) -> dict[str, Any]:
+    changed = copy.deepcopy(record)
+    changed["protocolSection"]["statusModule"]["overallStatus"] = status
+    changed["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"]["date"] = day
+    return changed
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize(("sync_offset", "first_alerts_offset"), [
+    (timedelta(days=-17), timedelta(0)),     # a sync with its clock behind, after the watch's first run
+    (timedelta(days=-400), timedelta(0)),    # ... a year behind
+    (timedelta(0), timedelta(days=60)),      # the watch's first alerts run with the clock ahead
+])
+def test_a_change_committed_after_the_watchs_first_run_is_alerted_whatever_the_clock_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_offset: timedelta,
+        first_alerts_offset: timedelta) -> None:
+    records = [copy.deepcopy(r) for r in real_records()[:6]]
+    study = nct(records[0])
+    feed = tmp_path / "feed.json"
+    config = watchlist(tmp_path / "w.yaml", {"feed": {"type": "feed", "path": str(feed), "format": "json"}},
+                       [{"name": "one", "channels": ["feed"], "studies": {"ids": [study]}}])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, full=True)
+        monkeypatch.setattr(flows.alerts, "_now", lambda: datetime.now(UTC) + first_alerts_offset)
+        assert send_alerts(config=str(config), warehouse=str(root))["messages"] == 0
+        monkeypatch.undo()
+
+        registry.put(_status(registry.record(study), "SUSPENDED", "2026-11-20"))
+        monkeypatch.setattr(flows.sync, "datetime", _clock(sync_offset))
+        fast_sync(registry, root, full=True)
+        monkeypatch.undo()
+        first = send_alerts(config=str(config), warehouse=str(root))
+
+        registry.put(_status(registry.record(study), "TERMINATED", "2026-11-21"))
+        fast_sync(registry, root, full=True)
+        second = send_alerts(config=str(config), warehouse=str(root))
+        again = send_alerts(config=str(config), warehouse=str(root))
+
+    statuses = rows(root, f"SELECT new_value FROM changes WHERE nct_id = '{study}' AND event = 'status_changed' "
+                          "ORDER BY to_version")
+    assert statuses == [("SUSPENDED",), ("TERMINATED",)]
+    shown = sorted(item["title"].split("overall status: ")[-1] for item in json.loads(feed.read_text())["items"])
+    assert shown == sorted([f"{_old(root, study, 'SUSPENDED')} → SUSPENDED", "SUSPENDED → TERMINATED"])
+    assert (first["messages_sent"], second["messages_sent"], again["messages_sent"]) == (1, 1, 0)
+
+
+def _old(root: Path, study: str, new: str) -> str:
+    return str(rows(root, f"SELECT old_value FROM changes WHERE nct_id = '{study}' AND event = 'status_changed' "
+                          f"AND new_value = '{new}'")[0][0])
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_reports_latest_run_is_the_run_committed_last_even_when_its_clock_was_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.report import write_report
+
+    records = [copy.deepcopy(r) for r in real_records()[:6]]
+    study = nct(records[0])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, full=True)
+        registry.put(_status(registry.record(study), "SUSPENDED", "2026-11-20"))
+        fast_sync(registry, root, full=True)
+        registry.put(_status(registry.record(study), "TERMINATED", "2026-11-21"))
+        monkeypatch.setattr(flows.sync, "datetime", _clock(timedelta(days=-6)))
+        last = fast_sync(registry, root, full=True)
+        monkeypatch.undo()
+
+    html = write_report(root, tmp_path / "r.html").read_text()
+    assert last["run_id"] in html
+    assert "TERMINATED" in html
+    latest = rows(root, "SELECT run_id FROM sync_runs ORDER BY started_at DESC LIMIT 1")[0][0]
+    assert latest != last["run_id"] and latest not in html  # the clock's "latest" is the run before
