@@ -148,9 +148,18 @@ def overdue_event_id(alias: str) -> str:
     return f"'fdaaa-overdue:' || {alias}.nct_id || ':' || strftime({alias}.due_from, '%Y-%m-%d')"
 
 
+# An ``overdue-cancelled`` trial whose newest QC submission counted as reporting for a while became
+# overdue again on the day it was cancelled (a day the record's date does not move for); one cancelled
+# the day it was made (or of unknown date) did not stop it being overdue.
+_CANCELLED_ON = """(SELECT CASE WHEN c > r THEN c END FROM (
+    SELECT r, i.qc_cancelled_on[list_position(i.qc_cancelled_dates, r)] AS c
+    FROM (SELECT list_max(list_filter(i.qc_submission_dates, lambda x: x <= CAST(b AS DATE))) AS r)))"""
 _NEWLY_OVERDUE = f"""CREATE OR REPLACE MACRO fdaaa_newly_overdue(a, b) AS TABLE
-SELECT n.*, greatest(n.due_from, n.valid_from) AS overdue_from, {overdue_event_id("n")} AS event_id
+SELECT n.*, greatest(n.due_from, n.valid_from,
+                     CASE WHEN n.status = 'overdue-cancelled' THEN {_CANCELLED_ON} END) AS overdue_from,
+       {overdue_event_id("n")} AS event_id
 FROM fdaaa_as_of(b) AS n
+LEFT JOIN fdaaa_inputs AS i ON i.nct_id = n.nct_id AND i.version = n.version
 WHERE n.status IN {OVERDUE}
   AND NOT EXISTS (SELECT 1 FROM fdaaa_as_of(a) AS o WHERE o.nct_id = n.nct_id AND o.status IN {OVERDUE})"""
 
