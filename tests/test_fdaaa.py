@@ -330,26 +330,6 @@ def test_newly_overdue_is_a_time_event_inside_the_window(tmp_path: Path) -> None
     assert later == [(rows[0][2],)]  # another window that holds the same moment: the same id
 
 
-def test_a_trial_overdue_again_after_a_qc_cancellation_is_newly_overdue_from_the_cancellation_day(
-        tmp_path: Path) -> None:
-    """Due from 2021-07-31; a QC submission of 2021-08-10 counted as reporting (reported-late) until it was
-    cancelled on 2022-03-15, a day the record's date does not move for. Newly overdue in a window holding
-    that day, its overdue_from is the cancellation day, not the due day months before the window."""
-    cancelled_later = {"releaseDate": "2021-08-10", "unreleaseDate": "2022-03-15"}
-    unknown = {"releaseDate": "2021-08-10", "unreleaseDateUnknown": True}
-    warehouse = store(tmp_path, [trial("NCT90000001", qc=[cancelled_later]), trial("NCT90000002", qc=[unknown]),
-                                 trial("NCT90000003")])
-    with warehouse.connect() as con:
-        rows = con.execute("SELECT nct_id, status, overdue_from FROM fdaaa_newly_overdue(DATE '2022-03-01', "
-                           "DATE '2022-04-01') ORDER BY nct_id").fetchall()
-        first = con.execute("SELECT nct_id, overdue_from FROM fdaaa_newly_overdue(DATE '2021-07-01', "
-                            "DATE '2021-08-20') ORDER BY nct_id").fetchall()
-    assert rows == [("NCT90000001", "overdue-cancelled", date(2022, 3, 15))]
-    # on 2021-08-20 the first one's submission counts (reported-late); the second's was cancelled the day it
-    # was made (unknown date), which never stopped it being overdue: from its due day, as the third
-    assert first == [("NCT90000002", date(2021, 7, 31)), ("NCT90000003", date(2021, 7, 31))]
-
-
 def test_the_sponsor_ranking_matches_a_hand_computed_one(tmp_path: Path) -> None:
     warehouse = store(tmp_path, [
         trial("NCT90000001", sponsor="Acme"),                              # overdue 185 days

@@ -140,7 +140,8 @@ _FDAAA_KNOWN_AS_OF = ("CREATE OR REPLACE MACRO fdaaa_known_as_of(d, t) AS TABLE"
                       + _FDAAA_BODY.replace("{versions}", "studies_known_as_of(d, t)"))
 
 # Overdue on b and not on a: a time event, the record need not have changed. ``overdue_from``: the day it
-# became overdue in the version valid on b (its due day, or the day that version became valid).
+# became overdue in the version valid on b (its due day, the day that version became valid, or the day its
+# QC history last stopped counting as reporting: a cancellation the record's date does not move for).
 # ``event_id``: the same for the same trial becoming overdue at the same due moment, whatever the window,
 # so an alert keyed by it goes out once (a new completion date, a new due moment: a new event).
 def overdue_event_id(alias: str) -> str:
@@ -148,15 +149,22 @@ def overdue_event_id(alias: str) -> str:
     return f"'fdaaa-overdue:' || {alias}.nct_id || ':' || strftime({alias}.due_from, '%Y-%m-%d')"
 
 
-# An ``overdue-cancelled`` trial whose newest QC submission counted as reporting for a while became
-# overdue again on the day it was cancelled (a day the record's date does not move for); one cancelled
-# the day it was made (or of unknown date) did not stop it being overdue.
-_CANCELLED_ON = """(SELECT CASE WHEN c > r THEN c END FROM (
-    SELECT r, i.qc_cancelled_on[list_position(i.qc_cancelled_dates, r)] AS c
-    FROM (SELECT list_max(list_filter(i.qc_submission_dates, lambda x: x <= CAST(b AS DATE))) AS r)))"""
+def qc_last_reported_until(made: str, cancelled: str, cancelled_on: str) -> str:
+    """SQL: the day a QC history last stopped counting as reporting (§5.3), among the submission days
+    ``made`` (DATE[], oldest first, those made by the judged day): each submission was the newest, and
+    counted, from its day until the earlier of its cancellation (``cancelled`` / ``cancelled_on``, as in
+    ``qc_last_cancelled``) and the next submission; the latest end of such a stretch that is not empty.
+    NULL when none counted for a day (so an ``overdue-cancelled`` trial was overdue from its due day)."""
+    ends = (f"list_transform({made}, lambda x, i: least({made}[i + 1], CASE WHEN list_contains({cancelled}, x) "
+            f"THEN coalesce({cancelled_on}[list_position({cancelled}, x)], x) END))")
+    return f"list_max(list_filter({ends}, lambda e, i: {made}[i] < e))"
+
+
 _NEWLY_OVERDUE = f"""CREATE OR REPLACE MACRO fdaaa_newly_overdue(a, b) AS TABLE
 SELECT n.*, greatest(n.due_from, n.valid_from,
-                     CASE WHEN n.status = 'overdue-cancelled' THEN {_CANCELLED_ON} END) AS overdue_from,
+                     CASE WHEN n.status = 'overdue-cancelled' THEN {qc_last_reported_until(
+                         "list_filter(i.qc_submission_dates, lambda x: x <= CAST(b AS DATE))",
+                         "i.qc_cancelled_dates", "i.qc_cancelled_on")} END) AS overdue_from,
        {overdue_event_id("n")} AS event_id
 FROM fdaaa_as_of(b) AS n
 LEFT JOIN fdaaa_inputs AS i ON i.nct_id = n.nct_id AND i.version = n.version
