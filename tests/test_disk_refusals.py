@@ -96,3 +96,45 @@ def test_a_writing_command_on_a_warehouse_it_may_not_write_says_so_in_one_line(
                           text=True, timeout=120)
     assert runs.returncode == 0 and "1 row" in runs.stdout, runs.stderr
     assert {p: p.stat().st_mtime_ns for p in unwritable.rglob("*")} == before
+
+
+def test_a_full_disk_where_the_output_goes_is_not_blamed_on_the_warehouse(
+        registry: FakeRegistry, tmp_path: Path) -> None:
+    """``trialsync sql ... > FILE`` on a full disk: Python's write names no file, and the warehouse (on
+    another disk, with room) was named as the full one ('a file under WAREHOUSE: no space left')."""
+    root = tmp_path / "wh"
+    assert _sync(registry, root).returncode == 0
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([str(TRIALSYNC), "sql", "SELECT * FROM study_versions", "--format", "csv",
+                               "--warehouse", str(root)], stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    line = done.stderr.strip()
+    assert done.returncode == 1 and len(line.splitlines()) == 1, line
+    assert line.startswith("trialsync: error: no space left on the device (writing a file this command "), line
+    assert str(root.resolve()) not in line and "Errno" not in line
+
+
+_SPILL = """
+import os, resource, sys
+import duckdb
+from flows.cli.disk_errors import describe
+os.chdir(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+con = duckdb.connect(config={"memory_limit": "20MB", "threads": 1})
+try:
+    con.execute("SELECT md5(range::VARCHAR) || repeat('x', 100) AS s FROM range(2000000) ORDER BY s").fetchall()
+except duckdb.Error as exc:
+    print(describe(exc, "/the/warehouse"))
+"""
+
+
+def test_a_duckdb_spill_file_that_cannot_grow_is_named_where_it_is_not_the_warehouse(tmp_path: Path) -> None:
+    """DuckDB names its spill file relative to the working directory ('".tmp/duckdb_temp_..."'): the line
+    named the warehouse instead, whose disk was not the full one."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SPILL, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    line = done.stdout.strip()
+    assert line.startswith(f"{tmp_path.resolve()}/.tmp/duckdb_temp"), (line, done.stderr)
+    assert ": a file grew past the size limit (raise the file size limit" in line and "/the/warehouse" not in line

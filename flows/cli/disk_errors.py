@@ -9,6 +9,7 @@ reason in words. Each was shown as the bare exception (``OSError: [Errno 30] Rea
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 WRITABLE = ("this command writes there: make it writable by this user; the read-only commands (sql, changes, "
@@ -33,7 +34,11 @@ _WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.
           "File too large": errno.EFBIG, "Read-only file system": errno.EROFS,
           "Permission denied": errno.EACCES, "Operation not permitted": errno.EPERM}
 _ERRNO = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
-_QUOTED = re.compile(r'"(/[^"]+)"')
+# The file DuckDB names is the one quoted just before the reason ('Could not write file "PATH": File too
+# large'); a spill file is named relative to the working directory ('".tmp/duckdb_temp_..."').
+_FAILED_ON = re.compile(r'"([^"]+)": (?:' + "|".join(map(re.escape, _WORDS)) + ")")
+# pyarrow's words: it names no file, and it writes only the warehouse's (a run's Parquet files)
+_PYARROW = "Error writing bytes to file"
 
 
 def describe(exc: BaseException, warehouse: str | None = None) -> str | None:
@@ -43,8 +48,12 @@ def describe(exc: BaseException, warehouse: str | None = None) -> str | None:
     if code not in _KNOWN or (code in _ANYWHERE and path is None):
         return None
     what, hint = _KNOWN[code]
-    where = f"{path}: " if path else f"a file under {warehouse}: " if warehouse else ""
-    return f"{where}{what} ({hint})"
+    if path is None and warehouse and _PYARROW in str(exc):
+        path = f"a file under {warehouse}"
+    if path is None:  # a write() names no file: the warehouse's, a backup's, the output's (> file) alike
+        return f"{what} (writing a file this command writes: the warehouse, a backup, or where its output " \
+               f"was sent; {hint})"
+    return f"{path}: {what} ({hint})"
 
 
 def _errno_and_path(exc: BaseException) -> tuple[int | None, str | None]:
@@ -55,8 +64,8 @@ def _errno_and_path(exc: BaseException) -> tuple[int | None, str | None]:
         code = next((c for words, c in _WORDS.items() if words in text), None)
         if code is None and (found := _ERRNO.search(text)):
             code = int(found.group(1))
-        quoted = _QUOTED.search(text)
-        return code, quoted.group(1) if quoted else None
+        quoted = _FAILED_ON.search(text.replace('\\"', '"'))  # a JSON-quoted message's \"PATH\"
+        return code, os.path.abspath(quoted.group(1)) if quoted else None
     return None, None
 
 
