@@ -107,3 +107,25 @@ def test_the_reports_latest_run_is_the_run_committed_last_even_when_its_clock_wa
     assert "TERMINATED" in html
     latest = rows(root, "SELECT run_id FROM sync_runs ORDER BY started_at DESC LIMIT 1")[0][0]
     assert latest != last["run_id"] and latest not in html  # the clock's "latest" is the run before
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_reports_latest_run_is_the_last_sync_not_a_compaction_committed_after_it(
+        tmp_path: Path) -> None:
+    """A compaction commits a sync_runs row (mode compact) of no changes: the report's default digest,
+    of 'the latest run', was of it (empty) instead of the sync before it."""
+    from flows.compact import compact_warehouse
+    from flows.report import write_report
+
+    records = [copy.deepcopy(r) for r in real_records()[:6]]
+    study = nct(records[0])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, full=True)
+        registry.put(_status(registry.record(study), "SUSPENDED", "2026-11-20"))
+        last = fast_sync(registry, root, full=True)
+    compacted = compact_warehouse(warehouse=str(root))
+
+    html = write_report(root, tmp_path / "r.html").read_text()
+    assert last["run_id"] in html and compacted["run_id"] not in html
+    assert "SUSPENDED" in html
