@@ -138,3 +138,21 @@ def test_a_duckdb_spill_file_that_cannot_grow_is_named_where_it_is_not_the_wareh
     line = done.stdout.strip()
     assert line.startswith(f"{tmp_path.resolve()}/.tmp/duckdb_temp"), (line, done.stderr)
     assert ": a file grew past the size limit (raise the file size limit" in line and "/the/warehouse" not in line
+
+
+@pytest.mark.parametrize("code", [13, 1, 30])  # EACCES, EPERM, EROFS
+def test_a_refusal_of_a_file_outside_the_warehouse_gives_no_warehouse_advice(tmp_path: Path, code: int) -> None:
+    """A file that is not the warehouse's (Prefect's home, or a bug writing where it should not) was
+    answered 'the writing commands need the warehouse writable': advice about the wrong place, and
+    nothing to find the cause with."""
+    from flows.cli.disk_errors import ALLOWED, WRITABLE, describe
+
+    warehouse = tmp_path / "wh"
+    (warehouse / "runs").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(warehouse)
+    outside = describe(OSError(code, os.strerror(code), "/root/.prefect/prefect.db"), str(warehouse))
+    assert outside is not None and outside.startswith("/root/.prefect/prefect.db: "), outside
+    assert outside.endswith("(not a file of the warehouse: rerun with --debug to see what used it)"), outside
+    for inside in (warehouse / "runs" / "x", tmp_path / "link" / "runs" / "x"):  # also through a symbolic link
+        line = describe(OSError(code, os.strerror(code), str(inside)), str(warehouse))
+        assert line == f"{inside}: {os.strerror(code).lower()} ({WRITABLE if code == 30 else ALLOWED})", line

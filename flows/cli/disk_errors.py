@@ -16,6 +16,7 @@ WRITABLE = ("this command writes there: make it writable by this user; the read-
             "history, runs, report, check) work without")
 ALLOWED = ("this user may not use it: the writing commands need the warehouse writable, the read-only ones "
            "readable (files a writer made under umask 077 are its own)")
+OUTSIDE = "not a file of the warehouse: rerun with --debug to see what used it"
 # errno -> (what happened, what to do)
 _KNOWN = {
     errno.ENOSPC: ("no space left on the device", "free space there and run the command again; a run that "
@@ -53,7 +54,14 @@ def describe(exc: BaseException, warehouse: str | None = None) -> str | None:
     if path is None:  # a write() names no file: the warehouse's, a backup's, the output's (> file) alike
         return f"{what} (writing a file this command writes: the warehouse, a backup, or where its output " \
                f"was sent; {hint})"
+    if hint in (WRITABLE, ALLOWED) and warehouse and path != f"a file under {warehouse}" \
+            and not _under(path, warehouse):  # a file of something else (Prefect's home, a bug): no advice
+        hint = OUTSIDE
     return f"{path}: {what} ({hint})"
+
+
+def _under(path: str, directory: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(directory)]) == os.path.realpath(directory)
 
 
 def _errno_and_path(exc: BaseException) -> tuple[int | None, str | None]:
