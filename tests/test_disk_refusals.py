@@ -156,3 +156,17 @@ def test_a_refusal_of_a_file_outside_the_warehouse_gives_no_warehouse_advice(tmp
     for inside in (warehouse / "runs" / "x", tmp_path / "link" / "runs" / "x"):  # also through a symbolic link
         line = describe(OSError(code, os.strerror(code), str(inside)), str(warehouse))
         assert line == f"{inside}: {os.strerror(code).lower()} ({WRITABLE if code == 30 else ALLOWED})", line
+
+
+def test_a_database_error_whose_data_holds_a_disk_errors_words_is_not_taken_for_one() -> None:
+    """DuckDB's errors were taken for a file system's by their words alone: a conversion of a text that
+    says 'No space left on device' (a bug, with a traceback under --debug) was shown as a full disk."""
+    import duckdb
+
+    from flows.cli.disk_errors import describe
+
+    for sql in ("SELECT 'No space left on device'::INT", "SELECT 'File too large'::DATE",
+                "SELECT * FROM (SELECT 1) WHERE 'Read-only file system' > 1"):
+        with pytest.raises(duckdb.Error) as caught:
+            duckdb.connect().execute(sql)
+        assert describe(caught.value, "/the/warehouse") is None, caught.value

@@ -37,7 +37,7 @@ _WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.
 _ERRNO = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
 # The file DuckDB names is the one quoted just before the reason ('Could not write file "PATH": File too
 # large'); a spill file is named relative to the working directory ('".tmp/duckdb_temp_..."').
-_FAILED_ON = re.compile(r'"([^"]+)": (?:' + "|".join(map(re.escape, _WORDS)) + ")")
+_FAILED_ON = re.compile(r'"([^"]+)": (' + "|".join(map(re.escape, _WORDS)) + ")")
 # pyarrow's words: it names no file, and it writes only the warehouse's (a run's Parquet files)
 _PYARROW = "Error writing bytes to file"
 
@@ -68,12 +68,17 @@ def _errno_and_path(exc: BaseException) -> tuple[int | None, str | None]:
     text = str(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno, _text(exc.filename2 or exc.filename)  # a rename's or link's target is written
-    if type(exc).__module__.startswith(("duckdb", "_duckdb")) or isinstance(exc, OSError):
+    if type(exc).__module__.startswith(("duckdb", "_duckdb")):
+        # Only a file named with the reason: the words alone may be data ('Could not convert string
+        # 'No space left on device' to INT32' is a bug to show, not a full disk).
+        if quoted := _FAILED_ON.search(text.replace('\\"', '"')):  # a JSON-quoted message's \"PATH\"
+            return _WORDS[quoted.group(2)], os.path.abspath(quoted.group(1))
+        return None, None
+    if isinstance(exc, OSError):
         code = next((c for words, c in _WORDS.items() if words in text), None)
         if code is None and (found := _ERRNO.search(text)):
             code = int(found.group(1))
-        quoted = _FAILED_ON.search(text.replace('\\"', '"'))  # a JSON-quoted message's \"PATH\"
-        return code, os.path.abspath(quoted.group(1)) if quoted else None
+        return code, None
     return None, None
 
 
