@@ -249,11 +249,24 @@ def _check_values(d: Deployment, path: Path) -> None:
             value = params.get(name, ...)  # written with nothing (None) or blank: not the default
             if value is None or (isinstance(value, str) and not value.strip()):
                 raise ConfigError(f"{key}.{name}", "is empty; leave it out for the default")
+        if isinstance(params.get("warehouse", ""), str):  # one DuckDB reads as a pattern: every run refused
+            _check_warehouse(params.get("warehouse"), f"{key}.warehouse")
         if isinstance(params.get("api_url"), str):
             try:
                 check_api_url(params["api_url"])
             except UsageError as exc:
                 raise ConfigError(f"{key}.api_url", str(exc).removeprefix("--api-url ")) from None
+
+
+def _check_warehouse(value: str | None, key: str) -> None:
+    """A warehouse path every run would refuse (``*``, ``?``, ``[`` or ``\\``), also the default's."""
+    from flows import settings
+    from warehouse.catalog_file import refuse_pattern_path
+
+    try:
+        refuse_pattern_path(_in_project(str(settings.warehouse_dir(value))).resolve())
+    except UsageError as exc:
+        raise ConfigError(key if value else f"{key} (the default)", str(exc)) from None
 
 
 def _check_parameters(d: Deployment, path: Path) -> None:

@@ -55,6 +55,6 @@ def write_report(warehouse_dir: Path, output: Path, *, ncts: Sequence[str] = (),
 def _commit_order(store: Warehouse) -> list[str]:
     """Run ids in commit order; none when a manifest generation is damaged (readers still answer)."""
     try:
-        return [generation.run_id for generation in store.log()]
+        return [run_id for _, run_id in store.run_order()]
     except ManifestDamaged:
         return []

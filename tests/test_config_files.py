@@ -252,6 +252,8 @@ _DAILY = "deployments[daily-incremental]"
     ({"api_url": "https://user:s3cretPassw0rd@example.org/api"},
      f"{_DAILY}.parameters.api_url: must not contain credentials"),
     ({"warehouse": ""}, f"{_DAILY}.parameters.warehouse: is empty; leave it out for the default"),
+    # a path DuckDB reads as a file pattern: every run of it was refused, at 10:00, not by serve
+    ({"warehouse": "/srv/wh[1]"}, f"{_DAILY}.parameters.warehouse: the warehouse path /srv/wh[1] holds '['"),
 ])
 def test_serve_checks_each_deployments_parameters_before_serving(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], error: str) -> None:

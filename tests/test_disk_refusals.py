@@ -96,3 +96,77 @@ def test_a_writing_command_on_a_warehouse_it_may_not_write_says_so_in_one_line(
                           text=True, timeout=120)
     assert runs.returncode == 0 and "1 row" in runs.stdout, runs.stderr
     assert {p: p.stat().st_mtime_ns for p in unwritable.rglob("*")} == before
+
+
+def test_a_full_disk_where_the_output_goes_is_not_blamed_on_the_warehouse(
+        registry: FakeRegistry, tmp_path: Path) -> None:
+    """``trialsync sql ... > FILE`` on a full disk: Python's write names no file, and the warehouse (on
+    another disk, with room) was named as the full one ('a file under WAREHOUSE: no space left')."""
+    root = tmp_path / "wh"
+    assert _sync(registry, root).returncode == 0
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([str(TRIALSYNC), "sql", "SELECT * FROM study_versions", "--format", "csv",
+                               "--warehouse", str(root)], stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    line = done.stderr.strip()
+    assert done.returncode == 1 and len(line.splitlines()) == 1, line
+    assert line.startswith("trialsync: error: no space left on the device (writing a file this command "), line
+    assert str(root.resolve()) not in line and "Errno" not in line
+
+
+_SPILL = """
+import os, resource, sys
+import duckdb
+from flows.cli.disk_errors import describe
+os.chdir(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+con = duckdb.connect(config={"memory_limit": "20MB", "threads": 1})
+try:
+    con.execute("SELECT md5(range::VARCHAR) || repeat('x', 100) AS s FROM range(2000000) ORDER BY s").fetchall()
+except duckdb.Error as exc:
+    print(describe(exc, "/the/warehouse"))
+"""
+
+
+def test_a_duckdb_spill_file_that_cannot_grow_is_named_where_it_is_not_the_warehouse(tmp_path: Path) -> None:
+    """DuckDB names its spill file relative to the working directory ('".tmp/duckdb_temp_..."'): the line
+    named the warehouse instead, whose disk was not the full one."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SPILL, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    line = done.stdout.strip()
+    assert line.startswith(f"{tmp_path.resolve()}/.tmp/duckdb_temp"), (line, done.stderr)
+    assert ": a file grew past the size limit (raise the file size limit" in line and "/the/warehouse" not in line
+
+
+@pytest.mark.parametrize("code", [13, 1, 30])  # EACCES, EPERM, EROFS
+def test_a_refusal_of_a_file_outside_the_warehouse_gives_no_warehouse_advice(tmp_path: Path, code: int) -> None:
+    """A file that is not the warehouse's (Prefect's home, or a bug writing where it should not) was
+    answered 'the writing commands need the warehouse writable': advice about the wrong place, and
+    nothing to find the cause with."""
+    from flows.cli.disk_errors import ALLOWED, WRITABLE, describe
+
+    warehouse = tmp_path / "wh"
+    (warehouse / "runs").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(warehouse)
+    outside = describe(OSError(code, os.strerror(code), "/root/.prefect/prefect.db"), str(warehouse))
+    assert outside is not None and outside.startswith("/root/.prefect/prefect.db: "), outside
+    assert outside.endswith("(not a file of the warehouse: rerun with --debug to see what used it)"), outside
+    for inside in (warehouse / "runs" / "x", tmp_path / "link" / "runs" / "x"):  # also through a symbolic link
+        line = describe(OSError(code, os.strerror(code), str(inside)), str(warehouse))
+        assert line == f"{inside}: {os.strerror(code).lower()} ({WRITABLE if code == 30 else ALLOWED})", line
+
+
+def test_a_database_error_whose_data_holds_a_disk_errors_words_is_not_taken_for_one() -> None:
+    """DuckDB's errors were taken for a file system's by their words alone: a conversion of a text that
+    says 'No space left on device' (a bug, with a traceback under --debug) was shown as a full disk."""
+    import duckdb
+
+    from flows.cli.disk_errors import describe
+
+    for sql in ("SELECT 'No space left on device'::INT", "SELECT 'File too large'::DATE",
+                "SELECT * FROM (SELECT 1) WHERE 'Read-only file system' > 1"):
+        with pytest.raises(duckdb.Error) as caught:
+            duckdb.connect().execute(sql)
+        assert describe(caught.value, "/the/warehouse") is None, caught.value

@@ -283,20 +283,20 @@ def committed_since_first_seen(con: duckdb.DuckDBPyConnection, store: Warehouse)
     A damaged manifest generation (``check`` names it) leaves the windows alone rather than stop the run.
     """
     try:
-        log = store.log()
+        order = store.run_order()
     except ManifestDamaged as exc:
         logger.warning("the runs' commit order is unknown (%s): changes are chosen by detected_at alone", exc)
         return {}
     first_commit: dict[str, int] = {}
-    for generation in log:
-        first_commit.setdefault(generation.run_id, generation.number)
+    for number, run_id in order:
+        first_commit.setdefault(run_id, number)
     rows = con.execute("SELECT w, list(run_id) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
     later = {}
     for watch, run_ids in rows:
         seen = [first_commit[i] for i in run_ids if i in first_commit]
         if seen:
             since = min(seen)
-            later[watch] = sorted({g.run_id for g in log if g.number > since})
+            later[watch] = sorted({run_id for number, run_id in order if number > since})
     return later
 
 

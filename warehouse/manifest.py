@@ -255,6 +255,26 @@ def read_log(root: Path, after: int = 0) -> list[Generation]:
     return log
 
 
+def run_order(root: Path) -> list[tuple[int, str]]:
+    """Each generation's number and run id, in commit order; ``ManifestDamaged`` as ``read_log``. What an
+    alerts run and the report need of the whole log, without parsing and verifying every generation
+    (``read_log``'s ~0.1 ms each grew with every commit: ~1 s after 10,000) nor filling the memo of parsed
+    generations a writer relies on."""
+    order = []
+    for expected, number in enumerate(generations(root), start=1):
+        if number != expected:
+            raise ManifestDamaged(f"manifest generation {expected} is missing ({generation_path(root, expected)})",
+                                  expected)
+        try:
+            run_id = orjson.loads(generation_path(root, number).read_bytes())["run_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            run_id = None
+        if not isinstance(run_id, str):
+            raise ManifestDamaged(f"manifest generation {number} is damaged (no run id)", number)
+        order.append((number, run_id))
+    return order
+
+
 def publish(root: Path, gen: Generation) -> None:
     """Write ``gen`` as the next generation file: THE COMMIT POINT (the instant the link succeeds).
 

@@ -94,8 +94,9 @@ _NAMED = "n.brief_title, n.lead_sponsor"
 def latest_run(con: duckdb.DuckDBPyConnection, commit_order: Sequence[str] = ()) -> str:
     """The run committed last (``commit_order``: run ids in commit order, the manifest's; a run stamped
     earlier than the one before it by a clock that was behind is still the latest); by ``started_at``
-    when the order is unknown."""
-    row = con.execute("SELECT run_id FROM sync_runs WHERE mode <> 'rederive' "
+    when the order is unknown. Runs that fetched nothing and changed no study (a rederive, a compaction,
+    a hash migration) are not "the latest run": their digest is empty."""
+    row = con.execute("SELECT run_id FROM sync_runs WHERE mode NOT IN ('rederive', 'compact', 'migrate') "
                       "ORDER BY coalesce(list_position(?::VARCHAR[], run_id), 0) DESC, started_at DESC LIMIT 1",
                       [list(commit_order)]).fetchone()
     if not row:

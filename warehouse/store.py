@@ -55,6 +55,10 @@ class Warehouse:
         """Every committed generation, in commit order (``ManifestDamaged`` if one cannot be trusted)."""
         return manifests.read_log(self.root)
 
+    def run_order(self) -> list[tuple[int, str]]:
+        """(generation, run id) of every commit, in commit order, read cheaply (``ManifestDamaged``)."""
+        return manifests.run_order(self.root)
+
     def manifest(self) -> Manifest:
         """The committed state, from the manifest files (those after the newest checkpoint, on top of
         it); before their migration (or when the manifest directory is lost) from the copies (the

@@ -9,12 +9,14 @@ reason in words. Each was shown as the bare exception (``OSError: [Errno 30] Rea
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 WRITABLE = ("this command writes there: make it writable by this user; the read-only commands (sql, changes, "
             "history, runs, report, check) work without")
 ALLOWED = ("this user may not use it: the writing commands need the warehouse writable, the read-only ones "
            "readable (files a writer made under umask 077 are its own)")
+OUTSIDE = "not a file of the warehouse: rerun with --debug to see what used it"
 # errno -> (what happened, what to do)
 _KNOWN = {
     errno.ENOSPC: ("no space left on the device", "free space there and run the command again; a run that "
@@ -33,7 +35,11 @@ _WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.
           "File too large": errno.EFBIG, "Read-only file system": errno.EROFS,
           "Permission denied": errno.EACCES, "Operation not permitted": errno.EPERM}
 _ERRNO = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
-_QUOTED = re.compile(r'"(/[^"]+)"')
+# The file DuckDB names is the one quoted just before the reason ('Could not write file "PATH": File too
+# large'); a spill file is named relative to the working directory ('".tmp/duckdb_temp_..."').
+_FAILED_ON = re.compile(r'"([^"]+)": (' + "|".join(map(re.escape, _WORDS)) + ")")
+# pyarrow's words: it names no file, and it writes only the warehouse's (a run's Parquet files)
+_PYARROW = "Error writing bytes to file"
 
 
 def describe(exc: BaseException, warehouse: str | None = None) -> str | None:
@@ -43,20 +49,36 @@ def describe(exc: BaseException, warehouse: str | None = None) -> str | None:
     if code not in _KNOWN or (code in _ANYWHERE and path is None):
         return None
     what, hint = _KNOWN[code]
-    where = f"{path}: " if path else f"a file under {warehouse}: " if warehouse else ""
-    return f"{where}{what} ({hint})"
+    if path is None and warehouse and _PYARROW in str(exc):
+        path = f"a file under {warehouse}"
+    if path is None:  # a write() names no file: the warehouse's, a backup's, the output's (> file) alike
+        return f"{what} (writing a file this command writes: the warehouse, a backup, or where its output " \
+               f"was sent; {hint})"
+    if hint in (WRITABLE, ALLOWED) and warehouse and path != f"a file under {warehouse}" \
+            and not _under(path, warehouse):  # a file of something else (Prefect's home, a bug): no advice
+        hint = OUTSIDE
+    return f"{path}: {what} ({hint})"
+
+
+def _under(path: str, directory: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(directory)]) == os.path.realpath(directory)
 
 
 def _errno_and_path(exc: BaseException) -> tuple[int | None, str | None]:
     text = str(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno, _text(exc.filename2 or exc.filename)  # a rename's or link's target is written
-    if type(exc).__module__.startswith(("duckdb", "_duckdb")) or isinstance(exc, OSError):
+    if type(exc).__module__.startswith(("duckdb", "_duckdb")):
+        # Only a file named with the reason: the words alone may be data ('Could not convert string
+        # 'No space left on device' to INT32' is a bug to show, not a full disk).
+        if quoted := _FAILED_ON.search(text.replace('\\"', '"')):  # a JSON-quoted message's \"PATH\"
+            return _WORDS[quoted.group(2)], os.path.abspath(quoted.group(1))
+        return None, None
+    if isinstance(exc, OSError):
         code = next((c for words, c in _WORDS.items() if words in text), None)
         if code is None and (found := _ERRNO.search(text)):
             code = int(found.group(1))
-        quoted = _QUOTED.search(text)
-        return code, quoted.group(1) if quoted else None
+        return code, None
     return None, None
 
 

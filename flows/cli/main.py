@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -83,11 +84,14 @@ def _warehouse(args: list[str]) -> str | None:
     """The warehouse directory the command line names (or the environment's, or the default's)."""
     from flows import settings
 
-    flag = next((a.split("=", 1)[1] for a in args if a.startswith("--warehouse=")), None)
-    if flag is None and "--warehouse" in args[:-1]:
-        flag = args[args.index("--warehouse") + 1]
+    def option(name: str) -> str | None:
+        value = next((a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")), None)
+        return args[args.index(name) + 1] if value is None and name in args[:-1] else value
+
     try:
-        return str(settings.warehouse_dir(flag).absolute())
+        if args and args[0] == "demo":  # its warehouse is its workdir's, whatever the settings say
+            return str((Path(option("--workdir") or "demo-output") / "warehouse").absolute())
+        return str(settings.warehouse_dir(option("--warehouse")).absolute())
     except Exception:  # only a better message is at stake
         return None
 
