@@ -173,6 +173,38 @@ def test_a_member_set_to_null_gives_the_events_of_the_member_absent() -> None:
         assert [e for e, *_ in events].count("site_removed") == len(_locations(record))
 
 
+_PHASES = ("protocolSection", "designModule", "phases")
+
+
+def _edits(record: Record) -> list[Record]:
+    """Material edits of ``record`` whose events read its lists: phases cleared, changed and set anew,
+    the status moved, every site gone."""
+    edits = [mutate.set_status(record, "SUSPENDED")]
+    if record["protocolSection"].get("designModule", {}).get("phases"):
+        edits += [mutate.drop_path(record, _PHASES), mutate.set_path(record, _PHASES, ["PHASE4"])]
+    elif "designModule" in record["protocolSection"]:
+        edits.append(mutate.set_path(record, _PHASES, ["PHASE2", "PHASE3"]))
+    if _locations(record):
+        edits.append(mutate.drop_path(record, ("protocolSection", "contactsLocationsModule", "locations")))
+    return edits
+
+
+@pytest.mark.parametrize("spelling", [s for s in SPELLINGS if s is not reordered], ids=lambda f: f.__name__)
+def test_events_of_an_edit_do_not_depend_on_how_either_version_is_spelled(spelling: Any) -> None:
+    """A version made for a material reason reports only that reason, in the same words: ``"phases": []``
+    in the new version is the phases gone (``new_value`` NULL, as when the key is left out), not a
+    change to ``[]`` (array order is left out: a phase list's text is the registry's own, in its order)."""
+    compared = 0
+    for record in _pool():
+        for edited in _edits(record):
+            expected = _events(record, edited)
+            assert expected, nct(record)
+            assert _events(spelling(record), spelling(edited)) == expected, (nct(record), spelling.__name__)
+            assert _events(spelling(edited), spelling(record)) == _events(edited, record), nct(record)
+            compared += 1
+    assert compared >= 2 * len(_pool())
+
+
 def _events(old: Record, new: Record) -> list[tuple[Any, ...]]:
     changes = derive_changes(VersionPair(nct(old), 1, 2, old, new, "run", None, None), Rules())
     return sorted((c.event, c.field, c.category, c.old_value, c.new_value, c.shift_days) for c in changes)
