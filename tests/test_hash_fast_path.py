@@ -3,7 +3,7 @@
 ``hash_and_unknown`` proves most records need no normalisation and hashes them without the walk;
 ``slow_hash_and_unknown`` is the walk alone. Records are the 326 real ones and perturbations of
 them that each hit one rule of the canonical form (NFD text, integral floats, reordered arrays,
-unknown keys, derivedSection edits).
+unknown keys, derivedSection edits, members set to ``[]``, ``{}`` or an object that pruning empties).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def perturbed(draw: st.DrawFn) -> dict[str, Any]:
     record = copy.deepcopy(draw(st.sampled_from(REAL)))
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["nfd", "float", "reorder", "unknown", "known_elsewhere", "derived",
-                                     "tracking", "non_ascii"]))
+                                     "tracking", "non_ascii", "empty"]))
         containers = _containers(record)
         if kind in ("nfd", "non_ascii"):
             leaves = _leaves(record)
@@ -81,6 +81,13 @@ def perturbed(draw: st.DrawFn) -> dict[str, Any]:
             name = (draw(st.sampled_from(["nctId", "date", "type", "locations", "name", "city"]))
                     if kind == "known_elsewhere" else draw(st.text(min_size=1, max_size=8)))
             _at(record, path)[name] = draw(st.sampled_from(["x", 1, [2, 1], {"b": 1, "a": [3, 2]}]))
+        elif kind == "empty":  # hash rule 4: an empty member (also one pruning or nulls empty) is absent
+            path = draw(st.sampled_from([p for p in containers if isinstance(_at(record, p), dict)]))
+            keys = sorted(_at(record, path))
+            name = draw(st.sampled_from([*keys, "keywords", "locations", "phases", "zzUnknown"]))
+            _at(record, path)[name] = copy.deepcopy(draw(st.sampled_from(
+                [[], {}, {"zzUnknown": 1}, {"city": None}, {"zzUnknown": []}, {"a": {"b": []}}, [[]], [{}], [None],
+                 [{"zzUnknown": 1}]])))
         elif kind == "derived":
             derived = _dict_in(record, "derivedSection")
             derived[draw(st.sampled_from(["conditionBrowseModule", "miscInfoModule", "new"]))] = {"versionHolder": "x"}
