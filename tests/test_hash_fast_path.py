@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import unicodedata
+from types import MappingProxyType
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -144,3 +145,33 @@ def test_nfd_and_integral_float_records_take_the_walk() -> None:
                                                  "enrollmentInfo": {"count": 100.0}}
     assert hashing._fast_canonical(material_content(record)) is None
     assert hash_and_unknown(record)[0] == slow_hash_and_unknown(record)[0]
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    pass
+
+
+class _List(list):  # type: ignore[type-arg]
+    pass
+
+
+def _as_other_types(value: Any) -> Any:
+    """``value`` with every object a read-only mapping or a dict subclass and every array a list subclass
+    (a record built in code, not parsed from JSON), alternately."""
+    if isinstance(value, dict):
+        items = {key: _as_other_types(item) for key, item in value.items()}
+        return MappingProxyType(items) if len(items) % 2 else _Dict(items)
+    if isinstance(value, list):
+        return _List(_as_other_types(item) for item in value)
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(perturbed())
+def test_a_record_built_of_other_mapping_and_list_types_hashes_as_its_json(record: dict[str, Any]) -> None:
+    """The walk takes any mapping and list (``normalise`` on a record built in code): the same rules
+    apply, an empty one is absent (rule 4) and unknown keys are named by their whole path. A mapping
+    member was walked without its key on the path and kept when empty; a list subclass kept its order."""
+    other = _as_other_types(record)
+    assert slow_hash_and_unknown(other) == hash_and_unknown(other) == slow_hash_and_unknown(record)
+    assert hashing.normalise(other) == hashing.normalise(record)
