@@ -21,7 +21,7 @@ import pytest
 from flows.bulk import run_load_bulk
 from pipeline import hashing, mutate
 from pipeline.changes import Rules, VersionPair, derive_changes
-from pipeline.diff import diff
+from pipeline.diff import diff, full_diff
 from pipeline.hashing import content_hash, hash_rule
 from pipeline.registry.fake_server import FakeRegistry
 from pipeline.versioning import RunContext, plan_batch
@@ -203,6 +203,28 @@ def test_events_of_an_edit_do_not_depend_on_how_either_version_is_spelled(spelli
             assert _events(spelling(edited), spelling(record)) == _events(edited, record), nct(record)
             compared += 1
     assert compared >= 2 * len(_pool())
+
+
+def test_a_module_added_or_removed_beside_unchanged_ones_is_the_diff_of_the_whole_records() -> None:
+    """``diff`` skips the modules that are the same on both sides; a section whose other modules were all
+    the same was then an empty object on one side, i.e. absent (hash rule 4): a results module added to
+    posted results read as the whole ``$.resultsSection`` appearing (old_value NULL), not one module added.
+    Also where the side left has only empty members (``{}``, an object of unknown keys)."""
+    records = real_records()
+    with_results = sorted((r for r in records if len(r.get("resultsSection", {})) > 2), key=lambda r: len(str(r)))
+    picks = with_results[:2] + records[:3]
+    compared = 0
+    for record in picks:
+        for section, modules in record.items():
+            if not isinstance(modules, dict) or len(modules) < 2:
+                continue
+            for module in modules:
+                fewer = mutate.drop_path(record, (section, module))
+                emptied = mutate.set_path(fewer, (section, "zzUnknownModule"), {"zzKey": 1})
+                for old, new in ((fewer, record), (record, fewer), (emptied, record)):
+                    assert diff(old, new) == full_diff(old, new), (nct(record), section, module)
+                compared += 1
+    assert compared >= 30
 
 
 def _events(old: Record, new: Record) -> list[tuple[Any, ...]]:
