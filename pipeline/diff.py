@@ -150,8 +150,8 @@ def _absent_by_trimming(old: Mapping[str, Json], new: Mapping[str, Json], trimme
         if (key in left) == (key in right) or not isinstance(value, dict) or not isinstance(other, dict):
             continue
         kept = trimmed_old.get(key)
-        shared = {m: v for m, v in value.items() if m in other and not (isinstance(kept, dict) and m in kept)}
-        if shared and key in normalise({key: shared}):
+        shared = (m for m in value if m in other and not (isinstance(kept, dict) and m in kept))
+        if any(key in normalise({key: {m: value[m]}}) for m in shared):  # (the first usually answers)
             found.append(key)
     return found
 
