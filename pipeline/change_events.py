@@ -155,9 +155,10 @@ _PHASES = ("protocolSection", "designModule", "phases")
 
 
 def _phase_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> Event:
-    """The phase lists before and after, whole (the diff only has the phases that came or went)."""
+    """The phase lists before and after, whole (the diff only has the phases that came or went); an
+    empty list is no phases, as null or no key is (``pipeline.hashing``: the same content)."""
     return Event(render_path(_PHASES), "phase", "design", "phase_changed",
-                 _value_text(_member(old, _PHASES)), _value_text(_member(new, _PHASES)))
+                 _value_text(_member(old, _PHASES) or None), _value_text(_member(new, _PHASES) or None))
 
 
 def _member(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.hashing import normalise
+from pipeline.hashing import material_content, normalise
 from pipeline.sites import normalised, pair_sites, site_key, site_name
 
 Json = Any
@@ -123,7 +123,37 @@ _TYPED_WITHIN = frozenset(path[:n] for path in TYPED for n in range(1, len(path)
 def diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:
     """Every changed leaf of the material content, compared in the canonical form that decides what is
     a new version (``pipeline.hashing.normalise``): no diff here iff the content hashes are equal."""
-    return full_diff(*without_identical(old, new))
+    trimmed_old, trimmed_new = without_identical(old, new)
+    left, right = normalise(trimmed_old), normalise(trimmed_new)
+    if absent := _absent_by_trimming(old, new, trimmed_old, left, right):
+        left, right = _with_empty(left, absent, old), _with_empty(right, absent, new)
+    return list(_diff_dicts(left, right, ()))
+
+
+def _with_empty(normal: dict[str, Json], keys: list[str], record: Mapping[str, Json]) -> dict[str, Json]:
+    """``normal`` with an empty object at each of ``keys`` it lacks, its members in the order the whole
+    record's would have (the diff lists them so)."""
+    out = {key: normal.get(key, {}) for key in material_content(record) if key in normal or key in keys}
+    return {**out, **{key: value for key, value in normal.items() if key not in out}}
+
+
+def _absent_by_trimming(old: Mapping[str, Json], new: Mapping[str, Json], trimmed_old: Mapping[str, Json],
+                        left: Mapping[str, Json], right: Mapping[str, Json]) -> list[str]:
+    """Sections present on both sides whose trimming (``without_identical``) left one side with nothing
+    (or nothing but empty members): an empty object is an absent one (hash rule 4), so that side would
+    lack the section and the other side's modules show as one change at ``$.section`` (a results module
+    added to posted results as the whole ``resultsSection`` appearing). The modules skipped decide: the
+    same on both sides and not empty, they make the section present on both."""
+    found = []
+    for key, value in old.items():
+        other = new.get(key)
+        if (key in left) == (key in right) or not isinstance(value, dict) or not isinstance(other, dict):
+            continue
+        kept = trimmed_old.get(key)
+        shared = (m for m in value if m in other and not (isinstance(kept, dict) and m in kept))
+        if any(key in normalise({key: {m: value[m]}}) for m in shared):  # (the first usually answers)
+            found.append(key)
+    return found
 
 
 def full_diff(old: Mapping[str, Json], new: Mapping[str, Json]) -> list[Leaf]:
@@ -138,7 +168,8 @@ def without_identical(old: Mapping[str, Json], new: Mapping[str, Json],
     A version usually changes one or two of its ~20 modules: normalising and diffing the rest costs
     ~1.5 ms a pair and finds nothing. Dropping a member from both sides leaves the diff as it was:
     identical subtrees give no leaves, and the walk's canonical form of a subtree depends on the
-    subtree and its place only. Sameness is by orjson's bytes (``true`` is not ``1``, as for the hash)."""
+    subtree and its place only; except that a section left empty is absent (``diff`` puts it back:
+    ``_absent_by_trimming``). Sameness is by orjson's bytes (``true`` is not ``1``, as for the hash)."""
     kept_old: dict[str, Json] = {}
     kept_new: dict[str, Json] = {}
     for key, value in old.items():

@@ -173,7 +173,8 @@ def _walk(value: Any, shape: Shape, path: list[str], unknown: set[str] | None, *
             if item is None:  # null is absent
                 continue
             name = key if key.isascii() else unicodedata.normalize("NFC", key)
-            if type(item) in _NESTED:
+            item_kind = type(item)
+            if item_kind in _NESTED or (item_kind not in _SCALARS and isinstance(item, Mapping | list)):
                 path.append(key)
                 walked = _walk(item, child, path, unknown, sort=sort)
                 path.pop()
@@ -190,13 +191,19 @@ def _walk(value: Any, shape: Shape, path: list[str], unknown: set[str] | None, *
         return items
     if kind is float and value.is_integer() and abs(value) < _MAX_EXACT:
         return int(value)
-    if isinstance(value, Mapping):  # another mapping type (a record built in code)
+    # Another mapping, list or text type (a record built in code): walked as the JSON it dumps as.
+    if isinstance(value, Mapping):
         return _walk(dict(value), shape, path, unknown, sort=sort)
+    if isinstance(value, list):
+        return _walk(list(value), shape, path, unknown, sort=sort)
+    if isinstance(value, str):
+        return _walk(str(value), shape, path, unknown, sort=sort)
     return value
 
 
 _UNKNOWN: Any = object()
 _NESTED = (dict, list)
+_SCALARS = frozenset({str, int, float, bool})
 
 
 # -- the fast path ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 from flows.bulk import run_load_bulk
 from pipeline import hashing, mutate
 from pipeline.changes import Rules, VersionPair, derive_changes
-from pipeline.diff import diff
+from pipeline.diff import diff, full_diff
 from pipeline.hashing import content_hash, hash_rule
 from pipeline.registry.fake_server import FakeRegistry
 from pipeline.versioning import RunContext, plan_batch
@@ -171,6 +171,60 @@ def test_a_member_set_to_null_gives_the_events_of_the_member_absent() -> None:
         events = _events(record, null)
         assert events == _events(record, gone)
         assert [e for e, *_ in events].count("site_removed") == len(_locations(record))
+
+
+_PHASES = ("protocolSection", "designModule", "phases")
+
+
+def _edits(record: Record) -> list[Record]:
+    """Material edits of ``record`` whose events read its lists: phases cleared, changed and set anew,
+    the status moved, every site gone."""
+    edits = [mutate.set_status(record, "SUSPENDED")]
+    if record["protocolSection"].get("designModule", {}).get("phases"):
+        edits += [mutate.drop_path(record, _PHASES), mutate.set_path(record, _PHASES, ["PHASE4"])]
+    elif "designModule" in record["protocolSection"]:
+        edits.append(mutate.set_path(record, _PHASES, ["PHASE2", "PHASE3"]))
+    if _locations(record):
+        edits.append(mutate.drop_path(record, ("protocolSection", "contactsLocationsModule", "locations")))
+    return edits
+
+
+@pytest.mark.parametrize("spelling", [s for s in SPELLINGS if s is not reordered], ids=lambda f: f.__name__)
+def test_events_of_an_edit_do_not_depend_on_how_either_version_is_spelled(spelling: Any) -> None:
+    """A version made for a material reason reports only that reason, in the same words: ``"phases": []``
+    in the new version is the phases gone (``new_value`` NULL, as when the key is left out), not a
+    change to ``[]`` (array order is left out: a phase list's text is the registry's own, in its order)."""
+    compared = 0
+    for record in _pool():
+        for edited in _edits(record):
+            expected = _events(record, edited)
+            assert expected, nct(record)
+            assert _events(spelling(record), spelling(edited)) == expected, (nct(record), spelling.__name__)
+            assert _events(spelling(edited), spelling(record)) == _events(edited, record), nct(record)
+            compared += 1
+    assert compared >= 2 * len(_pool())
+
+
+def test_a_module_added_or_removed_beside_unchanged_ones_is_the_diff_of_the_whole_records() -> None:
+    """``diff`` skips the modules that are the same on both sides; a section whose other modules were all
+    the same was then an empty object on one side, i.e. absent (hash rule 4): a results module added to
+    posted results read as the whole ``$.resultsSection`` appearing (old_value NULL), not one module added.
+    Also where the side left has only empty members (``{}``, an object of unknown keys)."""
+    records = real_records()
+    with_results = sorted((r for r in records if len(r.get("resultsSection", {})) > 2), key=lambda r: len(str(r)))
+    picks = with_results[:2] + records[:3]
+    compared = 0
+    for record in picks:
+        for section, modules in record.items():
+            if not isinstance(modules, dict) or len(modules) < 2:
+                continue
+            for module in modules:
+                fewer = mutate.drop_path(record, (section, module))
+                emptied = mutate.set_path(fewer, (section, "zzUnknownModule"), {"zzKey": 1})
+                for old, new in ((fewer, record), (record, fewer), (emptied, record)):
+                    assert diff(old, new) == full_diff(old, new), (nct(record), section, module)
+                compared += 1
+    assert compared >= 30
 
 
 def _events(old: Record, new: Record) -> list[tuple[Any, ...]]:

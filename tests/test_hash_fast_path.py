@@ -3,13 +3,14 @@
 ``hash_and_unknown`` proves most records need no normalisation and hashes them without the walk;
 ``slow_hash_and_unknown`` is the walk alone. Records are the 326 real ones and perturbations of
 them that each hit one rule of the canonical form (NFD text, integral floats, reordered arrays,
-unknown keys, derivedSection edits).
+unknown keys, derivedSection edits, members set to ``[]``, ``{}`` or an object that pruning empties).
 """
 
 from __future__ import annotations
 
 import copy
 import unicodedata
+from types import MappingProxyType
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -56,7 +57,7 @@ def perturbed(draw: st.DrawFn) -> dict[str, Any]:
     record = copy.deepcopy(draw(st.sampled_from(REAL)))
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["nfd", "float", "reorder", "unknown", "known_elsewhere", "derived",
-                                     "tracking", "non_ascii"]))
+                                     "tracking", "non_ascii", "empty"]))
         containers = _containers(record)
         if kind in ("nfd", "non_ascii"):
             leaves = _leaves(record)
@@ -81,6 +82,13 @@ def perturbed(draw: st.DrawFn) -> dict[str, Any]:
             name = (draw(st.sampled_from(["nctId", "date", "type", "locations", "name", "city"]))
                     if kind == "known_elsewhere" else draw(st.text(min_size=1, max_size=8)))
             _at(record, path)[name] = draw(st.sampled_from(["x", 1, [2, 1], {"b": 1, "a": [3, 2]}]))
+        elif kind == "empty":  # hash rule 4: an empty member (also one pruning or nulls empty) is absent
+            path = draw(st.sampled_from([p for p in containers if isinstance(_at(record, p), dict)]))
+            keys = sorted(_at(record, path))
+            name = draw(st.sampled_from([*keys, "keywords", "locations", "phases", "zzUnknown"]))
+            _at(record, path)[name] = copy.deepcopy(draw(st.sampled_from(
+                [[], {}, {"zzUnknown": 1}, {"city": None}, {"zzUnknown": []}, {"a": {"b": []}}, [[]], [{}], [None],
+                 [{"zzUnknown": 1}]])))
         elif kind == "derived":
             derived = _dict_in(record, "derivedSection")
             derived[draw(st.sampled_from(["conditionBrowseModule", "miscInfoModule", "new"]))] = {"versionHolder": "x"}
@@ -137,3 +145,33 @@ def test_nfd_and_integral_float_records_take_the_walk() -> None:
                                                  "enrollmentInfo": {"count": 100.0}}
     assert hashing._fast_canonical(material_content(record)) is None
     assert hash_and_unknown(record)[0] == slow_hash_and_unknown(record)[0]
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    pass
+
+
+class _List(list):  # type: ignore[type-arg]
+    pass
+
+
+def _as_other_types(value: Any) -> Any:
+    """``value`` with every object a read-only mapping or a dict subclass and every array a list subclass
+    (a record built in code, not parsed from JSON), alternately."""
+    if isinstance(value, dict):
+        items = {key: _as_other_types(item) for key, item in value.items()}
+        return MappingProxyType(items) if len(items) % 2 else _Dict(items)
+    if isinstance(value, list):
+        return _List(_as_other_types(item) for item in value)
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(perturbed())
+def test_a_record_built_of_other_mapping_and_list_types_hashes_as_its_json(record: dict[str, Any]) -> None:
+    """The walk takes any mapping and list (``normalise`` on a record built in code): the same rules
+    apply, an empty one is absent (rule 4) and unknown keys are named by their whole path. A mapping
+    member was walked without its key on the path and kept when empty; a list subclass kept its order."""
+    other = _as_other_types(record)
+    assert slow_hash_and_unknown(other) == hash_and_unknown(other) == slow_hash_and_unknown(record)
+    assert hashing.normalise(other) == hashing.normalise(record)

@@ -284,3 +284,53 @@ def test_serve_reaches_its_own_prefect_server_on_loopback_whatever_proxy_the_env
         alive.wait()
         server.shutdown()
         server.server_close()
+
+
+def test_serve_makes_prefects_own_clients_reach_its_loopback_server_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its health check, serve talks to its server through Prefect's client (httpx), which follows
+    HTTP_PROXY for 127.0.0.1 too: with a proxy in the environment the runner failed ('All connection
+    attempts failed'), and so would the flow-run processes. A real loopback server answers Prefect's own
+    health check here; the user's NO_PROXY entries stay, and a remote server's host is not added."""
+    import asyncio
+    import http.server
+    import os
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serving import direct_to_loopback
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"true")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "mirror.example")
+
+    async def healthcheck() -> Exception | None:
+        async with get_client() as client:
+            return await client.api_healthcheck()
+
+    try:
+        direct_to_loopback("https://prefect.example.org/api")
+        assert (os.environ["NO_PROXY"], os.environ["no_proxy"]) == ("mirror.example",) * 2
+        direct_to_loopback(url)
+        with temporary_settings({PREFECT_API_URL: url}):
+            assert asyncio.run(healthcheck()) is None  # no error
+        assert (os.environ["NO_PROXY"], os.environ["no_proxy"]) == ("mirror.example,127.0.0.1",) * 2
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,6 +4,7 @@ equality for the hash and the diff, registry schema changes. Records are derived
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import secrets
@@ -199,12 +200,11 @@ def _set(record: Any, path: tuple[Any, ...], value: Any) -> None:
 
 @st.composite
 def variants(draw: st.DrawFn) -> tuple[Record, Record]:
-    pool = [r for r in real_records() if "resultsSection" not in r][:40]
-    base = copy.deepcopy(draw(st.sampled_from(pool)))
+    base = copy.deepcopy(draw(st.sampled_from(_variant_pool())))
     material = {k: v for k, v in base.items() if k != "derivedSection"}
     out = copy.deepcopy(base)
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["shuffle", "float", "nfd", "edit", "drop", "derived"]))
+        kind = draw(st.sampled_from(["shuffle", "float", "nfd", "edit", "drop", "derived", "module"]))
         if kind == "shuffle" and (lists := _paths_to_lists(material)):
             path = draw(st.sampled_from(lists))
             items = _get(out, path)
@@ -228,7 +228,24 @@ def variants(draw: st.DrawFn) -> tuple[Record, Record]:
                     items.pop(draw(st.integers(0, len(items) - 1)))
         elif kind == "derived":
             out.setdefault("derivedSection", {})["versionHolder"] = draw(st.sampled_from(["2026-01-01", "x"]))
+        elif kind == "module" and (sections := sorted(k for k, v in out.items() if isinstance(v, dict) and v)):
+            # a module gone, or written empty (hash rule 4: absent), beside the section's unchanged ones
+            modules = out[draw(st.sampled_from(sections))]
+            name = draw(st.sampled_from(sorted(modules)))
+            if draw(st.booleans()):
+                del modules[name]
+            else:
+                modules[name if draw(st.booleans()) else "zzNewModule"] = draw(st.sampled_from(
+                    [{}, [], None, {"zzUnknown": 1}]))
     return base, out
+
+
+@functools.cache
+def _variant_pool() -> list[Record]:
+    """Records without results (most), and the two smallest with several results modules."""
+    records = real_records()
+    results = sorted((r for r in records if len(r.get("resultsSection", {})) > 2), key=lambda r: len(str(r)))
+    return [r for r in records if "resultsSection" not in r][:40] + results[:2]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
