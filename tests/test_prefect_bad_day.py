@@ -182,3 +182,18 @@ def test_a_sync_whose_prefect_server_dies_mid_run_reports_its_committed_run_and_
     assert took < 400, f"{took:.0f}s after the server died"
     runs = run_cli("runs", "--warehouse", str(warehouse), "--format", "json", env={"TRIALSYNC_ENGINE": "plain"})
     assert runs.returncode == 0 and '"succeeded"' in runs.stdout, runs.stdout
+
+
+@pytest.mark.parametrize("server", ["nothing listening", "never answers", "a web page"])
+def test_serve_names_a_configured_prefect_server_it_cannot_use_in_one_line(
+        server: str, silent_server: str, web_page_server: str, tmp_path: Path) -> None:
+    """serve said 'ConnectError: All connection attempts failed (rerun with --debug for details)' for a
+    port nobody listens on, and waited minutes on a server that never answers."""
+    url = {"nothing listening": f"http://127.0.0.1:{_free_port()}/api", "never answers": silent_server,
+           "a web page": web_page_server}[server]
+    result = run_cli("serve", env={"PREFECT_API_URL": url, "TRIALSYNC_WAREHOUSE": str(tmp_path / "w")}, timeout=90)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"trialsync: error: the Prefect server at {url}/ (PREFECT_API_URL) "), last
+    assert last.endswith("start it, or unset PREFECT_API_URL to run without one"), last
+    assert not (tmp_path / "w").exists()
