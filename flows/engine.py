@@ -213,7 +213,9 @@ class Flow(_Wrapped):
     def _build(self) -> Any:
         from prefect import flow
 
-        options = {k: v for k, v in self.options.items() if k != "threads"}
+        # No retries unless the flow asks: a retry from Prefect's defaults (PREFECT_FLOWS_DEFAULT_RETRIES, set
+        # for a user's other flows) would rerun the whole run and multiply --max-attempts.
+        options = {"retries": 0, **{k: v for k, v in self.options.items() if k != "threads"}}
         if "version" not in options:  # Prefect's default, from the function's own file (not the recorder's)
             from prefect.utilities.hashing import file_hash
 
@@ -274,7 +276,9 @@ class Task(_Wrapped):
         from prefect import task
         from prefect.cache_policies import NONE
 
-        return task(**{**self.options, "cache_policy": NONE})(self.fn)  # tasks take live objects: never cached
+        # Tasks take live objects: never cached. No retries unless the task asks (PREFECT_TASKS_DEFAULT_RETRIES
+        # would multiply the registry client's --max-attempts, the total tries of a request: SPEC).
+        return task(**{"retries": 0, **self.options, "cache_policy": NONE})(self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _PLAIN.get() is not None:

@@ -197,3 +197,21 @@ def test_serve_names_a_configured_prefect_server_it_cannot_use_in_one_line(
     assert last.startswith(f"trialsync: error: the Prefect server at {url}/ (PREFECT_API_URL) "), last
     assert last.endswith("start it, or unset PREFECT_API_URL to run without one"), last
     assert not (tmp_path / "w").exists()
+
+
+def test_prefects_default_retries_in_the_environment_never_multiply_max_attempts(
+        prefect_api: str, registry: FakeRegistry, tmp_path: Path) -> None:
+    """SPEC: --max-attempts is the total number of tries of a request; task retries do not multiply it.
+    PREFECT_TASKS_DEFAULT_RETRIES / PREFECT_FLOWS_DEFAULT_RETRIES (set for a user's other flows) made
+    Prefect retry every task and the flow itself: 3 tries became (1 + 2) x (1 + 1) x 3 = 18 requests."""
+    registry.faults.add("status", status=503, times=-1, path="/studies")
+    result = run_cli("sync", "--api-url", registry.url, "--warehouse", str(tmp_path / "w"), "--max-attempts", "3",
+                     "--backoff", "0.01", "--quiet",
+                     env={"PREFECT_API_URL": prefect_api, "TRIALSYNC_ENGINE": "auto",
+                          "PREFECT_TASKS_DEFAULT_RETRIES": "2", "PREFECT_TASK_DEFAULT_RETRY_DELAY_SECONDS": "0",
+                          "PREFECT_FLOWS_DEFAULT_RETRIES": "1", "PREFECT_FLOW_DEFAULT_RETRY_DELAY_SECONDS": "0"},
+                     timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("(3 tries)"), result.stderr
+    assert sum(path == "/studies" for path, _ in registry.requests) == 3
+    assert not (tmp_path / "w" / "warehouse.duckdb").exists()
