@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import as_completed as _cf_as_completed
 from concurrent.futures import wait as _cf_wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar, copy_context
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,28 @@ def _conforms(value: Any, hint: Any) -> bool:
     return False
 
 
+# A top-level Prefect flow run's box for its function's result: filled once the function returned, so
+# that a failure of Prefect's own bookkeeping after it (a server gone) is not taken for the run's.
+_RETURNED: ContextVar[tuple[Callable[..., Any], list[Any]] | None] = ContextVar("trialsync_flow_returned",
+                                                                                default=None)
+
+
+def _recording(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, filling the top-level run's box when it returns. It takes ``fn``'s globals (and so its
+    module's names): Prefect resolves the parameters' annotations (``date``, ...) through them."""
+    returned = _RETURNED
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        value = fn(*args, **kwargs)
+        box = returned.get()
+        if box is not None and box[0] is fn:  # the top-level flow's own function, not a subflow's
+            box[1].append(value)
+        return value
+
+    recording = types.FunctionType(run.__code__, fn.__globals__, fn.__name__, None, run.__closure__)
+    return functools.update_wrapper(recording, fn)
+
+
 class Flow(_Wrapped):
     """A flow function that runs under Prefect or in process (``uses_prefect``)."""
 
@@ -191,17 +213,42 @@ class Flow(_Wrapped):
     def _build(self) -> Any:
         from prefect import flow
 
-        return flow(**{k: v for k, v in self.options.items() if k != "threads"})(self.fn)
+        # No retries unless the flow asks: a retry from Prefect's defaults (PREFECT_FLOWS_DEFAULT_RETRIES, set
+        # for a user's other flows) would rerun the whole run and multiply --max-attempts.
+        options = {"retries": 0, **{k: v for k, v in self.options.items() if k != "threads"}}
+        if "version" not in options:  # Prefect's default, from the function's own file (not the recorder's)
+            from prefect.utilities.hashing import file_hash
+
+            with suppress(TypeError, OSError):
+                options["version"] = file_hash(inspect.getsourcefile(self.fn) or "")
+        return flow(**options)(_recording(self.fn))
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         if uses_prefect():
             lifecycle.guard_prefect_children()
+            top = not prefect_run_active()
             flow = self.prefect
             if "threads" in self.options and "task_runner" not in self.options:
                 from prefect.task_runners import ThreadPoolTaskRunner
 
                 flow = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=self.options["threads"]))
-            return flow(*args, return_state=return_state, **kwargs)
+            if not top:
+                return flow(*args, return_state=return_state, **kwargs)
+            from flows import prefect_api
+
+            if url := prefect_api.api_url():  # not Prefect's temporary server: that one it starts itself
+                prefect_api.check_server(url)
+            returned: list[Any] = []  # the function's result, once it returned (Prefect runs it in a copied context)
+            box = _RETURNED.set((self.fn, returned))
+            try:
+                return flow(*args, return_state=return_state, **kwargs)
+            except Exception as exc:
+                if not returned or return_state:
+                    raise
+                prefect_api.finished_despite(exc, self.name)  # the work is done (committed): not a failure
+                return returned[0]
+            finally:
+                _RETURNED.reset(box)
         if return_state:
             raise TypeError("return_state needs a Prefect run (configure a Prefect server)")
         run = _PlainRun(self.name, int(self.options.get("threads") or DEFAULT_THREADS))
@@ -229,7 +276,9 @@ class Task(_Wrapped):
         from prefect import task
         from prefect.cache_policies import NONE
 
-        return task(**{**self.options, "cache_policy": NONE})(self.fn)  # tasks take live objects: never cached
+        # Tasks take live objects: never cached. No retries unless the task asks (PREFECT_TASKS_DEFAULT_RETRIES
+        # would multiply the registry client's --max-attempts, the total tries of a request: SPEC).
+        return task(**{"retries": 0, **self.options, "cache_policy": NONE})(self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _PLAIN.get() is not None:

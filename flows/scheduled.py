@@ -29,7 +29,7 @@ class ScheduledSyncFailed(TrialsyncError):
     """One or more scopes of a scheduled sync failed (the others committed)."""
 
 
-@flow(name="scheduled_sync", validate_parameters=True)
+@flow(name="scheduled_sync", validate_parameters=True, retries=0)  # never PREFECT_FLOWS_DEFAULT_RETRIES
 def scheduled_sync(
     scopes: list[dict[str, Any]] | None = None,
     full: bool = False,

@@ -51,8 +51,11 @@ def serve_deployments(deployments: list[Deployment], console: Console) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     served = runner_deployments(deployments)
-    if PREFECT_API_URL.value():
-        direct_to_loopback(str(PREFECT_API_URL.value()))
+    if url := PREFECT_API_URL.value():
+        from flows import prefect_api
+
+        direct_to_loopback(str(url))
+        prefect_api.check_server(str(url))  # one line naming the setting, within seconds
         serve(*served)
         return
     with local_server(console) as url, temporary_settings({PREFECT_API_URL: url}):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,29 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     common.configure_logging(debug)
     lifecycle.install()
-    _run(args, debug)
+    try:
+        _run(args, debug)
+    except SystemExit as exc:
+        _settle_prefect(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1))
+        raise
+    _settle_prefect(0)
+
+
+def _settle_prefect(code: int) -> None:
+    """Give Prefect's queued events and logs a bounded time to reach its server; when they cannot (the
+    server went away during the run), leave without Prefect's exit hook, which would retry each of them
+    for seconds (minutes to hours in all) before the process may end."""
+    from flows import prefect_api
+
+    if prefect_api.settle():
+        print(f"trialsync: warning: the Prefect server at {prefect_api.api_url()} (PREFECT_API_URL) did not take "
+              f"this run's last events and logs within {prefect_api.SETTLE_SECONDS:.0f}s; leaving without them",
+              file=sys.stderr)
+        lifecycle.reap()
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 def _run(args: list[str], debug: bool) -> None:

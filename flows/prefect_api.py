@@ -1,0 +1,102 @@
+"""The Prefect server a command reports to, on a bad day: checked before a run, left in bounded time after.
+
+Prefect's own client waits for a server long and quietly: a ``PREFECT_API_URL`` that accepts connections
+but never answers held a command ~7 minutes before 'Failed to reach API' (a minute's timeout, retried),
+and a web page answering 200 where the API should be read as 'does not answer'. A server that dies
+while a run goes on is worse: the run's work (its commit) finishes, then Prefect fails to record the
+flow run's end (the command said ``ConnectError``, exit 1, for a committed run), and at exit it retries
+every queued event and log line for ~7 s each before the process may leave (minutes for a small sync,
+hours for a large one: a lingering process, a wall of Prefect errors).
+
+Here: ``check_server`` asks the server's ``/health`` once, with a short bound, before a command's flow
+run starts; ``finished_despite`` names the run whose work finished although Prefect could not record
+its end; ``settle`` gives Prefect's queued events and logs a bounded time to go out at the end of a
+command and says how many were left behind (the CLI then leaves without Prefect's unbounded exit hook).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from pipeline.errors import TrialsyncError
+
+HEALTH_SECONDS = 10.0  # a live Prefect server answers /health in milliseconds
+SETTLE_SECONDS = 10.0  # for the events and logs still queued when a command ends
+
+logger = logging.getLogger("trialsync.flows")
+
+
+class PrefectServerUnusable(TrialsyncError):
+    """The configured Prefect server does not answer, or is not a Prefect server."""
+
+
+def api_url() -> str:
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url or "")
+
+
+def _unusable(url: str, what: str) -> PrefectServerUnusable:
+    return PrefectServerUnusable(f"the Prefect server at {url.rstrip('/')}/ (PREFECT_API_URL) {what}: start it, "
+                                 "or unset PREFECT_API_URL to run without one")
+
+
+def check_server(url: str, timeout: float = HEALTH_SECONDS) -> None:
+    """Refuse a server that cannot take a run: nothing listening, no answer within ``timeout``, or an
+    answer that is not Prefect's (a web page, a proxy's). An answer Prefect may still accept (a 401 of a
+    server that wants a key, a TLS setting of Prefect's own) is left for Prefect to judge."""
+    import requests
+
+    from pipeline.http_session import Session
+
+    health = f"{url.rstrip('/')}/health"
+    try:
+        with (Session() as http,
+              http.get(health, timeout=(timeout, timeout), allow_redirects=False, stream=True) as response):
+            body = response.raw.read(4096, decode_content=True) if response.ok else b""
+    except requests.exceptions.SSLError:
+        return
+    except requests.Timeout:
+        raise _unusable(url, f"does not answer within {timeout:.0f}s") from None
+    except requests.ConnectionError:
+        raise _unusable(url, "does not answer") from None
+    except requests.RequestException:
+        return
+    if response.ok and body.strip() != b"true":
+        raise _unusable(url, f"answered, but not as a Prefect server ({_looks_like(response, body)})")
+
+
+def _looks_like(response: Any, body: bytes) -> str:
+    import re
+
+    kind = (response.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    title = re.search(rb"<title[^>]*>([^<]{1,80})", body, re.IGNORECASE)
+    shown = f' "{" ".join(title.group(1).decode("utf-8", "replace").split())}"' if title else ""
+    return f"HTTP {response.status_code}, {kind}{shown}"
+
+
+def finished_despite(exc: BaseException, name: str) -> None:
+    """The warning for a flow whose function returned but whose end Prefect could not record."""
+    what = " ".join(str(exc).split())[:200] or type(exc).__name__
+    logger.warning("%s finished, but Prefect could not record its end (%s: %s): the Prefect server at %s "
+                   "may show its flow run as still running", name, type(exc).__name__, what, api_url())
+
+
+def settle(timeout: float = SETTLE_SECONDS) -> int:
+    """Wait up to ``timeout`` for Prefect's queued events and logs to go out; the number of Prefect
+    services still sending (0: all went, or Prefect was never used). Services stopped here start again
+    on their next use."""
+    if "prefect._internal.concurrency.services" not in sys.modules:
+        return 0
+    from prefect._internal.concurrency.services import QueueService
+
+    try:
+        result = QueueService.drain_all(timeout=timeout, at_exit=False)
+    except Exception:  # only the exit's timing is at stake
+        return 0
+    if not isinstance(result, tuple):  # called inside an event loop: not the CLI's case
+        return 0
+    _done, pending = result
+    return len(pending)
