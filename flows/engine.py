@@ -236,7 +236,11 @@ class Flow(_Wrapped):
                 return flow(*args, return_state=return_state, **kwargs)
             from flows import prefect_api
 
-            if url := prefect_api.api_url():  # not Prefect's temporary server: that one it starts itself
+            url = prefect_api.api_url()
+            # Prefect's clients reach a server on loopback (also its temporary server's 127.0.0.1) directly,
+            # as our own HTTP does, whatever proxy the environment names.
+            prefect_api.direct_to_loopback(url or "http://127.0.0.1/")
+            if url:  # not Prefect's temporary server: that one it starts itself
                 prefect_api.check_server(url)
             returned: list[Any] = []  # the function's result, once it returned (Prefect runs it in a copied context)
             box = _RETURNED.set((self.fn, returned))

@@ -17,8 +17,10 @@ command and says how many were left behind (the CLI then leaves without Prefect'
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.errors import TrialsyncError
 
@@ -38,15 +40,37 @@ def api_url() -> str:
     return str(get_current_settings().api.url or "")
 
 
+def direct_to_loopback(url: str) -> None:
+    """``url``'s host added to ``NO_PROXY`` (both spellings) when it is on loopback: Prefect's clients
+    (httpx, in this process and in the processes it starts: serve's flow runs, pool workers) follow
+    ``HTTP_PROXY`` for every host ``NO_PROXY`` does not list, loopback too, and a proxy's loopback is
+    not ours (serve's server answered its health check, then its runner failed: 'All connection attempts
+    failed'; a sync's flow run failed the same way past ``check_server``, which goes there directly)."""
+    from pipeline.http_session import is_loopback  # not at import: every command imports this module
+
+    host = urlsplit(url).hostname
+    if not host or not is_loopback(url):
+        return
+    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""  # lowercase wins, as in urllib
+    hosts = [h.strip() for h in current.split(",") if h.strip()]
+    if "*" in hosts:
+        return
+    value = ",".join([*hosts, host] if host not in hosts else hosts)
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = value
+
+
 def _unusable(url: str, what: str) -> PrefectServerUnusable:
     return PrefectServerUnusable(f"the Prefect server at {url.rstrip('/')}/ (PREFECT_API_URL) {what}: start it, "
                                  "or unset PREFECT_API_URL to run without one")
 
 
 def check_server(url: str, timeout: float = HEALTH_SECONDS) -> None:
-    """Refuse a server that cannot take a run: nothing listening, no answer within ``timeout``, or an
-    answer that is not Prefect's (a web page, a proxy's). An answer Prefect may still accept (a 401 of a
-    server that wants a key, a TLS setting of Prefect's own) is left for Prefect to judge."""
+    """Refuse a server that cannot take a run: nothing listening, no answer within ``timeout``, or a
+    direct answer that is not Prefect's (a web page). The request carries what Prefect's
+    client sends (its API key or auth string, ``PREFECT_CLIENT_CUSTOM_HEADERS``). An answer Prefect may
+    still accept is left for Prefect to judge: a 401 of a server that wants a key, a TLS setting of
+    Prefect's own, a redirect (Prefect's client follows them), JSON other than ``true`` (a server that
+    words its health otherwise)."""
     import requests
 
     from pipeline.http_session import Session
@@ -54,8 +78,10 @@ def check_server(url: str, timeout: float = HEALTH_SECONDS) -> None:
     health = f"{url.rstrip('/')}/health"
     try:
         with (Session() as http,
-              http.get(health, timeout=(timeout, timeout), allow_redirects=False, stream=True) as response):
-            body = response.raw.read(4096, decode_content=True) if response.ok else b""
+              http.get(health, timeout=(timeout, timeout), allow_redirects=False, stream=True,
+                       headers=_prefect_headers()) as response):
+            judged = 200 <= response.status_code < 300
+            body = response.raw.read(4096, decode_content=True) if judged else b""
     except requests.exceptions.SSLError:
         return
     except requests.Timeout:
@@ -64,8 +90,28 @@ def check_server(url: str, timeout: float = HEALTH_SECONDS) -> None:
         raise _unusable(url, "does not answer") from None
     except requests.RequestException:
         return
-    if response.ok and body.strip() != b"true":
+    if judged and body.strip() != b"true" and not _is_json(response):
         raise _unusable(url, f"answered, but not as a Prefect server ({_looks_like(response, body)})")
+
+
+def _prefect_headers() -> dict[str, str]:
+    """The headers Prefect's client adds to its requests: a proxy in front of the server may need them."""
+    import base64
+
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    headers = {str(k): str(v) for k, v in (settings.client.custom_headers or {}).items()}
+    if settings.api.auth_string is not None and (auth := settings.api.auth_string.get_secret_value()):
+        headers["Authorization"] = f"Basic {base64.b64encode(auth.encode()).decode()}"
+    elif settings.api.key is not None and (key := settings.api.key.get_secret_value()):
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def _is_json(response: Any) -> bool:
+    kind = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
 
 
 def _looks_like(response: Any, body: bytes) -> str:

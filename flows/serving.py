@@ -16,15 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from rich.console import Console
 
 from flows import parent_watch
 from flows.deployments import Deployment, runner_deployments
+from flows.prefect_api import direct_to_loopback
 from pipeline.errors import TrialsyncError
-from pipeline.http_session import Session, is_loopback
+from pipeline.http_session import Session
 
 STARTUP_SECONDS = 120.0
 STOP_SECONDS = 4.0  # then SIGKILL: a stopped serve is gone within 10 s
@@ -62,22 +62,6 @@ def serve_deployments(deployments: list[Deployment], console: Console) -> None:
         os.environ["PREFECT_API_URL"] = url  # for the flow-run processes serve starts
         direct_to_loopback(url)
         serve(*served)
-
-
-def direct_to_loopback(url: str) -> None:
-    """``url``'s host added to ``NO_PROXY`` (both spellings) when it is on loopback: Prefect's clients
-    (httpx, in this process and in the flow-run processes serve starts) follow ``HTTP_PROXY`` for every
-    host ``NO_PROXY`` does not list, loopback too, and a proxy's loopback is not ours (serve's server
-    answered its health check, then its runner failed: 'All connection attempts failed')."""
-    host = urlsplit(url).hostname
-    if not host or not is_loopback(url):
-        return
-    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""  # lowercase wins, as in urllib
-    hosts = [h.strip() for h in current.split(",") if h.strip()]
-    if "*" in hosts:
-        return
-    value = ",".join([*hosts, host] if host not in hosts else hosts)
-    os.environ["no_proxy"] = os.environ["NO_PROXY"] = value
 
 
 @contextmanager

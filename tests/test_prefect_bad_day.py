@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -216,3 +216,124 @@ def test_prefects_default_retries_in_the_environment_never_multiply_max_attempts
     assert result.stderr.strip().splitlines()[-1].endswith("(3 tries)"), result.stderr
     assert sum(path == "/studies" for path, _ in registry.requests) == 3
     assert not (tmp_path / "w" / "warehouse.duckdb").exists()
+
+
+class _Gated(http.server.BaseHTTPRequestHandler):
+    """A Prefect health endpoint behind what sits in front of real servers: a redirect to where it lives,
+    a proxy that wants Prefect's API key (a login page without it), a server that words its health in JSON."""
+
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path == "/moved/api/health":
+            self._send(307, b"", "text/html", location="/real/api/health")
+        elif self.path == "/json/api/health":
+            self._send(200, b'{"status": "healthy"}', "application/json")
+        elif self.path == "/keyed/api/health" and self.headers.get("Authorization") != "Bearer the-key":
+            self._send(200, b"<html><title>Sign in</title></html>", "text/html")
+        else:
+            self._send(200, b"true", "application/json")
+
+    def _send(self, status: int, body: bytes, kind: str, location: str | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        if location:
+            self.send_header("Location", location)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("where", ["moved", "json", "keyed"])
+def test_a_prefect_server_that_prefects_client_can_use_is_not_refused_by_the_health_check(where: str) -> None:
+    """check_server refused servers Prefect's own client works with: a redirect (Prefect follows it) was
+    'answered, but not as a Prefect server (HTTP 307 ...)', a health answer in other JSON words too, and
+    a proxy that lets Prefect's API key through saw no key (its login page: 'not a Prefect server')."""
+    from prefect.settings import PREFECT_API_KEY, temporary_settings
+
+    from flows.prefect_api import check_server
+
+    _Gated.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{where}/api"
+    try:
+        with temporary_settings({PREFECT_API_KEY: "the-key"}):
+            assert check_server(url, timeout=5) is None
+        assert _Gated.seen == [(f"/{where}/api/health", "Bearer the-key")]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_command_reaches_a_prefect_server_on_loopback_whatever_proxy_the_environment_names(
+        prefect_api: str, registry: FakeRegistry, records: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Prefect's client (httpx) follows HTTP_PROXY for 127.0.0.1 too; only serve listed its loopback server in
+    NO_PROXY. A sync with a proxy in the environment passed the health check (ours goes to loopback directly)
+    and then its flow run went to the proxy: 'ConnectError', exit 1."""
+    nct = records[0]["protocolSection"]["identificationModule"]["nctId"]
+    dead_proxy = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    env = {name: dead_proxy for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+                                         "ALL_PROXY", "all_proxy")}
+    result = run_cli("sync", "--ids", nct, "--api-url", registry.url, "--warehouse", str(tmp_path / "w"),
+                     "--request-interval", "0",
+                     env={**env, "NO_PROXY": "", "no_proxy": "", "PREFECT_API_URL": prefect_api,
+                          "TRIALSYNC_ENGINE": "auto", "PREFECT_CLIENT_MAX_RETRIES": "0"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("run ") and "1 new version" in result.stdout, result.stdout
+    assert "trialsync: warning" not in result.stderr, result.stderr
+
+
+_IN_PROCESS = """
+import os, signal, sys, threading
+from flows import prefect_api
+from flows.cli.main import main
+from prefect.logging.handlers import APILogWorker
+
+if sys.argv[2] == "interrupted":  # Ctrl-C while the command, done, waits for Prefect's queued logs
+    threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+else:
+    prefect_api.settle.__defaults__ = (1.0,)  # the bound, shortened: what is at stake is what follows it
+APILogWorker.instance().send({"message": "a log line the server never takes", "level": 20, "name": "x",
+                              "timestamp": "2026-01-01T00:00:00Z", "flow_run_id": None, "task_run_id": None})
+try:
+    main(["runs", "--warehouse", sys.argv[1], "--format", "json"])
+except SystemExit as exc:
+    print(f"main returned to its caller: {exc.code}", flush=True)
+import os
+os._exit(0)  # the log line would still be waited for at exit (Prefect's hook): not this test's subject
+"""
+
+
+def test_main_called_in_process_returns_to_its_caller_when_prefects_events_cannot_be_sent(
+        silent_server: str, tmp_path: Path) -> None:
+    """The bounded leave (os._exit) is the console script's: a program (or a test) that called main() in
+    process was ended by it, without its own finalizers, when any Prefect service of that process (its own
+    too: the drain is global) could not reach its server within the bound."""
+    result = _in_process(silent_server, tmp_path, "returns")
+    assert any(line.startswith("main returned to its caller: ") for line in result.stdout.splitlines()), (
+        result.stdout, result.stderr)
+    assert "leaving without them" in result.stderr, result.stderr
+
+
+def _in_process(server: str, tmp_path: Path, how: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", _IN_PROCESS, str(tmp_path / "w"), how], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(root), "PREFECT_API_URL": server,
+                               "TRIALSYNC_ENGINE": "plain"})
+
+
+def test_ctrl_c_while_prefects_last_events_wait_is_a_stop_like_any_other(silent_server: str, tmp_path: Path) -> None:
+    """The command had finished and waits (up to 10 s) for Prefect's queued events and logs: a Ctrl-C there
+    printed a KeyboardInterrupt traceback (the wait is outside the command's own handling)."""
+    result = _in_process(silent_server, tmp_path, "interrupted")
+    assert result.returncode == 130, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("trialsync: interrupted"), result.stderr

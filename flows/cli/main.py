@@ -31,24 +31,34 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     common.configure_logging(debug)
     lifecycle.install()
+    leaves = argv is None  # the console script: this process is the command's; called in process, it is not
     try:
         _run(args, debug)
     except SystemExit as exc:
-        _settle_prefect(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1))
+        _settle_prefect(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1), leaves)
         raise
-    _settle_prefect(0)
+    _settle_prefect(0, leaves)
 
 
-def _settle_prefect(code: int) -> None:
+def _settle_prefect(code: int, leave: bool) -> None:
     """Give Prefect's queued events and logs a bounded time to reach its server; when they cannot (the
-    server went away during the run), leave without Prefect's exit hook, which would retry each of them
-    for seconds (minutes to hours in all) before the process may end."""
+    server went away during the run), the console script leaves without Prefect's exit hook, which would
+    retry each of them for seconds (minutes to hours in all) before the process may end. Called in
+    process (a test, a program of the user's), it returns: ending its caller's process is not its call."""
     from flows import prefect_api
 
-    if prefect_api.settle():
-        print(f"trialsync: warning: the Prefect server at {prefect_api.api_url()} (PREFECT_API_URL) did not take "
-              f"this run's last events and logs within {prefect_api.SETTLE_SECONDS:.0f}s; leaving without them",
-              file=sys.stderr)
+    left = 0
+    try:
+        left = prefect_api.settle()
+    except KeyboardInterrupt:  # Ctrl-C while waiting for them (the command seemed done): a stop like any other
+        lifecycle.leave()
+    if left:
+        url = prefect_api.api_url()
+        server = f"the Prefect server at {url} (PREFECT_API_URL)" if url else "Prefect's temporary server"
+        print(f"trialsync: warning: {server} did not take this run's last events and logs within "
+              f"{prefect_api.SETTLE_SECONDS:.0f}s; leaving without them", file=sys.stderr)
+        if not leave:
+            return
         lifecycle.reap()
         for stream in (sys.stdout, sys.stderr):
             with suppress(Exception):
