@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flows.engine import create_markdown_artifact, create_table_artifact
+from flows.engine import create_markdown_artifact, create_table_artifact, get_run_logger
 from pipeline.abbreviate import abbreviate_pair
 from pipeline.alerts.redact import Redactor
 
@@ -17,6 +17,15 @@ CHANGE_WIDTH = 120  # each of old and new in the changes table (on one line, the
 
 
 def publish_artifacts(redactor: Redactor, run_id: str, summary: dict[str, Any], outcomes: list[Outcome]) -> None:
+    """The run's artifacts. Its deliveries are recorded by now: an artifact that cannot be stored (the
+    Prefect server went away) is logged, not raised, so the run does not look failed and send again."""
+    try:
+        _publish(redactor, run_id, summary, outcomes)
+    except Exception as exc:
+        get_run_logger().warning("could not publish the alerts run's artifacts: %s", exc)
+
+
+def _publish(redactor: Redactor, run_id: str, summary: dict[str, Any], outcomes: list[Outcome]) -> None:
     rows = change_rows(outcomes)
     create_markdown_artifact(redactor(summary_markdown(summary, rows)), key="alerts-run",
                              description=f"alerts run {run_id}")

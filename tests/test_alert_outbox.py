@@ -288,3 +288,24 @@ def test_messages_that_went_out_while_a_sync_holds_the_writer_lock_are_recorded_
     assert [r.body["message_id"] for r in hook.received] == sent  # nothing went twice
     assert rows(warehouse, "SELECT count(DISTINCT message_id) FROM alert_deliveries "
                            "WHERE channel = 'hook' AND status = 'sent'") == [(2,)]
+
+
+def test_artifacts_that_cannot_be_stored_after_the_deliveries_were_recorded_are_a_warning_not_a_failure(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The Prefect server gone after the ledger was committed: the alerts run must not end as failed (the
+    sync after it said 'alerts after the sync failed' for messages that went out and were recorded)."""
+    import logging
+
+    from flows import alert_artifacts
+    from pipeline.alerts.redact import Redactor
+
+    def unreachable(*_: object, **__: object) -> None:
+        raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(alert_artifacts, "create_markdown_artifact", unreachable)
+    with caplog.at_level(logging.WARNING, logger="trialsync"):
+        summary = {"run_id": "run-1", "watches": 1, "matched": 0, "messages": 0, "messages_sent": 0,
+                   "messages_failed": 0, "already_sent": 0, "retried": 0, "resent": 0, "failures": []}
+        alert_artifacts.publish_artifacts(Redactor(()), "run-1", summary, [])
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not publish the alerts run's artifacts: [Errno 111] Connection refused"]
