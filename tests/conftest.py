@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -142,6 +143,29 @@ def prefect_api() -> Iterator[str]:
 @pytest.fixture
 def warehouse_dir(tmp_path: Path) -> Path:
     return tmp_path / "warehouse"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    """``trialsync ARGS`` in this process, as the console script runs it: (exit code, stdout, stderr)."""
+    from flows.cli import main
+
+    names = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
+    levels = {name: logging.getLogger(name).level for name in names}
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    for name, level in levels.items():  # the CLI quiets Prefect's failure logs
+        logging.getLogger(name).setLevel(level)
 
 
 def fast_sync(registry: Any, warehouse_dir: Path, **kwargs: Any) -> dict[str, Any]:

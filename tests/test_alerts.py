@@ -405,29 +405,6 @@ def _capture_all_logs() -> _Lines:
     return handler
 
 
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    """``trialsync ...`` in this process (its Prefect server is up): (exit code, stdout, stderr)."""
-    from flows.cli import main
-
-    names = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
-    levels = {name: logging.getLogger(name).level for name in names}
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    for name, level in levels.items():  # the CLI quiets Prefect's failure logs
-        logging.getLogger(name).setLevel(level)
-
-
 def test_the_alerts_cli_lists_tests_and_runs_with_one_line_errors(
         warehouse: Path, tmp_path: Path, hook: WebhookReceiver, cli: Any) -> None:
     config = watchlist(tmp_path / "watch.yaml", {

@@ -9,11 +9,10 @@ status and two appear) is built once; each case damages a copy and runs the real
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,26 +74,9 @@ Trialsync = Callable[..., Result]
 
 
 @pytest.fixture
-def trialsync(capsys: pytest.CaptureFixture[str]) -> Iterator[Trialsync]:
+def trialsync(cli: Callable[..., tuple[int, str, str]]) -> Trialsync:
     """``trialsync ARGS --warehouse ROOT`` in this process: its exit code, stdout and stderr."""
-    from flows.cli import main
-
-    names = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
-    levels = {name: logging.getLogger(name).level for name in names}
-
-    def run(args: list[str], root: Path) -> Result:
-        capsys.readouterr()
-        try:
-            main([*args, "--warehouse", str(root)])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    yield run
-    for name, level in levels.items():  # the CLI quiets Prefect's failure logs
-        logging.getLogger(name).setLevel(level)
+    return lambda args, root: Result(*cli(*args, "--warehouse", str(root)))
 
 
 def commands(two_runs: dict[str, Any], out: Path) -> dict[str, list[str]]:

@@ -7,9 +7,8 @@ line (exit 2) by every command before anything is written; every other character
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,26 +23,9 @@ PATTERN = ("*", "?", "[1]", "\\")
 
 
 @pytest.fixture
-def trialsync(capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
-    """``trialsync ARGS`` in this process: its exit code, stdout and stderr."""
-    from flows.cli import main
-
-    names = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
-    levels = {name: logging.getLogger(name).level for name in names}
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
+def trialsync(cli: Run) -> Run:
+    """``trialsync ARGS`` in this process: its exit code, stdout and stderr (tests/conftest.py ``cli``)."""
+    return cli
 
 
 @pytest.fixture(scope="module")
