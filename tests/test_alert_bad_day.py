@@ -28,9 +28,9 @@ from pipeline.alerts.http_answers import redirect_allowed, retry_after_seconds
 from pipeline.alerts.plan import sample_message
 from pipeline.alerts.watchlist import parse_watchlist
 from pipeline.errors import DeliveryFailed, UsageError
-from tests.test_alerts import PAIR, SEED, _free_port, cli, rows, two_days, warehouse, watchlist
+from tests.test_alerts import PAIR, SEED, _free_port, rows, two_days, warehouse, watchlist
 
-__all__ = ["cli", "two_days", "warehouse"]  # fixtures, shared with tests/test_alerts.py
+__all__ = ["two_days", "warehouse"]  # fixtures, shared with tests/test_alerts.py (cli: tests/conftest.py)
 
 WATCH = [{"name": "seed", "studies": {"ids": [SEED, PAIR]}, "channels": ["out"]}]
 
