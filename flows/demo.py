@@ -163,7 +163,7 @@ def run_demo(workdir: Path, data_dir: Path, console: Console) -> None:
         print_summary(day2_summary)
         finish_alerts(day2_summary["alerts"])
         show_alerts(inbox, watchlist, console)
-    show_changes(Warehouse(warehouse_dir), console)
+    show_changes(Warehouse(warehouse_dir), day2_summary["run_id"], console)
     show_answer(Warehouse(warehouse_dir), console)
     console.print(f"\nThe seed trial's history: {history_hint(warehouse_dir)}", highlight=False, markup=False)
     console.print(f"\nWarehouse: {warehouse_dir}\nQuery it: {query_hint(warehouse_dir)}", highlight=False,
@@ -206,16 +206,15 @@ def show_alerts(inbox: WebhookReceiver, watchlist: Path, console: Console) -> No
                   f"Ledger: {ledger_hint(watchlist.parent / 'warehouse')}", highlight=False, markup=False)
 
 
-def show_changes(store: Warehouse, console: Console) -> None:
-    """The last run's typed changes (registry bookkeeping and other info-level rows left out)."""
+def show_changes(store: Warehouse, run_id: str, console: Console) -> None:
+    """The day-2 run's typed changes (registry bookkeeping and other info-level rows left out)."""
     from flows.history import describe
 
     with store.connect() as con:
         result = con.execute(
             """SELECT nct_id, severity, event, field, old_value, new_value, shift_days, pct_change
-               FROM changes WHERE run_id = (SELECT arg_max(run_id, started_at) FROM sync_runs WHERE mode <> 'rederive')
-                 AND severity <> 'info'
-               ORDER BY severity_rank DESC, nct_id, path""")
+               FROM changes WHERE run_id = ? AND severity <> 'info'
+               ORDER BY severity_rank DESC, nct_id, path""", [run_id])
         columns = [d[0] for d in result.description]
         rows = [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
     table = Table(title="What changed on day 2 (trialsync changes --since <day 2> --min-severity minor)",
