@@ -42,15 +42,21 @@ def _plain(value: Any) -> Any:
 
 
 def _csv_cell(value: Any) -> Any:
+    """As DuckDB's own CSV writes them: nested values as JSON, booleans as true/false, NULL as nothing."""
     plain = _plain(value)
-    return "" if plain is None else json.dumps(plain, ensure_ascii=False) if isinstance(plain, list | dict) else plain
+    if plain is None:
+        return ""
+    return json.dumps(plain, ensure_ascii=False) if isinstance(plain, list | dict | bool) else plain
 
 
 def _table_cell(value: Any) -> Text:
     """Registry text is text: "[mmol/L]" or "[/]" in a cell is not Rich markup."""
     if value is None:
         return Text("")
-    return Text(str(value) if isinstance(value, float) else str(_plain(value)))
+    if isinstance(value, float):
+        return Text(str(value))
+    plain = _plain(value)  # booleans and nested values as JSON spells them (and DuckDB), not Python's repr
+    return Text(json.dumps(plain, ensure_ascii=False) if isinstance(plain, list | dict | bool) else str(plain))
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, console: Console) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -74,6 +75,15 @@ def test_csv_writes_the_same_plain_values_and_nan_as_empty() -> None:
     text = _render("SELECT INTERVAL 90 MINUTE AS took, '\\xAA\\x00'::BLOB AS raw, 'nan'::DOUBLE AS n, "
                    "'4b91b058-edd0-45bd-9cfe-a5f2f5a391dd'::UUID AS u", "csv")
     assert text.splitlines() == ["took,raw,n,u", "5400.0,qgA=,,4b91b058-edd0-45bd-9cfe-a5f2f5a391dd"]
+
+
+def test_booleans_read_true_and_false_in_every_format() -> None:
+    sql = "SELECT true AS yes, false AS no, NULL::BOOLEAN AS unknown, [true, false] AS both"
+    assert _render(sql, "csv").splitlines() == ["yes,no,unknown,both", 'true,false,,"[true, false]"']
+    assert _strict_json(_render(sql, "json")) == [{"yes": True, "no": False, "unknown": None, "both": [True, False]}]
+    table = _render(sql, "table")
+    assert "True" not in table and "False" not in table
+    assert re.search(r"│ true\s+│ false\s+│\s+│ \[true, false\] │", table), table
 
 
 def test_a_table_shows_bracketed_registry_text_and_column_names_as_they_are() -> None:
