@@ -112,7 +112,8 @@ LONGEST_FIRST = ("test_autocompact.py", "test_warehouse_repair.py", "test_prefec
                  "test_checkpoints.py",
                  "test_warehouse_backup.py", "test_read_bad_day.py", "test_change_feed.py", "test_cli.py",
                  "test_engine.py", "test_compact.py", "test_bulk.py", "test_bench.py", "test_warehouse_commit.py",
-                 "test_alerts.py", "test_alert_bad_day.py", "test_wrong_clock.py", "test_disk_refusals.py")
+                 "test_alerts.py", "test_alert_bad_day.py", "test_wrong_clock.py", "test_disk_refusals.py",
+                 "test_sync_model.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
