@@ -69,7 +69,7 @@ def _edited(record: dict[str, Any], edit: str, amount: int) -> dict[str, Any]:
         count = protocol["designModule"]["enrollmentInfo"].get("count", 0)
         return mutate.set_enrollment(record, count + 1 + amount * 7)
     if edit == "completion":
-        return mutate.shift_date(record, "completionDate", (amount + 1) * 15 * (1 if amount % 2 else -1))
+        return mutate.shift_date(record, "completionDate", (amount + 1) * 45 * (1 if amount % 2 else -1))
     sites = protocol["contactsLocationsModule"]["locations"]
     if edit == "site_status":
         index = amount % len(sites)
