@@ -172,3 +172,26 @@ def test_a_version_stored_while_the_clock_was_ahead_is_not_dated_in_the_future(
     assert starts[1:] == [(2, today), (3, today + timedelta(days=1))]
     assert shown == [(2,)]
     assert filed == [(today,), (today + timedelta(days=1),)]
+
+
+def test_after_a_record_dated_2099_a_lagging_replicas_older_record_is_still_stale(tmp_path: Path) -> None:
+    """The study's head kept 2099 as its registry date, which no run finds plausible: no record of the study
+    was stale any more, and a lagging replica serving its first record again made a fourth version (a
+    reversal of the registry's real edit, with its changes)."""
+    records = [copy.deepcopy(r) for r in real_records()[:3]]
+    study, first = nct(records[0]), copy.deepcopy(records[0])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, full=True)
+        registry.put(mutate.set_status(mutate.posted_on(registry.record(study), DAMAGED), "SUSPENDED"))
+        fast_sync(registry, root, full=True)
+        today = datetime.now(UTC).date()
+        registry.put(mutate.set_status(mutate.posted_on(registry.record(study), today), "TERMINATED"))
+        fast_sync(registry, root, full=True)
+        registry.put(first)
+        lagging = fast_sync(registry, root, full=True)
+    with Warehouse(root).connect() as con:
+        versions = con.execute("SELECT version, registry_updated FROM study_versions WHERE nct_id = ? ORDER BY 1",
+                               [study]).fetchall()
+    assert lagging["stale"] == 1
+    assert [(v, d) for v, d in versions[1:]] == [(2, DAMAGED), (3, today)]
