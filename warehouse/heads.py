@@ -42,8 +42,8 @@ HEAD_SCHEMA = pa.schema([
 HEADS_SQL = ("SELECT h.nct_id, h.version, h.content_hash, h.is_removed, h.registry_updated, h.member_key, "
              "least(CAST(timezone('UTC', h.observed_at) AS DATE), r.known) AS as_of FROM ("
              "SELECT nct_id, version, content_hash, is_removed, member_key, observed_at, run_id, "
-             "max(CASE WHEN registry_updated <= CAST(timezone('UTC', observed_at) AS DATE) + 1 THEN registry_updated END) "
-             "OVER (PARTITION BY nct_id) AS registry_updated FROM raw_study_versions "
+             "max(CASE WHEN registry_updated <= CAST(timezone('UTC', observed_at) AS DATE) + 1 "
+             "THEN registry_updated END) OVER (PARTITION BY nct_id) AS registry_updated FROM raw_study_versions "
              "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1) h "
              # a run's bulk file's date, read once a run (not once a version), one row a run
              "LEFT JOIN (SELECT run_id, max(TRY_CAST(json_extract_string(params, '$.archive_newest') AS DATE)) + 1 "
