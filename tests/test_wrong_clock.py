@@ -255,3 +255,39 @@ def test_a_study_back_in_its_scope_after_an_exit_recorded_with_the_clock_ahead_i
     assert rows(root, f"SELECT event FROM changes WHERE nct_id = '{study}' AND event = 'study_removed'") == [
         ("study_removed",)]
     assert rows(root, f"SELECT is_removed FROM study_versions WHERE nct_id = '{study}' AND is_current") == [(True,)]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_sync_committed_while_a_watchs_first_alerts_run_delivers_is_alerted_whatever_its_clock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch's first alerts run plans, then a sync (its clock 30 days behind) commits a status change
+    before the alerts run records its outcome. The change was in neither that run's plan nor, by its
+    detected_at, the watch's window, and the runs after the alerts run's first commit did not include it:
+    it was never alerted. The runs after the generation the plan read do."""
+    records = [copy.deepcopy(r) for r in real_records()[:6]]
+    study = nct(records[0])
+    feed = tmp_path / "feed.json"
+    config = watchlist(tmp_path / "w.yaml", {"feed": {"type": "feed", "path": str(feed), "format": "json"}},
+                       [{"name": "one", "channels": ["feed"], "studies": {"ids": [study]}}])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, full=True)
+        record = flows.alerts.record_outcomes
+
+        def sync_meanwhile(*args: Any, **kwargs: Any) -> None:
+            registry.put(_status(registry.record(study), "SUSPENDED", "2026-11-20"))
+            with monkeypatch.context() as behind:
+                behind.setattr(flows.sync, "datetime", _clock(timedelta(days=-30)))
+                fast_sync(registry, root, full=True)
+            record(*args, **kwargs)
+
+        monkeypatch.setattr(flows.alerts, "record_outcomes", sync_meanwhile)
+        first = send_alerts(config=str(config), warehouse=str(root))
+        monkeypatch.undo()
+        second = send_alerts(config=str(config), warehouse=str(root))
+        again = send_alerts(config=str(config), warehouse=str(root))
+
+    assert rows(root, f"SELECT new_value FROM changes WHERE nct_id = '{study}' AND event = 'status_changed'") == [
+        ("SUSPENDED",)]
+    assert (first["messages_sent"], second["messages_sent"], again["messages_sent"]) == (0, 1, 0)
+    assert ["SUSPENDED" in item["title"] for item in json.loads(feed.read_text())["items"]] == [True]
