@@ -312,7 +312,7 @@ def committed_since_first_seen(con: duckdb.DuckDBPyConnection, store: Warehouse)
         if seen:
             since, first_run = min(seen)
             since = min(since, _planned_generation(store, since, first_run))
-            later[watch] = sorted({run_id for number, run_id in order if number > since})
+            later[watch] = sorted({run_id for number, run_id in order if number > since and run_id != first_run})
     return later
 
 
