@@ -52,10 +52,12 @@ from warehouse.alerts import (
     last_seen,
     ledger_state,
     overdue_candidates,
+    planned_at,
     predicate_errors,
     record_outcomes,
     write_outbox,
 )
+from warehouse.manifest import head as manifest_head
 
 RETRY_BACKOFF_SECONDS = 1.0
 # The longest a receiver's Retry-After holds its channel across runs (a huge or endless one: tried a day later).
@@ -196,11 +198,17 @@ class _Run:
         self.ledger = LedgerState()
         self.resend_rejected = False
         self.outbox_committed = False
+        self.planned_at = 0  # the manifest generation the plan read (0: none, or unknown)
+
+    def meta(self) -> dict[str, str] | None:
+        """What the run's commits record of its plan (``warehouse.alerts.committed_since_first_seen``)."""
+        return planned_at(self.run_id, self.planned_at) if self.planned_at > 0 else None
 
 
 @task(name="plan-alerts", cache_policy=NONE)
 def plan_task(r: _Run) -> AlertPlan:
     """Each watch's candidate changes and the ledger, from the committed warehouse; then the pure plan."""
+    r.planned_at = manifest_head(r.store.root)  # read before the plan's state: no later than the generation it reads
     with r.store.committed() as con:
         r.ledger = ledger_state(con, resend_rejected=r.resend_rejected)
         seen, last = first_seen(con), last_seen(con)
@@ -222,7 +230,7 @@ def outbox_task(r: _Run, plan: AlertPlan, lock_timeout: float) -> None:
     """The new messages go into the ledger (committed, durable) before any of them is sent."""
     if not plan.new:
         return
-    write_outbox(r.store, r.run_id, plan.new, lock_timeout=lock_timeout)
+    write_outbox(r.store, r.run_id, plan.new, lock_timeout=lock_timeout, meta=r.meta())
     r.outbox_committed = True
 
 
@@ -305,7 +313,7 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
         "retried": plan.retries, "resent": plan.resent,
     }
     try:
-        record_outcomes(r.store, commit_id, rows, run_row, lock_timeout=lock_timeout)
+        record_outcomes(r.store, commit_id, rows, run_row, lock_timeout=lock_timeout, meta=r.meta())
     except WarehouseBusy as exc:
         if not any(o.error is None for o in outcomes):
             raise
@@ -313,7 +321,7 @@ def record_task(r: _Run, plan: AlertPlan, outcomes: list[Outcome], config: str, 
         # inbox). A sync holds the writer lock for its whole run, so wait for it, much longer.
         get_run_logger().warning("%s; %d messages went out: waiting up to %ds more to record them (else the "
                                  "next run sends them again)", exc, run_row["messages"], RECORD_LOCK_SECONDS)
-        record_outcomes(r.store, commit_id, rows, run_row, lock_timeout=RECORD_LOCK_SECONDS)
+        record_outcomes(r.store, commit_id, rows, run_row, lock_timeout=RECORD_LOCK_SECONDS, meta=r.meta())
 
 
 @flow(name="send_alerts", validate_parameters=True)

@@ -206,7 +206,7 @@ def backfill_history(
         totals = bc.totals
         run.seal("study_rewrites")
         with store.committed() as con:
-            baselines = baseline_runs(con)
+            baselines = baseline_runs(con, store.root)
         if bc.extra.rewritten:
             totals.changes_written = derive_run_changes(run, rules, only_run=None, baseline_runs=baselines,
                                                         nct_ids=bc.extra.rewritten)

@@ -157,7 +157,7 @@ def load_bulk(
             if not first_load or reading.repeated:
                 totals.changes_written = derive_run_changes(
                     run, settings.rules(None, run.manifest.meta), only_run=run_id,
-                    baseline_runs={run_id: run.news_from()} if baseline else {},
+                    baseline_runs={run_id: run.news_from(started)} if baseline else {},
                     nct_ids=sorted(reading.repeated) if first_load else None)
             summary = SyncSummary(run_id, "bulk", BULK_SCOPE, None, round(time.monotonic() - clock, 3), totals)
             params = {"archive": str(archive.path), "members": str(archive.members),

@@ -49,7 +49,7 @@ def rederive_changes(warehouse: str | None = None, rules_file: str | None = None
         with store.committed() as con:
             from warehouse.pairs import baseline_runs
 
-            baselines = baseline_runs(con)
+            baselines = baseline_runs(con, store.root)
         totals = RunTotals()
         totals.changes_written = derive_run_changes(run, rules, only_run=None, baseline_runs=baselines)
         from warehouse.compliance import fill_fdaaa_inputs

@@ -90,7 +90,7 @@ def sync_registry(
         if window.mode == "full" and (not baseline or scope.ids):  # a first run: the ids it never listed
             totals.left_scope, totals.retired = settle_vanished(pc, scope.key)
         totals.changes_written = derive_run_changes(
-            run, rules, only_run=run_id, baseline_runs={run_id: run.news_from()} if baseline else {})
+            run, rules, only_run=run_id, baseline_runs={run_id: run.news_from(started)} if baseline else {})
         checks = reconcile_run(run, scope=scope.key, mode=window.mode, baseline=baseline,
                                total_count=totals.total_count, studies_seen=totals.studies_seen, seen=pc.seen,
                                exited=pc.exited, left_scope=pc.left_scope | pc.outside_requested, omitted=pc.omitted,

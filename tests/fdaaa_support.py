@@ -68,14 +68,28 @@ def _set(mapping: dict[str, Any], key: str, value: Any) -> None:
 
 
 def store(root: Path, *batches: Sequence[Record]) -> Warehouse:
-    """One committed run per batch; a study given twice in a batch gets two versions, in order."""
+    """One committed run per batch; a study given twice in a batch gets two versions, in order. A batch is
+    observed on 2026-01-n, or on the day of its newest record if later (a registry never serves a record
+    before its date; a version is never valid from a day after the one it was observed on)."""
     warehouse = Warehouse(root)
+    observed = datetime(2026, 1, 1, tzinfo=UTC)
     for n, batch in enumerate(batches, 1):
-        ctx = RunContext(f"run-{n}", datetime(2026, 1, n, tzinfo=UTC), "api")
+        newest = max((_updated(r) for r in batch), default=date.min)
+        observed = max(observed, datetime(2026, 1, n, tzinfo=UTC),
+                       datetime(newest.year, newest.month, newest.day, 12, tzinfo=UTC))
+        ctx = RunContext(f"run-{n}", observed, "api")
         with warehouse.writer(ctx.run_id) as run:
             run.append_plan(plan_batch(batch, run.heads(), ctx), ctx)
             run.commit()
     return warehouse
+
+
+def _updated(record: Record) -> date:
+    struct = record.get("protocolSection", {}).get("statusModule", {}).get("lastUpdatePostDateStruct")
+    try:
+        return date.fromisoformat(struct["date"])
+    except (TypeError, KeyError, ValueError):
+        return date.min
 
 
 def judge(warehouse: Warehouse, as_of: date | str) -> dict[str, dict[str, Any]]:

@@ -175,3 +175,119 @@ def test_the_commit_order_an_alerts_run_reads_parses_no_manifest_generation(
     assert later == {"one": sorted({g.run_id for g in log if g.number > since})}
     assert set(syncs) <= set(later["one"]) and first["run_id"] not in later["one"]
     assert store.run_order() == [(g.number, g.run_id) for g in log]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_rederiving_after_a_clock_that_went_back_adds_no_study_of_a_scopes_first_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scope's first run made while the clock was 60 days ahead, its second with the clock right: by
+    ``started_at`` the second was the first, so rederive made every study of the real first run a
+    ``study_added`` (5 false changes here, a scope's every study in life). The first run is the first
+    committed."""
+    from flows.derive import rederive_changes
+
+    records = [copy.deepcopy(r) for r in real_records()[:5]]
+    study = nct(records[0])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        monkeypatch.setattr(flows.sync, "datetime", _clock(timedelta(days=60)))
+        fast_sync(registry, root, full=True)
+        monkeypatch.undo()
+        registry.put(_status(registry.record(study), "SUSPENDED", "2026-11-20"))
+        fast_sync(registry, root, full=True)
+    query = "SELECT nct_id, event FROM changes ORDER BY ALL"
+    before = rows(root, query)
+    rederive_changes(warehouse=str(root))
+    assert [event for _, event in before] == ["field_changed", "status_changed"]  # the date, the status
+    assert rows(root, query) == before
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_scopes_first_run_after_a_run_whose_clock_was_ahead_still_reports_studies_posted_since(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study the registry first posted today is news in a new scope's first run when the warehouse had
+    runs before; a run made while the clock was 60 days ahead said the warehouse's newest run began in
+    February, and the study (posted 'before' it) was no news, in the sync and after rederive."""
+    from flows.derive import rederive_changes
+
+    records = [copy.deepcopy(r) for r in real_records()[:5]]
+    fresh = copy.deepcopy(records.pop())
+    today = datetime.now(UTC).date().isoformat()
+    fresh["protocolSection"]["statusModule"]["studyFirstPostDateStruct"] = {"date": today, "type": "ACTUAL"}
+    fresh["protocolSection"]["statusModule"]["lastUpdatePostDateStruct"] = {"date": today, "type": "ACTUAL"}
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        monkeypatch.setattr(flows.sync, "datetime", _clock(timedelta(days=60)))
+        fast_sync(registry, root, ids=[nct(r) for r in records])
+        monkeypatch.undo()
+        registry.put(fresh)
+        fast_sync(registry, root, ids=[nct(fresh)])
+    query = "SELECT nct_id, event FROM changes ORDER BY ALL"
+    assert rows(root, query) == [(nct(fresh), "study_added")]
+    rederive_changes(warehouse=str(root))
+    assert rows(root, query) == [(nct(fresh), "study_added")]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_study_back_in_its_scope_after_an_exit_recorded_with_the_clock_ahead_is_retired_when_it_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --status RECRUITING scope: the study completes (a full run with the clock 60 days ahead records
+    its exit), recruits again (the next run, clock right, lists it), then the registry removes it. By
+    started_at its exit was newer than its return, so it was no member: the full run never looked it up,
+    and it stayed current, with no study_removed."""
+    records = [copy.deepcopy(r) for r in real_records()[:6]]
+    for record in records:
+        record["protocolSection"]["statusModule"]["overallStatus"] = "RECRUITING"
+    study = nct(records[0])
+    root = tmp_path / "wh"
+    scope: dict[str, Any] = {"full": True, "status": ["RECRUITING"]}
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, **scope)
+        registry.put(_status(registry.record(study), "COMPLETED", "2026-11-20"))
+        monkeypatch.setattr(flows.sync, "datetime", _clock(timedelta(days=60)))
+        fast_sync(registry, root, **scope)
+        monkeypatch.undo()
+        registry.put(_status(registry.record(study), "RECRUITING", "2026-11-21"))
+        fast_sync(registry, root, **scope)
+        registry.remove(study)
+        last = fast_sync(registry, root, **scope)
+    assert last["retired"] == 1
+    assert rows(root, f"SELECT event FROM changes WHERE nct_id = '{study}' AND event = 'study_removed'") == [
+        ("study_removed",)]
+    assert rows(root, f"SELECT is_removed FROM study_versions WHERE nct_id = '{study}' AND is_current") == [(True,)]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_sync_committed_while_a_watchs_first_alerts_run_delivers_is_alerted_whatever_its_clock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch's first alerts run plans, then a sync (its clock 30 days behind) commits a status change
+    before the alerts run records its outcome. The change was in neither that run's plan nor, by its
+    detected_at, the watch's window, and the runs after the alerts run's first commit did not include it:
+    it was never alerted. The runs after the generation the plan read do."""
+    records = [copy.deepcopy(r) for r in real_records()[:6]]
+    study = nct(records[0])
+    feed = tmp_path / "feed.json"
+    config = watchlist(tmp_path / "w.yaml", {"feed": {"type": "feed", "path": str(feed), "format": "json"}},
+                       [{"name": "one", "channels": ["feed"], "studies": {"ids": [study]}}])
+    root = tmp_path / "wh"
+    with FakeRegistry(records).start() as registry:
+        fast_sync(registry, root, full=True)
+        record = flows.alerts.record_outcomes
+
+        def sync_meanwhile(*args: Any, **kwargs: Any) -> None:
+            registry.put(_status(registry.record(study), "SUSPENDED", "2026-11-20"))
+            with monkeypatch.context() as behind:
+                behind.setattr(flows.sync, "datetime", _clock(timedelta(days=-30)))
+                fast_sync(registry, root, full=True)
+            record(*args, **kwargs)
+
+        monkeypatch.setattr(flows.alerts, "record_outcomes", sync_meanwhile)
+        first = send_alerts(config=str(config), warehouse=str(root))
+        monkeypatch.undo()
+        second = send_alerts(config=str(config), warehouse=str(root))
+        again = send_alerts(config=str(config), warehouse=str(root))
+
+    assert rows(root, f"SELECT new_value FROM changes WHERE nct_id = '{study}' AND event = 'status_changed'") == [
+        ("SUSPENDED",)]
+    assert (first["messages_sent"], second["messages_sent"], again["messages_sent"]) == (0, 1, 0)
+    assert ["SUSPENDED" in item["title"] for item in json.loads(feed.read_text())["items"]] == [True]

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from pipeline.alerts.compliance import overdue_alert
@@ -23,7 +24,7 @@ from pipeline.alerts.plan import LedgerState, Pending
 from pipeline.alerts.watchlist import StudySelector, Watch, Watchlist
 from pipeline.errors import UsageError
 from warehouse.analyses import OVERDUE, fdaaa_macros, overdue_event_id
-from warehouse.manifest import ManifestDamaged
+from warehouse.manifest import ManifestDamaged, generation_path
 from warehouse.store import Warehouse
 from warehouse.tables import CORE_FIELDS, STUDY_VERSIONS
 
@@ -250,20 +251,30 @@ def outbox_rows(messages: Sequence[Message]) -> list[dict[str, Any]]:
     } for m in messages]
 
 
-def write_outbox(store: Warehouse, commit_id: str, messages: Sequence[Message], *, lock_timeout: float) -> None:
+# The manifest meta key an alerts run's commits carry: "<run id>@<generation its plan read>".
+PLANNED_AT = "alerts_planned_at"
+
+
+def planned_at(run_id: str, generation: int) -> dict[str, str]:
+    """The meta an alerts run's commits carry: the generation its plan read (``committed_since_first_seen``)."""
+    return {PLANNED_AT: f"{run_id}@{generation}"}
+
+
+def write_outbox(store: Warehouse, commit_id: str, messages: Sequence[Message], *, lock_timeout: float,
+                 meta: dict[str, str] | None = None) -> None:
     """Commit new messages to the outbox (``alert_messages``): durable before any of them is sent."""
     with store.writer(commit_id, lock_timeout=lock_timeout) as run:
         run.append_rows("alert_messages", outbox_rows(messages))
-        run.commit()
+        run.commit(meta)
 
 
 def record_outcomes(store: Warehouse, commit_id: str, deliveries: list[dict[str, Any]], run_row: dict[str, Any],
-                    *, lock_timeout: float) -> None:
+                    *, lock_timeout: float, meta: dict[str, str] | None = None) -> None:
     """Commit each attempt's outcome (``alert_deliveries``) and the alerts run's row (``alert_runs``)."""
     with store.writer(commit_id, lock_timeout=lock_timeout) as run:
         run.append_rows("alert_deliveries", deliveries)
         run.append_rows("alert_runs", [run_row])
-        run.commit()
+        run.commit(meta)
 
 
 def first_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:
@@ -281,6 +292,10 @@ def committed_since_first_seen(con: duckdb.DuckDBPyConnection, store: Warehouse)
     either way changes that no run of the watch ever saw were passed over for good. Whatever was
     committed after the watch's first alerts run is news to it; the ledger still sends each change once.
     A damaged manifest generation (``check`` names it) leaves the windows alone rather than stop the run.
+    "After" is after the generation that run's plan read (its commits carry it, ``planned_at``), not after
+    its own first commit: a sync that committed while it planned and delivered was in neither its plan
+    nor, by a clock behind, any window. A run of an earlier release, which did not record it: after its
+    first commit.
     """
     try:
         order = store.run_order()
@@ -293,11 +308,24 @@ def committed_since_first_seen(con: duckdb.DuckDBPyConnection, store: Warehouse)
     rows = con.execute("SELECT w, list(run_id) FROM raw_alert_runs, unnest(watches) AS t(w) GROUP BY w").fetchall()
     later = {}
     for watch, run_ids in rows:
-        seen = [first_commit[i] for i in run_ids if i in first_commit]
+        seen = [(first_commit[i], i) for i in run_ids if i in first_commit]
         if seen:
-            since = min(seen)
-            later[watch] = sorted({run_id for number, run_id in order if number > since})
+            since, first_run = min(seen)
+            since = min(since, _planned_generation(store, since, first_run))
+            later[watch] = sorted({run_id for number, run_id in order if number > since and run_id != first_run})
     return later
+
+
+def _planned_generation(store: Warehouse, number: int, run_id: str) -> int:
+    """The generation alerts run ``run_id``'s plan read, from the meta of its commit ``number``; ``number``
+    when it does not say (a run of an earlier release, an unreadable file)."""
+    try:
+        meta = orjson.loads(generation_path(store.root, number).read_bytes()).get("meta") or {}
+        run, _, generation = str(meta.get(PLANNED_AT, "")).rpartition("@")
+        planned = int(generation) if run == run_id else number
+        return planned if 0 < planned <= number else number
+    except (OSError, ValueError, AttributeError):
+        return number
 
 
 def last_seen(con: duckdb.DuckDBPyConnection) -> dict[str, datetime]:

@@ -33,13 +33,17 @@ HEAD_SCHEMA = pa.schema([
 ])
 
 # registry_updated: the latest registry date any stored version of the study had (a removal marker
-# has none of its own): a fetched record older than it is stale, also after a removal.
+# has none of its own): a fetched record older than it is stale, also after a removal. A date later
+# than the day after the version was observed (``pipeline.dates.latest_plausible``: a damaged record's
+# 2099) counts for nothing: it would leave the study's head dated in the future for good, and with it no
+# record stale (``pipeline.versioning._is_stale``): a lagging replica's old record became a new version.
 # as_of: the UTC day the head was stored, or for a version read from a bulk file the day after that
 # file's newest registry date (``sync_runs.params.archive_newest``) if earlier.
 HEADS_SQL = ("SELECT h.nct_id, h.version, h.content_hash, h.is_removed, h.registry_updated, h.member_key, "
              "least(CAST(timezone('UTC', h.observed_at) AS DATE), r.known) AS as_of FROM ("
              "SELECT nct_id, version, content_hash, is_removed, member_key, observed_at, run_id, "
-             "max(registry_updated) OVER (PARTITION BY nct_id) AS registry_updated FROM raw_study_versions "
+             "max(CASE WHEN registry_updated <= CAST(timezone('UTC', observed_at) AS DATE) + 1 "
+             "THEN registry_updated END) OVER (PARTITION BY nct_id) AS registry_updated FROM raw_study_versions "
              "QUALIFY row_number() OVER (PARTITION BY nct_id ORDER BY version DESC) = 1) h "
              # a run's bulk file's date, read once a run (not once a version), one row a run
              "LEFT JOIN (SELECT run_id, max(TRY_CAST(json_extract_string(params, '$.archive_newest') AS DATE)) + 1 "

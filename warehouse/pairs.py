@@ -27,7 +27,7 @@ from pipeline.changes import VersionPair, version_identity
 from pipeline.errors import WarehouseError
 from warehouse.catalog import version_locations_sql, version_rows_sql
 from warehouse.manifest import Manifest
-from warehouse.run_writer import SYNCED
+from warehouse.run_writer import SYNCED, commit_order
 
 # A scope's first run: run id -> the day from which a study first posted is news all the same (None: no
 # first version is news), see ``baseline_runs``.
@@ -207,13 +207,22 @@ def _new_to_the_registry(first_posted: date | None, news_from: date | None) -> b
     return news_from is not None and first_posted is not None and first_posted >= news_from - FIRST_POSTED_LAG
 
 
-def baseline_runs(con: duckdb.DuckDBPyConnection) -> dict[str, date | None]:
+def baseline_runs(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, date | None]:
     """The first successful run of each scope (its studies' first versions are not news), each with
     the day the warehouse's newest earlier run began (None for the warehouse's first run): a study first
-    posted since then is news even in a scope's first run (``_new_to_the_registry``)."""
-    rows = con.execute(f"""
-        WITH ok AS (SELECT run_id, scope, started_at FROM raw_sync_runs WHERE {SYNCED}),
-        firsts AS (SELECT arg_min(run_id, started_at) AS run_id, min(started_at) AS started_at FROM ok GROUP BY scope)
-        SELECT f.run_id, (SELECT CAST(timezone('UTC', max(o.started_at)) AS DATE) FROM ok AS o
-                          WHERE o.started_at < f.started_at) FROM firsts AS f""").fetchall()
+    posted since then is news even in a scope's first run (``_new_to_the_registry``).
+
+    ``root``: the warehouse's, whose manifest gives the commit order (``commit_order``): "first" and
+    "earlier" are by commit, not by any clock (a scope's first run made while the host's clock was ahead
+    is still its first: by ``started_at`` its second run was, and rederiving made every study of the first a
+    ``study_added``); an earlier run's start counts no later than the run's own."""
+    with commit_order(con, root) as position:
+        rows = con.execute(f"""
+            WITH ok AS (SELECT s.run_id, s.scope, s.started_at, {position} AS position
+                        FROM raw_sync_runs AS s LEFT JOIN _commit_order AS o USING (run_id)
+                        WHERE {SYNCED} AND {position} IS NOT NULL),
+            firsts AS (SELECT arg_min(run_id, position) AS run_id, min(position) AS position,
+                              arg_min(started_at, position) AS started_at FROM ok GROUP BY scope)
+            SELECT f.run_id, (SELECT CAST(timezone('UTC', max(least(o.started_at, f.started_at))) AS DATE)
+                              FROM ok AS o WHERE o.position < f.position) FROM firsts AS f""").fetchall()
     return {run_id: day for run_id, day in rows}

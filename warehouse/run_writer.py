@@ -225,12 +225,13 @@ class RunWriter:
             ).fetchone()
         return row[0] if row else None
 
-    def news_from(self) -> Any:
-        """The day the warehouse's newest successful run began (None before its first): in a scope's
-        first run, a study first posted since then is news (``warehouse.pairs.baseline_runs``)."""
+    def news_from(self, started: datetime) -> Any:
+        """The day the warehouse's newest successful run began (None before its first), no later than
+        this run's ``started`` (a run made while the host's clock was ahead began before this one): in a
+        scope's first run, a study first posted since then is news (``warehouse.pairs.baseline_runs``)."""
         with self.before() as con:
-            row = con.execute(f"SELECT CAST(timezone('UTC', max(started_at)) AS DATE) FROM raw_sync_runs "
-                              f"WHERE {SYNCED}").fetchone()
+            row = con.execute(f"SELECT CAST(timezone('UTC', max(least(started_at, CAST(? AS TIMESTAMPTZ)))) "
+                              f"AS DATE) FROM raw_sync_runs WHERE {SYNCED}", [started]).fetchone()
         return row[0] if row else None
 
     def has_runs(self, scope: str) -> bool:
@@ -241,9 +242,11 @@ class RunWriter:
 
     def scope_members(self, scope: str) -> set[str]:
         """Studies seen by earlier successful runs of ``scope`` and not recorded as leaving it since
-        (``scope_exits``: a full run found them gone from the scope or from the registry)."""
-        with self.before() as con:
-            rows = con.execute(SCOPE_MEMBERS_SQL, [scope, scope]).fetchall()
+        (``scope_exits``: a full run found them gone from the scope or from the registry). "Since" is by
+        commit order, not by ``started_at``: an exit recorded by a run whose clock was ahead is not newer
+        than the study's return to the scope in a later run (it was dropped, and never retired)."""
+        with self.before() as con, commit_order(con, self.warehouse.root) as position:
+            rows = con.execute(SCOPE_MEMBERS_SQL.format(position=position), [scope, scope]).fetchall()
         return {r[0] for r in rows}
 
     def commit(self, meta: dict[str, str] | None = None, *, replace: frozenset[str] = frozenset(),
@@ -324,12 +327,33 @@ SYNCED = "status = 'succeeded' AND mode IN ('full', 'incremental', 'bulk')"
 # A study looked up by id in the run that found it gone from the scope is seen and exits in the same
 # run: the exit wins (strictly later sighting needed to be a member again).
 SCOPE_MEMBERS_SQL = f"""
-WITH runs AS (SELECT run_id, started_at FROM raw_sync_runs WHERE scope = ? AND {SYNCED}),
-     seen AS (SELECT r.nct_id, max(runs.started_at) AS at FROM raw_run_studies r JOIN runs USING (run_id)
+WITH runs AS (SELECT s.run_id, {{position}} AS at FROM raw_sync_runs AS s LEFT JOIN _commit_order AS o USING (run_id)
+              WHERE s.scope = ? AND {SYNCED} AND {{position}} IS NOT NULL),
+     seen AS (SELECT r.nct_id, max(runs.at) AS at FROM raw_run_studies r JOIN runs USING (run_id)
               GROUP BY r.nct_id),
-     exits AS (SELECT e.nct_id, max(runs.started_at) AS at FROM raw_scope_exits e JOIN runs USING (run_id)
+     exits AS (SELECT e.nct_id, max(runs.at) AS at FROM raw_scope_exits e JOIN runs USING (run_id)
                WHERE e.scope = ? GROUP BY e.nct_id)
 SELECT seen.nct_id FROM seen LEFT JOIN exits USING (nct_id) WHERE exits.at IS NULL OR seen.at > exits.at"""
+
+
+@contextmanager
+def commit_order(con: duckdb.DuckDBPyConnection, root: Path) -> Iterator[str]:
+    """Registers ``_commit_order`` (run_id, position: the run's first manifest generation) on ``con`` and
+    yields the SQL of a ``raw_sync_runs AS s`` row's place in the order (joined ``USING (run_id)`` as
+    ``o``): runs are ordered by commit, not by a clock that may have been wrong. With a damaged manifest
+    (``check`` names it), by ``started_at``."""
+    positions: dict[str, int] = {}
+    try:
+        for number, run_id in manifests.run_order(root):
+            positions.setdefault(run_id, number)
+    except manifests.ManifestDamaged:
+        positions = {}
+    con.register("_commit_order", pa.table({"run_id": pa.array(list(positions), pa.string()),
+                                             "position": pa.array(list(positions.values()), pa.int64())}))
+    try:
+        yield "o.position" if positions else "epoch_us(s.started_at)"
+    finally:
+        con.unregister("_commit_order")
 
 
 def open_state(root: Path, manifest: Manifest) -> duckdb.DuckDBPyConnection:

@@ -4,7 +4,12 @@ A version is valid from its registry date (``registry_updated``, the record's ``
 when that date moved past every earlier version's; otherwise (the registry edited the record without
 moving the date, e.g. ``submissionTracking``; or a version stored by an older release from a stale
 record) from the day it was observed, unless the registry's history dates it (a backfilled version, or
-a stored one a backfill found in the history: ``registry_version`` is known). Then, so that versions
+a stored one a backfill found in the history: ``registry_version`` is known). The day observed is
+the UTC day of ``observed_at``, or a later version's if earlier (versions are stored in order: one
+stored while the host's clock was ahead was observed no later than the next). A registry date later
+than the UTC day the version was observed (a damaged record's 2099, a host clock behind the registry)
+counts as that day: the registry was saying it then, and one such record must not date every later
+version of the study in the future (``studies_as_of(today)`` would show none of them). Then, so that versions
 never overlap and no interval has zero length, each ``valid_from`` is at least one day after the
 previous version's:
 ``valid_from[n] = max(c[k] + (n - k) days for k <= n)``, a running maximum, where ``c`` is the day
@@ -14,8 +19,15 @@ the last) this is exactly the registry date.
 
 from __future__ import annotations
 
-_DAY = "coalesce(registry_updated, CAST(timezone('UTC', observed_at) AS DATE))"
-_SEEN = "CAST(timezone('UTC', observed_at) AS DATE)"
+# The day a version was observed: its UTC day, or a later version's if earlier (a host clock ahead when
+# the version was stored and right again, or behind, when the next one was: versions are stored in
+# order, so it was observed no later than that).
+_SEEN = "_seen"
+_OBSERVED = ("min(CAST(timezone('UTC', observed_at) AS DATE)) OVER (PARTITION BY nct_id ORDER BY version "
+             "ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)")
+# A registry date after the day the record was observed (a damaged record's, 2099; or a clock behind)
+# says nothing about when the registry started saying it: it did on the day we saw it.
+_DAY = f"least(coalesce(registry_updated, {_SEEN}), {_SEEN})"
 _EARLIER = "(PARTITION BY nct_id ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
 _UP_TO = "(PARTITION BY nct_id ORDER BY version ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
 
@@ -29,9 +41,10 @@ def versions_with_validity(source: str = "raw_study_versions") -> str:
     candidate = (f"CASE WHEN _before IS NULL OR _day > _before THEN _day "
                  f"WHEN source = 'history' OR registry_version IS NOT NULL THEN _day "
                  f"ELSE greatest({_SEEN}, _day) END")
+    seen = f"SELECT *, {_OBSERVED} AS _seen FROM {source}"
     ranked = (f"SELECT *, {_DAY} AS _day, max({_DAY}) OVER {_EARLIER} AS _before, "
-              f"row_number() OVER (PARTITION BY nct_id ORDER BY version) AS _rank FROM {source}")
-    return (f"SELECT * EXCLUDE (_day, _before, _rank, _start), "
+              f"row_number() OVER (PARTITION BY nct_id ORDER BY version) AS _rank FROM ({seen})")
+    return (f"SELECT * EXCLUDE (_seen, _day, _before, _rank, _start), "
             f"CAST(max(_start) OVER {_UP_TO} + CAST(_rank AS INTEGER) AS DATE) AS valid_from "
             f"FROM (SELECT *, CAST({candidate} AS DATE) - CAST(_rank AS INTEGER) AS _start FROM ({ranked}))")
 
