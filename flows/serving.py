@@ -119,9 +119,11 @@ def one_serve_per_home() -> Iterator[None]:
     """Hold ``PREFECT_HOME/trialsync-serve.lock`` while serving from its database: a second serve there
     would start a second scheduler on the same database, and take the first one's runs for leftovers."""
     home = _home()
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # the server's database could not be there either
+        raise _unusable_home(home, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,11 +132,20 @@ def one_serve_per_home() -> Iterator[None]:
             raise TrialsyncError(f"another trialsync serve{f' (pid {holder})' if holder.isdigit() else ''} serves "
                                  f"from PREFECT_HOME={home} (its Prefect server's database): stop it first, or "
                                  "give this one another PREFECT_HOME") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            raise _unusable_home(home, exc) from None
         yield
     finally:
         os.close(fd)
+
+
+def _unusable_home(home: Path, exc: OSError) -> TrialsyncError:
+    return TrialsyncError(f"PREFECT_HOME={home} cannot be used ({exc.strerror or exc}): serve keeps its Prefect "
+                          "server's database there; make it writable with room to spare or point PREFECT_HOME "
+                          "elsewhere")
 
 
 def _home() -> Path:
@@ -196,7 +207,11 @@ def _wait_healthy(url: str, server: subprocess.Popen[Any], log_path: Path) -> No
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise TrialsyncError(f"the Prefect server exited with code {server.returncode}; see {log_path}")
+            cause = ""
+            with suppress(OSError), log_path.open("rb") as log:
+                cause = parent_watch.last_error(log)
+            raise TrialsyncError(f"the Prefect server exited with code {server.returncode}"
+                                 f"{f' ({cause})' if cause else ''}; see {log_path}")
         try:
             with Session() as http:  # the server is on loopback: never through the environment's proxy
                 if http.get(f"{url}/health", timeout=2).ok:
