@@ -132,17 +132,9 @@ def direct_to_loopback(url: str) -> None:
     ``HTTP_PROXY`` for every host ``NO_PROXY`` does not list, loopback too, and a proxy's loopback is
     not ours (serve's server answered its health check, then its runner failed: 'All connection attempts
     failed'; a sync's flow run failed the same way past ``check_server``, which goes there directly)."""
-    from pipeline.http_session import is_loopback  # not at import: every command imports this module
+    from pipeline.http_session import bypass_proxy_for_loopback  # not at import: every command imports this
 
-    host = urlsplit(url).hostname
-    if not host or not is_loopback(url):
-        return
-    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""  # lowercase wins, as in urllib
-    hosts = [h.strip() for h in current.split(",") if h.strip()]
-    if "*" in hosts:
-        return
-    value = ",".join([*hosts, host] if host not in hosts else hosts)
-    os.environ["no_proxy"] = os.environ["NO_PROXY"] = value
+    bypass_proxy_for_loopback(url)
 
 
 def _unusable(url: str, what: str) -> PrefectServerUnusable:

@@ -43,6 +43,26 @@ def is_loopback(url: str) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+def bypass_proxy_for_loopback(url: str) -> None:
+    """``url``'s host added to ``NO_PROXY`` (both spellings) when it is on loopback, for HTTP code that is
+    not ours and reads only the environment (Prefect's httpx clients, Apprise's requests calls), in this
+    process and the ones it starts. The user's entries are kept."""
+    import os
+
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return
+    if not host or not is_loopback(url):
+        return
+    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""  # lowercase wins, as in urllib
+    hosts = [h.strip() for h in current.split(",") if h.strip()]
+    if "*" in hosts:
+        return
+    value = ",".join([*hosts, host] if host not in hosts else hosts)
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = value
+
+
 def _short_ipv4_loopback(host: str) -> bool:
     if not host or not all(part for part in host.split(".")) or host.count(".") > 3:
         return False
