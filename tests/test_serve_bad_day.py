@@ -102,7 +102,7 @@ def test_a_serve_stopped_while_its_run_goes_on_leaves_no_concurrency_slot_taken_
             _, stderr, _ = stop(proc, signal.SIGTERM, group=True)
     assert stderr.splitlines()[0] == (
         "trialsync: warning: 2 flow run(s) an earlier serve left running when it stopped are marked crashed "
-        "(they committed nothing; the next run catches up)")  # the scheduled_sync run and its sync subflow
+        "(a sync commits all or nothing; the next run catches up)")  # the scheduled_sync run and its sync subflow
     check = run_cli("check", "--warehouse", str(warehouse))
     assert check.returncode == 0 and "1 run" in check.stdout, check.stdout + check.stderr
 
