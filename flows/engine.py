@@ -225,6 +225,10 @@ class Flow(_Wrapped):
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         if uses_prefect():
+            if not prefect_run_active():
+                from flows.prefect_api import check_settings
+
+                check_settings()  # one line for a PREFECT_* value Prefect cannot read
             lifecycle.guard_prefect_children()
             top = not prefect_run_active()
             flow = self.prefect

@@ -15,16 +15,21 @@ server start this way; ``flows.lifecycle.worker_started`` does the same for pool
 
 from __future__ import annotations
 
+import logging
 import os
 import runpy
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import TrialsyncError
 
 POLL_SECONDS = 1.0  # how often a child looks whether its parent is still there
 GRACE_SECONDS = 5.0  # between SIGTERM and SIGKILL once the parent is gone
@@ -66,7 +71,8 @@ def command(module: str, *args: str, parent: int | None = None) -> list[str]:
 def guard_prefect_temporary_server() -> None:
     """Make Prefect's temporary server (``SubprocessASGIServer``, started when no Prefect server is
     configured) a watched child: ``python -m uvicorn ...`` becomes ``python -m flows.parent_watch PID
-    uvicorn ...``. Idempotent; a Prefect release that starts it another way is left as it is."""
+    uvicorn ...``; and one that cannot start is one error, at once (``StartupFailed``). Idempotent; a
+    Prefect release that starts it another way is left as it is."""
     from prefect.server.api import server
 
     cls = getattr(server, "SubprocessASGIServer", None)
@@ -78,6 +84,9 @@ def guard_prefect_temporary_server() -> None:
 
     def guarded(self: Any) -> Any:
         real = server.subprocess
+        previous = getattr(self, "server_process", None)
+        if previous is not None and previous.poll() is not None:  # Prefect starts it again: it could not start
+            raise StartupFailed(previous.returncode, getattr(previous, "trialsync_output", None))
 
         class _Subprocess:
             def __getattr__(self, name: str) -> Any:
@@ -85,9 +94,9 @@ def guard_prefect_temporary_server() -> None:
 
             @staticmethod
             def Popen(args: list[str], *rest: Any, **kwargs: Any) -> Any:
-                if list(args[:3]) == [sys.executable, "-m", "uvicorn"]:
-                    args = command("uvicorn", *args[3:])
-                return real.Popen(args, *rest, **kwargs)
+                if list(args[:3]) != [sys.executable, "-m", "uvicorn"]:
+                    return real.Popen(args, *rest, **kwargs)
+                return _TemporaryServer(command("uvicorn", *args[3:]), *rest, **kwargs)
 
         server.subprocess = _Subprocess()  # type: ignore[assignment]
         try:
@@ -97,6 +106,60 @@ def guard_prefect_temporary_server() -> None:
 
     guarded._trialsync_guarded = True  # type: ignore[attr-defined]
     cls._run_uvicorn_command = guarded
+
+
+class _TemporaryServer(subprocess.Popen):
+    """Prefect's temporary server, its output kept aside (``--debug``: shown as it comes). Prefect waits
+    for it up to PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (120 s here) and starts it again each
+    time it exits with uvicorn's code for a failed startup (3), taken for a port in use: a database it
+    cannot open (PREFECT_HOME not writable, a full disk, a damaged file) held a command ~2.5 minutes
+    and printed a traceback every 15 s (2,000 lines). Any exit is reported as that code here, so that
+    Prefect calls ``_run_uvicorn_command`` again, where the guard raises ``StartupFailed``."""
+
+    def __init__(self, args: list[str], *rest: Any, **kwargs: Any) -> None:
+        self.trialsync_output: Any = None
+        debug = logging.getLogger("trialsync").isEnabledFor(logging.DEBUG)  # --debug
+        if not debug and "stdout" not in kwargs and "stderr" not in kwargs:
+            self.trialsync_output = tempfile.TemporaryFile()  # noqa: SIM115 - as long as the server lives
+            kwargs = {**kwargs, "stdout": self.trialsync_output, "stderr": subprocess.STDOUT}
+        super().__init__(args, *rest, **kwargs)
+
+    def poll(self) -> int | None:
+        code = super().poll()
+        return None if code is None else 3
+
+
+class StartupFailed(TrialsyncError):
+    """Prefect's temporary server exited before it answered."""
+
+    def __init__(self, code: int | None, output: Any) -> None:
+        from prefect.settings import get_current_settings
+
+        cause = last_error(output)
+        settings = get_current_settings()
+        secret: Any = settings.server.database.connection_url
+        url = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+        database = str(url or f"sqlite:///{settings.home / 'prefect.db'}")
+        where = f"; its database: {database.split('///', 1)[1]}" if database.startswith("sqlite") else ""
+        super().__init__(f"Prefect's temporary server could not start (exit code {code}"
+                         f"{f': {cause}' if cause else ''}){where}: make PREFECT_HOME writable with room to "
+                         "spare, move a damaged prefect.db away, or unset TRIALSYNC_ENGINE to run without Prefect")
+
+
+def last_error(output: Any) -> str:
+    """The last ``SomeError: what`` line the server printed (its traceback's last word)."""
+    import re
+
+    if output is None:
+        return ""
+    try:
+        output.seek(0, os.SEEK_END)
+        output.seek(max(0, output.tell() - 65536))
+        text = output.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
+    found = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)(?:\s*\([^)]*\))?: .+)$", text, re.MULTILINE)
+    return " ".join(found[-1].split())[:200] if found else ""
 
 
 def main(argv: list[str]) -> None:

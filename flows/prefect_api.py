@@ -22,7 +22,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.errors import TrialsyncError
+from pipeline.errors import TrialsyncError, UsageError
 
 HEALTH_SECONDS = 10.0  # a live Prefect server answers /health in milliseconds
 SETTLE_SECONDS = 10.0  # for the events and logs still queued when a command ends
@@ -32,6 +32,92 @@ logger = logging.getLogger("trialsync.flows")
 
 class PrefectServerUnusable(TrialsyncError):
     """The configured Prefect server does not answer, or is not a Prefect server."""
+
+
+_settings_checked = False
+
+
+def check_settings() -> None:
+    """Prefect's settings (``PREFECT_*`` in the environment or the active profile), checked before Prefect
+    is first used: a value Prefect cannot read (``PREFECT_LOGGING_LEVEL=nonsense``, ``PREFECT_API_URL=
+    http://[bad``) printed 'Failed to initialize plugins:' with pydantic's report as Prefect was imported,
+    then 'ValidationError: 2 validation errors for LoggingSettings'; now one line naming the variable,
+    exit 2, like a bad flag. Also refused: a request timeout of 0 or less (every request to the server
+    timed out, reported as a server that does not answer) and an API URL that is not http(s)."""
+    global _settings_checked
+    if _settings_checked:
+        return
+    import contextlib
+    import io
+
+    import pydantic
+
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):  # Prefect reports bad settings on import, at length
+        import prefect  # noqa: F401
+    from prefect.settings.models.root import Settings
+
+    try:
+        settings = Settings()
+    except pydantic.ValidationError as exc:
+        raise UsageError(_bad_setting(exc)) from None
+    sys.stderr.write(said.getvalue())  # whatever else Prefect said on import
+    timeout = settings.api.request_timeout
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"PREFECT_API_REQUEST_TIMEOUT must be more than 0 seconds, not {timeout:g} (every request "
+                         "to the Prefect server would time out)")
+    url = str(settings.api.url or "")
+    if url and (urlsplit(url).scheme.lower() not in ("http", "https") or not urlsplit(url).hostname):
+        from pipeline.redact import redact
+
+        raise UsageError(f"PREFECT_API_URL must be an http:// or https:// URL of a Prefect server's API, not "
+                         f"{redact(url)!r}")
+    _settings_checked = True
+
+
+def _bad_setting(exc: Any) -> str:
+    """The first problem of Prefect's settings, named by its variable (its value may be a secret: not shown)."""
+    from prefect.settings.models.root import Settings
+
+    error = exc.errors()[0]
+    what = " ".join(str(error.get("msg") or "").split())[:200]
+    model = _settings_model(Settings, exc.title)
+    loc = [str(p) for p in error.get("loc") or ()]
+    if model is not None and loc:
+        prefix = str(model.model_config.get("env_prefix") or "PREFECT_")
+        return f"{prefix}{'_'.join(loc).upper()} is not a setting Prefect can use: {what}"
+    if name := _culprit(Settings):  # a check of the whole (the API URL's): the variable without which it passes
+        return f"{name} is not a setting Prefect can use: {what}"
+    return f"a Prefect setting (PREFECT_* in the environment or the active Prefect profile) is not one Prefect can " \
+           f"use: {what}"
+
+
+def _culprit(settings: Any) -> str | None:
+    """The one ``PREFECT_*`` variable of the environment without which Prefect's settings are valid."""
+    import pydantic
+
+    for name in sorted(k for k in os.environ if k.startswith("PREFECT_")):
+        value = os.environ.pop(name)
+        try:
+            settings()
+            return name
+        except pydantic.ValidationError:
+            continue
+        finally:
+            os.environ[name] = value
+    return None
+
+
+def _settings_model(model: Any, name: str, seen: frozenset[Any] = frozenset()) -> Any:
+    """The settings model of that class name among ``model``'s nested ones."""
+    if getattr(model, "__name__", None) == name:
+        return model
+    for field in getattr(model, "model_fields", {}).values():
+        kind = field.annotation
+        if (isinstance(kind, type) and hasattr(kind, "model_fields") and kind not in seen
+                and (found := _settings_model(kind, name, seen | {kind})) is not None):
+            return found
+    return None
 
 
 def api_url() -> str:
@@ -46,17 +132,9 @@ def direct_to_loopback(url: str) -> None:
     ``HTTP_PROXY`` for every host ``NO_PROXY`` does not list, loopback too, and a proxy's loopback is
     not ours (serve's server answered its health check, then its runner failed: 'All connection attempts
     failed'; a sync's flow run failed the same way past ``check_server``, which goes there directly)."""
-    from pipeline.http_session import is_loopback  # not at import: every command imports this module
+    from pipeline.http_session import bypass_proxy_for_loopback  # not at import: every command imports this
 
-    host = urlsplit(url).hostname
-    if not host or not is_loopback(url):
-        return
-    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""  # lowercase wins, as in urllib
-    hosts = [h.strip() for h in current.split(",") if h.strip()]
-    if "*" in hosts:
-        return
-    value = ",".join([*hosts, host] if host not in hosts else hosts)
-    os.environ["no_proxy"] = os.environ["NO_PROXY"] = value
+    bypass_proxy_for_loopback(url)
 
 
 def _unusable(url: str, what: str) -> PrefectServerUnusable:

@@ -1,5 +1,5 @@
 """The HTTP session of the registry client, the bulk download and the webhook channels: requests' own,
-except that a loopback host (``localhost``, ``127.0.0.0/8``, ``::1``) is never reached through a proxy
+except that a loopback host (``localhost``, ``127.0.0.0/8``, ``::1``, in any spelling) is never reached through a proxy
 from the environment.
 
 A proxy (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``) runs elsewhere: its loopback is not ours, so a
@@ -17,6 +17,7 @@ connection of a redirect is closed instead of being reused.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +25,10 @@ import requests
 
 
 def is_loopback(url: str) -> bool:
-    """The URL's host is this machine's loopback: ``localhost`` (and ``*.localhost``), ``127.0.0.0/8``, ``::1``."""
+    """The URL's host is this machine's loopback: ``localhost`` (and ``*.localhost``), ``127.0.0.0/8``, ``::1``,
+    in every spelling the system's resolver connects to there: IPv4 inside IPv6 (``[::ffff:127.0.0.1]``,
+    which Python 3.11 does not count as loopback) and the short or numeric IPv4 forms (``127.1``,
+    ``2130706433``, ``0x7f.1``) that ``inet_aton`` reads; a proxy was asked for each of them."""
     try:
         host = (urlsplit(url).hostname or "").rstrip(".").lower()
     except ValueError:
@@ -32,8 +36,39 @@ def is_loopback(url: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # a zone (fe80::1%eth0) is not loopback's
     except ValueError:
+        return _short_ipv4_loopback(host)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def bypass_proxy_for_loopback(url: str) -> None:
+    """``url``'s host added to ``NO_PROXY`` (both spellings) when it is on loopback, for HTTP code that is
+    not ours and reads only the environment (Prefect's httpx clients, Apprise's requests calls), in this
+    process and the ones it starts. The user's entries are kept."""
+    import os
+
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return
+    if not host or not is_loopback(url):
+        return
+    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""  # lowercase wins, as in urllib
+    hosts = [h.strip() for h in current.split(",") if h.strip()]
+    if "*" in hosts:
+        return
+    value = ",".join([*hosts, host] if host not in hosts else hosts)
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = value
+
+
+def _short_ipv4_loopback(host: str) -> bool:
+    if not host or not all(part for part in host.split(".")) or host.count(".") > 3:
+        return False
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host)).is_loopback
+    except OSError:
         return False
 
 

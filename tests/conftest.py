@@ -109,7 +109,7 @@ def registry(records: list[Record]) -> Iterator[Any]:
 # loadfile` hands whole files to the two workers in collection order, so a long file collected last
 # leaves one worker running it alone at the end.
 LONGEST_FIRST = ("test_autocompact.py", "test_warehouse_repair.py", "test_prefect_bad_day.py", "test_lifecycle.py",
-                 "test_checkpoints.py",
+                 "test_serve_bad_day.py", "test_prefect_home.py", "test_checkpoints.py",
                  "test_warehouse_backup.py", "test_read_bad_day.py", "test_change_feed.py", "test_cli.py",
                  "test_engine.py", "test_compact.py", "test_bulk.py", "test_bench.py", "test_warehouse_commit.py",
                  "test_alerts.py", "test_alert_bad_day.py", "test_wrong_clock.py", "test_disk_refusals.py",

@@ -4,6 +4,7 @@ one recorded as sent that did not arrive, and never a run held past the channel'
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from email import message_from_bytes
@@ -130,3 +131,21 @@ def test_a_webhook_on_loopback_is_reached_directly_whatever_proxy_the_environmen
     sent = send_alerts(config=str(config), warehouse=str(warehouse))
     assert (sent["messages_sent"], sent["failures"]) == (2, [])
     assert sorted(r.body["studies"][0]["nct_id"] for r in hook.received) == [PAIR, SEED]
+
+
+def test_an_apprise_receiver_on_loopback_is_reached_directly_whatever_proxy_the_environment_names(
+        warehouse: Path, tmp_path: Path, hook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apprise's own HTTP (requests) asked the proxy for json://127.0.0.1:PORT/ and never reached it:
+    'Apprise could not deliver', retried on every run for ever. Other hosts keep the proxy (NO_PROXY
+    gains only the loopback host)."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "internal.example")  # the user's own entry, kept
+    monkeypatch.setenv("TEST_APPRISE_URL", f"json://{hook.url.split('//')[1]}/apprise")
+    config = watchlist(tmp_path / "w.yaml", {"out": {"type": "apprise", "url_env": "TEST_APPRISE_URL",
+                                                     "attempts": 1}}, WATCH)
+    sent = send_alerts(config=str(config), warehouse=str(warehouse))
+    assert (sent["messages_sent"], sent["failures"]) == (2, [])
+    assert [r.path for r in hook.received] == ["/apprise", "/apprise"]
+    assert os.environ["NO_PROXY"] == os.environ["no_proxy"] == "internal.example,127.0.0.1"

@@ -337,3 +337,36 @@ def test_ctrl_c_while_prefects_last_events_wait_is_a_stop_like_any_other(silent_
     assert result.returncode == 130, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("trialsync: interrupted"), result.stderr
+
+
+@pytest.mark.parametrize(("setting", "value", "line"), [
+    ("PREFECT_LOGGING_LEVEL", "nonsense", "PREFECT_LOGGING_LEVEL is not a setting Prefect can use: Input should be "
+     "'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+    ("PREFECT_API_URL", "http://alice:s3cret@[bad/api", "PREFECT_API_URL is not a setting Prefect can use: Value "
+     "error, Invalid IPv6 URL"),
+    ("PREFECT_API_URL", "ftp://127.0.0.1/api", "PREFECT_API_URL must be an http:// or https:// URL of a Prefect "
+     "server's API, not 'ftp://127.0.0.1/api'"),
+    ("PREFECT_API_REQUEST_TIMEOUT", "0", "PREFECT_API_REQUEST_TIMEOUT must be more than 0 seconds, not 0 (every "
+     "request to the Prefect server would time out)"),
+], ids=["level", "bad-url", "ftp", "timeout-0"])
+def test_a_prefect_setting_prefect_cannot_use_is_one_line_naming_it(
+        setting: str, value: str, line: str, tmp_path: Path) -> None:
+    """Prefect printed 'Failed to initialize plugins:' and pydantic's report on import, then the command
+    said 'ValidationError: 2 validation errors for LoggingSettings (rerun with --debug for details)', exit
+    1; an ftp:// API URL or a request timeout of 0 was 'the Prefect server ... does not answer' (after
+    ~20 s for the timeout: Prefect's temporary server started, then every request timed out)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    result = subprocess.run([str(TRIALSYNC), "sync", "--ids", "NCT07011004", "--api-url", "http://127.0.0.1:9/api/v2",
+                             "--warehouse", str(tmp_path / "w")], capture_output=True, text=True, timeout=120,
+                            env={**env, "TRIALSYNC_ENGINE": "prefect", setting: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"trialsync: error: {line}"]
+    assert "s3cret" not in result.stderr and not (tmp_path / "w").exists()
+
+
+def test_serve_refuses_a_prefect_setting_prefect_cannot_use_in_one_line(tmp_path: Path) -> None:
+    result = run_cli("serve", "--list", env={"PREFECT_LOGGING_LEVEL": "loud"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "trialsync: error: PREFECT_LOGGING_LEVEL is not a setting Prefect can use: Input should be 'DEBUG', 'INFO', "
+        "'WARNING', 'ERROR' or 'CRITICAL'"]

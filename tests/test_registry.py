@@ -226,7 +226,8 @@ def test_a_loopback_registry_is_reached_directly_whatever_proxy_the_environment_
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     retry = RetryPolicy(attempts=1, backoff_base=0.01)
-    for url in (registry.url, registry.url.replace("127.0.0.1", "localhost")):
+    for url in (registry.url, *(registry.url.replace("127.0.0.1", host) for host in (
+            "localhost", "[::ffff:127.0.0.1]", "127.1"))):  # the last two went through the proxy
         with RegistryClient(url, min_interval=0, retry=retry) as client:
             assert len(client.get_page({"pageSize": "3"}, None, 1).studies) == 3
     # Any other host still goes through the environment's proxy.
@@ -239,7 +240,12 @@ def test_a_loopback_registry_is_reached_directly_whatever_proxy_the_environment_
     ("http://127.0.0.1:8000/api/v2", True), ("http://127.5.6.7/x", True), ("http://[::1]:80/", True),
     ("https://localhost/api/v2", True), ("http://LOCALHOST./", True), ("http://app.localhost:9/", True),
     ("https://clinicaltrials.gov/api/v2", False), ("http://128.0.0.1/", False), ("http://localhost.example/", False),
-    ("http://[::2]/", False), ("http://10.0.0.1/", False), ("http://[bad/", False)])
+    ("http://[::2]/", False), ("http://10.0.0.1/", False), ("http://[bad/", False),
+    # What the resolver connects to on loopback, spelled otherwise (each went through the proxy).
+    ("http://[::ffff:127.0.0.1]:4200/api", True), ("http://[::ffff:7f00:1]/", True),
+    ("http://[0:0:0:0:0:0:0:1]/", True), ("http://127.1:4200/api", True), ("http://2130706433/", True),
+    ("http://0x7f.1/", True), ("http://[::ffff:10.0.0.1]/", False), ("http://128.1/", False),
+    ("http://1.2.3.4.5/", False), ("http://127..1/", False), ("http://127.0.0.1.example/", False)])
 def test_only_this_machines_loopback_hosts_skip_the_proxy(url: str, loopback: bool) -> None:
     from pipeline.http_session import is_loopback
 

@@ -166,7 +166,12 @@ def quiet_prefect_failures() -> None:
     """Prefect logs a failed run's traceback; the CLI reports one line instead (--debug shows all)."""
     from flows.engine import uses_prefect
 
-    if not DEBUG and uses_prefect():
+    if not uses_prefect():
+        return
+    from flows.prefect_api import check_settings
+
+    check_settings()
+    if not DEBUG:
         import prefect.main  # noqa: F401 - Prefect configures its logging on import: ours must come after
 
         for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):

@@ -24,6 +24,9 @@ def serve(
 ) -> None:
     """Run the schedules of deploy/prefect.yaml on this machine (Prefect serve; Ctrl-C stops)."""
     from flows.deployments import DEPLOY_FILE, check_config_files, describe, load
+    from flows.prefect_api import check_settings
+
+    check_settings()  # serve is Prefect's, whatever TRIALSYNC_ENGINE says
 
     deployments = load(file or DEPLOY_FILE)
     check_config_files(deployments, file or DEPLOY_FILE, environment=not list_only)

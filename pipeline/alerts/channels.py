@@ -37,7 +37,7 @@ from pipeline.alerts.smtp_answers import permanent, transient
 from pipeline.alerts.watchlist import Channel
 from pipeline.deadline import Late, call_within
 from pipeline.errors import DeliveryFailed
-from pipeline.http_session import Session
+from pipeline.http_session import Session, bypass_proxy_for_loopback
 
 USER_AGENT = "trialsync-alerts"
 MAX_REDIRECTS = 3  # 307/308 hops a webhook delivery follows
@@ -310,6 +310,9 @@ class AppriseSender:
         self.apprise = apprise.Apprise()
         if not self.apprise.add(resolved.url):
             raise DeliveryFailed("not a valid Apprise URL")
+        # Apprise's HTTP (requests) follows HTTP_PROXY for loopback too: a receiver on this machine
+        # (json://127.0.0.1:8080/, a local relay) was asked through the proxy and never reached.
+        bypass_proxy_for_loopback(resolved.url)
 
     def send(self, message: Message) -> None:
         import apprise
