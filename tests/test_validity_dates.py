@@ -93,9 +93,11 @@ def test_no_registry_date_moves_validity_past_what_was_observed(
     assert all(to is None or start < to for _, _, start, to in rows), rows
     # A version starts no later than the day it was observed, or a later version was (a clock that went
     # back: it was stored before that one), moved on by one day for each version stored since (whole days:
-    # two versions seen on one day cannot both start on it). Before the fix a 2099 record dated itself and
-    # every later version 2099, and a version stored while the clock was a month ahead a month ahead.
-    observed = [min(seen for seen, _, _, _ in rows[k:]) for k in range(len(rows))]
+    # two versions seen on one day cannot both start on it); a record dated after the day it was observed
+    # no later than its registry date when a later observation confirms that date (``_observed_days``).
+    # Before the fix a 2099 record dated itself and every later version 2099, and a version stored while
+    # the clock was a month ahead a month ahead.
+    observed = _observed_days(rows)
     for n, (_, _, start, _) in enumerate(rows):
         bound = max(observed[k] + timedelta(days=n - k) for k in range(n + 1))
         assert start <= bound, (n, rows)
@@ -103,6 +105,53 @@ def test_no_registry_date_moves_validity_past_what_was_observed(
     for n, (_, registry, start, _) in enumerate(rows):
         if registry <= observed[n] and (n == 0 or registry > rows[n - 1][2]):
             assert start == registry, (n, rows)
+
+
+def _observed_days(rows: list[tuple[date, date, date, date | None]]) -> list[date]:
+    """The day each version was observed as far as the later ones tell: its own, or the earliest of a later
+    version whose registry date does not contradict its observation (no later than the next day), if
+    earlier; a registry date after the version's own observation day (a clock behind, or a damaged date)
+    when such a later observation is no earlier than it (it confirms the date)."""
+    out = []
+    for n, (seen, registry, _, _) in enumerate(rows):
+        later = [s for s, r, _, _ in rows[n + 1:] if r is None or r <= s + timedelta(days=1)]
+        bound = min(later, default=None)
+        if registry is not None and registry > seen + timedelta(days=1) and bound is not None and registry <= bound:
+            out.append(registry)
+        else:
+            out.append(seen if bound is None else min(seen, bound))
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs(), st.integers(3, 400), st.integers(1, 60))
+def test_a_version_stored_while_the_clock_was_behind_moves_no_earlier_version(
+        runs_: list[tuple[datetime, list[tuple[date, int]]]], behind: int, edited: int) -> None:
+    """A run on a host whose clock is ``behind`` days behind stores a record the registry dated ``edited``
+    days before the real day, after its (wrong) observation day: the earlier versions, observed by a right
+    clock (or not), keep their validity, so ``studies_as_of`` of a past day answers as before. It dated
+    them back to its own observation day (a month's history of the study squeezed into days before it)."""
+    rows = _dated(runs_)
+    dated = [datetime(d.year, d.month, d.day, 6, tzinfo=UTC) for _, batch in runs_ for d, _ in batch if d < DAMAGED]
+    real = max([moment for moment, _ in runs_] + dated) + timedelta(days=1)
+    registry = (real - timedelta(days=min(edited, behind - 2))).date()  # after the day after it was observed
+    after = _dated([*runs_, (real - timedelta(days=behind), [(registry, 99)])])
+    assert [start for _, _, start, _ in after[:len(rows)]] == [start for _, _, start, _ in rows], (rows, after)
+    assert len(after) == len(rows) + 1
+
+
+def test_a_record_the_clock_behind_stored_is_valid_from_its_registry_date_once_a_later_run_confirms_it() -> None:
+    """Monthly runs, one of them on a clock 60 days behind: its version is valid from the registry's date
+    once the next run (clock right again) shows the registry was serving it by then; before that, no
+    earlier version moved."""
+    start = datetime(2026, 6, 1, 6, tzinfo=UTC)
+    runs_ = [(start + timedelta(days=30 * k), [((start + timedelta(days=30 * k - 1)).date(), k)]) for k in range(4)]
+    behind = (start + timedelta(days=120 - 60), [((start + timedelta(days=119)).date(), 9)])
+    following = (start + timedelta(days=150), [((start + timedelta(days=149)).date(), 10)])
+    rightly = [r[2] for r in _dated(runs_)]
+    assert [r[2] for r in _dated([*runs_, behind])][:4] == rightly
+    assert [r[2] for r in _dated([*runs_, behind, following])] == [
+        *rightly, date(2026, 9, 28), date(2026, 10, 28)]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
