@@ -34,6 +34,7 @@ from flows import settings
 from flows.alert_artifacts import publish_artifacts
 from flows.engine import NONE, flow, get_run_logger, task
 from flows.inputs import check_seconds
+from flows.readonly import naming_damage
 from pipeline.alerts.addresses import http_url
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
@@ -201,7 +202,7 @@ class _Run:
 @task(name="plan-alerts", cache_policy=NONE)
 def plan_task(r: _Run) -> AlertPlan:
     """Each watch's candidate changes and the ledger, from the committed warehouse; then the pure plan."""
-    with r.store.committed() as con:
+    with naming_damage(r.store.root), r.store.committed() as con:
         r.ledger = ledger_state(con, resend_rejected=r.resend_rejected)
         seen, last = first_seen(con), last_seen(con)
         later = committed_since_first_seen(con, r.store)
