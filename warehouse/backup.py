@@ -134,6 +134,10 @@ def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
     except ManifestDamaged as exc:
         raise WarehouseError(f"{exc}: run `trialsync repair` before a backup") from None
     if not log:
+        runs = root / RUNS_DIR
+        if runs.is_dir() and any(runs.iterdir()):  # runs, but no manifest file: manifest/ is lost or unreadable
+            raise WarehouseError(f"{manifests.directory(root)} has no manifest file: the warehouse is damaged; "
+                                 "run `trialsync repair` (it writes them again from their copies) before a backup")
         raise WarehouseError(f"{root} has no committed run to back up (or its manifest is not migrated yet)")
     state = manifests.fold(log)
     linked = copied = size = 0
