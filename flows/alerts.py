@@ -34,7 +34,8 @@ from flows import settings
 from flows.alert_artifacts import publish_artifacts
 from flows.engine import NONE, flow, get_run_logger, task
 from flows.inputs import check_seconds
-from pipeline.alerts.addresses import http_url
+from flows.readonly import naming_damage
+from pipeline.alerts.addresses import header_value, http_url
 from pipeline.alerts.channels import Resolved, deliver, sender_for
 from pipeline.alerts.compliance import compliance_window
 from pipeline.alerts.message import Message
@@ -107,6 +108,9 @@ def check_config(path: str | os.PathLike[str], *, environment: bool = True) -> W
         for ref in channel.secrets():
             if environment and ref.env and not os.environ.get(ref.env):
                 raise UsageError(f"{path}: channels.{channel.name}: environment variable {ref.env} is not set")
+        for header, ref in channel.headers.items():
+            if environment and ref.env:
+                _header_value(os.environ[ref.env], ref, key, header)
         url = channel.url_ref.env if channel.url_ref and channel.type in ("slack", "webhook") else None
         if environment and url and not http_url(os.environ[url]):  # every run would fail "cannot reach"
             raise UsageError(f"{path}: channels.{channel.name}.url_env: environment variable {url} does not hold an "
@@ -131,6 +135,16 @@ def _secret(ref: SecretRef, channel: Channel) -> str:
     return str(value)
 
 
+def _header_value(value: str, ref: SecretRef, key: str, header: str) -> str:
+    """A header's value from the environment or a Secret block (never shown)."""
+    if not header_value(value):  # requests refused it at every delivery: 'cannot reach the webhook (InvalidHeader)'
+        where = f"environment variable {ref.env}" if ref.env else f"Prefect Secret block {ref.block!r}"
+        raise UsageError(f"{key}.headers_{'env' if ref.env else 'secret'}.{header}: {where} holds a line break, "
+                         "a control character or spaces at an end, which no HTTP header value may (its value "
+                         "is not shown)")
+    return value
+
+
 def resolve_channels(watchlist: Watchlist, base_dir: Path, names: set[str] | None = None
                      ) -> tuple[dict[str, Resolved], Redactor]:
     """Each channel with its secrets looked up; the redactor knows every secret value."""
@@ -140,7 +154,8 @@ def resolve_channels(watchlist: Watchlist, base_dir: Path, names: set[str] | Non
         if names is not None and name not in names:
             continue
         url = _secret(c.url_ref, c) if c.url_ref else c.url
-        headers = {header: _secret(ref, c) for header, ref in c.headers.items()}
+        headers = {header: _header_value(_secret(ref, c), ref, f"{watchlist.source}: channels.{name}", header)
+                   for header, ref in c.headers.items()}
         password = _secret(c.password_ref, c) if c.password_ref else None
         for value in (url if c.url_ref else None, password, *headers.values()):
             if value:
@@ -209,7 +224,7 @@ class _Run:
 def plan_task(r: _Run) -> AlertPlan:
     """Each watch's candidate changes and the ledger, from the committed warehouse; then the pure plan."""
     r.planned_at = manifest_head(r.store.root)  # read before the plan's state: no later than the generation it reads
-    with r.store.committed() as con:
+    with naming_damage(r.store.root), r.store.committed() as con:
         r.ledger = ledger_state(con, resend_rejected=r.resend_rejected)
         seen, last = first_seen(con), last_seen(con)
         later = committed_since_first_seen(con, r.store)

@@ -156,3 +156,17 @@ def reading(directory: Path, *, sandbox: bool = False, user_query: bool = False
             if user_query and not isinstance(exc, TrialsyncError):
                 raise query_error(exc) from None
             raise
+
+
+@contextmanager
+def naming_damage(root: Path) -> Iterator[None]:
+    """For a writing command's reads of the committed state (an alerts run's outbox, ledger and changes):
+    a failure on a damaged file is the read commands' one line naming it and pointing at ``check`` and
+    ``repair`` (it was DuckDB's own 'No magic bytes found at end of file ...', 'rerun with --debug')."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        damage = damage_error(root, exc)
+        if damage is not None:
+            raise damage from None
+        raise

@@ -43,6 +43,43 @@ def _item_ids(path: Path, fmt: str) -> list[str]:
     return [e.findtext(f"{{{ATOM}}}id") or "" for e in ET.parse(path).getroot().findall(f"{{{ATOM}}}entry")]
 
 
+@pytest.mark.parametrize("kind", ["a named pipe", "a character device"])
+@pytest.mark.parametrize("fmt", ["json", "atom"])
+def test_a_feed_path_that_is_a_pipe_or_a_device_fails_at_once_and_is_left_alone(
+        tmp_path: Path, fmt: str, kind: str) -> None:
+    """A named pipe nobody writes to at the feed's path blocked the delivery for ever (the alerts run and
+    its lock held; 'alerts test' never returned); a link to /dev/zero was read until memory ran out."""
+    import os
+    import threading
+
+    sender = _sender(tmp_path, fmt)
+    if kind == "a named pipe":
+        os.mkfifo(sender.path)
+    else:
+        os.symlink("/dev/zero", sender.path)
+    failed: list[DeliveryFailed] = []
+
+    def send() -> None:
+        try:
+            sender.send(_message(1))  # type: ignore[arg-type]
+        except DeliveryFailed as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=send, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # let the blocked open go (the old code waited for a writer)
+        with open(os.open(sender.path, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+            pass
+        pytest.fail("the delivery did not return within 10 s")
+    [error] = failed
+    feed = "a JSON Feed" if fmt == "json" else "an Atom feed"
+    assert str(error).startswith(f"the feed {sender.path} is not {feed} (it is {kind}, not a file): fix it or "
+                                 "move it away"), error
+    assert not error.permanent  # stays in the outbox
+    assert sender.path.is_fifo() if kind == "a named pipe" else sender.path.is_symlink()  # never replaced
+
+
 @pytest.mark.parametrize("fmt", ["json", "atom"])
 def test_a_feed_file_that_is_not_a_feed_is_never_overwritten_and_the_error_says_what_to_do(
         tmp_path: Path, fmt: str) -> None:

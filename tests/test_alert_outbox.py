@@ -309,3 +309,32 @@ def test_artifacts_that_cannot_be_stored_after_the_deliveries_were_recorded_are_
         alert_artifacts.publish_artifacts(Redactor(()), "run-1", summary, [])
     assert [r.getMessage() for r in caplog.records] == [
         "could not publish the alerts run's artifacts: [Errno 111] Connection refused"]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "deleted"])
+@pytest.mark.parametrize("table", ["alert_messages", "alert_deliveries"])
+def test_an_alerts_run_on_a_damaged_outbox_names_the_file_in_one_line_and_sends_nothing(
+        table: str, kind: str, warehouse: Path, hook: WebhookReceiver, tmp_path: Path,  # noqa: F811
+        cli: Any) -> None:
+    """The read commands name a damaged file and point at repair; ``alerts run`` said DuckDB's own
+    'InvalidInputException: ... No magic bytes found at end of file ...' or 'IOException: ... No files
+    found that match the pattern ...' (rerun with --debug for details)."""
+    from warehouse import Warehouse
+
+    config = _config(tmp_path / "watch.yaml", hook)
+    send_alerts(str(config), str(warehouse))
+    sent = len(hook.received)
+    assert sent > 0
+    [path] = [e.path for e in Warehouse(warehouse).manifest().entries if e.table == table]
+    if kind == "deleted":
+        (warehouse / path).unlink()
+    else:
+        (warehouse / path).write_bytes((warehouse / path).read_bytes()[:100])
+    generations = sorted(p.name for p in (warehouse / "manifest").iterdir())
+    code, _, err = cli("alerts", "run", "--config", str(config), "--warehouse", str(warehouse))
+    assert code == 1
+    [line] = err.splitlines()
+    assert line.startswith(f"trialsync: error: query failed: the warehouse is damaged ({path}: "), line
+    assert line.endswith("see `trialsync check`, then `trialsync repair`"), line
+    assert len(hook.received) == sent  # the ledger is unknown: nothing goes
+    assert sorted(p.name for p in (warehouse / "manifest").iterdir()) == generations

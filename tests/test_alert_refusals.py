@@ -276,3 +276,29 @@ def test_a_message_the_server_took_counts_as_sent_when_quit_is_never_answered_wi
         controller.stop()
     assert len(handler.mails) == 1
     assert took < 3.0 + 1.0 + 1.0  # not held past the channel's limit (and its grace) by the silent QUIT
+
+
+@pytest.mark.parametrize("value", ["Bearer abc\r\nX-Injected: 1", "Bearer abc\nX-Injected: 1", "Bearer\x1babc",
+                                   "Bearer abc "])
+@pytest.mark.parametrize("command", ["run", "test"])
+def test_a_header_value_from_the_environment_that_no_header_may_hold_is_refused_before_anything_goes(
+        command: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
+    """A line break in a headers_env value was found by requests at each delivery: 'cannot reach the
+    webhook (InvalidHeader)', a transient failure, so every run kept the message and failed again."""
+    from flows.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver() as receiver:
+        config = watchlist(tmp_path / "watch.yaml", {"hook": {"type": "webhook", "url": f"{receiver.url}/hook",
+                                                              "headers_env": {"Authorization": "HOOK_AUTH"}}},
+                           [{"name": "all", "studies": {"ids": [SEED]}, "channels": ["hook"]}])
+        monkeypatch.setenv("HOOK_AUTH", value)
+        args = ["--warehouse", str(tmp_path / "wh")] if command == "run" else []
+        code, _, err = cli("alerts", command, "--config", str(config), *args)
+        assert code == 2
+        assert err == (f"trialsync: error: {config}: channels.hook.headers_env.Authorization: environment variable "
+                       "HOOK_AUTH holds a line break, a control character or spaces at an end, which no HTTP header "
+                       "value may (its value is not shown)\n")
+        assert receiver.requests == 0
+        monkeypatch.setenv("HOOK_AUTH", "Bearer\tabc")  # a tab inside is a header's own
+        assert cli("alerts", "test", "--config", str(config))[0] == 0
+        assert receiver.received[-1].headers["Authorization"] == "Bearer\tabc"

@@ -170,6 +170,51 @@ def test_a_backup_refuses_a_file_whose_bytes_differ_from_the_manifest_checksum_e
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".backup")] == []
 
 
+@pytest.mark.parametrize("how", ["hard links", "--copy"])
+@pytest.mark.parametrize("kind", ["deleted", "a directory", "a link loop"])
+def test_a_backup_of_a_warehouse_missing_a_data_file_names_the_file_as_damage_at_once(
+        kind: str, how: str, copy: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A deleted data file made the backup retry five times and say 'the warehouse kept changing under
+    the backup; try again' (no retry ever helps); a directory or a link loop in its place was
+    'IsADirectoryError: [Errno 21] ...' / a traceback-class line."""
+    root = copy.resolve()
+    target = second_run_files(root)["conditions"]
+    (root / target).unlink()
+    if kind == "a directory":
+        (root / target).mkdir()
+    elif kind == "a link loop":
+        os.symlink((root / target).name, root / target)
+    dest = tmp_path / "backup"
+    result = _cli("backup", str(dest), "--warehouse", str(root), *(["--copy"] if how == "--copy" else []))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"trialsync: error: {target} ") and "the warehouse is damaged" in line, line
+    assert line.endswith("nothing was backed up: run `trialsync check`"), line
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir() if p != root] == []
+
+
+@pytest.mark.parametrize("kind", ["deleted", "a link loop"])
+def test_a_backup_of_a_warehouse_whose_manifest_directory_is_lost_says_to_repair_first(
+        kind: str, copy: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Readers still answer from the catalog's copies, but a backup said '... has no committed run to
+    back up (or its manifest is not migrated yet)', as of an empty warehouse."""
+    root = copy.resolve()
+    shutil.rmtree(root / "manifest")
+    if kind == "a link loop":
+        os.symlink("manifest", root / "manifest")
+    dest = tmp_path / "backup"
+    result = _cli("backup", str(dest), "--warehouse", str(root))
+    assert result.returncode == 1
+    assert result.stderr == (f"trialsync: error: {root / 'manifest'} has no manifest file: the warehouse is damaged; "
+                             "run `trialsync repair` (it writes them again from their copies) before a backup\n")
+    assert not dest.exists()
+    if kind == "deleted":
+        assert _cli("repair", "--warehouse", str(root)).returncode == 0
+        assert _cli("backup", str(dest), "--warehouse", str(root)).returncode == 0
+        assert _cli("check", "--deep", "--warehouse", str(dest)).returncode == 0
+
+
 @pytest.mark.parametrize("hard_links", [True, False])
 def test_a_backup_that_returns_has_fsynced_every_file_it_wrote_and_every_directory(
         hard_links: bool, copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

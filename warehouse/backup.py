@@ -68,11 +68,12 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
             (tmp / BACKUP_TMP_MARKER).touch()  # says "a backup's temporary directory": the next backup removes it
             try:
                 result = _copy(root, tmp, dest, hard_links)
-            except FileNotFoundError as exc:
-                if not _of_source(exc, root):  # DEST's side: no retry helps (e.g. a parent that takes no dirs)
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # a compaction removed superseded files: start again
-                continue
+            except _SourceGone as gone:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if _generation(root) == gone.generation:  # no commit since: the file is lost, not superseded
+                    raise WarehouseError(f"{gone.path} is missing: the warehouse is damaged; nothing was backed "
+                                         "up: run `trialsync check`") from None
+                continue  # a compaction removed superseded files: start again from the newer manifest
             (tmp / marker).touch()
             # A whole warehouse before it is renamed to DEST, catalog included (its paths, of the temporary
             # place, are rewritten at DEST next; killed in between, the first command at DEST rewrites them).
@@ -99,6 +100,19 @@ def backup(root: Path, dest: Path, *, hard_links: bool = True, marker: str = ".t
     raise WarehouseError(f"the warehouse {root} kept changing under the backup ({ATTEMPTS} attempts); try again")
 
 
+class _SourceGone(Exception):
+    """A file the manifest (of ``generation``) lists is not there: superseded by a commit, or lost."""
+
+    def __init__(self, path: str, generation: int) -> None:
+        super().__init__(path)
+        self.path, self.generation = path, generation
+
+
+def _generation(root: Path) -> int:
+    """The newest generation on disk now (a listing)."""
+    return manifests.head(root)
+
+
 def _of_source(exc: OSError, root: Path) -> bool:
     """Whether the failed path is the warehouse's (read) rather than the backup's (written)."""
     return exc.filename is not None and Path(os.fsdecode(exc.filename)).is_relative_to(root)
@@ -120,18 +134,33 @@ def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
     except ManifestDamaged as exc:
         raise WarehouseError(f"{exc}: run `trialsync repair` before a backup") from None
     if not log:
+        runs = root / RUNS_DIR
+        if runs.is_dir() and any(runs.iterdir()):  # runs, but no manifest file: manifest/ is lost or unreadable
+            raise WarehouseError(f"{manifests.directory(root)} has no manifest file: the warehouse is damaged; "
+                                 "run `trialsync repair` (it writes them again from their copies) before a backup")
         raise WarehouseError(f"{root} has no committed run to back up (or its manifest is not migrated yet)")
     state = manifests.fold(log)
     linked = copied = size = 0
     for entry in state.entries:
         source, target = root / entry.path, tmp / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        if hard_links and _link(source, target):
-            linked += 1
-        else:
-            shutil.copyfile(source, target)
-            copied += 1
-        size += _verify(target, entry)
+        try:
+            if hard_links and _link(source, target):
+                linked += 1
+            else:
+                shutil.copyfile(source, target)
+                copied += 1
+            size += _verify(target, entry)
+        except OSError as exc:
+            # DEST's side (full disk, a parent that takes no dirs): the caller says. A link loop hard-linked
+            # as itself fails on the copy's side when it is read: that is the source's too.
+            if not _of_source(exc, root) and not target.is_symlink():
+                raise
+            if isinstance(exc, FileNotFoundError) and not source.is_symlink():
+                raise _SourceGone(entry.path, state.generation) from None
+            # a directory or a link loop where the file should be, a file it may not read, an I/O error
+            raise WarehouseError(f"{entry.path} cannot be read: {exc.strerror or exc}: the warehouse is damaged "
+                                 "(or not readable to you); nothing was backed up: run `trialsync check`") from None
     folder = manifests.directory(tmp)
     folder.mkdir(parents=True)
     for gen in log:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -222,6 +223,9 @@ def open_catalog(path: Path, config: dict[str, str | bool | int | float | list[s
     manifest while a reader is open) would then see a stale catalog. ATTACH in a private in-memory
     instance always opens the file that is there now.
     """
+    with suppress(OSError):  # none: DuckDB says so as before
+        if not stat.S_ISREG(path.stat().st_mode):  # a named pipe: ATTACH waited for a writer for ever
+            raise duckdb.IOException(f"the catalog {path} is not a regular file")
     con = duckdb.connect(config=config or {})
     try:
         con.execute(f"ATTACH '{_quote(str(path))}' AS warehouse (READ_ONLY)")

@@ -110,7 +110,7 @@ def numbers(root: Path) -> list[int]:
 def read(root: Path, number: int) -> Checkpoint:
     """``CheckpointDamaged`` if unreadable or damaged (not whether it matches the generations)."""
     try:
-        data = path(root, number).read_bytes()
+        data = manifests.read_file(path(root, number))
     except OSError as exc:
         raise CheckpointDamaged(f"checkpoint {number} is unreadable: {exc}") from None
     return Checkpoint.from_bytes(data, number)
@@ -119,7 +119,8 @@ def read(root: Path, number: int) -> Checkpoint:
 def matches(root: Path, checkpoint: Checkpoint) -> bool:
     """Whether the generation file the checkpoint was taken at is the one there now."""
     try:
-        return md5(manifests.generation_path(root, checkpoint.generation).read_bytes()) == checkpoint.generation_md5
+        data = manifests.read_file(manifests.generation_path(root, checkpoint.generation))
+        return md5(data) == checkpoint.generation_md5
     except OSError:
         return False
 

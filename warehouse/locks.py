@@ -3,23 +3,35 @@ timeout, and a refusal that names who holds it (the holder writes its name into 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import UsageError, WarehouseBusy
+from pipeline.errors import UsageError, WarehouseBusy, WarehouseError
 from pipeline.flock import wait_for_flock
 
 READER = "reader"  # the lock holder's name while a reader rewrites the catalog (for a moment)
+
+
+class LockNotAFile(WarehouseError):
+    """Something other than a file (a directory, a link to nowhere) where a lock file goes."""
 
 
 @contextmanager
 def exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sync") -> Iterator[None]:
     if not math.isfinite(timeout) or timeout < 0:  # NaN: the deadline would never come
         raise UsageError(f"a lock timeout must be a number of seconds >= 0, not {timeout}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        # no permission, a read-only mount: the caller's disk refusals say so
+        if exc.errno not in _NOT_A_FILE and not (exc.errno == errno.ENOENT and path.is_symlink()):
+            raise
+        raise LockNotAFile(f"the lock file {path} is not a file but {_what_is_there(path)}: remove it (it holds "
+                             "nothing; trialsync makes it again) and run the command again") from None
     try:
         if not wait_for_flock(fd, timeout, poll=0.1):
             other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
@@ -32,3 +44,14 @@ def exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sy
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+_NOT_A_FILE = (errno.EISDIR, errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENODEV)
+
+
+def _what_is_there(path: Path) -> str:
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)!r} that leads to no file"
+    if path.is_dir():
+        return "a directory"
+    return "not a regular file"

@@ -116,7 +116,7 @@ def read_state(root: Path, base: Checkpoint | None = None, *, for_writer: bool =
 def _read_files(root: Path, numbers: Sequence[int], files: dict[int, Generation], damaged: dict[int, str]) -> None:
     for number in numbers:
         try:
-            files[number] = Generation.from_bytes(manifests.generation_path(root, number).read_bytes(), number)
+            files[number] = Generation.from_bytes(manifests.read_file(manifests.generation_path(root, number)), number)
         except (ManifestDamaged, OSError) as exc:
             damaged[number] = str(exc)
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -239,6 +240,20 @@ def head(root: Path) -> int:
     return numbers[-1] if numbers else 0
 
 
+def read_file(path: Path) -> bytes:
+    """A manifest, checkpoint or marker file's bytes; ``OSError`` unless it is a regular file (a named
+    pipe in its place made every command wait for a writer for ever, a device was read without end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def read_log(root: Path, after: int = 0) -> list[Generation]:
     """Every generation (``after``: every one after that), in order; ``ManifestDamaged`` names the
     first that is missing or damaged."""
@@ -248,7 +263,7 @@ def read_log(root: Path, after: int = 0) -> list[Generation]:
             raise ManifestDamaged(f"manifest generation {expected} is missing ({generation_path(root, expected)})",
                                   expected)
         try:
-            data = generation_path(root, number).read_bytes()
+            data = read_file(generation_path(root, number))
         except OSError as exc:
             raise ManifestDamaged(f"manifest generation {number} is unreadable: {exc}", number) from None
         log.append(Generation.from_bytes(data, number))
@@ -266,7 +281,7 @@ def run_order(root: Path) -> list[tuple[int, str]]:
             raise ManifestDamaged(f"manifest generation {expected} is missing ({generation_path(root, expected)})",
                                   expected)
         try:
-            run_id = orjson.loads(generation_path(root, number).read_bytes())["run_id"]
+            run_id = orjson.loads(read_file(generation_path(root, number)))["run_id"]
         except (OSError, ValueError, KeyError, TypeError):
             run_id = None
         if not isinstance(run_id, str):
@@ -318,7 +333,7 @@ def is_published(root: Path, gen: Generation) -> bool:
     """Whether ``gen`` is the generation file in place: an interrupt (Ctrl-C, SIGTERM) can land after
     the commit point but before ``publish`` returns, and the caller must then know it committed."""
     try:
-        return generation_path(root, gen.number).read_bytes() == gen.to_bytes()
+        return read_file(generation_path(root, gen.number)) == gen.to_bytes()
     except OSError:
         return False
 

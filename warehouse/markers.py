@@ -41,7 +41,7 @@ def write_marker(run_dir: Path, gen: Generation) -> None:
 def read_marker(run_dir: Path) -> Generation | None:
     """The generation a run's marker holds; None when it holds none that is this run's (an earlier
     release's empty marker, or a damaged one). ``OSError`` when there is no marker."""
-    data = (run_dir / COMMITTED_MARKER).read_bytes()
+    data = manifests.read_file(run_dir / COMMITTED_MARKER)
     try:
         number = json.loads(data)["generation"]
         gen = Generation.from_bytes(data, number) if isinstance(number, int) and number > 0 else None

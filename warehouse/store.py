@@ -24,7 +24,7 @@ from warehouse.catalog_file import refuse_pattern_path
 from warehouse.check import check_file, refuse_if_damaged
 from warehouse.checkpoints import Checkpoint
 from warehouse.crashpoints import crashpoint
-from warehouse.locks import READER, exclusive_lock
+from warehouse.locks import READER, LockNotAFile, exclusive_lock
 from warehouse.log_state import read_state
 from warehouse.manifest import Generation, Manifest, ManifestDamaged, ManifestEntry
 from warehouse.run_writer import COMMITTED_MARKER, RUNS_DIR, RunWriter
@@ -198,7 +198,7 @@ class Warehouse:
         con, stale = self._open_current(config)
         if con is None and stale:
             # a busy writer, or no right to write here (a read-only copy or mount): the views go in memory
-            with suppress(WarehouseBusy, OSError), exclusive_lock(self.root / LOCK_NAME, READER, 0):
+            with suppress(WarehouseBusy, LockNotAFile, OSError), exclusive_lock(self.root / LOCK_NAME, READER, 0):
                 self.refresh_catalog()
             con, stale = self._open_current(config)
         if con is None:  # a writer holds the lock, or the catalog is missing or damaged, or is not the newest

@@ -98,6 +98,12 @@ def check_webhook_url(url: Any, key: str) -> None:
         raise ConfigError(key, "carries a secret-looking query parameter; use url_env or url_secret")
 
 
+def header_value(text: str) -> bool:
+    """One line of visible text, as an HTTP header's value must be (a line break would end the header;
+    requests refuses it at each delivery); tabs inside are allowed, spaces at an end are not."""
+    return text == text.strip() and not any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in text)
+
+
 def http_url(text: str) -> bool:
     """An http(s) URL with a host name, as a webhook channel's secret URL must be (credentials and query
     allowed: that is why it is a secret); nothing of it is ever shown."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,7 +98,7 @@ def _json_feed(path: Path, c: Channel, message: Message) -> bytes:
 def _json_items(path: Path) -> list[dict[str, Any]]:
     what = "a JSON Feed"
     try:
-        feed = json.loads(path.read_bytes())
+        feed = json.loads(_read(path, what))
     except ValueError as exc:  # also not UTF-8
         raise NotOurFeed(f"{what} (not JSON: {exc})") from None
     items = feed.get("items") if isinstance(feed, dict) else None
@@ -105,6 +106,24 @@ def _json_items(path: Path) -> list[dict[str, Any]]:
             and isinstance(items, list) and all(isinstance(i, dict) for i in items)):
         raise NotOurFeed(f"{what} (no \"version\" of jsonfeed.org and \"items\" list)")
     return items
+
+
+_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def _read(path: Path, what: str) -> bytes:
+    """The feed file's bytes; only a regular file is read (a named pipe nobody writes to blocked the
+    delivery for ever, holding the alerts run; ``/dev/zero`` was read until memory ran out)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe opens at once instead of waiting for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotOurFeed(f"{what} (it is {_KINDS.get(stat.S_IFMT(mode), 'no regular file')}, not a file)")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def _atom_feed(path: Path, c: Channel, message: Message) -> bytes:
@@ -124,7 +143,7 @@ def _atom_feed(path: Path, c: Channel, message: Message) -> bytes:
 
 def _atom_entries(path: Path) -> list[ET.Element]:
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(_read(path, "an Atom feed"))
     except ET.ParseError as exc:
         raise NotOurFeed(f"an Atom feed (not XML: {exc})") from None
     if root.tag != f"{{{ATOM}}}feed":

@@ -114,6 +114,33 @@ def test_a_damaged_spool_page_is_fetched_again_with_everything_after_it(
     assert state(warehouse_dir) == clean
 
 
+@pytest.mark.parametrize("kind", ["a named pipe", "a directory", "a link to /dev/zero"])
+def test_a_spool_page_that_is_not_a_file_is_fetched_again_and_never_blocks_the_run(
+        kind: str, clean: dict[str, Any], warehouse_dir: Path) -> None:
+    """A named pipe in a page's place blocked the resumed sync for ever (the writer lock held), a link
+    to /dev/zero read until memory ran out, a directory failed every later sync with 'IsADirectoryError:
+    [Errno 21] Is a directory: .../page-00002.zst' (the spool was never cleared)."""
+    import os
+
+    from tests.reliability.support import cli, sync_args
+
+    with FakeRegistry(real_records()[:100]).start() as registry:
+        interrupt_at_page_4(registry, warehouse_dir)
+        page2 = next((warehouse_dir / SPOOL_DIR).glob("*/page-00002.zst"))
+        page2.unlink()
+        if kind == "a named pipe":
+            os.mkfifo(page2)
+        elif kind == "a directory":
+            page2.mkdir()
+        else:
+            os.symlink("/dev/zero", page2)
+        result = cli(*sync_args(registry.url, warehouse_dir, "--page-size", str(SIZE)), timeout=90)
+        assert result.returncode == 0, result.stderr
+        assert pages_asked(registry) == [2, 3, 4, 5]
+    assert state(warehouse_dir) == clean
+    assert leftovers(warehouse_dir) == []
+
+
 def test_a_page_that_repeated_a_token_is_not_replayed_so_a_rerun_against_a_healthy_registry_succeeds(
         clean: dict[str, Any], warehouse_dir: Path) -> None:
     """The registry looped once (page 2 answered with its own token): the run stops, and the page that
