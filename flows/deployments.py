@@ -212,7 +212,7 @@ def check_config_files(deployments: list[Deployment], path: Path = DEPLOY_FILE, 
     clone's root). ``environment``: also that the watchlists' environment variables are set (when
     serving; ``serve --list`` does not need them)."""
     from flows import settings
-    from flows.alerts import check_config
+    from flows.alert_config import check_config
 
     for d in deployments:
         params = d.parameters

@@ -55,7 +55,7 @@ def sync_registry(
     """
     scope = Scope.build(query=query, condition=condition, sponsor=sponsor, ids=ids, statuses=status)
     if alerts:
-        from flows.alerts import load_watchlist
+        from flows.alert_config import load_watchlist
 
         load_watchlist(alerts)  # a bad watchlist fails the run before anything is fetched
     check_page_size(page_size)

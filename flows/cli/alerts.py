@@ -106,7 +106,7 @@ def alerts_list(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """The watches, the studies each follows now, and their deliveries so far (sent, awaiting retry, rejected)."""
-    from flows.alerts import load_watchlist
+    from flows.alert_config import load_watchlist
     from flows.readonly import reading
     from warehouse import Warehouse
     from warehouse.alerts import watch_overview

@@ -89,7 +89,7 @@ def sync(
     if rules is not None:
         settings.rules(str(rules), {})
     if alerts is not None:
-        from flows.alerts import check_config
+        from flows.alert_config import check_config
 
         check_config(alerts)
     summary = run_sync(
