@@ -51,6 +51,7 @@ def check_settings() -> None:
     import io
 
     import pydantic
+    from pydantic_settings import SettingsError
 
     said = io.StringIO()
     with contextlib.redirect_stderr(said):  # Prefect reports bad settings on import, at length
@@ -61,6 +62,10 @@ def check_settings() -> None:
         settings = Settings()
     except pydantic.ValidationError as exc:
         raise UsageError(_bad_setting(exc)) from None
+    except SettingsError as exc:  # a value Prefect reads as JSON (PREFECT_CLIENT_CUSTOM_HEADERS) that is not
+        what = f"it is read as JSON ({exc.__cause__})" if isinstance(exc.__cause__, ValueError) else "it cannot be read"
+        name = _culprit(Settings) or "a Prefect setting (PREFECT_* in the environment or the active Prefect profile)"
+        raise UsageError(f"{name} is not a setting Prefect can use: {what}") from None
     sys.stderr.write(said.getvalue())  # whatever else Prefect said on import
     timeout = settings.api.request_timeout
     if timeout is not None and not timeout > 0:
@@ -95,13 +100,14 @@ def _bad_setting(exc: Any) -> str:
 def _culprit(settings: Any) -> str | None:
     """The one ``PREFECT_*`` variable of the environment without which Prefect's settings are valid."""
     import pydantic
+    from pydantic_settings import SettingsError
 
     for name in sorted(k for k in os.environ if k.startswith("PREFECT_")):
         value = os.environ.pop(name)
         try:
             settings()
             return name
-        except pydantic.ValidationError:
+        except (pydantic.ValidationError, SettingsError):
             continue
         finally:
             os.environ[name] = value

@@ -348,7 +348,10 @@ def test_ctrl_c_while_prefects_last_events_wait_is_a_stop_like_any_other(silent_
      "server's API, not 'ftp://127.0.0.1/api'"),
     ("PREFECT_API_REQUEST_TIMEOUT", "0", "PREFECT_API_REQUEST_TIMEOUT must be more than 0 seconds, not 0 (every "
      "request to the Prefect server would time out)"),
-], ids=["level", "bad-url", "ftp", "timeout-0"])
+    # A setting Prefect reads as JSON: 'SettingsError: error parsing value for field "custom_headers" ...'.
+    ("PREFECT_CLIENT_CUSTOM_HEADERS", "X-Token: s3cret", "PREFECT_CLIENT_CUSTOM_HEADERS is not a setting Prefect can "
+     "use: it is read as JSON (Expecting value: line 1 column 1 (char 0))"),
+], ids=["level", "bad-url", "ftp", "timeout-0", "not-json"])
 def test_a_prefect_setting_prefect_cannot_use_is_one_line_naming_it(
         setting: str, value: str, line: str, tmp_path: Path) -> None:
     """Prefect printed 'Failed to initialize plugins:' and pydantic's report on import, then the command
