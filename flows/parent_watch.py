@@ -146,15 +146,16 @@ class StartupFailed(TrialsyncError):
                          "spare, move a damaged prefect.db away, or unset TRIALSYNC_ENGINE to run without Prefect")
 
 
-def last_error(output: Any) -> str:
-    """The last ``SomeError: what`` line the server printed (its traceback's last word)."""
+def last_error(output: Any, start: int = 0) -> str:
+    """The last ``SomeError: what`` line the server printed (its traceback's last word), from ``start`` on
+    (a log that earlier servers wrote to as well: their errors are not this one's)."""
     import re
 
     if output is None:
         return ""
     try:
         output.seek(0, os.SEEK_END)
-        output.seek(max(0, output.tell() - 65536))
+        output.seek(max(start, output.tell() - 65536))
         text = output.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return ""

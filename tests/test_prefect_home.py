@@ -77,3 +77,51 @@ def test_serve_with_a_prefect_home_that_cannot_be_made_says_so_in_one_line(tmp_p
     assert result.stderr.strip().splitlines() == [
         f"trialsync: error: PREFECT_HOME={home} cannot be used (Not a directory): serve keeps its Prefect server's "
         "database there; make it writable with room to spare or point PREFECT_HOME elsewhere"]
+
+
+def test_serve_names_no_cause_an_earlier_server_logged_when_its_own_server_dies_without_one(tmp_path: Path) -> None:
+    """The server's log is appended to by every serve: a server killed while starting (the OOM killer, a
+    kill -9) printed nothing, and serve named an earlier server's error from the log as its cause."""
+    import os
+    import signal
+
+    from tests.test_lifecycle import start
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    (home / "trialsync-server.log").write_text("Traceback (most recent call last):\n"
+                                               "OSError: [Errno 28] No space left on device\n")  # last week's
+    serve = start(["serve"], plain_env(PREFECT_HOME=str(home), TRIALSYNC_WAREHOUSE=str(tmp_path / "w")))
+    try:
+        children: list[int] = []
+        deadline = time.monotonic() + 60
+        while not children and time.monotonic() < deadline and serve.poll() is None:
+            time.sleep(0.05)
+            children = [pid for pid in _children(serve.pid) if b"server\x00start" in _cmdline(pid)]
+        assert children, "serve started no server"
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+    assert serve.returncode == 1, stderr
+    assert stderr.strip().splitlines() == [
+        f"trialsync: error: the Prefect server exited with code -9; see {home / 'trialsync-server.log'}"]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return b""
