@@ -88,10 +88,16 @@ def _bad_setting(exc: Any) -> str:
     what = " ".join(str(error.get("msg") or "").split())[:200]
     model = _settings_model(Settings, exc.title)
     loc = [str(p) for p in error.get("loc") or ()]
+    named = ""
     if model is not None and loc:
         prefix = str(model.model_config.get("env_prefix") or "PREFECT_")
-        return f"{prefix}{'_'.join(loc).upper()} is not a setting Prefect can use: {what}"
-    if name := _culprit(Settings):  # a check of the whole (the API URL's): the variable without which it passes
+        named = f"{prefix}{'_'.join(loc).upper()}"
+    if named in os.environ:
+        return f"{named} is not a setting Prefect can use: {what}"
+    # Set by another name (an alias: PREFECT_API_DATABASE_TIMEOUT), a key inside a JSON value (the error's
+    # place is PREFECT_CLIENT_CUSTOM_HEADERS' key), a check of the whole (the API URL's): the variable
+    # without which the settings pass.
+    if name := _culprit(Settings) or named:
         return f"{name} is not a setting Prefect can use: {what}"
     return f"a Prefect setting (PREFECT_* in the environment or the active Prefect profile) is not one Prefect can " \
            f"use: {what}"
