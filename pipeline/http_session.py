@@ -36,8 +36,10 @@ def is_loopback(url: str) -> bool:
         return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    if "%" in host:  # a zone is for link-local addresses: the resolver reads none on ::1 or 127.0.0.1 by name
+        return False
     try:
-        address = ipaddress.ip_address(host)  # an IPv6 zone (``::1%lo``) is read; an IPv4 one is not an address
+        address = ipaddress.ip_address(host)
     except ValueError:
         return _short_ipv4_loopback(host)
     mapped = getattr(address, "ipv4_mapped", None)

@@ -252,7 +252,7 @@ def test_a_loopback_registry_is_reached_directly_whatever_proxy_the_environment_
     # inet_aton stops at a blank and ignores the rest; an IPv4 address has no zone (these were loopback).
     ("http://127.1 evil.example/", False), ("http://127.0.0.1 x/", False), ("http://127.0.0.1%evil.example/", False),
     ("http://127.0.0.1%2500/", False), ("http://0/", False), ("http://0.0.0.0/", False), ("http:///x", False),
-    ("http://0x7f.1.example/", False), ("http://[::1%25lo]/", True), ("http://[fe80::1%25lo]/", False)])
+    ("http://0x7f.1.example/", False), ("http://[::1%25lo]/", False), ("http://[fe80::1%25lo]/", False)])
 def test_only_this_machines_loopback_hosts_skip_the_proxy(url: str, loopback: bool) -> None:
     from pipeline.http_session import is_loopback
 
