@@ -125,3 +125,19 @@ def _cmdline(pid: int) -> bytes:
             return cmdline.read()
     except OSError:
         return b""
+
+
+def test_prefects_temporary_server_with_a_database_url_it_cannot_read_is_one_line_naming_the_setting(
+        tmp_path: Path) -> None:
+    """A sqlite URL without '///' (PREFECT_SERVER_DATABASE_CONNECTION_URL=sqlite+aiosqlite:/x) was
+    'IndexError: list index out of range (rerun with --debug for details)'."""
+    result = run_cli("sync", "--ids", "NCT07011004", "--api-url", "http://127.0.0.1:9/api/v2", "--warehouse",
+                     str(tmp_path / "w"), env=plain_env(TRIALSYNC_ENGINE="prefect", PREFECT_HOME=str(tmp_path / "h"),
+                                                        PREFECT_SERVER_DATABASE_CONNECTION_URL="sqlite+aiosqlite:/x"),
+                     timeout=110)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "trialsync: error: Prefect's temporary server could not start (exit code 1: sqlalchemy.exc.ArgumentError: "
+        "Could not parse SQLAlchemy URL from given URL string): check PREFECT_SERVER_DATABASE_CONNECTION_URL, or "
+        "unset TRIALSYNC_ENGINE to run without Prefect"]
+    assert not (tmp_path / "w").exists()
