@@ -156,7 +156,10 @@ def _unusable_home(home: Path, exc: OSError) -> TrialsyncError:
 
 
 def _home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    """Prefect's home as its server sees it: ``PREFECT_HOME``, or the active profile's, or ``~/.prefect``."""
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home).expanduser()
 
 
 def serve_deployments(deployments: list[Deployment], console: Console) -> None:

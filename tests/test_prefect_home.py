@@ -4,13 +4,14 @@ that cannot be made, a full disk), for Prefect's temporary server (TRIALSYNC_ENG
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FULL
-from tests.test_cli import run_cli
+from tests.test_cli import TRIALSYNC, run_cli
 from tests.test_lifecycle import plain_env
 
 pytestmark = pytest.mark.prefect  # what these tests check is the Prefect side
@@ -141,3 +142,21 @@ def test_prefects_temporary_server_with_a_database_url_it_cannot_read_is_one_lin
         "Could not parse SQLAlchemy URL from given URL string): check PREFECT_SERVER_DATABASE_CONNECTION_URL, or "
         "unset TRIALSYNC_ENGINE to run without Prefect"]
     assert not (tmp_path / "w").exists()
+
+
+def test_serve_uses_the_prefect_home_of_the_active_profile(tmp_path: Path) -> None:
+    """serve read PREFECT_HOME from the environment only: with it set in the active Prefect profile, its
+    lock and its server's log went to ~/.prefect while the server kept its database in the profile's home
+    (two serves on two profiles were refused as one; a home it could not use was the server's exit)."""
+    home = _unmakeable_home(tmp_path)
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "ops"\n[profiles.ops]\nPREFECT_HOME = "{home}"\n')
+    env = {k: v for k, v in plain_env().items() if k not in ("PREFECT_HOME", "PREFECT_PROFILE")}
+    result = subprocess.run([str(TRIALSYNC), "serve"], capture_output=True, text=True, timeout=60, env={
+        **env, "HOME": str(tmp_path / "user"), "PREFECT_PROFILES_PATH": str(profiles),
+        "TRIALSYNC_WAREHOUSE": str(tmp_path / "w")})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"trialsync: error: PREFECT_HOME={home} cannot be used (Not a directory): serve keeps its Prefect server's "
+        "database there; make it writable with room to spare or point PREFECT_HOME elsewhere"]
+    assert not (tmp_path / "user" / ".prefect").exists()
