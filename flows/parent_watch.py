@@ -140,21 +140,26 @@ class StartupFailed(TrialsyncError):
         secret: Any = settings.server.database.connection_url
         url = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
         database = str(url or f"sqlite:///{settings.home / 'prefect.db'}")
-        where = f"; its database: {database.split('///', 1)[1]}" if database.startswith("sqlite") else ""
+        path = database.partition("///")[2] if database.startswith("sqlite") else ""  # sqlite:// has none
+        where = f"; its database: {path}" if path else ""
+        named = "connection_url" in settings.server.database.model_fields_set  # not PREFECT_HOME's prefect.db
+        remedy = ("check PREFECT_SERVER_DATABASE_CONNECTION_URL" if named else
+                  "make PREFECT_HOME writable with room to spare, move a damaged prefect.db away")
         super().__init__(f"Prefect's temporary server could not start (exit code {code}"
-                         f"{f': {cause}' if cause else ''}){where}: make PREFECT_HOME writable with room to "
-                         "spare, move a damaged prefect.db away, or unset TRIALSYNC_ENGINE to run without Prefect")
+                         f"{f': {cause}' if cause else ''}){where}: {remedy}, or unset TRIALSYNC_ENGINE to run "
+                         "without Prefect")
 
 
-def last_error(output: Any) -> str:
-    """The last ``SomeError: what`` line the server printed (its traceback's last word)."""
+def last_error(output: Any, start: int = 0) -> str:
+    """The last ``SomeError: what`` line the server printed (its traceback's last word), from ``start`` on
+    (a log that earlier servers wrote to as well: their errors are not this one's)."""
     import re
 
     if output is None:
         return ""
     try:
         output.seek(0, os.SEEK_END)
-        output.seek(max(0, output.tell() - 65536))
+        output.seek(max(start, output.tell() - 65536))
         text = output.read().decode("utf-8", "replace")
     except (OSError, ValueError):
         return ""

@@ -51,6 +51,7 @@ def check_settings() -> None:
     import io
 
     import pydantic
+    from pydantic_settings import SettingsError
 
     said = io.StringIO()
     with contextlib.redirect_stderr(said):  # Prefect reports bad settings on import, at length
@@ -61,6 +62,10 @@ def check_settings() -> None:
         settings = Settings()
     except pydantic.ValidationError as exc:
         raise UsageError(_bad_setting(exc)) from None
+    except SettingsError as exc:  # a value Prefect reads as JSON (PREFECT_CLIENT_CUSTOM_HEADERS) that is not
+        what = f"it is read as JSON ({exc.__cause__})" if isinstance(exc.__cause__, ValueError) else "it cannot be read"
+        name = _culprit(Settings) or "a Prefect setting (PREFECT_* in the environment or the active Prefect profile)"
+        raise UsageError(f"{name} is not a setting Prefect can use: {what}") from None
     sys.stderr.write(said.getvalue())  # whatever else Prefect said on import
     timeout = settings.api.request_timeout
     if timeout is not None and not timeout > 0:
@@ -83,10 +88,16 @@ def _bad_setting(exc: Any) -> str:
     what = " ".join(str(error.get("msg") or "").split())[:200]
     model = _settings_model(Settings, exc.title)
     loc = [str(p) for p in error.get("loc") or ()]
+    named = ""
     if model is not None and loc:
         prefix = str(model.model_config.get("env_prefix") or "PREFECT_")
-        return f"{prefix}{'_'.join(loc).upper()} is not a setting Prefect can use: {what}"
-    if name := _culprit(Settings):  # a check of the whole (the API URL's): the variable without which it passes
+        named = f"{prefix}{'_'.join(loc).upper()}"
+    if named in os.environ:
+        return f"{named} is not a setting Prefect can use: {what}"
+    # Set by another name (an alias: PREFECT_API_DATABASE_TIMEOUT), a key inside a JSON value (the error's
+    # place is PREFECT_CLIENT_CUSTOM_HEADERS' key), a check of the whole (the API URL's): the variable
+    # without which the settings pass.
+    if name := _culprit(Settings) or named:
         return f"{name} is not a setting Prefect can use: {what}"
     return f"a Prefect setting (PREFECT_* in the environment or the active Prefect profile) is not one Prefect can " \
            f"use: {what}"
@@ -95,13 +106,14 @@ def _bad_setting(exc: Any) -> str:
 def _culprit(settings: Any) -> str | None:
     """The one ``PREFECT_*`` variable of the environment without which Prefect's settings are valid."""
     import pydantic
+    from pydantic_settings import SettingsError
 
     for name in sorted(k for k in os.environ if k.startswith("PREFECT_")):
         value = os.environ.pop(name)
         try:
             settings()
             return name
-        except pydantic.ValidationError:
+        except (pydantic.ValidationError, SettingsError):
             continue
         finally:
             os.environ[name] = value

@@ -156,7 +156,10 @@ def _unusable_home(home: Path, exc: OSError) -> TrialsyncError:
 
 
 def _home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    """Prefect's home as its server sees it: ``PREFECT_HOME``, or the active profile's, or ``~/.prefect``."""
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home).expanduser()
 
 
 def serve_deployments(deployments: list[Deployment], console: Console) -> None:
@@ -183,6 +186,7 @@ def local_server(console: Console) -> Iterator[str]:
     log_path = _home() / "trialsync-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
+        start = os.fstat(log.fileno()).st_size  # what earlier servers wrote is not this one's
         # Its own session: a Ctrl-C or SIGTERM to serve's process group must not kill the server while
         # serve still needs it to stop cleanly (without it, stopping hung for a minute retrying the API).
         # Watched (flows.parent_watch): a kill -9 of serve must not leave the server behind for ever.
@@ -190,7 +194,7 @@ def local_server(console: Console) -> Iterator[str]:
                                                        str(port)),
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_healthy(url, server, log_path)
+        _wait_healthy(url, server, log_path, start)
         console.print(f"Prefect server (UI) at http://127.0.0.1:{port}; its log: {log_path}", highlight=False,
                       markup=False)
         yield url
@@ -210,13 +214,13 @@ def stop_server(server: subprocess.Popen[Any]) -> None:
             continue
 
 
-def _wait_healthy(url: str, server: subprocess.Popen[Any], log_path: Path) -> None:
+def _wait_healthy(url: str, server: subprocess.Popen[Any], log_path: Path, start: int = 0) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
             cause = ""
             with suppress(OSError), log_path.open("rb") as log:
-                cause = parent_watch.last_error(log)
+                cause = parent_watch.last_error(log, start)
             raise TrialsyncError(f"the Prefect server exited with code {server.returncode}"
                                  f"{f' ({cause})' if cause else ''}; see {log_path}")
         try:

@@ -17,6 +17,7 @@ connection of a redirect is closed instead of being reused.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,8 +36,10 @@ def is_loopback(url: str) -> bool:
         return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    if "%" in host:  # a zone is for link-local addresses: the resolver reads none on ::1 or 127.0.0.1 by name
+        return False
     try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])  # a zone (fe80::1%eth0) is not loopback's
+        address = ipaddress.ip_address(host)
     except ValueError:
         return _short_ipv4_loopback(host)
     mapped = getattr(address, "ipv4_mapped", None)
@@ -63,8 +66,13 @@ def bypass_proxy_for_loopback(url: str) -> None:
     os.environ["no_proxy"] = os.environ["NO_PROXY"] = value
 
 
+# What inet_aton reads as a whole address: one to four numbers (decimal, 0-octal or 0x-hex), dots between.
+# Only these go to inet_aton: it stops at the first blank and ignores what follows ('127.1 evil.example').
+_NUMERIC_IPV4 = re.compile(r"(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}")
+
+
 def _short_ipv4_loopback(host: str) -> bool:
-    if not host or not all(part for part in host.split(".")) or host.count(".") > 3:
+    if not _NUMERIC_IPV4.fullmatch(host):
         return False
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host)).is_loopback

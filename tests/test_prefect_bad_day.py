@@ -348,7 +348,15 @@ def test_ctrl_c_while_prefects_last_events_wait_is_a_stop_like_any_other(silent_
      "server's API, not 'ftp://127.0.0.1/api'"),
     ("PREFECT_API_REQUEST_TIMEOUT", "0", "PREFECT_API_REQUEST_TIMEOUT must be more than 0 seconds, not 0 (every "
      "request to the Prefect server would time out)"),
-], ids=["level", "bad-url", "ftp", "timeout-0"])
+    # A setting Prefect reads as JSON: 'SettingsError: error parsing value for field "custom_headers" ...'.
+    ("PREFECT_CLIENT_CUSTOM_HEADERS", "X-Token: s3cret", "PREFECT_CLIENT_CUSTOM_HEADERS is not a setting Prefect can "
+     "use: it is read as JSON (Expecting value: line 1 column 1 (char 0))"),
+    # The variable set, not the name Prefect's report gives: an alias, a key inside a JSON value.
+    ("PREFECT_API_DATABASE_TIMEOUT", "soon", "PREFECT_API_DATABASE_TIMEOUT is not a setting Prefect can use: Input "
+     "should be a valid number, unable to parse string as a number"),
+    ("PREFECT_CLIENT_CUSTOM_HEADERS", '{"X-Retries": 3}', "PREFECT_CLIENT_CUSTOM_HEADERS is not a setting Prefect "
+     "can use: Input should be a valid string"),
+], ids=["level", "bad-url", "ftp", "timeout-0", "not-json", "alias", "json-key"])
 def test_a_prefect_setting_prefect_cannot_use_is_one_line_naming_it(
         setting: str, value: str, line: str, tmp_path: Path) -> None:
     """Prefect printed 'Failed to initialize plugins:' and pydantic's report on import, then the command

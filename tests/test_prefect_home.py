@@ -4,13 +4,14 @@ that cannot be made, a full disk), for Prefect's temporary server (TRIALSYNC_ENG
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FULL
-from tests.test_cli import run_cli
+from tests.test_cli import TRIALSYNC, run_cli
 from tests.test_lifecycle import plain_env
 
 pytestmark = pytest.mark.prefect  # what these tests check is the Prefect side
@@ -77,3 +78,85 @@ def test_serve_with_a_prefect_home_that_cannot_be_made_says_so_in_one_line(tmp_p
     assert result.stderr.strip().splitlines() == [
         f"trialsync: error: PREFECT_HOME={home} cannot be used (Not a directory): serve keeps its Prefect server's "
         "database there; make it writable with room to spare or point PREFECT_HOME elsewhere"]
+
+
+def test_serve_names_no_cause_an_earlier_server_logged_when_its_own_server_dies_without_one(tmp_path: Path) -> None:
+    """The server's log is appended to by every serve: a server killed while starting (the OOM killer, a
+    kill -9) printed nothing, and serve named an earlier server's error from the log as its cause."""
+    import os
+    import signal
+
+    from tests.test_lifecycle import start
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    (home / "trialsync-server.log").write_text("Traceback (most recent call last):\n"
+                                               "OSError: [Errno 28] No space left on device\n")  # last week's
+    serve = start(["serve"], plain_env(PREFECT_HOME=str(home), TRIALSYNC_WAREHOUSE=str(tmp_path / "w")))
+    try:
+        children: list[int] = []
+        deadline = time.monotonic() + 60
+        while not children and time.monotonic() < deadline and serve.poll() is None:
+            time.sleep(0.05)
+            children = [pid for pid in _children(serve.pid) if b"server\x00start" in _cmdline(pid)]
+        assert children, "serve started no server"
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+    assert serve.returncode == 1, stderr
+    assert stderr.strip().splitlines() == [
+        f"trialsync: error: the Prefect server exited with code -9; see {home / 'trialsync-server.log'}"]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return b""
+
+
+def test_prefects_temporary_server_with_a_database_url_it_cannot_read_is_one_line_naming_the_setting(
+        tmp_path: Path) -> None:
+    """A sqlite URL without '///' (PREFECT_SERVER_DATABASE_CONNECTION_URL=sqlite+aiosqlite:/x) was
+    'IndexError: list index out of range (rerun with --debug for details)'."""
+    result = run_cli("sync", "--ids", "NCT07011004", "--api-url", "http://127.0.0.1:9/api/v2", "--warehouse",
+                     str(tmp_path / "w"), env=plain_env(TRIALSYNC_ENGINE="prefect", PREFECT_HOME=str(tmp_path / "h"),
+                                                        PREFECT_SERVER_DATABASE_CONNECTION_URL="sqlite+aiosqlite:/x"),
+                     timeout=110)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "trialsync: error: Prefect's temporary server could not start (exit code 1: sqlalchemy.exc.ArgumentError: "
+        "Could not parse SQLAlchemy URL from given URL string): check PREFECT_SERVER_DATABASE_CONNECTION_URL, or "
+        "unset TRIALSYNC_ENGINE to run without Prefect"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_serve_uses_the_prefect_home_of_the_active_profile(tmp_path: Path) -> None:
+    """serve read PREFECT_HOME from the environment only: with it set in the active Prefect profile, its
+    lock and its server's log went to ~/.prefect while the server kept its database in the profile's home
+    (two serves on two profiles were refused as one; a home it could not use was the server's exit)."""
+    home = _unmakeable_home(tmp_path)
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "ops"\n[profiles.ops]\nPREFECT_HOME = "{home}"\n')
+    env = {k: v for k, v in plain_env().items() if k not in ("PREFECT_HOME", "PREFECT_PROFILE")}
+    result = subprocess.run([str(TRIALSYNC), "serve"], capture_output=True, text=True, timeout=60, env={
+        **env, "HOME": str(tmp_path / "user"), "PREFECT_PROFILES_PATH": str(profiles),
+        "TRIALSYNC_WAREHOUSE": str(tmp_path / "w")})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"trialsync: error: PREFECT_HOME={home} cannot be used (Not a directory): serve keeps its Prefect server's "
+        "database there; make it writable with room to spare or point PREFECT_HOME elsewhere"]
+    assert not (tmp_path / "user" / ".prefect").exists()

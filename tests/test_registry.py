@@ -5,16 +5,19 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import mutate
 from pipeline.errors import RegistryError, RegistryNotFound, RegistryRejected, RegistryUnavailable, RegistryWrongStudy
 from pipeline.registry.client import USER_AGENT, RegistryClient, RetryPolicy
 from pipeline.registry.fake_server import FakeRegistry
-from tests.conftest import DATA, nct, real_records
+from tests.conftest import DATA, examples, nct, real_records
 
 LIST_PAGES = sorted((DATA / "ctgov" / "list_responses").glob("*.json"))
 
@@ -245,11 +248,38 @@ def test_a_loopback_registry_is_reached_directly_whatever_proxy_the_environment_
     ("http://[::ffff:127.0.0.1]:4200/api", True), ("http://[::ffff:7f00:1]/", True),
     ("http://[0:0:0:0:0:0:0:1]/", True), ("http://127.1:4200/api", True), ("http://2130706433/", True),
     ("http://0x7f.1/", True), ("http://[::ffff:10.0.0.1]/", False), ("http://128.1/", False),
-    ("http://1.2.3.4.5/", False), ("http://127..1/", False), ("http://127.0.0.1.example/", False)])
+    ("http://1.2.3.4.5/", False), ("http://127..1/", False), ("http://127.0.0.1.example/", False),
+    # inet_aton stops at a blank and ignores the rest; an IPv4 address has no zone (these were loopback).
+    ("http://127.1 evil.example/", False), ("http://127.0.0.1 x/", False), ("http://127.0.0.1%evil.example/", False),
+    ("http://127.0.0.1%2500/", False), ("http://0/", False), ("http://0.0.0.0/", False), ("http:///x", False),
+    ("http://0x7f.1.example/", False), ("http://[::1%25lo]/", False), ("http://[fe80::1%25lo]/", False)])
 def test_only_this_machines_loopback_hosts_skip_the_proxy(url: str, loopback: bool) -> None:
     from pipeline.http_session import is_loopback
 
     assert is_loopback(url) is loopback
+
+
+@settings(max_examples=examples(300, 3000), deadline=None)
+@given(st.sampled_from(["127.0.0.1", "127.1", "0x7f.1", "0177.0.0.1", "2130706433", "::1", "::ffff:127.0.0.1", "0"]),
+       st.text(alphabet="0123456789abfx.:% \tlo-e", max_size=12), st.booleans())
+def test_a_host_taken_for_loopback_is_one_the_resolver_reads_as_a_loopback_address(base: str, more: str,
+                                                                                   before: bool) -> None:
+    """Whatever the spelling, a host that skips the proxy is one the system's resolver reads, whole, as an
+    address on this machine's loopback (or a name under ``localhost``)."""
+    import ipaddress
+    import socket
+
+    from pipeline.http_session import is_loopback
+
+    host = more + base if before else base + more
+    url = f"http://[{host}]/" if ":" in host else f"http://{host}/"
+    if not is_loopback(url):
+        return
+    host = str(urlsplit(url).hostname).rstrip(".")  # what a client connects to (tabs, newlines, a root dot dropped)
+    found = {str(info[4][0]).split("%")[0] for info in socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)}
+    addresses = [ipaddress.ip_address(a) for a in found]
+    assert addresses and all(a.is_loopback or getattr(getattr(a, "ipv4_mapped", None), "is_loopback", False)
+                             for a in addresses), (host, found)
 
 
 def test_serve_reaches_its_own_prefect_server_on_loopback_whatever_proxy_the_environment_names(
