@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import duckdb
 import pyarrow.parquet as pq
@@ -34,6 +35,7 @@ from warehouse.checkpoints import Checkpoint
 from warehouse.log_state import LogState, read_state
 from warehouse.manifest import Generation, Manifest, ManifestEntry
 from warehouse.problems import ROW_KINDS, Problem
+from warehouse.regular_files import open_regular
 from warehouse.tables import TABLES
 
 __all__ = ["Problem", "Report", "WarehouseDamaged", "check", "check_file", "first_damaged", "refuse_if_damaged"]
@@ -173,17 +175,19 @@ def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = T
     presence and size only, and its footer when no size was recorded)."""
     path = root / entry.path
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         return "missing", "file missing"
     except OSError as exc:
         return "missing", f"cannot stat: {exc}"
-    if entry.size is not None and size != entry.size:
-        return "size", f"{size} bytes, {entry.size} at commit"
+    if not S_ISREG(st.st_mode):  # a named pipe: reading it waited for ever (committed files are never replaced)
+        return "missing", "not a regular file"
+    if entry.size is not None and st.st_size != entry.size:
+        return "size", f"{st.st_size} bytes, {entry.size} at commit"
     if not footer and entry.size is not None:  # no size recorded (an earlier release's): read the footer
         return None
     try:
-        footer = pq.read_metadata(path)  # the footer only (a ParquetFile also builds its schema's paths)
+        footer = _read_footer(path)  # the footer only (a ParquetFile also builds its schema's paths)
     except Exception as exc:  # pyarrow raises several types for a bad footer
         return "footer", f"Parquet footer unreadable ({catalog_file.first_line(exc)})"
     if not deep:
@@ -308,9 +312,16 @@ def _owners(state: LogState) -> dict[tuple[str, str], int]:
     return {(e.run_id, e.path): gen.number for gen in state.best() for e in gen.entries}
 
 
+def _read_footer(path: Path) -> pq.FileMetaData:
+    """A Parquet file's footer; ``OSError`` unless it is a regular file (a named pipe in a schema file's
+    place made ``check`` and ``repair`` wait for ever)."""
+    with open_regular(path) as f:
+        return pq.read_metadata(f)
+
+
 def _footer_ok(path: Path) -> bool:
     try:
-        pq.read_metadata(path)
+        _read_footer(path)
         return True
     except Exception:
         return False
