@@ -171,12 +171,13 @@ def test_a_backup_refuses_a_file_whose_bytes_differ_from_the_manifest_checksum_e
 
 
 @pytest.mark.parametrize("how", ["hard links", "--copy"])
-@pytest.mark.parametrize("kind", ["deleted", "a directory", "a link loop"])
+@pytest.mark.parametrize("kind", ["deleted", "a directory", "a link loop", "a named pipe"])
 def test_a_backup_of_a_warehouse_missing_a_data_file_names_the_file_as_damage_at_once(
         kind: str, how: str, copy: Path, tmp_path: Path) -> None:  # noqa: F811
     """A deleted data file made the backup retry five times and say 'the warehouse kept changing under
     the backup; try again' (no retry ever helps); a directory or a link loop in its place was
-    'IsADirectoryError: [Errno 21] ...' / a traceback-class line."""
+    'IsADirectoryError: [Errno 21] ...' / a traceback-class line; a named pipe copied (--copy, or to
+    another disk) was 'cannot write the backup at DEST: ... is a named pipe', blaming DEST."""
     root = copy.resolve()
     target = second_run_files(root)["conditions"]
     (root / target).unlink()
@@ -184,6 +185,8 @@ def test_a_backup_of_a_warehouse_missing_a_data_file_names_the_file_as_damage_at
         (root / target).mkdir()
     elif kind == "a link loop":
         os.symlink((root / target).name, root / target)
+    elif kind == "a named pipe":
+        os.mkfifo(root / target)
     dest = tmp_path / "backup"
     result = _cli("backup", str(dest), "--warehouse", str(root), *(["--copy"] if how == "--copy" else []))
     assert result.returncode == 1
