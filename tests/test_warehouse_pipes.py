@@ -48,6 +48,8 @@ def test_check_names_a_named_pipe_in_place_of_a_parquet_file_and_repair_mends_it
     target.unlink()
     os.mkfifo(target)
     relative = str(target.relative_to(root))
+    synced = _run("sync", "--api-url", "http://127.0.0.1:9", "--max-attempts", "1", "--warehouse", str(root))
+    assert synced.returncode == 1 and f"is damaged ({relative}: " in synced.stderr, synced.stdout + synced.stderr
     checked = _run("check", "--warehouse", str(root))
     assert checked.returncode == 1, checked.stdout + checked.stderr
     named = [line for line in checked.stdout.splitlines() if line.startswith(f"{relative}: ")]
