@@ -385,3 +385,29 @@ def test_check_deep_compares_no_rows_when_files_are_damaged_and_repair_does_not_
         "checksum", "decode", "footer"}
     assert "rows not compared: files are damaged" in report.notes
     assert report.summary().startswith("damaged (deep check)")
+
+
+def test_a_backup_that_a_compaction_overtakes_starts_again_from_the_newer_manifest(
+        copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A file missing because a compaction committed (and removed what it superseded) after the backup
+    read the manifest is no damage: the backup starts again (a file missing with no commit since is)."""
+    from flows.compact import compact_warehouse
+    from warehouse import backup as backups
+
+    root = copy.resolve()
+    fold, compacted = manifests.fold, []
+
+    def fold_then_compact(log: list[manifests.Generation], base: Any = None) -> manifests.Manifest:
+        folded = fold(log, base)
+        if not compacted:  # once: between the backup's read of the manifest and its copies
+            compacted.append({})  # (the compaction folds too)
+            compacted[0] = compact_warehouse(warehouse=str(root), keep_hours=0)
+        return folded
+
+    monkeypatch.setattr(backups.manifests, "fold", fold_then_compact)
+    before = manifests.head(root)
+    result = backups.backup(root, tmp_path / "backup")
+    monkeypatch.undo()
+    assert compacted and compacted[0]["deleted_runs"] > 0
+    assert result.generation == manifests.head(root) == before + 1  # the compaction's, not the one it overtook
+    assert check(tmp_path / "backup", deep=True).problems == []
