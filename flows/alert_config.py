@@ -84,8 +84,8 @@ def _header_value(value: str, ref: SecretRef, key: str, header: str) -> str:
     if not header_value(value):  # requests refused it at every delivery: 'cannot reach the webhook (InvalidHeader)'
         where = f"environment variable {ref.env}" if ref.env else f"Prefect Secret block {ref.block!r}"
         raise UsageError(f"{key}.headers_{'env' if ref.env else 'secret'}.{header}: {where} holds a line break, "
-                         "a control character or spaces at an end, which no HTTP header value may (its value "
-                         "is not shown)")
+                         "a control character, spaces at an end or a character beyond Latin-1, which no HTTP header "
+                         "value may (its value is not shown)")
     return value
 
 

@@ -279,7 +279,7 @@ def test_a_message_the_server_took_counts_as_sent_when_quit_is_never_answered_wi
 
 
 @pytest.mark.parametrize("value", ["Bearer abc\r\nX-Injected: 1", "Bearer abc\nX-Injected: 1", "Bearer\x1babc",
-                                   "Bearer abc "])
+                                   "Bearer abc ", "Bearer caf\u20ac", "Bearer \x85abc"])
 @pytest.mark.parametrize("command", ["run", "test"])
 def test_a_header_value_from_the_environment_that_no_header_may_hold_is_refused_before_anything_goes(
         command: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
@@ -296,9 +296,12 @@ def test_a_header_value_from_the_environment_that_no_header_may_hold_is_refused_
         code, _, err = cli("alerts", command, "--config", str(config), *args)
         assert code == 2
         assert err == (f"trialsync: error: {config}: channels.hook.headers_env.Authorization: environment variable "
-                       "HOOK_AUTH holds a line break, a control character or spaces at an end, which no HTTP header "
-                       "value may (its value is not shown)\n")
+                       "HOOK_AUTH holds a line break, a control character, spaces at an end or a character beyond "
+                       "Latin-1, which no HTTP header value may (its value is not shown)\n")
         assert receiver.requests == 0
         monkeypatch.setenv("HOOK_AUTH", "Bearer\tabc")  # a tab inside is a header's own
         assert cli("alerts", "test", "--config", str(config))[0] == 0
         assert receiver.received[-1].headers["Authorization"] == "Bearer\tabc"
+        monkeypatch.setenv("HOOK_AUTH", "Bearer caf\u00e9")  # Latin-1 is what HTTP carries
+        assert cli("alerts", "test", "--config", str(config))[0] == 0
+        assert receiver.received[-1].headers["Authorization"] == "Bearer caf\u00e9"

@@ -162,6 +162,30 @@ def test_a_truncated_zip_is_refused_with_one_line_before_anything_is_written(
     assert not (tmp_path / "wh").exists()
 
 
+@pytest.mark.parametrize("kind", ["directory", "named pipe", "link to /dev/zero", "missing", "link to nowhere"])
+def test_a_bulk_path_that_is_not_a_file_is_named_for_what_it_is_in_one_line(
+        kind: str, tmp_path: Path, prefect_api: str) -> None:
+    """'no such bulk file' of a directory, a pipe or a device that is there sent the user looking for a
+    typo; a pipe or a device is never opened (a pipe nobody writes to would wait for ever)."""
+    path = tmp_path / "ctg-studies.json.zip"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "named pipe":
+        os.mkfifo(path)
+    elif kind == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "link to nowhere":
+        path.symlink_to(tmp_path / "gone.zip")
+    result = subprocess.run([str(TRIALSYNC), "load-bulk", str(path), "--warehouse", str(tmp_path / "wh")],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PREFECT_API_URL": prefect_api})
+    what = {"directory": "a directory", "named pipe": "a named pipe", "link to /dev/zero": "a character device"}
+    expected = (f"{path} is {what[kind]}, not a bulk file (a zip archive)" if kind in what
+                else f"no such bulk file: {path}")
+    assert (result.returncode, result.stderr.strip()) == (2, f"trialsync: error: {expected}")
+    assert not (tmp_path / "wh").exists()
+
+
 def test_a_damaged_member_fails_the_run_and_leaves_the_warehouse_as_it_was(
         small_corpus: Path, real_zip: Path, tmp_path: Path, warehouse_dir: Path) -> None:
     load(real_zip, warehouse_dir)

@@ -44,7 +44,8 @@ def synced(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return warehouse
 
 
-@pytest.mark.parametrize("kind", ["a directory", "a link loop", "a dangling link"])
+@pytest.mark.parametrize("kind", ["a directory", "a link loop", "a dangling link", "a named pipe",
+                                  "a link to /dev/null"])
 @pytest.mark.parametrize("command", [["sync", "--api-url", "http://127.0.0.1:9", "--max-attempts", "1"],
                                      ["compact"], ["rederive"], ["backfill", "--all", "--api-url",
                                                                  "http://127.0.0.1:9/api/v2"]])
@@ -58,14 +59,16 @@ def test_a_lock_file_that_is_not_a_file_is_named_in_one_line_with_what_to_do(
     lock.unlink()
     if kind == "a directory":
         lock.mkdir()
+    elif kind == "a named pipe":  # it was 'OSError: [Errno 22] Invalid argument' (truncating it), as a device
+        os.mkfifo(lock)
     else:
-        os.symlink(LOCK_NAME if kind == "a link loop" else "/nonexistent-dir/x", lock)
+        os.symlink({"a link loop": LOCK_NAME, "a link to /dev/null": "/dev/null"}.get(kind, "/nonexistent-dir/x"), lock)
     code, _, err = cli(*command, "--warehouse", str(warehouse))
     assert code == 1
     [line] = err.splitlines()
     assert line.startswith(f"trialsync: error: the lock file {lock} is not a file but "), line
     assert line.endswith("remove it (it holds nothing; trialsync makes it again) and run the command again"), line
-    assert ("a directory" if kind == "a directory" else "a symbolic link to ") in line
+    assert {"a directory": "a directory", "a named pipe": "a named pipe"}.get(kind, "a symbolic link to ") in line
 
 
 def test_readers_of_a_moved_warehouse_whose_lock_file_is_a_directory_still_answer(

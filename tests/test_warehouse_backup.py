@@ -171,12 +171,13 @@ def test_a_backup_refuses_a_file_whose_bytes_differ_from_the_manifest_checksum_e
 
 
 @pytest.mark.parametrize("how", ["hard links", "--copy"])
-@pytest.mark.parametrize("kind", ["deleted", "a directory", "a link loop"])
+@pytest.mark.parametrize("kind", ["deleted", "a directory", "a link loop", "a named pipe"])
 def test_a_backup_of_a_warehouse_missing_a_data_file_names_the_file_as_damage_at_once(
         kind: str, how: str, copy: Path, tmp_path: Path) -> None:  # noqa: F811
     """A deleted data file made the backup retry five times and say 'the warehouse kept changing under
     the backup; try again' (no retry ever helps); a directory or a link loop in its place was
-    'IsADirectoryError: [Errno 21] ...' / a traceback-class line."""
+    'IsADirectoryError: [Errno 21] ...' / a traceback-class line; a named pipe copied (--copy, or to
+    another disk) was 'cannot write the backup at DEST: ... is a named pipe', blaming DEST."""
     root = copy.resolve()
     target = second_run_files(root)["conditions"]
     (root / target).unlink()
@@ -184,6 +185,8 @@ def test_a_backup_of_a_warehouse_missing_a_data_file_names_the_file_as_damage_at
         (root / target).mkdir()
     elif kind == "a link loop":
         os.symlink((root / target).name, root / target)
+    elif kind == "a named pipe":
+        os.mkfifo(root / target)
     dest = tmp_path / "backup"
     result = _cli("backup", str(dest), "--warehouse", str(root), *(["--copy"] if how == "--copy" else []))
     assert result.returncode == 1
@@ -382,3 +385,29 @@ def test_check_deep_compares_no_rows_when_files_are_damaged_and_repair_does_not_
         "checksum", "decode", "footer"}
     assert "rows not compared: files are damaged" in report.notes
     assert report.summary().startswith("damaged (deep check)")
+
+
+def test_a_backup_that_a_compaction_overtakes_starts_again_from_the_newer_manifest(
+        copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A file missing because a compaction committed (and removed what it superseded) after the backup
+    read the manifest is no damage: the backup starts again (a file missing with no commit since is)."""
+    from flows.compact import compact_warehouse
+    from warehouse import backup as backups
+
+    root = copy.resolve()
+    fold, compacted = manifests.fold, []
+
+    def fold_then_compact(log: list[manifests.Generation], base: Any = None) -> manifests.Manifest:
+        folded = fold(log, base)
+        if not compacted:  # once: between the backup's read of the manifest and its copies
+            compacted.append({})  # (the compaction folds too)
+            compacted[0] = compact_warehouse(warehouse=str(root), keep_hours=0)
+        return folded
+
+    monkeypatch.setattr(backups.manifests, "fold", fold_then_compact)
+    before = manifests.head(root)
+    result = backups.backup(root, tmp_path / "backup")
+    monkeypatch.undo()
+    assert compacted and compacted[0]["deleted_runs"] > 0
+    assert result.generation == manifests.head(root) == before + 1  # the compaction's, not the one it overtook
+    assert check(tmp_path / "backup", deep=True).problems == []

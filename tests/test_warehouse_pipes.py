@@ -36,3 +36,26 @@ def test_a_named_pipe_in_place_of_a_warehouse_file_never_blocks_a_command_and_re
     assert _run("repair", "--warehouse", str(root)).returncode == 0
     assert _run("check", "--deep", "--warehouse", str(root)).returncode == 0
     assert (root / target).is_file()
+
+
+@pytest.mark.parametrize("kind", ["schema file", "part file"])
+def test_check_names_a_named_pipe_in_place_of_a_parquet_file_and_repair_mends_it(kind: str, copy: Path) -> None:  # noqa: F811
+    """A pipe where a schema file should be made ``check`` and ``repair`` (which checks first) wait for
+    ever (the footer was read from it); in a part file's place it was named as '0 bytes, N at commit'."""
+    root = copy.resolve()
+    pattern = "schema/*.parquet" if kind == "schema file" else "runs/*/*.parquet"
+    target = sorted(root.glob(pattern))[0]
+    target.unlink()
+    os.mkfifo(target)
+    relative = str(target.relative_to(root))
+    synced = _run("sync", "--api-url", "http://127.0.0.1:9", "--max-attempts", "1", "--warehouse", str(root))
+    assert synced.returncode == 1 and f"is damaged ({relative}: " in synced.stderr, synced.stdout + synced.stderr
+    checked = _run("check", "--warehouse", str(root))
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    named = [line for line in checked.stdout.splitlines() if line.startswith(f"{relative}: ")]
+    expected = "unreadable schema file" if kind == "schema file" else "not a regular file"
+    assert len(named) == 1 and named[0].startswith(f"{relative}: {expected}"), checked.stdout
+    repaired = _run("repair", "--warehouse", str(root))
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert _run("check", "--deep", "--warehouse", str(root)).returncode == 0
+    assert not target.is_fifo()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,10 @@ def _copy(root: Path, tmp: Path, dest: Path, hard_links: bool) -> BackupResult:
         source, target = root / entry.path, tmp / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if not stat.S_ISREG(os.stat(source).st_mode):  # a pipe: copied, it waited for ever; a device, read
+                # without end (committed files are never replaced, only removed: no race with the look)
+                raise WarehouseError(f"{entry.path} is not a regular file: the warehouse is damaged; nothing was "
+                                     "backed up: run `trialsync check`")
             if hard_links and _link(source, target):
                 linked += 1
             else:

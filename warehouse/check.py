@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import duckdb
 import pyarrow.parquet as pq
@@ -34,6 +35,7 @@ from warehouse.checkpoints import Checkpoint
 from warehouse.log_state import LogState, read_state
 from warehouse.manifest import Generation, Manifest, ManifestEntry
 from warehouse.problems import ROW_KINDS, Problem
+from warehouse.regular_files import open_regular
 from warehouse.tables import TABLES
 
 __all__ = ["Problem", "Report", "WarehouseDamaged", "check", "check_file", "first_damaged", "refuse_if_damaged"]
@@ -136,9 +138,12 @@ def check(root: Path, *, deep: bool = False, studies: bool = True, footers: bool
     # The views of a catalog of this release read every schema file (another release's: the next command
     # rewrites the catalog and writes the files its views read)
     this_release = (state.catalog_meta or {}).get("views_digest") == catalog.views_digest()
-    for table in TABLES if footers else ():
+    for table in TABLES:
         schema = root / catalog.schema_file(table)
-        if schema.exists() and not _footer_ok(schema):
+        if not footers:  # a writer reads them next, in DuckDB: a named pipe there would hold it (and its lock)
+            if schema.exists() and not schema.is_file():
+                report.problems.append(Problem("schema", catalog.schema_file(table), "not a regular file", table))
+        elif schema.exists() and not _footer_ok(schema):
             report.problems.append(Problem("schema", catalog.schema_file(table), "unreadable schema file", table))
         elif this_release and not schema.exists():
             report.problems.append(Problem("schema", catalog.schema_file(table), "schema file missing", table))
@@ -173,17 +178,19 @@ def check_file(root: Path, entry: ManifestEntry, *, deep: bool, footer: bool = T
     presence and size only, and its footer when no size was recorded)."""
     path = root / entry.path
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         return "missing", "file missing"
     except OSError as exc:
         return "missing", f"cannot stat: {exc}"
-    if entry.size is not None and size != entry.size:
-        return "size", f"{size} bytes, {entry.size} at commit"
+    if not S_ISREG(st.st_mode):  # a named pipe: reading it waited for ever (committed files are never replaced)
+        return "missing", "not a regular file"
+    if entry.size is not None and st.st_size != entry.size:
+        return "size", f"{st.st_size} bytes, {entry.size} at commit"
     if not footer and entry.size is not None:  # no size recorded (an earlier release's): read the footer
         return None
     try:
-        footer = pq.read_metadata(path)  # the footer only (a ParquetFile also builds its schema's paths)
+        footer = _read_footer(path)  # the footer only (a ParquetFile also builds its schema's paths)
     except Exception as exc:  # pyarrow raises several types for a bad footer
         return "footer", f"Parquet footer unreadable ({catalog_file.first_line(exc)})"
     if not deep:
@@ -308,9 +315,16 @@ def _owners(state: LogState) -> dict[tuple[str, str], int]:
     return {(e.run_id, e.path): gen.number for gen in state.best() for e in gen.entries}
 
 
+def _read_footer(path: Path) -> pq.FileMetaData:
+    """A Parquet file's footer; ``OSError`` unless it is a regular file (a named pipe in a schema file's
+    place made ``check`` and ``repair`` wait for ever)."""
+    with open_regular(path) as f:
+        return pq.read_metadata(f)
+
+
 def _footer_ok(path: Path) -> bool:
     try:
-        pq.read_metadata(path)
+        _read_footer(path)
         return True
     except Exception:
         return False

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from warehouse import manifest as manifests
+from warehouse import regular_files
 from warehouse.manifest import Generation, Manifest, ManifestEntry
 
 # Beside manifest/, not in it: a checkpoint holds the second copy of the generations before it, which
@@ -110,7 +111,7 @@ def numbers(root: Path) -> list[int]:
 def read(root: Path, number: int) -> Checkpoint:
     """``CheckpointDamaged`` if unreadable or damaged (not whether it matches the generations)."""
     try:
-        data = manifests.read_file(path(root, number))
+        data = regular_files.read_file(path(root, number))
     except OSError as exc:
         raise CheckpointDamaged(f"checkpoint {number} is unreadable: {exc}") from None
     return Checkpoint.from_bytes(data, number)
@@ -119,7 +120,7 @@ def read(root: Path, number: int) -> Checkpoint:
 def matches(root: Path, checkpoint: Checkpoint) -> bool:
     """Whether the generation file the checkpoint was taken at is the one there now."""
     try:
-        data = manifests.read_file(manifests.generation_path(root, checkpoint.generation))
+        data = regular_files.read_file(manifests.generation_path(root, checkpoint.generation))
         return md5(data) == checkpoint.generation_md5
     except OSError:
         return False

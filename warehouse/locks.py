@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,13 +26,15 @@ def exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sy
     if not math.isfinite(timeout) or timeout < 0:  # NaN: the deadline would never come
         raise UsageError(f"a lock timeout must be a number of seconds >= 0, not {timeout}")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)  # a pipe: at once, not waiting
     except OSError as exc:
         # no permission, a read-only mount: the caller's disk refusals say so
         if exc.errno not in _NOT_A_FILE and not (exc.errno == errno.ENOENT and path.is_symlink()):
             raise
-        raise LockNotAFile(f"the lock file {path} is not a file but {_what_is_there(path)}: remove it (it holds "
-                             "nothing; trialsync makes it again) and run the command again") from None
+        raise _not_a_file(path) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a named pipe, a link to /dev/null: 'OSError: [Errno 22]'
+        os.close(fd)
+        raise _not_a_file(path)
     try:
         if not wait_for_flock(fd, timeout, poll=0.1):
             other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
@@ -49,9 +52,18 @@ def exclusive_lock(path: Path, holder: str, timeout: float, *, what: str = "a sy
 _NOT_A_FILE = (errno.EISDIR, errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENODEV)
 
 
+def _not_a_file(path: Path) -> LockNotAFile:
+    return LockNotAFile(f"the lock file {path} is not a file but {_what_is_there(path)}: remove it (it holds "
+                        "nothing; trialsync makes it again) and run the command again")
+
+
 def _what_is_there(path: Path) -> str:
-    if path.is_symlink():
+    if path.is_symlink() and not path.exists():
         return f"a symbolic link to {os.readlink(path)!r} that leads to no file"
+    if path.is_symlink():
+        return f"a symbolic link to {os.readlink(path)!r}, which is not a regular file"
     if path.is_dir():
         return "a directory"
+    if path.is_fifo():
+        return "a named pipe"
     return "not a regular file"

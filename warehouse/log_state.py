@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse import catalog_file, checkpoints, markers
+from warehouse import catalog_file, checkpoints, markers, regular_files
 from warehouse import manifest as manifests
 from warehouse.catalog import CATALOG_NAME
 from warehouse.checkpoints import Checkpoint, CheckpointDamaged
@@ -116,7 +116,8 @@ def read_state(root: Path, base: Checkpoint | None = None, *, for_writer: bool =
 def _read_files(root: Path, numbers: Sequence[int], files: dict[int, Generation], damaged: dict[int, str]) -> None:
     for number in numbers:
         try:
-            files[number] = Generation.from_bytes(manifests.read_file(manifests.generation_path(root, number)), number)
+            data = regular_files.read_file(manifests.generation_path(root, number))
+            files[number] = Generation.from_bytes(data, number)
         except (ManifestDamaged, OSError) as exc:
             damaged[number] = str(exc)
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import xxhash
 
 from pipeline.errors import WarehouseError
 from warehouse import committing
+from warehouse.regular_files import read_file
 
 if TYPE_CHECKING:
     from warehouse.checkpoints import Checkpoint
@@ -238,20 +238,6 @@ def numbered_files(folder: Path) -> list[int]:
 def head(root: Path) -> int:
     numbers = generations(root)
     return numbers[-1] if numbers else 0
-
-
-def read_file(path: Path) -> bytes:
-    """A manifest, checkpoint or marker file's bytes; ``OSError`` unless it is a regular file (a named
-    pipe in its place made every command wait for a writer for ever, a device was read without end)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        with open(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
 
 
 def read_log(root: Path, after: int = 0) -> list[Generation]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from warehouse import manifest as manifests
+from warehouse import regular_files
 from warehouse.manifest import Generation, ManifestDamaged
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def write_marker(run_dir: Path, gen: Generation) -> None:
 def read_marker(run_dir: Path) -> Generation | None:
     """The generation a run's marker holds; None when it holds none that is this run's (an earlier
     release's empty marker, or a damaged one). ``OSError`` when there is no marker."""
-    data = manifests.read_file(run_dir / COMMITTED_MARKER)
+    data = regular_files.read_file(run_dir / COMMITTED_MARKER)
     try:
         number = json.loads(data)["generation"]
         gen = Generation.from_bytes(data, number) if isinstance(number, int) and number > 0 else None

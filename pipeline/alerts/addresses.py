@@ -100,8 +100,11 @@ def check_webhook_url(url: Any, key: str) -> None:
 
 def header_value(text: str) -> bool:
     """One line of visible text, as an HTTP header's value must be (a line break would end the header;
-    requests refuses it at each delivery); tabs inside are allowed, spaces at an end are not."""
-    return text == text.strip() and not any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in text)
+    requests refuses it at each delivery); tabs inside are allowed, spaces at an end are not. Only
+    Latin-1: http.client encodes a value so, and a character beyond it (``€``) failed each delivery with
+    a UnicodeEncodeError."""
+    return text == text.strip() and not any((ord(ch) < 32 and ch != "\t") or 127 <= ord(ch) < 160 or ord(ch) > 255
+                                            for ch in text)
 
 
 def http_url(text: str) -> bool:

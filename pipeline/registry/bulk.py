@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -172,11 +173,22 @@ def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     return usize, csize, offset
 
 
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
 def check_bulk_file(path: str | os.PathLike[str]) -> Path:
     """The quick check (before a run starts): the file exists and ends with a zip directory."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"no such bulk file: {path}")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:  # also a link to nowhere
+        raise UsageError(f"no such bulk file: {path}") from None
+    except OSError as exc:  # a link loop, a parent that is a file, no permission to look
+        raise UsageError(f"cannot read the bulk file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):  # it is there: 'no such bulk file' sent the user looking for a typo
+        raise UsageError(f"{path} is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a bulk file "
+                         "(a zip archive)")
     if not zipfile.is_zipfile(path):
         raise BulkArchiveInvalid(f"{path} is not a complete zip archive (truncated download?)")
     return path
