@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from warehouse.crashpoints import crashpoint
+from warehouse.regular_files import read_file
 
 SPOOL_DIR = "spool"
 _CODEC = "zstd"
@@ -68,7 +68,7 @@ class PageSpool:
             return 0
         for child in base.iterdir():
             try:
-                meta = json.loads(_read_file(child / "meta.json"))
+                meta = json.loads(read_file(child / "meta.json"))
                 keep = data_version is not None and meta.get("data_version") == data_version
             except (OSError, ValueError):
                 keep = False
@@ -87,7 +87,7 @@ class PageSpool:
         """The stored body of page ``number`` if it was fetched with ``token``; else None."""
         path = self._path(number)
         try:
-            stored_bytes = _read_file(path)
+            stored_bytes = read_file(path)
             data = pa.decompress(stored_bytes[8:], int.from_bytes(stored_bytes[:8], "big"), codec=_CODEC,
                                  asbytes=True)
             header, _, body = data.partition(b"\n")
@@ -126,21 +126,6 @@ class PageSpool:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-
-
-def _read_file(path: Path) -> bytes:
-    """A spool file's bytes, only if it is a regular file: a named pipe or a link to a device in its place
-    blocked a resumed sync for ever (holding the writer lock), or read ``/dev/zero`` until memory ran
-    out; a directory was 'IsADirectoryError' at every run. ``ValueError``: not a file (dropped and
-    fetched again, as a damaged page is)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        with open(fd, "rb", closefd=False) as handle:
-            return handle.read()
-    finally:
-        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes, *, checkpoint: bool = False) -> None:
