@@ -12,8 +12,6 @@ from flows import lifecycle
 
 def main() -> None:
     lifecycle.install()
-    try:
+    with lifecycle.starting():
         from flows.cli.main import main as run
-    except KeyboardInterrupt:
-        lifecycle.leave()
     run()

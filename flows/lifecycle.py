@@ -17,7 +17,8 @@ import os
 import signal
 import sys
 import threading
-from contextlib import nullcontext, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 GRACE_SECONDS = 7.0  # the whole stop, children included, stays under 10 s
@@ -28,6 +29,7 @@ _signalled: int | None = None
 _lock = threading.Lock()
 _installed = False  # this process's SIGINT/SIGTERM are ours (the CLI), not Prefect's
 _redeliver = False  # the interrupt was swallowed (raised inside a finalizer): raise it again
+_starting = False  # the console script is importing the commands: nothing to stop yet, leave at once
 
 
 def install() -> None:
@@ -115,6 +117,9 @@ def on_signal(signum: int, frame: Any) -> None:
     nor called failed, the command finishes up (within the deadline) and exits 0. Once the writer has
     ended (e.g. an alerts run delivering after its outbox committed), a signal interrupts as before."""
     global _signalled, _redeliver
+    if _starting:  # see ``starting``: no interrupt raised into an importing C extension
+        _signalled = _signalled or signum
+        leave()
     if _redeliver:  # the first signal's interrupt, swallowed by a finalizer: once more
         _redeliver = False
         _interrupt_unless_finishing()
@@ -127,6 +132,20 @@ def on_signal(signum: int, frame: Any) -> None:
         leave()
     threading.Thread(target=_deadline, name="trialsync-stop-deadline", daemon=True).start()
     _interrupt_unless_finishing()
+
+
+@contextmanager
+def starting() -> Iterator[None]:
+    """While the console script imports the commands, a signal leaves at once (one line, 130 or 143):
+    nothing has started. A ``KeyboardInterrupt`` raised there could land inside a C extension's
+    initialisation (DuckDB's runs Python code while it loads: 'ImportError: Encountered an error while
+    initializing the extension' with a traceback, exit 1, or an abort, -6)."""
+    global _starting
+    _starting = True
+    try:
+        yield
+    finally:
+        _starting = False
 
 
 def _interrupt_unless_finishing() -> None:

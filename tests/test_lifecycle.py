@@ -285,6 +285,41 @@ def _wait_until_it_takes_sigterm(proc: subprocess.Popen[str]) -> None:
     pytest.fail("the command never installed its signal handlers")
 
 
+# A signal that lands while DuckDB's C extension initialises: its initialisation sets attributes of enum
+# classes through Python (``EnumType.__setattr__``), where the handler runs; the signal is sent from the
+# first such call after the extension's import began.
+_DURING_DUCKDB_IMPORT = """
+import enum, os, signal, sys
+armed = []
+sys.addaudithook(lambda event, args: armed.append(1) if event == "import" and args[0] == "_duckdb" else None)
+original = enum.EnumType.__setattr__
+def shoot(cls, name, value):
+    if armed:
+        armed.clear()
+        os.kill(os.getpid(), signal.SIG{name})
+    original(cls, name, value)
+enum.EnumType.__setattr__ = shoot
+from flows import entry
+sys.argv = ["trialsync", "runs", "--warehouse", {warehouse!r}]
+entry.main()
+"""
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_a_signal_while_duckdb_loads_ends_with_one_line_and_the_signals_code(tmp_path: Path, name: str) -> None:
+    """Raised into DuckDB's extension as it loaded, the interrupt became 'ImportError: Encountered an error
+    while initializing the extension' with a traceback (exit 1), or an abort (-6)."""
+    import sys
+
+    what = "interrupted" if name == "INT" else "terminated"
+    for _ in range(2):
+        code = _DURING_DUCKDB_IMPORT.format(name=name, warehouse=str(tmp_path / "none"))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              env=plain_env(), cwd=Path(__file__).resolve().parents[1])
+        assert (proc.returncode, proc.stderr.strip().splitlines()) == (128 + SIGNALS[name], [
+            f"trialsync: {what} (an unfinished run commits nothing; the next run cleans up after it)"]), proc.stderr
+
+
 @pytest.mark.parametrize("delay", [0.15, 0.3])
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_a_signal_while_the_commands_are_still_importing_ends_with_one_line_and_the_signals_code(
