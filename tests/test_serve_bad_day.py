@@ -61,6 +61,18 @@ def _serving(file: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], st
     return proc, url, deployments[0]["id"]
 
 
+def _create_run(url: str, deployment: str) -> str:
+    """A flow run of the deployment, asked for until the server takes it (serve may still be setting the
+    deployment up when it is first listed: the answer then has no run id); the last answer on failure."""
+    deadline = time.monotonic() + 30
+    while True:
+        answer = httpx.post(f"{url}/deployments/{deployment}/create_flow_run", json={}, timeout=10)
+        if answer.is_success and "id" in (body := answer.json()):
+            return str(body["id"])
+        assert time.monotonic() < deadline, (answer.status_code, answer.text)
+        time.sleep(0.3)
+
+
 def _states(url: str) -> dict[str, str]:
     runs = httpx.post(f"{url}/flow_runs/filter", json={}, timeout=10).json()
     return {run["id"]: run["state_type"] for run in runs}
@@ -81,7 +93,7 @@ def test_a_serve_stopped_while_its_run_goes_on_leaves_no_concurrency_slot_taken_
         registry.faults.add("delay", delay=1.5, times=-1, path="/studies")
         file = _deployments_file(tmp_path / "prefect.yaml", registry, warehouse)
         proc, url, deployment = _serving(file, env)
-        first = httpx.post(f"{url}/deployments/{deployment}/create_flow_run", json={}, timeout=10).json()["id"]
+        first = _create_run(url, deployment)
         wait_for(listing_requested(registry), proc, "the served run's first page request")
         assert _states(url)[first] == "RUNNING"
         took, stderr, survivors = stop(proc, signal.SIGTERM, group=True)
@@ -95,7 +107,7 @@ def test_a_serve_stopped_while_its_run_goes_on_leaves_no_concurrency_slot_taken_
         try:
             wait_for(lambda: _states(url)[first] != "RUNNING" or bool(time.sleep(0.3)), proc, "the crash", 30)
             assert _states(url)[first] == "CRASHED"
-            second = httpx.post(f"{url}/deployments/{deployment}/create_flow_run", json={}, timeout=10).json()["id"]
+            second = _create_run(url, deployment)
             wait_for(lambda: _states(url)[second] in FINAL or bool(time.sleep(0.5)), proc, "the next run's end", 120)
             assert _states(url)[second] == "COMPLETED"
         finally:
